@@ -1,0 +1,151 @@
+//! Consumers as queues see them, and the sink through which a queue hands deliveries to the
+//! connection that owns the consumer. Credit (prefetch and outbound bytes) is checked here so a
+//! slow consumer can never make the broker buffer without bound.
+
+use super::message::Message;
+use super::queue::Queue;
+use crate::protocol::{FieldTable, ShortStr};
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use tokio::sync::mpsc;
+
+/// Outbound bytes of deliveries a connection may have queued before queues stop dispatching to it.
+pub const SINK_HIGH_WATER: usize = 4 * 1024 * 1024;
+
+/// What a queue (or the broker) tells a connection.
+#[derive(Debug)]
+pub enum ConnEvent {
+    Deliver(Delivery),
+    /// The queue went away: basic.cancel to the client (consumer_cancel_notify).
+    ConsumerCancelled {
+        channel: u16,
+        consumer_tag: ShortStr,
+    },
+}
+
+#[derive(Debug)]
+pub struct Delivery {
+    pub channel: u16,
+    pub consumer_tag: ShortStr,
+    /// None for direct reply-to deliveries, which have no queue.
+    pub queue: Option<Arc<Queue>>,
+    pub seq: u64,
+    pub message: Arc<Message>,
+    pub redelivered: bool,
+    pub no_ack: bool,
+    /// Flow-control bytes charged to the sink for this delivery.
+    pub charge: usize,
+}
+
+/// The receiving end of a connection, shared by all of its consumers.
+#[derive(Debug)]
+pub struct ConnectionSink {
+    pub connection_id: u64,
+    tx: mpsc::UnboundedSender<ConnEvent>,
+    pending: AtomicUsize,
+    waiting: Mutex<Vec<Weak<Queue>>>,
+}
+
+impl ConnectionSink {
+    pub fn new(connection_id: u64) -> (Arc<Self>, mpsc::UnboundedReceiver<ConnEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sink = ConnectionSink {
+            connection_id,
+            tx,
+            pending: AtomicUsize::new(0),
+            waiting: Mutex::new(Vec::new()),
+        };
+        (Arc::new(sink), rx)
+    }
+    pub fn has_capacity(&self) -> bool {
+        self.pending.load(Ordering::Acquire) < SINK_HIGH_WATER
+    }
+    pub fn send(&self, event: ConnEvent) {
+        if let ConnEvent::Deliver(d) = &event {
+            self.pending.fetch_add(d.charge, Ordering::AcqRel);
+        }
+        // A closed receiver means the connection is gone; its cleanup requeues what it held.
+        let _ = self.tx.send(event);
+    }
+    /// Remembers a queue that stopped dispatching for lack of capacity.
+    pub fn wait_for_capacity(&self, queue: &Arc<Queue>) {
+        let mut w = self.waiting.lock();
+        if !w.iter().any(|q| q.as_ptr() == Arc::as_ptr(queue)) {
+            w.push(Arc::downgrade(queue));
+        }
+    }
+    /// Called once delivered bytes are written out; wakes queues when capacity returns.
+    pub fn release(&self, bytes: usize) {
+        let before = self.pending.fetch_sub(bytes, Ordering::AcqRel);
+        let after = before.saturating_sub(bytes);
+        if after < SINK_HIGH_WATER / 2 {
+            let waiting = std::mem::take(&mut *self.waiting.lock());
+            for q in waiting.iter().filter_map(Weak::upgrade) {
+                q.dispatch();
+            }
+        }
+    }
+}
+
+/// Per-channel flow state shared by the channel and its consumers.
+#[derive(Debug, Default)]
+pub struct ChannelFlow {
+    /// basic.qos global=true limit across the channel; 0 means none.
+    pub global_prefetch: AtomicU32,
+    pub unacked: AtomicU32,
+    /// False after channel.flow active=false.
+    pub paused: AtomicBool,
+}
+
+#[derive(Debug)]
+pub struct Consumer {
+    pub tag: ShortStr,
+    pub channel: u16,
+    pub no_ack: bool,
+    pub exclusive: bool,
+    pub arguments: FieldTable,
+    /// basic.qos global=false limit in force when the consumer started; 0 means none.
+    pub prefetch: u32,
+    pub unacked: AtomicU32,
+    pub flow: Arc<ChannelFlow>,
+    pub sink: Arc<ConnectionSink>,
+}
+
+impl Consumer {
+    pub fn connection_id(&self) -> u64 {
+        self.sink.connection_id
+    }
+    /// Whether the consumer may take one more message now (sink capacity aside).
+    pub fn has_credit(&self) -> bool {
+        if self.flow.paused.load(Ordering::Acquire) {
+            return false;
+        }
+        if self.no_ack {
+            return true;
+        }
+        let own = self.prefetch == 0 || self.unacked.load(Ordering::Acquire) < self.prefetch;
+        let global = self.flow.global_prefetch.load(Ordering::Acquire);
+        own && (global == 0 || self.flow.unacked.load(Ordering::Acquire) < global)
+    }
+    pub fn charge_unacked(&self) {
+        if !self.no_ack {
+            self.unacked.fetch_add(1, Ordering::AcqRel);
+            self.flow.unacked.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+    /// Returns credit for settled deliveries.
+    pub fn settle(&self, n: u32) {
+        let _ = self
+            .unacked
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(n))
+            });
+        let _ = self
+            .flow
+            .unacked
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(n))
+            });
+    }
+}

@@ -1,0 +1,245 @@
+//! Exchanges: the bindings they hold and how each type routes. One file per exchange type.
+
+mod direct;
+mod fanout;
+mod headers;
+mod topic;
+
+use super::error::{AmqpError, AmqpResult};
+use crate::protocol::{FieldTable, ShortStr};
+
+/// Where a binding sends matching messages.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Destination {
+    Queue(ShortStr),
+    Exchange(ShortStr),
+}
+
+impl Destination {
+    pub fn name(&self) -> &ShortStr {
+        match self {
+            Destination::Queue(n) | Destination::Exchange(n) => n,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Binding {
+    pub destination: Destination,
+    pub routing_key: ShortStr,
+    pub arguments: FieldTable,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExchangeKind {
+    Direct,
+    Fanout,
+    Topic,
+    Headers,
+}
+
+impl ExchangeKind {
+    pub fn parse(name: &str) -> AmqpResult<Self> {
+        Ok(match name {
+            "direct" => ExchangeKind::Direct,
+            "fanout" => ExchangeKind::Fanout,
+            "topic" => ExchangeKind::Topic,
+            "headers" => ExchangeKind::Headers,
+            other => {
+                return Err(AmqpError::command_invalid(format!(
+                    "unknown exchange type '{other}'"
+                )))
+            }
+        })
+    }
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ExchangeKind::Direct => "direct",
+            ExchangeKind::Fanout => "fanout",
+            ExchangeKind::Topic => "topic",
+            ExchangeKind::Headers => "headers",
+        }
+    }
+}
+
+/// Routing state of one exchange type.
+trait Router: Send + Sync + std::fmt::Debug {
+    fn bind(&mut self, binding: &Binding);
+    fn unbind(&mut self, binding: &Binding);
+    fn route(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Vec<Destination>);
+}
+
+#[derive(Debug)]
+pub struct Exchange {
+    pub name: ShortStr,
+    pub kind: ExchangeKind,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+    bindings: Vec<Binding>,
+    router: Box<dyn Router>,
+}
+
+impl Exchange {
+    pub fn new(
+        name: ShortStr,
+        kind: ExchangeKind,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+    ) -> Self {
+        let router: Box<dyn Router> = match kind {
+            ExchangeKind::Direct => Box::<direct::DirectRouter>::default(),
+            ExchangeKind::Fanout => Box::<fanout::FanoutRouter>::default(),
+            ExchangeKind::Topic => Box::<topic::TopicRouter>::default(),
+            ExchangeKind::Headers => Box::<headers::HeadersRouter>::default(),
+        };
+        Exchange {
+            name,
+            kind,
+            durable,
+            auto_delete,
+            internal,
+            arguments,
+            bindings: Vec::new(),
+            router,
+        }
+    }
+
+    /// The alternate exchange for unroutable messages, from the `alternate-exchange` argument.
+    pub fn alternate_exchange(&self) -> Option<&str> {
+        self.arguments
+            .get("alternate-exchange")
+            .and_then(|v| v.as_str())
+    }
+
+    /// Checks a binding's arguments for this exchange type before it is added.
+    pub fn validate_binding(&self, binding: &Binding) -> AmqpResult<()> {
+        if self.kind == ExchangeKind::Headers {
+            headers::validate(&binding.arguments)?;
+        }
+        Ok(())
+    }
+
+    /// Adds a binding; an identical one already present is left as is.
+    pub fn bind(&mut self, binding: Binding) {
+        if self.bindings.iter().any(|b| same_binding(b, &binding)) {
+            return;
+        }
+        self.router.bind(&binding);
+        self.bindings.push(binding);
+    }
+
+    /// Removes a binding; returns whether it existed.
+    pub fn unbind(&mut self, binding: &Binding) -> bool {
+        let Some(pos) = self.bindings.iter().position(|b| same_binding(b, binding)) else {
+            return false;
+        };
+        let b = self.bindings.remove(pos);
+        self.router.unbind(&b);
+        true
+    }
+
+    /// Removes every binding to `dest`; returns how many.
+    pub fn unbind_destination(&mut self, dest: &Destination) -> usize {
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.bindings)
+            .into_iter()
+            .partition(|b| &b.destination == dest);
+        self.bindings = kept;
+        for b in &gone {
+            self.router.unbind(b);
+        }
+        gone.len()
+    }
+
+    pub fn has_bindings(&self) -> bool {
+        !self.bindings.is_empty()
+    }
+    pub fn bindings(&self) -> &[Binding] {
+        &self.bindings
+    }
+
+    pub fn route(
+        &self,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        out: &mut Vec<Destination>,
+    ) {
+        self.router.route(routing_key, headers, out)
+    }
+}
+
+fn same_binding(a: &Binding, b: &Binding) -> bool {
+    a.destination == b.destination
+        && a.routing_key == b.routing_key
+        && a.arguments.equivalent(&b.arguments)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::FieldValue;
+
+    fn route(ex: &Exchange, key: &str, headers: Option<&FieldTable>) -> Vec<String> {
+        let mut out = Vec::new();
+        ex.route(key, headers, &mut out);
+        let mut names: Vec<String> = out.iter().map(|d| d.name().to_string()).collect();
+        names.sort();
+        names
+    }
+
+    fn binding(q: &str, key: &str, args: FieldTable) -> Binding {
+        Binding {
+            destination: Destination::Queue(q.into()),
+            routing_key: key.into(),
+            arguments: args,
+        }
+    }
+
+    #[test]
+    fn direct_and_fanout() {
+        let mut d = Exchange::new(
+            "d".into(),
+            ExchangeKind::Direct,
+            false,
+            false,
+            false,
+            FieldTable::new(),
+        );
+        d.bind(binding("q1", "k", FieldTable::new()));
+        d.bind(binding("q2", "k", FieldTable::new()));
+        d.bind(binding("q3", "other", FieldTable::new()));
+        assert_eq!(route(&d, "k", None), ["q1", "q2"]);
+        assert!(d.unbind(&binding("q1", "k", FieldTable::new())));
+        assert_eq!(route(&d, "k", None), ["q2"]);
+        let mut f = Exchange::new(
+            "f".into(),
+            ExchangeKind::Fanout,
+            false,
+            false,
+            false,
+            FieldTable::new(),
+        );
+        f.bind(binding("a", "x", FieldTable::new()));
+        f.bind(binding("b", "", FieldTable::new()));
+        assert_eq!(route(&f, "anything", None), ["a", "b"]);
+    }
+
+    #[test]
+    fn headers_binding_validation() {
+        let ex = Exchange::new(
+            "h".into(),
+            ExchangeKind::Headers,
+            false,
+            false,
+            false,
+            FieldTable::new(),
+        );
+        let mut args = FieldTable::new();
+        args.insert("x-match", FieldValue::string("some"));
+        let err = ex.validate_binding(&binding("q", "", args)).unwrap_err();
+        assert_eq!(err.code, 406);
+    }
+}

@@ -1,0 +1,117 @@
+//! The broker core: vhosts, exchanges, queues, consumers and routing. No sockets, no files:
+//! connections call into it and receive deliveries through their [`consumer::ConnectionSink`].
+
+pub mod consumer;
+pub mod error;
+pub mod exchange;
+pub mod message;
+pub mod queue;
+pub mod vhost;
+
+pub use error::{AmqpError, AmqpResult, Scope};
+
+use consumer::Consumer;
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use vhost::VHost;
+
+/// Pseudo-queue a client consumes from (no-ack) to receive direct replies.
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub password: String,
+    /// Like RabbitMQ's guest: may connect only over loopback.
+    pub loopback_only: bool,
+}
+
+#[derive(Debug)]
+pub struct Broker {
+    vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    users: RwLock<HashMap<String, User>>,
+    next_id: AtomicU64,
+    /// Direct reply-to consumers by their reply key.
+    reply_consumers: Mutex<HashMap<String, Arc<Consumer>>>,
+}
+
+impl Default for Broker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Broker {
+    /// A broker with vhost "/" and user guest/guest (loopback only), as RabbitMQ starts.
+    pub fn new() -> Self {
+        let broker = Broker {
+            vhosts: RwLock::new(HashMap::new()),
+            users: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            reply_consumers: Mutex::new(HashMap::new()),
+        };
+        broker
+            .vhosts
+            .write()
+            .insert("/".to_string(), VHost::new("/"));
+        broker.users.write().insert(
+            "guest".into(),
+            User {
+                password: "guest".into(),
+                loopback_only: true,
+            },
+        );
+        broker
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
+        self.vhosts.read().get(name).cloned()
+    }
+
+    pub fn add_user(&self, name: &str, password: &str, loopback_only: bool) {
+        self.users.write().insert(
+            name.into(),
+            User {
+                password: password.into(),
+                loopback_only,
+            },
+        );
+    }
+
+    /// Checks a login; the error text is RabbitMQ's, which names the mechanism.
+    pub fn authenticate(
+        &self,
+        user: &str,
+        password: &str,
+        loopback: bool,
+        mechanism: &str,
+    ) -> AmqpResult<()> {
+        let users = self.users.read();
+        let ok = match users.get(user) {
+            Some(u) => u.password == password && (loopback || !u.loopback_only),
+            None => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(AmqpError::access_refused(format!(
+                "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+            )))
+        }
+    }
+
+    pub fn register_reply_consumer(&self, key: String, consumer: Arc<Consumer>) {
+        self.reply_consumers.lock().insert(key, consumer);
+    }
+    pub fn unregister_reply_consumer(&self, key: &str) {
+        self.reply_consumers.lock().remove(key);
+    }
+    pub fn reply_consumer(&self, key: &str) -> Option<Arc<Consumer>> {
+        self.reply_consumers.lock().get(key).cloned()
+    }
+}

@@ -1,0 +1,524 @@
+//! A virtual host: its exchanges, queues and bindings, the operations on them with RabbitMQ's
+//! checks and reply texts, and routing a message to queues.
+
+use super::error::{AmqpError, AmqpResult};
+use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use super::queue::{Queue, QueueOptions};
+use crate::protocol::{BasicProperties, FieldTable, ShortStr};
+use bytes::Bytes;
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Queue arguments RabbitMQ compares when a queue is declared again; others are ignored.
+const EQUIVALENCE_ARGS: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-type",
+    "x-single-active-consumer",
+    "x-delivery-limit",
+];
+
+const DEFAULT_EXCHANGES: &[(&str, ExchangeKind)] = &[
+    ("", ExchangeKind::Direct),
+    ("amq.direct", ExchangeKind::Direct),
+    ("amq.fanout", ExchangeKind::Fanout),
+    ("amq.topic", ExchangeKind::Topic),
+    ("amq.headers", ExchangeKind::Headers),
+    ("amq.match", ExchangeKind::Headers),
+];
+
+#[derive(Debug, Default)]
+struct Topology {
+    exchanges: HashMap<ShortStr, Exchange>,
+    queues: HashMap<ShortStr, Arc<Queue>>,
+}
+
+/// What a queue declaration asks for.
+#[derive(Debug, Clone)]
+pub struct QueueDeclaration {
+    pub name: ShortStr,
+    pub passive: bool,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+#[derive(Debug)]
+pub struct VHost {
+    pub name: String,
+    topology: RwLock<Topology>,
+}
+
+impl VHost {
+    pub fn new(name: &str) -> Arc<Self> {
+        let mut topo = Topology::default();
+        for (n, kind) in DEFAULT_EXCHANGES {
+            let ex = Exchange::new(
+                ShortStr::from(*n),
+                *kind,
+                true,
+                false,
+                false,
+                FieldTable::new(),
+            );
+            topo.exchanges.insert(ShortStr::from(*n), ex);
+        }
+        Arc::new(VHost {
+            name: name.to_string(),
+            topology: RwLock::new(topo),
+        })
+    }
+
+    fn no_exchange(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no exchange '{name}' in vhost '{}'", self.name))
+    }
+    fn no_queue(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no queue '{name}' in vhost '{}'", self.name))
+    }
+    fn inequivalent(
+        &self,
+        what: &str,
+        arg: &str,
+        name: &str,
+        received: String,
+        current: String,
+    ) -> AmqpError {
+        AmqpError::precondition_failed(format!(
+            "inequivalent arg '{arg}' for {what} '{name}' in vhost '{}': received {received} but current is {current}",
+            self.name
+        ))
+    }
+
+    pub fn declare_exchange(
+        &self,
+        name: &ShortStr,
+        kind: &str,
+        passive: bool,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: &FieldTable,
+    ) -> AmqpResult<()> {
+        let mut topo = self.topology.write();
+        if passive {
+            return match topo.exchanges.get(name.as_str()) {
+                Some(_) => Ok(()),
+                None => Err(self.no_exchange(name)),
+            };
+        }
+        if name.is_empty() {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        let kind = ExchangeKind::parse(kind)?;
+        if let Some(ex) = topo.exchanges.get(name.as_str()) {
+            if ex.kind != kind {
+                return Err(self.inequivalent(
+                    "exchange",
+                    "type",
+                    name,
+                    format!("'{}'", kind.as_str()),
+                    format!("'{}'", ex.kind.as_str()),
+                ));
+            }
+            for (arg, got, cur) in [
+                ("durable", durable, ex.durable),
+                ("auto_delete", auto_delete, ex.auto_delete),
+                ("internal", internal, ex.internal),
+            ] {
+                if got != cur {
+                    return Err(self.inequivalent(
+                        "exchange",
+                        arg,
+                        name,
+                        format!("'{got}'"),
+                        format!("'{cur}'"),
+                    ));
+                }
+            }
+            if let Some((k, _)) = arguments
+                .iter()
+                .find(|(k, v)| ex.arguments.get(k) != Some(*v))
+            {
+                return Err(self.inequivalent(
+                    "exchange",
+                    k,
+                    name,
+                    "a different value".into(),
+                    "another".into(),
+                ));
+            }
+            return Ok(());
+        }
+        if name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "exchange name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        let ex = Exchange::new(
+            name.clone(),
+            kind,
+            durable,
+            auto_delete,
+            internal,
+            arguments.clone(),
+        );
+        topo.exchanges.insert(name.clone(), ex);
+        Ok(())
+    }
+
+    pub fn delete_exchange(&self, name: &ShortStr, if_unused: bool) -> AmqpResult<()> {
+        if name.is_empty() || name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "operation not permitted on exchange '{name}' in vhost '{}'",
+                self.name
+            )));
+        }
+        let mut topo = self.topology.write();
+        let Some(ex) = topo.exchanges.get(name.as_str()) else {
+            // RabbitMQ answers delete-ok for an exchange that does not exist.
+            return Ok(());
+        };
+        let dest = Destination::Exchange(name.clone());
+        let is_destination = topo
+            .exchanges
+            .values()
+            .any(|e| e.bindings().iter().any(|b| b.destination == dest));
+        if if_unused && (ex.has_bindings() || is_destination) {
+            return Err(AmqpError::precondition_failed(format!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        topo.exchanges.remove(name.as_str());
+        Self::remove_destination(&mut topo, &dest);
+        Ok(())
+    }
+
+    /// Removes every binding to `dest`, deleting auto-delete exchanges left with none.
+    fn remove_destination(topo: &mut Topology, dest: &Destination) {
+        let mut emptied = Vec::new();
+        for ex in topo.exchanges.values_mut() {
+            if ex.unbind_destination(dest) > 0 && ex.auto_delete && !ex.has_bindings() {
+                emptied.push(ex.name.clone());
+            }
+        }
+        for name in emptied {
+            topo.exchanges.remove(name.as_str());
+            Self::remove_destination(topo, &Destination::Exchange(name));
+        }
+    }
+
+    /// Declares (or checks, when passive) a queue; returns it with its ready and consumer counts.
+    pub fn declare_queue(
+        &self,
+        d: &QueueDeclaration,
+        connection_id: u64,
+    ) -> AmqpResult<(Arc<Queue>, u32, u32)> {
+        let mut topo = self.topology.write();
+        if let Some(q) = topo.queues.get(d.name.as_str()) {
+            q.check_access(connection_id)?;
+            if !d.passive {
+                let o = &q.options;
+                for (arg, got, cur) in [
+                    ("durable", d.durable, o.durable),
+                    ("auto_delete", d.auto_delete, o.auto_delete),
+                    ("exclusive", d.exclusive, o.exclusive_owner.is_some()),
+                ] {
+                    if got != cur {
+                        return Err(self.inequivalent(
+                            "queue",
+                            arg,
+                            &d.name,
+                            format!("'{got}'"),
+                            format!("'{cur}'"),
+                        ));
+                    }
+                }
+                for arg in EQUIVALENCE_ARGS {
+                    let (got, cur) = (d.arguments.get(arg), o.arguments.get(arg));
+                    let same = match (got, cur) {
+                        (Some(a), Some(b)) => {
+                            a == b || (a.as_i64().is_some() && a.as_i64() == b.as_i64())
+                        }
+                        (None, None) => true,
+                        _ => false,
+                    };
+                    if !same {
+                        let show = |v: Option<&crate::protocol::FieldValue>| match v {
+                            Some(v) => format!("the value '{v:?}' of type '{}'", v.type_name()),
+                            None => "none".to_string(),
+                        };
+                        return Err(self.inequivalent("queue", arg, &d.name, show(got), show(cur)));
+                    }
+                }
+            }
+            let (m, c) = q.counts();
+            return Ok((q.clone(), m, c));
+        }
+        if d.passive {
+            return Err(self.no_queue(&d.name));
+        }
+        if d.name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "queue name '{}' contains reserved prefix 'amq.*'",
+                d.name
+            )));
+        }
+        let options = QueueOptions {
+            durable: d.durable,
+            exclusive_owner: d.exclusive.then_some(connection_id),
+            auto_delete: d.auto_delete,
+            arguments: d.arguments.clone(),
+        };
+        let q = Queue::new(d.name.clone(), &self.name, options);
+        topo.queues.insert(d.name.clone(), q.clone());
+        Ok((q, 0, 0))
+    }
+
+    /// Looks a queue up for use by `connection_id` (404 if missing, 405 if exclusive to another).
+    pub fn queue(&self, name: &str, connection_id: u64) -> AmqpResult<Arc<Queue>> {
+        let topo = self.topology.read();
+        let q = topo.queues.get(name).ok_or_else(|| self.no_queue(name))?;
+        q.check_access(connection_id)?;
+        Ok(q.clone())
+    }
+
+    pub fn delete_queue(
+        &self,
+        name: &ShortStr,
+        if_unused: bool,
+        if_empty: bool,
+        connection_id: u64,
+    ) -> AmqpResult<u32> {
+        let mut topo = self.topology.write();
+        let Some(q) = topo.queues.get(name.as_str()).cloned() else {
+            return Ok(0);
+        };
+        q.check_access(connection_id)?;
+        let (messages, consumers) = q.counts();
+        if if_unused && consumers > 0 {
+            return Err(AmqpError::precondition_failed(format!(
+                "queue '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        if if_empty && messages > 0 {
+            return Err(AmqpError::precondition_failed(format!(
+                "queue '{name}' in vhost '{}' is not empty",
+                self.name
+            )));
+        }
+        Ok(Self::remove_queue(&mut topo, &q))
+    }
+
+    /// Deletes a queue whatever its state (exclusive owner gone, auto-delete).
+    pub fn force_delete_queue(&self, queue: &Arc<Queue>) {
+        let mut topo = self.topology.write();
+        if topo
+            .queues
+            .get(queue.name.as_str())
+            .is_some_and(|q| Arc::ptr_eq(q, queue))
+        {
+            Self::remove_queue(&mut topo, queue);
+        }
+    }
+
+    fn remove_queue(topo: &mut Topology, q: &Arc<Queue>) -> u32 {
+        topo.queues.remove(q.name.as_str());
+        Self::remove_destination(topo, &Destination::Queue(q.name.clone()));
+        q.delete()
+    }
+
+    pub fn purge_queue(&self, name: &str, connection_id: u64) -> AmqpResult<u32> {
+        Ok(self.queue(name, connection_id)?.purge())
+    }
+
+    /// queue.bind and exchange.bind: `destination` must exist, as must `source`.
+    pub fn bind(&self, source: &ShortStr, binding: Binding, connection_id: u64) -> AmqpResult<()> {
+        let mut topo = self.topology.write();
+        self.check_binding_ends(&topo, source, &binding.destination, connection_id)?;
+        let ex = topo
+            .exchanges
+            .get_mut(source.as_str())
+            .ok_or_else(|| self.no_exchange(source))?;
+        ex.validate_binding(&binding)?;
+        ex.bind(binding);
+        Ok(())
+    }
+
+    pub fn unbind(
+        &self,
+        source: &ShortStr,
+        binding: &Binding,
+        connection_id: u64,
+    ) -> AmqpResult<()> {
+        let mut topo = self.topology.write();
+        self.check_binding_ends(&topo, source, &binding.destination, connection_id)?;
+        let Some(ex) = topo.exchanges.get_mut(source.as_str()) else {
+            return Err(self.no_exchange(source));
+        };
+        if ex.unbind(binding) && ex.auto_delete && !ex.has_bindings() {
+            let name = ex.name.clone();
+            topo.exchanges.remove(name.as_str());
+            Self::remove_destination(&mut topo, &Destination::Exchange(name));
+        }
+        Ok(())
+    }
+
+    fn check_binding_ends(
+        &self,
+        topo: &Topology,
+        source: &str,
+        dest: &Destination,
+        connection_id: u64,
+    ) -> AmqpResult<()> {
+        if source.is_empty() || matches!(dest, Destination::Exchange(n) if n.is_empty()) {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        match dest {
+            Destination::Queue(n) => {
+                let q = topo
+                    .queues
+                    .get(n.as_str())
+                    .ok_or_else(|| self.no_queue(n))?;
+                q.check_access(connection_id)?;
+            }
+            Destination::Exchange(n) => {
+                if !topo.exchanges.contains_key(n.as_str()) {
+                    return Err(self.no_exchange(n));
+                }
+            }
+        }
+        if !topo.exchanges.contains_key(source) {
+            return Err(self.no_exchange(source));
+        }
+        Ok(())
+    }
+
+    /// Routes a publish to its queues, following exchange-to-exchange bindings and alternate
+    /// exchanges. `out` is cleared first; each queue appears once.
+    pub fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        properties: &Bytes,
+        out: &mut Vec<Arc<Queue>>,
+    ) -> AmqpResult<()> {
+        out.clear();
+        let topo = self.topology.read();
+        if exchange.is_empty() {
+            if let Some(q) = topo.queues.get(routing_key) {
+                out.push(q.clone());
+            }
+            return Ok(());
+        }
+        let ex = topo
+            .exchanges
+            .get(exchange)
+            .ok_or_else(|| self.no_exchange(exchange))?;
+        if ex.internal {
+            return Err(AmqpError::access_refused(format!(
+                "cannot publish to internal exchange '{exchange}' in vhost '{}'",
+                self.name
+            )));
+        }
+        let mut headers: Option<Option<FieldTable>> = None;
+        let mut visited: Vec<&str> = Vec::new();
+        let mut next = Some(ex);
+        // Route through the exchange; if nothing matched, try its alternate exchange, and so on.
+        while let Some(ex) = next.take() {
+            if visited.contains(&ex.name.as_str()) {
+                break;
+            }
+            self.route_through(
+                &topo,
+                ex,
+                routing_key,
+                properties,
+                &mut headers,
+                &mut visited,
+                out,
+            );
+            if out.is_empty() {
+                next = ex
+                    .alternate_exchange()
+                    .and_then(|ae| topo.exchanges.get(ae));
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn route_through<'t>(
+        &self,
+        topo: &'t Topology,
+        ex: &'t Exchange,
+        routing_key: &str,
+        properties: &Bytes,
+        headers: &mut Option<Option<FieldTable>>,
+        visited: &mut Vec<&'t str>,
+        out: &mut Vec<Arc<Queue>>,
+    ) {
+        visited.push(ex.name.as_str());
+        let table = if ex.kind == ExchangeKind::Headers {
+            headers
+                .get_or_insert_with(|| {
+                    BasicProperties::decode(properties.clone())
+                        .ok()
+                        .and_then(|p| p.headers)
+                })
+                .as_ref()
+        } else {
+            None
+        };
+        let mut dests = Vec::new();
+        ex.route(routing_key, table, &mut dests);
+        for d in dests {
+            match d {
+                Destination::Queue(n) => {
+                    if let Some(q) = topo.queues.get(n.as_str()) {
+                        if !out.iter().any(|o| Arc::ptr_eq(o, q)) {
+                            out.push(q.clone());
+                        }
+                    }
+                }
+                Destination::Exchange(n) => {
+                    if let Some((name, next)) = topo.exchanges.get_key_value(n.as_str()) {
+                        if !visited.contains(&name.as_str()) {
+                            self.route_through(
+                                topo,
+                                next,
+                                routing_key,
+                                properties,
+                                headers,
+                                visited,
+                                out,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn exchange_exists(&self, name: &str) -> bool {
+        self.topology.read().exchanges.contains_key(name)
+    }
+
+    pub fn queue_names(&self) -> Vec<ShortStr> {
+        self.topology.read().queues.keys().cloned().collect()
+    }
+}

@@ -1,0 +1,122 @@
+//! Server settings from flags, environment variables (HARE_*) and an optional TOML file.
+//! Flags and environment win over the file, which wins over the defaults.
+
+use clap::Parser;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "hare", version, about = "Hare: an AMQP 0-9-1 message broker")]
+pub struct Args {
+    /// Address to listen on for AMQP.
+    #[arg(long, env = "HARE_BIND")]
+    pub bind: Option<String>,
+    /// AMQP port (0 picks a free one and logs it).
+    #[arg(long, env = "HARE_PORT")]
+    pub port: Option<u16>,
+    /// Directory for durable data.
+    #[arg(long, env = "HARE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log filter, e.g. info, debug, hare=trace.
+    #[arg(long, env = "HARE_LOG")]
+    pub log: Option<String>,
+    /// Heartbeat interval in seconds the server proposes (0 disables).
+    #[arg(long, env = "HARE_HEARTBEAT")]
+    pub heartbeat: Option<u16>,
+    /// TOML file with any of: bind, port, data_dir, log, heartbeat, frame_max, channel_max, max_message_size.
+    #[arg(long, short, env = "HARE_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    bind: Option<String>,
+    port: Option<u16>,
+    data_dir: Option<PathBuf>,
+    log: Option<String>,
+    heartbeat: Option<u16>,
+    frame_max: Option<u32>,
+    channel_max: Option<u16>,
+    max_message_size: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub log: String,
+    pub heartbeat: u16,
+    pub frame_max: u32,
+    pub channel_max: u16,
+    pub max_message_size: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: "127.0.0.1".into(),
+            port: 5672,
+            data_dir: PathBuf::from("data"),
+            log: "info".into(),
+            heartbeat: 60,
+            frame_max: 131072,
+            channel_max: 2047,
+            max_message_size: 128 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("frame_max must be at least 4096, got {0}")]
+    FrameMax(u32),
+}
+
+impl Config {
+    pub fn load(args: &Args) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let d = Config::default();
+        let c = Config {
+            bind: args.bind.clone().or(file.bind).unwrap_or(d.bind),
+            port: args.port.or(file.port).unwrap_or(d.port),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or(d.data_dir),
+            log: args.log.clone().or(file.log).unwrap_or(d.log),
+            heartbeat: args.heartbeat.or(file.heartbeat).unwrap_or(d.heartbeat),
+            frame_max: file.frame_max.unwrap_or(d.frame_max),
+            channel_max: file.channel_max.unwrap_or(d.channel_max),
+            max_message_size: file.max_message_size.unwrap_or(d.max_message_size),
+        };
+        if c.frame_max < 4096 {
+            return Err(ConfigError::FrameMax(c.frame_max));
+        }
+        Ok(c)
+    }
+}

@@ -1,0 +1,9 @@
+//! Hare: an AMQP 0-9-1 message broker.
+//!
+//! Layers, from the wire inwards: [`protocol`] (codec), [`server`] (connections and channels),
+//! [`broker`] (vhosts, exchanges, queues, routing; no I/O).
+
+pub mod broker;
+pub mod config;
+pub mod protocol;
+pub mod server;

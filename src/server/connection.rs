@@ -1,0 +1,641 @@
+//! One AMQP connection: the handshake, the frame loop, heartbeats, channel bookkeeping,
+//! connection-level errors and shutdown. Channel methods are in [`super::channel`].
+
+use super::channel::Channel;
+use super::output::Output;
+use super::writer::WriterHandle;
+use crate::broker::consumer::{ConnEvent, ConnectionSink};
+use crate::broker::queue::Queue;
+use crate::broker::vhost::VHost;
+use crate::broker::{AmqpError, Broker, Scope};
+use crate::config::Config;
+use crate::protocol::codec::{CodecError, Decoder};
+use crate::protocol::constants::CONNECTION_FORCED;
+use crate::protocol::frame::{parse_frame, Frame, PROTOCOL_HEADER};
+use crate::protocol::method::*;
+use crate::protocol::{FieldTable, FieldValue, LongStr, ShortStr};
+use bytes::{BufMut, BytesMut};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{sleep_until, Instant};
+
+/// How long a peer has to send the protocol header and finish the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long we wait for close-ok after sending connection.close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Queue events handled per wake-up before the socket gets a turn again.
+const EVENT_BATCH: usize = 512;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    AwaitStartOk,
+    AwaitTuneOk,
+    AwaitOpen,
+    Open,
+    /// We sent connection.close and wait for close-ok; `framing_broken` means the input
+    /// can no longer be parsed and is discarded.
+    Closing {
+        framing_broken: bool,
+    },
+    Closed,
+}
+
+/// What channels need from their connection while they run a method.
+pub struct ConnCtx {
+    pub id: u64,
+    pub broker: Arc<Broker>,
+    pub config: Arc<Config>,
+    pub vhost: Option<Arc<VHost>>,
+    pub sink: Arc<ConnectionSink>,
+    pub out: Output,
+    pub exclusive_queues: Vec<Arc<Queue>>,
+    pub cancel_notify: bool,
+    pub user: String,
+}
+
+impl ConnCtx {
+    pub fn vhost(&self) -> Result<&Arc<VHost>, AmqpError> {
+        self.vhost
+            .as_ref()
+            .ok_or_else(|| AmqpError::command_invalid("connection is not open"))
+    }
+}
+
+pub struct Connection {
+    state: State,
+    peer: SocketAddr,
+    frame_max: usize,
+    channel_max: u16,
+    heartbeat: u16,
+    channels: HashMap<u16, Channel>,
+    ctx: ConnCtx,
+}
+
+/// Serves one accepted socket until it closes or the broker shuts down.
+pub async fn serve(
+    stream: TcpStream,
+    broker: Arc<Broker>,
+    config: Arc<Config>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Ok(peer) = stream.peer_addr() else { return };
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut header = [0u8; 8];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, rd.read_exact(&mut header)).await {
+        Ok(Ok(_)) => {}
+        _ => return,
+    }
+    if &header != PROTOCOL_HEADER {
+        tracing::info!(%peer, "wrong protocol header, answering with AMQP 0-9-1's");
+        let _ = wr.write_all(PROTOCOL_HEADER).await;
+        let _ = wr.shutdown().await;
+        return;
+    }
+    let id = broker.next_id();
+    let (sink, mut events) = ConnectionSink::new(id);
+    let (writer, writer_task) = WriterHandle::spawn(wr, sink.clone());
+    let mut conn = Connection {
+        state: State::AwaitStartOk,
+        peer,
+        frame_max: config.frame_max as usize,
+        channel_max: config.channel_max,
+        heartbeat: 0,
+        channels: HashMap::new(),
+        ctx: ConnCtx {
+            id,
+            broker,
+            config: config.clone(),
+            vhost: None,
+            sink,
+            out: Output::new(config.frame_max as usize),
+            exclusive_queues: Vec::new(),
+            cancel_notify: false,
+            user: String::new(),
+        },
+    };
+    tracing::debug!(%peer, id, "connection accepted");
+    conn.send_start();
+    conn.flush(&writer);
+
+    let mut rbuf = BytesMut::with_capacity(64 * 1024);
+    let mut last_recv = Instant::now();
+    let mut deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let mut heartbeat_at = Instant::now() + Duration::from_secs(3600);
+    loop {
+        let backlogged = writer.backlogged();
+        if rbuf.capacity() - rbuf.len() < 16 * 1024 {
+            rbuf.reserve(64 * 1024);
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.changed(), if !matches!(conn.state, State::Closing { .. } | State::Closed) => {
+                conn.raise(0, AmqpError::new(CONNECTION_FORCED, "broker forced connection closure with reason 'shutdown'"));
+            }
+            _ = writer.drained.notified(), if backlogged => {}
+            ev = events.recv(), if !backlogged => {
+                if let Some(ev) = ev {
+                    conn.handle_event(ev);
+                    for _ in 0..EVENT_BATCH {
+                        match events.try_recv() {
+                            Ok(ev) => conn.handle_event(ev),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            r = rd.read_buf(&mut rbuf), if !backlogged => {
+                match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        last_recv = Instant::now();
+                        conn.process(&mut rbuf);
+                    }
+                }
+            }
+            _ = sleep_until(heartbeat_at), if conn.heartbeat > 0 => {
+                let interval = Duration::from_secs(conn.heartbeat as u64);
+                if last_recv.elapsed() > interval * 2 {
+                    tracing::warn!(peer = %conn.peer, "missed heartbeats from client, timeout: {}s", conn.heartbeat);
+                    break;
+                }
+                if !writer.wrote.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                    conn.ctx.out.heartbeat();
+                }
+                heartbeat_at = Instant::now() + interval / 2;
+            }
+            _ = sleep_until(deadline), if conn.state != State::Open => {
+                tracing::info!(peer = %conn.peer, "closing connection: handshake or close timed out");
+                break;
+            }
+        }
+        conn.flush(&writer);
+        match conn.state {
+            State::Closed => break,
+            State::Closing { .. } if deadline > Instant::now() + CLOSE_TIMEOUT => {
+                deadline = Instant::now() + CLOSE_TIMEOUT
+            }
+            State::Open
+                if conn.heartbeat > 0
+                    && heartbeat_at
+                        > Instant::now() + Duration::from_secs(conn.heartbeat as u64) =>
+            {
+                heartbeat_at = Instant::now() + Duration::from_secs(conn.heartbeat as u64) / 2;
+            }
+            State::Open => deadline = Instant::now() + Duration::from_secs(3600),
+            _ => {}
+        }
+    }
+    conn.cleanup();
+    conn.flush(&writer);
+    writer.close();
+    drop(events);
+    if tokio::time::timeout(Duration::from_secs(5), writer_task)
+        .await
+        .is_err()
+    {
+        tracing::debug!(peer = %conn.peer, "writer did not finish in time");
+    }
+    tracing::debug!(peer = %conn.peer, id, "connection closed");
+}
+
+impl Connection {
+    fn flush(&mut self, writer: &WriterHandle) {
+        if !self.ctx.out.is_empty() {
+            let bytes = self.ctx.out.buf.split().freeze();
+            writer.send(bytes, std::mem::take(&mut self.ctx.out.charge));
+        }
+    }
+
+    fn send_start(&mut self) {
+        let mut caps = FieldTable::new();
+        for cap in [
+            "publisher_confirms",
+            "exchange_exchange_bindings",
+            "basic.nack",
+            "consumer_cancel_notify",
+            "connection.blocked",
+            "consumer_priorities",
+            "authentication_failure_close",
+            "per_consumer_qos",
+            "direct_reply_to",
+        ] {
+            caps.insert(cap, FieldValue::Bool(true));
+        }
+        let mut props = FieldTable::new();
+        props.insert("product", FieldValue::string("Hare"));
+        props.insert("version", FieldValue::string(env!("CARGO_PKG_VERSION")));
+        props.insert("platform", FieldValue::string("Rust"));
+        props.insert("information", FieldValue::string("An AMQP 0-9-1 broker"));
+        props.insert("cluster_name", FieldValue::string("hare"));
+        props.insert("capabilities", FieldValue::Table(caps));
+        self.ctx.out.method(
+            0,
+            ConnectionStart {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: props,
+                mechanisms: LongStr::from("PLAIN AMQPLAIN"),
+                locales: LongStr::from("en_US"),
+            },
+        );
+    }
+
+    /// Parses and handles every complete frame in `rbuf`.
+    fn process(&mut self, rbuf: &mut BytesMut) {
+        loop {
+            match self.state {
+                State::Closed => return,
+                State::Closing {
+                    framing_broken: true,
+                } => {
+                    rbuf.clear();
+                    return;
+                }
+                _ => {}
+            }
+            match parse_frame(rbuf, self.frame_max) {
+                Ok(None) => break,
+                Ok(Some(frame)) => {
+                    if let Err((channel, e)) = self.handle_frame(frame) {
+                        self.raise(channel, e);
+                    }
+                }
+                Err(e) => {
+                    self.raise(0, AmqpError::frame_error(e.to_string()));
+                    self.state = State::Closing {
+                        framing_broken: true,
+                    };
+                    rbuf.clear();
+                    return;
+                }
+            }
+        }
+        for ch in self.channels.values_mut() {
+            ch.flush_confirms(&mut self.ctx);
+        }
+    }
+
+    /// Sends the error to the peer: channel.close for a channel error, else connection.close.
+    fn raise(&mut self, channel: u16, e: AmqpError) {
+        let text: ShortStr = e.reply_text().into();
+        if e.scope == Scope::Channel && channel != 0 {
+            tracing::debug!(peer = %self.peer, channel, "channel error: {text}");
+            if let Some(ch) = self.channels.get_mut(&channel) {
+                ch.close(&mut self.ctx);
+            }
+            self.ctx.out.method(
+                channel,
+                ChannelClose {
+                    reply_code: e.code,
+                    reply_text: text,
+                    class_id: e.class_id,
+                    method_id: e.method_id,
+                },
+            );
+            return;
+        }
+        if matches!(self.state, State::Closing { .. } | State::Closed) {
+            return;
+        }
+        if e.code == CONNECTION_FORCED {
+            tracing::info!(peer = %self.peer, "closing connection: {text}");
+        } else {
+            tracing::warn!(peer = %self.peer, "connection error: {text}");
+        }
+        self.ctx.out.method(
+            0,
+            ConnectionClose {
+                reply_code: e.code,
+                reply_text: text,
+                class_id: e.class_id,
+                method_id: e.method_id,
+            },
+        );
+        self.cleanup();
+        self.state = State::Closing {
+            framing_broken: false,
+        };
+    }
+
+    fn handle_frame(&mut self, frame: Frame) -> Result<(), (u16, AmqpError)> {
+        if let State::Closing { .. } = self.state {
+            if let Frame::Method(0, payload) = frame {
+                match Method::decode(payload) {
+                    Ok(Method::ConnectionCloseOk(_)) => self.state = State::Closed,
+                    Ok(Method::ConnectionClose(_)) => {
+                        self.ctx.out.method(0, ConnectionCloseOk {});
+                        self.state = State::Closed;
+                    }
+                    _ => {}
+                }
+            }
+            return Ok(());
+        }
+        match frame {
+            Frame::Heartbeat(0) => Ok(()),
+            Frame::Heartbeat(c) => Err((
+                0,
+                AmqpError::frame_error(format!("heartbeat frame on channel {c}")),
+            )),
+            Frame::Method(c, payload) => {
+                let method = Method::decode(payload).map_err(|e| (0, decode_error(e)))?;
+                if c == 0 {
+                    let ids = method.ids();
+                    self.connection_method(method)
+                        .map_err(|e| (0, e.with_method(ids)))
+                } else {
+                    self.channel_method(c, method)
+                }
+            }
+            Frame::Header(0, _) | Frame::Body(0, _) => {
+                Err((0, AmqpError::unexpected_frame("content frame on channel 0")))
+            }
+            Frame::Header(c, header) => match open_channel(self.state, &mut self.channels, c)? {
+                Some(ch) => ch.content_header(&mut self.ctx, header).map_err(|e| (c, e)),
+                None => Ok(()),
+            },
+            Frame::Body(c, body) => match open_channel(self.state, &mut self.channels, c)? {
+                Some(ch) => ch.content_body(&mut self.ctx, body).map_err(|e| (c, e)),
+                None => Ok(()),
+            },
+        }
+        .map_err(|(c, e)| (if e.scope == Scope::Connection { 0 } else { c }, e))
+    }
+
+    fn channel_method(&mut self, c: u16, method: Method) -> Result<(), (u16, AmqpError)> {
+        let ids = method.ids();
+        if self.state != State::Open {
+            return Err((
+                0,
+                AmqpError::channel_error("channel method before the connection is open")
+                    .with_method(ids),
+            ));
+        }
+        if c > self.channel_max {
+            return Err((
+                0,
+                AmqpError::channel_error(format!(
+                    "channel number {c} exceeds channel_max {}",
+                    self.channel_max
+                ))
+                .with_method(ids),
+            ));
+        }
+        match (self.channels.get_mut(&c), method) {
+            (None, Method::ChannelOpen(_)) => {
+                self.channels.insert(c, Channel::new(c));
+                self.ctx.out.method(
+                    c,
+                    ChannelOpenOk {
+                        reserved: LongStr::default(),
+                    },
+                );
+                Ok(())
+            }
+            (None, _) => Err((
+                0,
+                AmqpError::channel_error(format!("expected 'channel.open' on channel {c}"))
+                    .with_method(ids),
+            )),
+            (Some(ch), Method::ChannelCloseOk(_)) if ch.closing => {
+                self.channels.remove(&c);
+                Ok(())
+            }
+            (Some(ch), Method::ChannelClose(_)) => {
+                ch.close(&mut self.ctx);
+                self.channels.remove(&c);
+                self.ctx.out.method(c, ChannelCloseOk {});
+                Ok(())
+            }
+            (Some(ch), _) if ch.closing => Ok(()),
+            (Some(_), Method::ChannelOpen(_)) => Err((
+                0,
+                AmqpError::channel_error("second 'channel.open' seen").with_method(ids),
+            )),
+            (Some(ch), method) => ch
+                .method(&mut self.ctx, method)
+                .map_err(|e| (c, e.with_method(ids))),
+        }
+    }
+
+    fn connection_method(&mut self, method: Method) -> Result<(), AmqpError> {
+        match (self.state, method) {
+            (State::AwaitStartOk, Method::ConnectionStartOk(m)) => self.start_ok(m),
+            (State::AwaitTuneOk, Method::ConnectionTuneOk(m)) => self.tune_ok(m),
+            (State::AwaitOpen, Method::ConnectionOpen(m)) => self.open(m),
+            (State::Open, Method::ConnectionClose(_)) => {
+                self.cleanup();
+                self.ctx.out.method(0, ConnectionCloseOk {});
+                self.state = State::Closed;
+                Ok(())
+            }
+            (State::Open, Method::ConnectionUpdateSecret(_)) => {
+                self.ctx.out.method(0, ConnectionUpdateSecretOk {});
+                Ok(())
+            }
+            (
+                State::Open,
+                Method::ConnectionCloseOk(_)
+                | Method::ConnectionBlocked(_)
+                | Method::ConnectionUnblocked(_),
+            ) => Ok(()),
+            (_, Method::ConnectionClose(_)) => {
+                self.ctx.out.method(0, ConnectionCloseOk {});
+                self.state = State::Closed;
+                Ok(())
+            }
+            (_, m) => Err(AmqpError::command_invalid(format!(
+                "unexpected method {} on channel 0",
+                m.name()
+            ))),
+        }
+    }
+
+    fn start_ok(&mut self, m: ConnectionStartOk) -> Result<(), AmqpError> {
+        let caps = m.client_properties.get("capabilities");
+        if let Some(FieldValue::Table(caps)) = caps {
+            self.ctx.cancel_notify = caps
+                .get("consumer_cancel_notify")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false);
+        }
+        let (user, password) = match m.mechanism.as_str() {
+            "PLAIN" => {
+                let mut parts = m.response.0.split(|b| *b == 0);
+                let _authzid = parts.next();
+                let user = parts.next().unwrap_or_default();
+                let pass = parts.next().unwrap_or_default();
+                (
+                    String::from_utf8_lossy(user).into_owned(),
+                    String::from_utf8_lossy(pass).into_owned(),
+                )
+            }
+            "AMQPLAIN" => {
+                // The response is a field table without its length prefix.
+                let mut framed = BytesMut::with_capacity(m.response.0.len() + 4);
+                framed.put_u32(m.response.0.len() as u32);
+                framed.put_slice(&m.response.0);
+                let table = Decoder::new(framed.freeze()).table().map_err(|e| {
+                    AmqpError::syntax_error(format!("malformed AMQPLAIN response: {e}"))
+                })?;
+                let get = |k: &str| {
+                    table
+                        .get(k)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                (get("LOGIN"), get("PASSWORD"))
+            }
+            other => {
+                return Err(AmqpError::command_invalid(format!(
+                    "unknown authentication mechanism '{other}'"
+                )));
+            }
+        };
+        let loopback = self.peer.ip().is_loopback();
+        if let Err(e) =
+            self.ctx
+                .broker
+                .authenticate(&user, &password, loopback, m.mechanism.as_str())
+        {
+            tracing::warn!(peer = %self.peer, user, "authentication failed");
+            return Err(e);
+        }
+        self.ctx.user = user;
+        self.ctx.out.method(
+            0,
+            ConnectionTune {
+                channel_max: self.channel_max,
+                frame_max: self.ctx.config.frame_max,
+                heartbeat: self.ctx.config.heartbeat,
+            },
+        );
+        self.state = State::AwaitTuneOk;
+        Ok(())
+    }
+
+    fn tune_ok(&mut self, m: ConnectionTuneOk) -> Result<(), AmqpError> {
+        let server_max = self.ctx.config.frame_max;
+        let frame_max = if m.frame_max == 0 {
+            server_max
+        } else {
+            m.frame_max
+        };
+        if frame_max > server_max {
+            return Err(AmqpError::not_allowed(format!(
+                "frame_max={frame_max} > {server_max} max"
+            )));
+        }
+        if frame_max < crate::protocol::frame::FRAME_MIN_SIZE {
+            return Err(AmqpError::not_allowed(format!(
+                "frame_max={frame_max} < 4096 min"
+            )));
+        }
+        let channel_max = if m.channel_max == 0 {
+            self.channel_max
+        } else {
+            m.channel_max
+        };
+        if channel_max > self.channel_max {
+            return Err(AmqpError::not_allowed(format!(
+                "channel_max={channel_max} > {} max",
+                self.channel_max
+            )));
+        }
+        self.channel_max = channel_max;
+        self.frame_max = frame_max as usize;
+        self.ctx.out.frame_max = frame_max as usize;
+        self.heartbeat = m.heartbeat;
+        self.state = State::AwaitOpen;
+        Ok(())
+    }
+
+    fn open(&mut self, m: ConnectionOpen) -> Result<(), AmqpError> {
+        let Some(vhost) = self.ctx.broker.vhost(&m.virtual_host) else {
+            return Err(AmqpError::not_allowed(format!(
+                "vhost '{}' not found",
+                m.virtual_host
+            )));
+        };
+        self.ctx.vhost = Some(vhost);
+        self.ctx.out.method(
+            0,
+            ConnectionOpenOk {
+                known_hosts: ShortStr::default(),
+            },
+        );
+        self.state = State::Open;
+        tracing::info!(peer = %self.peer, user = %self.ctx.user, vhost = %m.virtual_host, "connection open");
+        Ok(())
+    }
+
+    fn handle_event(&mut self, ev: ConnEvent) {
+        match ev {
+            ConnEvent::Deliver(d) => match self.channels.get_mut(&d.channel) {
+                Some(ch) if !ch.closing && self.state == State::Open => {
+                    ch.deliver(&mut self.ctx, d)
+                }
+                _ => Channel::return_undelivered(&self.ctx, d),
+            },
+            ConnEvent::ConsumerCancelled {
+                channel,
+                consumer_tag,
+            } => {
+                if let Some(ch) = self.channels.get_mut(&channel) {
+                    ch.consumer_cancelled(&mut self.ctx, consumer_tag);
+                }
+            }
+        }
+    }
+
+    /// Releases everything the connection holds: consumers, unacked messages, exclusive queues.
+    fn cleanup(&mut self) {
+        for (_, mut ch) in self.channels.drain() {
+            ch.close(&mut self.ctx);
+        }
+        if let Some(vhost) = &self.ctx.vhost {
+            for q in self.ctx.exclusive_queues.drain(..) {
+                vhost.force_delete_queue(&q);
+            }
+        }
+    }
+}
+
+/// The open channel `c`; `None` while it is closing (its frames are dropped); 504 if unknown.
+fn open_channel(
+    state: State,
+    channels: &mut HashMap<u16, Channel>,
+    c: u16,
+) -> Result<Option<&mut Channel>, (u16, AmqpError)> {
+    if state != State::Open {
+        return Err((
+            0,
+            AmqpError::unexpected_frame("content frame before the connection is open"),
+        ));
+    }
+    match channels.get_mut(&c) {
+        Some(ch) if ch.closing => Ok(None),
+        Some(ch) => Ok(Some(ch)),
+        None => Err((
+            0,
+            AmqpError::channel_error(format!("expected 'channel.open' on channel {c}")),
+        )),
+    }
+}
+
+fn decode_error(e: CodecError) -> AmqpError {
+    match e {
+        CodecError::UnknownMethod(c, m) => AmqpError::not_implemented(format!(
+            "unknown method {}",
+            crate::protocol::method::method_name(c, m)
+        )),
+        other => AmqpError::syntax_error(format!("cannot decode method frame: {other}")),
+    }
+}

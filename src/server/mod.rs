@@ -1,0 +1,71 @@
+//! The network side: accepting sockets and running one connection task per socket.
+
+pub mod channel;
+pub mod connection;
+pub mod output;
+pub mod writer;
+
+use crate::broker::Broker;
+use crate::config::Config;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+/// A bound AMQP listener and what its connections share.
+pub struct Server {
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    config: Arc<Config>,
+}
+
+impl Server {
+    pub async fn bind(config: Config, broker: Arc<Broker>) -> std::io::Result<Server> {
+        let listener = TcpListener::bind((config.bind.as_str(), config.port)).await?;
+        Ok(Server {
+            listener,
+            broker,
+            config: Arc::new(config),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections until `shutdown` resolves, then closes every connection with
+    /// 320 CONNECTION_FORCED and waits (bounded) for them to finish.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // Each connection holds a sender; when all are dropped, every connection has ended.
+        let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let broker = self.broker.clone();
+                        let config = self.config.clone();
+                        let stop = stop_rx.clone();
+                        let alive = alive_tx.clone();
+                        tokio::spawn(async move {
+                            connection::serve(stream, broker, config, stop).await;
+                            drop(alive);
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        tracing::info!("shutting down: closing connections");
+        let _ = stop_tx.send(true);
+        drop(alive_tx);
+        drop(self.listener);
+        let _ = tokio::time::timeout(Duration::from_secs(5), alive_rx.recv()).await;
+    }
+}
