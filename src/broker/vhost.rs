@@ -269,12 +269,6 @@ impl VHost {
         if d.passive {
             return Err(self.no_queue(&d.name));
         }
-        if d.name.starts_with("amq.") {
-            return Err(AmqpError::access_refused(format!(
-                "queue name '{}' contains reserved prefix 'amq.*'",
-                d.name
-            )));
-        }
         let options = QueueOptions {
             durable: d.durable,
             exclusive_owner: d.exclusive.then_some(connection_id),

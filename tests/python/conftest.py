@@ -1,0 +1,92 @@
+"""Starts the real hare binary on an ephemeral loopback port for each test module."""
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+
+import pika
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HARE_BIN = os.environ.get("HARE_BIN", os.path.join(ROOT, "target", "release", "hare"))
+
+
+def wait_for(predicate, timeout=10.0, interval=0.01, what="condition"):
+    """Polls `predicate` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+class Hare:
+    def __init__(self, extra_args=()):
+        self.dir = tempfile.mkdtemp(prefix="hare-test-")
+        self.log_path = os.path.join(self.dir, "hare.log")
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [HARE_BIN, "--port", "0", "--data-dir", os.path.join(self.dir, "data"), "--log", "info", *extra_args],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.port = wait_for(self._port, what="hare to listen")
+
+    def _port(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"hare exited early:\n{self.read_log()}")
+        m = re.search(r"AMQP listening on 127\.0\.0\.1:(\d+)", self.read_log())
+        return int(m.group(1)) if m else None
+
+    def read_log(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    def params(self, **kw):
+        return pika.ConnectionParameters(host="127.0.0.1", port=self.port, **kw)
+
+    def connect(self, **kw):
+        return pika.BlockingConnection(self.params(**kw))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def hare():
+    h = Hare()
+    yield h
+    h.stop()
+
+
+@pytest.fixture
+def fresh_hare():
+    h = Hare()
+    yield h
+    h.stop()
+
+
+@pytest.fixture
+def conn(hare):
+    c = hare.connect()
+    yield c
+    if c.is_open:
+        c.close()
+
+
+@pytest.fixture
+def ch(conn):
+    return conn.channel()
