@@ -71,15 +71,9 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config file {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    Parse { path: PathBuf, source: toml::de::Error },
     #[error("frame_max must be at least 4096, got {0}")]
     FrameMax(u32),
 }
@@ -88,14 +82,10 @@ impl Config {
     pub fn load(args: &Args) -> Result<Config, ConfigError> {
         let file = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                toml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::Parse {
-                    path: path.clone(),
-                    source,
-                })?
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|source| ConfigError::Parse { path: path.clone(), source })?
             }
             None => FileConfig::default(),
         };
@@ -103,11 +93,7 @@ impl Config {
         let c = Config {
             bind: args.bind.clone().or(file.bind).unwrap_or(d.bind),
             port: args.port.or(file.port).unwrap_or(d.port),
-            data_dir: args
-                .data_dir
-                .clone()
-                .or(file.data_dir)
-                .unwrap_or(d.data_dir),
+            data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or(d.data_dir),
             log: args.log.clone().or(file.log).unwrap_or(d.log),
             heartbeat: args.heartbeat.or(file.heartbeat).unwrap_or(d.heartbeat),
             frame_max: file.frame_max.unwrap_or(d.frame_max),

@@ -50,12 +50,7 @@ pub struct ConnectionSink {
 impl ConnectionSink {
     pub fn new(connection_id: u64) -> (Arc<Self>, mpsc::UnboundedReceiver<ConnEvent>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let sink = ConnectionSink {
-            connection_id,
-            tx,
-            pending: AtomicUsize::new(0),
-            waiting: Mutex::new(Vec::new()),
-        };
+        let sink = ConnectionSink { connection_id, tx, pending: AtomicUsize::new(0), waiting: Mutex::new(Vec::new()) };
         (Arc::new(sink), rx)
     }
     pub fn has_capacity(&self) -> bool {
@@ -136,16 +131,7 @@ impl Consumer {
     }
     /// Returns credit for settled deliveries.
     pub fn settle(&self, n: u32) {
-        let _ = self
-            .unacked
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                Some(v.saturating_sub(n))
-            });
-        let _ = self
-            .flow
-            .unacked
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                Some(v.saturating_sub(n))
-            });
+        let _ = self.unacked.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(n)));
+        let _ = self.flow.unacked.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(n)));
     }
 }

@@ -23,17 +23,11 @@ pub struct AmqpError {
 impl AmqpError {
     pub fn new(code: u16, text: impl Into<String>) -> Self {
         let scope = match code {
-            CONTENT_TOO_LARGE | NO_ROUTE | NO_CONSUMERS | ACCESS_REFUSED | NOT_FOUND
-            | RESOURCE_LOCKED | PRECONDITION_FAILED => Scope::Channel,
+            CONTENT_TOO_LARGE | NO_ROUTE | NO_CONSUMERS | ACCESS_REFUSED | NOT_FOUND | RESOURCE_LOCKED
+            | PRECONDITION_FAILED => Scope::Channel,
             _ => Scope::Connection,
         };
-        AmqpError {
-            code,
-            text: text.into(),
-            scope,
-            class_id: 0,
-            method_id: 0,
-        }
+        AmqpError { code, text: text.into(), scope, class_id: 0, method_id: 0 }
     }
     pub fn not_found(text: impl Into<String>) -> Self {
         Self::new(NOT_FOUND, text)

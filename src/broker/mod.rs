@@ -51,17 +51,8 @@ impl Broker {
             next_id: AtomicU64::new(1),
             reply_consumers: Mutex::new(HashMap::new()),
         };
-        broker
-            .vhosts
-            .write()
-            .insert("/".to_string(), VHost::new("/"));
-        broker.users.write().insert(
-            "guest".into(),
-            User {
-                password: "guest".into(),
-                loopback_only: true,
-            },
-        );
+        broker.vhosts.write().insert("/".to_string(), VHost::new("/"));
+        broker.users.write().insert("guest".into(), User { password: "guest".into(), loopback_only: true });
         broker
     }
 
@@ -74,23 +65,11 @@ impl Broker {
     }
 
     pub fn add_user(&self, name: &str, password: &str, loopback_only: bool) {
-        self.users.write().insert(
-            name.into(),
-            User {
-                password: password.into(),
-                loopback_only,
-            },
-        );
+        self.users.write().insert(name.into(), User { password: password.into(), loopback_only });
     }
 
     /// Checks a login; the error text is RabbitMQ's, which names the mechanism.
-    pub fn authenticate(
-        &self,
-        user: &str,
-        password: &str,
-        loopback: bool,
-        mechanism: &str,
-    ) -> AmqpResult<()> {
+    pub fn authenticate(&self, user: &str, password: &str, loopback: bool, mechanism: &str) -> AmqpResult<()> {
         let users = self.users.read();
         let ok = match users.get(user) {
             Some(u) => u.password == password && (loopback || !u.loopback_only),

@@ -100,11 +100,7 @@ impl Queue {
         let mut st = self.state.lock();
         let seq = st.next_seq;
         st.next_seq += 1;
-        st.ready.push_back(QueuedMessage {
-            seq,
-            message,
-            redelivered: false,
-        });
+        st.ready.push_back(QueuedMessage { seq, message, redelivered: false });
         self.dispatch_locked(&mut st);
     }
 
@@ -205,9 +201,7 @@ impl Queue {
     /// Adds a consumer, enforcing exclusive consumers as RabbitMQ does (403).
     pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> AmqpResult<()> {
         let mut st = self.state.lock();
-        if st.consumers.iter().any(|c| c.exclusive)
-            || (consumer.exclusive && !st.consumers.is_empty())
-        {
+        if st.consumers.iter().any(|c| c.exclusive) || (consumer.exclusive && !st.consumers.is_empty()) {
             return Err(AmqpError::access_refused(format!(
                 "queue '{}' in vhost '{}' in exclusive use",
                 self.name, self.vhost
@@ -222,9 +216,7 @@ impl Queue {
     /// Removes a consumer; returns true when it was the last and the queue is auto-delete.
     pub fn remove_consumer(&self, connection_id: u64, channel: u16, tag: &ShortStr) -> bool {
         let mut st = self.state.lock();
-        st.consumers.retain(|c| {
-            !(c.channel == channel && c.connection_id() == connection_id && &c.tag == tag)
-        });
+        st.consumers.retain(|c| !(c.channel == channel && c.connection_id() == connection_id && &c.tag == tag));
         if st.next_consumer >= st.consumers.len() {
             st.next_consumer = 0;
         }
@@ -246,10 +238,7 @@ impl Queue {
         let n = st.ready.len() as u32;
         st.ready.clear();
         for c in st.consumers.drain(..) {
-            c.sink.send(ConnEvent::ConsumerCancelled {
-                channel: c.channel,
-                consumer_tag: c.tag.clone(),
-            });
+            c.sink.send(ConnEvent::ConsumerCancelled { channel: c.channel, consumer_tag: c.tag.clone() });
         }
         n
     }

@@ -62,20 +62,10 @@ impl VHost {
     pub fn new(name: &str) -> Arc<Self> {
         let mut topo = Topology::default();
         for (n, kind) in DEFAULT_EXCHANGES {
-            let ex = Exchange::new(
-                ShortStr::from(*n),
-                *kind,
-                true,
-                false,
-                false,
-                FieldTable::new(),
-            );
+            let ex = Exchange::new(ShortStr::from(*n), *kind, true, false, false, FieldTable::new());
             topo.exchanges.insert(ShortStr::from(*n), ex);
         }
-        Arc::new(VHost {
-            name: name.to_string(),
-            topology: RwLock::new(topo),
-        })
+        Arc::new(VHost { name: name.to_string(), topology: RwLock::new(topo) })
     }
 
     fn no_exchange(&self, name: &str) -> AmqpError {
@@ -84,14 +74,7 @@ impl VHost {
     fn no_queue(&self, name: &str) -> AmqpError {
         AmqpError::not_found(format!("no queue '{name}' in vhost '{}'", self.name))
     }
-    fn inequivalent(
-        &self,
-        what: &str,
-        arg: &str,
-        name: &str,
-        received: String,
-        current: String,
-    ) -> AmqpError {
+    fn inequivalent(&self, what: &str, arg: &str, name: &str, received: String, current: String) -> AmqpError {
         AmqpError::precondition_failed(format!(
             "inequivalent arg '{arg}' for {what} '{name}' in vhost '{}': received {received} but current is {current}",
             self.name
@@ -116,9 +99,7 @@ impl VHost {
             };
         }
         if name.is_empty() {
-            return Err(AmqpError::access_refused(
-                "operation not permitted on the default exchange",
-            ));
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
         let kind = ExchangeKind::parse(kind)?;
         if let Some(ex) = topo.exchanges.get(name.as_str()) {
@@ -137,42 +118,18 @@ impl VHost {
                 ("internal", internal, ex.internal),
             ] {
                 if got != cur {
-                    return Err(self.inequivalent(
-                        "exchange",
-                        arg,
-                        name,
-                        format!("'{got}'"),
-                        format!("'{cur}'"),
-                    ));
+                    return Err(self.inequivalent("exchange", arg, name, format!("'{got}'"), format!("'{cur}'")));
                 }
             }
-            if let Some((k, _)) = arguments
-                .iter()
-                .find(|(k, v)| ex.arguments.get(k) != Some(*v))
-            {
-                return Err(self.inequivalent(
-                    "exchange",
-                    k,
-                    name,
-                    "a different value".into(),
-                    "another".into(),
-                ));
+            if let Some((k, _)) = arguments.iter().find(|(k, v)| ex.arguments.get(k) != Some(*v)) {
+                return Err(self.inequivalent("exchange", k, name, "a different value".into(), "another".into()));
             }
             return Ok(());
         }
         if name.starts_with("amq.") {
-            return Err(AmqpError::access_refused(format!(
-                "exchange name '{name}' contains reserved prefix 'amq.*'"
-            )));
+            return Err(AmqpError::access_refused(format!("exchange name '{name}' contains reserved prefix 'amq.*'")));
         }
-        let ex = Exchange::new(
-            name.clone(),
-            kind,
-            durable,
-            auto_delete,
-            internal,
-            arguments.clone(),
-        );
+        let ex = Exchange::new(name.clone(), kind, durable, auto_delete, internal, arguments.clone());
         topo.exchanges.insert(name.clone(), ex);
         Ok(())
     }
@@ -190,15 +147,9 @@ impl VHost {
             return Ok(());
         };
         let dest = Destination::Exchange(name.clone());
-        let is_destination = topo
-            .exchanges
-            .values()
-            .any(|e| e.bindings().iter().any(|b| b.destination == dest));
+        let is_destination = topo.exchanges.values().any(|e| e.bindings().iter().any(|b| b.destination == dest));
         if if_unused && (ex.has_bindings() || is_destination) {
-            return Err(AmqpError::precondition_failed(format!(
-                "exchange '{name}' in vhost '{}' in use",
-                self.name
-            )));
+            return Err(AmqpError::precondition_failed(format!("exchange '{name}' in vhost '{}' in use", self.name)));
         }
         topo.exchanges.remove(name.as_str());
         Self::remove_destination(&mut topo, &dest);
@@ -220,11 +171,7 @@ impl VHost {
     }
 
     /// Declares (or checks, when passive) a queue; returns it with its ready and consumer counts.
-    pub fn declare_queue(
-        &self,
-        d: &QueueDeclaration,
-        connection_id: u64,
-    ) -> AmqpResult<(Arc<Queue>, u32, u32)> {
+    pub fn declare_queue(&self, d: &QueueDeclaration, connection_id: u64) -> AmqpResult<(Arc<Queue>, u32, u32)> {
         let mut topo = self.topology.write();
         if let Some(q) = topo.queues.get(d.name.as_str()) {
             q.check_access(connection_id)?;
@@ -236,21 +183,13 @@ impl VHost {
                     ("exclusive", d.exclusive, o.exclusive_owner.is_some()),
                 ] {
                     if got != cur {
-                        return Err(self.inequivalent(
-                            "queue",
-                            arg,
-                            &d.name,
-                            format!("'{got}'"),
-                            format!("'{cur}'"),
-                        ));
+                        return Err(self.inequivalent("queue", arg, &d.name, format!("'{got}'"), format!("'{cur}'")));
                     }
                 }
                 for arg in EQUIVALENCE_ARGS {
                     let (got, cur) = (d.arguments.get(arg), o.arguments.get(arg));
                     let same = match (got, cur) {
-                        (Some(a), Some(b)) => {
-                            a == b || (a.as_i64().is_some() && a.as_i64() == b.as_i64())
-                        }
+                        (Some(a), Some(b)) => a == b || (a.as_i64().is_some() && a.as_i64() == b.as_i64()),
                         (None, None) => true,
                         _ => false,
                     };
@@ -302,10 +241,7 @@ impl VHost {
         q.check_access(connection_id)?;
         let (messages, consumers) = q.counts();
         if if_unused && consumers > 0 {
-            return Err(AmqpError::precondition_failed(format!(
-                "queue '{name}' in vhost '{}' in use",
-                self.name
-            )));
+            return Err(AmqpError::precondition_failed(format!("queue '{name}' in vhost '{}' in use", self.name)));
         }
         if if_empty && messages > 0 {
             return Err(AmqpError::precondition_failed(format!(
@@ -319,11 +255,7 @@ impl VHost {
     /// Deletes a queue whatever its state (exclusive owner gone, auto-delete).
     pub fn force_delete_queue(&self, queue: &Arc<Queue>) {
         let mut topo = self.topology.write();
-        if topo
-            .queues
-            .get(queue.name.as_str())
-            .is_some_and(|q| Arc::ptr_eq(q, queue))
-        {
+        if topo.queues.get(queue.name.as_str()).is_some_and(|q| Arc::ptr_eq(q, queue)) {
             Self::remove_queue(&mut topo, queue);
         }
     }
@@ -342,21 +274,13 @@ impl VHost {
     pub fn bind(&self, source: &ShortStr, binding: Binding, connection_id: u64) -> AmqpResult<()> {
         let mut topo = self.topology.write();
         self.check_binding_ends(&topo, source, &binding.destination, connection_id)?;
-        let ex = topo
-            .exchanges
-            .get_mut(source.as_str())
-            .ok_or_else(|| self.no_exchange(source))?;
+        let ex = topo.exchanges.get_mut(source.as_str()).ok_or_else(|| self.no_exchange(source))?;
         ex.validate_binding(&binding)?;
         ex.bind(binding);
         Ok(())
     }
 
-    pub fn unbind(
-        &self,
-        source: &ShortStr,
-        binding: &Binding,
-        connection_id: u64,
-    ) -> AmqpResult<()> {
+    pub fn unbind(&self, source: &ShortStr, binding: &Binding, connection_id: u64) -> AmqpResult<()> {
         let mut topo = self.topology.write();
         self.check_binding_ends(&topo, source, &binding.destination, connection_id)?;
         let Some(ex) = topo.exchanges.get_mut(source.as_str()) else {
@@ -378,16 +302,11 @@ impl VHost {
         connection_id: u64,
     ) -> AmqpResult<()> {
         if source.is_empty() || matches!(dest, Destination::Exchange(n) if n.is_empty()) {
-            return Err(AmqpError::access_refused(
-                "operation not permitted on the default exchange",
-            ));
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
         }
         match dest {
             Destination::Queue(n) => {
-                let q = topo
-                    .queues
-                    .get(n.as_str())
-                    .ok_or_else(|| self.no_queue(n))?;
+                let q = topo.queues.get(n.as_str()).ok_or_else(|| self.no_queue(n))?;
                 q.check_access(connection_id)?;
             }
             Destination::Exchange(n) => {
@@ -419,10 +338,7 @@ impl VHost {
             }
             return Ok(());
         }
-        let ex = topo
-            .exchanges
-            .get(exchange)
-            .ok_or_else(|| self.no_exchange(exchange))?;
+        let ex = topo.exchanges.get(exchange).ok_or_else(|| self.no_exchange(exchange))?;
         if ex.internal {
             return Err(AmqpError::access_refused(format!(
                 "cannot publish to internal exchange '{exchange}' in vhost '{}'",
@@ -437,19 +353,9 @@ impl VHost {
             if visited.contains(&ex.name.as_str()) {
                 break;
             }
-            self.route_through(
-                &topo,
-                ex,
-                routing_key,
-                properties,
-                &mut headers,
-                &mut visited,
-                out,
-            );
+            self.route_through(&topo, ex, routing_key, properties, &mut headers, &mut visited, out);
             if out.is_empty() {
-                next = ex
-                    .alternate_exchange()
-                    .and_then(|ae| topo.exchanges.get(ae));
+                next = ex.alternate_exchange().and_then(|ae| topo.exchanges.get(ae));
             }
         }
         Ok(())
@@ -469,11 +375,7 @@ impl VHost {
         visited.push(ex.name.as_str());
         let table = if ex.kind == ExchangeKind::Headers {
             headers
-                .get_or_insert_with(|| {
-                    BasicProperties::decode(properties.clone())
-                        .ok()
-                        .and_then(|p| p.headers)
-                })
+                .get_or_insert_with(|| BasicProperties::decode(properties.clone()).ok().and_then(|p| p.headers))
                 .as_ref()
         } else {
             None
@@ -492,15 +394,7 @@ impl VHost {
                 Destination::Exchange(n) => {
                     if let Some((name, next)) = topo.exchanges.get_key_value(n.as_str()) {
                         if !visited.contains(&name.as_str()) {
-                            self.route_through(
-                                topo,
-                                next,
-                                routing_key,
-                                properties,
-                                headers,
-                                visited,
-                                out,
-                            );
+                            self.route_through(topo, next, routing_key, properties, headers, visited, out);
                         }
                     }
                 }

@@ -184,10 +184,7 @@ impl FieldTable {
         FieldTable(Vec::new())
     }
     pub fn get(&self, key: &str) -> Option<&FieldValue> {
-        self.0
-            .iter()
-            .find(|(k, _)| k.as_str() == key)
-            .map(|(_, v)| v)
+        self.0.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v)
     }
     pub fn insert(&mut self, key: &str, value: FieldValue) {
         match self.0.iter_mut().find(|(k, _)| k.as_str() == key) {
@@ -225,11 +222,7 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(buf: Bytes) -> Self {
-        Decoder {
-            buf,
-            bits: 0,
-            bit_pos: 8,
-        }
+        Decoder { buf, bits: 0, bit_pos: 8 }
     }
     pub fn remaining(&self) -> usize {
         self.buf.len()
@@ -352,11 +345,7 @@ pub struct Encoder<'a> {
 
 impl<'a> Encoder<'a> {
     pub fn new(buf: &'a mut BytesMut) -> Self {
-        Encoder {
-            buf,
-            bits: 0,
-            bit_pos: 0,
-        }
+        Encoder { buf, bits: 0, bit_pos: 0 }
     }
     /// Writes any pending bits; call after the last field.
     pub fn finish(&mut self) {
@@ -523,10 +512,7 @@ mod tests {
             ("f64", FieldValue::F64(-2.25)),
             ("dec", FieldValue::Decimal(2, 12345)),
             ("str", FieldValue::string("héllo")),
-            (
-                "arr",
-                FieldValue::Array(vec![FieldValue::Void, FieldValue::I8(3)]),
-            ),
+            ("arr", FieldValue::Array(vec![FieldValue::Void, FieldValue::I8(3)])),
             ("ts", FieldValue::Timestamp(1_700_000_000)),
             ("tbl", FieldValue::Table(nested.clone())),
             ("void", FieldValue::Void),

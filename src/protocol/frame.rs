@@ -35,9 +35,7 @@ pub enum Frame {
 impl Frame {
     pub fn channel(&self) -> u16 {
         match self {
-            Frame::Method(c, _) | Frame::Header(c, _) | Frame::Body(c, _) | Frame::Heartbeat(c) => {
-                *c
-            }
+            Frame::Method(c, _) | Frame::Header(c, _) | Frame::Body(c, _) | Frame::Heartbeat(c) => *c,
         }
     }
 }
@@ -64,17 +62,11 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: usize) -> Result<Option<Frame>
     let kind = buf[0];
     let channel = u16::from_be_bytes([buf[1], buf[2]]);
     let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
-    if !matches!(
-        kind,
-        FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT
-    ) {
+    if !matches!(kind, FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT) {
         return Err(FrameError::UnknownType(kind));
     }
     if size + FRAME_OVERHEAD > frame_max {
-        return Err(FrameError::TooLarge {
-            size: size + FRAME_OVERHEAD,
-            max: frame_max,
-        });
+        return Err(FrameError::TooLarge { size: size + FRAME_OVERHEAD, max: frame_max });
     }
     if buf.len() < size + FRAME_OVERHEAD {
         buf.reserve(size + FRAME_OVERHEAD - buf.len());
@@ -102,11 +94,7 @@ fn parse_header(mut p: Bytes) -> Result<ContentHeader, FrameError> {
     let class_id = p.get_u16();
     let _weight = p.get_u16();
     let body_size = p.get_u64();
-    Ok(ContentHeader {
-        class_id,
-        body_size,
-        properties: p,
-    })
+    Ok(ContentHeader { class_id, body_size, properties: p })
 }
 
 fn begin_frame(buf: &mut BytesMut, kind: u8, channel: u16) -> usize {
@@ -134,13 +122,7 @@ pub fn write_heartbeat(buf: &mut BytesMut) {
 }
 
 /// Writes a content header and the body frames, each body frame at most `frame_max` long.
-pub fn write_content(
-    buf: &mut BytesMut,
-    channel: u16,
-    properties: &[u8],
-    body: &[u8],
-    frame_max: usize,
-) {
+pub fn write_content(buf: &mut BytesMut, channel: u16, properties: &[u8], body: &[u8], frame_max: usize) {
     let at = begin_frame(buf, FRAME_HEADER, channel);
     buf.put_u16(60);
     buf.put_u16(0);
@@ -165,36 +147,18 @@ mod tests {
     #[test]
     fn frames_round_trip_and_split() {
         let mut buf = BytesMut::new();
-        write_method(
-            &mut buf,
-            3,
-            &BasicAck {
-                delivery_tag: 9,
-                multiple: true,
-            }
-            .into(),
-        );
+        write_method(&mut buf, 3, &BasicAck { delivery_tag: 9, multiple: true }.into());
         write_content(&mut buf, 3, &[0, 0], &[7u8; 10], 12);
         write_heartbeat(&mut buf);
         let m = parse_frame(&mut buf, 4096).unwrap().unwrap();
         match m {
             Frame::Method(3, p) => {
-                assert_eq!(
-                    Method::decode(p).unwrap(),
-                    BasicAck {
-                        delivery_tag: 9,
-                        multiple: true
-                    }
-                    .into()
-                )
+                assert_eq!(Method::decode(p).unwrap(), BasicAck { delivery_tag: 9, multiple: true }.into())
             }
             other => panic!("{other:?}"),
         }
         let h = parse_frame(&mut buf, 4096).unwrap().unwrap();
-        assert!(matches!(
-            h,
-            Frame::Header(3, ContentHeader { body_size: 10, .. })
-        ));
+        assert!(matches!(h, Frame::Header(3, ContentHeader { body_size: 10, .. })));
         let mut body = Vec::new();
         for _ in 0..3 {
             match parse_frame(&mut buf, 4096).unwrap().unwrap() {
@@ -203,25 +167,14 @@ mod tests {
             }
         }
         assert_eq!(body, vec![7u8; 10]);
-        assert_eq!(
-            parse_frame(&mut buf, 4096).unwrap(),
-            Some(Frame::Heartbeat(0))
-        );
+        assert_eq!(parse_frame(&mut buf, 4096).unwrap(), Some(Frame::Heartbeat(0)));
         assert_eq!(parse_frame(&mut buf, 4096).unwrap(), None);
     }
 
     #[test]
     fn every_truncation_waits_for_more() {
         let mut full = BytesMut::new();
-        write_method(
-            &mut full,
-            1,
-            &BasicAck {
-                delivery_tag: 1,
-                multiple: false,
-            }
-            .into(),
-        );
+        write_method(&mut full, 1, &BasicAck { delivery_tag: 1, multiple: false }.into());
         for cut in 0..full.len() {
             let mut part = BytesMut::from(&full[..cut]);
             assert_eq!(parse_frame(&mut part, 4096).unwrap(), None, "cut at {cut}");
@@ -231,19 +184,10 @@ mod tests {
     #[test]
     fn bad_frames_are_errors() {
         let mut big = BytesMut::from(&[1u8, 0, 1, 0, 1, 0, 0][..]);
-        assert!(matches!(
-            parse_frame(&mut big, 4096),
-            Err(FrameError::TooLarge { .. })
-        ));
+        assert!(matches!(parse_frame(&mut big, 4096), Err(FrameError::TooLarge { .. })));
         let mut bad_end = BytesMut::from(&[8u8, 0, 0, 0, 0, 0, 0, 0xAB][..]);
-        assert_eq!(
-            parse_frame(&mut bad_end, 4096),
-            Err(FrameError::BadEnd(0xAB))
-        );
+        assert_eq!(parse_frame(&mut bad_end, 4096), Err(FrameError::BadEnd(0xAB)));
         let mut bad_type = BytesMut::from(&[9u8, 0, 0, 0, 0, 0, 0, 0xCE][..]);
-        assert_eq!(
-            parse_frame(&mut bad_type, 4096),
-            Err(FrameError::UnknownType(9))
-        );
+        assert_eq!(parse_frame(&mut bad_type, 4096), Err(FrameError::UnknownType(9)));
     }
 }

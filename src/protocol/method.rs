@@ -208,9 +208,6 @@ mod tests {
     #[test]
     fn unknown_method_is_reported() {
         let payload = Bytes::from_static(&[0, 60, 0, 99]);
-        assert_eq!(
-            Method::decode(payload),
-            Err(CodecError::UnknownMethod(60, 99))
-        );
+        assert_eq!(Method::decode(payload), Err(CodecError::UnknownMethod(60, 99)));
     }
 }

@@ -105,24 +105,13 @@ impl BasicProperties {
         if let Some(v) = self.priority {
             e.octet(v);
         }
-        for s in [
-            &self.correlation_id,
-            &self.reply_to,
-            &self.expiration,
-            &self.message_id,
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for s in [&self.correlation_id, &self.reply_to, &self.expiration, &self.message_id].into_iter().flatten() {
             e.shortstr(s);
         }
         if let Some(v) = self.timestamp {
             e.longlong(v);
         }
-        for s in [&self.kind, &self.user_id, &self.app_id, &self.cluster_id]
-            .into_iter()
-            .flatten()
-        {
+        for s in [&self.kind, &self.user_id, &self.app_id, &self.cluster_id].into_iter().flatten() {
             e.shortstr(s);
         }
         e.finish();
@@ -162,9 +151,6 @@ mod tests {
         };
         let raw = p.to_bytes();
         assert_eq!(BasicProperties::decode(raw).unwrap(), p);
-        assert_eq!(
-            BasicProperties::decode(Bytes::from_static(&[0, 0])).unwrap(),
-            BasicProperties::default()
-        );
+        assert_eq!(BasicProperties::decode(Bytes::from_static(&[0, 0])).unwrap(), BasicProperties::default());
     }
 }

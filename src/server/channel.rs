@@ -17,6 +17,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+/// The most a multi-frame body reserves before its bytes arrive.
+const MAX_UPFRONT_RESERVE: usize = 1024 * 1024;
+
 /// A publish waiting for its header and body frames.
 struct PendingPublish {
     method: BasicPublish,
@@ -71,9 +74,7 @@ pub struct Channel {
 fn random_suffix(len: usize) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut rng = rand::thread_rng();
-    (0..len)
-        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
-        .collect()
+    (0..len).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
 }
 
 impl Channel {
@@ -163,16 +164,8 @@ impl Channel {
             Method::QueueDeclare(m) => self.queue_declare(ctx, m),
             Method::QueueBind(m) => {
                 let queue = self.queue_name(m.queue)?;
-                let routing_key = if m.routing_key.is_empty() {
-                    queue.clone()
-                } else {
-                    m.routing_key
-                };
-                let b = Binding {
-                    destination: Destination::Queue(queue),
-                    routing_key,
-                    arguments: m.arguments,
-                };
+                let routing_key = if m.routing_key.is_empty() { queue.clone() } else { m.routing_key };
+                let b = Binding { destination: Destination::Queue(queue), routing_key, arguments: m.arguments };
                 ctx.vhost()?.bind(&m.exchange, b, ctx.id)?;
                 if !m.nowait {
                     ctx.out.method(self.id, QueueBindOk {});
@@ -181,16 +174,8 @@ impl Channel {
             }
             Method::QueueUnbind(m) => {
                 let queue = self.queue_name(m.queue)?;
-                let routing_key = if m.routing_key.is_empty() {
-                    queue.clone()
-                } else {
-                    m.routing_key
-                };
-                let b = Binding {
-                    destination: Destination::Queue(queue),
-                    routing_key,
-                    arguments: m.arguments,
-                };
+                let routing_key = if m.routing_key.is_empty() { queue.clone() } else { m.routing_key };
+                let b = Binding { destination: Destination::Queue(queue), routing_key, arguments: m.arguments };
                 ctx.vhost()?.unbind(&m.exchange, &b, ctx.id)?;
                 ctx.out.method(self.id, QueueUnbindOk {});
                 Ok(())
@@ -205,9 +190,7 @@ impl Channel {
             }
             Method::QueueDelete(m) => {
                 let queue = self.queue_name(m.queue)?;
-                let message_count =
-                    ctx.vhost()?
-                        .delete_queue(&queue, m.if_unused, m.if_empty, ctx.id)?;
+                let message_count = ctx.vhost()?.delete_queue(&queue, m.if_unused, m.if_empty, ctx.id)?;
                 ctx.exclusive_queues.retain(|q| !q.is_deleted());
                 if !m.nowait {
                     ctx.out.method(self.id, QueueDeleteOk { message_count });
@@ -216,15 +199,10 @@ impl Channel {
             }
             Method::BasicQos(m) => {
                 if m.prefetch_size != 0 {
-                    return Err(AmqpError::not_implemented(format!(
-                        "prefetch_size!=0 ({})",
-                        m.prefetch_size
-                    )));
+                    return Err(AmqpError::not_implemented(format!("prefetch_size!=0 ({})", m.prefetch_size)));
                 }
                 if m.global {
-                    self.flow
-                        .global_prefetch
-                        .store(m.prefetch_count as u32, Ordering::Release);
+                    self.flow.global_prefetch.store(m.prefetch_count as u32, Ordering::Release);
                     self.wake_consumer_queues();
                 } else {
                     self.prefetch = m.prefetch_count as u32;
@@ -236,12 +214,7 @@ impl Channel {
             Method::BasicCancel(m) => {
                 self.cancel(ctx, &m.consumer_tag);
                 if !m.nowait {
-                    ctx.out.method(
-                        self.id,
-                        BasicCancelOk {
-                            consumer_tag: m.consumer_tag,
-                        },
-                    );
+                    ctx.out.method(self.id, BasicCancelOk { consumer_tag: m.consumer_tag });
                 }
                 Ok(())
             }
@@ -259,9 +232,7 @@ impl Channel {
                 Ok(())
             }
             Method::BasicGet(m) => self.get(ctx, m),
-            Method::BasicAck(_) | Method::BasicNack(_) | Method::BasicReject(_)
-                if self.tx.is_some() =>
-            {
+            Method::BasicAck(_) | Method::BasicNack(_) | Method::BasicReject(_) if self.tx.is_some() => {
                 self.check_tag_known(&method)?;
                 if let Some(tx) = &mut self.tx {
                     tx.settlements.push(method);
@@ -269,24 +240,12 @@ impl Channel {
                 Ok(())
             }
             Method::BasicAck(m) => self.settle(m.delivery_tag, m.multiple, Settle::Ack),
-            Method::BasicNack(m) => self.settle(
-                m.delivery_tag,
-                m.multiple,
-                if m.requeue {
-                    Settle::Requeue
-                } else {
-                    Settle::Drop
-                },
-            ),
-            Method::BasicReject(m) => self.settle(
-                m.delivery_tag,
-                false,
-                if m.requeue {
-                    Settle::Requeue
-                } else {
-                    Settle::Drop
-                },
-            ),
+            Method::BasicNack(m) => {
+                self.settle(m.delivery_tag, m.multiple, if m.requeue { Settle::Requeue } else { Settle::Drop })
+            }
+            Method::BasicReject(m) => {
+                self.settle(m.delivery_tag, false, if m.requeue { Settle::Requeue } else { Settle::Drop })
+            }
             Method::BasicRecover(_) => {
                 self.recover();
                 ctx.out.method(self.id, BasicRecoverOk {});
@@ -298,9 +257,7 @@ impl Channel {
             }
             Method::ConfirmSelect(m) => {
                 if self.tx.is_some() {
-                    return Err(AmqpError::precondition_failed(
-                        "cannot switch from tx to confirm mode",
-                    ));
+                    return Err(AmqpError::precondition_failed("cannot switch from tx to confirm mode"));
                 }
                 self.confirm = true;
                 if !m.nowait {
@@ -310,9 +267,7 @@ impl Channel {
             }
             Method::TxSelect(_) => {
                 if self.confirm {
-                    return Err(AmqpError::precondition_failed(
-                        "cannot switch from confirm to tx mode",
-                    ));
+                    return Err(AmqpError::precondition_failed("cannot switch from confirm to tx mode"));
                 }
                 self.tx.get_or_insert_with(TxBuffer::default);
                 ctx.out.method(self.id, TxSelectOk {});
@@ -320,9 +275,7 @@ impl Channel {
             }
             Method::TxCommit(_) => {
                 let Some(tx) = self.tx.take() else {
-                    return Err(AmqpError::precondition_failed(
-                        "channel is not transactional",
-                    ));
+                    return Err(AmqpError::precondition_failed("channel is not transactional"));
                 };
                 self.tx = Some(TxBuffer::default());
                 let result = self.commit(ctx, tx);
@@ -332,18 +285,13 @@ impl Channel {
             }
             Method::TxRollback(_) => {
                 let Some(tx) = &mut self.tx else {
-                    return Err(AmqpError::precondition_failed(
-                        "channel is not transactional",
-                    ));
+                    return Err(AmqpError::precondition_failed("channel is not transactional"));
                 };
                 *tx = TxBuffer::default();
                 ctx.out.method(self.id, TxRollbackOk {});
                 Ok(())
             }
-            other => Err(AmqpError::command_invalid(format!(
-                "unexpected method {} from client",
-                other.name()
-            ))),
+            other => Err(AmqpError::command_invalid(format!("unexpected method {} from client", other.name()))),
         }
     }
 
@@ -352,21 +300,12 @@ impl Channel {
         if !name.is_empty() {
             return Ok(name);
         }
-        self.last_queue
-            .clone()
-            .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+        self.last_queue.clone().ok_or_else(|| AmqpError::not_found("no previously declared queue"))
     }
 
     fn queue_declare(&mut self, ctx: &mut ConnCtx, m: QueueDeclare) -> AmqpResult<()> {
         if m.queue.as_str() == DIRECT_REPLY_TO && m.passive {
-            ctx.out.method(
-                self.id,
-                QueueDeclareOk {
-                    queue: m.queue,
-                    message_count: 0,
-                    consumer_count: 0,
-                },
-            );
+            ctx.out.method(self.id, QueueDeclareOk { queue: m.queue, message_count: 0, consumer_count: 0 });
             return Ok(());
         }
         let name = if m.queue.is_empty() && !m.passive {
@@ -389,21 +328,13 @@ impl Channel {
             arguments: m.arguments,
         };
         let (queue, message_count, consumer_count) = ctx.vhost()?.declare_queue(&decl, ctx.id)?;
-        if queue.options.exclusive_owner == Some(ctx.id)
-            && !ctx.exclusive_queues.iter().any(|q| Arc::ptr_eq(q, &queue))
+        if queue.options.exclusive_owner == Some(ctx.id) && !ctx.exclusive_queues.iter().any(|q| Arc::ptr_eq(q, &queue))
         {
             ctx.exclusive_queues.push(queue);
         }
         self.last_queue = Some(name.clone());
         if !m.nowait {
-            ctx.out.method(
-                self.id,
-                QueueDeclareOk {
-                    queue: name,
-                    message_count,
-                    consumer_count,
-                },
-            );
+            ctx.out.method(self.id, QueueDeclareOk { queue: name, message_count, consumer_count });
         }
         Ok(())
     }
@@ -415,9 +346,7 @@ impl Channel {
             m.consumer_tag
         };
         if self.consumers.contains_key(tag.as_str()) {
-            return Err(AmqpError::not_allowed(format!(
-                "attempt to reuse consumer tag '{tag}'"
-            )));
+            return Err(AmqpError::not_allowed(format!("attempt to reuse consumer tag '{tag}'")));
         }
         let consumer = Arc::new(Consumer {
             tag: tag.clone(),
@@ -432,37 +361,18 @@ impl Channel {
         });
         if m.queue.as_str() == DIRECT_REPLY_TO {
             if !m.no_ack {
-                return Err(AmqpError::precondition_failed(
-                    "reply consumer cannot acknowledge",
-                ));
+                return Err(AmqpError::precondition_failed("reply consumer cannot acknowledge"));
             }
             if self.reply_key.is_some() {
                 return Err(AmqpError::precondition_failed("reply consumer already set"));
             }
-            let key = format!(
-                "{DIRECT_REPLY_TO}.{}.{}.{}",
-                ctx.id,
-                self.id,
-                random_suffix(16)
-            );
-            ctx.broker
-                .register_reply_consumer(key.clone(), consumer.clone());
+            let key = format!("{DIRECT_REPLY_TO}.{}.{}.{}", ctx.id, self.id, random_suffix(16));
+            ctx.broker.register_reply_consumer(key.clone(), consumer.clone());
             self.reply_key = Some(key);
             if !m.nowait {
-                ctx.out.method(
-                    self.id,
-                    BasicConsumeOk {
-                        consumer_tag: tag.clone(),
-                    },
-                );
+                ctx.out.method(self.id, BasicConsumeOk { consumer_tag: tag.clone() });
             }
-            self.consumers.insert(
-                tag,
-                ConsumerEntry {
-                    consumer,
-                    queue: None,
-                },
-            );
+            self.consumers.insert(tag, ConsumerEntry { consumer, queue: None });
             return Ok(());
         }
         let queue_name = self.queue_name(m.queue)?;
@@ -470,20 +380,9 @@ impl Channel {
         queue.add_consumer(consumer.clone())?;
         // Deliveries reach this connection through its event queue, after this consume-ok.
         if !m.nowait {
-            ctx.out.method(
-                self.id,
-                BasicConsumeOk {
-                    consumer_tag: tag.clone(),
-                },
-            );
+            ctx.out.method(self.id, BasicConsumeOk { consumer_tag: tag.clone() });
         }
-        self.consumers.insert(
-            tag,
-            ConsumerEntry {
-                consumer,
-                queue: Some(queue),
-            },
-        );
+        self.consumers.insert(tag, ConsumerEntry { consumer, queue: Some(queue) });
         Ok(())
     }
 
@@ -510,13 +409,7 @@ impl Channel {
     /// The queue was deleted under the consumer: tell the client if it asked to be told.
     pub fn consumer_cancelled(&mut self, ctx: &mut ConnCtx, tag: ShortStr) {
         if self.consumers.remove(tag.as_str()).is_some() && ctx.cancel_notify && !self.closing {
-            ctx.out.method(
-                self.id,
-                BasicCancel {
-                    consumer_tag: tag,
-                    nowait: true,
-                },
-            );
+            ctx.out.method(self.id, BasicCancel { consumer_tag: tag, nowait: true });
         }
     }
 
@@ -524,12 +417,7 @@ impl Channel {
         let queue_name = self.queue_name(m.queue)?;
         let queue = ctx.vhost()?.queue(&queue_name, ctx.id)?;
         match queue.get(m.no_ack) {
-            None => ctx.out.method(
-                self.id,
-                BasicGetEmpty {
-                    cluster_id: ShortStr::default(),
-                },
-            ),
+            None => ctx.out.method(self.id, BasicGetEmpty { cluster_id: ShortStr::default() }),
             Some((qm, message_count)) => {
                 let tag = self.next_tag;
                 self.next_tag += 1;
@@ -546,12 +434,7 @@ impl Channel {
                 );
                 ctx.out.content(self.id, &msg.properties, &msg.body);
                 if !m.no_ack {
-                    self.unacked.push_back(Unacked {
-                        tag,
-                        queue: Some(queue),
-                        consumer: None,
-                        message: qm,
-                    });
+                    self.unacked.push_back(Unacked { tag, queue: Some(queue), consumer: None, message: qm });
                 }
             }
         }
@@ -584,11 +467,7 @@ impl Channel {
                 tag,
                 queue: d.queue,
                 consumer: Some(entry.consumer.clone()),
-                message: QueuedMessage {
-                    seq: d.seq,
-                    message: d.message,
-                    redelivered: d.redelivered,
-                },
+                message: QueuedMessage { seq: d.seq, message: d.message, redelivered: d.redelivered },
             });
         }
     }
@@ -597,25 +476,17 @@ impl Channel {
     pub fn return_undelivered(ctx: &ConnCtx, d: Delivery) {
         ctx.sink.release(d.charge);
         if let Some(q) = d.queue {
-            let m = QueuedMessage {
-                seq: d.seq,
-                message: d.message,
-                redelivered: d.redelivered,
-            };
+            let m = QueuedMessage { seq: d.seq, message: d.message, redelivered: d.redelivered };
             q.requeue_undelivered(m, !d.no_ack);
         }
     }
 
     pub fn content_header(&mut self, ctx: &mut ConnCtx, header: ContentHeader) -> AmqpResult<()> {
         let Some(p) = &mut self.publish else {
-            return Err(AmqpError::unexpected_frame(
-                "content header frame without a basic.publish before it",
-            ));
+            return Err(AmqpError::unexpected_frame("content header frame without a basic.publish before it"));
         };
         if p.header.is_some() {
-            return Err(AmqpError::unexpected_frame(
-                "second content header for one publish",
-            ));
+            return Err(AmqpError::unexpected_frame("second content header for one publish"));
         }
         if header.class_id != 60 {
             return Err(AmqpError::unexpected_frame(format!(
@@ -631,9 +502,8 @@ impl Channel {
                 header.body_size
             )));
         }
-        let props = BasicProperties::decode(header.properties.clone()).map_err(|e| {
-            AmqpError::syntax_error(format!("malformed content header properties: {e}"))
-        })?;
+        let props = BasicProperties::decode(header.properties.clone())
+            .map_err(|e| AmqpError::syntax_error(format!("malformed content header properties: {e}")))?;
         p.persistent = props.delivery_mode == Some(2);
         let done = header.body_size == 0;
         p.header = Some(header);
@@ -645,14 +515,10 @@ impl Channel {
 
     pub fn content_body(&mut self, ctx: &mut ConnCtx, body: Bytes) -> AmqpResult<()> {
         let Some(p) = &mut self.publish else {
-            return Err(AmqpError::unexpected_frame(
-                "content body frame without a basic.publish before it",
-            ));
+            return Err(AmqpError::unexpected_frame("content body frame without a basic.publish before it"));
         };
         let Some(header) = &p.header else {
-            return Err(AmqpError::unexpected_frame(
-                "content body frame before its content header",
-            ));
+            return Err(AmqpError::unexpected_frame("content body frame before its content header"));
         };
         let expected = header.body_size as usize;
         let have = p.single.as_ref().map_or(0, Bytes::len) + p.body.len();
@@ -666,12 +532,12 @@ impl Channel {
         if have == 0 && body.len() == expected {
             p.single = Some(body);
         } else {
-            if let Some(first) = p.single.take() {
-                p.body.reserve(expected);
-                p.body.extend_from_slice(&first);
-            }
+            // Reserve what was declared only up to a bound: memory follows bytes actually received.
             if p.body.is_empty() {
-                p.body.reserve(expected);
+                p.body.reserve(expected.min(MAX_UPFRONT_RESERVE));
+            }
+            if let Some(first) = p.single.take() {
+                p.body.extend_from_slice(&first);
             }
             p.body.extend_from_slice(&body);
         }
@@ -696,11 +562,8 @@ impl Channel {
         if contains(&properties, DIRECT_REPLY_TO.as_bytes()) {
             properties = self.rewrite_reply_to(properties)?;
         }
-        let exchange = if p.method.exchange.as_str() == "amq.default" {
-            ShortStr::default()
-        } else {
-            p.method.exchange.clone()
-        };
+        let exchange =
+            if p.method.exchange.as_str() == "amq.default" { ShortStr::default() } else { p.method.exchange.clone() };
         let message = Arc::new(Message {
             exchange,
             routing_key: p.method.routing_key.clone(),
@@ -734,43 +597,34 @@ impl Channel {
 
     /// Publishes with reply-to `amq.rabbitmq.reply-to` get this channel's reply key instead.
     fn rewrite_reply_to(&self, raw: Bytes) -> AmqpResult<Bytes> {
-        let mut props = BasicProperties::decode(raw.clone()).map_err(|e| {
-            AmqpError::syntax_error(format!("malformed content header properties: {e}"))
-        })?;
+        let mut props = BasicProperties::decode(raw.clone())
+            .map_err(|e| AmqpError::syntax_error(format!("malformed content header properties: {e}")))?;
         if props.reply_to.as_deref() != Some(DIRECT_REPLY_TO) {
             return Ok(raw);
         }
         let Some(key) = &self.reply_key else {
-            return Err(AmqpError::precondition_failed(
-                "fast reply consumer does not exist",
-            ));
+            return Err(AmqpError::precondition_failed("fast reply consumer does not exist"));
         };
         props.reply_to = Some(ShortStr::from(key.as_str()));
         Ok(props.to_bytes())
     }
 
-    fn route_and_enqueue(
-        &mut self,
-        ctx: &mut ConnCtx,
-        method: &BasicPublish,
-        message: Arc<Message>,
-    ) -> AmqpResult<()> {
+    fn route_and_enqueue(&mut self, ctx: &mut ConnCtx, method: &BasicPublish, message: Arc<Message>) -> AmqpResult<()> {
         let rk = message.routing_key.as_str();
         let routed = if message.exchange.is_empty() && rk.starts_with("amq.rabbitmq.reply-to.") {
             match ctx.broker.reply_consumer(rk) {
                 Some(c) => {
                     let charge = message.size() + 64;
-                    c.sink
-                        .send(crate::broker::consumer::ConnEvent::Deliver(Delivery {
-                            channel: c.channel,
-                            consumer_tag: c.tag.clone(),
-                            queue: None,
-                            seq: 0,
-                            message: message.clone(),
-                            redelivered: false,
-                            no_ack: true,
-                            charge,
-                        }));
+                    c.sink.send(crate::broker::consumer::ConnEvent::Deliver(Delivery {
+                        channel: c.channel,
+                        consumer_tag: c.tag.clone(),
+                        queue: None,
+                        seq: 0,
+                        message: message.clone(),
+                        redelivered: false,
+                        no_ack: true,
+                        charge,
+                    }));
                     true
                 }
                 None => false,
@@ -806,13 +660,7 @@ impl Channel {
     /// Sends the confirms decided while handling the last batch of frames, one per run.
     pub fn flush_confirms(&mut self, ctx: &mut ConnCtx) {
         if let Some((first, last)) = self.pending_acks.take() {
-            ctx.out.method(
-                self.id,
-                BasicAck {
-                    delivery_tag: last,
-                    multiple: first != last,
-                },
-            );
+            ctx.out.method(self.id, BasicAck { delivery_tag: last, multiple: first != last });
         }
     }
 
@@ -820,24 +668,12 @@ impl Channel {
         for m in tx.settlements {
             match m {
                 Method::BasicAck(m) => self.settle(m.delivery_tag, m.multiple, Settle::Ack)?,
-                Method::BasicNack(m) => self.settle(
-                    m.delivery_tag,
-                    m.multiple,
-                    if m.requeue {
-                        Settle::Requeue
-                    } else {
-                        Settle::Drop
-                    },
-                )?,
-                Method::BasicReject(m) => self.settle(
-                    m.delivery_tag,
-                    false,
-                    if m.requeue {
-                        Settle::Requeue
-                    } else {
-                        Settle::Drop
-                    },
-                )?,
+                Method::BasicNack(m) => {
+                    self.settle(m.delivery_tag, m.multiple, if m.requeue { Settle::Requeue } else { Settle::Drop })?
+                }
+                Method::BasicReject(m) => {
+                    self.settle(m.delivery_tag, false, if m.requeue { Settle::Requeue } else { Settle::Drop })?
+                }
                 _ => {}
             }
         }
@@ -857,9 +693,7 @@ impl Channel {
         if (multiple && tag == 0) || self.unacked.iter().any(|u| u.tag == tag) {
             Ok(())
         } else {
-            Err(AmqpError::precondition_failed(format!(
-                "unknown delivery tag {tag}"
-            )))
+            Err(AmqpError::precondition_failed(format!("unknown delivery tag {tag}")))
         }
     }
 
@@ -867,9 +701,7 @@ impl Channel {
         let taken: Vec<Unacked> = if multiple {
             let upto = if tag == 0 { u64::MAX } else { tag };
             if tag != 0 && !self.unacked.iter().any(|u| u.tag == tag) {
-                return Err(AmqpError::precondition_failed(format!(
-                    "unknown delivery tag {tag}"
-                )));
+                return Err(AmqpError::precondition_failed(format!("unknown delivery tag {tag}")));
             }
             let n = self.unacked.partition_point(|u| u.tag <= upto);
             self.unacked.drain(..n).collect()
@@ -877,11 +709,7 @@ impl Channel {
             let pos = self.unacked.binary_search_by_key(&tag, |u| u.tag);
             match pos {
                 Ok(i) => self.unacked.remove(i).into_iter().collect(),
-                Err(_) => {
-                    return Err(AmqpError::precondition_failed(format!(
-                        "unknown delivery tag {tag}"
-                    )))
-                }
+                Err(_) => return Err(AmqpError::precondition_failed(format!("unknown delivery tag {tag}"))),
             }
         };
         self.release(taken, how);

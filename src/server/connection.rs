@@ -60,9 +60,7 @@ pub struct ConnCtx {
 
 impl ConnCtx {
     pub fn vhost(&self) -> Result<&Arc<VHost>, AmqpError> {
-        self.vhost
-            .as_ref()
-            .ok_or_else(|| AmqpError::command_invalid("connection is not open"))
+        self.vhost.as_ref().ok_or_else(|| AmqpError::command_invalid("connection is not open"))
     }
 }
 
@@ -77,12 +75,7 @@ pub struct Connection {
 }
 
 /// Serves one accepted socket until it closes or the broker shuts down.
-pub async fn serve(
-    stream: TcpStream,
-    broker: Arc<Broker>,
-    config: Arc<Config>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(stream: TcpStream, broker: Arc<Broker>, config: Arc<Config>, mut shutdown: watch::Receiver<bool>) {
     let Ok(peer) = stream.peer_addr() else { return };
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
@@ -181,9 +174,7 @@ pub async fn serve(
                 deadline = Instant::now() + CLOSE_TIMEOUT
             }
             State::Open
-                if conn.heartbeat > 0
-                    && heartbeat_at
-                        > Instant::now() + Duration::from_secs(conn.heartbeat as u64) =>
+                if conn.heartbeat > 0 && heartbeat_at > Instant::now() + Duration::from_secs(conn.heartbeat as u64) =>
             {
                 heartbeat_at = Instant::now() + Duration::from_secs(conn.heartbeat as u64) / 2;
             }
@@ -195,10 +186,7 @@ pub async fn serve(
     conn.flush(&writer);
     writer.close();
     drop(events);
-    if tokio::time::timeout(Duration::from_secs(5), writer_task)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(5), writer_task).await.is_err() {
         tracing::debug!(peer = %conn.peer, "writer did not finish in time");
     }
     tracing::debug!(peer = %conn.peer, id, "connection closed");
@@ -251,9 +239,7 @@ impl Connection {
         loop {
             match self.state {
                 State::Closed => return,
-                State::Closing {
-                    framing_broken: true,
-                } => {
+                State::Closing { framing_broken: true } => {
                     rbuf.clear();
                     return;
                 }
@@ -268,9 +254,7 @@ impl Connection {
                 }
                 Err(e) => {
                     self.raise(0, AmqpError::frame_error(e.to_string()));
-                    self.state = State::Closing {
-                        framing_broken: true,
-                    };
+                    self.state = State::Closing { framing_broken: true };
                     rbuf.clear();
                     return;
                 }
@@ -291,12 +275,7 @@ impl Connection {
             }
             self.ctx.out.method(
                 channel,
-                ChannelClose {
-                    reply_code: e.code,
-                    reply_text: text,
-                    class_id: e.class_id,
-                    method_id: e.method_id,
-                },
+                ChannelClose { reply_code: e.code, reply_text: text, class_id: e.class_id, method_id: e.method_id },
             );
             return;
         }
@@ -310,17 +289,10 @@ impl Connection {
         }
         self.ctx.out.method(
             0,
-            ConnectionClose {
-                reply_code: e.code,
-                reply_text: text,
-                class_id: e.class_id,
-                method_id: e.method_id,
-            },
+            ConnectionClose { reply_code: e.code, reply_text: text, class_id: e.class_id, method_id: e.method_id },
         );
         self.cleanup();
-        self.state = State::Closing {
-            framing_broken: false,
-        };
+        self.state = State::Closing { framing_broken: false };
     }
 
     fn handle_frame(&mut self, frame: Frame) -> Result<(), (u16, AmqpError)> {
@@ -339,16 +311,12 @@ impl Connection {
         }
         match frame {
             Frame::Heartbeat(0) => Ok(()),
-            Frame::Heartbeat(c) => Err((
-                0,
-                AmqpError::frame_error(format!("heartbeat frame on channel {c}")),
-            )),
+            Frame::Heartbeat(c) => Err((0, AmqpError::frame_error(format!("heartbeat frame on channel {c}")))),
             Frame::Method(c, payload) => {
                 let method = Method::decode(payload).map_err(|e| (0, decode_error(e)))?;
                 if c == 0 {
                     let ids = method.ids();
-                    self.connection_method(method)
-                        .map_err(|e| (0, e.with_method(ids)))
+                    self.connection_method(method).map_err(|e| (0, e.with_method(ids)))
                 } else {
                     self.channel_method(c, method)
                 }
@@ -371,38 +339,24 @@ impl Connection {
     fn channel_method(&mut self, c: u16, method: Method) -> Result<(), (u16, AmqpError)> {
         let ids = method.ids();
         if self.state != State::Open {
-            return Err((
-                0,
-                AmqpError::channel_error("channel method before the connection is open")
-                    .with_method(ids),
-            ));
+            return Err((0, AmqpError::channel_error("channel method before the connection is open").with_method(ids)));
         }
         if c > self.channel_max {
             return Err((
                 0,
-                AmqpError::channel_error(format!(
-                    "channel number {c} exceeds channel_max {}",
-                    self.channel_max
-                ))
-                .with_method(ids),
+                AmqpError::channel_error(format!("channel number {c} exceeds channel_max {}", self.channel_max))
+                    .with_method(ids),
             ));
         }
         match (self.channels.get_mut(&c), method) {
             (None, Method::ChannelOpen(_)) => {
                 self.channels.insert(c, Channel::new(c));
-                self.ctx.out.method(
-                    c,
-                    ChannelOpenOk {
-                        reserved: LongStr::default(),
-                    },
-                );
+                self.ctx.out.method(c, ChannelOpenOk { reserved: LongStr::default() });
                 Ok(())
             }
-            (None, _) => Err((
-                0,
-                AmqpError::channel_error(format!("expected 'channel.open' on channel {c}"))
-                    .with_method(ids),
-            )),
+            (None, _) => {
+                Err((0, AmqpError::channel_error(format!("expected 'channel.open' on channel {c}")).with_method(ids)))
+            }
             (Some(ch), Method::ChannelCloseOk(_)) if ch.closing => {
                 self.channels.remove(&c);
                 Ok(())
@@ -414,13 +368,10 @@ impl Connection {
                 Ok(())
             }
             (Some(ch), _) if ch.closing => Ok(()),
-            (Some(_), Method::ChannelOpen(_)) => Err((
-                0,
-                AmqpError::channel_error("second 'channel.open' seen").with_method(ids),
-            )),
-            (Some(ch), method) => ch
-                .method(&mut self.ctx, method)
-                .map_err(|e| (c, e.with_method(ids))),
+            (Some(_), Method::ChannelOpen(_)) => {
+                Err((0, AmqpError::channel_error("second 'channel.open' seen").with_method(ids)))
+            }
+            (Some(ch), method) => ch.method(&mut self.ctx, method).map_err(|e| (c, e.with_method(ids))),
         }
     }
 
@@ -441,29 +392,21 @@ impl Connection {
             }
             (
                 State::Open,
-                Method::ConnectionCloseOk(_)
-                | Method::ConnectionBlocked(_)
-                | Method::ConnectionUnblocked(_),
+                Method::ConnectionCloseOk(_) | Method::ConnectionBlocked(_) | Method::ConnectionUnblocked(_),
             ) => Ok(()),
             (_, Method::ConnectionClose(_)) => {
                 self.ctx.out.method(0, ConnectionCloseOk {});
                 self.state = State::Closed;
                 Ok(())
             }
-            (_, m) => Err(AmqpError::command_invalid(format!(
-                "unexpected method {} on channel 0",
-                m.name()
-            ))),
+            (_, m) => Err(AmqpError::command_invalid(format!("unexpected method {} on channel 0", m.name()))),
         }
     }
 
     fn start_ok(&mut self, m: ConnectionStartOk) -> Result<(), AmqpError> {
         let caps = m.client_properties.get("capabilities");
         if let Some(FieldValue::Table(caps)) = caps {
-            self.ctx.cancel_notify = caps
-                .get("consumer_cancel_notify")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false);
+            self.ctx.cancel_notify = caps.get("consumer_cancel_notify").and_then(|v| v.as_bool()).unwrap_or(false);
         }
         let (user, password) = match m.mechanism.as_str() {
             "PLAIN" => {
@@ -471,40 +414,25 @@ impl Connection {
                 let _authzid = parts.next();
                 let user = parts.next().unwrap_or_default();
                 let pass = parts.next().unwrap_or_default();
-                (
-                    String::from_utf8_lossy(user).into_owned(),
-                    String::from_utf8_lossy(pass).into_owned(),
-                )
+                (String::from_utf8_lossy(user).into_owned(), String::from_utf8_lossy(pass).into_owned())
             }
             "AMQPLAIN" => {
                 // The response is a field table without its length prefix.
                 let mut framed = BytesMut::with_capacity(m.response.0.len() + 4);
                 framed.put_u32(m.response.0.len() as u32);
                 framed.put_slice(&m.response.0);
-                let table = Decoder::new(framed.freeze()).table().map_err(|e| {
-                    AmqpError::syntax_error(format!("malformed AMQPLAIN response: {e}"))
-                })?;
-                let get = |k: &str| {
-                    table
-                        .get(k)
-                        .and_then(|v| v.as_str())
-                        .unwrap_or_default()
-                        .to_string()
-                };
+                let table = Decoder::new(framed.freeze())
+                    .table()
+                    .map_err(|e| AmqpError::syntax_error(format!("malformed AMQPLAIN response: {e}")))?;
+                let get = |k: &str| table.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
                 (get("LOGIN"), get("PASSWORD"))
             }
             other => {
-                return Err(AmqpError::command_invalid(format!(
-                    "unknown authentication mechanism '{other}'"
-                )));
+                return Err(AmqpError::command_invalid(format!("unknown authentication mechanism '{other}'")));
             }
         };
         let loopback = self.peer.ip().is_loopback();
-        if let Err(e) =
-            self.ctx
-                .broker
-                .authenticate(&user, &password, loopback, m.mechanism.as_str())
-        {
+        if let Err(e) = self.ctx.broker.authenticate(&user, &password, loopback, m.mechanism.as_str()) {
             tracing::warn!(peer = %self.peer, user, "authentication failed");
             return Err(e);
         }
@@ -523,31 +451,16 @@ impl Connection {
 
     fn tune_ok(&mut self, m: ConnectionTuneOk) -> Result<(), AmqpError> {
         let server_max = self.ctx.config.frame_max;
-        let frame_max = if m.frame_max == 0 {
-            server_max
-        } else {
-            m.frame_max
-        };
+        let frame_max = if m.frame_max == 0 { server_max } else { m.frame_max };
         if frame_max > server_max {
-            return Err(AmqpError::not_allowed(format!(
-                "frame_max={frame_max} > {server_max} max"
-            )));
+            return Err(AmqpError::not_allowed(format!("frame_max={frame_max} > {server_max} max")));
         }
         if frame_max < crate::protocol::frame::FRAME_MIN_SIZE {
-            return Err(AmqpError::not_allowed(format!(
-                "frame_max={frame_max} < 4096 min"
-            )));
+            return Err(AmqpError::not_allowed(format!("frame_max={frame_max} < 4096 min")));
         }
-        let channel_max = if m.channel_max == 0 {
-            self.channel_max
-        } else {
-            m.channel_max
-        };
+        let channel_max = if m.channel_max == 0 { self.channel_max } else { m.channel_max };
         if channel_max > self.channel_max {
-            return Err(AmqpError::not_allowed(format!(
-                "channel_max={channel_max} > {} max",
-                self.channel_max
-            )));
+            return Err(AmqpError::not_allowed(format!("channel_max={channel_max} > {} max", self.channel_max)));
         }
         self.channel_max = channel_max;
         self.frame_max = frame_max as usize;
@@ -559,18 +472,10 @@ impl Connection {
 
     fn open(&mut self, m: ConnectionOpen) -> Result<(), AmqpError> {
         let Some(vhost) = self.ctx.broker.vhost(&m.virtual_host) else {
-            return Err(AmqpError::not_allowed(format!(
-                "vhost '{}' not found",
-                m.virtual_host
-            )));
+            return Err(AmqpError::not_allowed(format!("vhost '{}' not found", m.virtual_host)));
         };
         self.ctx.vhost = Some(vhost);
-        self.ctx.out.method(
-            0,
-            ConnectionOpenOk {
-                known_hosts: ShortStr::default(),
-            },
-        );
+        self.ctx.out.method(0, ConnectionOpenOk { known_hosts: ShortStr::default() });
         self.state = State::Open;
         tracing::info!(peer = %self.peer, user = %self.ctx.user, vhost = %m.virtual_host, "connection open");
         Ok(())
@@ -579,15 +484,10 @@ impl Connection {
     fn handle_event(&mut self, ev: ConnEvent) {
         match ev {
             ConnEvent::Deliver(d) => match self.channels.get_mut(&d.channel) {
-                Some(ch) if !ch.closing && self.state == State::Open => {
-                    ch.deliver(&mut self.ctx, d)
-                }
+                Some(ch) if !ch.closing && self.state == State::Open => ch.deliver(&mut self.ctx, d),
                 _ => Channel::return_undelivered(&self.ctx, d),
             },
-            ConnEvent::ConsumerCancelled {
-                channel,
-                consumer_tag,
-            } => {
+            ConnEvent::ConsumerCancelled { channel, consumer_tag } => {
                 if let Some(ch) = self.channels.get_mut(&channel) {
                     ch.consumer_cancelled(&mut self.ctx, consumer_tag);
                 }
@@ -615,27 +515,20 @@ fn open_channel(
     c: u16,
 ) -> Result<Option<&mut Channel>, (u16, AmqpError)> {
     if state != State::Open {
-        return Err((
-            0,
-            AmqpError::unexpected_frame("content frame before the connection is open"),
-        ));
+        return Err((0, AmqpError::unexpected_frame("content frame before the connection is open")));
     }
     match channels.get_mut(&c) {
         Some(ch) if ch.closing => Ok(None),
         Some(ch) => Ok(Some(ch)),
-        None => Err((
-            0,
-            AmqpError::channel_error(format!("expected 'channel.open' on channel {c}")),
-        )),
+        None => Err((0, AmqpError::channel_error(format!("expected 'channel.open' on channel {c}")))),
     }
 }
 
 fn decode_error(e: CodecError) -> AmqpError {
     match e {
-        CodecError::UnknownMethod(c, m) => AmqpError::not_implemented(format!(
-            "unknown method {}",
-            crate::protocol::method::method_name(c, m)
-        )),
+        CodecError::UnknownMethod(c, m) => {
+            AmqpError::not_implemented(format!("unknown method {}", crate::protocol::method::method_name(c, m)))
+        }
         other => AmqpError::syntax_error(format!("cannot decode method frame: {other}")),
     }
 }

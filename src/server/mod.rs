@@ -23,11 +23,7 @@ pub struct Server {
 impl Server {
     pub async fn bind(config: Config, broker: Arc<Broker>) -> std::io::Result<Server> {
         let listener = TcpListener::bind((config.bind.as_str(), config.port)).await?;
-        Ok(Server {
-            listener,
-            broker,
-            config: Arc::new(config),
-        })
+        Ok(Server { listener, broker, config: Arc::new(config) })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

@@ -32,23 +32,12 @@ pub struct WriterHandle {
 }
 
 impl WriterHandle {
-    pub fn spawn(
-        socket: OwnedWriteHalf,
-        sink: Arc<ConnectionSink>,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn spawn(socket: OwnedWriteHalf, sink: Arc<ConnectionSink>) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let unwritten = Arc::new(AtomicUsize::new(0));
         let drained = Arc::new(Notify::new());
         let task = tokio::spawn(run(socket, rx, sink, unwritten.clone(), drained.clone()));
-        (
-            WriterHandle {
-                tx,
-                unwritten,
-                drained,
-                wrote: Arc::new(AtomicBool::new(false)),
-            },
-            task,
-        )
+        (WriterHandle { tx, unwritten, drained, wrote: Arc::new(AtomicBool::new(false)) }, task)
     }
     pub fn send(&self, bytes: Bytes, charge: usize) {
         self.unwritten.fetch_add(bytes.len(), Ordering::AcqRel);

@@ -55,10 +55,9 @@ fn values_equal(a: &FieldValue, b: &FieldValue) -> bool {
     match (a.as_i64(), b.as_i64()) {
         (Some(x), Some(y)) => x == y,
         _ => match (a, b) {
-            (
-                FieldValue::LongStr(x) | FieldValue::ByteArray(x),
-                FieldValue::LongStr(y) | FieldValue::ByteArray(y),
-            ) => x == y,
+            (FieldValue::LongStr(x) | FieldValue::ByteArray(x), FieldValue::LongStr(y) | FieldValue::ByteArray(y)) => {
+                x == y
+            }
             _ => a == b,
         },
     }
@@ -67,14 +66,11 @@ fn values_equal(a: &FieldValue, b: &FieldValue) -> bool {
 fn matches(mode: MatchMode, args: &FieldTable, headers: Option<&FieldTable>) -> bool {
     let with_x = matches!(mode, MatchMode::AllWithX | MatchMode::AnyWithX);
     let all = matches!(mode, MatchMode::All | MatchMode::AllWithX);
-    let mut considered = args
-        .iter()
-        .filter(|(k, _)| k.as_str() != "x-match" && (with_x || !k.starts_with("x-")));
-    let hit =
-        |(k, v): (&crate::protocol::ShortStr, &FieldValue)| match headers.and_then(|h| h.get(k)) {
-            None => false,
-            Some(hv) => matches!(v, FieldValue::Void) || values_equal(v, hv),
-        };
+    let mut considered = args.iter().filter(|(k, _)| k.as_str() != "x-match" && (with_x || !k.starts_with("x-")));
+    let hit = |(k, v): (&crate::protocol::ShortStr, &FieldValue)| match headers.and_then(|h| h.get(k)) {
+        None => false,
+        Some(hv) => matches!(v, FieldValue::Void) || values_equal(v, hv),
+    };
     if all {
         considered.all(hit)
     } else {
@@ -85,11 +81,7 @@ fn matches(mode: MatchMode, args: &FieldTable, headers: Option<&FieldTable>) -> 
 impl Router for HeadersRouter {
     fn bind(&mut self, b: &Binding) {
         let mode = mode_of(&b.arguments).unwrap_or(MatchMode::All);
-        self.bindings.push(HeadersBinding {
-            mode,
-            arguments: b.arguments.clone(),
-            binding: b.clone(),
-        });
+        self.bindings.push(HeadersBinding { mode, arguments: b.arguments.clone(), binding: b.clone() });
     }
     fn unbind(&mut self, b: &Binding) {
         if let Some(pos) = self.bindings.iter().position(|h| {
@@ -123,11 +115,7 @@ mod tests {
 
     #[test]
     fn match_modes() {
-        let h = table(&[
-            ("a", FieldValue::I32(1)),
-            ("b", FieldValue::string("x")),
-            ("x-k", FieldValue::I8(1)),
-        ]);
+        let h = table(&[("a", FieldValue::I32(1)), ("b", FieldValue::string("x")), ("x-k", FieldValue::I8(1))]);
         let all = table(&[("a", FieldValue::I64(1)), ("b", FieldValue::string("x"))]);
         assert!(matches(MatchMode::All, &all, Some(&h)));
         let all_miss = table(&[("a", FieldValue::I64(1)), ("c", FieldValue::Void)]);

@@ -45,11 +45,7 @@ impl ExchangeKind {
             "fanout" => ExchangeKind::Fanout,
             "topic" => ExchangeKind::Topic,
             "headers" => ExchangeKind::Headers,
-            other => {
-                return Err(AmqpError::command_invalid(format!(
-                    "unknown exchange type '{other}'"
-                )))
-            }
+            other => return Err(AmqpError::command_invalid(format!("unknown exchange type '{other}'"))),
         })
     }
     pub fn as_str(&self) -> &'static str {
@@ -96,23 +92,12 @@ impl Exchange {
             ExchangeKind::Topic => Box::<topic::TopicRouter>::default(),
             ExchangeKind::Headers => Box::<headers::HeadersRouter>::default(),
         };
-        Exchange {
-            name,
-            kind,
-            durable,
-            auto_delete,
-            internal,
-            arguments,
-            bindings: Vec::new(),
-            router,
-        }
+        Exchange { name, kind, durable, auto_delete, internal, arguments, bindings: Vec::new(), router }
     }
 
     /// The alternate exchange for unroutable messages, from the `alternate-exchange` argument.
     pub fn alternate_exchange(&self) -> Option<&str> {
-        self.arguments
-            .get("alternate-exchange")
-            .and_then(|v| v.as_str())
+        self.arguments.get("alternate-exchange").and_then(|v| v.as_str())
     }
 
     /// Checks a binding's arguments for this exchange type before it is added.
@@ -144,9 +129,8 @@ impl Exchange {
 
     /// Removes every binding to `dest`; returns how many.
     pub fn unbind_destination(&mut self, dest: &Destination) -> usize {
-        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.bindings)
-            .into_iter()
-            .partition(|b| &b.destination == dest);
+        let (gone, kept): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.bindings).into_iter().partition(|b| &b.destination == dest);
         self.bindings = kept;
         for b in &gone {
             self.router.unbind(b);
@@ -161,20 +145,13 @@ impl Exchange {
         &self.bindings
     }
 
-    pub fn route(
-        &self,
-        routing_key: &str,
-        headers: Option<&FieldTable>,
-        out: &mut Vec<Destination>,
-    ) {
+    pub fn route(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Vec<Destination>) {
         self.router.route(routing_key, headers, out)
     }
 }
 
 fn same_binding(a: &Binding, b: &Binding) -> bool {
-    a.destination == b.destination
-        && a.routing_key == b.routing_key
-        && a.arguments.equivalent(&b.arguments)
+    a.destination == b.destination && a.routing_key == b.routing_key && a.arguments.equivalent(&b.arguments)
 }
 
 #[cfg(test)]
@@ -191,37 +168,19 @@ mod tests {
     }
 
     fn binding(q: &str, key: &str, args: FieldTable) -> Binding {
-        Binding {
-            destination: Destination::Queue(q.into()),
-            routing_key: key.into(),
-            arguments: args,
-        }
+        Binding { destination: Destination::Queue(q.into()), routing_key: key.into(), arguments: args }
     }
 
     #[test]
     fn direct_and_fanout() {
-        let mut d = Exchange::new(
-            "d".into(),
-            ExchangeKind::Direct,
-            false,
-            false,
-            false,
-            FieldTable::new(),
-        );
+        let mut d = Exchange::new("d".into(), ExchangeKind::Direct, false, false, false, FieldTable::new());
         d.bind(binding("q1", "k", FieldTable::new()));
         d.bind(binding("q2", "k", FieldTable::new()));
         d.bind(binding("q3", "other", FieldTable::new()));
         assert_eq!(route(&d, "k", None), ["q1", "q2"]);
         assert!(d.unbind(&binding("q1", "k", FieldTable::new())));
         assert_eq!(route(&d, "k", None), ["q2"]);
-        let mut f = Exchange::new(
-            "f".into(),
-            ExchangeKind::Fanout,
-            false,
-            false,
-            false,
-            FieldTable::new(),
-        );
+        let mut f = Exchange::new("f".into(), ExchangeKind::Fanout, false, false, false, FieldTable::new());
         f.bind(binding("a", "x", FieldTable::new()));
         f.bind(binding("b", "", FieldTable::new()));
         assert_eq!(route(&f, "anything", None), ["a", "b"]);
@@ -229,14 +188,7 @@ mod tests {
 
     #[test]
     fn headers_binding_validation() {
-        let ex = Exchange::new(
-            "h".into(),
-            ExchangeKind::Headers,
-            false,
-            false,
-            false,
-            FieldTable::new(),
-        );
+        let ex = Exchange::new("h".into(), ExchangeKind::Headers, false, false, false, FieldTable::new());
         let mut args = FieldTable::new();
         args.insert("x-match", FieldValue::string("some"));
         let err = ex.validate_binding(&binding("q", "", args)).unwrap_err();

@@ -26,17 +26,11 @@ impl Router for TopicRouter {
             }
             words.push(w.to_string());
         }
-        self.bindings.push(TopicBinding {
-            key: b.routing_key.to_string(),
-            words,
-            destination: b.destination.clone(),
-        });
+        self.bindings.push(TopicBinding { key: b.routing_key.to_string(), words, destination: b.destination.clone() });
     }
     fn unbind(&mut self, b: &Binding) {
-        if let Some(pos) = self
-            .bindings
-            .iter()
-            .position(|t| t.key == b.routing_key.as_str() && t.destination == b.destination)
+        if let Some(pos) =
+            self.bindings.iter().position(|t| t.key == b.routing_key.as_str() && t.destination == b.destination)
         {
             self.bindings.remove(pos);
         }
@@ -57,8 +51,7 @@ impl Router for TopicRouter {
 /// Whether pattern words match routing-key words, in time proportional to their product.
 pub fn topic_matches(pattern: &[String], words: &[&str]) -> bool {
     if !pattern.iter().any(|p| p == "#") {
-        return pattern.len() == words.len()
-            && pattern.iter().zip(words).all(|(p, w)| p == "*" || p == w);
+        return pattern.len() == words.len() && pattern.iter().zip(words).all(|(p, w)| p == "*" || p == w);
     }
     let n = words.len();
     // next[j]: the pattern after the current word matches words[j..].

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs every test: formatting, unit and integration tests (Rust), and the pika suite (Python).
+# Installs what it needs itself: a Python venv with the packages in tests/python/requirements.txt.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo build --release"
+cargo build --release --locked
+
+echo "== cargo test --release"
+cargo test --release --locked
+
+echo "== python venv"
+if [ ! -x .venv/bin/python ]; then
+  if ! python3 -m venv .venv 2>/dev/null; then
+    # Debian's python3 needs python3-venv for this; install it when we may.
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+      rm -rf .venv && python3 -m venv .venv
+    else
+      echo "python3 -m venv failed: install python3-venv" >&2
+      exit 1
+    fi
+  fi
+fi
+.venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+
+echo "== pytest (pika)"
+HARE_BIN="$PWD/target/release/hare" .venv/bin/python -m pytest tests/python -q -p no:cacheprovider
