@@ -40,12 +40,12 @@ fn frame_error_case(bytes: &[u8], expect_code: u16, expect_text: &str) {
 }
 
 #[test]
-fn garbage_and_bad_frames_are_frame_errors() {
+fn garbage_and_bad_frames_are_cut_off() {
     frame_error_case(&[9, 0, 0, 0, 0, 0, 0, 0xCE], 501, "unknown frame type 9");
     frame_error_case(&[8, 0, 0, 0, 0, 0, 0, 0x00], 501, "frame end octet");
     // Larger than frame_max: refused from the header alone, nothing is buffered.
     frame_error_case(&[1, 0, 1, 0x7f, 0xff, 0xff, 0xff], 501, "exceeds the negotiated frame_max");
-    frame_error_case(&[8, 0, 5, 0, 0, 0, 0, 0xCE], 501, "heartbeat frame on channel 5");
+    frame_error_case(&[8, 0, 5, 0, 0, 0, 0, 0xCE], 505, "heartbeat frame on channel 5");
     frame_error_case(b"\x01\x02\x03garbage-garbage-garbage", 501, "");
 }
 
@@ -322,6 +322,32 @@ fn many_connections_and_channels() {
     c.send_method(0, ConnectionClose { reply_code: 200, reply_text: "bye".into(), class_id: 0, method_id: 0 });
     assert!(matches!(c.method(), Some((0, Method::ConnectionCloseOk(_)))));
     c.expect_eof();
-    let _ = Method::TxSelect(TxSelect {});
     assert_healthy(server.port);
+}
+
+#[test]
+fn channel_max_limits_open_channels() {
+    let server = TestServer::start();
+    let mut raw = Raw::connect(server.port);
+    raw.send(PROTOCOL_HEADER);
+    raw.method();
+    raw.send_method(
+        0,
+        ConnectionStartOk {
+            client_properties: FieldTable::new(),
+            mechanism: "PLAIN".into(),
+            response: "\0guest\0guest".into(),
+            locale: "en_US".into(),
+        },
+    );
+    raw.method();
+    raw.send_method(0, ConnectionTuneOk { channel_max: 2, frame_max: 131072, heartbeat: 0 });
+    raw.send_method(0, ConnectionOpen { virtual_host: "/".into(), ..Default::default() });
+    raw.method();
+    raw.open_channel(1);
+    raw.open_channel(1000);
+    raw.send_method(3, ChannelOpen::default());
+    let (code, text) = raw.expect_connection_close();
+    assert_eq!(code, 530);
+    assert_eq!(text, "NOT_ALLOWED - number of channels opened (2) has reached the negotiated channel_max (2)");
 }

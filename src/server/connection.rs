@@ -159,6 +159,9 @@ pub async fn serve(stream: TcpStream, broker: Arc<Broker>, config: Arc<Config>, 
                 }
                 if !writer.wrote.swap(false, std::sync::atomic::Ordering::AcqRel) {
                     conn.ctx.out.heartbeat();
+                    conn.flush(&writer);
+                    // Our own heartbeat does not count as traffic for the next tick.
+                    writer.wrote.store(false, std::sync::atomic::Ordering::Release);
                 }
                 heartbeat_at = Instant::now() + interval / 2;
             }
@@ -311,7 +314,7 @@ impl Connection {
         }
         match frame {
             Frame::Heartbeat(0) => Ok(()),
-            Frame::Heartbeat(c) => Err((0, AmqpError::frame_error(format!("heartbeat frame on channel {c}")))),
+            Frame::Heartbeat(c) => Err((0, AmqpError::unexpected_frame(format!("heartbeat frame on channel {c}")))),
             Frame::Method(c, payload) => {
                 let method = Method::decode(payload).map_err(|e| (0, decode_error(e)))?;
                 if c == 0 {
@@ -341,15 +344,19 @@ impl Connection {
         if self.state != State::Open {
             return Err((0, AmqpError::channel_error("channel method before the connection is open").with_method(ids)));
         }
-        if c > self.channel_max {
-            return Err((
-                0,
-                AmqpError::channel_error(format!("channel number {c} exceeds channel_max {}", self.channel_max))
-                    .with_method(ids),
-            ));
-        }
         match (self.channels.get_mut(&c), method) {
             (None, Method::ChannelOpen(_)) => {
+                if self.channels.len() >= self.channel_max as usize {
+                    return Err((
+                        0,
+                        AmqpError::not_allowed(format!(
+                            "number of channels opened ({}) has reached the negotiated channel_max ({})",
+                            self.channels.len(),
+                            self.channel_max
+                        ))
+                        .with_method(ids),
+                    ));
+                }
                 self.channels.insert(c, Channel::new(c));
                 self.ctx.out.method(c, ChannelOpenOk { reserved: LongStr::default() });
                 Ok(())
