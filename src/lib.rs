@@ -7,3 +7,4 @@ pub mod broker;
 pub mod config;
 pub mod protocol;
 pub mod server;
+pub mod storage;

@@ -4,6 +4,7 @@ use clap::Parser;
 use hare::broker::Broker;
 use hare::config::{Args, Config};
 use hare::server::Server;
+use hare::storage::DiskStorage;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -28,9 +29,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
-        let broker = Arc::new(Broker::new());
-        let server = match Server::bind(config.clone(), broker).await {
+    let storage = match DiskStorage::open(&config.data_dir) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let started = std::time::Instant::now();
+    let broker = match Broker::open(storage.clone()) {
+        Ok(b) => Arc::new(b),
+        Err(e) => {
+            tracing::error!("cannot recover from {}: {e}", config.data_dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    storage.remove_orphan_logs(&broker.queue_log_ids());
+    tracing::info!("data in {}, recovered in {:.3}s", config.data_dir.display(), started.elapsed().as_secs_f64());
+    let syncer = storage.syncer.clone();
+    let code = runtime.block_on(async move {
+        let server = match Server::bind(config.clone(), broker, Some(syncer.subscribe())).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("cannot listen on {}:{}: {e}", config.bind, config.port);
@@ -42,9 +60,13 @@ fn main() -> ExitCode {
             Err(e) => tracing::warn!("listening, but cannot read the local address: {e}"),
         }
         server.run(shutdown_signal()).await;
-        tracing::info!("stopped");
         ExitCode::SUCCESS
-    })
+    });
+    // Everything appended reaches the disk before the process exits.
+    storage.syncer.flush_now();
+    storage.syncer.shutdown();
+    tracing::info!("stopped");
+    code
 }
 
 async fn shutdown_signal() {

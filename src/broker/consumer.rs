@@ -33,6 +33,7 @@ pub struct Delivery {
     pub seq: u64,
     pub message: Arc<Message>,
     pub redelivered: bool,
+    pub logged: bool,
     pub no_ack: bool,
     /// Flow-control bytes charged to the sink for this delivery.
     pub charge: usize,

@@ -6,6 +6,7 @@ pub mod error;
 pub mod exchange;
 pub mod message;
 pub mod queue;
+pub mod store;
 pub mod vhost;
 
 pub use error::{AmqpError, AmqpResult, Scope};
@@ -15,6 +16,7 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use store::{Storage, StoreError};
 use vhost::VHost;
 
 /// Pseudo-queue a client consumes from (no-ack) to receive direct replies.
@@ -34,6 +36,7 @@ pub struct Broker {
     next_id: AtomicU64,
     /// Direct reply-to consumers by their reply key.
     reply_consumers: Mutex<HashMap<String, Arc<Consumer>>>,
+    storage: Option<Arc<dyn Storage>>,
 }
 
 impl Default for Broker {
@@ -45,15 +48,40 @@ impl Default for Broker {
 impl Broker {
     /// A broker with vhost "/" and user guest/guest (loopback only), as RabbitMQ starts.
     pub fn new() -> Self {
+        Self::with_storage(None)
+    }
+
+    /// A broker whose durable entities and persistent messages live in `storage`; what it
+    /// holds is recovered first.
+    pub fn open(storage: Arc<dyn Storage>) -> Result<Self, StoreError> {
+        let broker = Self::with_storage(Some(storage));
+        for vhost in broker.vhosts.read().values() {
+            vhost.restore()?;
+        }
+        Ok(broker)
+    }
+
+    /// The log ids every durable queue uses, so storage can remove the others.
+    pub fn queue_log_ids(&self) -> Vec<String> {
+        self.vhosts.read().values().flat_map(|v| v.queue_log_ids()).collect()
+    }
+
+    fn with_storage(storage: Option<Arc<dyn Storage>>) -> Self {
         let broker = Broker {
             vhosts: RwLock::new(HashMap::new()),
             users: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             reply_consumers: Mutex::new(HashMap::new()),
+            storage: storage.clone(),
         };
-        broker.vhosts.write().insert("/".to_string(), VHost::new("/"));
+        broker.vhosts.write().insert("/".to_string(), VHost::new("/", storage));
         broker.users.write().insert("guest".into(), User { password: "guest".into(), loopback_only: true });
         broker
+    }
+
+    /// Why disk writes are failing, if they are: persistent publishes are refused meanwhile.
+    pub fn storage_failure(&self) -> Option<String> {
+        self.storage.as_ref().and_then(|s| s.failure())
     }
 
     pub fn next_id(&self) -> u64 {

@@ -4,6 +4,7 @@
 use super::consumer::{ConnEvent, Consumer, Delivery};
 use super::error::{AmqpError, AmqpResult};
 use super::message::Message;
+use super::store::{MessageLog, RecoveredQueue, StoreError};
 use crate::protocol::{FieldTable, ShortStr};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -12,6 +13,9 @@ use std::sync::Arc;
 
 /// Per-delivery bytes charged to a sink on top of the message, for the frames around it.
 const DELIVERY_OVERHEAD: usize = 64;
+/// A durable queue keeps at most this many ready messages in memory; the rest wait in its
+/// log on disk and are read back in order as the front drains.
+pub const MEMORY_WINDOW: usize = 2048;
 
 #[derive(Debug, Clone)]
 pub struct QueueOptions {
@@ -37,6 +41,8 @@ pub struct QueuedMessage {
     pub seq: u64,
     pub message: Arc<Message>,
     pub redelivered: bool,
+    /// The message is in the queue's log and must be acked there.
+    pub logged: bool,
 }
 
 #[derive(Debug, Default)]
@@ -47,15 +53,90 @@ struct QueueState {
     consumers: Vec<Arc<Consumer>>,
     next_consumer: usize,
     had_consumer: bool,
+    log: Option<Box<dyn MessageLog>>,
+}
+
+impl QueueState {
+    fn tail_len(&self) -> u64 {
+        self.log.as_ref().map_or(0, |l| l.tail_len())
+    }
+
+    /// Messages ready for consumers: in memory and on disk.
+    fn ready_count(&self) -> u32 {
+        (self.ready.len() as u64 + self.tail_len()).min(u32::MAX as u64) as u32
+    }
+
+    /// Reads the next stretch of the on-disk tail once the in-memory front runs low.
+    fn refill(&mut self, name: &ShortStr) {
+        if self.ready.len() >= MEMORY_WINDOW / 2 || self.tail_len() == 0 {
+            return;
+        }
+        let Some(log) = &mut self.log else { return };
+        match log.read_tail(MEMORY_WINDOW / 2) {
+            Ok(loaded) => self.ready.extend(loaded.into_iter().map(|m| QueuedMessage {
+                seq: m.seq,
+                message: m.message,
+                redelivered: m.redelivered,
+                logged: true,
+            })),
+            Err(e) => tracing::error!("queue '{name}': cannot read messages back from disk: {e}"),
+        }
+    }
+
+    /// Records in the log that a message left the queue for good.
+    fn log_ack(&mut self, m: &QueuedMessage) -> u64 {
+        if !m.logged {
+            return 0;
+        }
+        match self.log.as_mut().map(|l| l.ack(m.seq)) {
+            Some(Ok(ticket)) => ticket,
+            Some(Err(e)) => {
+                tracing::error!("cannot record an ack: {e}");
+                0
+            }
+            None => 0,
+        }
+    }
+
+    /// Records that a message went to a consumer that must ack it. No-ack deliveries are
+    /// settled in the log only once written out (see [`Queue::settle_delivered`]).
+    fn log_out(&mut self, m: &QueuedMessage, no_ack: bool) {
+        if m.logged && !no_ack {
+            if let Some(log) = &mut self.log {
+                log.delivered(m.seq);
+            }
+        }
+    }
 }
 
 impl Queue {
-    pub fn new(name: ShortStr, vhost: &str, options: QueueOptions) -> Arc<Self> {
+    pub fn new(name: ShortStr, vhost: &str, options: QueueOptions, log: Option<Box<dyn MessageLog>>) -> Arc<Self> {
         Arc::new(Queue {
             name,
             vhost: vhost.to_string(),
             options,
-            state: Mutex::new(QueueState::default()),
+            state: Mutex::new(QueueState { log, ..Default::default() }),
+            deleted: AtomicBool::new(false),
+        })
+    }
+
+    /// A durable queue brought back from its log after a restart.
+    pub fn restore(name: ShortStr, vhost: &str, options: QueueOptions, recovered: RecoveredQueue) -> Arc<Self> {
+        let ready = recovered
+            .messages
+            .into_iter()
+            .map(|m| QueuedMessage { seq: m.seq, message: m.message, redelivered: m.redelivered, logged: true })
+            .collect();
+        Arc::new(Queue {
+            name,
+            vhost: vhost.to_string(),
+            options,
+            state: Mutex::new(QueueState {
+                ready,
+                next_seq: recovered.next_seq,
+                log: Some(recovered.log),
+                ..Default::default()
+            }),
             deleted: AtomicBool::new(false),
         })
     }
@@ -79,29 +160,45 @@ impl Queue {
 
     /// Ready messages (not those out with consumers), as declare-ok and get-ok count them.
     pub fn message_count(&self) -> u32 {
-        self.state.lock().ready.len() as u32
+        self.state.lock().ready_count()
     }
     pub fn consumer_count(&self) -> u32 {
         self.state.lock().consumers.len() as u32
     }
     pub fn counts(&self) -> (u32, u32) {
         let st = self.state.lock();
-        (st.ready.len() as u32, st.consumers.len() as u32)
+        (st.ready_count(), st.consumers.len() as u32)
     }
     pub fn unacked_count(&self) -> usize {
         self.state.lock().unacked
     }
 
-    /// Enqueues a routed message and hands it to a consumer if one has credit.
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>) {
+    /// Enqueues a routed message and hands it to a consumer if one has credit. Returns the
+    /// group-commit ticket to wait for before confirming it (0: nothing to wait for).
+    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> Result<u64, StoreError> {
         if self.is_deleted() {
-            return;
+            return Ok(0);
         }
         let mut st = self.state.lock();
         let seq = st.next_seq;
         st.next_seq += 1;
-        st.ready.push_back(QueuedMessage { seq, message, redelivered: false });
+        let mut ticket = 0;
+        let mut logged = false;
+        let mut to_tail = false;
+        let in_memory = st.ready.len();
+        if let Some(log) = &mut st.log {
+            // Past the memory window, messages wait on disk; so do later ones, to keep order.
+            to_tail = log.tail_len() > 0 || in_memory >= MEMORY_WINDOW;
+            if message.persistent || to_tail {
+                ticket = log.append(seq, &message, to_tail)?;
+                logged = true;
+            }
+        }
+        if !to_tail {
+            st.ready.push_back(QueuedMessage { seq, message, redelivered: false, logged });
+        }
         self.dispatch_locked(&mut st);
+        Ok(ticket)
     }
 
     pub fn dispatch(self: &Arc<Self>) {
@@ -110,6 +207,7 @@ impl Queue {
     }
 
     fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState) {
+        st.refill(&self.name);
         while !st.ready.is_empty() && !st.consumers.is_empty() {
             let n = st.consumers.len();
             let mut chosen = None;
@@ -147,6 +245,7 @@ impl Queue {
                 seq: m.seq,
                 message: m.message,
                 redelivered: m.redelivered,
+                logged: m.logged,
                 no_ack: consumer.no_ack,
                 charge,
             }));
@@ -156,17 +255,31 @@ impl Queue {
     /// basic.get: the head message, if any, and how many remain ready.
     pub fn get(&self, no_ack: bool) -> Option<(QueuedMessage, u32)> {
         let mut st = self.state.lock();
+        st.refill(&self.name);
         let m = st.ready.pop_front()?;
-        if !no_ack {
+        if no_ack {
+            st.log_ack(&m);
+        } else {
+            st.log_out(&m, false);
             st.unacked += 1;
         }
-        Some((m, st.ready.len() as u32))
+        st.refill(&self.name);
+        Some((m, st.ready_count()))
     }
 
-    /// Messages acknowledged (or dropped without requeue) by a consumer.
-    pub fn settle(&self, count: usize) {
+    /// Messages acknowledged (or dropped without requeue) by a consumer; returns the
+    /// ticket to wait for before the settlement is durable.
+    pub fn settle(&self, messages: &[QueuedMessage]) -> u64 {
         let mut st = self.state.lock();
-        st.unacked = st.unacked.saturating_sub(count);
+        st.unacked = st.unacked.saturating_sub(messages.len());
+        messages.iter().map(|m| st.log_ack(m)).max().unwrap_or(0)
+    }
+
+    /// A logged message went out to a no-ack consumer: it is settled now.
+    pub fn settle_delivered(&self, m: &QueuedMessage) {
+        if m.logged {
+            self.state.lock().log_ack(m);
+        }
     }
 
     /// Puts unacknowledged messages back at their places, marked redelivered.
@@ -226,8 +339,16 @@ impl Queue {
     /// Drops every ready message; returns how many.
     pub fn purge(&self) -> u32 {
         let mut st = self.state.lock();
-        let n = st.ready.len() as u32;
-        st.ready.clear();
+        let n = st.ready_count();
+        let ready: Vec<QueuedMessage> = st.ready.drain(..).collect();
+        for m in &ready {
+            st.log_ack(m);
+        }
+        if let Some(log) = &mut st.log {
+            if let Err(e) = log.purge_tail() {
+                tracing::error!("queue '{}': cannot purge messages on disk: {e}", self.name);
+            }
+        }
         n
     }
 
@@ -235,8 +356,11 @@ impl Queue {
     pub fn delete(&self) -> u32 {
         self.deleted.store(true, Ordering::Release);
         let mut st = self.state.lock();
-        let n = st.ready.len() as u32;
+        let n = st.ready_count();
         st.ready.clear();
+        if let Some(mut log) = st.log.take() {
+            log.destroy();
+        }
         for c in st.consumers.drain(..) {
             c.sink.send(ConnEvent::ConsumerCancelled { channel: c.channel, consumer_tag: c.tag.clone() });
         }

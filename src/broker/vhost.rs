@@ -3,10 +3,11 @@
 
 use super::error::{AmqpError, AmqpResult};
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
-use super::queue::{Queue, QueueOptions};
+use super::queue::{Queue, QueueOptions, MEMORY_WINDOW};
+use super::store::{table_from_hex, table_to_hex, BindingDef, Definitions, ExchangeDef, QueueDef, Storage, StoreError};
 use crate::protocol::{BasicProperties, FieldTable, ShortStr};
 use bytes::Bytes;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -39,6 +40,22 @@ const DEFAULT_EXCHANGES: &[(&str, ExchangeKind)] = &[
 struct Topology {
     exchanges: HashMap<ShortStr, Exchange>,
     queues: HashMap<ShortStr, Arc<Queue>>,
+    /// The on-disk log id of each durable queue.
+    logs: HashMap<ShortStr, String>,
+}
+
+/// Whether an exchange's definition is saved: durable, not auto-delete, not built in.
+fn saved_exchange(ex: &Exchange) -> bool {
+    ex.durable
+        && !ex.auto_delete
+        && !ex.name.is_empty()
+        && !DEFAULT_EXCHANGES.iter().any(|(n, _)| *n == ex.name.as_str())
+}
+
+/// Whether a queue and its persistent messages are saved: durable, not exclusive, not
+/// auto-delete (those do not survive a restart in RabbitMQ either).
+fn saved_queue(o: &QueueOptions) -> bool {
+    o.durable && o.exclusive_owner.is_none() && !o.auto_delete
 }
 
 /// What a queue declaration asks for.
@@ -56,16 +73,140 @@ pub struct QueueDeclaration {
 pub struct VHost {
     pub name: String,
     topology: RwLock<Topology>,
+    storage: Option<Arc<dyn Storage>>,
+    /// The definitions last written, to skip rewriting when nothing durable changed.
+    saved: Mutex<Definitions>,
 }
 
 impl VHost {
-    pub fn new(name: &str) -> Arc<Self> {
+    pub fn new(name: &str, storage: Option<Arc<dyn Storage>>) -> Arc<Self> {
         let mut topo = Topology::default();
         for (n, kind) in DEFAULT_EXCHANGES {
             let ex = Exchange::new(ShortStr::from(*n), *kind, true, false, false, FieldTable::new());
             topo.exchanges.insert(ShortStr::from(*n), ex);
         }
-        Arc::new(VHost { name: name.to_string(), topology: RwLock::new(topo) })
+        Arc::new(VHost { name: name.to_string(), topology: RwLock::new(topo), storage, saved: Mutex::default() })
+    }
+
+    /// Recreates durable exchanges, queues (with their messages) and bindings from storage.
+    pub fn restore(&self) -> Result<(), StoreError> {
+        let Some(storage) = &self.storage else { return Ok(()) };
+        let defs = storage.load_definitions(&self.name)?;
+        let mut topo = self.topology.write();
+        for e in &defs.exchanges {
+            let Ok(kind) = ExchangeKind::parse(&e.kind) else {
+                tracing::error!("skipping exchange '{}' of unknown type '{}'", e.name, e.kind);
+                continue;
+            };
+            let ex =
+                Exchange::new(e.name.as_str().into(), kind, true, false, e.internal, table_from_hex(&e.arguments)?);
+            topo.exchanges.insert(e.name.as_str().into(), ex);
+        }
+        let mut total = 0usize;
+        for q in &defs.queues {
+            let name = ShortStr::from(q.name.as_str());
+            let label = format!("queue '{}' in vhost '{}'", q.name, self.name);
+            let recovered = storage.recover_queue_log(&q.log, &label, MEMORY_WINDOW)?;
+            let options = QueueOptions {
+                durable: true,
+                exclusive_owner: None,
+                auto_delete: false,
+                arguments: table_from_hex(&q.arguments)?,
+            };
+            let queue = Queue::restore(name.clone(), &self.name, options, recovered);
+            let (count, _) = queue.counts();
+            total += count as usize;
+            topo.queues.insert(name.clone(), queue);
+            topo.logs.insert(name, q.log.clone());
+        }
+        for b in &defs.bindings {
+            let destination = match b.destination_kind.as_str() {
+                "queue" => Destination::Queue(b.destination.as_str().into()),
+                _ => Destination::Exchange(b.destination.as_str().into()),
+            };
+            let binding = Binding {
+                destination,
+                routing_key: b.routing_key.as_str().into(),
+                arguments: table_from_hex(&b.arguments)?,
+            };
+            if let Some(ex) = topo.exchanges.get_mut(b.source.as_str()) {
+                ex.bind(binding);
+            }
+        }
+        tracing::info!(
+            "vhost '{}': recovered {} exchanges, {} queues with {total} messages, {} bindings",
+            self.name,
+            defs.exchanges.len(),
+            defs.queues.len(),
+            defs.bindings.len()
+        );
+        *self.saved.lock() = defs;
+        Ok(())
+    }
+
+    /// The log ids of this vhost's durable queues.
+    pub fn queue_log_ids(&self) -> Vec<String> {
+        self.topology.read().logs.values().cloned().collect()
+    }
+
+    fn definitions(topo: &Topology) -> Definitions {
+        let mut d = Definitions::default();
+        let mut names: Vec<&ShortStr> = topo.exchanges.keys().collect();
+        names.sort();
+        for name in names {
+            let ex = &topo.exchanges[name];
+            if saved_exchange(ex) {
+                d.exchanges.push(ExchangeDef {
+                    name: name.to_string(),
+                    kind: ex.kind.as_str().into(),
+                    internal: ex.internal,
+                    arguments: table_to_hex(&ex.arguments),
+                });
+            }
+            for b in ex.bindings() {
+                let (kind, saved) = match &b.destination {
+                    Destination::Queue(q) => ("queue", topo.logs.contains_key(q.as_str())),
+                    Destination::Exchange(e) => {
+                        ("exchange", topo.exchanges.get(e.as_str()).is_some_and(|e| saved_exchange(e) || e.durable))
+                    }
+                };
+                if saved && ex.durable && !ex.auto_delete && !ex.name.is_empty() {
+                    d.bindings.push(BindingDef {
+                        source: name.to_string(),
+                        destination: b.destination.name().to_string(),
+                        destination_kind: kind.into(),
+                        routing_key: b.routing_key.to_string(),
+                        arguments: table_to_hex(&b.arguments),
+                    });
+                }
+            }
+        }
+        let mut queues: Vec<(&ShortStr, &String)> = topo.logs.iter().collect();
+        queues.sort();
+        for (name, log) in queues {
+            if let Some(q) = topo.queues.get(name.as_str()) {
+                d.queues.push(QueueDef {
+                    name: name.to_string(),
+                    arguments: table_to_hex(&q.options.arguments),
+                    log: log.clone(),
+                });
+            }
+        }
+        d
+    }
+
+    /// Writes the durable definitions if they changed.
+    fn persist(&self, topo: &Topology) {
+        let Some(storage) = &self.storage else { return };
+        let defs = Self::definitions(topo);
+        let mut saved = self.saved.lock();
+        if *saved == defs {
+            return;
+        }
+        match storage.save_definitions(&self.name, &defs) {
+            Ok(()) => *saved = defs,
+            Err(e) => tracing::error!("vhost '{}': cannot save definitions: {e}", self.name),
+        }
     }
 
     fn no_exchange(&self, name: &str) -> AmqpError {
@@ -131,6 +272,7 @@ impl VHost {
         }
         let ex = Exchange::new(name.clone(), kind, durable, auto_delete, internal, arguments.clone());
         topo.exchanges.insert(name.clone(), ex);
+        self.persist(&topo);
         Ok(())
     }
 
@@ -153,6 +295,7 @@ impl VHost {
         }
         topo.exchanges.remove(name.as_str());
         Self::remove_destination(&mut topo, &dest);
+        self.persist(&topo);
         Ok(())
     }
 
@@ -214,8 +357,17 @@ impl VHost {
             auto_delete: d.auto_delete,
             arguments: d.arguments.clone(),
         };
-        let q = Queue::new(d.name.clone(), &self.name, options);
+        let mut log = None;
+        if let (Some(storage), true) = (&self.storage, saved_queue(&options)) {
+            let (l, id) = storage
+                .create_queue_log()
+                .map_err(|e| AmqpError::internal_error(format!("cannot create the log of queue '{}': {e}", d.name)))?;
+            log = Some(l);
+            topo.logs.insert(d.name.clone(), id);
+        }
+        let q = Queue::new(d.name.clone(), &self.name, options, log);
         topo.queues.insert(d.name.clone(), q.clone());
+        self.persist(&topo);
         Ok((q, 0, 0))
     }
 
@@ -249,7 +401,9 @@ impl VHost {
                 self.name
             )));
         }
-        Ok(Self::remove_queue(&mut topo, &q))
+        let n = Self::remove_queue(&mut topo, &q);
+        self.persist(&topo);
+        Ok(n)
     }
 
     /// Deletes a queue whatever its state (exclusive owner gone, auto-delete).
@@ -257,11 +411,13 @@ impl VHost {
         let mut topo = self.topology.write();
         if topo.queues.get(queue.name.as_str()).is_some_and(|q| Arc::ptr_eq(q, queue)) {
             Self::remove_queue(&mut topo, queue);
+            self.persist(&topo);
         }
     }
 
     fn remove_queue(topo: &mut Topology, q: &Arc<Queue>) -> u32 {
         topo.queues.remove(q.name.as_str());
+        topo.logs.remove(q.name.as_str());
         Self::remove_destination(topo, &Destination::Queue(q.name.clone()));
         q.delete()
     }
@@ -277,6 +433,7 @@ impl VHost {
         let ex = topo.exchanges.get_mut(source.as_str()).ok_or_else(|| self.no_exchange(source))?;
         ex.validate_binding(&binding)?;
         ex.bind(binding);
+        self.persist(&topo);
         Ok(())
     }
 
@@ -291,6 +448,7 @@ impl VHost {
             topo.exchanges.remove(name.as_str());
             Self::remove_destination(&mut topo, &Destination::Exchange(name));
         }
+        self.persist(&topo);
         Ok(())
     }
 

@@ -63,9 +63,15 @@ pub struct Channel {
     publish: Option<PendingPublish>,
     confirm: bool,
     publish_seq: u64,
-    /// Confirms decided but not yet sent: (first, last) sequence numbers.
-    pending_acks: Option<(u64, u64)>,
+    /// Confirms owed, in publish order: (publish seq, group-commit ticket, ack or nack).
+    confirms: VecDeque<(u64, u64, bool)>,
     tx: Option<TxBuffer>,
+    /// tx.commit-ok waits for this ticket to be durable; frames arriving meanwhile wait in
+    /// `stash` so that replies keep their order.
+    pub pending_commit: Option<u64>,
+    pub stash: VecDeque<crate::protocol::Frame>,
+    /// The newest ticket of acks settled in the log since the last commit.
+    settle_ticket: u64,
     last_queue: Option<ShortStr>,
     reply_key: Option<String>,
     route_buf: Vec<Arc<Queue>>,
@@ -90,8 +96,11 @@ impl Channel {
             publish: None,
             confirm: false,
             publish_seq: 0,
-            pending_acks: None,
+            confirms: VecDeque::new(),
             tx: None,
+            pending_commit: None,
+            stash: VecDeque::new(),
+            settle_ticket: 0,
             last_queue: None,
             reply_key: None,
             route_buf: Vec::new(),
@@ -278,9 +287,13 @@ impl Channel {
                     return Err(AmqpError::precondition_failed("channel is not transactional"));
                 };
                 self.tx = Some(TxBuffer::default());
-                let result = self.commit(ctx, tx);
-                result?;
-                ctx.out.method(self.id, TxCommitOk {});
+                self.settle_ticket = 0;
+                let ticket = self.commit(ctx, tx)?.max(self.settle_ticket);
+                if ticket <= ctx.durable_upto() {
+                    ctx.out.method(self.id, TxCommitOk {});
+                } else {
+                    self.pending_commit = Some(ticket);
+                }
                 Ok(())
             }
             Method::TxRollback(_) => {
@@ -462,12 +475,22 @@ impl Channel {
         );
         ctx.out.content(self.id, &msg.properties, &msg.body);
         ctx.out.charge += d.charge;
+        if d.no_ack && d.logged {
+            if let Some(q) = &d.queue {
+                q.settle_delivered(&QueuedMessage {
+                    seq: d.seq,
+                    message: d.message.clone(),
+                    redelivered: d.redelivered,
+                    logged: true,
+                });
+            }
+        }
         if !d.no_ack {
             self.unacked.push_back(Unacked {
                 tag,
                 queue: d.queue,
                 consumer: Some(entry.consumer.clone()),
-                message: QueuedMessage { seq: d.seq, message: d.message, redelivered: d.redelivered },
+                message: QueuedMessage { seq: d.seq, message: d.message, redelivered: d.redelivered, logged: d.logged },
             });
         }
     }
@@ -476,7 +499,7 @@ impl Channel {
     pub fn return_undelivered(ctx: &ConnCtx, d: Delivery) {
         ctx.sink.release(d.charge);
         if let Some(q) = d.queue {
-            let m = QueuedMessage { seq: d.seq, message: d.message, redelivered: d.redelivered };
+            let m = QueuedMessage { seq: d.seq, message: d.message, redelivered: d.redelivered, logged: d.logged };
             q.requeue_undelivered(m, !d.no_ack);
         }
     }
@@ -583,14 +606,14 @@ impl Channel {
             tx.publishes.push((p.method, message));
             return Ok(());
         }
-        self.route_and_enqueue(ctx, &p.method, message)?;
+        let outcome = self.route_and_enqueue(ctx, &p.method, message)?;
         if self.confirm {
             self.publish_seq += 1;
-            let seq = self.publish_seq;
-            self.pending_acks = Some(match self.pending_acks {
-                Some((first, _)) => (first, seq),
-                None => (seq, seq),
-            });
+            let (ticket, ok) = match outcome {
+                Ok(ticket) => (ticket, true),
+                Err(_) => (0, false),
+            };
+            self.confirms.push_back((self.publish_seq, ticket, ok));
         }
         Ok(())
     }
@@ -609,7 +632,16 @@ impl Channel {
         Ok(props.to_bytes())
     }
 
-    fn route_and_enqueue(&mut self, ctx: &mut ConnCtx, method: &BasicPublish, message: Arc<Message>) -> AmqpResult<()> {
+    /// Routes and enqueues a message. The outer error is a channel or connection error; the
+    /// inner result is the ticket to wait for, or a storage failure (the publish is nacked).
+    fn route_and_enqueue(
+        &mut self,
+        ctx: &mut ConnCtx,
+        method: &BasicPublish,
+        message: Arc<Message>,
+    ) -> AmqpResult<Result<u64, String>> {
+        let mut ticket = 0;
+        let mut failed = None;
         let rk = message.routing_key.as_str();
         let routed = if message.exchange.is_empty() && rk.starts_with("amq.rabbitmq.reply-to.") {
             match ctx.broker.reply_consumer(rk) {
@@ -622,6 +654,7 @@ impl Channel {
                         seq: 0,
                         message: message.clone(),
                         redelivered: false,
+                        logged: false,
                         no_ack: true,
                         charge,
                     }));
@@ -633,8 +666,16 @@ impl Channel {
             let vhost = ctx.vhost()?.clone();
             let mut queues = std::mem::take(&mut self.route_buf);
             let result = vhost.route(&message.exchange, rk, &message.properties, &mut queues);
+            if message.persistent {
+                if let Some(reason) = ctx.broker.storage_failure() {
+                    failed = Some(reason);
+                }
+            }
             for q in &queues {
-                q.publish(message.clone());
+                match q.publish(message.clone()) {
+                    Ok(t) => ticket = ticket.max(t),
+                    Err(e) => failed = Some(e.to_string()),
+                }
             }
             let routed = !queues.is_empty();
             queues.clear();
@@ -654,17 +695,57 @@ impl Channel {
             );
             ctx.out.content(self.id, &message.properties, &message.body);
         }
-        Ok(())
+        Ok(match failed {
+            Some(reason) => Err(reason),
+            None => Ok(ticket),
+        })
     }
 
-    /// Sends the confirms decided while handling the last batch of frames, one per run.
-    pub fn flush_confirms(&mut self, ctx: &mut ConnCtx) {
-        if let Some((first, last)) = self.pending_acks.take() {
+    /// Whether this channel owes something that waits for the disk.
+    pub fn waits_for_disk(&self) -> bool {
+        self.pending_commit.is_some() || !self.confirms.is_empty()
+    }
+
+    /// Sends the confirms whose messages are durable, in publish order: runs of acks as one
+    /// basic.ack with multiple=true, nacks one by one. With `fail_pending`, confirms still
+    /// waiting for a disk that fails are nacked.
+    pub fn flush_confirms(&mut self, ctx: &mut ConnCtx, fail_pending: bool) {
+        let durable = ctx.durable_upto();
+        let mut run: Option<(u64, u64)> = None;
+        while let Some(&(seq, ticket, ok)) = self.confirms.front() {
+            let ack = ok && ticket <= durable;
+            if !ack && ok && !fail_pending {
+                break;
+            }
+            self.confirms.pop_front();
+            if ack {
+                run = Some(run.map_or((seq, seq), |(first, _)| (first, seq)));
+                continue;
+            }
+            if let Some((first, last)) = run.take() {
+                ctx.out.method(self.id, BasicAck { delivery_tag: last, multiple: first != last });
+            }
+            ctx.out.method(self.id, BasicNack { delivery_tag: seq, multiple: false, requeue: false });
+        }
+        if let Some((first, last)) = run {
             ctx.out.method(self.id, BasicAck { delivery_tag: last, multiple: first != last });
         }
     }
 
-    fn commit(&mut self, ctx: &mut ConnCtx, tx: TxBuffer) -> AmqpResult<()> {
+    /// Sends tx.commit-ok once the commit is durable; returns true when it went out.
+    pub fn release_commit(&mut self, ctx: &mut ConnCtx) -> bool {
+        match self.pending_commit {
+            Some(ticket) if ticket <= ctx.durable_upto() => {
+                self.pending_commit = None;
+                ctx.out.method(self.id, TxCommitOk {});
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Applies a transaction's acks and publishes; returns the ticket to wait for.
+    fn commit(&mut self, ctx: &mut ConnCtx, tx: TxBuffer) -> AmqpResult<u64> {
         for m in tx.settlements {
             match m {
                 Method::BasicAck(m) => self.settle(m.delivery_tag, m.multiple, Settle::Ack)?,
@@ -677,10 +758,16 @@ impl Channel {
                 _ => {}
             }
         }
+        let mut ticket = 0;
         for (method, message) in tx.publishes {
-            self.route_and_enqueue(ctx, &method, message)?;
+            match self.route_and_enqueue(ctx, &method, message)? {
+                Ok(t) => ticket = ticket.max(t),
+                Err(reason) => {
+                    return Err(AmqpError::internal_error(format!("cannot store the transaction's messages: {reason}")))
+                }
+            }
         }
-        Ok(())
+        Ok(ticket)
     }
 
     fn check_tag_known(&self, m: &Method) -> AmqpResult<()> {
@@ -733,7 +820,7 @@ impl Channel {
             match how {
                 Settle::Requeue => q.requeue(msgs),
                 Settle::Ack | Settle::Drop => {
-                    q.settle(msgs.len());
+                    self.settle_ticket = self.settle_ticket.max(q.settle(&msgs));
                     q.dispatch();
                 }
             }
@@ -760,6 +847,9 @@ impl Channel {
     pub fn close(&mut self, ctx: &mut ConnCtx) {
         self.closing = true;
         self.publish = None;
+        self.pending_commit = None;
+        self.stash.clear();
+        self.confirms.clear();
         let tags: Vec<ShortStr> = self.consumers.keys().cloned().collect();
         for tag in tags {
             self.cancel(ctx, &tag);

@@ -56,9 +56,16 @@ pub struct ConnCtx {
     pub exclusive_queues: Vec<Arc<Queue>>,
     pub cancel_notify: bool,
     pub user: String,
+    /// The group-commit watermark as last seen (u64::MAX without storage).
+    pub durable: u64,
 }
 
 impl ConnCtx {
+    /// Every ticket at or below this is on disk.
+    pub fn durable_upto(&self) -> u64 {
+        self.durable
+    }
+
     pub fn vhost(&self) -> Result<&Arc<VHost>, AmqpError> {
         self.vhost.as_ref().ok_or_else(|| AmqpError::command_invalid("connection is not open"))
     }
@@ -75,7 +82,13 @@ pub struct Connection {
 }
 
 /// Serves one accepted socket until it closes or the broker shuts down.
-pub async fn serve(stream: TcpStream, broker: Arc<Broker>, config: Arc<Config>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    stream: TcpStream,
+    broker: Arc<Broker>,
+    config: Arc<Config>,
+    mut shutdown: watch::Receiver<bool>,
+    mut durable: Option<watch::Receiver<u64>>,
+) {
     let Ok(peer) = stream.peer_addr() else { return };
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
@@ -110,6 +123,7 @@ pub async fn serve(stream: TcpStream, broker: Arc<Broker>, config: Arc<Config>, 
             exclusive_queues: Vec::new(),
             cancel_notify: false,
             user: String::new(),
+            durable: durable.as_mut().map_or(u64::MAX, |rx| *rx.borrow_and_update()),
         },
     };
     tracing::debug!(%peer, id, "connection accepted");
@@ -122,6 +136,7 @@ pub async fn serve(stream: TcpStream, broker: Arc<Broker>, config: Arc<Config>, 
     let mut heartbeat_at = Instant::now() + Duration::from_secs(3600);
     loop {
         let backlogged = writer.backlogged();
+        let waits_for_disk = conn.channels.values().any(Channel::waits_for_disk);
         if rbuf.capacity() - rbuf.len() < 16 * 1024 {
             rbuf.reserve(64 * 1024);
         }
@@ -131,6 +146,14 @@ pub async fn serve(stream: TcpStream, broker: Arc<Broker>, config: Arc<Config>, 
                 conn.raise(0, AmqpError::new(CONNECTION_FORCED, "broker forced connection closure with reason 'shutdown'"));
             }
             _ = writer.drained.notified(), if backlogged => {}
+            r = async { match durable.as_mut() { Some(rx) => rx.changed().await, None => std::future::pending().await } }, if waits_for_disk => {
+                if r.is_ok() {
+                    if let Some(rx) = durable.as_mut() {
+                        conn.ctx.durable = *rx.borrow_and_update();
+                    }
+                    conn.release_waiting();
+                }
+            }
             ev = events.recv(), if !backlogged => {
                 if let Some(ev) = ev {
                     conn.handle_event(ev);
@@ -263,8 +286,26 @@ impl Connection {
                 }
             }
         }
-        for ch in self.channels.values_mut() {
-            ch.flush_confirms(&mut self.ctx);
+        self.release_waiting();
+    }
+
+    /// Sends confirms and commit-oks whose messages are now durable, then runs the frames
+    /// that waited behind a commit.
+    fn release_waiting(&mut self) {
+        let failing = self.ctx.broker.storage_failure().is_some();
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        for id in ids {
+            let Some(ch) = self.channels.get_mut(&id) else { continue };
+            ch.flush_confirms(&mut self.ctx, failing);
+            if !ch.release_commit(&mut self.ctx) {
+                continue;
+            }
+            let stash = std::mem::take(&mut ch.stash);
+            for frame in stash {
+                if let Err((channel, e)) = self.handle_frame(frame) {
+                    self.raise(channel, e);
+                }
+            }
         }
     }
 
@@ -299,6 +340,13 @@ impl Connection {
     }
 
     fn handle_frame(&mut self, frame: Frame) -> Result<(), (u16, AmqpError)> {
+        // A channel waiting for its commit to be durable takes no frames meanwhile.
+        if let Some(ch) = self.channels.get_mut(&frame.channel()) {
+            if ch.pending_commit.is_some() && !ch.closing {
+                ch.stash.push_back(frame);
+                return Ok(());
+            }
+        }
         if let State::Closing { .. } = self.state {
             if let Frame::Method(0, payload) = frame {
                 match Method::decode(payload) {

@@ -18,12 +18,19 @@ pub struct Server {
     listener: TcpListener,
     broker: Arc<Broker>,
     config: Arc<Config>,
+    durable: Option<watch::Receiver<u64>>,
 }
 
 impl Server {
-    pub async fn bind(config: Config, broker: Arc<Broker>) -> std::io::Result<Server> {
+    /// Binds the AMQP listener. `durable` is storage's group-commit watermark, which confirms
+    /// of persistent messages wait for.
+    pub async fn bind(
+        config: Config,
+        broker: Arc<Broker>,
+        durable: Option<watch::Receiver<u64>>,
+    ) -> std::io::Result<Server> {
         let listener = TcpListener::bind((config.bind.as_str(), config.port)).await?;
-        Ok(Server { listener, broker, config: Arc::new(config) })
+        Ok(Server { listener, broker, config: Arc::new(config), durable })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -46,8 +53,9 @@ impl Server {
                         let config = self.config.clone();
                         let stop = stop_rx.clone();
                         let alive = alive_tx.clone();
+                        let durable = self.durable.clone();
                         tokio::spawn(async move {
-                            connection::serve(stream, broker, config, stop).await;
+                            connection::serve(stream, broker, config, stop, durable).await;
                             drop(alive);
                         });
                     }

@@ -1,0 +1,118 @@
+//! What the broker core needs from storage, as traits: the core decides what to persist and
+//! when; the storage layer (`crate::storage`) decides how. Keeps file I/O out of the core.
+
+use super::message::Message;
+use crate::protocol::codec::{Decoder, Encoder};
+use crate::protocol::FieldTable;
+use bytes::BytesMut;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+/// A message read back from a queue's log.
+#[derive(Debug)]
+pub struct LoadedMessage {
+    pub seq: u64,
+    pub message: Arc<Message>,
+    pub redelivered: bool,
+}
+
+/// A durable queue's message log. Sequence numbers are the queue's own and increase with
+/// each append; `ticket`s are group-commit tickets (see [`Storage::durable_watermark`]).
+pub trait MessageLog: Send + std::fmt::Debug {
+    /// Appends a message. With `to_tail`, the queue keeps no copy in memory: it is read back
+    /// later by [`MessageLog::read_tail`], in order.
+    fn append(&mut self, seq: u64, message: &Message, to_tail: bool) -> Result<u64, StoreError>;
+    /// The message is settled (acked, or dropped); returns the ack's ticket.
+    fn ack(&mut self, seq: u64) -> Result<u64, StoreError>;
+    /// The message went to a consumer that must ack it; after a crash it comes back redelivered.
+    fn delivered(&mut self, seq: u64);
+    /// Messages held only on disk.
+    fn tail_len(&self) -> u64;
+    /// Up to `max` messages from the front of the on-disk tail.
+    fn read_tail(&mut self, max: usize) -> Result<Vec<LoadedMessage>, StoreError>;
+    /// Drops the whole on-disk tail; returns how many messages it held.
+    fn purge_tail(&mut self) -> Result<u64, StoreError>;
+    /// Deletes the log's files.
+    fn destroy(&mut self);
+}
+
+/// A recovered durable queue: its log, the messages to hold in memory, and the next seq.
+pub struct RecoveredQueue {
+    pub log: Box<dyn MessageLog>,
+    pub messages: Vec<LoadedMessage>,
+    pub next_seq: u64,
+}
+
+pub trait Storage: Send + Sync + std::fmt::Debug {
+    /// Creates the log of a new durable queue; returns it and the id that names it on disk.
+    fn create_queue_log(&self) -> Result<(Box<dyn MessageLog>, String), StoreError>;
+    /// Opens an existing queue log after a restart, recovering its messages.
+    fn recover_queue_log(&self, id: &str, label: &str, window: usize) -> Result<RecoveredQueue, StoreError>;
+    fn load_definitions(&self, vhost: &str) -> Result<Definitions, StoreError>;
+    fn save_definitions(&self, vhost: &str, definitions: &Definitions) -> Result<(), StoreError>;
+    /// The newest ticket handed out so far.
+    fn last_ticket(&self) -> u64;
+    /// Why disk writes are failing, if they are.
+    fn failure(&self) -> Option<String>;
+}
+
+/// Durable topology of one vhost, as saved on disk. Argument tables are kept in AMQP's own
+/// encoding (hex) so every field type survives.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Definitions {
+    pub exchanges: Vec<ExchangeDef>,
+    pub queues: Vec<QueueDef>,
+    pub bindings: Vec<BindingDef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExchangeDef {
+    pub name: String,
+    pub kind: String,
+    pub internal: bool,
+    pub arguments: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QueueDef {
+    pub name: String,
+    pub arguments: String,
+    /// The queue log's id in the data directory.
+    pub log: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BindingDef {
+    pub source: String,
+    pub destination: String,
+    /// "queue" or "exchange".
+    pub destination_kind: String,
+    pub routing_key: String,
+    pub arguments: String,
+}
+
+/// A field table in AMQP encoding, as hex.
+pub fn table_to_hex(t: &FieldTable) -> String {
+    let mut buf = BytesMut::new();
+    Encoder::new(&mut buf).table(t);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn table_from_hex(s: &str) -> Result<FieldTable, StoreError> {
+    let bad = || StoreError(format!("bad argument table in definitions: {s:?}"));
+    if s.len() % 2 != 0 {
+        return Err(bad());
+    }
+    let bytes: Result<Vec<u8>, _> = (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16)).collect();
+    Decoder::new(bytes.map_err(|_| bad())?.into()).table().map_err(|_| bad())
+}

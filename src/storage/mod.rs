@@ -1,0 +1,136 @@
+//! Storage: the data directory, durable definitions, per-queue message logs and the
+//! group-commit syncer. Implements [`crate::broker::store::Storage`] for the core.
+//!
+//! ```text
+//! data/
+//!   .lock                     held while a broker runs on this directory
+//!   definitions-<vhost>.json  durable exchanges, queues and bindings (atomic rewrite)
+//!   queues/<id>/              one durable queue's log: NNNN.seg + NNNN.ack
+//! ```
+
+pub mod queue_log;
+pub mod record;
+pub mod syncer;
+
+use crate::broker::store::{Definitions, MessageLog, RecoveredQueue, Storage, StoreError};
+use queue_log::QueueLog;
+use rand::Rng;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use syncer::Syncer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create data directory {dir}: {source}")]
+    Create { dir: PathBuf, source: std::io::Error },
+    #[error("data directory {dir} is in use by another hare process (lock file {dir}/.lock)")]
+    Locked { dir: PathBuf },
+    #[error("cannot lock data directory {dir}: {source}")]
+    Lock { dir: PathBuf, source: std::io::Error },
+}
+
+#[derive(Debug)]
+pub struct DiskStorage {
+    dir: PathBuf,
+    /// Held open for the life of the broker: the lock goes with it.
+    _lock: File,
+    pub syncer: Arc<Syncer>,
+}
+
+impl DiskStorage {
+    /// Opens (creating) the data directory and takes its lock.
+    pub fn open(dir: &Path) -> Result<DiskStorage, OpenError> {
+        std::fs::create_dir_all(dir.join("queues")).map_err(|source| OpenError::Create { dir: dir.into(), source })?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(".lock"))
+            .map_err(|source| OpenError::Lock { dir: dir.into(), source })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::Locked { dir: dir.into() }),
+            Err(std::fs::TryLockError::Error(source)) => return Err(OpenError::Lock { dir: dir.into(), source }),
+        }
+        Ok(DiskStorage { dir: dir.to_path_buf(), _lock: lock, syncer: Syncer::start() })
+    }
+
+    fn definitions_path(&self, vhost: &str) -> PathBuf {
+        let name: String = vhost.bytes().map(|b| format!("{b:02x}")).collect();
+        self.dir.join(format!("definitions-{name}.json"))
+    }
+
+    fn queue_dir(&self, id: &str) -> PathBuf {
+        self.dir.join("queues").join(id)
+    }
+
+    /// Removes queue logs no definition names (a crash between creating a log and saving
+    /// the definitions that reference it, or after deleting a queue).
+    pub fn remove_orphan_logs(&self, keep: &[String]) {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("queues")) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !keep.contains(&name) {
+                tracing::info!("removing queue log {name}, which no durable queue uses");
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// Writes a file so that a crash leaves either the old or the new contents: write a
+/// temporary file, fsync it, rename it over the old one, fsync the directory.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+impl Storage for DiskStorage {
+    fn create_queue_log(&self) -> Result<(Box<dyn MessageLog>, String), StoreError> {
+        let id: String = {
+            let mut rng = rand::thread_rng();
+            (0..16).map(|_| format!("{:x}", rng.gen_range(0..16u8))).collect()
+        };
+        let log = QueueLog::create(self.queue_dir(&id), format!("queue log {id}"), self.syncer.clone())?;
+        Ok((Box::new(log), id))
+    }
+
+    fn recover_queue_log(&self, id: &str, label: &str, window: usize) -> Result<RecoveredQueue, StoreError> {
+        QueueLog::recover(self.queue_dir(id), label.to_string(), self.syncer.clone(), window)
+    }
+
+    fn load_definitions(&self, vhost: &str) -> Result<Definitions, StoreError> {
+        let path = self.definitions_path(vhost);
+        match std::fs::read(&path) {
+            Ok(data) => {
+                serde_json::from_slice(&data).map_err(|e| StoreError(format!("cannot parse {}: {e}", path.display())))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Definitions::default()),
+            Err(e) => Err(StoreError(format!("cannot read {}: {e}", path.display()))),
+        }
+    }
+
+    fn save_definitions(&self, vhost: &str, definitions: &Definitions) -> Result<(), StoreError> {
+        let json = serde_json::to_vec_pretty(definitions).map_err(|e| StoreError(e.to_string()))?;
+        write_atomically(&self.definitions_path(vhost), &json).map_err(StoreError::from)
+    }
+
+    fn last_ticket(&self) -> u64 {
+        self.syncer.last_ticket()
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.syncer.failure()
+    }
+}

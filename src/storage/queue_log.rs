@@ -1,0 +1,501 @@
+//! One durable queue's log: a directory of segment files holding its messages in sequence
+//! order, each with a companion `.ack` file of acks and delivery marks for that segment's
+//! messages. A segment whose messages are all acked is deleted with its ack file, so acks
+//! never outlive the messages they settle and no ack log needs compacting.
+
+use super::record::{put_record, scan, Scanned, HEADER_LEN, MAGIC};
+use super::syncer::{LogFile, Syncer};
+use crate::broker::message::Message;
+use crate::broker::store::{LoadedMessage, MessageLog, RecoveredQueue, StoreError};
+use crate::protocol::ShortStr;
+use bytes::{Buf, BufMut, Bytes};
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Segments roll over at this size.
+pub const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
+/// How much of a segment one tail read takes in.
+const READ_CHUNK: usize = 1024 * 1024;
+
+const KIND_MESSAGE: u8 = 1;
+const KIND_ACK: u8 = 2;
+const KIND_DELIVERED: u8 = 3;
+/// Acks every seq in an inclusive range (a purge of the on-disk tail).
+const KIND_ACK_RANGE: u8 = 4;
+
+const FLAG_PERSISTENT: u8 = 1;
+
+#[derive(Debug)]
+struct Segment {
+    id: u64,
+    file: Arc<LogFile>,
+    ack: Option<Arc<LogFile>>,
+    first_seq: u64,
+    last_seq: u64,
+    /// Messages in this segment not yet acked.
+    live: u64,
+}
+
+/// Where the on-disk tail starts.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    segment: u64,
+    offset: u64,
+}
+
+#[derive(Debug)]
+pub struct QueueLog {
+    dir: PathBuf,
+    label: String,
+    syncer: Arc<Syncer>,
+    segments: VecDeque<Segment>,
+    next_segment: u64,
+    tail: Option<Cursor>,
+    tail_len: u64,
+    /// What the ack files said of tail messages before a restart.
+    tail_acks: AckState,
+    /// Segments below this id were written before the last restart: their transient
+    /// messages are gone.
+    fresh_from: u64,
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:016}.seg"))
+}
+fn ack_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:016}.ack"))
+}
+
+fn put_short(buf: &mut bytes::BytesMut, s: &[u8]) {
+    let n = s.len().min(255);
+    buf.put_u8(n as u8);
+    buf.put_slice(&s[..n]);
+}
+
+fn encode_message(buf: &mut bytes::BytesMut, seq: u64, m: &Message) {
+    buf.put_u8(KIND_MESSAGE);
+    buf.put_u64(seq);
+    buf.put_u8(if m.persistent { FLAG_PERSISTENT } else { 0 });
+    put_short(buf, m.exchange.as_bytes());
+    put_short(buf, m.routing_key.as_bytes());
+    buf.put_u32(m.properties.len() as u32);
+    buf.put_slice(&m.properties);
+    buf.put_u32(m.body.len() as u32);
+    buf.put_slice(&m.body);
+}
+
+/// Decodes a message record; the copy keeps a read chunk from being pinned in memory.
+fn decode_message(mut p: Bytes) -> Option<(u64, Message)> {
+    fn short(p: &mut Bytes) -> Option<ShortStr> {
+        let n = *p.first()? as usize;
+        p.advance(1);
+        if p.len() < n {
+            return None;
+        }
+        let s = std::str::from_utf8(&p[..n]).ok()?.to_string();
+        p.advance(n);
+        Some(ShortStr::from(s))
+    }
+    fn long_bytes(p: &mut Bytes) -> Option<Bytes> {
+        if p.len() < 4 {
+            return None;
+        }
+        let n = p.get_u32() as usize;
+        if p.len() < n {
+            return None;
+        }
+        Some(Bytes::copy_from_slice(&p.split_to(n)))
+    }
+    if p.len() < 10 || p.get_u8() != KIND_MESSAGE {
+        return None;
+    }
+    let seq = p.get_u64();
+    let flags = p.get_u8();
+    let exchange = short(&mut p)?;
+    let routing_key = short(&mut p)?;
+    let properties = long_bytes(&mut p)?;
+    let body = long_bytes(&mut p)?;
+    Some((seq, Message { exchange, routing_key, properties, body, persistent: flags & FLAG_PERSISTENT != 0 }))
+}
+
+/// What a segment's ack file says.
+#[derive(Debug, Default)]
+struct AckState {
+    acked: HashSet<u64>,
+    ranges: Vec<(u64, u64)>,
+    delivered: HashSet<u64>,
+}
+
+impl AckState {
+    fn is_acked(&self, seq: u64) -> bool {
+        self.acked.contains(&seq) || self.ranges.iter().any(|&(a, b)| a <= seq && seq <= b)
+    }
+}
+
+impl QueueLog {
+    /// Creates an empty log in `dir`.
+    pub fn create(dir: PathBuf, label: String, syncer: Arc<Syncer>) -> Result<QueueLog, StoreError> {
+        std::fs::create_dir_all(&dir)?;
+        let mut log = QueueLog {
+            dir,
+            label,
+            syncer,
+            segments: VecDeque::new(),
+            next_segment: 1,
+            tail: None,
+            tail_len: 0,
+            tail_acks: AckState::default(),
+            fresh_from: 0,
+        };
+        log.roll()?;
+        Ok(log)
+    }
+
+    fn roll(&mut self) -> Result<(), StoreError> {
+        let id = self.next_segment;
+        self.next_segment += 1;
+        let file = LogFile::open(&segment_path(&self.dir, id))?;
+        self.segments.push_back(Segment { id, file, ack: None, first_seq: u64::MAX, last_seq: 0, live: 0 });
+        Ok(())
+    }
+
+    fn read_acks(path: &Path, label: &str) -> AckState {
+        let mut state = AckState::default();
+        let Ok(data) = std::fs::read(path) else { return state };
+        for item in scan(&Bytes::from(data)) {
+            match item {
+                Scanned::Record { mut payload, .. } if payload.len() >= 9 => {
+                    let kind = payload.get_u8();
+                    let seq = payload.get_u64();
+                    match kind {
+                        KIND_ACK => {
+                            state.acked.insert(seq);
+                        }
+                        KIND_DELIVERED => {
+                            state.delivered.insert(seq);
+                        }
+                        KIND_ACK_RANGE if payload.len() >= 8 => state.ranges.push((seq, payload.get_u64())),
+                        _ => {}
+                    }
+                }
+                Scanned::Record { .. } => {}
+                Scanned::Corrupt { offset, len } | Scanned::TornTail { offset, len } => {
+                    tracing::warn!("{label}: skipped {len} unreadable bytes of {} at offset {offset}", path.display());
+                }
+            }
+        }
+        state
+    }
+
+    /// Opens a log after a restart: cuts torn tails, skips (and reports) corrupt records,
+    /// drops transient and acked messages, and returns up to `window` messages for memory.
+    pub fn recover(
+        dir: PathBuf,
+        label: String,
+        syncer: Arc<Syncer>,
+        window: usize,
+    ) -> Result<RecoveredQueue, StoreError> {
+        std::fs::create_dir_all(&dir)?;
+        let mut ids: Vec<u64> = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
+            .collect();
+        ids.sort_unstable();
+        let mut log = QueueLog {
+            dir: dir.clone(),
+            label: label.clone(),
+            syncer,
+            segments: VecDeque::new(),
+            next_segment: ids.last().map_or(1, |l| l + 1),
+            tail: None,
+            tail_len: 0,
+            tail_acks: AckState::default(),
+            fresh_from: ids.last().map_or(1, |l| l + 1),
+        };
+        let mut messages = Vec::new();
+        let mut next_seq = 0u64;
+        for (i, &id) in ids.iter().enumerate() {
+            let path = segment_path(&dir, id);
+            let data = Bytes::from(std::fs::read(&path)?);
+            let acks = Self::read_acks(&ack_path(&dir, id), &label);
+            let mut seg =
+                Segment { id, file: LogFile::open(&path)?, ack: None, first_seq: u64::MAX, last_seq: 0, live: 0 };
+            for item in scan(&data) {
+                match item {
+                    Scanned::Record { offset, payload } => {
+                        let Some((seq, message)) = decode_message(payload) else {
+                            tracing::error!("{label}: undecodable record in segment {id} at offset {offset}, skipped");
+                            continue;
+                        };
+                        next_seq = next_seq.max(seq + 1);
+                        seg.first_seq = seg.first_seq.min(seq);
+                        seg.last_seq = seg.last_seq.max(seq);
+                        if !message.persistent || acks.is_acked(seq) {
+                            continue;
+                        }
+                        seg.live += 1;
+                        let redelivered = acks.delivered.contains(&seq);
+                        if log.tail.is_none() && messages.len() < window {
+                            messages.push(LoadedMessage { seq, message: Arc::new(message), redelivered });
+                        } else {
+                            if log.tail.is_none() {
+                                log.tail = Some(Cursor { segment: id, offset });
+                            }
+                            log.tail_len += 1;
+                        }
+                    }
+                    Scanned::Corrupt { offset, len } => {
+                        tracing::error!(
+                            "{label}: corrupt record in segment {id} at offset {offset} ({len} bytes), skipped"
+                        );
+                    }
+                    Scanned::TornTail { offset, len } => {
+                        if i + 1 == ids.len() {
+                            tracing::warn!(
+                                "{label}: torn write at the end of segment {id}: cut {len} bytes at offset {offset}"
+                            );
+                            let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+                            f.set_len(offset)?;
+                            f.sync_all()?;
+                            seg.file = LogFile::open(&path)?;
+                        } else {
+                            tracing::error!(
+                                "{label}: unreadable end of segment {id} at offset {offset} ({len} bytes), skipped"
+                            );
+                        }
+                    }
+                }
+            }
+            // Tail messages are read back later: remember what their ack files said.
+            if log.tail.is_some() {
+                log.tail_acks.acked.extend(acks.acked);
+                log.tail_acks.ranges.extend(acks.ranges);
+                log.tail_acks.delivered.extend(acks.delivered);
+            }
+            if seg.live == 0 {
+                let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(ack_path(&dir, id));
+            } else {
+                log.segments.push_back(seg);
+            }
+        }
+        log.roll()?;
+        Ok(RecoveredQueue { log: Box::new(log), messages, next_seq })
+    }
+
+    fn segment_of(&self, seq: u64) -> Option<usize> {
+        // Segments hold increasing, non-overlapping seq ranges.
+        let i = self.segments.partition_point(|s| s.first_seq != u64::MAX && s.first_seq <= seq);
+        let i = i.checked_sub(1)?;
+        (self.segments[i].last_seq >= seq).then_some(i)
+    }
+
+    fn ack_file(&mut self, i: usize) -> Result<Arc<LogFile>, StoreError> {
+        if let Some(f) = &self.segments[i].ack {
+            return Ok(f.clone());
+        }
+        let f = LogFile::open(&ack_path(&self.dir, self.segments[i].id))?;
+        self.segments[i].ack = Some(f.clone());
+        Ok(f)
+    }
+
+    /// Deletes leading or middle segments with nothing live, never the active one.
+    fn collect(&mut self, i: usize) {
+        if i + 1 >= self.segments.len() || self.segments[i].live > 0 {
+            return;
+        }
+        if self.tail.is_some_and(|c| c.segment == self.segments[i].id) {
+            return;
+        }
+        let seg = self.segments.remove(i).expect("index checked");
+        let _ = std::fs::remove_file(segment_path(&self.dir, seg.id));
+        let _ = std::fs::remove_file(ack_path(&self.dir, seg.id));
+    }
+
+    fn ack_record(&mut self, seq: u64, kind: u8) -> Result<Option<(usize, u64)>, StoreError> {
+        let Some(i) = self.segment_of(seq) else { return Ok(None) };
+        let f = self.ack_file(i)?;
+        let (_, ticket) = f.append(&self.syncer, |b| {
+            put_record(b, |b| {
+                b.put_u8(kind);
+                b.put_u64(seq);
+            });
+        });
+        Ok(Some((i, ticket)))
+    }
+
+    /// Reads records from the tail cursor until `max` live messages or the end of the log.
+    fn read_from_cursor(&mut self, max: usize) -> Result<Vec<LoadedMessage>, StoreError> {
+        let mut out = Vec::new();
+        while out.len() < max && self.tail_len > 0 {
+            let Some(cur) = self.tail else { break };
+            let Some(si) = self.segments.iter().position(|s| s.id == cur.segment) else {
+                // The cursor's segment is gone (purged): nothing more is in the tail.
+                self.tail = None;
+                self.tail_len = 0;
+                break;
+            };
+            let file = self.segments[si].file.clone();
+            let end = file.len();
+            if cur.offset >= end {
+                match self.segments.get(si + 1) {
+                    Some(next) => self.tail = Some(Cursor { segment: next.id, offset: 0 }),
+                    None => {
+                        tracing::error!("{}: {} messages expected on disk were not found", self.label, self.tail_len);
+                        self.tail = None;
+                        self.tail_len = 0;
+                    }
+                }
+                continue;
+            }
+            let want = ((end - cur.offset) as usize).min(READ_CHUNK);
+            let chunk = Bytes::from(file.read_at(cur.offset, want)?);
+            let mut pos = 0usize;
+            while pos + HEADER_LEN <= chunk.len() && out.len() < max {
+                let magic = u32::from_be_bytes([chunk[pos], chunk[pos + 1], chunk[pos + 2], chunk[pos + 3]]);
+                let len = u32::from_be_bytes([chunk[pos + 4], chunk[pos + 5], chunk[pos + 6], chunk[pos + 7]]) as usize;
+                if magic != MAGIC {
+                    return Err(StoreError(format!(
+                        "{}: bad record in segment {} at offset {}",
+                        self.label,
+                        cur.segment,
+                        cur.offset + pos as u64
+                    )));
+                }
+                if pos + HEADER_LEN + len > chunk.len() {
+                    break;
+                }
+                let payload = chunk.slice(pos + HEADER_LEN..pos + HEADER_LEN + len);
+                pos += HEADER_LEN + len;
+                let Some((seq, message)) = decode_message(payload) else { continue };
+                if let Some(m) = self.take_if_live(cur.segment, seq, message) {
+                    out.push(m);
+                }
+            }
+            if pos == 0 {
+                // One record larger than the chunk: read exactly it.
+                let len = u32::from_be_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]) as usize;
+                let whole = Bytes::from(file.read_at(cur.offset, HEADER_LEN + len)?);
+                let Some((seq, message)) = decode_message(whole.slice(HEADER_LEN..)) else {
+                    return Err(StoreError(format!("{}: undecodable record in segment {}", self.label, cur.segment)));
+                };
+                pos = whole.len();
+                if let Some(m) = self.take_if_live(cur.segment, seq, message) {
+                    out.push(m);
+                }
+            }
+            self.tail = Some(Cursor { segment: cur.segment, offset: cur.offset + pos as u64 });
+        }
+        if self.tail_len == 0 {
+            self.tail = None;
+            self.tail_acks = AckState::default();
+        }
+        Ok(out)
+    }
+
+    /// A record read from the tail, unless it was settled before a restart.
+    fn take_if_live(&mut self, segment: u64, seq: u64, message: Message) -> Option<LoadedMessage> {
+        let old = segment < self.fresh_from;
+        if old && (!message.persistent || self.tail_acks.is_acked(seq)) {
+            return None;
+        }
+        self.tail_len = self.tail_len.saturating_sub(1);
+        let redelivered = old && self.tail_acks.delivered.contains(&seq);
+        Some(LoadedMessage { seq, message: Arc::new(message), redelivered })
+    }
+}
+
+impl MessageLog for QueueLog {
+    fn append(&mut self, seq: u64, message: &Message, to_tail: bool) -> Result<u64, StoreError> {
+        if self.segments.back().is_none_or(|s| s.file.len() >= SEGMENT_BYTES) {
+            self.roll()?;
+        }
+        let syncer = self.syncer.clone();
+        let seg = self.segments.back_mut().expect("rolled");
+        let (offset, ticket) = seg.file.append(&syncer, |b| {
+            put_record(b, |b| encode_message(b, seq, message));
+        });
+        seg.first_seq = seg.first_seq.min(seq);
+        seg.last_seq = seg.last_seq.max(seq);
+        seg.live += 1;
+        if to_tail {
+            if self.tail.is_none() {
+                self.tail = Some(Cursor { segment: seg.id, offset });
+            }
+            self.tail_len += 1;
+        }
+        Ok(ticket)
+    }
+
+    fn ack(&mut self, seq: u64) -> Result<u64, StoreError> {
+        match self.ack_record(seq, KIND_ACK)? {
+            Some((i, ticket)) => {
+                let seg = &mut self.segments[i];
+                seg.live = seg.live.saturating_sub(1);
+                self.collect(i);
+                Ok(ticket)
+            }
+            None => Ok(0),
+        }
+    }
+
+    fn delivered(&mut self, seq: u64) {
+        if let Err(e) = self.ack_record(seq, KIND_DELIVERED) {
+            tracing::warn!("{}: cannot record a delivery: {e}", self.label);
+        }
+    }
+
+    fn tail_len(&self) -> u64 {
+        self.tail_len
+    }
+
+    fn read_tail(&mut self, max: usize) -> Result<Vec<LoadedMessage>, StoreError> {
+        self.read_from_cursor(max)
+    }
+
+    fn purge_tail(&mut self) -> Result<u64, StoreError> {
+        let Some(cur) = self.tail else { return Ok(0) };
+        let purged = self.tail_len;
+        // Everything from the cursor on is tail: ack the rest of the cursor's segment by
+        // range, and delete the segments after it outright.
+        let Some(si) = self.segments.iter().position(|s| s.id == cur.segment) else { return Ok(0) };
+        let from_seq = {
+            let chunk = self.segments[si].file.read_at(cur.offset, HEADER_LEN + 9)?;
+            u64::from_be_bytes(chunk[HEADER_LEN + 1..HEADER_LEN + 9].try_into().unwrap_or_default())
+        };
+        let last = self.segments[si].last_seq;
+        let f = self.ack_file(si)?;
+        f.append(&self.syncer, |b| {
+            put_record(b, |b| {
+                b.put_u8(KIND_ACK_RANGE);
+                b.put_u64(from_seq);
+                b.put_u64(last);
+            });
+        });
+        // Only the tail's own messages in this segment stop being live; those before the
+        // cursor are in memory or out with consumers.
+        let in_later: u64 = self.segments.iter().skip(si + 1).map(|s| s.live).sum();
+        let seg = &mut self.segments[si];
+        seg.live = seg.live.saturating_sub(self.tail_len.saturating_sub(in_later));
+        while self.segments.len() > si + 1 {
+            if let Some(s) = self.segments.pop_back() {
+                let _ = std::fs::remove_file(segment_path(&self.dir, s.id));
+                let _ = std::fs::remove_file(ack_path(&self.dir, s.id));
+            }
+        }
+        self.tail = None;
+        self.tail_len = 0;
+        self.tail_acks = AckState::default();
+        self.roll()?;
+        self.collect(si);
+        Ok(purged)
+    }
+
+    fn destroy(&mut self) {
+        self.segments.clear();
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!("{}: cannot remove {}: {e}", self.label, self.dir.display());
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! Group commit: appends go into per-file buffers; one thread writes every dirty file, then
+//! fdatasyncs them all, then advances a durable watermark. A confirm waits for the watermark
+//! to pass its ticket, so many publishers share each fsync.
+
+use bytes::BytesMut;
+use parking_lot::{Condvar, Mutex};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// A file that is only appended to, through a buffer the syncer drains.
+#[derive(Debug)]
+pub struct LogFile {
+    pub path: PathBuf,
+    file: File,
+    state: Mutex<LogFileState>,
+}
+
+#[derive(Debug, Default)]
+struct LogFileState {
+    buf: BytesMut,
+    /// Bytes appended so far, written or still buffered.
+    len: u64,
+    /// On the syncer's dirty list (or about to be put back on it).
+    dirty: bool,
+    /// The newest ticket of an append to this file.
+    max_ticket: u64,
+}
+
+impl LogFileState {
+    fn write_buffer(&mut self, file: &File) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            // On failure the bytes stay buffered for the next attempt.
+            (&*file).write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+impl LogFile {
+    /// Opens (creating if needed) a file for appending; `len` is its current length.
+    pub fn open(path: &Path) -> std::io::Result<Arc<LogFile>> {
+        let file = std::fs::OpenOptions::new().create(true).append(true).read(true).open(path)?;
+        let len = file.metadata()?.len();
+        Ok(Arc::new(LogFile {
+            path: path.to_path_buf(),
+            file,
+            state: Mutex::new(LogFileState { len, ..Default::default() }),
+        }))
+    }
+
+    pub fn len(&self) -> u64 {
+        self.state.lock().len
+    }
+
+    /// Appends what `write` puts in the buffer; returns (offset of the append, ticket).
+    pub fn append(self: &Arc<Self>, syncer: &Syncer, write: impl FnOnce(&mut BytesMut)) -> (u64, u64) {
+        let mut st = self.state.lock();
+        let offset = st.len;
+        let before = st.buf.len();
+        write(&mut st.buf);
+        st.len += (st.buf.len() - before) as u64;
+        // Register as dirty before taking the ticket: a watermark covering the ticket then
+        // covers this file's write too.
+        if !st.dirty {
+            st.dirty = true;
+            syncer.mark_dirty(self.clone());
+        }
+        let ticket = syncer.next_ticket.fetch_add(1, Ordering::SeqCst) + 1;
+        st.max_ticket = ticket;
+        (offset, ticket)
+    }
+
+    /// The syncer's write of the buffer (fsync follows). Returns true when the file holds
+    /// appends whose tickets the current round does not cover: it needs another round.
+    fn write_out(&self, covered: u64) -> std::io::Result<bool> {
+        let mut st = self.state.lock();
+        st.write_buffer(&self.file)?;
+        st.dirty = st.max_ticket > covered;
+        Ok(st.dirty)
+    }
+
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Reads `len` bytes at `offset`, writing the buffer out first if it holds them.
+    pub fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        if offset + len as u64 > self.file.metadata()?.len() {
+            // Written, not synced: the file stays on the syncer's list if it was.
+            self.state.lock().write_buffer(&self.file)?;
+        }
+        let mut out = vec![0u8; len];
+        self.file.read_exact_at(&mut out, offset)?;
+        Ok(out)
+    }
+}
+
+/// The group-commit thread's shared state.
+#[derive(Debug)]
+pub struct Syncer {
+    dirty: Mutex<Vec<Arc<LogFile>>>,
+    wake: Condvar,
+    next_ticket: AtomicU64,
+    durable: watch::Sender<u64>,
+    /// The last write or fsync error, cleared when a round succeeds again.
+    failure: Mutex<Option<String>>,
+    failed: AtomicBool,
+    stop: AtomicBool,
+}
+
+impl Syncer {
+    pub fn start() -> Arc<Syncer> {
+        let (tx, _) = watch::channel(0);
+        let syncer = Arc::new(Syncer {
+            dirty: Mutex::new(Vec::new()),
+            wake: Condvar::new(),
+            next_ticket: AtomicU64::new(0),
+            durable: tx,
+            failure: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        });
+        let s = syncer.clone();
+        std::thread::Builder::new().name("hare-sync".into()).spawn(move || s.run()).expect("spawn the sync thread");
+        syncer
+    }
+
+    fn mark_dirty(&self, file: Arc<LogFile>) {
+        self.dirty.lock().push(file);
+        self.wake.notify_one();
+    }
+
+    /// The watermark: every ticket at or below it is on disk.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.durable.subscribe()
+    }
+
+    pub fn durable(&self) -> u64 {
+        *self.durable.borrow()
+    }
+
+    /// The newest ticket handed out; waiting for it waits for everything appended so far.
+    pub fn last_ticket(&self) -> u64 {
+        self.next_ticket.load(Ordering::SeqCst)
+    }
+
+    /// Why writes are failing, if they are.
+    pub fn failure(&self) -> Option<String> {
+        if self.failed.load(Ordering::Acquire) {
+            self.failure.lock().clone()
+        } else {
+            None
+        }
+    }
+
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Writes and syncs until nothing is dirty; used at shutdown and by tests.
+    pub fn flush_now(&self) {
+        while self.round() {}
+    }
+
+    fn run(&self) {
+        loop {
+            {
+                let mut dirty = self.dirty.lock();
+                while dirty.is_empty() && !self.stop.load(Ordering::Acquire) {
+                    self.wake.wait(&mut dirty);
+                }
+                if dirty.is_empty() && self.stop.load(Ordering::Acquire) {
+                    return;
+                }
+            }
+            if !self.round() {
+                // Writes failed: retry after a pause rather than spin.
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// One group commit; returns false when nothing was done or a write failed.
+    fn round(&self) -> bool {
+        let covered = self.next_ticket.load(Ordering::SeqCst);
+        let files = std::mem::take(&mut *self.dirty.lock());
+        if files.is_empty() {
+            return false;
+        }
+        let mut error = None;
+        let mut again = Vec::new();
+        for f in &files {
+            match f.write_out(covered) {
+                Ok(true) => again.push(f.clone()),
+                Ok(false) => {}
+                Err(e) => error = Some(format!("write to {} failed: {e}", f.path.display())),
+            }
+        }
+        if error.is_none() {
+            for f in &files {
+                if let Err(e) = f.sync() {
+                    error = Some(format!("fdatasync of {} failed: {e}", f.path.display()));
+                }
+            }
+        }
+        if !again.is_empty() {
+            self.dirty.lock().extend(again);
+        }
+        match error {
+            None => {
+                if self.failed.swap(false, Ordering::AcqRel) {
+                    tracing::warn!("disk writes succeed again");
+                }
+                self.durable.send_modify(|d| *d = (*d).max(covered));
+                true
+            }
+            Some(e) => {
+                if !self.failed.swap(true, Ordering::AcqRel) {
+                    tracing::error!("{e}");
+                }
+                *self.failure.lock() = Some(e);
+                let mut dirty = self.dirty.lock();
+                for f in files {
+                    f.state.lock().dirty = true;
+                    if !dirty.iter().any(|d| Arc::ptr_eq(d, &f)) {
+                        dirty.push(f);
+                    }
+                }
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn every_ticket_becomes_durable_under_concurrent_appends() {
+        let dir = std::env::temp_dir().join(format!("hare-syncer-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let syncer = Syncer::start();
+        let files: Vec<Arc<LogFile>> = (0..3).map(|i| LogFile::open(&dir.join(format!("f{i}"))).unwrap()).collect();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let syncer = syncer.clone();
+                let files = files.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2000usize {
+                        let f = &files[(t + i) % files.len()];
+                        let (_, ticket) = f.append(&syncer, |b| b.extend_from_slice(&[t as u8; 16]));
+                        // Wait for this append to be durable, as a confirm would.
+                        let deadline = Instant::now() + Duration::from_secs(10);
+                        while syncer.durable() < ticket {
+                            assert!(Instant::now() < deadline, "ticket {ticket} never became durable");
+                            std::thread::yield_now();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let total: u64 = files.iter().map(|f| std::fs::metadata(&f.path).unwrap().len()).sum();
+        assert_eq!(total, 4 * 2000 * 16);
+        syncer.shutdown();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
