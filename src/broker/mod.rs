@@ -84,6 +84,11 @@ impl Broker {
         self.storage.as_ref().and_then(|s| s.failure())
     }
 
+    /// The newest group-commit ticket: waiting for it waits for everything stored so far.
+    pub fn storage_last_ticket(&self) -> u64 {
+        self.storage.as_ref().map_or(0, |s| s.last_ticket())
+    }
+
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }

@@ -84,17 +84,12 @@ impl QueueState {
     }
 
     /// Records in the log that a message left the queue for good.
-    fn log_ack(&mut self, m: &QueuedMessage) -> u64 {
+    fn log_ack(&mut self, m: &QueuedMessage) {
         if !m.logged {
-            return 0;
+            return;
         }
-        match self.log.as_mut().map(|l| l.ack(m.seq)) {
-            Some(Ok(ticket)) => ticket,
-            Some(Err(e)) => {
-                tracing::error!("cannot record an ack: {e}");
-                0
-            }
-            None => 0,
+        if let Some(Err(e)) = self.log.as_mut().map(|l| l.ack(m.seq)) {
+            tracing::error!("cannot record an ack: {e}");
         }
     }
 
@@ -267,12 +262,13 @@ impl Queue {
         Some((m, st.ready_count()))
     }
 
-    /// Messages acknowledged (or dropped without requeue) by a consumer; returns the
-    /// ticket to wait for before the settlement is durable.
-    pub fn settle(&self, messages: &[QueuedMessage]) -> u64 {
+    /// Messages acknowledged (or dropped without requeue) by a consumer.
+    pub fn settle(&self, messages: &[QueuedMessage]) {
         let mut st = self.state.lock();
         st.unacked = st.unacked.saturating_sub(messages.len());
-        messages.iter().map(|m| st.log_ack(m)).max().unwrap_or(0)
+        for m in messages {
+            st.log_ack(m);
+        }
     }
 
     /// A logged message went out to a no-ack consumer: it is settled now.

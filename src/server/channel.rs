@@ -70,8 +70,6 @@ pub struct Channel {
     /// `stash` so that replies keep their order.
     pub pending_commit: Option<u64>,
     pub stash: VecDeque<crate::protocol::Frame>,
-    /// The newest ticket of acks settled in the log since the last commit.
-    settle_ticket: u64,
     last_queue: Option<ShortStr>,
     reply_key: Option<String>,
     route_buf: Vec<Arc<Queue>>,
@@ -100,7 +98,6 @@ impl Channel {
             tx: None,
             pending_commit: None,
             stash: VecDeque::new(),
-            settle_ticket: 0,
             last_queue: None,
             reply_key: None,
             route_buf: Vec::new(),
@@ -287,8 +284,10 @@ impl Channel {
                     return Err(AmqpError::precondition_failed("channel is not transactional"));
                 };
                 self.tx = Some(TxBuffer::default());
-                self.settle_ticket = 0;
-                let ticket = self.commit(ctx, tx)?.max(self.settle_ticket);
+                self.commit(ctx, tx)?;
+                // commit-ok means everything before it is on disk: the transaction's publishes
+                // and acks, and whatever else this connection did before.
+                let ticket = ctx.broker.storage_last_ticket();
                 if ticket <= ctx.durable_upto() {
                     ctx.out.method(self.id, TxCommitOk {});
                 } else {
@@ -744,8 +743,8 @@ impl Channel {
         }
     }
 
-    /// Applies a transaction's acks and publishes; returns the ticket to wait for.
-    fn commit(&mut self, ctx: &mut ConnCtx, tx: TxBuffer) -> AmqpResult<u64> {
+    /// Applies a transaction's acks and publishes.
+    fn commit(&mut self, ctx: &mut ConnCtx, tx: TxBuffer) -> AmqpResult<()> {
         for m in tx.settlements {
             match m {
                 Method::BasicAck(m) => self.settle(m.delivery_tag, m.multiple, Settle::Ack)?,
@@ -758,16 +757,12 @@ impl Channel {
                 _ => {}
             }
         }
-        let mut ticket = 0;
         for (method, message) in tx.publishes {
-            match self.route_and_enqueue(ctx, &method, message)? {
-                Ok(t) => ticket = ticket.max(t),
-                Err(reason) => {
-                    return Err(AmqpError::internal_error(format!("cannot store the transaction's messages: {reason}")))
-                }
+            if let Err(reason) = self.route_and_enqueue(ctx, &method, message)? {
+                return Err(AmqpError::internal_error(format!("cannot store the transaction's messages: {reason}")));
             }
         }
-        Ok(ticket)
+        Ok(())
     }
 
     fn check_tag_known(&self, m: &Method) -> AmqpResult<()> {
@@ -820,7 +815,7 @@ impl Channel {
             match how {
                 Settle::Requeue => q.requeue(msgs),
                 Settle::Ack | Settle::Drop => {
-                    self.settle_ticket = self.settle_ticket.max(q.settle(&msgs));
+                    q.settle(&msgs);
                     q.dispatch();
                 }
             }

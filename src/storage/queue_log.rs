@@ -499,3 +499,187 @@ impl MessageLog for QueueLog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static DIRS: AtomicU64 = AtomicU64::new(0);
+
+    fn temp_dir() -> PathBuf {
+        let n = DIRS.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("hare-qlog-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn msg(body: &str, persistent: bool) -> Message {
+        Message {
+            exchange: "ex".into(),
+            routing_key: "rk".into(),
+            properties: Bytes::from_static(&[0, 0]),
+            body: Bytes::copy_from_slice(body.as_bytes()),
+            persistent,
+        }
+    }
+
+    fn bodies(ms: &[LoadedMessage]) -> Vec<String> {
+        ms.iter().map(|m| String::from_utf8(m.message.body.to_vec()).unwrap()).collect()
+    }
+
+    fn recover(dir: &Path, syncer: &Arc<Syncer>, window: usize) -> RecoveredQueue {
+        QueueLog::recover(dir.to_path_buf(), "test".into(), syncer.clone(), window).unwrap()
+    }
+
+    #[test]
+    fn recovery_keeps_order_drops_acked_and_transient_and_marks_delivered() {
+        let dir = temp_dir();
+        let syncer = Syncer::start();
+        let mut log = QueueLog::create(dir.clone(), "test".into(), syncer.clone()).unwrap();
+        for i in 0..10u64 {
+            log.append(i, &msg(&format!("m{i}"), i != 5), false).unwrap();
+        }
+        log.ack(0).unwrap();
+        log.ack(3).unwrap();
+        log.delivered(1);
+        syncer.flush_now();
+        drop(log);
+        let r = recover(&dir, &syncer, 100);
+        assert_eq!(bodies(&r.messages), ["m1", "m2", "m4", "m6", "m7", "m8", "m9"]);
+        assert!(r.messages[0].redelivered);
+        assert!(!r.messages[1].redelivered);
+        assert_eq!(r.next_seq, 10);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn torn_tail_is_cut_at_every_byte_of_the_last_record() {
+        let dir = temp_dir();
+        let syncer = Syncer::start();
+        let mut log = QueueLog::create(dir.clone(), "test".into(), syncer.clone()).unwrap();
+        for i in 0..3u64 {
+            log.append(i, &msg(&format!("message {i}"), true), false).unwrap();
+        }
+        syncer.flush_now();
+        drop(log);
+        let seg = segment_path(&dir, 1);
+        let full = std::fs::read(&seg).unwrap();
+        let last_start = full.len() - (HEADER_LEN + 1 + 8 + 1 + 3 + 3 + 4 + 2 + 4 + 9);
+        for cut in last_start + 1..full.len() {
+            let dir2 = temp_dir();
+            std::fs::create_dir_all(&dir2).unwrap();
+            std::fs::write(segment_path(&dir2, 1), &full[..cut]).unwrap();
+            let r = recover(&dir2, &syncer, 100);
+            assert_eq!(bodies(&r.messages), ["message 0", "message 1"], "cut at {cut}");
+            assert_eq!(std::fs::metadata(segment_path(&dir2, 1)).unwrap().len(), last_start as u64);
+            std::fs::remove_dir_all(&dir2).unwrap();
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_record_in_the_middle_is_skipped() {
+        let dir = temp_dir();
+        let syncer = Syncer::start();
+        let mut log = QueueLog::create(dir.clone(), "test".into(), syncer.clone()).unwrap();
+        for i in 0..5u64 {
+            log.append(i, &msg(&format!("message {i}"), true), false).unwrap();
+        }
+        syncer.flush_now();
+        drop(log);
+        let seg = segment_path(&dir, 1);
+        let mut data = std::fs::read(&seg).unwrap();
+        let record = data.len() / 5;
+        data[2 * record + HEADER_LEN + 20] ^= 0xff;
+        std::fs::write(&seg, &data).unwrap();
+        let r = recover(&dir, &syncer, 100);
+        assert_eq!(bodies(&r.messages), ["message 0", "message 1", "message 3", "message 4"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tail_beyond_the_window_reads_back_in_order_across_segments() {
+        let dir = temp_dir();
+        let syncer = Syncer::start();
+        let mut log = QueueLog::create(dir.clone(), "test".into(), syncer.clone()).unwrap();
+        let big = "x".repeat(100_000);
+        // ~20 MB: three segments.
+        for i in 0..200u64 {
+            log.append(i, &msg(&format!("{i}:{big}"), true), i >= 10).unwrap();
+        }
+        assert_eq!(log.tail_len(), 190);
+        let mut seen = Vec::new();
+        loop {
+            let batch = log.read_tail(7).unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            seen.extend(batch.iter().map(|m| m.seq));
+        }
+        assert_eq!(seen, (10..200).collect::<Vec<_>>());
+        assert!(log.segments.len() >= 3);
+        // Acking everything deletes every segment but the active one.
+        for i in 0..200 {
+            log.ack(i).unwrap();
+        }
+        assert_eq!(log.segments.len(), 1);
+        syncer.flush_now();
+        drop(log);
+        let r = recover(&dir, &syncer, 5);
+        assert!(r.messages.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn recovery_with_a_tail_then_purge() {
+        let dir = temp_dir();
+        let syncer = Syncer::start();
+        let mut log = QueueLog::create(dir.clone(), "test".into(), syncer.clone()).unwrap();
+        for i in 0..50u64 {
+            log.append(i, &msg(&format!("m{i}"), true), false).unwrap();
+        }
+        log.ack(20).unwrap();
+        syncer.flush_now();
+        drop(log);
+        let mut r = recover(&dir, &syncer, 10);
+        assert_eq!(bodies(&r.messages), (0..10).map(|i| format!("m{i}")).collect::<Vec<_>>());
+        assert_eq!(r.log.tail_len(), 39);
+        let next = r.log.read_tail(15).unwrap();
+        assert_eq!(next.first().map(|m| m.seq), Some(10));
+        assert!(!next.iter().any(|m| m.seq == 20), "acked message came back");
+        assert_eq!(r.log.purge_tail().unwrap(), 24);
+        syncer.flush_now();
+        drop(r);
+        // Purged messages stay gone; the 25 read into memory were never acked, so they return.
+        let r = recover(&dir, &syncer, 100);
+        assert_eq!(r.messages.len(), 25);
+        assert_eq!(r.messages.last().map(|m| m.seq), Some(25));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn empty_directory_recovers_empty() {
+        let dir = temp_dir();
+        let syncer = Syncer::start();
+        let r = recover(&dir, &syncer, 10);
+        assert!(r.messages.is_empty());
+        assert_eq!(r.next_seq, 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn full_disk_is_reported_and_nothing_is_confirmed() {
+        let syncer = Syncer::start();
+        let Ok(full) = LogFile::open(Path::new("/dev/full")) else { return };
+        let (_, ticket) = full.append(&syncer, |b| b.extend_from_slice(b"lost"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while syncer.failure().is_none() {
+            assert!(std::time::Instant::now() < deadline, "no failure reported");
+            std::thread::yield_now();
+        }
+        assert!(syncer.failure().unwrap().contains("/dev/full"));
+        assert!(syncer.durable() < ticket);
+        syncer.shutdown();
+    }
+}

@@ -112,6 +112,8 @@ pub struct Syncer {
     failure: Mutex<Option<String>>,
     failed: AtomicBool,
     stop: AtomicBool,
+    /// Held for a whole round, so [`Syncer::flush_now`] waits for one in progress.
+    round_lock: Mutex<()>,
 }
 
 impl Syncer {
@@ -125,6 +127,7 @@ impl Syncer {
             failure: Mutex::new(None),
             failed: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            round_lock: Mutex::new(()),
         });
         let s = syncer.clone();
         std::thread::Builder::new().name("hare-sync".into()).spawn(move || s.run()).expect("spawn the sync thread");
@@ -164,9 +167,18 @@ impl Syncer {
         self.wake.notify_one();
     }
 
-    /// Writes and syncs until nothing is dirty; used at shutdown and by tests.
+    /// Writes and syncs until nothing is dirty, including what a round in progress on the
+    /// sync thread holds; used at shutdown and by tests.
     pub fn flush_now(&self) {
-        while self.round() {}
+        loop {
+            let _round = self.round_lock.lock();
+            if self.dirty.lock().is_empty() {
+                return;
+            }
+            if !self.round_locked() {
+                return;
+            }
+        }
     }
 
     fn run(&self) {
@@ -189,6 +201,11 @@ impl Syncer {
 
     /// One group commit; returns false when nothing was done or a write failed.
     fn round(&self) -> bool {
+        let _round = self.round_lock.lock();
+        self.round_locked()
+    }
+
+    fn round_locked(&self) -> bool {
         let covered = self.next_ticket.load(Ordering::SeqCst);
         let files = std::mem::take(&mut *self.dirty.lock());
         if files.is_empty() {

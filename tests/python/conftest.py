@@ -26,16 +26,38 @@ def wait_for(predicate, timeout=10.0, interval=0.01, what="condition"):
 
 
 class Hare:
-    def __init__(self, extra_args=()):
+    """A hare process; `restart()` starts it again on the same data directory."""
+
+    def __init__(self, extra_args=(), data_dir=None):
         self.dir = tempfile.mkdtemp(prefix="hare-test-")
-        self.log_path = os.path.join(self.dir, "hare.log")
+        self.data_dir = data_dir or os.path.join(self.dir, "data")
+        self.extra_args = list(extra_args)
+        self.starts = 0
+        self._start()
+
+    def _start(self):
+        self.starts += 1
+        self.log_path = os.path.join(self.dir, f"hare-{self.starts}.log")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [HARE_BIN, "--port", "0", "--data-dir", os.path.join(self.dir, "data"), "--log", "info", *extra_args],
+            [HARE_BIN, "--port", "0", "--data-dir", self.data_dir, "--log", "info", *self.extra_args],
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
         self.port = wait_for(self._port, what="hare to listen")
+
+    def kill(self):
+        """SIGKILL, as a crash."""
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+
+    def restart(self, graceful=True):
+        if graceful:
+            self.stop()
+        else:
+            self.kill()
+        self._start()
 
     def _port(self):
         if self.proc.poll() is not None:
