@@ -23,7 +23,11 @@ pub struct Args {
     /// Heartbeat interval in seconds the server proposes (0 disables).
     #[arg(long, env = "HARE_HEARTBEAT")]
     pub heartbeat: Option<u16>,
-    /// TOML file with any of: bind, port, data_dir, log, heartbeat, frame_max, channel_max, max_message_size.
+    /// Memory use above which publishers are blocked: a share of RAM ("40%") or a size ("2GiB").
+    #[arg(long, env = "HARE_MEMORY_LIMIT")]
+    pub memory_limit: Option<String>,
+    /// TOML file with any of: bind, port, data_dir, log, heartbeat, memory_limit, frame_max,
+    /// channel_max, max_message_size.
     #[arg(long, short, env = "HARE_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -36,6 +40,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     log: Option<String>,
     heartbeat: Option<u16>,
+    memory_limit: Option<String>,
     frame_max: Option<u32>,
     channel_max: Option<u16>,
     max_message_size: Option<u64>,
@@ -48,6 +53,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub log: String,
     pub heartbeat: u16,
+    /// Bytes of resident memory above which publishers are blocked.
+    pub memory_limit: u64,
     pub frame_max: u32,
     pub channel_max: u16,
     pub max_message_size: u64,
@@ -61,6 +68,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             log: "info".into(),
             heartbeat: 60,
+            memory_limit: crate::server::alarms::total_memory().map_or(1 << 30, |t| t / 10 * 4),
             frame_max: 131072,
             channel_max: 2047,
             max_message_size: 128 * 1024 * 1024,
@@ -76,6 +84,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, source: toml::de::Error },
     #[error("frame_max must be at least 4096, got {0}")]
     FrameMax(u32),
+    #[error("memory_limit: {0}")]
+    MemoryLimit(String),
 }
 
 impl Config {
@@ -96,6 +106,10 @@ impl Config {
             data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or(d.data_dir),
             log: args.log.clone().or(file.log).unwrap_or(d.log),
             heartbeat: args.heartbeat.or(file.heartbeat).unwrap_or(d.heartbeat),
+            memory_limit: match args.memory_limit.clone().or(file.memory_limit) {
+                Some(s) => crate::server::alarms::parse_memory_limit(&s).map_err(ConfigError::MemoryLimit)?,
+                None => d.memory_limit,
+            },
             frame_max: file.frame_max.unwrap_or(d.frame_max),
             channel_max: file.channel_max.unwrap_or(d.channel_max),
             max_message_size: file.max_message_size.unwrap_or(d.max_message_size),

@@ -225,6 +225,7 @@ impl Channel {
                 Ok(())
             }
             Method::BasicPublish(m) => {
+                ctx.is_publisher = true;
                 if m.immediate {
                     return Err(AmqpError::not_implemented("immediate=true"));
                 }

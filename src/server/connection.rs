@@ -58,6 +58,14 @@ pub struct ConnCtx {
     pub user: String,
     /// The group-commit watermark as last seen (u64::MAX without storage).
     pub durable: u64,
+    /// The client asked to hear connection.blocked and connection.unblocked.
+    pub blocked_notify: bool,
+    /// Why publishers are blocked now, if they are.
+    pub blocked: Option<String>,
+    /// This connection has published: it is the kind an alarm blocks.
+    pub is_publisher: bool,
+    /// connection.blocked was sent and unblocked is owed.
+    blocked_sent: bool,
 }
 
 impl ConnCtx {
@@ -88,6 +96,7 @@ pub async fn serve(
     config: Arc<Config>,
     mut shutdown: watch::Receiver<bool>,
     mut durable: Option<watch::Receiver<u64>>,
+    mut alarm: watch::Receiver<Option<String>>,
 ) {
     let Ok(peer) = stream.peer_addr() else { return };
     let _ = stream.set_nodelay(true);
@@ -124,6 +133,10 @@ pub async fn serve(
             cancel_notify: false,
             user: String::new(),
             durable: durable.as_mut().map_or(u64::MAX, |rx| *rx.borrow_and_update()),
+            blocked_notify: false,
+            blocked: alarm.borrow_and_update().clone(),
+            is_publisher: false,
+            blocked_sent: false,
         },
     };
     tracing::debug!(%peer, id, "connection accepted");
@@ -137,6 +150,8 @@ pub async fn serve(
     loop {
         let backlogged = writer.backlogged();
         let waits_for_disk = conn.channels.values().any(Channel::waits_for_disk);
+        // A blocked publisher is not read from: its publishes wait in its socket.
+        let paused = conn.ctx.blocked.is_some() && conn.ctx.is_publisher && conn.state == State::Open;
         if rbuf.capacity() - rbuf.len() < 16 * 1024 {
             rbuf.reserve(64 * 1024);
         }
@@ -154,6 +169,12 @@ pub async fn serve(
                     conn.release_waiting();
                 }
             }
+            r = alarm.changed() => {
+                if r.is_ok() {
+                    let now = alarm.borrow_and_update().clone();
+                    conn.alarm_changed(now);
+                }
+            }
             ev = events.recv(), if !backlogged => {
                 if let Some(ev) = ev {
                     conn.handle_event(ev);
@@ -165,7 +186,7 @@ pub async fn serve(
                     }
                 }
             }
-            r = rd.read_buf(&mut rbuf), if !backlogged => {
+            r = rd.read_buf(&mut rbuf), if !backlogged && !paused => {
                 match r {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
@@ -176,6 +197,10 @@ pub async fn serve(
             }
             _ = sleep_until(heartbeat_at), if conn.heartbeat > 0 => {
                 let interval = Duration::from_secs(conn.heartbeat as u64);
+                if paused {
+                    // As in RabbitMQ, a blocked connection is not expected to be heard from.
+                    last_recv = Instant::now();
+                }
                 if last_recv.elapsed() > interval * 2 {
                     tracing::warn!(peer = %conn.peer, "missed heartbeats from client, timeout: {}s", conn.heartbeat);
                     break;
@@ -287,6 +312,7 @@ impl Connection {
             }
         }
         self.release_waiting();
+        self.notify_blocking();
     }
 
     /// Sends confirms and commit-oks whose messages are now durable, then runs the frames
@@ -461,7 +487,9 @@ impl Connection {
     fn start_ok(&mut self, m: ConnectionStartOk) -> Result<(), AmqpError> {
         let caps = m.client_properties.get("capabilities");
         if let Some(FieldValue::Table(caps)) = caps {
-            self.ctx.cancel_notify = caps.get("consumer_cancel_notify").and_then(|v| v.as_bool()).unwrap_or(false);
+            let cap = |name: &str| caps.get(name).and_then(|v| v.as_bool()).unwrap_or(false);
+            self.ctx.cancel_notify = cap("consumer_cancel_notify");
+            self.ctx.blocked_notify = cap("connection.blocked");
         }
         let (user, password) = match m.mechanism.as_str() {
             "PLAIN" => {
@@ -536,6 +564,34 @@ impl Connection {
         Ok(())
     }
 
+    /// A resource alarm was raised or cleared: nack confirms the disk cannot honour, and
+    /// tell the client.
+    fn alarm_changed(&mut self, reason: Option<String>) {
+        self.ctx.blocked = reason;
+        self.release_waiting();
+        self.notify_blocking();
+    }
+
+    /// As RabbitMQ does: connection.blocked once a connection publishes while an alarm is
+    /// raised, connection.unblocked when it clears.
+    fn notify_blocking(&mut self) {
+        if self.state != State::Open || !self.ctx.blocked_notify {
+            return;
+        }
+        match (&self.ctx.blocked, self.ctx.blocked_sent) {
+            (Some(reason), false) if self.ctx.is_publisher => {
+                let reason = ShortStr::from(truncate(reason, 255));
+                self.ctx.out.method(0, ConnectionBlocked { reason });
+                self.ctx.blocked_sent = true;
+            }
+            (None, true) => {
+                self.ctx.out.method(0, ConnectionUnblocked {});
+                self.ctx.blocked_sent = false;
+            }
+            _ => {}
+        }
+    }
+
     fn handle_event(&mut self, ev: ConnEvent) {
         match ev {
             ConnEvent::Deliver(d) => match self.channels.get_mut(&d.channel) {
@@ -561,6 +617,15 @@ impl Connection {
             }
         }
     }
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// The open channel `c`; `None` while it is closing (its frames are dropped); 504 if unknown.

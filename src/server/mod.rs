@@ -1,5 +1,6 @@
 //! The network side: accepting sockets and running one connection task per socket.
 
+pub mod alarms;
 pub mod channel;
 pub mod connection;
 pub mod output;
@@ -43,6 +44,7 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         // Each connection holds a sender; when all are dropped, every connection has ended.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+        let alarm = alarms::spawn_monitor(self.broker.clone(), self.config.memory_limit);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -54,8 +56,9 @@ impl Server {
                         let stop = stop_rx.clone();
                         let alive = alive_tx.clone();
                         let durable = self.durable.clone();
+                        let alarm = alarm.clone();
                         tokio::spawn(async move {
-                            connection::serve(stream, broker, config, stop, durable).await;
+                            connection::serve(stream, broker, config, stop, durable, alarm).await;
                             drop(alive);
                         });
                     }

@@ -264,3 +264,28 @@ def test_crash_loop_loses_no_confirmed_message():
     history = {b: [(cyc, red) for (body, red, cyc) in ledger.received if body == b] for b in ledger.acked_then_seen[:5]}
     assert not ledger.acked_then_seen, f"acked messages came back: {history}"
     assert not ledger.order_violations, f"out of order: {ledger.order_violations[:10]}"
+
+
+def test_memory_alarm_blocks_publishers():
+    hare = Hare(extra_args=["--memory-limit", "1"])
+    try:
+        c = hare.connect()
+        reasons = []
+        c.add_on_connection_blocked_callback(lambda conn, frame: reasons.append(frame.method.reason))
+        ch = c.channel()
+        ch.queue_declare("blocked_q")
+        for i in range(5):
+            ch.basic_publish("", "blocked_q", str(i).encode())
+        wait_for(lambda: c.process_data_events(time_limit=0.02) or reasons, what="connection.blocked")
+        assert "memory use" in reasons[0] and "above the limit" in reasons[0]
+        observer = hare.connect().channel()
+        # As in RabbitMQ, the publish that makes a connection a publisher goes through; the
+        # rest wait in its socket while the alarm lasts.
+        counts = set()
+        for _ in range(10):
+            c.process_data_events(time_limit=0.02)
+            counts.add(observer.queue_declare("blocked_q", passive=True).method.message_count)
+        assert counts <= {0, 1}
+        assert "blocking publishers: memory use" in hare.read_log()
+    finally:
+        hare.stop()
