@@ -8,6 +8,9 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "hare", version, about = "Hare: an AMQP 0-9-1 message broker")]
 pub struct Args {
+    /// With no command, run the broker.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Address to listen on for AMQP.
     #[arg(long, env = "HARE_BIND")]
     pub bind: Option<String>,
@@ -30,6 +33,12 @@ pub struct Args {
     /// channel_max, max_message_size.
     #[arg(long, short, env = "HARE_CONFIG")]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Load any AMQP 0-9-1 broker and measure throughput and latency.
+    Perf(crate::perf::PerfArgs),
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

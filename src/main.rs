@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use hare::broker::Broker;
-use hare::config::{Args, Config};
+use hare::config::{Args, Command, Config};
 use hare::server::Server;
 use hare::storage::DiskStorage;
 use std::process::ExitCode;
@@ -10,6 +10,9 @@ use std::sync::Arc;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Perf(perf)) = args.command {
+        return run_perf(perf);
+    }
     let config = match Config::load(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -67,6 +70,34 @@ fn main() -> ExitCode {
     storage.syncer.shutdown();
     tracing::info!("stopped");
     code
+}
+
+fn run_perf(args: hare::perf::PerfArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hare perf: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = args.json;
+    match runtime.block_on(hare::perf::run(args)) {
+        Ok(summary) => {
+            if json {
+                match serde_json::to_string_pretty(&summary) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => eprintln!("hare perf: {e}"),
+                }
+            } else {
+                hare::perf::print_summary(&summary);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hare perf: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn shutdown_signal() {

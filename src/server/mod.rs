@@ -14,6 +14,21 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+/// Binds with SO_REUSEADDR, so a restarted broker gets its port back at once, and a backlog
+/// large enough for bursts of new connections.
+async fn listen(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(4096)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other(format!("no address for {host}"))))
+}
+
 /// A bound AMQP listener and what its connections share.
 pub struct Server {
     listener: TcpListener,
@@ -30,7 +45,7 @@ impl Server {
         broker: Arc<Broker>,
         durable: Option<watch::Receiver<u64>>,
     ) -> std::io::Result<Server> {
-        let listener = TcpListener::bind((config.bind.as_str(), config.port)).await?;
+        let listener = listen(&config.bind, config.port).await?;
         Ok(Server { listener, broker, config: Arc::new(config), durable })
     }
 

@@ -26,15 +26,28 @@ const KIND_ACK_RANGE: u8 = 4;
 
 const FLAG_PERSISTENT: u8 = 1;
 
+/// Ack files kept open at once; acks mostly go to the oldest segments.
+const OPEN_ACK_FILES: usize = 8;
+
 #[derive(Debug)]
 struct Segment {
     id: u64,
-    file: Arc<LogFile>,
+    /// The append handle; only the active (last) segment has one, so a deep queue does not
+    /// hold a descriptor per segment.
+    file: Option<Arc<LogFile>>,
+    /// Bytes in a sealed segment.
+    len: u64,
     ack: Option<Arc<LogFile>>,
     first_seq: u64,
     last_seq: u64,
     /// Messages in this segment not yet acked.
     live: u64,
+}
+
+impl Segment {
+    fn len(&self) -> u64 {
+        self.file.as_ref().map_or(self.len, |f| f.len())
+    }
 }
 
 /// Where the on-disk tail starts.
@@ -58,6 +71,10 @@ pub struct QueueLog {
     /// Segments below this id were written before the last restart: their transient
     /// messages are gone.
     fresh_from: u64,
+    /// A read handle on one sealed segment, for reading the tail.
+    reader: Option<(u64, std::fs::File)>,
+    /// Segments whose ack file is open, oldest first.
+    open_acks: VecDeque<u64>,
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -147,17 +164,53 @@ impl QueueLog {
             tail_len: 0,
             tail_acks: AckState::default(),
             fresh_from: 0,
+            reader: None,
+            open_acks: VecDeque::new(),
         };
         log.roll()?;
         Ok(log)
     }
 
     fn roll(&mut self) -> Result<(), StoreError> {
+        // Seal the active segment: its bytes go to the file now (the syncer still holds it
+        // for the fsync), and the append handle is dropped.
+        if let Some(last) = self.segments.back_mut() {
+            if let Some(f) = last.file.take() {
+                f.write_buffered()?;
+                last.len = f.len();
+            }
+        }
         let id = self.next_segment;
         self.next_segment += 1;
         let file = LogFile::open(&segment_path(&self.dir, id))?;
-        self.segments.push_back(Segment { id, file, ack: None, first_seq: u64::MAX, last_seq: 0, live: 0 });
+        self.segments.push_back(Segment {
+            id,
+            file: Some(file),
+            len: 0,
+            ack: None,
+            first_seq: u64::MAX,
+            last_seq: 0,
+            live: 0,
+        });
         Ok(())
+    }
+
+    /// Reads bytes of a segment: through the append handle for the active one (which
+    /// writes out what is buffered), else through a cached read handle.
+    fn read_segment(&mut self, i: usize, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+        use std::os::unix::fs::FileExt;
+        if let Some(f) = &self.segments[i].file {
+            return Ok(f.read_at(offset, len)?);
+        }
+        let id = self.segments[i].id;
+        if self.reader.as_ref().is_none_or(|(rid, _)| *rid != id) {
+            self.reader = Some((id, std::fs::File::open(segment_path(&self.dir, id))?));
+        }
+        let mut out = vec![0u8; len];
+        if let Some((_, f)) = &self.reader {
+            f.read_exact_at(&mut out, offset)?;
+        }
+        Ok(out)
     }
 
     fn read_acks(path: &Path, label: &str) -> AckState {
@@ -212,6 +265,8 @@ impl QueueLog {
             tail_len: 0,
             tail_acks: AckState::default(),
             fresh_from: ids.last().map_or(1, |l| l + 1),
+            reader: None,
+            open_acks: VecDeque::new(),
         };
         let mut messages = Vec::new();
         let mut next_seq = 0u64;
@@ -219,8 +274,15 @@ impl QueueLog {
             let path = segment_path(&dir, id);
             let data = Bytes::from(std::fs::read(&path)?);
             let acks = Self::read_acks(&ack_path(&dir, id), &label);
-            let mut seg =
-                Segment { id, file: LogFile::open(&path)?, ack: None, first_seq: u64::MAX, last_seq: 0, live: 0 };
+            let mut seg = Segment {
+                id,
+                file: None,
+                len: data.len() as u64,
+                ack: None,
+                first_seq: u64::MAX,
+                last_seq: 0,
+                live: 0,
+            };
             for item in scan(&data) {
                 match item {
                     Scanned::Record { offset, payload } => {
@@ -258,7 +320,7 @@ impl QueueLog {
                             let f = std::fs::OpenOptions::new().write(true).open(&path)?;
                             f.set_len(offset)?;
                             f.sync_all()?;
-                            seg.file = LogFile::open(&path)?;
+                            seg.len = offset;
                         } else {
                             tracing::error!(
                                 "{label}: unreadable end of segment {id} at offset {offset} ({len} bytes), skipped"
@@ -295,8 +357,18 @@ impl QueueLog {
         if let Some(f) = &self.segments[i].ack {
             return Ok(f.clone());
         }
-        let f = LogFile::open(&ack_path(&self.dir, self.segments[i].id))?;
+        let id = self.segments[i].id;
+        // Close the ack file used longest ago; the syncer keeps what it still has to write.
+        if self.open_acks.len() >= OPEN_ACK_FILES {
+            if let Some(old) = self.open_acks.pop_front() {
+                if let Some(seg) = self.segments.iter_mut().find(|s| s.id == old) {
+                    seg.ack = None;
+                }
+            }
+        }
+        let f = LogFile::open(&ack_path(&self.dir, id))?;
         self.segments[i].ack = Some(f.clone());
+        self.open_acks.push_back(id);
         Ok(f)
     }
 
@@ -309,6 +381,10 @@ impl QueueLog {
             return;
         }
         let seg = self.segments.remove(i).expect("index checked");
+        self.open_acks.retain(|&id| id != seg.id);
+        if self.reader.as_ref().is_some_and(|(id, _)| *id == seg.id) {
+            self.reader = None;
+        }
         let _ = std::fs::remove_file(segment_path(&self.dir, seg.id));
         let _ = std::fs::remove_file(ack_path(&self.dir, seg.id));
     }
@@ -336,8 +412,7 @@ impl QueueLog {
                 self.tail_len = 0;
                 break;
             };
-            let file = self.segments[si].file.clone();
-            let end = file.len();
+            let end = self.segments[si].len();
             if cur.offset >= end {
                 match self.segments.get(si + 1) {
                     Some(next) => self.tail = Some(Cursor { segment: next.id, offset: 0 }),
@@ -350,7 +425,7 @@ impl QueueLog {
                 continue;
             }
             let want = ((end - cur.offset) as usize).min(READ_CHUNK);
-            let chunk = Bytes::from(file.read_at(cur.offset, want)?);
+            let chunk = Bytes::from(self.read_segment(si, cur.offset, want)?);
             let mut pos = 0usize;
             while pos + HEADER_LEN <= chunk.len() && out.len() < max {
                 let magic = u32::from_be_bytes([chunk[pos], chunk[pos + 1], chunk[pos + 2], chunk[pos + 3]]);
@@ -376,7 +451,7 @@ impl QueueLog {
             if pos == 0 {
                 // One record larger than the chunk: read exactly it.
                 let len = u32::from_be_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]) as usize;
-                let whole = Bytes::from(file.read_at(cur.offset, HEADER_LEN + len)?);
+                let whole = Bytes::from(self.read_segment(si, cur.offset, HEADER_LEN + len)?);
                 let Some((seq, message)) = decode_message(whole.slice(HEADER_LEN..)) else {
                     return Err(StoreError(format!("{}: undecodable record in segment {}", self.label, cur.segment)));
                 };
@@ -408,12 +483,13 @@ impl QueueLog {
 
 impl MessageLog for QueueLog {
     fn append(&mut self, seq: u64, message: &Message, to_tail: bool) -> Result<u64, StoreError> {
-        if self.segments.back().is_none_or(|s| s.file.len() >= SEGMENT_BYTES) {
+        if self.segments.back().is_none_or(|s| s.file.is_none() || s.len() >= SEGMENT_BYTES) {
             self.roll()?;
         }
         let syncer = self.syncer.clone();
         let seg = self.segments.back_mut().expect("rolled");
-        let (offset, ticket) = seg.file.append(&syncer, |b| {
+        let file = seg.file.as_ref().expect("the last segment is active");
+        let (offset, ticket) = file.append(&syncer, |b| {
             put_record(b, |b| encode_message(b, seq, message));
         });
         seg.first_seq = seg.first_seq.min(seq);
@@ -461,7 +537,7 @@ impl MessageLog for QueueLog {
         // range, and delete the segments after it outright.
         let Some(si) = self.segments.iter().position(|s| s.id == cur.segment) else { return Ok(0) };
         let from_seq = {
-            let chunk = self.segments[si].file.read_at(cur.offset, HEADER_LEN + 9)?;
+            let chunk = self.read_segment(si, cur.offset, HEADER_LEN + 9)?;
             u64::from_be_bytes(chunk[HEADER_LEN + 1..HEADER_LEN + 9].try_into().unwrap_or_default())
         };
         let last = self.segments[si].last_seq;
@@ -480,10 +556,12 @@ impl MessageLog for QueueLog {
         seg.live = seg.live.saturating_sub(self.tail_len.saturating_sub(in_later));
         while self.segments.len() > si + 1 {
             if let Some(s) = self.segments.pop_back() {
+                self.open_acks.retain(|&id| id != s.id);
                 let _ = std::fs::remove_file(segment_path(&self.dir, s.id));
                 let _ = std::fs::remove_file(ack_path(&self.dir, s.id));
             }
         }
+        self.reader = None;
         self.tail = None;
         self.tail_len = 0;
         self.tail_acks = AckState::default();
@@ -494,6 +572,7 @@ impl MessageLog for QueueLog {
 
     fn destroy(&mut self) {
         self.segments.clear();
+        self.reader = None;
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             tracing::warn!("{}: cannot remove {}: {e}", self.label, self.dir.display());
         }

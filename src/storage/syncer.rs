@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
 
+/// Write buffers larger than this are released after a write instead of kept.
+const KEEP_BUFFER: usize = 64 * 1024;
+
 /// A file that is only appended to, through a buffer the syncer drains.
 #[derive(Debug)]
 pub struct LogFile {
@@ -35,7 +38,12 @@ impl LogFileState {
         if !self.buf.is_empty() {
             // On failure the bytes stay buffered for the next attempt.
             (&*file).write_all(&self.buf)?;
-            self.buf.clear();
+            if self.buf.capacity() > KEEP_BUFFER {
+                // A burst grew it: give the memory back rather than hold it per file.
+                self.buf = BytesMut::new();
+            } else {
+                self.buf.clear();
+            }
         }
         Ok(())
     }
@@ -86,6 +94,11 @@ impl LogFile {
 
     pub fn sync(&self) -> std::io::Result<()> {
         self.file.sync_data()
+    }
+
+    /// Writes the buffer to the file (no fsync); the file stays on the syncer's list if it was.
+    pub fn write_buffered(&self) -> std::io::Result<()> {
+        self.state.lock().write_buffer(&self.file)
     }
 
     /// Reads `len` bytes at `offset`, writing the buffer out first if it holds them.

@@ -1,0 +1,654 @@
+//! `hare perf`: a load generator for any AMQP 0-9-1 broker, in the spirit of
+//! rabbitmq-perf-test. Each message carries its send time, so consumers measure end-to-end
+//! latency; publisher confirms are timed too.
+
+pub mod client;
+pub mod plot;
+
+use crate::protocol::method::*;
+use crate::protocol::{BasicProperties, FieldTable, Frame, Method, ShortStr};
+use client::{Client, ClientError, Target};
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeType {
+    Direct,
+    Fanout,
+    Topic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    Auto,
+    Manual,
+}
+
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct PerfArgs {
+    /// Broker to load, as an AMQP URI.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub uri: String,
+    /// Publishing connections.
+    #[arg(long, default_value_t = 1)]
+    pub producers: usize,
+    /// Consuming connections.
+    #[arg(long, default_value_t = 1)]
+    pub consumers: usize,
+    /// Message body size in bytes (at least 8 to carry the send time).
+    #[arg(long, default_value_t = 16)]
+    pub size: usize,
+    /// Messages per second per producer; 0 for as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Publish with delivery_mode=2 to durable queues.
+    #[arg(long)]
+    pub persistent: bool,
+    /// Use publisher confirms with this many unconfirmed messages at most; 0 for none.
+    #[arg(long, default_value_t = 0)]
+    pub confirm: usize,
+    /// Consumer acknowledgements.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub ack: AckMode,
+    /// basic.qos prefetch count for manual-ack consumers (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    pub prefetch: u16,
+    /// Queues; producer and consumer i use queue i modulo this.
+    #[arg(long, default_value_t = 1)]
+    pub queues: usize,
+    /// direct: the default exchange straight to each queue; fanout: one exchange bound to
+    /// every queue; topic: one exchange, queue i bound with `perf.i.#`.
+    #[arg(long, value_enum, default_value = "direct")]
+    pub exchange: ExchangeType,
+    /// Seconds to run (with --count: the most to wait).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Messages per producer, then stop (0: run for --duration). With no producers: the
+    /// messages to consume before stopping.
+    #[arg(long, default_value_t = 0)]
+    pub count: u64,
+    /// Name prefix for the queues and exchanges it declares.
+    #[arg(long, default_value = "perf")]
+    pub prefix: String,
+    /// Keep the queues at the end (default: delete them, unless there are no consumers).
+    #[arg(long)]
+    pub keep: bool,
+    /// Only open this many idle connections (one channel each) and hold them for --duration.
+    #[arg(long, default_value_t = 0)]
+    pub idle_connections: usize,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Write an SVG chart of rates and latency over time.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// No per-second lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl PerfArgs {
+    fn check(&self) -> Result<(), String> {
+        if self.size < 8 {
+            return Err("--size must be at least 8 (the body carries its send time)".into());
+        }
+        if self.queues == 0 {
+            return Err("--queues must be at least 1".into());
+        }
+        if self.producers == 0 && self.consumers == 0 && self.idle_connections == 0 {
+            return Err("nothing to do: no producers, consumers or idle connections".into());
+        }
+        if self.duration <= 0.0 {
+            return Err("--duration must be positive".into());
+        }
+        Ok(())
+    }
+
+    fn queue(&self, i: usize) -> String {
+        format!("{}-{}", self.prefix, i % self.queues)
+    }
+
+    fn exchange_name(&self) -> String {
+        match self.exchange {
+            ExchangeType::Direct => String::new(),
+            ExchangeType::Fanout => format!("{}-fanout", self.prefix),
+            ExchangeType::Topic => format!("{}-topic", self.prefix),
+        }
+    }
+
+    fn routing_key(&self, producer: usize) -> String {
+        match self.exchange {
+            ExchangeType::Direct => self.queue(producer),
+            ExchangeType::Fanout => String::new(),
+            ExchangeType::Topic => format!("perf.{}.x", producer % self.queues),
+        }
+    }
+
+    /// Messages the consumers should see in --count mode.
+    fn expected(&self) -> Option<u64> {
+        if self.count == 0 {
+            return None;
+        }
+        if self.producers == 0 {
+            return Some(self.count);
+        }
+        let fan = if self.exchange == ExchangeType::Fanout { self.queues as u64 } else { 1 };
+        (self.consumers > 0).then_some(self.count * self.producers as u64 * fan)
+    }
+}
+
+fn clock() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 µs to 1 hour, 3 significant digits; the bounds cannot be wrong.
+    Histogram::new_with_bounds(1_000, 3_600_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Counters and histograms shared by all tasks; `interval` ones are reset every second.
+struct Stats {
+    published: AtomicU64,
+    confirmed: AtomicU64,
+    nacked: AtomicU64,
+    consumed: AtomicU64,
+    e2e: Mutex<(Histogram<u64>, Histogram<u64>)>,
+    confirm: Mutex<(Histogram<u64>, Histogram<u64>)>,
+    stop: AtomicBool,
+    stopped: Notify,
+    producers_done: AtomicU64,
+}
+
+impl Stats {
+    fn record(h: &Mutex<(Histogram<u64>, Histogram<u64>)>, local: &mut Histogram<u64>) {
+        if local.is_empty() {
+            return;
+        }
+        let mut g = h.lock();
+        let _ = g.0.add(&*local);
+        let _ = g.1.add(&*local);
+        local.reset();
+    }
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub second: f64,
+    pub published_per_sec: f64,
+    pub consumed_per_sec: f64,
+    pub confirm_p50_ms: Option<f64>,
+    pub confirm_p99_ms: Option<f64>,
+    pub e2e_p50_ms: Option<f64>,
+    pub e2e_p99_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Option<Latency> {
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1e6;
+        (!h.is_empty()).then(|| Latency {
+            count: h.len(),
+            p50_ms: ms(0.5),
+            p95_ms: ms(0.95),
+            p99_ms: ms(0.99),
+            p999_ms: ms(0.999),
+            max_ms: h.max() as f64 / 1e6,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub args: PerfArgs,
+    pub seconds: f64,
+    pub published: u64,
+    pub confirmed: u64,
+    pub nacked: u64,
+    pub consumed: u64,
+    pub published_per_sec: f64,
+    pub consumed_per_sec: f64,
+    pub confirm_latency: Option<Latency>,
+    pub e2e_latency: Option<Latency>,
+    pub idle_connections: usize,
+    pub samples: Vec<Sample>,
+}
+
+/// Runs the load described by `args` and returns its figures.
+pub async fn run(args: PerfArgs) -> Result<Summary, String> {
+    args.check()?;
+    let target = Target::parse(&args.uri).map_err(|e| e.to_string())?;
+    if args.idle_connections > 0 {
+        return idle(&args, &target).await;
+    }
+    setup(&args, &target).await.map_err(|e| format!("setting up queues: {e}"))?;
+    let stats = Arc::new(Stats {
+        published: AtomicU64::new(0),
+        confirmed: AtomicU64::new(0),
+        nacked: AtomicU64::new(0),
+        consumed: AtomicU64::new(0),
+        e2e: Mutex::new((new_histogram(), new_histogram())),
+        confirm: Mutex::new((new_histogram(), new_histogram())),
+        stop: AtomicBool::new(false),
+        stopped: Notify::new(),
+        producers_done: AtomicU64::new(0),
+    });
+    let mut tasks = Vec::new();
+    for c in 0..args.consumers {
+        let client = Client::connect(&target).await.map_err(|e| format!("consumer {c}: {e}"))?;
+        tasks.push(tokio::spawn(consume(args.clone(), c, client, stats.clone())));
+    }
+    let start = Instant::now();
+    clock();
+    for p in 0..args.producers {
+        let client = Client::connect(&target).await.map_err(|e| format!("producer {p}: {e}"))?;
+        tasks.push(tokio::spawn(produce(args.clone(), p, client, stats.clone())));
+    }
+    let samples = report(&args, &stats, start).await;
+    stats.stop.store(true, Ordering::Release);
+    stats.stopped.notify_waiters();
+    let seconds = start.elapsed().as_secs_f64();
+    let mut errors = Vec::new();
+    for t in tasks {
+        match tokio::time::timeout(Duration::from_secs(5), t).await {
+            Ok(Ok(Err(e))) => errors.push(e.to_string()),
+            Ok(_) => {}
+            Err(_) => {}
+        }
+    }
+    if !args.keep && args.consumers > 0 {
+        let _ = teardown(&args, &target).await;
+    }
+    if let Some(e) = errors.first() {
+        return Err(format!("a connection failed: {e}"));
+    }
+    let published = stats.published.load(Ordering::Acquire);
+    let consumed = stats.consumed.load(Ordering::Acquire);
+    let summary = Summary {
+        args: args.clone(),
+        seconds,
+        published,
+        confirmed: stats.confirmed.load(Ordering::Acquire),
+        nacked: stats.nacked.load(Ordering::Acquire),
+        consumed,
+        published_per_sec: published as f64 / seconds,
+        consumed_per_sec: consumed as f64 / seconds,
+        confirm_latency: Latency::of(&stats.confirm.lock().1),
+        e2e_latency: Latency::of(&stats.e2e.lock().1),
+        idle_connections: 0,
+        samples,
+    };
+    if let Some(path) = &args.plot {
+        std::fs::write(path, plot::svg(&summary)).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(summary)
+}
+
+/// Prints a line a second until the duration passes or, with --count, all is done.
+async fn report(args: &PerfArgs, stats: &Stats, start: Instant) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    let deadline = start + Duration::from_secs_f64(args.duration);
+    let mut last = (0u64, 0u64, start);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut next_line = start + Duration::from_secs(1);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let published = stats.published.load(Ordering::Acquire);
+        let consumed = stats.consumed.load(Ordering::Acquire);
+        let producers_done = stats.producers_done.load(Ordering::Acquire) as usize == args.producers;
+        let done = now >= deadline
+            || match args.expected() {
+                Some(n) => consumed >= n,
+                None => args.count > 0 && producers_done && args.consumers == 0,
+            };
+        if now >= next_line || done {
+            let secs = now.duration_since(last.2).as_secs_f64().max(1e-9);
+            let take = |h: &Mutex<(Histogram<u64>, Histogram<u64>)>| {
+                let mut g = h.lock();
+                let r = (!g.0.is_empty())
+                    .then(|| (g.0.value_at_quantile(0.5) as f64 / 1e6, g.0.value_at_quantile(0.99) as f64 / 1e6));
+                g.0.reset();
+                r
+            };
+            let confirm = take(&stats.confirm);
+            let e2e = take(&stats.e2e);
+            let s = Sample {
+                second: now.duration_since(start).as_secs_f64(),
+                published_per_sec: (published - last.0) as f64 / secs,
+                consumed_per_sec: (consumed - last.1) as f64 / secs,
+                confirm_p50_ms: confirm.map(|c| c.0),
+                confirm_p99_ms: confirm.map(|c| c.1),
+                e2e_p50_ms: e2e.map(|c| c.0),
+                e2e_p99_ms: e2e.map(|c| c.1),
+            };
+            if !args.quiet && !args.json {
+                let lat = |name: &str, v: Option<(f64, f64)>| match v {
+                    Some((p50, p99)) => format!("  {name} p50 {p50:.2} ms p99 {p99:.2} ms"),
+                    None => String::new(),
+                };
+                println!(
+                    "[{:6.1}s] sent {:>10.0}/s  recv {:>10.0}/s{}{}",
+                    s.second,
+                    s.published_per_sec,
+                    s.consumed_per_sec,
+                    lat("confirm", confirm),
+                    lat("e2e", e2e)
+                );
+            }
+            samples.push(s);
+            last = (published, consumed, now);
+            next_line = now + Duration::from_secs(1);
+        }
+        if done {
+            return samples;
+        }
+    }
+}
+
+async fn setup(args: &PerfArgs, target: &Target) -> Result<(), ClientError> {
+    let mut c = Client::connect(target).await?;
+    let exchange = args.exchange_name();
+    if !exchange.is_empty() {
+        let kind = if args.exchange == ExchangeType::Fanout { "fanout" } else { "topic" };
+        c.call(ExchangeDeclare {
+            exchange: exchange.as_str().into(),
+            kind: kind.into(),
+            durable: args.persistent,
+            ..Default::default()
+        })
+        .await?;
+    }
+    for i in 0..args.queues {
+        let queue = args.queue(i);
+        c.call(QueueDeclare { queue: queue.as_str().into(), durable: args.persistent, ..Default::default() }).await?;
+        if !exchange.is_empty() {
+            let key = if args.exchange == ExchangeType::Topic { format!("perf.{i}.#") } else { String::new() };
+            c.call(QueueBind {
+                queue: queue.as_str().into(),
+                exchange: exchange.as_str().into(),
+                routing_key: key.as_str().into(),
+                ..Default::default()
+            })
+            .await?;
+        }
+    }
+    c.close().await
+}
+
+async fn teardown(args: &PerfArgs, target: &Target) -> Result<(), ClientError> {
+    let mut c = Client::connect(target).await?;
+    for i in 0..args.queues {
+        c.call(QueueDelete { queue: args.queue(i).as_str().into(), ..Default::default() }).await?;
+    }
+    if !args.exchange_name().is_empty() {
+        c.call(ExchangeDelete { exchange: args.exchange_name().as_str().into(), ..Default::default() }).await?;
+    }
+    c.close().await
+}
+
+async fn produce(args: PerfArgs, index: usize, mut client: Client, stats: Arc<Stats>) -> Result<(), ClientError> {
+    let window = args.confirm as u64;
+    if window > 0 {
+        client.call(ConfirmSelect { nowait: false }).await?;
+    }
+    let (mut reader, mut writer) = client.split();
+    // Send times by sequence number, for confirm latency; a ring as large as the window.
+    let ring: Arc<Vec<AtomicU64>> = Arc::new((0..window.max(1)).map(|_| AtomicU64::new(0)).collect());
+    let acked = Arc::new(AtomicU64::new(0));
+    let freed = Arc::new(Notify::new());
+    let confirm_task = {
+        let (ring, acked, freed, stats) = (ring.clone(), acked.clone(), freed.clone(), stats.clone());
+        tokio::spawn(async move {
+            let mut local = new_histogram();
+            let mut last_merge = Instant::now();
+            loop {
+                let (tag, multiple, ok) = match reader.method().await? {
+                    (_, Method::BasicAck(a)) => (a.delivery_tag, a.multiple, true),
+                    (_, Method::BasicNack(n)) => (n.delivery_tag, n.multiple, false),
+                    _ => continue,
+                };
+                let prev = acked.load(Ordering::Acquire);
+                let from = if multiple { prev + 1 } else { tag };
+                let now = clock();
+                for seq in from..=tag {
+                    let sent = ring[(seq % ring.len() as u64) as usize].load(Ordering::Acquire);
+                    let _ = local.record(now.saturating_sub(sent).max(1_000));
+                }
+                let n = tag + 1 - from;
+                if ok {
+                    stats.confirmed.fetch_add(n, Ordering::AcqRel);
+                } else {
+                    stats.nacked.fetch_add(n, Ordering::AcqRel);
+                }
+                acked.store(prev.max(tag), Ordering::Release);
+                freed.notify_one();
+                if last_merge.elapsed() > Duration::from_millis(50) {
+                    Stats::record(&stats.confirm, &mut local);
+                    last_merge = Instant::now();
+                }
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), ClientError>(())
+        })
+    };
+    let exchange = ShortStr::from(args.exchange_name());
+    let routing_key = ShortStr::from(args.routing_key(index));
+    let props =
+        BasicProperties { delivery_mode: Some(if args.persistent { 2 } else { 1 }), ..Default::default() }.to_bytes();
+    let mut body = vec![0u8; args.size];
+    let started = Instant::now();
+    let mut seq = 0u64;
+    let result: Result<(), ClientError> = async {
+        while !stats.stopping() && (args.count == 0 || seq < args.count) {
+            let mut room = 64u64;
+            if window > 0 {
+                loop {
+                    let outstanding = seq - acked.load(Ordering::Acquire);
+                    if outstanding < window {
+                        room = room.min(window - outstanding);
+                        break;
+                    }
+                    tokio::select! {
+                        _ = freed.notified() => {}
+                        _ = stats.stopped.notified() => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                    if stats.stopping() {
+                        return Ok(());
+                    }
+                }
+            }
+            if args.count > 0 {
+                room = room.min(args.count - seq);
+            }
+            if args.rate > 0 {
+                // Pace: message n goes out at start + n / rate.
+                let due = started + Duration::from_secs_f64(seq as f64 / args.rate as f64);
+                tokio::time::sleep_until(due.into()).await;
+                let allowed = (started.elapsed().as_secs_f64() * args.rate as f64) as u64 + 1;
+                room = room.min(allowed.saturating_sub(seq).max(1));
+            }
+            for _ in 0..room {
+                seq += 1;
+                let now = clock();
+                body[..8].copy_from_slice(&now.to_be_bytes());
+                if window > 0 {
+                    ring[(seq % ring.len() as u64) as usize].store(now, Ordering::Release);
+                }
+                writer.publish(1, &exchange, &routing_key, &props, &body);
+            }
+            writer.flush().await?;
+            stats.published.fetch_add(room, Ordering::AcqRel);
+        }
+        // With confirms, wait (bounded by the run) for the last ones.
+        while window > 0 && acked.load(Ordering::Acquire) < seq && !stats.stopping() {
+            tokio::select! {
+                _ = freed.notified() => {}
+                _ = stats.stopped.notified() => break,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+        Ok(())
+    }
+    .await;
+    stats.producers_done.fetch_add(1, Ordering::AcqRel);
+    confirm_task.abort();
+    result
+}
+
+async fn consume(args: PerfArgs, index: usize, mut client: Client, stats: Arc<Stats>) -> Result<(), ClientError> {
+    let manual = args.ack == AckMode::Manual;
+    if manual && args.prefetch > 0 {
+        client.call(BasicQos { prefetch_size: 0, prefetch_count: args.prefetch, global: false }).await?;
+    }
+    client
+        .call(BasicConsume {
+            queue: args.queue(index).as_str().into(),
+            consumer_tag: format!("perf-{index}").as_str().into(),
+            no_ack: !manual,
+            arguments: FieldTable::new(),
+            ..Default::default()
+        })
+        .await?;
+    let (mut reader, mut writer) = client.split();
+    let ack_every = (args.prefetch as u64 / 2).max(1);
+    let mut local = new_histogram();
+    let mut last_merge = Instant::now();
+    let mut tag = 0u64;
+    let mut unacked = 0u64;
+    let mut expect_body = false;
+    loop {
+        let frame = tokio::select! {
+            f = reader.frame() => f?,
+            _ = stats.stopped.notified() => break,
+        };
+        match frame {
+            Frame::Method(_, p) => match Method::decode(p) {
+                Ok(Method::BasicDeliver(d)) => tag = d.delivery_tag,
+                Ok(Method::ConnectionClose(c)) => {
+                    return Err(ClientError::Closed(c.reply_code, c.reply_text.to_string()))
+                }
+                Ok(Method::ChannelClose(c)) => return Err(ClientError::Closed(c.reply_code, c.reply_text.to_string())),
+                _ => {}
+            },
+            Frame::Header(_, h) => expect_body = h.body_size > 0,
+            Frame::Body(_, b) if expect_body => {
+                expect_body = false;
+                if b.len() >= 8 {
+                    let sent = u64::from_be_bytes(b[..8].try_into().unwrap_or_default());
+                    let _ = local.record(clock().saturating_sub(sent).max(1_000));
+                }
+                stats.consumed.fetch_add(1, Ordering::AcqRel);
+                unacked += 1;
+                if manual && unacked >= ack_every {
+                    writer.method(1, BasicAck { delivery_tag: tag, multiple: true });
+                    writer.flush().await?;
+                    unacked = 0;
+                }
+            }
+            _ => {}
+        }
+        if last_merge.elapsed() > Duration::from_millis(50) {
+            Stats::record(&stats.e2e, &mut local);
+            last_merge = Instant::now();
+            if manual && unacked > 0 {
+                writer.method(1, BasicAck { delivery_tag: tag, multiple: true });
+                writer.flush().await?;
+                unacked = 0;
+            }
+        }
+    }
+    Stats::record(&stats.e2e, &mut local);
+    Ok(())
+}
+
+/// Opens idle connections with one channel each and holds them.
+async fn idle(args: &PerfArgs, target: &Target) -> Result<Summary, String> {
+    let start = Instant::now();
+    let mut held = Vec::with_capacity(args.idle_connections);
+    for chunk in (0..args.idle_connections).collect::<Vec<_>>().chunks(64) {
+        let opened = futures_join(chunk.iter().map(|_| {
+            let t = target.clone();
+            async move { Client::connect(&t).await }
+        }))
+        .await;
+        for c in opened {
+            held.push(c.map_err(|e| format!("after {} connections: {e}", held.len()))?);
+        }
+    }
+    if !args.json {
+        println!("opened {} connections in {:.1}s; holding them", held.len(), start.elapsed().as_secs_f64());
+    }
+    tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
+    Ok(Summary {
+        args: args.clone(),
+        seconds: start.elapsed().as_secs_f64(),
+        published: 0,
+        confirmed: 0,
+        nacked: 0,
+        consumed: 0,
+        published_per_sec: 0.0,
+        consumed_per_sec: 0.0,
+        confirm_latency: None,
+        e2e_latency: None,
+        idle_connections: held.len(),
+        samples: Vec::new(),
+    })
+}
+
+/// Awaits futures concurrently (a small join_all, to avoid a dependency for one use).
+async fn futures_join<F: std::future::Future + Send + 'static>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// The human-readable summary.
+pub fn print_summary(s: &Summary) {
+    if s.idle_connections > 0 {
+        println!("held {} idle connections for {:.1}s", s.idle_connections, s.seconds);
+        return;
+    }
+    println!("--- {:.1}s", s.seconds);
+    println!(
+        "published {} ({:.0}/s), consumed {} ({:.0}/s), confirmed {}, nacked {}",
+        s.published, s.published_per_sec, s.consumed, s.consumed_per_sec, s.confirmed, s.nacked
+    );
+    for (name, l) in [("confirm latency", &s.confirm_latency), ("end-to-end latency", &s.e2e_latency)] {
+        if let Some(l) = l {
+            println!(
+                "{name}: p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
+                l.p50_ms, l.p95_ms, l.p99_ms, l.p999_ms, l.max_ms
+            );
+        }
+    }
+}
