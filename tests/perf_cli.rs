@@ -1,0 +1,94 @@
+//! `hare perf` against the real server: option checking and short runs.
+
+mod common;
+
+use common::TestServer;
+use std::process::Command;
+
+fn perf(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_hare")).arg("perf").args(args).output().expect("run hare perf")
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "hare perf failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON summary")
+}
+
+#[test]
+fn bad_options_are_refused() {
+    for (args, text) in [
+        (vec!["--size", "4"], "--size must be at least 8"),
+        (vec!["--queues", "0"], "--queues must be at least 1"),
+        (vec!["--producers", "0", "--consumers", "0"], "nothing to do"),
+        (vec!["--uri", "http://x"], "bad uri"),
+        (vec!["--duration", "0"], "--duration must be positive"),
+    ] {
+        let out = perf(&args);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(text),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = perf(&["--exchange", "nonsense"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn short_run_publishes_consumes_and_measures() {
+    let server = TestServer::start();
+    let uri = format!("amqp://guest:guest@127.0.0.1:{}/%2f", server.port);
+    let svg = server.dir.join("run.svg");
+    let out = perf(&["--uri", &uri, "--duration", "1", "--json", "--plot", svg.to_str().unwrap()]);
+    let s = json(&out);
+    assert!(s["published"].as_u64().unwrap() > 1000);
+    assert!(s["consumed"].as_u64().unwrap() > 1000);
+    assert!(s["e2e_latency"]["p99_ms"].as_f64().is_some());
+    assert!(!s["samples"].as_array().unwrap().is_empty());
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(chart.starts_with("<svg") && chart.contains("polyline"));
+}
+
+#[test]
+fn counted_confirmed_persistent_run_over_fanout() {
+    let server = TestServer::start();
+    let uri = format!("amqp://127.0.0.1:{}", server.port);
+    let out = perf(&[
+        "--uri",
+        &uri,
+        "--count",
+        "2000",
+        "--persistent",
+        "--confirm",
+        "64",
+        "--ack",
+        "manual",
+        "--prefetch",
+        "50",
+        "--exchange",
+        "fanout",
+        "--queues",
+        "3",
+        "--consumers",
+        "3",
+        "--size",
+        "100",
+        "--duration",
+        "30",
+        "--json",
+    ]);
+    let s = json(&out);
+    assert_eq!(s["published"].as_u64(), Some(2000));
+    assert_eq!(s["confirmed"].as_u64(), Some(2000));
+    assert_eq!(s["consumed"].as_u64(), Some(6000));
+    assert!(s["confirm_latency"]["p50_ms"].as_f64().is_some());
+}
+
+#[test]
+fn idle_connections_are_held() {
+    let server = TestServer::start();
+    let uri = format!("amqp://127.0.0.1:{}", server.port);
+    let s = json(&perf(&["--uri", &uri, "--idle-connections", "200", "--duration", "0.2", "--json"]));
+    assert_eq!(s["idle_connections"].as_u64(), Some(200));
+}
