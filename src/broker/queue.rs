@@ -13,6 +13,11 @@ use std::sync::Arc;
 
 /// Per-delivery bytes charged to a sink on top of the message, for the frames around it.
 const DELIVERY_OVERHEAD: usize = 64;
+/// A queue with consumers holding more ready messages than this makes its publishers wait
+/// (they stop being read) until it drains below [`FLOW_LOW`]: publishers cannot outrun
+/// consumers without bound.
+pub const FLOW_HIGH: usize = 8192;
+pub const FLOW_LOW: usize = 4096;
 /// A durable queue keeps at most this many ready messages in memory; the rest wait in its
 /// log on disk and are read back in order as the front drains.
 pub const MEMORY_WINDOW: usize = 2048;
@@ -54,6 +59,8 @@ struct QueueState {
     next_consumer: usize,
     had_consumer: bool,
     log: Option<Box<dyn MessageLog>>,
+    /// Publishers waiting for this queue to drain.
+    flow_waiters: Vec<Arc<tokio::sync::Notify>>,
 }
 
 impl QueueState {
@@ -64,6 +71,15 @@ impl QueueState {
     /// Messages ready for consumers: in memory and on disk.
     fn ready_count(&self) -> u32 {
         (self.ready.len() as u64 + self.tail_len()).min(u32::MAX as u64) as u32
+    }
+
+    /// Wakes waiting publishers once the queue is below the low mark or has no consumers.
+    fn release_flow(&mut self) {
+        if !self.flow_waiters.is_empty() && (self.consumers.is_empty() || (self.ready_count() as usize) < FLOW_LOW) {
+            for w in self.flow_waiters.drain(..) {
+                w.notify_one();
+            }
+        }
     }
 
     /// Reads the next stretch of the on-disk tail once the in-memory front runs low.
@@ -169,10 +185,16 @@ impl Queue {
     }
 
     /// Enqueues a routed message and hands it to a consumer if one has credit. Returns the
-    /// group-commit ticket to wait for before confirming it (0: nothing to wait for).
-    pub fn publish(self: &Arc<Self>, message: Arc<Message>) -> Result<u64, StoreError> {
+    /// group-commit ticket to wait for before confirming it (0: nothing to wait for). When the
+    /// queue is over its flow mark, `flow` is registered to be notified once it drains, and
+    /// the publisher should pause.
+    pub fn publish(
+        self: &Arc<Self>,
+        message: Arc<Message>,
+        flow: Option<&Arc<tokio::sync::Notify>>,
+    ) -> Result<(u64, bool), StoreError> {
         if self.is_deleted() {
-            return Ok(0);
+            return Ok((0, false));
         }
         let mut st = self.state.lock();
         let seq = st.next_seq;
@@ -193,7 +215,16 @@ impl Queue {
             st.ready.push_back(QueuedMessage { seq, message, redelivered: false, logged });
         }
         self.dispatch_locked(&mut st);
-        Ok(ticket)
+        let mut throttled = false;
+        if let Some(w) = flow {
+            if !st.consumers.is_empty() && st.ready_count() as usize > FLOW_HIGH {
+                if !st.flow_waiters.iter().any(|x| Arc::ptr_eq(x, w)) {
+                    st.flow_waiters.push(w.clone());
+                }
+                throttled = true;
+            }
+        }
+        Ok((ticket, throttled))
     }
 
     pub fn dispatch(self: &Arc<Self>) {
@@ -203,6 +234,11 @@ impl Queue {
 
     fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState) {
         st.refill(&self.name);
+        self.dispatch_ready(st);
+        st.release_flow();
+    }
+
+    fn dispatch_ready(self: &Arc<Self>, st: &mut QueueState) {
         while !st.ready.is_empty() && !st.consumers.is_empty() {
             let n = st.consumers.len();
             let mut chosen = None;
@@ -335,6 +371,7 @@ impl Queue {
     /// Drops every ready message; returns how many.
     pub fn purge(&self) -> u32 {
         let mut st = self.state.lock();
+        st.flow_waiters.drain(..).for_each(|w| w.notify_one());
         let n = st.ready_count();
         let ready: Vec<QueuedMessage> = st.ready.drain(..).collect();
         for m in &ready {
@@ -354,6 +391,7 @@ impl Queue {
         let mut st = self.state.lock();
         let n = st.ready_count();
         st.ready.clear();
+        st.flow_waiters.drain(..).for_each(|w| w.notify_one());
         if let Some(mut log) = st.log.take() {
             log.destroy();
         }

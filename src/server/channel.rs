@@ -672,8 +672,11 @@ impl Channel {
                 }
             }
             for q in &queues {
-                match q.publish(message.clone()) {
-                    Ok(t) => ticket = ticket.max(t),
+                match q.publish(message.clone(), Some(&ctx.flow)) {
+                    Ok((t, throttled)) => {
+                        ticket = ticket.max(t);
+                        ctx.flow_paused |= throttled;
+                    }
                     Err(e) => failed = Some(e.to_string()),
                 }
             }

@@ -28,6 +28,8 @@ use tokio::time::{sleep_until, Instant};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long we wait for close-ok after sending connection.close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a publisher paused by a queue's flow control waits before looking again.
+const FLOW_RECHECK: Duration = Duration::from_millis(100);
 /// Queue events handled per wake-up before the socket gets a turn again.
 const EVENT_BATCH: usize = 512;
 
@@ -66,6 +68,10 @@ pub struct ConnCtx {
     pub is_publisher: bool,
     /// connection.blocked was sent and unblocked is owed.
     blocked_sent: bool,
+    /// Notified by a queue this connection published to once it drains below its flow mark.
+    pub flow: Arc<tokio::sync::Notify>,
+    /// A queue was over its flow mark: stop reading until it drains.
+    pub flow_paused: bool,
 }
 
 impl ConnCtx {
@@ -137,6 +143,8 @@ pub async fn serve(
             blocked: alarm.borrow_and_update().clone(),
             is_publisher: false,
             blocked_sent: false,
+            flow: Arc::new(tokio::sync::Notify::new()),
+            flow_paused: false,
         },
     };
     tracing::debug!(%peer, id, "connection accepted");
@@ -152,6 +160,8 @@ pub async fn serve(
         let waits_for_disk = conn.channels.values().any(Channel::waits_for_disk);
         // A blocked publisher is not read from: its publishes wait in its socket.
         let paused = conn.ctx.blocked.is_some() && conn.ctx.is_publisher && conn.state == State::Open;
+        let flow_paused = conn.ctx.flow_paused && conn.state == State::Open;
+        let flow = conn.ctx.flow.clone();
         if rbuf.capacity() - rbuf.len() < 16 * 1024 {
             rbuf.reserve(64 * 1024);
         }
@@ -168,6 +178,10 @@ pub async fn serve(
                     }
                     conn.release_waiting();
                 }
+            }
+            // Re-checked after 100 ms at most, whatever happened to the queue meanwhile.
+            _ = tokio::time::timeout(FLOW_RECHECK, flow.notified()), if flow_paused => {
+                conn.ctx.flow_paused = false;
             }
             r = alarm.changed() => {
                 if r.is_ok() {
@@ -186,7 +200,7 @@ pub async fn serve(
                     }
                 }
             }
-            r = rd.read_buf(&mut rbuf), if !backlogged && !paused => {
+            r = rd.read_buf(&mut rbuf), if !backlogged && !paused && !flow_paused => {
                 match r {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {

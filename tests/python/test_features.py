@@ -306,3 +306,45 @@ def test_exchange_delete_if_unused_and_queue_delete_conditions(ch):
     ch = ch.connection.channel()
     assert ch.queue_delete("full_q").method.message_count == 1
     ch.exchange_delete("busy_ex")
+
+
+def test_publishers_wait_for_slow_consumers(hare):
+    """A queue with consumers that cannot keep up holds publishers back at about 8192
+    ready messages, instead of taking everything they send."""
+    import threading
+
+    setup = hare.connect()
+    sch = setup.channel()
+    sch.queue_declare("flow_q")
+    sch.queue_purge("flow_q")
+    stuck = hare.connect()
+    stuck_ch = stuck.channel()
+    stuck_ch.basic_qos(prefetch_count=1)
+    stuck_ch.basic_consume("flow_q", lambda *a: None)  # never acks
+
+    done = threading.Event()
+
+    def publish():
+        p = hare.connect()
+        pch = p.channel()
+        for i in range(30000):
+            pch.basic_publish("", "flow_q", b"x" * 100)
+        p.close()
+        done.set()
+
+    t = threading.Thread(target=publish)
+    t.start()
+    count = lambda: sch.queue_declare("flow_q", passive=True).method.message_count
+    wait_for(lambda: count() > 8192, what="the queue to fill to its flow mark")
+    # Held at the mark: many polls later the publisher is still not done.
+    peak = max(count() for _ in range(50))
+    assert not done.is_set()
+    assert peak < 8192 + 4000, peak
+    # With no consumer left (its unacked message back in the queue), flow control no longer
+    # applies and the publisher finishes.
+    stuck.close()
+    wait_for(done.is_set, timeout=30, what="the publisher")
+    t.join()
+    assert count() == 30000
+    sch.queue_delete("flow_q")
+    setup.close()
