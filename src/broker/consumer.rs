@@ -6,9 +6,10 @@ use super::message::Message;
 use super::queue::Queue;
 use crate::protocol::{FieldTable, ShortStr};
 use parking_lot::Mutex;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 /// Outbound bytes of deliveries a connection may have queued before queues stop dispatching to it.
 pub const SINK_HIGH_WATER: usize = 4 * 1024 * 1024;
@@ -39,20 +40,36 @@ pub struct Delivery {
     pub charge: usize,
 }
 
-/// The receiving end of a connection, shared by all of its consumers.
+/// The receiving end of a connection, shared by all of its consumers. Events wait in a
+/// queue that allocates nothing until used, so idle connections stay small.
 #[derive(Debug)]
 pub struct ConnectionSink {
     pub connection_id: u64,
-    tx: mpsc::UnboundedSender<ConnEvent>,
+    events: Mutex<VecDeque<ConnEvent>>,
+    ready: Notify,
     pending: AtomicUsize,
     waiting: Mutex<Vec<Weak<Queue>>>,
 }
 
 impl ConnectionSink {
-    pub fn new(connection_id: u64) -> (Arc<Self>, mpsc::UnboundedReceiver<ConnEvent>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let sink = ConnectionSink { connection_id, tx, pending: AtomicUsize::new(0), waiting: Mutex::new(Vec::new()) };
-        (Arc::new(sink), rx)
+    pub fn new(connection_id: u64) -> Arc<Self> {
+        Arc::new(ConnectionSink {
+            connection_id,
+            events: Mutex::new(VecDeque::new()),
+            ready: Notify::new(),
+            pending: AtomicUsize::new(0),
+            waiting: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Resolves once events may be waiting (a permit is stored if none is waiting yet).
+    pub async fn notified(&self) {
+        self.ready.notified().await
+    }
+
+    /// Takes every waiting event, in order.
+    pub fn take_events(&self) -> VecDeque<ConnEvent> {
+        std::mem::take(&mut *self.events.lock())
     }
     pub fn has_capacity(&self) -> bool {
         self.pending.load(Ordering::Acquire) < SINK_HIGH_WATER
@@ -61,8 +78,15 @@ impl ConnectionSink {
         if let ConnEvent::Deliver(d) = &event {
             self.pending.fetch_add(d.charge, Ordering::AcqRel);
         }
-        // A closed receiver means the connection is gone; its cleanup requeues what it held.
-        let _ = self.tx.send(event);
+        // Events left when the connection ends are taken back by its cleanup.
+        let was_empty = {
+            let mut events = self.events.lock();
+            events.push_back(event);
+            events.len() == 1
+        };
+        if was_empty {
+            self.ready.notify_one();
+        }
     }
     /// Remembers a queue that stopped dispatching for lack of capacity.
     pub fn wait_for_capacity(&self, queue: &Arc<Queue>) {

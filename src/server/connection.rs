@@ -28,10 +28,11 @@ use tokio::time::{sleep_until, Instant};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long we wait for close-ok after sending connection.close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Read buffer bounds: idle connections stay small, busy ones read in large chunks.
+const READ_MIN: usize = 1024;
+const READ_MAX: usize = 256 * 1024;
 /// How long a publisher paused by a queue's flow control waits before looking again.
 const FLOW_RECHECK: Duration = Duration::from_millis(100);
-/// Queue events handled per wake-up before the socket gets a turn again.
-const EVENT_BATCH: usize = 512;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -119,7 +120,7 @@ pub async fn serve(
         return;
     }
     let id = broker.next_id();
-    let (sink, mut events) = ConnectionSink::new(id);
+    let sink = ConnectionSink::new(id);
     let (writer, writer_task) = WriterHandle::spawn(wr, sink.clone());
     let mut conn = Connection {
         state: State::AwaitStartOk,
@@ -133,7 +134,7 @@ pub async fn serve(
             broker,
             config: config.clone(),
             vhost: None,
-            sink,
+            sink: sink.clone(),
             out: Output::new(config.frame_max as usize),
             exclusive_queues: Vec::new(),
             cancel_notify: false,
@@ -151,7 +152,9 @@ pub async fn serve(
     conn.send_start();
     conn.flush(&writer);
 
-    let mut rbuf = BytesMut::with_capacity(64 * 1024);
+    // Small to start (idle connections are the common case), grown while a peer sends a lot.
+    let mut rbuf = BytesMut::with_capacity(READ_MIN);
+    let mut read_size = READ_MIN;
     let mut last_recv = Instant::now();
     let mut deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     let mut heartbeat_at = Instant::now() + Duration::from_secs(3600);
@@ -162,8 +165,8 @@ pub async fn serve(
         let paused = conn.ctx.blocked.is_some() && conn.ctx.is_publisher && conn.state == State::Open;
         let flow_paused = conn.ctx.flow_paused && conn.state == State::Open;
         let flow = conn.ctx.flow.clone();
-        if rbuf.capacity() - rbuf.len() < 16 * 1024 {
-            rbuf.reserve(64 * 1024);
+        if rbuf.capacity() - rbuf.len() < read_size / 2 {
+            rbuf.reserve(read_size);
         }
         tokio::select! {
             biased;
@@ -189,21 +192,19 @@ pub async fn serve(
                     conn.alarm_changed(now);
                 }
             }
-            ev = events.recv(), if !backlogged => {
-                if let Some(ev) = ev {
+            _ = sink.notified(), if !backlogged => {
+                for ev in sink.take_events() {
                     conn.handle_event(ev);
-                    for _ in 0..EVENT_BATCH {
-                        match events.try_recv() {
-                            Ok(ev) => conn.handle_event(ev),
-                            Err(_) => break,
-                        }
-                    }
                 }
             }
             r = rd.read_buf(&mut rbuf), if !backlogged && !paused && !flow_paused => {
                 match r {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => {
+                    Ok(n) => {
+                        // A read that filled most of the room asks for a larger one next time.
+                        if n >= read_size / 2 {
+                            read_size = (read_size * 2).min(READ_MAX);
+                        }
                         last_recv = Instant::now();
                         conn.process(&mut rbuf);
                     }
@@ -248,9 +249,14 @@ pub async fn serve(
         }
     }
     conn.cleanup();
+    // Deliveries that raced with the cleanup go back to their queues.
+    for ev in sink.take_events() {
+        if let ConnEvent::Deliver(d) = ev {
+            Channel::return_undelivered(&conn.ctx, d);
+        }
+    }
     conn.flush(&writer);
     writer.close();
-    drop(events);
     if tokio::time::timeout(Duration::from_secs(5), writer_task).await.is_err() {
         tracing::debug!(peer = %conn.peer, "writer did not finish in time");
     }

@@ -14,7 +14,8 @@ pub struct Output {
 
 impl Output {
     pub fn new(frame_max: usize) -> Self {
-        Output { buf: BytesMut::with_capacity(64 * 1024), charge: 0, frame_max }
+        // Grows with use; idle connections keep it small.
+        Output { buf: BytesMut::with_capacity(1024), charge: 0, frame_max }
     }
     pub fn method(&mut self, channel: u16, method: impl Into<Method>) {
         write_method(&mut self.buf, channel, &method.into());

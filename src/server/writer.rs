@@ -3,15 +3,18 @@
 
 use crate::broker::consumer::ConnectionSink;
 use bytes::Bytes;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 /// Bytes handed to the writer but not yet written, past which the connection stops reading.
 pub const WRITE_HIGH_WATER: usize = 8 * 1024 * 1024;
 
+#[derive(Debug)]
 pub enum WriteItem {
     Data {
         bytes: Bytes,
@@ -21,10 +24,24 @@ pub enum WriteItem {
     Close,
 }
 
+/// What the connection hands its writer; allocates nothing until used.
+#[derive(Debug, Default)]
+struct Queue {
+    items: Mutex<VecDeque<WriteItem>>,
+    ready: Notify,
+}
+
+impl Queue {
+    fn push(&self, item: WriteItem) {
+        self.items.lock().push_back(item);
+        self.ready.notify_one();
+    }
+}
+
 /// The connection's handle on its writer.
 #[derive(Debug)]
 pub struct WriterHandle {
-    tx: mpsc::UnboundedSender<WriteItem>,
+    queue: Arc<Queue>,
     pub unwritten: Arc<AtomicUsize>,
     pub drained: Arc<Notify>,
     /// Set whenever something is queued; heartbeats are only sent when nothing else was.
@@ -33,19 +50,19 @@ pub struct WriterHandle {
 
 impl WriterHandle {
     pub fn spawn(socket: OwnedWriteHalf, sink: Arc<ConnectionSink>) -> (Self, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(Queue::default());
         let unwritten = Arc::new(AtomicUsize::new(0));
         let drained = Arc::new(Notify::new());
-        let task = tokio::spawn(run(socket, rx, sink, unwritten.clone(), drained.clone()));
-        (WriterHandle { tx, unwritten, drained, wrote: Arc::new(AtomicBool::new(false)) }, task)
+        let task = tokio::spawn(run(socket, queue.clone(), sink, unwritten.clone(), drained.clone()));
+        (WriterHandle { queue, unwritten, drained, wrote: Arc::new(AtomicBool::new(false)) }, task)
     }
     pub fn send(&self, bytes: Bytes, charge: usize) {
         self.unwritten.fetch_add(bytes.len(), Ordering::AcqRel);
         self.wrote.store(true, Ordering::Release);
-        let _ = self.tx.send(WriteItem::Data { bytes, charge });
+        self.queue.push(WriteItem::Data { bytes, charge });
     }
     pub fn close(&self) {
-        let _ = self.tx.send(WriteItem::Close);
+        self.queue.push(WriteItem::Close);
     }
     pub fn backlogged(&self) -> bool {
         self.unwritten.load(Ordering::Acquire) > WRITE_HIGH_WATER
@@ -54,34 +71,37 @@ impl WriterHandle {
 
 async fn run(
     mut socket: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<WriteItem>,
+    queue: Arc<Queue>,
     sink: Arc<ConnectionSink>,
     unwritten: Arc<AtomicUsize>,
     drained: Arc<Notify>,
 ) {
     let mut failed = false;
-    while let Some(item) = rx.recv().await {
-        match item {
-            WriteItem::Data { bytes, charge } => {
-                if !failed && socket.write_all(&bytes).await.is_err() {
-                    // Keep draining so credit is returned; the reader sees the socket close.
-                    failed = true;
+    'outer: loop {
+        queue.ready.notified().await;
+        let items = std::mem::take(&mut *queue.items.lock());
+        for item in items {
+            match item {
+                WriteItem::Data { bytes, charge } => {
+                    if !failed && socket.write_all(&bytes).await.is_err() {
+                        // Keep going so credit is returned; the reader sees the socket close.
+                        failed = true;
+                    }
+                    unwritten.fetch_sub(bytes.len(), Ordering::AcqRel);
+                    if charge > 0 {
+                        sink.release(charge);
+                    }
+                    drained.notify_one();
                 }
-                unwritten.fetch_sub(bytes.len(), Ordering::AcqRel);
-                if charge > 0 {
-                    sink.release(charge);
+                WriteItem::Close => {
+                    let _ = socket.shutdown().await;
+                    break 'outer;
                 }
-                drained.notify_one();
-            }
-            WriteItem::Close => {
-                let _ = socket.shutdown().await;
-                break;
             }
         }
     }
     // Return credit for anything still queued so queues do not wait on a dead connection.
-    rx.close();
-    while let Ok(item) = rx.try_recv() {
+    for item in std::mem::take(&mut *queue.items.lock()) {
         if let WriteItem::Data { bytes, charge } = item {
             unwritten.fetch_sub(bytes.len(), Ordering::AcqRel);
             sink.release(charge);

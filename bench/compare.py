@@ -1,0 +1,300 @@
+"""Runs the benchmark matrix against Hare and RabbitMQ and writes bench/results/<date>.md.
+
+Both brokers run on this machine, on their own ports and data directories, one at a time,
+loaded by the same `hare perf`. Throughput rows alternate A B A B and report the mean."""
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pika
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HARE = os.path.join(ROOT, "target", "release", "hare")
+DURATION = float(os.environ.get("DURATION", "10"))
+ROUNDS = int(os.environ.get("ROUNDS", "2"))
+BACKLOG = int(os.environ.get("BACKLOG", "1000000"))
+IDLE = int(os.environ.get("IDLE_CONNECTIONS", "10000"))
+
+
+def wait_port(port, deadline):
+    import socket
+
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def listener_pid(port):
+    """The pid of the process listening on a loopback port."""
+    out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
+    for part in out.split("pid=")[1:]:
+        return int(part.split(",")[0])
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def port_free(port):
+    return not subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout.strip()
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Hare:
+    name = "Hare"
+    port = 5701
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="hare-bench-")
+        self.proc = None
+
+    def start(self, fresh=True):
+        if fresh:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            os.makedirs(self.dir)
+        self.log = open(os.path.join(self.dir, "hare.log"), "a")
+        started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [HARE, "--port", str(self.port), "--data-dir", os.path.join(self.dir, "data"), "--log", "warn"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        if not wait_port(self.port, time.monotonic() + 300):
+            raise RuntimeError("hare did not start")
+        return time.monotonic() - started
+
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)
+        self.proc = None
+
+
+class RabbitMQ:
+    name = "RabbitMQ"
+    port = 5702
+    node = "harebench@localhost"
+
+    def __init__(self):
+        self.dir = "/tmp/hare-bench-rabbitmq"
+        self.proc = None
+
+    def env(self):
+        e = dict(os.environ)
+        e.update(
+            HOME=self.dir,
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT="25702",
+            RABBITMQ_NODENAME=self.node,
+            RABBITMQ_MNESIA_BASE=os.path.join(self.dir, "mnesia"),
+            RABBITMQ_LOG_BASE=os.path.join(self.dir, "log"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=os.path.join(self.dir, "enabled_plugins"),
+            RABBITMQ_CONFIG_FILE=os.path.join(self.dir, "rabbitmq"),
+        )
+        return e
+
+    def start(self, fresh=True):
+        if fresh:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            os.makedirs(self.dir)
+            shutil.chown(self.dir, "rabbitmq", "rabbitmq")
+        started = time.monotonic()
+        self.proc = subprocess.Popen(
+            ["rabbitmq-server"], env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        if not wait_port(self.port, time.monotonic() + 600):
+            raise RuntimeError("rabbitmq did not start")
+        return time.monotonic() - started
+
+    def pid(self):
+        return listener_pid(self.port)
+
+    def stop(self):
+        subprocess.run(["rabbitmqctl", "-n", self.node, "stop"], env=self.env(), capture_output=True, timeout=120)
+        if self.proc:
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc = None
+
+
+def perf(broker, *args, timeout=None):
+    uri = f"amqp://guest:guest@127.0.0.1:{broker.port}/%2f"
+    cmd = [HARE, "perf", "--uri", uri, "--json", "--quiet", *map(str, args)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout or DURATION * 6 + 120)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {out.stderr.strip()}")
+    return json.loads(out.stdout)
+
+
+def ready_count(broker, queue, expect, deadline):
+    """Waits until the queue is declared with `expect` messages; returns when it was."""
+    while time.monotonic() < deadline:
+        try:
+            c = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker.port))
+            n = c.channel().queue_declare(queue, durable=True, passive=True).method.message_count
+            c.close()
+            if n >= expect:
+                return time.monotonic()
+        except Exception:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{broker.name}: {queue} never showed {expect} messages")
+
+
+THROUGHPUT = [
+    ("1. 1 producer, 1 consumer, 16 B, auto-ack", ["--size", 16]),
+    ("2. 1 producer, 1 consumer, 1 KiB, auto-ack", ["--size", 1024]),
+    (
+        "3. 1 KiB persistent, durable queue, confirms (window 256), manual ack prefetch 100",
+        ["--size", 1024, "--persistent", "--confirm", 256, "--ack", "manual", "--prefetch", 100],
+    ),
+    ("4. 4 producers, 4 consumers, 4 queues, 16 B", ["--size", 16, "--producers", 4, "--consumers", 4, "--queues", 4]),
+    (
+        "5. fan-out: 1 producer, fanout exchange to 8 queues, 8 consumers, 16 B",
+        ["--size", 16, "--exchange", "fanout", "--queues", 8, "--consumers", 8],
+    ),
+]
+
+
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+def main():
+    brokers = [Hare(), RabbitMQ()]
+    for b in brokers:
+        if not port_free(b.port):
+            raise SystemExit(f"port {b.port} for {b.name} is in use: stop what listens there first")
+    rows = []
+    log = lambda *a: print(*a, flush=True)
+
+    for title, args in THROUGHPUT:
+        got = {b.name: [] for b in brokers}
+        for r in range(ROUNDS):
+            for b in brokers:
+                b.start()
+                try:
+                    s = perf(b, "--duration", DURATION, "--prefix", f"bench{r}", *args)
+                finally:
+                    b.stop()
+                got[b.name].append(s["consumed_per_sec"])
+                log(f"{title} | {b.name} round {r + 1}: consumed {s['consumed_per_sec']:.0f}/s, published {s['published_per_sec']:.0f}/s")
+        h, q = mean(got["Hare"]), mean(got["RabbitMQ"])
+        rows.append((title, "consumed msg/s", f"{h:,.0f}", f"{q:,.0f}", f"{h / q:.2f}"))
+
+    # 6. Latency at a fixed moderate rate.
+    lat = {b.name: [] for b in brokers}
+    for r in range(ROUNDS):
+        for b in brokers:
+            b.start()
+            try:
+                s = perf(b, "--duration", DURATION, "--rate", 10000, "--size", 1024, "--prefix", f"lat{r}")
+            finally:
+                b.stop()
+            lat[b.name].append((s["e2e_latency"]["p50_ms"], s["e2e_latency"]["p99_ms"], s["consumed_per_sec"]))
+            log(f"6. latency | {b.name}: {lat[b.name][-1]}")
+    for i, what in [(0, "p50 ms"), (1, "p99 ms")]:
+        h, q = mean([x[i] for x in lat["Hare"]]), mean([x[i] for x in lat["RabbitMQ"]])
+        rows.append(("6. 10,000 msg/s, 1 KiB, end-to-end latency", what, f"{h:.3f}", f"{q:.3f}", f"{h / q:.2f}"))
+
+    # 7. Idle connections: broker memory per connection.
+    idle = {}
+    for b in brokers:
+        b.start()
+        try:
+            time.sleep(1)  # let the broker settle before the baseline reading, not a wait for a condition
+            before = rss_kib(b.pid())
+            p = subprocess.Popen(
+                [HARE, "perf", "--uri", f"amqp://127.0.0.1:{b.port}", "--idle-connections", str(IDLE), "--duration", "600", "--json"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            # The generator prints nothing until done; watch the broker's connection count.
+            deadline = time.monotonic() + 600
+            held = 0
+            while time.monotonic() < deadline and p.poll() is None:
+                held = int(subprocess.run(["bash", "-c", f"ss -tn state established '( sport = :{b.port} )' | tail -n +2 | wc -l"], capture_output=True, text=True).stdout.strip() or 0)
+                if held >= IDLE:
+                    break
+                time.sleep(0.5)
+            time.sleep(2)  # the last connections finish their handshakes
+            after = rss_kib(b.pid())
+            p.kill()
+            p.wait()
+        finally:
+            b.stop()
+        idle[b.name] = (held, (after - before) / max(held, 1))
+        log(f"7. idle | {b.name}: held {held}, {idle[b.name][1]:.1f} KiB per connection")
+    h, q = idle["Hare"][1], idle["RabbitMQ"][1]
+    rows.append((f"7. {IDLE:,} idle connections, 1 channel each", "broker KiB per connection", f"{h:.1f}", f"{q:.1f}", f"{h / q:.2f}"))
+    rows.append((f"7. {IDLE:,} idle connections, 1 channel each", "connections held", str(idle["Hare"][0]), str(idle["RabbitMQ"][0]), ""))
+
+    # 8. Backlog of persistent messages with no consumer, then restart and drain.
+    back = {}
+    for b in brokers:
+        b.start()
+        s = perf(b, "--producers", 1, "--consumers", 0, "--count", BACKLOG, "--size", 1024, "--persistent", "--confirm", 256, "--duration", 1800, "--prefix", "backlog", timeout=2000)
+        rss = rss_kib(b.pid())
+        b.stop()
+        t0 = time.monotonic()
+        b.start(fresh=False)
+        ready = ready_count(b, "backlog-0", BACKLOG, time.monotonic() + 900) - t0
+        d = perf(b, "--producers", 0, "--consumers", 1, "--count", BACKLOG, "--persistent", "--ack", "manual", "--prefetch", 1000, "--duration", 1800, "--prefix", "backlog", timeout=2000)
+        b.stop()
+        back[b.name] = (s["published_per_sec"], rss / 1024, ready, d["consumed_per_sec"])
+        log(f"8. backlog | {b.name}: {back[b.name]}")
+    for i, what, fmt in [(0, "publish msg/s (confirmed)", "{:,.0f}"), (1, "broker RSS MiB with backlog", "{:.1f}"), (2, "restart to ready, s", "{:.2f}"), (3, "drain msg/s", "{:,.0f}")]:
+        h, q = back["Hare"][i], back["RabbitMQ"][i]
+        rows.append((f"8. {BACKLOG:,} x 1 KiB persistent, no consumer", what, fmt.format(h), fmt.format(q), f"{h / q:.2f}"))
+
+    write(rows)
+
+
+def write(rows):
+    today = datetime.date.today().isoformat()
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    rmq = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "rabbitmq-server"], capture_output=True, text=True).stdout
+    hare = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    lines = [
+        f"# Hare vs RabbitMQ, {today}",
+        "",
+        f"Machine: {os.cpu_count()} cores ({cpu}), {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB.",
+        f"Hare at {hare}; RabbitMQ {rmq} from Debian's packages, default settings.",
+        f"Load: `hare perf` against each broker in turn on loopback, {DURATION:.0f} s per run, {ROUNDS} rounds",
+        "alternating Hare and RabbitMQ (mean shown). Each run starts its broker afresh.",
+        "",
+        "| scenario | metric | Hare | RabbitMQ | Hare / RabbitMQ |",
+        "|---|---|---:|---:|---:|",
+    ]
+    lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
+    lines.append("")
+    path = os.path.join(ROOT, "bench", "results", f"{today}.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    print("\n".join(lines))
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of Hare and RabbitMQ on this machine, with the same load generator
+# (`hare perf`). Installs RabbitMQ from Debian's packages if missing, builds Hare, and writes
+# bench/results/<date>.md. Not a test: it takes about 10 minutes and needs root for the install.
+#   DURATION=10 ROUNDS=2 bench/compare.sh        # seconds per throughput run, A/B rounds
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v rabbitmq-server >/dev/null; then
+  echo "== installing rabbitmq-server from Debian's packages"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
+fi
+
+echo "== building hare"
+cargo build --release --locked
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+
+# 10,000 connections need descriptors on both sides: raise the soft limit to the hard one.
+ulimit -n "$(ulimit -Hn)" || true
+exec .venv/bin/python bench/compare.py "$@"
