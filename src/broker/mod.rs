@@ -37,6 +37,8 @@ pub struct Broker {
     /// Direct reply-to consumers by their reply key.
     reply_consumers: Mutex<HashMap<String, Arc<Consumer>>>,
     storage: Option<Arc<dyn Storage>>,
+    /// Memory use is past half the limit: queues page messages to disk.
+    memory_pressure: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for Broker {
@@ -67,16 +69,25 @@ impl Broker {
     }
 
     fn with_storage(storage: Option<Arc<dyn Storage>>) -> Self {
+        let memory_pressure = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let broker = Broker {
             vhosts: RwLock::new(HashMap::new()),
             users: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             reply_consumers: Mutex::new(HashMap::new()),
             storage: storage.clone(),
+            memory_pressure: memory_pressure.clone(),
         };
-        broker.vhosts.write().insert("/".to_string(), VHost::new("/", storage));
+        broker.vhosts.write().insert("/".to_string(), VHost::new("/", storage, memory_pressure));
         broker.users.write().insert("guest".into(), User { password: "guest".into(), loopback_only: true });
         broker
+    }
+
+    /// Memory use passed half the limit (or fell back): queues page to disk meanwhile.
+    pub fn set_memory_pressure(&self, on: bool) {
+        if self.memory_pressure.swap(on, Ordering::AcqRel) != on {
+            tracing::info!("memory pressure {}", if on { "on: paging queues to disk" } else { "off" });
+        }
     }
 
     /// Why disk writes are failing, if they are: persistent publishes are refused meanwhile.

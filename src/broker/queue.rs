@@ -4,7 +4,7 @@
 use super::consumer::{ConnEvent, Consumer, Delivery};
 use super::error::{AmqpError, AmqpResult};
 use super::message::Message;
-use super::store::{MessageLog, RecoveredQueue, StoreError};
+use super::store::{MessageLog, Pager, RecoveredQueue, StoreError};
 use crate::protocol::{FieldTable, ShortStr};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -37,6 +37,8 @@ pub struct Queue {
     pub options: QueueOptions,
     state: Mutex<QueueState>,
     deleted: AtomicBool,
+    /// For a queue without a log: where to page messages when memory runs short.
+    pager: Option<Pager>,
 }
 
 /// A message waiting in the queue, or handed out and owed back.
@@ -121,13 +123,20 @@ impl QueueState {
 }
 
 impl Queue {
-    pub fn new(name: ShortStr, vhost: &str, options: QueueOptions, log: Option<Box<dyn MessageLog>>) -> Arc<Self> {
+    pub fn new(
+        name: ShortStr,
+        vhost: &str,
+        options: QueueOptions,
+        log: Option<Box<dyn MessageLog>>,
+        pager: Option<Pager>,
+    ) -> Arc<Self> {
         Arc::new(Queue {
             name,
             vhost: vhost.to_string(),
             options,
             state: Mutex::new(QueueState { log, ..Default::default() }),
             deleted: AtomicBool::new(false),
+            pager,
         })
     }
 
@@ -149,6 +158,7 @@ impl Queue {
                 ..Default::default()
             }),
             deleted: AtomicBool::new(false),
+            pager: None,
         })
     }
 
@@ -203,11 +213,25 @@ impl Queue {
         let mut logged = false;
         let mut to_tail = false;
         let in_memory = st.ready.len();
+        if st.log.is_none() && in_memory >= MEMORY_WINDOW {
+            if let Some(p) = self.pager.as_ref().filter(|p| p.pressure.load(Ordering::Acquire)) {
+                match p.storage.create_transient_log() {
+                    Ok(log) => {
+                        tracing::info!("queue '{}': memory is short, paging its messages to disk", self.name);
+                        st.log = Some(log);
+                    }
+                    Err(e) => tracing::warn!("queue '{}': cannot page to disk: {e}", self.name),
+                }
+            }
+        }
         if let Some(log) = &mut st.log {
             // Past the memory window, messages wait on disk; so do later ones, to keep order.
             to_tail = log.tail_len() > 0 || in_memory >= MEMORY_WINDOW;
             if message.persistent || to_tail {
-                ticket = log.append(seq, &message, to_tail)?;
+                let t = log.append(seq, &message, to_tail)?;
+                // A transient message on disk is only there to save memory: its confirm
+                // need not wait for the fsync.
+                ticket = if message.persistent { t } else { 0 };
                 logged = true;
             }
         }
@@ -233,8 +257,15 @@ impl Queue {
     }
 
     fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState) {
-        st.refill(&self.name);
-        self.dispatch_ready(st);
+        loop {
+            st.refill(&self.name);
+            let loaded = st.ready.len();
+            self.dispatch_ready(st);
+            // Consumers took all that was in memory and may take more: read on from disk.
+            if loaded == 0 || !st.ready.is_empty() || st.tail_len() == 0 {
+                break;
+            }
+        }
         st.release_flow();
     }
 

@@ -46,6 +46,14 @@ pub trait MessageLog: Send + std::fmt::Debug {
     fn destroy(&mut self);
 }
 
+/// Lets a non-durable queue page its messages to disk while memory runs short.
+#[derive(Debug, Clone)]
+pub struct Pager {
+    pub storage: Arc<dyn Storage>,
+    /// Set while memory use is past half the limit.
+    pub pressure: Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// A recovered durable queue: its log, the messages to hold in memory, and the next seq.
 pub struct RecoveredQueue {
     pub log: Box<dyn MessageLog>,
@@ -56,6 +64,9 @@ pub struct RecoveredQueue {
 pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Creates the log of a new durable queue; returns it and the id that names it on disk.
     fn create_queue_log(&self) -> Result<(Box<dyn MessageLog>, String), StoreError>;
+    /// Creates a log for paging a non-durable queue's messages out of memory; it is never
+    /// recovered, and removed at the next start.
+    fn create_transient_log(&self) -> Result<Box<dyn MessageLog>, StoreError>;
     /// Opens an existing queue log after a restart, recovering its messages.
     fn recover_queue_log(&self, id: &str, label: &str, window: usize) -> Result<RecoveredQueue, StoreError>;
     fn load_definitions(&self, vhost: &str) -> Result<Definitions, StoreError>;

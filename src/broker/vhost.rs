@@ -4,7 +4,9 @@
 use super::error::{AmqpError, AmqpResult};
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::queue::{Queue, QueueOptions, MEMORY_WINDOW};
-use super::store::{table_from_hex, table_to_hex, BindingDef, Definitions, ExchangeDef, QueueDef, Storage, StoreError};
+use super::store::{
+    table_from_hex, table_to_hex, BindingDef, Definitions, ExchangeDef, Pager, QueueDef, Storage, StoreError,
+};
 use crate::protocol::{BasicProperties, FieldTable, ShortStr};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -74,18 +76,30 @@ pub struct VHost {
     pub name: String,
     topology: RwLock<Topology>,
     storage: Option<Arc<dyn Storage>>,
+    /// Memory pressure, shared by the broker: queues without a log page to disk under it.
+    pressure: Arc<std::sync::atomic::AtomicBool>,
     /// The definitions last written, to skip rewriting when nothing durable changed.
     saved: Mutex<Definitions>,
 }
 
 impl VHost {
-    pub fn new(name: &str, storage: Option<Arc<dyn Storage>>) -> Arc<Self> {
+    pub fn new(
+        name: &str,
+        storage: Option<Arc<dyn Storage>>,
+        pressure: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Arc<Self> {
         let mut topo = Topology::default();
         for (n, kind) in DEFAULT_EXCHANGES {
             let ex = Exchange::new(ShortStr::from(*n), *kind, true, false, false, FieldTable::new());
             topo.exchanges.insert(ShortStr::from(*n), ex);
         }
-        Arc::new(VHost { name: name.to_string(), topology: RwLock::new(topo), storage, saved: Mutex::default() })
+        Arc::new(VHost {
+            name: name.to_string(),
+            topology: RwLock::new(topo),
+            storage,
+            pressure,
+            saved: Mutex::default(),
+        })
     }
 
     /// Recreates durable exchanges, queues (with their messages) and bindings from storage.
@@ -365,7 +379,12 @@ impl VHost {
             log = Some(l);
             topo.logs.insert(d.name.clone(), id);
         }
-        let q = Queue::new(d.name.clone(), &self.name, options, log);
+        // A queue without a log of its own may page to disk while memory is short.
+        let pager = match (&self.storage, &log) {
+            (Some(storage), None) => Some(Pager { storage: storage.clone(), pressure: self.pressure.clone() }),
+            _ => None,
+        };
+        let q = Queue::new(d.name.clone(), &self.name, options, log, pager);
         topo.queues.insert(d.name.clone(), q.clone());
         self.persist(&topo);
         Ok((q, 0, 0))

@@ -57,7 +57,10 @@ pub fn spawn_monitor(broker: Arc<Broker>, memory_limit: u64) -> watch::Receiver<
         let mut tick = tokio::time::interval(CHECK_EVERY);
         loop {
             tick.tick().await;
-            let reason = match (broker.storage_failure(), resident_bytes()) {
+            let rss = resident_bytes();
+            // Past half the limit, queues start paging to disk so the limit is not reached.
+            broker.set_memory_pressure(rss.is_some_and(|r| r > memory_limit / 2));
+            let reason = match (broker.storage_failure(), rss) {
                 (Some(disk), _) => Some(format!("disk writes are failing: {disk}")),
                 (None, Some(rss)) if rss > memory_limit => {
                     Some(format!("memory use {} MiB is above the limit of {} MiB", rss >> 20, memory_limit >> 20))

@@ -6,6 +6,8 @@
 //!   .lock                     held while a broker runs on this directory
 //!   definitions-<vhost>.json  durable exchanges, queues and bindings (atomic rewrite)
 //!   queues/<id>/              one durable queue's log: NNNN.seg + NNNN.ack
+//!   transient/<id>/           messages of non-durable queues paged out under memory
+//!                             pressure; removed at start
 //! ```
 
 pub mod queue_log;
@@ -54,6 +56,8 @@ impl DiskStorage {
             Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::Locked { dir: dir.into() }),
             Err(std::fs::TryLockError::Error(source)) => return Err(OpenError::Lock { dir: dir.into(), source }),
         }
+        // Paged-out transient messages do not survive a restart.
+        let _ = std::fs::remove_dir_all(dir.join("transient"));
         Ok(DiskStorage { dir: dir.to_path_buf(), _lock: lock, syncer: Syncer::start() })
     }
 
@@ -104,6 +108,15 @@ impl Storage for DiskStorage {
         };
         let log = QueueLog::create(self.queue_dir(&id), format!("queue log {id}"), self.syncer.clone())?;
         Ok((Box::new(log), id))
+    }
+
+    fn create_transient_log(&self) -> Result<Box<dyn MessageLog>, StoreError> {
+        let id: String = {
+            let mut rng = rand::thread_rng();
+            (0..16).map(|_| format!("{:x}", rng.gen_range(0..16u8))).collect()
+        };
+        let dir = self.dir.join("transient").join(&id);
+        Ok(Box::new(QueueLog::create(dir, format!("transient log {id}"), self.syncer.clone())?))
     }
 
     fn recover_queue_log(&self, id: &str, label: &str, window: usize) -> Result<RecoveredQueue, StoreError> {

@@ -28,6 +28,10 @@ const FLAG_PERSISTENT: u8 = 1;
 
 /// Ack files kept open at once; acks mostly go to the oldest segments.
 const OPEN_ACK_FILES: usize = 8;
+/// A sealed segment is rewritten with only its live messages once fewer than one in
+/// COMPACT_RATIO of its records is live (and it held at least COMPACT_MIN_RECORDS).
+const COMPACT_RATIO: u64 = 16;
+const COMPACT_MIN_RECORDS: u64 = 64;
 
 #[derive(Debug)]
 struct Segment {
@@ -42,6 +46,8 @@ struct Segment {
     last_seq: u64,
     /// Messages in this segment not yet acked.
     live: u64,
+    /// Message records in the file.
+    records: u64,
 }
 
 impl Segment {
@@ -59,6 +65,8 @@ struct Cursor {
 
 #[derive(Debug)]
 pub struct QueueLog {
+    /// Segments roll over at this size.
+    segment_bytes: u64,
     dir: PathBuf,
     label: String,
     syncer: Arc<Syncer>,
@@ -155,6 +163,7 @@ impl QueueLog {
     pub fn create(dir: PathBuf, label: String, syncer: Arc<Syncer>) -> Result<QueueLog, StoreError> {
         std::fs::create_dir_all(&dir)?;
         let mut log = QueueLog {
+            segment_bytes: SEGMENT_BYTES,
             dir,
             label,
             syncer,
@@ -191,6 +200,7 @@ impl QueueLog {
             first_seq: u64::MAX,
             last_seq: 0,
             live: 0,
+            records: 0,
         });
         Ok(())
     }
@@ -256,6 +266,7 @@ impl QueueLog {
             .collect();
         ids.sort_unstable();
         let mut log = QueueLog {
+            segment_bytes: SEGMENT_BYTES,
             dir: dir.clone(),
             label: label.clone(),
             syncer,
@@ -282,6 +293,7 @@ impl QueueLog {
                 first_seq: u64::MAX,
                 last_seq: 0,
                 live: 0,
+                records: 0,
             };
             for item in scan(&data) {
                 match item {
@@ -291,6 +303,7 @@ impl QueueLog {
                             continue;
                         };
                         next_seq = next_seq.max(seq + 1);
+                        seg.records += 1;
                         seg.first_seq = seg.first_seq.min(seq);
                         seg.last_seq = seg.last_seq.max(seq);
                         if !message.persistent || acks.is_acked(seq) {
@@ -401,6 +414,72 @@ impl QueueLog {
         Ok(Some((i, ticket)))
     }
 
+    /// Rewrites a sealed, sparse segment that lies wholly before the on-disk tail.
+    fn maybe_compact(&mut self, i: usize) {
+        let seg = &self.segments[i];
+        if seg.file.is_some() || seg.records < COMPACT_MIN_RECORDS || seg.live * COMPACT_RATIO > seg.records {
+            return;
+        }
+        if self.tail.is_some_and(|c| seg.id >= c.segment) {
+            return;
+        }
+        if let Err(e) = self.compact(i) {
+            tracing::warn!("{}: segment {} not compacted: {e}", self.label, self.segments[i].id);
+            // Do not try again on every ack.
+            self.segments[i].records = self.segments[i].live;
+        }
+    }
+
+    /// Keeps only a segment's live messages (and their delivery marks): each file is
+    /// rewritten to a temporary one, fsynced and renamed over the old, so a crash leaves the
+    /// old or the new. Seq ranges are unchanged, so nothing else about the log moves.
+    fn compact(&mut self, i: usize) -> Result<(), StoreError> {
+        let id = self.segments[i].id;
+        // Acks for this segment may still be buffered: they must be in the file we read.
+        if let Some(f) = self.segments[i].ack.take() {
+            f.write_buffered()?;
+        }
+        self.open_acks.retain(|&a| a != id);
+        let acks = Self::read_acks(&ack_path(&self.dir, id), &self.label);
+        let data = Bytes::from(std::fs::read(segment_path(&self.dir, id))?);
+        let mut kept = bytes::BytesMut::new();
+        let mut marks = bytes::BytesMut::new();
+        let mut live = 0u64;
+        for item in scan(&data) {
+            let Scanned::Record { payload, .. } = item else { continue };
+            if payload.len() < 10 || payload[0] != KIND_MESSAGE {
+                continue;
+            }
+            let seq = u64::from_be_bytes(payload[1..9].try_into().unwrap_or_default());
+            let persistent = payload[9] & FLAG_PERSISTENT != 0;
+            if acks.is_acked(seq) || (!persistent && id < self.fresh_from) {
+                continue;
+            }
+            live += 1;
+            put_record(&mut kept, |b| b.put_slice(&payload));
+            if acks.delivered.contains(&seq) {
+                put_record(&mut marks, |b| {
+                    b.put_u8(KIND_DELIVERED);
+                    b.put_u64(seq);
+                });
+            }
+        }
+        if live != self.segments[i].live {
+            return Err(StoreError(format!("found {live} live messages, expected {}", self.segments[i].live)));
+        }
+        let before = data.len();
+        super::write_atomically(&segment_path(&self.dir, id), &kept)?;
+        super::write_atomically(&ack_path(&self.dir, id), &marks)?;
+        if self.reader.as_ref().is_some_and(|(r, _)| *r == id) {
+            self.reader = None;
+        }
+        let seg = &mut self.segments[i];
+        seg.len = kept.len() as u64;
+        seg.records = live;
+        tracing::debug!("{}: compacted segment {id} from {before} to {} bytes ({live} live)", self.label, kept.len());
+        Ok(())
+    }
+
     /// Reads records from the tail cursor until `max` live messages or the end of the log.
     fn read_from_cursor(&mut self, max: usize) -> Result<Vec<LoadedMessage>, StoreError> {
         let mut out = Vec::new();
@@ -483,7 +562,7 @@ impl QueueLog {
 
 impl MessageLog for QueueLog {
     fn append(&mut self, seq: u64, message: &Message, to_tail: bool) -> Result<u64, StoreError> {
-        if self.segments.back().is_none_or(|s| s.file.is_none() || s.len() >= SEGMENT_BYTES) {
+        if self.segments.back().is_none_or(|s| s.file.is_none() || s.len() >= self.segment_bytes) {
             self.roll()?;
         }
         let syncer = self.syncer.clone();
@@ -495,6 +574,7 @@ impl MessageLog for QueueLog {
         seg.first_seq = seg.first_seq.min(seq);
         seg.last_seq = seg.last_seq.max(seq);
         seg.live += 1;
+        seg.records += 1;
         if to_tail {
             if self.tail.is_none() {
                 self.tail = Some(Cursor { segment: seg.id, offset });
@@ -509,7 +589,11 @@ impl MessageLog for QueueLog {
             Some((i, ticket)) => {
                 let seg = &mut self.segments[i];
                 seg.live = seg.live.saturating_sub(1);
-                self.collect(i);
+                if seg.live == 0 {
+                    self.collect(i);
+                } else {
+                    self.maybe_compact(i);
+                }
                 Ok(ticket)
             }
             None => Ok(0),
@@ -734,6 +818,41 @@ mod tests {
         let r = recover(&dir, &syncer, 100);
         assert_eq!(r.messages.len(), 25);
         assert_eq!(r.messages.last().map(|m| m.seq), Some(25));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sparse_segments_are_compacted_and_recover() {
+        let dir = temp_dir();
+        let syncer = Syncer::start();
+        let mut log = QueueLog::create(dir.clone(), "test".into(), syncer.clone()).unwrap();
+        log.segment_bytes = 16 * 1024;
+        let body = "y".repeat(200);
+        for i in 0..400u64 {
+            log.append(i, &msg(&format!("{i}:{body}"), true), false).unwrap();
+        }
+        let first = segment_path(&dir, 1);
+        let full = std::fs::metadata(&first).unwrap().len();
+        let records = log.segments[0].records;
+        assert!(records >= COMPACT_MIN_RECORDS, "{records} records in the first segment");
+        // Keep seq 3 (delivered) and seq 7 of the first segment; ack the rest of it.
+        log.delivered(3);
+        for seq in 0..records {
+            if seq != 3 && seq != 7 {
+                log.ack(seq).unwrap();
+            }
+        }
+        let compacted = std::fs::metadata(&first).unwrap().len();
+        assert!(compacted < full / 10, "segment not compacted: {full} -> {compacted}");
+        syncer.flush_now();
+        drop(log);
+        let r = recover(&dir, &syncer, 1000);
+        let seqs: Vec<u64> = r.messages.iter().map(|m| m.seq).collect();
+        let mut expected = vec![3, 7];
+        expected.extend(records..400);
+        assert_eq!(seqs, expected);
+        assert!(r.messages[0].redelivered && !r.messages[1].redelivered);
+        assert!(bodies(&r.messages)[1].starts_with("7:"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -289,3 +289,35 @@ def test_memory_alarm_blocks_publishers():
         assert "blocking publishers: memory use" in hare.read_log()
     finally:
         hare.stop()
+
+
+def test_transient_messages_page_to_disk_when_memory_runs_short():
+    """Past half the memory limit a non-durable queue pages to disk instead of growing, so
+    the limit (which would block the publisher) is not reached."""
+    hare = Hare(extra_args=["--memory-limit", "48MiB"])
+    try:
+        c = hare.connect()
+        ch = c.channel()
+        ch.queue_declare("big_transient")
+        body = b"t" * 1024
+        n = 60000  # ~60 MiB of bodies: more than the limit if held in memory
+        for i in range(n):
+            ch.basic_publish("", "big_transient", i.to_bytes(4, "big") + body)
+        assert ch.queue_declare("big_transient", passive=True).method.message_count == n
+        assert "paging its messages to disk" in hare.read_log()
+        assert "blocking publishers" not in hare.read_log()
+        transient = os.path.join(hare.data_dir, "transient")
+        assert any(files for _, _, files in os.walk(transient))
+        # They come back in order.
+        seen = 0
+        for method, _, got in ch.consume("big_transient", auto_ack=True, inactivity_timeout=5):
+            if method is None:
+                break
+            assert int.from_bytes(got[:4], "big") == seen
+            seen += 1
+            if seen == n:
+                break
+        assert seen == n
+        c.close()
+    finally:
+        hare.stop()
