@@ -161,6 +161,22 @@ def ready_count(broker, queue, expect, deadline):
     raise RuntimeError(f"{broker.name}: {queue} never showed {expect} messages")
 
 
+def ready_total(broker, queues, expect, deadline):
+    """Waits until the queues together hold `expect` messages; returns when they did."""
+    while time.monotonic() < deadline:
+        try:
+            c = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker.port))
+            ch = c.channel()
+            n = sum(ch.queue_declare(q, durable=True, passive=True).method.message_count for q in queues)
+            c.close()
+            if n >= expect:
+                return time.monotonic()
+        except Exception:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{broker.name}: {len(queues)} queues never held {expect} messages")
+
+
 THROUGHPUT = [
     ("1. 1 producer, 1 consumer, 16 B, auto-ack", ["--size", 16]),
     ("2. 1 producer, 1 consumer, 1 KiB, auto-ack", ["--size", 1024]),
@@ -267,6 +283,22 @@ def main():
     for i, what, fmt in [(0, "publish msg/s (confirmed)", "{:,.0f}"), (1, "broker RSS MiB with backlog", "{:.1f}"), (2, "restart to ready, s", "{:.2f}"), (3, "drain msg/s", "{:,.0f}")]:
         h, q = back["Hare"][i], back["RabbitMQ"][i]
         rows.append((f"8. {BACKLOG:,} x 1 KiB persistent, no consumer", what, fmt.format(h), fmt.format(q), f"{h / q:.2f}"))
+
+    # 9. The same number of messages spread over 100 durable queues: restart to ready.
+    many = {}
+    for b in brokers:
+        b.start()
+        s = perf(b, "--producers", 100, "--queues", 100, "--consumers", 0, "--count", BACKLOG // 100, "--size", 1024, "--persistent", "--confirm", 256, "--duration", 1800, "--prefix", "many", timeout=2000)
+        b.stop()
+        t0 = time.monotonic()
+        b.start(fresh=False)
+        ready = ready_total(b, [f"many-{i}" for i in range(100)], BACKLOG // 100 * 100, time.monotonic() + 900) - t0
+        b.stop()
+        many[b.name] = (s["published_per_sec"], ready)
+        log(f"9. 100 queues | {b.name}: {many[b.name]}")
+    for i, what, fmt in [(0, "publish msg/s (confirmed, 100 producers)", "{:,.0f}"), (1, "restart to ready, s", "{:.2f}")]:
+        h, q = many["Hare"][i], many["RabbitMQ"][i]
+        rows.append((f"9. {BACKLOG // 100 * 100:,} x 1 KiB persistent over 100 durable queues", what, fmt.format(h), fmt.format(q), f"{h / q:.2f}"))
 
     write(rows)
 
