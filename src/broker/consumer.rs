@@ -2,8 +2,7 @@
 //! connection that owns the consumer. Credit (prefetch and outbound bytes) is checked here so a
 //! slow consumer can never make the broker buffer without bound.
 
-use super::message::Message;
-use super::queue::Queue;
+use super::queue::{Queue, QueuedMessage};
 use crate::protocol::{FieldTable, ShortStr};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -31,10 +30,7 @@ pub struct Delivery {
     pub consumer_tag: ShortStr,
     /// None for direct reply-to deliveries, which have no queue.
     pub queue: Option<Arc<Queue>>,
-    pub seq: u64,
-    pub message: Arc<Message>,
-    pub redelivered: bool,
-    pub logged: bool,
+    pub item: QueuedMessage,
     pub no_ack: bool,
     /// Flow-control bytes charged to the sink for this delivery.
     pub charge: usize,
@@ -125,6 +121,8 @@ pub struct Consumer {
     pub no_ack: bool,
     pub exclusive: bool,
     pub arguments: FieldTable,
+    /// x-priority: consumers with a higher one get messages first.
+    pub priority: i64,
     /// basic.qos global=false limit in force when the consumer started; 0 means none.
     pub prefetch: u32,
     pub unacked: AtomicU32,

@@ -11,9 +11,20 @@ pub struct Message {
     pub properties: Bytes,
     pub body: Bytes,
     pub persistent: bool,
+    /// The `priority` property (0 when absent), for priority queues.
+    pub priority: u8,
+    /// The `expiration` property in milliseconds, for per-message TTL.
+    pub expiration: Option<u64>,
 }
 
 impl Message {
+    /// A message from its parts; priority and expiration are read from the raw properties.
+    pub fn new(exchange: ShortStr, routing_key: ShortStr, properties: Bytes, body: Bytes, persistent: bool) -> Self {
+        let peeked = peek_properties(&properties);
+        let priority = peeked.priority;
+        let expiration = peeked.expiration.and_then(|e| std::str::from_utf8(e).ok()?.parse().ok());
+        Message { exchange, routing_key, properties, body, persistent, priority, expiration }
+    }
     /// Bytes this message adds to a queue or an outbound buffer, for flow control.
     pub fn size(&self) -> usize {
         self.body.len() + self.properties.len() + self.exchange.len() + self.routing_key.len()
@@ -21,5 +32,102 @@ impl Message {
     /// Decodes the properties; the raw bytes were checked when the message was published.
     pub fn decode_properties(&self) -> BasicProperties {
         BasicProperties::decode(self.properties.clone()).unwrap_or_default()
+    }
+}
+
+/// The two properties a queue needs on every publish, read without decoding the rest.
+#[derive(Debug, Default, PartialEq)]
+pub struct Peeked<'a> {
+    pub priority: u8,
+    pub expiration: Option<&'a [u8]>,
+}
+
+/// Reads `priority` and `expiration` from raw property bytes (flags, then the list in order:
+/// content-type, content-encoding, headers, delivery-mode, priority, correlation-id,
+/// reply-to, expiration). Malformed bytes give the defaults.
+pub fn peek_properties(raw: &[u8]) -> Peeked<'_> {
+    let out = Peeked::default();
+    if raw.len() < 2 {
+        return out;
+    }
+    let flags = u16::from_be_bytes([raw[0], raw[1]]);
+    if flags & (1 << 11 | 1 << 8) == 0 {
+        return out;
+    }
+    let mut pos = 2usize;
+    let mut word = flags;
+    while word & 1 != 0 {
+        let Some(w) = raw.get(pos..pos + 2) else { return out };
+        word = u16::from_be_bytes([w[0], w[1]]);
+        pos += 2;
+    }
+    let short = |pos: &mut usize| -> Option<&[u8]> {
+        let n = *raw.get(*pos)? as usize;
+        let s = raw.get(*pos + 1..*pos + 1 + n)?;
+        *pos += 1 + n;
+        Some(s)
+    };
+    let has = |bit: u32| flags & (1 << bit) != 0;
+    let step = || -> Option<Peeked<'_>> {
+        let mut pos = pos;
+        let mut p = Peeked::default();
+        if has(15) {
+            short(&mut pos)?;
+        }
+        if has(14) {
+            short(&mut pos)?;
+        }
+        if has(13) {
+            let len = raw.get(pos..pos + 4)?;
+            pos += 4 + u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        }
+        if has(12) {
+            pos += 1;
+        }
+        if has(11) {
+            p.priority = *raw.get(pos)?;
+            pos += 1;
+        }
+        if has(10) {
+            short(&mut pos)?;
+        }
+        if has(9) {
+            short(&mut pos)?;
+        }
+        if has(8) {
+            p.expiration = Some(short(&mut pos)?);
+        }
+        Some(p)
+    };
+    step().unwrap_or(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{FieldTable, FieldValue};
+
+    #[test]
+    fn peeks_priority_and_expiration_past_other_properties() {
+        let mut headers = FieldTable::new();
+        headers.insert("k", FieldValue::string("v"));
+        let props = BasicProperties {
+            content_type: Some("text/plain".into()),
+            headers: Some(headers),
+            delivery_mode: Some(2),
+            priority: Some(7),
+            correlation_id: Some("c".into()),
+            reply_to: Some("r".into()),
+            expiration: Some("1500".into()),
+            message_id: Some("m".into()),
+            ..Default::default()
+        };
+        let m = Message::new("".into(), "k".into(), props.to_bytes(), Bytes::new(), true);
+        assert_eq!((m.priority, m.expiration), (7, Some(1500)));
+        let plain = Message::new("".into(), "k".into(), BasicProperties::default().to_bytes(), Bytes::new(), false);
+        assert_eq!((plain.priority, plain.expiration), (0, None));
+        assert_eq!(peek_properties(&[0x09]), Peeked::default());
+        assert_eq!(peek_properties(&[0x08, 0x00]), Peeked::default());
+        assert_eq!(peek_properties(&[0x08, 0x00, 5]).priority, 5);
     }
 }

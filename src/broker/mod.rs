@@ -1,7 +1,9 @@
 //! The broker core: vhosts, exchanges, queues, consumers and routing. No sockets, no files:
 //! connections call into it and receive deliveries through their [`consumer::ConnectionSink`].
 
+pub mod arguments;
 pub mod consumer;
+pub mod dead_letter;
 pub mod error;
 pub mod exchange;
 pub mod message;
@@ -81,6 +83,15 @@ impl Broker {
         broker.vhosts.write().insert("/".to_string(), VHost::new("/", storage, memory_pressure));
         broker.users.write().insert("guest".into(), User { password: "guest".into(), loopback_only: true });
         broker
+    }
+
+    /// Runs queue timers (message TTL, queue expiry) in every vhost.
+    pub fn tick(&self) {
+        let now = queue::now_ms();
+        let vhosts: Vec<Arc<VHost>> = self.vhosts.read().values().cloned().collect();
+        for v in vhosts {
+            v.tick(now);
+        }
     }
 
     /// Memory use passed half the limit (or fell back): queues page to disk meanwhile.

@@ -1,15 +1,23 @@
-//! A classic queue held in memory: ready messages in publish order, a count of messages out
-//! with consumers, and the consumers it dispatches to round-robin within their credit.
+//! A classic queue: ready messages in publish order (highest priority first in a priority
+//! queue), a count of messages out with consumers, and the consumers it dispatches to
+//! round-robin within their credit (highest consumer priority first). TTL, length limits,
+//! delivery limits and dead-lettering are applied here; dead letters are republished only
+//! after the queue's lock is released, so queues that dead-letter into each other cannot
+//! deadlock.
 
+use super::arguments::{Overflow, QueueArguments};
 use super::consumer::{ConnEvent, Consumer, Delivery};
+use super::dead_letter::{self, Reason};
 use super::error::{AmqpError, AmqpResult};
 use super::message::Message;
-use super::store::{MessageLog, Pager, RecoveredQueue, StoreError};
+use super::store::{LoadedMessage, MessageLog, Pager, RecoveredQueue, StoreError};
+use super::vhost::VHost;
 use crate::protocol::{FieldTable, ShortStr};
 use parking_lot::Mutex;
+use std::cmp::Reverse;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 /// Per-delivery bytes charged to a sink on top of the message, for the frames around it.
 const DELIVERY_OVERHEAD: usize = 64;
@@ -28,6 +36,50 @@ pub struct QueueOptions {
     pub exclusive_owner: Option<u64>,
     pub auto_delete: bool,
     pub arguments: FieldTable,
+    /// The settings parsed from `arguments`.
+    pub args: QueueArguments,
+}
+
+/// Wall-clock milliseconds since the epoch: message expiry is kept in it so that a TTL keeps
+/// counting across a restart.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The time for expiry checks, read from the system only once a message with an expiry
+/// comes up: the hot path of queues without TTLs never asks for it.
+#[derive(Debug, Clone, Copy)]
+enum Clock {
+    At(u64),
+    Lazy,
+}
+
+impl Clock {
+    fn expired(&mut self, m: &QueuedMessage) -> bool {
+        if m.expires_at == 0 {
+            return false;
+        }
+        let now = match *self {
+            Clock::At(now) => now,
+            Clock::Lazy => {
+                let now = now_ms();
+                *self = Clock::At(now);
+                now
+            }
+        };
+        m.expires_at <= now
+    }
+}
+
+/// What became of one publish to a queue.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Published {
+    /// Group-commit ticket to wait for before confirming (0: nothing to wait for).
+    pub ticket: u64,
+    /// The queue is over its flow mark: the publisher should pause.
+    pub throttled: bool,
+    /// A length limit with reject-publish refused the message: the publisher gets a nack.
+    pub rejected: bool,
 }
 
 #[derive(Debug)]
@@ -39,6 +91,10 @@ pub struct Queue {
     deleted: AtomicBool,
     /// For a queue without a log: where to page messages when memory runs short.
     pager: Option<Pager>,
+    /// The vhost, for republishing dead letters.
+    owner: Weak<VHost>,
+    /// The queue has timers to run: a queue TTL, x-expires, or messages with an expiration.
+    timed: AtomicBool,
 }
 
 /// A message waiting in the queue, or handed out and owed back.
@@ -50,6 +106,32 @@ pub struct QueuedMessage {
     pub redelivered: bool,
     /// The message is in the queue's log and must be acked there.
     pub logged: bool,
+    /// When it expires in this queue (ms since the epoch), 0 for never.
+    pub expires_at: u64,
+    /// Times it was returned to the queue after a delivery (for x-delivery-limit).
+    pub deliveries: u32,
+    /// Its priority in this queue (0 in a queue without x-max-priority).
+    pub priority: u8,
+}
+
+impl QueuedMessage {
+    /// A message read back from the queue's log.
+    fn loaded(m: LoadedMessage, priority: u8) -> Self {
+        QueuedMessage {
+            seq: m.seq,
+            message: m.message,
+            redelivered: m.redelivered,
+            logged: true,
+            expires_at: m.expires_at,
+            deliveries: 0,
+            priority,
+        }
+    }
+
+    /// Where it belongs among ready messages: higher priority first, then publish order.
+    fn order(&self) -> (Reverse<u8>, u64) {
+        (Reverse(self.priority), self.seq)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +145,15 @@ struct QueueState {
     log: Option<Box<dyn MessageLog>>,
     /// Publishers waiting for this queue to drain.
     flow_waiters: Vec<Arc<tokio::sync::Notify>>,
+    /// Body bytes of the ready messages in memory, and of those waiting on disk.
+    ready_bytes: u64,
+    tail_bytes: u64,
+    /// Messages to dead-letter once the lock is released.
+    dead: Vec<(QueuedMessage, Reason)>,
+    /// Some consumer has a non-zero x-priority.
+    prioritized: bool,
+    /// When the queue was last used (declared, consumed from, got from), for x-expires.
+    last_used: u64,
 }
 
 impl QueueState {
@@ -91,14 +182,86 @@ impl QueueState {
         }
         let Some(log) = &mut self.log else { return };
         match log.read_tail(MEMORY_WINDOW / 2) {
-            Ok(loaded) => self.ready.extend(loaded.into_iter().map(|m| QueuedMessage {
-                seq: m.seq,
-                message: m.message,
-                redelivered: m.redelivered,
-                logged: true,
-            })),
+            Ok(loaded) => {
+                for m in loaded {
+                    let size = m.message.body.len() as u64;
+                    self.tail_bytes = self.tail_bytes.saturating_sub(size);
+                    self.ready_bytes += size;
+                    self.ready.push_back(QueuedMessage::loaded(m, 0));
+                }
+            }
             Err(e) => tracing::error!("queue '{name}': cannot read messages back from disk: {e}"),
         }
+    }
+
+    /// Adds a ready message at its place (publish order within its priority).
+    fn push_ready(&mut self, m: QueuedMessage) {
+        self.ready_bytes += m.message.body.len() as u64;
+        if self.ready.back().is_none_or(|b| b.order() <= m.order()) {
+            self.ready.push_back(m);
+        } else {
+            let at = self.ready.partition_point(|r| r.order() < m.order());
+            self.ready.insert(at, m);
+        }
+    }
+
+    fn pop_ready(&mut self) -> Option<QueuedMessage> {
+        let m = self.ready.pop_front()?;
+        self.ready_bytes = self.ready_bytes.saturating_sub(m.message.body.len() as u64);
+        Some(m)
+    }
+
+    /// Body bytes of every ready message.
+    fn bytes(&self) -> u64 {
+        self.ready_bytes + self.tail_bytes
+    }
+
+    /// A message leaves the queue without reaching a consumer: it is settled in the log and
+    /// kept for dead-lettering if the queue has a dead-letter exchange.
+    fn discard(&mut self, m: QueuedMessage, reason: Reason, args: &QueueArguments) {
+        self.log_ack(&m);
+        if args.dead_letter_exchange.is_some() {
+            self.dead.push((m, reason));
+        }
+    }
+
+    /// Drops (or dead-letters) expired messages at the head, as RabbitMQ does: a message
+    /// behind one that has not expired waits until it reaches the head, and never reaches a
+    /// consumer once expired.
+    fn expire(&mut self, name: &ShortStr, now: u64, args: &QueueArguments) {
+        loop {
+            self.refill(name);
+            match self.ready.front() {
+                Some(m) if m.expires_at != 0 && m.expires_at <= now => {
+                    let m = self.pop_ready().expect("front exists");
+                    self.discard(m, Reason::Expired, args);
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// With drop-head overflow, drops the oldest messages until the queue is within its limits.
+    fn enforce_limits(&mut self, name: &ShortStr, args: &QueueArguments) {
+        if args.overflow != Overflow::DropHead {
+            return;
+        }
+        loop {
+            let over = args.max_length.is_some_and(|max| self.ready_count() as u64 > max)
+                || args.max_length_bytes.is_some_and(|max| self.bytes() > max);
+            if !over {
+                return;
+            }
+            self.refill(name);
+            let Some(m) = self.pop_ready() else { return };
+            self.discard(m, Reason::MaxLen, args);
+        }
+    }
+
+    /// Whether one more message of `size` body bytes would break a length limit.
+    fn would_overflow(&self, size: u64, args: &QueueArguments) -> bool {
+        args.max_length.is_some_and(|max| self.ready_count() as u64 + 1 > max)
+            || args.max_length_bytes.is_some_and(|max| self.bytes() + size > max)
     }
 
     /// Records in the log that a message left the queue for good.
@@ -129,36 +292,52 @@ impl Queue {
         options: QueueOptions,
         log: Option<Box<dyn MessageLog>>,
         pager: Option<Pager>,
+        owner: Weak<VHost>,
     ) -> Arc<Self> {
+        // A priority queue keeps every ready message in memory, in priority order.
+        let pager = pager.filter(|_| options.args.max_priority.is_none());
         Arc::new(Queue {
             name,
             vhost: vhost.to_string(),
-            options,
-            state: Mutex::new(QueueState { log, ..Default::default() }),
+            state: Mutex::new(QueueState { log, last_used: now_ms(), ..Default::default() }),
             deleted: AtomicBool::new(false),
             pager,
+            timed: AtomicBool::new(options.args.message_ttl.is_some() || options.args.expires.is_some()),
+            owner,
+            options,
         })
     }
 
     /// A durable queue brought back from its log after a restart.
-    pub fn restore(name: ShortStr, vhost: &str, options: QueueOptions, recovered: RecoveredQueue) -> Arc<Self> {
-        let ready = recovered
-            .messages
-            .into_iter()
-            .map(|m| QueuedMessage { seq: m.seq, message: m.message, redelivered: m.redelivered, logged: true })
-            .collect();
+    pub fn restore(
+        name: ShortStr,
+        vhost: &str,
+        options: QueueOptions,
+        recovered: RecoveredQueue,
+        owner: Weak<VHost>,
+    ) -> Arc<Self> {
+        let max_priority = options.args.max_priority;
+        let mut st = QueueState {
+            next_seq: recovered.next_seq,
+            log: Some(recovered.log),
+            last_used: now_ms(),
+            ..Default::default()
+        };
+        for m in recovered.messages {
+            let priority = max_priority.map_or(0, |max| m.message.priority.min(max));
+            st.push_ready(QueuedMessage::loaded(m, priority));
+        }
+        // Recovered messages may carry expiry times.
+        let timed = AtomicBool::new(true);
         Arc::new(Queue {
             name,
             vhost: vhost.to_string(),
             options,
-            state: Mutex::new(QueueState {
-                ready,
-                next_seq: recovered.next_seq,
-                log: Some(recovered.log),
-                ..Default::default()
-            }),
+            state: Mutex::new(st),
             deleted: AtomicBool::new(false),
             pager: None,
+            owner,
+            timed,
         })
     }
 
@@ -194,19 +373,66 @@ impl Queue {
         self.state.lock().unacked
     }
 
-    /// Enqueues a routed message and hands it to a consumer if one has credit. Returns the
-    /// group-commit ticket to wait for before confirming it (0: nothing to wait for). When the
-    /// queue is over its flow mark, `flow` is registered to be notified once it drains, and
-    /// the publisher should pause.
+    /// The queue was declared again: it counts as used (x-expires).
+    pub fn touch(&self) {
+        self.state.lock().last_used = now_ms();
+    }
+
+    /// Whether the queue has timers to run: message TTLs or its own expiry.
+    pub fn has_timers(&self) -> bool {
+        self.timed.load(Ordering::Relaxed)
+    }
+
+    /// Runs the queue's timers: expires messages at the head and returns true when the queue
+    /// itself has been unused for its x-expires period and should be deleted.
+    pub fn tick(self: &Arc<Self>, now: u64) -> bool {
+        let args = &self.options.args;
+        let mut st = self.state.lock();
+        st.expire(&self.name, now, args);
+        let idle = args.expires.is_some_and(|e| st.consumers.is_empty() && now >= st.last_used.saturating_add(e));
+        self.unlock_and_dead_letter(st);
+        idle
+    }
+
+    /// Enqueues a routed message and hands it to a consumer if one has credit. When the queue
+    /// is over its flow mark, `flow` is registered to be notified once it drains.
     pub fn publish(
         self: &Arc<Self>,
         message: Arc<Message>,
         flow: Option<&Arc<tokio::sync::Notify>>,
-    ) -> Result<(u64, bool), StoreError> {
+    ) -> Result<Published, StoreError> {
         if self.is_deleted() {
-            return Ok((0, false));
+            return Ok(Published::default());
         }
+        let args = &self.options.args;
+        let timed = self.timed.load(Ordering::Relaxed);
+        let now = if timed || message.expiration.is_some() { now_ms() } else { 0 };
+        let ttl = match (args.message_ttl, message.expiration) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let expires_at = ttl.map_or(0, |t| now + t);
+        if expires_at != 0 && !timed {
+            self.timed.store(true, Ordering::Relaxed);
+        }
+        let priority = args.max_priority.map_or(0, |max| message.priority.min(max));
         let mut st = self.state.lock();
+        if args.overflow != Overflow::DropHead && st.would_overflow(message.body.len() as u64, args) {
+            if args.overflow == Overflow::RejectPublishDlx && args.dead_letter_exchange.is_some() {
+                let m = QueuedMessage {
+                    seq: 0,
+                    message,
+                    redelivered: false,
+                    logged: false,
+                    expires_at,
+                    deliveries: 0,
+                    priority,
+                };
+                st.dead.push((m, Reason::MaxLen));
+            }
+            self.unlock_and_dead_letter(st);
+            return Ok(Published { rejected: true, ..Default::default() });
+        }
         let seq = st.next_seq;
         st.next_seq += 1;
         let mut ticket = 0;
@@ -224,21 +450,43 @@ impl Queue {
                 }
             }
         }
+        let size = message.body.len() as u64;
         if let Some(log) = &mut st.log {
             // Past the memory window, messages wait on disk; so do later ones, to keep order.
-            to_tail = log.tail_len() > 0 || in_memory >= MEMORY_WINDOW;
+            // A priority queue keeps all of them in memory, to hand out the highest first.
+            to_tail = args.max_priority.is_none() && (log.tail_len() > 0 || in_memory >= MEMORY_WINDOW);
             if message.persistent || to_tail {
-                let t = log.append(seq, &message, to_tail)?;
+                let t = log.append(seq, &message, expires_at, to_tail)?;
                 // A transient message on disk is only there to save memory: its confirm
                 // need not wait for the fsync.
                 ticket = if message.persistent { t } else { 0 };
                 logged = true;
             }
         }
-        if !to_tail {
-            st.ready.push_back(QueuedMessage { seq, message, redelivered: false, logged });
+        if to_tail {
+            st.tail_bytes += size;
+        } else {
+            st.push_ready(QueuedMessage {
+                seq,
+                message,
+                redelivered: false,
+                logged,
+                expires_at,
+                deliveries: 0,
+                priority,
+            });
         }
-        self.dispatch_locked(&mut st);
+        // A message published this millisecond with a TTL of 0 still goes to a waiting
+        // consumer; undelivered, it expires at once.
+        if now == 0 {
+            self.dispatch_at(&mut st, Clock::Lazy);
+        } else {
+            self.dispatch_at(&mut st, Clock::At(now.saturating_sub(1)));
+            st.expire(&self.name, now, args);
+        }
+        if args.max_length.is_some() || args.max_length_bytes.is_some() {
+            st.enforce_limits(&self.name, args);
+        }
         let mut throttled = false;
         if let Some(w) = flow {
             if !st.consumers.is_empty() && st.ready_count() as usize > FLOW_HIGH {
@@ -248,19 +496,60 @@ impl Queue {
                 throttled = true;
             }
         }
-        Ok((ticket, throttled))
+        self.unlock_and_dead_letter(st);
+        Ok(Published { ticket, throttled, rejected: false })
+    }
+
+    /// Releases the lock, then republishes what died meanwhile to the dead-letter exchange.
+    fn unlock_and_dead_letter(self: &Arc<Self>, mut st: parking_lot::MutexGuard<'_, QueueState>) {
+        if st.dead.is_empty() {
+            return;
+        }
+        let dead = std::mem::take(&mut st.dead);
+        drop(st);
+        self.dead_letter(dead);
+    }
+
+    /// Routes dead letters through the dead-letter exchange, at most once: a missing exchange
+    /// or no matching queue drops them, as in RabbitMQ.
+    fn dead_letter(self: &Arc<Self>, dead: Vec<(QueuedMessage, Reason)>) {
+        let args = &self.options.args;
+        let (Some(dlx), Some(vhost)) = (&args.dead_letter_exchange, self.owner.upgrade()) else {
+            return;
+        };
+        let now = now_ms();
+        let mut targets = Vec::new();
+        for (m, reason) in dead {
+            let rk = args.dead_letter_routing_key.clone().unwrap_or_else(|| m.message.routing_key.clone());
+            let letter = Arc::new(dead_letter::dead_letter(&m.message, reason, &self.name, dlx, rk.clone(), now));
+            if let Err(e) = vhost.route(dlx, &rk, &letter.properties, &mut targets) {
+                tracing::debug!("queue '{}': dead letter dropped: {}", self.name, e.text);
+                continue;
+            }
+            for q in targets.drain(..) {
+                if dead_letter::is_cycle(&letter, &q.name) {
+                    tracing::debug!("queue '{}': dead-letter cycle through '{}': message dropped", self.name, q.name);
+                    continue;
+                }
+                if let Err(e) = q.publish(letter.clone(), None) {
+                    tracing::warn!("queue '{}': dead letter not stored in '{}': {e}", self.name, q.name);
+                }
+            }
+        }
     }
 
     pub fn dispatch(self: &Arc<Self>) {
         let mut st = self.state.lock();
-        self.dispatch_locked(&mut st);
+        self.dispatch_at(&mut st, Clock::Lazy);
+        self.unlock_and_dead_letter(st);
     }
 
-    fn dispatch_locked(self: &Arc<Self>, st: &mut QueueState) {
+    /// Hands ready messages to consumers; messages expired by `now` are dropped instead.
+    fn dispatch_at(self: &Arc<Self>, st: &mut QueueState, mut clock: Clock) {
         loop {
             st.refill(&self.name);
             let loaded = st.ready.len();
-            self.dispatch_ready(st);
+            self.dispatch_ready(st, &mut clock);
             // Consumers took all that was in memory and may take more: read on from disk.
             if loaded == 0 || !st.ready.is_empty() || st.tail_len() == 0 {
                 break;
@@ -269,31 +558,47 @@ impl Queue {
         st.release_flow();
     }
 
-    fn dispatch_ready(self: &Arc<Self>, st: &mut QueueState) {
-        while !st.ready.is_empty() && !st.consumers.is_empty() {
-            let n = st.consumers.len();
-            let mut chosen = None;
-            for i in 0..n {
-                let idx = (st.next_consumer + i) % n;
-                let c = &st.consumers[idx];
-                if !c.has_credit() {
+    /// The consumer to hand the next message to: the single active one, or round-robin among
+    /// those with credit and the highest x-priority.
+    fn pick_consumer(self: &Arc<Self>, st: &QueueState) -> Option<usize> {
+        let n = st.consumers.len();
+        let candidates = if self.options.args.single_active_consumer { n.min(1) } else { n };
+        let mut chosen: Option<(usize, i64)> = None;
+        for i in 0..candidates {
+            let idx = (st.next_consumer + i) % n;
+            let c = &st.consumers[idx];
+            if chosen.is_some_and(|(_, p)| c.priority <= p) || !c.has_credit() {
+                continue;
+            }
+            if !c.sink.has_capacity() {
+                c.sink.wait_for_capacity(self);
+                // Capacity may have come back between the check and the registration.
+                if !c.sink.has_capacity() {
                     continue;
                 }
-                if !c.sink.has_capacity() {
-                    c.sink.wait_for_capacity(self);
-                    // Capacity may have come back between the check and the registration.
-                    if !c.sink.has_capacity() {
-                        continue;
-                    }
-                }
-                chosen = Some(idx);
+            }
+            chosen = Some((idx, c.priority));
+            if !st.prioritized {
                 break;
             }
-            let Some(idx) = chosen else { return };
-            st.next_consumer = (idx + 1) % n;
-            let Some(m) = st.ready.pop_front() else {
+        }
+        chosen.map(|(idx, _)| idx)
+    }
+
+    fn dispatch_ready(self: &Arc<Self>, st: &mut QueueState, clock: &mut Clock) {
+        let args = &self.options.args;
+        while !st.ready.is_empty() && !st.consumers.is_empty() {
+            let Some(idx) = self.pick_consumer(st) else { return };
+            let Some(m) = st.pop_ready() else {
                 return;
             };
+            if clock.expired(&m) {
+                st.discard(m, Reason::Expired, args);
+                continue;
+            }
+            if !self.options.args.single_active_consumer {
+                st.next_consumer = (idx + 1) % st.consumers.len();
+            }
             let consumer = st.consumers[idx].clone();
             consumer.charge_unacked();
             if !consumer.no_ack {
@@ -304,10 +609,7 @@ impl Queue {
                 channel: consumer.channel,
                 consumer_tag: consumer.tag.clone(),
                 queue: Some(self.clone()),
-                seq: m.seq,
-                message: m.message,
-                redelivered: m.redelivered,
-                logged: m.logged,
+                item: m,
                 no_ack: consumer.no_ack,
                 charge,
             }));
@@ -315,10 +617,16 @@ impl Queue {
     }
 
     /// basic.get: the head message, if any, and how many remain ready.
-    pub fn get(&self, no_ack: bool) -> Option<(QueuedMessage, u32)> {
+    pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(QueuedMessage, u32)> {
+        let args = &self.options.args;
         let mut st = self.state.lock();
-        st.refill(&self.name);
-        let m = st.ready.pop_front()?;
+        let now = now_ms();
+        st.last_used = now;
+        st.expire(&self.name, now, args);
+        let Some(m) = st.pop_ready() else {
+            self.unlock_and_dead_letter(st);
+            return None;
+        };
         if no_ack {
             st.log_ack(&m);
         } else {
@@ -326,16 +634,29 @@ impl Queue {
             st.unacked += 1;
         }
         st.refill(&self.name);
-        Some((m, st.ready_count()))
+        let count = st.ready_count();
+        self.unlock_and_dead_letter(st);
+        Some((m, count))
     }
 
-    /// Messages acknowledged (or dropped without requeue) by a consumer.
+    /// Messages acknowledged by a consumer.
     pub fn settle(&self, messages: &[QueuedMessage]) {
         let mut st = self.state.lock();
         st.unacked = st.unacked.saturating_sub(messages.len());
         for m in messages {
             st.log_ack(m);
         }
+    }
+
+    /// Messages rejected or nacked without requeue: settled, and dead-lettered if the queue
+    /// has a dead-letter exchange.
+    pub fn reject(self: &Arc<Self>, messages: Vec<QueuedMessage>) {
+        let mut st = self.state.lock();
+        st.unacked = st.unacked.saturating_sub(messages.len());
+        for m in messages {
+            st.discard(m, Reason::Rejected, &self.options.args);
+        }
+        self.unlock_and_dead_letter(st);
     }
 
     /// A logged message went out to a no-ack consumer: it is settled now.
@@ -345,8 +666,12 @@ impl Queue {
         }
     }
 
-    /// Puts unacknowledged messages back at their places, marked redelivered.
+    /// Puts unacknowledged messages back at their places, marked redelivered. With a delivery
+    /// limit (or as a quorum queue) each return is counted in `x-delivery-count`, and a
+    /// message returned more often than the limit is dead-lettered instead.
     pub fn requeue(self: &Arc<Self>, messages: impl IntoIterator<Item = QueuedMessage>) {
+        let args = &self.options.args;
+        let counted = args.delivery_limit.is_some() || args.quorum;
         let mut st = self.state.lock();
         for mut m in messages {
             st.unacked = st.unacked.saturating_sub(1);
@@ -354,10 +679,18 @@ impl Queue {
                 continue;
             }
             m.redelivered = true;
-            let at = st.ready.partition_point(|r| r.seq < m.seq);
-            st.ready.insert(at, m);
+            if counted {
+                m.deliveries += 1;
+                if args.delivery_limit.is_some_and(|limit| m.deliveries as u64 > limit) {
+                    st.discard(m, Reason::DeliveryLimit, args);
+                    continue;
+                }
+                m.message = Arc::new(dead_letter::with_delivery_count(&m.message, m.deliveries as u64));
+            }
+            st.push_ready(m);
         }
-        self.dispatch_locked(&mut st);
+        self.dispatch_at(&mut st, Clock::Lazy);
+        self.unlock_and_dead_letter(st);
     }
 
     /// Takes back a dispatched message that never reached its consumer (it was cancelled or its
@@ -368,10 +701,10 @@ impl Queue {
             st.unacked = st.unacked.saturating_sub(1);
         }
         if !self.is_deleted() {
-            let at = st.ready.partition_point(|r| r.seq < m.seq);
-            st.ready.insert(at, m);
+            st.push_ready(m);
         }
-        self.dispatch_locked(&mut st);
+        self.dispatch_at(&mut st, Clock::Lazy);
+        self.unlock_and_dead_letter(st);
     }
 
     /// Adds a consumer, enforcing exclusive consumers as RabbitMQ does (403).
@@ -383,20 +716,31 @@ impl Queue {
                 self.name, self.vhost
             )));
         }
+        st.prioritized |= consumer.priority != 0;
         st.consumers.push(consumer);
         st.had_consumer = true;
-        self.dispatch_locked(&mut st);
+        st.last_used = now_ms();
+        self.dispatch_at(&mut st, Clock::Lazy);
+        self.unlock_and_dead_letter(st);
         Ok(())
     }
 
     /// Removes a consumer; returns true when it was the last and the queue is auto-delete.
-    pub fn remove_consumer(&self, connection_id: u64, channel: u16, tag: &ShortStr) -> bool {
+    /// With a single active consumer, the next one registered takes over.
+    pub fn remove_consumer(self: &Arc<Self>, connection_id: u64, channel: u16, tag: &ShortStr) -> bool {
         let mut st = self.state.lock();
         st.consumers.retain(|c| !(c.channel == channel && c.connection_id() == connection_id && &c.tag == tag));
         if st.next_consumer >= st.consumers.len() {
             st.next_consumer = 0;
         }
-        self.options.auto_delete && st.had_consumer && st.consumers.is_empty()
+        st.prioritized = st.consumers.iter().any(|c| c.priority != 0);
+        st.last_used = now_ms();
+        if self.options.args.single_active_consumer && !st.consumers.is_empty() {
+            self.dispatch_at(&mut st, Clock::Lazy);
+        }
+        let last = self.options.auto_delete && st.had_consumer && st.consumers.is_empty();
+        self.unlock_and_dead_letter(st);
+        last
     }
 
     /// Drops every ready message; returns how many.
@@ -408,6 +752,8 @@ impl Queue {
         for m in &ready {
             st.log_ack(m);
         }
+        st.ready_bytes = 0;
+        st.tail_bytes = 0;
         if let Some(log) = &mut st.log {
             if let Err(e) = log.purge_tail() {
                 tracing::error!("queue '{}': cannot purge messages on disk: {e}", self.name);
@@ -422,6 +768,8 @@ impl Queue {
         let mut st = self.state.lock();
         let n = st.ready_count();
         st.ready.clear();
+        st.ready_bytes = 0;
+        st.tail_bytes = 0;
         st.flow_waiters.drain(..).for_each(|w| w.notify_one());
         if let Some(mut log) = st.log.take() {
             log.destroy();

@@ -24,6 +24,8 @@ pub struct LoadedMessage {
     pub seq: u64,
     pub message: Arc<Message>,
     pub redelivered: bool,
+    /// When the message expires in this queue (ms since the epoch), 0 for never.
+    pub expires_at: u64,
 }
 
 /// A durable queue's message log. Sequence numbers are the queue's own and increase with
@@ -31,7 +33,7 @@ pub struct LoadedMessage {
 pub trait MessageLog: Send + std::fmt::Debug {
     /// Appends a message. With `to_tail`, the queue keeps no copy in memory: it is read back
     /// later by [`MessageLog::read_tail`], in order.
-    fn append(&mut self, seq: u64, message: &Message, to_tail: bool) -> Result<u64, StoreError>;
+    fn append(&mut self, seq: u64, message: &Message, expires_at: u64, to_tail: bool) -> Result<u64, StoreError>;
     /// The message is settled (acked, or dropped); returns the ack's ticket.
     fn ack(&mut self, seq: u64) -> Result<u64, StoreError>;
     /// The message went to a consumer that must ack it; after a crash it comes back redelivered.

@@ -1,6 +1,7 @@
 //! A virtual host: its exchanges, queues and bindings, the operations on them with RabbitMQ's
 //! checks and reply texts, and routing a message to queues.
 
+use super::arguments::QueueArguments;
 use super::error::{AmqpError, AmqpResult};
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::queue::{Queue, QueueOptions, MEMORY_WINDOW};
@@ -11,7 +12,7 @@ use crate::protocol::{BasicProperties, FieldTable, ShortStr};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 /// Queue arguments RabbitMQ compares when a queue is declared again; others are ignored.
 const EQUIVALENCE_ARGS: &[&str] = &[
@@ -80,6 +81,8 @@ pub struct VHost {
     pressure: Arc<std::sync::atomic::AtomicBool>,
     /// The definitions last written, to skip rewriting when nothing durable changed.
     saved: Mutex<Definitions>,
+    /// This vhost, for its queues to republish dead letters through.
+    me: Weak<VHost>,
 }
 
 impl VHost {
@@ -93,12 +96,13 @@ impl VHost {
             let ex = Exchange::new(ShortStr::from(*n), *kind, true, false, false, FieldTable::new());
             topo.exchanges.insert(ShortStr::from(*n), ex);
         }
-        Arc::new(VHost {
+        Arc::new_cyclic(|me| VHost {
             name: name.to_string(),
             topology: RwLock::new(topo),
             storage,
             pressure,
             saved: Mutex::default(),
+            me: me.clone(),
         })
     }
 
@@ -120,14 +124,16 @@ impl VHost {
         for q in &defs.queues {
             let name = ShortStr::from(q.name.as_str());
             let label = format!("queue '{}' in vhost '{}'", q.name, self.name);
-            let recovered = storage.recover_queue_log(&q.log, &label, MEMORY_WINDOW)?;
-            let options = QueueOptions {
-                durable: true,
-                exclusive_owner: None,
-                auto_delete: false,
-                arguments: table_from_hex(&q.arguments)?,
-            };
-            let queue = Queue::restore(name.clone(), &self.name, options, recovered);
+            let arguments = table_from_hex(&q.arguments)?;
+            let args = QueueArguments::parse(&arguments, &q.name, &self.name).unwrap_or_else(|e| {
+                tracing::error!("{label}: {}; its arguments are ignored", e.text);
+                QueueArguments::default()
+            });
+            // A priority queue holds all its messages in memory, to order them.
+            let window = if args.max_priority.is_some() { usize::MAX } else { MEMORY_WINDOW };
+            let recovered = storage.recover_queue_log(&q.log, &label, window)?;
+            let options = QueueOptions { durable: true, exclusive_owner: None, auto_delete: false, arguments, args };
+            let queue = Queue::restore(name.clone(), &self.name, options, recovered, self.me.clone());
             let (count, _) = queue.counts();
             total += count as usize;
             topo.queues.insert(name.clone(), queue);
@@ -329,6 +335,7 @@ impl VHost {
 
     /// Declares (or checks, when passive) a queue; returns it with its ready and consumer counts.
     pub fn declare_queue(&self, d: &QueueDeclaration, connection_id: u64) -> AmqpResult<(Arc<Queue>, u32, u32)> {
+        let args = if d.passive { None } else { Some(QueueArguments::parse(&d.arguments, &d.name, &self.name)?) };
         let mut topo = self.topology.write();
         if let Some(q) = topo.queues.get(d.name.as_str()) {
             q.check_access(connection_id)?;
@@ -359,6 +366,9 @@ impl VHost {
                     }
                 }
             }
+            if !d.passive {
+                q.touch();
+            }
             let (m, c) = q.counts();
             return Ok((q.clone(), m, c));
         }
@@ -370,6 +380,7 @@ impl VHost {
             exclusive_owner: d.exclusive.then_some(connection_id),
             auto_delete: d.auto_delete,
             arguments: d.arguments.clone(),
+            args: args.unwrap_or_default(),
         };
         let mut log = None;
         if let (Some(storage), true) = (&self.storage, saved_queue(&options)) {
@@ -384,7 +395,7 @@ impl VHost {
             (Some(storage), None) => Some(Pager { storage: storage.clone(), pressure: self.pressure.clone() }),
             _ => None,
         };
-        let q = Queue::new(d.name.clone(), &self.name, options, log, pager);
+        let q = Queue::new(d.name.clone(), &self.name, options, log, pager, self.me.clone());
         topo.queues.insert(d.name.clone(), q.clone());
         self.persist(&topo);
         Ok((q, 0, 0))
@@ -575,6 +586,18 @@ impl VHost {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Runs the timers of queues that have them (message TTL, x-expires) and deletes the
+    /// queues unused for their x-expires period.
+    pub fn tick(&self, now: u64) {
+        let timed: Vec<Arc<Queue>> = self.topology.read().queues.values().filter(|q| q.has_timers()).cloned().collect();
+        for q in timed {
+            if q.tick(now) {
+                tracing::info!("queue '{}' in vhost '{}' expired unused", q.name, self.name);
+                self.force_delete_queue(&q);
             }
         }
     }

@@ -361,11 +361,13 @@ impl Channel {
         if self.consumers.contains_key(tag.as_str()) {
             return Err(AmqpError::not_allowed(format!("attempt to reuse consumer tag '{tag}'")));
         }
+        let priority = crate::broker::arguments::consumer_priority(&m.arguments, &m.queue, &ctx.vhost()?.name)?;
         let consumer = Arc::new(Consumer {
             tag: tag.clone(),
             channel: self.id,
             no_ack: m.no_ack,
             exclusive: m.exclusive,
+            priority,
             arguments: m.arguments,
             prefetch: self.prefetch,
             unacked: Default::default(),
@@ -462,27 +464,23 @@ impl Channel {
         };
         let tag = self.next_tag;
         self.next_tag += 1;
-        let msg = &d.message;
+        let item = d.item;
+        let msg = &item.message;
         ctx.out.method(
             self.id,
             BasicDeliver {
                 consumer_tag: d.consumer_tag.clone(),
                 delivery_tag: tag,
-                redelivered: d.redelivered,
+                redelivered: item.redelivered,
                 exchange: msg.exchange.clone(),
                 routing_key: msg.routing_key.clone(),
             },
         );
         ctx.out.content(self.id, &msg.properties, &msg.body);
         ctx.out.charge += d.charge;
-        if d.no_ack && d.logged {
+        if d.no_ack && item.logged {
             if let Some(q) = &d.queue {
-                q.settle_delivered(&QueuedMessage {
-                    seq: d.seq,
-                    message: d.message.clone(),
-                    redelivered: d.redelivered,
-                    logged: true,
-                });
+                q.settle_delivered(&item);
             }
         }
         if !d.no_ack {
@@ -490,7 +488,7 @@ impl Channel {
                 tag,
                 queue: d.queue,
                 consumer: Some(entry.consumer.clone()),
-                message: QueuedMessage { seq: d.seq, message: d.message, redelivered: d.redelivered, logged: d.logged },
+                message: item,
             });
         }
     }
@@ -499,8 +497,7 @@ impl Channel {
     pub fn return_undelivered(ctx: &ConnCtx, d: Delivery) {
         ctx.sink.release(d.charge);
         if let Some(q) = d.queue {
-            let m = QueuedMessage { seq: d.seq, message: d.message, redelivered: d.redelivered, logged: d.logged };
-            q.requeue_undelivered(m, !d.no_ack);
+            q.requeue_undelivered(d.item, !d.no_ack);
         }
     }
 
@@ -587,13 +584,10 @@ impl Channel {
         }
         let exchange =
             if p.method.exchange.as_str() == "amq.default" { ShortStr::default() } else { p.method.exchange.clone() };
-        let message = Arc::new(Message {
-            exchange,
-            routing_key: p.method.routing_key.clone(),
-            properties,
-            body,
-            persistent: p.persistent,
-        });
+        if let Some(raw) = crate::broker::message::peek_properties(&properties).expiration {
+            crate::broker::arguments::parse_expiration(raw)?;
+        }
+        let message = Arc::new(Message::new(exchange, p.method.routing_key.clone(), properties, body, p.persistent));
         if let Some(tx) = &mut self.tx {
             // Check the exchange now, as RabbitMQ does, so the error names this publish.
             if !message.exchange.is_empty() && !ctx.vhost()?.exchange_exists(&message.exchange) {
@@ -610,7 +604,7 @@ impl Channel {
         if self.confirm {
             self.publish_seq += 1;
             let (ticket, ok) = match outcome {
-                Ok(ticket) => (ticket, true),
+                Ok((ticket, rejected)) => (ticket, !rejected),
                 Err(_) => (0, false),
             };
             self.confirms.push_back((self.publish_seq, ticket, ok));
@@ -633,14 +627,16 @@ impl Channel {
     }
 
     /// Routes and enqueues a message. The outer error is a channel or connection error; the
-    /// inner result is the ticket to wait for, or a storage failure (the publish is nacked).
+    /// inner result is the ticket to wait for and whether a full queue refused the message
+    /// (reject-publish), or a storage failure; either of those is nacked.
     fn route_and_enqueue(
         &mut self,
         ctx: &mut ConnCtx,
         method: &BasicPublish,
         message: Arc<Message>,
-    ) -> AmqpResult<Result<u64, String>> {
+    ) -> AmqpResult<Result<(u64, bool), String>> {
         let mut ticket = 0;
+        let mut rejected = false;
         let mut failed = None;
         let rk = message.routing_key.as_str();
         let routed = if message.exchange.is_empty() && rk.starts_with("amq.rabbitmq.reply-to.") {
@@ -651,10 +647,15 @@ impl Channel {
                         channel: c.channel,
                         consumer_tag: c.tag.clone(),
                         queue: None,
-                        seq: 0,
-                        message: message.clone(),
-                        redelivered: false,
-                        logged: false,
+                        item: QueuedMessage {
+                            seq: 0,
+                            message: message.clone(),
+                            redelivered: false,
+                            logged: false,
+                            expires_at: 0,
+                            deliveries: 0,
+                            priority: 0,
+                        },
                         no_ack: true,
                         charge,
                     }));
@@ -673,9 +674,10 @@ impl Channel {
             }
             for q in &queues {
                 match q.publish(message.clone(), Some(&ctx.flow)) {
-                    Ok((t, throttled)) => {
-                        ticket = ticket.max(t);
-                        ctx.flow_paused |= throttled;
+                    Ok(p) => {
+                        ticket = ticket.max(p.ticket);
+                        ctx.flow_paused |= p.throttled;
+                        rejected |= p.rejected;
                     }
                     Err(e) => failed = Some(e.to_string()),
                 }
@@ -700,7 +702,7 @@ impl Channel {
         }
         Ok(match failed {
             Some(reason) => Err(reason),
-            None => Ok(ticket),
+            None => Ok((ticket, rejected)),
         })
     }
 
@@ -818,8 +820,12 @@ impl Channel {
         for (q, msgs) in by_queue {
             match how {
                 Settle::Requeue => q.requeue(msgs),
-                Settle::Ack | Settle::Drop => {
+                Settle::Ack => {
                     q.settle(&msgs);
+                    q.dispatch();
+                }
+                Settle::Drop => {
+                    q.reject(msgs);
                     q.dispatch();
                 }
             }

@@ -60,6 +60,7 @@ impl Server {
         // Each connection holds a sender; when all are dropped, every connection has ended.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
         let alarm = alarms::spawn_monitor(self.broker.clone(), self.config.memory_limit);
+        let timers = tokio::spawn(run_timers(self.broker.clone()));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -89,5 +90,18 @@ impl Server {
         drop(alive_tx);
         drop(self.listener);
         let _ = tokio::time::timeout(Duration::from_secs(5), alive_rx.recv()).await;
+        timers.abort();
+    }
+}
+
+/// How often queue timers (message TTL, queue expiry) run.
+const TIMER_TICK: Duration = Duration::from_millis(20);
+
+async fn run_timers(broker: Arc<Broker>) {
+    let mut tick = tokio::time::interval(TIMER_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        broker.tick();
     }
 }

@@ -25,6 +25,8 @@ const KIND_DELIVERED: u8 = 3;
 const KIND_ACK_RANGE: u8 = 4;
 
 const FLAG_PERSISTENT: u8 = 1;
+/// The record carries an expiry time (u64 ms since the epoch) after its flags.
+const FLAG_EXPIRES: u8 = 2;
 
 /// Ack files kept open at once; acks mostly go to the oldest segments.
 const OPEN_ACK_FILES: usize = 8;
@@ -98,10 +100,17 @@ fn put_short(buf: &mut bytes::BytesMut, s: &[u8]) {
     buf.put_slice(&s[..n]);
 }
 
-fn encode_message(buf: &mut bytes::BytesMut, seq: u64, m: &Message) {
+fn encode_message(buf: &mut bytes::BytesMut, seq: u64, m: &Message, expires_at: u64) {
     buf.put_u8(KIND_MESSAGE);
     buf.put_u64(seq);
-    buf.put_u8(if m.persistent { FLAG_PERSISTENT } else { 0 });
+    let mut flags = if m.persistent { FLAG_PERSISTENT } else { 0 };
+    if expires_at != 0 {
+        flags |= FLAG_EXPIRES;
+    }
+    buf.put_u8(flags);
+    if expires_at != 0 {
+        buf.put_u64(expires_at);
+    }
     put_short(buf, m.exchange.as_bytes());
     put_short(buf, m.routing_key.as_bytes());
     buf.put_u32(m.properties.len() as u32);
@@ -111,7 +120,7 @@ fn encode_message(buf: &mut bytes::BytesMut, seq: u64, m: &Message) {
 }
 
 /// Decodes a message record; the copy keeps a read chunk from being pinned in memory.
-fn decode_message(mut p: Bytes) -> Option<(u64, Message)> {
+fn decode_message(mut p: Bytes) -> Option<(u64, Message, u64)> {
     fn short(p: &mut Bytes) -> Option<ShortStr> {
         let n = *p.first()? as usize;
         p.advance(1);
@@ -137,11 +146,19 @@ fn decode_message(mut p: Bytes) -> Option<(u64, Message)> {
     }
     let seq = p.get_u64();
     let flags = p.get_u8();
+    let mut expires_at = 0;
+    if flags & FLAG_EXPIRES != 0 {
+        if p.len() < 8 {
+            return None;
+        }
+        expires_at = p.get_u64();
+    }
     let exchange = short(&mut p)?;
     let routing_key = short(&mut p)?;
     let properties = long_bytes(&mut p)?;
     let body = long_bytes(&mut p)?;
-    Some((seq, Message { exchange, routing_key, properties, body, persistent: flags & FLAG_PERSISTENT != 0 }))
+    let message = Message::new(exchange, routing_key, properties, body, flags & FLAG_PERSISTENT != 0);
+    Some((seq, message, expires_at))
 }
 
 /// What a segment's ack file says.
@@ -298,7 +315,7 @@ impl QueueLog {
             for item in scan(&data) {
                 match item {
                     Scanned::Record { offset, payload } => {
-                        let Some((seq, message)) = decode_message(payload) else {
+                        let Some((seq, message, expires_at)) = decode_message(payload) else {
                             tracing::error!("{label}: undecodable record in segment {id} at offset {offset}, skipped");
                             continue;
                         };
@@ -312,7 +329,7 @@ impl QueueLog {
                         seg.live += 1;
                         let redelivered = acks.delivered.contains(&seq);
                         if log.tail.is_none() && messages.len() < window {
-                            messages.push(LoadedMessage { seq, message: Arc::new(message), redelivered });
+                            messages.push(LoadedMessage { seq, message: Arc::new(message), redelivered, expires_at });
                         } else {
                             if log.tail.is_none() {
                                 log.tail = Some(Cursor { segment: id, offset });
@@ -522,8 +539,8 @@ impl QueueLog {
                 }
                 let payload = chunk.slice(pos + HEADER_LEN..pos + HEADER_LEN + len);
                 pos += HEADER_LEN + len;
-                let Some((seq, message)) = decode_message(payload) else { continue };
-                if let Some(m) = self.take_if_live(cur.segment, seq, message) {
+                let Some((seq, message, expires_at)) = decode_message(payload) else { continue };
+                if let Some(m) = self.take_if_live(cur.segment, seq, message, expires_at) {
                     out.push(m);
                 }
             }
@@ -531,11 +548,11 @@ impl QueueLog {
                 // One record larger than the chunk: read exactly it.
                 let len = u32::from_be_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]) as usize;
                 let whole = Bytes::from(self.read_segment(si, cur.offset, HEADER_LEN + len)?);
-                let Some((seq, message)) = decode_message(whole.slice(HEADER_LEN..)) else {
+                let Some((seq, message, expires_at)) = decode_message(whole.slice(HEADER_LEN..)) else {
                     return Err(StoreError(format!("{}: undecodable record in segment {}", self.label, cur.segment)));
                 };
                 pos = whole.len();
-                if let Some(m) = self.take_if_live(cur.segment, seq, message) {
+                if let Some(m) = self.take_if_live(cur.segment, seq, message, expires_at) {
                     out.push(m);
                 }
             }
@@ -549,19 +566,19 @@ impl QueueLog {
     }
 
     /// A record read from the tail, unless it was settled before a restart.
-    fn take_if_live(&mut self, segment: u64, seq: u64, message: Message) -> Option<LoadedMessage> {
+    fn take_if_live(&mut self, segment: u64, seq: u64, message: Message, expires_at: u64) -> Option<LoadedMessage> {
         let old = segment < self.fresh_from;
         if old && (!message.persistent || self.tail_acks.is_acked(seq)) {
             return None;
         }
         self.tail_len = self.tail_len.saturating_sub(1);
         let redelivered = old && self.tail_acks.delivered.contains(&seq);
-        Some(LoadedMessage { seq, message: Arc::new(message), redelivered })
+        Some(LoadedMessage { seq, message: Arc::new(message), redelivered, expires_at })
     }
 }
 
 impl MessageLog for QueueLog {
-    fn append(&mut self, seq: u64, message: &Message, to_tail: bool) -> Result<u64, StoreError> {
+    fn append(&mut self, seq: u64, message: &Message, expires_at: u64, to_tail: bool) -> Result<u64, StoreError> {
         if self.segments.back().is_none_or(|s| s.file.is_none() || s.len() >= self.segment_bytes) {
             self.roll()?;
         }
@@ -569,7 +586,7 @@ impl MessageLog for QueueLog {
         let seg = self.segments.back_mut().expect("rolled");
         let file = seg.file.as_ref().expect("the last segment is active");
         let (offset, ticket) = file.append(&syncer, |b| {
-            put_record(b, |b| encode_message(b, seq, message));
+            put_record(b, |b| encode_message(b, seq, message, expires_at));
         });
         seg.first_seq = seg.first_seq.min(seq);
         seg.last_seq = seg.last_seq.max(seq);
@@ -678,13 +695,13 @@ mod tests {
     }
 
     fn msg(body: &str, persistent: bool) -> Message {
-        Message {
-            exchange: "ex".into(),
-            routing_key: "rk".into(),
-            properties: Bytes::from_static(&[0, 0]),
-            body: Bytes::copy_from_slice(body.as_bytes()),
+        Message::new(
+            "ex".into(),
+            "rk".into(),
+            Bytes::from_static(&[0, 0]),
+            Bytes::copy_from_slice(body.as_bytes()),
             persistent,
-        }
+        )
     }
 
     fn bodies(ms: &[LoadedMessage]) -> Vec<String> {
@@ -701,7 +718,7 @@ mod tests {
         let syncer = Syncer::start();
         let mut log = QueueLog::create(dir.clone(), "test".into(), syncer.clone()).unwrap();
         for i in 0..10u64 {
-            log.append(i, &msg(&format!("m{i}"), i != 5), false).unwrap();
+            log.append(i, &msg(&format!("m{i}"), i != 5), 0, false).unwrap();
         }
         log.ack(0).unwrap();
         log.ack(3).unwrap();
@@ -722,7 +739,7 @@ mod tests {
         let syncer = Syncer::start();
         let mut log = QueueLog::create(dir.clone(), "test".into(), syncer.clone()).unwrap();
         for i in 0..3u64 {
-            log.append(i, &msg(&format!("message {i}"), true), false).unwrap();
+            log.append(i, &msg(&format!("message {i}"), true), 0, false).unwrap();
         }
         syncer.flush_now();
         drop(log);
@@ -747,7 +764,7 @@ mod tests {
         let syncer = Syncer::start();
         let mut log = QueueLog::create(dir.clone(), "test".into(), syncer.clone()).unwrap();
         for i in 0..5u64 {
-            log.append(i, &msg(&format!("message {i}"), true), false).unwrap();
+            log.append(i, &msg(&format!("message {i}"), true), 0, false).unwrap();
         }
         syncer.flush_now();
         drop(log);
@@ -769,7 +786,7 @@ mod tests {
         let big = "x".repeat(100_000);
         // ~20 MB: three segments.
         for i in 0..200u64 {
-            log.append(i, &msg(&format!("{i}:{big}"), true), i >= 10).unwrap();
+            log.append(i, &msg(&format!("{i}:{big}"), true), 0, i >= 10).unwrap();
         }
         assert_eq!(log.tail_len(), 190);
         let mut seen = Vec::new();
@@ -800,7 +817,7 @@ mod tests {
         let syncer = Syncer::start();
         let mut log = QueueLog::create(dir.clone(), "test".into(), syncer.clone()).unwrap();
         for i in 0..50u64 {
-            log.append(i, &msg(&format!("m{i}"), true), false).unwrap();
+            log.append(i, &msg(&format!("m{i}"), true), 0, false).unwrap();
         }
         log.ack(20).unwrap();
         syncer.flush_now();
@@ -822,6 +839,22 @@ mod tests {
     }
 
     #[test]
+    fn expiry_times_survive_recovery() {
+        let dir = temp_dir();
+        let syncer = Syncer::start();
+        let mut log = QueueLog::create(dir.clone(), "test".into(), syncer.clone()).unwrap();
+        log.append(0, &msg("a", true), 1_700_000_000_123, false).unwrap();
+        log.append(1, &msg("b", true), 0, false).unwrap();
+        syncer.flush_now();
+        drop(log);
+        let r = recover(&dir, &syncer, 10);
+        let got: Vec<u64> = r.messages.iter().map(|m| m.expires_at).collect();
+        assert_eq!(got, vec![1_700_000_000_123, 0]);
+        assert_eq!(bodies(&r.messages), vec!["a", "b"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn sparse_segments_are_compacted_and_recover() {
         let dir = temp_dir();
         let syncer = Syncer::start();
@@ -829,7 +862,7 @@ mod tests {
         log.segment_bytes = 16 * 1024;
         let body = "y".repeat(200);
         for i in 0..400u64 {
-            log.append(i, &msg(&format!("{i}:{body}"), true), false).unwrap();
+            log.append(i, &msg(&format!("{i}:{body}"), true), 0, false).unwrap();
         }
         let first = segment_path(&dir, 1);
         let full = std::fs::metadata(&first).unwrap().len();

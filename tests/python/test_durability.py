@@ -321,3 +321,44 @@ def test_transient_messages_page_to_disk_when_memory_runs_short():
         c.close()
     finally:
         hare.stop()
+
+
+def test_ttl_priorities_and_dead_letters_hold_across_restart(fresh_hare):
+    """A TTL keeps counting from publish time across a restart, a dead-lettered message keeps
+    its x-death, and a priority queue still hands out the highest priority first."""
+    c = fresh_hare.connect()
+    ch = c.channel()
+    ch.exchange_declare("r_dlx", "fanout", durable=True)
+    ch.queue_declare("r_dead", durable=True)
+    ch.queue_bind("r_dead", "r_dlx")
+    ch.queue_declare("r_ttl", durable=True, arguments={"x-message-ttl": 1500, "x-dead-letter-exchange": "r_dlx"})
+    ch.queue_declare("r_rej", durable=True, arguments={"x-dead-letter-exchange": "r_dlx"})
+    ch.queue_declare("r_prio", durable=True, arguments={"x-max-priority": 3})
+    ch.confirm_delivery()
+    ch.basic_publish("", "r_ttl", b"expires", PERSISTENT)
+    ch.basic_publish("", "r_rej", b"rejected", PERSISTENT)
+    for prio, body in [(1, b"p1"), (3, b"p3"), (2, b"p2")]:
+        ch.basic_publish("", "r_prio", body, pika.BasicProperties(delivery_mode=2, priority=prio))
+    method, _, _ = ch.basic_get("r_rej")
+    ch.basic_reject(method.delivery_tag, requeue=False)
+    wait_for(lambda: ch.queue_declare("r_dead", durable=True, passive=True).method.message_count == 1, what="dead letter")
+    c.close()
+
+    fresh_hare.restart()
+    c = fresh_hare.connect()
+    ch = c.channel()
+
+    def dead_count():
+        return ch.queue_declare("r_dead", durable=True, passive=True).method.message_count
+
+    wait_for(lambda: dead_count() == 2, timeout=10, what="the TTL to run out after the restart")
+    assert ch.queue_declare("r_ttl", durable=True, passive=True).method.message_count == 0
+    got = {}
+    for _ in range(2):
+        method, props, body = ch.basic_get("r_dead", auto_ack=True)
+        got[body] = props.headers["x-death"][0]
+    assert got[b"rejected"]["reason"] == "rejected" and got[b"rejected"]["queue"] == "r_rej"
+    assert got[b"expires"]["reason"] == "expired" and got[b"expires"]["queue"] == "r_ttl"
+    order = [ch.basic_get("r_prio", auto_ack=True)[2] for _ in range(3)]
+    assert order == [b"p3", b"p2", b"p1"]
+    c.close()

@@ -1,0 +1,257 @@
+//! Queue and consumer `x-` arguments: one validator per argument, as RabbitMQ checks them,
+//! and the parsed settings a queue runs with. A wrong type or value is a 406 naming the
+//! argument, in RabbitMQ's words; arguments no validator knows are kept and ignored.
+
+use super::error::{AmqpError, AmqpResult};
+use crate::protocol::{FieldTable, FieldValue, ShortStr};
+
+/// The largest TTL or expiry RabbitMQ accepts, in milliseconds.
+const MAX_EXPIRY: i64 = u32::MAX as i64;
+/// The highest priority a priority queue supports.
+pub const MAX_PRIORITY: i64 = 255;
+
+/// What a full queue does with one more message (`x-overflow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Drop (or dead-letter) the oldest message to make room.
+    #[default]
+    DropHead,
+    /// Refuse the new message: publishers with confirms get a nack.
+    RejectPublish,
+    /// Refuse it and dead-letter it.
+    RejectPublishDlx,
+}
+
+/// A queue's settings from its arguments.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueArguments {
+    pub message_ttl: Option<u64>,
+    pub expires: Option<u64>,
+    pub dead_letter_exchange: Option<ShortStr>,
+    pub dead_letter_routing_key: Option<ShortStr>,
+    pub max_length: Option<u64>,
+    pub max_length_bytes: Option<u64>,
+    pub overflow: Overflow,
+    pub max_priority: Option<u8>,
+    pub single_active_consumer: bool,
+    pub delivery_limit: Option<u64>,
+    /// `x-queue-type: quorum`: redeliveries carry `x-delivery-count`, as quorum queues do.
+    pub quorum: bool,
+}
+
+impl QueueArguments {
+    /// Checks every known argument and parses the settings; `queue` and `vhost` name the
+    /// queue in the error text.
+    pub fn parse(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<QueueArguments> {
+        let mut out = QueueArguments::default();
+        for (key, value) in args.iter() {
+            let invalid = |why: String| {
+                AmqpError::precondition_failed(format!(
+                    "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': {why}"
+                ))
+            };
+            match key.as_str() {
+                "x-message-ttl" => out.message_ttl = Some(expiry(value, false).map_err(invalid)?),
+                "x-expires" => out.expires = Some(expiry(value, true).map_err(invalid)?),
+                "x-dead-letter-exchange" => out.dead_letter_exchange = Some(string(value).map_err(invalid)?),
+                "x-dead-letter-routing-key" => {
+                    let rk = string(value).map_err(invalid)?;
+                    if args.get("x-dead-letter-exchange").is_none() {
+                        return Err(invalid("routing_key_but_no_dlx_defined".into()));
+                    }
+                    out.dead_letter_routing_key = Some(rk);
+                }
+                "x-max-length" => out.max_length = Some(non_negative(value).map_err(invalid)?),
+                "x-max-length-bytes" => out.max_length_bytes = Some(non_negative(value).map_err(invalid)?),
+                "x-delivery-limit" => out.delivery_limit = Some(non_negative(value).map_err(invalid)?),
+                "x-max-priority" => {
+                    let p = non_negative(value).map_err(invalid)?;
+                    if p as i64 > MAX_PRIORITY {
+                        return Err(invalid(format!("{{max_value_exceeded,{p}}}")));
+                    }
+                    out.max_priority = Some(p as u8);
+                }
+                "x-overflow" => {
+                    out.overflow = match string(value).map_err(invalid)?.as_str() {
+                        "drop-head" => Overflow::DropHead,
+                        "reject-publish" => Overflow::RejectPublish,
+                        "reject-publish-dlx" => Overflow::RejectPublishDlx,
+                        _ => return Err(invalid("invalid_overflow".into())),
+                    }
+                }
+                "x-single-active-consumer" => out.single_active_consumer = boolean(value).map_err(invalid)?,
+                "x-queue-mode" => {
+                    if !matches!(string(value).map_err(invalid)?.as_str(), "default" | "lazy") {
+                        return Err(invalid("invalid_queue_mode".into()));
+                    }
+                }
+                "x-queue-type" => match string(value).map_err(invalid)?.as_str() {
+                    "classic" => {}
+                    // Accepted so that clients asking for them work; they run as classic
+                    // queues on one node (see the README).
+                    "quorum" => out.quorum = true,
+                    "stream" => {}
+                    _ => return Err(invalid("invalid_queue_type".into())),
+                },
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The `x-priority` argument of basic.consume: any integer (default 0).
+pub fn consumer_priority(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<i64> {
+    match args.get("x-priority") {
+        None => Ok(0),
+        Some(v) => integer(v).map_err(|why| {
+            AmqpError::precondition_failed(format!(
+                "invalid arg 'x-priority' for queue '{queue}' in vhost '{vhost}': {why}"
+            ))
+        }),
+    }
+}
+
+fn unacceptable(v: &FieldValue) -> String {
+    format!("{{unacceptable_type,{}}}", v.type_name())
+}
+
+fn integer(v: &FieldValue) -> Result<i64, String> {
+    match v {
+        FieldValue::I8(_)
+        | FieldValue::U8(_)
+        | FieldValue::I16(_)
+        | FieldValue::U16(_)
+        | FieldValue::I32(_)
+        | FieldValue::U32(_)
+        | FieldValue::I64(_) => v.as_i64().ok_or_else(|| unacceptable(v)),
+        _ => Err(unacceptable(v)),
+    }
+}
+
+fn non_negative(v: &FieldValue) -> Result<u64, String> {
+    let n = integer(v)?;
+    if n < 0 {
+        return Err(format!("{{value_negative,{n}}}"));
+    }
+    Ok(n as u64)
+}
+
+/// A TTL or expiry in milliseconds: 0 to 2^32-1 (`x-expires` must not be 0).
+fn expiry(v: &FieldValue, nonzero: bool) -> Result<u64, String> {
+    let n = integer(v)?;
+    if nonzero && n == 0 {
+        return Err("{value_zero,0}".into());
+    }
+    if n < 0 {
+        return Err(format!("{{value_negative,{n}}}"));
+    }
+    if n > MAX_EXPIRY {
+        return Err(format!("{{value_too_large,{n},{MAX_EXPIRY}}}"));
+    }
+    Ok(n as u64)
+}
+
+fn string(v: &FieldValue) -> Result<ShortStr, String> {
+    match v {
+        FieldValue::LongStr(b) => {
+            std::str::from_utf8(b).map(|s| ShortStr::from(s.to_string())).map_err(|_| unacceptable(v))
+        }
+        _ => Err(unacceptable(v)),
+    }
+}
+
+fn boolean(v: &FieldValue) -> Result<bool, String> {
+    v.as_bool().ok_or_else(|| unacceptable(v))
+}
+
+/// Parses a message's `expiration` property as RabbitMQ does: a string of milliseconds.
+pub fn parse_expiration(raw: &[u8]) -> AmqpResult<u64> {
+    let text = String::from_utf8_lossy(raw);
+    let n: i64 =
+        text.parse().map_err(|_| AmqpError::precondition_failed(format!("invalid expiration '{text}': no_integer")))?;
+    if n < 0 {
+        return Err(AmqpError::precondition_failed(format!("invalid expiration '{text}': {{value_negative,{n}}}")));
+    }
+    if n > MAX_EXPIRY {
+        return Err(AmqpError::precondition_failed(format!(
+            "invalid expiration '{text}': {{value_too_large,{n},{MAX_EXPIRY}}}"
+        )));
+    }
+    Ok(n as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(pairs: &[(&str, FieldValue)]) -> FieldTable {
+        let mut t = FieldTable::new();
+        for (k, v) in pairs {
+            t.insert(k, v.clone());
+        }
+        t
+    }
+
+    fn err(pairs: &[(&str, FieldValue)]) -> String {
+        QueueArguments::parse(&args(pairs), "q", "/").unwrap_err().text
+    }
+
+    #[test]
+    fn valid_arguments_parse() {
+        let a = QueueArguments::parse(
+            &args(&[
+                ("x-message-ttl", FieldValue::I32(0)),
+                ("x-expires", FieldValue::I64(1000)),
+                ("x-dead-letter-exchange", FieldValue::string("dlx")),
+                ("x-dead-letter-routing-key", FieldValue::string("dead")),
+                ("x-max-length", FieldValue::U8(3)),
+                ("x-overflow", FieldValue::string("reject-publish-dlx")),
+                ("x-max-priority", FieldValue::I16(255)),
+                ("x-single-active-consumer", FieldValue::Bool(true)),
+                ("x-delivery-limit", FieldValue::I32(1)),
+                ("x-unknown", FieldValue::string("kept")),
+            ]),
+            "q",
+            "/",
+        )
+        .unwrap();
+        assert_eq!(a.message_ttl, Some(0));
+        assert_eq!(a.expires, Some(1000));
+        assert_eq!(a.dead_letter_routing_key.as_deref(), Some("dead"));
+        assert_eq!(a.max_length, Some(3));
+        assert_eq!(a.overflow, Overflow::RejectPublishDlx);
+        assert_eq!(a.max_priority, Some(255));
+        assert!(a.single_active_consumer);
+        assert_eq!(a.delivery_limit, Some(1));
+    }
+
+    #[test]
+    fn invalid_arguments_name_the_argument_as_rabbitmq_does() {
+        assert_eq!(
+            err(&[("x-message-ttl", FieldValue::I32(-1))]),
+            "invalid arg 'x-message-ttl' for queue 'q' in vhost '/': {value_negative,-1}"
+        );
+        assert_eq!(
+            err(&[("x-message-ttl", FieldValue::string("10"))]),
+            "invalid arg 'x-message-ttl' for queue 'q' in vhost '/': {unacceptable_type,longstr}"
+        );
+        assert!(err(&[("x-expires", FieldValue::I32(0))]).ends_with("{value_zero,0}"));
+        assert!(err(&[("x-max-priority", FieldValue::I32(256))]).ends_with("{max_value_exceeded,256}"));
+        assert!(err(&[("x-overflow", FieldValue::string("drop-tail"))]).ends_with("invalid_overflow"));
+        assert!(
+            err(&[("x-dead-letter-routing-key", FieldValue::string("k"))]).ends_with("routing_key_but_no_dlx_defined")
+        );
+        assert!(err(&[("x-single-active-consumer", FieldValue::I32(1))]).ends_with("{unacceptable_type,signedint}"));
+        assert!(err(&[("x-max-length", FieldValue::I64(-5))]).starts_with("invalid arg 'x-max-length' "));
+        assert!(err(&[("x-message-ttl", FieldValue::I64(1 << 33))]).contains("value_too_large"));
+        assert!(err(&[("x-queue-type", FieldValue::string("fancy"))]).ends_with("invalid_queue_type"));
+    }
+
+    #[test]
+    fn expiration_property() {
+        assert_eq!(parse_expiration(b"1500").unwrap(), 1500);
+        assert!(parse_expiration(b"soon").unwrap_err().text.contains("invalid expiration 'soon'"));
+        assert!(parse_expiration(b"-1").is_err());
+    }
+}
