@@ -100,7 +100,8 @@ class RabbitMQ:
     def env(self):
         e = dict(os.environ)
         e.update(
-            HOME=self.dir,
+            # The same home as rabbitmqctl (run through su) uses, for the same Erlang cookie.
+            HOME="/var/lib/rabbitmq",
             RABBITMQ_NODE_PORT=str(self.port),
             RABBITMQ_DIST_PORT="25702",
             RABBITMQ_NODENAME=self.node,
