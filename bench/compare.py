@@ -94,7 +94,7 @@ class RabbitMQ:
     node = "harebench@localhost"
 
     def __init__(self):
-        self.dir = "/tmp/hare-bench-rabbitmq"
+        self.dir = os.path.join(tempfile.gettempdir(), "hare-bench-rabbitmq")
         self.proc = None
 
     def env(self):
