@@ -21,6 +21,11 @@ use std::sync::Arc;
 use store::{Storage, StoreError};
 use vhost::VHost;
 
+/// A hash map for lookups on the per-message path (channel by number, consumer by tag, queue
+/// and exchange by name): aHash with a random key per map is several times cheaper than the
+/// standard SipHash, and the random key keeps client-chosen names from colliding on purpose.
+pub type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
+
 /// Pseudo-queue a client consumes from (no-ack) to receive direct replies.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 

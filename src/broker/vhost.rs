@@ -8,10 +8,10 @@ use super::queue::{Queue, QueueOptions, MEMORY_WINDOW};
 use super::store::{
     table_from_hex, table_to_hex, BindingDef, Definitions, ExchangeDef, Pager, QueueDef, Storage, StoreError,
 };
+use crate::broker::FastMap;
 use crate::protocol::{BasicProperties, FieldTable, ShortStr};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
 /// Queue arguments RabbitMQ compares when a queue is declared again; others are ignored.
@@ -41,10 +41,10 @@ const DEFAULT_EXCHANGES: &[(&str, ExchangeKind)] = &[
 
 #[derive(Debug, Default)]
 struct Topology {
-    exchanges: HashMap<ShortStr, Exchange>,
-    queues: HashMap<ShortStr, Arc<Queue>>,
+    exchanges: FastMap<ShortStr, Exchange>,
+    queues: FastMap<ShortStr, Arc<Queue>>,
     /// The on-disk log id of each durable queue.
-    logs: HashMap<ShortStr, String>,
+    logs: FastMap<ShortStr, String>,
 }
 
 /// Whether an exchange's definition is saved: durable, not auto-delete, not built in.

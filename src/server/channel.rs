@@ -7,13 +7,14 @@ use crate::broker::exchange::{Binding, Destination};
 use crate::broker::message::Message;
 use crate::broker::queue::{Queue, QueuedMessage};
 use crate::broker::vhost::QueueDeclaration;
+use crate::broker::FastMap;
 use crate::broker::{AmqpError, AmqpResult, DIRECT_REPLY_TO};
 use crate::protocol::constants::NO_ROUTE;
 use crate::protocol::method::*;
 use crate::protocol::{BasicProperties, ContentHeader, ShortStr};
 use bytes::{Bytes, BytesMut};
 use rand::Rng;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -57,7 +58,7 @@ pub struct Channel {
     pub closing: bool,
     flow: Arc<ChannelFlow>,
     prefetch: u32,
-    consumers: HashMap<ShortStr, ConsumerEntry>,
+    consumers: FastMap<ShortStr, ConsumerEntry>,
     next_tag: u64,
     unacked: VecDeque<Unacked>,
     publish: Option<PendingPublish>,
@@ -88,7 +89,7 @@ impl Channel {
             closing: false,
             flow: Arc::new(ChannelFlow::default()),
             prefetch: 0,
-            consumers: HashMap::new(),
+            consumers: FastMap::default(),
             next_tag: 1,
             unacked: VecDeque::new(),
             publish: None,

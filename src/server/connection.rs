@@ -7,6 +7,7 @@ use super::writer::WriterHandle;
 use crate::broker::consumer::{ConnEvent, ConnectionSink};
 use crate::broker::queue::Queue;
 use crate::broker::vhost::VHost;
+use crate::broker::FastMap;
 use crate::broker::{AmqpError, Broker, Scope};
 use crate::config::Config;
 use crate::protocol::codec::{CodecError, Decoder};
@@ -15,7 +16,6 @@ use crate::protocol::frame::{parse_frame, Frame, PROTOCOL_HEADER};
 use crate::protocol::method::*;
 use crate::protocol::{FieldTable, FieldValue, LongStr, ShortStr};
 use bytes::{BufMut, BytesMut};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,7 +92,7 @@ pub struct Connection {
     frame_max: usize,
     channel_max: u16,
     heartbeat: u16,
-    channels: HashMap<u16, Channel>,
+    channels: FastMap<u16, Channel>,
     ctx: ConnCtx,
 }
 
@@ -128,7 +128,7 @@ pub async fn serve(
         frame_max: config.frame_max as usize,
         channel_max: config.channel_max,
         heartbeat: 0,
-        channels: HashMap::new(),
+        channels: FastMap::default(),
         ctx: ConnCtx {
             id,
             broker,
@@ -651,7 +651,7 @@ fn truncate(s: &str, max: usize) -> &str {
 /// The open channel `c`; `None` while it is closing (its frames are dropped); 504 if unknown.
 fn open_channel(
     state: State,
-    channels: &mut HashMap<u16, Channel>,
+    channels: &mut FastMap<u16, Channel>,
     c: u16,
 ) -> Result<Option<&mut Channel>, (u16, AmqpError)> {
     if state != State::Open {

@@ -1,12 +1,12 @@
 //! Direct exchange: routing key equals binding key.
 
 use super::{Binding, Destination, Router};
+use crate::broker::FastMap;
 use crate::protocol::{FieldTable, ShortStr};
-use std::collections::HashMap;
 
 #[derive(Debug, Default)]
 pub struct DirectRouter {
-    by_key: HashMap<ShortStr, Vec<Destination>>,
+    by_key: FastMap<ShortStr, Vec<Destination>>,
 }
 
 impl Router for DirectRouter {
