@@ -62,14 +62,13 @@ pub fn dead_letter(
         text(t.get("queue")) == Some(queue.as_bytes()) && text(t.get("reason")) == Some(reason.as_str().as_bytes())
     };
     let found = deaths.iter().position(|d| matches!(d, FieldValue::Table(t) if same(t)));
-    let entry = match found {
-        Some(i) => {
-            let FieldValue::Table(mut t) = deaths.remove(i) else { unreachable!("matched a table") };
+    let entry = match found.map(|i| deaths.remove(i)) {
+        Some(FieldValue::Table(mut t)) => {
             let count = t.get("count").and_then(FieldValue::as_i64).unwrap_or(0);
             t.insert("count", FieldValue::I64(count + 1));
             t
         }
-        None => {
+        _ => {
             let mut t = FieldTable::new();
             t.insert("count", FieldValue::I64(1));
             t.insert("reason", long(reason.as_str()));
