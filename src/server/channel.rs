@@ -25,7 +25,10 @@ const MAX_UPFRONT_RESERVE: usize = 1024 * 1024;
 struct PendingPublish {
     method: BasicPublish,
     header: Option<ContentHeader>,
+    /// Read from the properties when the header arrives (they are decoded once, there).
     persistent: bool,
+    priority: u8,
+    expiration: Option<u64>,
     body: BytesMut,
     /// The single body frame, kept without a copy when the body arrives in one piece.
     single: Option<Bytes>,
@@ -234,6 +237,8 @@ impl Channel {
                     method: m,
                     header: None,
                     persistent: false,
+                    priority: 0,
+                    expiration: None,
                     body: BytesMut::new(),
                     single: None,
                 });
@@ -526,6 +531,11 @@ impl Channel {
         let props = BasicProperties::decode(header.properties.clone())
             .map_err(|e| AmqpError::syntax_error(format!("malformed content header properties: {e}")))?;
         p.persistent = props.delivery_mode == Some(2);
+        p.priority = props.priority.unwrap_or(0);
+        p.expiration = match &props.expiration {
+            Some(e) => Some(crate::broker::arguments::parse_expiration(e.as_bytes())?),
+            None => None,
+        };
         let done = header.body_size == 0;
         p.header = Some(header);
         if done {
@@ -585,10 +595,15 @@ impl Channel {
         }
         let exchange =
             if p.method.exchange.as_str() == "amq.default" { ShortStr::default() } else { p.method.exchange.clone() };
-        if let Some(raw) = crate::broker::message::peek_properties(&properties).expiration {
-            crate::broker::arguments::parse_expiration(raw)?;
-        }
-        let message = Arc::new(Message::new(exchange, p.method.routing_key.clone(), properties, body, p.persistent));
+        let message = Arc::new(Message {
+            exchange,
+            routing_key: p.method.routing_key.clone(),
+            properties,
+            body,
+            persistent: p.persistent,
+            priority: p.priority,
+            expiration: p.expiration,
+        });
         if let Some(tx) = &mut self.tx {
             // Check the exchange now, as RabbitMQ does, so the error names this publish.
             if !message.exchange.is_empty() && !ctx.vhost()?.exchange_exists(&message.exchange) {
