@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test: formatting, unit and integration tests (Rust), and the pika suite (Python).
+# Runs every test: formatting, unit and integration tests (Rust), the Python suite (pika, aio-pika,
+# kombu/Celery) and the differential conformance run against RabbitMQ.
 # Installs what it needs itself: a Python venv with the packages in tests/python/requirements.txt.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -28,5 +29,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
 
-echo "== pytest (pika)"
+echo "== differential conformance against RabbitMQ (scripted scenarios and 200 random seeds)"
+# Installs RabbitMQ from Debian's packages when missing (the first run takes a minute or two).
+tests/conformance/run.sh --scripted --seeds 0:200 --ops 40
+
+echo "== pytest (pika, aio-pika, kombu/Celery)"
 HARE_BIN="$PWD/target/release/hare" .venv/bin/python -m pytest tests/python -q -p no:cacheprovider

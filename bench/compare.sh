@@ -6,11 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v rabbitmq-server >/dev/null; then
-  echo "== installing rabbitmq-server from Debian's packages"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
-fi
+bench/install-rabbitmq.sh
 
 echo "== building hare"
 cargo build --release --locked

@@ -124,9 +124,14 @@ fn integer(v: &FieldValue) -> Result<i64, String> {
         | FieldValue::U16(_)
         | FieldValue::I32(_)
         | FieldValue::U32(_)
-        | FieldValue::I64(_) => v.as_i64().ok_or_else(|| unacceptable(v)),
-        _ => Err(unacceptable(v)),
+        | FieldValue::I64(_) => v.as_i64().ok_or_else(|| not_integer(v)),
+        _ => Err(not_integer(v)),
     }
+}
+
+/// RabbitMQ's text for a non-integer where an integer argument belongs (an Erlang string).
+fn not_integer(v: &FieldValue) -> String {
+    format!("\"expected integer, got {}\"", v.type_name())
 }
 
 fn non_negative(v: &FieldValue) -> Result<u64, String> {
@@ -234,7 +239,7 @@ mod tests {
         );
         assert_eq!(
             err(&[("x-message-ttl", FieldValue::string("10"))]),
-            "invalid arg 'x-message-ttl' for queue 'q' in vhost '/': {unacceptable_type,longstr}"
+            "invalid arg 'x-message-ttl' for queue 'q' in vhost '/': \"expected integer, got longstr\""
         );
         assert!(err(&[("x-expires", FieldValue::I32(0))]).ends_with("{value_zero,0}"));
         assert!(err(&[("x-max-priority", FieldValue::I32(256))]).ends_with("{max_value_exceeded,256}"));

@@ -2,6 +2,7 @@
 //! it closes the channel or the whole connection.
 
 use crate::protocol::constants::*;
+use crate::protocol::FieldValue;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -85,3 +86,72 @@ impl AmqpError {
 }
 
 pub type AmqpResult<T> = Result<T, AmqpError>;
+
+/// A field value as RabbitMQ prints it in error texts: strings as their text, other values
+/// as Erlang terms (`1`, `true`, `[{<<"k">>,longstr,<<"v">>}]` for a table).
+pub fn erlang_value(v: &FieldValue) -> String {
+    fn term(v: &FieldValue) -> String {
+        match v {
+            FieldValue::LongStr(b) | FieldValue::ByteArray(b) => format!("<<\"{}\">>", String::from_utf8_lossy(b)),
+            other => erlang_value(other),
+        }
+    }
+    match v {
+        FieldValue::Bool(b) => b.to_string(),
+        FieldValue::I8(n) => n.to_string(),
+        FieldValue::U8(n) => n.to_string(),
+        FieldValue::I16(n) => n.to_string(),
+        FieldValue::U16(n) => n.to_string(),
+        FieldValue::I32(n) => n.to_string(),
+        FieldValue::U32(n) => n.to_string(),
+        FieldValue::I64(n) => n.to_string(),
+        FieldValue::Timestamp(n) => n.to_string(),
+        FieldValue::F32(f) => format!("{:?}", *f as f64),
+        FieldValue::F64(f) => format!("{f:?}"),
+        FieldValue::Decimal(scale, value) => format!("{{{scale},{value}}}"),
+        FieldValue::LongStr(b) | FieldValue::ByteArray(b) => String::from_utf8_lossy(b).into_owned(),
+        FieldValue::Void => "undefined".into(),
+        FieldValue::Array(items) => {
+            let parts: Vec<String> = items.iter().map(|i| format!("{{{},{}}}", i.type_name(), term(i))).collect();
+            format!("[{}]", parts.join(","))
+        }
+        FieldValue::Table(t) => {
+            let parts: Vec<String> =
+                t.iter().map(|(k, i)| format!("{{<<\"{k}\">>,{},{}}}", i.type_name(), term(i))).collect();
+            format!("[{}]", parts.join(","))
+        }
+    }
+}
+
+/// The two sides of an `inequivalent arg` text, as RabbitMQ words them: both values bare when
+/// both are present (`received '2' but current is '1'`), with their types when one is missing
+/// (`received none but current is the value '1' of type 'signedint'`).
+pub fn describe_args(received: Option<&FieldValue>, current: Option<&FieldValue>) -> (String, String) {
+    let typed = |v: Option<&FieldValue>| match v {
+        Some(v) => format!("the value '{}' of type '{}'", erlang_value(v), v.type_name()),
+        None => "none".into(),
+    };
+    match (received, current) {
+        (Some(r), Some(c)) => (format!("'{}'", erlang_value(r)), format!("'{}'", erlang_value(c))),
+        _ => (typed(received), typed(current)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::FieldTable;
+
+    #[test]
+    fn values_print_as_rabbitmq_prints_them() {
+        let one = FieldValue::I32(1);
+        let e1 = FieldValue::string("E1");
+        assert_eq!(describe_args(Some(&FieldValue::I32(2)), Some(&one)), ("'2'".into(), "'1'".into()));
+        assert_eq!(describe_args(None, Some(&one)), ("none".into(), "the value '1' of type 'signedint'".into()));
+        assert_eq!(describe_args(Some(&e1), None), ("the value 'E1' of type 'longstr'".into(), "none".into()));
+        assert_eq!(describe_args(Some(&FieldValue::Bool(true)), Some(&e1)), ("'true'".into(), "'E1'".into()));
+        let mut t = FieldTable::new();
+        t.insert("k", FieldValue::string("v"));
+        assert_eq!(erlang_value(&FieldValue::Table(t)), "[{<<\"k\">>,longstr,<<\"v\">>}]");
+    }
+}

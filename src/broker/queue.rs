@@ -348,14 +348,20 @@ impl Queue {
     /// 405 for any connection but the owner of an exclusive queue.
     pub fn check_access(&self, connection_id: u64) -> AmqpResult<()> {
         match self.options.exclusive_owner {
-            Some(owner) if owner != connection_id => Err(AmqpError::resource_locked(format!(
-                "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be originally \
-                 declared on another connection or the exclusive property value does not match that of \
-                 the original declaration.",
-                self.name, self.vhost
-            ))),
+            Some(owner) if owner != connection_id => Err(self.locked_error()),
             _ => Ok(()),
         }
+    }
+
+    /// RabbitMQ's 405 for a queue another connection owns, or whose exclusivity was declared
+    /// differently.
+    pub fn locked_error(&self) -> AmqpError {
+        AmqpError::resource_locked(format!(
+            "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be originally \
+             declared on another connection or the exclusive property value does not match that of \
+             the original declaration.",
+            self.name, self.vhost
+        ))
     }
 
     /// Ready messages (not those out with consumers), as declare-ok and get-ok count them.
@@ -482,10 +488,13 @@ impl Queue {
             self.dispatch_at(&mut st, Clock::Lazy);
         } else {
             self.dispatch_at(&mut st, Clock::At(now.saturating_sub(1)));
-            st.expire(&self.name, now, args);
         }
+        // As RabbitMQ: length limits first, then expired messages left at the head.
         if args.max_length.is_some() || args.max_length_bytes.is_some() {
             st.enforce_limits(&self.name, args);
+        }
+        if now != 0 {
+            st.expire(&self.name, now, args);
         }
         let mut throttled = false;
         if let Some(w) = flow {
@@ -633,7 +642,8 @@ impl Queue {
             st.log_out(&m, false);
             st.unacked += 1;
         }
-        st.refill(&self.name);
+        // As RabbitMQ counts after a fetch: expired messages now at the head are gone.
+        st.expire(&self.name, now, args);
         let count = st.ready_count();
         self.unlock_and_dead_letter(st);
         Some((m, count))
@@ -710,7 +720,10 @@ impl Queue {
     /// Adds a consumer, enforcing exclusive consumers as RabbitMQ does (403).
     pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> AmqpResult<()> {
         let mut st = self.state.lock();
-        if st.consumers.iter().any(|c| c.exclusive) || (consumer.exclusive && !st.consumers.is_empty()) {
+        // A single-active-consumer queue takes no exclusive consumer at all (RabbitMQ's
+        // exclusive_consume_unavailable, reported with the same text).
+        let sac = self.options.args.single_active_consumer && consumer.exclusive;
+        if sac || st.consumers.iter().any(|c| c.exclusive) || (consumer.exclusive && !st.consumers.is_empty()) {
             return Err(AmqpError::access_refused(format!(
                 "queue '{}' in vhost '{}' in exclusive use",
                 self.name, self.vhost

@@ -2,14 +2,14 @@
 //! checks and reply texts, and routing a message to queues.
 
 use super::arguments::QueueArguments;
-use super::error::{AmqpError, AmqpResult};
+use super::error::{describe_args, AmqpError, AmqpResult};
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::queue::{Queue, QueueOptions, MEMORY_WINDOW};
 use super::store::{
     table_from_hex, table_to_hex, BindingDef, Definitions, ExchangeDef, Pager, QueueDef, Storage, StoreError,
 };
 use crate::broker::FastMap;
-use crate::protocol::{BasicProperties, FieldTable, ShortStr};
+use crate::protocol::{BasicProperties, FieldTable, FieldValue, ShortStr};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use std::sync::{Arc, Weak};
@@ -22,11 +22,13 @@ const EQUIVALENCE_ARGS: &[&str] = &[
     "x-dead-letter-routing-key",
     "x-max-length",
     "x-max-length-bytes",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
     "x-max-priority",
     "x-overflow",
     "x-queue-mode",
-    "x-queue-type",
     "x-single-active-consumer",
+    "x-queue-type",
     "x-delivery-limit",
 ];
 
@@ -59,6 +61,21 @@ fn saved_exchange(ex: &Exchange) -> bool {
 /// auto-delete (those do not survive a restart in RabbitMQ either).
 fn saved_queue(o: &QueueOptions) -> bool {
     o.durable && o.exclusive_owner.is_none() && !o.auto_delete
+}
+
+/// The default of `x-queue-type`: a queue declared without one equals one declared classic.
+static CLASSIC: FieldValue = FieldValue::LongStr(Bytes::from_static(b"classic"));
+
+fn default_exchange_refused() -> AmqpError {
+    AmqpError::access_refused("operation not permitted on the default exchange")
+}
+
+/// Binding to or from the default exchange is refused (destination checked first).
+fn check_not_default(source: &str, dest: &Destination) -> AmqpResult<()> {
+    if matches!(dest, Destination::Exchange(n) if n.is_empty()) || source.is_empty() {
+        return Err(default_exchange_refused());
+    }
+    Ok(())
 }
 
 /// What a queue declaration asks for.
@@ -242,6 +259,28 @@ impl VHost {
         ))
     }
 
+    /// RabbitMQ's argument equivalence: absent on both sides, or present on both with the same
+    /// value (integers of any width compare by value).
+    fn assert_arg_equivalence(
+        &self,
+        what: &str,
+        name: &str,
+        key: &str,
+        current: Option<&FieldValue>,
+        received: Option<&FieldValue>,
+    ) -> AmqpResult<()> {
+        let same = match (received, current) {
+            (Some(a), Some(b)) => a == b || (a.as_i64().is_some() && a.as_i64() == b.as_i64()),
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return Ok(());
+        }
+        let (received, current) = describe_args(received, current);
+        Err(self.inequivalent(what, key, name, received, current))
+    }
+
     pub fn declare_exchange(
         &self,
         name: &ShortStr,
@@ -252,17 +291,21 @@ impl VHost {
         internal: bool,
         arguments: &FieldTable,
     ) -> AmqpResult<()> {
-        let mut topo = self.topology.write();
+        // RabbitMQ's order: the type (a connection error), the default exchange, then lookup.
         if passive {
-            return match topo.exchanges.get(name.as_str()) {
+            if name.is_empty() {
+                return Err(default_exchange_refused());
+            }
+            return match self.topology.read().exchanges.get(name.as_str()) {
                 Some(_) => Ok(()),
                 None => Err(self.no_exchange(name)),
             };
         }
-        if name.is_empty() {
-            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
-        }
         let kind = ExchangeKind::parse(kind)?;
+        if name.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        let mut topo = self.topology.write();
         if let Some(ex) = topo.exchanges.get(name.as_str()) {
             if ex.kind != kind {
                 return Err(self.inequivalent(
@@ -282,10 +325,9 @@ impl VHost {
                     return Err(self.inequivalent("exchange", arg, name, format!("'{got}'"), format!("'{cur}'")));
                 }
             }
-            if let Some((k, _)) = arguments.iter().find(|(k, v)| ex.arguments.get(k) != Some(*v)) {
-                return Err(self.inequivalent("exchange", k, name, "a different value".into(), "another".into()));
-            }
-            return Ok(());
+            // Of an exchange's arguments RabbitMQ compares only the alternate exchange.
+            let key = "alternate-exchange";
+            return self.assert_arg_equivalence("exchange", name, key, ex.arguments.get(key), arguments.get(key));
         }
         if name.starts_with("amq.") {
             return Err(AmqpError::access_refused(format!("exchange name '{name}' contains reserved prefix 'amq.*'")));
@@ -297,9 +339,12 @@ impl VHost {
     }
 
     pub fn delete_exchange(&self, name: &ShortStr, if_unused: bool) -> AmqpResult<()> {
-        if name.is_empty() || name.starts_with("amq.") {
+        if name.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        if name.starts_with("amq.") {
             return Err(AmqpError::access_refused(format!(
-                "operation not permitted on exchange '{name}' in vhost '{}'",
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
                 self.name
             )));
         }
@@ -308,11 +353,11 @@ impl VHost {
             // RabbitMQ answers delete-ok for an exchange that does not exist.
             return Ok(());
         };
-        let dest = Destination::Exchange(name.clone());
-        let is_destination = topo.exchanges.values().any(|e| e.bindings().iter().any(|b| b.destination == dest));
-        if if_unused && (ex.has_bindings() || is_destination) {
+        // In use means: bindings from it (being a destination does not count, as in RabbitMQ).
+        if if_unused && ex.has_bindings() {
             return Err(AmqpError::precondition_failed(format!("exchange '{name}' in vhost '{}' in use", self.name)));
         }
+        let dest = Destination::Exchange(name.clone());
         topo.exchanges.remove(name.as_str());
         Self::remove_destination(&mut topo, &dest);
         self.persist(&topo);
@@ -334,39 +379,38 @@ impl VHost {
     }
 
     /// Declares (or checks, when passive) a queue; returns it with its ready and consumer counts.
+    ///
+    /// For an existing queue RabbitMQ checks, in order: exclusive ownership (405, strictly: an
+    /// exclusive declare of a shared queue is refused too), then durable, auto_delete and the
+    /// arguments it compares (406 `inequivalent arg`). Argument values are validated (406
+    /// `invalid arg`) only when the queue is created.
     pub fn declare_queue(&self, d: &QueueDeclaration, connection_id: u64) -> AmqpResult<(Arc<Queue>, u32, u32)> {
-        let args = if d.passive { None } else { Some(QueueArguments::parse(&d.arguments, &d.name, &self.name)?) };
+        // An exclusive queue is never durable, whatever was asked (as in RabbitMQ).
+        let durable = d.durable && !d.exclusive;
         let mut topo = self.topology.write();
         if let Some(q) = topo.queues.get(d.name.as_str()) {
-            q.check_access(connection_id)?;
-            if !d.passive {
+            if d.passive {
+                q.check_access(connection_id)?;
+            } else {
                 let o = &q.options;
-                for (arg, got, cur) in [
-                    ("durable", d.durable, o.durable),
-                    ("auto_delete", d.auto_delete, o.auto_delete),
-                    ("exclusive", d.exclusive, o.exclusive_owner.is_some()),
-                ] {
+                if o.exclusive_owner != d.exclusive.then_some(connection_id) {
+                    return Err(q.locked_error());
+                }
+                for (arg, got, cur) in [("durable", durable, o.durable), ("auto_delete", d.auto_delete, o.auto_delete)]
+                {
                     if got != cur {
                         return Err(self.inequivalent("queue", arg, &d.name, format!("'{got}'"), format!("'{cur}'")));
                     }
                 }
                 for arg in EQUIVALENCE_ARGS {
-                    let (got, cur) = (d.arguments.get(arg), o.arguments.get(arg));
-                    let same = match (got, cur) {
-                        (Some(a), Some(b)) => a == b || (a.as_i64().is_some() && a.as_i64() == b.as_i64()),
-                        (None, None) => true,
-                        _ => false,
-                    };
-                    if !same {
-                        let show = |v: Option<&crate::protocol::FieldValue>| match v {
-                            Some(v) => format!("the value '{v:?}' of type '{}'", v.type_name()),
-                            None => "none".to_string(),
-                        };
-                        return Err(self.inequivalent("queue", arg, &d.name, show(got), show(cur)));
+                    let (mut got, mut cur) = (d.arguments.get(arg), o.arguments.get(arg));
+                    if *arg == "x-queue-type" {
+                        // A queue declared without a type is a classic queue.
+                        got = got.or(Some(&CLASSIC));
+                        cur = cur.or(Some(&CLASSIC));
                     }
+                    self.assert_arg_equivalence("queue", &d.name, arg, cur, got)?;
                 }
-            }
-            if !d.passive {
                 q.touch();
             }
             let (m, c) = q.counts();
@@ -375,12 +419,13 @@ impl VHost {
         if d.passive {
             return Err(self.no_queue(&d.name));
         }
+        let args = QueueArguments::parse(&d.arguments, &d.name, &self.name)?;
         let options = QueueOptions {
-            durable: d.durable,
+            durable,
             exclusive_owner: d.exclusive.then_some(connection_id),
             auto_delete: d.auto_delete,
             arguments: d.arguments.clone(),
-            args: args.unwrap_or_default(),
+            args,
         };
         let mut log = None;
         if let (Some(storage), true) = (&self.storage, saved_queue(&options)) {
@@ -422,14 +467,12 @@ impl VHost {
         };
         q.check_access(connection_id)?;
         let (messages, consumers) = q.counts();
+        // RabbitMQ checks emptiness before use.
+        if if_empty && messages > 0 {
+            return Err(AmqpError::precondition_failed(format!("queue '{name}' in vhost '{}' not empty", self.name)));
+        }
         if if_unused && consumers > 0 {
             return Err(AmqpError::precondition_failed(format!("queue '{name}' in vhost '{}' in use", self.name)));
-        }
-        if if_empty && messages > 0 {
-            return Err(AmqpError::precondition_failed(format!(
-                "queue '{name}' in vhost '{}' is not empty",
-                self.name
-            )));
         }
         let n = Self::remove_queue(&mut topo, &q);
         self.persist(&topo);
@@ -456,23 +499,53 @@ impl VHost {
         Ok(self.queue(name, connection_id)?.purge())
     }
 
-    /// queue.bind and exchange.bind: `destination` must exist, as must `source`.
+    /// queue.bind and exchange.bind. RabbitMQ's order: the default exchange is refused, the
+    /// source must exist, then the destination, the binding's arguments must suit the
+    /// exchange type, and an exclusive queue must belong to this connection.
     pub fn bind(&self, source: &ShortStr, binding: Binding, connection_id: u64) -> AmqpResult<()> {
+        check_not_default(source, &binding.destination)?;
         let mut topo = self.topology.write();
-        self.check_binding_ends(&topo, source, &binding.destination, connection_id)?;
-        let ex = topo.exchanges.get_mut(source.as_str()).ok_or_else(|| self.no_exchange(source))?;
-        ex.validate_binding(&binding)?;
-        ex.bind(binding);
+        let Some(ex) = topo.exchanges.get(source.as_str()) else {
+            return Err(self.no_exchange(source));
+        };
+        match &binding.destination {
+            Destination::Queue(n) => {
+                let q = topo.queues.get(n.as_str()).ok_or_else(|| self.no_queue(n))?;
+                ex.validate_binding(&binding)?;
+                q.check_access(connection_id)?;
+            }
+            Destination::Exchange(n) => {
+                if !topo.exchanges.contains_key(n.as_str()) {
+                    return Err(self.no_exchange(n));
+                }
+                ex.validate_binding(&binding)?;
+            }
+        }
+        if let Some(ex) = topo.exchanges.get_mut(source.as_str()) {
+            ex.bind(binding);
+        }
         self.persist(&topo);
         Ok(())
     }
 
+    /// queue.unbind and exchange.unbind. Idempotent as in RabbitMQ: a missing source,
+    /// destination or binding is unbind-ok; only removing a binding to another connection's
+    /// exclusive queue is refused.
     pub fn unbind(&self, source: &ShortStr, binding: &Binding, connection_id: u64) -> AmqpResult<()> {
+        check_not_default(source, &binding.destination)?;
         let mut topo = self.topology.write();
-        self.check_binding_ends(&topo, source, &binding.destination, connection_id)?;
-        let Some(ex) = topo.exchanges.get_mut(source.as_str()) else {
-            return Err(self.no_exchange(source));
+        let dest_exists = match &binding.destination {
+            Destination::Queue(n) => topo.queues.get(n.as_str()).map(|q| q.check_access(connection_id)),
+            Destination::Exchange(n) => topo.exchanges.contains_key(n.as_str()).then_some(Ok(())),
         };
+        let Some(access) = dest_exists else { return Ok(()) };
+        let Some(ex) = topo.exchanges.get_mut(source.as_str()) else {
+            return Ok(());
+        };
+        if !ex.has_binding(binding) {
+            return Ok(());
+        }
+        access?;
         if ex.unbind(binding) && ex.auto_delete && !ex.has_bindings() {
             let name = ex.name.clone();
             topo.exchanges.remove(name.as_str());
@@ -482,31 +555,22 @@ impl VHost {
         Ok(())
     }
 
-    fn check_binding_ends(
-        &self,
-        topo: &Topology,
-        source: &str,
-        dest: &Destination,
-        connection_id: u64,
-    ) -> AmqpResult<()> {
-        if source.is_empty() || matches!(dest, Destination::Exchange(n) if n.is_empty()) {
-            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+    /// What basic.publish checks before the message's own properties, in RabbitMQ's order:
+    /// the exchange exists (404) and is not internal (403).
+    pub fn check_publish(&self, exchange: &str) -> AmqpResult<()> {
+        if exchange.is_empty() {
+            return Ok(());
         }
-        match dest {
-            Destination::Queue(n) => {
-                let q = topo.queues.get(n.as_str()).ok_or_else(|| self.no_queue(n))?;
-                q.check_access(connection_id)?;
-            }
-            Destination::Exchange(n) => {
-                if !topo.exchanges.contains_key(n.as_str()) {
-                    return Err(self.no_exchange(n));
-                }
-            }
-        }
-        if !topo.exchanges.contains_key(source) {
-            return Err(self.no_exchange(source));
+        let topo = self.topology.read();
+        let ex = topo.exchanges.get(exchange).ok_or_else(|| self.no_exchange(exchange))?;
+        if ex.internal {
+            return Err(self.internal_refused(exchange));
         }
         Ok(())
+    }
+
+    fn internal_refused(&self, exchange: &str) -> AmqpError {
+        AmqpError::access_refused(format!("cannot publish to internal exchange '{exchange}' in vhost '{}'", self.name))
     }
 
     /// Routes a publish to its queues, following exchange-to-exchange bindings and alternate
@@ -528,24 +592,11 @@ impl VHost {
         }
         let ex = topo.exchanges.get(exchange).ok_or_else(|| self.no_exchange(exchange))?;
         if ex.internal {
-            return Err(AmqpError::access_refused(format!(
-                "cannot publish to internal exchange '{exchange}' in vhost '{}'",
-                self.name
-            )));
+            return Err(self.internal_refused(exchange));
         }
         let mut headers: Option<Option<FieldTable>> = None;
         let mut visited: Vec<&str> = Vec::new();
-        let mut next = Some(ex);
-        // Route through the exchange; if nothing matched, try its alternate exchange, and so on.
-        while let Some(ex) = next.take() {
-            if visited.contains(&ex.name.as_str()) {
-                break;
-            }
-            self.route_through(&topo, ex, routing_key, properties, &mut headers, &mut visited, out);
-            if out.is_empty() {
-                next = ex.alternate_exchange().and_then(|ae| topo.exchanges.get(ae));
-            }
-        }
+        self.route_through(&topo, ex, routing_key, properties, &mut headers, &mut visited, out);
         Ok(())
     }
 
@@ -570,6 +621,14 @@ impl VHost {
         };
         let mut dests = Vec::new();
         ex.route(routing_key, table, &mut dests);
+        // As RabbitMQ: an exchange (the first or one reached through a binding) whose own
+        // bindings matched nothing, not even another exchange, passes the message to its
+        // alternate exchange. Each exchange routes a message once.
+        if dests.is_empty() {
+            if let Some(ae) = ex.alternate_exchange() {
+                dests.push(Destination::Exchange(ae.into()));
+            }
+        }
         for d in dests {
             match d {
                 Destination::Queue(n) => {
@@ -600,10 +659,6 @@ impl VHost {
                 self.force_delete_queue(&q);
             }
         }
-    }
-
-    pub fn exchange_exists(&self, name: &str) -> bool {
-        self.topology.read().exchanges.contains_key(name)
     }
 
     pub fn queue_names(&self) -> Vec<ShortStr> {

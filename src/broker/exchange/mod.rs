@@ -117,6 +117,11 @@ impl Exchange {
         self.bindings.push(binding);
     }
 
+    /// Whether an equal binding is present.
+    pub fn has_binding(&self, binding: &Binding) -> bool {
+        self.bindings.iter().any(|b| same_binding(b, binding))
+    }
+
     /// Removes a binding; returns whether it existed.
     pub fn unbind(&mut self, binding: &Binding) -> bool {
         let Some(pos) = self.bindings.iter().position(|b| same_binding(b, binding)) else {

@@ -1,0 +1,342 @@
+//! The publish path of a channel: basic.publish, its content header and body frames assembled
+//! into a message (a single-frame body kept without a copy), the checks RabbitMQ makes in its
+//! order, routing and enqueueing, and the confirms and tx.commit-ok owed once it is durable.
+
+use super::{Channel, Settle, TxBuffer};
+use crate::broker::consumer::Delivery;
+use crate::broker::message::Message;
+use crate::broker::queue::QueuedMessage;
+use crate::broker::{AmqpError, AmqpResult, DIRECT_REPLY_TO};
+use crate::protocol::constants::NO_ROUTE;
+use crate::protocol::method::*;
+use crate::protocol::{BasicProperties, ContentHeader, ShortStr};
+use crate::server::connection::ConnCtx;
+use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+
+/// The most a multi-frame body reserves before its bytes arrive.
+const MAX_UPFRONT_RESERVE: usize = 1024 * 1024;
+
+/// A publish waiting for its header and body frames.
+pub(super) struct PendingPublish {
+    method: BasicPublish,
+    header: Option<ContentHeader>,
+    /// Read from the properties when the header arrives (they are decoded once, there).
+    persistent: bool,
+    priority: u8,
+    expiration: Option<u64>,
+    /// What is wrong with the properties (user_id, expiration), raised after the exchange checks.
+    invalid: Option<AmqpError>,
+    body: BytesMut,
+    /// The single body frame, kept without a copy when the body arrives in one piece.
+    single: Option<Bytes>,
+}
+
+impl PendingPublish {
+    pub(super) fn new(method: BasicPublish) -> Self {
+        PendingPublish {
+            method,
+            header: None,
+            persistent: false,
+            priority: 0,
+            expiration: None,
+            invalid: None,
+            body: BytesMut::new(),
+            single: None,
+        }
+    }
+}
+
+impl Channel {
+    pub fn content_header(&mut self, ctx: &mut ConnCtx, header: ContentHeader) -> AmqpResult<()> {
+        let Some(p) = &mut self.publish else {
+            return Err(AmqpError::unexpected_frame("content header frame without a basic.publish before it"));
+        };
+        if p.header.is_some() {
+            return Err(AmqpError::unexpected_frame("second content header for one publish"));
+        }
+        if header.class_id != 60 {
+            return Err(AmqpError::unexpected_frame(format!(
+                "content header for class {} does not match basic.publish",
+                header.class_id
+            )));
+        }
+        let max = ctx.config.max_message_size;
+        if header.body_size > max {
+            self.publish = None;
+            return Err(AmqpError::precondition_failed(format!(
+                "message size {} is larger than configured max size {max}",
+                header.body_size
+            )));
+        }
+        let props = BasicProperties::decode(header.properties.clone())
+            .map_err(|e| AmqpError::syntax_error(format!("malformed content header properties: {e}")))?;
+        p.persistent = props.delivery_mode == Some(2);
+        p.priority = props.priority.unwrap_or(0);
+        // Property errors are raised once the publish is complete, after the exchange checks.
+        if let Some(uid) = props.user_id.as_ref().filter(|u| u.as_str() != ctx.user) {
+            p.invalid = Some(AmqpError::precondition_failed(format!(
+                "user_id property set to '{uid}' but authenticated user was '{}'",
+                ctx.user
+            )));
+        }
+        match props.expiration.as_ref().map(|e| crate::broker::arguments::parse_expiration(e.as_bytes())) {
+            Some(Ok(ms)) => p.expiration = Some(ms),
+            Some(Err(e)) => p.invalid = p.invalid.take().or(Some(e)),
+            None => {}
+        }
+        let done = header.body_size == 0;
+        p.header = Some(header);
+        if done {
+            self.finish_publish(ctx)?;
+        }
+        Ok(())
+    }
+
+    pub fn content_body(&mut self, ctx: &mut ConnCtx, body: Bytes) -> AmqpResult<()> {
+        let Some(p) = &mut self.publish else {
+            return Err(AmqpError::unexpected_frame("content body frame without a basic.publish before it"));
+        };
+        let Some(header) = &p.header else {
+            return Err(AmqpError::unexpected_frame("content body frame before its content header"));
+        };
+        let expected = header.body_size as usize;
+        let have = p.single.as_ref().map_or(0, Bytes::len) + p.body.len();
+        let now = have + body.len();
+        if now > expected {
+            return Err(AmqpError::frame_error(format!(
+                "content body of {} bytes exceeds the declared body size {expected}",
+                have + body.len()
+            )));
+        }
+        if have == 0 && body.len() == expected {
+            p.single = Some(body);
+        } else {
+            // Reserve what was declared only up to a bound: memory follows bytes actually received.
+            if p.body.is_empty() {
+                p.body.reserve(expected.min(MAX_UPFRONT_RESERVE));
+            }
+            if let Some(first) = p.single.take() {
+                p.body.extend_from_slice(&first);
+            }
+            p.body.extend_from_slice(&body);
+        }
+        if now == expected {
+            self.finish_publish(ctx)?;
+        }
+        Ok(())
+    }
+
+    fn finish_publish(&mut self, ctx: &mut ConnCtx) -> AmqpResult<()> {
+        let Some(p) = self.publish.take() else {
+            return Ok(());
+        };
+        let Some(header) = p.header else {
+            return Ok(());
+        };
+        let body = match p.single {
+            Some(b) => b,
+            None => p.body.freeze(),
+        };
+        let exchange =
+            if p.method.exchange.as_str() == "amq.default" { ShortStr::default() } else { p.method.exchange.clone() };
+        // RabbitMQ's order: the exchange exists and is not internal, then reply-to, user_id
+        // and expiration. The happy path leaves the exchange checks to routing.
+        if p.invalid.is_some() || self.tx.is_some() {
+            ctx.vhost()?.check_publish(&exchange)?;
+        }
+        let mut properties = header.properties;
+        if contains(&properties, DIRECT_REPLY_TO.as_bytes()) {
+            properties = self.rewrite_reply_to(properties)?;
+        }
+        if let Some(e) = p.invalid {
+            return Err(e);
+        }
+        let message = Arc::new(Message {
+            exchange,
+            routing_key: p.method.routing_key.clone(),
+            properties,
+            body,
+            persistent: p.persistent,
+            priority: p.priority,
+            expiration: p.expiration,
+        });
+        if let Some(tx) = &mut self.tx {
+            tx.publishes.push((p.method, message));
+            return Ok(());
+        }
+        let outcome = self.route_and_enqueue(ctx, &p.method, message)?;
+        if self.confirm {
+            self.publish_seq += 1;
+            let (ticket, ok) = match outcome {
+                Ok((ticket, rejected)) => (ticket, !rejected),
+                Err(_) => (0, false),
+            };
+            self.confirms.push_back((self.publish_seq, ticket, ok));
+        }
+        Ok(())
+    }
+
+    /// Publishes with reply-to `amq.rabbitmq.reply-to` get this channel's reply key instead.
+    fn rewrite_reply_to(&self, raw: Bytes) -> AmqpResult<Bytes> {
+        let mut props = BasicProperties::decode(raw.clone())
+            .map_err(|e| AmqpError::syntax_error(format!("malformed content header properties: {e}")))?;
+        if props.reply_to.as_deref() != Some(DIRECT_REPLY_TO) {
+            return Ok(raw);
+        }
+        let Some(key) = &self.reply_key else {
+            return Err(AmqpError::precondition_failed("fast reply consumer does not exist"));
+        };
+        props.reply_to = Some(ShortStr::from(key.as_str()));
+        Ok(props.to_bytes())
+    }
+
+    /// Routes and enqueues a message. The outer error is a channel or connection error; the
+    /// inner result is the ticket to wait for and whether a full queue refused the message
+    /// (reject-publish), or a storage failure; either of those is nacked.
+    fn route_and_enqueue(
+        &mut self,
+        ctx: &mut ConnCtx,
+        method: &BasicPublish,
+        message: Arc<Message>,
+    ) -> AmqpResult<Result<(u64, bool), String>> {
+        let mut ticket = 0;
+        let mut rejected = false;
+        let mut failed = None;
+        let rk = message.routing_key.as_str();
+        let routed = if message.exchange.is_empty() && rk.starts_with("amq.rabbitmq.reply-to.") {
+            match ctx.broker.reply_consumer(rk) {
+                Some(c) => {
+                    let charge = message.size() + 64;
+                    c.sink.send(crate::broker::consumer::ConnEvent::Deliver(Delivery {
+                        channel: c.channel,
+                        consumer_tag: c.tag.clone(),
+                        queue: None,
+                        item: QueuedMessage {
+                            seq: 0,
+                            message: message.clone(),
+                            redelivered: false,
+                            logged: false,
+                            expires_at: 0,
+                            deliveries: 0,
+                            priority: 0,
+                        },
+                        no_ack: true,
+                        charge,
+                    }));
+                    true
+                }
+                None => false,
+            }
+        } else {
+            let vhost = ctx.vhost()?.clone();
+            let mut queues = std::mem::take(&mut self.route_buf);
+            let result = vhost.route(&message.exchange, rk, &message.properties, &mut queues);
+            if message.persistent {
+                if let Some(reason) = ctx.broker.storage_failure() {
+                    failed = Some(reason);
+                }
+            }
+            for q in &queues {
+                match q.publish(message.clone(), Some(&ctx.flow)) {
+                    Ok(p) => {
+                        ticket = ticket.max(p.ticket);
+                        ctx.flow_paused |= p.throttled;
+                        rejected |= p.rejected;
+                    }
+                    Err(e) => failed = Some(e.to_string()),
+                }
+            }
+            let routed = !queues.is_empty();
+            queues.clear();
+            self.route_buf = queues;
+            result?;
+            routed
+        };
+        if !routed && method.mandatory {
+            ctx.out.method(
+                self.id,
+                BasicReturn {
+                    reply_code: NO_ROUTE,
+                    reply_text: "NO_ROUTE".into(),
+                    exchange: method.exchange.clone(),
+                    routing_key: method.routing_key.clone(),
+                },
+            );
+            ctx.out.content(self.id, &message.properties, &message.body);
+        }
+        Ok(match failed {
+            Some(reason) => Err(reason),
+            None => Ok((ticket, rejected)),
+        })
+    }
+
+    /// Whether this channel owes something that waits for the disk.
+    pub fn waits_for_disk(&self) -> bool {
+        self.pending_commit.is_some() || !self.confirms.is_empty()
+    }
+
+    /// Sends the confirms whose messages are durable, in publish order: runs of acks as one
+    /// basic.ack with multiple=true, nacks one by one. With `fail_pending`, confirms still
+    /// waiting for a disk that fails are nacked.
+    pub fn flush_confirms(&mut self, ctx: &mut ConnCtx, fail_pending: bool) {
+        let durable = ctx.durable_upto();
+        let mut run: Option<(u64, u64)> = None;
+        while let Some(&(seq, ticket, ok)) = self.confirms.front() {
+            let ack = ok && ticket <= durable;
+            if !ack && ok && !fail_pending {
+                break;
+            }
+            self.confirms.pop_front();
+            if ack {
+                run = Some(run.map_or((seq, seq), |(first, _)| (first, seq)));
+                continue;
+            }
+            if let Some((first, last)) = run.take() {
+                ctx.out.method(self.id, BasicAck { delivery_tag: last, multiple: first != last });
+            }
+            ctx.out.method(self.id, BasicNack { delivery_tag: seq, multiple: false, requeue: false });
+        }
+        if let Some((first, last)) = run {
+            ctx.out.method(self.id, BasicAck { delivery_tag: last, multiple: first != last });
+        }
+    }
+
+    /// Sends tx.commit-ok once the commit is durable; returns true when it went out.
+    pub fn release_commit(&mut self, ctx: &mut ConnCtx) -> bool {
+        match self.pending_commit {
+            Some(ticket) if ticket <= ctx.durable_upto() => {
+                self.pending_commit = None;
+                ctx.out.method(self.id, TxCommitOk {});
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Applies a transaction's acks and publishes.
+    pub(super) fn commit(&mut self, ctx: &mut ConnCtx, tx: TxBuffer) -> AmqpResult<()> {
+        for m in tx.settlements {
+            match m {
+                Method::BasicAck(m) => self.settle(m.delivery_tag, m.multiple, Settle::Ack)?,
+                Method::BasicNack(m) => {
+                    self.settle(m.delivery_tag, m.multiple, if m.requeue { Settle::Requeue } else { Settle::Drop })?
+                }
+                Method::BasicReject(m) => {
+                    self.settle(m.delivery_tag, false, if m.requeue { Settle::Requeue } else { Settle::Drop })?
+                }
+                _ => {}
+            }
+        }
+        for (method, message) in tx.publishes {
+            if let Err(reason) = self.route_and_enqueue(ctx, &method, message)? {
+                return Err(AmqpError::internal_error(format!("cannot store the transaction's messages: {reason}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
