@@ -21,6 +21,12 @@ DURATION = float(os.environ.get("DURATION", "10"))
 ROUNDS = int(os.environ.get("ROUNDS", "2"))
 BACKLOG = int(os.environ.get("BACKLOG", "1000000"))
 IDLE = int(os.environ.get("IDLE_CONNECTIONS", "10000"))
+# ROWS=10 or ROWS=1,10 runs only those rows (and writes them to bench/results/<date>-rows.md).
+ROWS = {int(r) for r in os.environ.get("ROWS", "").split(",") if r.strip()}
+
+
+def want(row):
+    return not ROWS or row in ROWS
 
 
 def wait_port(port, deadline):
@@ -200,6 +206,8 @@ def main():
     log = lambda *a: print(*a, flush=True)
 
     for title, args in THROUGHPUT:
+        if not want(int(title.split(".")[0])):
+            continue
         got = {b.name: [] for b in brokers}
         for r in range(ROUNDS):
             for b in brokers:
@@ -214,92 +222,163 @@ def main():
         rows.append((title, "consumed msg/s", f"{h:,.0f}", f"{q:,.0f}", f"{h / q:.2f}"))
 
     # 6. Latency at a fixed moderate rate.
-    lat = {b.name: [] for b in brokers}
-    for r in range(ROUNDS):
+    if want(6):
+        lat = {b.name: [] for b in brokers}
+        for r in range(ROUNDS):
+            for b in brokers:
+                b.start()
+                try:
+                    s = perf(b, "--duration", DURATION, "--rate", 10000, "--size", 1024, "--prefix", f"lat{r}")
+                finally:
+                    b.stop()
+                lat[b.name].append((s["e2e_latency"]["p50_ms"], s["e2e_latency"]["p99_ms"], s["consumed_per_sec"]))
+                log(f"6. latency | {b.name}: {lat[b.name][-1]}")
+        for i, what in [(0, "p50 ms"), (1, "p99 ms")]:
+            h, q = mean([x[i] for x in lat["Hare"]]), mean([x[i] for x in lat["RabbitMQ"]])
+            rows.append(("6. 10,000 msg/s, 1 KiB, end-to-end latency", what, f"{h:.3f}", f"{q:.3f}", f"{h / q:.2f}"))
+
+    # 7. Idle connections: broker memory per connection.
+    if want(7):
+        idle = {}
         for b in brokers:
             b.start()
             try:
-                s = perf(b, "--duration", DURATION, "--rate", 10000, "--size", 1024, "--prefix", f"lat{r}")
+                time.sleep(1)  # let the broker settle before the baseline reading, not a wait for a condition
+                before = rss_kib(b.pid())
+                p = subprocess.Popen(
+                    [HARE, "perf", "--uri", f"amqp://127.0.0.1:{b.port}", "--idle-connections", str(IDLE), "--duration", "600", "--json"],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                # The generator prints nothing until done; watch the broker's connection count.
+                deadline = time.monotonic() + 600
+                held, best, progress = 0, 0, time.monotonic()
+                while time.monotonic() < deadline and p.poll() is None:
+                    held = int(subprocess.run(["bash", "-c", f"ss -tn state established '( sport = :{b.port} )' | tail -n +2 | wc -l"], capture_output=True, text=True).stdout.strip() or 0)
+                    if held >= IDLE:
+                        break
+                    if held > best:
+                        best, progress = held, time.monotonic()
+                    elif time.monotonic() - progress > 30:
+                        break  # no new connection for 30 s: this is all the broker takes
+                    time.sleep(0.5)
+                time.sleep(2)  # the last connections finish their handshakes
+                after = rss_kib(b.pid())
+                p.kill()
+                p.wait()
             finally:
                 b.stop()
-            lat[b.name].append((s["e2e_latency"]["p50_ms"], s["e2e_latency"]["p99_ms"], s["consumed_per_sec"]))
-            log(f"6. latency | {b.name}: {lat[b.name][-1]}")
-    for i, what in [(0, "p50 ms"), (1, "p99 ms")]:
-        h, q = mean([x[i] for x in lat["Hare"]]), mean([x[i] for x in lat["RabbitMQ"]])
-        rows.append(("6. 10,000 msg/s, 1 KiB, end-to-end latency", what, f"{h:.3f}", f"{q:.3f}", f"{h / q:.2f}"))
-
-    # 7. Idle connections: broker memory per connection.
-    idle = {}
-    for b in brokers:
-        b.start()
-        try:
-            time.sleep(1)  # let the broker settle before the baseline reading, not a wait for a condition
-            before = rss_kib(b.pid())
-            p = subprocess.Popen(
-                [HARE, "perf", "--uri", f"amqp://127.0.0.1:{b.port}", "--idle-connections", str(IDLE), "--duration", "600", "--json"],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            # The generator prints nothing until done; watch the broker's connection count.
-            deadline = time.monotonic() + 600
-            held, best, progress = 0, 0, time.monotonic()
-            while time.monotonic() < deadline and p.poll() is None:
-                held = int(subprocess.run(["bash", "-c", f"ss -tn state established '( sport = :{b.port} )' | tail -n +2 | wc -l"], capture_output=True, text=True).stdout.strip() or 0)
-                if held >= IDLE:
-                    break
-                if held > best:
-                    best, progress = held, time.monotonic()
-                elif time.monotonic() - progress > 30:
-                    break  # no new connection for 30 s: this is all the broker takes
-                time.sleep(0.5)
-            time.sleep(2)  # the last connections finish their handshakes
-            after = rss_kib(b.pid())
-            p.kill()
-            p.wait()
-        finally:
-            b.stop()
-        idle[b.name] = (held, (after - before) / max(held, 1))
-        log(f"7. idle | {b.name}: held {held}, {idle[b.name][1]:.1f} KiB per connection")
-    h, q = idle["Hare"][1], idle["RabbitMQ"][1]
-    rows.append((f"7. {IDLE:,} idle connections, 1 channel each", "broker KiB per connection", f"{h:.1f}", f"{q:.1f}", f"{h / q:.2f}"))
-    rows.append((f"7. {IDLE:,} idle connections, 1 channel each", "connections held", str(idle["Hare"][0]), str(idle["RabbitMQ"][0]), ""))
+            idle[b.name] = (held, (after - before) / max(held, 1))
+            log(f"7. idle | {b.name}: held {held}, {idle[b.name][1]:.1f} KiB per connection")
+        h, q = idle["Hare"][1], idle["RabbitMQ"][1]
+        rows.append((f"7. {IDLE:,} idle connections, 1 channel each", "broker KiB per connection", f"{h:.1f}", f"{q:.1f}", f"{h / q:.2f}"))
+        rows.append((f"7. {IDLE:,} idle connections, 1 channel each", "connections held", str(idle["Hare"][0]), str(idle["RabbitMQ"][0]), ""))
 
     # 8. Backlog of persistent messages with no consumer, then restart and drain.
-    back = {}
-    for b in brokers:
-        b.start()
-        s = perf(b, "--producers", 1, "--consumers", 0, "--count", BACKLOG, "--size", 1024, "--persistent", "--confirm", 256, "--duration", 1800, "--prefix", "backlog", timeout=2000)
-        rss = rss_kib(b.pid())
-        b.stop()
-        t0 = time.monotonic()
-        b.start(fresh=False)
-        ready = ready_total(b, ["backlog-0"], BACKLOG, time.monotonic() + 900) - t0
-        d = perf(b, "--producers", 0, "--consumers", 1, "--count", BACKLOG, "--persistent", "--ack", "manual", "--prefetch", 1000, "--duration", 1800, "--prefix", "backlog", timeout=2000)
-        b.stop()
-        back[b.name] = (s["published_per_sec"], rss / 1024, ready, d["consumed_per_sec"])
-        log(f"8. backlog | {b.name}: {back[b.name]}")
-    for i, what, fmt in [(0, "publish msg/s (confirmed)", "{:,.0f}"), (1, "broker RSS MiB with backlog", "{:.1f}"), (2, "restart to ready, s", "{:.2f}"), (3, "drain msg/s", "{:,.0f}")]:
-        h, q = back["Hare"][i], back["RabbitMQ"][i]
-        rows.append((f"8. {BACKLOG:,} x 1 KiB persistent, no consumer", what, fmt.format(h), fmt.format(q), f"{h / q:.2f}"))
+    if want(8):
+        back = {}
+        for b in brokers:
+            b.start()
+            s = perf(b, "--producers", 1, "--consumers", 0, "--count", BACKLOG, "--size", 1024, "--persistent", "--confirm", 256, "--duration", 1800, "--prefix", "backlog", timeout=2000)
+            rss = rss_kib(b.pid())
+            b.stop()
+            t0 = time.monotonic()
+            b.start(fresh=False)
+            ready = ready_total(b, ["backlog-0"], BACKLOG, time.monotonic() + 900) - t0
+            d = perf(b, "--producers", 0, "--consumers", 1, "--count", BACKLOG, "--persistent", "--ack", "manual", "--prefetch", 1000, "--duration", 1800, "--prefix", "backlog", timeout=2000)
+            b.stop()
+            back[b.name] = (s["published_per_sec"], rss / 1024, ready, d["consumed_per_sec"])
+            log(f"8. backlog | {b.name}: {back[b.name]}")
+        for i, what, fmt in [(0, "publish msg/s (confirmed)", "{:,.0f}"), (1, "broker RSS MiB with backlog", "{:.1f}"), (2, "restart to ready, s", "{:.2f}"), (3, "drain msg/s", "{:,.0f}")]:
+            h, q = back["Hare"][i], back["RabbitMQ"][i]
+            rows.append((f"8. {BACKLOG:,} x 1 KiB persistent, no consumer", what, fmt.format(h), fmt.format(q), f"{h / q:.2f}"))
 
     # 9. The same number of messages spread over 100 durable queues: restart to ready.
-    many = {}
-    for b in brokers:
-        b.start()
-        s = perf(b, "--producers", 100, "--queues", 100, "--consumers", 0, "--count", BACKLOG // 100, "--size", 1024, "--persistent", "--confirm", 256, "--duration", 1800, "--prefix", "many", timeout=2000)
-        b.stop()
-        t0 = time.monotonic()
-        b.start(fresh=False)
-        ready = ready_total(b, [f"many-{i}" for i in range(100)], BACKLOG // 100 * 100, time.monotonic() + 900) - t0
-        b.stop()
-        many[b.name] = (s["published_per_sec"], ready)
-        log(f"9. 100 queues | {b.name}: {many[b.name]}")
-    for i, what, fmt in [(0, "publish msg/s (confirmed, 100 producers)", "{:,.0f}"), (1, "restart to ready, s", "{:.2f}")]:
-        h, q = many["Hare"][i], many["RabbitMQ"][i]
-        rows.append((f"9. {BACKLOG // 100 * 100:,} x 1 KiB persistent over 100 durable queues", what, fmt.format(h), fmt.format(q), f"{h / q:.2f}"))
+    if want(9):
+        many = {}
+        for b in brokers:
+            b.start()
+            s = perf(b, "--producers", 100, "--queues", 100, "--consumers", 0, "--count", BACKLOG // 100, "--size", 1024, "--persistent", "--confirm", 256, "--duration", 1800, "--prefix", "many", timeout=2000)
+            b.stop()
+            t0 = time.monotonic()
+            b.start(fresh=False)
+            ready = ready_total(b, [f"many-{i}" for i in range(100)], BACKLOG // 100 * 100, time.monotonic() + 900) - t0
+            b.stop()
+            many[b.name] = (s["published_per_sec"], ready)
+            log(f"9. 100 queues | {b.name}: {many[b.name]}")
+        for i, what, fmt in [(0, "publish msg/s (confirmed, 100 producers)", "{:,.0f}"), (1, "restart to ready, s", "{:.2f}")]:
+            h, q = many["Hare"][i], many["RabbitMQ"][i]
+            rows.append((f"9. {BACKLOG // 100 * 100:,} x 1 KiB persistent over 100 durable queues", what, fmt.format(h), fmt.format(q), f"{h / q:.2f}"))
+
+    # 10. A consumer that stopped reading its socket must not slow its queue's publishers.
+    if want(10):
+        stall = {}
+        load = ["--consumers", 0, "--size", 256, "--confirm", 256, "--duration", DURATION]
+        for b in brokers:
+            # Each run on a fresh broker: the queue of the first would weigh on the second.
+            runs = []
+            for r in range(ROUNDS):
+                b.start()
+                try:
+                    alone = perf(b, *load, "--prefix", "alone")["published_per_sec"]
+                finally:
+                    b.stop()
+                b.start()
+                try:
+                    stuck = stalled_consumer(b, "stalled-0")
+                    try:
+                        stalled = perf(b, *load, "--prefix", "stalled")["published_per_sec"]
+                    finally:
+                        stuck.close()
+                finally:
+                    b.stop()
+                runs.append((alone, stalled))
+                log(f"10. stalled consumer | {b.name} round {r + 1}: no consumer {alone:.0f}/s, stalled consumer {stalled:.0f}/s")
+            stall[b.name] = (mean([a for a, _ in runs]), mean([s for _, s in runs]))
+        title = "10. 256 B, confirms (window 256), into a queue"
+        for i, what in [(0, "confirmed msg/s, no consumer"), (1, "confirmed msg/s, its only consumer stalled")]:
+            h, q = stall["Hare"][i], stall["RabbitMQ"][i]
+            rows.append((title, what, f"{h:,.0f}", f"{q:,.0f}", f"{h / q:.2f}"))
+        h, q = (stall["Hare"][1] / stall["Hare"][0], stall["RabbitMQ"][1] / stall["RabbitMQ"][0])
+        rows.append((title, "stalled / no consumer", f"{h:.2f}", f"{q:.2f}", ""))
 
     write(rows)
+
+
+STALLED_CLIENT = """
+import sys, pika
+c = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", int(sys.argv[1]), heartbeat=0))
+ch = c.channel()
+ch.queue_declare(sys.argv[2])
+ch.basic_consume(sys.argv[2], lambda *a: None, auto_ack=True)
+print("consuming", flush=True)
+sys.stdin.read()
+"""
+
+
+class StalledConsumer:
+    """A pika consumer in a process of its own, stopped with SIGSTOP once it has subscribed:
+    a client paused or stuck, that no longer reads its socket."""
+
+    def __init__(self, broker, queue):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", STALLED_CLIENT, str(broker.port), queue],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if self.proc.stdout.readline().strip() != "consuming":
+            raise RuntimeError("the stalled consumer did not subscribe")
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def stalled_consumer(broker, queue):
+    return StalledConsumer(broker, queue)
 
 
 def write(rows):
@@ -320,7 +399,7 @@ def write(rows):
     ]
     lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
     lines.append("")
-    path = os.path.join(ROOT, "bench", "results", f"{today}.md")
+    path = os.path.join(ROOT, "bench", "results", f"{today}{'-rows' if ROWS else ''}.md")
     with open(path, "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))

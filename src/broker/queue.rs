@@ -18,6 +18,7 @@ use std::cmp::Reverse;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 /// Per-delivery bytes charged to a sink on top of the message, for the frames around it.
 const DELIVERY_OVERHEAD: usize = 64;
@@ -26,6 +27,11 @@ const DELIVERY_OVERHEAD: usize = 64;
 /// consumers without bound.
 pub const FLOW_HIGH: usize = 8192;
 pub const FLOW_LOW: usize = 4096;
+/// Consumers that took nothing from a queue over its flow mark for this long are stalled
+/// (a client that stopped reading its socket, or holds its whole prefetch): the queue stops
+/// holding its publishers back for them and takes publishes as if it had no consumers, until
+/// a consumer takes a message again.
+const STALL_AFTER: Duration = Duration::from_millis(200);
 /// A durable queue keeps at most this many ready messages in memory; the rest wait in its
 /// log on disk and are read back in order as the front drains.
 pub const MEMORY_WINDOW: usize = 2048;
@@ -154,6 +160,11 @@ struct QueueState {
     prioritized: bool,
     /// When the queue was last used (declared, consumed from, got from), for x-expires.
     last_used: u64,
+    /// Messages handed to consumers so far, and the count as last seen by the flow check
+    /// with when it was seen: a count that has not moved for [`STALL_AFTER`] means stalled
+    /// consumers.
+    dispatched: u64,
+    flow_probe: Option<(u64, Instant)>,
 }
 
 impl QueueState {
@@ -171,6 +182,19 @@ impl QueueState {
         if !self.flow_waiters.is_empty() && (self.consumers.is_empty() || (self.ready_count() as usize) < FLOW_LOW) {
             for w in self.flow_waiters.drain(..) {
                 w.notify_one();
+            }
+        }
+    }
+
+    /// Whether the queue's consumers took a message lately. Asked only while the queue is over
+    /// its flow mark, so the clock is read only then.
+    fn consumers_progressing(&mut self) -> bool {
+        let now = Instant::now();
+        match self.flow_probe {
+            Some((seen, at)) if seen == self.dispatched => now.duration_since(at) < STALL_AFTER,
+            _ => {
+                self.flow_probe = Some((self.dispatched, now));
+                true
             }
         }
     }
@@ -498,7 +522,7 @@ impl Queue {
         }
         let mut throttled = false;
         if let Some(w) = flow {
-            if !st.consumers.is_empty() && st.ready_count() as usize > FLOW_HIGH {
+            if !st.consumers.is_empty() && st.ready_count() as usize > FLOW_HIGH && st.consumers_progressing() {
                 if !st.flow_waiters.iter().any(|x| Arc::ptr_eq(x, w)) {
                     st.flow_waiters.push(w.clone());
                 }
@@ -609,6 +633,7 @@ impl Queue {
                 st.next_consumer = (idx + 1) % st.consumers.len();
             }
             let consumer = st.consumers[idx].clone();
+            st.dispatched += 1;
             consumer.charge_unacked();
             if !consumer.no_ack {
                 st.unacked += 1;
@@ -791,5 +816,26 @@ impl Queue {
             c.sink.send(ConnEvent::ConsumerCancelled { channel: c.channel, consumer_tag: c.tag.clone() });
         }
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumers_that_take_nothing_for_a_while_are_stalled() {
+        let mut st = QueueState::default();
+        // The first look starts the probe; within STALL_AFTER consumers still count as live.
+        assert!(st.consumers_progressing());
+        assert!(st.consumers_progressing());
+        // Nothing dispatched since the probe started, long enough ago: stalled.
+        st.flow_probe = Some((st.dispatched, Instant::now() - STALL_AFTER * 2));
+        assert!(!st.consumers_progressing());
+        assert!(!st.consumers_progressing());
+        // One message taken: live again, and the probe restarts from now.
+        st.dispatched += 1;
+        assert!(st.consumers_progressing());
+        assert!(st.flow_probe.is_some_and(|(seen, at)| seen == 1 && at.elapsed() < STALL_AFTER));
     }
 }

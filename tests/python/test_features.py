@@ -309,25 +309,47 @@ def test_exchange_delete_if_unused_and_queue_delete_conditions(ch):
 
 
 def test_publishers_wait_for_slow_consumers(hare):
-    """A queue with consumers that cannot keep up holds publishers back at about 8192
-    ready messages, instead of taking everything they send."""
+    """A queue whose consumer keeps taking messages, slower than they come, holds publishers
+    back at about 8192 ready messages instead of taking everything they send. Once the
+    consumer stops taking messages altogether (stalled), the queue stops holding publishers
+    back for it."""
     import threading
 
     setup = hare.connect()
     sch = setup.channel()
     sch.queue_declare("flow_q")
     sch.queue_purge("flow_q")
-    stuck = hare.connect()
-    stuck_ch = stuck.channel()
-    stuck_ch.basic_qos(prefetch_count=1)
-    stuck_ch.basic_consume("flow_q", lambda *a: None)  # never acks
+
+    consuming = threading.Event()
+    stop_consuming = threading.Event()
+
+    def slow_consumer():
+        c = hare.connect()
+        ch = c.channel()
+        ch.basic_qos(prefetch_count=1)
+        def work(ch, m, p, b):
+            time.sleep(0.002)  # the consumer's work: it takes at most 500 messages a second
+            ch.basic_ack(m.delivery_tag)
+
+        ch.basic_consume("flow_q", work)
+        consuming.set()
+        while not stop_consuming.is_set():
+            c.process_data_events(time_limit=0.01)
+        # Stalled from here on: subscribed, holding its one unacked message, reading nothing.
+        stop_consuming.wait()
+        return c
+
+    conn_holder = []
+    ct = threading.Thread(target=lambda: conn_holder.append(slow_consumer()))
+    ct.start()
+    consuming.wait(10)
 
     done = threading.Event()
 
     def publish():
         p = hare.connect()
         pch = p.channel()
-        for i in range(30000):
+        for i in range(60000):
             pch.basic_publish("", "flow_q", b"x" * 100)
         p.close()
         done.set()
@@ -336,15 +358,16 @@ def test_publishers_wait_for_slow_consumers(hare):
     t.start()
     count = lambda: sch.queue_declare("flow_q", passive=True).method.message_count
     wait_for(lambda: count() > 8192, what="the queue to fill to its flow mark")
-    # Held at the mark: many polls later the publisher is still not done.
+    # Held at the mark while the consumer keeps taking messages.
     peak = max(count() for _ in range(50))
     assert not done.is_set()
     assert peak < 8192 + 4000, peak
-    # With no consumer left (its unacked message back in the queue), flow control no longer
-    # applies and the publisher finishes.
-    stuck.close()
-    wait_for(done.is_set, timeout=30, what="the publisher")
+    # The consumer stops reading: the queue no longer holds the publisher back.
+    stop_consuming.set()
+    ct.join()
+    wait_for(done.is_set, timeout=60, what="the publisher")
     t.join()
-    assert count() == 30000
+    assert count() > 30000
+    conn_holder[0].close()
     sch.queue_delete("flow_q")
     setup.close()
