@@ -21,7 +21,7 @@ DURATION = float(os.environ.get("DURATION", "10"))
 ROUNDS = int(os.environ.get("ROUNDS", "2"))
 BACKLOG = int(os.environ.get("BACKLOG", "1000000"))
 IDLE = int(os.environ.get("IDLE_CONNECTIONS", "10000"))
-# ROWS=10 or ROWS=1,10 runs only those rows (and writes them to bench/results/<date>-rows.md).
+# ROWS=10 or ROWS=1,10 runs only those rows (written to bench/results/<date>-rows-1-10.md).
 ROWS = {int(r) for r in os.environ.get("ROWS", "").split(",") if r.strip()}
 
 
@@ -399,7 +399,8 @@ def write(rows):
     ]
     lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
     lines.append("")
-    path = os.path.join(ROOT, "bench", "results", f"{today}{'-rows' if ROWS else ''}.md")
+    suffix = "-rows-" + "-".join(str(r) for r in sorted(ROWS)) if ROWS else ""
+    path = os.path.join(ROOT, "bench", "results", f"{today}{suffix}.md")
     with open(path, "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
