@@ -69,14 +69,15 @@ class Hare:
         self.dir = tempfile.mkdtemp(prefix="hare-bench-")
         self.proc = None
 
-    def start(self, fresh=True):
+    def start(self, fresh=True, memory_limit_mib=None):
         if fresh:
             shutil.rmtree(self.dir, ignore_errors=True)
             os.makedirs(self.dir)
         self.log = open(os.path.join(self.dir, "hare.log"), "a")
         started = time.monotonic()
+        limit = ["--memory-limit", f"{memory_limit_mib}MiB"] if memory_limit_mib else []
         self.proc = subprocess.Popen(
-            [HARE, "--port", str(self.port), "--data-dir", os.path.join(self.dir, "data"), "--log", "warn"],
+            [HARE, "--port", str(self.port), "--data-dir", os.path.join(self.dir, "data"), "--log", "warn", *limit],
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
@@ -118,11 +119,16 @@ class RabbitMQ:
         )
         return e
 
-    def start(self, fresh=True):
+    def start(self, fresh=True, memory_limit_mib=None):
         if fresh:
             shutil.rmtree(self.dir, ignore_errors=True)
             os.makedirs(self.dir)
             shutil.chown(self.dir, "rabbitmq", "rabbitmq")
+        conf = os.path.join(self.dir, "rabbitmq.conf")
+        with open(conf, "w") as f:
+            if memory_limit_mib:
+                f.write(f"vm_memory_high_watermark.absolute = {memory_limit_mib}MiB\n")
+        shutil.chown(conf, "rabbitmq", "rabbitmq")
         started = time.monotonic()
         # Debian's wrapper switches user with su, whose PAM session resets the descriptor
         # limit to 1024; start the server script as the rabbitmq user directly instead, so the
@@ -343,7 +349,51 @@ def main():
         h, q = (stall["Hare"][1] / stall["Hare"][0], stall["RabbitMQ"][1] / stall["RabbitMQ"][0])
         rows.append((title, "stalled / no consumer", f"{h:.2f}", f"{q:.2f}", ""))
 
+    # 11. A transient flood nobody consumes, under a 200 MiB memory limit on both brokers.
+    if want(11):
+        flood = {}
+        for b in brokers:
+            b.start(memory_limit_mib=200)
+            try:
+                peak = PeakRss(b.pid())
+                try:
+                    s = perf(b, "--consumers", 0, "--size", 4096, "--confirm", 256, "--duration", DURATION * 3, "--prefix", "flood")
+                finally:
+                    top = peak.done()
+            finally:
+                b.stop()
+            flood[b.name] = (s["confirmed"] / s["seconds"], top / 1024)
+            log(f"11. flood | {b.name}: {flood[b.name][0]:.0f} confirmed msg/s, peak RSS {flood[b.name][1]:.0f} MiB")
+        title = f"11. 4 KiB transient, confirms, no consumer, 200 MiB memory limit, {DURATION * 3:.0f} s"
+        for i, what, fmt in [(0, "confirmed msg/s over the run", "{:,.0f}"), (1, "peak RSS MiB", "{:.0f}")]:
+            h, q = flood["Hare"][i], flood["RabbitMQ"][i]
+            rows.append((title, what, fmt.format(h), fmt.format(q), f"{h / q:.2f}"))
+
     write(rows)
+
+
+class PeakRss:
+    """Samples a process's resident memory every 50 ms until done(); returns the peak in KiB."""
+
+    def __init__(self, pid):
+        import threading
+
+        self.pid, self.peak, self.stop = pid, 0, threading.Event()
+        self.thread = threading.Thread(target=self.run)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                self.peak = max(self.peak, rss_kib(self.pid))
+            except OSError:
+                pass
+            time.sleep(0.05)
+
+    def done(self):
+        self.stop.set()
+        self.thread.join()
+        return self.peak
 
 
 STALLED_CLIENT = """

@@ -29,8 +29,12 @@ pub struct Args {
     /// Memory use above which publishers are blocked: a share of RAM ("40%") or a size ("2GiB").
     #[arg(long, env = "HARE_MEMORY_LIMIT")]
     pub memory_limit: Option<String>,
-    /// TOML file with any of: bind, port, data_dir, log, heartbeat, memory_limit, frame_max,
-    /// channel_max, max_message_size.
+    /// Free disk space below which publishers are blocked, as RabbitMQ's disk_free_limit
+    /// ("50MB", "2GiB", bytes).
+    #[arg(long, env = "HARE_DISK_FREE_LIMIT")]
+    pub disk_free_limit: Option<String>,
+    /// TOML file with any of: bind, port, data_dir, log, heartbeat, memory_limit,
+    /// disk_free_limit, frame_max, channel_max, max_message_size.
     #[arg(long, short, env = "HARE_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -50,6 +54,7 @@ struct FileConfig {
     log: Option<String>,
     heartbeat: Option<u16>,
     memory_limit: Option<String>,
+    disk_free_limit: Option<String>,
     frame_max: Option<u32>,
     channel_max: Option<u16>,
     max_message_size: Option<u64>,
@@ -64,6 +69,8 @@ pub struct Config {
     pub heartbeat: u16,
     /// Bytes of resident memory above which publishers are blocked.
     pub memory_limit: u64,
+    /// Bytes of free disk space (where the data directory is) below which publishers are blocked.
+    pub disk_free_limit: u64,
     pub frame_max: u32,
     pub channel_max: u16,
     pub max_message_size: u64,
@@ -78,6 +85,8 @@ impl Default for Config {
             log: "info".into(),
             heartbeat: 60,
             memory_limit: crate::server::alarms::total_memory().map_or(1 << 30, |t| t / 10 * 4),
+            // RabbitMQ's default.
+            disk_free_limit: 50_000_000,
             frame_max: 131072,
             channel_max: 2047,
             max_message_size: 128 * 1024 * 1024,
@@ -95,6 +104,8 @@ pub enum ConfigError {
     FrameMax(u32),
     #[error("memory_limit: {0}")]
     MemoryLimit(String),
+    #[error("disk_free_limit: {0}")]
+    DiskFreeLimit(String),
 }
 
 impl Config {
@@ -118,6 +129,10 @@ impl Config {
             memory_limit: match args.memory_limit.clone().or(file.memory_limit) {
                 Some(s) => crate::server::alarms::parse_memory_limit(&s).map_err(ConfigError::MemoryLimit)?,
                 None => d.memory_limit,
+            },
+            disk_free_limit: match args.disk_free_limit.clone().or(file.disk_free_limit) {
+                Some(s) => crate::server::alarms::parse_size(&s).map_err(ConfigError::DiskFreeLimit)?,
+                None => d.disk_free_limit,
             },
             frame_max: file.frame_max.unwrap_or(d.frame_max),
             channel_max: file.channel_max.unwrap_or(d.channel_max),

@@ -106,6 +106,24 @@ impl Broker {
         }
     }
 
+    /// Memory is short: every queue moves its messages past the in-memory window to disk.
+    /// Returns how many messages moved.
+    pub fn page_out(&self) -> usize {
+        let vhosts: Vec<Arc<VHost>> = self.vhosts.read().values().cloned().collect();
+        vhosts.iter().map(|v| v.page_out()).sum()
+    }
+
+    /// Whether log writes outrun the disk: a publisher that wrote to a log then waits for
+    /// `waiter`, notified once they no longer do.
+    pub fn storage_backlogged(&self, waiter: &Arc<tokio::sync::Notify>) -> bool {
+        self.storage.as_ref().is_some_and(|s| s.backlogged(waiter))
+    }
+
+    /// Whether the broker keeps data on disk (it does unless run without a data directory).
+    pub fn has_storage(&self) -> bool {
+        self.storage.is_some()
+    }
+
     /// Why disk writes are failing, if they are: persistent publishes are refused meanwhile.
     pub fn storage_failure(&self) -> Option<String> {
         self.storage.as_ref().and_then(|s| s.failure())

@@ -35,6 +35,11 @@ const STALL_AFTER: Duration = Duration::from_millis(200);
 /// A durable queue keeps at most this many ready messages in memory; the rest wait in its
 /// log on disk and are read back in order as the front drains.
 pub const MEMORY_WINDOW: usize = 2048;
+/// While memory is short, a queue without a log of its own keeps at most this many ready
+/// messages, and this many bytes of them, in memory; the rest go to disk. Small, so that a
+/// broker with many flooded queues stays within its memory limit.
+const PRESSURE_WINDOW: usize = 64;
+const PRESSURE_WINDOW_BYTES: u64 = 256 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct QueueOptions {
@@ -86,6 +91,8 @@ pub struct Published {
     pub throttled: bool,
     /// A length limit with reject-publish refused the message: the publisher gets a nack.
     pub rejected: bool,
+    /// The message was written to the queue's log (durable, or paged to disk).
+    pub logged: bool,
 }
 
 #[derive(Debug)]
@@ -160,11 +167,17 @@ struct QueueState {
     prioritized: bool,
     /// When the queue was last used (declared, consumed from, got from), for x-expires.
     last_used: u64,
+    /// Messages that come after the on-disk tail but are in memory: those a page-out could
+    /// not write (the disk failed), and the ones published after them. They join `ready`
+    /// once the tail is read back.
+    after_tail: VecDeque<QueuedMessage>,
     /// Messages handed to consumers so far, and the count as last seen by the flow check
     /// with when it was seen: a count that has not moved for [`STALL_AFTER`] means stalled
     /// consumers.
     dispatched: u64,
     flow_probe: Option<(u64, Instant)>,
+    /// The broker's memory pressure, for a queue that pages to disk under it.
+    pressure: Option<Arc<AtomicBool>>,
 }
 
 impl QueueState {
@@ -174,7 +187,7 @@ impl QueueState {
 
     /// Messages ready for consumers: in memory and on disk.
     fn ready_count(&self) -> u32 {
-        (self.ready.len() as u64 + self.tail_len()).min(u32::MAX as u64) as u32
+        (self.ready.len() as u64 + self.tail_len() + self.after_tail.len() as u64).min(u32::MAX as u64) as u32
     }
 
     /// Wakes waiting publishers once the queue is below the low mark or has no consumers.
@@ -199,13 +212,41 @@ impl QueueState {
         }
     }
 
+    fn under_pressure(&self) -> bool {
+        self.pressure.as_ref().is_some_and(|p| p.load(Ordering::Acquire))
+    }
+
+    /// How many ready messages may be in memory now: the window, or the smaller one while
+    /// memory is short.
+    fn window(&self) -> usize {
+        if self.under_pressure() {
+            PRESSURE_WINDOW
+        } else {
+            MEMORY_WINDOW
+        }
+    }
+
+    /// Whether the messages in memory fill the window (by count, or by bytes while memory
+    /// is short).
+    fn window_full(&self) -> bool {
+        if self.under_pressure() {
+            self.ready.len() >= PRESSURE_WINDOW || self.ready_bytes >= PRESSURE_WINDOW_BYTES
+        } else {
+            self.ready.len() >= MEMORY_WINDOW
+        }
+    }
+
     /// Reads the next stretch of the on-disk tail once the in-memory front runs low.
     fn refill(&mut self, name: &ShortStr) {
-        if self.ready.len() >= MEMORY_WINDOW / 2 || self.tail_len() == 0 {
+        if self.tail_len() == 0 && !self.after_tail.is_empty() {
+            self.ready.append(&mut self.after_tail);
+        }
+        let batch = (self.window() / 2).max(1);
+        if self.ready.len() >= batch || self.tail_len() == 0 {
             return;
         }
         let Some(log) = &mut self.log else { return };
-        match log.read_tail(MEMORY_WINDOW / 2) {
+        match log.read_tail(batch) {
             Ok(loaded) => {
                 for m in loaded {
                     let size = m.message.body.len() as u64;
@@ -323,7 +364,12 @@ impl Queue {
         Arc::new(Queue {
             name,
             vhost: vhost.to_string(),
-            state: Mutex::new(QueueState { log, last_used: now_ms(), ..Default::default() }),
+            state: Mutex::new(QueueState {
+                log,
+                last_used: now_ms(),
+                pressure: pager.as_ref().map(|p| p.pressure.clone()),
+                ..Default::default()
+            }),
             deleted: AtomicBool::new(false),
             pager,
             timed: AtomicBool::new(options.args.message_ttl.is_some() || options.args.expires.is_some()),
@@ -468,23 +514,17 @@ impl Queue {
         let mut ticket = 0;
         let mut logged = false;
         let mut to_tail = false;
-        let in_memory = st.ready.len();
-        if st.log.is_none() && in_memory >= MEMORY_WINDOW {
-            if let Some(p) = self.pager.as_ref().filter(|p| p.pressure.load(Ordering::Acquire)) {
-                match p.storage.create_transient_log() {
-                    Ok(log) => {
-                        tracing::info!("queue '{}': memory is short, paging its messages to disk", self.name);
-                        st.log = Some(log);
-                    }
-                    Err(e) => tracing::warn!("queue '{}': cannot page to disk: {e}", self.name),
-                }
-            }
+        if st.log.is_none() && st.window_full() {
+            self.page_out_locked(&mut st);
         }
+        let window_full = st.window_full();
         let size = message.body.len() as u64;
-        if let Some(log) = &mut st.log {
+        // After a failed page-out, later messages wait in memory behind what did reach disk.
+        let after_tail = !st.after_tail.is_empty();
+        if let Some(log) = st.log.as_mut().filter(|_| !after_tail) {
             // Past the memory window, messages wait on disk; so do later ones, to keep order.
             // A priority queue keeps all of them in memory, to hand out the highest first.
-            to_tail = args.max_priority.is_none() && (log.tail_len() > 0 || in_memory >= MEMORY_WINDOW);
+            to_tail = args.max_priority.is_none() && (log.tail_len() > 0 || window_full);
             if message.persistent || to_tail {
                 let t = log.append(seq, &message, expires_at, to_tail)?;
                 // A transient message on disk is only there to save memory: its confirm
@@ -496,15 +536,13 @@ impl Queue {
         if to_tail {
             st.tail_bytes += size;
         } else {
-            st.push_ready(QueuedMessage {
-                seq,
-                message,
-                redelivered: false,
-                logged,
-                expires_at,
-                deliveries: 0,
-                priority,
-            });
+            let m = QueuedMessage { seq, message, redelivered: false, logged, expires_at, deliveries: 0, priority };
+            if after_tail {
+                st.ready_bytes += size;
+                st.after_tail.push_back(m);
+            } else {
+                st.push_ready(m);
+            }
         }
         // A message published this millisecond with a TTL of 0 still goes to a waiting
         // consumer; undelivered, it expires at once.
@@ -530,7 +568,87 @@ impl Queue {
             }
         }
         self.unlock_and_dead_letter(st);
-        Ok(Published { ticket, throttled, rejected: false })
+        Ok(Published { ticket, throttled, rejected: false, logged })
+    }
+
+    /// Under memory pressure: moves this queue's ready messages past the (small) window to
+    /// disk, in order; from then on it keeps only a window in memory, as a durable queue does.
+    /// Called for every queue while memory is short, and by a publish that finds its queue's
+    /// window full. Returns how many messages moved.
+    pub fn page_out(&self) -> usize {
+        if self.pager.is_none() {
+            return 0;
+        }
+        let mut st = self.state.lock();
+        if st.log.is_some() || !st.window_full() {
+            return 0;
+        }
+        let moved = self.page_out_locked(&mut st);
+        drop(st);
+        moved
+    }
+
+    /// Opens the queue's transient log (once memory is short) and appends the messages past
+    /// the window to it as the tail. The appends go to the log's write buffer, which the
+    /// sync thread writes out; each message's memory is released as it is copied.
+    fn page_out_locked(&self, st: &mut QueueState) -> usize {
+        let Some(p) = self.pager.as_ref().filter(|p| p.pressure.load(Ordering::Acquire)) else {
+            return 0;
+        };
+        if st.log.is_none() {
+            match p.storage.create_transient_log() {
+                Ok(log) => st.log = Some(log),
+                Err(e) => {
+                    tracing::warn!("queue '{}': cannot page to disk: {e}", self.name);
+                    return 0;
+                }
+            }
+        }
+        // Keep the front: at most the pressure window, by count and by bytes.
+        let mut keep = 0;
+        let mut bytes = 0;
+        while keep < st.ready.len().min(PRESSURE_WINDOW) {
+            bytes += st.ready[keep].message.body.len() as u64;
+            if bytes > PRESSURE_WINDOW_BYTES {
+                break;
+            }
+            keep += 1;
+        }
+        if keep >= st.ready.len() {
+            return 0;
+        }
+        let moving = st.ready.split_off(keep);
+        let n = moving.len();
+        let Some(log) = st.log.as_mut() else { return 0 };
+        let mut moved_bytes = 0u64;
+        let mut kept = VecDeque::new();
+        for m in moving {
+            // Once one append fails, the rest stay in memory, behind the tail (in order).
+            if !kept.is_empty() {
+                kept.push_back(m);
+                continue;
+            }
+            match log.append(m.seq, &m.message, m.expires_at, true) {
+                Ok(_) => {
+                    if m.redelivered {
+                        log.delivered(m.seq);
+                    }
+                    moved_bytes += m.message.body.len() as u64;
+                }
+                Err(e) => {
+                    tracing::warn!("queue '{}': cannot page to disk: {e}", self.name);
+                    kept.push_back(m);
+                }
+            }
+        }
+        let moved = n - kept.len();
+        st.after_tail = kept;
+        st.ready_bytes = st.ready_bytes.saturating_sub(moved_bytes);
+        st.tail_bytes += moved_bytes;
+        if moved > 0 {
+            tracing::info!("queue '{}': memory is short, {moved} messages paged to disk", self.name);
+        }
+        moved
     }
 
     /// Releases the lock, then republishes what died meanwhile to the dead-letter exchange.
@@ -584,7 +702,7 @@ impl Queue {
             let loaded = st.ready.len();
             self.dispatch_ready(st, &mut clock);
             // Consumers took all that was in memory and may take more: read on from disk.
-            if loaded == 0 || !st.ready.is_empty() || st.tail_len() == 0 {
+            if loaded == 0 || !st.ready.is_empty() || (st.tail_len() == 0 && st.after_tail.is_empty()) {
                 break;
             }
         }
@@ -790,6 +908,7 @@ impl Queue {
         for m in &ready {
             st.log_ack(m);
         }
+        st.after_tail.clear();
         st.ready_bytes = 0;
         st.tail_bytes = 0;
         if let Some(log) = &mut st.log {
@@ -806,6 +925,7 @@ impl Queue {
         let mut st = self.state.lock();
         let n = st.ready_count();
         st.ready.clear();
+        st.after_tail.clear();
         st.ready_bytes = 0;
         st.tail_bytes = 0;
         st.flow_waiters.drain(..).for_each(|w| w.notify_one());

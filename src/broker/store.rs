@@ -77,6 +77,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn last_ticket(&self) -> u64;
     /// Why disk writes are failing, if they are.
     fn failure(&self) -> Option<String>;
+    /// Whether appends outrun the disk; if so, `waiter` is notified once they no longer do.
+    fn backlogged(&self, waiter: &std::sync::Arc<tokio::sync::Notify>) -> bool;
 }
 
 /// Durable topology of one vhost, as saved on disk. Argument tables are kept in AMQP's own

@@ -661,6 +661,12 @@ impl VHost {
         }
     }
 
+    /// Pages every queue's messages past its in-memory window to disk (memory is short).
+    pub fn page_out(&self) -> usize {
+        let queues: Vec<Arc<Queue>> = self.topology.read().queues.values().cloned().collect();
+        queues.iter().map(|q| q.page_out()).sum()
+    }
+
     pub fn queue_names(&self) -> Vec<ShortStr> {
         self.topology.read().queues.keys().cloned().collect()
     }

@@ -1,13 +1,21 @@
-//! Resource alarms: memory use above the limit, or disk writes failing. While one is raised,
-//! publishing connections are blocked (connection.blocked, and their sockets are not read)
-//! instead of the broker growing without bound or confirming what it could not write.
+//! Resource alarms: memory use above the limit, free disk space below its limit, or disk
+//! writes failing. While one is raised, publishing connections are blocked (connection.blocked,
+//! and their sockets are not read) instead of the broker growing without bound or confirming
+//! what it could not write.
+//!
+//! Memory pressure comes first: past half the memory limit, every queue without a log of its
+//! own moves its messages past the in-memory window to disk (in order), so memory is given
+//! back and publishing goes on at the speed of the disk. The memory alarm is the safety net
+//! behind that; the disk alarm is what finally blocks a flood nobody consumes.
 
 use crate::broker::Broker;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// Often enough that a fast flood cannot add much memory between two looks.
+const CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// The resident set size of this process, in bytes.
 pub fn resident_bytes() -> Option<u64> {
@@ -35,6 +43,12 @@ pub fn parse_memory_limit(s: &str) -> Result<u64, String> {
         let total = total_memory().ok_or("cannot read the machine's total memory")?;
         return Ok((total as f64 * p / 100.0) as u64);
     }
+    parse_size(s)
+}
+
+/// Parses a size in bytes: "512MiB", "2GB", "1000000".
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
     let (num, mult) = [
         ("KiB", 1u64 << 10),
         ("MiB", 1 << 20),
@@ -50,19 +64,68 @@ pub fn parse_memory_limit(s: &str) -> Result<u64, String> {
     Ok(n * mult)
 }
 
-/// Checks memory and disk every 250 ms and publishes the reason publishers are blocked.
-pub fn spawn_monitor(broker: Arc<Broker>, memory_limit: u64) -> watch::Receiver<Option<String>> {
+/// Free bytes on the file system that holds `path` (for unprivileged users, as `df` shows).
+pub fn free_disk_bytes(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Returns the allocator's free memory to the system (glibc's `malloc_trim`).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases memory the allocator holds free; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Where the disk alarm looks, and below how many free bytes it goes off.
+#[derive(Debug, Clone)]
+pub struct DiskLimit {
+    pub path: PathBuf,
+    pub free_limit: u64,
+}
+
+/// Checks memory and disk every 100 ms, pages queues to disk under memory pressure, and
+/// publishes the reason publishers are blocked.
+pub fn spawn_monitor(
+    broker: Arc<Broker>,
+    memory_limit: u64,
+    disk: Option<DiskLimit>,
+) -> watch::Receiver<Option<String>> {
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(CHECK_EVERY);
         loop {
             tick.tick().await;
             let rss = resident_bytes();
-            // Past half the limit, queues start paging to disk so the limit is not reached.
-            broker.set_memory_pressure(rss.is_some_and(|r| r > memory_limit / 2));
-            let reason = match (broker.storage_failure(), rss) {
-                (Some(disk), _) => Some(format!("disk writes are failing: {disk}")),
-                (None, Some(rss)) if rss > memory_limit => {
+            // Past half the limit, queues page to disk so the limit is not reached.
+            let pressure = rss.is_some_and(|r| r > memory_limit / 2);
+            broker.set_memory_pressure(pressure);
+            if pressure {
+                let b = broker.clone();
+                // Copying messages into log buffers is work for a blocking thread. Then the
+                // allocator gives what was freed back to the system: glibc keeps freed heap
+                // memory otherwise, and resident memory (what this alarm reads) would not fall.
+                let _ = tokio::task::spawn_blocking(move || {
+                    b.page_out();
+                    release_free_memory();
+                })
+                .await;
+            }
+            let free = disk.as_ref().and_then(|d| free_disk_bytes(&d.path).map(|f| (f, d.free_limit)));
+            let reason = match (broker.storage_failure(), rss, free) {
+                (Some(disk), _, _) => Some(format!("disk writes are failing: {disk}")),
+                (None, _, Some((free, limit))) if free < limit => {
+                    Some(format!("disk free space {} MiB is below the limit of {} MiB", free >> 20, limit >> 20))
+                }
+                (None, Some(rss), _) if rss > memory_limit => {
                     Some(format!("memory use {} MiB is above the limit of {} MiB", rss >> 20, memory_limit >> 20))
                 }
                 _ => None,

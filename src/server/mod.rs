@@ -59,7 +59,11 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         // Each connection holds a sender; when all are dropped, every connection has ended.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-        let alarm = alarms::spawn_monitor(self.broker.clone(), self.config.memory_limit);
+        let disk = self
+            .broker
+            .has_storage()
+            .then(|| alarms::DiskLimit { path: self.config.data_dir.clone(), free_limit: self.config.disk_free_limit });
+        let alarm = alarms::spawn_monitor(self.broker.clone(), self.config.memory_limit, disk);
         let timers = tokio::spawn(run_timers(self.broker.clone()));
         tokio::pin!(shutdown);
         loop {

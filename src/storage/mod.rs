@@ -116,7 +116,7 @@ impl Storage for DiskStorage {
             (0..16).map(|_| format!("{:x}", rng.gen_range(0..16u8))).collect()
         };
         let dir = self.dir.join("transient").join(&id);
-        Ok(Box::new(QueueLog::create(dir, format!("transient log {id}"), self.syncer.clone())?))
+        Ok(Box::new(QueueLog::create_transient(dir, format!("transient log {id}"), self.syncer.clone())?))
     }
 
     fn recover_queue_log(&self, id: &str, label: &str, window: usize) -> Result<RecoveredQueue, StoreError> {
@@ -145,5 +145,9 @@ impl Storage for DiskStorage {
 
     fn failure(&self) -> Option<String> {
         self.syncer.failure()
+    }
+
+    fn backlogged(&self, waiter: &Arc<tokio::sync::Notify>) -> bool {
+        self.syncer.backlogged(waiter)
     }
 }

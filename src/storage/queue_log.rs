@@ -69,6 +69,8 @@ struct Cursor {
 pub struct QueueLog {
     /// Segments roll over at this size.
     segment_bytes: u64,
+    /// A transient queue's paging log: its files are written but never synced.
+    volatile: bool,
     dir: PathBuf,
     label: String,
     syncer: Arc<Syncer>,
@@ -176,10 +178,28 @@ impl AckState {
 }
 
 impl QueueLog {
+    fn open_file(&self, path: &Path) -> std::io::Result<Arc<LogFile>> {
+        if self.volatile {
+            LogFile::open_volatile(path)
+        } else {
+            LogFile::open(path)
+        }
+    }
+
     /// Creates an empty log in `dir`.
     pub fn create(dir: PathBuf, label: String, syncer: Arc<Syncer>) -> Result<QueueLog, StoreError> {
+        Self::create_with(dir, label, syncer, false)
+    }
+
+    /// A log for a transient queue paging to disk: written, never synced, removed at start.
+    pub fn create_transient(dir: PathBuf, label: String, syncer: Arc<Syncer>) -> Result<QueueLog, StoreError> {
+        Self::create_with(dir, label, syncer, true)
+    }
+
+    fn create_with(dir: PathBuf, label: String, syncer: Arc<Syncer>, volatile: bool) -> Result<QueueLog, StoreError> {
         std::fs::create_dir_all(&dir)?;
         let mut log = QueueLog {
+            volatile,
             segment_bytes: SEGMENT_BYTES,
             dir,
             label,
@@ -208,7 +228,7 @@ impl QueueLog {
         }
         let id = self.next_segment;
         self.next_segment += 1;
-        let file = LogFile::open(&segment_path(&self.dir, id))?;
+        let file = self.open_file(&segment_path(&self.dir, id))?;
         self.segments.push_back(Segment {
             id,
             file: Some(file),
@@ -283,6 +303,7 @@ impl QueueLog {
             .collect();
         ids.sort_unstable();
         let mut log = QueueLog {
+            volatile: false,
             segment_bytes: SEGMENT_BYTES,
             dir: dir.clone(),
             label: label.clone(),
@@ -396,7 +417,7 @@ impl QueueLog {
                 }
             }
         }
-        let f = LogFile::open(&ack_path(&self.dir, id))?;
+        let f = self.open_file(&ack_path(&self.dir, id))?;
         self.segments[i].ack = Some(f.clone());
         self.open_acks.push_back(id);
         Ok(f)

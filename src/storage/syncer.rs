@@ -13,12 +13,18 @@ use tokio::sync::watch;
 
 /// Write buffers larger than this are released after a write instead of kept.
 const KEEP_BUFFER: usize = 64 * 1024;
+/// A round that had more than this to write means appends outrun the disk: publishers that
+/// write to logs pause until a round writes less, so write buffers stay bounded in memory.
+const BACKLOG_HIGH: usize = 8 * 1024 * 1024;
 
 /// A file that is only appended to, through a buffer the syncer drains.
 #[derive(Debug)]
 pub struct LogFile {
     pub path: PathBuf,
     file: File,
+    /// Written out but never fdatasync'ed: the file of a transient queue paging to disk,
+    /// whose content is discarded at start anyway.
+    volatile: bool,
     state: Mutex<LogFileState>,
 }
 
@@ -34,8 +40,10 @@ struct LogFileState {
 }
 
 impl LogFileState {
-    fn write_buffer(&mut self, file: &File) -> std::io::Result<()> {
-        if !self.buf.is_empty() {
+    /// Writes the buffer out; returns how many bytes it wrote.
+    fn write_buffer(&mut self, file: &File) -> std::io::Result<usize> {
+        let n = self.buf.len();
+        if n > 0 {
             // On failure the bytes stay buffered for the next attempt.
             (&*file).write_all(&self.buf)?;
             if self.buf.capacity() > KEEP_BUFFER {
@@ -45,18 +53,28 @@ impl LogFileState {
                 self.buf.clear();
             }
         }
-        Ok(())
+        Ok(n)
     }
 }
 
 impl LogFile {
     /// Opens (creating if needed) a file for appending; `len` is its current length.
     pub fn open(path: &Path) -> std::io::Result<Arc<LogFile>> {
+        Self::open_with(path, false)
+    }
+
+    /// Opens a file whose content need not survive a crash: it is written, never synced.
+    pub fn open_volatile(path: &Path) -> std::io::Result<Arc<LogFile>> {
+        Self::open_with(path, true)
+    }
+
+    fn open_with(path: &Path, volatile: bool) -> std::io::Result<Arc<LogFile>> {
         let file = std::fs::OpenOptions::new().create(true).append(true).read(true).open(path)?;
         let len = file.metadata()?.len();
         Ok(Arc::new(LogFile {
             path: path.to_path_buf(),
             file,
+            volatile,
             state: Mutex::new(LogFileState { len, ..Default::default() }),
         }))
     }
@@ -85,20 +103,23 @@ impl LogFile {
 
     /// The syncer's write of the buffer (fsync follows). Returns true when the file holds
     /// appends whose tickets the current round does not cover: it needs another round.
-    fn write_out(&self, covered: u64) -> std::io::Result<bool> {
+    fn write_out(&self, covered: u64) -> std::io::Result<(bool, usize)> {
         let mut st = self.state.lock();
-        st.write_buffer(&self.file)?;
+        let n = st.write_buffer(&self.file)?;
         st.dirty = st.max_ticket > covered;
-        Ok(st.dirty)
+        Ok((st.dirty, n))
     }
 
     pub fn sync(&self) -> std::io::Result<()> {
+        if self.volatile {
+            return Ok(());
+        }
         self.file.sync_data()
     }
 
     /// Writes the buffer to the file (no fsync); the file stays on the syncer's list if it was.
     pub fn write_buffered(&self) -> std::io::Result<()> {
-        self.state.lock().write_buffer(&self.file)
+        self.state.lock().write_buffer(&self.file).map(drop)
     }
 
     /// Reads `len` bytes at `offset`, writing the buffer out first if it holds them.
@@ -127,6 +148,10 @@ pub struct Syncer {
     stop: AtomicBool,
     /// Held for a whole round, so [`Syncer::flush_now`] waits for one in progress.
     round_lock: Mutex<()>,
+    /// The last round had more than [`BACKLOG_HIGH`] to write; publishers wait meanwhile,
+    /// and are woken through these when a round writes less.
+    backlogged: AtomicBool,
+    drain_waiters: Mutex<Vec<Arc<tokio::sync::Notify>>>,
 }
 
 impl Syncer {
@@ -141,6 +166,8 @@ impl Syncer {
             failed: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             round_lock: Mutex::new(()),
+            backlogged: AtomicBool::new(false),
+            drain_waiters: Mutex::new(Vec::new()),
         });
         let s = syncer.clone();
         std::thread::Builder::new().name("hare-sync".into()).spawn(move || s.run()).expect("spawn the sync thread");
@@ -164,6 +191,18 @@ impl Syncer {
     /// The newest ticket handed out; waiting for it waits for everything appended so far.
     pub fn last_ticket(&self) -> u64 {
         self.next_ticket.load(Ordering::SeqCst)
+    }
+
+    /// Whether appends outrun the disk; if so, `waiter` is notified once they no longer do.
+    pub fn backlogged(&self, waiter: &Arc<tokio::sync::Notify>) -> bool {
+        if !self.backlogged.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut w = self.drain_waiters.lock();
+        if !w.iter().any(|x| Arc::ptr_eq(x, waiter)) {
+            w.push(waiter.clone());
+        }
+        true
     }
 
     /// Why writes are failing, if they are.
@@ -226,11 +265,25 @@ impl Syncer {
         }
         let mut error = None;
         let mut again = Vec::new();
+        let mut written = 0;
         for f in &files {
             match f.write_out(covered) {
-                Ok(true) => again.push(f.clone()),
-                Ok(false) => {}
+                Ok((more, n)) => {
+                    written += n;
+                    if more {
+                        again.push(f.clone());
+                    }
+                }
                 Err(e) => error = Some(format!("write to {} failed: {e}", f.path.display())),
+            }
+        }
+        let backlog = written > BACKLOG_HIGH;
+        if self.backlogged.swap(backlog, Ordering::AcqRel) != backlog {
+            tracing::debug!("disk write backlog {}", if backlog { "high: publishers wait" } else { "cleared" });
+        }
+        if !backlog {
+            for w in std::mem::take(&mut *self.drain_waiters.lock()) {
+                w.notify_one();
             }
         }
         if error.is_none() {

@@ -20,3 +20,33 @@ def drain(channel, queue, count, timeout=10.0, auto_ack=True):
 
 def bodies(messages):
     return [body for (_, _, body) in messages]
+
+
+def rss_kib(pid):
+    """A process's resident memory, in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class PeakRss:
+    """Samples a process's resident memory every 20 ms until done(); returns the peak in KiB."""
+
+    def __init__(self, pid):
+        import threading
+
+        self.pid, self.peak, self.stop = pid, 0, threading.Event()
+        self.thread = threading.Thread(target=self.run)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, rss_kib(self.pid))
+            time.sleep(0.02)
+
+    def done(self):
+        self.stop.set()
+        self.thread.join()
+        return self.peak

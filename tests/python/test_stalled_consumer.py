@@ -9,20 +9,13 @@ import pika
 import pytest
 
 from conftest import wait_for
+from helpers import PeakRss
 
 MESSAGES = 100_000
 BODY = 256
 # What the broker may hold for this test: 100,000 messages of 256 bytes in memory, plus the
 # stalled connection's bounded outbound buffer and the rest of the process.
 RSS_BOUND_KIB = 300 * 1024
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def publish_confirmed(hare, queues, count, deadline_s=120, window=512):
@@ -105,16 +98,7 @@ def test_stalled_consumer_does_not_slow_publishers(hare, mode):
 
     t = threading.Thread(target=healthy)
     t.start()
-    peak = [0]
-    sampling = threading.Event()
-
-    def sample():
-        while not sampling.is_set():
-            peak[0] = max(peak[0], rss_kib(hare.proc.pid))
-            time.sleep(0.05)
-
-    s = threading.Thread(target=sample)
-    s.start()
+    peak = PeakRss(hare.proc.pid)
     try:
         t0 = time.monotonic()
         publish_confirmed(hare, queues, MESSAGES)
@@ -127,8 +111,7 @@ def test_stalled_consumer_does_not_slow_publishers(hare, mode):
         stalled.resume(MESSAGES)
         print(f"{mode}: the stalled consumer drained them in {time.monotonic() - t0:.1f} s")
     finally:
-        sampling.set()
-        s.join()
+        top = peak.done()
         stop.set()
         t.join()
     got = [n for q in queues for n in stalled.got[q]]
@@ -140,7 +123,7 @@ def test_stalled_consumer_does_not_slow_publishers(hare, mode):
     # connection's deliveries to the callbacks channel by channel).
     for seen in stalled.by_channel.values():
         assert seen == sorted(seen)
-    assert peak[0] < RSS_BOUND_KIB, f"broker RSS peaked at {peak[0]} KiB"
+    assert top < RSS_BOUND_KIB, f"broker RSS peaked at {top} KiB"
     for q in queues + ["stall_other"]:
         sch.queue_delete(q)
     setup.close()

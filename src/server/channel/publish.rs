@@ -202,6 +202,7 @@ impl Channel {
     ) -> AmqpResult<Result<(u64, bool), String>> {
         let mut ticket = 0;
         let mut rejected = false;
+        let mut logged = false;
         let mut failed = None;
         let rk = message.routing_key.as_str();
         let routed = if message.exchange.is_empty() && rk.starts_with("amq.rabbitmq.reply-to.") {
@@ -243,9 +244,14 @@ impl Channel {
                         ticket = ticket.max(p.ticket);
                         ctx.flow_paused |= p.throttled;
                         rejected |= p.rejected;
+                        logged |= p.logged;
                     }
                     Err(e) => failed = Some(e.to_string()),
                 }
+            }
+            // Writing to logs faster than the disk takes: this publisher waits for the disk.
+            if logged && ctx.broker.storage_backlogged(&ctx.flow) {
+                ctx.flow_paused = true;
             }
             let routed = !queues.is_empty();
             queues.clear();
