@@ -5,6 +5,8 @@
 //! after the queue's lock is released, so queues that dead-letter into each other cannot
 //! deadlock.
 
+mod state;
+
 use super::arguments::{Overflow, QueueArguments};
 use super::consumer::{ConnEvent, Consumer, Delivery};
 use super::dead_letter::{self, Reason};
@@ -14,6 +16,7 @@ use super::store::{LoadedMessage, MessageLog, Pager, RecoveredQueue, StoreError}
 use super::vhost::VHost;
 use crate::protocol::{FieldTable, ShortStr};
 use parking_lot::Mutex;
+use state::QueueState;
 use std::cmp::Reverse;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -144,209 +147,6 @@ impl QueuedMessage {
     /// Where it belongs among ready messages: higher priority first, then publish order.
     fn order(&self) -> (Reverse<u8>, u64) {
         (Reverse(self.priority), self.seq)
-    }
-}
-
-#[derive(Debug, Default)]
-struct QueueState {
-    ready: VecDeque<QueuedMessage>,
-    next_seq: u64,
-    unacked: usize,
-    consumers: Vec<Arc<Consumer>>,
-    next_consumer: usize,
-    had_consumer: bool,
-    log: Option<Box<dyn MessageLog>>,
-    /// Publishers waiting for this queue to drain.
-    flow_waiters: Vec<Arc<tokio::sync::Notify>>,
-    /// Body bytes of the ready messages in memory, and of those waiting on disk.
-    ready_bytes: u64,
-    tail_bytes: u64,
-    /// Messages to dead-letter once the lock is released.
-    dead: Vec<(QueuedMessage, Reason)>,
-    /// Some consumer has a non-zero x-priority.
-    prioritized: bool,
-    /// When the queue was last used (declared, consumed from, got from), for x-expires.
-    last_used: u64,
-    /// Messages that come after the on-disk tail but are in memory: those a page-out could
-    /// not write (the disk failed), and the ones published after them. They join `ready`
-    /// once the tail is read back.
-    after_tail: VecDeque<QueuedMessage>,
-    /// Messages handed to consumers so far, and the count as last seen by the flow check
-    /// with when it was seen: a count that has not moved for [`STALL_AFTER`] means stalled
-    /// consumers.
-    dispatched: u64,
-    flow_probe: Option<(u64, Instant)>,
-    /// The broker's memory pressure, for a queue that pages to disk under it.
-    pressure: Option<Arc<AtomicBool>>,
-}
-
-impl QueueState {
-    fn tail_len(&self) -> u64 {
-        self.log.as_ref().map_or(0, |l| l.tail_len())
-    }
-
-    /// Messages ready for consumers: in memory and on disk.
-    fn ready_count(&self) -> u32 {
-        (self.ready.len() as u64 + self.tail_len() + self.after_tail.len() as u64).min(u32::MAX as u64) as u32
-    }
-
-    /// Wakes waiting publishers once the queue is below the low mark or has no consumers.
-    fn release_flow(&mut self) {
-        if !self.flow_waiters.is_empty() && (self.consumers.is_empty() || (self.ready_count() as usize) < FLOW_LOW) {
-            for w in self.flow_waiters.drain(..) {
-                w.notify_one();
-            }
-        }
-    }
-
-    /// Whether the queue's consumers took a message lately. Asked only while the queue is over
-    /// its flow mark, so the clock is read only then.
-    fn consumers_progressing(&mut self) -> bool {
-        let now = Instant::now();
-        match self.flow_probe {
-            Some((seen, at)) if seen == self.dispatched => now.duration_since(at) < STALL_AFTER,
-            _ => {
-                self.flow_probe = Some((self.dispatched, now));
-                true
-            }
-        }
-    }
-
-    fn under_pressure(&self) -> bool {
-        self.pressure.as_ref().is_some_and(|p| p.load(Ordering::Acquire))
-    }
-
-    /// How many ready messages may be in memory now: the window, or the smaller one while
-    /// memory is short.
-    fn window(&self) -> usize {
-        if self.under_pressure() {
-            PRESSURE_WINDOW
-        } else {
-            MEMORY_WINDOW
-        }
-    }
-
-    /// Whether the messages in memory fill the window (by count, or by bytes while memory
-    /// is short).
-    fn window_full(&self) -> bool {
-        if self.under_pressure() {
-            self.ready.len() >= PRESSURE_WINDOW || self.ready_bytes >= PRESSURE_WINDOW_BYTES
-        } else {
-            self.ready.len() >= MEMORY_WINDOW
-        }
-    }
-
-    /// Reads the next stretch of the on-disk tail once the in-memory front runs low.
-    fn refill(&mut self, name: &ShortStr) {
-        if self.tail_len() == 0 && !self.after_tail.is_empty() {
-            self.ready.append(&mut self.after_tail);
-        }
-        let batch = (self.window() / 2).max(1);
-        if self.ready.len() >= batch || self.tail_len() == 0 {
-            return;
-        }
-        let Some(log) = &mut self.log else { return };
-        match log.read_tail(batch) {
-            Ok(loaded) => {
-                for m in loaded {
-                    let size = m.message.body.len() as u64;
-                    self.tail_bytes = self.tail_bytes.saturating_sub(size);
-                    self.ready_bytes += size;
-                    self.ready.push_back(QueuedMessage::loaded(m, 0));
-                }
-            }
-            Err(e) => tracing::error!("queue '{name}': cannot read messages back from disk: {e}"),
-        }
-    }
-
-    /// Adds a ready message at its place (publish order within its priority).
-    fn push_ready(&mut self, m: QueuedMessage) {
-        self.ready_bytes += m.message.body.len() as u64;
-        if self.ready.back().is_none_or(|b| b.order() <= m.order()) {
-            self.ready.push_back(m);
-        } else {
-            let at = self.ready.partition_point(|r| r.order() < m.order());
-            self.ready.insert(at, m);
-        }
-    }
-
-    fn pop_ready(&mut self) -> Option<QueuedMessage> {
-        let m = self.ready.pop_front()?;
-        self.ready_bytes = self.ready_bytes.saturating_sub(m.message.body.len() as u64);
-        Some(m)
-    }
-
-    /// Body bytes of every ready message.
-    fn bytes(&self) -> u64 {
-        self.ready_bytes + self.tail_bytes
-    }
-
-    /// A message leaves the queue without reaching a consumer: it is settled in the log and
-    /// kept for dead-lettering if the queue has a dead-letter exchange.
-    fn discard(&mut self, m: QueuedMessage, reason: Reason, args: &QueueArguments) {
-        self.log_ack(&m);
-        if args.dead_letter_exchange.is_some() {
-            self.dead.push((m, reason));
-        }
-    }
-
-    /// Drops (or dead-letters) expired messages at the head, as RabbitMQ does: a message
-    /// behind one that has not expired waits until it reaches the head, and never reaches a
-    /// consumer once expired.
-    fn expire(&mut self, name: &ShortStr, now: u64, args: &QueueArguments) {
-        loop {
-            self.refill(name);
-            match self.ready.front() {
-                Some(m) if m.expires_at != 0 && m.expires_at <= now => {
-                    let m = self.pop_ready().expect("front exists");
-                    self.discard(m, Reason::Expired, args);
-                }
-                _ => return,
-            }
-        }
-    }
-
-    /// With drop-head overflow, drops the oldest messages until the queue is within its limits.
-    fn enforce_limits(&mut self, name: &ShortStr, args: &QueueArguments) {
-        if args.overflow != Overflow::DropHead {
-            return;
-        }
-        loop {
-            let over = args.max_length.is_some_and(|max| self.ready_count() as u64 > max)
-                || args.max_length_bytes.is_some_and(|max| self.bytes() > max);
-            if !over {
-                return;
-            }
-            self.refill(name);
-            let Some(m) = self.pop_ready() else { return };
-            self.discard(m, Reason::MaxLen, args);
-        }
-    }
-
-    /// Whether one more message of `size` body bytes would break a length limit.
-    fn would_overflow(&self, size: u64, args: &QueueArguments) -> bool {
-        args.max_length.is_some_and(|max| self.ready_count() as u64 + 1 > max)
-            || args.max_length_bytes.is_some_and(|max| self.bytes() + size > max)
-    }
-
-    /// Records in the log that a message left the queue for good.
-    fn log_ack(&mut self, m: &QueuedMessage) {
-        if !m.logged {
-            return;
-        }
-        if let Some(Err(e)) = self.log.as_mut().map(|l| l.ack(m.seq)) {
-            tracing::error!("cannot record an ack: {e}");
-        }
-    }
-
-    /// Records that a message went to a consumer that must ack it. No-ack deliveries are
-    /// settled in the log only once written out (see [`Queue::settle_delivered`]).
-    fn log_out(&mut self, m: &QueuedMessage, no_ack: bool) {
-        if m.logged && !no_ack {
-            if let Some(log) = &mut self.log {
-                log.delivered(m.seq);
-            }
-        }
     }
 }
 
@@ -936,26 +736,5 @@ impl Queue {
             c.sink.send(ConnEvent::ConsumerCancelled { channel: c.channel, consumer_tag: c.tag.clone() });
         }
         n
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn consumers_that_take_nothing_for_a_while_are_stalled() {
-        let mut st = QueueState::default();
-        // The first look starts the probe; within STALL_AFTER consumers still count as live.
-        assert!(st.consumers_progressing());
-        assert!(st.consumers_progressing());
-        // Nothing dispatched since the probe started, long enough ago: stalled.
-        st.flow_probe = Some((st.dispatched, Instant::now() - STALL_AFTER * 2));
-        assert!(!st.consumers_progressing());
-        assert!(!st.consumers_progressing());
-        // One message taken: live again, and the probe restarts from now.
-        st.dispatched += 1;
-        assert!(st.consumers_progressing());
-        assert!(st.flow_probe.is_some_and(|(seen, at)| seen == 1 && at.elapsed() < STALL_AFTER));
     }
 }

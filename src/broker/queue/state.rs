@@ -1,0 +1,231 @@
+//! A queue's state behind its lock: the ready messages in memory (in priority, then publish
+//! order), the on-disk tail of a queue with a log, the window of messages kept in memory, and
+//! the bookkeeping of expiry, length limits, flow control and dead letters. `Queue` in the
+//! parent module takes the lock and drives it; nothing here blocks on I/O except through the
+//! queue's `MessageLog`.
+
+use super::*;
+
+#[derive(Debug, Default)]
+pub(super) struct QueueState {
+    pub(super) ready: VecDeque<QueuedMessage>,
+    pub(super) next_seq: u64,
+    pub(super) unacked: usize,
+    pub(super) consumers: Vec<Arc<Consumer>>,
+    pub(super) next_consumer: usize,
+    pub(super) had_consumer: bool,
+    pub(super) log: Option<Box<dyn MessageLog>>,
+    /// Publishers waiting for this queue to drain.
+    pub(super) flow_waiters: Vec<Arc<tokio::sync::Notify>>,
+    /// Body bytes of the ready messages in memory, and of those waiting on disk.
+    pub(super) ready_bytes: u64,
+    pub(super) tail_bytes: u64,
+    /// Messages to dead-letter once the lock is released.
+    pub(super) dead: Vec<(QueuedMessage, Reason)>,
+    /// Some consumer has a non-zero x-priority.
+    pub(super) prioritized: bool,
+    /// When the queue was last used (declared, consumed from, got from), for x-expires.
+    pub(super) last_used: u64,
+    /// Messages that come after the on-disk tail but are in memory: those a page-out could
+    /// not write (the disk failed), and the ones published after them. They join `ready`
+    /// once the tail is read back.
+    pub(super) after_tail: VecDeque<QueuedMessage>,
+    /// Messages handed to consumers so far, and the count as last seen by the flow check
+    /// with when it was seen: a count that has not moved for [`STALL_AFTER`] means stalled
+    /// consumers.
+    pub(super) dispatched: u64,
+    pub(super) flow_probe: Option<(u64, Instant)>,
+    /// The broker's memory pressure, for a queue that pages to disk under it.
+    pub(super) pressure: Option<Arc<AtomicBool>>,
+}
+
+impl QueueState {
+    pub(super) fn tail_len(&self) -> u64 {
+        self.log.as_ref().map_or(0, |l| l.tail_len())
+    }
+
+    /// Messages ready for consumers: in memory and on disk.
+    pub(super) fn ready_count(&self) -> u32 {
+        (self.ready.len() as u64 + self.tail_len() + self.after_tail.len() as u64).min(u32::MAX as u64) as u32
+    }
+
+    /// Wakes waiting publishers once the queue is below the low mark or has no consumers.
+    pub(super) fn release_flow(&mut self) {
+        if !self.flow_waiters.is_empty() && (self.consumers.is_empty() || (self.ready_count() as usize) < FLOW_LOW) {
+            for w in self.flow_waiters.drain(..) {
+                w.notify_one();
+            }
+        }
+    }
+
+    /// Whether the queue's consumers took a message lately. Asked only while the queue is over
+    /// its flow mark, so the clock is read only then.
+    pub(super) fn consumers_progressing(&mut self) -> bool {
+        let now = Instant::now();
+        match self.flow_probe {
+            Some((seen, at)) if seen == self.dispatched => now.duration_since(at) < STALL_AFTER,
+            _ => {
+                self.flow_probe = Some((self.dispatched, now));
+                true
+            }
+        }
+    }
+
+    pub(super) fn under_pressure(&self) -> bool {
+        self.pressure.as_ref().is_some_and(|p| p.load(Ordering::Acquire))
+    }
+
+    /// How many ready messages may be in memory now: the window, or the smaller one while
+    /// memory is short.
+    pub(super) fn window(&self) -> usize {
+        if self.under_pressure() {
+            PRESSURE_WINDOW
+        } else {
+            MEMORY_WINDOW
+        }
+    }
+
+    /// Whether the messages in memory fill the window (by count, or by bytes while memory
+    /// is short).
+    pub(super) fn window_full(&self) -> bool {
+        if self.under_pressure() {
+            self.ready.len() >= PRESSURE_WINDOW || self.ready_bytes >= PRESSURE_WINDOW_BYTES
+        } else {
+            self.ready.len() >= MEMORY_WINDOW
+        }
+    }
+
+    /// Reads the next stretch of the on-disk tail once the in-memory front runs low.
+    pub(super) fn refill(&mut self, name: &ShortStr) {
+        if self.tail_len() == 0 && !self.after_tail.is_empty() {
+            self.ready.append(&mut self.after_tail);
+        }
+        let batch = (self.window() / 2).max(1);
+        if self.ready.len() >= batch || self.tail_len() == 0 {
+            return;
+        }
+        let Some(log) = &mut self.log else { return };
+        match log.read_tail(batch) {
+            Ok(loaded) => {
+                for m in loaded {
+                    let size = m.message.body.len() as u64;
+                    self.tail_bytes = self.tail_bytes.saturating_sub(size);
+                    self.ready_bytes += size;
+                    self.ready.push_back(QueuedMessage::loaded(m, 0));
+                }
+            }
+            Err(e) => tracing::error!("queue '{name}': cannot read messages back from disk: {e}"),
+        }
+    }
+
+    /// Adds a ready message at its place (publish order within its priority).
+    pub(super) fn push_ready(&mut self, m: QueuedMessage) {
+        self.ready_bytes += m.message.body.len() as u64;
+        if self.ready.back().is_none_or(|b| b.order() <= m.order()) {
+            self.ready.push_back(m);
+        } else {
+            let at = self.ready.partition_point(|r| r.order() < m.order());
+            self.ready.insert(at, m);
+        }
+    }
+
+    pub(super) fn pop_ready(&mut self) -> Option<QueuedMessage> {
+        let m = self.ready.pop_front()?;
+        self.ready_bytes = self.ready_bytes.saturating_sub(m.message.body.len() as u64);
+        Some(m)
+    }
+
+    /// Body bytes of every ready message.
+    pub(super) fn bytes(&self) -> u64 {
+        self.ready_bytes + self.tail_bytes
+    }
+
+    /// A message leaves the queue without reaching a consumer: it is settled in the log and
+    /// kept for dead-lettering if the queue has a dead-letter exchange.
+    pub(super) fn discard(&mut self, m: QueuedMessage, reason: Reason, args: &QueueArguments) {
+        self.log_ack(&m);
+        if args.dead_letter_exchange.is_some() {
+            self.dead.push((m, reason));
+        }
+    }
+
+    /// Drops (or dead-letters) expired messages at the head, as RabbitMQ does: a message
+    /// behind one that has not expired waits until it reaches the head, and never reaches a
+    /// consumer once expired.
+    pub(super) fn expire(&mut self, name: &ShortStr, now: u64, args: &QueueArguments) {
+        loop {
+            self.refill(name);
+            match self.ready.front() {
+                Some(m) if m.expires_at != 0 && m.expires_at <= now => {
+                    let m = self.pop_ready().expect("front exists");
+                    self.discard(m, Reason::Expired, args);
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// With drop-head overflow, drops the oldest messages until the queue is within its limits.
+    pub(super) fn enforce_limits(&mut self, name: &ShortStr, args: &QueueArguments) {
+        if args.overflow != Overflow::DropHead {
+            return;
+        }
+        loop {
+            let over = args.max_length.is_some_and(|max| self.ready_count() as u64 > max)
+                || args.max_length_bytes.is_some_and(|max| self.bytes() > max);
+            if !over {
+                return;
+            }
+            self.refill(name);
+            let Some(m) = self.pop_ready() else { return };
+            self.discard(m, Reason::MaxLen, args);
+        }
+    }
+
+    /// Whether one more message of `size` body bytes would break a length limit.
+    pub(super) fn would_overflow(&self, size: u64, args: &QueueArguments) -> bool {
+        args.max_length.is_some_and(|max| self.ready_count() as u64 + 1 > max)
+            || args.max_length_bytes.is_some_and(|max| self.bytes() + size > max)
+    }
+
+    /// Records in the log that a message left the queue for good.
+    pub(super) fn log_ack(&mut self, m: &QueuedMessage) {
+        if !m.logged {
+            return;
+        }
+        if let Some(Err(e)) = self.log.as_mut().map(|l| l.ack(m.seq)) {
+            tracing::error!("cannot record an ack: {e}");
+        }
+    }
+
+    /// Records that a message went to a consumer that must ack it. No-ack deliveries are
+    /// settled in the log only once written out (see [`Queue::settle_delivered`]).
+    pub(super) fn log_out(&mut self, m: &QueuedMessage, no_ack: bool) {
+        if m.logged && !no_ack {
+            if let Some(log) = &mut self.log {
+                log.delivered(m.seq);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumers_that_take_nothing_for_a_while_are_stalled() {
+        let mut st = QueueState::default();
+        // The first look starts the probe; within STALL_AFTER consumers still count as live.
+        assert!(st.consumers_progressing());
+        assert!(st.consumers_progressing());
+        // Nothing dispatched since the probe started, long enough ago: stalled.
+        st.flow_probe = Some((st.dispatched, Instant::now() - STALL_AFTER * 2));
+        assert!(!st.consumers_progressing());
+        assert!(!st.consumers_progressing());
+        // One message taken: live again, and the probe restarts from now.
+        st.dispatched += 1;
+        assert!(st.consumers_progressing());
+        assert!(st.flow_probe.is_some_and(|(seen, at)| seen == 1 && at.elapsed() < STALL_AFTER));
+    }
+}
