@@ -1,0 +1,84 @@
+"""Scale benchmark: what a publish costs as the number of things grows, Hare and RabbitMQ side
+by side on this machine. Writes bench/results/<date>-scale.md.
+
+Rows so far:
+- topic routing, 1 publisher -> 1 consumer through a topic exchange, 64 B, with 1 binding and
+  with N more bindings (`other.<i>.#`, none matching), N = 10,000 and 100,000.
+Usage: bench/scale.sh   (BINDINGS=10000,100000 DURATION=10)"""
+import datetime
+import os
+import subprocess
+import sys
+import time
+
+import pika
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare  # noqa: E402  (broker launchers and the perf runner)
+
+DURATION = float(os.environ.get("DURATION", "10"))
+BINDINGS = [int(x) for x in os.environ.get("BINDINGS", "10000,100000").split(",")]
+
+
+def add_bindings(broker, n):
+    """Binds a queue to perf's topic exchange with n patterns that match nothing perf sends."""
+    c = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker.port))
+    ch = c.channel()
+    ch.exchange_declare("scale-topic", "topic")
+    ch.queue_declare("scale-other")
+    started = time.monotonic()
+    for i in range(n):
+        # nowait binds, with a round trip every 1,000 so errors surface and buffers stay small.
+        ch._impl.queue_bind("scale-other", "scale-topic", routing_key=f"other.{i}.#", callback=None)
+        if i % 1000 == 999:
+            ch.queue_declare("scale-other", passive=True)
+    ch.queue_declare("scale-other", passive=True)
+    c.close()
+    return time.monotonic() - started
+
+
+def main():
+    brokers = [compare.Hare(), compare.RabbitMQ()]
+    rows = []
+    log = lambda *a: print(*a, flush=True)
+    rates = {}
+    for b in brokers:
+        for n in [0] + BINDINGS:
+            b.start()
+            try:
+                took = add_bindings(b, n) if n else 0.0
+                s = compare.perf(b, "--exchange", "topic", "--size", 64, "--duration", DURATION, "--prefix", "scale")
+            finally:
+                b.stop()
+            rates[(b.name, n)] = s["consumed_per_sec"]
+            log(f"topic | {b.name}, {n} extra bindings (bound in {took:.1f} s): {s['consumed_per_sec']:.0f} msg/s")
+    for n in [0] + BINDINGS:
+        h, q = rates[("Hare", n)], rates[("RabbitMQ", n)]
+        label = "1 binding" if n == 0 else f"1 + {n:,} bindings"
+        rows.append((f"topic 1->1, 64 B, {label}", "consumed msg/s", f"{h:,.0f}", f"{q:,.0f}", f"{h / q:.2f}"))
+    for n in BINDINGS:
+        h = rates[("Hare", n)] / rates[("Hare", 0)]
+        q = rates[("RabbitMQ", n)] / rates[("RabbitMQ", 0)]
+        rows.append((f"topic, 1 + {n:,} bindings / 1 binding", "rate ratio", f"{h:.2f}", f"{q:.2f}", ""))
+    today = datetime.date.today().isoformat()
+    rmq = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "rabbitmq-server"], capture_output=True, text=True).stdout
+    hare = subprocess.run(["git", "-C", compare.ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    lines = [
+        f"# Scale: Hare vs RabbitMQ, {today}",
+        "",
+        f"Hare at {hare}; RabbitMQ {rmq} from Debian's packages. {os.cpu_count()} cores.",
+        f"Each run on a fresh broker, {DURATION:.0f} s of `hare perf --exchange topic --size 64`.",
+        "",
+        "| scenario | metric | Hare | RabbitMQ | Hare / RabbitMQ |",
+        "|---|---|---:|---:|---:|",
+    ]
+    lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
+    path = os.path.join(compare.ROOT, "bench", "results", f"{today}-scale.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()
