@@ -57,6 +57,19 @@ fn saved_exchange(ex: &Exchange) -> bool {
         && !DEFAULT_EXCHANGES.iter().any(|(n, _)| *n == ex.name.as_str())
 }
 
+/// Whether a binding is saved: from a saved exchange to a saved queue or a durable exchange
+/// (the rule `VHost::definitions` applies). Changes to anything unsaved skip the rewrite.
+fn binding_is_saved(topo: &Topology, source: &str, dest: &Destination) -> bool {
+    let Some(ex) = topo.exchanges.get(source) else { return false };
+    if !ex.durable || ex.auto_delete || ex.name.is_empty() {
+        return false;
+    }
+    match dest {
+        Destination::Queue(q) => topo.logs.contains_key(q.as_str()),
+        Destination::Exchange(e) => topo.exchanges.get(e.as_str()).is_some_and(|e| e.durable),
+    }
+}
+
 /// Whether a queue and its persistent messages are saved: durable, not exclusive, not
 /// auto-delete (those do not survive a restart in RabbitMQ either).
 fn saved_queue(o: &QueueOptions) -> bool {
@@ -76,6 +89,75 @@ fn check_not_default(source: &str, dest: &Destination) -> AmqpResult<()> {
         return Err(default_exchange_refused());
     }
     Ok(())
+}
+
+thread_local! {
+    /// Destinations found while routing, reused by every publish on this thread.
+    static ROUTE_SCRATCH: std::cell::RefCell<Vec<Destination>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One publish's walk through exchanges.
+struct Walk<'t, 'a> {
+    topo: &'t Topology,
+    /// The exchange published to; it is never routed through twice.
+    root: &'t str,
+    routing_key: &'a str,
+    properties: &'a Bytes,
+    /// The message's headers, decoded once if a headers exchange asks for them.
+    headers: &'a mut Option<Option<FieldTable>>,
+}
+
+impl<'t> Walk<'t, '_> {
+    /// Routes through `ex`: its destinations are appended to `dests` past what is there, and
+    /// taken off again once followed (exchange bindings recurse on the same buffer).
+    fn through(
+        &mut self,
+        ex: &'t Exchange,
+        visited: &mut Vec<&'t str>,
+        dests: &mut Vec<Destination>,
+        out: &mut Vec<Arc<Queue>>,
+    ) {
+        let table = if ex.kind == ExchangeKind::Headers {
+            let properties = self.properties;
+            self.headers
+                .get_or_insert_with(|| BasicProperties::decode(properties.clone()).ok().and_then(|p| p.headers))
+                .as_ref()
+        } else {
+            None
+        };
+        let start = dests.len();
+        ex.route(self.routing_key, table, dests);
+        // As RabbitMQ: an exchange (the first or one reached through a binding) whose own
+        // bindings matched nothing, not even another exchange, passes the message to its
+        // alternate exchange. Each exchange routes a message once.
+        if dests.len() == start {
+            if let Some(ae) = ex.alternate_exchange() {
+                dests.push(Destination::Exchange(ae.into()));
+            }
+        }
+        let end = dests.len();
+        for k in start..end {
+            let found = match &dests[k] {
+                Destination::Queue(n) => {
+                    if let Some(q) = self.topo.queues.get(n.as_str()) {
+                        if !out.iter().any(|o| Arc::ptr_eq(o, q)) {
+                            out.push(q.clone());
+                        }
+                    }
+                    continue;
+                }
+                Destination::Exchange(n) => self.topo.exchanges.get_key_value(n.as_str()),
+            };
+            if let Some((name, next)) = found {
+                let name = name.as_str();
+                if name != self.root && !visited.contains(&name) {
+                    visited.push(name);
+                    self.through(next, visited, dests, out);
+                }
+            }
+        }
+        dests.truncate(start);
+    }
 }
 
 /// What a queue declaration asks for.
@@ -333,8 +415,11 @@ impl VHost {
             return Err(AmqpError::access_refused(format!("exchange name '{name}' contains reserved prefix 'amq.*'")));
         }
         let ex = Exchange::new(name.clone(), kind, durable, auto_delete, internal, arguments.clone());
+        let saved = saved_exchange(&ex);
         topo.exchanges.insert(name.clone(), ex);
-        self.persist(&topo);
+        if saved {
+            self.persist(&topo);
+        }
         Ok(())
     }
 
@@ -358,9 +443,13 @@ impl VHost {
             return Err(AmqpError::precondition_failed(format!("exchange '{name}' in vhost '{}' in use", self.name)));
         }
         let dest = Destination::Exchange(name.clone());
+        // Only a durable exchange is saved, or the destination of saved bindings.
+        let saved = ex.durable;
         topo.exchanges.remove(name.as_str());
         Self::remove_destination(&mut topo, &dest);
-        self.persist(&topo);
+        if saved {
+            self.persist(&topo);
+        }
         Ok(())
     }
 
@@ -440,9 +529,12 @@ impl VHost {
             (Some(storage), None) => Some(Pager { storage: storage.clone(), pressure: self.pressure.clone() }),
             _ => None,
         };
+        let saved = log.is_some();
         let q = Queue::new(d.name.clone(), &self.name, options, log, pager, self.me.clone());
         topo.queues.insert(d.name.clone(), q.clone());
-        self.persist(&topo);
+        if saved {
+            self.persist(&topo);
+        }
         Ok((q, 0, 0))
     }
 
@@ -474,8 +566,11 @@ impl VHost {
         if if_unused && consumers > 0 {
             return Err(AmqpError::precondition_failed(format!("queue '{name}' in vhost '{}' in use", self.name)));
         }
+        let saved = topo.logs.contains_key(name.as_str());
         let n = Self::remove_queue(&mut topo, &q);
-        self.persist(&topo);
+        if saved {
+            self.persist(&topo);
+        }
         Ok(n)
     }
 
@@ -483,8 +578,11 @@ impl VHost {
     pub fn force_delete_queue(&self, queue: &Arc<Queue>) {
         let mut topo = self.topology.write();
         if topo.queues.get(queue.name.as_str()).is_some_and(|q| Arc::ptr_eq(q, queue)) {
+            let saved = topo.logs.contains_key(queue.name.as_str());
             Self::remove_queue(&mut topo, queue);
-            self.persist(&topo);
+            if saved {
+                self.persist(&topo);
+            }
         }
     }
 
@@ -521,10 +619,13 @@ impl VHost {
                 ex.validate_binding(&binding)?;
             }
         }
+        let saved = binding_is_saved(&topo, source, &binding.destination);
         if let Some(ex) = topo.exchanges.get_mut(source.as_str()) {
             ex.bind(binding);
         }
-        self.persist(&topo);
+        if saved {
+            self.persist(&topo);
+        }
         Ok(())
     }
 
@@ -546,12 +647,15 @@ impl VHost {
             return Ok(());
         }
         access?;
+        let saved = ex.durable && !ex.auto_delete;
         if ex.unbind(binding) && ex.auto_delete && !ex.has_bindings() {
             let name = ex.name.clone();
             topo.exchanges.remove(name.as_str());
             Self::remove_destination(&mut topo, &Destination::Exchange(name));
         }
-        self.persist(&topo);
+        if saved {
+            self.persist(&topo);
+        }
         Ok(())
     }
 
@@ -595,58 +699,23 @@ impl VHost {
             return Err(self.internal_refused(exchange));
         }
         let mut headers: Option<Option<FieldTable>> = None;
+        // Exchanges routed through besides the first; allocates only when bindings lead on to
+        // other exchanges.
         let mut visited: Vec<&str> = Vec::new();
-        self.route_through(&topo, ex, routing_key, properties, &mut headers, &mut visited, out);
+        ROUTE_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut dests) => {
+                dests.clear();
+                let mut r =
+                    Walk { topo: &topo, root: ex.name.as_str(), routing_key, properties, headers: &mut headers };
+                r.through(ex, &mut visited, &mut dests, out);
+            }
+            Err(_) => {
+                let mut r =
+                    Walk { topo: &topo, root: ex.name.as_str(), routing_key, properties, headers: &mut headers };
+                r.through(ex, &mut visited, &mut Vec::new(), out);
+            }
+        });
         Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn route_through<'t>(
-        &self,
-        topo: &'t Topology,
-        ex: &'t Exchange,
-        routing_key: &str,
-        properties: &Bytes,
-        headers: &mut Option<Option<FieldTable>>,
-        visited: &mut Vec<&'t str>,
-        out: &mut Vec<Arc<Queue>>,
-    ) {
-        visited.push(ex.name.as_str());
-        let table = if ex.kind == ExchangeKind::Headers {
-            headers
-                .get_or_insert_with(|| BasicProperties::decode(properties.clone()).ok().and_then(|p| p.headers))
-                .as_ref()
-        } else {
-            None
-        };
-        let mut dests = Vec::new();
-        ex.route(routing_key, table, &mut dests);
-        // As RabbitMQ: an exchange (the first or one reached through a binding) whose own
-        // bindings matched nothing, not even another exchange, passes the message to its
-        // alternate exchange. Each exchange routes a message once.
-        if dests.is_empty() {
-            if let Some(ae) = ex.alternate_exchange() {
-                dests.push(Destination::Exchange(ae.into()));
-            }
-        }
-        for d in dests {
-            match d {
-                Destination::Queue(n) => {
-                    if let Some(q) = topo.queues.get(n.as_str()) {
-                        if !out.iter().any(|o| Arc::ptr_eq(o, q)) {
-                            out.push(q.clone());
-                        }
-                    }
-                }
-                Destination::Exchange(n) => {
-                    if let Some((name, next)) = topo.exchanges.get_key_value(n.as_str()) {
-                        if !visited.contains(&name.as_str()) {
-                            self.route_through(topo, next, routing_key, properties, headers, visited, out);
-                        }
-                    }
-                }
-            }
-        }
     }
 
     /// Runs the timers of queues that have them (message TTL, x-expires) and deletes the

@@ -6,6 +6,7 @@ mod headers;
 mod topic;
 
 use super::error::{AmqpError, AmqpResult};
+use crate::broker::FastMap;
 use crate::protocol::{FieldTable, ShortStr};
 
 /// Where a binding sends matching messages.
@@ -74,6 +75,9 @@ pub struct Exchange {
     pub internal: bool,
     pub arguments: FieldTable,
     bindings: Vec<Binding>,
+    /// Positions in `bindings` by destination and key, so that a bind or unbind finds an
+    /// equal binding without scanning them all.
+    index: FastMap<(Destination, ShortStr), Vec<u32>>,
     router: Box<dyn Router>,
 }
 
@@ -92,7 +96,17 @@ impl Exchange {
             ExchangeKind::Topic => Box::<topic::TopicRouter>::default(),
             ExchangeKind::Headers => Box::<headers::HeadersRouter>::default(),
         };
-        Exchange { name, kind, durable, auto_delete, internal, arguments, bindings: Vec::new(), router }
+        Exchange {
+            name,
+            kind,
+            durable,
+            auto_delete,
+            internal,
+            arguments,
+            bindings: Vec::new(),
+            index: FastMap::default(),
+            router,
+        }
     }
 
     /// The alternate exchange for unroutable messages, from the `alternate-exchange` argument.
@@ -108,27 +122,52 @@ impl Exchange {
         Ok(())
     }
 
+    /// Where an equal binding is in `bindings`, if there is one.
+    fn position(&self, binding: &Binding) -> Option<usize> {
+        let key = (binding.destination.clone(), binding.routing_key.clone());
+        let positions = self.index.get(&key)?;
+        positions.iter().map(|&p| p as usize).find(|&p| same_binding(&self.bindings[p], binding))
+    }
+
     /// Adds a binding; an identical one already present is left as is.
     pub fn bind(&mut self, binding: Binding) {
-        if self.bindings.iter().any(|b| same_binding(b, &binding)) {
+        if self.position(&binding).is_some() {
             return;
         }
         self.router.bind(&binding);
+        let key = (binding.destination.clone(), binding.routing_key.clone());
+        self.index.entry(key).or_default().push(self.bindings.len() as u32);
         self.bindings.push(binding);
     }
 
     /// Whether an equal binding is present.
     pub fn has_binding(&self, binding: &Binding) -> bool {
-        self.bindings.iter().any(|b| same_binding(b, binding))
+        self.position(binding).is_some()
     }
 
     /// Removes a binding; returns whether it existed.
     pub fn unbind(&mut self, binding: &Binding) -> bool {
-        let Some(pos) = self.bindings.iter().position(|b| same_binding(b, binding)) else {
+        let Some(pos) = self.position(binding) else {
             return false;
         };
-        let b = self.bindings.remove(pos);
+        let b = self.bindings.swap_remove(pos);
         self.router.unbind(&b);
+        let key = (b.destination, b.routing_key);
+        if let Some(positions) = self.index.get_mut(&key) {
+            positions.retain(|&p| p as usize != pos);
+            if positions.is_empty() {
+                self.index.remove(&key);
+            }
+        }
+        // The last binding moved into the freed place.
+        if let Some(moved) = self.bindings.get(pos) {
+            let key = (moved.destination.clone(), moved.routing_key.clone());
+            if let Some(p) =
+                self.index.get_mut(&key).and_then(|ps| ps.iter_mut().find(|p| **p as usize == self.bindings.len()))
+            {
+                *p = pos as u32;
+            }
+        }
         true
     }
 
@@ -139,6 +178,12 @@ impl Exchange {
         self.bindings = kept;
         for b in &gone {
             self.router.unbind(b);
+        }
+        if !gone.is_empty() {
+            self.index.clear();
+            for (i, b) in self.bindings.iter().enumerate() {
+                self.index.entry((b.destination.clone(), b.routing_key.clone())).or_default().push(i as u32);
+            }
         }
         gone.len()
     }
@@ -189,6 +234,57 @@ mod tests {
         f.bind(binding("a", "x", FieldTable::new()));
         f.bind(binding("b", "", FieldTable::new()));
         assert_eq!(route(&f, "anything", None), ["a", "b"]);
+    }
+
+    /// Model-based: random binds, unbinds and destination removals keep the bindings, their
+    /// index and the router in step with a plain list.
+    #[test]
+    fn binding_index_follows_random_changes() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        for seed in 0..50u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut ex = Exchange::new("d".into(), ExchangeKind::Direct, false, false, false, FieldTable::new());
+            let mut model: Vec<(String, String)> = Vec::new();
+            for _ in 0..300 {
+                let q = format!("q{}", rng.gen_range(0..5));
+                let k = format!("k{}", rng.gen_range(0..4));
+                match rng.gen_range(0..10) {
+                    0..=5 => {
+                        ex.bind(binding(&q, &k, FieldTable::new()));
+                        if !model.contains(&(q.clone(), k.clone())) {
+                            model.push((q, k));
+                        }
+                    }
+                    6..=8 => {
+                        let existed = ex.unbind(&binding(&q, &k, FieldTable::new()));
+                        assert_eq!(existed, model.contains(&(q.clone(), k.clone())), "seed {seed}");
+                        model.retain(|m| m != &(q.clone(), k.clone()));
+                    }
+                    _ => {
+                        ex.unbind_destination(&Destination::Queue(q.as_str().into()));
+                        model.retain(|(mq, _)| mq != &q);
+                    }
+                }
+                let mut have: Vec<(String, String)> = ex
+                    .bindings()
+                    .iter()
+                    .map(|b| (b.destination.name().to_string(), b.routing_key.to_string()))
+                    .collect();
+                have.sort();
+                let mut want = model.clone();
+                want.sort();
+                assert_eq!(have, want, "seed {seed}");
+                for (mq, mk) in &model {
+                    assert!(ex.has_binding(&binding(mq, mk, FieldTable::new())), "seed {seed}");
+                }
+                let key = format!("k{}", rng.gen_range(0..4));
+                let mut expect: Vec<String> =
+                    model.iter().filter(|(_, mk)| *mk == key).map(|(mq, _)| mq.clone()).collect();
+                expect.sort();
+                assert_eq!(route(&ex, &key, None), expect, "seed {seed}");
+            }
+        }
     }
 
     #[test]
