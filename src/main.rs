@@ -25,6 +25,13 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
+    match hare::server::alarms::raise_open_files_limit() {
+        Some((before, now, _)) if before != now => {
+            tracing::info!("open files limit raised from {before} to {now} (the hard limit)")
+        }
+        Some((_, now, hard)) => tracing::info!("open files limit {now} (hard limit {hard})"),
+        None => tracing::warn!("cannot read the open files limit"),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

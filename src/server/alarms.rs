@@ -85,6 +85,25 @@ fn release_free_memory() {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit (every durable queue keeps files
+/// open, and every connection is one); returns (soft before, soft now, hard).
+pub fn raise_open_files_limit() -> Option<(u64, u64, u64)> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit read and write the plain struct passed to them.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    Some((before as u64, lim.rlim_cur as u64, lim.rlim_max as u64))
+}
+
 /// Where the disk alarm looks, and below how many free bytes it goes off.
 #[derive(Debug, Clone)]
 pub struct DiskLimit {
