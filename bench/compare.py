@@ -15,6 +15,9 @@ import time
 
 import pika
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "python"))
+from helpers import PeakRss, rss_kib  # noqa: E402  (shared with the tests)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARE = os.path.join(ROOT, "target", "release", "hare")
 DURATION = float(os.environ.get("DURATION", "10"))
@@ -53,12 +56,6 @@ def port_free(port):
     return not subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout.strip()
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 class Hare:
@@ -370,30 +367,6 @@ def main():
             rows.append((title, what, fmt.format(h), fmt.format(q), f"{h / q:.2f}"))
 
     write(rows)
-
-
-class PeakRss:
-    """Samples a process's resident memory every 50 ms until done(); returns the peak in KiB."""
-
-    def __init__(self, pid):
-        import threading
-
-        self.pid, self.peak, self.stop = pid, 0, threading.Event()
-        self.thread = threading.Thread(target=self.run)
-        self.thread.start()
-
-    def run(self):
-        while not self.stop.is_set():
-            try:
-                self.peak = max(self.peak, rss_kib(self.pid))
-            except OSError:
-                pass
-            time.sleep(0.05)
-
-    def done(self):
-        self.stop.set()
-        self.thread.join()
-        return self.peak
 
 
 STALLED_CLIENT = """

@@ -6,15 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bench/install-rabbitmq.sh
-
-echo "== building hare"
-cargo build --release --locked
-
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
-fi
-.venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+bench/prepare.sh
 
 # 10,000 connections need descriptors on both sides: raise the soft limit to the hard one.
 ulimit -n "$(ulimit -Hn)" || true

@@ -414,6 +414,11 @@ impl Queue {
             }
             keep += 1;
         }
+        // A requeued message keeps its redelivered flag only in memory: keep every one (they
+        // sit near the front, at their places by publish order).
+        if let Some(last) = st.ready.iter().rposition(|m| m.redelivered) {
+            keep = keep.max(last + 1);
+        }
         if keep >= st.ready.len() {
             return 0;
         }
@@ -429,12 +434,7 @@ impl Queue {
                 continue;
             }
             match log.append(m.seq, &m.message, m.expires_at, true) {
-                Ok(_) => {
-                    if m.redelivered {
-                        log.delivered(m.seq);
-                    }
-                    moved_bytes += m.message.body.len() as u64;
-                }
+                Ok(_) => moved_bytes += m.message.body.len() as u64,
                 Err(e) => {
                     tracing::warn!("queue '{}': cannot page to disk: {e}", self.name);
                     kept.push_back(m);

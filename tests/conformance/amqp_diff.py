@@ -246,17 +246,13 @@ def run_op(s, op):
             if r.method.queue.startswith("amq.gen-"):
                 s.generated.add(r.method.queue)
             return ["ok", r.method.queue, r.method.message_count, r.method.consumer_count]
-        if kind == "queue.bind":
-            ch.queue_bind(op["queue"], op["exchange"], routing_key=op.get("key", ""), arguments=op.get("args") or None)
+        if kind in ("queue.bind", "queue.unbind"):
+            method = ch.queue_bind if kind == "queue.bind" else ch.queue_unbind
+            method(op["queue"], op["exchange"], routing_key=op.get("key", ""), arguments=op.get("args") or None)
             return ["ok"]
-        if kind == "queue.unbind":
-            ch.queue_unbind(op["queue"], op["exchange"], routing_key=op.get("key", ""), arguments=op.get("args") or None)
-            return ["ok"]
-        if kind == "exchange.bind":
-            ch.exchange_bind(op["destination"], op["source"], routing_key=op.get("key", ""))
-            return ["ok"]
-        if kind == "exchange.unbind":
-            ch.exchange_unbind(op["destination"], op["source"], routing_key=op.get("key", ""))
+        if kind in ("exchange.bind", "exchange.unbind"):
+            method = ch.exchange_bind if kind == "exchange.bind" else ch.exchange_unbind
+            method(op["destination"], op["source"], routing_key=op.get("key", ""))
             return ["ok"]
         if kind == "queue.purge":
             r = ch.queue_purge(op["name"])

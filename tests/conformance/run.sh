@@ -5,9 +5,7 @@
 #   tests/conformance/run.sh --self --seeds 0:1000     # RabbitMQ against itself
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-bench/install-rabbitmq.sh
-# Debian's package starts a node of its own on 5672 where it can; the run does not need it.
-cargo build --release --locked
-if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
-.venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+# RabbitMQ, the build and the venv; Debian's package may start a node of its own on 5672,
+# which the run does not use.
+bench/prepare.sh
 exec .venv/bin/python tests/conformance/run.py "$@"

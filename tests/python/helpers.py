@@ -43,7 +43,10 @@ class PeakRss:
 
     def run(self):
         while not self.stop.is_set():
-            self.peak = max(self.peak, rss_kib(self.pid))
+            try:
+                self.peak = max(self.peak, rss_kib(self.pid))
+            except OSError:
+                pass  # the process is gone (a broker being restarted)
             time.sleep(0.02)
 
     def done(self):

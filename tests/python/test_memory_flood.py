@@ -144,3 +144,34 @@ def test_disk_free_limit_blocks_publishers_until_space_is_freed(tmp_path):
         c.close()
     finally:
         h.stop()
+
+
+def test_paging_keeps_order_and_the_redelivered_flag(tmp_path):
+    """A requeued message stays at its place, marked redelivered, when its queue pages the
+    messages behind it to disk."""
+    h = Hare(extra_args=["--memory-limit", "48MiB"])
+    try:
+        c = h.connect()
+        ch = c.channel()
+        ch.queue_declare("paged_redelivered")
+        # More requeued messages than the window kept in memory under pressure (64).
+        requeued = 200
+        for i in range(requeued):
+            ch.basic_publish("", "paged_redelivered", b"r%d" % i)
+        for i in range(requeued):
+            ch.basic_get("paged_redelivered")
+        ch.basic_nack(0, multiple=True, requeue=True)
+        body = b"x" * 1024
+        n = 60000  # ~60 MiB: more than the limit if held in memory
+        for i in range(n):
+            ch.basic_publish("", "paged_redelivered", i.to_bytes(4, "big") + body)
+        wait_for(lambda: "paged to disk" in h.read_log(), what="paging")
+        for i in range(requeued):
+            method, _, got = ch.basic_get("paged_redelivered", auto_ack=True)
+            assert got == b"r%d" % i and method.redelivered, (i, got)
+        for i in range(n):
+            method, _, got = ch.basic_get("paged_redelivered", auto_ack=True)
+            assert int.from_bytes(got[:4], "big") == i and not method.redelivered
+        c.close()
+    finally:
+        h.stop()
