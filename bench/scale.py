@@ -3,8 +3,10 @@ by side on this machine. Writes bench/results/<date>-scale.md.
 
 Rows so far:
 - topic routing, 1 publisher -> 1 consumer through a topic exchange, 64 B, with 1 binding and
-  with N more bindings (`other.<i>.#`, none matching), N = 10,000 and 100,000.
-Usage: bench/scale.sh   (BINDINGS=10000,100000 DURATION=10)"""
+  with N more bindings (`other.<i>.#`, none matching), N = 10,000 and 100,000;
+- broker memory (RSS) per topic binding, from the same runs;
+- broker memory per idle queue: QUEUES non-durable queues declared on a fresh broker.
+Usage: bench/scale.sh   (BINDINGS=10000,100000 QUEUES=20000 DURATION=10)"""
 import datetime
 import os
 import subprocess
@@ -18,6 +20,31 @@ import compare  # noqa: E402  (broker launchers and the perf runner)
 
 DURATION = float(os.environ.get("DURATION", "10"))
 BINDINGS = [int(x) for x in os.environ.get("BINDINGS", "10000,100000").split(",")]
+QUEUES = int(os.environ.get("QUEUES", "20000"))
+
+
+def settled_rss(broker):
+    """The broker's RSS in KiB once it stopped changing (at most 5 s)."""
+    last, deadline = -1, time.monotonic() + 5
+    while time.monotonic() < deadline:
+        now = compare.rss_kib(broker.pid())
+        if now == last:
+            return now
+        last = now
+        time.sleep(0.2)
+    return last
+
+
+def declare_queues(broker, n):
+    """Declares n non-durable queues through one channel (nowait, a round trip every 1,000)."""
+    c = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker.port))
+    ch = c.channel()
+    for i in range(n):
+        ch._impl.queue_declare(f"idle-{i}", callback=None)
+        if i % 1000 == 999:
+            ch.queue_declare(f"idle-{i}", passive=True)
+    ch.queue_declare(f"idle-{n - 1}", passive=True)
+    return c
 
 
 def add_bindings(broker, n):
@@ -42,16 +69,30 @@ def main():
     rows = []
     log = lambda *a: print(*a, flush=True)
     rates = {}
+    per_binding = {}
+    per_queue = {}
     for b in brokers:
         for n in [0] + BINDINGS:
             b.start()
             try:
+                before = settled_rss(b)
                 took = add_bindings(b, n) if n else 0.0
+                if n:
+                    per_binding[(b.name, n)] = (settled_rss(b) - before) / n
                 s = compare.perf(b, "--exchange", "topic", "--size", 64, "--duration", DURATION, "--prefix", "scale")
             finally:
                 b.stop()
             rates[(b.name, n)] = s["consumed_per_sec"]
             log(f"topic | {b.name}, {n} extra bindings (bound in {took:.1f} s): {s['consumed_per_sec']:.0f} msg/s")
+        b.start()
+        try:
+            before = settled_rss(b)
+            conn = declare_queues(b, QUEUES)
+            per_queue[b.name] = (settled_rss(b) - before) / QUEUES
+            conn.close()
+        finally:
+            b.stop()
+        log(f"queues | {b.name}: {per_queue[b.name]:.2f} KiB per idle queue")
     for n in [0] + BINDINGS:
         h, q = rates[("Hare", n)], rates[("RabbitMQ", n)]
         label = "1 binding" if n == 0 else f"1 + {n:,} bindings"
@@ -60,6 +101,11 @@ def main():
         h = rates[("Hare", n)] / rates[("Hare", 0)]
         q = rates[("RabbitMQ", n)] / rates[("RabbitMQ", 0)]
         rows.append((f"topic, 1 + {n:,} bindings / 1 binding", "rate ratio", f"{h:.2f}", f"{q:.2f}", ""))
+    for n in BINDINGS:
+        h, q = per_binding[("Hare", n)], per_binding[("RabbitMQ", n)]
+        rows.append((f"{n:,} topic bindings (`other.<i>.#`)", "broker KiB per binding", f"{h:.2f}", f"{q:.2f}", f"{h / q:.2f}"))
+    h, q = per_queue["Hare"], per_queue["RabbitMQ"]
+    rows.append((f"{QUEUES:,} idle non-durable queues", "broker KiB per queue", f"{h:.2f}", f"{q:.2f}", f"{h / q:.2f}"))
     today = datetime.date.today().isoformat()
     rmq = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "rabbitmq-server"], capture_output=True, text=True).stdout
     hare = subprocess.run(["git", "-C", compare.ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -68,6 +114,7 @@ def main():
         "",
         f"Hare at {hare}; RabbitMQ {rmq} from Debian's packages. {os.cpu_count()} cores.",
         f"Each run on a fresh broker, {DURATION:.0f} s of `hare perf --exchange topic --size 64`.",
+        "Memory rows: the broker's RSS once settled, after minus before, divided by the count.",
         "",
         "| scenario | metric | Hare | RabbitMQ | Hare / RabbitMQ |",
         "|---|---|---:|---:|---:|",
