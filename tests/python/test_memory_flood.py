@@ -101,7 +101,8 @@ def test_disk_free_limit_blocks_publishers_until_space_is_freed(tmp_path):
 
     data = tmp_path / "data"
     data.mkdir()
-    # A limit 1 GiB below what is free now: a 1.5 GiB ballast file crosses it.
+    # A limit 1 GiB below what is free now: a 3 GiB ballast file crosses it, even if space
+    # freed by earlier tests comes back meanwhile.
     limit = free_bytes(str(data)) - 1024**3
     h = Hare(extra_args=["--disk-free-limit", str(limit)], data_dir=str(data))
     try:
@@ -126,7 +127,7 @@ def test_disk_free_limit_blocks_publishers_until_space_is_freed(tmp_path):
         t.start()
         wait_for(lambda: h.read_log().count("connection open") >= 1, what="the publisher")
         ballast = tmp_path / "ballast"
-        subprocess.run(["fallocate", "-l", str(1536 * 1024**2), str(ballast)], check=True)
+        subprocess.run(["fallocate", "-l", str(3 * 1024**3), str(ballast)], check=True)
         wait_for(blocked.is_set, timeout=10, what="connection.blocked")
         assert "disk free space" in h.read_log()
         go.set()
