@@ -702,18 +702,13 @@ impl VHost {
         // Exchanges routed through besides the first; allocates only when bindings lead on to
         // other exchanges.
         let mut visited: Vec<&str> = Vec::new();
+        let mut walk = Walk { topo: &topo, root: ex.name.as_str(), routing_key, properties, headers: &mut headers };
         ROUTE_SCRATCH.with(|cell| match cell.try_borrow_mut() {
             Ok(mut dests) => {
                 dests.clear();
-                let mut r =
-                    Walk { topo: &topo, root: ex.name.as_str(), routing_key, properties, headers: &mut headers };
-                r.through(ex, &mut visited, &mut dests, out);
+                walk.through(ex, &mut visited, &mut dests, out);
             }
-            Err(_) => {
-                let mut r =
-                    Walk { topo: &topo, root: ex.name.as_str(), routing_key, properties, headers: &mut headers };
-                r.through(ex, &mut visited, &mut Vec::new(), out);
-            }
+            Err(_) => walk.through(ex, &mut visited, &mut Vec::new(), out),
         });
         Ok(())
     }

@@ -214,6 +214,15 @@ def props_record(p):
     return rec
 
 
+# Methods without arguments whose only reply is their -ok, by the pika call that sends them.
+MODE_METHODS = {
+    "tx.select": "tx_select",
+    "tx.commit": "tx_commit",
+    "tx.rollback": "tx_rollback",
+    "confirm.select": "confirm_delivery",
+}
+
+
 def run_op(s, op):
     """Runs one operation; returns its outcome as a JSON-able list."""
     who = op.get("on", "A")
@@ -316,17 +325,8 @@ def run_op(s, op):
             ch.basic_cancel(op["tag"])
             s.consumers.pop((who, ch, op["tag"]), None)
             return ["ok"]
-        if kind == "tx.select":
-            ch.tx_select()
-            return ["ok"]
-        if kind == "tx.commit":
-            ch.tx_commit()
-            return ["ok"]
-        if kind == "tx.rollback":
-            ch.tx_rollback()
-            return ["ok"]
-        if kind == "confirm.select":
-            ch.confirm_delivery()
+        if kind in MODE_METHODS:
+            getattr(ch, MODE_METHODS[kind])()
             return ["ok"]
         if kind == "deliveries":
             # What each consumer whose channel is still open received, once the brokers had
