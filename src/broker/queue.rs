@@ -35,12 +35,15 @@ pub const FLOW_LOW: usize = 4096;
 /// holding its publishers back for them and takes publishes as if it had no consumers, until
 /// a consumer takes a message again.
 const STALL_AFTER: Duration = Duration::from_millis(200);
-/// A durable queue keeps at most this many ready messages in memory; the rest wait in its
-/// log on disk and are read back in order as the front drains.
+/// A durable queue keeps at most this many ready messages, and this many bytes of them, in
+/// memory; the rest wait in its log on disk and are read back in order as the front drains.
+/// The count keeps small messages flowing from memory; the bytes keep a queue of large ones
+/// (2,048 of 1 MiB would be 2 GiB) from holding more than a few MiB.
 pub const MEMORY_WINDOW: usize = 2048;
-/// While memory is short, a queue without a log of its own keeps at most this many ready
-/// messages, and this many bytes of them, in memory; the rest go to disk. Small, so that a
-/// broker with many flooded queues stays within its memory limit.
+pub const MEMORY_WINDOW_BYTES: u64 = 4 * 1024 * 1024;
+/// While memory is short, and while part of it is paged out, a transient queue keeps at most
+/// this many ready messages, and this many bytes of them, in memory; the rest go to disk.
+/// Small, so that a broker with many flooded queues stays within its memory limit.
 const PRESSURE_WINDOW: usize = 64;
 const PRESSURE_WINDOW_BYTES: u64 = 256 * 1024;
 
@@ -380,7 +383,9 @@ impl Queue {
             return 0;
         }
         let mut st = self.state.lock();
-        if st.log.is_some() || !st.window_full() {
+        // With a tail on disk already, the front cannot be appended behind it; such a
+        // queue's front never outgrows the small window anyway (`small_window`).
+        if st.tail_len() > 0 || !st.after_tail.is_empty() || !st.window_full() {
             return 0;
         }
         let moved = self.page_out_locked(&mut st);
@@ -738,3 +743,6 @@ impl Queue {
         n
     }
 }
+
+#[cfg(test)]
+mod tests;

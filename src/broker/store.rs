@@ -40,8 +40,9 @@ pub trait MessageLog: Send + std::fmt::Debug {
     fn delivered(&mut self, seq: u64);
     /// Messages held only on disk.
     fn tail_len(&self) -> u64;
-    /// Up to `max` messages from the front of the on-disk tail.
-    fn read_tail(&mut self, max: usize) -> Result<Vec<LoadedMessage>, StoreError>;
+    /// Up to `max` messages from the front of the on-disk tail, stopping once their bodies
+    /// reach `max_bytes` (at least one message is read).
+    fn read_tail(&mut self, max: usize, max_bytes: u64) -> Result<Vec<LoadedMessage>, StoreError>;
     /// Drops the whole on-disk tail; returns how many messages it held.
     fn purge_tail(&mut self) -> Result<u64, StoreError>;
     /// Deletes the log's files.
@@ -70,7 +71,13 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// recovered, and removed at the next start.
     fn create_transient_log(&self) -> Result<Box<dyn MessageLog>, StoreError>;
     /// Opens an existing queue log after a restart, recovering its messages.
-    fn recover_queue_log(&self, id: &str, label: &str, window: usize) -> Result<RecoveredQueue, StoreError>;
+    fn recover_queue_log(
+        &self,
+        id: &str,
+        label: &str,
+        window: usize,
+        window_bytes: u64,
+    ) -> Result<RecoveredQueue, StoreError>;
     fn load_definitions(&self, vhost: &str) -> Result<Definitions, StoreError>;
     fn save_definitions(&self, vhost: &str, definitions: &Definitions) -> Result<(), StoreError>;
     /// The newest ticket handed out so far.

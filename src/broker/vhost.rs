@@ -4,7 +4,7 @@
 use super::arguments::QueueArguments;
 use super::error::{describe_args, AmqpError, AmqpResult};
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
-use super::queue::{Queue, QueueOptions, MEMORY_WINDOW};
+use super::queue::{Queue, QueueOptions, MEMORY_WINDOW, MEMORY_WINDOW_BYTES};
 use super::store::{
     table_from_hex, table_to_hex, BindingDef, Definitions, ExchangeDef, Pager, QueueDef, Storage, StoreError,
 };
@@ -229,8 +229,9 @@ impl VHost {
                 QueueArguments::default()
             });
             // A priority queue holds all its messages in memory, to order them.
-            let window = if args.max_priority.is_some() { usize::MAX } else { MEMORY_WINDOW };
-            let recovered = storage.recover_queue_log(&q.log, &label, window)?;
+            let (window, bytes) =
+                if args.max_priority.is_some() { (usize::MAX, u64::MAX) } else { (MEMORY_WINDOW, MEMORY_WINDOW_BYTES) };
+            let recovered = storage.recover_queue_log(&q.log, &label, window, bytes)?;
             let options = QueueOptions { durable: true, exclusive_owner: None, auto_delete: false, arguments, args };
             let queue = Queue::restore(name.clone(), &self.name, options, recovered, self.me.clone());
             let (count, _) = queue.counts();

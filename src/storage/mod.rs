@@ -119,8 +119,14 @@ impl Storage for DiskStorage {
         Ok(Box::new(QueueLog::create_transient(dir, format!("transient log {id}"), self.syncer.clone())?))
     }
 
-    fn recover_queue_log(&self, id: &str, label: &str, window: usize) -> Result<RecoveredQueue, StoreError> {
-        QueueLog::recover(self.queue_dir(id), label.to_string(), self.syncer.clone(), window)
+    fn recover_queue_log(
+        &self,
+        id: &str,
+        label: &str,
+        window: usize,
+        window_bytes: u64,
+    ) -> Result<RecoveredQueue, StoreError> {
+        QueueLog::recover(self.queue_dir(id), label.to_string(), self.syncer.clone(), window, window_bytes)
     }
 
     fn load_definitions(&self, vhost: &str) -> Result<Definitions, StoreError> {

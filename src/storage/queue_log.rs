@@ -289,12 +289,14 @@ impl QueueLog {
     }
 
     /// Opens a log after a restart: cuts torn tails, skips (and reports) corrupt records,
-    /// drops transient and acked messages, and returns up to `window` messages for memory.
+    /// drops transient and acked messages, and returns up to `window` messages (and about
+    /// `window_bytes` of bodies) for memory; the rest stay on disk as the tail.
     pub fn recover(
         dir: PathBuf,
         label: String,
         syncer: Arc<Syncer>,
         window: usize,
+        window_bytes: u64,
     ) -> Result<RecoveredQueue, StoreError> {
         std::fs::create_dir_all(&dir)?;
         let mut ids: Vec<u64> = std::fs::read_dir(&dir)?
@@ -318,6 +320,7 @@ impl QueueLog {
             open_acks: VecDeque::new(),
         };
         let mut messages = Vec::new();
+        let mut loaded_bytes = 0u64;
         let mut next_seq = 0u64;
         for (i, &id) in ids.iter().enumerate() {
             let path = segment_path(&dir, id);
@@ -349,7 +352,8 @@ impl QueueLog {
                         }
                         seg.live += 1;
                         let redelivered = acks.delivered.contains(&seq);
-                        if log.tail.is_none() && messages.len() < window {
+                        if log.tail.is_none() && messages.len() < window && loaded_bytes < window_bytes {
+                            loaded_bytes += message.body.len() as u64;
                             messages.push(LoadedMessage { seq, message: Arc::new(message), redelivered, expires_at });
                         } else {
                             if log.tail.is_none() {
@@ -518,10 +522,12 @@ impl QueueLog {
         Ok(())
     }
 
-    /// Reads records from the tail cursor until `max` live messages or the end of the log.
-    fn read_from_cursor(&mut self, max: usize) -> Result<Vec<LoadedMessage>, StoreError> {
-        let mut out = Vec::new();
-        while out.len() < max && self.tail_len > 0 {
+    /// Reads records from the tail cursor until `max` live messages, `max_bytes` of their
+    /// bodies, or the end of the log.
+    fn read_from_cursor(&mut self, max: usize, max_bytes: u64) -> Result<Vec<LoadedMessage>, StoreError> {
+        let mut out: Vec<LoadedMessage> = Vec::new();
+        let mut bytes = 0u64;
+        while out.len() < max && bytes < max_bytes && self.tail_len > 0 {
             let Some(cur) = self.tail else { break };
             let Some(si) = self.segments.iter().position(|s| s.id == cur.segment) else {
                 // The cursor's segment is gone (purged): nothing more is in the tail.
@@ -544,7 +550,7 @@ impl QueueLog {
             let want = ((end - cur.offset) as usize).min(READ_CHUNK);
             let chunk = Bytes::from(self.read_segment(si, cur.offset, want)?);
             let mut pos = 0usize;
-            while pos + HEADER_LEN <= chunk.len() && out.len() < max {
+            while pos + HEADER_LEN <= chunk.len() && out.len() < max && bytes < max_bytes {
                 let magic = u32::from_be_bytes([chunk[pos], chunk[pos + 1], chunk[pos + 2], chunk[pos + 3]]);
                 let len = u32::from_be_bytes([chunk[pos + 4], chunk[pos + 5], chunk[pos + 6], chunk[pos + 7]]) as usize;
                 if magic != MAGIC {
@@ -562,6 +568,7 @@ impl QueueLog {
                 pos += HEADER_LEN + len;
                 let Some((seq, message, expires_at)) = decode_message(payload) else { continue };
                 if let Some(m) = self.take_if_live(cur.segment, seq, message, expires_at) {
+                    bytes += m.message.body.len() as u64;
                     out.push(m);
                 }
             }
@@ -574,6 +581,7 @@ impl QueueLog {
                 };
                 pos = whole.len();
                 if let Some(m) = self.take_if_live(cur.segment, seq, message, expires_at) {
+                    bytes += m.message.body.len() as u64;
                     out.push(m);
                 }
             }
@@ -648,8 +656,8 @@ impl MessageLog for QueueLog {
         self.tail_len
     }
 
-    fn read_tail(&mut self, max: usize) -> Result<Vec<LoadedMessage>, StoreError> {
-        self.read_from_cursor(max)
+    fn read_tail(&mut self, max: usize, max_bytes: u64) -> Result<Vec<LoadedMessage>, StoreError> {
+        self.read_from_cursor(max, max_bytes)
     }
 
     fn purge_tail(&mut self) -> Result<u64, StoreError> {
@@ -730,7 +738,7 @@ mod tests {
     }
 
     fn recover(dir: &Path, syncer: &Arc<Syncer>, window: usize) -> RecoveredQueue {
-        QueueLog::recover(dir.to_path_buf(), "test".into(), syncer.clone(), window).unwrap()
+        QueueLog::recover(dir.to_path_buf(), "test".into(), syncer.clone(), window, u64::MAX).unwrap()
     }
 
     #[test]
@@ -812,7 +820,7 @@ mod tests {
         assert_eq!(log.tail_len(), 190);
         let mut seen = Vec::new();
         loop {
-            let batch = log.read_tail(7).unwrap();
+            let batch = log.read_tail(7, u64::MAX).unwrap();
             if batch.is_empty() {
                 break;
             }
@@ -833,6 +841,30 @@ mod tests {
     }
 
     #[test]
+    fn tail_reads_and_recovery_stop_at_the_byte_budget() {
+        let dir = temp_dir();
+        let syncer = Syncer::start();
+        let mut log = QueueLog::create(dir.clone(), "test".into(), syncer.clone()).unwrap();
+        let big = "y".repeat(10_000);
+        for i in 0..40u64 {
+            log.append(i, &msg(&big, true), 0, true).unwrap();
+        }
+        // Reading stops once 25,000 bytes are in: after the third 10,000-byte body.
+        let batch = log.read_tail(100, 25_000).unwrap();
+        assert_eq!(batch.iter().map(|m| m.seq).collect::<Vec<_>>(), [0, 1, 2]);
+        // At least one message, however small the budget; then on in order.
+        assert_eq!(log.read_tail(100, 1).unwrap().iter().map(|m| m.seq).collect::<Vec<_>>(), [3]);
+        assert_eq!(log.tail_len(), 36);
+        syncer.flush_now();
+        drop(log);
+        // Recovery keeps about the budget in memory and the rest as the tail.
+        let r = QueueLog::recover(dir.clone(), "test".into(), syncer.clone(), 100, 45_000).unwrap();
+        assert_eq!(r.messages.len(), 5);
+        assert_eq!(r.log.tail_len(), 35);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn recovery_with_a_tail_then_purge() {
         let dir = temp_dir();
         let syncer = Syncer::start();
@@ -846,7 +878,7 @@ mod tests {
         let mut r = recover(&dir, &syncer, 10);
         assert_eq!(bodies(&r.messages), (0..10).map(|i| format!("m{i}")).collect::<Vec<_>>());
         assert_eq!(r.log.tail_len(), 39);
-        let next = r.log.read_tail(15).unwrap();
+        let next = r.log.read_tail(15, u64::MAX).unwrap();
         assert_eq!(next.first().map(|m| m.seq), Some(10));
         assert!(!next.iter().any(|m| m.seq == 20), "acked message came back");
         assert_eq!(r.log.purge_tail().unwrap(), 24);

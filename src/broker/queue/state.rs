@@ -71,28 +71,28 @@ impl QueueState {
         }
     }
 
-    pub(super) fn under_pressure(&self) -> bool {
-        self.pressure.as_ref().is_some_and(|p| p.load(Ordering::Acquire))
+    /// Whether the queue keeps only the small window in memory: while memory is short, and,
+    /// for a queue that pages to disk under pressure, as long as part of it is still on disk.
+    /// A front that grew while the tail is on disk could not go back to disk (it would have
+    /// to go before the tail), so such a queue does not let it grow.
+    pub(super) fn small_window(&self) -> bool {
+        self.pressure.as_ref().is_some_and(|p| p.load(Ordering::Acquire) || self.tail_len() > 0)
     }
 
-    /// How many ready messages may be in memory now: the window, or the smaller one while
-    /// memory is short.
-    pub(super) fn window(&self) -> usize {
-        if self.under_pressure() {
-            PRESSURE_WINDOW
+    /// How many ready messages, and how many bytes of them, may be in memory now: the
+    /// window, or the small one (see [`QueueState::small_window`]).
+    pub(super) fn window(&self) -> (usize, u64) {
+        if self.small_window() {
+            (PRESSURE_WINDOW, PRESSURE_WINDOW_BYTES)
         } else {
-            MEMORY_WINDOW
+            (MEMORY_WINDOW, MEMORY_WINDOW_BYTES)
         }
     }
 
-    /// Whether the messages in memory fill the window (by count, or by bytes while memory
-    /// is short).
+    /// Whether the messages in memory fill the window, by count or by bytes.
     pub(super) fn window_full(&self) -> bool {
-        if self.under_pressure() {
-            self.ready.len() >= PRESSURE_WINDOW || self.ready_bytes >= PRESSURE_WINDOW_BYTES
-        } else {
-            self.ready.len() >= MEMORY_WINDOW
-        }
+        let (count, bytes) = self.window();
+        self.ready.len() >= count || self.ready_bytes >= bytes
     }
 
     /// Reads the next stretch of the on-disk tail once the in-memory front runs low.
@@ -100,12 +100,13 @@ impl QueueState {
         if self.tail_len() == 0 && !self.after_tail.is_empty() {
             self.ready.append(&mut self.after_tail);
         }
-        let batch = (self.window() / 2).max(1);
-        if self.ready.len() >= batch || self.tail_len() == 0 {
+        let (count, bytes) = self.window();
+        let batch = (count / 2).max(1);
+        if self.ready.len() >= batch || self.ready_bytes >= bytes / 2 || self.tail_len() == 0 {
             return;
         }
         let Some(log) = &mut self.log else { return };
-        match log.read_tail(batch) {
+        match log.read_tail(batch - self.ready.len(), bytes / 2 - self.ready_bytes) {
             Ok(loaded) => {
                 for m in loaded {
                     let size = m.message.body.len() as u64;
