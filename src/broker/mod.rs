@@ -4,6 +4,7 @@
 pub mod arguments;
 pub mod consumer;
 pub mod dead_letter;
+pub mod definitions;
 pub mod error;
 pub mod exchange;
 pub mod message;

@@ -79,7 +79,9 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         window_bytes: u64,
     ) -> Result<RecoveredQueue, StoreError>;
     fn load_definitions(&self, vhost: &str) -> Result<Definitions, StoreError>;
-    fn save_definitions(&self, vhost: &str, definitions: &Definitions) -> Result<(), StoreError>;
+    /// Appends a change to the durable definitions; returns the ticket that makes it durable.
+    /// Buffered, no I/O: callers may hold their locks.
+    fn record(&self, change: &super::definitions::Change) -> u64;
     /// The newest ticket handed out so far.
     fn last_ticket(&self) -> u64;
     /// Why disk writes are failing, if they are.

@@ -2,16 +2,15 @@
 //! checks and reply texts, and routing a message to queues.
 
 use super::arguments::QueueArguments;
+use super::definitions::Change;
 use super::error::{describe_args, AmqpError, AmqpResult};
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::queue::{Queue, QueueOptions, MEMORY_WINDOW, MEMORY_WINDOW_BYTES};
-use super::store::{
-    table_from_hex, table_to_hex, BindingDef, Definitions, ExchangeDef, Pager, QueueDef, Storage, StoreError,
-};
+use super::store::{table_from_hex, table_to_hex, BindingDef, ExchangeDef, Pager, QueueDef, Storage, StoreError};
 use crate::broker::FastMap;
 use crate::protocol::{BasicProperties, FieldTable, FieldValue, ShortStr};
 use bytes::Bytes;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use std::sync::{Arc, Weak};
 
 /// Queue arguments RabbitMQ compares when a queue is declared again; others are ignored.
@@ -57,8 +56,8 @@ fn saved_exchange(ex: &Exchange) -> bool {
         && !DEFAULT_EXCHANGES.iter().any(|(n, _)| *n == ex.name.as_str())
 }
 
-/// Whether a binding is saved: from a saved exchange to a saved queue or a durable exchange
-/// (the rule `VHost::definitions` applies). Changes to anything unsaved skip the rewrite.
+/// Whether a binding is saved: from a saved exchange to a saved queue or a durable exchange.
+/// Changes to anything unsaved are not journaled.
 fn binding_is_saved(topo: &Topology, source: &str, dest: &Destination) -> bool {
     let Some(ex) = topo.exchanges.get(source) else { return false };
     if !ex.durable || ex.auto_delete || ex.name.is_empty() {
@@ -67,6 +66,21 @@ fn binding_is_saved(topo: &Topology, source: &str, dest: &Destination) -> bool {
     match dest {
         Destination::Queue(q) => topo.logs.contains_key(q.as_str()),
         Destination::Exchange(e) => topo.exchanges.get(e.as_str()).is_some_and(|e| e.durable),
+    }
+}
+
+/// A binding as the journal saves it.
+fn binding_def(source: &str, b: &Binding) -> BindingDef {
+    let kind = match b.destination {
+        Destination::Queue(_) => "queue",
+        Destination::Exchange(_) => "exchange",
+    };
+    BindingDef {
+        source: source.to_string(),
+        destination: b.destination.name().to_string(),
+        destination_kind: kind.into(),
+        routing_key: b.routing_key.to_string(),
+        arguments: table_to_hex(&b.arguments),
     }
 }
 
@@ -178,8 +192,6 @@ pub struct VHost {
     storage: Option<Arc<dyn Storage>>,
     /// Memory pressure, shared by the broker: queues without a log page to disk under it.
     pressure: Arc<std::sync::atomic::AtomicBool>,
-    /// The definitions last written, to skip rewriting when nothing durable changed.
-    saved: Mutex<Definitions>,
     /// This vhost, for its queues to republish dead letters through.
     me: Weak<VHost>,
 }
@@ -200,7 +212,6 @@ impl VHost {
             topology: RwLock::new(topo),
             storage,
             pressure,
-            saved: Mutex::default(),
             me: me.clone(),
         })
     }
@@ -260,7 +271,6 @@ impl VHost {
             defs.queues.len(),
             defs.bindings.len()
         );
-        *self.saved.lock() = defs;
         Ok(())
     }
 
@@ -269,64 +279,18 @@ impl VHost {
         self.topology.read().logs.values().cloned().collect()
     }
 
-    fn definitions(topo: &Topology) -> Definitions {
-        let mut d = Definitions::default();
-        let mut names: Vec<&ShortStr> = topo.exchanges.keys().collect();
-        names.sort();
-        for name in names {
-            let ex = &topo.exchanges[name];
-            if saved_exchange(ex) {
-                d.exchanges.push(ExchangeDef {
-                    name: name.to_string(),
-                    kind: ex.kind.as_str().into(),
-                    internal: ex.internal,
-                    arguments: table_to_hex(&ex.arguments),
-                });
-            }
-            for b in ex.bindings() {
-                let (kind, saved) = match &b.destination {
-                    Destination::Queue(q) => ("queue", topo.logs.contains_key(q.as_str())),
-                    Destination::Exchange(e) => {
-                        ("exchange", topo.exchanges.get(e.as_str()).is_some_and(|e| saved_exchange(e) || e.durable))
-                    }
-                };
-                if saved && ex.durable && !ex.auto_delete && !ex.name.is_empty() {
-                    d.bindings.push(BindingDef {
-                        source: name.to_string(),
-                        destination: b.destination.name().to_string(),
-                        destination_kind: kind.into(),
-                        routing_key: b.routing_key.to_string(),
-                        arguments: table_to_hex(&b.arguments),
-                    });
-                }
-            }
-        }
-        let mut queues: Vec<(&ShortStr, &String)> = topo.logs.iter().collect();
-        queues.sort();
-        for (name, log) in queues {
-            if let Some(q) = topo.queues.get(name.as_str()) {
-                d.queues.push(QueueDef {
-                    name: name.to_string(),
-                    arguments: table_to_hex(&q.options.arguments),
-                    log: log.clone(),
-                });
-            }
-        }
-        d
+    /// Appends a durable change to the storage's journal; returns the ticket to wait for
+    /// before answering (0 without storage). A buffered append: no I/O under the lock.
+    fn record(&self, change: impl FnOnce(String) -> Change) -> u64 {
+        self.storage.as_ref().map_or(0, |s| s.record(&change(self.name.clone())))
     }
 
-    /// Writes the durable definitions if they changed.
-    fn persist(&self, topo: &Topology) {
-        let Some(storage) = &self.storage else { return };
-        let defs = Self::definitions(topo);
-        let mut saved = self.saved.lock();
-        if *saved == defs {
-            return;
-        }
-        match storage.save_definitions(&self.name, &defs) {
-            Ok(()) => *saved = defs,
-            Err(e) => tracing::error!("vhost '{}': cannot save definitions: {e}", self.name),
-        }
+    /// Journals the deletion of durable exchanges removed by a cascade (auto-delete ones
+    /// left without bindings); returns the last ticket.
+    fn record_removed(&self, removed: Vec<ShortStr>) -> u64 {
+        removed
+            .into_iter()
+            .fold(0, |t, name| t.max(self.record(|vhost| Change::DeleteExchange { vhost, name: name.to_string() })))
     }
 
     fn no_exchange(&self, name: &str) -> AmqpError {
@@ -373,14 +337,14 @@ impl VHost {
         auto_delete: bool,
         internal: bool,
         arguments: &FieldTable,
-    ) -> AmqpResult<()> {
+    ) -> AmqpResult<u64> {
         // RabbitMQ's order: the type (a connection error), the default exchange, then lookup.
         if passive {
             if name.is_empty() {
                 return Err(default_exchange_refused());
             }
             return match self.topology.read().exchanges.get(name.as_str()) {
-                Some(_) => Ok(()),
+                Some(_) => Ok(0),
                 None => Err(self.no_exchange(name)),
             };
         }
@@ -410,21 +374,25 @@ impl VHost {
             }
             // Of an exchange's arguments RabbitMQ compares only the alternate exchange.
             let key = "alternate-exchange";
-            return self.assert_arg_equivalence("exchange", name, key, ex.arguments.get(key), arguments.get(key));
+            return self
+                .assert_arg_equivalence("exchange", name, key, ex.arguments.get(key), arguments.get(key))
+                .map(|()| 0);
         }
         if name.starts_with("amq.") {
             return Err(AmqpError::access_refused(format!("exchange name '{name}' contains reserved prefix 'amq.*'")));
         }
         let ex = Exchange::new(name.clone(), kind, durable, auto_delete, internal, arguments.clone());
-        let saved = saved_exchange(&ex);
+        let def = saved_exchange(&ex).then(|| ExchangeDef {
+            name: name.to_string(),
+            kind: ex.kind.as_str().into(),
+            internal: ex.internal,
+            arguments: table_to_hex(&ex.arguments),
+        });
         topo.exchanges.insert(name.clone(), ex);
-        if saved {
-            self.persist(&topo);
-        }
-        Ok(())
+        Ok(def.map_or(0, |exchange| self.record(|vhost| Change::DeclareExchange { vhost, exchange })))
     }
 
-    pub fn delete_exchange(&self, name: &ShortStr, if_unused: bool) -> AmqpResult<()> {
+    pub fn delete_exchange(&self, name: &ShortStr, if_unused: bool) -> AmqpResult<u64> {
         if name.is_empty() {
             return Err(default_exchange_refused());
         }
@@ -437,7 +405,7 @@ impl VHost {
         let mut topo = self.topology.write();
         let Some(ex) = topo.exchanges.get(name.as_str()) else {
             // RabbitMQ answers delete-ok for an exchange that does not exist.
-            return Ok(());
+            return Ok(0);
         };
         // In use means: bindings from it (being a destination does not count, as in RabbitMQ).
         if if_unused && ex.has_bindings() {
@@ -447,15 +415,17 @@ impl VHost {
         // Only a durable exchange is saved, or the destination of saved bindings.
         let saved = ex.durable;
         topo.exchanges.remove(name.as_str());
-        Self::remove_destination(&mut topo, &dest);
+        let mut removed = Vec::new();
+        Self::remove_destination(&mut topo, &dest, &mut removed);
         if saved {
-            self.persist(&topo);
+            removed.push(name.clone());
         }
-        Ok(())
+        Ok(self.record_removed(removed))
     }
 
-    /// Removes every binding to `dest`, deleting auto-delete exchanges left with none.
-    fn remove_destination(topo: &mut Topology, dest: &Destination) {
+    /// Removes every binding to `dest`, deleting auto-delete exchanges left with none; the
+    /// durable ones among those are added to `removed`, for the journal.
+    fn remove_destination(topo: &mut Topology, dest: &Destination, removed: &mut Vec<ShortStr>) {
         let mut emptied = Vec::new();
         for ex in topo.exchanges.values_mut() {
             if ex.unbind_destination(dest) > 0 && ex.auto_delete && !ex.has_bindings() {
@@ -463,8 +433,10 @@ impl VHost {
             }
         }
         for name in emptied {
-            topo.exchanges.remove(name.as_str());
-            Self::remove_destination(topo, &Destination::Exchange(name));
+            if topo.exchanges.remove(name.as_str()).is_some_and(|ex| ex.durable) {
+                removed.push(name.clone());
+            }
+            Self::remove_destination(topo, &Destination::Exchange(name), removed);
         }
     }
 
@@ -474,7 +446,8 @@ impl VHost {
     /// exclusive declare of a shared queue is refused too), then durable, auto_delete and the
     /// arguments it compares (406 `inequivalent arg`). Argument values are validated (406
     /// `invalid arg`) only when the queue is created.
-    pub fn declare_queue(&self, d: &QueueDeclaration, connection_id: u64) -> AmqpResult<(Arc<Queue>, u32, u32)> {
+    /// The last value is the journal ticket to wait for before answering (0: nothing to wait).
+    pub fn declare_queue(&self, d: &QueueDeclaration, connection_id: u64) -> AmqpResult<(Arc<Queue>, u32, u32, u64)> {
         // An exclusive queue is never durable, whatever was asked (as in RabbitMQ).
         let durable = d.durable && !d.exclusive;
         let mut topo = self.topology.write();
@@ -504,7 +477,7 @@ impl VHost {
                 q.touch();
             }
             let (m, c) = q.counts();
-            return Ok((q.clone(), m, c));
+            return Ok((q.clone(), m, c, 0));
         }
         if d.passive {
             return Err(self.no_queue(&d.name));
@@ -518,11 +491,17 @@ impl VHost {
             args,
         };
         let mut log = None;
+        let mut def = None;
         if let (Some(storage), true) = (&self.storage, saved_queue(&options)) {
             let (l, id) = storage
                 .create_queue_log()
                 .map_err(|e| AmqpError::internal_error(format!("cannot create the log of queue '{}': {e}", d.name)))?;
             log = Some(l);
+            def = Some(QueueDef {
+                name: d.name.to_string(),
+                arguments: table_to_hex(&options.arguments),
+                log: id.clone(),
+            });
             topo.logs.insert(d.name.clone(), id);
         }
         // A queue without a log of its own may page to disk while memory is short.
@@ -530,13 +509,10 @@ impl VHost {
             (Some(storage), None) => Some(Pager { storage: storage.clone(), pressure: self.pressure.clone() }),
             _ => None,
         };
-        let saved = log.is_some();
         let q = Queue::new(d.name.clone(), &self.name, options, log, pager, self.me.clone());
         topo.queues.insert(d.name.clone(), q.clone());
-        if saved {
-            self.persist(&topo);
-        }
-        Ok((q, 0, 0))
+        let ticket = def.map_or(0, |queue| self.record(|vhost| Change::DeclareQueue { vhost, queue }));
+        Ok((q, 0, 0, ticket))
     }
 
     /// Looks a queue up for use by `connection_id` (404 if missing, 405 if exclusive to another).
@@ -553,10 +529,10 @@ impl VHost {
         if_unused: bool,
         if_empty: bool,
         connection_id: u64,
-    ) -> AmqpResult<u32> {
+    ) -> AmqpResult<(u32, u64)> {
         let mut topo = self.topology.write();
         let Some(q) = topo.queues.get(name.as_str()).cloned() else {
-            return Ok(0);
+            return Ok((0, 0));
         };
         q.check_access(connection_id)?;
         let (messages, consumers) = q.counts();
@@ -567,31 +543,29 @@ impl VHost {
         if if_unused && consumers > 0 {
             return Err(AmqpError::precondition_failed(format!("queue '{name}' in vhost '{}' in use", self.name)));
         }
-        let saved = topo.logs.contains_key(name.as_str());
-        let n = Self::remove_queue(&mut topo, &q);
-        if saved {
-            self.persist(&topo);
-        }
-        Ok(n)
+        let (n, ticket) = self.remove_queue(&mut topo, &q);
+        Ok((n, ticket))
     }
 
     /// Deletes a queue whatever its state (exclusive owner gone, auto-delete).
     pub fn force_delete_queue(&self, queue: &Arc<Queue>) {
         let mut topo = self.topology.write();
         if topo.queues.get(queue.name.as_str()).is_some_and(|q| Arc::ptr_eq(q, queue)) {
-            let saved = topo.logs.contains_key(queue.name.as_str());
-            Self::remove_queue(&mut topo, queue);
-            if saved {
-                self.persist(&topo);
-            }
+            self.remove_queue(&mut topo, queue);
         }
     }
 
-    fn remove_queue(topo: &mut Topology, q: &Arc<Queue>) -> u32 {
+    /// Removes a queue and its bindings; returns its ready count and the journal ticket.
+    fn remove_queue(&self, topo: &mut Topology, q: &Arc<Queue>) -> (u32, u64) {
         topo.queues.remove(q.name.as_str());
-        topo.logs.remove(q.name.as_str());
-        Self::remove_destination(topo, &Destination::Queue(q.name.clone()));
-        q.delete()
+        let saved = topo.logs.remove(q.name.as_str()).is_some();
+        let mut removed = Vec::new();
+        Self::remove_destination(topo, &Destination::Queue(q.name.clone()), &mut removed);
+        let mut ticket = self.record_removed(removed);
+        if saved {
+            ticket = ticket.max(self.record(|vhost| Change::DeleteQueue { vhost, name: q.name.to_string() }));
+        }
+        (q.delete(), ticket)
     }
 
     pub fn purge_queue(&self, name: &str, connection_id: u64) -> AmqpResult<u32> {
@@ -601,7 +575,7 @@ impl VHost {
     /// queue.bind and exchange.bind. RabbitMQ's order: the default exchange is refused, the
     /// source must exist, then the destination, the binding's arguments must suit the
     /// exchange type, and an exclusive queue must belong to this connection.
-    pub fn bind(&self, source: &ShortStr, binding: Binding, connection_id: u64) -> AmqpResult<()> {
+    pub fn bind(&self, source: &ShortStr, binding: Binding, connection_id: u64) -> AmqpResult<u64> {
         check_not_default(source, &binding.destination)?;
         let mut topo = self.topology.write();
         let Some(ex) = topo.exchanges.get(source.as_str()) else {
@@ -620,44 +594,46 @@ impl VHost {
                 ex.validate_binding(&binding)?;
             }
         }
-        let saved = binding_is_saved(&topo, source, &binding.destination);
+        let def = binding_is_saved(&topo, source, &binding.destination).then(|| binding_def(source, &binding));
         if let Some(ex) = topo.exchanges.get_mut(source.as_str()) {
             ex.bind(binding);
         }
-        if saved {
-            self.persist(&topo);
-        }
-        Ok(())
+        Ok(def.map_or(0, |binding| self.record(|vhost| Change::Bind { vhost, binding })))
     }
 
     /// queue.unbind and exchange.unbind. Idempotent as in RabbitMQ: a missing source,
     /// destination or binding is unbind-ok; only removing a binding to another connection's
     /// exclusive queue is refused.
-    pub fn unbind(&self, source: &ShortStr, binding: &Binding, connection_id: u64) -> AmqpResult<()> {
+    pub fn unbind(&self, source: &ShortStr, binding: &Binding, connection_id: u64) -> AmqpResult<u64> {
         check_not_default(source, &binding.destination)?;
         let mut topo = self.topology.write();
         let dest_exists = match &binding.destination {
             Destination::Queue(n) => topo.queues.get(n.as_str()).map(|q| q.check_access(connection_id)),
             Destination::Exchange(n) => topo.exchanges.contains_key(n.as_str()).then_some(Ok(())),
         };
-        let Some(access) = dest_exists else { return Ok(()) };
+        let Some(access) = dest_exists else { return Ok(0) };
+        let saved = binding_is_saved(&topo, source, &binding.destination);
         let Some(ex) = topo.exchanges.get_mut(source.as_str()) else {
-            return Ok(());
+            return Ok(0);
         };
         if !ex.has_binding(binding) {
-            return Ok(());
+            return Ok(0);
         }
         access?;
-        let saved = ex.durable && !ex.auto_delete;
+        let mut removed = Vec::new();
         if ex.unbind(binding) && ex.auto_delete && !ex.has_bindings() {
             let name = ex.name.clone();
-            topo.exchanges.remove(name.as_str());
-            Self::remove_destination(&mut topo, &Destination::Exchange(name));
+            if topo.exchanges.remove(name.as_str()).is_some_and(|ex| ex.durable) {
+                removed.push(name.clone());
+            }
+            Self::remove_destination(&mut topo, &Destination::Exchange(name), &mut removed);
         }
+        let mut ticket = self.record_removed(removed);
         if saved {
-            self.persist(&topo);
+            let binding = binding_def(source, binding);
+            ticket = ticket.max(self.record(|vhost| Change::Unbind { vhost, binding }));
         }
-        Ok(())
+        Ok(ticket)
     }
 
     /// What basic.publish checks before the message's own properties, in RabbitMQ's order:

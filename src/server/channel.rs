@@ -57,9 +57,10 @@ pub struct Channel {
     /// Confirms owed, in publish order: (publish seq, group-commit ticket, ack or nack).
     confirms: VecDeque<(u64, u64, bool)>,
     tx: Option<TxBuffer>,
-    /// tx.commit-ok waits for this ticket to be durable; frames arriving meanwhile wait in
-    /// `stash` so that replies keep their order.
-    pub pending_commit: Option<u64>,
+    /// A reply that waits for its ticket to be durable: tx.commit-ok, and the -ok of a
+    /// durable declare, delete, bind or unbind. Frames arriving meanwhile wait in `stash` so
+    /// that replies keep their order.
+    pub held: Option<(u64, Method)>,
     pub stash: VecDeque<crate::protocol::Frame>,
     last_queue: Option<ShortStr>,
     reply_key: Option<String>,
@@ -87,7 +88,7 @@ impl Channel {
             publish_seq: 0,
             confirms: VecDeque::new(),
             tx: None,
-            pending_commit: None,
+            held: None,
             stash: VecDeque::new(),
             last_queue: None,
             reply_key: None,
@@ -113,7 +114,7 @@ impl Channel {
             }
             Method::ChannelFlowOk(_) => Ok(()),
             Method::ExchangeDeclare(m) => {
-                ctx.vhost()?.declare_exchange(
+                let ticket = ctx.vhost()?.declare_exchange(
                     &m.exchange,
                     &m.kind,
                     m.passive,
@@ -123,14 +124,14 @@ impl Channel {
                     &m.arguments,
                 )?;
                 if !m.nowait {
-                    ctx.out.method(self.id, ExchangeDeclareOk {});
+                    self.reply_when_durable(ctx, ticket, ExchangeDeclareOk {});
                 }
                 Ok(())
             }
             Method::ExchangeDelete(m) => {
-                ctx.vhost()?.delete_exchange(&m.exchange, m.if_unused)?;
+                let ticket = ctx.vhost()?.delete_exchange(&m.exchange, m.if_unused)?;
                 if !m.nowait {
-                    ctx.out.method(self.id, ExchangeDeleteOk {});
+                    self.reply_when_durable(ctx, ticket, ExchangeDeleteOk {});
                 }
                 Ok(())
             }
@@ -140,9 +141,9 @@ impl Channel {
                     routing_key: m.routing_key,
                     arguments: m.arguments,
                 };
-                ctx.vhost()?.bind(&m.source, b, ctx.id)?;
+                let ticket = ctx.vhost()?.bind(&m.source, b, ctx.id)?;
                 if !m.nowait {
-                    ctx.out.method(self.id, ExchangeBindOk {});
+                    self.reply_when_durable(ctx, ticket, ExchangeBindOk {});
                 }
                 Ok(())
             }
@@ -152,9 +153,9 @@ impl Channel {
                     routing_key: m.routing_key,
                     arguments: m.arguments,
                 };
-                ctx.vhost()?.unbind(&m.source, &b, ctx.id)?;
+                let ticket = ctx.vhost()?.unbind(&m.source, &b, ctx.id)?;
                 if !m.nowait {
-                    ctx.out.method(self.id, ExchangeUnbindOk {});
+                    self.reply_when_durable(ctx, ticket, ExchangeUnbindOk {});
                 }
                 Ok(())
             }
@@ -162,17 +163,17 @@ impl Channel {
             Method::QueueBind(m) => {
                 let (queue, routing_key) = self.binding_names(m.queue, m.routing_key)?;
                 let b = Binding { destination: Destination::Queue(queue), routing_key, arguments: m.arguments };
-                ctx.vhost()?.bind(&m.exchange, b, ctx.id)?;
+                let ticket = ctx.vhost()?.bind(&m.exchange, b, ctx.id)?;
                 if !m.nowait {
-                    ctx.out.method(self.id, QueueBindOk {});
+                    self.reply_when_durable(ctx, ticket, QueueBindOk {});
                 }
                 Ok(())
             }
             Method::QueueUnbind(m) => {
                 let (queue, routing_key) = self.binding_names(m.queue, m.routing_key)?;
                 let b = Binding { destination: Destination::Queue(queue), routing_key, arguments: m.arguments };
-                ctx.vhost()?.unbind(&m.exchange, &b, ctx.id)?;
-                ctx.out.method(self.id, QueueUnbindOk {});
+                let ticket = ctx.vhost()?.unbind(&m.exchange, &b, ctx.id)?;
+                self.reply_when_durable(ctx, ticket, QueueUnbindOk {});
                 Ok(())
             }
             Method::QueuePurge(m) => {
@@ -185,10 +186,10 @@ impl Channel {
             }
             Method::QueueDelete(m) => {
                 let queue = self.queue_name(m.queue)?;
-                let message_count = ctx.vhost()?.delete_queue(&queue, m.if_unused, m.if_empty, ctx.id)?;
+                let (message_count, ticket) = ctx.vhost()?.delete_queue(&queue, m.if_unused, m.if_empty, ctx.id)?;
                 ctx.exclusive_queues.retain(|q| !q.is_deleted());
                 if !m.nowait {
-                    ctx.out.method(self.id, QueueDeleteOk { message_count });
+                    self.reply_when_durable(ctx, ticket, QueueDeleteOk { message_count });
                 }
                 Ok(())
             }
@@ -272,11 +273,7 @@ impl Channel {
                 // commit-ok means everything before it is on disk: the transaction's publishes
                 // and acks, and whatever else this connection did before.
                 let ticket = ctx.broker.storage_last_ticket();
-                if ticket <= ctx.durable_upto() {
-                    ctx.out.method(self.id, TxCommitOk {});
-                } else {
-                    self.pending_commit = Some(ticket);
-                }
+                self.reply_when_durable(ctx, ticket, TxCommitOk {});
                 Ok(())
             }
             Method::TxRollback(_) => {
@@ -288,6 +285,16 @@ impl Channel {
                 Ok(())
             }
             other => Err(AmqpError::command_invalid(format!("unexpected method {} from client", other.name()))),
+        }
+    }
+
+    /// Sends `reply` now if `ticket` is durable (0 always is), else holds it, and the frames
+    /// after it, until the ticket is on disk.
+    fn reply_when_durable(&mut self, ctx: &mut ConnCtx, ticket: u64, reply: impl Into<Method>) {
+        if ticket <= ctx.durable_upto() {
+            ctx.out.method(self.id, reply);
+        } else {
+            self.held = Some((ticket, reply.into()));
         }
     }
 
@@ -340,14 +347,14 @@ impl Channel {
             auto_delete: m.auto_delete,
             arguments: m.arguments,
         };
-        let (queue, message_count, consumer_count) = ctx.vhost()?.declare_queue(&decl, ctx.id)?;
+        let (queue, message_count, consumer_count, ticket) = ctx.vhost()?.declare_queue(&decl, ctx.id)?;
         if queue.options.exclusive_owner == Some(ctx.id) && !ctx.exclusive_queues.iter().any(|q| Arc::ptr_eq(q, &queue))
         {
             ctx.exclusive_queues.push(queue);
         }
         self.last_queue = Some(name.clone());
         if !m.nowait {
-            ctx.out.method(self.id, QueueDeclareOk { queue: name, message_count, consumer_count });
+            self.reply_when_durable(ctx, ticket, QueueDeclareOk { queue: name, message_count, consumer_count });
         }
         Ok(())
     }
@@ -582,7 +589,7 @@ impl Channel {
     pub fn close(&mut self, ctx: &mut ConnCtx) {
         self.closing = true;
         self.publish = None;
-        self.pending_commit = None;
+        self.held = None;
         self.stash.clear();
         self.confirms.clear();
         let tags: Vec<ShortStr> = self.consumers.keys().cloned().collect();

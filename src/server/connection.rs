@@ -335,15 +335,15 @@ impl Connection {
         self.notify_blocking();
     }
 
-    /// Sends confirms and commit-oks whose messages are now durable, then runs the frames
-    /// that waited behind a commit.
+    /// Sends confirms and held replies (commit-ok, durable declare-ok...) that are now
+    /// durable, then runs the frames that waited behind them.
     fn release_waiting(&mut self) {
         let failing = self.ctx.broker.storage_failure().is_some();
         let ids: Vec<u16> = self.channels.keys().copied().collect();
         for id in ids {
             let Some(ch) = self.channels.get_mut(&id) else { continue };
             ch.flush_confirms(&mut self.ctx, failing);
-            if !ch.release_commit(&mut self.ctx) {
+            if !ch.release_held(&mut self.ctx) {
                 continue;
             }
             let stash = std::mem::take(&mut ch.stash);
@@ -386,9 +386,9 @@ impl Connection {
     }
 
     fn handle_frame(&mut self, frame: Frame) -> Result<(), (u16, AmqpError)> {
-        // A channel waiting for its commit to be durable takes no frames meanwhile.
+        // A channel waiting for a reply to be durable takes no frames meanwhile.
         if let Some(ch) = self.channels.get_mut(&frame.channel()) {
-            if ch.pending_commit.is_some() && !ch.closing {
+            if ch.held.is_some() && !ch.closing {
                 ch.stash.push_back(frame);
                 return Ok(());
             }

@@ -4,17 +4,21 @@
 //! ```text
 //! data/
 //!   .lock                     held while a broker runs on this directory
-//!   definitions-<vhost>.json  durable exchanges, queues and bindings (atomic rewrite)
+//!   definitions/              durable exchanges, queues and bindings: a snapshot and the
+//!                             journal of changes since (see [`journal`])
 //!   queues/<id>/              one durable queue's log: NNNN.seg + NNNN.ack
 //!   transient/<id>/           messages of non-durable queues paged out under memory
 //!                             pressure; removed at start
 //! ```
 
+pub mod journal;
 pub mod queue_log;
 pub mod record;
 pub mod syncer;
 
+use crate::broker::definitions::Change;
 use crate::broker::store::{Definitions, MessageLog, RecoveredQueue, Storage, StoreError};
+use journal::DefinitionsJournal;
 use queue_log::QueueLog;
 use rand::Rng;
 use std::fs::File;
@@ -31,6 +35,8 @@ pub enum OpenError {
     Locked { dir: PathBuf },
     #[error("cannot lock data directory {dir}: {source}")]
     Lock { dir: PathBuf, source: std::io::Error },
+    #[error("cannot read the definitions in {dir}: {source}")]
+    Definitions { dir: PathBuf, source: StoreError },
 }
 
 #[derive(Debug)]
@@ -39,6 +45,7 @@ pub struct DiskStorage {
     /// Held open for the life of the broker: the lock goes with it.
     _lock: File,
     pub syncer: Arc<Syncer>,
+    definitions: DefinitionsJournal,
 }
 
 impl DiskStorage {
@@ -58,12 +65,10 @@ impl DiskStorage {
         }
         // Paged-out transient messages do not survive a restart.
         let _ = std::fs::remove_dir_all(dir.join("transient"));
-        Ok(DiskStorage { dir: dir.to_path_buf(), _lock: lock, syncer: Syncer::start() })
-    }
-
-    fn definitions_path(&self, vhost: &str) -> PathBuf {
-        let name: String = vhost.bytes().map(|b| format!("{b:02x}")).collect();
-        self.dir.join(format!("definitions-{name}.json"))
+        let syncer = Syncer::start();
+        let definitions = DefinitionsJournal::open(&dir.join("definitions"), syncer.clone(), legacy_definitions(dir))
+            .map_err(|source| OpenError::Definitions { dir: dir.into(), source })?;
+        Ok(DiskStorage { dir: dir.to_path_buf(), _lock: lock, syncer, definitions })
     }
 
     fn queue_dir(&self, id: &str) -> PathBuf {
@@ -73,15 +78,33 @@ impl DiskStorage {
     /// Removes queue logs no definition names (a crash between creating a log and saving
     /// the definitions that reference it, or after deleting a queue).
     pub fn remove_orphan_logs(&self, keep: &[String]) {
+        let keep: std::collections::HashSet<&str> = keep.iter().map(String::as_str).collect();
         let Ok(entries) = std::fs::read_dir(self.dir.join("queues")) else { return };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if !keep.contains(&name) {
+            if !keep.contains(name.as_str()) {
                 tracing::info!("removing queue log {name}, which no durable queue uses");
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
     }
+}
+
+/// Definitions files of the older format, one per vhost (`definitions-<hex of the name>.json`
+/// in the data directory): the journal reads them in once and removes them.
+fn legacy_definitions(dir: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(hex) = file.strip_prefix("definitions-").and_then(|f| f.strip_suffix(".json")) else { continue };
+        let bytes: Option<Vec<u8>> =
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect();
+        if let Some(name) = bytes.and_then(|b| String::from_utf8(b).ok()) {
+            out.push((name, e.path()));
+        }
+    }
+    out
 }
 
 /// Writes a file so that a crash leaves either the old or the new contents: write a
@@ -130,19 +153,11 @@ impl Storage for DiskStorage {
     }
 
     fn load_definitions(&self, vhost: &str) -> Result<Definitions, StoreError> {
-        let path = self.definitions_path(vhost);
-        match std::fs::read(&path) {
-            Ok(data) => {
-                serde_json::from_slice(&data).map_err(|e| StoreError(format!("cannot parse {}: {e}", path.display())))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Definitions::default()),
-            Err(e) => Err(StoreError(format!("cannot read {}: {e}", path.display()))),
-        }
+        Ok(self.definitions.take_vhost(vhost))
     }
 
-    fn save_definitions(&self, vhost: &str, definitions: &Definitions) -> Result<(), StoreError> {
-        let json = serde_json::to_vec_pretty(definitions).map_err(|e| StoreError(e.to_string()))?;
-        write_atomically(&self.definitions_path(vhost), &json).map_err(StoreError::from)
+    fn record(&self, change: &Change) -> u64 {
+        self.definitions.record(change)
     }
 
     fn last_ticket(&self) -> u64 {

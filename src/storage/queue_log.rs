@@ -196,9 +196,10 @@ impl QueueLog {
         Self::create_with(dir, label, syncer, true)
     }
 
+    /// No I/O: the directory and the first segment are made by the first append, so a
+    /// declare holds no file open and touches no disk under the broker's locks.
     fn create_with(dir: PathBuf, label: String, syncer: Arc<Syncer>, volatile: bool) -> Result<QueueLog, StoreError> {
-        std::fs::create_dir_all(&dir)?;
-        let mut log = QueueLog {
+        let log = QueueLog {
             volatile,
             segment_bytes: SEGMENT_BYTES,
             dir,
@@ -213,7 +214,6 @@ impl QueueLog {
             reader: None,
             open_acks: VecDeque::new(),
         };
-        log.roll()?;
         Ok(log)
     }
 
@@ -228,6 +228,9 @@ impl QueueLog {
         }
         let id = self.next_segment;
         self.next_segment += 1;
+        if self.segments.is_empty() {
+            std::fs::create_dir_all(&self.dir)?;
+        }
         let file = self.open_file(&segment_path(&self.dir, id))?;
         self.segments.push_back(Segment {
             id,
@@ -298,8 +301,15 @@ impl QueueLog {
         window: usize,
         window_bytes: u64,
     ) -> Result<RecoveredQueue, StoreError> {
-        std::fs::create_dir_all(&dir)?;
-        let mut ids: Vec<u64> = std::fs::read_dir(&dir)?
+        // A queue that never had a message has no directory.
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => Some(entries),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        let mut ids: Vec<u64> = entries
+            .into_iter()
+            .flatten()
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
             .collect();
@@ -397,7 +407,7 @@ impl QueueLog {
                 log.segments.push_back(seg);
             }
         }
-        log.roll()?;
+        // The next append opens a new segment: a recovered queue holds no file open until then.
         Ok(RecoveredQueue { log: Box::new(log), messages, next_seq })
     }
 
@@ -427,9 +437,10 @@ impl QueueLog {
         Ok(f)
     }
 
-    /// Deletes leading or middle segments with nothing live, never the active one.
+    /// Deletes segments with nothing live, never the active one (open for appends).
     fn collect(&mut self, i: usize) {
-        if i + 1 >= self.segments.len() || self.segments[i].live > 0 {
+        let active = i + 1 >= self.segments.len() && self.segments[i].file.is_some();
+        if active || self.segments[i].live > 0 {
             return;
         }
         if self.tail.is_some_and(|c| c.segment == self.segments[i].id) {
@@ -703,8 +714,11 @@ impl MessageLog for QueueLog {
     fn destroy(&mut self) {
         self.segments.clear();
         self.reader = None;
+        // A log that never had a message has no directory.
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            tracing::warn!("{}: cannot remove {}: {e}", self.label, self.dir.display());
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("{}: cannot remove {}: {e}", self.label, self.dir.display());
+            }
         }
     }
 }
@@ -949,7 +963,8 @@ mod tests {
         let r = recover(&dir, &syncer, 10);
         assert!(r.messages.is_empty());
         assert_eq!(r.next_seq, 0);
-        std::fs::remove_dir_all(&dir).unwrap();
+        // Recovery creates nothing; the first append makes the directory.
+        assert!(!dir.exists());
     }
 
     #[test]

@@ -279,7 +279,7 @@ impl Channel {
 
     /// Whether this channel owes something that waits for the disk.
     pub fn waits_for_disk(&self) -> bool {
-        self.pending_commit.is_some() || !self.confirms.is_empty()
+        self.held.is_some() || !self.confirms.is_empty()
     }
 
     /// Sends the confirms whose messages are durable, in publish order: runs of acks as one
@@ -308,15 +308,17 @@ impl Channel {
         }
     }
 
-    /// Sends tx.commit-ok once the commit is durable; returns true when it went out.
-    pub fn release_commit(&mut self, ctx: &mut ConnCtx) -> bool {
-        match self.pending_commit {
-            Some(ticket) if ticket <= ctx.durable_upto() => {
-                self.pending_commit = None;
-                ctx.out.method(self.id, TxCommitOk {});
+    /// Sends the held reply once its ticket is durable; returns true when it went out.
+    pub fn release_held(&mut self, ctx: &mut ConnCtx) -> bool {
+        match self.held.take() {
+            Some((ticket, reply)) if ticket <= ctx.durable_upto() => {
+                ctx.out.method(self.id, reply);
                 true
             }
-            _ => false,
+            held => {
+                self.held = held;
+                false
+            }
         }
     }
 
