@@ -5,8 +5,14 @@ Rows so far:
 - topic routing, 1 publisher -> 1 consumer through a topic exchange, 64 B, with 1 binding and
   with N more bindings (`other.<i>.#`, none matching), N = 10,000 and 100,000;
 - broker memory (RSS) per topic binding, from the same runs;
-- broker memory per idle queue: QUEUES non-durable queues declared on a fresh broker.
-Usage: bench/scale.sh   (BINDINGS=10000,100000 QUEUES=20000 DURATION=10)"""
+- broker memory per idle queue: QUEUES non-durable queues declared on a fresh broker;
+- durable definitions: DURABLE durable queues, each bound to amq.topic, through one channel
+  (each declare and bind waits for its -ok), the rate over the first and the last tenth, and
+  the time a restart with all of them takes until the port accepts connections;
+- publish latency (end to end p99 at 20,000 msg/s) quiet, and while another connection
+  declares durable queues (at least STORM of them) for the whole run.
+Usage: bench/scale.sh   (SECTIONS=topic,queues,durable,storm BINDINGS=10000,100000
+QUEUES=20000 DURABLE=20000 STORM=3000 DURATION=10)"""
 import datetime
 import os
 import subprocess
@@ -21,6 +27,9 @@ import compare  # noqa: E402  (broker launchers and the perf runner)
 DURATION = float(os.environ.get("DURATION", "10"))
 BINDINGS = [int(x) for x in os.environ.get("BINDINGS", "10000,100000").split(",")]
 QUEUES = int(os.environ.get("QUEUES", "20000"))
+DURABLE = int(os.environ.get("DURABLE", "20000"))
+STORM = int(os.environ.get("STORM", "3000"))
+SECTIONS = os.environ.get("SECTIONS", "topic,queues,durable,storm").split(",")
 
 
 def settled_rss(broker):
@@ -64,6 +73,52 @@ def add_bindings(broker, n):
     return time.monotonic() - started
 
 
+def durable_declares(broker, n):
+    """Declares n durable queues, each bound to amq.topic, through one channel, waiting for
+    each -ok; returns the rate (queues per second) over each tenth."""
+    c = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker.port))
+    ch = c.channel()
+    tenth = max(1, n // 10)
+    rates, last = [], time.monotonic()
+    for i in range(n):
+        ch.queue_declare(f"durable-{i}", durable=True)
+        ch.queue_bind(f"durable-{i}", "amq.topic", routing_key=f"durable.{i}")
+        if (i + 1) % tenth == 0:
+            now = time.monotonic()
+            rates.append(tenth / (now - last))
+            last = now
+    c.close()
+    return rates
+
+
+def storm(broker, stop, count):
+    """Declares durable queues on its own connection until `stop` is set."""
+    c = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker.port))
+    ch = c.channel()
+    while not stop.is_set():
+        ch.queue_declare(f"storm-{count[0]}", durable=True)
+        count[0] += 1
+    c.close()
+
+
+def latency_p99(broker, with_storm):
+    """End-to-end p99 (ms) of 1 -> 1 at 20,000 msg/s; with a declare storm beside it, also the
+    number of durable queues declared meanwhile."""
+    import threading
+
+    stop, count = threading.Event(), [0]
+    t = threading.Thread(target=storm, args=(broker, stop, count)) if with_storm else None
+    if t:
+        t.start()
+    try:
+        s = compare.perf(broker, "--rate", 20000, "--size", 64, "--duration", DURATION, "--prefix", "lat")
+    finally:
+        stop.set()
+        if t:
+            t.join()
+    return s["e2e_latency"]["p99_ms"], count[0]
+
+
 def main():
     brokers = [compare.Hare(), compare.RabbitMQ()]
     rows = []
@@ -71,7 +126,28 @@ def main():
     rates = {}
     per_binding = {}
     per_queue = {}
+    durable, restart, lat = {}, {}, {}
     for b in brokers:
+        if "durable" in SECTIONS:
+            b.start()
+            try:
+                durable[b.name] = durable_declares(b, DURABLE)
+            finally:
+                b.stop()
+            restart[b.name] = b.start(fresh=False)
+            b.stop()
+            r = durable[b.name]
+            log(f"durable | {b.name}: {r[0]:.0f}/s first tenth, {r[-1]:.0f}/s last; restart {restart[b.name]:.1f} s")
+        if "storm" in SECTIONS:
+            for with_storm in (False, True):
+                b.start()
+                try:
+                    lat[(b.name, with_storm)] = latency_p99(b, with_storm)
+                finally:
+                    b.stop()
+                log(f"latency | {b.name}, storm={with_storm}: {lat[(b.name, with_storm)]}")
+        if "topic" not in SECTIONS:
+            continue
         for n in [0] + BINDINGS:
             b.start()
             try:
@@ -84,6 +160,8 @@ def main():
                 b.stop()
             rates[(b.name, n)] = s["consumed_per_sec"]
             log(f"topic | {b.name}, {n} extra bindings (bound in {took:.1f} s): {s['consumed_per_sec']:.0f} msg/s")
+        if "queues" not in SECTIONS:
+            continue
         b.start()
         try:
             before = settled_rss(b)
@@ -93,19 +171,36 @@ def main():
         finally:
             b.stop()
         log(f"queues | {b.name}: {per_queue[b.name]:.2f} KiB per idle queue")
-    for n in [0] + BINDINGS:
+    if durable:
+        for name, i in (("first", 0), ("last", -1)):
+            h, q = durable["Hare"][i], durable["RabbitMQ"][i]
+            rows.append(
+                (f"{DURABLE:,} durable queues + binding, one channel: {name} tenth", "queues/s", f"{h:,.0f}", f"{q:,.0f}", f"{h / q:.2f}")
+            )
+        h, q = restart["Hare"], restart["RabbitMQ"]
+        rows.append((f"restart with {DURABLE:,} durable queues + bindings", "s to accept", f"{h:.2f}", f"{q:.2f}", f"{h / q:.2f}"))
+    if lat:
+        hq, qq = lat[("Hare", False)][0], lat[("RabbitMQ", False)][0]
+        (hs, hn), (qs, qn) = lat[("Hare", True)], lat[("RabbitMQ", True)]
+        rows.append(("1->1 at 20,000 msg/s, 64 B, quiet", "e2e p99 ms", f"{hq:.2f}", f"{qq:.2f}", f"{hq / qq:.2f}"))
+        rows.append(
+            (f"the same while declaring durable queues ({hn:,} / {qn:,} declared)", "e2e p99 ms", f"{hs:.2f}", f"{qs:.2f}", f"{hs / qs:.2f}")
+        )
+        rows.append(("p99 during the declares / quiet p99", "ratio", f"{hs / hq:.2f}", f"{qs / qq:.2f}", ""))
+    for n in [0] + BINDINGS if rates else []:
         h, q = rates[("Hare", n)], rates[("RabbitMQ", n)]
         label = "1 binding" if n == 0 else f"1 + {n:,} bindings"
         rows.append((f"topic 1->1, 64 B, {label}", "consumed msg/s", f"{h:,.0f}", f"{q:,.0f}", f"{h / q:.2f}"))
-    for n in BINDINGS:
+    for n in BINDINGS if rates else []:
         h = rates[("Hare", n)] / rates[("Hare", 0)]
         q = rates[("RabbitMQ", n)] / rates[("RabbitMQ", 0)]
         rows.append((f"topic, 1 + {n:,} bindings / 1 binding", "rate ratio", f"{h:.2f}", f"{q:.2f}", ""))
-    for n in BINDINGS:
+    for n in BINDINGS if per_binding else []:
         h, q = per_binding[("Hare", n)], per_binding[("RabbitMQ", n)]
         rows.append((f"{n:,} topic bindings (`other.<i>.#`)", "broker KiB per binding", f"{h:.2f}", f"{q:.2f}", f"{h / q:.2f}"))
-    h, q = per_queue["Hare"], per_queue["RabbitMQ"]
-    rows.append((f"{QUEUES:,} idle non-durable queues", "broker KiB per queue", f"{h:.2f}", f"{q:.2f}", f"{h / q:.2f}"))
+    if per_queue:
+        h, q = per_queue["Hare"], per_queue["RabbitMQ"]
+        rows.append((f"{QUEUES:,} idle non-durable queues", "broker KiB per queue", f"{h:.2f}", f"{q:.2f}", f"{h / q:.2f}"))
     today = datetime.date.today().isoformat()
     rmq = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "rabbitmq-server"], capture_output=True, text=True).stdout
     hare = subprocess.run(["git", "-C", compare.ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -120,7 +215,8 @@ def main():
         "|---|---|---:|---:|---:|",
     ]
     lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
-    path = os.path.join(compare.ROOT, "bench", "results", f"{today}-scale.md")
+    suffix = "" if set(SECTIONS) >= {"topic", "queues", "durable", "storm"} else "-" + "-".join(SECTIONS)
+    path = os.path.join(compare.ROOT, "bench", "results", f"{today}-scale{suffix}.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -25,13 +25,23 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
-    match hare::server::alarms::raise_open_files_limit() {
+    let limit = match hare::server::alarms::raise_open_files_limit() {
         Some((before, now, _)) if before != now => {
-            tracing::info!("open files limit raised from {before} to {now} (the hard limit)")
+            tracing::info!("open files limit raised from {before} to {now} (the hard limit)");
+            now
         }
-        Some((_, now, hard)) => tracing::info!("open files limit {now} (hard limit {hard})"),
-        None => tracing::warn!("cannot read the open files limit"),
-    }
+        Some((_, now, hard)) => {
+            tracing::info!("open files limit {now} (hard limit {hard})");
+            now
+        }
+        None => {
+            tracing::warn!("cannot read the open files limit; assuming 1024");
+            1024
+        }
+    };
+    let fds = hare::server::alarms::FdBudget::new(limit);
+    hare::storage::syncer::set_open_files_budget(fds.files as usize);
+    tracing::info!("file descriptors: up to {} for queue files, {} for connections", fds.files, fds.connections);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -59,7 +69,7 @@ fn main() -> ExitCode {
     let syncer = storage.syncer.clone();
     let code = runtime.block_on(async move {
         let server = match Server::bind(config.clone(), broker, Some(syncer.subscribe())).await {
-            Ok(s) => s,
+            Ok(s) => s.with_connection_limit(fds.connections),
             Err(e) => {
                 tracing::error!("cannot listen on {}:{}: {e}", config.bind, config.port);
                 return ExitCode::FAILURE;

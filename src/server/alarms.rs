@@ -105,6 +105,29 @@ pub fn raise_open_files_limit() -> Option<(u64, u64, u64)> {
     Some((before as u64, lim.rlim_cur as u64, lim.rlim_max as u64))
 }
 
+/// Descriptors kept free of both budgets below: the listeners, the definitions journal, the
+/// data directory, the runtime's own (epoll, eventfd), standard streams and a margin.
+const FD_RESERVE: u64 = 64;
+
+/// How the open files limit is shared out: log files (queue segments and ack files, opened
+/// and closed on demand beyond their budget) get a quarter of what is not reserved, and
+/// connections the rest; a connection past its budget is refused, as RabbitMQ refuses them
+/// when its file descriptors run out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FdBudget {
+    pub total: u64,
+    pub files: u64,
+    pub connections: u64,
+}
+
+impl FdBudget {
+    pub fn new(limit: u64) -> FdBudget {
+        let usable = limit.saturating_sub(FD_RESERVE).max(64);
+        let files = (usable / 4).max(32);
+        FdBudget { total: limit, files, connections: usable - files }
+    }
+}
+
 /// Where the disk alarm looks, and below how many free bytes it goes off.
 #[derive(Debug, Clone)]
 pub struct DiskLimit {
@@ -176,6 +199,14 @@ pub fn spawn_monitor(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_descriptors_are_shared_between_files_and_connections() {
+        assert_eq!(FdBudget::new(1024), FdBudget { total: 1024, files: 240, connections: 720 });
+        // Never less than a working minimum, whatever the limit.
+        let tiny = FdBudget::new(16);
+        assert!(tiny.files >= 32 && tiny.connections >= 32);
+    }
 
     #[test]
     fn memory_limits_parse() {

@@ -9,6 +9,7 @@ pub mod writer;
 use crate::broker::Broker;
 use crate::config::Config;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -35,6 +36,9 @@ pub struct Server {
     broker: Arc<Broker>,
     config: Arc<Config>,
     durable: Option<watch::Receiver<u64>>,
+    /// Connections beyond this many are refused: their descriptors would take those the
+    /// broker's files need.
+    max_connections: u64,
 }
 
 impl Server {
@@ -46,7 +50,13 @@ impl Server {
         durable: Option<watch::Receiver<u64>>,
     ) -> std::io::Result<Server> {
         let listener = listen(&config.bind, config.port).await?;
-        Ok(Server { listener, broker, config: Arc::new(config), durable })
+        Ok(Server { listener, broker, config: Arc::new(config), durable, max_connections: u64::MAX })
+    }
+
+    /// Refuses connections beyond `n` open at once (the file descriptor budget).
+    pub fn with_connection_limit(mut self, n: u64) -> Server {
+        self.max_connections = n;
+        self
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -65,12 +75,29 @@ impl Server {
             .then(|| alarms::DiskLimit { path: self.config.data_dir.clone(), free_limit: self.config.disk_free_limit });
         let alarm = alarms::spawn_monitor(self.broker.clone(), self.config.memory_limit, disk);
         let timers = tokio::spawn(run_timers(self.broker.clone()));
+        let open = Arc::new(AtomicU64::new(0));
+        let mut refused_logged: Option<std::time::Instant> = None;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => {
+                    Ok((stream, peer)) => {
+                        if open.load(Ordering::Acquire) >= self.max_connections {
+                            // Closed at once: the client sees the connection reset. Logged at
+                            // most once a second, as a flood of them is the usual case.
+                            drop(stream);
+                            if refused_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                                refused_logged = Some(std::time::Instant::now());
+                                tracing::warn!(
+                                    "file descriptor limit: connection from {peer} refused ({} connections open)",
+                                    self.max_connections
+                                );
+                            }
+                            continue;
+                        }
+                        open.fetch_add(1, Ordering::AcqRel);
+                        let open = open.clone();
                         let broker = self.broker.clone();
                         let config = self.config.clone();
                         let stop = stop_rx.clone();
@@ -79,6 +106,7 @@ impl Server {
                         let alarm = alarm.clone();
                         tokio::spawn(async move {
                             connection::serve(stream, broker, config, stop, durable, alarm).await;
+                            open.fetch_sub(1, Ordering::AcqRel);
                             drop(alive);
                         });
                     }

@@ -4,11 +4,13 @@
 
 use bytes::BytesMut;
 use parking_lot::{Condvar, Mutex};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::Weak;
 use tokio::sync::watch;
 
 /// Write buffers larger than this are released after a write instead of kept.
@@ -17,19 +19,107 @@ const KEEP_BUFFER: usize = 64 * 1024;
 /// write to logs pause until a round writes less, so write buffers stay bounded in memory.
 const BACKLOG_HIGH: usize = 8 * 1024 * 1024;
 
-/// A file that is only appended to, through a buffer the syncer drains.
+/// How many log files may be open at once, and which are: a broker with more queue files
+/// than its file descriptor limit allows closes the ones used longest ago and opens them
+/// again on use. A clock sweep: each file has a `used` bit, set on every use and cleared as
+/// the sweep passes; the sweep closes files whose bit is clear, with nothing buffered and
+/// not waiting for the syncer.
+struct OpenFiles {
+    budget: AtomicUsize,
+    open: AtomicUsize,
+    /// Files with a descriptor, in the sweep's order (dropped files linger until swept).
+    ring: Mutex<VecDeque<Weak<LogFile>>>,
+}
+
+static OPEN_FILES: OpenFiles =
+    OpenFiles { budget: AtomicUsize::new(usize::MAX), open: AtomicUsize::new(0), ring: Mutex::new(VecDeque::new()) };
+
+/// Limits how many log files (queue segments, ack files, journals) are open at once.
+pub fn set_open_files_budget(n: usize) {
+    OPEN_FILES.budget.store(n.max(8), Ordering::Relaxed);
+}
+
+/// Log files open now.
+pub fn open_files() -> usize {
+    OPEN_FILES.open.load(Ordering::Relaxed)
+}
+
+impl OpenFiles {
+    /// Counts a newly opened file, and closes others while over the budget.
+    fn opened(&self, file: &Arc<LogFile>) {
+        let open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut ring = self.ring.lock();
+        // Dropped files leave dead entries: clear them out once they are half the ring.
+        if ring.len() > 2 * open + 64 {
+            ring.retain(|w| w.strong_count() > 0);
+        }
+        ring.push_back(Arc::downgrade(file));
+        self.sweep(&mut ring);
+    }
+
+    /// Closes files while over the budget, if any; after a sync round, whose files could not
+    /// be closed while they waited for it.
+    fn sweep_if_over(&self) {
+        if self.open.load(Ordering::Acquire) > self.budget.load(Ordering::Relaxed) {
+            self.sweep(&mut self.ring.lock());
+        }
+    }
+
+    fn sweep(&self, ring: &mut VecDeque<Weak<LogFile>>) {
+        let budget = self.budget.load(Ordering::Relaxed);
+        // Two passes at most: the first clears `used` bits, the second finds them clear.
+        let mut steps = 2 * ring.len();
+        while self.open.load(Ordering::Acquire) > budget && steps > 0 {
+            steps -= 1;
+            let Some(w) = ring.pop_front() else { break };
+            let Some(f) = w.upgrade() else { continue };
+            if f.used.swap(false, Ordering::AcqRel) {
+                ring.push_back(w);
+                continue;
+            }
+            // A file in use right now (its lock taken) is passed over, never waited for.
+            let closed = match f.state.try_lock() {
+                Some(mut st) if st.buf.is_empty() && !st.dirty && !st.unsynced => st.file.take().is_some(),
+                _ => false,
+            };
+            if closed {
+                self.open.fetch_sub(1, Ordering::AcqRel);
+            } else {
+                ring.push_back(w);
+            }
+        }
+    }
+}
+
+/// A file that is only appended to, through a buffer the syncer drains. Its descriptor may be
+/// closed while it is idle (see [`OpenFiles`]) and is opened again on the next use.
 #[derive(Debug)]
 pub struct LogFile {
     pub path: PathBuf,
-    file: File,
     /// Written out but never fdatasync'ed: the file of a transient queue paging to disk,
     /// whose content is discarded at start anyway.
     volatile: bool,
+    /// Used since the file cache's sweep last passed.
+    used: AtomicBool,
     state: Mutex<LogFileState>,
+}
+
+impl Drop for LogFile {
+    fn drop(&mut self) {
+        if self.state.get_mut().file.is_some() {
+            OPEN_FILES.open.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct LogFileState {
+    /// The descriptor, while open; shared so that an fsync runs without the lock.
+    file: Option<Arc<File>>,
+    /// Written through this descriptor and not yet fsynced: it stays open until the fsync,
+    /// which must go through a descriptor that was open when the data was written to see a
+    /// write-back error.
+    unsynced: bool,
     buf: BytesMut,
     /// Bytes appended so far, written or still buffered.
     len: u64,
@@ -41,11 +131,13 @@ struct LogFileState {
 
 impl LogFileState {
     /// Writes the buffer out; returns how many bytes it wrote.
-    fn write_buffer(&mut self, file: &File) -> std::io::Result<usize> {
+    fn write_buffer(&mut self, owner: &Arc<LogFile>) -> std::io::Result<usize> {
         let n = self.buf.len();
         if n > 0 {
+            let file = owner.descriptor(self)?;
             // On failure the bytes stay buffered for the next attempt.
             (&*file).write_all(&self.buf)?;
+            self.unsynced = !owner.volatile;
             if self.buf.capacity() > KEEP_BUFFER {
                 // A burst grew it: give the memory back rather than hold it per file.
                 self.buf = BytesMut::new();
@@ -71,12 +163,28 @@ impl LogFile {
     fn open_with(path: &Path, volatile: bool) -> std::io::Result<Arc<LogFile>> {
         let file = std::fs::OpenOptions::new().create(true).append(true).read(true).open(path)?;
         let len = file.metadata()?.len();
-        Ok(Arc::new(LogFile {
+        let log = Arc::new(LogFile {
             path: path.to_path_buf(),
-            file,
             volatile,
-            state: Mutex::new(LogFileState { len, ..Default::default() }),
-        }))
+            used: AtomicBool::new(true),
+            state: Mutex::new(LogFileState { file: Some(Arc::new(file)), len, ..Default::default() }),
+        });
+        OPEN_FILES.opened(&log);
+        Ok(log)
+    }
+
+    /// The open descriptor, opening the file again if the cache closed it.
+    fn descriptor(self: &Arc<Self>, st: &mut LogFileState) -> std::io::Result<Arc<File>> {
+        self.used.store(true, Ordering::Relaxed);
+        if let Some(f) = &st.file {
+            return Ok(f.clone());
+        }
+        // It exists: it was created when first opened, and is never closed while it holds
+        // unwritten bytes.
+        let f = Arc::new(std::fs::OpenOptions::new().append(true).read(true).open(&self.path)?);
+        st.file = Some(f.clone());
+        OPEN_FILES.opened(self);
+        Ok(f)
     }
 
     pub fn len(&self) -> u64 {
@@ -103,34 +211,49 @@ impl LogFile {
 
     /// The syncer's write of the buffer (fsync follows). Returns true when the file holds
     /// appends whose tickets the current round does not cover: it needs another round.
-    fn write_out(&self, covered: u64) -> std::io::Result<(bool, usize)> {
+    fn write_out(self: &Arc<Self>, covered: u64) -> std::io::Result<(bool, usize)> {
         let mut st = self.state.lock();
-        let n = st.write_buffer(&self.file)?;
+        let n = st.write_buffer(self)?;
         st.dirty = st.max_ticket > covered;
         Ok((st.dirty, n))
     }
 
-    pub fn sync(&self) -> std::io::Result<()> {
+    pub fn sync(self: &Arc<Self>) -> std::io::Result<()> {
         if self.volatile {
             return Ok(());
         }
-        self.file.sync_data()
+        // The fsync runs without the lock, so appends to this file go on meanwhile.
+        let file = {
+            let mut st = self.state.lock();
+            if !st.unsynced {
+                return Ok(());
+            }
+            st.unsynced = false;
+            self.descriptor(&mut st)?
+        };
+        let synced = file.sync_data();
+        if synced.is_err() {
+            self.state.lock().unsynced = true;
+        }
+        synced
     }
 
     /// Writes the buffer to the file (no fsync); the file stays on the syncer's list if it was.
-    pub fn write_buffered(&self) -> std::io::Result<()> {
-        self.state.lock().write_buffer(&self.file).map(drop)
+    pub fn write_buffered(self: &Arc<Self>) -> std::io::Result<()> {
+        self.state.lock().write_buffer(self).map(drop)
     }
 
     /// Reads `len` bytes at `offset`, writing the buffer out first if it holds them.
-    pub fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    pub fn read_at(self: &Arc<Self>, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
-        if offset + len as u64 > self.file.metadata()?.len() {
+        let file = {
+            let mut st = self.state.lock();
             // Written, not synced: the file stays on the syncer's list if it was.
-            self.state.lock().write_buffer(&self.file)?;
-        }
+            st.write_buffer(self)?;
+            self.descriptor(&mut st)?
+        };
         let mut out = vec![0u8; len];
-        self.file.read_exact_at(&mut out, offset)?;
+        file.read_exact_at(&mut out, offset)?;
         Ok(out)
     }
 }
@@ -296,6 +419,7 @@ impl Syncer {
         if !again.is_empty() {
             self.dirty.lock().extend(again);
         }
+        OPEN_FILES.sweep_if_over();
         match error {
             None => {
                 if self.failed.swap(false, Ordering::AcqRel) {
@@ -326,6 +450,31 @@ impl Syncer {
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn files_beyond_the_budget_are_closed_and_opened_again_on_use() {
+        let dir = std::env::temp_dir().join(format!("hare-fd-cache-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let syncer = Syncer::start();
+        set_open_files_budget(8);
+        let files: Vec<Arc<LogFile>> = (0..40).map(|i| LogFile::open(&dir.join(format!("f{i}"))).unwrap()).collect();
+        for round in 0..3u8 {
+            for f in &files {
+                f.append(&syncer, |b| b.extend_from_slice(&[round; 100]));
+            }
+            syncer.flush_now();
+        }
+        // Every file has all its bytes, however often it was closed in between.
+        for f in &files {
+            assert_eq!(f.read_at(0, 300).unwrap(), [[0u8; 100], [1; 100], [2; 100]].concat());
+        }
+        let open = files.iter().filter(|f| f.state.lock().file.is_some()).count();
+        set_open_files_budget(usize::MAX);
+        // Other tests open files meanwhile and share the budget: ours hold at most all of it.
+        assert!(open <= 8, "{open} of 40 files open with a budget of 8");
+        syncer.shutdown();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn every_ticket_becomes_durable_under_concurrent_appends() {

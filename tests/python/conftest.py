@@ -1,6 +1,7 @@
 """Starts the real hare binary on an ephemeral loopback port for each test module."""
 import os
 import re
+import resource
 import signal
 import subprocess
 import tempfile
@@ -28,10 +29,12 @@ def wait_for(predicate, timeout=10.0, interval=0.01, what="condition"):
 class Hare:
     """A hare process; `restart()` starts it again on the same data directory."""
 
-    def __init__(self, extra_args=(), data_dir=None):
+    def __init__(self, extra_args=(), data_dir=None, open_files=None):
+        """`open_files`: a limit on open files (soft and hard) for the broker process."""
         self.dir = tempfile.mkdtemp(prefix="hare-test-")
         self.data_dir = data_dir or os.path.join(self.dir, "data")
         self.extra_args = list(extra_args)
+        self.open_files = open_files
         self.starts = 0
         self._start()
 
@@ -43,8 +46,12 @@ class Hare:
             [HARE_BIN, "--port", "0", "--data-dir", self.data_dir, "--log", "info", *self.extra_args],
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            preexec_fn=self._limit if self.open_files else None,
         )
         self.port = wait_for(self._port, what="hare to listen")
+
+    def _limit(self):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def kill(self):
         """SIGKILL, as a crash."""

@@ -1,5 +1,11 @@
-"""Process limits the broker sets for itself at start."""
+"""Process limits: the broker raises its open files limit at start, and lives within it: queue
+files beyond their share are closed and opened again on use."""
+import os
 import resource
+import shutil
+import threading
+
+import pika
 
 from conftest import Hare, wait_for
 
@@ -22,3 +28,57 @@ def test_open_files_soft_limit_is_raised_to_the_hard_limit():
             wait_for(lambda: f"open files limit raised from {low} to" in h.read_log(), what="the log line")
     finally:
         h.stop()
+
+
+QUEUES = 20_000
+WORKERS = 4
+
+
+def declare_and_fill(hare, worker, errors):
+    """Declares this worker's share of the durable queues, one persistent message in each."""
+    try:
+        c = hare.connect()
+        ch = c.channel()
+        for i in range(worker, QUEUES, WORKERS):
+            q = f"many-{i}"
+            ch.queue_declare(q, durable=True)
+            ch.basic_publish("", q, f"message {i}".encode(), pika.BasicProperties(delivery_mode=2))
+        c.close()
+    except Exception as e:  # reported by the test, not lost in the thread
+        errors.append(repr(e))
+
+
+def fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_twenty_thousand_durable_queues_under_a_limit_of_1024_open_files():
+    h = Hare(open_files=1024)
+    try:
+        errors = []
+        threads = [threading.Thread(target=declare_and_fill, args=(h, w, errors)) for w in range(WORKERS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=600)
+        assert not errors, errors[:3]
+        assert fds(h.proc.pid) < 1024
+        h.restart()
+        c = h.connect()
+        ch = c.channel()
+        for i in range(QUEUES):
+            n = ch.queue_declare(f"many-{i}", passive=True).method.message_count
+            assert n == 1, f"many-{i}: {n} messages after the restart"
+        # Reading and acking opens segment and ack files again, within the budget.
+        for i in range(0, QUEUES, 97):
+            method, _, body = ch.basic_get(f"many-{i}")
+            assert body == f"message {i}".encode()
+            ch.basic_ack(method.delivery_tag)
+        c.close()
+        assert fds(h.proc.pid) < 1024
+        log = h.read_log()
+        assert "Too many open files" not in log
+        assert "up to 240 for queue files" in log
+    finally:
+        h.stop()
+        shutil.rmtree(h.dir, ignore_errors=True)
