@@ -82,3 +82,38 @@ def test_twenty_thousand_durable_queues_under_a_limit_of_1024_open_files():
     finally:
         h.stop()
         shutil.rmtree(h.dir, ignore_errors=True)
+
+
+def test_connections_beyond_their_share_of_descriptors_are_refused():
+    # 200 descriptors: 64 kept in reserve, 34 for files, 102 for connections.
+    h = Hare(open_files=200)
+    conns = []
+    try:
+        wait_for(lambda: "102 for connections" in h.read_log(), what="the budget in the log")
+        for _ in range(102):
+            conns.append(h.connect())
+        try:
+            extra = h.connect(connection_attempts=1)
+            extra.close()
+            raise AssertionError("a connection beyond the budget was accepted")
+        except pika.exceptions.AMQPConnectionError:
+            pass
+        wait_for(lambda: "file descriptor limit: connection from" in h.read_log(), what="the warning")
+        # Closing one makes room for another (once the broker has seen it end).
+        conns.pop().close()
+
+        def reconnect():
+            try:
+                return h.connect(connection_attempts=1)
+            except pika.exceptions.AMQPConnectionError:
+                return None
+
+        c = wait_for(reconnect, what="a connection once one was closed")
+        assert c.channel().queue_declare("", exclusive=True).method.queue
+        conns.append(c)
+    finally:
+        for c in conns:
+            if c.is_open:
+                c.close()
+        h.stop()
+        shutil.rmtree(h.dir, ignore_errors=True)
