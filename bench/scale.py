@@ -10,7 +10,9 @@ Rows so far:
   (each declare and bind waits for its -ok), the rate over the first and the last tenth, and
   the time a restart with all of them takes until the port accepts connections;
 - publish latency (end to end p99 at 20,000 msg/s) quiet, and while another connection
-  declares durable queues (at least STORM of them) for the whole run.
+  declares durable queues (at least STORM of them) for the whole run;
+- large messages: 1 -> 1 with 64 KiB and 1 MiB bodies, the rate and the broker's CPU time
+  (user + system, from /proc) per message.
 Usage: bench/scale.sh   (SECTIONS=topic,queues,durable,storm BINDINGS=10000,100000
 QUEUES=20000 DURABLE=20000 STORM=3000 DURATION=10)"""
 import datetime
@@ -29,7 +31,8 @@ BINDINGS = [int(x) for x in os.environ.get("BINDINGS", "10000,100000").split(","
 QUEUES = int(os.environ.get("QUEUES", "20000"))
 DURABLE = int(os.environ.get("DURABLE", "20000"))
 STORM = int(os.environ.get("STORM", "3000"))
-SECTIONS = os.environ.get("SECTIONS", "topic,queues,durable,storm").split(",")
+SECTIONS = os.environ.get("SECTIONS", "topic,queues,durable,storm,large").split(",")
+LARGE = [64 * 1024, 1024 * 1024]
 
 
 def settled_rss(broker):
@@ -119,6 +122,21 @@ def latency_p99(broker, with_storm):
     return s["e2e_latency"]["p99_ms"], count[0]
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of a process (and its finished children), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def large(broker, size):
+    """1 -> 1 with `size`-byte bodies: (consumed msg/s, broker CPU µs per message)."""
+    before = cpu_seconds(broker.pid())
+    s = compare.perf(broker, "--size", size, "--duration", DURATION, "--prefix", "large")
+    used = cpu_seconds(broker.pid()) - before
+    return s["consumed_per_sec"], used * 1e6 / max(s["consumed"], 1)
+
+
 def main():
     brokers = [compare.Hare(), compare.RabbitMQ()]
     rows = []
@@ -126,8 +144,16 @@ def main():
     rates = {}
     per_binding = {}
     per_queue = {}
-    durable, restart, lat = {}, {}, {}
+    durable, restart, lat, big = {}, {}, {}, {}
     for b in brokers:
+        if "large" in SECTIONS:
+            for size in LARGE:
+                b.start()
+                try:
+                    big[(b.name, size)] = large(b, size)
+                finally:
+                    b.stop()
+                log(f"large | {b.name}, {size} B: {big[(b.name, size)]}")
         if "durable" in SECTIONS:
             b.start()
             try:
@@ -171,6 +197,11 @@ def main():
         finally:
             b.stop()
         log(f"queues | {b.name}: {per_queue[b.name]:.2f} KiB per idle queue")
+    for size in LARGE if big else []:
+        label = f"{size // 1024} KiB" if size < 1024 * 1024 else f"{size // (1024 * 1024)} MiB"
+        (hr, hc), (qr, qc) = big[("Hare", size)], big[("RabbitMQ", size)]
+        rows.append((f"1->1, {label} messages", "consumed msg/s", f"{hr:,.0f}", f"{qr:,.0f}", f"{hr / qr:.2f}"))
+        rows.append((f"1->1, {label} messages", "broker CPU µs per message", f"{hc:,.0f}", f"{qc:,.0f}", f"{hc / qc:.2f}"))
     if durable:
         for name, i in (("first", 0), ("last", -1)):
             h, q = durable["Hare"][i], durable["RabbitMQ"][i]
@@ -215,7 +246,7 @@ def main():
         "|---|---|---:|---:|---:|",
     ]
     lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
-    suffix = "" if set(SECTIONS) >= {"topic", "queues", "durable", "storm"} else "-" + "-".join(SECTIONS)
+    suffix = "" if set(SECTIONS) >= {"topic", "queues", "durable", "storm", "large"} else "-" + "-".join(SECTIONS)
     path = os.path.join(compare.ROOT, "bench", "results", f"{today}-scale{suffix}.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
