@@ -1,7 +1,84 @@
 //! A published message as the broker holds it: routing data, raw properties, body.
 
 use crate::protocol::{BasicProperties, ShortStr};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+
+/// A body as it arrived: one piece, or the pieces of several body frames, each a
+/// reference-counted slice of what was read from the publisher's socket. Nothing copies it on
+/// the way to a consumer's socket (see `server::output`) or into a queue log.
+#[derive(Debug, Clone)]
+pub enum Body {
+    One(Bytes),
+    /// Pieces in order, and their total length.
+    Parts(Arc<[Bytes]>, usize),
+}
+
+/// A body of more pieces than this is copied into one when it is complete: many tiny frames
+/// (a small frame_max) would cost more as pieces than as a copy.
+const MAX_PARTS: usize = 64;
+
+impl Body {
+    /// The body of the pieces received, in order.
+    pub fn from_parts(mut parts: Vec<Bytes>) -> Body {
+        match parts.len() {
+            0 => Body::One(Bytes::new()),
+            1 => Body::One(parts.remove(0)),
+            n if n > MAX_PARTS => {
+                let mut one = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+                for p in &parts {
+                    one.extend_from_slice(p);
+                }
+                Body::One(one.freeze())
+            }
+            _ => {
+                let len = parts.iter().map(Bytes::len).sum();
+                Body::Parts(parts.into(), len)
+            }
+        }
+    }
+    pub fn len(&self) -> usize {
+        match self {
+            Body::One(b) => b.len(),
+            Body::Parts(_, len) => *len,
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The pieces, in order.
+    pub fn parts(&self) -> &[Bytes] {
+        match self {
+            Body::One(b) => std::slice::from_ref(b),
+            Body::Parts(p, _) => p,
+        }
+    }
+    /// The body in one piece: free for a body that is one, a copy otherwise.
+    pub fn to_bytes(&self) -> Bytes {
+        match self {
+            Body::One(b) => b.clone(),
+            Body::Parts(parts, len) => {
+                let mut one = BytesMut::with_capacity(*len);
+                for p in parts.iter() {
+                    one.extend_from_slice(p);
+                }
+                one.freeze()
+            }
+        }
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(b: Bytes) -> Body {
+        Body::One(b)
+    }
+}
+
+impl PartialEq for Body {
+    fn eq(&self, other: &Body) -> bool {
+        self.len() == other.len() && self.to_bytes() == other.to_bytes()
+    }
+}
 
 #[derive(Debug)]
 pub struct Message {
@@ -9,7 +86,7 @@ pub struct Message {
     pub routing_key: ShortStr,
     /// Property flags and list exactly as published (or as rewritten for direct reply-to).
     pub properties: Bytes,
-    pub body: Bytes,
+    pub body: Body,
     pub persistent: bool,
     /// The `priority` property (0 when absent), for priority queues.
     pub priority: u8,
@@ -19,7 +96,14 @@ pub struct Message {
 
 impl Message {
     /// A message from its parts; priority and expiration are read from the raw properties.
-    pub fn new(exchange: ShortStr, routing_key: ShortStr, properties: Bytes, body: Bytes, persistent: bool) -> Self {
+    pub fn new(
+        exchange: ShortStr,
+        routing_key: ShortStr,
+        properties: Bytes,
+        body: impl Into<Body>,
+        persistent: bool,
+    ) -> Self {
+        let body = body.into();
         let peeked = peek_properties(&properties);
         let priority = peeked.priority;
         let expiration = peeked.expiration.and_then(|e| std::str::from_utf8(e).ok()?.parse().ok());

@@ -125,18 +125,57 @@ pub fn write_heartbeat(buf: &mut BytesMut) {
 
 /// Writes a content header and the body frames, each body frame at most `frame_max` long.
 pub fn write_content(buf: &mut BytesMut, channel: u16, properties: &[u8], body: &[u8], frame_max: usize) {
-    let at = begin_frame(buf, FRAME_HEADER, channel);
-    buf.put_u16(60);
-    buf.put_u16(0);
-    buf.put_u64(body.len() as u64);
-    buf.put_slice(properties);
-    end_frame(buf, at);
+    write_content_header(buf, channel, properties, body.len());
     let chunk = frame_max.saturating_sub(FRAME_OVERHEAD).max(1);
     for part in body.chunks(chunk) {
         buf.put_u8(FRAME_BODY);
         buf.put_u16(channel);
         buf.put_u32(part.len() as u32);
         buf.put_slice(part);
+        buf.put_u8(FRAME_END);
+    }
+}
+
+/// The content header frame of a body of `body_len` bytes (class basic).
+pub fn write_content_header(buf: &mut BytesMut, channel: u16, properties: &[u8], body_len: usize) {
+    let at = begin_frame(buf, FRAME_HEADER, channel);
+    buf.put_u16(60);
+    buf.put_u16(0);
+    buf.put_u64(body_len as u64);
+    buf.put_slice(properties);
+    end_frame(buf, at);
+}
+
+/// Splits a body, given as pieces in order, into frames without copying it: for each frame,
+/// writes its 7-byte header to `buf`, calls `slice` with each piece of the body the frame
+/// carries (one, or more where the frame spans pieces), then writes the frame-end octet.
+pub fn body_frames(
+    buf: &mut BytesMut,
+    channel: u16,
+    pieces: &[Bytes],
+    frame_max: usize,
+    mut slice: impl FnMut(&mut BytesMut, Bytes),
+) {
+    let chunk = frame_max.saturating_sub(FRAME_OVERHEAD).max(1);
+    let mut left: usize = pieces.iter().map(Bytes::len).sum();
+    let (mut piece, mut at) = (0, 0);
+    while left > 0 {
+        let mut frame = chunk.min(left);
+        left -= frame;
+        buf.put_u8(FRAME_BODY);
+        buf.put_u16(channel);
+        buf.put_u32(frame as u32);
+        while frame > 0 {
+            let p = &pieces[piece];
+            let take = (p.len() - at).min(frame);
+            slice(buf, p.slice(at..at + take));
+            frame -= take;
+            at += take;
+            if at == p.len() {
+                piece += 1;
+                at = 0;
+            }
+        }
         buf.put_u8(FRAME_END);
     }
 }

@@ -30,7 +30,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Read buffer bounds: idle connections stay small, busy ones read in large chunks.
 const READ_MIN: usize = 1024;
-const READ_MAX: usize = 256 * 1024;
+const READ_MAX: usize = 1024 * 1024;
 /// How long a publisher paused by a queue's flow control waits before looking again.
 const FLOW_RECHECK: Duration = Duration::from_millis(100);
 
@@ -266,7 +266,7 @@ pub async fn serve(
 impl Connection {
     fn flush(&mut self, writer: &WriterHandle) {
         if !self.ctx.out.is_empty() {
-            let bytes = self.ctx.out.buf.split().freeze();
+            let bytes = self.ctx.out.take();
             writer.send(bytes, std::mem::take(&mut self.ctx.out.charge));
         }
     }

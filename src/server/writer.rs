@@ -1,6 +1,7 @@
 //! The writer task of a connection: writes what the connection encoded, in order, so that a
 //! slow socket never blocks the connection from reading (and so from seeing close or acks).
 
+use super::output::Encoded;
 use crate::broker::consumer::ConnectionSink;
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -17,7 +18,7 @@ pub const WRITE_HIGH_WATER: usize = 8 * 1024 * 1024;
 #[derive(Debug)]
 pub enum WriteItem {
     Data {
-        bytes: Bytes,
+        bytes: Encoded,
         charge: usize,
     },
     /// Flush, shut the socket down, and stop.
@@ -56,7 +57,7 @@ impl WriterHandle {
         let task = tokio::spawn(run(socket, queue.clone(), sink, unwritten.clone(), drained.clone()));
         (WriterHandle { queue, unwritten, drained, wrote: Arc::new(AtomicBool::new(false)) }, task)
     }
-    pub fn send(&self, bytes: Bytes, charge: usize) {
+    pub fn send(&self, bytes: Encoded, charge: usize) {
         self.unwritten.fetch_add(bytes.len(), Ordering::AcqRel);
         self.wrote.store(true, Ordering::Release);
         self.queue.push(WriteItem::Data { bytes, charge });
@@ -67,6 +68,39 @@ impl WriterHandle {
     pub fn backlogged(&self) -> bool {
         self.unwritten.load(Ordering::Acquire) > WRITE_HIGH_WATER
     }
+}
+
+/// Writes parts in order with vectored writes (as many as the kernel takes at once).
+async fn write_parts(socket: &mut OwnedWriteHalf, parts: &[Bytes]) -> std::io::Result<()> {
+    /// Slices per write: well under the kernel's IOV_MAX (1024).
+    const MAX_SLICES: usize = 64;
+    let mut first = 0;
+    // How much of parts[first] is already written.
+    let mut skip = 0;
+    while first < parts.len() {
+        let mut slices = [std::io::IoSlice::new(&[]); MAX_SLICES];
+        let mut n = 0;
+        for (i, p) in parts[first..].iter().take(MAX_SLICES).enumerate() {
+            slices[i] = std::io::IoSlice::new(if i == 0 { &p[skip..] } else { p });
+            n += 1;
+        }
+        let mut written = socket.write_vectored(&slices[..n]).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 && first < parts.len() {
+            let left = parts[first].len() - skip;
+            if written >= left {
+                written -= left;
+                first += 1;
+                skip = 0;
+            } else {
+                skip += written;
+                written = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn run(
@@ -83,7 +117,11 @@ async fn run(
         for item in items {
             match item {
                 WriteItem::Data { bytes, charge } => {
-                    if !failed && socket.write_all(&bytes).await.is_err() {
+                    let written = match &bytes {
+                        Encoded::One(b) => socket.write_all(b).await,
+                        Encoded::Parts(parts) => write_parts(&mut socket, parts).await,
+                    };
+                    if !failed && written.is_err() {
                         // Keep going so credit is returned; the reader sees the socket close.
                         failed = true;
                     }

@@ -118,7 +118,9 @@ fn encode_message(buf: &mut bytes::BytesMut, seq: u64, m: &Message, expires_at: 
     buf.put_u32(m.properties.len() as u32);
     buf.put_slice(&m.properties);
     buf.put_u32(m.body.len() as u32);
-    buf.put_slice(&m.body);
+    for p in m.body.parts() {
+        buf.put_slice(p);
+    }
 }
 
 /// Decodes a message record; the copy keeps a read chunk from being pinned in memory.
@@ -748,7 +750,7 @@ mod tests {
     }
 
     fn bodies(ms: &[LoadedMessage]) -> Vec<String> {
-        ms.iter().map(|m| String::from_utf8(m.message.body.to_vec()).unwrap()).collect()
+        ms.iter().map(|m| String::from_utf8(m.message.body.to_bytes().to_vec()).unwrap()).collect()
     }
 
     fn recover(dir: &Path, syncer: &Arc<Syncer>, window: usize) -> RecoveredQueue {

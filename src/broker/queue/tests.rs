@@ -37,7 +37,7 @@ fn message(id: u64, size: usize) -> Arc<Message> {
 }
 
 fn id_of(m: &QueuedMessage) -> u64 {
-    u64::from_be_bytes(m.message.body[..8].try_into().unwrap())
+    u64::from_be_bytes(m.message.body.to_bytes()[..8].try_into().unwrap())
 }
 
 #[test]

@@ -4,18 +4,15 @@
 
 use super::{Channel, Settle, TxBuffer};
 use crate::broker::consumer::Delivery;
-use crate::broker::message::Message;
+use crate::broker::message::{Body, Message};
 use crate::broker::queue::QueuedMessage;
 use crate::broker::{AmqpError, AmqpResult, DIRECT_REPLY_TO};
 use crate::protocol::constants::NO_ROUTE;
 use crate::protocol::method::*;
 use crate::protocol::{BasicProperties, ContentHeader, ShortStr};
 use crate::server::connection::ConnCtx;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::sync::Arc;
-
-/// The most a multi-frame body reserves before its bytes arrive.
-const MAX_UPFRONT_RESERVE: usize = 1024 * 1024;
 
 /// A publish waiting for its header and body frames.
 pub(super) struct PendingPublish {
@@ -27,9 +24,10 @@ pub(super) struct PendingPublish {
     expiration: Option<u64>,
     /// What is wrong with the properties (user_id, expiration), raised after the exchange checks.
     invalid: Option<AmqpError>,
-    body: BytesMut,
-    /// The single body frame, kept without a copy when the body arrives in one piece.
-    single: Option<Bytes>,
+    /// The body frames received so far, kept as they are (no copy): the message's body is
+    /// made of them.
+    parts: Vec<Bytes>,
+    received: usize,
 }
 
 impl PendingPublish {
@@ -41,8 +39,8 @@ impl PendingPublish {
             priority: 0,
             expiration: None,
             invalid: None,
-            body: BytesMut::new(),
-            single: None,
+            parts: Vec::new(),
+            received: 0,
         }
     }
 }
@@ -101,25 +99,15 @@ impl Channel {
             return Err(AmqpError::unexpected_frame("content body frame before its content header"));
         };
         let expected = header.body_size as usize;
-        let have = p.single.as_ref().map_or(0, Bytes::len) + p.body.len();
-        let now = have + body.len();
+        let now = p.received + body.len();
         if now > expected {
             return Err(AmqpError::frame_error(format!(
-                "content body of {} bytes exceeds the declared body size {expected}",
-                have + body.len()
+                "content body of {now} bytes exceeds the declared body size {expected}"
             )));
         }
-        if have == 0 && body.len() == expected {
-            p.single = Some(body);
-        } else {
-            // Reserve what was declared only up to a bound: memory follows bytes actually received.
-            if p.body.is_empty() {
-                p.body.reserve(expected.min(MAX_UPFRONT_RESERVE));
-            }
-            if let Some(first) = p.single.take() {
-                p.body.extend_from_slice(&first);
-            }
-            p.body.extend_from_slice(&body);
+        p.received = now;
+        if !body.is_empty() {
+            p.parts.push(body);
         }
         if now == expected {
             self.finish_publish(ctx)?;
@@ -134,10 +122,7 @@ impl Channel {
         let Some(header) = p.header else {
             return Ok(());
         };
-        let body = match p.single {
-            Some(b) => b,
-            None => p.body.freeze(),
-        };
+        let body = Body::from_parts(p.parts);
         let exchange =
             if p.method.exchange.as_str() == "amq.default" { ShortStr::default() } else { p.method.exchange.clone() };
         // RabbitMQ's order: the exchange exists and is not internal, then reply-to, user_id
