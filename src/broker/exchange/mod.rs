@@ -78,6 +78,9 @@ pub struct Exchange {
     /// Positions in `bindings` by destination and key, so that a bind or unbind finds an
     /// equal binding without scanning them all.
     index: FastMap<(Destination, ShortStr), Vec<u32>>,
+    /// The keys each destination is bound with (each once): removing a destination (a queue
+    /// deleted) finds its bindings through them, at the cost of its own bindings only.
+    keys: FastMap<Destination, Vec<ShortStr>>,
     router: Box<dyn Router>,
 }
 
@@ -105,6 +108,7 @@ impl Exchange {
             arguments,
             bindings: Vec::new(),
             index: FastMap::default(),
+            keys: FastMap::default(),
             router,
         }
     }
@@ -136,7 +140,11 @@ impl Exchange {
         }
         self.router.bind(&binding);
         let key = (binding.destination.clone(), binding.routing_key.clone());
-        self.index.entry(key).or_default().push(self.bindings.len() as u32);
+        let positions = self.index.entry(key).or_default();
+        if positions.is_empty() {
+            self.keys.entry(binding.destination.clone()).or_default().push(binding.routing_key.clone());
+        }
+        positions.push(self.bindings.len() as u32);
         self.bindings.push(binding);
     }
 
@@ -150,6 +158,12 @@ impl Exchange {
         let Some(pos) = self.position(binding) else {
             return false;
         };
+        self.remove_at(pos);
+        true
+    }
+
+    /// Removes the binding at `pos`, keeping the indexes in step.
+    fn remove_at(&mut self, pos: usize) {
         let b = self.bindings.swap_remove(pos);
         self.router.unbind(&b);
         let key = (b.destination, b.routing_key);
@@ -157,6 +171,12 @@ impl Exchange {
             positions.retain(|&p| p as usize != pos);
             if positions.is_empty() {
                 self.index.remove(&key);
+                if let Some(keys) = self.keys.get_mut(&key.0) {
+                    keys.retain(|k| *k != key.1);
+                    if keys.is_empty() {
+                        self.keys.remove(&key.0);
+                    }
+                }
             }
         }
         // The last binding moved into the freed place.
@@ -168,24 +188,24 @@ impl Exchange {
                 *p = pos as u32;
             }
         }
-        true
     }
 
-    /// Removes every binding to `dest`; returns how many.
+    /// Removes every binding to `dest`; returns how many. Costs what `dest` had, not what the
+    /// exchange has.
     pub fn unbind_destination(&mut self, dest: &Destination) -> usize {
-        let (gone, kept): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.bindings).into_iter().partition(|b| &b.destination == dest);
-        self.bindings = kept;
-        for b in &gone {
-            self.router.unbind(b);
-        }
-        if !gone.is_empty() {
-            self.index.clear();
-            for (i, b) in self.bindings.iter().enumerate() {
-                self.index.entry((b.destination.clone(), b.routing_key.clone())).or_default().push(i as u32);
+        let Some(keys) = self.keys.get(dest).cloned() else {
+            return 0;
+        };
+        let mut gone = 0;
+        for key in keys {
+            // Each removal moves the last binding into the freed place: look the positions up
+            // again each time.
+            while let Some(&pos) = self.index.get(&(dest.clone(), key.clone())).and_then(|ps| ps.first()) {
+                self.remove_at(pos as usize);
+                gone += 1;
             }
         }
-        gone.len()
+        gone
     }
 
     pub fn has_bindings(&self) -> bool {
@@ -278,6 +298,14 @@ mod tests {
                 for (mq, mk) in &model {
                     assert!(ex.has_binding(&binding(mq, mk, FieldTable::new())), "seed {seed}");
                 }
+                // The keys by destination are exactly the bound ones.
+                let mut by_dest: Vec<(String, String)> = ex
+                    .keys
+                    .iter()
+                    .flat_map(|(d, ks)| ks.iter().map(move |k| (d.name().to_string(), k.to_string())))
+                    .collect();
+                by_dest.sort();
+                assert_eq!(by_dest, want, "seed {seed}");
                 let key = format!("k{}", rng.gen_range(0..4));
                 let mut expect: Vec<String> =
                     model.iter().filter(|(_, mk)| *mk == key).map(|(mq, _)| mq.clone()).collect();
