@@ -24,6 +24,8 @@ DURATION = float(os.environ.get("DURATION", "10"))
 ROUNDS = int(os.environ.get("ROUNDS", "2"))
 BACKLOG = int(os.environ.get("BACKLOG", "1000000"))
 IDLE = int(os.environ.get("IDLE_CONNECTIONS", "10000"))
+# IDLE_CONSUMERS=1: each idle connection also consumes from an exclusive queue of its own.
+IDLE_CONSUMERS = os.environ.get("IDLE_CONSUMERS", "0") == "1"
 # ROWS=10 or ROWS=1,10 runs only those rows (written to bench/results/<date>-rows-1-10.md).
 ROWS = {int(r) for r in os.environ.get("ROWS", "").split(",") if r.strip()}
 
@@ -249,7 +251,8 @@ def main():
                 time.sleep(1)  # let the broker settle before the baseline reading, not a wait for a condition
                 before = rss_kib(b.pid())
                 p = subprocess.Popen(
-                    [HARE, "perf", "--uri", f"amqp://127.0.0.1:{b.port}", "--idle-connections", str(IDLE), "--duration", "600", "--json"],
+                    [HARE, "perf", "--uri", f"amqp://127.0.0.1:{b.port}", "--idle-connections", str(IDLE), "--duration", "600", "--json"]
+                    + (["--idle-consumers"] if IDLE_CONSUMERS else []),
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     text=True,
@@ -275,8 +278,9 @@ def main():
             idle[b.name] = (held, (after - before) / max(held, 1))
             log(f"7. idle | {b.name}: held {held}, {idle[b.name][1]:.1f} KiB per connection")
         h, q = idle["Hare"][1], idle["RabbitMQ"][1]
-        rows.append((f"7. {IDLE:,} idle connections, 1 channel each", "broker KiB per connection", f"{h:.1f}", f"{q:.1f}", f"{h / q:.2f}"))
-        rows.append((f"7. {IDLE:,} idle connections, 1 channel each", "connections held", str(idle["Hare"][0]), str(idle["RabbitMQ"][0]), ""))
+        what = "1 channel, 1 queue and 1 consumer each" if IDLE_CONSUMERS else "1 channel each"
+        rows.append((f"7. {IDLE:,} idle connections, {what}", "broker KiB per connection", f"{h:.1f}", f"{q:.1f}", f"{h / q:.2f}"))
+        rows.append((f"7. {IDLE:,} idle connections, {what}", "connections held", str(idle["Hare"][0]), str(idle["RabbitMQ"][0]), ""))
 
     # 8. Backlog of persistent messages with no consumer, then restart and drain.
     if want(8):

@@ -92,3 +92,12 @@ fn idle_connections_are_held() {
     let s = json(&perf(&["--uri", &uri, "--idle-connections", "200", "--duration", "0.2", "--json"]));
     assert_eq!(s["idle_connections"].as_u64(), Some(200));
 }
+
+#[test]
+fn idle_connections_with_consumers_are_held() {
+    let server = TestServer::start();
+    let uri = format!("amqp://127.0.0.1:{}", server.port);
+    let s =
+        json(&perf(&["--uri", &uri, "--idle-connections", "50", "--idle-consumers", "--duration", "0.2", "--json"]));
+    assert_eq!(s["idle_connections"].as_u64(), Some(50));
+}

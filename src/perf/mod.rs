@@ -84,6 +84,9 @@ pub struct PerfArgs {
     /// Only open this many idle connections (one channel each) and hold them for --duration.
     #[arg(long, default_value_t = 0)]
     pub idle_connections: usize,
+    /// With --idle-connections: each also declares an exclusive queue and consumes from it.
+    #[arg(long)]
+    pub idle_consumers: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -588,9 +591,21 @@ async fn idle(args: &PerfArgs, target: &Target) -> Result<Summary, String> {
     let start = Instant::now();
     let mut held = Vec::with_capacity(args.idle_connections);
     for chunk in (0..args.idle_connections).collect::<Vec<_>>().chunks(64) {
+        let consumers = args.idle_consumers;
         let opened = futures_join(chunk.iter().map(|_| {
             let t = target.clone();
-            async move { Client::connect(&t).await }
+            async move {
+                let mut c = Client::connect(&t).await?;
+                if consumers {
+                    let declared =
+                        c.call(QueueDeclare { exclusive: true, auto_delete: true, ..Default::default() }).await?;
+                    let Method::QueueDeclareOk(ok) = declared else {
+                        return Err(ClientError::Protocol(format!("expected queue.declare-ok, got {declared:?}")));
+                    };
+                    c.call(BasicConsume { queue: ok.queue, no_ack: true, ..Default::default() }).await?;
+                }
+                Ok(c)
+            }
         }))
         .await;
         for c in opened {
