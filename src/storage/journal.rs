@@ -229,20 +229,18 @@ impl DefinitionsJournal {
             let result = file.write_buffered().map_err(StoreError::from).and_then(|()| compact(&dir, full));
             let next = create_journal(&dir, full + 2);
             let mut inner = shared.lock();
-            match (result, next) {
-                (Ok(size), Ok(next)) => {
+            match result {
+                Ok(size) => {
                     inner.snapshot_bytes = size;
-                    inner.next = Some(next);
                     tracing::debug!("definitions: snapshot written ({size} bytes), journals to {full} removed");
                 }
-                (r, n) => {
-                    if let Err(e) = r {
-                        tracing::error!("definitions: cannot write a snapshot: {e}");
-                    }
-                    if let Err(e) = n {
-                        tracing::error!("definitions: cannot create the next journal: {e}");
-                    }
-                }
+                // The journal stays; the next snapshot folds it in with the ones after it.
+                Err(e) => tracing::error!("definitions: cannot write a snapshot: {e}"),
+            }
+            match next {
+                Ok(next) => inner.next = Some(next),
+                // Without a next journal, changes stay in the current one until a restart.
+                Err(e) => tracing::error!("definitions: cannot create the next journal: {e}"),
             }
             drop(inner);
             compacting.store(false, Ordering::Release);
