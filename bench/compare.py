@@ -76,7 +76,7 @@ class Hare:
         started = time.monotonic()
         limit = ["--memory-limit", f"{memory_limit_mib}MiB"] if memory_limit_mib else []
         self.proc = subprocess.Popen(
-            [HARE, "--port", str(self.port), "--data-dir", os.path.join(self.dir, "data"), "--log", "warn", *limit],
+            [HARE, "--port", str(self.port), "--management-port", "0", "--data-dir", os.path.join(self.dir, "data"), "--log", "warn", *limit],
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )

@@ -17,6 +17,9 @@ pub struct Args {
     /// AMQP port (0 picks a free one and logs it).
     #[arg(long, env = "HARE_PORT")]
     pub port: Option<u16>,
+    /// Port of the management HTTP API, on the same address (0 picks a free one and logs it).
+    #[arg(long, env = "HARE_MANAGEMENT_PORT")]
+    pub management_port: Option<u16>,
     /// Directory for durable data.
     #[arg(long, env = "HARE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -33,7 +36,7 @@ pub struct Args {
     /// ("50MB", "2GiB", bytes).
     #[arg(long, env = "HARE_DISK_FREE_LIMIT")]
     pub disk_free_limit: Option<String>,
-    /// TOML file with any of: bind, port, data_dir, log, heartbeat, memory_limit,
+    /// TOML file with any of: bind, port, management_port, data_dir, log, heartbeat, memory_limit,
     /// disk_free_limit, frame_max, channel_max, max_message_size.
     #[arg(long, short, env = "HARE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -50,6 +53,7 @@ pub enum Command {
 struct FileConfig {
     bind: Option<String>,
     port: Option<u16>,
+    management_port: Option<u16>,
     data_dir: Option<PathBuf>,
     log: Option<String>,
     heartbeat: Option<u16>,
@@ -64,6 +68,7 @@ struct FileConfig {
 pub struct Config {
     pub bind: String,
     pub port: u16,
+    pub management_port: u16,
     pub data_dir: PathBuf,
     pub log: String,
     pub heartbeat: u16,
@@ -81,6 +86,7 @@ impl Default for Config {
         Config {
             bind: "127.0.0.1".into(),
             port: 5672,
+            management_port: 15672,
             data_dir: PathBuf::from("data"),
             log: "info".into(),
             heartbeat: 60,
@@ -123,6 +129,7 @@ impl Config {
         let c = Config {
             bind: args.bind.clone().or(file.bind).unwrap_or(d.bind),
             port: args.port.or(file.port).unwrap_or(d.port),
+            management_port: args.management_port.or(file.management_port).unwrap_or(d.management_port),
             data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or(d.data_dir),
             log: args.log.clone().or(file.log).unwrap_or(d.log),
             heartbeat: args.heartbeat.or(file.heartbeat).unwrap_or(d.heartbeat),

@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod http;
 pub mod perf;
 pub mod protocol;
 pub mod server;

@@ -69,18 +69,43 @@ fn main() -> ExitCode {
     tracing::info!("data in {}, recovered in {:.3}s", config.data_dir.display(), started.elapsed().as_secs_f64());
     let syncer = storage.syncer.clone();
     let code = runtime.block_on(async move {
-        let server = match Server::bind(config.clone(), broker, Some(syncer.subscribe())).await {
+        let server = match Server::bind(config.clone(), broker.clone(), Some(syncer.subscribe())).await {
             Ok(s) => s.with_connection_limit(fds.connections),
             Err(e) => {
                 tracing::error!("cannot listen on {}:{}: {e}", config.bind, config.port);
                 return ExitCode::FAILURE;
             }
         };
-        match server.local_addr() {
-            Ok(addr) => tracing::info!("AMQP listening on {addr}"),
-            Err(e) => tracing::warn!("listening, but cannot read the local address: {e}"),
-        }
+        let amqp_port = match server.local_addr() {
+            Ok(addr) => {
+                tracing::info!("AMQP listening on {addr}");
+                addr.port()
+            }
+            Err(e) => {
+                tracing::warn!("listening, but cannot read the local address: {e}");
+                config.port
+            }
+        };
+        let http = match tokio::net::TcpListener::bind((config.bind.as_str(), config.management_port)).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("cannot listen on {}:{} (management API): {e}", config.bind, config.management_port);
+                return ExitCode::FAILURE;
+            }
+        };
+        let http_port = http.local_addr().map_or(config.management_port, |a| a.port());
+        tracing::info!("HTTP API listening on {}:{http_port}", config.bind);
+        let node =
+            hare::http::NodeInfo { node: "hare@localhost".into(), amqp_port, http_port, bind: config.bind.clone() };
+        let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let api = tokio::spawn(hare::http::serve(http, broker, node, async {
+            let _ = http_stopped.await;
+        }));
         server.run(shutdown_signal()).await;
+        let _ = stop_http.send(());
+        if let Ok(Err(e)) = api.await {
+            tracing::warn!("management API: {e}");
+        }
         ExitCode::SUCCESS
     });
     // Everything appended reaches the disk before the process exits.

@@ -47,6 +47,8 @@ pub struct Broker {
     storage: Option<Arc<dyn Storage>>,
     /// Memory use is past half the limit: queues page messages to disk.
     memory_pressure: Arc<std::sync::atomic::AtomicBool>,
+    /// Client connections accepted and not yet ended.
+    connections: AtomicU64,
 }
 
 impl Default for Broker {
@@ -85,6 +87,7 @@ impl Broker {
             reply_consumers: Mutex::new(HashMap::new()),
             storage: storage.clone(),
             memory_pressure: memory_pressure.clone(),
+            connections: AtomicU64::new(0),
         };
         broker.vhosts.write().insert("/".to_string(), VHost::new("/", storage, memory_pressure));
         broker.users.write().insert("guest".into(), User { password: "guest".into(), loopback_only: true });
@@ -137,6 +140,26 @@ impl Broker {
 
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts a connection accepted (`true`) or ended (`false`); returns how many are open.
+    pub fn count_connection(&self, opened: bool) -> u64 {
+        if opened {
+            self.connections.fetch_add(1, Ordering::AcqRel) + 1
+        } else {
+            self.connections.fetch_sub(1, Ordering::AcqRel) - 1
+        }
+    }
+
+    pub fn open_connections(&self) -> u64 {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    /// Every vhost, by name.
+    pub fn vhosts(&self) -> Vec<Arc<VHost>> {
+        let mut v: Vec<Arc<VHost>> = self.vhosts.read().values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {

@@ -185,6 +185,17 @@ pub struct QueueDeclaration {
     pub arguments: FieldTable,
 }
 
+/// An exchange as the management API describes it.
+#[derive(Debug, Clone)]
+pub struct ExchangeInfo {
+    pub name: ShortStr,
+    pub kind: ExchangeKind,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
 #[derive(Debug)]
 pub struct VHost {
     pub name: String,
@@ -272,6 +283,43 @@ impl VHost {
             defs.bindings.len()
         );
         Ok(())
+    }
+
+    /// Every queue, by name (for the management API: a copy of the list, no lock kept).
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        let mut v: Vec<Arc<Queue>> = self.topology.read().queues.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Every exchange as it is described (name, type, flags, arguments), by name.
+    pub fn exchanges(&self) -> Vec<ExchangeInfo> {
+        let topo = self.topology.read();
+        let mut v: Vec<ExchangeInfo> = topo
+            .exchanges
+            .values()
+            .map(|e| ExchangeInfo {
+                name: e.name.clone(),
+                kind: e.kind,
+                durable: e.durable,
+                auto_delete: e.auto_delete,
+                internal: e.internal,
+                arguments: e.arguments.clone(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Every binding as (source exchange, binding), by source.
+    pub fn bindings(&self) -> Vec<(ShortStr, Binding)> {
+        let topo = self.topology.read();
+        let mut v: Vec<(ShortStr, Binding)> =
+            topo.exchanges.values().flat_map(|e| e.bindings().iter().map(|b| (e.name.clone(), b.clone()))).collect();
+        v.sort_by(|a, b| {
+            (&a.0, a.1.destination.name(), &a.1.routing_key).cmp(&(&b.0, b.1.destination.name(), &b.1.routing_key))
+        });
+        v
     }
 
     /// The log ids of this vhost's durable queues.

@@ -9,7 +9,6 @@ pub mod writer;
 use crate::broker::Broker;
 use crate::config::Config;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -75,7 +74,6 @@ impl Server {
             .then(|| alarms::DiskLimit { path: self.config.data_dir.clone(), free_limit: self.config.disk_free_limit });
         let alarm = alarms::spawn_monitor(self.broker.clone(), self.config.memory_limit, disk);
         let timers = tokio::spawn(run_timers(self.broker.clone()));
-        let open = Arc::new(AtomicU64::new(0));
         let mut refused_logged: Option<std::time::Instant> = None;
         tokio::pin!(shutdown);
         loop {
@@ -83,7 +81,7 @@ impl Server {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        if open.load(Ordering::Acquire) >= self.max_connections {
+                        if self.broker.open_connections() >= self.max_connections {
                             // Closed at once: the client sees the connection reset. Logged at
                             // most once a second, as a flood of them is the usual case.
                             drop(stream);
@@ -96,8 +94,7 @@ impl Server {
                             }
                             continue;
                         }
-                        open.fetch_add(1, Ordering::AcqRel);
-                        let open = open.clone();
+                        self.broker.count_connection(true);
                         let broker = self.broker.clone();
                         let config = self.config.clone();
                         let stop = stop_rx.clone();
@@ -105,8 +102,8 @@ impl Server {
                         let durable = self.durable.clone();
                         let alarm = alarm.clone();
                         tokio::spawn(async move {
-                            connection::serve(stream, broker, config, stop, durable, alarm).await;
-                            open.fetch_sub(1, Ordering::AcqRel);
+                            connection::serve(stream, broker.clone(), config, stop, durable, alarm).await;
+                            broker.count_connection(false);
                             drop(alive);
                         });
                     }

@@ -43,12 +43,13 @@ class Hare:
         self.log_path = os.path.join(self.dir, f"hare-{self.starts}.log")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [HARE_BIN, "--port", "0", "--data-dir", self.data_dir, "--log", "info", *self.extra_args],
+            [HARE_BIN, "--port", "0", "--management-port", "0", "--data-dir", self.data_dir, "--log", "info", *self.extra_args],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             preexec_fn=self._limit if self.open_files else None,
         )
         self.port = wait_for(self._port, what="hare to listen")
+        self.http_port = wait_for(self._http_port, what="the management API to listen")
 
     def _limit(self):
         resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
@@ -70,6 +71,10 @@ class Hare:
         if self.proc.poll() is not None:
             raise AssertionError(f"hare exited early:\n{self.read_log()}")
         m = re.search(r"AMQP listening on 127\.0\.0\.1:(\d+)", self.read_log())
+        return int(m.group(1)) if m else None
+
+    def _http_port(self):
+        m = re.search(r"HTTP API listening on 127\.0\.0\.1:(\d+)", self.read_log())
         return int(m.group(1)) if m else None
 
     def read_log(self):

@@ -1,0 +1,190 @@
+//! The management HTTP API, on RabbitMQ's paths and with its JSON field names, so that tools
+//! written for RabbitMQ's management plugin (rabbitmqadmin, monitoring scripts) read Hare.
+//!
+//! Served so far, all GET: `/api/overview`, `/api/whoami`, `/api/vhosts[/{vhost}]`,
+//! `/api/queues[/{vhost}[/{name}]]`, `/api/exchanges[/{vhost}[/{name}]]`,
+//! `/api/bindings[/{vhost}]`. Every request needs HTTP basic auth with a broker user (guest
+//! from loopback only, as over AMQP); a missing or wrong one gets RabbitMQ's 401. Vhost names
+//! in paths are URL-encoded (`%2F` for `/`). Users have no tags yet: every user who may log in
+//! sees everything.
+
+mod json;
+
+use crate::broker::Broker;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// What the API reports about this node.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub node: String,
+    pub amqp_port: u16,
+    pub http_port: u16,
+    pub bind: String,
+}
+
+#[derive(Clone)]
+struct Api {
+    broker: Arc<Broker>,
+    node: Arc<NodeInfo>,
+}
+
+/// The authenticated user of a request.
+#[derive(Clone)]
+struct User(String);
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    broker: Arc<Broker>,
+    node: NodeInfo,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let api = Api { broker, node: Arc::new(node) };
+    let app = router(api.clone()).layer(middleware::from_fn_with_state(api, authenticate));
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn router(api: Api) -> Router {
+    Router::new()
+        .route("/api/overview", get(overview))
+        .route("/api/whoami", get(whoami))
+        .route("/api/vhosts", get(vhosts))
+        .route("/api/vhosts/{vhost}", get(vhost))
+        .route("/api/queues", get(queues))
+        .route("/api/queues/{vhost}", get(queues_in))
+        .route("/api/queues/{vhost}/{name}", get(queue))
+        .route("/api/exchanges", get(exchanges))
+        .route("/api/exchanges/{vhost}", get(exchanges_in))
+        .route("/api/exchanges/{vhost}/{name}", get(exchange))
+        .route("/api/bindings", get(bindings))
+        .route("/api/bindings/{vhost}", get(bindings_in))
+        .fallback(not_found)
+        .with_state(api)
+}
+
+/// RabbitMQ's error body: `{"error": ..., "reason": ...}`.
+fn error(status: StatusCode, error: &str, reason: &str) -> Response {
+    (status, Json(json!({ "error": error, "reason": reason }))).into_response()
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "Object Not Found", "Not Found")
+}
+
+/// HTTP basic auth against the broker's users, with the AMQP rules (guest from loopback only).
+async fn authenticate(
+    State(api): State<Api>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let credentials = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.split_once(':').map(|(u, p)| (u.to_string(), p.to_string())));
+    let allowed = credentials
+        .filter(|(user, password)| api.broker.authenticate(user, password, peer.ip().is_loopback(), "PLAIN").is_ok());
+    let Some((user, _)) = allowed else {
+        let mut r = error(StatusCode::UNAUTHORIZED, "not_authorized", "Not_Authorized");
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, "Basic realm=\"RabbitMQ Management\"".parse().expect("a valid header"));
+        return r;
+    };
+    request.extensions_mut().insert(User(user));
+    next.run(request).await
+}
+
+async fn whoami(request: Request) -> Json<Value> {
+    let user = request.extensions().get::<User>().map(|u| u.0.clone()).unwrap_or_default();
+    // No tags yet: a user who may log in is treated as an administrator.
+    Json(json!({ "name": user, "tags": ["administrator"] }))
+}
+
+async fn overview(State(api): State<Api>) -> Json<Value> {
+    Json(json::overview(&api.broker, &api.node))
+}
+
+async fn vhosts(State(api): State<Api>) -> Json<Value> {
+    Json(Value::Array(api.broker.vhosts().iter().map(|v| json::vhost(v)).collect()))
+}
+
+async fn vhost(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    match api.broker.vhost(&name) {
+        Some(v) => Json(json::vhost(&v)).into_response(),
+        None => not_found().await,
+    }
+}
+
+async fn queues(State(api): State<Api>) -> Json<Value> {
+    let node = &api.node.node;
+    Json(Value::Array(
+        api.broker
+            .vhosts()
+            .iter()
+            .flat_map(|v| v.queues().into_iter().map(move |q| json::queue(&v.name, &q, node)))
+            .collect(),
+    ))
+}
+
+async fn queues_in(State(api): State<Api>, Path(vhost): Path<String>) -> Response {
+    let Some(v) = api.broker.vhost(&vhost) else { return not_found().await };
+    let node = &api.node.node;
+    Json(Value::Array(v.queues().iter().map(|q| json::queue(&v.name, q, node)).collect())).into_response()
+}
+
+async fn queue(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>) -> Response {
+    let Some(v) = api.broker.vhost(&vhost) else { return not_found().await };
+    match v.queues().iter().find(|q| q.name.as_str() == name) {
+        Some(q) => Json(json::queue(&v.name, q, &api.node.node)).into_response(),
+        None => not_found().await,
+    }
+}
+
+async fn exchanges(State(api): State<Api>) -> Json<Value> {
+    Json(Value::Array(
+        api.broker
+            .vhosts()
+            .iter()
+            .flat_map(|v| v.exchanges().into_iter().map(move |e| json::exchange(&v.name, &e)))
+            .collect(),
+    ))
+}
+
+async fn exchanges_in(State(api): State<Api>, Path(vhost): Path<String>) -> Response {
+    let Some(v) = api.broker.vhost(&vhost) else { return not_found().await };
+    Json(Value::Array(v.exchanges().iter().map(|e| json::exchange(&v.name, e)).collect())).into_response()
+}
+
+async fn exchange(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>) -> Response {
+    let Some(v) = api.broker.vhost(&vhost) else { return not_found().await };
+    // The default exchange is `amq.default` in paths.
+    let name = if name == "amq.default" { String::new() } else { name };
+    match v.exchanges().iter().find(|e| e.name.as_str() == name) {
+        Some(e) => Json(json::exchange(&v.name, e)).into_response(),
+        None => not_found().await,
+    }
+}
+
+async fn bindings(State(api): State<Api>) -> Json<Value> {
+    Json(Value::Array(api.broker.vhosts().iter().flat_map(|v| json::bindings(v)).collect()))
+}
+
+async fn bindings_in(State(api): State<Api>, Path(vhost): Path<String>) -> Response {
+    let Some(v) = api.broker.vhost(&vhost) else { return not_found().await };
+    Json(Value::Array(json::bindings(&v))).into_response()
+}
