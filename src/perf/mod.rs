@@ -322,7 +322,9 @@ async fn report(args: &PerfArgs, stats: &Stats, start: Instant) -> Vec<Sample> {
         let producers_done = stats.producers_done.load(Ordering::Acquire) as usize == args.producers;
         let done = now >= deadline
             || match args.expected() {
-                Some(n) => consumed >= n,
+                // Consumers may have every message before its confirm arrives (delivery does
+                // not wait for the disk): the producers finish once their confirms are in.
+                Some(n) => consumed >= n && producers_done,
                 None => args.count > 0 && producers_done && args.consumers == 0,
             };
         if now >= next_line || done {
