@@ -98,7 +98,7 @@ fn main() -> ExitCode {
         let node =
             hare::http::NodeInfo { node: "hare@localhost".into(), amqp_port, http_port, bind: config.bind.clone() };
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-        let api = tokio::spawn(hare::http::serve(http, broker, node, async {
+        let api = tokio::spawn(hare::http::serve(http, broker, node, Some(syncer.subscribe()), async {
             let _ = http_stopped.await;
         }));
         server.run(shutdown_signal()).await;

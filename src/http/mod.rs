@@ -1,21 +1,24 @@
 //! The management HTTP API, on RabbitMQ's paths and with its JSON field names, so that tools
 //! written for RabbitMQ's management plugin (rabbitmqadmin, monitoring scripts) read Hare.
 //!
-//! Served so far, all GET: `/api/overview`, `/api/whoami`, `/api/vhosts[/{vhost}]`,
+//! Served so far: GET `/api/overview`, `/api/whoami`, `/api/vhosts[/{vhost}]`,
 //! `/api/queues[/{vhost}[/{name}]]`, `/api/exchanges[/{vhost}[/{name}]]`,
-//! `/api/bindings[/{vhost}]`. Every request needs HTTP basic auth with a broker user (guest
-//! from loopback only, as over AMQP); a missing or wrong one gets RabbitMQ's 401. Vhost names
-//! in paths are URL-encoded (`%2F` for `/`). Users have no tags yet: every user who may log in
-//! sees everything.
+//! `/api/bindings[/{vhost}]`; PUT and DELETE of queues and exchanges, DELETE of a queue's
+//! contents (purge), POST and DELETE of bindings, POST publish to an exchange and get from a
+//! queue (see `write`). Every request needs HTTP basic auth with a broker user (guest from
+//! loopback only, as over AMQP); a missing or wrong one gets RabbitMQ's 401. Vhost names in
+//! paths are URL-encoded (`%2F` for `/`). Users have no tags yet: every user who may log in
+//! may do everything.
 
 mod json;
+mod write;
 
 use crate::broker::Broker;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use serde_json::{json, Value};
@@ -35,6 +38,8 @@ pub struct NodeInfo {
 struct Api {
     broker: Arc<Broker>,
     node: Arc<NodeInfo>,
+    /// Storage's durable watermark: a durable change is answered once it passes its ticket.
+    durable: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 /// The authenticated user of a request.
@@ -46,9 +51,10 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     broker: Arc<Broker>,
     node: NodeInfo,
+    durable: Option<tokio::sync::watch::Receiver<u64>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let api = Api { broker, node: Arc::new(node) };
+    let api = Api { broker, node: Arc::new(node), durable };
     let app = router(api.clone()).layer(middleware::from_fn_with_state(api, authenticate));
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
@@ -63,13 +69,21 @@ fn router(api: Api) -> Router {
         .route("/api/vhosts/{vhost}", get(vhost))
         .route("/api/queues", get(queues))
         .route("/api/queues/{vhost}", get(queues_in))
-        .route("/api/queues/{vhost}/{name}", get(queue))
+        .route("/api/queues/{vhost}/{name}", get(queue).put(write::put_queue).delete(write::delete_queue))
+        .route("/api/queues/{vhost}/{name}/contents", axum::routing::delete(write::purge))
+        .route("/api/queues/{vhost}/{name}/get", post(write::get))
         .route("/api/exchanges", get(exchanges))
         .route("/api/exchanges/{vhost}", get(exchanges_in))
-        .route("/api/exchanges/{vhost}/{name}", get(exchange))
+        .route("/api/exchanges/{vhost}/{name}", get(exchange).put(write::put_exchange).delete(write::delete_exchange))
+        .route("/api/exchanges/{vhost}/{name}/publish", post(write::publish))
         .route("/api/bindings", get(bindings))
         .route("/api/bindings/{vhost}", get(bindings_in))
-        .fallback(not_found)
+        .route("/api/bindings/{vhost}/e/{source}/{kind}/{destination}", post(write::post_binding))
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}",
+            axum::routing::delete(write::delete_binding),
+        )
+        .fallback(not_found_handler)
         .with_state(api)
 }
 
@@ -78,8 +92,12 @@ fn error(status: StatusCode, error: &str, reason: &str) -> Response {
     (status, Json(json!({ "error": error, "reason": reason }))).into_response()
 }
 
-async fn not_found() -> Response {
+fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "Object Not Found", "Not Found")
+}
+
+async fn not_found_handler() -> Response {
+    not_found()
 }
 
 /// HTTP basic auth against the broker's users, with the AMQP rules (guest from loopback only).
@@ -126,7 +144,7 @@ async fn vhosts(State(api): State<Api>) -> Json<Value> {
 async fn vhost(State(api): State<Api>, Path(name): Path<String>) -> Response {
     match api.broker.vhost(&name) {
         Some(v) => Json(json::vhost(&v)).into_response(),
-        None => not_found().await,
+        None => not_found(),
     }
 }
 
@@ -142,16 +160,16 @@ async fn queues(State(api): State<Api>) -> Json<Value> {
 }
 
 async fn queues_in(State(api): State<Api>, Path(vhost): Path<String>) -> Response {
-    let Some(v) = api.broker.vhost(&vhost) else { return not_found().await };
+    let Some(v) = api.broker.vhost(&vhost) else { return not_found() };
     let node = &api.node.node;
     Json(Value::Array(v.queues().iter().map(|q| json::queue(&v.name, q, node)).collect())).into_response()
 }
 
 async fn queue(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>) -> Response {
-    let Some(v) = api.broker.vhost(&vhost) else { return not_found().await };
+    let Some(v) = api.broker.vhost(&vhost) else { return not_found() };
     match v.queues().iter().find(|q| q.name.as_str() == name) {
         Some(q) => Json(json::queue(&v.name, q, &api.node.node)).into_response(),
-        None => not_found().await,
+        None => not_found(),
     }
 }
 
@@ -166,17 +184,17 @@ async fn exchanges(State(api): State<Api>) -> Json<Value> {
 }
 
 async fn exchanges_in(State(api): State<Api>, Path(vhost): Path<String>) -> Response {
-    let Some(v) = api.broker.vhost(&vhost) else { return not_found().await };
+    let Some(v) = api.broker.vhost(&vhost) else { return not_found() };
     Json(Value::Array(v.exchanges().iter().map(|e| json::exchange(&v.name, e)).collect())).into_response()
 }
 
 async fn exchange(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>) -> Response {
-    let Some(v) = api.broker.vhost(&vhost) else { return not_found().await };
+    let Some(v) = api.broker.vhost(&vhost) else { return not_found() };
     // The default exchange is `amq.default` in paths.
     let name = if name == "amq.default" { String::new() } else { name };
     match v.exchanges().iter().find(|e| e.name.as_str() == name) {
         Some(e) => Json(json::exchange(&v.name, e)).into_response(),
-        None => not_found().await,
+        None => not_found(),
     }
 }
 
@@ -185,6 +203,6 @@ async fn bindings(State(api): State<Api>) -> Json<Value> {
 }
 
 async fn bindings_in(State(api): State<Api>, Path(vhost): Path<String>) -> Response {
-    let Some(v) = api.broker.vhost(&vhost) else { return not_found().await };
+    let Some(v) = api.broker.vhost(&vhost) else { return not_found() };
     Json(Value::Array(json::bindings(&v))).into_response()
 }

@@ -8,17 +8,22 @@ import urllib.request
 import pika
 
 
-def api(hare, path, user="guest", password="guest"):
-    """(status, JSON body) of a GET."""
-    req = urllib.request.Request(f"http://127.0.0.1:{hare.http_port}{path}")
+def api(hare, path, user="guest", password="guest", method="GET", body=None):
+    """(status, JSON body or None) of a request."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{hare.http_port}{path}", data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
     if user is not None:
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         req.add_header("Authorization", f"Basic {token}")
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
+            raw = r.read()
+            return r.status, json.loads(raw) if raw else None
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+        raw = e.read()
+        return e.code, json.loads(raw) if raw else None
 
 
 def test_requests_without_a_valid_user_get_rabbitmqs_401(hare):
@@ -129,3 +134,74 @@ def test_missing_objects_and_paths_get_rabbitmqs_404(hare):
         status, body = api(hare, path)
         assert status == 404, path
         assert body == {"error": "Object Not Found", "reason": "Not Found"}, path
+
+
+def test_declare_bind_publish_get_purge_and_delete_through_the_api(hare):
+    q, x = "api-w-q", "api-w-x"
+    assert api(hare, f"/api/queues/%2F/{q}", method="PUT", body={"durable": True, "arguments": {"x-max-length": 100}})[0] == 201
+    # Again, the same: 204; with another argument value: 400 with RabbitMQ's text.
+    assert api(hare, f"/api/queues/%2F/{q}", method="PUT", body={"durable": True, "arguments": {"x-max-length": 100}})[0] == 204
+    status, body = api(hare, f"/api/queues/%2F/{q}", method="PUT", body={"durable": True, "arguments": {"x-max-length": 5}})
+    assert status == 400 and body["error"] == "bad_request"
+    assert "inequivalent arg 'x-max-length' for queue 'api-w-q' in vhost '/'" in body["reason"]
+    assert api(hare, f"/api/exchanges/%2F/{x}", method="PUT", body={"type": "direct", "durable": True})[0] == 201
+    assert api(hare, f"/api/exchanges/%2F/{x}", method="PUT", body={"durable": True})[0] == 400
+    status, _ = api(hare, f"/api/bindings/%2F/e/{x}/q/{q}", method="POST", body={"routing_key": "k", "arguments": {}})
+    assert status == 201
+    assert any(b["source"] == x and b["destination"] == q for b in api(hare, f"/api/bindings/%2F")[1])
+
+    # Published through the API, seen by an AMQP client; published over AMQP, got through the API.
+    status, body = api(hare, f"/api/exchanges/%2F/{x}/publish", method="POST",
+                       body={"routing_key": "k", "payload": "hello", "payload_encoding": "string",
+                             "properties": {"delivery_mode": 2, "headers": {"h": "v"}}})
+    assert (status, body) == (200, {"routed": True})
+    status, body = api(hare, f"/api/exchanges/%2F/{x}/publish", method="POST",
+                       body={"routing_key": "nowhere", "payload": "", "payload_encoding": "string", "properties": {}})
+    assert body == {"routed": False}
+    c = hare.connect()
+    ch = c.channel()
+    method, props, payload = ch.basic_get(q, auto_ack=True)
+    assert payload == b"hello" and props.delivery_mode == 2 and props.headers == {"h": "v"}
+    ch.basic_publish("", q, b"\x00binary", pika.BasicProperties(content_type="application/octet-stream"))
+    ch.basic_publish("", q, b"text", pika.BasicProperties())
+    ch.queue_declare(q, passive=True)
+    status, got = api(hare, f"/api/queues/%2F/{q}/get", method="POST",
+                      body={"count": 5, "ackmode": "ack_requeue_true", "encoding": "auto"})
+    assert status == 200 and len(got) == 2
+    assert got[0]["payload_encoding"] == "string" and got[0]["payload"] == "\x00binary"
+    assert got[0]["properties"] == {"content_type": "application/octet-stream"}
+    assert got[0]["message_count"] == 1 and got[1]["payload"] == "text" and got[1]["exchange"] == ""
+    # Requeued: still there, now redelivered.
+    assert ch.queue_declare(q, passive=True).method.message_count == 2
+    status, got = api(hare, f"/api/queues/%2F/{q}/get", method="POST",
+                      body={"count": 1, "ackmode": "ack_requeue_false", "encoding": "base64"})
+    assert got[0]["redelivered"] is True and got[0]["payload_encoding"] == "base64"
+    assert base64.b64decode(got[0]["payload"]) == b"\x00binary"
+    assert ch.queue_declare(q, passive=True).method.message_count == 1
+    assert api(hare, f"/api/queues/%2F/{q}/get", method="POST", body={"count": 1})[0] == 400
+
+    # Purge, unbind, delete with the conditions.
+    assert api(hare, f"/api/queues/%2F/{q}/contents", method="DELETE")[0] == 204
+    assert ch.queue_declare(q, passive=True).method.message_count == 0
+    assert api(hare, f"/api/bindings/%2F/e/{x}/q/{q}/k", method="DELETE")[0] == 204
+    assert not any(b["source"] == x for b in api(hare, f"/api/bindings/%2F")[1])
+    ch.basic_publish("", q, b"one")
+    ch.queue_declare(q, passive=True)
+    status, body = api(hare, f"/api/queues/%2F/{q}?if-empty=true", method="DELETE")
+    assert status == 400 and "not empty" in body["reason"]
+    assert api(hare, f"/api/queues/%2F/{q}", method="DELETE")[0] == 204
+    assert api(hare, f"/api/queues/%2F/{q}", method="DELETE")[0] == 404
+    assert api(hare, f"/api/exchanges/%2F/{x}", method="DELETE")[0] == 204
+    assert api(hare, f"/api/exchanges/%2F/{x}")[0] == 404
+    c.close()
+
+
+def test_durable_changes_through_the_api_survive_a_kill(fresh_hare):
+    """A 201 for a durable queue is sent once it is on disk, as a declare-ok is."""
+    assert api(fresh_hare, "/api/queues/%2F/api-durable", method="PUT", body={"durable": True})[0] == 201
+    assert api(fresh_hare, "/api/exchanges/%2F/api-dx", method="PUT", body={"type": "fanout", "durable": True})[0] == 201
+    assert api(fresh_hare, "/api/bindings/%2F/e/api-dx/q/api-durable", method="POST", body={})[0] == 201
+    fresh_hare.restart(graceful=False)
+    assert api(fresh_hare, "/api/queues/%2F/api-durable")[0] == 200
+    assert api(fresh_hare, "/api/exchanges/%2F/api-dx")[0] == 200
+    assert any(b["source"] == "api-dx" and b["properties_key"] == "~" for b in api(fresh_hare, "/api/bindings/%2F")[1])

@@ -1,0 +1,404 @@
+//! The management API's changes: declare and delete queues and exchanges, purge, bind and
+//! unbind, publish and get, as RabbitMQ's plugin takes them. A durable change is answered once
+//! it is on disk, as over AMQP.
+
+use super::json::table;
+use super::{error, not_found, Api};
+use crate::broker::exchange::{Binding, Destination};
+use crate::broker::message::Message;
+use crate::broker::vhost::{QueueDeclaration, VHost};
+use crate::broker::AmqpError;
+use crate::protocol::{BasicProperties, FieldTable, FieldValue, ShortStr};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// The connection id the API acts as: none (AMQP connections count from 1), so it may not
+/// touch exclusive queues.
+const NO_CONNECTION: u64 = 0;
+
+/// A broker refusal as RabbitMQ's API reports it: 400 `bad_request` (404 for what is missing,
+/// 405 for a locked queue), with the AMQP reply text as the reason.
+fn refused(e: AmqpError) -> Response {
+    let status = match e.code {
+        404 => StatusCode::NOT_FOUND,
+        405 => StatusCode::METHOD_NOT_ALLOWED,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let kind = if e.code == 404 { "Object Not Found" } else { "bad_request" };
+    error(status, kind, &e.reply_text())
+}
+
+/// A JSON value as an AMQP field, as RabbitMQ's API converts them (integers as signed 64-bit).
+fn field(v: &Value) -> FieldValue {
+    match v {
+        Value::Null => FieldValue::Void,
+        Value::Bool(b) => FieldValue::Bool(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => FieldValue::I64(i),
+            None => FieldValue::F64(n.as_f64().unwrap_or(0.0)),
+        },
+        Value::String(s) => FieldValue::LongStr(Bytes::copy_from_slice(s.as_bytes())),
+        Value::Array(items) => FieldValue::Array(items.iter().map(field).collect()),
+        Value::Object(map) => FieldValue::Table(to_table(map)),
+    }
+}
+
+fn to_table(map: &serde_json::Map<String, Value>) -> FieldTable {
+    let mut t = FieldTable::new();
+    for (k, v) in map {
+        t.insert(k.as_str(), field(v));
+    }
+    t
+}
+
+fn arguments(body: &Value) -> FieldTable {
+    body.get("arguments").and_then(Value::as_object).map(to_table).unwrap_or_default()
+}
+
+fn flag(body: &Value, name: &str, default: bool) -> bool {
+    body.get(name).and_then(Value::as_bool).unwrap_or(default)
+}
+
+/// Waits until a journal ticket is on disk (0: nothing to wait for).
+async fn durable(api: &Api, ticket: u64) {
+    if let Some(mut w) = api.durable.clone() {
+        let _ = w.wait_for(|d| *d >= ticket).await;
+    }
+}
+
+fn vhost_of(api: &Api, name: &str) -> Option<Arc<VHost>> {
+    api.broker.vhost(name)
+}
+
+/// The body of a PUT or POST; an empty one is `{}`.
+fn parse(body: &Bytes) -> Result<Value, Response> {
+    if body.is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", &format!("not JSON: {e}")))
+}
+
+/// PUT /api/queues/{vhost}/{name}: 201 when created, 204 when it was there (equivalent).
+pub async fn put_queue(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>, body: Bytes) -> Response {
+    let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
+    let body = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let existed = v.queues().iter().any(|q| q.name.as_str() == name);
+    let decl = QueueDeclaration {
+        name: ShortStr::from(name.as_str()),
+        passive: false,
+        durable: flag(&body, "durable", true),
+        exclusive: false,
+        auto_delete: flag(&body, "auto_delete", false),
+        arguments: arguments(&body),
+    };
+    match v.declare_queue(&decl, NO_CONNECTION) {
+        Ok((_, _, _, ticket)) => {
+            durable(&api, ticket).await;
+            if existed { StatusCode::NO_CONTENT } else { StatusCode::CREATED }.into_response()
+        }
+        Err(e) => refused(e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct DeleteQuery {
+    #[serde(rename = "if-empty")]
+    if_empty: Option<bool>,
+    #[serde(rename = "if-unused")]
+    if_unused: Option<bool>,
+}
+
+/// DELETE /api/queues/{vhost}/{name}[?if-empty=true&if-unused=true]: 204.
+pub async fn delete_queue(
+    State(api): State<Api>,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(q): Query<DeleteQuery>,
+) -> Response {
+    let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
+    if !v.queues().iter().any(|x| x.name.as_str() == name) {
+        return not_found();
+    }
+    match v.delete_queue(
+        &ShortStr::from(name.as_str()),
+        q.if_unused.unwrap_or(false),
+        q.if_empty.unwrap_or(false),
+        NO_CONNECTION,
+    ) {
+        Ok((_, ticket)) => {
+            durable(&api, ticket).await;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => refused(e),
+    }
+}
+
+/// DELETE /api/queues/{vhost}/{name}/contents: purge, 204.
+pub async fn purge(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>) -> Response {
+    let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
+    match v.purge_queue(&name, NO_CONNECTION) {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+/// PUT /api/exchanges/{vhost}/{name}: 201 when created, 204 when it was there.
+pub async fn put_exchange(
+    State(api): State<Api>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
+    let body = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some(kind) = body.get("type").and_then(Value::as_str) else {
+        return error(StatusCode::BAD_REQUEST, "bad_request", "key_missing: type");
+    };
+    let existed = v.exchanges().iter().any(|e| e.name.as_str() == name);
+    let result = v.declare_exchange(
+        &ShortStr::from(name.as_str()),
+        kind,
+        false,
+        flag(&body, "durable", true),
+        flag(&body, "auto_delete", false),
+        flag(&body, "internal", false),
+        &arguments(&body),
+    );
+    match result {
+        Ok(ticket) => {
+            durable(&api, ticket).await;
+            if existed { StatusCode::NO_CONTENT } else { StatusCode::CREATED }.into_response()
+        }
+        Err(e) => refused(e),
+    }
+}
+
+/// DELETE /api/exchanges/{vhost}/{name}[?if-unused=true]: 204.
+pub async fn delete_exchange(
+    State(api): State<Api>,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(q): Query<DeleteQuery>,
+) -> Response {
+    let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
+    if !v.exchanges().iter().any(|e| e.name.as_str() == name) {
+        return not_found();
+    }
+    match v.delete_exchange(&ShortStr::from(name.as_str()), q.if_unused.unwrap_or(false)) {
+        Ok(ticket) => {
+            durable(&api, ticket).await;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => refused(e),
+    }
+}
+
+fn destination(kind: &str, name: &str) -> Option<Destination> {
+    match kind {
+        "q" => Some(Destination::Queue(name.into())),
+        "e" => Some(Destination::Exchange(name.into())),
+        _ => None,
+    }
+}
+
+/// POST /api/bindings/{vhost}/e/{source}/{q|e}/{destination} with `routing_key` and
+/// `arguments`: 201 with the new binding's location.
+pub async fn post_binding(
+    State(api): State<Api>,
+    Path((vhost, source, kind, dest)): Path<(String, String, String, String)>,
+    body: Bytes,
+) -> Response {
+    let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
+    let Some(destination) = destination(&kind, &dest) else { return not_found() };
+    let body = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let key = body.get("routing_key").and_then(Value::as_str).unwrap_or("").to_string();
+    let binding = Binding { destination, routing_key: key.as_str().into(), arguments: arguments(&body) };
+    match v.bind(&ShortStr::from(source.as_str()), binding, NO_CONNECTION) {
+        Ok(ticket) => {
+            durable(&api, ticket).await;
+            // Where the binding is, relative to this path: its properties key.
+            let props = if key.is_empty() { "~".to_string() } else { key };
+            let mut r = StatusCode::CREATED.into_response();
+            if let Ok(h) = props.parse() {
+                r.headers_mut().insert(header::LOCATION, h);
+            }
+            r
+        }
+        Err(e) => refused(e),
+    }
+}
+
+/// DELETE /api/bindings/{vhost}/e/{source}/{q|e}/{destination}/{props}: 204. `props` is the
+/// binding's `properties_key`: its routing key, `~` for an empty one.
+pub async fn delete_binding(
+    State(api): State<Api>,
+    Path((vhost, source, kind, dest, props)): Path<(String, String, String, String, String)>,
+) -> Response {
+    let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
+    let Some(destination) = destination(&kind, &dest) else { return not_found() };
+    let key = if props == "~" { String::new() } else { props };
+    let Some((_, binding)) = v
+        .bindings()
+        .into_iter()
+        .find(|(s, b)| s.as_str() == source && b.destination == destination && b.routing_key.as_str() == key)
+    else {
+        return not_found();
+    };
+    match v.unbind(&ShortStr::from(source.as_str()), &binding, NO_CONNECTION) {
+        Ok(ticket) => {
+            durable(&api, ticket).await;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => refused(e),
+    }
+}
+
+/// POST /api/exchanges/{vhost}/{name}/publish with routing_key, payload, payload_encoding
+/// (`string` or `base64`) and properties: `{"routed": true|false}`.
+pub async fn publish(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>, body: Bytes) -> Response {
+    let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
+    let body = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let exchange = if name == "amq.default" { String::new() } else { name };
+    let key = body.get("routing_key").and_then(Value::as_str).unwrap_or("");
+    let payload = body.get("payload").and_then(Value::as_str).unwrap_or("");
+    let payload = match body.get("payload_encoding").and_then(Value::as_str).unwrap_or("string") {
+        "string" => Bytes::copy_from_slice(payload.as_bytes()),
+        "base64" => match base64::engine::general_purpose::STANDARD.decode(payload) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &format!("payload is not base64: {e}")),
+        },
+        other => return error(StatusCode::BAD_REQUEST, "bad_request", &format!("unknown payload_encoding '{other}'")),
+    };
+    let props = properties(body.get("properties"));
+    let persistent = props.delivery_mode == Some(2);
+    if let Err(e) = v.check_publish(&exchange) {
+        return refused(e);
+    }
+    let message = Arc::new(Message::new(exchange.as_str().into(), key.into(), props.to_bytes(), payload, persistent));
+    let mut queues = Vec::new();
+    if let Err(e) = v.route(&exchange, key, &message.properties, &mut queues) {
+        return refused(e);
+    }
+    let mut ticket = 0;
+    for q in &queues {
+        match q.publish(message.clone(), None) {
+            Ok(p) => ticket = ticket.max(p.ticket),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", &e.to_string()),
+        }
+    }
+    durable(&api, ticket).await;
+    Json(json!({ "routed": !queues.is_empty() })).into_response()
+}
+
+/// The properties object of a publish, as RabbitMQ's API takes it.
+fn properties(v: Option<&Value>) -> BasicProperties {
+    let mut p = BasicProperties::default();
+    let Some(v) = v.and_then(Value::as_object) else { return p };
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(ShortStr::from);
+    p.content_type = s("content_type");
+    p.content_encoding = s("content_encoding");
+    p.correlation_id = s("correlation_id");
+    p.reply_to = s("reply_to");
+    p.expiration = s("expiration");
+    p.message_id = s("message_id");
+    p.kind = s("type");
+    p.user_id = s("user_id");
+    p.app_id = s("app_id");
+    p.delivery_mode = v.get("delivery_mode").and_then(Value::as_u64).map(|d| d as u8);
+    p.priority = v.get("priority").and_then(Value::as_u64).map(|d| d as u8);
+    p.timestamp = v.get("timestamp").and_then(Value::as_u64);
+    p.headers = v.get("headers").and_then(Value::as_object).map(to_table);
+    p
+}
+
+fn properties_json(p: &BasicProperties) -> Value {
+    let mut m = serde_json::Map::new();
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            m.insert(k.to_string(), v);
+        }
+    };
+    let s = |x: &Option<ShortStr>| x.as_ref().map(|s| json!(s.as_str()));
+    put("content_type", s(&p.content_type));
+    put("content_encoding", s(&p.content_encoding));
+    put("correlation_id", s(&p.correlation_id));
+    put("reply_to", s(&p.reply_to));
+    put("expiration", s(&p.expiration));
+    put("message_id", s(&p.message_id));
+    put("type", s(&p.kind));
+    put("user_id", s(&p.user_id));
+    put("app_id", s(&p.app_id));
+    put("delivery_mode", p.delivery_mode.map(|d| json!(d)));
+    put("priority", p.priority.map(|d| json!(d)));
+    put("timestamp", p.timestamp.map(|d| json!(d)));
+    put("headers", p.headers.as_ref().map(table));
+    Value::Object(m)
+}
+
+/// POST /api/queues/{vhost}/{name}/get with count, ackmode (`ack_requeue_true`,
+/// `ack_requeue_false`, `reject_requeue_true`, `reject_requeue_false`), encoding (`auto` or
+/// `base64`) and truncate: the messages, as RabbitMQ lists them.
+pub async fn get(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>, body: Bytes) -> Response {
+    let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
+    let body = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let count = body.get("count").and_then(Value::as_u64).unwrap_or(1).min(10_000) as usize;
+    let requeue = match body.get("ackmode").and_then(Value::as_str) {
+        Some("ack_requeue_true") | Some("reject_requeue_true") => true,
+        Some("ack_requeue_false") | Some("reject_requeue_false") => false,
+        other => {
+            let what = other.map_or("missing".to_string(), |o| format!("'{o}'"));
+            return error(StatusCode::BAD_REQUEST, "bad_request", &format!("ackmode {what}"));
+        }
+    };
+    let base64 = body.get("encoding").and_then(Value::as_str) == Some("base64");
+    let truncate = body.get("truncate").and_then(Value::as_u64).map(|t| t as usize);
+    let queue = match v.queue(&name, NO_CONNECTION) {
+        Ok(q) => q,
+        Err(e) => return refused(e),
+    };
+    let mut out = Vec::new();
+    let mut taken = Vec::new();
+    for _ in 0..count {
+        let Some((m, remaining)) = queue.get(!requeue) else { break };
+        let body = m.message.body.to_bytes();
+        let shown = &body[..truncate.map_or(body.len(), |t| t.min(body.len()))];
+        let (payload, encoding) = match std::str::from_utf8(shown) {
+            Ok(s) if !base64 => (json!(s), "string"),
+            _ => (json!(base64::engine::general_purpose::STANDARD.encode(shown)), "base64"),
+        };
+        out.push(json!({
+            "payload_bytes": body.len(),
+            "redelivered": m.redelivered,
+            "exchange": m.message.exchange.as_str(),
+            "routing_key": m.message.routing_key.as_str(),
+            "message_count": remaining,
+            "properties": properties_json(&m.message.decode_properties()),
+            "payload": payload,
+            "payload_encoding": encoding,
+        }));
+        taken.push(m);
+    }
+    if requeue {
+        queue.requeue(taken);
+    }
+    Json(Value::Array(out)).into_response()
+}
