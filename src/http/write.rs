@@ -58,16 +58,16 @@ fn to_table(map: &serde_json::Map<String, Value>) -> FieldTable {
     t
 }
 
-fn arguments(body: &Value) -> FieldTable {
+pub(super) fn arguments_of(body: &Value) -> FieldTable {
     body.get("arguments").and_then(Value::as_object).map(to_table).unwrap_or_default()
 }
 
-fn flag(body: &Value, name: &str, default: bool) -> bool {
+pub(super) fn flag(body: &Value, name: &str, default: bool) -> bool {
     body.get(name).and_then(Value::as_bool).unwrap_or(default)
 }
 
 /// Waits until a journal ticket is on disk (0: nothing to wait for).
-async fn durable(api: &Api, ticket: u64) {
+pub(super) async fn durable(api: &Api, ticket: u64) {
     if let Some(mut w) = api.durable.clone() {
         let _ = w.wait_for(|d| *d >= ticket).await;
     }
@@ -99,7 +99,7 @@ pub async fn put_queue(State(api): State<Api>, Path((vhost, name)): Path<(String
         durable: flag(&body, "durable", true),
         exclusive: false,
         auto_delete: flag(&body, "auto_delete", false),
-        arguments: arguments(&body),
+        arguments: arguments_of(&body),
     };
     match v.declare_queue(&decl, NO_CONNECTION) {
         Ok((_, _, _, ticket)) => {
@@ -173,7 +173,7 @@ pub async fn put_exchange(
         flag(&body, "durable", true),
         flag(&body, "auto_delete", false),
         flag(&body, "internal", false),
-        &arguments(&body),
+        &arguments_of(&body),
     );
     match result {
         Ok(ticket) => {
@@ -225,7 +225,7 @@ pub async fn post_binding(
         Err(r) => return r,
     };
     let key = body.get("routing_key").and_then(Value::as_str).unwrap_or("").to_string();
-    let binding = Binding { destination, routing_key: key.as_str().into(), arguments: arguments(&body) };
+    let binding = Binding { destination, routing_key: key.as_str().into(), arguments: arguments_of(&body) };
     match v.bind(&ShortStr::from(source.as_str()), binding, NO_CONNECTION) {
         Ok(ticket) => {
             durable(&api, ticket).await;

@@ -205,3 +205,61 @@ def test_durable_changes_through_the_api_survive_a_kill(fresh_hare):
     assert api(fresh_hare, "/api/queues/%2F/api-durable")[0] == 200
     assert api(fresh_hare, "/api/exchanges/%2F/api-dx")[0] == 200
     assert any(b["source"] == "api-dx" and b["properties_key"] == "~" for b in api(fresh_hare, "/api/bindings/%2F")[1])
+
+
+# As RabbitMQ 3.10 exports them (rabbitmqadmin export), users and permissions included.
+RABBITMQ_EXPORT = {
+    "rabbit_version": "3.10.8",
+    "rabbitmq_version": "3.10.8",
+    "product_name": "RabbitMQ",
+    "product_version": "3.10.8",
+    "users": [{"name": "guest", "password_hash": "ZJ7ZCMdZpq3jVdqpv4XxRNq4Z9mWq0jzdnbP5AY9qXiTaTNs",
+               "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ["administrator"], "limits": {}}],
+    "vhosts": [{"name": "/"}],
+    "permissions": [{"user": "guest", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}],
+    "topic_permissions": [],
+    "parameters": [],
+    "global_parameters": [{"name": "cluster_name", "value": "rabbit@host"}],
+    "policies": [],
+    "queues": [
+        {"name": "orders", "vhost": "/", "durable": True, "auto_delete": False,
+         "arguments": {"x-queue-type": "classic", "x-max-length": 1000}},
+        {"name": "audit", "vhost": "/", "durable": True, "auto_delete": False, "arguments": {}},
+    ],
+    "exchanges": [
+        {"name": "shop", "vhost": "/", "type": "topic", "durable": True, "auto_delete": False,
+         "internal": False, "arguments": {}},
+    ],
+    "bindings": [
+        {"source": "shop", "vhost": "/", "destination": "orders", "destination_type": "queue",
+         "routing_key": "order.*", "arguments": {}},
+        {"source": "shop", "vhost": "/", "destination": "audit", "destination_type": "queue",
+         "routing_key": "#", "arguments": {}},
+    ],
+}
+
+
+def test_definitions_from_rabbitmq_import_and_export_again(fresh_hare):
+    status, _ = api(fresh_hare, "/api/definitions", method="POST", body=RABBITMQ_EXPORT)
+    assert status == 204
+    # The topology works: a message to shop with order.new reaches both queues.
+    c = fresh_hare.connect()
+    ch = c.channel()
+    ch.basic_publish("shop", "order.new", b"o")
+    assert ch.queue_declare("orders", passive=True).method.message_count == 1
+    assert ch.queue_declare("audit", passive=True).method.message_count == 1
+    c.close()
+    # Imported durable definitions are on disk before the 204.
+    fresh_hare.restart(graceful=False)
+    status, out = api(fresh_hare, "/api/definitions")
+    assert status == 200
+    for key in ("queues", "exchanges", "bindings"):
+        strip = lambda xs: sorted(xs, key=lambda x: json.dumps(x, sort_keys=True))
+        assert strip(out[key]) == strip(RABBITMQ_EXPORT[key]), key
+    assert out["vhosts"] == [{"name": "/"}]
+    # Importing the same again changes nothing; an inequivalent queue is refused with 400.
+    assert api(fresh_hare, "/api/definitions", method="POST", body=out)[0] == 204
+    changed = json.loads(json.dumps(RABBITMQ_EXPORT))
+    changed["queues"][0]["arguments"]["x-max-length"] = 5
+    status, body = api(fresh_hare, "/api/definitions", method="POST", body=changed)
+    assert status == 400 and "inequivalent arg 'x-max-length'" in body["reason"]

@@ -1,0 +1,169 @@
+//! GET and POST `/api/definitions`: the broker's definitions in the JSON RabbitMQ exports and
+//! imports (`rabbitmqadmin export`, the management page's download), so a topology moves
+//! between RabbitMQ and Hare. Exported, as RabbitMQ exports them: vhosts, durable exchanges
+//! other than the built-in ones, durable queues that are not exclusive, and the bindings
+//! between them. Users, permissions, policies and parameters are exported empty and ignored on
+//! import until the broker has them.
+
+use super::json::{table, API_VERSION};
+use super::write::{arguments_of, flag};
+use super::{error, Api};
+use crate::broker::exchange::{Binding, Destination};
+use crate::broker::vhost::QueueDeclaration;
+use crate::protocol::ShortStr;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+/// The connection id the API acts as (none).
+const NO_CONNECTION: u64 = 0;
+
+fn built_in(name: &str) -> bool {
+    name.is_empty() || name.starts_with("amq.")
+}
+
+pub async fn export(State(api): State<Api>) -> Json<Value> {
+    let mut vhosts = Vec::new();
+    let mut queues = Vec::new();
+    let mut exchanges = Vec::new();
+    let mut bindings = Vec::new();
+    for v in api.broker.vhosts() {
+        vhosts.push(json!({ "name": v.name }));
+        let saved: Vec<_> =
+            v.queues().into_iter().filter(|q| q.options.durable && q.options.exclusive_owner.is_none()).collect();
+        for q in &saved {
+            queues.push(json!({
+                "name": q.name.as_str(),
+                "vhost": v.name,
+                "durable": true,
+                "auto_delete": q.options.auto_delete,
+                "arguments": table(&q.options.arguments),
+            }));
+        }
+        let durable_exchanges: Vec<_> = v.exchanges().into_iter().filter(|e| e.durable).collect();
+        for e in durable_exchanges.iter().filter(|e| !built_in(&e.name)) {
+            exchanges.push(json!({
+                "name": e.name.as_str(),
+                "vhost": v.name,
+                "type": e.kind.as_str(),
+                "durable": true,
+                "auto_delete": e.auto_delete,
+                "internal": e.internal,
+                "arguments": table(&e.arguments),
+            }));
+        }
+        for (source, b) in v.bindings() {
+            let (kind, kept) = match &b.destination {
+                Destination::Queue(n) => ("queue", saved.iter().any(|q| q.name == *n)),
+                Destination::Exchange(n) => ("exchange", durable_exchanges.iter().any(|e| e.name == *n)),
+            };
+            if !kept || !durable_exchanges.iter().any(|e| e.name == source) {
+                continue;
+            }
+            bindings.push(json!({
+                "source": source.as_str(),
+                "vhost": v.name,
+                "destination": b.destination.name().as_str(),
+                "destination_type": kind,
+                "routing_key": b.routing_key.as_str(),
+                "arguments": table(&b.arguments),
+            }));
+        }
+    }
+    Json(json!({
+        "rabbit_version": API_VERSION,
+        "rabbitmq_version": API_VERSION,
+        "product_name": "Hare",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "users": [],
+        "vhosts": vhosts,
+        "permissions": [],
+        "topic_permissions": [],
+        "parameters": [],
+        "global_parameters": [],
+        "policies": [],
+        "queues": queues,
+        "exchanges": exchanges,
+        "bindings": bindings,
+    }))
+}
+
+fn items<'a>(body: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
+    body.get(key).and_then(Value::as_array).into_iter().flatten()
+}
+
+fn text<'a>(item: &'a Value, key: &str) -> &'a str {
+    item.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+/// POST /api/definitions: declares what the file lists, exchanges, then queues, then bindings
+/// (each one as a declare would: an existing equivalent one is left as it is); answers 204
+/// once every durable change is on disk, or 400 with the first refusal.
+pub async fn import(State(api): State<Api>, body: Bytes) -> Response {
+    let body: Value = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &format!("not JSON: {e}")),
+    };
+    let bad = |what: String| error(StatusCode::BAD_REQUEST, "bad_request", &what);
+    let mut ticket = 0;
+    for v in items(&body, "vhosts") {
+        if api.broker.vhost(text(v, "name")).is_none() {
+            return bad(format!("vhost '{}' does not exist (only '/' can be used yet)", text(v, "name")));
+        }
+    }
+    for e in items(&body, "exchanges") {
+        let Some(v) = api.broker.vhost(text(e, "vhost")) else {
+            return bad(format!("no vhost '{}'", text(e, "vhost")));
+        };
+        let result = v.declare_exchange(
+            &ShortStr::from(text(e, "name")),
+            text(e, "type"),
+            false,
+            flag(e, "durable", true),
+            flag(e, "auto_delete", false),
+            flag(e, "internal", false),
+            &arguments_of(e),
+        );
+        match result {
+            Ok(t) => ticket = ticket.max(t),
+            Err(err) => return bad(err.reply_text()),
+        }
+    }
+    for q in items(&body, "queues") {
+        let Some(v) = api.broker.vhost(text(q, "vhost")) else {
+            return bad(format!("no vhost '{}'", text(q, "vhost")));
+        };
+        let decl = QueueDeclaration {
+            name: ShortStr::from(text(q, "name")),
+            passive: false,
+            durable: flag(q, "durable", true),
+            exclusive: false,
+            auto_delete: flag(q, "auto_delete", false),
+            arguments: arguments_of(q),
+        };
+        match v.declare_queue(&decl, NO_CONNECTION) {
+            Ok((_, _, _, t)) => ticket = ticket.max(t),
+            Err(err) => return bad(err.reply_text()),
+        }
+    }
+    for b in items(&body, "bindings") {
+        let Some(v) = api.broker.vhost(text(b, "vhost")) else {
+            return bad(format!("no vhost '{}'", text(b, "vhost")));
+        };
+        let name = ShortStr::from(text(b, "destination"));
+        let destination = match text(b, "destination_type") {
+            "exchange" => Destination::Exchange(name),
+            _ => Destination::Queue(name),
+        };
+        let binding = Binding { destination, routing_key: text(b, "routing_key").into(), arguments: arguments_of(b) };
+        match v.bind(&ShortStr::from(text(b, "source")), binding, NO_CONNECTION) {
+            Ok(t) => ticket = ticket.max(t),
+            Err(err) => return bad(err.reply_text()),
+        }
+    }
+    super::write::durable(&api, ticket).await;
+    StatusCode::NO_CONTENT.into_response()
+}
