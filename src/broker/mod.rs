@@ -49,6 +49,8 @@ pub struct Broker {
     memory_pressure: Arc<std::sync::atomic::AtomicBool>,
     /// Client connections accepted and not yet ended.
     connections: AtomicU64,
+    /// Why publishers are blocked (a memory or disk alarm), if they are.
+    alarm: Mutex<Option<String>>,
 }
 
 impl Default for Broker {
@@ -88,6 +90,7 @@ impl Broker {
             storage: storage.clone(),
             memory_pressure: memory_pressure.clone(),
             connections: AtomicU64::new(0),
+            alarm: Mutex::new(None),
         };
         broker.vhosts.write().insert("/".to_string(), VHost::new("/", storage, memory_pressure));
         broker.users.write().insert("guest".into(), User { password: "guest".into(), loopback_only: true });
@@ -149,6 +152,16 @@ impl Broker {
         } else {
             self.connections.fetch_sub(1, Ordering::AcqRel) - 1
         }
+    }
+
+    /// Records the alarm in effect (set by the resource monitor).
+    pub fn set_alarm(&self, reason: Option<String>) {
+        *self.alarm.lock() = reason;
+    }
+
+    /// The alarm in effect, if any: why publishers are blocked.
+    pub fn alarm(&self) -> Option<String> {
+        self.alarm.lock().clone()
     }
 
     pub fn open_connections(&self) -> u64 {

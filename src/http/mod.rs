@@ -5,12 +5,14 @@
 //! `/api/queues[/{vhost}[/{name}]]`, `/api/exchanges[/{vhost}[/{name}]]`,
 //! `/api/bindings[/{vhost}]`; PUT and DELETE of queues and exchanges, DELETE of a queue's
 //! contents (purge), POST and DELETE of bindings, POST publish to an exchange and get from a
-//! queue (see `write`); GET and POST `/api/definitions` (see `definitions`). Every request
+//! queue (see `write`); GET and POST `/api/definitions` (see `definitions`); the health
+//! checks for alarms and vhosts and the aliveness test (see `health`). Every request
 //! needs HTTP basic auth with a broker user (guest from loopback only, as over AMQP); a
 //! missing or wrong one gets RabbitMQ's 401. Vhost names in paths are URL-encoded (`%2F` for
 //! `/`). Users have no tags yet: every user who may log in may do everything.
 
 mod definitions;
+mod health;
 mod json;
 mod write;
 
@@ -78,6 +80,10 @@ fn router(api: Api) -> Router {
         .route("/api/exchanges/{vhost}/{name}", get(exchange).put(write::put_exchange).delete(write::delete_exchange))
         .route("/api/exchanges/{vhost}/{name}/publish", post(write::publish))
         .route("/api/definitions", get(definitions::export).post(definitions::import))
+        .route("/api/health/checks/alarms", get(health::cluster_alarms))
+        .route("/api/health/checks/local-alarms", get(health::local_alarms))
+        .route("/api/health/checks/virtual-hosts", get(health::virtual_hosts))
+        .route("/api/aliveness-test/{vhost}", get(health::aliveness))
         .route("/api/bindings", get(bindings))
         .route("/api/bindings/{vhost}", get(bindings_in))
         .route("/api/bindings/{vhost}/e/{source}/{kind}/{destination}", post(write::post_binding))

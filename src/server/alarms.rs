@@ -198,6 +198,7 @@ pub fn spawn_monitor(
                 true
             });
             if changed {
+                broker.set_alarm(reason.clone());
                 match &reason {
                     Some(r) => tracing::warn!("blocking publishers: {r}"),
                     None => tracing::info!("resource alarm cleared: publishers unblocked"),

@@ -263,3 +263,26 @@ def test_definitions_from_rabbitmq_import_and_export_again(fresh_hare):
     changed["queues"][0]["arguments"]["x-max-length"] = 5
     status, body = api(fresh_hare, "/api/definitions", method="POST", body=changed)
     assert status == 400 and "inequivalent arg 'x-max-length'" in body["reason"]
+
+
+def test_health_checks_and_the_aliveness_test(hare):
+    assert api(hare, "/api/health/checks/alarms") == (200, {"status": "ok"})
+    assert api(hare, "/api/health/checks/local-alarms") == (200, {"status": "ok"})
+    assert api(hare, "/api/health/checks/virtual-hosts") == (200, {"status": "ok"})
+    assert api(hare, "/api/aliveness-test/%2F") == (200, {"status": "ok"})
+    assert api(hare, "/api/aliveness-test/nope")[0] == 404
+
+
+def test_a_memory_alarm_fails_the_alarm_checks():
+    from conftest import Hare, wait_for
+
+    h = Hare(extra_args=["--memory-limit", "1MiB"])
+    try:
+        wait_for(lambda: api(h, "/api/health/checks/alarms")[0] == 503, what="the alarm check to fail")
+        status, body = api(h, "/api/health/checks/local-alarms")
+        assert status == 503
+        assert body["status"] == "failed" and body["reason"] == "There are alarms in effect on the node"
+        assert [a["resource"] for a in body["alarms"]] == ["memory"]
+        assert api(h, "/api/health/checks/alarms")[1]["reason"] == "There are alarms in effect in the cluster"
+    finally:
+        h.stop()
