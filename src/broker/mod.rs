@@ -2,6 +2,7 @@
 //! connections call into it and receive deliveries through their [`consumer::ConnectionSink`].
 
 pub mod arguments;
+pub mod connections;
 pub mod consumer;
 pub mod dead_letter;
 pub mod definitions;
@@ -51,6 +52,8 @@ pub struct Broker {
     connections: AtomicU64,
     /// Why publishers are blocked (a memory or disk alarm), if they are.
     alarm: Mutex<Option<String>>,
+    /// Open connections' cards, by connection id.
+    registry: Mutex<HashMap<u64, Arc<connections::ConnectionEntry>>>,
 }
 
 impl Default for Broker {
@@ -91,6 +94,7 @@ impl Broker {
             memory_pressure: memory_pressure.clone(),
             connections: AtomicU64::new(0),
             alarm: Mutex::new(None),
+            registry: Mutex::new(HashMap::new()),
         };
         broker.vhosts.write().insert("/".to_string(), VHost::new("/", storage, memory_pressure));
         broker.users.write().insert("guest".into(), User { password: "guest".into(), loopback_only: true });
@@ -152,6 +156,22 @@ impl Broker {
         } else {
             self.connections.fetch_sub(1, Ordering::AcqRel) - 1
         }
+    }
+
+    /// Lists an open connection (once it has opened its vhost).
+    pub fn register_connection(&self, entry: Arc<connections::ConnectionEntry>) {
+        self.registry.lock().insert(entry.id, entry);
+    }
+
+    pub fn unregister_connection(&self, id: u64) {
+        self.registry.lock().remove(&id);
+    }
+
+    /// The open connections, by name.
+    pub fn connection_list(&self) -> Vec<Arc<connections::ConnectionEntry>> {
+        let mut v: Vec<_> = self.registry.lock().values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
     }
 
     /// Records the alarm in effect (set by the resource monitor).

@@ -2,6 +2,7 @@
 //! names them.
 
 use super::NodeInfo;
+use crate::broker::connections::ConnectionEntry;
 use crate::broker::exchange::Destination;
 use crate::broker::queue::Queue;
 use crate::broker::vhost::{ExchangeInfo, VHost};
@@ -57,6 +58,29 @@ pub fn queue(vhost: &str, q: &Queue, node: &str) -> Value {
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
         "consumers": consumers,
+    })
+}
+
+pub fn connection(c: &ConnectionEntry, node: &str) -> Value {
+    json!({
+        "name": c.name,
+        "node": node,
+        "vhost": c.vhost,
+        "user": c.user,
+        "protocol": "AMQP 0-9-1",
+        "type": "network",
+        "state": "running",
+        "ssl": false,
+        "peer_host": c.peer.ip().to_string(),
+        "peer_port": c.peer.port(),
+        "host": c.local.ip().to_string(),
+        "port": c.local.port(),
+        "channels": c.channel_count(),
+        "connected_at": c.connected_at,
+        "frame_max": c.frame_max,
+        "channel_max": c.channel_max,
+        "timeout": c.heartbeat,
+        "client_properties": table(&c.client_properties),
     })
 }
 
@@ -148,6 +172,7 @@ pub fn overview(broker: &Broker, node: &NodeInfo) -> Value {
         "cluster_name": node.node,
         "object_totals": {
             "connections": broker.open_connections(),
+            "channels": broker.connection_list().iter().map(|c| c.channel_count() as u64).sum::<u64>(),
             "exchanges": exchanges,
             "queues": queues.len(),
             "consumers": consumers,

@@ -3,7 +3,7 @@
 //!
 //! Served so far: GET `/api/overview`, `/api/whoami`, `/api/vhosts[/{vhost}]`,
 //! `/api/queues[/{vhost}[/{name}]]`, `/api/exchanges[/{vhost}[/{name}]]`,
-//! `/api/bindings[/{vhost}]`; PUT and DELETE of queues and exchanges, DELETE of a queue's
+//! `/api/bindings[/{vhost}]`, `/api/connections[/{name}]`; PUT and DELETE of queues and exchanges, DELETE of a queue's
 //! contents (purge), POST and DELETE of bindings, POST publish to an exchange and get from a
 //! queue (see `write`); GET and POST `/api/definitions` (see `definitions`); the health
 //! checks for alarms and vhosts and the aliveness test (see `health`). Every request
@@ -80,6 +80,9 @@ fn router(api: Api) -> Router {
         .route("/api/exchanges/{vhost}/{name}", get(exchange).put(write::put_exchange).delete(write::delete_exchange))
         .route("/api/exchanges/{vhost}/{name}/publish", post(write::publish))
         .route("/api/definitions", get(definitions::export).post(definitions::import))
+        .route("/api/connections", get(connections))
+        .route("/api/connections/{name}", get(connection).delete(close_connection))
+        .route("/api/vhosts/{vhost}/connections", get(vhost_connections))
         .route("/api/health/checks/alarms", get(health::cluster_alarms))
         .route("/api/health/checks/local-alarms", get(health::local_alarms))
         .route("/api/health/checks/virtual-hosts", get(health::virtual_hosts))
@@ -154,6 +157,40 @@ async fn vhost(State(api): State<Api>, Path(name): Path<String>) -> Response {
         Some(v) => Json(json::vhost(&v)).into_response(),
         None => not_found(),
     }
+}
+
+async fn connections(State(api): State<Api>) -> Json<Value> {
+    Json(Value::Array(api.broker.connection_list().iter().map(|c| json::connection(c, &api.node.node)).collect()))
+}
+
+async fn vhost_connections(State(api): State<Api>, Path(vhost): Path<String>) -> Response {
+    if api.broker.vhost(&vhost).is_none() {
+        return not_found();
+    }
+    let list = api.broker.connection_list();
+    Json(Value::Array(list.iter().filter(|c| c.vhost == vhost).map(|c| json::connection(c, &api.node.node)).collect()))
+        .into_response()
+}
+
+async fn connection(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    match api.broker.connection_list().into_iter().find(|c| c.name == name) {
+        Some(c) => Json(json::connection(&c, &api.node.node)).into_response(),
+        None => not_found(),
+    }
+}
+
+/// DELETE /api/connections/{name}: closes it with 320 CONNECTION_FORCED and the reason from
+/// the `X-Reason` header, RabbitMQ's "Closed via management plugin" without one.
+async fn close_connection(State(api): State<Api>, Path(name): Path<String>, request: Request) -> Response {
+    let Some(c) = api.broker.connection_list().into_iter().find(|c| c.name == name) else { return not_found() };
+    let reason = request
+        .headers()
+        .get("x-reason")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("Closed via management plugin")
+        .to_string();
+    c.request_close(&reason);
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn queues(State(api): State<Api>) -> Json<Value> {

@@ -89,6 +89,11 @@ impl ConnCtx {
 pub struct Connection {
     state: State,
     peer: SocketAddr,
+    local: SocketAddr,
+    /// What the client said of itself in start-ok (product, version, platform...).
+    client_properties: FieldTable,
+    /// This connection's card in the broker's list, once open.
+    entry: Option<Arc<crate::broker::connections::ConnectionEntry>>,
     frame_max: usize,
     channel_max: u16,
     heartbeat: u16,
@@ -106,6 +111,7 @@ pub async fn serve(
     mut alarm: watch::Receiver<Option<String>>,
 ) {
     let Ok(peer) = stream.peer_addr() else { return };
+    let Ok(local) = stream.local_addr() else { return };
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let mut header = [0u8; 8];
@@ -125,6 +131,9 @@ pub async fn serve(
     let mut conn = Connection {
         state: State::AwaitStartOk,
         peer,
+        local,
+        client_properties: FieldTable::new(),
+        entry: None,
         frame_max: config.frame_max as usize,
         channel_max: config.channel_max,
         heartbeat: 0,
@@ -165,6 +174,7 @@ pub async fn serve(
         let paused = conn.ctx.blocked.is_some() && conn.ctx.is_publisher && conn.state == State::Open;
         let flow_paused = conn.ctx.flow_paused && conn.state == State::Open;
         let flow = conn.ctx.flow.clone();
+        let close_entry = conn.entry.clone();
         if rbuf.capacity() - rbuf.len() < read_size / 2 {
             rbuf.reserve(read_size);
         }
@@ -185,6 +195,11 @@ pub async fn serve(
             // Re-checked after 100 ms at most, whatever happened to the queue meanwhile.
             _ = tokio::time::timeout(FLOW_RECHECK, flow.notified()), if flow_paused => {
                 conn.ctx.flow_paused = false;
+            }
+            _ = async { match &close_entry { Some(e) => e.close_requested.notified().await, None => std::future::pending().await } } => {
+                if let Some(reason) = close_entry.as_ref().and_then(|e| e.close_reason()) {
+                    conn.raise(0, AmqpError::new(CONNECTION_FORCED, reason));
+                }
             }
             r = alarm.changed() => {
                 if r.is_ok() {
@@ -249,6 +264,9 @@ pub async fn serve(
         }
     }
     conn.cleanup();
+    if conn.entry.take().is_some() {
+        conn.ctx.broker.unregister_connection(conn.ctx.id);
+    }
     // Deliveries that raced with the cleanup go back to their queues.
     for ev in sink.take_events() {
         if let ConnEvent::Deliver(d) = ev {
@@ -452,6 +470,7 @@ impl Connection {
                     ));
                 }
                 self.channels.insert(c, Channel::new(c));
+                self.count_channels();
                 self.ctx.out.method(c, ChannelOpenOk { reserved: LongStr::default() });
                 Ok(())
             }
@@ -460,11 +479,13 @@ impl Connection {
             }
             (Some(ch), Method::ChannelCloseOk(_)) if ch.closing => {
                 self.channels.remove(&c);
+                self.count_channels();
                 Ok(())
             }
             (Some(ch), Method::ChannelClose(_)) => {
                 ch.close(&mut self.ctx);
                 self.channels.remove(&c);
+                self.count_channels();
                 self.ctx.out.method(c, ChannelCloseOk {});
                 Ok(())
             }
@@ -505,6 +526,7 @@ impl Connection {
     }
 
     fn start_ok(&mut self, m: ConnectionStartOk) -> Result<(), AmqpError> {
+        self.client_properties = m.client_properties.clone();
         let caps = m.client_properties.get("capabilities");
         if let Some(FieldValue::Table(caps)) = caps {
             let cap = |name: &str| caps.get(name).and_then(|v| v.as_bool()).unwrap_or(false);
@@ -573,6 +595,13 @@ impl Connection {
         Ok(())
     }
 
+    /// Keeps the channel count on the connection's card.
+    fn count_channels(&self) {
+        if let Some(e) = &self.entry {
+            e.channels.store(self.channels.len() as u32, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     fn open(&mut self, m: ConnectionOpen) -> Result<(), AmqpError> {
         let Some(vhost) = self.ctx.broker.vhost(&m.virtual_host) else {
             return Err(AmqpError::not_allowed(format!("vhost '{}' not found", m.virtual_host)));
@@ -580,6 +609,17 @@ impl Connection {
         self.ctx.vhost = Some(vhost);
         self.ctx.out.method(0, ConnectionOpenOk { known_hosts: ShortStr::default() });
         self.state = State::Open;
+        let entry = crate::broker::connections::ConnectionEntry::new(
+            self.ctx.id,
+            self.peer,
+            self.local,
+            self.ctx.user.clone(),
+            m.virtual_host.to_string(),
+            std::mem::take(&mut self.client_properties),
+            (self.frame_max as u32, self.channel_max, self.heartbeat),
+        );
+        self.ctx.broker.register_connection(entry.clone());
+        self.entry = Some(entry);
         tracing::info!(peer = %self.peer, user = %self.ctx.user, vhost = %m.virtual_host, "connection open");
         Ok(())
     }

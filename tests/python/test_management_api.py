@@ -286,3 +286,42 @@ def test_a_memory_alarm_fails_the_alarm_checks():
         assert api(h, "/api/health/checks/alarms")[1]["reason"] == "There are alarms in effect in the cluster"
     finally:
         h.stop()
+
+
+def test_connections_are_listed_and_can_be_closed(fresh_hare):
+    import urllib.parse
+
+    from conftest import wait_for
+
+    c = fresh_hare.connect(client_properties={"connection_name": "api-test-client"})
+    ch1, ch2 = c.channel(), c.channel()
+    status, conns = api(fresh_hare, "/api/connections")
+    assert status == 200 and len(conns) == 1
+    info = conns[0]
+    assert info["user"] == "guest" and info["vhost"] == "/" and info["channels"] == 2
+    assert info["protocol"] == "AMQP 0-9-1" and info["port"] == fresh_hare.port
+    assert info["peer_host"] == "127.0.0.1"
+    assert info["name"] == f"127.0.0.1:{info['peer_port']} -> 127.0.0.1:{fresh_hare.port}"
+    assert info["client_properties"]["connection_name"] == "api-test-client"
+    assert info["client_properties"]["product"] == "Pika Python Client Library"
+    name = urllib.parse.quote(info["name"], safe="")
+    assert api(fresh_hare, f"/api/connections/{name}")[1]["name"] == info["name"]
+    assert [x["name"] for x in api(fresh_hare, "/api/vhosts/%2F/connections")[1]] == [info["name"]]
+    o = api(fresh_hare, "/api/overview")[1]
+    assert o["object_totals"]["connections"] == 1 and o["object_totals"]["channels"] == 2
+    ch2.close()
+    assert api(fresh_hare, "/api/connections")[1][0]["channels"] == 1
+
+    # Closed from the API: the client is told 320 with the reason.
+    assert api(fresh_hare, f"/api/connections/{name}", method="DELETE")[0] == 204
+    closed = []
+    try:
+        for _ in range(500):  # bounded: 10 s at most
+            if not c.is_open:
+                break
+            c.process_data_events(0.02)
+    except pika.exceptions.ConnectionClosedByBroker as e:
+        closed.append((e.reply_code, e.reply_text))
+    assert closed == [(320, "CONNECTION_FORCED - Closed via management plugin")]
+    wait_for(lambda: api(fresh_hare, "/api/connections")[1] == [], what="the list to empty")
+    assert api(fresh_hare, f"/api/connections/{name}")[0] == 404
