@@ -3,9 +3,9 @@
 //!
 //! Served so far: GET `/api/overview`, `/api/whoami`, `/api/vhosts[/{vhost}]`,
 //! `/api/queues[/{vhost}[/{name}]]`, `/api/exchanges[/{vhost}[/{name}]]`,
-//! `/api/bindings[/{vhost}]`, `/api/connections[/{name}]`; PUT and DELETE of queues and exchanges, DELETE of a queue's
-//! contents (purge), POST and DELETE of bindings, POST publish to an exchange and get from a
-//! queue (see `write`); GET and POST `/api/definitions` (see `definitions`); the health
+//! `/api/bindings[/{vhost}]`, `/api/connections[/{name}]` (DELETE closes one); PUT and DELETE
+//! of queues and exchanges, DELETE of a queue's contents (purge), POST and DELETE of bindings,
+//! POST publish to an exchange and get from a queue (see `write`); GET and POST `/api/definitions` (see `definitions`); the health
 //! checks for alarms and vhosts and the aliveness test (see `health`). Every request
 //! needs HTTP basic auth with a broker user (guest from loopback only, as over AMQP); a
 //! missing or wrong one gets RabbitMQ's 401. Vhost names in paths are URL-encoded (`%2F` for
