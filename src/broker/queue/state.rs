@@ -100,13 +100,15 @@ impl QueueState {
         if self.tail_len() == 0 && !self.after_tail.is_empty() {
             self.ready.append(&mut self.after_tail);
         }
+        // Below half the window, read up to half a window more (by count; by bytes, up to
+        // the window): one sequential read per half window, not one per message consumed.
         let (count, bytes) = self.window();
         let batch = (count / 2).max(1);
         if self.ready.len() >= batch || self.ready_bytes >= bytes / 2 || self.tail_len() == 0 {
             return;
         }
         let Some(log) = &mut self.log else { return };
-        match log.read_tail(batch - self.ready.len(), bytes / 2 - self.ready_bytes) {
+        match log.read_tail(batch, bytes - self.ready_bytes) {
             Ok(loaded) => {
                 for m in loaded {
                     let size = m.message.body.len() as u64;
