@@ -25,7 +25,6 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
-    hare::server::alarms::tune_allocator();
     let limit = match hare::server::alarms::raise_open_files_limit() {
         Some((before, now, _)) if before != now => {
             tracing::info!("open files limit raised from {before} to {now} (the hard limit)");

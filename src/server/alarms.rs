@@ -77,21 +77,6 @@ pub fn free_disk_bytes(path: &std::path::Path) -> Option<u64> {
     Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-/// Sets how glibc's allocator takes and gives back large blocks. By default a block past
-/// 128 KiB is a fresh mmap, and freed memory at the top of the heap goes back to the system
-/// once past 128 KiB: a broker reading large messages then spends a fifth of its time in the
-/// kernel zeroing new pages for its read buffers. Blocks up to 4 MiB come from the heap and
-/// up to 64 MiB of free heap is kept for reuse; under memory pressure the monitor still
-/// returns everything free (`malloc_trim`).
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt sets allocator parameters; it takes no pointers.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 * 1024 * 1024);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 * 1024 * 1024);
-    }
-}
-
 /// Returns the allocator's free memory to the system (glibc's `malloc_trim`).
 fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

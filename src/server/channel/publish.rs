@@ -25,8 +25,10 @@ pub(super) struct PendingPublish {
     /// What is wrong with the properties (user_id, expiration), raised after the exchange checks.
     invalid: Option<AmqpError>,
     /// The body frames received so far, kept as they are (no copy): the message's body is
-    /// made of them.
-    parts: Vec<Bytes>,
+    /// made of them. The first is kept apart, so that a body of one frame (the common case)
+    /// allocates nothing.
+    first: Option<Bytes>,
+    rest: Vec<Bytes>,
     received: usize,
 }
 
@@ -39,7 +41,8 @@ impl PendingPublish {
             priority: 0,
             expiration: None,
             invalid: None,
-            parts: Vec::new(),
+            first: None,
+            rest: Vec::new(),
             received: 0,
         }
     }
@@ -107,7 +110,11 @@ impl Channel {
         }
         p.received = now;
         if !body.is_empty() {
-            p.parts.push(body);
+            if p.first.is_none() {
+                p.first = Some(body);
+            } else {
+                p.rest.push(body);
+            }
         }
         if now == expected {
             self.finish_publish(ctx)?;
@@ -122,7 +129,15 @@ impl Channel {
         let Some(header) = p.header else {
             return Ok(());
         };
-        let body = Body::from_parts(p.parts);
+        let body = match (p.first, p.rest.is_empty()) {
+            (Some(one), true) => Body::One(one),
+            (None, _) => Body::One(Bytes::new()),
+            (Some(first), false) => {
+                let mut parts = p.rest;
+                parts.insert(0, first);
+                Body::from_parts(parts)
+            }
+        };
         let exchange =
             if p.method.exchange.as_str() == "amq.default" { ShortStr::default() } else { p.method.exchange.clone() };
         // RabbitMQ's order: the exchange exists and is not internal, then reply-to, user_id
