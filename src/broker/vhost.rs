@@ -71,14 +71,10 @@ fn binding_is_saved(topo: &Topology, source: &str, dest: &Destination) -> bool {
 
 /// A binding as the journal saves it.
 fn binding_def(source: &str, b: &Binding) -> BindingDef {
-    let kind = match b.destination {
-        Destination::Queue(_) => "queue",
-        Destination::Exchange(_) => "exchange",
-    };
     BindingDef {
         source: source.to_string(),
         destination: b.destination.name().to_string(),
-        destination_kind: kind.into(),
+        destination_kind: b.destination.kind().into(),
         routing_key: b.routing_key.to_string(),
         arguments: table_to_hex(&b.arguments),
     }

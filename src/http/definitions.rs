@@ -7,7 +7,7 @@
 
 use super::json::{table, API_VERSION};
 use super::write::{arguments_of, flag};
-use super::{error, Api};
+use super::{error, Api, NO_CONNECTION};
 use crate::broker::exchange::{Binding, Destination};
 use crate::broker::vhost::QueueDeclaration;
 use crate::protocol::ShortStr;
@@ -17,9 +17,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use serde_json::{json, Value};
-
-/// The connection id the API acts as (none).
-const NO_CONNECTION: u64 = 0;
 
 fn built_in(name: &str) -> bool {
     name.is_empty() || name.starts_with("amq.")
@@ -56,21 +53,13 @@ pub async fn export(State(api): State<Api>) -> Json<Value> {
             }));
         }
         for (source, b) in v.bindings() {
-            let (kind, kept) = match &b.destination {
-                Destination::Queue(n) => ("queue", saved.iter().any(|q| q.name == *n)),
-                Destination::Exchange(n) => ("exchange", durable_exchanges.iter().any(|e| e.name == *n)),
+            let kept = match &b.destination {
+                Destination::Queue(n) => saved.iter().any(|q| q.name == *n),
+                Destination::Exchange(n) => durable_exchanges.iter().any(|e| e.name == *n),
             };
-            if !kept || !durable_exchanges.iter().any(|e| e.name == source) {
-                continue;
+            if kept && durable_exchanges.iter().any(|e| e.name == source) {
+                bindings.push(super::json::binding(&v.name, &source, &b));
             }
-            bindings.push(json!({
-                "source": source.as_str(),
-                "vhost": v.name,
-                "destination": b.destination.name().as_str(),
-                "destination_type": kind,
-                "routing_key": b.routing_key.as_str(),
-                "arguments": table(&b.arguments),
-            }));
         }
     }
     Json(json!({

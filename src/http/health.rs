@@ -2,7 +2,7 @@
 //! healthy, 503 with `{"status":"failed","reason":...}` when not; and the aliveness test,
 //! which declares a queue, publishes to it and gets the message back.
 
-use super::{error, not_found, Api};
+use super::{error, not_found, Api, NO_CONNECTION};
 use crate::broker::message::Message;
 use crate::broker::vhost::QueueDeclaration;
 use crate::protocol::{FieldTable, ShortStr};
@@ -64,7 +64,7 @@ pub async fn aliveness(State(api): State<Api>, Path(vhost): Path<String>) -> Res
         arguments: FieldTable::new(),
     };
     let failed = |why: String| error(StatusCode::SERVICE_UNAVAILABLE, "failed", &why);
-    let queue = match v.declare_queue(&decl, 0) {
+    let queue = match v.declare_queue(&decl, NO_CONNECTION) {
         Ok((q, ..)) => q,
         Err(e) => return failed(e.reply_text()),
     };

@@ -3,7 +3,7 @@
 
 use super::NodeInfo;
 use crate::broker::connections::ConnectionEntry;
-use crate::broker::exchange::Destination;
+use crate::broker::exchange::Binding;
 use crate::broker::queue::Queue;
 use crate::broker::vhost::{ExchangeInfo, VHost};
 use crate::broker::Broker;
@@ -121,21 +121,23 @@ pub fn bindings(v: &VHost) -> Vec<Value> {
         })
     });
     let declared = v.bindings().into_iter().map(|(source, b)| {
-        let kind = match b.destination {
-            Destination::Queue(_) => "queue",
-            Destination::Exchange(_) => "exchange",
-        };
-        json!({
-            "source": source.as_str(),
-            "vhost": v.name,
-            "destination": b.destination.name().as_str(),
-            "destination_type": kind,
-            "routing_key": b.routing_key.as_str(),
-            "arguments": table(&b.arguments),
-            "properties_key": properties_key(&b.routing_key),
-        })
+        let mut j = binding(&v.name, &source, &b);
+        j["properties_key"] = json!(properties_key(&b.routing_key));
+        j
     });
     implicit.chain(declared).collect()
+}
+
+/// A declared binding, as RabbitMQ lists it and writes it in definitions.
+pub fn binding(vhost: &str, source: &str, b: &Binding) -> Value {
+    json!({
+        "source": source,
+        "vhost": vhost,
+        "destination": b.destination.name().as_str(),
+        "destination_type": b.destination.kind(),
+        "routing_key": b.routing_key.as_str(),
+        "arguments": table(&b.arguments),
+    })
 }
 
 /// Ready, unacknowledged and total messages over some queues.

@@ -28,6 +28,10 @@ use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// The connection id the API acts as: none (AMQP connections count from 1), so it may not
+/// touch exclusive queues.
+const NO_CONNECTION: u64 = 0;
+
 /// What the API reports about this node.
 #[derive(Debug, Clone)]
 pub struct NodeInfo {

@@ -3,7 +3,7 @@
 //! it is on disk, as over AMQP.
 
 use super::json::table;
-use super::{error, not_found, Api};
+use super::{error, not_found, Api, NO_CONNECTION};
 use crate::broker::exchange::{Binding, Destination};
 use crate::broker::message::Message;
 use crate::broker::vhost::{QueueDeclaration, VHost};
@@ -18,10 +18,6 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
-
-/// The connection id the API acts as: none (AMQP connections count from 1), so it may not
-/// touch exclusive queues.
-const NO_CONNECTION: u64 = 0;
 
 /// A broker refusal as RabbitMQ's API reports it: 400 `bad_request` (404 for what is missing,
 /// 405 for a locked queue), with the AMQP reply text as the reason.

@@ -22,6 +22,13 @@ impl Destination {
             Destination::Queue(n) | Destination::Exchange(n) => n,
         }
     }
+    /// `queue` or `exchange`, as definitions and the management API name the kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Destination::Queue(_) => "queue",
+            Destination::Exchange(_) => "exchange",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
