@@ -30,6 +30,11 @@ const DELIVERY_OVERHEAD: usize = 64;
 /// consumers without bound.
 pub const FLOW_HIGH: usize = 8192;
 pub const FLOW_LOW: usize = 4096;
+/// The same marks in body bytes, for large messages: 8,192 messages of 64 KiB would be half a
+/// gigabyte waiting in memory (each pinning the read buffer it arrived in), where a few MiB
+/// keep a consumer as busy. Small messages reach the count marks first.
+pub const FLOW_HIGH_BYTES: u64 = 8 * 1024 * 1024;
+pub const FLOW_LOW_BYTES: u64 = 4 * 1024 * 1024;
 /// Consumers that took nothing from a queue over its flow mark for this long are stalled
 /// (a client that stopped reading its socket, or holds its whole prefetch): the queue stops
 /// holding its publishers back for them and takes publishes as if it had no consumers, until
@@ -363,7 +368,7 @@ impl Queue {
         }
         let mut throttled = false;
         if let Some(w) = flow {
-            if !st.consumers.is_empty() && st.ready_count() as usize > FLOW_HIGH && st.consumers_progressing() {
+            if !st.consumers.is_empty() && st.over_flow_mark() && st.consumers_progressing() {
                 if !st.flow_waiters.iter().any(|x| Arc::ptr_eq(x, w)) {
                     st.flow_waiters.push(w.clone());
                 }

@@ -49,9 +49,16 @@ impl QueueState {
         (self.ready.len() as u64 + self.tail_len() + self.after_tail.len() as u64).min(u32::MAX as u64) as u32
     }
 
-    /// Wakes waiting publishers once the queue is below the low mark or has no consumers.
+    /// Whether the queue holds more ready messages, or bytes of them, than its publishers may
+    /// run ahead of its consumers.
+    pub(super) fn over_flow_mark(&self) -> bool {
+        self.ready_count() as usize > FLOW_HIGH || self.bytes() > FLOW_HIGH_BYTES
+    }
+
+    /// Wakes waiting publishers once the queue is below both low marks or has no consumers.
     pub(super) fn release_flow(&mut self) {
-        if !self.flow_waiters.is_empty() && (self.consumers.is_empty() || (self.ready_count() as usize) < FLOW_LOW) {
+        let below = (self.ready_count() as usize) < FLOW_LOW && self.bytes() < FLOW_LOW_BYTES;
+        if !self.flow_waiters.is_empty() && (self.consumers.is_empty() || below) {
             for w in self.flow_waiters.drain(..) {
                 w.notify_one();
             }
