@@ -53,6 +53,16 @@ pub enum FrameError {
     BadHeader,
 }
 
+/// How many more bytes the frame at the front of `buf` needs to be complete (0 when it is,
+/// or when its header is not in yet). The reader makes that much room before reading on.
+pub fn missing(buf: &[u8]) -> usize {
+    if buf.len() < 7 {
+        return 0;
+    }
+    let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
+    (size + FRAME_OVERHEAD).saturating_sub(buf.len())
+}
+
 /// Takes one complete frame off the front of `buf`; `Ok(None)` means more bytes are needed.
 /// `frame_max` bounds each frame, so memory per peer stays bounded.
 pub fn parse_frame(buf: &mut BytesMut, frame_max: usize) -> Result<Option<Frame>, FrameError> {
@@ -71,7 +81,8 @@ pub fn parse_frame(buf: &mut BytesMut, frame_max: usize) -> Result<Option<Frame>
         return Err(FrameError::TooLarge { size, max: frame_max });
     }
     if buf.len() < size + FRAME_OVERHEAD {
-        buf.reserve(size + FRAME_OVERHEAD - buf.len());
+        // The caller makes room (see `missing`): reserving here would move a buffer that
+        // earlier frames still share into a fresh allocation just the frame's size.
         return Ok(None);
     }
     let end = buf[7 + size];

@@ -3,6 +3,7 @@
 
 use super::channel::Channel;
 use super::output::Output;
+use super::read_buf::{self, READ_MAX, READ_MIN};
 use super::writer::WriterHandle;
 use crate::broker::consumer::{ConnEvent, ConnectionSink};
 use crate::broker::queue::Queue;
@@ -12,7 +13,7 @@ use crate::broker::{AmqpError, Broker, Scope};
 use crate::config::Config;
 use crate::protocol::codec::{CodecError, Decoder};
 use crate::protocol::constants::CONNECTION_FORCED;
-use crate::protocol::frame::{parse_frame, Frame, PROTOCOL_HEADER};
+use crate::protocol::frame::{missing, parse_frame, Frame, PROTOCOL_HEADER};
 use crate::protocol::method::*;
 use crate::protocol::{FieldTable, FieldValue, LongStr, ShortStr};
 use bytes::{BufMut, BytesMut};
@@ -28,9 +29,6 @@ use tokio::time::{sleep_until, Instant};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long we wait for close-ok after sending connection.close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Read buffer bounds: idle connections stay small, busy ones read in large chunks.
-const READ_MIN: usize = 1024;
-const READ_MAX: usize = 1024 * 1024;
 /// How long a publisher paused by a queue's flow control waits before looking again.
 const FLOW_RECHECK: Duration = Duration::from_millis(100);
 
@@ -175,8 +173,11 @@ pub async fn serve(
         let flow_paused = conn.ctx.flow_paused && conn.state == State::Open;
         let flow = conn.ctx.flow.clone();
         let close_entry = conn.entry.clone();
-        if rbuf.capacity() - rbuf.len() < read_size / 2 {
-            rbuf.reserve(read_size);
+        // Room for half a read at least, and for the rest of a frame begun (its size was
+        // checked against frame_max when its header came in).
+        let need = missing(&rbuf);
+        if rbuf.capacity() - rbuf.len() < (read_size / 2).max(need) {
+            read_buf::make_room(&mut rbuf, read_size.max(2 * need));
         }
         tokio::select! {
             biased;

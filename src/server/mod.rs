@@ -4,6 +4,7 @@ pub mod alarms;
 pub mod channel;
 pub mod connection;
 pub mod output;
+pub mod read_buf;
 pub mod writer;
 
 use crate::broker::Broker;
