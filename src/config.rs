@@ -36,8 +36,12 @@ pub struct Args {
     /// ("50MB", "2GiB", bytes).
     #[arg(long, env = "HARE_DISK_FREE_LIMIT")]
     pub disk_free_limit: Option<String>,
+    /// How often message rates are sampled, in milliseconds (RabbitMQ's
+    /// collect_statistics_interval; 5000 by default).
+    #[arg(long, env = "HARE_STATS_INTERVAL")]
+    pub stats_interval: Option<u64>,
     /// TOML file with any of: bind, port, management_port, data_dir, log, heartbeat, memory_limit,
-    /// disk_free_limit, frame_max, channel_max, max_message_size.
+    /// disk_free_limit, stats_interval, frame_max, channel_max, max_message_size.
     #[arg(long, short, env = "HARE_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -59,6 +63,7 @@ struct FileConfig {
     heartbeat: Option<u16>,
     memory_limit: Option<String>,
     disk_free_limit: Option<String>,
+    stats_interval: Option<u64>,
     frame_max: Option<u32>,
     channel_max: Option<u16>,
     max_message_size: Option<u64>,
@@ -76,6 +81,8 @@ pub struct Config {
     pub memory_limit: u64,
     /// Bytes of free disk space (where the data directory is) below which publishers are blocked.
     pub disk_free_limit: u64,
+    /// Milliseconds between samples of the message statistics (rates, latency windows).
+    pub stats_interval_ms: u64,
     pub frame_max: u32,
     pub channel_max: u16,
     pub max_message_size: u64,
@@ -93,6 +100,7 @@ impl Default for Config {
             memory_limit: crate::server::alarms::total_memory().map_or(1 << 30, |t| t / 10 * 4),
             // RabbitMQ's default.
             disk_free_limit: 50_000_000,
+            stats_interval_ms: crate::broker::stats::SAMPLE_INTERVAL_MS,
             frame_max: 131072,
             channel_max: 2047,
             max_message_size: 128 * 1024 * 1024,
@@ -141,6 +149,7 @@ impl Config {
                 Some(s) => crate::server::alarms::parse_size(&s).map_err(ConfigError::DiskFreeLimit)?,
                 None => d.disk_free_limit,
             },
+            stats_interval_ms: args.stats_interval.or(file.stats_interval).unwrap_or(d.stats_interval_ms).max(100),
             frame_max: file.frame_max.unwrap_or(d.frame_max),
             channel_max: file.channel_max.unwrap_or(d.channel_max),
             max_message_size: file.max_message_size.unwrap_or(d.max_message_size),

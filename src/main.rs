@@ -94,8 +94,16 @@ fn main() -> ExitCode {
         };
         let http_port = http.local_addr().map_or(config.management_port, |a| a.port());
         tracing::info!("HTTP API listening on {}:{http_port}", config.bind);
-        let node =
-            hare::http::NodeInfo { node: "hare@localhost".into(), amqp_port, http_port, bind: config.bind.clone() };
+        let node = hare::http::NodeInfo {
+            node: "hare@localhost".into(),
+            amqp_port,
+            http_port,
+            bind: config.bind.clone(),
+            memory_limit: config.memory_limit,
+            disk_free_limit: config.disk_free_limit,
+            data_dir: config.data_dir.clone(),
+            started_at_ms: hare::broker::queue::now_ms(),
+        };
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let api = tokio::spawn(hare::http::serve(http, broker, node, Some(syncer.subscribe()), async {
             let _ = http_stopped.await;

@@ -2,11 +2,68 @@
 //! from where to which vhost, with how many channels, and a way to ask one to close. The
 //! connection task owns the connection; this is only its card.
 
+use super::stats::{MessageCounts, RateMeter};
 use crate::protocol::FieldTable;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
+
+/// Adds to a counter that only one task writes: a plain load and store, no locked
+/// instruction on the message path. Readers see a value at most a few increments old.
+#[inline]
+pub fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+}
+
+/// One open channel's card: its settings and message counts, written by its connection's
+/// task alone and read by the management API and metrics.
+#[derive(Debug, Default)]
+pub struct ChannelCard {
+    pub number: u16,
+    pub publish: AtomicU64,
+    pub confirm: AtomicU64,
+    pub return_unroutable: AtomicU64,
+    pub drop_unroutable: AtomicU64,
+    pub deliver: AtomicU64,
+    pub deliver_no_ack: AtomicU64,
+    pub get: AtomicU64,
+    pub get_no_ack: AtomicU64,
+    pub get_empty: AtomicU64,
+    pub redeliver: AtomicU64,
+    pub ack: AtomicU64,
+    pub prefetch_count: AtomicU32,
+    pub global_prefetch_count: AtomicU32,
+    pub confirm_mode: AtomicBool,
+    pub transactional: AtomicBool,
+    pub unacked: AtomicU32,
+    pub consumers: AtomicU32,
+    /// Rates, sampled off the message path.
+    pub meter: Mutex<RateMeter>,
+}
+
+impl ChannelCard {
+    pub fn new(number: u16) -> Arc<Self> {
+        Arc::new(ChannelCard { number, ..Default::default() })
+    }
+
+    pub fn counts(&self) -> MessageCounts {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        MessageCounts {
+            publish: l(&self.publish),
+            confirm: l(&self.confirm),
+            return_unroutable: l(&self.return_unroutable),
+            drop_unroutable: l(&self.drop_unroutable),
+            deliver: l(&self.deliver),
+            deliver_no_ack: l(&self.deliver_no_ack),
+            get: l(&self.get),
+            get_no_ack: l(&self.get_no_ack),
+            get_empty: l(&self.get_empty),
+            redeliver: l(&self.redeliver),
+            ack: l(&self.ack),
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct ConnectionEntry {
@@ -23,7 +80,13 @@ pub struct ConnectionEntry {
     pub frame_max: u32,
     pub channel_max: u16,
     pub heartbeat: u16,
-    pub channels: AtomicU32,
+    /// The open channels' cards, by number.
+    channels: Mutex<Vec<Arc<ChannelCard>>>,
+    /// Counts of the channels closed so far, so totals do not drop when one closes.
+    closed: Mutex<MessageCounts>,
+    /// Bytes read from and written to the socket (the connection task and its writer).
+    pub recv_oct: AtomicU64,
+    pub send_oct: AtomicU64,
     /// A close asked for (by the management API), with its reason.
     close: Mutex<Option<String>>,
     pub close_requested: Notify,
@@ -54,14 +117,42 @@ impl ConnectionEntry {
             frame_max,
             channel_max,
             heartbeat,
-            channels: AtomicU32::new(0),
+            channels: Mutex::new(Vec::new()),
+            closed: Mutex::new(MessageCounts::default()),
+            recv_oct: AtomicU64::new(0),
+            send_oct: AtomicU64::new(0),
             close: Mutex::new(None),
             close_requested: Notify::new(),
         })
     }
 
     pub fn channel_count(&self) -> u32 {
-        self.channels.load(Ordering::Relaxed)
+        self.channels.lock().len() as u32
+    }
+
+    /// The open channels' cards.
+    pub fn channels(&self) -> Vec<Arc<ChannelCard>> {
+        self.channels.lock().clone()
+    }
+
+    /// The channels now open (called by the connection when one opens or closes); the
+    /// counts of those gone are kept in the connection's totals.
+    pub fn set_channels(&self, mut open: Vec<Arc<ChannelCard>>) {
+        open.sort_by_key(|c| c.number);
+        let mut channels = self.channels.lock();
+        for gone in channels.iter().filter(|c| !open.iter().any(|o| Arc::ptr_eq(o, c))) {
+            self.closed.lock().add(&gone.counts());
+        }
+        *channels = open;
+    }
+
+    /// Message counts of every channel this connection has had.
+    pub fn counts(&self) -> MessageCounts {
+        let mut total = *self.closed.lock();
+        for c in self.channels.lock().iter() {
+            total.add(&c.counts());
+        }
+        total
     }
 
     /// Asks the connection to close with `reason` (320 CONNECTION_FORCED).

@@ -10,6 +10,7 @@ pub mod error;
 pub mod exchange;
 pub mod message;
 pub mod queue;
+pub mod stats;
 pub mod store;
 pub mod vhost;
 
@@ -54,6 +55,13 @@ pub struct Broker {
     alarm: Mutex<Option<String>>,
     /// Open connections' cards, by connection id.
     registry: Mutex<HashMap<u64, Arc<connections::ConnectionEntry>>>,
+    /// Message counts of connections closed so far, so totals never go down.
+    closed_counts: Mutex<stats::MessageCounts>,
+    /// Rates of the broker-wide counts, sampled off the message path.
+    meter: Mutex<stats::RateMeter>,
+    /// Connections opened and closed since start (for metrics).
+    pub connections_opened: AtomicU64,
+    pub connections_closed: AtomicU64,
 }
 
 impl Default for Broker {
@@ -95,6 +103,10 @@ impl Broker {
             connections: AtomicU64::new(0),
             alarm: Mutex::new(None),
             registry: Mutex::new(HashMap::new()),
+            closed_counts: Mutex::new(stats::MessageCounts::default()),
+            meter: Mutex::new(stats::RateMeter::default()),
+            connections_opened: AtomicU64::new(0),
+            connections_closed: AtomicU64::new(0),
         };
         broker.vhosts.write().insert("/".to_string(), VHost::new("/", storage, memory_pressure));
         broker.users.write().insert("guest".into(), User { password: "guest".into(), loopback_only: true });
@@ -160,11 +172,50 @@ impl Broker {
 
     /// Lists an open connection (once it has opened its vhost).
     pub fn register_connection(&self, entry: Arc<connections::ConnectionEntry>) {
+        self.connections_opened.fetch_add(1, Ordering::Relaxed);
         self.registry.lock().insert(entry.id, entry);
     }
 
     pub fn unregister_connection(&self, id: u64) {
-        self.registry.lock().remove(&id);
+        let gone = self.registry.lock().remove(&id);
+        if let Some(e) = gone {
+            self.connections_closed.fetch_add(1, Ordering::Relaxed);
+            self.closed_counts.lock().add(&e.counts());
+        }
+    }
+
+    /// Message counts of every channel since start, as RabbitMQ's overview reports them.
+    pub fn message_counts(&self) -> stats::MessageCounts {
+        let mut total = *self.closed_counts.lock();
+        let open: Vec<_> = self.registry.lock().values().cloned().collect();
+        for c in open {
+            total.add(&c.counts());
+        }
+        total
+    }
+
+    /// Rates of [`Broker::message_counts`], as last sampled.
+    pub fn message_rates(&self) -> stats::RateMeter {
+        self.meter.lock().clone()
+    }
+
+    /// Samples every counter for its rate: the broker's, each channel's and each queue's.
+    /// Run every few seconds by the server, off the message path; it takes
+    /// each queue's lock briefly, one at a time.
+    pub fn sample_stats(&self, now_ms: u64) {
+        let counts = self.message_counts();
+        self.meter.lock().sample(now_ms, counts);
+        for c in self.connection_list() {
+            for ch in c.channels() {
+                let counts = ch.counts();
+                ch.meter.lock().sample(now_ms, counts);
+            }
+        }
+        for v in self.vhosts() {
+            for q in v.queues() {
+                q.sample(now_ms);
+            }
+        }
     }
 
     /// The open connections, by name.
@@ -197,6 +248,13 @@ impl Broker {
 
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
         self.vhosts.read().get(name).cloned()
+    }
+
+    /// Every user's name, sorted.
+    pub fn user_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.users.read().keys().cloned().collect();
+        v.sort();
+        v
     }
 
     pub fn add_user(&self, name: &str, password: &str, loopback_only: bool) {

@@ -12,6 +12,7 @@ use super::consumer::{ConnEvent, Consumer, Delivery};
 use super::dead_letter::{self, Reason};
 use super::error::{AmqpError, AmqpResult};
 use super::message::Message;
+use super::stats::{self, MessageCounts};
 use super::store::{LoadedMessage, MessageLog, Pager, RecoveredQueue, StoreError};
 use super::vhost::VHost;
 use crate::protocol::{FieldTable, ShortStr};
@@ -121,6 +122,27 @@ pub struct Queue {
     timed: AtomicBool,
 }
 
+/// A queue's numbers at one moment (see [`Queue::stats`]).
+#[derive(Debug, Clone, Default)]
+pub struct QueueStats {
+    pub ready: u64,
+    pub unacked: u64,
+    pub consumers: u32,
+    /// Body bytes of the ready messages, and of those of them held in memory.
+    pub ready_bytes: u64,
+    pub ready_bytes_ram: u64,
+    pub ready_ram: u64,
+    pub counts: MessageCounts,
+    pub rates: stats::RateMeter,
+    pub time_in_queue: stats::Percentiles,
+    pub time_to_ack: stats::Percentiles,
+    pub forecast: stats::Forecast,
+    pub idle_since_ms: u64,
+    /// How fast the ready and unacknowledged counts change, per second, between the last
+    /// two samples.
+    pub depth_rates: (f64, f64),
+}
+
 /// A message waiting in the queue, or handed out and owed back.
 #[derive(Debug, Clone)]
 pub struct QueuedMessage {
@@ -136,6 +158,9 @@ pub struct QueuedMessage {
     pub deliveries: u32,
     /// Its priority in this queue (0 in a queue without x-max-priority).
     pub priority: u8,
+    /// For the latency statistics, one message in [`stats::STAMP_EVERY`]: when it was
+    /// enqueued, then when it was delivered ([`stats::stamp_now`]); 0 for the others.
+    pub stamp: u64,
 }
 
 impl QueuedMessage {
@@ -149,6 +174,7 @@ impl QueuedMessage {
             expires_at: m.expires_at,
             deliveries: 0,
             priority,
+            stamp: 0,
         }
     }
 
@@ -246,6 +272,10 @@ impl Queue {
     pub fn message_count(&self) -> u32 {
         self.state.lock().ready_count()
     }
+    /// The queue's consumers, in the order they are served.
+    pub fn consumers(&self) -> Vec<Arc<Consumer>> {
+        self.state.lock().consumers.clone()
+    }
     pub fn consumer_count(&self) -> u32 {
         self.state.lock().consumers.len() as u32
     }
@@ -255,6 +285,57 @@ impl Queue {
     }
     pub fn unacked_count(&self) -> usize {
         self.state.lock().unacked
+    }
+
+    /// Samples the queue's counters for its rates and rolls its latency windows; called by
+    /// the statistics sampler every few seconds, never on the message path.
+    pub fn sample(&self, now_ms: u64) {
+        let mut st = self.state.lock();
+        let counts = st.counts;
+        st.meter.sample(now_ms, counts);
+        let (ready, unacked) = (st.ready_count() as u64, st.unacked as u64);
+        if let Some((at, r, u)) = st.last_depth {
+            let dt = now_ms.saturating_sub(at) as f64 / 1000.0;
+            if dt > 0.0 {
+                st.depth_rates = ((ready as f64 - r as f64) / dt, (unacked as f64 - u as f64) / dt);
+            }
+        }
+        st.last_depth = Some((now_ms, ready, unacked));
+        if let Some(l) = st.latency.as_mut() {
+            l.roll(now_ms);
+        }
+    }
+
+    /// Depths, counters, rates and latencies as of now, for the management API and metrics.
+    pub fn stats(&self) -> QueueStats {
+        let st = self.state.lock();
+        let args = &self.options.args;
+        let ready = st.ready_count() as u64;
+        let unacked = st.unacked as u64;
+        let rate_in = st.meter.rate("publish");
+        let rate_out = st.meter.rate("deliver_get");
+        QueueStats {
+            ready,
+            unacked,
+            consumers: st.consumers.len() as u32,
+            ready_bytes: st.bytes(),
+            ready_bytes_ram: st.ready_bytes,
+            ready_ram: st.ready.len() as u64,
+            counts: st.counts,
+            rates: st.meter.clone(),
+            time_in_queue: st.latency.as_ref().map(|l| l.time_in_queue()).unwrap_or_default(),
+            time_to_ack: st.latency.as_ref().map(|l| l.time_to_ack()).unwrap_or_default(),
+            forecast: stats::Forecast::new(
+                ready + unacked,
+                st.bytes(),
+                args.max_length,
+                args.max_length_bytes,
+                rate_in,
+                rate_out,
+            ),
+            idle_since_ms: st.last_used,
+            depth_rates: st.depth_rates,
+        }
     }
 
     /// The queue was declared again: it counts as used (x-expires).
@@ -311,6 +392,7 @@ impl Queue {
                     expires_at,
                     deliveries: 0,
                     priority,
+                    stamp: 0,
                 };
                 st.dead.push((m, Reason::MaxLen));
             }
@@ -319,6 +401,8 @@ impl Queue {
         }
         let seq = st.next_seq;
         st.next_seq += 1;
+        st.counts.publish += 1;
+        let stamp = if st.counts.publish % stats::STAMP_EVERY == 0 { stats::stamp_now() } else { 0 };
         let mut ticket = 0;
         let mut logged = false;
         let mut to_tail = false;
@@ -344,7 +428,8 @@ impl Queue {
         if to_tail {
             st.tail_bytes += size;
         } else {
-            let m = QueuedMessage { seq, message, redelivered: false, logged, expires_at, deliveries: 0, priority };
+            let m =
+                QueuedMessage { seq, message, redelivered: false, logged, expires_at, deliveries: 0, priority, stamp };
             if after_tail {
                 st.ready_bytes += size;
                 st.after_tail.push_back(m);
@@ -550,7 +635,7 @@ impl Queue {
         let args = &self.options.args;
         while !st.ready.is_empty() && !st.consumers.is_empty() {
             let Some(idx) = self.pick_consumer(st) else { return };
-            let Some(m) = st.pop_ready() else {
+            let Some(mut m) = st.pop_ready() else {
                 return;
             };
             if clock.expired(&m) {
@@ -563,6 +648,7 @@ impl Queue {
             let consumer = st.consumers[idx].clone();
             st.dispatched += 1;
             consumer.charge_unacked();
+            st.count_out(&mut m, consumer.no_ack, false);
             if !consumer.no_ack {
                 st.unacked += 1;
             }
@@ -585,10 +671,12 @@ impl Queue {
         let now = now_ms();
         st.last_used = now;
         st.expire(&self.name, now, args);
-        let Some(m) = st.pop_ready() else {
+        let Some(mut m) = st.pop_ready() else {
+            st.counts.get_empty += 1;
             self.unlock_and_dead_letter(st);
             return None;
         };
+        st.count_out(&mut m, no_ack, true);
         if no_ack {
             st.log_ack(&m);
         } else {
@@ -606,7 +694,12 @@ impl Queue {
     pub fn settle(&self, messages: &[QueuedMessage]) {
         let mut st = self.state.lock();
         st.unacked = st.unacked.saturating_sub(messages.len());
+        st.counts.ack += messages.len() as u64;
+        let now = if messages.iter().any(|m| m.stamp != 0) { stats::stamp_now() } else { 0 };
         for m in messages {
+            if m.stamp != 0 {
+                st.latency().to_ack[0].record(now.saturating_sub(m.stamp));
+            }
             st.log_ack(m);
         }
     }
@@ -642,6 +735,8 @@ impl Queue {
                 continue;
             }
             m.redelivered = true;
+            // Its stamp was the delivery: time in queue from here on would not be one.
+            m.stamp = 0;
             if counted {
                 m.deliveries += 1;
                 if args.delivery_limit.is_some_and(|limit| m.deliveries as u64 > limit) {
@@ -664,7 +759,7 @@ impl Queue {
             st.unacked = st.unacked.saturating_sub(1);
         }
         if !self.is_deleted() {
-            st.push_ready(m);
+            st.push_ready(QueuedMessage { stamp: 0, ..m });
         }
         self.dispatch_at(&mut st, Clock::Lazy);
         self.unlock_and_dead_letter(st);

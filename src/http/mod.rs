@@ -14,10 +14,12 @@
 mod definitions;
 mod health;
 mod json;
+mod list;
+mod metrics;
 mod write;
 
 use crate::broker::Broker;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -25,8 +27,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+/// A list endpoint's query parameters (sorting, columns, pagination; see `list`).
+type ListQuery = Query<HashMap<String, String>>;
 
 /// The connection id the API acts as: none (AMQP connections count from 1), so it may not
 /// touch exclusive queues.
@@ -39,6 +45,12 @@ pub struct NodeInfo {
     pub amqp_port: u16,
     pub http_port: u16,
     pub bind: String,
+    /// Memory use past which publishers are blocked, and free disk space below which they are.
+    pub memory_limit: u64,
+    pub disk_free_limit: u64,
+    pub data_dir: std::path::PathBuf,
+    /// When the broker started, in milliseconds since the epoch.
+    pub started_at_ms: u64,
 }
 
 #[derive(Clone)]
@@ -71,6 +83,24 @@ pub async fn serve(
 fn router(api: Api) -> Router {
     Router::new()
         .route("/api/overview", get(overview))
+        .route("/api/nodes", get(nodes))
+        .route("/api/nodes/{name}", get(node))
+        .route("/api/extensions", get(extensions))
+        .route("/api/users", get(users))
+        .route("/api/users/{name}", get(user))
+        .route("/api/permissions", get(permissions))
+        .route("/api/vhosts/{vhost}/permissions", get(vhost_permissions))
+        .route("/api/channels", get(channels))
+        .route("/api/channels/{name}", get(channel))
+        .route("/api/vhosts/{vhost}/channels", get(vhost_channels))
+        .route("/api/connections/{name}/channels", get(connection_channels))
+        .route("/api/consumers", get(consumers))
+        .route("/api/consumers/{vhost}", get(consumers_in))
+        .route("/api/queues/{vhost}/{name}/bindings", get(queue_bindings))
+        .route("/api/exchanges/{vhost}/{name}/bindings/source", get(exchange_bindings_source))
+        .route("/api/exchanges/{vhost}/{name}/bindings/destination", get(exchange_bindings_destination))
+        .route("/metrics", get(metrics::aggregated))
+        .route("/metrics/per-object", get(metrics::per_object))
         .route("/api/whoami", get(whoami))
         .route("/api/vhosts", get(vhosts))
         .route("/api/vhosts/{vhost}", get(vhost))
@@ -122,6 +152,10 @@ async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
+    // As RabbitMQ's Prometheus endpoint, metrics are served without a login.
+    if request.uri().path().starts_with("/metrics") {
+        return next.run(request).await;
+    }
     let credentials = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -152,8 +186,8 @@ async fn overview(State(api): State<Api>) -> Json<Value> {
     Json(json::overview(&api.broker, &api.node))
 }
 
-async fn vhosts(State(api): State<Api>) -> Json<Value> {
-    Json(Value::Array(api.broker.vhosts().iter().map(|v| json::vhost(v)).collect()))
+async fn vhosts(State(api): State<Api>, Query(q): ListQuery) -> Response {
+    list::respond(api.broker.vhosts().iter().map(|v| json::vhost(v)).collect(), &q)
 }
 
 async fn vhost(State(api): State<Api>, Path(name): Path<String>) -> Response {
@@ -163,17 +197,16 @@ async fn vhost(State(api): State<Api>, Path(name): Path<String>) -> Response {
     }
 }
 
-async fn connections(State(api): State<Api>) -> Json<Value> {
-    Json(Value::Array(api.broker.connection_list().iter().map(|c| json::connection(c, &api.node.node)).collect()))
+async fn connections(State(api): State<Api>, Query(q): ListQuery) -> Response {
+    list::respond(api.broker.connection_list().iter().map(|c| json::connection(c, &api.node.node)).collect(), &q)
 }
 
-async fn vhost_connections(State(api): State<Api>, Path(vhost): Path<String>) -> Response {
+async fn vhost_connections(State(api): State<Api>, Path(vhost): Path<String>, Query(q): ListQuery) -> Response {
     if api.broker.vhost(&vhost).is_none() {
         return not_found();
     }
     let list = api.broker.connection_list();
-    Json(Value::Array(list.iter().filter(|c| c.vhost == vhost).map(|c| json::connection(c, &api.node.node)).collect()))
-        .into_response()
+    list::respond(list.iter().filter(|c| c.vhost == vhost).map(|c| json::connection(c, &api.node.node)).collect(), &q)
 }
 
 async fn connection(State(api): State<Api>, Path(name): Path<String>) -> Response {
@@ -197,21 +230,21 @@ async fn close_connection(State(api): State<Api>, Path(name): Path<String>, requ
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn queues(State(api): State<Api>) -> Json<Value> {
+async fn queues(State(api): State<Api>, Query(q): ListQuery) -> Response {
     let node = &api.node.node;
-    Json(Value::Array(
-        api.broker
-            .vhosts()
-            .iter()
-            .flat_map(|v| v.queues().into_iter().map(move |q| json::queue(&v.name, &q, node)))
-            .collect(),
-    ))
+    let all = api
+        .broker
+        .vhosts()
+        .iter()
+        .flat_map(|v| v.queues().into_iter().map(move |q| json::queue(&v.name, &q, node)))
+        .collect();
+    list::respond(all, &q)
 }
 
-async fn queues_in(State(api): State<Api>, Path(vhost): Path<String>) -> Response {
+async fn queues_in(State(api): State<Api>, Path(vhost): Path<String>, Query(q): ListQuery) -> Response {
     let Some(v) = api.broker.vhost(&vhost) else { return not_found() };
     let node = &api.node.node;
-    Json(Value::Array(v.queues().iter().map(|q| json::queue(&v.name, q, node)).collect())).into_response()
+    list::respond(v.queues().iter().map(|q| json::queue(&v.name, q, node)).collect(), &q)
 }
 
 async fn queue(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>) -> Response {
@@ -222,19 +255,19 @@ async fn queue(State(api): State<Api>, Path((vhost, name)): Path<(String, String
     }
 }
 
-async fn exchanges(State(api): State<Api>) -> Json<Value> {
-    Json(Value::Array(
-        api.broker
-            .vhosts()
-            .iter()
-            .flat_map(|v| v.exchanges().into_iter().map(move |e| json::exchange(&v.name, &e)))
-            .collect(),
-    ))
+async fn exchanges(State(api): State<Api>, Query(q): ListQuery) -> Response {
+    let all = api
+        .broker
+        .vhosts()
+        .iter()
+        .flat_map(|v| v.exchanges().into_iter().map(move |e| json::exchange(&v.name, &e)))
+        .collect();
+    list::respond(all, &q)
 }
 
-async fn exchanges_in(State(api): State<Api>, Path(vhost): Path<String>) -> Response {
+async fn exchanges_in(State(api): State<Api>, Path(vhost): Path<String>, Query(q): ListQuery) -> Response {
     let Some(v) = api.broker.vhost(&vhost) else { return not_found() };
-    Json(Value::Array(v.exchanges().iter().map(|e| json::exchange(&v.name, e)).collect())).into_response()
+    list::respond(v.exchanges().iter().map(|e| json::exchange(&v.name, e)).collect(), &q)
 }
 
 async fn exchange(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>) -> Response {
@@ -247,11 +280,192 @@ async fn exchange(State(api): State<Api>, Path((vhost, name)): Path<(String, Str
     }
 }
 
-async fn bindings(State(api): State<Api>) -> Json<Value> {
-    Json(Value::Array(api.broker.vhosts().iter().flat_map(|v| json::bindings(v)).collect()))
+async fn bindings(State(api): State<Api>, Query(q): ListQuery) -> Response {
+    list::respond(api.broker.vhosts().iter().flat_map(|v| json::bindings(v)).collect(), &q)
 }
 
-async fn bindings_in(State(api): State<Api>, Path(vhost): Path<String>) -> Response {
+async fn bindings_in(State(api): State<Api>, Path(vhost): Path<String>, Query(q): ListQuery) -> Response {
     let Some(v) = api.broker.vhost(&vhost) else { return not_found() };
-    Json(Value::Array(json::bindings(&v))).into_response()
+    list::respond(json::bindings(&v), &q)
+}
+
+/// The bindings of a vhost that match `keep`, or 404 when `exists` finds no such object.
+fn bindings_where(
+    api: &Api,
+    vhost: &str,
+    exists: impl Fn(&crate::broker::vhost::VHost) -> bool,
+    keep: impl Fn(&Value) -> bool,
+    q: &HashMap<String, String>,
+) -> Response {
+    let Some(v) = api.broker.vhost(vhost) else { return not_found() };
+    if !exists(&v) {
+        return not_found();
+    }
+    list::respond(json::bindings(&v).into_iter().filter(|b| keep(b)).collect(), q)
+}
+
+async fn queue_bindings(
+    State(api): State<Api>,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(q): ListQuery,
+) -> Response {
+    bindings_where(
+        &api,
+        &vhost,
+        |v| v.queues().iter().any(|x| x.name.as_str() == name),
+        |b| b["destination_type"] == "queue" && b["destination"] == name.as_str(),
+        &q,
+    )
+}
+
+/// The default exchange is `amq.default` in paths.
+fn exchange_name(name: String) -> String {
+    if name == "amq.default" {
+        String::new()
+    } else {
+        name
+    }
+}
+
+async fn exchange_bindings_source(
+    State(api): State<Api>,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(q): ListQuery,
+) -> Response {
+    let name = exchange_name(name);
+    bindings_where(
+        &api,
+        &vhost,
+        |v| v.exchanges().iter().any(|e| e.name.as_str() == name),
+        |b| b["source"] == name.as_str(),
+        &q,
+    )
+}
+
+async fn exchange_bindings_destination(
+    State(api): State<Api>,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(q): ListQuery,
+) -> Response {
+    let name = exchange_name(name);
+    bindings_where(
+        &api,
+        &vhost,
+        |v| v.exchanges().iter().any(|e| e.name.as_str() == name),
+        |b| b["destination_type"] == "exchange" && b["destination"] == name.as_str(),
+        &q,
+    )
+}
+
+/// Every open channel, with its connection.
+fn all_channels(api: &Api) -> Vec<(Arc<crate::broker::connections::ConnectionEntry>, Value)> {
+    let node = &api.node.node;
+    api.broker
+        .connection_list()
+        .into_iter()
+        .flat_map(|c| {
+            let list: Vec<Value> = c.channels().iter().map(|ch| json::channel(&c, ch, node)).collect();
+            list.into_iter().map(move |v| (c.clone(), v))
+        })
+        .collect()
+}
+
+async fn channels(State(api): State<Api>, Query(q): ListQuery) -> Response {
+    list::respond(all_channels(&api).into_iter().map(|(_, v)| v).collect(), &q)
+}
+
+async fn vhost_channels(State(api): State<Api>, Path(vhost): Path<String>, Query(q): ListQuery) -> Response {
+    if api.broker.vhost(&vhost).is_none() {
+        return not_found();
+    }
+    list::respond(all_channels(&api).into_iter().filter(|(c, _)| c.vhost == vhost).map(|(_, v)| v).collect(), &q)
+}
+
+async fn connection_channels(State(api): State<Api>, Path(name): Path<String>, Query(q): ListQuery) -> Response {
+    let Some(c) = api.broker.connection_list().into_iter().find(|c| c.name == name) else { return not_found() };
+    list::respond(c.channels().iter().map(|ch| json::channel(&c, ch, &api.node.node)).collect(), &q)
+}
+
+async fn channel(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    match all_channels(&api).into_iter().find(|(_, v)| v["name"] == name.as_str()) {
+        Some((_, v)) => Json(v).into_response(),
+        None => not_found(),
+    }
+}
+
+/// The consumers of every queue in the given vhosts.
+fn consumer_list(api: &Api, vhosts: &[Arc<crate::broker::vhost::VHost>]) -> Vec<Value> {
+    let conns: HashMap<u64, _> = api.broker.connection_list().into_iter().map(|c| (c.id, c)).collect();
+    let mut out = Vec::new();
+    for v in vhosts {
+        for q in v.queues() {
+            for c in q.consumers() {
+                out.push(json::consumer(&v.name, &q, &c, conns.get(&c.connection_id()).map(|c| &**c), &api.node.node));
+            }
+        }
+    }
+    out
+}
+
+async fn consumers(State(api): State<Api>, Query(q): ListQuery) -> Response {
+    list::respond(consumer_list(&api, &api.broker.vhosts()), &q)
+}
+
+async fn consumers_in(State(api): State<Api>, Path(vhost): Path<String>, Query(q): ListQuery) -> Response {
+    let Some(v) = api.broker.vhost(&vhost) else { return not_found() };
+    list::respond(consumer_list(&api, &[v]), &q)
+}
+
+async fn nodes(State(api): State<Api>) -> Json<Value> {
+    Json(json!([json::node(&api.broker, &api.node)]))
+}
+
+async fn node(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    if name != api.node.node {
+        return not_found();
+    }
+    Json(json::node(&api.broker, &api.node)).into_response()
+}
+
+/// No management extensions (RabbitMQ lists its plugins' UI extensions here).
+async fn extensions() -> Json<Value> {
+    Json(json!([]))
+}
+
+async fn users(State(api): State<Api>, Query(q): ListQuery) -> Response {
+    list::respond(api.broker.user_names().iter().map(|u| json::user(u)).collect(), &q)
+}
+
+async fn user(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    if !api.broker.user_names().contains(&name) {
+        return not_found();
+    }
+    Json(json::user(&name)).into_response()
+}
+
+/// Every user may configure, write and read everything in every vhost: users and their
+/// permissions are not yet managed, so this is what the broker enforces.
+fn permission_list(api: &Api, vhost: Option<&str>) -> Vec<Value> {
+    let users = api.broker.user_names();
+    api.broker
+        .vhosts()
+        .iter()
+        .filter(|v| vhost.is_none_or(|name| v.name == name))
+        .flat_map(|v| {
+            users
+                .iter()
+                .map(move |u| json!({ "user": u, "vhost": v.name, "configure": ".*", "write": ".*", "read": ".*" }))
+        })
+        .collect()
+}
+
+async fn permissions(State(api): State<Api>, Query(q): ListQuery) -> Response {
+    list::respond(permission_list(&api, None), &q)
+}
+
+async fn vhost_permissions(State(api): State<Api>, Path(vhost): Path<String>, Query(q): ListQuery) -> Response {
+    if api.broker.vhost(&vhost).is_none() {
+        return not_found();
+    }
+    list::respond(permission_list(&api, Some(&vhost)), &q)
 }

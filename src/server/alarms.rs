@@ -24,6 +24,15 @@ pub fn resident_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
+/// File descriptors this process has open, and the most it may (the soft limit).
+pub fn file_descriptors() -> (u64, u64) {
+    let used = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a properly sized out-parameter.
+    let total = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { lim.rlim_cur as u64 } else { 0 };
+    (used, total)
+}
+
 /// Total memory of the machine, in bytes.
 pub fn total_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;

@@ -7,6 +7,7 @@ mod publish;
 use publish::PendingPublish;
 
 use super::connection::ConnCtx;
+use crate::broker::connections::{bump, ChannelCard};
 use crate::broker::consumer::{ChannelFlow, Consumer, Delivery};
 use crate::broker::exchange::{Binding, Destination};
 use crate::broker::message::Message;
@@ -65,6 +66,8 @@ pub struct Channel {
     last_queue: Option<ShortStr>,
     reply_key: Option<String>,
     route_buf: Vec<Arc<Queue>>,
+    /// Settings and counters the management API reads.
+    pub card: Arc<ChannelCard>,
 }
 
 fn random_suffix(len: usize) -> String {
@@ -93,6 +96,7 @@ impl Channel {
             last_queue: None,
             reply_key: None,
             route_buf: Vec::new(),
+            card: ChannelCard::new(id),
         }
     }
 
@@ -199,9 +203,11 @@ impl Channel {
                 }
                 if m.global {
                     self.flow.global_prefetch.store(m.prefetch_count as u32, Ordering::Release);
+                    self.card.global_prefetch_count.store(m.prefetch_count as u32, Ordering::Relaxed);
                     self.wake_consumer_queues();
                 } else {
                     self.prefetch = m.prefetch_count as u32;
+                    self.card.prefetch_count.store(m.prefetch_count as u32, Ordering::Relaxed);
                 }
                 ctx.out.method(self.id, BasicQosOk {});
                 Ok(())
@@ -251,6 +257,7 @@ impl Channel {
                     return Err(AmqpError::precondition_failed("cannot switch from tx to confirm mode"));
                 }
                 self.confirm = true;
+                self.card.confirm_mode.store(true, Ordering::Relaxed);
                 if !m.nowait {
                     ctx.out.method(self.id, ConfirmSelectOk {});
                 }
@@ -261,6 +268,7 @@ impl Channel {
                     return Err(AmqpError::precondition_failed("cannot switch from confirm to tx mode"));
                 }
                 self.tx.get_or_insert_with(TxBuffer::default);
+                self.card.transactional.store(true, Ordering::Relaxed);
                 ctx.out.method(self.id, TxSelectOk {});
                 Ok(())
             }
@@ -395,6 +403,7 @@ impl Channel {
                 ctx.out.method(self.id, BasicConsumeOk { consumer_tag: tag.clone() });
             }
             self.consumers.insert(tag, ConsumerEntry { consumer, queue: None });
+            self.card.consumers.store(self.consumers.len() as u32, Ordering::Relaxed);
             return Ok(());
         }
         let queue_name = self.queue_name(m.queue)?;
@@ -405,6 +414,7 @@ impl Channel {
             ctx.out.method(self.id, BasicConsumeOk { consumer_tag: tag.clone() });
         }
         self.consumers.insert(tag, ConsumerEntry { consumer, queue: Some(queue) });
+        self.card.consumers.store(self.consumers.len() as u32, Ordering::Relaxed);
         Ok(())
     }
 
@@ -412,6 +422,7 @@ impl Channel {
         let Some(entry) = self.consumers.remove(tag.as_str()) else {
             return;
         };
+        self.card.consumers.store(self.consumers.len() as u32, Ordering::Relaxed);
         match entry.queue {
             Some(q) => {
                 if q.remove_consumer(ctx.id, self.id, tag) {
@@ -439,8 +450,15 @@ impl Channel {
         let queue_name = self.queue_name(m.queue)?;
         let queue = ctx.vhost()?.queue(&queue_name, ctx.id)?;
         match queue.get(m.no_ack) {
-            None => ctx.out.method(self.id, BasicGetEmpty { cluster_id: ShortStr::default() }),
+            None => {
+                bump(&self.card.get_empty, 1);
+                ctx.out.method(self.id, BasicGetEmpty { cluster_id: ShortStr::default() })
+            }
             Some((qm, message_count)) => {
+                bump(if m.no_ack { &self.card.get_no_ack } else { &self.card.get }, 1);
+                if qm.redelivered {
+                    bump(&self.card.redeliver, 1);
+                }
                 let tag = self.next_tag;
                 self.next_tag += 1;
                 let msg = &qm.message;
@@ -457,6 +475,7 @@ impl Channel {
                 ctx.out.content(self.id, &msg.properties, &msg.body);
                 if !m.no_ack {
                     self.unacked.push_back(Unacked { tag, queue: Some(queue), consumer: None, message: qm });
+                    self.card.unacked.store(self.unacked.len() as u32, Ordering::Relaxed);
                 }
             }
         }
@@ -485,6 +504,10 @@ impl Channel {
         );
         ctx.out.content(self.id, &msg.properties, &msg.body);
         ctx.out.charge += d.charge;
+        bump(if d.no_ack { &self.card.deliver_no_ack } else { &self.card.deliver }, 1);
+        if item.redelivered {
+            bump(&self.card.redeliver, 1);
+        }
         if d.no_ack && item.logged {
             if let Some(q) = &d.queue {
                 q.settle_delivered(&item);
@@ -497,6 +520,7 @@ impl Channel {
                 consumer: Some(entry.consumer.clone()),
                 message: item,
             });
+            self.card.unacked.store(self.unacked.len() as u32, Ordering::Relaxed);
         }
     }
 
@@ -543,6 +567,10 @@ impl Channel {
 
     /// Settles deliveries with their queues and returns the consumers' credit.
     fn release(&mut self, taken: Vec<Unacked>, how: Settle) {
+        if matches!(how, Settle::Ack) {
+            bump(&self.card.ack, taken.len() as u64);
+        }
+        self.card.unacked.store(self.unacked.len() as u32, Ordering::Relaxed);
         let mut by_queue: Vec<(Arc<Queue>, Vec<QueuedMessage>)> = Vec::new();
         for u in taken {
             if let Some(c) = &u.consumer {

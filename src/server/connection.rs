@@ -222,6 +222,9 @@ pub async fn serve(
                             read_size = (read_size * 2).min(READ_MAX);
                         }
                         last_recv = Instant::now();
+                        if let Some(e) = &conn.entry {
+                            crate::broker::connections::bump(&e.recv_oct, n as u64);
+                        }
                         conn.process(&mut rbuf);
                     }
                 }
@@ -286,6 +289,9 @@ impl Connection {
     fn flush(&mut self, writer: &WriterHandle) {
         if !self.ctx.out.is_empty() {
             let bytes = self.ctx.out.take();
+            if let Some(e) = &self.entry {
+                crate::broker::connections::bump(&e.send_oct, bytes.len() as u64);
+            }
             writer.send(bytes, std::mem::take(&mut self.ctx.out.charge));
         }
     }
@@ -599,7 +605,7 @@ impl Connection {
     /// Keeps the channel count on the connection's card.
     fn count_channels(&self) {
         if let Some(e) = &self.entry {
-            e.channels.store(self.channels.len() as u32, std::sync::atomic::Ordering::Relaxed);
+            e.set_channels(self.channels.values().map(|c| c.card.clone()).collect());
         }
     }
 

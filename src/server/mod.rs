@@ -75,6 +75,7 @@ impl Server {
             .then(|| alarms::DiskLimit { path: self.config.data_dir.clone(), free_limit: self.config.disk_free_limit });
         let alarm = alarms::spawn_monitor(self.broker.clone(), self.config.memory_limit, disk);
         let timers = tokio::spawn(run_timers(self.broker.clone()));
+        let sampler = tokio::spawn(run_sampler(self.broker.clone(), self.config.stats_interval_ms));
         let mut refused_logged: Option<std::time::Instant> = None;
         tokio::pin!(shutdown);
         loop {
@@ -121,6 +122,20 @@ impl Server {
         drop(self.listener);
         let _ = tokio::time::timeout(Duration::from_secs(5), alive_rx.recv()).await;
         timers.abort();
+        sampler.abort();
+    }
+}
+
+/// Samples message statistics for their rates every `interval_ms` (5 s by default, as
+/// RabbitMQ). The sampling visits every queue, so it runs on a blocking thread, away from the
+/// connections' workers.
+async fn run_sampler(broker: Arc<Broker>, interval_ms: u64) {
+    let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let b = broker.clone();
+        let _ = tokio::task::spawn_blocking(move || b.sample_stats(crate::broker::queue::now_ms())).await;
     }
 }
 

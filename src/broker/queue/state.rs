@@ -37,9 +37,41 @@ pub(super) struct QueueState {
     pub(super) flow_probe: Option<(u64, Instant)>,
     /// The broker's memory pressure, for a queue that pages to disk under it.
     pub(super) pressure: Option<Arc<AtomicBool>>,
+    /// Message counters, their rates as last sampled, and the latency distributions (made
+    /// when the first stamped message leaves).
+    pub(super) counts: MessageCounts,
+    pub(super) meter: stats::RateMeter,
+    pub(super) latency: Option<Box<stats::QueueLatency>>,
+    /// Depths (ready, unacked) at the last sample, when, and their rates of change per second.
+    pub(super) last_depth: Option<(u64, u64, u64)>,
+    pub(super) depth_rates: (f64, f64),
 }
 
 impl QueueState {
+    pub(super) fn latency(&mut self) -> &mut stats::QueueLatency {
+        self.latency.get_or_insert_with(Default::default)
+    }
+
+    /// Counts a message leaving to a consumer (`get` false) or a basic.get, and records its
+    /// time in queue if it is stamped; it is then stamped with the delivery, for its time to
+    /// ack (or unstamped, when no ack will come).
+    pub(super) fn count_out(&mut self, m: &mut QueuedMessage, no_ack: bool, get: bool) {
+        match (get, no_ack) {
+            (false, false) => self.counts.deliver += 1,
+            (false, true) => self.counts.deliver_no_ack += 1,
+            (true, false) => self.counts.get += 1,
+            (true, true) => self.counts.get_no_ack += 1,
+        }
+        if m.redelivered {
+            self.counts.redeliver += 1;
+        }
+        if m.stamp != 0 {
+            let now = stats::stamp_now();
+            self.latency().in_queue[0].record(now.saturating_sub(m.stamp));
+            m.stamp = if no_ack { 0 } else { now };
+        }
+    }
+
     pub(super) fn tail_len(&self) -> u64 {
         self.log.as_ref().map_or(0, |l| l.tail_len())
     }

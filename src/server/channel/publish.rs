@@ -165,6 +165,7 @@ impl Channel {
             tx.publishes.push((p.method, message));
             return Ok(());
         }
+        crate::broker::connections::bump(&self.card.publish, 1);
         let outcome = self.route_and_enqueue(ctx, &p.method, message)?;
         if self.confirm {
             self.publish_seq += 1;
@@ -221,6 +222,7 @@ impl Channel {
                             expires_at: 0,
                             deliveries: 0,
                             priority: 0,
+                            stamp: 0,
                         },
                         no_ack: true,
                         charge,
@@ -259,6 +261,10 @@ impl Channel {
             result?;
             routed
         };
+        if !routed {
+            let c = if method.mandatory { &self.card.return_unroutable } else { &self.card.drop_unroutable };
+            crate::broker::connections::bump(c, 1);
+        }
         if !routed && method.mandatory {
             ctx.out.method(
                 self.id,
@@ -295,6 +301,7 @@ impl Channel {
             }
             self.confirms.pop_front();
             if ack {
+                crate::broker::connections::bump(&self.card.confirm, 1);
                 run = Some(run.map_or((seq, seq), |(first, _)| (first, seq)));
                 continue;
             }
