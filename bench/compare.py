@@ -63,6 +63,7 @@ def port_free(port):
 class Hare:
     name = "Hare"
     port = 5701
+    http_port = 15701
 
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="hare-bench-")
@@ -76,7 +77,7 @@ class Hare:
         started = time.monotonic()
         limit = ["--memory-limit", f"{memory_limit_mib}MiB"] if memory_limit_mib else []
         self.proc = subprocess.Popen(
-            [HARE, "--port", str(self.port), "--management-port", "0", "--data-dir", os.path.join(self.dir, "data"), "--log", "warn", *limit],
+            [HARE, "--port", str(self.port), "--management-port", str(self.http_port), "--data-dir", os.path.join(self.dir, "data"), "--log", "warn", *limit],
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
@@ -370,7 +371,65 @@ def main():
             h, q = flood["Hare"][i], flood["RabbitMQ"][i]
             rows.append((title, what, fmt.format(h), fmt.format(q), f"{h / q:.2f}"))
 
+    # 12. The cost of statistics: rows 1 and 3 with the management API polled once a second
+    # (overview, queues, channels, connections and Prometheus metrics, as a dashboard and a
+    # scraper would) against the same runs with nobody asking. Hare only, alternating.
+    if want(12):
+        hare = brokers[0]
+        for title, args in [THROUGHPUT[0], THROUGHPUT[2]]:
+            got = {False: [], True: []}
+            for r in range(OVERHEAD_ROUNDS):
+                for polled in (False, True):
+                    hare.start()
+                    poller = ApiPoller(hare.http_port) if polled else None
+                    try:
+                        s = perf(hare, "--duration", DURATION, "--prefix", f"ovh{r}", *args)
+                    finally:
+                        if poller:
+                            poller.stop()
+                        hare.stop()
+                    got[polled].append(s["consumed_per_sec"])
+                    log(f"12. {title} | polled={polled} round {r + 1}: {s['consumed_per_sec']:.0f}/s" + (f", {poller.polls} polls" if poller else ""))
+            idle, polled = mean(got[False]), mean(got[True])
+            name = "12. " + title.split(". ", 1)[1]
+            rows.append((name, "consumed msg/s, API not polled", f"{idle:,.0f}", "", ""))
+            rows.append((name, "consumed msg/s, API polled once a second (polled / not)", f"{polled:,.0f}", "", f"{polled / idle:.3f}"))
+
     write(rows)
+
+
+OVERHEAD_ROUNDS = int(os.environ.get("OVERHEAD_ROUNDS", "4"))
+POLLED_PATHS = ["/api/overview", "/api/queues", "/api/channels", "/api/connections", "/metrics"]
+
+
+class ApiPoller:
+    """Asks the management API for what a dashboard shows, once a second, until stopped."""
+
+    def __init__(self, port):
+        import threading
+
+        self.port, self.polls, self.done = port, 0, threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        import base64
+        import urllib.request
+
+        auth = "Basic " + base64.b64encode(b"guest:guest").decode()
+        while not self.done.wait(1.0):
+            for path in POLLED_PATHS:
+                req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers={"Authorization": auth})
+                try:
+                    with urllib.request.urlopen(req, timeout=5) as r:
+                        r.read()
+                    self.polls += 1
+                except OSError:
+                    pass
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
 
 
 STALLED_CLIENT = """
