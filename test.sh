@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: formatting, unit and integration tests (Rust), the Python suite (pika, aio-pika,
-# kombu/Celery) and the differential conformance run against RabbitMQ.
+# kombu/Celery, rabbitmqadmin, pyrabbit2, the web page in headless Chromium) and the
+# differential conformance run against RabbitMQ.
 # Installs what it needs itself: a Python venv with the packages in tests/python/requirements.txt.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -28,6 +29,16 @@ if [ ! -x .venv/bin/python ]; then
   fi
 fi
 .venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+
+echo "== chromium (the web page's tests drive it headless)"
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "chromium missing: install Debian's chromium package" >&2
+    exit 1
+  fi
+fi
 
 echo "== differential conformance against RabbitMQ (scripted scenarios and 200 random seeds)"
 # Installs RabbitMQ from Debian's packages when missing (the first run takes a minute or two).

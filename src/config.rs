@@ -50,6 +50,8 @@ pub struct Args {
 pub enum Command {
     /// Load any AMQP 0-9-1 broker and measure throughput and latency.
     Perf(crate::perf::PerfArgs),
+    /// Manage a running broker through its management HTTP API (list, declare, publish, ...).
+    Ctl(crate::ctl::CtlArgs),
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

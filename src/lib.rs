@@ -1,10 +1,12 @@
 //! Hare: an AMQP 0-9-1 message broker.
 //!
 //! Layers, from the wire inwards: [`protocol`] (codec), [`server`] (connections and channels),
-//! [`broker`] (vhosts, exchanges, queues, routing; no I/O).
+//! [`broker`] (vhosts, exchanges, queues, routing; no I/O), [`storage`] (the data directory);
+//! beside them [`http`] (the management API and metrics) and the commands [`perf`] and [`ctl`].
 
 pub mod broker;
 pub mod config;
+pub mod ctl;
 pub mod http;
 pub mod perf;
 pub mod protocol;

@@ -10,8 +10,10 @@ use std::sync::Arc;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::Perf(perf)) = args.command {
-        return run_perf(perf);
+    match args.command {
+        Some(Command::Perf(perf)) => return run_perf(perf),
+        Some(Command::Ctl(ctl)) => return hare::ctl::run(ctl),
+        None => {}
     }
     let config = match Config::load(&args) {
         Ok(c) => c,

@@ -142,6 +142,11 @@ impl Broker {
         self.storage.as_ref().is_some_and(|s| s.backlogged(waiter))
     }
 
+    /// What the group commit has done so far (empty without storage).
+    pub fn sync_stats(&self) -> store::SyncStats {
+        self.storage.as_ref().map(|s| s.sync_stats()).unwrap_or_default()
+    }
+
     /// Whether the broker keeps data on disk (it does unless run without a data directory).
     pub fn has_storage(&self) -> bool {
         self.storage.is_some()

@@ -88,6 +88,22 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn failure(&self) -> Option<String>;
     /// Whether appends outrun the disk; if so, `waiter` is notified once they no longer do.
     fn backlogged(&self, waiter: &std::sync::Arc<tokio::sync::Notify>) -> bool;
+    /// What the group commit has done so far, for metrics.
+    fn sync_stats(&self) -> SyncStats {
+        SyncStats::default()
+    }
+}
+
+/// The group commit's record: rounds, bytes written, how long each round's fsyncs took and
+/// how many appends each round made durable at once.
+#[derive(Debug, Clone, Default)]
+pub struct SyncStats {
+    pub rounds: u64,
+    pub bytes_written: u64,
+    /// Microseconds per round's fsyncs.
+    pub fsync_us: super::stats::LogHistogram,
+    /// Appends (messages, acks, definition changes) made durable per round.
+    pub batch: super::stats::LogHistogram,
 }
 
 /// Durable topology of one vhost, as saved on disk. Argument tables are kept in AMQP's own

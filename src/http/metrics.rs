@@ -269,6 +269,25 @@ fn snapshot(api: &Api, per_object: bool) -> Snapshot {
         "is 1 if free disk space watermark alarm is in effect",
         f64::from(u8::from(alarm.contains("disk"))),
     );
+    let sync = b.sync_stats();
+    s.counter("hare_sync_rounds", "Group-commit rounds that wrote and fdatasynced the logs", sync.rounds);
+    s.counter("hare_disk_written_bytes", "Bytes the group commit wrote to the logs", sync.bytes_written);
+    let hist = |h: &crate::broker::stats::LogHistogram, scale: f64| -> Vec<(Labels, f64)> {
+        [("0.5", 0.5), ("0.9", 0.9), ("0.99", 0.99), ("1", 1.0)]
+            .into_iter()
+            .map(|(label, q)| (vec![("quantile".to_string(), label.to_string())], h.quantile(q) as f64 * scale))
+            .collect()
+    };
+    s.gauge(
+        "hare_fsync_seconds",
+        "Time of one group-commit round's fdatasyncs, since start",
+        hist(&sync.fsync_us, 1e-6),
+    );
+    s.gauge(
+        "hare_group_commit_batch",
+        "Appends made durable by one group-commit round, since start",
+        hist(&sync.batch, 1.0),
+    );
     s.gauge("hare_queue_time_in_queue_seconds", "Time from publish to delivery over the last one to two minutes (sampled messages); without labels, the queue with the highest p99", in_queue);
     s.gauge("hare_queue_time_to_ack_seconds", "Time from delivery to acknowledgement over the last one to two minutes (sampled messages); without labels, the queue with the highest p99", to_ack);
     s

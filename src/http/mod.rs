@@ -1,21 +1,26 @@
 //! The management HTTP API, on RabbitMQ's paths and with its JSON field names, so that tools
 //! written for RabbitMQ's management plugin (rabbitmqadmin, monitoring scripts) read Hare.
 //!
-//! Served so far: GET `/api/overview`, `/api/whoami`, `/api/vhosts[/{vhost}]`,
+//! Served: GET `/api/overview`, `/api/nodes[/{name}]`, `/api/whoami`, `/api/vhosts[/{vhost}]`,
 //! `/api/queues[/{vhost}[/{name}]]`, `/api/exchanges[/{vhost}[/{name}]]`,
-//! `/api/bindings[/{vhost}]`, `/api/connections[/{name}]` (DELETE closes one); PUT and DELETE
-//! of queues and exchanges, DELETE of a queue's contents (purge), POST and DELETE of bindings,
-//! POST publish to an exchange and get from a queue (see `write`); GET and POST `/api/definitions` (see `definitions`); the health
-//! checks for alarms and vhosts and the aliveness test (see `health`). Every request
-//! needs HTTP basic auth with a broker user (guest from loopback only, as over AMQP); a
-//! missing or wrong one gets RabbitMQ's 401. Vhost names in paths are URL-encoded (`%2F` for
-//! `/`). Users have no tags yet: every user who may log in may do everything.
+//! `/api/bindings[/{vhost}]` and the bindings of one queue or exchange, `/api/connections`,
+//! `/api/channels`, `/api/consumers` (whole broker, by vhost, by connection), `/api/users`,
+//! `/api/permissions`; every list takes RabbitMQ's sorting, columns and pagination parameters
+//! (see `list`). Writes (see `write`): PUT and DELETE of queues and exchanges, purge, POST
+//! and DELETE of bindings, publish and get, DELETE of a connection; `/api/definitions`
+//! export and import (see `definitions`); health checks and the aliveness test (see
+//! `health`); Prometheus metrics (see `metrics`) and the web page (see `page`).
+//! Every API request needs HTTP basic auth with a broker user (guest from loopback only, as
+//! over AMQP); a missing or wrong one gets RabbitMQ's 401. Vhost names in paths are
+//! URL-encoded (`%2F` for `/`). Users have no tags yet: every user who may log in may do
+//! everything.
 
 mod definitions;
 mod health;
 mod json;
 mod list;
 mod metrics;
+mod page;
 mod write;
 
 use crate::broker::Broker;
@@ -82,6 +87,9 @@ pub async fn serve(
 
 fn router(api: Api) -> Router {
     Router::new()
+        .route("/", get(page::index))
+        .route("/static/hare.js", get(page::script))
+        .route("/static/hare.css", get(page::style))
         .route("/api/overview", get(overview))
         .route("/api/nodes", get(nodes))
         .route("/api/nodes/{name}", get(node))
@@ -152,8 +160,9 @@ async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    // As RabbitMQ's Prometheus endpoint, metrics are served without a login.
-    if request.uri().path().starts_with("/metrics") {
+    // As RabbitMQ's Prometheus endpoint, metrics are served without a login; so are the web
+    // page's files (the page itself logs in to the API).
+    if request.uri().path().starts_with("/metrics") || page::is_public(request.uri().path()) {
         return next.run(request).await;
     }
     let credentials = request
@@ -168,8 +177,14 @@ async fn authenticate(
         .filter(|(user, password)| api.broker.authenticate(user, password, peer.ip().is_loopback(), "PLAIN").is_ok());
     let Some((user, _)) = allowed else {
         let mut r = error(StatusCode::UNAUTHORIZED, "not_authorized", "Not_Authorized");
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, "Basic realm=\"RabbitMQ Management\"".parse().expect("a valid header"));
+        // A script in a page (ours sends X-Requested-With) handles the 401 itself; the
+        // challenge would make the browser ask for a password in a dialog of its own.
+        if !request.headers().contains_key("x-requested-with") {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                "Basic realm=\"RabbitMQ Management\"".parse().expect("a valid header"),
+            );
+        }
         return r;
     };
     request.extensions_mut().insert(User(user));
@@ -272,8 +287,7 @@ async fn exchanges_in(State(api): State<Api>, Path(vhost): Path<String>, Query(q
 
 async fn exchange(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>) -> Response {
     let Some(v) = api.broker.vhost(&vhost) else { return not_found() };
-    // The default exchange is `amq.default` in paths.
-    let name = if name == "amq.default" { String::new() } else { name };
+    let name = exchange_name(name);
     match v.exchanges().iter().find(|e| e.name.as_str() == name) {
         Some(e) => Json(json::exchange(&v.name, e)).into_response(),
         None => not_found(),
@@ -327,19 +341,25 @@ fn exchange_name(name: String) -> String {
     }
 }
 
+/// The bindings with the exchange as their source (`true`) or their destination.
+fn exchange_bindings(api: &Api, vhost: &str, name: String, source: bool, q: &HashMap<String, String>) -> Response {
+    let name = exchange_name(name);
+    let keep = |b: &Value| {
+        if source {
+            b["source"] == name.as_str()
+        } else {
+            b["destination_type"] == "exchange" && b["destination"] == name.as_str()
+        }
+    };
+    bindings_where(api, vhost, |v| v.exchanges().iter().any(|e| e.name.as_str() == name), keep, q)
+}
+
 async fn exchange_bindings_source(
     State(api): State<Api>,
     Path((vhost, name)): Path<(String, String)>,
     Query(q): ListQuery,
 ) -> Response {
-    let name = exchange_name(name);
-    bindings_where(
-        &api,
-        &vhost,
-        |v| v.exchanges().iter().any(|e| e.name.as_str() == name),
-        |b| b["source"] == name.as_str(),
-        &q,
-    )
+    exchange_bindings(&api, &vhost, name, true, &q)
 }
 
 async fn exchange_bindings_destination(
@@ -347,14 +367,7 @@ async fn exchange_bindings_destination(
     Path((vhost, name)): Path<(String, String)>,
     Query(q): ListQuery,
 ) -> Response {
-    let name = exchange_name(name);
-    bindings_where(
-        &api,
-        &vhost,
-        |v| v.exchanges().iter().any(|e| e.name.as_str() == name),
-        |b| b["destination_type"] == "exchange" && b["destination"] == name.as_str(),
-        &q,
-    )
+    exchange_bindings(&api, &vhost, name, false, &q)
 }
 
 /// Every open channel, with its connection.

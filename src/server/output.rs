@@ -86,6 +86,13 @@ impl Encoded {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// How many slices it is written as.
+    pub fn slices(&self) -> usize {
+        match self {
+            Encoded::One(_) => 1,
+            Encoded::Parts(p) => p.len(),
+        }
+    }
 }
 
 #[cfg(test)]

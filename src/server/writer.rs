@@ -70,6 +70,13 @@ impl WriterHandle {
     }
 }
 
+fn push_parts(batch: &mut Vec<Bytes>, e: Encoded) {
+    match e {
+        Encoded::One(b) => batch.push(b),
+        Encoded::Parts(p) => batch.extend(p),
+    }
+}
+
 /// Writes parts in order with vectored writes (as many as the kernel takes at once).
 async fn write_parts(socket: &mut OwnedWriteHalf, parts: &[Bytes]) -> std::io::Result<()> {
     /// Slices per write: well under the kernel's IOV_MAX (1024).
@@ -103,6 +110,12 @@ async fn write_parts(socket: &mut OwnedWriteHalf, parts: &[Bytes]) -> std::io::R
     Ok(())
 }
 
+/// Bytes gathered into one vectored write at most: items queued together go out in one
+/// system call (and one wake-up of the peer) instead of one each.
+const BATCH_BYTES: usize = 1024 * 1024;
+/// Slices gathered at most; `write_parts` writes 64 per call.
+const BATCH_SLICES: usize = 64;
+
 async fn run(
     mut socket: OwnedWriteHalf,
     queue: Arc<Queue>,
@@ -111,23 +124,37 @@ async fn run(
     drained: Arc<Notify>,
 ) {
     let mut failed = false;
+    let mut batch: Vec<Bytes> = Vec::new();
     'outer: loop {
         queue.ready.notified().await;
-        let items = std::mem::take(&mut *queue.items.lock());
-        for item in items {
+        let mut items = std::mem::take(&mut *queue.items.lock());
+        while let Some(item) = items.pop_front() {
             match item {
                 WriteItem::Data { bytes, charge } => {
-                    let written = match &bytes {
-                        Encoded::One(b) => socket.write_all(b).await,
-                        Encoded::Parts(parts) => write_parts(&mut socket, parts).await,
+                    // Gather this item and those queued behind it, within the batch bounds.
+                    let (mut len, mut charges) = (bytes.len(), charge);
+                    push_parts(&mut batch, bytes);
+                    while let Some(WriteItem::Data { bytes, .. }) = items.front() {
+                        if len + bytes.len() > BATCH_BYTES || batch.len() + bytes.slices() > BATCH_SLICES {
+                            break;
+                        }
+                        let Some(WriteItem::Data { bytes, charge }) = items.pop_front() else { break };
+                        len += bytes.len();
+                        charges += charge;
+                        push_parts(&mut batch, bytes);
+                    }
+                    let written = match batch.as_slice() {
+                        [one] => socket.write_all(one).await,
+                        parts => write_parts(&mut socket, parts).await,
                     };
+                    batch.clear();
                     if !failed && written.is_err() {
                         // Keep going so credit is returned; the reader sees the socket close.
                         failed = true;
                     }
-                    unwritten.fetch_sub(bytes.len(), Ordering::AcqRel);
-                    if charge > 0 {
-                        sink.release(charge);
+                    unwritten.fetch_sub(len, Ordering::AcqRel);
+                    if charges > 0 {
+                        sink.release(charges);
                     }
                     drained.notify_one();
                 }

@@ -168,6 +168,10 @@ impl Storage for DiskStorage {
         self.syncer.failure()
     }
 
+    fn sync_stats(&self) -> crate::broker::store::SyncStats {
+        self.syncer.stats()
+    }
+
     fn backlogged(&self, waiter: &Arc<tokio::sync::Notify>) -> bool {
         self.syncer.backlogged(waiter)
     }

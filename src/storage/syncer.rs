@@ -275,6 +275,10 @@ pub struct Syncer {
     /// and are woken through these when a round writes less.
     backlogged: AtomicBool,
     drain_waiters: Mutex<Vec<Arc<tokio::sync::Notify>>>,
+    /// Rounds, bytes, fsync times and batch sizes, for metrics; written by the sync thread.
+    stats: Mutex<crate::broker::store::SyncStats>,
+    /// The watermark the last successful round reached, for the batch size of the next.
+    last_covered: AtomicU64,
 }
 
 impl Syncer {
@@ -291,6 +295,8 @@ impl Syncer {
             round_lock: Mutex::new(()),
             backlogged: AtomicBool::new(false),
             drain_waiters: Mutex::new(Vec::new()),
+            stats: Mutex::new(Default::default()),
+            last_covered: AtomicU64::new(0),
         });
         let s = syncer.clone();
         std::thread::Builder::new().name("hare-sync".into()).spawn(move || s.run()).expect("spawn the sync thread");
@@ -303,6 +309,11 @@ impl Syncer {
     }
 
     /// The watermark: every ticket at or below it is on disk.
+    /// The group commit's record so far.
+    pub fn stats(&self) -> crate::broker::store::SyncStats {
+        self.stats.lock().clone()
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.durable.subscribe()
     }
@@ -409,12 +420,21 @@ impl Syncer {
                 w.notify_one();
             }
         }
+        let syncing = std::time::Instant::now();
         if error.is_none() {
             for f in &files {
                 if let Err(e) = f.sync() {
                     error = Some(format!("fdatasync of {} failed: {e}", f.path.display()));
                 }
             }
+        }
+        if error.is_none() {
+            let mut st = self.stats.lock();
+            st.rounds += 1;
+            st.bytes_written += written as u64;
+            st.fsync_us.record(syncing.elapsed().as_micros() as u64);
+            let before = self.last_covered.swap(covered, Ordering::AcqRel);
+            st.batch.record(covered.saturating_sub(before));
         }
         if !again.is_empty() {
             self.dirty.lock().extend(again);

@@ -99,11 +99,19 @@ class Hare:
         return self.proc.returncode
 
 
-@pytest.fixture(scope="module")
-def hare():
-    h = Hare()
-    yield h
-    h.stop()
+def module_hare(*extra_args):
+    """A module's `hare` fixture for a broker started with `extra_args`."""
+
+    @pytest.fixture(scope="module", name="hare")
+    def fixture():
+        h = Hare(extra_args=extra_args)
+        yield h
+        h.stop()
+
+    return fixture
+
+
+hare = module_hare()
 
 
 @pytest.fixture

@@ -14,18 +14,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pyrabbit2.api import Client
 
-from conftest import Hare, wait_for
+from conftest import module_hare, wait_for
 from test_management_api import api
 
 RABBITMQADMIN_GLOB = "/usr/lib/rabbitmq/lib/rabbitmq_server-*/plugins/rabbitmq_management-*/priv/www/cli/rabbitmqadmin"
 
 
-@pytest.fixture(scope="module")
-def hare():
-    """Rates sampled every 200 ms instead of 5 s, so tests see them within a second."""
-    h = Hare(extra_args=["--stats-interval", "200"])
-    yield h
-    h.stop()
+# Rates sampled every 200 ms instead of 5 s, so tests see them within a second.
+hare = module_hare("--stats-interval", "200")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,133 @@
+"""The management web page in a real browser (headless Chromium): log in with the broker's
+users, see a queue appear after a publish, publish and get messages through the forms, and
+page through a large list. With SCREENSHOT_DIR set, it also saves the overview and a queue
+page while `hare perf` loads the broker (how docs/screenshots/ were made)."""
+import json
+import os
+import subprocess
+
+import pytest
+
+from browser import Browser, chromium_binary
+from conftest import HARE_BIN, module_hare
+
+pytestmark = pytest.mark.skipif(
+    chromium_binary() is None and not os.environ.get("CI"), reason="chromium not installed (test.sh installs it)"
+)
+
+
+hare = module_hare("--stats-interval", "500")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    b = Browser()
+    yield b
+    b.close()
+
+
+def js(s):
+    return json.dumps(s)
+
+
+def login(browser, hare, user, password):
+    """Opens the page afresh (a login kept in the tab from an earlier test is dropped)."""
+    browser.goto(f"http://127.0.0.1:{hare.http_port}/")
+    browser.eval("sessionStorage.clear(); true")
+    browser.goto(f"http://127.0.0.1:{hare.http_port}/")
+    browser.wait("!document.querySelector('#login').hidden", what="the login form")
+    browser.eval(
+        f"document.querySelector('#login-user').value = {js(user)};"
+        f"document.querySelector('#login-password').value = {js(password)};"
+        "document.querySelector('#login-submit').click(); true"
+    )
+
+
+def test_login_is_refused_with_a_wrong_password_and_accepted_with_the_right_one(hare, browser):
+    login(browser, hare, "guest", "wrong")
+    browser.wait("document.querySelector('#login-error').textContent === 'Login refused'")
+    assert browser.eval("document.querySelector('#nav').hidden") is True
+    login(browser, hare, "guest", "guest")
+    browser.wait("!document.querySelector('#nav').hidden", what="the views after login")
+    browser.wait("document.querySelector('#card-connections') !== null", what="the overview cards")
+    assert "guest" in browser.eval("document.querySelector('#who').textContent")
+
+
+def test_a_queue_appears_after_a_publish_and_the_forms_publish_and_get(hare, browser):
+    login(browser, hare, "guest", "guest")
+    browser.wait("!document.querySelector('#nav').hidden")
+    c = hare.connect()
+    ch = c.channel()
+    ch.queue_declare("web-q")
+    for i in range(3):
+        ch.basic_publish("", "web-q", b"from pika %d" % i)
+    try:
+        browser.eval("location.hash = '#/queues'; true")
+        browser.wait(
+            "[...document.querySelectorAll('#queues-table tbody a')].some(a => a.textContent === 'web-q')",
+            what="web-q in the queues table",
+        )
+        browser.eval("[...document.querySelectorAll('#queues-table tbody a')].find(a => a.textContent === 'web-q').click(); true")
+        browser.wait("document.querySelector('#q-ready') && document.querySelector('#q-ready').textContent === '3'", what="3 ready")
+        browser.eval(
+            "document.querySelector('#publish-payload').value = 'from the page';"
+            "document.querySelector('#publish-submit').click(); true"
+        )
+        browser.wait("document.querySelector('#publish-result').textContent === 'Message published.'")
+        browser.wait("document.querySelector('#q-ready').textContent === '4'", what="4 ready after the form's publish")
+        browser.eval(
+            "document.querySelector('#get-ackmode').value = 'ack_requeue_false';"
+            "document.querySelector('#get-count').value = '10';"
+            "document.querySelector('#get-submit').click(); true"
+        )
+        browser.wait("document.querySelectorAll('.get-message').length === 4", what="4 messages got")
+        payloads = browser.eval("[...document.querySelectorAll('.get-message')].map(e => e.textContent)")
+        assert payloads == ["from pika 0", "from pika 1", "from pika 2", "from the page"]
+        browser.wait("document.querySelector('#q-ready').textContent === '0'", what="the queue emptied by the get")
+        assert ch.queue_declare("web-q", passive=True).method.message_count == 0
+    finally:
+        ch.queue_delete("web-q")
+        c.close()
+
+
+def test_ten_thousand_queues_are_listed_a_page_at_a_time(hare, browser):
+    c = hare.connect()
+    ch = c.channel()
+    for i in range(10_000):
+        ch.queue_declare(f"many-{i:05d}", auto_delete=False)
+    try:
+        login(browser, hare, "guest", "guest")
+        browser.wait("!document.querySelector('#nav').hidden")
+        browser.eval("location.hash = '#/queues'; true")
+        browser.wait("(document.querySelector('#queues-table-count')||{}).textContent === '10000 of 10000'", what="the count")
+        assert browser.eval("document.querySelectorAll('#queues-table tbody tr').length") == 50
+        browser.eval("const f = document.querySelector('#queues-table-filter'); f.value = 'many-0999'; f.dispatchEvent(new Event('input')); true")
+        browser.wait("document.querySelector('#queues-table-count').textContent === '10 of 10000'", what="the filtered count")
+    finally:
+        for i in range(10_000):
+            ch.queue_delete(f"many-{i:05d}")
+        c.close()
+
+
+@pytest.mark.skipif(not os.environ.get("SCREENSHOT_DIR"), reason="SCREENSHOT_DIR not set")
+def test_screenshots_under_load(hare, browser):
+    out = os.environ["SCREENSHOT_DIR"]
+    load = subprocess.Popen(
+        [HARE_BIN, "perf", "--uri", f"amqp://guest:guest@127.0.0.1:{hare.port}/%2f", "--rate", "3000", "--size", "256",
+         "--ack", "manual", "--prefetch", "100", "--duration", "60", "--prefix", "shop-orders", "--quiet"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        login(browser, hare, "guest", "guest")
+        browser.wait("!document.querySelector('#nav').hidden")
+        browser.wait("Number(document.querySelector('#card-publish-s').textContent.replace(/,/g, '')) > 1000", timeout=30, what="rates")
+        # Each poll adds a point to the charts: wait for a chart's worth.
+        browser.wait("samples.overview && samples.overview.length >= 20", timeout=90, what="the overview charts to fill")
+        browser.screenshot(os.path.join(out, "overview.png"))
+        browser.eval("location.hash = '#/queues/%2F/shop-orders-0'; true")
+        browser.wait("document.querySelector('#q-in') && Number(document.querySelector('#q-in').textContent.replace(/,/g, '')) > 0", timeout=30)
+        browser.wait("(samples['queue://shop-orders-0'] || []).length >= 20", timeout=90, what="the queue charts to fill")
+        browser.screenshot(os.path.join(out, "queue.png"))
+    finally:
+        load.kill()
+        load.wait()
