@@ -40,8 +40,16 @@ pub struct Args {
     /// collect_statistics_interval; 5000 by default).
     #[arg(long, env = "HARE_STATS_INTERVAL")]
     pub stats_interval: Option<u64>,
+    /// The user a fresh data directory starts with (RabbitMQ's default_user; "guest").
+    /// Empty: none, so no one can log in until a user is added.
+    #[arg(long, env = "HARE_DEFAULT_USER")]
+    pub default_user: Option<String>,
+    /// That user's password ("guest").
+    #[arg(long, env = "HARE_DEFAULT_PASS")]
+    pub default_pass: Option<String>,
     /// TOML file with any of: bind, port, management_port, data_dir, log, heartbeat, memory_limit,
-    /// disk_free_limit, stats_interval, frame_max, channel_max, max_message_size.
+    /// disk_free_limit, stats_interval, frame_max, channel_max, max_message_size, default_user,
+    /// default_pass, loopback_users (users who may log in only from loopback; ["guest"]).
     #[arg(long, short, env = "HARE_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -69,6 +77,9 @@ struct FileConfig {
     frame_max: Option<u32>,
     channel_max: Option<u16>,
     max_message_size: Option<u64>,
+    default_user: Option<String>,
+    default_pass: Option<String>,
+    loopback_users: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +99,8 @@ pub struct Config {
     pub frame_max: u32,
     pub channel_max: u16,
     pub max_message_size: u64,
+    /// The default user of a fresh data directory, and who may log in only from loopback.
+    pub access: crate::broker::AccessSettings,
 }
 
 impl Default for Config {
@@ -106,6 +119,7 @@ impl Default for Config {
             frame_max: 131072,
             channel_max: 2047,
             max_message_size: 128 * 1024 * 1024,
+            access: crate::broker::AccessSettings::default(),
         }
     }
 }
@@ -155,6 +169,14 @@ impl Config {
             frame_max: file.frame_max.unwrap_or(d.frame_max),
             channel_max: file.channel_max.unwrap_or(d.channel_max),
             max_message_size: file.max_message_size.unwrap_or(d.max_message_size),
+            access: {
+                let user = args.default_user.clone().or(file.default_user).unwrap_or_else(|| "guest".into());
+                let pass = args.default_pass.clone().or(file.default_pass).unwrap_or_else(|| "guest".into());
+                crate::broker::AccessSettings {
+                    default_user: (!user.is_empty()).then_some((user, pass)),
+                    loopback_users: file.loopback_users.unwrap_or(d.access.loopback_users),
+                }
+            },
         };
         if c.frame_max < 4096 {
             return Err(ConfigError::FrameMax(c.frame_max));

@@ -4,6 +4,7 @@
 //! [`broker`] (vhosts, exchanges, queues, routing; no I/O), [`storage`] (the data directory);
 //! beside them [`http`] (the management API and metrics) and the commands [`perf`] and [`ctl`].
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod ctl;

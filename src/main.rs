@@ -59,7 +59,7 @@ fn main() -> ExitCode {
         }
     };
     let started = std::time::Instant::now();
-    let broker = match Broker::open(storage.clone()) {
+    let broker = match Broker::open(storage.clone(), &config.access) {
         Ok(b) => Arc::new(b),
         Err(e) => {
             tracing::error!("cannot recover from {}: {e}", config.data_dir.display());

@@ -8,6 +8,7 @@
 //! through an index by destination, so a delete costs what that queue had, not a scan.
 
 use super::store::{BindingDef, Definitions, ExchangeDef, QueueDef};
+use crate::auth::{AccessChange, AccessState};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -15,12 +16,35 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Change {
-    DeclareExchange { vhost: String, exchange: ExchangeDef },
-    DeleteExchange { vhost: String, name: String },
-    DeclareQueue { vhost: String, queue: QueueDef },
-    DeleteQueue { vhost: String, name: String },
-    Bind { vhost: String, binding: BindingDef },
-    Unbind { vhost: String, binding: BindingDef },
+    DeclareExchange {
+        vhost: String,
+        exchange: ExchangeDef,
+    },
+    DeleteExchange {
+        vhost: String,
+        name: String,
+    },
+    DeclareQueue {
+        vhost: String,
+        queue: QueueDef,
+    },
+    DeleteQueue {
+        vhost: String,
+        name: String,
+    },
+    Bind {
+        vhost: String,
+        binding: BindingDef,
+    },
+    Unbind {
+        vhost: String,
+        binding: BindingDef,
+    },
+    /// Users, vhosts and permissions (see `crate::auth`). Deleting a vhost drops its
+    /// definitions too.
+    Access {
+        change: AccessChange,
+    },
 }
 
 /// A binding as the index keys it: (source, routing key, arguments), under its destination.
@@ -110,22 +134,34 @@ impl VhostDefinitions {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DefinitionsState {
     vhosts: BTreeMap<String, VhostDefinitions>,
+    /// None until the first access change (a data directory from before users were kept).
+    access: Option<AccessState>,
 }
 
 /// A snapshot as written to disk: every vhost's definitions as lists.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Snapshot {
     pub vhosts: BTreeMap<String, Definitions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessState>,
 }
 
 impl DefinitionsState {
     pub fn from_snapshot(s: &Snapshot) -> Self {
         let vhosts = s.vhosts.iter().map(|(n, d)| (n.clone(), VhostDefinitions::from_definitions(d))).collect();
-        DefinitionsState { vhosts }
+        DefinitionsState { vhosts, access: s.access.clone() }
     }
 
     pub fn to_snapshot(&self) -> Snapshot {
-        Snapshot { vhosts: self.vhosts.iter().map(|(n, v)| (n.clone(), v.to_definitions())).collect() }
+        Snapshot {
+            vhosts: self.vhosts.iter().map(|(n, v)| (n.clone(), v.to_definitions())).collect(),
+            access: self.access.clone(),
+        }
+    }
+
+    /// Users, vhosts and permissions, if any change to them was ever made.
+    pub fn access(&self) -> Option<&AccessState> {
+        self.access.as_ref()
     }
 
     /// The saved definitions of `vhost` (empty if it has none).
@@ -145,6 +181,13 @@ impl DefinitionsState {
 
     pub fn apply(&mut self, change: &Change) {
         let vhost = match change {
+            Change::Access { change } => {
+                if let AccessChange::DeleteVhost { name } = change {
+                    self.vhosts.remove(name);
+                }
+                self.access.get_or_insert_with(AccessState::default).apply(change);
+                return;
+            }
             Change::DeclareExchange { vhost, .. }
             | Change::DeleteExchange { vhost, .. }
             | Change::DeclareQueue { vhost, .. }
@@ -176,6 +219,7 @@ impl DefinitionsState {
             }
             Change::Bind { binding, .. } => v.bind(binding),
             Change::Unbind { binding, .. } => v.unbind(binding),
+            Change::Access { .. } => {}
         }
         if v.is_empty() {
             self.vhosts.remove(vhost);
@@ -231,6 +275,7 @@ mod tests {
                     }
                 }
                 Change::Unbind { binding, .. } => self.bindings.retain(|b| b != binding),
+                Change::Access { .. } => {}
             }
         }
 

@@ -155,3 +155,13 @@ mod tests {
         assert_eq!(erlang_value(&FieldValue::Table(t)), "[{<<\"k\">>,longstr,<<\"v\">>}]");
     }
 }
+
+impl From<crate::auth::Refused> for AmqpError {
+    fn from(r: crate::auth::Refused) -> Self {
+        if r.not_allowed {
+            AmqpError::not_allowed(r.text)
+        } else {
+            AmqpError::access_refused(r.text)
+        }
+    }
+}

@@ -16,6 +16,8 @@ pub mod vhost;
 
 pub use error::{AmqpError, AmqpResult, Scope};
 
+use crate::auth::grant::Grant;
+use crate::auth::{AccessChange, AccessError, AccessState, PermissionDef, Refused, UserDef, VhostDef};
 use consumer::Consumer;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -32,17 +34,29 @@ pub type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
 /// Pseudo-queue a client consumes from (no-ack) to receive direct replies.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
+/// How a broker starts its users when its data directory has none yet, and who may log in
+/// only from loopback (RabbitMQ's `default_user`, `default_pass`, `loopback_users`).
 #[derive(Debug, Clone)]
-pub struct User {
-    pub password: String,
-    /// Like RabbitMQ's guest: may connect only over loopback.
-    pub loopback_only: bool,
+pub struct AccessSettings {
+    /// None: a fresh broker has no user at all (add one with the API before logging in).
+    pub default_user: Option<(String, String)>,
+    pub loopback_users: Vec<String>,
+}
+
+impl Default for AccessSettings {
+    fn default() -> Self {
+        AccessSettings { default_user: Some(("guest".into(), "guest".into())), loopback_users: vec!["guest".into()] }
+    }
 }
 
 #[derive(Debug)]
 pub struct Broker {
     vhosts: RwLock<HashMap<String, Arc<VHost>>>,
-    users: RwLock<HashMap<String, User>>,
+    /// Users, vhosts and permissions; `access_generation` counts its changes, so that a
+    /// connection's compiled [`Grant`] notices a change with one load.
+    access: RwLock<AccessState>,
+    access_generation: AtomicU64,
+    loopback_users: Vec<String>,
     next_id: AtomicU64,
     /// Direct reply-to consumers by their reply key.
     reply_consumers: Mutex<HashMap<String, Arc<Consumer>>>,
@@ -73,17 +87,65 @@ impl Default for Broker {
 impl Broker {
     /// A broker with vhost "/" and user guest/guest (loopback only), as RabbitMQ starts.
     pub fn new() -> Self {
-        Self::with_storage(None)
+        let broker = Self::with_storage(None, &AccessSettings::default());
+        broker.seed(&AccessSettings::default());
+        broker
     }
 
     /// A broker whose durable entities and persistent messages live in `storage`; what it
-    /// holds is recovered first.
-    pub fn open(storage: Arc<dyn Storage>) -> Result<Self, StoreError> {
-        let broker = Self::with_storage(Some(storage));
+    /// holds is recovered first. A data directory without users and vhosts yet (a fresh one,
+    /// or one from before they were kept) gets vhost "/" and `settings`' default user.
+    pub fn open(storage: Arc<dyn Storage>, settings: &AccessSettings) -> Result<Self, StoreError> {
+        let broker = Self::with_storage(Some(storage.clone()), settings);
+        match storage.load_access()? {
+            Some(state) => {
+                for v in state.vhosts() {
+                    broker.vhosts.write().insert(v.name.clone(), broker.new_vhost(v));
+                }
+                *broker.access.write() = state;
+            }
+            None => broker.seed(settings),
+        }
         for vhost in broker.vhosts.read().values() {
             vhost.restore()?;
         }
         Ok(broker)
+    }
+
+    /// Vhost "/" and the default user with every permission on it, recorded as changes.
+    fn seed(&self, settings: &AccessSettings) {
+        let mut changes = vec![AccessChange::PutVhost { vhost: VhostDef::new("/") }];
+        if let Some((name, pass)) = &settings.default_user {
+            changes.push(AccessChange::PutUser {
+                user: UserDef {
+                    name: name.clone(),
+                    password_hash: crate::auth::password::hash(pass),
+                    hashing_algorithm: crate::auth::password::SHA256.into(),
+                    tags: vec!["administrator".into()],
+                    limits: Default::default(),
+                },
+            });
+            changes.push(AccessChange::SetPermissions {
+                permission: PermissionDef {
+                    user: name.clone(),
+                    vhost: "/".into(),
+                    configure: ".*".into(),
+                    write: ".*".into(),
+                    read: ".*".into(),
+                },
+            });
+        }
+        for c in changes {
+            if let Err(e) = self.change_access(c) {
+                tracing::error!("cannot create the default definitions: {e}");
+            }
+        }
+    }
+
+    fn new_vhost(&self, def: &VhostDef) -> Arc<VHost> {
+        let v = VHost::new(&def.name, self.storage.clone(), self.memory_pressure.clone());
+        v.set_max_queues(def.limit("max-queues"));
+        v
     }
 
     /// The log ids every durable queue uses, so storage can remove the others.
@@ -91,11 +153,13 @@ impl Broker {
         self.vhosts.read().values().flat_map(|v| v.queue_log_ids()).collect()
     }
 
-    fn with_storage(storage: Option<Arc<dyn Storage>>) -> Self {
+    fn with_storage(storage: Option<Arc<dyn Storage>>, settings: &AccessSettings) -> Self {
         let memory_pressure = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let broker = Broker {
+        Broker {
             vhosts: RwLock::new(HashMap::new()),
-            users: RwLock::new(HashMap::new()),
+            access: RwLock::new(AccessState::default()),
+            access_generation: AtomicU64::new(1),
+            loopback_users: settings.loopback_users.clone(),
             next_id: AtomicU64::new(1),
             reply_consumers: Mutex::new(HashMap::new()),
             storage: storage.clone(),
@@ -107,10 +171,7 @@ impl Broker {
             meter: Mutex::new(stats::RateMeter::default()),
             connections_opened: AtomicU64::new(0),
             connections_closed: AtomicU64::new(0),
-        };
-        broker.vhosts.write().insert("/".to_string(), VHost::new("/", storage, memory_pressure));
-        broker.users.write().insert("guest".into(), User { password: "guest".into(), loopback_only: true });
-        broker
+        }
     }
 
     /// Runs queue timers (message TTL, queue expiry) in every vhost.
@@ -255,31 +316,180 @@ impl Broker {
         self.vhosts.read().get(name).cloned()
     }
 
-    /// Every user's name, sorted.
-    pub fn user_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.users.read().keys().cloned().collect();
-        v.sort();
-        v
+    /// Users, vhosts and permissions as they are now (a copy, for the management API).
+    pub fn access(&self) -> AccessState {
+        self.access.read().clone()
     }
 
-    pub fn add_user(&self, name: &str, password: &str, loopback_only: bool) {
-        self.users.write().insert(name.into(), User { password: password.into(), loopback_only });
+    /// The user's record, if there is such a user.
+    pub fn user(&self, name: &str) -> Option<UserDef> {
+        self.access.read().user(name).cloned()
     }
 
-    /// Checks a login; the error text is RabbitMQ's, which names the mechanism.
-    pub fn authenticate(&self, user: &str, password: &str, loopback: bool, mechanism: &str) -> AmqpResult<()> {
-        let users = self.users.read();
-        let ok = match users.get(user) {
-            Some(u) => u.password == password && (loopback || !u.loopback_only),
-            None => false,
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(AmqpError::access_refused(format!(
+    /// Checks a login by password; the error text is RabbitMQ's, which names the mechanism.
+    /// Users in `loopback_users` (guest, by default) may log in only from loopback.
+    pub fn authenticate(&self, user: &str, password: &str, loopback: bool, mechanism: &str) -> AmqpResult<UserDef> {
+        let found = self.access.read().user(user).cloned();
+        match found {
+            Some(u)
+                if crate::auth::password::verify(&u.password_hash, &u.hashing_algorithm, password)
+                    && (loopback || !self.loopback_users.iter().any(|l| l == user)) =>
+            {
+                Ok(u)
+            }
+            _ => Err(AmqpError::access_refused(format!(
                 "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
-            )))
+            ))),
         }
+    }
+
+    /// A login by a client certificate's name (EXTERNAL): the user must exist.
+    pub fn authenticate_external(&self, user: &str) -> AmqpResult<UserDef> {
+        self.user(user).ok_or_else(|| {
+            AmqpError::access_refused(
+                "Login was refused using authentication mechanism EXTERNAL. For details see the broker logfile.",
+            )
+        })
+    }
+
+    /// The generation of the access state: a [`Grant`] compiled at an older one is stale.
+    pub fn access_generation(&self) -> u64 {
+        self.access_generation.load(Ordering::Acquire)
+    }
+
+    /// `user`'s permissions in `vhost`, compiled.
+    pub fn grant(&self, user: &str, vhost: &str) -> Grant {
+        let state = self.access.read();
+        Grant::compile(&state, user, vhost, self.access_generation.load(Ordering::Acquire))
+    }
+
+    /// Applies a change to users, vhosts or permissions, after RabbitMQ's checks; records
+    /// it durably and returns the ticket to wait for. Creating a vhost starts it; deleting
+    /// one closes its connections and deletes its queues and their data; deleting a user
+    /// closes the user's connections.
+    pub fn change_access(&self, change: AccessChange) -> Result<u64, AccessError> {
+        let mut closing: Vec<(Box<dyn Fn(&connections::ConnectionEntry) -> bool>, String)> = Vec::new();
+        let mut deleted_vhost = None;
+        let ticket = {
+            let mut state = self.access.write();
+            match &change {
+                AccessChange::SetPermissions { permission: p } => {
+                    Self::check_user_and_vhost(&state, &p.user, &p.vhost)?;
+                    for expr in [&p.configure, &p.write, &p.read] {
+                        crate::auth::grant::validate(expr)?;
+                    }
+                }
+                AccessChange::SetTopicPermissions { permission: p } => {
+                    Self::check_user_and_vhost(&state, &p.user, &p.vhost)?;
+                    for expr in [&p.write, &p.read] {
+                        crate::auth::grant::validate(expr)?;
+                    }
+                }
+                AccessChange::DeleteUser { name } => {
+                    if state.user(name).is_none() {
+                        return Err(AccessError::NoSuchUser(name.clone()));
+                    }
+                    let n = name.clone();
+                    closing.push((Box::new(move |c| c.user == n), format!("user '{name}' is deleted")));
+                }
+                AccessChange::DeleteVhost { name } => {
+                    if state.vhost(name).is_none() {
+                        return Err(AccessError::NoSuchVhost(name.clone()));
+                    }
+                    let n = name.clone();
+                    closing.push((Box::new(move |c| c.vhost == n), format!("vhost '{name}' is deleted")));
+                    deleted_vhost = self.vhosts.write().remove(name);
+                }
+                AccessChange::PutVhost { vhost } => {
+                    let mut vhosts = self.vhosts.write();
+                    match vhosts.get(&vhost.name) {
+                        Some(v) => v.set_max_queues(vhost.limit("max-queues")),
+                        None => {
+                            vhosts.insert(vhost.name.clone(), self.new_vhost(vhost));
+                        }
+                    }
+                }
+                AccessChange::PutUser { user } => {
+                    if user.name.is_empty() {
+                        return Err(AccessError::Invalid("a user needs a name".into()));
+                    }
+                }
+                AccessChange::ClearPermissions { .. } | AccessChange::ClearTopicPermissions { .. } => {}
+            }
+            state.apply(&change);
+            self.access_generation.fetch_add(1, Ordering::AcqRel);
+            // Recorded under the lock, so the journal has the changes in the order applied.
+            self.storage.as_ref().map_or(0, |s| s.record(&definitions::Change::Access { change: change.clone() }))
+        };
+        for (which, reason) in closing {
+            for c in self.connection_list().iter().filter(|c| which(c)) {
+                c.request_close(&reason);
+            }
+        }
+        if let Some(v) = deleted_vhost {
+            v.delete_all();
+        }
+        Ok(ticket)
+    }
+
+    fn check_user_and_vhost(state: &AccessState, user: &str, vhost: &str) -> Result<(), AccessError> {
+        if state.user(user).is_none() {
+            return Err(AccessError::NoSuchUser(user.into()));
+        }
+        if state.vhost(vhost).is_none() {
+            return Err(AccessError::NoSuchVhost(vhost.into()));
+        }
+        Ok(())
+    }
+
+    /// RabbitMQ's limits at connection.open, in its order: the vhost's connection limit,
+    /// then the user's. Counted only when a limit is set.
+    pub fn check_connection_limits(&self, user: &str, vhost: &str) -> Result<(), Refused> {
+        let (vhost_limit, user_limit) = {
+            let state = self.access.read();
+            (
+                state.vhost(vhost).and_then(|v| v.limit("max-connections")),
+                state.user(user).and_then(|u| u.limit("max-connections")),
+            )
+        };
+        if let Some(limit) = vhost_limit {
+            let open = self.registry.lock().values().filter(|c| c.vhost == vhost).count() as u64;
+            if open >= limit {
+                return Err(Refused::not_allowed(format!(
+                    "access to vhost '{vhost}' refused for user '{user}': connection limit ({limit}) is reached"
+                )));
+            }
+        }
+        if let Some(limit) = user_limit {
+            let open = self.registry.lock().values().filter(|c| c.user == user).count() as u64;
+            if open >= limit {
+                return Err(Refused::not_allowed(format!(
+                    "connection refused for user '{user}': user connection limit ({limit}) is reached"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The user's channel limit at channel.open: `open_here` are the channels of the asking
+    /// connection (its card may lag).
+    pub fn check_channel_limit(&self, user: &str, connection_id: u64, open_here: usize) -> Result<(), Refused> {
+        let Some(limit) = self.access.read().user(user).and_then(|u| u.limit("max-channels")) else {
+            return Ok(());
+        };
+        let elsewhere: u64 = self
+            .registry
+            .lock()
+            .values()
+            .filter(|c| c.user == user && c.id != connection_id)
+            .map(|c| c.channel_count() as u64)
+            .sum();
+        if elsewhere + open_here as u64 >= limit {
+            return Err(Refused::not_allowed(format!(
+                "number of channels opened for user '{user}' has reached the maximum allowed user limit of {limit}"
+            )));
+        }
+        Ok(())
     }
 
     pub fn register_reply_consumer(&self, key: String, consumer: Arc<Consumer>) {

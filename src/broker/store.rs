@@ -79,6 +79,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         window_bytes: u64,
     ) -> Result<RecoveredQueue, StoreError>;
     fn load_definitions(&self, vhost: &str) -> Result<Definitions, StoreError>;
+    /// Users, vhosts and permissions as saved; None if none were ever saved.
+    fn load_access(&self) -> Result<Option<crate::auth::AccessState>, StoreError>;
     /// Appends a change to the durable definitions; returns the ticket that makes it durable.
     /// Buffered, no I/O: callers may hold their locks.
     fn record(&self, change: &super::definitions::Change) -> u64;

@@ -199,6 +199,8 @@ pub struct VHost {
     storage: Option<Arc<dyn Storage>>,
     /// Memory pressure, shared by the broker: queues without a log page to disk under it.
     pressure: Arc<std::sync::atomic::AtomicBool>,
+    /// The vhost's `max-queues` limit (u64::MAX for none).
+    max_queues: std::sync::atomic::AtomicU64,
     /// This vhost, for its queues to republish dead letters through.
     me: Weak<VHost>,
 }
@@ -219,6 +221,7 @@ impl VHost {
             topology: RwLock::new(topo),
             storage,
             pressure,
+            max_queues: std::sync::atomic::AtomicU64::new(u64::MAX),
             me: me.clone(),
         })
     }
@@ -279,6 +282,31 @@ impl VHost {
             defs.bindings.len()
         );
         Ok(())
+    }
+
+    /// The type of exchange `name`, if it exists.
+    pub fn exchange_kind(&self, name: &str) -> Option<ExchangeKind> {
+        self.topology.read().exchanges.get(name).map(|e| e.kind)
+    }
+
+    pub fn has_queue(&self, name: &str) -> bool {
+        self.topology.read().queues.contains_key(name)
+    }
+
+    /// Sets the vhost's `max-queues` limit (None: no limit); queues already there stay.
+    pub fn set_max_queues(&self, limit: Option<u64>) {
+        self.max_queues.store(limit.unwrap_or(u64::MAX), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The vhost is deleted: every queue goes, with its messages and its data on disk, and
+    /// every exchange with it.
+    pub fn delete_all(&self) {
+        let mut topo = self.topology.write();
+        let queues: Vec<Arc<Queue>> = topo.queues.values().cloned().collect();
+        for q in &queues {
+            self.remove_queue(&mut topo, q);
+        }
+        topo.exchanges.clear();
     }
 
     /// Every queue, by name (for the management API: a copy of the list, no lock kept).
@@ -527,6 +555,13 @@ impl VHost {
             return Err(self.no_queue(&d.name));
         }
         let args = QueueArguments::parse(&d.arguments, &d.name, &self.name)?;
+        let limit = self.max_queues.load(std::sync::atomic::Ordering::Relaxed);
+        if topo.queues.len() as u64 >= limit {
+            return Err(AmqpError::precondition_failed(format!(
+                "cannot declare queue '{}': queue limit in vhost '{}' ({limit}) is reached",
+                d.name, self.name
+            )));
+        }
         let options = QueueOptions {
             durable,
             exclusive_owner: d.exclusive.then_some(connection_id),

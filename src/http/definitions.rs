@@ -2,12 +2,14 @@
 //! imports (`rabbitmqadmin export`, the management page's download), so a topology moves
 //! between RabbitMQ and Hare. Exported, as RabbitMQ exports them: vhosts, durable exchanges
 //! other than the built-in ones, durable queues that are not exclusive, and the bindings
-//! between them. Users, permissions, policies and parameters are exported empty and ignored on
-//! import until the broker has them.
+//! between them; users (with their password hashes, so they log in after an import),
+//! permissions and topic permissions. Policies and parameters are exported empty and ignored
+//! on import: the broker has none.
 
 use super::json::{table, API_VERSION};
 use super::write::{arguments_of, flag};
 use super::{error, Api, NO_CONNECTION};
+use crate::auth::{AccessChange, PermissionDef, TopicPermissionDef, VhostDef};
 use crate::broker::exchange::{Binding, Destination};
 use crate::broker::vhost::QueueDeclaration;
 use crate::protocol::ShortStr;
@@ -27,8 +29,15 @@ pub async fn export(State(api): State<Api>) -> Json<Value> {
     let mut queues = Vec::new();
     let mut exchanges = Vec::new();
     let mut bindings = Vec::new();
+    let access = api.broker.access();
     for v in api.broker.vhosts() {
-        vhosts.push(json!({ "name": v.name }));
+        let def = access.vhost(&v.name);
+        vhosts.push(json!({
+            "name": v.name,
+            "description": def.map_or("", |d| d.description.as_str()),
+            "tags": def.map_or(&[][..], |d| &d.tags[..]),
+            "limits": def.map(|d| d.limits.clone()).unwrap_or_default(),
+        }));
         let saved: Vec<_> =
             v.queues().into_iter().filter(|q| q.options.durable && q.options.exclusive_owner.is_none()).collect();
         for q in &saved {
@@ -67,10 +76,10 @@ pub async fn export(State(api): State<Api>) -> Json<Value> {
         "rabbitmq_version": API_VERSION,
         "product_name": "Hare",
         "product_version": env!("CARGO_PKG_VERSION"),
-        "users": [],
+        "users": access.users().map(super::access::user_json).collect::<Vec<_>>(),
         "vhosts": vhosts,
-        "permissions": [],
-        "topic_permissions": [],
+        "permissions": access.permissions().map(super::access::permission_json).collect::<Vec<_>>(),
+        "topic_permissions": access.topic_permissions().map(super::access::topic_permission_json).collect::<Vec<_>>(),
         "parameters": [],
         "global_parameters": [],
         "policies": [],
@@ -98,9 +107,59 @@ pub async fn import(State(api): State<Api>, body: Bytes) -> Response {
     };
     let bad = |what: String| error(StatusCode::BAD_REQUEST, "bad_request", &what);
     let mut ticket = 0;
+    let mut changes = Vec::new();
+    for u in items(&body, "users") {
+        let old = api.broker.user(text(u, "name"));
+        match super::access::user_from(text(u, "name"), u, old.as_ref()) {
+            Ok(mut user) => {
+                if let Some(limits) = u.get("limits").and_then(Value::as_object) {
+                    user.limits = limits.iter().filter_map(|(k, v)| Some((k.clone(), v.as_i64()?))).collect();
+                }
+                changes.push(AccessChange::PutUser { user })
+            }
+            Err(e) => return bad(format!("user '{}': {e}", text(u, "name"))),
+        }
+    }
     for v in items(&body, "vhosts") {
-        if api.broker.vhost(text(v, "name")).is_none() {
-            return bad(format!("vhost '{}' does not exist (only '/' can be used yet)", text(v, "name")));
+        let name = text(v, "name");
+        let mut def = api.broker.access().vhost(name).cloned().unwrap_or_else(|| VhostDef::new(name));
+        if let Some(d) = v.get("description").and_then(Value::as_str) {
+            def.description = d.to_string();
+        }
+        if v.get("tags").is_some() {
+            def.tags = super::access::tags_of(v.get("tags"));
+        }
+        if let Some(limits) = v.get("limits").and_then(Value::as_object) {
+            def.limits = limits.iter().filter_map(|(k, v)| Some((k.clone(), v.as_i64()?))).collect();
+        }
+        changes.push(AccessChange::PutVhost { vhost: def });
+    }
+    for p in items(&body, "permissions") {
+        changes.push(AccessChange::SetPermissions {
+            permission: PermissionDef {
+                user: text(p, "user").into(),
+                vhost: text(p, "vhost").into(),
+                configure: text(p, "configure").into(),
+                write: text(p, "write").into(),
+                read: text(p, "read").into(),
+            },
+        });
+    }
+    for p in items(&body, "topic_permissions") {
+        changes.push(AccessChange::SetTopicPermissions {
+            permission: TopicPermissionDef {
+                user: text(p, "user").into(),
+                vhost: text(p, "vhost").into(),
+                exchange: text(p, "exchange").into(),
+                write: text(p, "write").into(),
+                read: text(p, "read").into(),
+            },
+        });
+    }
+    for change in changes {
+        match api.broker.change_access(change) {
+            Ok(t) => ticket = ticket.max(t),
+            Err(e) => return bad(e.to_string()),
         }
     }
     for e in items(&body, "exchanges") {

@@ -253,13 +253,14 @@ fn totals<'a>(queues: impl Iterator<Item = &'a std::sync::Arc<Queue>>) -> (u64, 
     queues.fold((0, 0), |(r, u), q| (r + q.counts().0 as u64, u + q.unacked_count() as u64))
 }
 
-pub fn vhost(v: &VHost) -> Value {
+pub fn vhost(v: &VHost, def: Option<&crate::auth::VhostDef>) -> Value {
     let queues = v.queues();
     let (ready, unacked) = totals(queues.iter());
     json!({
         "name": v.name,
-        "description": "",
-        "tags": [],
+        "description": def.map_or("", |d| d.description.as_str()),
+        "tags": def.map_or(&[][..], |d| &d.tags[..]),
+        "metadata": { "description": def.map_or("", |d| d.description.as_str()), "tags": def.map_or(&[][..], |d| &d.tags[..]) },
         "tracing": false,
         "messages": ready + unacked,
         "messages_ready": ready,
@@ -331,16 +332,5 @@ pub fn node(broker: &Broker, node: &NodeInfo) -> Value {
         "uptime": now.saturating_sub(node.started_at_ms),
         "partitions": [],
         "exchange_types": exchange_types,
-    })
-}
-
-/// A user as RabbitMQ lists one. Users have no tags yet: any who may log in may do all.
-pub fn user(name: &str) -> Value {
-    json!({
-        "name": name,
-        "password_hash": "",
-        "hashing_algorithm": "rabbit_password_hashing_sha256",
-        "tags": ["administrator"],
-        "limits": {},
     })
 }

@@ -4,7 +4,8 @@
 //! filtered by `name` (a substring, or a regular expression with `use_regex=true`), cut into
 //! pages of `page_size` (default 100, at most 500) and returned as RabbitMQ's page object
 //! (`items`, `page`, `page_count`, `page_size`, `filtered_count`, `item_count`,
-//! `total_count`). Bad values get RabbitMQ's 400.
+//! `total_count`). Bad values get RabbitMQ's 400. Objects of vhosts the caller may not see
+//! (a `management` user without permissions there) are left out first.
 
 use super::error;
 use axum::http::StatusCode;
@@ -67,6 +68,8 @@ fn bad_request(reason: &str) -> Response {
 
 /// The list as RabbitMQ answers it, given the request's query parameters.
 pub fn respond(mut items: Vec<Value>, query: &HashMap<String, String>) -> Response {
+    // A management user sees only the vhosts it has permissions in.
+    items.retain(|v| v.get("vhost").and_then(Value::as_str).is_none_or(super::access::current_may_see));
     let total = items.len();
     if let Some(sort) = query.get("sort").filter(|s| !s.is_empty()) {
         items.sort_by(|a, b| compare(field(a, sort), field(b, sort)));

@@ -11,10 +11,11 @@
 //! export and import (see `definitions`); health checks and the aliveness test (see
 //! `health`); Prometheus metrics (see `metrics`) and the web page (see `page`).
 //! Every API request needs HTTP basic auth with a broker user (guest from loopback only, as
-//! over AMQP); a missing or wrong one gets RabbitMQ's 401. Vhost names in paths are
-//! URL-encoded (`%2F` for `/`). Users have no tags yet: every user who may log in may do
-//! everything.
+//! over AMQP); a missing or wrong one gets RabbitMQ's 401, and the user's management tags
+//! decide what it may see and do (see `access`, which also serves users, vhosts,
+//! permissions and limits). Vhost names in paths are URL-encoded (`%2F` for `/`).
 
+mod access;
 mod definitions;
 mod health;
 mod json;
@@ -66,10 +67,6 @@ struct Api {
     durable: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
-/// The authenticated user of a request.
-#[derive(Clone)]
-struct User(String);
-
 /// Serves the API on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -94,10 +91,35 @@ fn router(api: Api) -> Router {
         .route("/api/nodes", get(nodes))
         .route("/api/nodes/{name}", get(node))
         .route("/api/extensions", get(extensions))
-        .route("/api/users", get(users))
-        .route("/api/users/{name}", get(user))
-        .route("/api/permissions", get(permissions))
-        .route("/api/vhosts/{vhost}/permissions", get(vhost_permissions))
+        .route("/api/users", get(access::users))
+        .route("/api/users/without-permissions", get(access::users_without_permissions))
+        .route("/api/users/{name}", get(access::user).put(access::put_user).delete(access::delete_user))
+        .route("/api/users/{name}/permissions", get(access::user_permissions))
+        .route("/api/users/{name}/topic-permissions", get(access::user_topic_permissions))
+        .route("/api/permissions", get(access::permissions))
+        .route(
+            "/api/permissions/{vhost}/{user}",
+            get(access::permission).put(access::put_permission).delete(access::delete_permission),
+        )
+        .route("/api/topic-permissions", get(access::topic_permissions))
+        .route(
+            "/api/topic-permissions/{vhost}/{user}",
+            get(access::topic_permission).put(access::put_topic_permission).delete(access::delete_topic_permission),
+        )
+        .route("/api/vhosts/{vhost}/permissions", get(access::vhost_permissions))
+        .route("/api/vhosts/{vhost}/topic-permissions", get(access::vhost_topic_permissions))
+        .route("/api/vhost-limits", get(access::vhost_limits))
+        .route("/api/vhost-limits/{vhost}", get(access::vhost_limits_of))
+        .route(
+            "/api/vhost-limits/{vhost}/{name}",
+            axum::routing::put(access::put_vhost_limit).delete(access::delete_vhost_limit),
+        )
+        .route("/api/user-limits", get(access::user_limits))
+        .route("/api/user-limits/{user}", get(access::user_limits_of))
+        .route(
+            "/api/user-limits/{user}/{name}",
+            axum::routing::put(access::put_user_limit).delete(access::delete_user_limit),
+        )
         .route("/api/channels", get(channels))
         .route("/api/channels/{name}", get(channel))
         .route("/api/vhosts/{vhost}/channels", get(vhost_channels))
@@ -109,9 +131,9 @@ fn router(api: Api) -> Router {
         .route("/api/exchanges/{vhost}/{name}/bindings/destination", get(exchange_bindings_destination))
         .route("/metrics", get(metrics::aggregated))
         .route("/metrics/per-object", get(metrics::per_object))
-        .route("/api/whoami", get(whoami))
+        .route("/api/whoami", get(access::whoami))
         .route("/api/vhosts", get(vhosts))
-        .route("/api/vhosts/{vhost}", get(vhost))
+        .route("/api/vhosts/{vhost}", get(vhost).put(access::put_vhost).delete(access::delete_vhost))
         .route("/api/queues", get(queues))
         .route("/api/queues/{vhost}", get(queues_in))
         .route("/api/queues/{vhost}/{name}", get(queue).put(write::put_queue).delete(write::delete_queue))
@@ -157,7 +179,7 @@ async fn not_found_handler() -> Response {
 async fn authenticate(
     State(api): State<Api>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
     // As RabbitMQ's Prometheus endpoint, metrics are served without a login; so are the web
@@ -174,8 +196,8 @@ async fn authenticate(
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| s.split_once(':').map(|(u, p)| (u.to_string(), p.to_string())));
     let allowed = credentials
-        .filter(|(user, password)| api.broker.authenticate(user, password, peer.ip().is_loopback(), "PLAIN").is_ok());
-    let Some((user, _)) = allowed else {
+        .and_then(|(user, password)| api.broker.authenticate(&user, &password, peer.ip().is_loopback(), "PLAIN").ok());
+    let Some(user) = allowed else {
         let mut r = error(StatusCode::UNAUTHORIZED, "not_authorized", "Not_Authorized");
         // A script in a page (ours sends X-Requested-With) handles the 401 itself; the
         // challenge would make the browser ask for a password in a dialog of its own.
@@ -187,14 +209,11 @@ async fn authenticate(
         }
         return r;
     };
-    request.extensions_mut().insert(User(user));
-    next.run(request).await
-}
-
-async fn whoami(request: Request) -> Json<Value> {
-    let user = request.extensions().get::<User>().map(|u| u.0.clone()).unwrap_or_default();
-    // No tags yet: a user who may log in is treated as an administrator.
-    Json(json!({ "name": user, "tags": ["administrator"] }))
+    let principal = access::Principal::of(&api, &user);
+    if let Err(r) = access::authorise(&principal, request.method(), request.uri().path()) {
+        return r;
+    }
+    access::PRINCIPAL.scope(principal, next.run(request)).await
 }
 
 async fn overview(State(api): State<Api>) -> Json<Value> {
@@ -202,12 +221,20 @@ async fn overview(State(api): State<Api>) -> Json<Value> {
 }
 
 async fn vhosts(State(api): State<Api>, Query(q): ListQuery) -> Response {
-    list::respond(api.broker.vhosts().iter().map(|v| json::vhost(v)).collect(), &q)
+    let access = api.broker.access();
+    let items = api
+        .broker
+        .vhosts()
+        .iter()
+        .filter(|v| access::current_may_see(&v.name))
+        .map(|v| json::vhost(v, access.vhost(&v.name)))
+        .collect();
+    list::respond(items, &q)
 }
 
 async fn vhost(State(api): State<Api>, Path(name): Path<String>) -> Response {
     match api.broker.vhost(&name) {
-        Some(v) => Json(json::vhost(&v)).into_response(),
+        Some(v) => Json(json::vhost(&v, api.broker.access().vhost(&v.name))).into_response(),
         None => not_found(),
     }
 }
@@ -443,42 +470,4 @@ async fn node(State(api): State<Api>, Path(name): Path<String>) -> Response {
 /// No management extensions (RabbitMQ lists its plugins' UI extensions here).
 async fn extensions() -> Json<Value> {
     Json(json!([]))
-}
-
-async fn users(State(api): State<Api>, Query(q): ListQuery) -> Response {
-    list::respond(api.broker.user_names().iter().map(|u| json::user(u)).collect(), &q)
-}
-
-async fn user(State(api): State<Api>, Path(name): Path<String>) -> Response {
-    if !api.broker.user_names().contains(&name) {
-        return not_found();
-    }
-    Json(json::user(&name)).into_response()
-}
-
-/// Every user may configure, write and read everything in every vhost: users and their
-/// permissions are not yet managed, so this is what the broker enforces.
-fn permission_list(api: &Api, vhost: Option<&str>) -> Vec<Value> {
-    let users = api.broker.user_names();
-    api.broker
-        .vhosts()
-        .iter()
-        .filter(|v| vhost.is_none_or(|name| v.name == name))
-        .flat_map(|v| {
-            users
-                .iter()
-                .map(move |u| json!({ "user": u, "vhost": v.name, "configure": ".*", "write": ".*", "read": ".*" }))
-        })
-        .collect()
-}
-
-async fn permissions(State(api): State<Api>, Query(q): ListQuery) -> Response {
-    list::respond(permission_list(&api, None), &q)
-}
-
-async fn vhost_permissions(State(api): State<Api>, Path(vhost): Path<String>, Query(q): ListQuery) -> Response {
-    if api.broker.vhost(&vhost).is_none() {
-        return not_found();
-    }
-    list::respond(permission_list(&api, Some(&vhost)), &q)
 }

@@ -2,6 +2,7 @@
 //! back to queues, acknowledgements and transactions. Publishing (assembling a message from
 //! its frames, routing it, confirms) is in `channel/publish.rs`.
 
+mod permissions;
 mod publish;
 
 use publish::PendingPublish;
@@ -118,6 +119,7 @@ impl Channel {
             }
             Method::ChannelFlowOk(_) => Ok(()),
             Method::ExchangeDeclare(m) => {
+                permissions::exchange_declare(ctx, &m.exchange, &m.kind, m.passive, &m.arguments)?;
                 let ticket = ctx.vhost()?.declare_exchange(
                     &m.exchange,
                     &m.kind,
@@ -133,6 +135,7 @@ impl Channel {
                 Ok(())
             }
             Method::ExchangeDelete(m) => {
+                permissions::exchange_delete(ctx, &m.exchange)?;
                 let ticket = ctx.vhost()?.delete_exchange(&m.exchange, m.if_unused)?;
                 if !m.nowait {
                     self.reply_when_durable(ctx, ticket, ExchangeDeleteOk {});
@@ -145,6 +148,7 @@ impl Channel {
                     routing_key: m.routing_key,
                     arguments: m.arguments,
                 };
+                permissions::bind(ctx, &m.source, &b.destination, &b.routing_key)?;
                 let ticket = ctx.vhost()?.bind(&m.source, b, ctx.id)?;
                 if !m.nowait {
                     self.reply_when_durable(ctx, ticket, ExchangeBindOk {});
@@ -157,6 +161,7 @@ impl Channel {
                     routing_key: m.routing_key,
                     arguments: m.arguments,
                 };
+                permissions::bind(ctx, &m.source, &b.destination, &b.routing_key)?;
                 let ticket = ctx.vhost()?.unbind(&m.source, &b, ctx.id)?;
                 if !m.nowait {
                     self.reply_when_durable(ctx, ticket, ExchangeUnbindOk {});
@@ -167,6 +172,7 @@ impl Channel {
             Method::QueueBind(m) => {
                 let (queue, routing_key) = self.binding_names(m.queue, m.routing_key)?;
                 let b = Binding { destination: Destination::Queue(queue), routing_key, arguments: m.arguments };
+                permissions::bind(ctx, &m.exchange, &b.destination, &b.routing_key)?;
                 let ticket = ctx.vhost()?.bind(&m.exchange, b, ctx.id)?;
                 if !m.nowait {
                     self.reply_when_durable(ctx, ticket, QueueBindOk {});
@@ -176,12 +182,14 @@ impl Channel {
             Method::QueueUnbind(m) => {
                 let (queue, routing_key) = self.binding_names(m.queue, m.routing_key)?;
                 let b = Binding { destination: Destination::Queue(queue), routing_key, arguments: m.arguments };
+                permissions::bind(ctx, &m.exchange, &b.destination, &b.routing_key)?;
                 let ticket = ctx.vhost()?.unbind(&m.exchange, &b, ctx.id)?;
                 self.reply_when_durable(ctx, ticket, QueueUnbindOk {});
                 Ok(())
             }
             Method::QueuePurge(m) => {
                 let queue = self.queue_name(m.queue)?;
+                permissions::queue_read(ctx, &queue)?;
                 let message_count = ctx.vhost()?.purge_queue(&queue, ctx.id)?;
                 if !m.nowait {
                     ctx.out.method(self.id, QueuePurgeOk { message_count });
@@ -190,6 +198,7 @@ impl Channel {
             }
             Method::QueueDelete(m) => {
                 let queue = self.queue_name(m.queue)?;
+                permissions::queue_delete(ctx, &queue)?;
                 let (message_count, ticket) = ctx.vhost()?.delete_queue(&queue, m.if_unused, m.if_empty, ctx.id)?;
                 ctx.exclusive_queues.retain(|q| !q.is_deleted());
                 if !m.nowait {
@@ -347,6 +356,7 @@ impl Channel {
                 self.queue_name(m.queue)?
             }
         };
+        permissions::queue_declare(ctx, &name, m.passive, &m.arguments)?;
         let decl = QueueDeclaration {
             name: name.clone(),
             passive: m.passive,
@@ -407,6 +417,7 @@ impl Channel {
             return Ok(());
         }
         let queue_name = self.queue_name(m.queue)?;
+        permissions::queue_read(ctx, &queue_name)?;
         let queue = ctx.vhost()?.queue(&queue_name, ctx.id)?;
         queue.add_consumer(consumer.clone())?;
         // Deliveries reach this connection through its event queue, after this consume-ok.
@@ -448,6 +459,7 @@ impl Channel {
 
     fn get(&mut self, ctx: &mut ConnCtx, m: BasicGet) -> AmqpResult<()> {
         let queue_name = self.queue_name(m.queue)?;
+        permissions::queue_read(ctx, &queue_name)?;
         let queue = ctx.vhost()?.queue(&queue_name, ctx.id)?;
         match queue.get(m.no_ack) {
             None => {

@@ -57,6 +57,9 @@ pub struct ConnCtx {
     pub exclusive_queues: Vec<Arc<Queue>>,
     pub cancel_notify: bool,
     pub user: String,
+    /// The user's permissions in the vhost, compiled; recompiled when the broker's access
+    /// state changes (see [`ConnCtx::grant`]).
+    grant: crate::auth::grant::Grant,
     /// The group-commit watermark as last seen (u64::MAX without storage).
     pub durable: u64,
     /// The client asked to hear connection.blocked and connection.unblocked.
@@ -81,6 +84,17 @@ impl ConnCtx {
 
     pub fn vhost(&self) -> Result<&Arc<VHost>, AmqpError> {
         self.vhost.as_ref().ok_or_else(|| AmqpError::command_invalid("connection is not open"))
+    }
+
+    /// The user's permissions in the vhost as they are now: a permission changed while the
+    /// connection is open applies from its next operation (one atomic load when unchanged).
+    pub fn grant(&mut self) -> &crate::auth::grant::Grant {
+        let now = self.broker.access_generation();
+        if self.grant.generation != now {
+            let vhost = self.vhost.as_ref().map_or("", |v| v.name.as_str());
+            self.grant = self.broker.grant(&self.user, vhost);
+        }
+        &self.grant
     }
 }
 
@@ -146,6 +160,7 @@ pub async fn serve(
             exclusive_queues: Vec::new(),
             cancel_notify: false,
             user: String::new(),
+            grant: crate::auth::grant::Grant::compile(&Default::default(), "", "", 0),
             durable: durable.as_mut().map_or(u64::MAX, |rx| *rx.borrow_and_update()),
             blocked_notify: false,
             blocked: alarm.borrow_and_update().clone(),
@@ -476,6 +491,9 @@ impl Connection {
                         .with_method(ids),
                     ));
                 }
+                if let Err(e) = self.ctx.broker.check_channel_limit(&self.ctx.user, self.ctx.id, self.channels.len()) {
+                    return Err((0, AmqpError::from(e).with_method(ids)));
+                }
                 self.channels.insert(c, Channel::new(c));
                 self.count_channels();
                 self.ctx.out.method(c, ChannelOpenOk { reserved: LongStr::default() });
@@ -613,6 +631,14 @@ impl Connection {
         let Some(vhost) = self.ctx.broker.vhost(&m.virtual_host) else {
             return Err(AmqpError::not_allowed(format!("vhost '{}' not found", m.virtual_host)));
         };
+        // RabbitMQ's order: the vhost's and the user's connection limits, then access.
+        self.ctx.broker.check_connection_limits(&self.ctx.user, &vhost.name)?;
+        let grant = self.ctx.broker.grant(&self.ctx.user, &vhost.name);
+        if !grant.has_vhost_access() {
+            tracing::warn!(peer = %self.peer, user = %self.ctx.user, vhost = %vhost.name, "vhost access refused");
+            return Err(grant.vhost_refused().into());
+        }
+        self.ctx.grant = grant;
         self.ctx.vhost = Some(vhost);
         self.ctx.out.method(0, ConnectionOpenOk { known_hosts: ShortStr::default() });
         self.state = State::Open;

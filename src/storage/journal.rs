@@ -196,6 +196,11 @@ impl DefinitionsJournal {
         defs
     }
 
+    /// The recovered users, vhosts and permissions (asked once, at start).
+    pub fn take_access(&self) -> Option<crate::auth::AccessState> {
+        self.recovered.lock().access().cloned()
+    }
+
     /// Appends a change; returns the group-commit ticket that makes it durable. No I/O:
     /// the syncer writes the record out.
     pub fn record(&self, change: &Change) -> u64 {

@@ -156,6 +156,10 @@ impl Storage for DiskStorage {
         Ok(self.definitions.take_vhost(vhost))
     }
 
+    fn load_access(&self) -> Result<Option<crate::auth::AccessState>, StoreError> {
+        Ok(self.definitions.take_access())
+    }
+
     fn record(&self, change: &Change) -> u64 {
         self.definitions.record(change)
     }

@@ -207,13 +207,14 @@ def test_durable_changes_through_the_api_survive_a_kill(fresh_hare):
     assert any(b["source"] == "api-dx" and b["properties_key"] == "~" for b in api(fresh_hare, "/api/bindings/%2F")[1])
 
 
-# As RabbitMQ 3.10 exports them (rabbitmqadmin export), users and permissions included.
+# As RabbitMQ 3.10 exports them (rabbitmqadmin export), users and permissions included; the
+# guest hash is salt 908dc60a with SHA-256 of salt ++ "guest", RabbitMQ's scheme.
 RABBITMQ_EXPORT = {
     "rabbit_version": "3.10.8",
     "rabbitmq_version": "3.10.8",
     "product_name": "RabbitMQ",
     "product_version": "3.10.8",
-    "users": [{"name": "guest", "password_hash": "ZJ7ZCMdZpq3jVdqpv4XxRNq4Z9mWq0jzdnbP5AY9qXiTaTNs",
+    "users": [{"name": "guest", "password_hash": "kI3GCrswBLNZQzHJJ95QLoyfAVooYhnvf7jbqiW9BjOYUloe",
                "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ["administrator"], "limits": {}}],
     "vhosts": [{"name": "/"}],
     "permissions": [{"user": "guest", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}],
@@ -256,7 +257,11 @@ def test_definitions_from_rabbitmq_import_and_export_again(fresh_hare):
     for key in ("queues", "exchanges", "bindings"):
         strip = lambda xs: sorted(xs, key=lambda x: json.dumps(x, sort_keys=True))
         assert strip(out[key]) == strip(RABBITMQ_EXPORT[key]), key
-    assert out["vhosts"] == [{"name": "/"}]
+    assert [v["name"] for v in out["vhosts"]] == ["/"]
+    assert [(u["name"], u["password_hash"], u["tags"]) for u in out["users"]] == [
+        ("guest", RABBITMQ_EXPORT["users"][0]["password_hash"], ["administrator"])
+    ]
+    assert out["permissions"] == RABBITMQ_EXPORT["permissions"]
     # Importing the same again changes nothing; an inequivalent queue is refused with 400.
     assert api(fresh_hare, "/api/definitions", method="POST", body=out)[0] == 204
     changed = json.loads(json.dumps(RABBITMQ_EXPORT))

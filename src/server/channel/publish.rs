@@ -140,6 +140,8 @@ impl Channel {
         };
         let exchange =
             if p.method.exchange.as_str() == "amq.default" { ShortStr::default() } else { p.method.exchange.clone() };
+        // RabbitMQ's order: write permission on the exchange before it is looked up.
+        super::permissions::publish(ctx, &exchange, &p.method.routing_key)?;
         // RabbitMQ's order: the exchange exists and is not internal, then reply-to, user_id
         // and expiration. The happy path leaves the exchange checks to routing.
         if p.invalid.is_some() || self.tx.is_some() {

@@ -1,0 +1,517 @@
+//! Users, vhosts, permissions, topic permissions and limits through RabbitMQ's API paths,
+//! and who may call what: RabbitMQ's management tags. Every change goes through
+//! `Broker::change_access` (recorded durably, answered once on disk).
+//!
+//! Tags, as RabbitMQ reads them: `management` (and `policymaker`) may use the API and sees
+//! only the vhosts it has permissions in; `monitoring` sees every vhost, connection and node;
+//! `administrator` may do everything, including the users, vhosts and permissions here.
+//! A user without one of these tags cannot use the API (401 "Not management user").
+
+use super::write::durable;
+use super::{error, list, not_found, Api, ListQuery};
+use crate::auth::{password, AccessChange, AccessError, PermissionDef, TopicPermissionDef, UserDef, VhostDef};
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+
+/// The user a request acts as, and what its tags let it see.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub name: String,
+    pub tags: Vec<String>,
+    /// The vhosts it may see; None: all of them (administrator, monitoring).
+    pub vhosts: Option<HashSet<String>>,
+}
+
+impl Principal {
+    pub fn of(api: &Api, user: &UserDef) -> Principal {
+        let sees_all = user.has_tag("administrator") || user.has_tag("monitoring");
+        let vhosts = (!sees_all).then(|| {
+            api.broker.access().permissions().filter(|p| p.user == user.name).map(|p| p.vhost.clone()).collect()
+        });
+        Principal { name: user.name.clone(), tags: user.tags.clone(), vhosts }
+    }
+
+    fn has(&self, tag: &str) -> bool {
+        self.tags.iter().any(|t| t == tag)
+    }
+
+    pub fn may_see(&self, vhost: &str) -> bool {
+        self.vhosts.as_ref().is_none_or(|v| v.contains(vhost))
+    }
+}
+
+tokio::task_local! {
+    /// The principal of the request being served: lists keep only what it may see.
+    pub static PRINCIPAL: Principal;
+}
+
+/// Whether the current request may see objects of `vhost` (true outside a request).
+pub fn current_may_see(vhost: &str) -> bool {
+    PRINCIPAL.try_with(|p| p.may_see(vhost)).unwrap_or(true)
+}
+
+fn not_authorised(reason: &str) -> Response {
+    error(StatusCode::UNAUTHORIZED, "not_authorised", reason)
+}
+
+/// The vhost a path names, for the paths that name one (`/api/queues/{vhost}/...`).
+fn path_vhost(path: &str) -> Option<String> {
+    let mut parts = path.trim_start_matches('/').split('/');
+    if parts.next() != Some("api") {
+        return None;
+    }
+    let kind = parts.next()?;
+    let scoped = [
+        "queues",
+        "exchanges",
+        "bindings",
+        "vhosts",
+        "consumers",
+        "aliveness-test",
+        "permissions",
+        "topic-permissions",
+        "vhost-limits",
+    ];
+    if !scoped.contains(&kind) {
+        return None;
+    }
+    let raw = parts.next().filter(|s| !s.is_empty())?;
+    Some(percent_decode(raw))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let (h, l) = (bytes[i + 1], bytes[i + 2]);
+            if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() {
+                let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+                out.push(hex(h) * 16 + hex(l));
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// RabbitMQ's authorisation of an API request by the caller's tags, or its 401.
+pub fn authorise(p: &Principal, method: &Method, path: &str) -> Result<(), Response> {
+    if !["administrator", "monitoring", "policymaker", "management"].iter().any(|t| p.has(t)) {
+        return Err(not_authorised("Not management user"));
+    }
+    if p.has("administrator") {
+        return Ok(());
+    }
+    let admin_only =
+        ["/api/users", "/api/permissions", "/api/topic-permissions", "/api/user-limits", "/api/definitions"]
+            .iter()
+            .any(|prefix| path.starts_with(prefix))
+            || (path.starts_with("/api/vhosts/")
+                && (path.ends_with("/permissions") || path.ends_with("/topic-permissions")))
+            || (path.starts_with("/api/vhosts/") && *method != Method::GET && path.matches('/').count() == 3)
+            || (path.starts_with("/api/vhost-limits") && *method != Method::GET);
+    if admin_only {
+        return Err(not_authorised("Not administrator user"));
+    }
+    if path.starts_with("/api/nodes") && !p.has("monitoring") {
+        return Err(not_authorised("Not monitor user"));
+    }
+    if let Some(v) = path_vhost(path) {
+        if !p.may_see(&v) {
+            return Err(not_authorised("Access refused."));
+        }
+    }
+    Ok(())
+}
+
+/// A change refused, as RabbitMQ's API answers it.
+fn refused(e: AccessError) -> Response {
+    let reason = match &e {
+        AccessError::NoSuchUser(_) | AccessError::NoSuchVhost(_) => "vhost_or_user_not_found".to_string(),
+        other => other.to_string(),
+    };
+    error(StatusCode::BAD_REQUEST, "bad_request", &reason)
+}
+
+fn parse(body: &Bytes) -> Result<Value, Response> {
+    if body.is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", &format!("not JSON: {e}")))
+}
+
+/// Applies a change and answers once it is durable: 201 if `created`, else 204.
+async fn apply(api: &Api, change: AccessChange, created: bool) -> Response {
+    match api.broker.change_access(change) {
+        Ok(ticket) => {
+            durable(api, ticket).await;
+            if created { StatusCode::CREATED } else { StatusCode::NO_CONTENT }.into_response()
+        }
+        Err(e) => refused(e),
+    }
+}
+
+/// Tags as RabbitMQ takes them: a list, or one string separated by commas.
+pub fn tags_of(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+        Some(Value::String(s)) => s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect(),
+        _ => Vec::new(),
+    }
+}
+
+pub fn user_json(u: &UserDef) -> Value {
+    json!({
+        "name": u.name,
+        "password_hash": u.password_hash,
+        "hashing_algorithm": u.hashing_algorithm,
+        "tags": u.tags,
+        "limits": u.limits,
+    })
+}
+
+pub fn permission_json(p: &PermissionDef) -> Value {
+    json!({ "user": p.user, "vhost": p.vhost, "configure": p.configure, "write": p.write, "read": p.read })
+}
+
+pub fn topic_permission_json(p: &TopicPermissionDef) -> Value {
+    json!({ "user": p.user, "vhost": p.vhost, "exchange": p.exchange, "write": p.write, "read": p.read })
+}
+
+/// A user as a PUT body (or a definitions file) describes it: `password` (hashed here), or
+/// `password_hash` with `hashing_algorithm`, or neither (a user for EXTERNAL only).
+pub fn user_from(name: &str, body: &Value, old: Option<&UserDef>) -> Result<UserDef, String> {
+    let (password_hash, hashing_algorithm) = match (body.get("password"), body.get("password_hash")) {
+        (Some(Value::String(p)), _) => (password::hash(p), password::SHA256.to_string()),
+        (_, Some(Value::String(h))) => {
+            let algorithm = body.get("hashing_algorithm").and_then(Value::as_str).unwrap_or(password::SHA256);
+            if !password::known_algorithm(algorithm) {
+                return Err(format!("unsupported hashing algorithm '{algorithm}'"));
+            }
+            (h.clone(), algorithm.to_string())
+        }
+        // Neither: an existing user keeps its password (a change of tags); a new one has
+        // none and logs in only by EXTERNAL.
+        _ => match old {
+            Some(o) => (o.password_hash.clone(), o.hashing_algorithm.clone()),
+            None => (String::new(), password::SHA256.to_string()),
+        },
+    };
+    Ok(UserDef {
+        name: name.to_string(),
+        password_hash,
+        hashing_algorithm,
+        tags: tags_of(body.get("tags")),
+        limits: old.map(|o| o.limits.clone()).unwrap_or_default(),
+    })
+}
+
+pub async fn whoami(State(api): State<Api>) -> Json<Value> {
+    let name = PRINCIPAL.try_with(|p| p.name.clone()).unwrap_or_default();
+    let tags = api.broker.user(&name).map(|u| u.tags).unwrap_or_default();
+    Json(json!({ "name": name, "tags": tags }))
+}
+
+pub async fn users(State(api): State<Api>, axum::extract::Query(q): ListQuery) -> Response {
+    list::respond(api.broker.access().users().map(user_json).collect(), &q)
+}
+
+pub async fn users_without_permissions(State(api): State<Api>) -> Response {
+    let access = api.broker.access();
+    let with: HashSet<&str> = access.permissions().map(|p| p.user.as_str()).collect();
+    Json(Value::Array(access.users().filter(|u| !with.contains(u.name.as_str())).map(user_json).collect()))
+        .into_response()
+}
+
+pub async fn user(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    match api.broker.user(&name) {
+        Some(u) => Json(user_json(&u)).into_response(),
+        None => not_found(),
+    }
+}
+
+pub async fn put_user(State(api): State<Api>, Path(name): Path<String>, body: Bytes) -> Response {
+    let body = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let old = api.broker.user(&name);
+    let user = match user_from(&name, &body, old.as_ref()) {
+        Ok(u) => u,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, "bad_request", &reason),
+    };
+    apply(&api, AccessChange::PutUser { user }, old.is_none()).await
+}
+
+pub async fn delete_user(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    if api.broker.user(&name).is_none() {
+        return not_found();
+    }
+    apply(&api, AccessChange::DeleteUser { name }, false).await
+}
+
+pub async fn user_permissions(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    if api.broker.user(&name).is_none() {
+        return not_found();
+    }
+    let access = api.broker.access();
+    Json(Value::Array(access.permissions().filter(|p| p.user == name).map(permission_json).collect())).into_response()
+}
+
+pub async fn user_topic_permissions(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    if api.broker.user(&name).is_none() {
+        return not_found();
+    }
+    let access = api.broker.access();
+    Json(Value::Array(access.topic_permissions().filter(|p| p.user == name).map(topic_permission_json).collect()))
+        .into_response()
+}
+
+pub async fn put_vhost(State(api): State<Api>, Path(name): Path<String>, body: Bytes) -> Response {
+    let body = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let old = api.broker.access().vhost(&name).cloned();
+    let mut def = old.clone().unwrap_or_else(|| VhostDef::new(&name));
+    if let Some(d) = body.get("description").and_then(Value::as_str) {
+        def.description = d.to_string();
+    }
+    if body.get("tags").is_some() {
+        def.tags = tags_of(body.get("tags"));
+    }
+    apply(&api, AccessChange::PutVhost { vhost: def }, old.is_none()).await
+}
+
+pub async fn delete_vhost(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    if api.broker.vhost(&name).is_none() {
+        return not_found();
+    }
+    apply(&api, AccessChange::DeleteVhost { name }, false).await
+}
+
+pub async fn permissions(State(api): State<Api>, axum::extract::Query(q): ListQuery) -> Response {
+    list::respond(api.broker.access().permissions().map(permission_json).collect(), &q)
+}
+
+pub async fn vhost_permissions(
+    State(api): State<Api>,
+    Path(vhost): Path<String>,
+    axum::extract::Query(q): ListQuery,
+) -> Response {
+    if api.broker.vhost(&vhost).is_none() {
+        return not_found();
+    }
+    list::respond(api.broker.access().permissions().filter(|p| p.vhost == vhost).map(permission_json).collect(), &q)
+}
+
+pub async fn permission(State(api): State<Api>, Path((vhost, user)): Path<(String, String)>) -> Response {
+    match api.broker.access().permission(&user, &vhost) {
+        Some(p) => Json(permission_json(p)).into_response(),
+        None => not_found(),
+    }
+}
+
+fn text(body: &Value, key: &str) -> Result<String, Response> {
+    match body.get(key) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        _ => Err(error(StatusCode::BAD_REQUEST, "bad_request", &format!("missing key: {key}"))),
+    }
+}
+
+pub async fn put_permission(
+    State(api): State<Api>,
+    Path((vhost, user)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let body = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let fields = (text(&body, "configure"), text(&body, "write"), text(&body, "read"));
+    let (configure, write, read) = match fields {
+        (Ok(c), Ok(w), Ok(r)) => (c, w, r),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e,
+    };
+    let existed = api.broker.access().permission(&user, &vhost).is_some();
+    let permission = PermissionDef { user, vhost, configure, write, read };
+    apply(&api, AccessChange::SetPermissions { permission }, !existed).await
+}
+
+pub async fn delete_permission(State(api): State<Api>, Path((vhost, user)): Path<(String, String)>) -> Response {
+    if api.broker.access().permission(&user, &vhost).is_none() {
+        return not_found();
+    }
+    apply(&api, AccessChange::ClearPermissions { user, vhost }, false).await
+}
+
+pub async fn topic_permissions(State(api): State<Api>, axum::extract::Query(q): ListQuery) -> Response {
+    list::respond(api.broker.access().topic_permissions().map(topic_permission_json).collect(), &q)
+}
+
+pub async fn vhost_topic_permissions(State(api): State<Api>, Path(vhost): Path<String>) -> Response {
+    if api.broker.vhost(&vhost).is_none() {
+        return not_found();
+    }
+    let access = api.broker.access();
+    Json(Value::Array(access.topic_permissions().filter(|p| p.vhost == vhost).map(topic_permission_json).collect()))
+        .into_response()
+}
+
+pub async fn topic_permission(State(api): State<Api>, Path((vhost, user)): Path<(String, String)>) -> Response {
+    let access = api.broker.access();
+    let found: Vec<Value> = access.topic_permissions_of(&user, &vhost).map(topic_permission_json).collect();
+    if found.is_empty() {
+        return not_found();
+    }
+    Json(Value::Array(found)).into_response()
+}
+
+pub async fn put_topic_permission(
+    State(api): State<Api>,
+    Path((vhost, user)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let body = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let fields = (text(&body, "exchange"), text(&body, "write"), text(&body, "read"));
+    let (exchange, write, read) = match fields {
+        (Ok(x), Ok(w), Ok(r)) => (x, w, r),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e,
+    };
+    let existed = api.broker.access().topic_permissions_of(&user, &vhost).any(|p| p.exchange == exchange);
+    let permission = TopicPermissionDef { user, vhost, exchange, write, read };
+    apply(&api, AccessChange::SetTopicPermissions { permission }, !existed).await
+}
+
+pub async fn delete_topic_permission(State(api): State<Api>, Path((vhost, user)): Path<(String, String)>) -> Response {
+    if api.broker.access().topic_permissions_of(&user, &vhost).next().is_none() {
+        return not_found();
+    }
+    apply(&api, AccessChange::ClearTopicPermissions { user, vhost, exchange: None }, false).await
+}
+
+fn limits_json(kind: &str, name: &str, limits: &crate::auth::Limits) -> Value {
+    json!({ kind: name, "value": limits })
+}
+
+pub async fn vhost_limits(State(api): State<Api>) -> Response {
+    let access = api.broker.access();
+    let items = access
+        .vhosts()
+        .filter(|v| !v.limits.is_empty() && super::access::current_may_see(&v.name))
+        .map(|v| limits_json("vhost", &v.name, &v.limits))
+        .collect();
+    Json(Value::Array(items)).into_response()
+}
+
+pub async fn vhost_limits_of(State(api): State<Api>, Path(vhost): Path<String>) -> Response {
+    let Some(v) = api.broker.access().vhost(&vhost).cloned() else { return not_found() };
+    let items = if v.limits.is_empty() { vec![] } else { vec![limits_json("vhost", &v.name, &v.limits)] };
+    Json(Value::Array(items)).into_response()
+}
+
+/// The integer `value` of a limit's PUT body.
+fn limit_value(body: &Bytes) -> Result<i64, Response> {
+    let body = parse(body)?;
+    body.get("value")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| error(StatusCode::BAD_REQUEST, "bad_request", "the limit's value must be an integer"))
+}
+
+pub async fn put_vhost_limit(
+    State(api): State<Api>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    if !crate::auth::VHOST_LIMITS.contains(&name.as_str()) {
+        return error(StatusCode::BAD_REQUEST, "bad_request", &format!("unknown vhost limit '{name}'"));
+    }
+    let value = match limit_value(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(mut def) = api.broker.access().vhost(&vhost).cloned() else { return not_found() };
+    def.limits.insert(name, value);
+    apply(&api, AccessChange::PutVhost { vhost: def }, false).await
+}
+
+pub async fn delete_vhost_limit(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>) -> Response {
+    let Some(mut def) = api.broker.access().vhost(&vhost).cloned() else { return not_found() };
+    if def.limits.remove(&name).is_none() {
+        return not_found();
+    }
+    apply(&api, AccessChange::PutVhost { vhost: def }, false).await
+}
+
+pub async fn user_limits(State(api): State<Api>) -> Response {
+    let access = api.broker.access();
+    let items =
+        access.users().filter(|u| !u.limits.is_empty()).map(|u| limits_json("user", &u.name, &u.limits)).collect();
+    Json(Value::Array(items)).into_response()
+}
+
+pub async fn user_limits_of(State(api): State<Api>, Path(user): Path<String>) -> Response {
+    let Some(u) = api.broker.user(&user) else { return not_found() };
+    let items = if u.limits.is_empty() { vec![] } else { vec![limits_json("user", &u.name, &u.limits)] };
+    Json(Value::Array(items)).into_response()
+}
+
+pub async fn put_user_limit(
+    State(api): State<Api>,
+    Path((user, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    if !crate::auth::USER_LIMITS.contains(&name.as_str()) {
+        return error(StatusCode::BAD_REQUEST, "bad_request", &format!("unknown user limit '{name}'"));
+    }
+    let value = match limit_value(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(mut def) = api.broker.user(&user) else { return not_found() };
+    def.limits.insert(name, value);
+    apply(&api, AccessChange::PutUser { user: def }, false).await
+}
+
+pub async fn delete_user_limit(State(api): State<Api>, Path((user, name)): Path<(String, String)>) -> Response {
+    let Some(mut def) = api.broker.user(&user) else { return not_found() };
+    if def.limits.remove(&name).is_none() {
+        return not_found();
+    }
+    apply(&api, AccessChange::PutUser { user: def }, false).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_their_vhost_url_encoded() {
+        assert_eq!(path_vhost("/api/queues/%2F/q").as_deref(), Some("/"));
+        assert_eq!(path_vhost("/api/exchanges/my%20vh").as_deref(), Some("my vh"));
+        assert_eq!(path_vhost("/api/queues"), None);
+        assert_eq!(path_vhost("/api/overview"), None);
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn tags_come_as_a_list_or_a_string() {
+        assert_eq!(tags_of(Some(&json!("administrator, monitoring"))), ["administrator", "monitoring"]);
+        assert_eq!(tags_of(Some(&json!(["management"]))), ["management"]);
+        assert!(tags_of(Some(&json!(""))).is_empty());
+    }
+}
