@@ -77,6 +77,13 @@ pub fn validate(expr: &str) -> Result<(), super::AccessError> {
     Regex::new(expr).map(|_| ()).map_err(|e| super::AccessError::InvalidRegex(expr.to_string(), e.to_string()))
 }
 
+/// Checks a topic permission's expression, with its variables filled in.
+pub fn validate_topic(expr: &str) -> Result<(), super::AccessError> {
+    Regex::new(&expand(expr, "user", "vhost"))
+        .map(|_| ())
+        .map_err(|e| super::AccessError::InvalidRegex(expr.to_string(), e.to_string()))
+}
+
 #[derive(Debug, Clone)]
 struct TopicGrant {
     exchange: String,

@@ -382,7 +382,7 @@ impl Broker {
                 AccessChange::SetTopicPermissions { permission: p } => {
                     Self::check_user_and_vhost(&state, &p.user, &p.vhost)?;
                     for expr in [&p.write, &p.read] {
-                        crate::auth::grant::validate(expr)?;
+                        crate::auth::grant::validate_topic(expr)?;
                     }
                 }
                 AccessChange::DeleteUser { name } => {
