@@ -47,9 +47,29 @@ pub struct Args {
     /// That user's password ("guest").
     #[arg(long, env = "HARE_DEFAULT_PASS")]
     pub default_pass: Option<String>,
+    /// PEM certificate chain for TLS: with it (and --tls-key) the broker also listens for
+    /// AMQPS (--tls-port) and serves the API over HTTPS (--management-tls-port).
+    #[arg(long, env = "HARE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    #[arg(long, env = "HARE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates to verify client certificates against (asks clients for one).
+    #[arg(long, env = "HARE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// With --tls-ca: refuse clients without a certificate (RabbitMQ's fail_if_no_peer_cert).
+    #[arg(long, env = "HARE_TLS_FAIL_IF_NO_PEER_CERT")]
+    pub tls_fail_if_no_peer_cert: bool,
+    /// AMQPS port (5671; 0 picks a free one).
+    #[arg(long, env = "HARE_TLS_PORT")]
+    pub tls_port: Option<u16>,
+    /// HTTPS port of the management API (15671; 0 picks a free one).
+    #[arg(long, env = "HARE_MANAGEMENT_TLS_PORT")]
+    pub management_tls_port: Option<u16>,
     /// TOML file with any of: bind, port, management_port, data_dir, log, heartbeat, memory_limit,
     /// disk_free_limit, stats_interval, frame_max, channel_max, max_message_size, default_user,
-    /// default_pass, loopback_users (users who may log in only from loopback; ["guest"]).
+    /// default_pass, loopback_users (users who may log in only from loopback; ["guest"]),
+    /// tls_cert, tls_key, tls_ca, tls_fail_if_no_peer_cert, tls_port, management_tls_port.
     #[arg(long, short, env = "HARE_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -80,6 +100,12 @@ struct FileConfig {
     default_user: Option<String>,
     default_pass: Option<String>,
     loopback_users: Option<Vec<String>>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    tls_fail_if_no_peer_cert: Option<bool>,
+    tls_port: Option<u16>,
+    management_tls_port: Option<u16>,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +127,10 @@ pub struct Config {
     pub max_message_size: u64,
     /// The default user of a fresh data directory, and who may log in only from loopback.
     pub access: crate::broker::AccessSettings,
+    /// TLS, when a certificate and key are configured.
+    pub tls: Option<crate::tls::TlsSettings>,
+    pub tls_port: u16,
+    pub management_tls_port: u16,
 }
 
 impl Default for Config {
@@ -120,6 +150,9 @@ impl Default for Config {
             channel_max: 2047,
             max_message_size: 128 * 1024 * 1024,
             access: crate::broker::AccessSettings::default(),
+            tls: None,
+            tls_port: 5671,
+            management_tls_port: 15671,
         }
     }
 }
@@ -136,6 +169,8 @@ pub enum ConfigError {
     MemoryLimit(String),
     #[error("disk_free_limit: {0}")]
     DiskFreeLimit(String),
+    #[error("tls_cert and tls_key go together: set both or neither")]
+    TlsHalf,
 }
 
 impl Config {
@@ -177,6 +212,27 @@ impl Config {
                     loopback_users: file.loopback_users.unwrap_or(d.access.loopback_users),
                 }
             },
+            tls: None,
+            tls_port: d.tls_port,
+            management_tls_port: d.management_tls_port,
+        };
+        let cert = args.tls_cert.clone().or(file.tls_cert);
+        let key = args.tls_key.clone().or(file.tls_key);
+        let c = Config {
+            tls: match (cert, key) {
+                (Some(cert), Some(key)) => Some(crate::tls::TlsSettings {
+                    cert,
+                    key,
+                    ca: args.tls_ca.clone().or(file.tls_ca),
+                    fail_if_no_peer_cert: args.tls_fail_if_no_peer_cert
+                        || file.tls_fail_if_no_peer_cert.unwrap_or(false),
+                }),
+                (None, None) => None,
+                _ => return Err(ConfigError::TlsHalf),
+            },
+            tls_port: args.tls_port.or(file.tls_port).unwrap_or(d.tls_port),
+            management_tls_port: args.management_tls_port.or(file.management_tls_port).unwrap_or(d.management_tls_port),
+            ..c
         };
         if c.frame_max < 4096 {
             return Err(ConfigError::FrameMax(c.frame_max));

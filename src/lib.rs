@@ -13,3 +13,4 @@ pub mod perf;
 pub mod protocol;
 pub mod server;
 pub mod storage;
+pub mod tls;

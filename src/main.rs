@@ -70,13 +70,36 @@ fn main() -> ExitCode {
     tracing::info!("data in {}, recovered in {:.3}s", config.data_dir.display(), started.elapsed().as_secs_f64());
     let syncer = storage.syncer.clone();
     let code = runtime.block_on(async move {
-        let server = match Server::bind(config.clone(), broker.clone(), Some(syncer.subscribe())).await {
+        let mut server = match Server::bind(config.clone(), broker.clone(), Some(syncer.subscribe())).await {
             Ok(s) => s.with_connection_limit(fds.connections),
             Err(e) => {
                 tracing::error!("cannot listen on {}:{}: {e}", config.bind, config.port);
                 return ExitCode::FAILURE;
             }
         };
+        let tls = match &config.tls {
+            None => None,
+            Some(settings) => match hare::tls::Tls::load(settings.clone()) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::error!("cannot start TLS: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
+        let mut amqps_port = None;
+        if let Some(t) = &tls {
+            server = match server.with_tls(config.tls_port, t.clone()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("cannot listen on {}:{} (AMQPS): {e}", config.bind, config.tls_port);
+                    return ExitCode::FAILURE;
+                }
+            };
+            amqps_port = server.tls_addr().map(|a| a.port());
+            tracing::info!("AMQPS listening on {}:{}", config.bind, amqps_port.unwrap_or(config.tls_port));
+            tokio::spawn(reload_on_hangup(t.clone()));
+        }
         let amqp_port = match server.local_addr() {
             Ok(addr) => {
                 tracing::info!("AMQP listening on {addr}");
@@ -96,10 +119,37 @@ fn main() -> ExitCode {
         };
         let http_port = http.local_addr().map_or(config.management_port, |a| a.port());
         tracing::info!("HTTP API listening on {}:{http_port}", config.bind);
+        let mut https = None;
+        if let Some(t) = &tls {
+            let listener = match tokio::net::TcpListener::bind((config.bind.as_str(), config.management_tls_port)).await
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!("cannot listen on {}:{} (HTTPS API): {e}", config.bind, config.management_tls_port);
+                    return ExitCode::FAILURE;
+                }
+            };
+            match hare::tls::TlsListener::spawn(listener, t.clone()) {
+                Ok(l) => https = Some(l),
+                Err(e) => {
+                    tracing::error!("HTTPS API: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        let https_port = https.as_ref().map(|l: &hare::tls::TlsListener| {
+            use axum::serve::Listener;
+            l.local_addr().map_or(config.management_tls_port, |a| a.port())
+        });
+        if let Some(p) = https_port {
+            tracing::info!("HTTPS API listening on {}:{p}", config.bind);
+        }
         let node = hare::http::NodeInfo {
             node: "hare@localhost".into(),
             amqp_port,
             http_port,
+            amqps_port,
+            https_port,
             bind: config.bind.clone(),
             memory_limit: config.memory_limit,
             disk_free_limit: config.disk_free_limit,
@@ -107,7 +157,7 @@ fn main() -> ExitCode {
             started_at_ms: hare::broker::queue::now_ms(),
         };
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-        let api = tokio::spawn(hare::http::serve(http, broker, node, Some(syncer.subscribe()), async {
+        let api = tokio::spawn(hare::http::serve(http, https, broker, node, Some(syncer.subscribe()), async {
             let _ = http_stopped.await;
         }));
         server.run(shutdown_signal()).await;
@@ -150,6 +200,26 @@ fn run_perf(args: hare::perf::PerfArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Reads the TLS certificate, key and CA files again on SIGHUP: new handshakes use them,
+/// open connections keep theirs.
+async fn reload_on_hangup(tls: std::sync::Arc<hare::tls::Tls>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: TLS certificates will not be reloaded");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(e) => tracing::error!("TLS certificates not reloaded, the old ones stay in use: {e}"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 async fn shutdown_signal() {

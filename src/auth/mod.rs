@@ -12,6 +12,7 @@
 
 pub mod grant;
 pub mod password;
+pub mod throttle;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -57,6 +57,8 @@ pub struct Broker {
     access: RwLock<AccessState>,
     access_generation: AtomicU64,
     loopback_users: Vec<String>,
+    /// Failed logins by source, to slow guessing.
+    throttle: Mutex<crate::auth::throttle::LoginThrottle>,
     next_id: AtomicU64,
     /// Direct reply-to consumers by their reply key.
     reply_consumers: Mutex<HashMap<String, Arc<Consumer>>>,
@@ -160,6 +162,7 @@ impl Broker {
             access: RwLock::new(AccessState::default()),
             access_generation: AtomicU64::new(1),
             loopback_users: settings.loopback_users.clone(),
+            throttle: Mutex::new(Default::default()),
             next_id: AtomicU64::new(1),
             reply_consumers: Mutex::new(HashMap::new()),
             storage: storage.clone(),
@@ -341,6 +344,15 @@ impl Broker {
                 "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
             ))),
         }
+    }
+
+    /// A login from `ip` failed: how long to hold its refusal back (None: not at all).
+    pub fn login_failed(&self, ip: std::net::IpAddr) -> Option<std::time::Duration> {
+        self.throttle.lock().failed(ip, std::time::Instant::now())
+    }
+
+    pub fn login_succeeded(&self, ip: std::net::IpAddr) {
+        self.throttle.lock().succeeded(ip);
     }
 
     /// A login by a client certificate's name (EXTERNAL): the user must exist.

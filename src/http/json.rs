@@ -294,11 +294,22 @@ pub fn overview(broker: &Broker, node: &NodeInfo) -> Value {
             "messages_ready": ready,
             "messages_unacknowledged": unacked,
         },
-        "listeners": [
-            { "node": node.node, "protocol": "amqp", "ip_address": node.bind, "port": node.amqp_port },
-            { "node": node.node, "protocol": "http", "ip_address": node.bind, "port": node.http_port },
-        ],
+        "listeners": listeners(node),
     })
+}
+
+/// The listeners, with RabbitMQ's protocol names.
+fn listeners(node: &NodeInfo) -> Vec<Value> {
+    [
+        Some(("amqp", node.amqp_port)),
+        node.amqps_port.map(|p| ("amqp/ssl", p)),
+        Some(("http", node.http_port)),
+        node.https_port.map(|p| ("https", p)),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|(protocol, port)| json!({ "node": node.node, "protocol": protocol, "ip_address": node.bind, "port": port }))
+    .collect()
 }
 
 /// This node, as RabbitMQ's `/api/nodes` lists one.

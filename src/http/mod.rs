@@ -34,6 +34,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -50,6 +51,9 @@ pub struct NodeInfo {
     pub node: String,
     pub amqp_port: u16,
     pub http_port: u16,
+    /// The AMQPS and HTTPS ports, when TLS is configured.
+    pub amqps_port: Option<u16>,
+    pub https_port: Option<u16>,
     pub bind: String,
     /// Memory use past which publishers are blocked, and free disk space below which they are.
     pub memory_limit: u64,
@@ -67,9 +71,27 @@ struct Api {
     durable: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// The client's address, from a plain or a TLS listener.
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+/// Serves the API on `listener`, and over HTTPS on `tls` when given, until `shutdown`
+/// resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<crate::tls::TlsListener>,
     broker: Arc<Broker>,
     node: NodeInfo,
     durable: Option<tokio::sync::watch::Receiver<u64>>,
@@ -77,9 +99,25 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let api = Api { broker, node: Arc::new(node), durable };
     let app = router(api.clone()).layer(middleware::from_fn_with_state(api, authenticate));
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let https = tls.map(|l| {
+        let app = app.clone().into_make_service_with_connect_info::<Peer>();
+        tokio::spawn(axum::serve(l, app).with_graceful_shutdown(wait(stopped.clone())).into_future())
+    });
+    let plain = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+        .with_graceful_shutdown(wait(stopped.clone()));
+    let stopper = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    let (result, ()) = tokio::join!(plain.into_future(), stopper);
+    if let Some(h) = https {
+        let _ = h.await;
+    }
+    result
 }
 
 fn router(api: Api) -> Router {
@@ -178,7 +216,7 @@ async fn not_found_handler() -> Response {
 /// HTTP basic auth against the broker's users, with the AMQP rules (guest from loopback only).
 async fn authenticate(
     State(api): State<Api>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -195,8 +233,20 @@ async fn authenticate(
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| s.split_once(':').map(|(u, p)| (u.to_string(), p.to_string())));
+    let given = credentials.is_some();
     let allowed = credentials
         .and_then(|(user, password)| api.broker.authenticate(&user, &password, peer.ip().is_loopback(), "PLAIN").ok());
+    if given {
+        match &allowed {
+            Some(_) => api.broker.login_succeeded(peer.ip()),
+            // A source that keeps failing waits for its answers, as over AMQP.
+            None => {
+                if let Some(d) = api.broker.login_failed(peer.ip()) {
+                    tokio::time::sleep(d).await;
+                }
+            }
+        }
+    }
     let Some(user) = allowed else {
         let mut r = error(StatusCode::UNAUTHORIZED, "not_authorized", "Not_Authorized");
         // A script in a page (ours sends X-Requested-With) handles the 401 itself; the

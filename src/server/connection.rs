@@ -102,6 +102,10 @@ pub struct Connection {
     state: State,
     peer: SocketAddr,
     local: SocketAddr,
+    /// Set on a TLS connection: the protocol and the client certificate's name.
+    tls: Option<crate::tls::PeerInfo>,
+    /// A login failed from a source that keeps failing: its refusal waits this long.
+    login_delay: Option<Duration>,
     /// What the client said of itself in start-ok (product, version, platform...).
     client_properties: FieldTable,
     /// This connection's card in the broker's list, once open.
@@ -113,19 +117,45 @@ pub struct Connection {
     ctx: ConnCtx,
 }
 
-/// Serves one accepted socket until it closes or the broker shuts down.
-pub async fn serve(
-    stream: TcpStream,
-    broker: Arc<Broker>,
-    config: Arc<Config>,
-    mut shutdown: watch::Receiver<bool>,
-    mut durable: Option<watch::Receiver<u64>>,
-    mut alarm: watch::Receiver<Option<String>>,
-) {
+/// What a connection shares with the others of its listener.
+pub struct Shared {
+    pub broker: Arc<Broker>,
+    pub config: Arc<Config>,
+    pub shutdown: watch::Receiver<bool>,
+    pub durable: Option<watch::Receiver<u64>>,
+    pub alarm: watch::Receiver<Option<String>>,
+}
+
+/// Serves one accepted plain TCP socket until it closes or the broker shuts down.
+pub async fn serve(stream: TcpStream, shared: Shared) {
     let Ok(peer) = stream.peer_addr() else { return };
     let Ok(local) = stream.local_addr() else { return };
     let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
+    serve_io(rd, wr, peer, local, None, shared).await
+}
+
+/// Serves a TLS connection, its handshake done.
+pub async fn serve_tls(stream: tokio_rustls::server::TlsStream<TcpStream>, info: crate::tls::PeerInfo, shared: Shared) {
+    let Ok(peer) = stream.get_ref().0.peer_addr() else { return };
+    let Ok(local) = stream.get_ref().0.local_addr() else { return };
+    let (rd, wr) = tokio::io::split(stream);
+    serve_io(rd, wr, peer, local, Some(info), shared).await
+}
+
+/// The connection's life, over any byte stream (plain TCP halves, or TLS).
+async fn serve_io<R, W>(
+    mut rd: R,
+    mut wr: W,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: Option<crate::tls::PeerInfo>,
+    shared: Shared,
+) where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Shared { broker, config, mut shutdown, mut durable, mut alarm } = shared;
     let mut header = [0u8; 8];
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, rd.read_exact(&mut header)).await {
         Ok(Ok(_)) => {}
@@ -144,6 +174,8 @@ pub async fn serve(
         state: State::AwaitStartOk,
         peer,
         local,
+        tls,
+        login_delay: None,
         client_properties: FieldTable::new(),
         entry: None,
         frame_max: config.frame_max as usize,
@@ -241,6 +273,10 @@ pub async fn serve(
                             crate::broker::connections::bump(&e.recv_oct, n as u64);
                         }
                         conn.process(&mut rbuf);
+                        if let Some(d) = conn.login_delay.take() {
+                            // Only this connection waits: password guessing slows down.
+                            tokio::time::sleep(d).await;
+                        }
                     }
                 }
             }
@@ -339,7 +375,12 @@ impl Connection {
                 version_major: 0,
                 version_minor: 9,
                 server_properties: props,
-                mechanisms: LongStr::from("PLAIN AMQPLAIN"),
+                // EXTERNAL only where a client certificate was verified.
+                mechanisms: LongStr::from(if self.certificate_name().is_some() {
+                    "PLAIN AMQPLAIN EXTERNAL"
+                } else {
+                    "PLAIN AMQPLAIN"
+                }),
                 locales: LongStr::from("en_US"),
             },
         );
@@ -533,7 +574,15 @@ impl Connection {
                 self.state = State::Closed;
                 Ok(())
             }
-            (State::Open, Method::ConnectionUpdateSecret(_)) => {
+            (State::Open, Method::ConnectionUpdateSecret(m)) => {
+                // As RabbitMQ: the new secret must authenticate the same user.
+                let secret = String::from_utf8_lossy(&m.new_secret.0).into_owned();
+                let loopback = self.peer.ip().is_loopback();
+                if self.ctx.broker.authenticate(&self.ctx.user, &secret, loopback, "PLAIN").is_err() {
+                    tracing::warn!(peer = %self.peer, user = %self.ctx.user, "secret update refused");
+                    return Err(AmqpError::not_allowed("New secret was refused by one of the backends"));
+                }
+                tracing::info!(peer = %self.peer, user = %self.ctx.user, reason = %m.reason, "secret updated");
                 self.ctx.out.method(0, ConnectionUpdateSecretOk {});
                 Ok(())
             }
@@ -577,15 +626,27 @@ impl Connection {
                 let get = |k: &str| table.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
                 (get("LOGIN"), get("PASSWORD"))
             }
+            "EXTERNAL" if self.certificate_name().is_some() => (String::new(), String::new()),
             other => {
                 return Err(AmqpError::command_invalid(format!("unknown authentication mechanism '{other}'")));
             }
         };
         let loopback = self.peer.ip().is_loopback();
-        if let Err(e) = self.ctx.broker.authenticate(&user, &password, loopback, m.mechanism.as_str()) {
-            tracing::warn!(peer = %self.peer, user, "authentication failed");
-            return Err(e);
-        }
+        let outcome = match self.certificate_name().filter(|_| m.mechanism.as_str() == "EXTERNAL") {
+            Some(name) => self.ctx.broker.authenticate_external(&name),
+            None => self.ctx.broker.authenticate(&user, &password, loopback, m.mechanism.as_str()),
+        };
+        let user = match outcome {
+            Ok(u) => {
+                self.ctx.broker.login_succeeded(self.peer.ip());
+                u.name
+            }
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, user, mechanism = %m.mechanism, "authentication failed");
+                self.login_delay = self.ctx.broker.login_failed(self.peer.ip());
+                return Err(e);
+            }
+        };
         self.ctx.user = user;
         self.ctx.out.method(
             0,
@@ -618,6 +679,10 @@ impl Connection {
         self.heartbeat = m.heartbeat;
         self.state = State::AwaitOpen;
         Ok(())
+    }
+
+    fn certificate_name(&self) -> Option<String> {
+        self.tls.as_ref().and_then(|t| t.certificate_name.clone())
     }
 
     /// Keeps the channel count on the connection's card.

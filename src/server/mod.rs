@@ -33,6 +33,8 @@ async fn listen(host: &str, port: u16) -> std::io::Result<TcpListener> {
 /// A bound AMQP listener and what its connections share.
 pub struct Server {
     listener: TcpListener,
+    /// The AMQPS listener and its TLS configuration, when a certificate is configured.
+    tls: Option<(TcpListener, Arc<crate::tls::Tls>)>,
     broker: Arc<Broker>,
     config: Arc<Config>,
     durable: Option<watch::Receiver<u64>>,
@@ -50,7 +52,19 @@ impl Server {
         durable: Option<watch::Receiver<u64>>,
     ) -> std::io::Result<Server> {
         let listener = listen(&config.bind, config.port).await?;
-        Ok(Server { listener, broker, config: Arc::new(config), durable, max_connections: u64::MAX })
+        Ok(Server { listener, tls: None, broker, config: Arc::new(config), durable, max_connections: u64::MAX })
+    }
+
+    /// Also listens for AMQP over TLS on `port` (0 picks a free one).
+    pub async fn with_tls(mut self, port: u16, tls: Arc<crate::tls::Tls>) -> std::io::Result<Server> {
+        let listener = listen(&self.config.bind, port).await?;
+        self.tls = Some((listener, tls));
+        Ok(self)
+    }
+
+    /// The AMQPS listener's address, if there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// Refuses connections beyond `n` open at once (the file descriptor budget).
@@ -77,52 +91,81 @@ impl Server {
         let timers = tokio::spawn(run_timers(self.broker.clone()));
         let sampler = tokio::spawn(run_sampler(self.broker.clone(), self.config.stats_interval_ms));
         let mut refused_logged: Option<std::time::Instant> = None;
+        let shared = (stop_rx, alive_tx, alarm);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        if self.broker.open_connections() >= self.max_connections {
-                            // Closed at once: the client sees the connection reset. Logged at
-                            // most once a second, as a flood of them is the usual case.
-                            drop(stream);
-                            if refused_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                                refused_logged = Some(std::time::Instant::now());
-                                tracing::warn!(
-                                    "file descriptor limit: connection from {peer} refused ({} connections open)",
-                                    self.max_connections
-                                );
-                            }
-                            continue;
-                        }
-                        self.broker.count_connection(true);
-                        let broker = self.broker.clone();
-                        let config = self.config.clone();
-                        let stop = stop_rx.clone();
-                        let alive = alive_tx.clone();
-                        let durable = self.durable.clone();
-                        let alarm = alarm.clone();
-                        tokio::spawn(async move {
-                            connection::serve(stream, broker.clone(), config, stop, durable, alarm).await;
-                            broker.count_connection(false);
-                            drop(alive);
-                        });
-                    }
-                    Err(e) => {
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
+                accepted = self.listener.accept() => self.admit(accepted, None, &shared, &mut refused_logged).await,
+                accepted = async { match &self.tls { Some((l, _)) => l.accept().await, None => std::future::pending().await } } => {
+                    let tls = self.tls.as_ref().map(|(_, t)| t.clone());
+                    self.admit(accepted, tls, &shared, &mut refused_logged).await
+                }
             }
         }
         tracing::info!("shutting down: closing connections");
         let _ = stop_tx.send(true);
-        drop(alive_tx);
+        drop(shared);
         drop(self.listener);
         let _ = tokio::time::timeout(Duration::from_secs(5), alive_rx.recv()).await;
         timers.abort();
         sampler.abort();
+    }
+}
+
+impl Server {
+    /// Takes an accepted socket: refused at once past the connection limit, else served by a
+    /// task of its own (after its TLS handshake, for `tls`).
+    async fn admit(
+        &self,
+        accepted: std::io::Result<(tokio::net::TcpStream, SocketAddr)>,
+        tls: Option<Arc<crate::tls::Tls>>,
+        (stop, alive, alarm): &(watch::Receiver<bool>, mpsc::Sender<()>, watch::Receiver<Option<String>>),
+        refused_logged: &mut Option<std::time::Instant>,
+    ) {
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return;
+            }
+        };
+        if self.broker.open_connections() >= self.max_connections {
+            // Closed at once: the client sees the connection reset. Logged at most once a
+            // second, as a flood of them is the usual case.
+            drop(stream);
+            if refused_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                *refused_logged = Some(std::time::Instant::now());
+                tracing::warn!(
+                    "file descriptor limit: connection from {peer} refused ({} connections open)",
+                    self.max_connections
+                );
+            }
+            return;
+        }
+        self.broker.count_connection(true);
+        let broker = self.broker.clone();
+        let shared = connection::Shared {
+            broker: broker.clone(),
+            config: self.config.clone(),
+            shutdown: stop.clone(),
+            durable: self.durable.clone(),
+            alarm: alarm.clone(),
+        };
+        let alive = alive.clone();
+        tokio::spawn(async move {
+            match tls {
+                None => connection::serve(stream, shared).await,
+                Some(tls) => {
+                    if let Some((s, info)) = crate::tls::handshake(&tls, stream).await {
+                        connection::serve_tls(s, info, shared).await;
+                    }
+                }
+            }
+            broker.count_connection(false);
+            drop(alive);
+        });
     }
 }
 

@@ -8,8 +8,7 @@ use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 /// Bytes handed to the writer but not yet written, past which the connection stops reading.
@@ -50,7 +49,10 @@ pub struct WriterHandle {
 }
 
 impl WriterHandle {
-    pub fn spawn(socket: OwnedWriteHalf, sink: Arc<ConnectionSink>) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn spawn<W: AsyncWrite + Unpin + Send + 'static>(
+        socket: W,
+        sink: Arc<ConnectionSink>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let queue = Arc::new(Queue::default());
         let unwritten = Arc::new(AtomicUsize::new(0));
         let drained = Arc::new(Notify::new());
@@ -78,7 +80,7 @@ fn push_parts(batch: &mut Vec<Bytes>, e: Encoded) {
 }
 
 /// Writes parts in order with vectored writes (as many as the kernel takes at once).
-async fn write_parts(socket: &mut OwnedWriteHalf, parts: &[Bytes]) -> std::io::Result<()> {
+async fn write_parts<W: AsyncWrite + Unpin>(socket: &mut W, parts: &[Bytes]) -> std::io::Result<()> {
     /// Slices per write: well under the kernel's IOV_MAX (1024).
     const MAX_SLICES: usize = 64;
     let mut first = 0;
@@ -116,8 +118,8 @@ const BATCH_BYTES: usize = 1024 * 1024;
 /// Slices gathered at most; `write_parts` writes 64 per call.
 const BATCH_SLICES: usize = 64;
 
-async fn run(
-    mut socket: OwnedWriteHalf,
+async fn run<W: AsyncWrite + Unpin>(
+    mut socket: W,
     queue: Arc<Queue>,
     sink: Arc<ConnectionSink>,
     unwritten: Arc<AtomicUsize>,

@@ -1,0 +1,206 @@
+"""AMQPS and HTTPS with certificates made by openssl: server verification, client certificates
+and EXTERNAL, TLS 1.2/1.3 only, a reload on SIGHUP that keeps open connections, and
+connection.update-secret."""
+import json
+import os
+import re
+import signal
+import ssl
+import subprocess
+import tempfile
+import urllib.request
+
+import pika
+import pytest
+
+from conftest import Hare, wait_for
+from test_management_api import api
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_cert(d, name, cn, ca="ca", server=False):
+    """A key and a certificate signed by the CA in `d`; a server one names 127.0.0.1 and localhost."""
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-subj", f"/CN={cn}",
+            "-out", f"{name}.csr", cwd=d)
+    ext = os.path.join(d, f"{name}.ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n" if server else "extendedKeyUsage=clientAuth\n")
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
+            "-days", "2", "-extfile", ext, "-out", f"{name}.pem", cwd=d)
+
+
+@pytest.fixture(scope="module")
+def certs():
+    d = tempfile.mkdtemp(prefix="hare-tls-")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-subj", "/CN=Hare test CA",
+            "-days", "2", "-out", "ca.pem", cwd=d)
+    make_cert(d, "server", "localhost", server=True)
+    make_cert(d, "client", "certuser")
+    make_cert(d, "stranger", "nobody-known")
+    return d
+
+
+def tls_port(h, what="AMQPS"):
+    def find():
+        m = re.search(rf"{what} listening on 127\.0\.0\.1:(\d+)", h.read_log())
+        return int(m.group(1)) if m else None
+    return wait_for(find, what=f"{what} to listen")
+
+
+def start(certs, *extra):
+    return Hare(extra_args=["--tls-cert", f"{certs}/server.pem", "--tls-key", f"{certs}/server.key",
+                            "--tls-ca", f"{certs}/ca.pem", "--tls-port", "0", "--management-tls-port", "0", *extra])
+
+
+@pytest.fixture(scope="module")
+def hare(certs):
+    h = start(certs)
+    yield h
+    h.stop()
+
+
+def context(certs, client=None, maximum=None):
+    ctx = ssl.create_default_context(cafile=f"{certs}/ca.pem")
+    if client:
+        ctx.load_cert_chain(f"{certs}/{client}.pem", f"{certs}/{client}.key")
+    if maximum:
+        ctx.maximum_version = maximum
+    return ctx
+
+
+def connect_tls(h, certs, client=None, credentials=None, maximum=None):
+    params = pika.ConnectionParameters(
+        host="127.0.0.1", port=tls_port(h),
+        ssl_options=pika.SSLOptions(context(certs, client, maximum), server_hostname="localhost"),
+        **({"credentials": credentials} if credentials else {}))
+    return pika.BlockingConnection(params)
+
+
+def test_amqps_carries_messages_with_the_server_verified(hare, certs):
+    c = connect_tls(hare, certs)
+    ch = c.channel()
+    ch.queue_declare("tls-q")
+    ch.basic_publish("", "tls-q", b"over tls")
+    assert ch.basic_get("tls-q", auto_ack=True)[2] == b"over tls"
+    c.close()
+    # Only TLS 1.2 and 1.3: a client capped at 1.2 still connects.
+    connect_tls(hare, certs, maximum=ssl.TLSVersion.TLSv1_2).close()
+    # A client that trusts another CA refuses the server.
+    bad = ssl.create_default_context()
+    with pytest.raises((pika.exceptions.AMQPConnectionError, ssl.SSLError)):
+        pika.BlockingConnection(pika.ConnectionParameters(
+            host="127.0.0.1", port=tls_port(hare), ssl_options=pika.SSLOptions(bad, server_hostname="localhost"),
+            connection_attempts=1))
+
+
+def test_a_tls_1_1_client_is_refused(hare, certs):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    except (ValueError, ssl.SSLError):
+        pytest.skip("this Python cannot offer TLS 1.1")
+    import socket
+    with socket.create_connection(("127.0.0.1", tls_port(hare)), timeout=10) as raw:
+        with pytest.raises((ssl.SSLError, ConnectionResetError, OSError)):
+            with ctx.wrap_socket(raw) as s:
+                s.do_handshake()
+
+
+def test_external_logs_in_as_the_client_certificates_name(hare, certs):
+    assert api(hare, "/api/users/certuser", method="PUT", body={"tags": ""})[0] == 201
+    assert api(hare, "/api/permissions/%2F/certuser", method="PUT",
+               body={"configure": ".*", "write": ".*", "read": ".*"})[0] == 201
+    c = connect_tls(hare, certs, client="client", credentials=pika.credentials.ExternalCredentials())
+    ch = c.channel()
+    ch.queue_declare("ext-q")
+    conns = api(hare, "/api/connections")[1]
+    assert any(x["user"] == "certuser" for x in conns)
+    c.close()
+    # A certificate whose name is no user is refused as RabbitMQ refuses a login.
+    with pytest.raises(pika.exceptions.AMQPConnectionError) as e:
+        connect_tls(hare, certs, client="stranger", credentials=pika.credentials.ExternalCredentials())
+    assert "EXTERNAL" in str(e.value)
+    # A user without a password cannot log in by password.
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        connect_tls(hare, certs, credentials=pika.PlainCredentials("certuser", ""))
+
+
+def test_a_client_without_a_certificate_is_turned_away_when_one_is_required(certs):
+    h = start(certs, "--tls-fail-if-no-peer-cert")
+    try:
+        with pytest.raises(pika.exceptions.AMQPConnectionError):
+            connect_tls(h, certs)
+        connect_tls(h, certs, client="client").close()
+    finally:
+        h.stop()
+
+
+def test_the_api_over_https(hare, certs):
+    port = tls_port(hare, "HTTPS API")
+    req = urllib.request.Request(f"https://localhost:{port}/api/overview")
+    import base64
+    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    with urllib.request.urlopen(req, context=context(certs), timeout=10) as r:
+        body = json.loads(r.read())
+    protocols = {l["protocol"] for l in body["listeners"]}
+    assert {"amqp", "amqp/ssl", "http", "https"} <= protocols
+
+
+def serial_seen(h, certs):
+    import socket
+    ctx = context(certs)
+    with socket.create_connection(("127.0.0.1", tls_port(h)), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            return s.getpeercert()["serialNumber"]
+
+
+def test_sighup_reloads_the_certificate_and_keeps_open_connections(certs):
+    d = tempfile.mkdtemp(prefix="hare-tls-reload-")
+    for f in ("ca.pem", "ca.key", "server.pem", "server.key"):
+        with open(f"{certs}/{f}", "rb") as src, open(f"{d}/{f}", "wb") as dst:
+            dst.write(src.read())
+    h = start(d)
+    try:
+        before = serial_seen(h, d)
+        c = connect_tls(h, d)
+        ch = c.channel()
+        ch.queue_declare("reload-q")
+        make_cert(d, "server", "localhost", server=True)
+        h.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "TLS certificates reloaded" in h.read_log(), what="the reload")
+        assert serial_seen(h, d) != before
+        # The connection opened before the reload still works.
+        ch.basic_publish("", "reload-q", b"still here")
+        assert ch.basic_get("reload-q", auto_ack=True)[2] == b"still here"
+        c.close()
+        # A broken key file is reported and the certificate in force stays.
+        with open(f"{d}/server.key", "w") as f:
+            f.write("not a key\n")
+        h.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "TLS certificates not reloaded" in h.read_log(), what="the refused reload")
+        connect_tls(h, d).close()
+    finally:
+        h.stop()
+
+
+def test_a_missing_certificate_refuses_to_start(certs):
+    h = subprocess.run([os.environ.get("HARE_BIN", "target/release/hare"), "--port", "0", "--management-port", "0",
+                        "--data-dir", tempfile.mkdtemp(), "--tls-cert", f"{certs}/missing.pem",
+                        "--tls-key", f"{certs}/server.key"], capture_output=True, text=True, timeout=30)
+    assert h.returncode != 0 and "missing.pem" in h.stdout + h.stderr
+
+
+def test_update_secret_checks_the_new_secret(hare, certs):
+    c = connect_tls(hare, certs)
+    c.update_secret("guest", "rotated")
+    c.channel().queue_declare("after-update")
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as e:
+        c.update_secret("wrong", "rotated")
+        c.channel()
+    assert e.value.reply_code == 530 and "New secret was refused" in e.value.reply_text
