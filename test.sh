@@ -40,6 +40,16 @@ if ! command -v chromium >/dev/null; then
   fi
 fi
 
+echo "== openssl (the TLS tests make their certificates with it)"
+if ! command -v openssl >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+  else
+    echo "openssl missing: install Debian's openssl package" >&2
+    exit 1
+  fi
+fi
+
 echo "== differential conformance against RabbitMQ (scripted scenarios and 200 random seeds)"
 # Installs RabbitMQ from Debian's packages when missing (the first run takes a minute or two).
 tests/conformance/run.sh --scripted --seeds 0:200 --ops 40

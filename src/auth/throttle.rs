@@ -67,11 +67,12 @@ mod tests {
         let mut t = LoginThrottle::default();
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let now = Instant::now();
-        let delays: Vec<_> = (0..8).map(|_| t.failed(ip, now)).collect();
+        let delays: Vec<_> = (0..12).map(|_| t.failed(ip, now)).collect();
         assert_eq!(&delays[..3], &[None, None, None]);
         assert_eq!(delays[3], Some(Duration::from_millis(250)));
         assert_eq!(delays[4], Some(Duration::from_millis(500)));
-        assert_eq!(delays[7], Some(MAX_DELAY));
+        assert_eq!(delays[7], Some(Duration::from_secs(4)));
+        assert_eq!(delays[11], Some(MAX_DELAY));
         // Another source is not affected.
         assert_eq!(t.failed("10.0.0.2".parse().unwrap(), now), None);
         t.succeeded(ip);
