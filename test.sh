@@ -30,25 +30,22 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
 
-echo "== chromium (the web page's tests drive it headless)"
-if ! command -v chromium >/dev/null; then
+# Installs Debian package $1 when its command is missing (root only), else says what to do.
+need() {
+  command -v "$1" >/dev/null && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
   else
-    echo "chromium missing: install Debian's chromium package" >&2
+    echo "$1 missing: install Debian's $1 package" >&2
     exit 1
   fi
-fi
+}
+
+echo "== chromium (the web page's tests drive it headless)"
+need chromium
 
 echo "== openssl (the TLS tests make their certificates with it)"
-if ! command -v openssl >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
-  else
-    echo "openssl missing: install Debian's openssl package" >&2
-    exit 1
-  fi
-fi
+need openssl
 
 echo "== differential conformance against RabbitMQ (scripted scenarios and 200 random seeds)"
 # Installs RabbitMQ from Debian's packages when missing (the first run takes a minute or two).

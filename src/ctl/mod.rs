@@ -8,6 +8,9 @@
 //! hare ctl publish --routing-key orders --payload hello
 //! hare ctl get orders --count 5
 //! hare ctl export defs.json                 # definitions, in RabbitMQ's format
+//! hare ctl add-vhost shop
+//! hare ctl add-user app s3cret --tags management
+//! hare ctl -V shop set-permissions app '^app\.' '^app\.' '^app\.'
 //! ```
 
 mod client;
@@ -77,7 +80,9 @@ pub enum CtlCommand {
         what: Delete,
     },
     /// Removes every ready message from a queue.
-    Purge { queue: String },
+    Purge {
+        queue: String,
+    },
     /// Publishes one message through an exchange (the default exchange unless given).
     Publish {
         #[arg(long, default_value = "")]
@@ -100,9 +105,58 @@ pub enum CtlCommand {
         ackmode: String,
     },
     /// Writes the broker's definitions (RabbitMQ's JSON format) to a file, or `-` for stdout.
-    Export { file: String },
+    Export {
+        file: String,
+    },
     /// Loads definitions from a file written by `export` or by RabbitMQ.
-    Import { file: String },
+    Import {
+        file: String,
+    },
+    /// Adds a user (or replaces one), as rabbitmqctl add_user; tags separated by commas.
+    AddUser {
+        name: String,
+        password: String,
+        #[arg(long, default_value = "")]
+        tags: String,
+    },
+    /// Sets a user's password, keeping its tags.
+    ChangePassword {
+        name: String,
+        password: String,
+    },
+    /// Sets a user's tags (comma-separated; empty for none), keeping its password.
+    SetUserTags {
+        name: String,
+        tags: String,
+    },
+    DeleteUser {
+        name: String,
+    },
+    AddVhost {
+        name: String,
+    },
+    /// Deletes a vhost with everything in it; its connections are closed.
+    DeleteVhost {
+        name: String,
+    },
+    /// Sets the user's configure, write and read expressions in --vhost.
+    SetPermissions {
+        user: String,
+        configure: String,
+        write: String,
+        read: String,
+    },
+    ClearPermissions {
+        user: String,
+    },
+    /// Sets a vhost (--vhost) or user limit: max-connections, max-queues, max-channels.
+    SetLimit {
+        name: String,
+        value: i64,
+        /// A user's limit instead of the vhost's.
+        #[arg(long)]
+        user: Option<String>,
+    },
     /// Closes a connection (by its name, as `list connections` shows it).
     CloseConnection {
         name: String,
@@ -366,6 +420,50 @@ fn execute(api: &Api, args: &CtlArgs) -> Result<(), CtlError> {
         CtlCommand::CloseConnection { name, reason } => {
             api.delete_with_reason(&format!("/api/connections/{}", e(name)), reason)?;
             done(args, format!("connection {name} closed"));
+        }
+        CtlCommand::AddUser { name, password, tags } => {
+            api.put(&format!("/api/users/{}", e(name)), &json!({ "password": password, "tags": tags }))?;
+            done(args, format!("user {name} added"));
+        }
+        CtlCommand::ChangePassword { name, password } => {
+            let user = api.get(&format!("/api/users/{}", e(name)))?;
+            let tags = user.get("tags").cloned().unwrap_or(json!([]));
+            api.put(&format!("/api/users/{}", e(name)), &json!({ "password": password, "tags": tags }))?;
+            done(args, format!("password of {name} changed"));
+        }
+        CtlCommand::SetUserTags { name, tags } => {
+            api.get(&format!("/api/users/{}", e(name)))?;
+            api.put(&format!("/api/users/{}", e(name)), &json!({ "tags": tags }))?;
+            done(args, format!("tags of {name} set"));
+        }
+        CtlCommand::DeleteUser { name } => {
+            api.delete(&format!("/api/users/{}", e(name)))?;
+            done(args, format!("user {name} deleted"));
+        }
+        CtlCommand::AddVhost { name } => {
+            api.put(&format!("/api/vhosts/{}", e(name)), &json!({}))?;
+            done(args, format!("vhost {name} added"));
+        }
+        CtlCommand::DeleteVhost { name } => {
+            api.delete(&format!("/api/vhosts/{}", e(name)))?;
+            done(args, format!("vhost {name} deleted"));
+        }
+        CtlCommand::SetPermissions { user, configure, write, read } => {
+            let body = json!({ "configure": configure, "write": write, "read": read });
+            api.put(&format!("/api/permissions/{v}/{}", e(user)), &body)?;
+            done(args, format!("permissions of {user} in {} set", args.vhost));
+        }
+        CtlCommand::ClearPermissions { user } => {
+            api.delete(&format!("/api/permissions/{v}/{}", e(user)))?;
+            done(args, format!("permissions of {user} in {} cleared", args.vhost));
+        }
+        CtlCommand::SetLimit { name, value, user } => {
+            let path = match user {
+                Some(u) => format!("/api/user-limits/{}/{}", e(u), e(name)),
+                None => format!("/api/vhost-limits/{v}/{}", e(name)),
+            };
+            api.put(&path, &json!({ "value": value }))?;
+            done(args, format!("{name} set to {value}"));
         }
     }
     Ok(())

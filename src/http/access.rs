@@ -322,11 +322,17 @@ pub async fn permission(State(api): State<Api>, Path((vhost, user)): Path<(Strin
     }
 }
 
-fn text(body: &Value, key: &str) -> Result<String, Response> {
-    match body.get(key) {
-        Some(Value::String(s)) => Ok(s.clone()),
-        _ => Err(error(StatusCode::BAD_REQUEST, "bad_request", &format!("missing key: {key}"))),
+/// The string fields `keys` of a JSON body, or 400 naming the first one missing.
+fn texts<const N: usize>(body: &Bytes, keys: [&str; N]) -> Result<[String; N], Response> {
+    let body = parse(body)?;
+    let mut out: [String; N] = std::array::from_fn(|_| String::new());
+    for (slot, key) in out.iter_mut().zip(keys) {
+        match body.get(key) {
+            Some(Value::String(s)) => *slot = s.clone(),
+            _ => return Err(error(StatusCode::BAD_REQUEST, "bad_request", &format!("missing key: {key}"))),
+        }
     }
+    Ok(out)
 }
 
 pub async fn put_permission(
@@ -334,14 +340,9 @@ pub async fn put_permission(
     Path((vhost, user)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let body = match parse(&body) {
-        Ok(b) => b,
+    let [configure, write, read] = match texts(&body, ["configure", "write", "read"]) {
+        Ok(f) => f,
         Err(r) => return r,
-    };
-    let fields = (text(&body, "configure"), text(&body, "write"), text(&body, "read"));
-    let (configure, write, read) = match fields {
-        (Ok(c), Ok(w), Ok(r)) => (c, w, r),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e,
     };
     let existed = api.broker.access().permission(&user, &vhost).is_some();
     let permission = PermissionDef { user, vhost, configure, write, read };
@@ -382,14 +383,9 @@ pub async fn put_topic_permission(
     Path((vhost, user)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let body = match parse(&body) {
-        Ok(b) => b,
+    let [exchange, write, read] = match texts(&body, ["exchange", "write", "read"]) {
+        Ok(f) => f,
         Err(r) => return r,
-    };
-    let fields = (text(&body, "exchange"), text(&body, "write"), text(&body, "read"));
-    let (exchange, write, read) = match fields {
-        (Ok(x), Ok(w), Ok(r)) => (x, w, r),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e,
     };
     let existed = api.broker.access().topic_permissions_of(&user, &vhost).any(|p| p.exchange == exchange);
     let permission = TopicPermissionDef { user, vhost, exchange, write, read };

@@ -102,3 +102,34 @@ def test_clear_errors_when_unreachable_or_refused(hare):
     assert out.returncode == 1 and "404" in out.stderr
     out = ctl(hare, "declare", "queue", "x", "--arguments", "not json", check=False)
     assert out.returncode == 1 and "--arguments is not JSON" in out.stderr
+
+
+def test_users_vhosts_permissions_and_limits(hare):
+    ctl(hare, "add-vhost", "ctl-vh")
+    ctl(hare, "add-user", "ctl-app", "pw1", "--tags", "management")
+    ctl(hare, "-V", "ctl-vh", "set-permissions", "ctl-app", "^ctl-", "^ctl-", "^ctl-")
+    ctl(hare, "-V", "ctl-vh", "set-limit", "max-queues", "1")
+    ctl(hare, "set-limit", "max-channels", "5", "--user", "ctl-app")
+    creds = pika.PlainCredentials("ctl-app", "pw1")
+    c = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", hare.port, "ctl-vh", creds))
+    ch = c.channel()
+    ch.queue_declare("ctl-one")
+    with __import__("pytest").raises(pika.exceptions.ChannelClosedByBroker) as e:
+        ch.queue_declare("ctl-two")
+    assert e.value.reply_code == 406
+    c.close()
+    users = {u["name"]: u for u in jctl(hare, "list", "users")}
+    assert users["ctl-app"]["tags"] == ["management"]
+    assert users["ctl-app"]["limits"] == {"max-channels": 5}
+    ctl(hare, "change-password", "ctl-app", "pw2")
+    ctl(hare, "set-user-tags", "ctl-app", "monitoring")
+    assert jctl(hare, "list", "users") and ctl(hare, "overview", user="ctl-app", password="pw2").returncode == 0
+    assert ctl(hare, "overview", user="ctl-app", password="pw1", check=False).returncode != 0
+    perms = [p for p in jctl(hare, "list", "permissions") if p["user"] == "ctl-app"]
+    assert perms == [{"user": "ctl-app", "vhost": "ctl-vh", "configure": "^ctl-", "write": "^ctl-", "read": "^ctl-"}]
+    ctl(hare, "-V", "ctl-vh", "clear-permissions", "ctl-app")
+    ctl(hare, "delete-vhost", "ctl-vh")
+    ctl(hare, "delete-user", "ctl-app")
+    assert "ctl-app" not in {u["name"] for u in jctl(hare, "list", "users")}
+    out = ctl(hare, "delete-user", "ctl-app", check=False)
+    assert out.returncode != 0 and "404" in out.stderr + out.stdout
