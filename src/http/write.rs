@@ -4,6 +4,7 @@
 
 use super::json::table;
 use super::{error, not_found, Api, NO_CONNECTION};
+use crate::auth::grant::{Kind, Perm};
 use crate::broker::exchange::{Binding, Destination};
 use crate::broker::message::Message;
 use crate::broker::vhost::{QueueDeclaration, VHost};
@@ -73,6 +74,20 @@ fn vhost_of(api: &Api, name: &str) -> Option<Arc<VHost>> {
     api.broker.vhost(name)
 }
 
+/// The caller's permissions for a change, checked as over AMQP: the API acts as its user, in
+/// the vhost of the path (an administrator too, as in RabbitMQ). A refusal is RabbitMQ's 401
+/// with the AMQP text.
+fn permitted(api: &Api, vhost: &str, checks: &[(Kind, &str, Perm)]) -> Result<(), Response> {
+    let Ok(user) = super::access::PRINCIPAL.try_with(|p| p.name.clone()) else { return Ok(()) };
+    let grant = api.broker.grant(&user, vhost);
+    for &(kind, name, perm) in checks {
+        grant
+            .check(kind, name, perm)
+            .map_err(|r| error(StatusCode::UNAUTHORIZED, "not_authorised", &format!("ACCESS_REFUSED - {}", r.text)))?;
+    }
+    Ok(())
+}
+
 /// The body of a PUT or POST; an empty one is `{}`.
 fn parse(body: &Bytes) -> Result<Value, Response> {
     if body.is_empty() {
@@ -84,6 +99,9 @@ fn parse(body: &Bytes) -> Result<Value, Response> {
 /// PUT /api/queues/{vhost}/{name}: 201 when created, 204 when it was there (equivalent).
 pub async fn put_queue(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>, body: Bytes) -> Response {
     let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
+    if let Err(r) = permitted(&api, &vhost, &[(Kind::Queue, &name, Perm::Configure)]) {
+        return r;
+    }
     let body = match parse(&body) {
         Ok(b) => b,
         Err(r) => return r,
@@ -121,6 +139,9 @@ pub async fn delete_queue(
     Query(q): Query<DeleteQuery>,
 ) -> Response {
     let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
+    if let Err(r) = permitted(&api, &vhost, &[(Kind::Queue, &name, Perm::Configure)]) {
+        return r;
+    }
     if !v.queues().iter().any(|x| x.name.as_str() == name) {
         return not_found();
     }
@@ -141,6 +162,9 @@ pub async fn delete_queue(
 /// DELETE /api/queues/{vhost}/{name}/contents: purge, 204.
 pub async fn purge(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>) -> Response {
     let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
+    if let Err(r) = permitted(&api, &vhost, &[(Kind::Queue, &name, Perm::Read)]) {
+        return r;
+    }
     match v.purge_queue(&name, NO_CONNECTION) {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => refused(e),
@@ -154,6 +178,9 @@ pub async fn put_exchange(
     body: Bytes,
 ) -> Response {
     let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
+    if let Err(r) = permitted(&api, &vhost, &[(Kind::Exchange, &name, Perm::Configure)]) {
+        return r;
+    }
     let body = match parse(&body) {
         Ok(b) => b,
         Err(r) => return r,
@@ -187,6 +214,9 @@ pub async fn delete_exchange(
     Query(q): Query<DeleteQuery>,
 ) -> Response {
     let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
+    if let Err(r) = permitted(&api, &vhost, &[(Kind::Exchange, &name, Perm::Configure)]) {
+        return r;
+    }
     if !v.exchanges().iter().any(|e| e.name.as_str() == name) {
         return not_found();
     }
@@ -216,6 +246,10 @@ pub async fn post_binding(
 ) -> Response {
     let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
     let Some(destination) = destination(&kind, &dest) else { return not_found() };
+    let dest_kind = if kind == "e" { Kind::Exchange } else { Kind::Queue };
+    if let Err(r) = permitted(&api, &vhost, &[(dest_kind, &dest, Perm::Write), (Kind::Exchange, &source, Perm::Read)]) {
+        return r;
+    }
     let body = match parse(&body) {
         Ok(b) => b,
         Err(r) => return r,
@@ -245,6 +279,10 @@ pub async fn delete_binding(
 ) -> Response {
     let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
     let Some(destination) = destination(&kind, &dest) else { return not_found() };
+    let dest_kind = if kind == "e" { Kind::Exchange } else { Kind::Queue };
+    if let Err(r) = permitted(&api, &vhost, &[(dest_kind, &dest, Perm::Write), (Kind::Exchange, &source, Perm::Read)]) {
+        return r;
+    }
     let key = if props == "~" { String::new() } else { props };
     let Some((_, binding)) = v
         .bindings()
@@ -266,6 +304,9 @@ pub async fn delete_binding(
 /// (`string` or `base64`) and properties: `{"routed": true|false}`.
 pub async fn publish(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>, body: Bytes) -> Response {
     let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
+    if let Err(r) = permitted(&api, &vhost, &[(Kind::Exchange, &name, Perm::Write)]) {
+        return r;
+    }
     let body = match parse(&body) {
         Ok(b) => b,
         Err(r) => return r,
@@ -352,6 +393,9 @@ fn properties_json(p: &BasicProperties) -> Value {
 /// `base64`) and truncate: the messages, as RabbitMQ lists them.
 pub async fn get(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>, body: Bytes) -> Response {
     let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
+    if let Err(r) = permitted(&api, &vhost, &[(Kind::Queue, &name, Perm::Read)]) {
+        return r;
+    }
     let body = match parse(&body) {
         Ok(b) => b,
         Err(r) => return r,

@@ -233,9 +233,17 @@ def test_limits_are_refused_with_rabbitmqs_errors(hare):
 
 def test_management_tags_decide_what_a_user_sees_and_does(hare):
     put(hare, "/api/vhosts/mgmt-only")
+    # The API acts as its user: even an administrator needs permissions in the vhost.
+    status, body = api(hare, "/api/queues/mgmt-only/mq", method="PUT", body={"durable": False})
+    assert (status, body["reason"]) == (401, "ACCESS_REFUSED - access to queue 'mq' in vhost 'mgmt-only' "
+                                             "refused for user 'guest'")
+    put(hare, "/api/permissions/mgmt-only/guest", {"configure": ".*", "write": ".*", "read": ".*"})
     put(hare, "/api/queues/mgmt-only/mq", {"durable": False})
     add_user(hare, "mon", "pw", tags="monitoring")
-    add_user(hare, "man", "pw", tags=["management"], vhost="mgmt-only", perms=(".*", ".*", ".*"))
+    add_user(hare, "man", "pw", tags=["management"], vhost="mgmt-only", perms=("^man-", ".*", ".*"))
+    assert api(hare, "/api/queues/mgmt-only/man-q", "man", "pw", method="PUT", body={})[0] == 201
+    status, body = api(hare, "/api/queues/mgmt-only/other", "man", "pw", method="PUT", body={})
+    assert status == 401 and "access to queue 'other' in vhost 'mgmt-only'" in body["reason"]
     add_user(hare, "plain", "pw", vhost="/", perms=(".*", ".*", ".*"))
     assert api(hare, "/api/overview", "plain", "pw") == (401, {"error": "not_authorised", "reason": "Not management user"})
     assert api(hare, "/api/whoami", "mon", "pw") == (200, {"name": "mon", "tags": ["monitoring"]})
