@@ -2,7 +2,8 @@
 //!
 //! Layers, from the wire inwards: [`protocol`] (codec), [`server`] (connections and channels),
 //! [`broker`] (vhosts, exchanges, queues, routing; no I/O), [`storage`] (the data directory);
-//! beside them [`http`] (the management API and metrics) and the commands [`perf`] and [`ctl`].
+//! beside them [`auth`] (users, vhosts, permissions; no I/O), [`tls`] (AMQPS and HTTPS),
+//! [`http`] (the management API and metrics) and the commands [`perf`] and [`ctl`].
 
 pub mod auth;
 pub mod broker;
