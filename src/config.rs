@@ -67,7 +67,8 @@ pub struct Args {
     #[arg(long, env = "HARE_MANAGEMENT_TLS_PORT")]
     pub management_tls_port: Option<u16>,
     /// TOML file with any of: bind, port, management_port, data_dir, log, heartbeat, memory_limit,
-    /// disk_free_limit, stats_interval, frame_max, channel_max, max_message_size, default_user,
+    /// disk_free_limit, stats_interval, frame_max, channel_max, max_message_size,
+    /// consumer_max_per_channel, default_user,
     /// default_pass, loopback_users (users who may log in only from loopback; ["guest"]),
     /// tls_cert, tls_key, tls_ca, tls_fail_if_no_peer_cert, tls_port, management_tls_port.
     #[arg(long, short, env = "HARE_CONFIG")]
@@ -97,6 +98,7 @@ struct FileConfig {
     frame_max: Option<u32>,
     channel_max: Option<u16>,
     max_message_size: Option<u64>,
+    consumer_max_per_channel: Option<u32>,
     default_user: Option<String>,
     default_pass: Option<String>,
     loopback_users: Option<Vec<String>>,
@@ -125,6 +127,9 @@ pub struct Config {
     pub frame_max: u32,
     pub channel_max: u16,
     pub max_message_size: u64,
+    /// Consumers one channel may have (RabbitMQ's consumer_max_per_channel), so that one
+    /// client cannot grow a channel's consumer table without bound.
+    pub consumer_max_per_channel: u32,
     /// The default user of a fresh data directory, and who may log in only from loopback.
     pub access: crate::broker::AccessSettings,
     /// TLS, when a certificate and key are configured.
@@ -149,6 +154,7 @@ impl Default for Config {
             frame_max: 131072,
             channel_max: 2047,
             max_message_size: 128 * 1024 * 1024,
+            consumer_max_per_channel: 65_536,
             access: crate::broker::AccessSettings::default(),
             tls: None,
             tls_port: 5671,
@@ -204,6 +210,7 @@ impl Config {
             frame_max: file.frame_max.unwrap_or(d.frame_max),
             channel_max: file.channel_max.unwrap_or(d.channel_max),
             max_message_size: file.max_message_size.unwrap_or(d.max_message_size),
+            consumer_max_per_channel: file.consumer_max_per_channel.unwrap_or(d.consumer_max_per_channel),
             access: {
                 let user = args.default_user.clone().or(file.default_user).unwrap_or_else(|| "guest".into());
                 let pass = args.default_pass.clone().or(file.default_pass).unwrap_or_else(|| "guest".into());

@@ -378,6 +378,11 @@ impl Channel {
     }
 
     fn consume(&mut self, ctx: &mut ConnCtx, m: BasicConsume) -> AmqpResult<()> {
+        // RabbitMQ's first check: a new tag beyond the channel's consumer limit.
+        let max = ctx.config.consumer_max_per_channel as usize;
+        if self.consumers.len() >= max && !self.consumers.contains_key(m.consumer_tag.as_str()) {
+            return Err(AmqpError::not_allowed(format!("reached maximum ({max}) of consumers per channel")));
+        }
         let tag = if m.consumer_tag.is_empty() {
             ShortStr::from(format!("amq.ctag-{}", random_suffix(22)))
         } else {

@@ -311,3 +311,26 @@ def test_the_default_user_can_be_chosen_or_left_out():
         assert api(h, "/api/overview")[0] == 401
     finally:
         h.stop()
+
+
+def test_a_channel_has_at_most_consumer_max_per_channel_consumers(tmp_path):
+    config = tmp_path / "hare.toml"
+    config.write_text("consumer_max_per_channel = 2\n")
+    h = Hare(extra_args=["--config", str(config)])
+    try:
+        c = h.connect()
+        ch = c.channel()
+        ch.queue_declare("many")
+        ch.basic_consume("many", lambda *a: None)
+        ch.basic_consume("many", lambda *a: None)
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as e:
+            ch.basic_consume("many", lambda *a: None)
+        assert (e.value.reply_code, e.value.reply_text) == (
+            530, "NOT_ALLOWED - reached maximum (2) of consumers per channel")
+        # Another channel has its own count.
+        c = h.connect()
+        other = c.channel()
+        other.basic_consume("many", lambda *a: None)
+        c.close()
+    finally:
+        h.stop()
