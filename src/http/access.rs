@@ -7,7 +7,7 @@
 //! `administrator` may do everything, including the users, vhosts and permissions here.
 //! A user without one of these tags cannot use the API (401 "Not management user").
 
-use super::write::durable;
+use super::write::{durable, parse};
 use super::{error, list, not_found, Api, ListQuery};
 use crate::auth::{password, AccessChange, AccessError, PermissionDef, TopicPermissionDef, UserDef, VhostDef};
 use axum::extract::{Path, State};
@@ -141,13 +141,6 @@ fn refused(e: AccessError) -> Response {
         other => other.to_string(),
     };
     error(StatusCode::BAD_REQUEST, "bad_request", &reason)
-}
-
-fn parse(body: &Bytes) -> Result<Value, Response> {
-    if body.is_empty() {
-        return Ok(json!({}));
-    }
-    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", &format!("not JSON: {e}")))
 }
 
 /// Applies a change and answers once it is durable: 201 if `created`, else 204.

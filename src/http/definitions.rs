@@ -93,6 +93,12 @@ fn items<'a>(body: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
     body.get(key).and_then(Value::as_array).into_iter().flatten()
 }
 
+/// A user's or vhost's `limits` object, its integer values kept.
+fn limits_of(item: &Value) -> Option<crate::auth::Limits> {
+    let limits = item.get("limits")?.as_object()?;
+    Some(limits.iter().filter_map(|(k, v)| Some((k.clone(), v.as_i64()?))).collect())
+}
+
 fn text<'a>(item: &'a Value, key: &str) -> &'a str {
     item.get(key).and_then(Value::as_str).unwrap_or("")
 }
@@ -112,8 +118,8 @@ pub async fn import(State(api): State<Api>, body: Bytes) -> Response {
         let old = api.broker.user(text(u, "name"));
         match super::access::user_from(text(u, "name"), u, old.as_ref()) {
             Ok(mut user) => {
-                if let Some(limits) = u.get("limits").and_then(Value::as_object) {
-                    user.limits = limits.iter().filter_map(|(k, v)| Some((k.clone(), v.as_i64()?))).collect();
+                if let Some(limits) = limits_of(u) {
+                    user.limits = limits;
                 }
                 changes.push(AccessChange::PutUser { user })
             }
@@ -129,8 +135,8 @@ pub async fn import(State(api): State<Api>, body: Bytes) -> Response {
         if v.get("tags").is_some() {
             def.tags = super::access::tags_of(v.get("tags"));
         }
-        if let Some(limits) = v.get("limits").and_then(Value::as_object) {
-            def.limits = limits.iter().filter_map(|(k, v)| Some((k.clone(), v.as_i64()?))).collect();
+        if let Some(limits) = limits_of(v) {
+            def.limits = limits;
         }
         changes.push(AccessChange::PutVhost { vhost: def });
     }

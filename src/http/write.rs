@@ -89,7 +89,7 @@ fn permitted(api: &Api, vhost: &str, checks: &[(Kind, &str, Perm)]) -> Result<()
 }
 
 /// The body of a PUT or POST; an empty one is `{}`.
-fn parse(body: &Bytes) -> Result<Value, Response> {
+pub(super) fn parse(body: &Bytes) -> Result<Value, Response> {
     if body.is_empty() {
         return Ok(json!({}));
     }
