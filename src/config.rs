@@ -66,11 +66,16 @@ pub struct Args {
     /// HTTPS port of the management API (15671; 0 picks a free one).
     #[arg(long, env = "HARE_MANAGEMENT_TLS_PORT")]
     pub management_tls_port: Option<u16>,
+    /// File with the 256-bit key (64 hex digits, or 32 bytes) that seals message records
+    /// and definitions on disk with AES-256-GCM (encryption at rest).
+    #[arg(long, env = "HARE_ENCRYPTION_KEY_FILE")]
+    pub encryption_key_file: Option<PathBuf>,
     /// TOML file with any of: bind, port, management_port, data_dir, log, heartbeat, memory_limit,
     /// disk_free_limit, stats_interval, frame_max, channel_max, max_message_size,
     /// consumer_max_per_channel, default_user,
     /// default_pass, loopback_users (users who may log in only from loopback; ["guest"]),
-    /// tls_cert, tls_key, tls_ca, tls_fail_if_no_peer_cert, tls_port, management_tls_port.
+    /// tls_cert, tls_key, tls_ca, tls_fail_if_no_peer_cert, tls_port, management_tls_port,
+    /// encryption_key_file, encryption_previous_key_files (old keys, read only: key rotation).
     #[arg(long, short, env = "HARE_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -108,6 +113,8 @@ struct FileConfig {
     tls_fail_if_no_peer_cert: Option<bool>,
     tls_port: Option<u16>,
     management_tls_port: Option<u16>,
+    encryption_key_file: Option<PathBuf>,
+    encryption_previous_key_files: Option<Vec<PathBuf>>,
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +143,9 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsSettings>,
     pub tls_port: u16,
     pub management_tls_port: u16,
+    /// Encryption at rest: the current key's file, and previous keys' files (read only).
+    pub encryption_key_file: Option<PathBuf>,
+    pub encryption_previous_key_files: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -159,6 +169,8 @@ impl Default for Config {
             tls: None,
             tls_port: 5671,
             management_tls_port: 15671,
+            encryption_key_file: None,
+            encryption_previous_key_files: Vec::new(),
         }
     }
 }
@@ -177,6 +189,8 @@ pub enum ConfigError {
     DiskFreeLimit(String),
     #[error("tls_cert and tls_key go together: set both or neither")]
     TlsHalf,
+    #[error("encryption_previous_key_files needs encryption_key_file: old keys only read, the current key writes")]
+    PreviousKeysAlone,
 }
 
 impl Config {
@@ -222,6 +236,8 @@ impl Config {
             tls: None,
             tls_port: d.tls_port,
             management_tls_port: d.management_tls_port,
+            encryption_key_file: None,
+            encryption_previous_key_files: Vec::new(),
         };
         let cert = args.tls_cert.clone().or(file.tls_cert);
         let key = args.tls_key.clone().or(file.tls_key);
@@ -239,8 +255,13 @@ impl Config {
             },
             tls_port: args.tls_port.or(file.tls_port).unwrap_or(d.tls_port),
             management_tls_port: args.management_tls_port.or(file.management_tls_port).unwrap_or(d.management_tls_port),
+            encryption_key_file: args.encryption_key_file.clone().or(file.encryption_key_file),
+            encryption_previous_key_files: file.encryption_previous_key_files.unwrap_or_default(),
             ..c
         };
+        if c.encryption_key_file.is_none() && !c.encryption_previous_key_files.is_empty() {
+            return Err(ConfigError::PreviousKeysAlone);
+        }
         if c.frame_max < 4096 {
             return Err(ConfigError::FrameMax(c.frame_max));
         }

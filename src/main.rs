@@ -51,7 +51,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let storage = match DiskStorage::open(&config.data_dir) {
+    let keys = match &config.encryption_key_file {
+        None => None,
+        Some(path) => match hare::storage::cipher::KeyRing::load(path, &config.encryption_previous_key_files) {
+            Ok(k) => Some(Arc::new(k)),
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let storage = match DiskStorage::open(&config.data_dir, keys) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             tracing::error!("{e}");

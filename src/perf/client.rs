@@ -5,23 +5,31 @@ use crate::protocol::frame::{parse_frame, write_content, write_method, Frame, PR
 use crate::protocol::method::*;
 use crate::protocol::{FieldTable, LongStr, Method, ShortStr};
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+
+/// Either half of a connection, over TCP or TLS. One virtual call per read or write of a
+/// whole buffer, which is nothing beside the syscall.
+type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;
+type WriteHalf = Box<dyn AsyncWrite + Unpin + Send>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    #[error("bad uri '{0}': expected amqp://user:pass@host:port/vhost")]
+    #[error("bad uri '{0}': expected amqp://user:pass@host:port/vhost (or amqps://)")]
     Uri(String),
+    #[error("an amqps:// uri needs --tls-ca, the CA file to verify the broker's certificate with")]
+    NoCa,
     #[error("protocol: {0}")]
     Protocol(String),
     #[error("closed by the broker: {0} {1}")]
     Closed(u16, String),
 }
 
-/// Where to connect, from an amqp:// URI.
+/// Where to connect, from an amqp:// or amqps:// URI.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     pub host: String,
@@ -29,12 +37,40 @@ pub struct Target {
     pub user: String,
     pub password: String,
     pub vhost: String,
+    /// amqps://: connect with TLS (the configuration is given with [`Target::with_tls`]).
+    pub tls: bool,
+    tls_config: Option<TlsConfig>,
+}
+
+/// A rustls client configuration; targets compare equal whatever theirs is.
+#[derive(Clone)]
+struct TlsConfig(Arc<rustls::ClientConfig>);
+
+impl PartialEq for TlsConfig {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsConfig")
+    }
 }
 
 impl Target {
+    /// The TLS client configuration an amqps:// target connects with.
+    pub fn with_tls(mut self, config: Arc<rustls::ClientConfig>) -> Target {
+        self.tls_config = Some(TlsConfig(config));
+        self
+    }
+
     pub fn parse(uri: &str) -> Result<Target, ClientError> {
         let bad = || ClientError::Uri(uri.to_string());
-        let rest = uri.strip_prefix("amqp://").ok_or_else(bad)?;
+        let (tls, rest) = match uri.strip_prefix("amqps://") {
+            Some(rest) => (true, rest),
+            None => (false, uri.strip_prefix("amqp://").ok_or_else(bad)?),
+        };
         let (auth, rest) = match rest.rsplit_once('@') {
             Some((a, r)) => (Some(a), r),
             None => (None, rest),
@@ -50,17 +86,17 @@ impl Target {
         };
         let (host, port) = match hostport.rsplit_once(':') {
             Some((h, p)) => (h.to_string(), p.parse().map_err(|_| bad())?),
-            None => (hostport.to_string(), 5672),
+            None => (hostport.to_string(), if tls { 5671 } else { 5672 }),
         };
         if host.is_empty() {
             return Err(bad());
         }
-        Ok(Target { host, port, user, password, vhost })
+        Ok(Target { host, port, user, password, vhost, tls, tls_config: None })
     }
 }
 
 pub struct Reader {
-    rd: OwnedReadHalf,
+    rd: ReadHalf,
     buf: BytesMut,
 }
 
@@ -96,7 +132,7 @@ impl Reader {
 }
 
 pub struct Writer {
-    wr: OwnedWriteHalf,
+    wr: WriteHalf,
     pub buf: BytesMut,
     pub frame_max: usize,
 }
@@ -137,7 +173,17 @@ impl Client {
     pub async fn connect(target: &Target) -> Result<Client, ClientError> {
         let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
         stream.set_nodelay(true)?;
-        let (rd, wr) = stream.into_split();
+        let (rd, wr): (ReadHalf, WriteHalf) = if target.tls {
+            let config = target.tls_config.as_ref().ok_or(ClientError::NoCa)?;
+            let name = rustls::pki_types::ServerName::try_from(target.host.clone())
+                .map_err(|e| ClientError::Protocol(format!("server name {}: {e}", target.host)))?;
+            let tls = tokio_rustls::TlsConnector::from(config.0.clone()).connect(name, stream).await?;
+            let (rd, wr) = tokio::io::split(tls);
+            (Box::new(rd), Box::new(wr))
+        } else {
+            let (rd, wr) = stream.into_split();
+            (Box::new(rd), Box::new(wr))
+        };
         let mut c = Client {
             reader: Reader { rd, buf: BytesMut::with_capacity(256 * 1024) },
             writer: Writer { wr, buf: BytesMut::with_capacity(256 * 1024), frame_max: 131072 },
@@ -221,8 +267,18 @@ mod tests {
     fn uris() {
         assert_eq!(
             Target::parse("amqp://u:p@h:1234/v").unwrap(),
-            Target { host: "h".into(), port: 1234, user: "u".into(), password: "p".into(), vhost: "v".into() }
+            Target {
+                host: "h".into(),
+                port: 1234,
+                user: "u".into(),
+                password: "p".into(),
+                vhost: "v".into(),
+                tls: false,
+                tls_config: None
+            }
         );
+        let t = Target::parse("amqps://u:p@localhost/v").unwrap();
+        assert_eq!((t.tls, t.port), (true, 5671));
         let t = Target::parse("amqp://127.0.0.1").unwrap();
         assert_eq!((t.port, t.user.as_str(), t.vhost.as_str()), (5672, "guest", "/"));
         assert_eq!(Target::parse("amqp://guest:guest@localhost:5672/%2f").unwrap().vhost, "/");

@@ -37,6 +37,9 @@ pub struct PerfArgs {
     /// Broker to load, as an AMQP URI.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     pub uri: String,
+    /// With an amqps:// URI: PEM CA certificates to verify the broker's certificate with.
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Publishing connections.
     #[arg(long, default_value_t = 1)]
     pub producers: usize,
@@ -240,7 +243,10 @@ pub struct Summary {
 /// Runs the load described by `args` and returns its figures.
 pub async fn run(args: PerfArgs) -> Result<Summary, String> {
     args.check()?;
-    let target = Target::parse(&args.uri).map_err(|e| e.to_string())?;
+    let mut target = Target::parse(&args.uri).map_err(|e| e.to_string())?;
+    if let Some(ca) = &args.tls_ca {
+        target = target.with_tls(crate::tls::client_config(ca).map_err(|e| e.to_string())?);
+    }
     if args.idle_connections > 0 {
         return idle(&args, &target).await;
     }

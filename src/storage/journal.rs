@@ -11,9 +11,14 @@
 //!   <n>.journal           changes after that, in order (record framing, one JSON change each)
 //! ```
 //!
+//! With encryption at rest both the snapshot and each journal record are sealed blobs
+//! (see [`super::cipher`]): users' password hashes and queue arguments are not left in the
+//! clear. Plain ones written before encryption was turned on still read.
+//!
 //! Recovery reads the snapshot and replays the journals after it. A torn record at the end
 //! of a journal (a crash mid-write) was never confirmed and is dropped.
 
+use super::cipher::{open_maybe, KeyRing, Nonces};
 use super::record::{put_record, scan, Scanned};
 use super::syncer::{LogFile, Syncer};
 use super::write_atomically;
@@ -49,6 +54,8 @@ pub struct DefinitionsJournal {
     compacting: Arc<AtomicBool>,
     /// [`COMPACT_AFTER`]; smaller in tests.
     compact_after: u64,
+    /// With encryption at rest, the keys records and snapshots are sealed with.
+    keys: Option<Arc<KeyRing>>,
 }
 
 #[derive(Debug)]
@@ -61,6 +68,7 @@ struct Inner {
     next: Option<Arc<LogFile>>,
     /// Size of the last snapshot written.
     snapshot_bytes: u64,
+    nonces: Nonces,
 }
 
 fn journal_path(dir: &Path, n: u64) -> PathBuf {
@@ -77,10 +85,11 @@ fn journals(dir: &Path) -> std::io::Result<Vec<u64>> {
     Ok(ids)
 }
 
-fn read_snapshot(dir: &Path) -> Result<SnapshotFile, StoreError> {
+fn read_snapshot(dir: &Path, keys: Option<&KeyRing>) -> Result<SnapshotFile, StoreError> {
     let path = dir.join("snapshot.json");
     match std::fs::read(&path) {
         Ok(data) => {
+            let data = open_maybe(keys, &data).map_err(|e| StoreError(format!("{} is {e}", path.display())))?;
             serde_json::from_slice(&data).map_err(|e| StoreError(format!("cannot parse {}: {e}", path.display())))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SnapshotFile::default()),
@@ -89,18 +98,26 @@ fn read_snapshot(dir: &Path) -> Result<SnapshotFile, StoreError> {
 }
 
 /// Applies the changes of one journal file; returns how many it had.
-fn replay(path: &Path, state: &mut DefinitionsState) -> Result<usize, StoreError> {
+fn replay(path: &Path, state: &mut DefinitionsState, keys: Option<&KeyRing>) -> Result<usize, StoreError> {
     let data = bytes::Bytes::from(std::fs::read(path)?);
     let mut n = 0;
     for item in scan(&data) {
         match item {
-            Scanned::Record { offset, payload } => match serde_json::from_slice::<Change>(&payload) {
-                Ok(change) => {
-                    state.apply(&change);
-                    n += 1;
+            Scanned::Record { offset, payload } => {
+                // A sealed record that does not open is an error: skipping it would drop a
+                // change that was confirmed.
+                let payload = open_maybe(keys, &payload)
+                    .map_err(|e| StoreError(format!("{}: the change at offset {offset} is {e}", path.display())))?;
+                match serde_json::from_slice::<Change>(&payload) {
+                    Ok(change) => {
+                        state.apply(&change);
+                        n += 1;
+                    }
+                    Err(e) => {
+                        tracing::error!("{}: undecodable change at offset {offset}, skipped: {e}", path.display())
+                    }
                 }
-                Err(e) => tracing::error!("{}: undecodable change at offset {offset}, skipped: {e}", path.display()),
-            },
+            }
             Scanned::Corrupt { offset, len } => {
                 tracing::error!("{}: corrupt record at offset {offset} ({len} bytes), skipped", path.display())
             }
@@ -114,20 +131,30 @@ fn replay(path: &Path, state: &mut DefinitionsState) -> Result<usize, StoreError
 
 /// Writes a snapshot including every journal up to `upto`, from the last snapshot and the
 /// journals after it, then deletes those journals. Returns the snapshot's size.
-fn compact(dir: &Path, upto: u64) -> Result<u64, StoreError> {
-    let old = read_snapshot(dir)?;
+fn compact(dir: &Path, upto: u64, keys: Option<&KeyRing>) -> Result<u64, StoreError> {
+    let old = read_snapshot(dir, keys)?;
     let mut state = DefinitionsState::from_snapshot(&old.snapshot);
     let ids = journals(dir)?;
     for &n in ids.iter().filter(|&&n| n > old.journal && n <= upto) {
-        replay(&journal_path(dir, n), &mut state)?;
+        replay(&journal_path(dir, n), &mut state, keys)?;
     }
     let file = SnapshotFile { journal: upto.max(old.journal), snapshot: state.to_snapshot() };
-    let json = serde_json::to_vec(&file).map_err(|e| StoreError(e.to_string()))?;
-    write_atomically(&dir.join("snapshot.json"), &json)?;
+    let json = write_snapshot(dir, &file, keys)?;
     for &n in ids.iter().filter(|&&n| n <= upto) {
         let _ = std::fs::remove_file(journal_path(dir, n));
     }
     Ok(json.len() as u64)
+}
+
+/// Writes the snapshot file (sealed with the current key, when there is one); returns its size.
+fn write_snapshot(dir: &Path, file: &SnapshotFile, keys: Option<&KeyRing>) -> Result<Vec<u8>, StoreError> {
+    let json = serde_json::to_vec(file).map_err(|e| StoreError(e.to_string()))?;
+    let data = match keys {
+        Some(keys) => keys.seal(&mut Nonces::new(), &json),
+        None => json,
+    };
+    write_atomically(&dir.join("snapshot.json"), &data)?;
+    Ok(data)
 }
 
 /// Creates journal `n`, empty, and makes its directory entry durable.
@@ -145,14 +172,15 @@ impl DefinitionsJournal {
         dir: &Path,
         syncer: Arc<Syncer>,
         legacy: Vec<(String, PathBuf)>,
+        keys: Option<Arc<KeyRing>>,
     ) -> Result<DefinitionsJournal, StoreError> {
         std::fs::create_dir_all(dir)?;
-        let snap = read_snapshot(dir)?;
+        let snap = read_snapshot(dir, keys.as_deref())?;
         let mut state = DefinitionsState::from_snapshot(&snap.snapshot);
         let ids = journals(dir)?;
         let mut replayed = 0;
         for &n in ids.iter().filter(|&&n| n > snap.journal) {
-            replayed += replay(&journal_path(dir, n), &mut state)?;
+            replayed += replay(&journal_path(dir, n), &mut state, keys.as_deref())?;
         }
         for (vhost, path) in &legacy {
             let data = std::fs::read(path)?;
@@ -161,13 +189,17 @@ impl DefinitionsJournal {
             state.set_vhost(vhost, &defs);
         }
         let last = ids.last().copied().unwrap_or(0).max(snap.journal);
-        let mut snapshot_bytes = std::fs::metadata(dir.join("snapshot.json")).map_or(0, |m| m.len());
-        if replayed > 0 || !legacy.is_empty() || ids.iter().any(|&n| n <= snap.journal) {
+        let snapshot_path = dir.join("snapshot.json");
+        let mut snapshot_bytes = std::fs::metadata(&snapshot_path).map_or(0, |m| m.len());
+        // A snapshot sealed with another key than the current one (or none) is written anew.
+        let resealed = match (&keys, std::fs::read(&snapshot_path)) {
+            (Some(k), Ok(data)) => super::cipher::blob_key(&data) != Some(k.current_id()),
+            _ => false,
+        };
+        if replayed > 0 || resealed || !legacy.is_empty() || ids.iter().any(|&n| n <= snap.journal) {
             // Start from a snapshot of everything, so the next start replays only new changes.
             let file = SnapshotFile { journal: last, snapshot: state.to_snapshot() };
-            let json = serde_json::to_vec(&file).map_err(|e| StoreError(e.to_string()))?;
-            write_atomically(&dir.join("snapshot.json"), &json)?;
-            snapshot_bytes = json.len() as u64;
+            snapshot_bytes = write_snapshot(dir, &file, keys.as_deref())?.len() as u64;
             for &n in &ids {
                 let _ = std::fs::remove_file(journal_path(dir, n));
             }
@@ -181,10 +213,18 @@ impl DefinitionsJournal {
         Ok(DefinitionsJournal {
             dir: dir.to_path_buf(),
             syncer,
-            inner: Arc::new(Mutex::new(Inner { file, number: last + 1, bytes: 0, next: Some(next), snapshot_bytes })),
+            inner: Arc::new(Mutex::new(Inner {
+                file,
+                number: last + 1,
+                bytes: 0,
+                next: Some(next),
+                snapshot_bytes,
+                nonces: Nonces::new(),
+            })),
             recovered: Mutex::new(state),
             compacting: Arc::new(AtomicBool::new(false)),
             compact_after: COMPACT_AFTER,
+            keys,
         })
     }
 
@@ -206,6 +246,10 @@ impl DefinitionsJournal {
     pub fn record(&self, change: &Change) -> u64 {
         let json = serde_json::to_vec(change).expect("a change serialises");
         let mut inner = self.inner.lock();
+        let json = match &self.keys {
+            Some(keys) => keys.seal(&mut inner.nonces, &json),
+            None => json,
+        };
         let mut len = 0;
         let (_, ticket) = inner.file.append(&self.syncer, |buf| len = put_record(buf, |b| b.put_slice(&json)));
         inner.bytes += len as u64;
@@ -226,12 +270,14 @@ impl DefinitionsJournal {
 
     fn spawn_compaction(&self, full: u64, file: Arc<LogFile>) {
         let dir = self.dir.clone();
+        let keys = self.keys.clone();
         let compacting = self.compacting.clone();
         let shared = self.inner.clone();
         let spawned = std::thread::Builder::new().name("hare-definitions".into()).spawn(move || {
             // What the syncer has not written yet of the full journal goes to the file first
             // (it still fsyncs it for the changes' tickets).
-            let result = file.write_buffered().map_err(StoreError::from).and_then(|()| compact(&dir, full));
+            let result =
+                file.write_buffered().map_err(StoreError::from).and_then(|()| compact(&dir, full, keys.as_deref()));
             let next = create_journal(&dir, full + 2);
             let mut inner = shared.lock();
             match result {
@@ -302,11 +348,50 @@ mod tests {
     }
 
     #[test]
+    fn sealed_definitions_hold_no_names_and_open_only_with_the_key() {
+        let dir = temp_dir();
+        let syncer = Syncer::start();
+        let keys = Arc::new(KeyRing::from_key([3; 32]));
+        let mut model = DefinitionsState::default();
+        // Plain changes first (before encryption was on), then sealed ones.
+        let j = DefinitionsJournal::open(&dir, syncer.clone(), Vec::new(), None).unwrap();
+        for i in 0..5u64 {
+            model.apply(&queue(i));
+            j.record(&queue(i));
+        }
+        syncer.flush_now();
+        drop(j);
+        let mut j = DefinitionsJournal::open(&dir, syncer.clone(), Vec::new(), Some(keys.clone())).unwrap();
+        j.compact_after = 2048;
+        for i in 5..200u64 {
+            for c in [queue(i), bind(i)] {
+                model.apply(&c);
+                j.record(&c);
+            }
+        }
+        wait_for_compaction(&j);
+        syncer.flush_now();
+        drop(j);
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let data = std::fs::read(e.unwrap().path()).unwrap();
+            assert!(!data.windows(5).any(|w| w == b"amq.t" || w == b"\"q199"), "plaintext in definitions");
+        }
+        let j = DefinitionsJournal::open(&dir, syncer.clone(), Vec::new(), Some(keys)).unwrap();
+        assert_eq!(j.take_vhost("/"), model.vhost("/"));
+        drop(j);
+        for keys in [None, Some(Arc::new(KeyRing::from_key([4; 32])))] {
+            let err = DefinitionsJournal::open(&dir, syncer.clone(), Vec::new(), keys).unwrap_err();
+            assert!(err.0.contains("key"), "{}", err.0);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn changes_survive_reopening_through_snapshots_and_journals() {
         let dir = temp_dir();
         let syncer = Syncer::start();
         let mut model = DefinitionsState::default();
-        let mut j = DefinitionsJournal::open(&dir, syncer.clone(), Vec::new()).unwrap();
+        let mut j = DefinitionsJournal::open(&dir, syncer.clone(), Vec::new(), None).unwrap();
         // Small, so that several snapshots are written along the way.
         j.compact_after = 4096;
         for i in 0..600u64 {
@@ -327,13 +412,13 @@ mod tests {
         assert!(dir.join("snapshot.json").exists());
         assert!(journals(&dir).unwrap().len() <= 3, "{:?}", journals(&dir));
         drop(j);
-        let j = DefinitionsJournal::open(&dir, syncer.clone(), Vec::new()).unwrap();
+        let j = DefinitionsJournal::open(&dir, syncer.clone(), Vec::new(), None).unwrap();
         assert_eq!(j.take_vhost("/"), model.vhost("/"));
         // Handed over once, then dropped.
         assert_eq!(j.take_vhost("/"), Definitions::default());
         drop(j);
         // Opening again (after the fold at open) still finds everything.
-        let j = DefinitionsJournal::open(&dir, syncer, Vec::new()).unwrap();
+        let j = DefinitionsJournal::open(&dir, syncer, Vec::new(), None).unwrap();
         assert_eq!(j.take_vhost("/"), model.vhost("/"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -342,7 +427,7 @@ mod tests {
     fn a_torn_last_record_is_dropped_and_the_rest_kept() {
         let dir = temp_dir();
         let syncer = Syncer::start();
-        let j = DefinitionsJournal::open(&dir, syncer.clone(), Vec::new()).unwrap();
+        let j = DefinitionsJournal::open(&dir, syncer.clone(), Vec::new(), None).unwrap();
         for i in 0..5 {
             j.record(&queue(i));
         }
@@ -352,7 +437,7 @@ mod tests {
         // A crash in the middle of the last record.
         let data = std::fs::read(&path).unwrap();
         std::fs::write(&path, &data[..data.len() - 7]).unwrap();
-        let j = DefinitionsJournal::open(&dir, syncer, Vec::new()).unwrap();
+        let j = DefinitionsJournal::open(&dir, syncer, Vec::new(), None).unwrap();
         let names: Vec<String> = j.take_vhost("/").queues.into_iter().map(|q| q.name).collect();
         assert_eq!(names, ["q0", "q1", "q2", "q3"]);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -370,10 +455,11 @@ mod tests {
         std::fs::write(&legacy, serde_json::to_vec(&old).unwrap()).unwrap();
         let syncer = Syncer::start();
         let journal_dir = dir.join("definitions");
-        let j = DefinitionsJournal::open(&journal_dir, syncer.clone(), vec![("/".into(), legacy.clone())]).unwrap();
+        let j =
+            DefinitionsJournal::open(&journal_dir, syncer.clone(), vec![("/".into(), legacy.clone())], None).unwrap();
         assert!(!legacy.exists());
         drop(j);
-        let j = DefinitionsJournal::open(&journal_dir, syncer, Vec::new()).unwrap();
+        let j = DefinitionsJournal::open(&journal_dir, syncer, Vec::new(), None).unwrap();
         assert_eq!(j.take_vhost("/"), old);
         std::fs::remove_dir_all(&dir).unwrap();
     }

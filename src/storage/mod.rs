@@ -4,6 +4,8 @@
 //! ```text
 //! data/
 //!   .lock                     held while a broker runs on this directory
+//!   encryption.json           with encryption at rest: the key id and a sealed check value
+//!                             (see [`cipher`])
 //!   definitions/              durable exchanges, queues and bindings: a snapshot and the
 //!                             journal of changes since (see [`journal`])
 //!   queues/<id>/              one durable queue's log: NNNN.seg + NNNN.ack
@@ -11,6 +13,7 @@
 //!                             pressure; removed at start
 //! ```
 
+pub mod cipher;
 pub mod journal;
 pub mod queue_log;
 pub mod record;
@@ -18,6 +21,7 @@ pub mod syncer;
 
 use crate::broker::definitions::Change;
 use crate::broker::store::{Definitions, MessageLog, RecoveredQueue, Storage, StoreError};
+use cipher::KeyRing;
 use journal::DefinitionsJournal;
 use queue_log::QueueLog;
 use rand::Rng;
@@ -37,6 +41,8 @@ pub enum OpenError {
     Lock { dir: PathBuf, source: std::io::Error },
     #[error("cannot read the definitions in {dir}: {source}")]
     Definitions { dir: PathBuf, source: StoreError },
+    #[error(transparent)]
+    Encryption(#[from] cipher::MarkerError),
 }
 
 #[derive(Debug)]
@@ -46,11 +52,15 @@ pub struct DiskStorage {
     _lock: File,
     pub syncer: Arc<Syncer>,
     definitions: DefinitionsJournal,
+    /// With encryption at rest, the keys every log seals and opens its records with.
+    keys: Option<Arc<KeyRing>>,
 }
 
 impl DiskStorage {
-    /// Opens (creating) the data directory and takes its lock.
-    pub fn open(dir: &Path) -> Result<DiskStorage, OpenError> {
+    /// Opens (creating) the data directory and takes its lock. With `keys`, message
+    /// records and definitions are sealed (encryption at rest); a directory that was
+    /// encrypted opens only with its key.
+    pub fn open(dir: &Path, keys: Option<Arc<KeyRing>>) -> Result<DiskStorage, OpenError> {
         std::fs::create_dir_all(dir.join("queues")).map_err(|source| OpenError::Create { dir: dir.into(), source })?;
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -63,12 +73,14 @@ impl DiskStorage {
             Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::Locked { dir: dir.into() }),
             Err(std::fs::TryLockError::Error(source)) => return Err(OpenError::Lock { dir: dir.into(), source }),
         }
+        cipher::check_marker(dir, keys.as_deref())?;
         // Paged-out transient messages do not survive a restart.
         let _ = std::fs::remove_dir_all(dir.join("transient"));
         let syncer = Syncer::start();
-        let definitions = DefinitionsJournal::open(&dir.join("definitions"), syncer.clone(), legacy_definitions(dir))
-            .map_err(|source| OpenError::Definitions { dir: dir.into(), source })?;
-        Ok(DiskStorage { dir: dir.to_path_buf(), _lock: lock, syncer, definitions })
+        let definitions =
+            DefinitionsJournal::open(&dir.join("definitions"), syncer.clone(), legacy_definitions(dir), keys.clone())
+                .map_err(|source| OpenError::Definitions { dir: dir.into(), source })?;
+        Ok(DiskStorage { dir: dir.to_path_buf(), _lock: lock, syncer, definitions, keys })
     }
 
     fn queue_dir(&self, id: &str) -> PathBuf {
@@ -129,7 +141,8 @@ impl Storage for DiskStorage {
             let mut rng = rand::thread_rng();
             (0..16).map(|_| format!("{:x}", rng.gen_range(0..16u8))).collect()
         };
-        let log = QueueLog::create(self.queue_dir(&id), format!("queue log {id}"), self.syncer.clone())?;
+        let log =
+            QueueLog::create(self.queue_dir(&id), format!("queue log {id}"), self.syncer.clone(), self.keys.clone())?;
         Ok((Box::new(log), id))
     }
 
@@ -139,7 +152,12 @@ impl Storage for DiskStorage {
             (0..16).map(|_| format!("{:x}", rng.gen_range(0..16u8))).collect()
         };
         let dir = self.dir.join("transient").join(&id);
-        Ok(Box::new(QueueLog::create_transient(dir, format!("transient log {id}"), self.syncer.clone())?))
+        Ok(Box::new(QueueLog::create_transient(
+            dir,
+            format!("transient log {id}"),
+            self.syncer.clone(),
+            self.keys.clone(),
+        )?))
     }
 
     fn recover_queue_log(
@@ -149,7 +167,14 @@ impl Storage for DiskStorage {
         window: usize,
         window_bytes: u64,
     ) -> Result<RecoveredQueue, StoreError> {
-        QueueLog::recover(self.queue_dir(id), label.to_string(), self.syncer.clone(), window, window_bytes)
+        QueueLog::recover(
+            self.queue_dir(id),
+            label.to_string(),
+            self.syncer.clone(),
+            window,
+            window_bytes,
+            self.keys.clone(),
+        )
     }
 
     fn load_definitions(&self, vhost: &str) -> Result<Definitions, StoreError> {

@@ -16,7 +16,7 @@ fn paging_queue() -> (Arc<Queue>, Arc<AtomicBool>, std::path::PathBuf) {
     let n = DIRS.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("hare-queue-test-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let storage: Arc<dyn super::super::store::Storage> = Arc::new(DiskStorage::open(&dir).unwrap());
+    let storage: Arc<dyn super::super::store::Storage> = Arc::new(DiskStorage::open(&dir, None).unwrap());
     let pressure = Arc::new(AtomicBool::new(false));
     let options = QueueOptions {
         durable: false,
