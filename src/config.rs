@@ -70,12 +70,16 @@ pub struct Args {
     /// and definitions on disk with AES-256-GCM (encryption at rest).
     #[arg(long, env = "HARE_ENCRYPTION_KEY_FILE")]
     pub encryption_key_file: Option<PathBuf>,
+    /// The audit log (JSON lines; data_dir/audit.log by default; "off" for none).
+    #[arg(long, env = "HARE_AUDIT_LOG")]
+    pub audit_log: Option<String>,
     /// TOML file with any of: bind, port, management_port, data_dir, log, heartbeat, memory_limit,
     /// disk_free_limit, stats_interval, frame_max, channel_max, max_message_size,
     /// consumer_max_per_channel, default_user,
     /// default_pass, loopback_users (users who may log in only from loopback; ["guest"]),
     /// tls_cert, tls_key, tls_ca, tls_fail_if_no_peer_cert, tls_port, management_tls_port,
-    /// encryption_key_file, encryption_previous_key_files (old keys, read only: key rotation).
+    /// encryption_key_file, encryption_previous_key_files (old keys, read only: key rotation),
+    /// audit_log, audit_log_max_bytes (rotation size; "10MB"), audit_log_files (rotated files kept; 5).
     #[arg(long, short, env = "HARE_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -115,6 +119,9 @@ struct FileConfig {
     management_tls_port: Option<u16>,
     encryption_key_file: Option<PathBuf>,
     encryption_previous_key_files: Option<Vec<PathBuf>>,
+    audit_log: Option<String>,
+    audit_log_max_bytes: Option<String>,
+    audit_log_files: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +153,8 @@ pub struct Config {
     /// Encryption at rest: the current key's file, and previous keys' files (read only).
     pub encryption_key_file: Option<PathBuf>,
     pub encryption_previous_key_files: Vec<PathBuf>,
+    /// The audit log and its rotation; `None`: no audit log.
+    pub audit: Option<crate::audit::AuditSettings>,
 }
 
 impl Default for Config {
@@ -171,9 +180,19 @@ impl Default for Config {
             management_tls_port: 15671,
             encryption_key_file: None,
             encryption_previous_key_files: Vec::new(),
+            audit: Some(crate::audit::AuditSettings {
+                path: PathBuf::from("data").join("audit.log"),
+                max_bytes: DEFAULT_AUDIT_LOG_BYTES,
+                files: DEFAULT_AUDIT_LOG_FILES,
+            }),
         }
     }
 }
+
+/// The audit log is rotated past this size...
+const DEFAULT_AUDIT_LOG_BYTES: u64 = 10_000_000;
+/// ...and this many rotated files are kept: at most ~60 MB of audit log by default.
+const DEFAULT_AUDIT_LOG_FILES: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -189,6 +208,8 @@ pub enum ConfigError {
     DiskFreeLimit(String),
     #[error("tls_cert and tls_key go together: set both or neither")]
     TlsHalf,
+    #[error("audit_log_max_bytes: {0}")]
+    AuditLogSize(String),
     #[error("encryption_previous_key_files needs encryption_key_file: old keys only read, the current key writes")]
     PreviousKeysAlone,
 }
@@ -238,6 +259,7 @@ impl Config {
             management_tls_port: d.management_tls_port,
             encryption_key_file: None,
             encryption_previous_key_files: Vec::new(),
+            audit: None,
         };
         let cert = args.tls_cert.clone().or(file.tls_cert);
         let key = args.tls_key.clone().or(file.tls_key);
@@ -257,6 +279,17 @@ impl Config {
             management_tls_port: args.management_tls_port.or(file.management_tls_port).unwrap_or(d.management_tls_port),
             encryption_key_file: args.encryption_key_file.clone().or(file.encryption_key_file),
             encryption_previous_key_files: file.encryption_previous_key_files.unwrap_or_default(),
+            audit: match args.audit_log.clone().or(file.audit_log).as_deref() {
+                Some("off") | Some("") => None,
+                path => Some(crate::audit::AuditSettings {
+                    path: path.map_or_else(|| c.data_dir.join("audit.log"), PathBuf::from),
+                    max_bytes: match file.audit_log_max_bytes {
+                        Some(s) => crate::server::alarms::parse_size(&s).map_err(ConfigError::AuditLogSize)?,
+                        None => DEFAULT_AUDIT_LOG_BYTES,
+                    },
+                    files: file.audit_log_files.unwrap_or(DEFAULT_AUDIT_LOG_FILES),
+                }),
+            },
             ..c
         };
         if c.encryption_key_file.is_none() && !c.encryption_previous_key_files.is_empty() {

@@ -69,7 +69,9 @@ fn main() -> ExitCode {
         }
     };
     let started = std::time::Instant::now();
-    let broker = match Broker::open(storage.clone(), &config.access) {
+    let (audit, audit_rx) = hare::broker::audit::Audit::channel();
+    let audit = if config.audit.is_some() { audit } else { hare::broker::audit::Audit::off() };
+    let broker = match Broker::open(storage.clone(), &config.access, audit) {
         Ok(b) => Arc::new(b),
         Err(e) => {
             tracing::error!("cannot recover from {}: {e}", config.data_dir.display());
@@ -78,6 +80,19 @@ fn main() -> ExitCode {
     };
     storage.remove_orphan_logs(&broker.queue_log_ids());
     tracing::info!("data in {}, recovered in {:.3}s", config.data_dir.display(), started.elapsed().as_secs_f64());
+    let audit_writer = match &config.audit {
+        None => None,
+        Some(settings) => match hare::audit::AuditWriter::spawn(audit_rx, settings.clone(), broker.clone()) {
+            Ok(w) => {
+                tracing::info!("audit log in {}", settings.path.display());
+                Some(w)
+            }
+            Err(e) => {
+                tracing::error!("cannot open the audit log {}: {e}", settings.path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let syncer = storage.syncer.clone();
     let code = runtime.block_on(async move {
         let mut server = match Server::bind(config.clone(), broker.clone(), Some(syncer.subscribe())).await {
@@ -177,6 +192,9 @@ fn main() -> ExitCode {
         }
         ExitCode::SUCCESS
     });
+    if let Some(w) = audit_writer {
+        w.stop();
+    }
     // Everything appended reaches the disk before the process exits.
     storage.syncer.flush_now();
     storage.syncer.shutdown();

@@ -35,7 +35,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Kind::Queue => "queue",
             Kind::Exchange => "exchange",

@@ -12,6 +12,7 @@
 
 pub mod grant;
 pub mod password;
+pub mod sasl;
 pub mod throttle;
 
 use serde::{Deserialize, Serialize};

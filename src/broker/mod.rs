@@ -2,6 +2,7 @@
 //! connections call into it and receive deliveries through their [`consumer::ConnectionSink`].
 
 pub mod arguments;
+pub mod audit;
 pub mod connections;
 pub mod consumer;
 pub mod dead_letter;
@@ -78,6 +79,8 @@ pub struct Broker {
     /// Connections opened and closed since start (for metrics).
     pub connections_opened: AtomicU64,
     pub connections_closed: AtomicU64,
+    /// Where audit events go (see [`audit`]).
+    audit: Arc<audit::Audit>,
 }
 
 impl Default for Broker {
@@ -89,7 +92,7 @@ impl Default for Broker {
 impl Broker {
     /// A broker with vhost "/" and user guest/guest (loopback only), as RabbitMQ starts.
     pub fn new() -> Self {
-        let broker = Self::with_storage(None, &AccessSettings::default());
+        let broker = Self::with_storage(None, &AccessSettings::default(), audit::Audit::off());
         broker.seed(&AccessSettings::default());
         broker
     }
@@ -97,8 +100,9 @@ impl Broker {
     /// A broker whose durable entities and persistent messages live in `storage`; what it
     /// holds is recovered first. A data directory without users and vhosts yet (a fresh one,
     /// or one from before they were kept) gets vhost "/" and `settings`' default user.
-    pub fn open(storage: Arc<dyn Storage>, settings: &AccessSettings) -> Result<Self, StoreError> {
-        let broker = Self::with_storage(Some(storage.clone()), settings);
+    /// Audit events go to `audit`.
+    pub fn open(storage: Arc<dyn Storage>, settings: &AccessSettings, audit: audit::Audit) -> Result<Self, StoreError> {
+        let broker = Self::with_storage(Some(storage.clone()), settings, audit);
         match storage.load_access()? {
             Some(state) => {
                 for v in state.vhosts() {
@@ -138,14 +142,14 @@ impl Broker {
             });
         }
         for c in changes {
-            if let Err(e) = self.change_access(c) {
+            if let Err(e) = self.change_access(c, &audit::Actor::broker()) {
                 tracing::error!("cannot create the default definitions: {e}");
             }
         }
     }
 
     fn new_vhost(&self, def: &VhostDef) -> Arc<VHost> {
-        let v = VHost::new(&def.name, self.storage.clone(), self.memory_pressure.clone());
+        let v = VHost::new(&def.name, self.storage.clone(), self.memory_pressure.clone(), self.audit.clone());
         v.set_max_queues(def.limit("max-queues"));
         v
     }
@@ -155,7 +159,7 @@ impl Broker {
         self.vhosts.read().values().flat_map(|v| v.queue_log_ids()).collect()
     }
 
-    fn with_storage(storage: Option<Arc<dyn Storage>>, settings: &AccessSettings) -> Self {
+    fn with_storage(storage: Option<Arc<dyn Storage>>, settings: &AccessSettings, audit: audit::Audit) -> Self {
         let memory_pressure = Arc::new(std::sync::atomic::AtomicBool::new(false));
         Broker {
             vhosts: RwLock::new(HashMap::new()),
@@ -174,7 +178,13 @@ impl Broker {
             meter: Mutex::new(stats::RateMeter::default()),
             connections_opened: AtomicU64::new(0),
             connections_closed: AtomicU64::new(0),
+            audit: Arc::new(audit),
         }
+    }
+
+    /// Where audit events go: the protocol layers report logins, connections and refusals.
+    pub fn audit(&self) -> &audit::Audit {
+        &self.audit
     }
 
     /// Runs queue timers (message TTL, queue expiry) in every vhost.
@@ -379,7 +389,7 @@ impl Broker {
     /// it durably and returns the ticket to wait for. Creating a vhost starts it; deleting
     /// one closes its connections and deletes its queues and their data; deleting a user
     /// closes the user's connections.
-    pub fn change_access(&self, change: AccessChange) -> Result<u64, AccessError> {
+    pub fn change_access(&self, change: AccessChange, by: &audit::Actor) -> Result<u64, AccessError> {
         let mut closing: Vec<(Box<dyn Fn(&connections::ConnectionEntry) -> bool>, String)> = Vec::new();
         let mut deleted_vhost = None;
         let ticket = {
@@ -427,6 +437,11 @@ impl Broker {
                     }
                 }
                 AccessChange::ClearPermissions { .. } | AccessChange::ClearTopicPermissions { .. } => {}
+            }
+            if self.audit.is_on() {
+                for e in access_events(&state, &change, by) {
+                    self.audit.emit(e);
+                }
             }
             state.apply(&change);
             self.access_generation.fetch_add(1, Ordering::AcqRel);
@@ -512,5 +527,72 @@ impl Broker {
     }
     pub fn reply_consumer(&self, key: &str) -> Option<Arc<Consumer>> {
         self.reply_consumers.lock().get(key).cloned()
+    }
+}
+
+/// The audit events of an access change, from the state before it: RabbitMQ's event names
+/// (`user.created`, `user.password.changed`, `permission.created`, ...). Password hashes are
+/// never in an event.
+fn access_events(before: &AccessState, change: &AccessChange, by: &audit::Actor) -> Vec<audit::AuditEvent> {
+    use audit::AuditEvent as E;
+    let limits = |l: &std::collections::BTreeMap<String, i64>| {
+        l.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
+    };
+    match change {
+        AccessChange::PutUser { user } => match before.user(&user.name) {
+            None => vec![E::new("user.created", by, None)
+                .with("name", user.name.as_str())
+                .with("tags", user.tags.join(","))],
+            Some(old) => {
+                let mut out = Vec::new();
+                if old.password_hash != user.password_hash {
+                    out.push(E::new("user.password.changed", by, None).with("name", user.name.as_str()));
+                }
+                if old.tags != user.tags {
+                    out.push(
+                        E::new("user.tags.set", by, None)
+                            .with("name", user.name.as_str())
+                            .with("tags", user.tags.join(",")),
+                    );
+                }
+                if old.limits != user.limits {
+                    out.push(
+                        E::new("user.limits.set", by, None)
+                            .with("name", user.name.as_str())
+                            .with("limits", limits(&user.limits)),
+                    );
+                }
+                out
+            }
+        },
+        AccessChange::DeleteUser { name } => vec![E::new("user.deleted", by, None).with("name", name.as_str())],
+        AccessChange::PutVhost { vhost } => match before.vhost(&vhost.name) {
+            None => vec![E::new("vhost.created", by, Some(&vhost.name)).with("name", vhost.name.as_str())],
+            Some(old) if old.limits != vhost.limits => vec![E::new("vhost.limits.set", by, Some(&vhost.name))
+                .with("name", vhost.name.as_str())
+                .with("limits", limits(&vhost.limits))],
+            Some(_) => Vec::new(),
+        },
+        AccessChange::DeleteVhost { name } => vec![E::new("vhost.deleted", by, Some(name)).with("name", name.as_str())],
+        AccessChange::SetPermissions { permission: p } => vec![E::new("permission.created", by, Some(&p.vhost))
+            .with("user", p.user.as_str())
+            .with("configure", p.configure.as_str())
+            .with("write", p.write.as_str())
+            .with("read", p.read.as_str())],
+        AccessChange::ClearPermissions { user, vhost } => {
+            vec![E::new("permission.deleted", by, Some(vhost)).with("user", user.as_str())]
+        }
+        AccessChange::SetTopicPermissions { permission: p } => {
+            vec![E::new("topic.permission.created", by, Some(&p.vhost))
+                .with("user", p.user.as_str())
+                .with("exchange", p.exchange.as_str())
+                .with("write", p.write.as_str())
+                .with("read", p.read.as_str())]
+        }
+        AccessChange::ClearTopicPermissions { user, vhost, exchange } => {
+            vec![E::new("topic.permission.deleted", by, Some(vhost))
+                .with("user", user.as_str())
+                .with("exchange", exchange.clone().unwrap_or_default())]
+        }
     }
 }

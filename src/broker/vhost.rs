@@ -2,6 +2,7 @@
 //! checks and reply texts, and routing a message to queues.
 
 use super::arguments::QueueArguments;
+use super::audit::{Actor, Audit, AuditEvent};
 use super::definitions::Change;
 use super::error::{describe_args, AmqpError, AmqpResult};
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
@@ -31,6 +32,12 @@ const EQUIVALENCE_ARGS: &[&str] = &[
     "x-delivery-limit",
 ];
 
+/// The exchange audit events are published to (RabbitMQ's event exchange plugin's): a
+/// topic exchange, internal, in vhost "/" when the audit log is on. Made at each start like
+/// the default exchanges, so bindings to it are restored.
+pub const EVENT_EXCHANGE: &str = "amq.rabbitmq.event";
+pub const EVENT_VHOST: &str = "/";
+
 const DEFAULT_EXCHANGES: &[(&str, ExchangeKind)] = &[
     ("", ExchangeKind::Direct),
     ("amq.direct", ExchangeKind::Direct),
@@ -54,6 +61,7 @@ fn saved_exchange(ex: &Exchange) -> bool {
         && !ex.auto_delete
         && !ex.name.is_empty()
         && !DEFAULT_EXCHANGES.iter().any(|(n, _)| *n == ex.name.as_str())
+        && ex.name.as_str() != EVENT_EXCHANGE
 }
 
 /// Whether a binding is saved: from a saved exchange to a saved queue or a durable exchange.
@@ -203,6 +211,8 @@ pub struct VHost {
     max_queues: std::sync::atomic::AtomicU64,
     /// This vhost, for its queues to republish dead letters through.
     me: Weak<VHost>,
+    /// Where declares, deletes and bindings are reported, with who made them.
+    audit: Arc<Audit>,
 }
 
 impl VHost {
@@ -210,11 +220,16 @@ impl VHost {
         name: &str,
         storage: Option<Arc<dyn Storage>>,
         pressure: Arc<std::sync::atomic::AtomicBool>,
+        audit: Arc<Audit>,
     ) -> Arc<Self> {
         let mut topo = Topology::default();
         for (n, kind) in DEFAULT_EXCHANGES {
             let ex = Exchange::new(ShortStr::from(*n), *kind, true, false, false, FieldTable::new());
             topo.exchanges.insert(ShortStr::from(*n), ex);
+        }
+        if name == EVENT_VHOST && audit.is_on() {
+            let ex = Exchange::new(EVENT_EXCHANGE.into(), ExchangeKind::Topic, true, false, true, FieldTable::new());
+            topo.exchanges.insert(EVENT_EXCHANGE.into(), ex);
         }
         Arc::new_cyclic(|me| VHost {
             name: name.to_string(),
@@ -223,6 +238,7 @@ impl VHost {
             pressure,
             max_queues: std::sync::atomic::AtomicU64::new(u64::MAX),
             me: me.clone(),
+            audit,
         })
     }
 
@@ -304,7 +320,7 @@ impl VHost {
         let mut topo = self.topology.write();
         let queues: Vec<Arc<Queue>> = topo.queues.values().cloned().collect();
         for q in &queues {
-            self.remove_queue(&mut topo, q);
+            self.remove_queue(&mut topo, q, &Actor::broker());
         }
         topo.exchanges.clear();
     }
@@ -359,10 +375,23 @@ impl VHost {
 
     /// Journals the deletion of durable exchanges removed by a cascade (auto-delete ones
     /// left without bindings); returns the last ticket.
-    fn record_removed(&self, removed: Vec<ShortStr>) -> u64 {
-        removed
-            .into_iter()
-            .fold(0, |t, name| t.max(self.record(|vhost| Change::DeleteExchange { vhost, name: name.to_string() })))
+    /// Journals the deletion of the durable ones among `removed` exchanges and reports each.
+    fn record_removed(&self, removed: Vec<(ShortStr, bool)>, by: &Actor) -> u64 {
+        let mut ticket = 0;
+        for (name, durable) in removed {
+            self.event("exchange.deleted", by, &name);
+            if durable {
+                ticket = ticket.max(self.record(|vhost| Change::DeleteExchange { vhost, name: name.to_string() }));
+            }
+        }
+        ticket
+    }
+
+    /// Reports a change to the audit log: `event` about the object `name`, by `by`.
+    fn event(&self, event: &'static str, by: &Actor, name: &str) {
+        if self.audit.is_on() {
+            self.audit.emit(AuditEvent::new(event, by, Some(&self.name)).with("name", name));
+        }
     }
 
     fn no_exchange(&self, name: &str) -> AmqpError {
@@ -409,6 +438,7 @@ impl VHost {
         auto_delete: bool,
         internal: bool,
         arguments: &FieldTable,
+        by: &Actor,
     ) -> AmqpResult<u64> {
         // RabbitMQ's order: the type (a connection error), the default exchange, then lookup.
         if passive {
@@ -461,10 +491,19 @@ impl VHost {
             arguments: table_to_hex(&ex.arguments),
         });
         topo.exchanges.insert(name.clone(), ex);
+        if self.audit.is_on() {
+            let e = AuditEvent::new("exchange.created", by, Some(&self.name))
+                .with("name", name.as_str())
+                .with("type", kind.as_str())
+                .with("durable", durable)
+                .with("auto_delete", auto_delete)
+                .with("internal", internal);
+            self.audit.emit(e);
+        }
         Ok(def.map_or(0, |exchange| self.record(|vhost| Change::DeclareExchange { vhost, exchange })))
     }
 
-    pub fn delete_exchange(&self, name: &ShortStr, if_unused: bool) -> AmqpResult<u64> {
+    pub fn delete_exchange(&self, name: &ShortStr, if_unused: bool, by: &Actor) -> AmqpResult<u64> {
         if name.is_empty() {
             return Err(default_exchange_refused());
         }
@@ -489,15 +528,13 @@ impl VHost {
         topo.exchanges.remove(name.as_str());
         let mut removed = Vec::new();
         Self::remove_destination(&mut topo, &dest, &mut removed);
-        if saved {
-            removed.push(name.clone());
-        }
-        Ok(self.record_removed(removed))
+        removed.push((name.clone(), saved));
+        Ok(self.record_removed(removed, by))
     }
 
-    /// Removes every binding to `dest`, deleting auto-delete exchanges left with none; the
-    /// durable ones among those are added to `removed`, for the journal.
-    fn remove_destination(topo: &mut Topology, dest: &Destination, removed: &mut Vec<ShortStr>) {
+    /// Removes every binding to `dest`, deleting auto-delete exchanges left with none; those
+    /// are added to `removed`, with whether they were durable (for the journal).
+    fn remove_destination(topo: &mut Topology, dest: &Destination, removed: &mut Vec<(ShortStr, bool)>) {
         let mut emptied = Vec::new();
         for ex in topo.exchanges.values_mut() {
             if ex.unbind_destination(dest) > 0 && ex.auto_delete && !ex.has_bindings() {
@@ -505,8 +542,8 @@ impl VHost {
             }
         }
         for name in emptied {
-            if topo.exchanges.remove(name.as_str()).is_some_and(|ex| ex.durable) {
-                removed.push(name.clone());
+            if let Some(ex) = topo.exchanges.remove(name.as_str()) {
+                removed.push((name.clone(), ex.durable));
             }
             Self::remove_destination(topo, &Destination::Exchange(name), removed);
         }
@@ -519,7 +556,8 @@ impl VHost {
     /// arguments it compares (406 `inequivalent arg`). Argument values are validated (406
     /// `invalid arg`) only when the queue is created.
     /// The last value is the journal ticket to wait for before answering (0: nothing to wait).
-    pub fn declare_queue(&self, d: &QueueDeclaration, connection_id: u64) -> AmqpResult<(Arc<Queue>, u32, u32, u64)> {
+    pub fn declare_queue(&self, d: &QueueDeclaration, by: &Actor) -> AmqpResult<(Arc<Queue>, u32, u32, u64)> {
+        let connection_id = by.connection;
         // An exclusive queue is never durable, whatever was asked (as in RabbitMQ).
         let durable = d.durable && !d.exclusive;
         let mut topo = self.topology.write();
@@ -590,6 +628,15 @@ impl VHost {
         };
         let q = Queue::new(d.name.clone(), &self.name, options, log, pager, self.me.clone());
         topo.queues.insert(d.name.clone(), q.clone());
+        if self.audit.is_on() {
+            let e = AuditEvent::new("queue.created", by, Some(&self.name))
+                .with("name", d.name.as_str())
+                .with("durable", durable)
+                .with("auto_delete", d.auto_delete)
+                .with("exclusive", d.exclusive)
+                .with("arguments", super::audit::table_text(&d.arguments));
+            self.audit.emit(e);
+        }
         let ticket = def.map_or(0, |queue| self.record(|vhost| Change::DeclareQueue { vhost, queue }));
         Ok((q, 0, 0, ticket))
     }
@@ -602,13 +649,8 @@ impl VHost {
         Ok(q.clone())
     }
 
-    pub fn delete_queue(
-        &self,
-        name: &ShortStr,
-        if_unused: bool,
-        if_empty: bool,
-        connection_id: u64,
-    ) -> AmqpResult<(u32, u64)> {
+    pub fn delete_queue(&self, name: &ShortStr, if_unused: bool, if_empty: bool, by: &Actor) -> AmqpResult<(u32, u64)> {
+        let connection_id = by.connection;
         let mut topo = self.topology.write();
         let Some(q) = topo.queues.get(name.as_str()).cloned() else {
             return Ok((0, 0));
@@ -622,25 +664,26 @@ impl VHost {
         if if_unused && consumers > 0 {
             return Err(AmqpError::precondition_failed(format!("queue '{name}' in vhost '{}' in use", self.name)));
         }
-        let (n, ticket) = self.remove_queue(&mut topo, &q);
+        let (n, ticket) = self.remove_queue(&mut topo, &q, by);
         Ok((n, ticket))
     }
 
     /// Deletes a queue whatever its state (exclusive owner gone, auto-delete).
-    pub fn force_delete_queue(&self, queue: &Arc<Queue>) {
+    pub fn force_delete_queue(&self, queue: &Arc<Queue>, by: &Actor) {
         let mut topo = self.topology.write();
         if topo.queues.get(queue.name.as_str()).is_some_and(|q| Arc::ptr_eq(q, queue)) {
-            self.remove_queue(&mut topo, queue);
+            self.remove_queue(&mut topo, queue, by);
         }
     }
 
     /// Removes a queue and its bindings; returns its ready count and the journal ticket.
-    fn remove_queue(&self, topo: &mut Topology, q: &Arc<Queue>) -> (u32, u64) {
+    fn remove_queue(&self, topo: &mut Topology, q: &Arc<Queue>, by: &Actor) -> (u32, u64) {
         topo.queues.remove(q.name.as_str());
         let saved = topo.logs.remove(q.name.as_str()).is_some();
+        self.event("queue.deleted", by, &q.name);
         let mut removed = Vec::new();
         Self::remove_destination(topo, &Destination::Queue(q.name.clone()), &mut removed);
-        let mut ticket = self.record_removed(removed);
+        let mut ticket = self.record_removed(removed, by);
         if saved {
             ticket = ticket.max(self.record(|vhost| Change::DeleteQueue { vhost, name: q.name.to_string() }));
         }
@@ -654,7 +697,8 @@ impl VHost {
     /// queue.bind and exchange.bind. RabbitMQ's order: the default exchange is refused, the
     /// source must exist, then the destination, the binding's arguments must suit the
     /// exchange type, and an exclusive queue must belong to this connection.
-    pub fn bind(&self, source: &ShortStr, binding: Binding, connection_id: u64) -> AmqpResult<u64> {
+    pub fn bind(&self, source: &ShortStr, binding: Binding, by: &Actor) -> AmqpResult<u64> {
+        let connection_id = by.connection;
         check_not_default(source, &binding.destination)?;
         let mut topo = self.topology.write();
         let Some(ex) = topo.exchanges.get(source.as_str()) else {
@@ -674,6 +718,7 @@ impl VHost {
             }
         }
         let def = binding_is_saved(&topo, source, &binding.destination).then(|| binding_def(source, &binding));
+        self.binding_event("binding.created", by, source, &binding);
         if let Some(ex) = topo.exchanges.get_mut(source.as_str()) {
             ex.bind(binding);
         }
@@ -683,7 +728,8 @@ impl VHost {
     /// queue.unbind and exchange.unbind. Idempotent as in RabbitMQ: a missing source,
     /// destination or binding is unbind-ok; only removing a binding to another connection's
     /// exclusive queue is refused.
-    pub fn unbind(&self, source: &ShortStr, binding: &Binding, connection_id: u64) -> AmqpResult<u64> {
+    pub fn unbind(&self, source: &ShortStr, binding: &Binding, by: &Actor) -> AmqpResult<u64> {
+        let connection_id = by.connection;
         check_not_default(source, &binding.destination)?;
         let mut topo = self.topology.write();
         let dest_exists = match &binding.destination {
@@ -700,19 +746,38 @@ impl VHost {
         }
         access?;
         let mut removed = Vec::new();
+        self.binding_event("binding.deleted", by, source, binding);
         if ex.unbind(binding) && ex.auto_delete && !ex.has_bindings() {
             let name = ex.name.clone();
-            if topo.exchanges.remove(name.as_str()).is_some_and(|ex| ex.durable) {
-                removed.push(name.clone());
+            if let Some(ex) = topo.exchanges.remove(name.as_str()) {
+                removed.push((name.clone(), ex.durable));
             }
             Self::remove_destination(&mut topo, &Destination::Exchange(name), &mut removed);
         }
-        let mut ticket = self.record_removed(removed);
+        let mut ticket = self.record_removed(removed, by);
         if saved {
             let binding = binding_def(source, binding);
             ticket = ticket.max(self.record(|vhost| Change::Unbind { vhost, binding }));
         }
         Ok(ticket)
+    }
+
+    fn binding_event(&self, event: &'static str, by: &Actor, source: &str, b: &Binding) {
+        if !self.audit.is_on() {
+            return;
+        }
+        let (kind, dest) = match &b.destination {
+            Destination::Queue(q) => ("queue", q.as_str()),
+            Destination::Exchange(x) => ("exchange", x.as_str()),
+        };
+        let e = AuditEvent::new(event, by, Some(&self.name))
+            .with("source_name", source)
+            .with("source_kind", "exchange")
+            .with("destination_name", dest)
+            .with("destination_kind", kind)
+            .with("routing_key", b.routing_key.as_str())
+            .with("arguments", super::audit::table_text(&b.arguments));
+        self.audit.emit(e);
     }
 
     /// What basic.publish checks before the message's own properties, in RabbitMQ's order:
@@ -742,6 +807,29 @@ impl VHost {
         properties: &Bytes,
         out: &mut Vec<Arc<Queue>>,
     ) -> AmqpResult<()> {
+        self.route_with(exchange, routing_key, properties, out, false)
+    }
+
+    /// Routes what the broker itself publishes (audit events): internal exchanges too.
+    pub fn route_internal(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        properties: &Bytes,
+        out: &mut Vec<Arc<Queue>>,
+    ) -> AmqpResult<()> {
+        self.route_with(exchange, routing_key, properties, out, true)
+    }
+
+    #[inline]
+    fn route_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        properties: &Bytes,
+        out: &mut Vec<Arc<Queue>>,
+        internal_ok: bool,
+    ) -> AmqpResult<()> {
         out.clear();
         let topo = self.topology.read();
         if exchange.is_empty() {
@@ -751,7 +839,7 @@ impl VHost {
             return Ok(());
         }
         let ex = topo.exchanges.get(exchange).ok_or_else(|| self.no_exchange(exchange))?;
-        if ex.internal {
+        if ex.internal && !internal_ok {
             return Err(self.internal_refused(exchange));
         }
         let mut headers: Option<Option<FieldTable>> = None;
@@ -776,7 +864,7 @@ impl VHost {
         for q in timed {
             if q.tick(now) {
                 tracing::info!("queue '{}' in vhost '{}' expired unused", q.name, self.name);
-                self.force_delete_queue(&q);
+                self.force_delete_queue(&q, &Actor::broker());
             }
         }
     }

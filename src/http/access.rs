@@ -10,6 +10,7 @@
 use super::write::{durable, parse};
 use super::{error, list, not_found, Api, ListQuery};
 use crate::auth::{password, AccessChange, AccessError, PermissionDef, TopicPermissionDef, UserDef, VhostDef};
+use crate::broker::audit::Actor;
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +26,8 @@ pub struct Principal {
     pub tags: Vec<String>,
     /// The vhosts it may see; None: all of them (administrator, monitoring).
     pub vhosts: Option<HashSet<String>>,
+    /// The client's address, for the audit log.
+    pub source: Option<String>,
 }
 
 impl Principal {
@@ -33,7 +36,7 @@ impl Principal {
         let vhosts = (!sees_all).then(|| {
             api.broker.access().permissions().filter(|p| p.user == user.name).map(|p| p.vhost.clone()).collect()
         });
-        Principal { name: user.name.clone(), tags: user.tags.clone(), vhosts }
+        Principal { name: user.name.clone(), tags: user.tags.clone(), vhosts, source: None }
     }
 
     fn has(&self, tag: &str) -> bool {
@@ -48,6 +51,11 @@ impl Principal {
 tokio::task_local! {
     /// The principal of the request being served: lists keep only what it may see.
     pub static PRINCIPAL: Principal;
+}
+
+/// Who the current request acts as, for the audit log (the broker outside a request).
+pub fn actor() -> Actor {
+    PRINCIPAL.try_with(|p| Actor::http(&p.name, p.source.clone())).unwrap_or_else(|_| Actor::broker())
 }
 
 /// Whether the current request may see objects of `vhost` (true outside a request).
@@ -145,7 +153,7 @@ fn refused(e: AccessError) -> Response {
 
 /// Applies a change and answers once it is durable: 201 if `created`, else 204.
 async fn apply(api: &Api, change: AccessChange, created: bool) -> Response {
-    match api.broker.change_access(change) {
+    match api.broker.change_access(change, &actor()) {
         Ok(ticket) => {
             durable(api, ticket).await;
             if created { StatusCode::CREATED } else { StatusCode::NO_CONTENT }.into_response()

@@ -6,9 +6,10 @@
 //! permissions and topic permissions. Policies and parameters are exported empty and ignored
 //! on import: the broker has none.
 
+use super::access::actor;
 use super::json::{table, API_VERSION};
 use super::write::{arguments_of, flag};
-use super::{error, Api, NO_CONNECTION};
+use super::{error, Api};
 use crate::auth::{AccessChange, PermissionDef, TopicPermissionDef, VhostDef};
 use crate::broker::exchange::{Binding, Destination};
 use crate::broker::vhost::QueueDeclaration;
@@ -163,7 +164,7 @@ pub async fn import(State(api): State<Api>, body: Bytes) -> Response {
         });
     }
     for change in changes {
-        match api.broker.change_access(change) {
+        match api.broker.change_access(change, &actor()) {
             Ok(t) => ticket = ticket.max(t),
             Err(e) => return bad(e.to_string()),
         }
@@ -180,6 +181,7 @@ pub async fn import(State(api): State<Api>, body: Bytes) -> Response {
             flag(e, "auto_delete", false),
             flag(e, "internal", false),
             &arguments_of(e),
+            &actor(),
         );
         match result {
             Ok(t) => ticket = ticket.max(t),
@@ -198,7 +200,7 @@ pub async fn import(State(api): State<Api>, body: Bytes) -> Response {
             auto_delete: flag(q, "auto_delete", false),
             arguments: arguments_of(q),
         };
-        match v.declare_queue(&decl, NO_CONNECTION) {
+        match v.declare_queue(&decl, &actor()) {
             Ok((_, _, _, t)) => ticket = ticket.max(t),
             Err(err) => return bad(err.reply_text()),
         }
@@ -213,11 +215,23 @@ pub async fn import(State(api): State<Api>, body: Bytes) -> Response {
             _ => Destination::Queue(name),
         };
         let binding = Binding { destination, routing_key: text(b, "routing_key").into(), arguments: arguments_of(b) };
-        match v.bind(&ShortStr::from(text(b, "source")), binding, NO_CONNECTION) {
+        match v.bind(&ShortStr::from(text(b, "source")), binding, &actor()) {
             Ok(t) => ticket = ticket.max(t),
             Err(err) => return bad(err.reply_text()),
         }
     }
     super::write::durable(&api, ticket).await;
+    let audit = api.broker.audit();
+    if audit.is_on() {
+        let count = |k: &str| items(&body, k).count() as u64;
+        let e = crate::broker::audit::AuditEvent::new("definitions.imported", &actor(), None)
+            .with("users", count("users"))
+            .with("vhosts", count("vhosts"))
+            .with("permissions", count("permissions"))
+            .with("exchanges", count("exchanges"))
+            .with("queues", count("queues"))
+            .with("bindings", count("bindings"));
+        audit.emit(e);
+    }
     StatusCode::NO_CONTENT.into_response()
 }

@@ -2,7 +2,8 @@
 //! healthy, 503 with `{"status":"failed","reason":...}` when not; and the aliveness test,
 //! which declares a queue, publishes to it and gets the message back.
 
-use super::{error, not_found, Api, NO_CONNECTION};
+use super::access::actor;
+use super::{error, not_found, Api};
 use crate::broker::message::Message;
 use crate::broker::vhost::QueueDeclaration;
 use crate::protocol::{FieldTable, ShortStr};
@@ -64,7 +65,7 @@ pub async fn aliveness(State(api): State<Api>, Path(vhost): Path<String>) -> Res
         arguments: FieldTable::new(),
     };
     let failed = |why: String| error(StatusCode::SERVICE_UNAVAILABLE, "failed", &why);
-    let queue = match v.declare_queue(&decl, NO_CONNECTION) {
+    let queue = match v.declare_queue(&decl, &actor()) {
         Ok((q, ..)) => q,
         Err(e) => return failed(e.reply_text()),
     };

@@ -120,6 +120,18 @@ pub async fn serve(
     result
 }
 
+/// The API as one service without a listener, every request from `peer`: for driving it in
+/// process (the fuzz target of the request handling). Durable changes are answered at once.
+pub fn service(broker: Arc<Broker>, node: NodeInfo, peer: SocketAddr) -> Router {
+    let api = Api { broker, node: Arc::new(node), durable: None };
+    router(api.clone()).layer(middleware::from_fn_with_state(api, authenticate)).layer(middleware::from_fn(
+        move |mut request: Request, next: Next| {
+            request.extensions_mut().insert(ConnectInfo(Peer(peer)));
+            next.run(request)
+        },
+    ))
+}
+
 fn router(api: Api) -> Router {
     Router::new()
         .route("/", get(page::index))
@@ -234,6 +246,7 @@ async fn authenticate(
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| s.split_once(':').map(|(u, p)| (u.to_string(), p.to_string())));
     let given = credentials.is_some();
+    let given_user = credentials.as_ref().map(|(u, _)| u.clone());
     let allowed = credentials
         .and_then(|(user, password)| api.broker.authenticate(&user, &password, peer.ip().is_loopback(), "PLAIN").ok());
     if given {
@@ -241,6 +254,16 @@ async fn authenticate(
             Some(_) => api.broker.login_succeeded(peer.ip()),
             // A source that keeps failing waits for its answers, as over AMQP.
             None => {
+                let audit = api.broker.audit();
+                if audit.is_on() {
+                    let name = given_user.clone().unwrap_or_default();
+                    let by = crate::broker::audit::Actor::http(&name, Some(peer.to_string()));
+                    let e = crate::broker::audit::AuditEvent::new("user.authentication.failure", &by, None)
+                        .with("name", name.as_str())
+                        .with("auth_mechanism", "PLAIN")
+                        .refused("Not_Authorized");
+                    audit.emit(e);
+                }
                 if let Some(d) = api.broker.login_failed(peer.ip()) {
                     tokio::time::sleep(d).await;
                 }
@@ -259,8 +282,18 @@ async fn authenticate(
         }
         return r;
     };
-    let principal = access::Principal::of(&api, &user);
+    let mut principal = access::Principal::of(&api, &user);
+    principal.source = Some(peer.to_string());
     if let Err(r) = access::authorise(&principal, request.method(), request.uri().path()) {
+        let audit = api.broker.audit();
+        if audit.is_on() {
+            let by = crate::broker::audit::Actor::http(&principal.name, principal.source.clone());
+            let e = crate::broker::audit::AuditEvent::new("access.refused", &by, None)
+                .with("kind", "http")
+                .with("name", format!("{} {}", request.method(), request.uri().path()))
+                .refused("the user's tags do not allow this request");
+            audit.emit(e);
+        }
         return r;
     }
     access::PRINCIPAL.scope(principal, next.run(request)).await

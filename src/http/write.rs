@@ -2,8 +2,9 @@
 //! unbind, publish and get, as RabbitMQ's plugin takes them. A durable change is answered once
 //! it is on disk, as over AMQP.
 
+use super::access::actor;
 use super::json::table;
-use super::{error, not_found, Api, NO_CONNECTION};
+use super::{error, not_found, Api};
 use crate::auth::grant::{Kind, Perm};
 use crate::broker::exchange::{Binding, Destination};
 use crate::broker::message::Message;
@@ -81,9 +82,18 @@ fn permitted(api: &Api, vhost: &str, checks: &[(Kind, &str, Perm)]) -> Result<()
     let Ok(user) = super::access::PRINCIPAL.try_with(|p| p.name.clone()) else { return Ok(()) };
     let grant = api.broker.grant(&user, vhost);
     for &(kind, name, perm) in checks {
-        grant
-            .check(kind, name, perm)
-            .map_err(|r| error(StatusCode::UNAUTHORIZED, "not_authorised", &format!("ACCESS_REFUSED - {}", r.text)))?;
+        if let Err(r) = grant.check(kind, name, perm) {
+            let audit = api.broker.audit();
+            if audit.is_on() {
+                let e = crate::broker::audit::AuditEvent::new("access.refused", &super::access::actor(), Some(vhost))
+                    .with("kind", kind.name())
+                    .with("name", name)
+                    .with("permission", perm.name())
+                    .refused(r.text.clone());
+                audit.emit(e);
+            }
+            return Err(error(StatusCode::UNAUTHORIZED, "not_authorised", &format!("ACCESS_REFUSED - {}", r.text)));
+        }
     }
     Ok(())
 }
@@ -115,7 +125,7 @@ pub async fn put_queue(State(api): State<Api>, Path((vhost, name)): Path<(String
         auto_delete: flag(&body, "auto_delete", false),
         arguments: arguments_of(&body),
     };
-    match v.declare_queue(&decl, NO_CONNECTION) {
+    match v.declare_queue(&decl, &actor()) {
         Ok((_, _, _, ticket)) => {
             durable(&api, ticket).await;
             if existed { StatusCode::NO_CONTENT } else { StatusCode::CREATED }.into_response()
@@ -149,7 +159,7 @@ pub async fn delete_queue(
         &ShortStr::from(name.as_str()),
         q.if_unused.unwrap_or(false),
         q.if_empty.unwrap_or(false),
-        NO_CONNECTION,
+        &actor(),
     ) {
         Ok((_, ticket)) => {
             durable(&api, ticket).await;
@@ -165,7 +175,7 @@ pub async fn purge(State(api): State<Api>, Path((vhost, name)): Path<(String, St
     if let Err(r) = permitted(&api, &vhost, &[(Kind::Queue, &name, Perm::Read)]) {
         return r;
     }
-    match v.purge_queue(&name, NO_CONNECTION) {
+    match v.purge_queue(&name, super::NO_CONNECTION) {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => refused(e),
     }
@@ -197,6 +207,7 @@ pub async fn put_exchange(
         flag(&body, "auto_delete", false),
         flag(&body, "internal", false),
         &arguments_of(&body),
+        &actor(),
     );
     match result {
         Ok(ticket) => {
@@ -220,7 +231,7 @@ pub async fn delete_exchange(
     if !v.exchanges().iter().any(|e| e.name.as_str() == name) {
         return not_found();
     }
-    match v.delete_exchange(&ShortStr::from(name.as_str()), q.if_unused.unwrap_or(false)) {
+    match v.delete_exchange(&ShortStr::from(name.as_str()), q.if_unused.unwrap_or(false), &actor()) {
         Ok(ticket) => {
             durable(&api, ticket).await;
             StatusCode::NO_CONTENT.into_response()
@@ -256,7 +267,7 @@ pub async fn post_binding(
     };
     let key = body.get("routing_key").and_then(Value::as_str).unwrap_or("").to_string();
     let binding = Binding { destination, routing_key: key.as_str().into(), arguments: arguments_of(&body) };
-    match v.bind(&ShortStr::from(source.as_str()), binding, NO_CONNECTION) {
+    match v.bind(&ShortStr::from(source.as_str()), binding, &actor()) {
         Ok(ticket) => {
             durable(&api, ticket).await;
             // Where the binding is, relative to this path: its properties key.
@@ -291,7 +302,7 @@ pub async fn delete_binding(
     else {
         return not_found();
     };
-    match v.unbind(&ShortStr::from(source.as_str()), &binding, NO_CONNECTION) {
+    match v.unbind(&ShortStr::from(source.as_str()), &binding, &actor()) {
         Ok(ticket) => {
             durable(&api, ticket).await;
             StatusCode::NO_CONTENT.into_response()
@@ -411,7 +422,7 @@ pub async fn get(State(api): State<Api>, Path((vhost, name)): Path<(String, Stri
     };
     let base64 = body.get("encoding").and_then(Value::as_str) == Some("base64");
     let truncate = body.get("truncate").and_then(Value::as_u64).map(|t| t as usize);
-    let queue = match v.queue(&name, NO_CONNECTION) {
+    let queue = match v.queue(&name, super::NO_CONNECTION) {
         Ok(q) => q,
         Err(e) => return refused(e),
     };

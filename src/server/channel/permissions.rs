@@ -6,12 +6,35 @@
 
 use super::super::connection::ConnCtx;
 use crate::auth::grant::{Kind, Perm};
+use crate::broker::audit::AuditEvent;
 use crate::broker::exchange::{Destination, ExchangeKind};
 use crate::broker::AmqpResult;
 use crate::protocol::{FieldTable, FieldValue};
 
 fn check(ctx: &mut ConnCtx, kind: Kind, name: &str, perm: Perm) -> AmqpResult<()> {
-    Ok(ctx.grant().check(kind, name, perm)?)
+    let result = ctx.grant().check(kind, name, perm);
+    audited(ctx, result, kind.name(), name, Some(perm))
+}
+
+/// A refusal goes to the audit log (`access.refused`, with what was asked), then to the client.
+fn audited(
+    ctx: &ConnCtx,
+    result: Result<(), crate::auth::Refused>,
+    kind: &str,
+    name: &str,
+    perm: Option<Perm>,
+) -> AmqpResult<()> {
+    let Err(refused) = result else { return Ok(()) };
+    let audit = ctx.broker.audit();
+    if audit.is_on() {
+        let vhost = ctx.vhost.as_ref().map(|v| v.name.as_str());
+        let mut e = AuditEvent::new("access.refused", &ctx.actor, vhost).with("kind", kind).with("name", name);
+        if let Some(p) = perm {
+            e = e.with("permission", p.name());
+        }
+        audit.emit(e.refused(refused.text.clone()));
+    }
+    Err(refused.into())
 }
 
 /// The name of an exchange given as an argument (`alternate-exchange`,
@@ -28,7 +51,8 @@ pub fn exchange_declare(ctx: &mut ConnCtx, name: &str, kind: &str, passive: bool
         return Ok(());
     }
     if passive {
-        return Ok(ctx.grant().check_any(Kind::Exchange, name)?);
+        let result = ctx.grant().check_any(Kind::Exchange, name);
+        return audited(ctx, result, "exchange", name, None);
     }
     check(ctx, Kind::Exchange, name, Perm::Configure)?;
     if ctx.vhost()?.exchange_kind(name).is_none() {
@@ -52,7 +76,8 @@ pub fn exchange_delete(ctx: &mut ConnCtx, name: &str) -> AmqpResult<()> {
 /// dead-letter exchange also needs read on the queue and write on that exchange.
 pub fn queue_declare(ctx: &mut ConnCtx, name: &str, passive: bool, args: &FieldTable) -> AmqpResult<()> {
     if passive {
-        return Ok(ctx.grant().check_any(Kind::Queue, name)?);
+        let result = ctx.grant().check_any(Kind::Queue, name);
+        return audited(ctx, result, "queue", name, None);
     }
     check(ctx, Kind::Queue, name, Perm::Configure)?;
     if let Some(dlx) = exchange_arg(args, "x-dead-letter-exchange") {
@@ -105,5 +130,9 @@ fn topic(ctx: &mut ConnCtx, exchange: &str, routing_key: &str, perm: Perm) -> Am
     if !ctx.grant().has_topic_permissions() || ctx.vhost()?.exchange_kind(exchange) != Some(ExchangeKind::Topic) {
         return Ok(());
     }
-    Ok(ctx.grant().check_topic(exchange, routing_key, perm)?)
+    match ctx.grant().check_topic(exchange, routing_key, perm) {
+        Ok(()) => Ok(()),
+        // The name is put together only for a refusal: this check runs on every publish.
+        refused => audited(ctx, refused, "topic", &format!("{exchange}/{routing_key}"), Some(perm)),
+    }
 }
