@@ -202,12 +202,12 @@ impl FieldTable {
     pub fn iter(&self) -> impl Iterator<Item = (&ShortStr, &FieldValue)> {
         self.0.iter().map(|(k, v)| (k, v))
     }
-    /// Equality regardless of entry order, as RabbitMQ compares declare arguments.
+    /// Equality regardless of entry order, as RabbitMQ compares declare arguments: the same
+    /// keys, each with the same value as a lookup finds it (the first of a repeated key).
+    /// Found by fuzzing: comparing entry by entry made a table with a repeated key
+    /// inequivalent to itself, so an identical redeclare was refused.
     pub fn equivalent(&self, other: &FieldTable) -> bool {
-        if self.0.len() != other.0.len() {
-            return false;
-        }
-        self.0.iter().all(|(k, v)| other.get(k) == Some(v))
+        self.0.iter().all(|(k, _)| other.get(k) == self.get(k)) && other.0.iter().all(|(k, _)| self.get(k).is_some())
     }
 }
 
@@ -493,6 +493,23 @@ fn write_value(buf: &mut BytesMut, v: &FieldValue) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (fuzz/corpus/field_table/regression-repeated-key): a table whose key repeats
+    /// is equivalent to itself and to its own decode.
+    #[test]
+    fn a_repeated_key_is_equivalent_to_itself() {
+        let t = FieldTable(vec![
+            ("product".into(), FieldValue::string("a")),
+            ("x".into(), FieldValue::I32(1)),
+            ("product".into(), FieldValue::string("b")),
+        ]);
+        assert!(t.equivalent(&t.clone()));
+        let first = FieldTable(vec![("product".into(), FieldValue::string("a")), ("x".into(), FieldValue::I32(1))]);
+        assert!(t.equivalent(&first) && first.equivalent(&t));
+        let other = FieldTable(vec![("product".into(), FieldValue::string("b")), ("x".into(), FieldValue::I32(1))]);
+        assert!(!t.equivalent(&other));
+        assert!(!t.equivalent(&FieldTable(vec![("product".into(), FieldValue::string("a"))])));
+    }
 
     #[test]
     fn table_round_trip_every_type() {
