@@ -75,7 +75,7 @@ pub struct Args {
     pub audit_log: Option<String>,
     /// TOML file with any of: bind, port, management_port, data_dir, log, heartbeat, memory_limit,
     /// disk_free_limit, stats_interval, frame_max, channel_max, max_message_size,
-    /// consumer_max_per_channel, default_user,
+    /// consumer_max_per_channel, max_pending_connections_per_source (256), default_user,
     /// default_pass, loopback_users (users who may log in only from loopback; ["guest"]),
     /// tls_cert, tls_key, tls_ca, tls_fail_if_no_peer_cert, tls_port, management_tls_port,
     /// encryption_key_file, encryption_previous_key_files (old keys, read only: key rotation),
@@ -108,6 +108,7 @@ struct FileConfig {
     channel_max: Option<u16>,
     max_message_size: Option<u64>,
     consumer_max_per_channel: Option<u32>,
+    max_pending_connections_per_source: Option<u32>,
     default_user: Option<String>,
     default_pass: Option<String>,
     loopback_users: Option<Vec<String>>,
@@ -144,6 +145,9 @@ pub struct Config {
     /// Consumers one channel may have (RabbitMQ's consumer_max_per_channel), so that one
     /// client cannot grow a channel's consumer table without bound.
     pub consumer_max_per_channel: u32,
+    /// Connections from one IP address that have not logged in yet, beyond which more from
+    /// it are closed at once (see `server::pending`).
+    pub max_pending_per_source: u32,
     /// The default user of a fresh data directory, and who may log in only from loopback.
     pub access: crate::broker::AccessSettings,
     /// TLS, when a certificate and key are configured.
@@ -174,6 +178,9 @@ impl Default for Config {
             channel_max: 2047,
             max_message_size: 128 * 1024 * 1024,
             consumer_max_per_channel: 65_536,
+            // With the 10 s handshake timeout: a source may open at most ~25 sockets a
+            // second that never log in. Clients that log in leave the count at once.
+            max_pending_per_source: 256,
             access: crate::broker::AccessSettings::default(),
             tls: None,
             tls_port: 5671,
@@ -246,6 +253,7 @@ impl Config {
             channel_max: file.channel_max.unwrap_or(d.channel_max),
             max_message_size: file.max_message_size.unwrap_or(d.max_message_size),
             consumer_max_per_channel: file.consumer_max_per_channel.unwrap_or(d.consumer_max_per_channel),
+            max_pending_per_source: file.max_pending_connections_per_source.unwrap_or(d.max_pending_per_source).max(1),
             access: {
                 let user = args.default_user.clone().or(file.default_user).unwrap_or_else(|| "guest".into());
                 let pass = args.default_pass.clone().or(file.default_pass).unwrap_or_else(|| "guest".into());

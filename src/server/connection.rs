@@ -117,6 +117,8 @@ pub struct Connection {
     channel_max: u16,
     heartbeat: u16,
     channels: FastMap<u16, Channel>,
+    /// Held until the login succeeds (see [`super::pending`]).
+    pending: Option<super::pending::PendingGuard>,
     ctx: ConnCtx,
 }
 
@@ -127,6 +129,9 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     pub durable: Option<watch::Receiver<u64>>,
     pub alarm: watch::Receiver<Option<String>>,
+    /// Counts this connection against its source's limit of connections not yet logged in,
+    /// until its login succeeds.
+    pub pending: Option<super::pending::PendingGuard>,
 }
 
 /// Serves one accepted plain TCP socket until it closes or the broker shuts down.
@@ -158,7 +163,7 @@ async fn serve_io<R, W>(
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let Shared { broker, config, mut shutdown, mut durable, mut alarm } = shared;
+    let Shared { broker, config, mut shutdown, mut durable, mut alarm, pending } = shared;
     let mut header = [0u8; 8];
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, rd.read_exact(&mut header)).await {
         Ok(Ok(_)) => {}
@@ -185,6 +190,7 @@ async fn serve_io<R, W>(
         channel_max: config.channel_max,
         heartbeat: 0,
         channels: FastMap::default(),
+        pending,
         ctx: ConnCtx {
             id,
             broker,
@@ -638,6 +644,7 @@ impl Connection {
         let user = match outcome {
             Ok(u) => {
                 self.ctx.broker.login_succeeded(self.peer.ip());
+                self.pending = None;
                 self.ctx.actor.user = u.name.as_str().into();
                 if audit.is_on() {
                     let e = AuditEvent::new("user.authentication.success", &self.ctx.actor, None)

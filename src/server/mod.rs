@@ -4,6 +4,7 @@ pub mod alarms;
 pub mod channel;
 pub mod connection;
 pub mod output;
+pub mod pending;
 pub mod read_buf;
 pub mod writer;
 
@@ -41,6 +42,8 @@ pub struct Server {
     /// Connections beyond this many are refused: their descriptors would take those the
     /// broker's files need.
     max_connections: u64,
+    /// Connections not yet logged in, by source address (see [`pending`]).
+    pending: Arc<pending::Pending>,
 }
 
 impl Server {
@@ -52,7 +55,16 @@ impl Server {
         durable: Option<watch::Receiver<u64>>,
     ) -> std::io::Result<Server> {
         let listener = listen(&config.bind, config.port).await?;
-        Ok(Server { listener, tls: None, broker, config: Arc::new(config), durable, max_connections: u64::MAX })
+        let pending = pending::Pending::new(config.max_pending_per_source);
+        Ok(Server {
+            listener,
+            tls: None,
+            broker,
+            config: Arc::new(config),
+            durable,
+            max_connections: u64::MAX,
+            pending,
+        })
     }
 
     /// Also listens for AMQP over TLS on `port` (0 picks a free one).
@@ -144,9 +156,24 @@ impl Server {
             }
             return;
         }
+        let Some(pending) = self.pending.enter(peer.ip()) else {
+            // This source already has as many sockets waiting to log in as it may.
+            drop(stream);
+            if refused_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                *refused_logged = Some(std::time::Instant::now());
+                tracing::warn!(
+                    "connection from {peer} refused: {} connections from {} have not logged in yet \
+                     (max_pending_connections_per_source)",
+                    self.pending.limit(),
+                    peer.ip()
+                );
+            }
+            return;
+        };
         self.broker.count_connection(true);
         let broker = self.broker.clone();
         let shared = connection::Shared {
+            pending: Some(pending),
             broker: broker.clone(),
             config: self.config.clone(),
             shutdown: stop.clone(),
