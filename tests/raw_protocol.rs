@@ -351,3 +351,42 @@ fn channel_max_limits_open_channels() {
     assert_eq!(code, 530);
     assert_eq!(text, "NOT_ALLOWED - number of channels opened (2) has reached the negotiated channel_max (2)");
 }
+
+/// Message headers nested past the depth bound (64) are a 502 syntax error for that
+/// connection alone; a header table as large as a frame allows is taken whole.
+#[test]
+fn header_tables_are_bounded_in_depth_and_size() {
+    let server = TestServer::start();
+    let mut inner = FieldTable::new();
+    for _ in 0..100 {
+        let mut outer = FieldTable::new();
+        outer.insert("n", FieldValue::Table(inner));
+        inner = outer;
+    }
+    let props = BasicProperties { headers: Some(inner), ..Default::default() };
+    let mut raw = Raw::open(server.port);
+    raw.open_channel(1);
+    raw.send_method(1, BasicPublish { routing_key: "q".into(), ..Default::default() });
+    let mut b = BytesMut::new();
+    write_content(&mut b, 1, &props.to_bytes(), b"x", 131072);
+    raw.send(&b);
+    let (code, text) = raw.expect_connection_close();
+    assert_eq!(code, 502, "{text}");
+    assert!(text.contains("nests too deeply"), "{text}");
+
+    // 2,000 entries (about 60 KB of headers) in one content header frame: accepted.
+    let mut wide = FieldTable::new();
+    for i in 0..2000 {
+        wide.insert(&format!("header-{i:05}"), FieldValue::string("value-value-value"));
+    }
+    let props = BasicProperties { headers: Some(wide), ..Default::default() };
+    let mut raw = Raw::open(server.port);
+    raw.open_channel(1);
+    raw.send_method(1, BasicPublish { routing_key: "nowhere".into(), ..Default::default() });
+    let mut b = BytesMut::new();
+    write_content(&mut b, 1, &props.to_bytes(), b"x", 131072);
+    raw.send(&b);
+    assert_healthy(server.port);
+    raw.open_channel(2);
+    assert_healthy(server.port);
+}
