@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # Runs every test: formatting, unit and integration tests (Rust), the Python suite (pika, aio-pika,
 # kombu/Celery, rabbitmqadmin, pyrabbit2, the web page in headless Chromium) and the
-# differential conformance run against RabbitMQ.
+# differential conformance run against RabbitMQ, and short runs of the fuzz targets.
 # Installs what it needs itself: a Python venv with the packages in tests/python/requirements.txt.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 
 echo "== cargo build --release"
 cargo build --release --locked
 
 echo "== cargo test --release"
 cargo test --release --locked
+
+echo "== fuzz targets: codec, SASL, management API; 15 s each from the seed corpus"
+fuzz/run.sh
 
 echo "== python venv"
 if [ ! -x .venv/bin/python ]; then
