@@ -6,9 +6,9 @@
 #   FUZZ_SECONDS=600 fuzz/run.sh http one target for 10 minutes
 #   FUZZ_RUNS=10000000 fuzz/run.sh    every target for 10 million inputs
 #
-# Each run works on a copy of the seed corpus (fuzz/corpus/<target>) in fuzz/work/, so the
+# Each run works on a copy of the seed corpus (fuzz/corpus/<target>) in fuzz/runs/, so the
 # committed corpus changes only by hand. A crash stops the script with the input that caused
-# it in fuzz/work/<target>/artifacts/; turn it into a regression test (see docs/fuzzing.md).
+# it in fuzz/runs/<target>/artifacts/; turn it into a regression test (see docs/fuzzing.md).
 set -euo pipefail
 cd "$(dirname "$0")"
 TARGETS=(frame method field_table content_header sasl http)
@@ -21,7 +21,7 @@ FLAGS+=" -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-as
 HOST="$(rustc -vV | sed -n 's/^host: //p')"
 RUSTFLAGS="$FLAGS" cargo build --release --locked --quiet --target "$HOST" --target-dir target --bins
 for t in "${TARGETS[@]}"; do
-  work="${FUZZ_WORK:-work}/$t"
+  work="${FUZZ_WORK:-runs}/$t"
   rm -rf "$work" && mkdir -p "$work/corpus" "$work/artifacts"
   cp corpus/"$t"/* "$work/corpus/" 2>/dev/null || true
   limit=(-max_total_time="${FUZZ_SECONDS:-15}")
