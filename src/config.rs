@@ -75,7 +75,8 @@ pub struct Args {
     pub audit_log: Option<String>,
     /// TOML file with any of: bind, port, management_port, data_dir, log, heartbeat, memory_limit,
     /// disk_free_limit, stats_interval, frame_max, channel_max, max_message_size,
-    /// consumer_max_per_channel, max_pending_connections_per_source (256), default_user,
+    /// consumer_max_per_channel, max_unacked_per_channel (65536), max_unacked_bytes_per_channel
+    /// ("128MiB"), max_pending_connections_per_source (256), default_user,
     /// default_pass, loopback_users (users who may log in only from loopback; ["guest"]),
     /// tls_cert, tls_key, tls_ca, tls_fail_if_no_peer_cert, tls_port, management_tls_port,
     /// encryption_key_file, encryption_previous_key_files (old keys, read only: key rotation),
@@ -108,6 +109,8 @@ struct FileConfig {
     channel_max: Option<u16>,
     max_message_size: Option<u64>,
     consumer_max_per_channel: Option<u32>,
+    max_unacked_per_channel: Option<u32>,
+    max_unacked_bytes_per_channel: Option<String>,
     max_pending_connections_per_source: Option<u32>,
     default_user: Option<String>,
     default_pass: Option<String>,
@@ -145,6 +148,11 @@ pub struct Config {
     /// Consumers one channel may have (RabbitMQ's consumer_max_per_channel), so that one
     /// client cannot grow a channel's consumer table without bound.
     pub consumer_max_per_channel: u32,
+    /// Deliveries one channel may hold unacknowledged, whatever its prefetch: past either
+    /// bound its consumers wait for acks and basic.get is refused (406), so a consumer with
+    /// prefetch 0 that never acknowledges cannot pull a whole queue, paged out or not, into
+    /// memory.
+    pub unacked_limits: crate::broker::consumer::UnackedLimits,
     /// Connections from one IP address that have not logged in yet, beyond which more from
     /// it are closed at once (see `server::pending`).
     pub max_pending_per_source: u32,
@@ -178,6 +186,7 @@ impl Default for Config {
             channel_max: 2047,
             max_message_size: 128 * 1024 * 1024,
             consumer_max_per_channel: 65_536,
+            unacked_limits: crate::broker::consumer::UnackedLimits { count: 65_536, bytes: 128 * 1024 * 1024 },
             // With the 10 s handshake timeout: a source may open at most ~25 sockets a
             // second that never log in. Clients that log in leave the count at once.
             max_pending_per_source: 256,
@@ -217,6 +226,8 @@ pub enum ConfigError {
     TlsHalf,
     #[error("audit_log_max_bytes: {0}")]
     AuditLogSize(String),
+    #[error("max_unacked_bytes_per_channel: {0}")]
+    UnackedBytes(String),
     #[error("encryption_previous_key_files needs encryption_key_file: old keys only read, the current key writes")]
     PreviousKeysAlone,
 }
@@ -253,6 +264,13 @@ impl Config {
             channel_max: file.channel_max.unwrap_or(d.channel_max),
             max_message_size: file.max_message_size.unwrap_or(d.max_message_size),
             consumer_max_per_channel: file.consumer_max_per_channel.unwrap_or(d.consumer_max_per_channel),
+            unacked_limits: crate::broker::consumer::UnackedLimits {
+                count: file.max_unacked_per_channel.unwrap_or(d.unacked_limits.count).max(1),
+                bytes: match file.max_unacked_bytes_per_channel {
+                    Some(s) => crate::server::alarms::parse_size(&s).map_err(ConfigError::UnackedBytes)?.max(1),
+                    None => d.unacked_limits.bytes,
+                },
+            },
             max_pending_per_source: file.max_pending_connections_per_source.unwrap_or(d.max_pending_per_source).max(1),
             access: {
                 let user = args.default_user.clone().or(file.default_user).unwrap_or_else(|| "guest".into());

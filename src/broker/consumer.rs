@@ -6,7 +6,7 @@ use super::queue::{Queue, QueuedMessage};
 use crate::protocol::{FieldTable, ShortStr};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use tokio::sync::Notify;
 
@@ -109,9 +109,46 @@ impl ConnectionSink {
 pub struct ChannelFlow {
     /// basic.qos global=true limit across the channel; 0 means none.
     pub global_prefetch: AtomicU32,
+    /// Deliveries to this channel's consumers not settled yet, and their bytes.
     pub unacked: AtomicU32,
+    pub unacked_bytes: AtomicU64,
     /// False after channel.flow active=false.
     pub paused: AtomicBool,
+    /// The broker's own bound on unsettled deliveries, whatever the prefetch (0 included):
+    /// a consumer that never acknowledges stops receiving here instead of pulling a whole
+    /// queue into memory (`max_unacked_per_channel`, `max_unacked_bytes_per_channel`).
+    pub limits: UnackedLimits,
+}
+
+/// Bounds on what one channel may hold unacknowledged.
+#[derive(Debug, Clone, Copy)]
+pub struct UnackedLimits {
+    pub count: u32,
+    pub bytes: u64,
+}
+
+impl Default for UnackedLimits {
+    fn default() -> Self {
+        UnackedLimits { count: u32::MAX, bytes: u64::MAX }
+    }
+}
+
+impl ChannelFlow {
+    pub fn new(limits: UnackedLimits) -> Self {
+        ChannelFlow { limits, ..Default::default() }
+    }
+    /// Whether the channel holds as many unsettled deliveries (or bytes) as it may.
+    /// Returns the channel's share of one settled delivery's credit.
+    pub fn settle(&self, bytes: usize) {
+        let _ = self.unacked.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(1)));
+        let _ = self
+            .unacked_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(bytes as u64)));
+    }
+    pub fn at_limit(&self) -> bool {
+        self.unacked.load(Ordering::Acquire) >= self.limits.count
+            || self.unacked_bytes.load(Ordering::Acquire) >= self.limits.bytes
+    }
 }
 
 #[derive(Debug)]
@@ -144,17 +181,74 @@ impl Consumer {
         }
         let own = self.prefetch == 0 || self.unacked.load(Ordering::Acquire) < self.prefetch;
         let global = self.flow.global_prefetch.load(Ordering::Acquire);
-        own && (global == 0 || self.flow.unacked.load(Ordering::Acquire) < global)
+        own && (global == 0 || self.flow.unacked.load(Ordering::Acquire) < global) && !self.flow.at_limit()
     }
-    pub fn charge_unacked(&self) {
+    /// Counts a delivery of `bytes` against the consumer's and its channel's credit.
+    pub fn charge_unacked(&self, bytes: usize) {
         if !self.no_ack {
             self.unacked.fetch_add(1, Ordering::AcqRel);
             self.flow.unacked.fetch_add(1, Ordering::AcqRel);
+            self.flow.unacked_bytes.fetch_add(bytes as u64, Ordering::AcqRel);
         }
     }
-    /// Returns credit for settled deliveries.
-    pub fn settle(&self, n: u32) {
-        let _ = self.unacked.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(n)));
-        let _ = self.flow.unacked.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(n)));
+    /// Returns the credit of one settled delivery of `bytes`.
+    pub fn settle(&self, bytes: usize) {
+        let _ = self.unacked.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(1)));
+        self.flow.settle(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consumer(flow: Arc<ChannelFlow>, prefetch: u32) -> Consumer {
+        Consumer {
+            tag: ShortStr::from("c"),
+            channel: 1,
+            no_ack: false,
+            exclusive: false,
+            arguments: FieldTable::default(),
+            priority: 0,
+            prefetch,
+            unacked: AtomicU32::new(0),
+            flow,
+            sink: ConnectionSink::new(1),
+        }
+    }
+
+    #[test]
+    fn the_channel_bound_applies_whatever_the_prefetch() {
+        let flow = Arc::new(ChannelFlow::new(UnackedLimits { count: 3, bytes: 1000 }));
+        let a = consumer(flow.clone(), 0);
+        let b = consumer(flow.clone(), 10);
+        for _ in 0..2 {
+            assert!(a.has_credit());
+            a.charge_unacked(10);
+        }
+        assert!(b.has_credit());
+        b.charge_unacked(10);
+        // Three on the channel: neither consumer may take more, prefetch 0 included.
+        assert!(!a.has_credit() && !b.has_credit());
+        a.settle(10);
+        assert!(a.has_credit() && b.has_credit());
+        // Bytes: one large delivery fills the channel.
+        b.charge_unacked(990);
+        assert!(!a.has_credit());
+        b.settle(990);
+        assert!(a.has_credit());
+        assert_eq!(flow.unacked.load(Ordering::Acquire), 2);
+        assert_eq!(flow.unacked_bytes.load(Ordering::Acquire), 20);
+    }
+
+    #[test]
+    fn auto_ack_consumers_are_not_charged() {
+        let flow = Arc::new(ChannelFlow::new(UnackedLimits { count: 1, bytes: 1 }));
+        let mut c = consumer(flow.clone(), 0);
+        c.no_ack = true;
+        c.charge_unacked(100);
+        c.charge_unacked(100);
+        assert!(c.has_credit());
+        assert_eq!(flow.unacked.load(Ordering::Acquire), 0);
     }
 }

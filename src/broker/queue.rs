@@ -647,12 +647,13 @@ impl Queue {
             }
             let consumer = st.consumers[idx].clone();
             st.dispatched += 1;
-            consumer.charge_unacked();
+            let size = m.message.size();
+            consumer.charge_unacked(size);
             st.count_out(&mut m, consumer.no_ack, false);
             if !consumer.no_ack {
                 st.unacked += 1;
             }
-            let charge = m.message.size() + DELIVERY_OVERHEAD;
+            let charge = size + DELIVERY_OVERHEAD;
             consumer.sink.send(ConnEvent::Deliver(Delivery {
                 channel: consumer.channel,
                 consumer_tag: consumer.tag.clone(),

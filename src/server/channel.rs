@@ -9,7 +9,7 @@ use publish::PendingPublish;
 
 use super::connection::ConnCtx;
 use crate::broker::connections::{bump, ChannelCard};
-use crate::broker::consumer::{ChannelFlow, Consumer, Delivery};
+use crate::broker::consumer::{ChannelFlow, Consumer, Delivery, UnackedLimits};
 use crate::broker::exchange::{Binding, Destination};
 use crate::broker::message::Message;
 use crate::broker::queue::{Queue, QueuedMessage};
@@ -52,7 +52,10 @@ pub struct Channel {
     prefetch: u32,
     consumers: FastMap<ShortStr, ConsumerEntry>,
     next_tag: u64,
+    /// In delivery-tag order (tags only grow), so a tag is found by binary search.
     unacked: VecDeque<Unacked>,
+    /// Bytes of the messages in `unacked`, deliveries and basic.get alike.
+    unacked_bytes: u64,
     publish: Option<PendingPublish>,
     confirm: bool,
     publish_seq: u64,
@@ -78,15 +81,16 @@ fn random_suffix(len: usize) -> String {
 }
 
 impl Channel {
-    pub fn new(id: u16) -> Self {
+    pub fn new(id: u16, limits: UnackedLimits) -> Self {
         Channel {
             id,
             closing: false,
-            flow: Arc::new(ChannelFlow::default()),
+            flow: Arc::new(ChannelFlow::new(limits)),
             prefetch: 0,
             consumers: FastMap::default(),
             next_tag: 1,
             unacked: VecDeque::new(),
+            unacked_bytes: 0,
             publish: None,
             confirm: false,
             publish_seq: 0,
@@ -467,6 +471,13 @@ impl Channel {
         let queue_name = self.queue_name(m.queue)?;
         permissions::queue_read(ctx, &queue_name)?;
         let queue = ctx.vhost()?.queue(&queue_name, ctx.id)?;
+        let limits = self.flow.limits;
+        if !m.no_ack && (self.unacked.len() as u64 >= limits.count as u64 || self.unacked_bytes >= limits.bytes) {
+            return Err(AmqpError::precondition_failed(format!(
+                "reached maximum ({} messages, {} bytes) of unacknowledged deliveries per channel",
+                limits.count, limits.bytes
+            )));
+        }
         match queue.get(m.no_ack) {
             None => {
                 bump(&self.card.get_empty, 1);
@@ -492,6 +503,7 @@ impl Channel {
                 );
                 ctx.out.content(self.id, &msg.properties, &msg.body);
                 if !m.no_ack {
+                    self.unacked_bytes += qm.message.size() as u64;
                     self.unacked.push_back(Unacked { tag, queue: Some(queue), consumer: None, message: qm });
                     self.card.unacked.store(self.unacked.len() as u32, Ordering::Relaxed);
                 }
@@ -503,6 +515,14 @@ impl Channel {
     /// Writes a delivery a queue dispatched to one of this channel's consumers.
     pub fn deliver(&mut self, ctx: &mut ConnCtx, d: Delivery) {
         let Some(entry) = self.consumers.get(d.consumer_tag.as_str()) else {
+            // Cancelled meanwhile: the channel's credit for it comes back with it.
+            if !d.no_ack {
+                let was_at_limit = self.flow.at_limit();
+                self.flow.settle(d.item.message.size());
+                if was_at_limit {
+                    self.wake_consumer_queues();
+                }
+            }
             Self::return_undelivered(ctx, d);
             return;
         };
@@ -532,6 +552,7 @@ impl Channel {
             }
         }
         if !d.no_ack {
+            self.unacked_bytes += item.message.size() as u64;
             self.unacked.push_back(Unacked {
                 tag,
                 queue: d.queue,
@@ -557,7 +578,7 @@ impl Channel {
             Method::BasicReject(m) => (m.delivery_tag, false),
             _ => return Ok(()),
         };
-        if (multiple && tag == 0) || self.unacked.iter().any(|u| u.tag == tag) {
+        if (multiple && tag == 0) || self.is_unacked(tag) {
             Ok(())
         } else {
             Err(AmqpError::precondition_failed(format!("unknown delivery tag {tag}")))
@@ -567,7 +588,7 @@ impl Channel {
     fn settle(&mut self, tag: u64, multiple: bool, how: Settle) -> AmqpResult<()> {
         let taken: Vec<Unacked> = if multiple {
             let upto = if tag == 0 { u64::MAX } else { tag };
-            if tag != 0 && !self.unacked.iter().any(|u| u.tag == tag) {
+            if tag != 0 && !self.is_unacked(tag) {
                 return Err(AmqpError::precondition_failed(format!("unknown delivery tag {tag}")));
             }
             let n = self.unacked.partition_point(|u| u.tag <= upto);
@@ -583,16 +604,23 @@ impl Channel {
         Ok(())
     }
 
+    fn is_unacked(&self, tag: u64) -> bool {
+        self.unacked.binary_search_by_key(&tag, |u| u.tag).is_ok()
+    }
+
     /// Settles deliveries with their queues and returns the consumers' credit.
     fn release(&mut self, taken: Vec<Unacked>, how: Settle) {
         if matches!(how, Settle::Ack) {
             bump(&self.card.ack, taken.len() as u64);
         }
         self.card.unacked.store(self.unacked.len() as u32, Ordering::Relaxed);
+        let was_at_limit = self.flow.at_limit();
         let mut by_queue: Vec<(Arc<Queue>, Vec<QueuedMessage>)> = Vec::new();
         for u in taken {
+            let size = u.message.message.size();
+            self.unacked_bytes = self.unacked_bytes.saturating_sub(size as u64);
             if let Some(c) = &u.consumer {
-                c.settle(1);
+                c.settle(size);
             }
             let Some(q) = u.queue else { continue };
             match by_queue.iter_mut().find(|(bq, _)| Arc::ptr_eq(bq, &q)) {
@@ -613,7 +641,9 @@ impl Channel {
                 }
             }
         }
-        if self.flow.global_prefetch.load(Ordering::Acquire) > 0 {
+        // Credit that spans the channel came back: queues that skipped its consumers for
+        // lack of it dispatch again.
+        if was_at_limit || self.flow.global_prefetch.load(Ordering::Acquire) > 0 {
             self.wake_consumer_queues();
         }
     }

@@ -555,7 +555,7 @@ impl Connection {
                 if let Err(e) = self.ctx.broker.check_channel_limit(&self.ctx.user, self.ctx.id, self.channels.len()) {
                     return Err((0, AmqpError::from(e).with_method(ids)));
                 }
-                self.channels.insert(c, Channel::new(c));
+                self.channels.insert(c, Channel::new(c, self.ctx.config.unacked_limits));
                 self.count_channels();
                 self.ctx.out.method(c, ChannelOpenOk { reserved: LongStr::default() });
                 Ok(())
