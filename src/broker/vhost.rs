@@ -55,6 +55,15 @@ struct Topology {
     logs: FastMap<ShortStr, String>,
 }
 
+/// What deleting one object took with it: bindings (with their source exchange) and
+/// auto-delete exchanges left without bindings (with whether they were durable). Each is
+/// reported to the audit log as RabbitMQ reports them: binding.deleted, exchange.deleted.
+#[derive(Default)]
+struct Removed {
+    bindings: Vec<(ShortStr, Binding)>,
+    exchanges: Vec<(ShortStr, bool)>,
+}
+
 /// Whether an exchange's definition is saved: durable, not auto-delete, not built in.
 fn saved_exchange(ex: &Exchange) -> bool {
     ex.durable
@@ -376,9 +385,12 @@ impl VHost {
     /// Journals the deletion of durable exchanges removed by a cascade (auto-delete ones
     /// left without bindings); returns the last ticket.
     /// Journals the deletion of the durable ones among `removed` exchanges and reports each.
-    fn record_removed(&self, removed: Vec<(ShortStr, bool)>, by: &Actor) -> u64 {
+    fn record_removed(&self, removed: Removed, by: &Actor) -> u64 {
+        for (source, binding) in &removed.bindings {
+            self.binding_event("binding.deleted", by, source, binding);
+        }
         let mut ticket = 0;
-        for (name, durable) in removed {
+        for (name, durable) in removed.exchanges {
             self.event("exchange.deleted", by, &name);
             if durable {
                 ticket = ticket.max(self.record(|vhost| Change::DeleteExchange { vhost, name: name.to_string() }));
@@ -525,25 +537,34 @@ impl VHost {
         let dest = Destination::Exchange(name.clone());
         // Only a durable exchange is saved, or the destination of saved bindings.
         let saved = ex.durable;
-        topo.exchanges.remove(name.as_str());
-        let mut removed = Vec::new();
+        let mut removed = Removed::default();
+        if let Some(ex) = topo.exchanges.remove(name.as_str()) {
+            if self.audit.is_on() {
+                removed.bindings.extend(ex.bindings().iter().map(|b| (name.clone(), b.clone())));
+            }
+        }
         Self::remove_destination(&mut topo, &dest, &mut removed);
-        removed.push((name.clone(), saved));
+        removed.exchanges.push((name.clone(), saved));
         Ok(self.record_removed(removed, by))
     }
 
-    /// Removes every binding to `dest`, deleting auto-delete exchanges left with none; those
-    /// are added to `removed`, with whether they were durable (for the journal).
-    fn remove_destination(topo: &mut Topology, dest: &Destination, removed: &mut Vec<(ShortStr, bool)>) {
+    /// Removes every binding to `dest`, deleting auto-delete exchanges left with none; both
+    /// are added to `removed`, exchanges with whether they were durable (for the journal).
+    fn remove_destination(topo: &mut Topology, dest: &Destination, removed: &mut Removed) {
         let mut emptied = Vec::new();
         for ex in topo.exchanges.values_mut() {
-            if ex.unbind_destination(dest) > 0 && ex.auto_delete && !ex.has_bindings() {
+            let gone = ex.unbind_destination(dest);
+            if gone.is_empty() {
+                continue;
+            }
+            if ex.auto_delete && !ex.has_bindings() {
                 emptied.push(ex.name.clone());
             }
+            removed.bindings.extend(gone.into_iter().map(|b| (ex.name.clone(), b)));
         }
         for name in emptied {
             if let Some(ex) = topo.exchanges.remove(name.as_str()) {
-                removed.push((name.clone(), ex.durable));
+                removed.exchanges.push((name.clone(), ex.durable));
             }
             Self::remove_destination(topo, &Destination::Exchange(name), removed);
         }
@@ -681,7 +702,7 @@ impl VHost {
         topo.queues.remove(q.name.as_str());
         let saved = topo.logs.remove(q.name.as_str()).is_some();
         self.event("queue.deleted", by, &q.name);
-        let mut removed = Vec::new();
+        let mut removed = Removed::default();
         Self::remove_destination(topo, &Destination::Queue(q.name.clone()), &mut removed);
         let mut ticket = self.record_removed(removed, by);
         if saved {
@@ -745,12 +766,12 @@ impl VHost {
             return Ok(0);
         }
         access?;
-        let mut removed = Vec::new();
+        let mut removed = Removed::default();
         self.binding_event("binding.deleted", by, source, binding);
         if ex.unbind(binding) && ex.auto_delete && !ex.has_bindings() {
             let name = ex.name.clone();
             if let Some(ex) = topo.exchanges.remove(name.as_str()) {
-                removed.push((name.clone(), ex.durable));
+                removed.exchanges.push((name.clone(), ex.durable));
             }
             Self::remove_destination(&mut topo, &Destination::Exchange(name), &mut removed);
         }

@@ -104,6 +104,35 @@ def test_amqp_events_name_the_user_the_source_and_the_outcome(hare):
     assert denied["vhost"] == "aud-v" and "access to vhost 'aud-v' refused" in denied["reason"]
 
 
+def test_bindings_removed_with_their_queue_or_exchange_are_reported(hare):
+    """As RabbitMQ: deleting a queue or an exchange reports each binding it took with it, and
+    an auto-delete exchange left without bindings."""
+    c = hare.connect()
+    ch = c.channel()
+    ch.exchange_declare("cas.src", "direct")
+    ch.exchange_declare("cas.auto", "fanout", auto_delete=True)
+    ch.exchange_declare("cas.out", "topic")
+    ch.queue_declare("cas.q")
+    ch.queue_bind("cas.q", "cas.src", "k1")
+    ch.queue_bind("cas.q", "cas.src", "k2")
+    ch.queue_bind("cas.q", "cas.auto", "")
+    ch.exchange_bind("cas.src", "cas.out", "o.#")  # cas.out -> cas.src
+    ch.queue_delete("cas.q")
+    ch.exchange_delete("cas.out")
+    c.close()
+
+    def deleted(source, dest, key):
+        return lambda e: e["event"] == "binding.deleted" and e["object"]["source_name"] == source and \
+            e["object"]["destination_name"] == dest and e["object"]["routing_key"] == key
+    for source, key in (("cas.src", "k1"), ("cas.src", "k2"), ("cas.auto", "")):
+        e = wait_event(hare, deleted(source, "cas.q", key), f"binding.deleted {source} {key!r}")
+        assert e["user"] == "guest" and e["object"]["destination_kind"] == "queue"
+    wait_event(hare, named("exchange.deleted", "cas.auto"), "the auto-delete exchange's exchange.deleted")
+    e = wait_event(hare, deleted("cas.out", "cas.src", "o.#"), "the deleted source's binding")
+    assert e["object"]["destination_kind"] == "exchange"
+    assert not any(x["event"] == "exchange.deleted" and x["object"]["name"] == "cas.src" for x in events(hare))
+
+
 def test_http_changes_name_the_api_user(hare):
     add_user(hare, "ops", "pw", tags="administrator", perms=(".*", ".*", ".*"))
     user = wait_event(hare, named("user.created", "ops"), "user.created")

@@ -169,11 +169,11 @@ impl Exchange {
         true
     }
 
-    /// Removes the binding at `pos`, keeping the indexes in step.
-    fn remove_at(&mut self, pos: usize) {
+    /// Removes the binding at `pos`, keeping the indexes in step; returns it.
+    fn remove_at(&mut self, pos: usize) -> Binding {
         let b = self.bindings.swap_remove(pos);
         self.router.unbind(&b);
-        let key = (b.destination, b.routing_key);
+        let key = (b.destination.clone(), b.routing_key.clone());
         if let Some(positions) = self.index.get_mut(&key) {
             positions.retain(|&p| p as usize != pos);
             if positions.is_empty() {
@@ -195,21 +195,21 @@ impl Exchange {
                 *p = pos as u32;
             }
         }
+        b
     }
 
-    /// Removes every binding to `dest`; returns how many. Costs what `dest` had, not what the
+    /// Removes every binding to `dest`; returns them. Costs what `dest` had, not what the
     /// exchange has.
-    pub fn unbind_destination(&mut self, dest: &Destination) -> usize {
+    pub fn unbind_destination(&mut self, dest: &Destination) -> Vec<Binding> {
         let Some(keys) = self.keys.get(dest).cloned() else {
-            return 0;
+            return Vec::new();
         };
-        let mut gone = 0;
+        let mut gone = Vec::new();
         for key in keys {
             // Each removal moves the last binding into the freed place: look the positions up
             // again each time.
             while let Some(&pos) = self.index.get(&(dest.clone(), key.clone())).and_then(|ps| ps.first()) {
-                self.remove_at(pos as usize);
-                gone += 1;
+                gone.push(self.remove_at(pos as usize));
             }
         }
         gone
