@@ -2,6 +2,7 @@
 //! from where to which vhost, with how many channels, and a way to ask one to close. The
 //! connection task owns the connection; this is only its card.
 
+use super::history::History;
 use super::stats::{MessageCounts, RateMeter};
 use crate::protocol::FieldTable;
 use parking_lot::Mutex;
@@ -38,13 +39,21 @@ pub struct ChannelCard {
     pub transactional: AtomicBool,
     pub unacked: AtomicU32,
     pub consumers: AtomicU32,
-    /// Rates, sampled off the message path.
+    /// Rates, sampled off the message path, and the counts' history.
     pub meter: Mutex<RateMeter>,
+    pub history: Mutex<History<12>>,
 }
 
 impl ChannelCard {
     pub fn new(number: u16) -> Arc<Self> {
         Arc::new(ChannelCard { number, ..Default::default() })
+    }
+
+    /// Takes a sample of the counts for their rates and history (the statistics sampler).
+    pub fn sample(&self, now_ms: u64) {
+        let counts = self.counts();
+        self.meter.lock().sample(now_ms, counts);
+        self.history.lock().record(now_ms, counts.values());
     }
 
     pub fn counts(&self) -> MessageCounts {

@@ -9,6 +9,7 @@ pub mod dead_letter;
 pub mod definitions;
 pub mod error;
 pub mod exchange;
+pub mod history;
 pub mod message;
 pub mod queue;
 pub mod stats;
@@ -76,11 +77,31 @@ pub struct Broker {
     closed_counts: Mutex<stats::MessageCounts>,
     /// Rates of the broker-wide counts, sampled off the message path.
     meter: Mutex<stats::RateMeter>,
+    /// Histories of the broker-wide counts and queue totals, for the API's samples.
+    history: Mutex<BrokerHistory>,
     /// Connections opened and closed since start (for metrics).
     pub connections_opened: AtomicU64,
     pub connections_closed: AtomicU64,
     /// Where audit events go (see [`audit`]).
     audit: Arc<audit::Audit>,
+}
+
+/// The broker-wide series the overview's samples come from.
+#[derive(Debug)]
+pub struct BrokerHistory {
+    /// [`stats::MessageCounts::values`] of every connection.
+    pub counts: history::History<12>,
+    /// Queue totals: messages, ready, unacknowledged (with their rates).
+    pub lengths: history::Meter<3>,
+}
+
+impl Default for BrokerHistory {
+    fn default() -> Self {
+        BrokerHistory {
+            counts: history::History::new(history::GLOBAL_RETENTION_MS),
+            lengths: history::Meter::new(history::GLOBAL_RETENTION_MS),
+        }
+    }
 }
 
 impl Default for Broker {
@@ -176,6 +197,7 @@ impl Broker {
             registry: Mutex::new(HashMap::new()),
             closed_counts: Mutex::new(stats::MessageCounts::default()),
             meter: Mutex::new(stats::RateMeter::default()),
+            history: Mutex::new(BrokerHistory::default()),
             connections_opened: AtomicU64::new(0),
             connections_closed: AtomicU64::new(0),
             audit: Arc::new(audit),
@@ -286,15 +308,26 @@ impl Broker {
         self.meter.lock().sample(now_ms, counts);
         for c in self.connection_list() {
             for ch in c.channels() {
-                let counts = ch.counts();
-                ch.meter.lock().sample(now_ms, counts);
+                ch.sample(now_ms);
             }
         }
+        let (mut ready, mut unacked) = (0, 0);
         for v in self.vhosts() {
             for q in v.queues() {
-                q.sample(now_ms);
+                let (r, u) = q.sample(now_ms);
+                ready += r;
+                unacked += u;
             }
+            v.sample_exchanges(now_ms);
         }
+        let mut h = self.history.lock();
+        h.counts.record(now_ms, counts.values());
+        h.lengths.sample(now_ms, [ready + unacked, ready, unacked]);
+    }
+
+    /// Reads the broker-wide histories (briefly under their lock).
+    pub fn with_history<R>(&self, f: impl FnOnce(&BrokerHistory) -> R) -> R {
+        f(&self.history.lock())
     }
 
     /// The open connections, by name.

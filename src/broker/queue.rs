@@ -122,6 +122,14 @@ pub struct Queue {
     timed: AtomicBool,
 }
 
+/// A queue's counts ([`stats::MessageCounts::values`]) and lengths (messages, ready,
+/// unacknowledged) over time, for the API's samples.
+#[derive(Debug, Default)]
+pub struct QueueHistory {
+    pub counts: super::history::History<12>,
+    pub lengths: super::history::History<3>,
+}
+
 /// A queue's numbers at one moment (see [`Queue::stats`]).
 #[derive(Debug, Clone, Default)]
 pub struct QueueStats {
@@ -289,11 +297,19 @@ impl Queue {
 
     /// Samples the queue's counters for its rates and rolls its latency windows; called by
     /// the statistics sampler every few seconds, never on the message path.
-    pub fn sample(&self, now_ms: u64) {
+    /// Returns the queue's depths (ready, unacknowledged).
+    pub fn sample(&self, now_ms: u64) -> (u64, u64) {
         let mut st = self.state.lock();
         let counts = st.counts;
         st.meter.sample(now_ms, counts);
         let (ready, unacked) = (st.ready_count() as u64, st.unacked as u64);
+        // A history is made once the queue has anything to show; idle queues have none.
+        let values = counts.values();
+        if st.history.is_some() || ready + unacked > 0 || values.iter().any(|&v| v != 0) {
+            let h = st.history.get_or_insert_with(Default::default);
+            h.counts.record(now_ms, values);
+            h.lengths.record(now_ms, [ready + unacked, ready, unacked]);
+        }
         if let Some((at, r, u)) = st.last_depth {
             let dt = now_ms.saturating_sub(at) as f64 / 1000.0;
             if dt > 0.0 {
@@ -304,6 +320,12 @@ impl Queue {
         if let Some(l) = st.latency.as_mut() {
             l.roll(now_ms);
         }
+        (ready, unacked)
+    }
+
+    /// Reads the queue's history (none before it first moved), briefly under its lock.
+    pub fn with_history<R>(&self, f: impl FnOnce(Option<&QueueHistory>) -> R) -> R {
+        f(self.state.lock().history.as_deref())
     }
 
     /// Depths, counters, rates and latencies as of now, for the management API and metrics.

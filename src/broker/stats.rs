@@ -67,6 +67,11 @@ impl MessageCounts {
         ]
     }
 
+    /// The values of [`MessageCounts::fields`], as a history records them.
+    pub fn values(&self) -> [u64; 12] {
+        self.fields().map(|(_, v)| v)
+    }
+
     pub fn deliver_get(&self) -> u64 {
         self.deliver + self.deliver_no_ack + self.get + self.get_no_ack
     }

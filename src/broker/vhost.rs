@@ -5,7 +5,7 @@ use super::arguments::QueueArguments;
 use super::audit::{Actor, Audit, AuditEvent};
 use super::definitions::Change;
 use super::error::{describe_args, AmqpError, AmqpResult};
-use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use super::exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeStats};
 use super::queue::{Queue, QueueOptions, MEMORY_WINDOW, MEMORY_WINDOW_BYTES};
 use super::store::{table_from_hex, table_to_hex, BindingDef, ExchangeDef, Pager, QueueDef, Storage, StoreError};
 use crate::broker::FastMap;
@@ -207,6 +207,7 @@ pub struct ExchangeInfo {
     pub auto_delete: bool,
     pub internal: bool,
     pub arguments: FieldTable,
+    pub stats: Arc<ExchangeStats>,
 }
 
 #[derive(Debug)]
@@ -222,6 +223,8 @@ pub struct VHost {
     me: Weak<VHost>,
     /// Where declares, deletes and bindings are reported, with who made them.
     audit: Arc<Audit>,
+    /// The default exchange's statistics (the same as its `Exchange::stats`).
+    default_stats: Arc<ExchangeStats>,
 }
 
 impl VHost {
@@ -232,8 +235,12 @@ impl VHost {
         audit: Arc<Audit>,
     ) -> Arc<Self> {
         let mut topo = Topology::default();
+        let default_stats = Arc::new(ExchangeStats::default());
         for (n, kind) in DEFAULT_EXCHANGES {
-            let ex = Exchange::new(ShortStr::from(*n), *kind, true, false, false, FieldTable::new());
+            let mut ex = Exchange::new(ShortStr::from(*n), *kind, true, false, false, FieldTable::new());
+            if n.is_empty() {
+                ex.stats = default_stats.clone();
+            }
             topo.exchanges.insert(ShortStr::from(*n), ex);
         }
         if name == EVENT_VHOST && audit.is_on() {
@@ -248,6 +255,7 @@ impl VHost {
             max_queues: std::sync::atomic::AtomicU64::new(u64::MAX),
             me: me.clone(),
             audit,
+            default_stats,
         })
     }
 
@@ -354,6 +362,7 @@ impl VHost {
                 auto_delete: e.auto_delete,
                 internal: e.internal,
                 arguments: e.arguments.clone(),
+                stats: e.stats.clone(),
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -857,6 +866,7 @@ impl VHost {
             if let Some(q) = topo.queues.get(routing_key) {
                 out.push(q.clone());
             }
+            self.default_stats.count(out.len());
             return Ok(());
         }
         let ex = topo.exchanges.get(exchange).ok_or_else(|| self.no_exchange(exchange))?;
@@ -875,7 +885,17 @@ impl VHost {
             }
             Err(_) => walk.through(ex, &mut visited, &mut Vec::new(), out),
         });
+        ex.stats.count(out.len());
         Ok(())
+    }
+
+    /// Samples every exchange's counters for their rates and history (the statistics
+    /// sampler; holds the topology's read lock for the loop, no I/O in it).
+    pub fn sample_exchanges(&self, now_ms: u64) {
+        let topo = self.topology.read();
+        for ex in topo.exchanges.values() {
+            ex.stats.sample(now_ms);
+        }
     }
 
     /// Runs the timers of queues that have them (message TTL, x-expires) and deletes the

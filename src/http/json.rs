@@ -5,8 +5,9 @@ use super::NodeInfo;
 use crate::broker::connections::{ChannelCard, ConnectionEntry};
 use crate::broker::consumer::Consumer;
 use crate::broker::exchange::Binding;
+use crate::broker::history::{History, Range, Samples};
 use crate::broker::queue::Queue;
-use crate::broker::stats::{MessageCounts, Percentiles, RateMeter};
+use crate::broker::stats::{MessageCounts, Percentiles};
 use crate::broker::vhost::{ExchangeInfo, VHost};
 use crate::broker::Broker;
 use crate::protocol::{FieldTable, FieldValue};
@@ -43,18 +44,68 @@ fn value(v: &FieldValue) -> Value {
     }
 }
 
-/// RabbitMQ's `message_stats`: each count, and beside it `<name>_details` with its rate.
-/// Counts that are zero and have never moved are left out, as RabbitMQ leaves them out.
-pub fn message_stats(counts: &MessageCounts, rates: &RateMeter) -> Value {
+/// The time ranges a request asked samples for: `msg_rates_age`/`msg_rates_incr` for message
+/// counts, `lengths_age`/`lengths_incr` for queue lengths (see `broker::history`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ranges {
+    pub msg: Option<Range>,
+    pub lengths: Option<Range>,
+    pub now_ms: u64,
+}
+
+impl Ranges {
+    pub fn from_query(q: &std::collections::HashMap<String, String>) -> Result<Ranges, String> {
+        let get = |k: &str| q.get(k).map(String::as_str);
+        Ok(Ranges {
+            msg: Range::parse(get("msg_rates_age"), get("msg_rates_incr"), "msg_rates")?,
+            lengths: Range::parse(get("lengths_age"), get("lengths_incr"), "lengths")?,
+            now_ms: crate::broker::queue::now_ms(),
+        })
+    }
+}
+
+/// Every field of `h` over `range`, in field order.
+pub fn series<const N: usize>(h: &History<N>, range: Option<Range>, now_ms: u64) -> Option<Vec<Samples>> {
+    range.map(|r| (0..N).map(|i| h.samples(&r, now_ms, i)).collect())
+}
+
+/// A count's `_details`: its rate, and with a range its `samples` (newest first), `avg`
+/// and `avg_rate`, as RabbitMQ writes them.
+fn details(rate: f64, samples: Option<&Samples>) -> Value {
+    let mut d = Map::new();
+    d.insert("rate".into(), json!(round(rate)));
+    if let Some(s) = samples {
+        let points: Vec<Value> = s.points.iter().map(|(t, v)| json!({ "sample": v, "timestamp": t })).collect();
+        d.insert("samples".into(), Value::Array(points));
+        if let (Some(avg), Some(avg_rate)) = (s.avg, s.avg_rate) {
+            d.insert("avg".into(), json!(avg));
+            d.insert("avg_rate".into(), json!(avg_rate));
+        }
+    }
+    Value::Object(d)
+}
+
+/// Counts by name, each with `<name>_details`; counts that are zero and have never moved
+/// are left out, as RabbitMQ leaves them out.
+fn counted(names: &[&str], values: &[u64], rates: &[f64], samples: Option<&[Samples]>) -> Value {
     let mut m = Map::new();
-    for ((name, count), rate) in counts.fields().iter().zip(rates.rates()) {
-        if *count == 0 && *rate == 0.0 {
+    for (i, name) in names.iter().enumerate() {
+        let moved = samples.is_some_and(|s| s[i].points.iter().any(|p| p.1 != 0));
+        if values[i] == 0 && rates[i] == 0.0 && !moved {
             continue;
         }
-        m.insert(name.to_string(), json!(count));
-        m.insert(format!("{name}_details"), json!({ "rate": round(*rate) }));
+        m.insert(name.to_string(), json!(values[i]));
+        m.insert(format!("{name}_details"), details(rates[i], samples.map(|s| &s[i])));
     }
     Value::Object(m)
+}
+
+/// RabbitMQ's `message_stats`: each count, and beside it `<name>_details` with its rate
+/// (and samples when a range was asked for).
+pub fn message_stats(counts: &MessageCounts, rates: &[f64; 12], samples: Option<&[Samples]>) -> Value {
+    let fields = counts.fields();
+    let names: Vec<&str> = fields.iter().map(|f| f.0).collect();
+    counted(&names, &counts.values(), rates, samples)
 }
 
 fn round(r: f64) -> f64 {
@@ -70,8 +121,18 @@ fn percentiles(p: &Percentiles) -> Value {
 const QUEUE_OVERHEAD: u64 = 2048;
 const PER_MESSAGE_OVERHEAD: u64 = 160;
 
-pub fn queue(vhost: &str, q: &Queue, node: &str) -> Value {
+pub fn queue(vhost: &str, q: &Queue, node: &str, ranges: &Ranges) -> Value {
     let st = q.stats();
+    let now = ranges.now_ms;
+    // Copied out under the queue's lock, written out after it.
+    let (msg, lengths) = match (ranges.msg, ranges.lengths) {
+        (None, None) => (None, None),
+        (m, l) => q.with_history(|h| match h {
+            Some(h) => (series(&h.counts, m, now), series(&h.lengths, l, now)),
+            None => (None, series(&History::<3>::default(), l, now)),
+        }),
+    };
+    let len = |i: usize, rate: f64| details(rate, lengths.as_ref().map(|l| &l[i]));
     let o = &q.options;
     let f = &st.forecast;
     let secs = |v: Option<f64>| v.map(|s| json!((s * 10.0).round() / 10.0)).unwrap_or(Value::Null);
@@ -87,11 +148,11 @@ pub fn queue(vhost: &str, q: &Queue, node: &str) -> Value {
         "type": "classic",
         "policy": null,
         "messages": st.ready + st.unacked,
-        "messages_details": { "rate": round(st.depth_rates.0 + st.depth_rates.1) },
+        "messages_details": len(0, st.depth_rates.0 + st.depth_rates.1),
         "messages_ready": st.ready,
-        "messages_ready_details": { "rate": round(st.depth_rates.0) },
+        "messages_ready_details": len(1, st.depth_rates.0),
         "messages_unacknowledged": st.unacked,
-        "messages_unacknowledged_details": { "rate": round(st.depth_rates.1) },
+        "messages_unacknowledged_details": len(2, st.depth_rates.1),
         "messages_ram": st.ready_ram,
         "messages_ready_ram": st.ready_ram,
         "message_bytes": st.ready_bytes,
@@ -100,7 +161,7 @@ pub fn queue(vhost: &str, q: &Queue, node: &str) -> Value {
         "memory": QUEUE_OVERHEAD + st.ready_bytes_ram + st.ready_ram * PER_MESSAGE_OVERHEAD,
         "consumers": st.consumers,
         "idle_since": st.idle_since_ms,
-        "message_stats": message_stats(&st.counts, &st.rates),
+        "message_stats": message_stats(&st.counts, st.rates.rates(), msg.as_deref()),
         // Hare's own: where messages wait and for how long, and where the queue is heading.
         "time_in_queue_us": percentiles(&st.time_in_queue),
         "time_to_ack_us": percentiles(&st.time_to_ack),
@@ -115,7 +176,9 @@ pub fn queue(vhost: &str, q: &Queue, node: &str) -> Value {
 }
 
 /// A channel as RabbitMQ lists it: `<connection name> (<number>)`.
-pub fn channel(c: &ConnectionEntry, ch: &ChannelCard, node: &str) -> Value {
+pub fn channel(c: &ConnectionEntry, ch: &ChannelCard, node: &str, ranges: &Ranges) -> Value {
+    let rates = *ch.meter.lock().rates();
+    let samples = ranges.msg.and_then(|r| series(&ch.history.lock(), Some(r), ranges.now_ms));
     let l = |a: &std::sync::atomic::AtomicU32| a.load(Ordering::Relaxed);
     let b = |a: &std::sync::atomic::AtomicBool| a.load(Ordering::Relaxed);
     json!({
@@ -135,7 +198,7 @@ pub fn channel(c: &ConnectionEntry, ch: &ChannelCard, node: &str) -> Value {
         "confirm": b(&ch.confirm_mode),
         "transactional": b(&ch.transactional),
         "state": "running",
-        "message_stats": message_stats(&ch.counts(), &ch.meter.lock()),
+        "message_stats": message_stats(&ch.counts(), &rates, samples.as_deref()),
     })
 }
 
@@ -192,8 +255,14 @@ pub fn connection(c: &ConnectionEntry, node: &str) -> Value {
     })
 }
 
-pub fn exchange(vhost: &str, e: &ExchangeInfo) -> Value {
-    json!({
+pub fn exchange(vhost: &str, e: &ExchangeInfo, ranges: &Ranges) -> Value {
+    let (rates, samples) = {
+        let m = e.stats.meter.lock();
+        (m.rates(), series(&m.history, ranges.msg, ranges.now_ms))
+    };
+    let stats = counted(&["publish_in", "publish_out"], &e.stats.values(), &rates, samples.as_deref());
+    // As RabbitMQ: no message_stats at all for an exchange nothing went through.
+    let mut v = json!({
         "name": e.name.as_str(),
         "vhost": vhost,
         "type": e.kind.as_str(),
@@ -201,7 +270,11 @@ pub fn exchange(vhost: &str, e: &ExchangeInfo) -> Value {
         "auto_delete": e.auto_delete,
         "internal": e.internal,
         "arguments": table(&e.arguments),
-    })
+    });
+    if stats.as_object().is_some_and(|m| !m.is_empty()) {
+        v["message_stats"] = stats;
+    }
+    v
 }
 
 /// A binding's `properties_key`, which names it in RabbitMQ's binding URLs: the routing key,
@@ -268,7 +341,12 @@ pub fn vhost(v: &VHost, def: Option<&crate::auth::VhostDef>) -> Value {
     })
 }
 
-pub fn overview(broker: &Broker, node: &NodeInfo) -> Value {
+pub fn overview(broker: &Broker, node: &NodeInfo, ranges: &Ranges) -> Value {
+    let now = ranges.now_ms;
+    let (msg, lengths, length_rates) = broker.with_history(|h| {
+        (series(&h.counts, ranges.msg, now), series(&h.lengths.history, ranges.lengths, now), h.lengths.rates())
+    });
+    let len = |i: usize| details(length_rates[i], lengths.as_ref().map(|l| &l[i]));
     let vhosts = broker.vhosts();
     let queues: Vec<_> = vhosts.iter().flat_map(|v| v.queues()).collect();
     let (ready, unacked) = totals(queues.iter());
@@ -281,7 +359,7 @@ pub fn overview(broker: &Broker, node: &NodeInfo) -> Value {
         "product_version": env!("CARGO_PKG_VERSION"),
         "node": node.node,
         "cluster_name": node.node,
-        "message_stats": message_stats(&broker.message_counts(), &broker.message_rates()),
+        "message_stats": message_stats(&broker.message_counts(), broker.message_rates().rates(), msg.as_deref()),
         "object_totals": {
             "connections": broker.open_connections(),
             "channels": broker.connection_list().iter().map(|c| c.channel_count() as u64).sum::<u64>(),
@@ -291,8 +369,11 @@ pub fn overview(broker: &Broker, node: &NodeInfo) -> Value {
         },
         "queue_totals": {
             "messages": ready + unacked,
+            "messages_details": len(0),
             "messages_ready": ready,
+            "messages_ready_details": len(1),
             "messages_unacknowledged": unacked,
+            "messages_unacknowledged_details": len(2),
         },
         "listeners": listeners(node),
     })

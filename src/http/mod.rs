@@ -299,8 +299,19 @@ async fn authenticate(
     access::PRINCIPAL.scope(principal, next.run(request)).await
 }
 
-async fn overview(State(api): State<Api>) -> Json<Value> {
-    Json(json::overview(&api.broker, &api.node))
+/// The sample ranges a request asks for (`msg_rates_age`, `lengths_age`, ...); a malformed
+/// one is a 400.
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for json::Ranges {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Response> {
+        let Query(q) = ListQuery::from_request_parts(parts, state).await.map_err(IntoResponse::into_response)?;
+        json::Ranges::from_query(&q).map_err(|reason| error(StatusCode::BAD_REQUEST, "bad_request", &reason))
+    }
+}
+
+async fn overview(State(api): State<Api>, r: json::Ranges) -> Response {
+    Json(json::overview(&api.broker, &api.node, &r)).into_response()
 }
 
 async fn vhosts(State(api): State<Api>, Query(q): ListQuery) -> Response {
@@ -355,51 +366,61 @@ async fn close_connection(State(api): State<Api>, Path(name): Path<String>, requ
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn queues(State(api): State<Api>, Query(q): ListQuery) -> Response {
+async fn queues(State(api): State<Api>, Query(q): ListQuery, r: json::Ranges) -> Response {
     let node = &api.node.node;
     let all = api
         .broker
         .vhosts()
         .iter()
-        .flat_map(|v| v.queues().into_iter().map(move |q| json::queue(&v.name, &q, node)))
+        .flat_map(|v| v.queues().into_iter().map(move |q| json::queue(&v.name, &q, node, &r)))
         .collect();
     list::respond(all, &q)
 }
 
-async fn queues_in(State(api): State<Api>, Path(vhost): Path<String>, Query(q): ListQuery) -> Response {
+async fn queues_in(
+    State(api): State<Api>,
+    Path(vhost): Path<String>,
+    Query(q): ListQuery,
+    r: json::Ranges,
+) -> Response {
     let Some(v) = api.broker.vhost(&vhost) else { return not_found() };
     let node = &api.node.node;
-    list::respond(v.queues().iter().map(|q| json::queue(&v.name, q, node)).collect(), &q)
+    list::respond(v.queues().iter().map(|q| json::queue(&v.name, q, node, &r)).collect(), &q)
 }
 
-async fn queue(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>) -> Response {
+async fn queue(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>, r: json::Ranges) -> Response {
     let Some(v) = api.broker.vhost(&vhost) else { return not_found() };
     match v.queues().iter().find(|q| q.name.as_str() == name) {
-        Some(q) => Json(json::queue(&v.name, q, &api.node.node)).into_response(),
+        Some(q) => Json(json::queue(&v.name, q, &api.node.node, &r)).into_response(),
         None => not_found(),
     }
 }
 
-async fn exchanges(State(api): State<Api>, Query(q): ListQuery) -> Response {
+async fn exchanges(State(api): State<Api>, Query(q): ListQuery, r: json::Ranges) -> Response {
     let all = api
         .broker
         .vhosts()
         .iter()
-        .flat_map(|v| v.exchanges().into_iter().map(move |e| json::exchange(&v.name, &e)))
+        .flat_map(|v| v.exchanges().into_iter().map(move |e| json::exchange(&v.name, &e, &r)))
         .collect();
     list::respond(all, &q)
 }
 
-async fn exchanges_in(State(api): State<Api>, Path(vhost): Path<String>, Query(q): ListQuery) -> Response {
+async fn exchanges_in(
+    State(api): State<Api>,
+    Path(vhost): Path<String>,
+    Query(q): ListQuery,
+    r: json::Ranges,
+) -> Response {
     let Some(v) = api.broker.vhost(&vhost) else { return not_found() };
-    list::respond(v.exchanges().iter().map(|e| json::exchange(&v.name, e)).collect(), &q)
+    list::respond(v.exchanges().iter().map(|e| json::exchange(&v.name, e, &r)).collect(), &q)
 }
 
-async fn exchange(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>) -> Response {
+async fn exchange(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>, r: json::Ranges) -> Response {
     let Some(v) = api.broker.vhost(&vhost) else { return not_found() };
     let name = exchange_name(name);
     match v.exchanges().iter().find(|e| e.name.as_str() == name) {
-        Some(e) => Json(json::exchange(&v.name, e)).into_response(),
+        Some(e) => Json(json::exchange(&v.name, e, &r)).into_response(),
         None => not_found(),
     }
 }
@@ -481,36 +502,46 @@ async fn exchange_bindings_destination(
 }
 
 /// Every open channel, with its connection.
-fn all_channels(api: &Api) -> Vec<(Arc<crate::broker::connections::ConnectionEntry>, Value)> {
+fn all_channels(api: &Api, r: &json::Ranges) -> Vec<(Arc<crate::broker::connections::ConnectionEntry>, Value)> {
     let node = &api.node.node;
     api.broker
         .connection_list()
         .into_iter()
         .flat_map(|c| {
-            let list: Vec<Value> = c.channels().iter().map(|ch| json::channel(&c, ch, node)).collect();
+            let list: Vec<Value> = c.channels().iter().map(|ch| json::channel(&c, ch, node, r)).collect();
             list.into_iter().map(move |v| (c.clone(), v))
         })
         .collect()
 }
 
-async fn channels(State(api): State<Api>, Query(q): ListQuery) -> Response {
-    list::respond(all_channels(&api).into_iter().map(|(_, v)| v).collect(), &q)
+async fn channels(State(api): State<Api>, Query(q): ListQuery, r: json::Ranges) -> Response {
+    list::respond(all_channels(&api, &r).into_iter().map(|(_, v)| v).collect(), &q)
 }
 
-async fn vhost_channels(State(api): State<Api>, Path(vhost): Path<String>, Query(q): ListQuery) -> Response {
+async fn vhost_channels(
+    State(api): State<Api>,
+    Path(vhost): Path<String>,
+    Query(q): ListQuery,
+    r: json::Ranges,
+) -> Response {
     if api.broker.vhost(&vhost).is_none() {
         return not_found();
     }
-    list::respond(all_channels(&api).into_iter().filter(|(c, _)| c.vhost == vhost).map(|(_, v)| v).collect(), &q)
+    list::respond(all_channels(&api, &r).into_iter().filter(|(c, _)| c.vhost == vhost).map(|(_, v)| v).collect(), &q)
 }
 
-async fn connection_channels(State(api): State<Api>, Path(name): Path<String>, Query(q): ListQuery) -> Response {
+async fn connection_channels(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Query(q): ListQuery,
+    r: json::Ranges,
+) -> Response {
     let Some(c) = api.broker.connection_list().into_iter().find(|c| c.name == name) else { return not_found() };
-    list::respond(c.channels().iter().map(|ch| json::channel(&c, ch, &api.node.node)).collect(), &q)
+    list::respond(c.channels().iter().map(|ch| json::channel(&c, ch, &api.node.node, &r)).collect(), &q)
 }
 
-async fn channel(State(api): State<Api>, Path(name): Path<String>) -> Response {
-    match all_channels(&api).into_iter().find(|(_, v)| v["name"] == name.as_str()) {
+async fn channel(State(api): State<Api>, Path(name): Path<String>, r: json::Ranges) -> Response {
+    match all_channels(&api, &r).into_iter().find(|(_, v)| v["name"] == name.as_str()) {
         Some((_, v)) => Json(v).into_response(),
         None => not_found(),
     }

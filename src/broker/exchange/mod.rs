@@ -8,6 +8,37 @@ mod topic;
 use super::error::{AmqpError, AmqpResult};
 use crate::broker::FastMap;
 use crate::protocol::{FieldTable, ShortStr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// RabbitMQ's exchange `message_stats`: messages published into the exchange and copies
+/// routed out of it to queues, counted with one relaxed add each as a message is routed;
+/// rates and history are sampled off the message path.
+#[derive(Debug, Default)]
+pub struct ExchangeStats {
+    pub publish_in: AtomicU64,
+    pub publish_out: AtomicU64,
+    pub meter: parking_lot::Mutex<super::history::Meter<2>>,
+}
+
+impl ExchangeStats {
+    /// One message published in, reaching `routed` queues.
+    #[inline]
+    pub fn count(&self, routed: usize) {
+        self.publish_in.fetch_add(1, Ordering::Relaxed);
+        if routed > 0 {
+            self.publish_out.fetch_add(routed as u64, Ordering::Relaxed);
+        }
+    }
+    /// (publish_in, publish_out).
+    pub fn values(&self) -> [u64; 2] {
+        [self.publish_in.load(Ordering::Relaxed), self.publish_out.load(Ordering::Relaxed)]
+    }
+    pub fn sample(&self, now_ms: u64) {
+        let values = self.values();
+        self.meter.lock().sample(now_ms, values);
+    }
+}
 
 /// Where a binding sends matching messages.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -89,6 +120,9 @@ pub struct Exchange {
     /// deleted) finds its bindings through them, at the cost of its own bindings only.
     keys: FastMap<Destination, Vec<ShortStr>>,
     router: Box<dyn Router>,
+    /// Shared with the vhost for the default exchange, whose publishes are counted without
+    /// looking it up.
+    pub stats: Arc<ExchangeStats>,
 }
 
 impl Exchange {
@@ -117,6 +151,7 @@ impl Exchange {
             index: FastMap::default(),
             keys: FastMap::default(),
             router,
+            stats: Arc::default(),
         }
     }
 

@@ -45,6 +45,8 @@ pub(super) struct QueueState {
     /// Depths (ready, unacked) at the last sample, when, and their rates of change per second.
     pub(super) last_depth: Option<(u64, u64, u64)>,
     pub(super) depth_rates: (f64, f64),
+    /// Counts and lengths over time, made at the first sample with anything in them.
+    pub(super) history: Option<Box<super::QueueHistory>>,
 }
 
 impl QueueState {
