@@ -114,7 +114,7 @@ def test_screenshots_under_load(hare, browser):
     out = os.environ["SCREENSHOT_DIR"]
     load = subprocess.Popen(
         [HARE_BIN, "perf", "--uri", f"amqp://guest:guest@127.0.0.1:{hare.port}/%2f", "--rate", "3000", "--size", "256",
-         "--ack", "manual", "--prefetch", "100", "--duration", "60", "--prefix", "shop-orders", "--quiet"],
+         "--ack", "manual", "--prefetch", "100", "--duration", "300", "--prefix", "shop-orders", "--quiet"],
         stdout=subprocess.DEVNULL,
     )
     try:
