@@ -85,6 +85,10 @@ def test_a_queue_appears_after_a_publish_and_the_forms_publish_and_get(hare, bro
         assert payloads == ["from pika 0", "from pika 1", "from pika 2", "from the page"]
         browser.wait("document.querySelector('#q-ready').textContent === '0'", what="the queue emptied by the get")
         assert ch.queue_declare("web-q", passive=True).method.message_count == 0
+        # The default exchange's page shows its rates in and out (from its message_stats).
+        browser.eval("location.hash = '#/exchanges/%2F/amq.default'; true")
+        browser.wait("document.querySelector('#x-in') && /^[0-9,.]+$/.test(document.querySelector('#x-out').textContent)",
+                     what="the exchange's rates")
     finally:
         ch.queue_delete("web-q")
         c.close()

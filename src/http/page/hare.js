@@ -328,8 +328,9 @@ function exchangePage(vhost, name) {
   wirePublish(vhost, name);
   return async () => {
     const x = await api(`/api/exchanges/${enc(vhost)}/${enc(name)}`);
-    $("#x-cards").innerHTML = [["Type", x.type], ["Durable", x.durable ? "yes" : "no"], ["Internal", x.internal ? "yes" : "no"]]
-      .map(([k, v]) => `<div class="card"><b>${esc(v)}</b><span>${k}</span></div>`).join("");
+    $("#x-cards").innerHTML = [["Type", x.type], ["Durable", x.durable ? "yes" : "no"], ["Internal", x.internal ? "yes" : "no"],
+      ["In /s", num(rate(x, "publish_in")), "x-in"], ["Out /s", num(rate(x, "publish_out")), "x-out"]]
+      .map(([k, v, id]) => `<div class="card"><b${id ? ` id="${id}"` : ""}>${esc(v)}</b><span>${k}</span></div>`).join("");
     const b = await api(`/api/exchanges/${enc(vhost)}/${enc(name)}/bindings/source`);
     $("#x-bindings tbody").innerHTML = b.map((b) => `<tr><td>${esc(b.destination)}</td><td>${esc(b.destination_type)}</td><td>${esc(b.routing_key)}</td></tr>`).join("");
   };
