@@ -391,9 +391,9 @@ impl VHost {
         self.storage.as_ref().map_or(0, |s| s.record(&change(self.name.clone())))
     }
 
-    /// Journals the deletion of durable exchanges removed by a cascade (auto-delete ones
-    /// left without bindings); returns the last ticket.
-    /// Journals the deletion of the durable ones among `removed` exchanges and reports each.
+    /// Reports what a deletion took with it (each binding, each auto-delete exchange left
+    /// without bindings) and journals the durable exchanges among them; returns the last
+    /// ticket. (Bindings need no record of their own: replaying a deletion removes them.)
     fn record_removed(&self, removed: Removed, by: &Actor) -> u64 {
         for (source, binding) in &removed.bindings {
             self.binding_event("binding.deleted", by, source, binding);
