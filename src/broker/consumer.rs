@@ -137,7 +137,6 @@ impl ChannelFlow {
     pub fn new(limits: UnackedLimits) -> Self {
         ChannelFlow { limits, ..Default::default() }
     }
-    /// Whether the channel holds as many unsettled deliveries (or bytes) as it may.
     /// Returns the channel's share of one settled delivery's credit.
     pub fn settle(&self, bytes: usize) {
         let _ = self.unacked.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(1)));
@@ -145,6 +144,7 @@ impl ChannelFlow {
             .unacked_bytes
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(bytes as u64)));
     }
+    /// Whether the channel holds as many unsettled deliveries (or bytes) as it may.
     pub fn at_limit(&self) -> bool {
         self.unacked.load(Ordering::Acquire) >= self.limits.count
             || self.unacked_bytes.load(Ordering::Acquire) >= self.limits.bytes
