@@ -390,3 +390,87 @@ fn header_tables_are_bounded_in_depth_and_size() {
     raw.open_channel(2);
     assert_healthy(server.port);
 }
+
+/// Free bytes for unprivileged users on the file system holding `path`.
+fn free_bytes(path: &std::path::Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
+    // SAFETY: statvfs fills a plain C struct of integers, for which zeroes are valid.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` a properly sized out-parameter.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0, "statvfs");
+    st.f_bavail as u64 * st.f_frsize as u64
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Publishes that reach the broker in one read, from a connection that has not published
+/// yet while an alarm is raised, are held at the first one (as RabbitMQ's reader holds them),
+/// and run once the alarm clears, without the peer sending anything more.
+#[test]
+fn publishes_read_at_once_wait_behind_an_alarm_and_run_when_it_clears() {
+    let probe = std::env::temp_dir();
+    // 1 GiB below what is free now; a 3 GiB ballast crosses it even if space comes back.
+    let limit = free_bytes(&probe).saturating_sub(1 << 30).to_string();
+    let server = TestServer::start_with(&["--disk-free-limit", &limit]);
+    let mut observer = Raw::open(server.port);
+    observer.open_channel(1);
+    observer.send_method(1, QueueDeclare { queue: "alarm_q".into(), ..Default::default() });
+    assert!(matches!(observer.method(), Some((1, Method::QueueDeclareOk(_)))));
+    let count = |observer: &mut Raw| {
+        observer.send_method(1, QueueDeclare { queue: "alarm_q".into(), passive: true, ..Default::default() });
+        match observer.method() {
+            Some((1, Method::QueueDeclareOk(ok))) => ok.message_count,
+            other => panic!("expected declare-ok, got {other:?}"),
+        }
+    };
+
+    let mut publisher = Raw::open(server.port);
+    publisher.open_channel(1);
+    let ballast = server.dir.join("ballast");
+    let status = std::process::Command::new("fallocate")
+        .args(["-l", &(3u64 << 30).to_string()])
+        .arg(&ballast)
+        .status()
+        .expect("fallocate");
+    assert!(status.success());
+    wait_until("the disk alarm", || server.log().contains("blocking publishers: disk free space"));
+
+    // 50 publishes and a passive declare in one write: the broker reads them at once.
+    let mut b = BytesMut::new();
+    for i in 0..50u32 {
+        hare::protocol::frame::write_method(
+            &mut b,
+            1,
+            &BasicPublish { routing_key: "alarm_q".into(), ..Default::default() }.into(),
+        );
+        write_content(&mut b, 1, &[0, 0], &i.to_be_bytes(), 4096);
+    }
+    hare::protocol::frame::write_method(
+        &mut b,
+        1,
+        &QueueDeclare { queue: "alarm_q".into(), passive: true, ..Default::default() }.into(),
+    );
+    publisher.send(&b);
+    // The observer's passive declares go through the same broker; while the alarm lasts,
+    // at most the first publish is in.
+    for _ in 0..20 {
+        let n = count(&mut observer);
+        assert!(n <= 1, "{n} publishes went past the alarm");
+    }
+
+    std::fs::remove_file(&ballast).expect("remove ballast");
+    wait_until("the alarm to clear", || server.log().contains("resource alarm cleared"));
+    // Everything held runs: the publisher's own passive declare answers with all 50 in.
+    match publisher.method() {
+        Some((1, Method::QueueDeclareOk(ok))) => assert_eq!(ok.message_count, 50),
+        other => panic!("expected declare-ok, got {other:?}"),
+    }
+    assert_eq!(count(&mut observer), 50);
+}

@@ -222,13 +222,15 @@ async fn serve_io<R, W>(
     let mut last_recv = Instant::now();
     let mut deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     let mut heartbeat_at = Instant::now() + Duration::from_secs(3600);
+    // Frames left in `rbuf` because a resource alarm paused the connection mid-buffer.
+    let mut held_back = false;
     loop {
         let backlogged = writer.backlogged();
         // The audit log is far behind (its disk stalled): events wait in sockets, not memory.
         let audit_behind = conn.ctx.broker.audit().backlogged();
         let waits_for_disk = conn.channels.values().any(Channel::waits_for_disk);
         // A blocked publisher is not read from: its publishes wait in its socket.
-        let paused = conn.ctx.blocked.is_some() && conn.ctx.is_publisher && conn.state == State::Open;
+        let paused = conn.alarm_paused();
         let flow_paused = conn.ctx.flow_paused && conn.state == State::Open;
         let flow = conn.ctx.flow.clone();
         let close_entry = conn.entry.clone();
@@ -285,7 +287,7 @@ async fn serve_io<R, W>(
                         if let Some(e) = &conn.entry {
                             crate::broker::connections::bump(&e.recv_oct, n as u64);
                         }
-                        conn.process(&mut rbuf);
+                        held_back = conn.process(&mut rbuf);
                         if let Some(d) = conn.login_delay.take() {
                             // Only this connection waits: password guessing slows down.
                             tokio::time::sleep(d).await;
@@ -315,6 +317,11 @@ async fn serve_io<R, W>(
                 tracing::info!(peer = %conn.peer, "closing connection: handshake or close timed out");
                 break;
             }
+        }
+        if held_back && !conn.alarm_paused() {
+            // The alarm cleared: the frames read before it was noticed run now, without
+            // waiting for the peer to send more.
+            held_back = conn.process(&mut rbuf);
         }
         conn.flush(&writer);
         match conn.state {
@@ -407,13 +414,18 @@ impl Connection {
     }
 
     /// Parses and handles every complete frame in `rbuf`.
-    fn process(&mut self, rbuf: &mut BytesMut) {
+    /// Handles every whole frame in `rbuf`, or stops early, leaving the rest in `rbuf`,
+    /// once a resource alarm blocks this connection as a publisher; returns whether it did.
+    /// As RabbitMQ's reader, a blocked publisher's frames already read wait with the ones
+    /// still in its socket, so one read of many publishes does not slip past the alarm.
+    fn process(&mut self, rbuf: &mut BytesMut) -> bool {
+        let mut held_back = false;
         loop {
             match self.state {
-                State::Closed => return,
+                State::Closed => return false,
                 State::Closing { framing_broken: true } => {
                     rbuf.clear();
-                    return;
+                    return false;
                 }
                 _ => {}
             }
@@ -423,17 +435,27 @@ impl Connection {
                     if let Err((channel, e)) = self.handle_frame(frame) {
                         self.raise(channel, e);
                     }
+                    if self.alarm_paused() && !rbuf.is_empty() {
+                        held_back = true;
+                        break;
+                    }
                 }
                 Err(e) => {
                     self.raise(0, AmqpError::frame_error(e.to_string()));
                     self.state = State::Closing { framing_broken: true };
                     rbuf.clear();
-                    return;
+                    return false;
                 }
             }
         }
         self.release_waiting();
         self.notify_blocking();
+        held_back
+    }
+
+    /// A resource alarm is raised and this connection has published: it is not read from.
+    fn alarm_paused(&self) -> bool {
+        self.ctx.blocked.is_some() && self.ctx.is_publisher && self.state == State::Open
     }
 
     /// Sends confirms and held replies (commit-ok, durable declare-ok...) that are now

@@ -20,6 +20,11 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts the broker with more command-line arguments.
+    pub fn start_with(extra: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("hare-rs-test-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let log = dir.join("hare.log");
@@ -27,6 +32,7 @@ impl TestServer {
         let child = Command::new(env!("CARGO_BIN_EXE_hare"))
             .args(["--port", "0", "--management-port", "0", "--log", "info", "--data-dir"])
             .arg(dir.join("data"))
+            .args(extra)
             .stdout(Stdio::from(log_file.try_clone().expect("clone")))
             .stderr(Stdio::from(log_file))
             .spawn()
