@@ -239,8 +239,11 @@ impl Queue {
             let priority = max_priority.map_or(0, |max| m.message.priority.min(max));
             st.push_ready(QueuedMessage::loaded(m, priority));
         }
-        // Recovered messages may carry expiry times.
-        let timed = AtomicBool::new(true);
+        let timed = AtomicBool::new(
+            options.args.message_ttl.is_some()
+                || options.args.expires.is_some()
+                || st.may_expire(),
+        );
         Arc::new(Queue {
             name,
             vhost: vhost.to_string(),
@@ -399,8 +402,11 @@ impl Queue {
             (a, b) => a.or(b),
         };
         let expires_at = ttl.map_or(0, |t| now + t);
-        if expires_at != 0 && !timed {
-            self.timed.store(true, Ordering::Relaxed);
+        if expires_at != 0 && !timed && !self.timed.swap(true, Ordering::Relaxed) {
+            // The first message with an expiration: its vhost's timers visit this queue now.
+            if let Some(vhost) = self.owner.upgrade() {
+                vhost.watch_timers(self);
+            }
         }
         let priority = args.max_priority.map_or(0, |max| message.priority.min(max));
         let mut st = self.state.lock();

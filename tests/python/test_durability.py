@@ -333,10 +333,13 @@ def test_ttl_priorities_and_dead_letters_hold_across_restart(fresh_hare):
     ch.queue_bind("r_dead", "r_dlx")
     ch.queue_declare("r_ttl", durable=True, arguments={"x-message-ttl": 1500, "x-dead-letter-exchange": "r_dlx"})
     ch.queue_declare("r_rej", durable=True, arguments={"x-dead-letter-exchange": "r_dlx"})
+    # No TTL of its own: only the message's expiration makes the queue's timers run.
+    ch.queue_declare("r_exp", durable=True, arguments={"x-dead-letter-exchange": "r_dlx"})
     ch.queue_declare("r_prio", durable=True, arguments={"x-max-priority": 3})
     ch.confirm_delivery()
     ch.basic_publish("", "r_ttl", b"expires", PERSISTENT)
     ch.basic_publish("", "r_rej", b"rejected", PERSISTENT)
+    ch.basic_publish("", "r_exp", b"its own expiration", pika.BasicProperties(delivery_mode=2, expiration="1500"))
     for prio, body in [(1, b"p1"), (3, b"p3"), (2, b"p2")]:
         ch.basic_publish("", "r_prio", body, pika.BasicProperties(delivery_mode=2, priority=prio))
     method, _, _ = ch.basic_get("r_rej")
@@ -351,14 +354,16 @@ def test_ttl_priorities_and_dead_letters_hold_across_restart(fresh_hare):
     def dead_count():
         return ch.queue_declare("r_dead", durable=True, passive=True).method.message_count
 
-    wait_for(lambda: dead_count() == 2, timeout=10, what="the TTL to run out after the restart")
+    wait_for(lambda: dead_count() == 3, timeout=10, what="the TTLs to run out after the restart")
     assert ch.queue_declare("r_ttl", durable=True, passive=True).method.message_count == 0
+    assert ch.queue_declare("r_exp", durable=True, passive=True).method.message_count == 0
     got = {}
-    for _ in range(2):
+    for _ in range(3):
         method, props, body = ch.basic_get("r_dead", auto_ack=True)
         got[body] = props.headers["x-death"][0]
     assert got[b"rejected"]["reason"] == "rejected" and got[b"rejected"]["queue"] == "r_rej"
     assert got[b"expires"]["reason"] == "expired" and got[b"expires"]["queue"] == "r_ttl"
+    assert got[b"its own expiration"]["reason"] == "expired" and got[b"its own expiration"]["queue"] == "r_exp"
     order = [ch.basic_get("r_prio", auto_ack=True)[2] for _ in range(3)]
     assert order == [b"p3", b"p2", b"p1"]
     c.close()

@@ -136,6 +136,12 @@ impl QueueState {
         self.ready.len() >= count || self.ready_bytes >= bytes
     }
 
+    /// Whether a message here may carry an expiration: one in memory does, or some are on
+    /// disk (not looked at until read back).
+    pub(super) fn may_expire(&self) -> bool {
+        self.tail_len() > 0 || self.ready.iter().any(|m| m.expires_at != 0)
+    }
+
     /// Reads the next stretch of the on-disk tail once the in-memory front runs low.
     pub(super) fn refill(&mut self, name: &ShortStr) {
         if self.tail_len() == 0 && !self.after_tail.is_empty() {
