@@ -1,18 +1,22 @@
-//! A virtual host: its exchanges, queues and bindings, the operations on them with RabbitMQ's
-//! checks and reply texts, and routing a message to queues.
+//! A virtual host: its exchanges, queues and bindings, and the operations on them with
+//! RabbitMQ's checks and reply texts. Routing a message is in `route`, recovery at start in
+//! `recovery`.
 
 use super::arguments::QueueArguments;
 use super::audit::{Actor, Audit, AuditEvent};
 use super::definitions::Change;
 use super::error::{describe_args, AmqpError, AmqpResult};
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeStats};
-use super::queue::{Queue, QueueOptions, MEMORY_WINDOW, MEMORY_WINDOW_BYTES};
-use super::store::{table_from_hex, table_to_hex, BindingDef, ExchangeDef, Pager, QueueDef, Storage, StoreError};
+use super::queue::{Queue, QueueOptions};
+use super::store::{table_to_hex, BindingDef, ExchangeDef, Pager, QueueDef, Storage};
 use crate::broker::FastMap;
-use crate::protocol::{BasicProperties, FieldTable, FieldValue, ShortStr};
+use crate::protocol::{FieldTable, FieldValue, ShortStr};
 use bytes::Bytes;
 use parking_lot::RwLock;
 use std::sync::{Arc, Weak};
+
+mod recovery;
+mod route;
 
 /// Queue arguments RabbitMQ compares when a queue is declared again; others are ignored.
 const EQUIVALENCE_ARGS: &[&str] = &[
@@ -118,75 +122,6 @@ fn check_not_default(source: &str, dest: &Destination) -> AmqpResult<()> {
     Ok(())
 }
 
-thread_local! {
-    /// Destinations found while routing, reused by every publish on this thread.
-    static ROUTE_SCRATCH: std::cell::RefCell<Vec<Destination>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// One publish's walk through exchanges.
-struct Walk<'t, 'a> {
-    topo: &'t Topology,
-    /// The exchange published to; it is never routed through twice.
-    root: &'t str,
-    routing_key: &'a str,
-    properties: &'a Bytes,
-    /// The message's headers, decoded once if a headers exchange asks for them.
-    headers: &'a mut Option<Option<FieldTable>>,
-}
-
-impl<'t> Walk<'t, '_> {
-    /// Routes through `ex`: its destinations are appended to `dests` past what is there, and
-    /// taken off again once followed (exchange bindings recurse on the same buffer).
-    fn through(
-        &mut self,
-        ex: &'t Exchange,
-        visited: &mut Vec<&'t str>,
-        dests: &mut Vec<Destination>,
-        out: &mut Vec<Arc<Queue>>,
-    ) {
-        let table = if ex.kind == ExchangeKind::Headers {
-            let properties = self.properties;
-            self.headers
-                .get_or_insert_with(|| BasicProperties::decode(properties.clone()).ok().and_then(|p| p.headers))
-                .as_ref()
-        } else {
-            None
-        };
-        let start = dests.len();
-        ex.route(self.routing_key, table, dests);
-        // As RabbitMQ: an exchange (the first or one reached through a binding) whose own
-        // bindings matched nothing, not even another exchange, passes the message to its
-        // alternate exchange. Each exchange routes a message once.
-        if dests.len() == start {
-            if let Some(ae) = ex.alternate_exchange() {
-                dests.push(Destination::Exchange(ae.into()));
-            }
-        }
-        let end = dests.len();
-        for k in start..end {
-            let found = match &dests[k] {
-                Destination::Queue(n) => {
-                    if let Some(q) = self.topo.queues.get(n.as_str()) {
-                        if !out.iter().any(|o| Arc::ptr_eq(o, q)) {
-                            out.push(q.clone());
-                        }
-                    }
-                    continue;
-                }
-                Destination::Exchange(n) => self.topo.exchanges.get_key_value(n.as_str()),
-            };
-            if let Some((name, next)) = found {
-                let name = name.as_str();
-                if name != self.root && !visited.contains(&name) {
-                    visited.push(name);
-                    self.through(next, visited, dests, out);
-                }
-            }
-        }
-        dests.truncate(start);
-    }
-}
-
 /// What a queue declaration asks for.
 #[derive(Debug, Clone)]
 pub struct QueueDeclaration {
@@ -261,67 +196,6 @@ impl VHost {
             default_stats,
             timed: parking_lot::Mutex::new(Vec::new()),
         })
-    }
-
-    /// Recreates durable exchanges, queues (with their messages) and bindings from storage.
-    pub fn restore(&self) -> Result<(), StoreError> {
-        let Some(storage) = &self.storage else { return Ok(()) };
-        let defs = storage.load_definitions(&self.name)?;
-        let mut topo = self.topology.write();
-        for e in &defs.exchanges {
-            let Ok(kind) = ExchangeKind::parse(&e.kind) else {
-                tracing::error!("skipping exchange '{}' of unknown type '{}'", e.name, e.kind);
-                continue;
-            };
-            let ex =
-                Exchange::new(e.name.as_str().into(), kind, true, false, e.internal, table_from_hex(&e.arguments)?);
-            topo.exchanges.insert(e.name.as_str().into(), ex);
-        }
-        let mut total = 0usize;
-        for q in &defs.queues {
-            let name = ShortStr::from(q.name.as_str());
-            let label = format!("queue '{}' in vhost '{}'", q.name, self.name);
-            let arguments = table_from_hex(&q.arguments)?;
-            let args = QueueArguments::parse(&arguments, &q.name, &self.name).unwrap_or_else(|e| {
-                tracing::error!("{label}: {}; its arguments are ignored", e.text);
-                QueueArguments::default()
-            });
-            // A priority queue holds all its messages in memory, to order them.
-            let (window, bytes) =
-                if args.max_priority.is_some() { (usize::MAX, u64::MAX) } else { (MEMORY_WINDOW, MEMORY_WINDOW_BYTES) };
-            let recovered = storage.recover_queue_log(&q.log, &label, window, bytes)?;
-            let options = QueueOptions { durable: true, exclusive_owner: None, auto_delete: false, arguments, args };
-            let queue = Queue::restore(name.clone(), &self.name, options, recovered, self.me.clone());
-            if queue.has_timers() {
-                self.watch_timers(&queue);
-            }
-            let (count, _) = queue.counts();
-            total += count as usize;
-            topo.queues.insert(name.clone(), queue);
-            topo.logs.insert(name, q.log.clone());
-        }
-        for b in &defs.bindings {
-            let destination = match b.destination_kind.as_str() {
-                "queue" => Destination::Queue(b.destination.as_str().into()),
-                _ => Destination::Exchange(b.destination.as_str().into()),
-            };
-            let binding = Binding {
-                destination,
-                routing_key: b.routing_key.as_str().into(),
-                arguments: table_from_hex(&b.arguments)?,
-            };
-            if let Some(ex) = topo.exchanges.get_mut(b.source.as_str()) {
-                ex.bind(binding);
-            }
-        }
-        tracing::info!(
-            "vhost '{}': recovered {} exchanges, {} queues with {total} messages, {} bindings",
-            self.name,
-            defs.exchanges.len(),
-            defs.queues.len(),
-            defs.bindings.len()
-        );
-        Ok(())
     }
 
     /// The type of exchange `name`, if it exists.
@@ -818,85 +692,6 @@ impl VHost {
             .with("routing_key", b.routing_key.as_str())
             .with("arguments", super::audit::table_text(&b.arguments));
         self.audit.emit(e);
-    }
-
-    /// What basic.publish checks before the message's own properties, in RabbitMQ's order:
-    /// the exchange exists (404) and is not internal (403).
-    pub fn check_publish(&self, exchange: &str) -> AmqpResult<()> {
-        if exchange.is_empty() {
-            return Ok(());
-        }
-        let topo = self.topology.read();
-        let ex = topo.exchanges.get(exchange).ok_or_else(|| self.no_exchange(exchange))?;
-        if ex.internal {
-            return Err(self.internal_refused(exchange));
-        }
-        Ok(())
-    }
-
-    fn internal_refused(&self, exchange: &str) -> AmqpError {
-        AmqpError::access_refused(format!("cannot publish to internal exchange '{exchange}' in vhost '{}'", self.name))
-    }
-
-    /// Routes a publish to its queues, following exchange-to-exchange bindings and alternate
-    /// exchanges. `out` is cleared first; each queue appears once.
-    pub fn route(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        properties: &Bytes,
-        out: &mut Vec<Arc<Queue>>,
-    ) -> AmqpResult<()> {
-        self.route_with(exchange, routing_key, properties, out, false)
-    }
-
-    /// Routes what the broker itself publishes (audit events): internal exchanges too.
-    pub fn route_internal(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        properties: &Bytes,
-        out: &mut Vec<Arc<Queue>>,
-    ) -> AmqpResult<()> {
-        self.route_with(exchange, routing_key, properties, out, true)
-    }
-
-    #[inline]
-    fn route_with(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        properties: &Bytes,
-        out: &mut Vec<Arc<Queue>>,
-        internal_ok: bool,
-    ) -> AmqpResult<()> {
-        out.clear();
-        let topo = self.topology.read();
-        if exchange.is_empty() {
-            if let Some(q) = topo.queues.get(routing_key) {
-                out.push(q.clone());
-            }
-            self.default_stats.count(out.len());
-            return Ok(());
-        }
-        let ex = topo.exchanges.get(exchange).ok_or_else(|| self.no_exchange(exchange))?;
-        if ex.internal && !internal_ok {
-            return Err(self.internal_refused(exchange));
-        }
-        let mut headers: Option<Option<FieldTable>> = None;
-        // Exchanges routed through besides the first; allocates only when bindings lead on to
-        // other exchanges.
-        let mut visited: Vec<&str> = Vec::new();
-        let mut walk = Walk { topo: &topo, root: ex.name.as_str(), routing_key, properties, headers: &mut headers };
-        ROUTE_SCRATCH.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut dests) => {
-                dests.clear();
-                walk.through(ex, &mut visited, &mut dests, out);
-            }
-            Err(_) => walk.through(ex, &mut visited, &mut Vec::new(), out),
-        });
-        ex.stats.count(out.len());
-        Ok(())
     }
 
     /// Samples every exchange's counters for their rates and history (the statistics

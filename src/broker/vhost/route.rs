@@ -1,0 +1,161 @@
+//! Routing a publish: from the exchange named, through exchange-to-exchange bindings and
+//! alternate exchanges, to the set of queues it reaches, under the topology's read lock and
+//! without allocating on the common path.
+
+use super::{Topology, VHost};
+use crate::broker::error::{AmqpError, AmqpResult};
+use crate::broker::exchange::{Destination, Exchange, ExchangeKind};
+use crate::broker::queue::Queue;
+use crate::protocol::{BasicProperties, FieldTable};
+use bytes::Bytes;
+use std::sync::Arc;
+
+thread_local! {
+    /// Destinations found while routing, reused by every publish on this thread.
+    static ROUTE_SCRATCH: std::cell::RefCell<Vec<Destination>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One publish's walk through exchanges.
+struct Walk<'t, 'a> {
+    topo: &'t Topology,
+    /// The exchange published to; it is never routed through twice.
+    root: &'t str,
+    routing_key: &'a str,
+    properties: &'a Bytes,
+    /// The message's headers, decoded once if a headers exchange asks for them.
+    headers: &'a mut Option<Option<FieldTable>>,
+}
+
+impl<'t> Walk<'t, '_> {
+    /// Routes through `ex`: its destinations are appended to `dests` past what is there, and
+    /// taken off again once followed (exchange bindings recurse on the same buffer).
+    fn through(
+        &mut self,
+        ex: &'t Exchange,
+        visited: &mut Vec<&'t str>,
+        dests: &mut Vec<Destination>,
+        out: &mut Vec<Arc<Queue>>,
+    ) {
+        let table = if ex.kind == ExchangeKind::Headers {
+            let properties = self.properties;
+            self.headers
+                .get_or_insert_with(|| BasicProperties::decode(properties.clone()).ok().and_then(|p| p.headers))
+                .as_ref()
+        } else {
+            None
+        };
+        let start = dests.len();
+        ex.route(self.routing_key, table, dests);
+        // As RabbitMQ: an exchange (the first or one reached through a binding) whose own
+        // bindings matched nothing, not even another exchange, passes the message to its
+        // alternate exchange. Each exchange routes a message once.
+        if dests.len() == start {
+            if let Some(ae) = ex.alternate_exchange() {
+                dests.push(Destination::Exchange(ae.into()));
+            }
+        }
+        let end = dests.len();
+        for k in start..end {
+            let found = match &dests[k] {
+                Destination::Queue(n) => {
+                    if let Some(q) = self.topo.queues.get(n.as_str()) {
+                        if !out.iter().any(|o| Arc::ptr_eq(o, q)) {
+                            out.push(q.clone());
+                        }
+                    }
+                    continue;
+                }
+                Destination::Exchange(n) => self.topo.exchanges.get_key_value(n.as_str()),
+            };
+            if let Some((name, next)) = found {
+                let name = name.as_str();
+                if name != self.root && !visited.contains(&name) {
+                    visited.push(name);
+                    self.through(next, visited, dests, out);
+                }
+            }
+        }
+        dests.truncate(start);
+    }
+}
+
+impl VHost {
+    /// What basic.publish checks before the message's own properties, in RabbitMQ's order:
+    /// the exchange exists (404) and is not internal (403).
+    pub fn check_publish(&self, exchange: &str) -> AmqpResult<()> {
+        if exchange.is_empty() {
+            return Ok(());
+        }
+        let topo = self.topology.read();
+        let ex = topo.exchanges.get(exchange).ok_or_else(|| self.no_exchange(exchange))?;
+        if ex.internal {
+            return Err(self.internal_refused(exchange));
+        }
+        Ok(())
+    }
+
+    fn internal_refused(&self, exchange: &str) -> AmqpError {
+        AmqpError::access_refused(format!("cannot publish to internal exchange '{exchange}' in vhost '{}'", self.name))
+    }
+
+    /// Routes a publish to its queues, following exchange-to-exchange bindings and alternate
+    /// exchanges. `out` is cleared first; each queue appears once.
+    pub fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        properties: &Bytes,
+        out: &mut Vec<Arc<Queue>>,
+    ) -> AmqpResult<()> {
+        self.route_with(exchange, routing_key, properties, out, false)
+    }
+
+    /// Routes what the broker itself publishes (audit events): internal exchanges too.
+    pub fn route_internal(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        properties: &Bytes,
+        out: &mut Vec<Arc<Queue>>,
+    ) -> AmqpResult<()> {
+        self.route_with(exchange, routing_key, properties, out, true)
+    }
+
+    #[inline]
+    fn route_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        properties: &Bytes,
+        out: &mut Vec<Arc<Queue>>,
+        internal_ok: bool,
+    ) -> AmqpResult<()> {
+        out.clear();
+        let topo = self.topology.read();
+        if exchange.is_empty() {
+            if let Some(q) = topo.queues.get(routing_key) {
+                out.push(q.clone());
+            }
+            self.default_stats.count(out.len());
+            return Ok(());
+        }
+        let ex = topo.exchanges.get(exchange).ok_or_else(|| self.no_exchange(exchange))?;
+        if ex.internal && !internal_ok {
+            return Err(self.internal_refused(exchange));
+        }
+        let mut headers: Option<Option<FieldTable>> = None;
+        // Exchanges routed through besides the first; allocates only when bindings lead on to
+        // other exchanges.
+        let mut visited: Vec<&str> = Vec::new();
+        let mut walk = Walk { topo: &topo, root: ex.name.as_str(), routing_key, properties, headers: &mut headers };
+        ROUTE_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut dests) => {
+                dests.clear();
+                walk.through(ex, &mut visited, &mut dests, out);
+            }
+            Err(_) => walk.through(ex, &mut visited, &mut Vec::new(), out),
+        });
+        ex.stats.count(out.len());
+        Ok(())
+    }
+}
