@@ -150,7 +150,11 @@ class RabbitMQ:
         return listener_pid(self.port)
 
     def stop(self):
-        subprocess.run(["rabbitmqctl", "-n", self.node, "stop"], env=self.env(), capture_output=True, timeout=120)
+        try:
+            # With tens of thousands of durable queues a clean stop takes minutes.
+            subprocess.run(["rabbitmqctl", "-n", self.node, "stop"], env=self.env(), capture_output=True, timeout=600)
+        except subprocess.TimeoutExpired:
+            print("rabbitmq did not stop within 600 s: killed", flush=True)
         if self.proc:
             try:
                 self.proc.wait(timeout=60)

@@ -175,6 +175,8 @@ def main():
             try:
                 before = settled_rss(b)
                 durable[b.name] = durable_declares(b, DURABLE)
+                r, declared = durable[b.name]
+                log(f"durable | {b.name}: {declared:,} declared, tenths: {', '.join(f'{x:.0f}' for x in r)} /s")
                 durable_rss[b.name] = (settled_rss(b) - before) / durable[b.name][1]
             finally:
                 b.stop()
