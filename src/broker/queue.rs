@@ -239,11 +239,8 @@ impl Queue {
             let priority = max_priority.map_or(0, |max| m.message.priority.min(max));
             st.push_ready(QueuedMessage::loaded(m, priority));
         }
-        let timed = AtomicBool::new(
-            options.args.message_ttl.is_some()
-                || options.args.expires.is_some()
-                || st.may_expire(),
-        );
+        let timed =
+            AtomicBool::new(options.args.message_ttl.is_some() || options.args.expires.is_some() || st.may_expire());
         Arc::new(Queue {
             name,
             vhost: vhost.to_string(),
