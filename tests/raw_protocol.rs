@@ -233,6 +233,21 @@ fn every_field_type_reaches_the_consumer_byte_for_byte() {
     assert_eq!(raw.frame(), Some(Frame::Body(1, bytes::Bytes::from_static(b"body"))));
 }
 
+/// `n` publishes on channel 1 through the default exchange to `queue`, bodies 0, 1, 2...
+/// (4 bytes each), as one buffer to send in one write.
+fn publishes(queue: &str, n: u32) -> BytesMut {
+    let mut b = BytesMut::new();
+    for i in 0..n {
+        hare::protocol::frame::write_method(
+            &mut b,
+            1,
+            &BasicPublish { routing_key: queue.into(), ..Default::default() }.into(),
+        );
+        write_content(&mut b, 1, &[0, 0], &i.to_be_bytes(), 4096);
+    }
+    b
+}
+
 #[test]
 fn confirms_are_batched_with_multiple() {
     let server = TestServer::start();
@@ -242,16 +257,7 @@ fn confirms_are_batched_with_multiple() {
     raw.method();
     raw.send_method(1, ConfirmSelect { nowait: false });
     assert!(matches!(raw.method(), Some((1, Method::ConfirmSelectOk(_)))));
-    let mut b = BytesMut::new();
-    for i in 0..500u32 {
-        hare::protocol::frame::write_method(
-            &mut b,
-            1,
-            &BasicPublish { routing_key: "confirm_q".into(), ..Default::default() }.into(),
-        );
-        write_content(&mut b, 1, &[0, 0], &i.to_be_bytes(), 4096);
-    }
-    raw.send(&b);
+    raw.send(&publishes("confirm_q", 500));
     let mut acks = 0;
     let mut highest = 0;
     while highest < 500 {
@@ -391,17 +397,6 @@ fn header_tables_are_bounded_in_depth_and_size() {
     assert_healthy(server.port);
 }
 
-/// Free bytes for unprivileged users on the file system holding `path`.
-fn free_bytes(path: &std::path::Path) -> u64 {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
-    // SAFETY: statvfs fills a plain C struct of integers, for which zeroes are valid.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is NUL-terminated and `st` a properly sized out-parameter.
-    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0, "statvfs");
-    st.f_bavail as u64 * st.f_frsize as u64
-}
-
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !cond() {
@@ -417,7 +412,8 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 fn publishes_read_at_once_wait_behind_an_alarm_and_run_when_it_clears() {
     let probe = std::env::temp_dir();
     // 1 GiB below what is free now; a 3 GiB ballast crosses it even if space comes back.
-    let limit = free_bytes(&probe).saturating_sub(1 << 30).to_string();
+    let free = hare::server::alarms::free_disk_bytes(&probe).expect("free disk space");
+    let limit = free.saturating_sub(1 << 30).to_string();
     let server = TestServer::start_with(&["--disk-free-limit", &limit]);
     let mut observer = Raw::open(server.port);
     observer.open_channel(1);
@@ -443,15 +439,7 @@ fn publishes_read_at_once_wait_behind_an_alarm_and_run_when_it_clears() {
     wait_until("the disk alarm", || server.log().contains("blocking publishers: disk free space"));
 
     // 50 publishes and a passive declare in one write: the broker reads them at once.
-    let mut b = BytesMut::new();
-    for i in 0..50u32 {
-        hare::protocol::frame::write_method(
-            &mut b,
-            1,
-            &BasicPublish { routing_key: "alarm_q".into(), ..Default::default() }.into(),
-        );
-        write_content(&mut b, 1, &[0, 0], &i.to_be_bytes(), 4096);
-    }
+    let mut b = publishes("alarm_q", 50);
     hare::protocol::frame::write_method(
         &mut b,
         1,
