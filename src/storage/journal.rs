@@ -121,6 +121,9 @@ fn replay(path: &Path, state: &mut DefinitionsState, keys: Option<&KeyRing>) -> 
             Scanned::Corrupt { offset, len } => {
                 tracing::error!("{}: corrupt record at offset {offset} ({len} bytes), skipped", path.display())
             }
+            // A journal is zero-filled ahead of its writes: zeros after the last record are
+            // where it ends, not a torn write.
+            Scanned::TornTail { offset, .. } if data[offset as usize..].iter().all(|&b| b == 0) => {}
             Scanned::TornTail { offset, len } => {
                 tracing::warn!("{}: torn write at the end: {len} bytes at offset {offset} dropped", path.display())
             }
@@ -157,9 +160,10 @@ fn write_snapshot(dir: &Path, file: &SnapshotFile, keys: Option<&KeyRing>) -> Re
     Ok(data)
 }
 
-/// Creates journal `n`, empty, and makes its directory entry durable.
+/// Creates journal `n`, empty (kept zero-filled ahead of its records, so that most of its
+/// fdatasyncs write only data), and makes its directory entry durable.
 fn create_journal(dir: &Path, n: u64) -> std::io::Result<Arc<LogFile>> {
-    let file = LogFile::open(&journal_path(dir, n))?;
+    let file = LogFile::create_zero_filled(&journal_path(dir, n))?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(file)
 }
@@ -434,9 +438,15 @@ mod tests {
         syncer.flush_now();
         let path = journal_path(&dir, j.inner.lock().number);
         drop(j);
-        // A crash in the middle of the last record.
-        let data = std::fs::read(&path).unwrap();
-        std::fs::write(&path, &data[..data.len() - 7]).unwrap();
+        // The file is zero-filled ahead of its records; a crash in the middle of the last
+        // record leaves zeros where the rest of it was.
+        let mut data = std::fs::read(&path).unwrap();
+        let end = match scan(&bytes::Bytes::from(data.clone())).last() {
+            Some(Scanned::TornTail { offset, .. }) => *offset as usize,
+            other => panic!("no zeros after the records: {other:?}"),
+        };
+        data[end - 7..end].fill(0);
+        std::fs::write(&path, &data).unwrap();
         let j = DefinitionsJournal::open(&dir, syncer, Vec::new(), None).unwrap();
         let names: Vec<String> = j.take_vhost("/").queues.into_iter().map(|q| q.name).collect();
         assert_eq!(names, ["q0", "q1", "q2", "q3"]);

@@ -15,6 +15,12 @@ use tokio::sync::watch;
 
 /// Write buffers larger than this are released after a write instead of kept.
 const KEEP_BUFFER: usize = 64 * 1024;
+/// A file opened with [`LogFile::create_zero_filled`] is kept this far ahead of its last
+/// write with zeros: an fdatasync of a write into blocks the file already has (and covers
+/// with its size) flushes only the data, while one that grows the file must also commit the
+/// new size and blocks through the file system's journal. On ext4 here: 275 µs appending
+/// against 195 µs into zeroed blocks. One round in this many bytes pays for the zeros.
+const ZERO_AHEAD: u64 = 1024 * 1024;
 /// A round that had more than this to write means appends outrun the disk: publishers that
 /// write to logs pause until a round writes less, so write buffers stay bounded in memory.
 const BACKLOG_HIGH: usize = 8 * 1024 * 1024;
@@ -99,6 +105,9 @@ pub struct LogFile {
     /// Written out but never fdatasync'ed: the file of a transient queue paging to disk,
     /// whose content is discarded at start anyway.
     volatile: bool,
+    /// Written at positions, kept [`ZERO_AHEAD`] ahead with zeros (so its length on disk is
+    /// not where its records end: readers stop at the zeros).
+    zero_filled: bool,
     /// Used since the file cache's sweep last passed.
     used: AtomicBool,
     state: Mutex<LogFileState>,
@@ -127,6 +136,8 @@ struct LogFileState {
     dirty: bool,
     /// The newest ticket of an append to this file.
     max_ticket: u64,
+    /// For a zero-filled file, how far it is zeroed (or written) on disk.
+    allocated: u64,
 }
 
 impl LogFileState {
@@ -136,7 +147,21 @@ impl LogFileState {
         if n > 0 {
             let file = owner.descriptor(self)?;
             // On failure the bytes stay buffered for the next attempt.
-            (&*file).write_all(&self.buf)?;
+            if owner.zero_filled {
+                use std::os::unix::fs::FileExt;
+                let at = self.len - n as u64;
+                if self.len > self.allocated {
+                    // Zeros first, so the fdatasync that makes them durable is the only one
+                    // in the next ZERO_AHEAD bytes that also commits a new file size.
+                    let end = self.len + ZERO_AHEAD;
+                    let from = self.allocated.max(at);
+                    file.write_all_at(&vec![0u8; (end - from) as usize], from)?;
+                    self.allocated = end;
+                }
+                file.write_all_at(&self.buf, at)?;
+            } else {
+                (&*file).write_all(&self.buf)?;
+            }
             self.unsynced = !owner.volatile;
             if self.buf.capacity() > KEEP_BUFFER {
                 // A burst grew it: give the memory back rather than hold it per file.
@@ -160,17 +185,30 @@ impl LogFile {
         Self::open_with(path, true)
     }
 
+    /// Creates a new, empty file that is kept zero-filled ahead of its writes (see
+    /// [`ZERO_AHEAD`]); whoever reads it back must take a run of zeros after the last record
+    /// for the end. Replaces a file of that name.
+    pub fn create_zero_filled(path: &Path) -> std::io::Result<Arc<LogFile>> {
+        let file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).read(true).open(path)?;
+        Ok(Self::with_file(path, file, 0, false, true))
+    }
+
     fn open_with(path: &Path, volatile: bool) -> std::io::Result<Arc<LogFile>> {
         let file = std::fs::OpenOptions::new().create(true).append(true).read(true).open(path)?;
         let len = file.metadata()?.len();
+        Ok(Self::with_file(path, file, len, volatile, false))
+    }
+
+    fn with_file(path: &Path, file: File, len: u64, volatile: bool, zero_filled: bool) -> Arc<LogFile> {
         let log = Arc::new(LogFile {
             path: path.to_path_buf(),
             volatile,
+            zero_filled,
             used: AtomicBool::new(true),
             state: Mutex::new(LogFileState { file: Some(Arc::new(file)), len, ..Default::default() }),
         });
         OPEN_FILES.opened(&log);
-        Ok(log)
+        log
     }
 
     /// The open descriptor, opening the file again if the cache closed it.
@@ -181,7 +219,9 @@ impl LogFile {
         }
         // It exists: it was created when first opened, and is never closed while it holds
         // unwritten bytes.
-        let f = Arc::new(std::fs::OpenOptions::new().append(true).read(true).open(&self.path)?);
+        // A zero-filled file is written at positions, which O_APPEND would ignore.
+        let f =
+            Arc::new(std::fs::OpenOptions::new().append(!self.zero_filled).write(true).read(true).open(&self.path)?);
         st.file = Some(f.clone());
         OPEN_FILES.opened(self);
         Ok(f)
@@ -492,6 +532,34 @@ mod tests {
         set_open_files_budget(usize::MAX);
         // Other tests open files meanwhile and share the budget: ours hold at most all of it.
         assert!(open <= 8, "{open} of 40 files open with a budget of 8");
+        syncer.shutdown();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_zero_filled_file_holds_its_appends_then_zeros() {
+        let dir = std::env::temp_dir().join(format!("hare-zero-filled-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let syncer = Syncer::start();
+        let path = dir.join("z");
+        let f = LogFile::create_zero_filled(&path).unwrap();
+        // Appends of 1,000 bytes past two ZERO_AHEAD boundaries, each round written out.
+        let count = 2 * ZERO_AHEAD as usize / 1000 + 10;
+        for i in 0..count {
+            f.append(&syncer, |b| b.extend_from_slice(&[(i % 251) as u8 + 1; 1000]));
+            if i % 7 == 0 {
+                syncer.flush_now();
+            }
+        }
+        syncer.flush_now();
+        let data = std::fs::read(&path).unwrap();
+        let written = count * 1000;
+        assert!(data.len() > written, "zeroed ahead: {} bytes for {written}", data.len());
+        for (i, chunk) in data[..written].chunks(1000).enumerate() {
+            assert!(chunk.iter().all(|&b| b == (i % 251) as u8 + 1), "append {i} is not where it was written");
+        }
+        assert!(data[written..].iter().all(|&b| b == 0));
+        assert_eq!(f.len(), written as u64);
         syncer.shutdown();
         std::fs::remove_dir_all(&dir).unwrap();
     }
