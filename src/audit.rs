@@ -96,16 +96,15 @@ fn run(rx: AuditReceiver, mut log: Log, broker: Arc<Broker>, stop: Arc<AtomicBoo
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
         }
-        let until = std::time::Instant::now() + LINGER;
+        // Sleep rather than wait on the queue: a sender then wakes no one, where waiting
+        // had each event of a storm wake this thread (a futex call and a context switch).
+        if !stop.load(Ordering::Acquire) {
+            std::thread::sleep(LINGER);
+        }
         while batch.len() < BATCH {
-            let left = until.saturating_duration_since(std::time::Instant::now());
             match rx.rx.try_recv() {
                 Ok(e) => batch.push(e),
-                Err(_) if left.is_zero() || stop.load(Ordering::Acquire) => break,
-                Err(_) => match rx.rx.recv_timeout(left) {
-                    Ok(e) => batch.push(e),
-                    Err(_) => break,
-                },
+                Err(_) => break,
             }
         }
         text.clear();
