@@ -8,6 +8,6 @@ if ! command -v rabbitmq-server >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
 fi
-cargo build --release --locked
+cargo build --release --locked --bins --examples
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt

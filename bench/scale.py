@@ -12,10 +12,13 @@ Rows so far:
 - publish latency (end to end p99 at 20,000 msg/s) quiet, and while another connection
   declares durable queues (at least STORM of them) for the whole run;
 - large messages: 1 -> 1 with 64 KiB and 1 MiB bodies, the rate and the broker's CPU time
-  (user + system, from /proc) per message.
+  (user + system, from /proc) per message, beside the kernel's floor: the CPU per message of
+  a bare relay between two loopback sockets (examples/tcp_floor.rs), which no broker that
+  receives and sends each message over TCP can go below.
 Usage: bench/scale.sh   (SECTIONS=topic,queues,durable,storm BINDINGS=10000,100000
 QUEUES=20000 DURABLE=20000 STORM=3000 DURATION=10)"""
 import datetime
+import json
 import os
 import subprocess
 import sys
@@ -153,6 +156,19 @@ def large(broker, size):
     return s["consumed_per_sec"], used * 1e6 / max(s["consumed"], 1)
 
 
+FLOOR = os.path.join(compare.ROOT, "target", "release", "examples", "tcp_floor")
+
+
+def floor(size):
+    """The kernel's floor for `size`-byte messages: (msg/s, CPU µs per message) of a bare
+    loopback TCP relay (examples/tcp_floor.rs, built by bench/prepare.sh)."""
+    out = subprocess.run([FLOOR, str(size), str(DURATION)], capture_output=True, text=True, timeout=DURATION * 6 + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"tcp_floor {size}: {out.stderr.strip()}")
+    r = json.loads(out.stdout)
+    return r["per_sec"], r["cpu_us_per_message"]
+
+
 def main():
     brokers = [compare.Hare(), compare.RabbitMQ()]
     rows = []
@@ -161,6 +177,11 @@ def main():
     per_binding = {}
     per_queue = {}
     durable, durable_rss, restart, lat, big = {}, {}, {}, {}, {}
+    floors = {}
+    if "large" in SECTIONS:
+        for size in LARGE:
+            floors[size] = floor(size)
+            log(f"large | kernel floor (bare TCP relay), {size} B: {floors[size]}")
     for b in brokers:
         if "large" in SECTIONS:
             for size in LARGE:
@@ -226,6 +247,11 @@ def main():
         (hr, hc), (qr, qc) = big[("Hare", size)], big[("RabbitMQ", size)]
         rows.append((f"1->1, {label} messages", "consumed msg/s", f"{hr:,.0f}", f"{qr:,.0f}", f"{hr / qr:.2f}"))
         rows.append((f"1->1, {label} messages", "broker CPU µs per message", f"{hc:,.0f}", f"{qc:,.0f}", f"{hc / qc:.2f}"))
+        fr, fc = floors[size]
+        rows.append(
+            # Not a broker: the floor's CPU per message (in the Hare column) and its ratio to RabbitMQ's.
+            (f"1->1, {label}: a bare TCP relay, the kernel's floor ({fr:,.0f} msg/s)", "relay CPU µs per message", f"{fc:.1f}", "", f"{fc / qc:.2f}")
+        )
     if durable:
         (hr, hn), (qr, qn) = durable["Hare"], durable["RabbitMQ"]
         for name, i in (("first tenth", 0), ("last tenth", -1)):
