@@ -6,20 +6,23 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-echo "== cargo fmt --check"
+# Each step's header says how long the run has taken so far (CI must stay under 30 minutes).
+step() { echo "== [$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
+
+step "cargo fmt --check"
 cargo fmt --all -- --check
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 
-echo "== cargo build --release"
+step "cargo build --release"
 cargo build --release --locked
 
-echo "== cargo test --release"
+step "cargo test --release"
 cargo test --release --locked
 
-echo "== fuzz targets: codec, SASL, management API; 15 s each from the seed corpus"
+step "fuzz targets: codec, SASL, management API; 15 s each from the seed corpus"
 fuzz/run.sh
 
-echo "== python venv"
+step "python venv"
 if [ ! -x .venv/bin/python ]; then
   if ! python3 -m venv .venv 2>/dev/null; then
     # Debian's python3 needs python3-venv for this; install it when we may.
@@ -45,15 +48,15 @@ need() {
   fi
 }
 
-echo "== chromium (the web page's tests drive it headless)"
+step "chromium (the web page's tests drive it headless)"
 need chromium
 
-echo "== openssl (the TLS tests make their certificates with it)"
+step "openssl (the TLS tests make their certificates with it)"
 need openssl
 
-echo "== differential conformance against RabbitMQ (scripted scenarios and 200 random seeds)"
+step "differential conformance against RabbitMQ (scripted scenarios and 200 random seeds)"
 # Installs RabbitMQ from Debian's packages when missing (the first run takes a minute or two).
 tests/conformance/run.sh --scripted --seeds 0:200 --ops 40
 
-echo "== pytest (pika, aio-pika, kombu/Celery)"
+step "pytest (pika, aio-pika, kombu/Celery)"
 HARE_BIN="$PWD/target/release/hare" .venv/bin/python -m pytest tests/python -q -p no:cacheprovider
