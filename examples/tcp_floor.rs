@@ -12,8 +12,12 @@
 //! the floor that `bench/scale.py` prints beside Hare's and RabbitMQ's CPU per message.
 //!
 //! ```sh
-//! cargo run --release --example tcp_floor -- 65536 10   # message size in bytes, seconds
+//! cargo run --release --example tcp_floor -- 65536 10      # message size in bytes, seconds
+//! cargo run --release --example tcp_floor -- 65536 10 64   # reading into 64 buffers in turn
 //! ```
+//! The third argument makes the relay read into that many 1 MiB buffers in turn instead of
+//! one, so that the bytes it copies out are no longer in the CPU's cache, as a broker's are
+//! when messages wait in a queue between their two copies.
 //! It prints one JSON object: `{"size":…,"per_sec":…,"cpu_us_per_message":…}`.
 
 use std::io::{Read, Write};
@@ -37,6 +41,7 @@ fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let size: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(64 * 1024).max(1);
     let seconds: f64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10.0);
+    let buffers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1).max(1);
 
     let from_producer = TcpListener::bind("127.0.0.1:0")?;
     let to_consumer = TcpListener::bind("127.0.0.1:0")?;
@@ -65,11 +70,13 @@ fn main() -> std::io::Result<()> {
 
     let (mut input, _) = from_producer.accept()?;
     let (mut output, _) = to_consumer.accept()?;
-    let mut buf = vec![0u8; 1024 * 1024];
+    // Touched before the clock starts, so that page faults are not counted.
+    let mut bufs: Vec<Vec<u8>> = (0..buffers).map(|_| vec![1u8; 1024 * 1024]).collect();
     let (cpu_before, started) = (thread_cpu_seconds()?, Instant::now());
     let mut moved = 0u64;
-    loop {
-        let n = input.read(&mut buf)?;
+    for turn in 0.. {
+        let buf = &mut bufs[turn % buffers];
+        let n = input.read(buf)?;
         if n == 0 {
             break;
         }
