@@ -15,7 +15,7 @@ Rows so far:
   (user + system, from /proc) per message, beside the kernel's floor: the CPU per message of
   a bare relay between two loopback sockets (examples/tcp_floor.rs), which no broker that
   receives and sends each message over TCP can go below.
-Usage: bench/scale.sh   (SECTIONS=topic,queues,durable,storm BINDINGS=10000,100000
+Usage: bench/scale.sh   (SECTIONS=topic,queues,durable,storm,large BINDINGS=10000,100000
 QUEUES=20000 DURABLE=20000 STORM=3000 DURATION=10)"""
 import datetime
 import json
