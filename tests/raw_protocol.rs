@@ -5,7 +5,7 @@ mod common;
 
 use bytes::{BufMut, BytesMut};
 use common::{assert_healthy, Raw, TestServer};
-use hare::protocol::frame::{write_content, Frame, PROTOCOL_HEADER};
+use hare::protocol::frame::{write_content, write_method, Frame, PROTOCOL_HEADER};
 use hare::protocol::method::*;
 use hare::protocol::{BasicProperties, FieldTable, FieldValue, Method};
 use std::io::Read;
@@ -461,4 +461,38 @@ fn publishes_read_at_once_wait_behind_an_alarm_and_run_when_it_clears() {
         other => panic!("expected declare-ok, got {other:?}"),
     }
     assert_eq!(count(&mut observer), 50);
+}
+
+/// Large bodies sent in one burst are read in 1 MiB chunks, and the body frames cut by a
+/// chunk's end are passed on in pieces (`protocol::reader`): every good message arrives, and
+/// a body frame with a bad end octet is a frame error that never completes its message.
+#[test]
+fn a_burst_of_large_bodies_with_a_bad_frame_end_last() {
+    let server = TestServer::start();
+    let mut raw = Raw::open(server.port);
+    raw.open_channel(1);
+    raw.send_method(1, QueueDeclare { queue: "split_q".into(), ..Default::default() });
+    assert!(matches!(raw.method(), Some((1, Method::QueueDeclareOk(_)))));
+    let mut burst = BytesMut::new();
+    for i in 0..24u32 {
+        let body: Vec<u8> = (0..100_000u32 + i * 1_000).map(|b| (b ^ i) as u8).collect();
+        write_method(&mut burst, 1, &BasicPublish { routing_key: "split_q".into(), ..Default::default() }.into());
+        write_content(&mut burst, 1, &[0, 0], &body, 131_072);
+    }
+    write_method(&mut burst, 1, &BasicPublish { routing_key: "split_q".into(), ..Default::default() }.into());
+    write_content(&mut burst, 1, &[0, 0], &[9u8; 90_000], 131_072);
+    let last = burst.len() - 1;
+    burst[last] = 0x00;
+    raw.send(&burst);
+    let (code, text) = raw.expect_connection_close();
+    assert_eq!(code, 501, "{text}");
+    assert!(text.contains("frame end octet"), "{text}");
+
+    let mut check = Raw::open(server.port);
+    check.open_channel(1);
+    check.send_method(1, QueueDeclare { queue: "split_q".into(), passive: true, ..Default::default() });
+    match check.method() {
+        Some((1, Method::QueueDeclareOk(ok))) => assert_eq!(ok.message_count, 24),
+        other => panic!("expected declare-ok, got {other:?}"),
+    }
 }

@@ -5,6 +5,7 @@ pub mod constants;
 pub mod frame;
 pub mod method;
 pub mod properties;
+pub mod reader;
 
 pub use codec::{CodecError, FieldTable, FieldValue, LongStr, ShortStr};
 pub use frame::{ContentHeader, Frame, FrameError};

@@ -15,8 +15,9 @@ use crate::broker::{AmqpError, Broker, Scope};
 use crate::config::Config;
 use crate::protocol::codec::CodecError;
 use crate::protocol::constants::CONNECTION_FORCED;
-use crate::protocol::frame::{missing, parse_frame, Frame, PROTOCOL_HEADER};
+use crate::protocol::frame::{Frame, PROTOCOL_HEADER};
 use crate::protocol::method::*;
+use crate::protocol::reader::FrameReader;
 use crate::protocol::{FieldTable, FieldValue, LongStr, ShortStr};
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -117,6 +118,8 @@ pub struct Connection {
     /// This connection's card in the broker's list, once open.
     entry: Option<Arc<crate::broker::connections::ConnectionEntry>>,
     frame_max: usize,
+    /// Cuts frames out of the read buffer; passes large body frames on in pieces.
+    reader: FrameReader,
     channel_max: u16,
     heartbeat: u16,
     channels: FastMap<u16, Channel>,
@@ -190,6 +193,7 @@ async fn serve_io<R, W>(
         client_properties: FieldTable::new(),
         entry: None,
         frame_max: config.frame_max as usize,
+        reader: FrameReader::default(),
         channel_max: config.channel_max,
         heartbeat: 0,
         channels: FastMap::default(),
@@ -239,8 +243,11 @@ async fn serve_io<R, W>(
         let close_entry = conn.entry.clone();
         // Room for half a read at least, and for the rest of a frame begun (its size was
         // checked against frame_max when its header came in).
-        let need = missing(&rbuf);
+        let need = conn.reader.missing(&rbuf);
         if rbuf.capacity() - rbuf.len() < (read_size / 2).max(need) {
+            // A large body frame begun goes on as it is rather than into the next buffer.
+            conn.split_partial_body(&mut rbuf);
+            let need = conn.reader.missing(&rbuf);
             read_buf::make_room(&mut rbuf, read_size.max(2 * need));
         }
         tokio::select! {
@@ -392,7 +399,7 @@ impl Connection {
                 }
                 _ => {}
             }
-            match parse_frame(rbuf, self.frame_max) {
+            match self.reader.next(rbuf, self.frame_max) {
                 Ok(None) => break,
                 Ok(Some(frame)) => {
                     if let Err((channel, e)) = self.handle_frame(frame) {
@@ -414,6 +421,21 @@ impl Connection {
         self.release_waiting();
         self.notify_blocking();
         held_back
+    }
+
+    /// Passes the part read of a large body frame that `rbuf` has no room to complete on to
+    /// its channel, instead of copying it into the next buffer (see `protocol::reader`).
+    fn split_partial_body(&mut self, rbuf: &mut BytesMut) {
+        if self.state != State::Open || self.alarm_paused() {
+            return;
+        }
+        let channels = &self.channels;
+        let accept = |c: u16, size: usize| channels.get(&c).is_some_and(|ch| !ch.closing && ch.accepts_body(size));
+        if let Some(piece) = self.reader.split_partial_body(rbuf, self.frame_max, accept) {
+            if let Err((channel, e)) = self.handle_frame(piece) {
+                self.raise(channel, e);
+            }
+        }
     }
 
     /// A resource alarm is raised and this connection has published: it is not read from.

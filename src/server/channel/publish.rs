@@ -94,6 +94,13 @@ impl Channel {
         Ok(())
     }
 
+    /// Whether a body frame of `size` bytes would be taken whole as part of the publish under
+    /// way, so that it may be passed on in pieces (see `protocol::reader`).
+    pub fn accepts_body(&self, size: usize) -> bool {
+        let Some(p) = &self.publish else { return false };
+        p.header.as_ref().is_some_and(|h| (p.received as u64).saturating_add(size as u64) <= h.body_size)
+    }
+
     pub fn content_body(&mut self, ctx: &mut ConnCtx, body: Bytes) -> AmqpResult<()> {
         let Some(p) = &mut self.publish else {
             return Err(AmqpError::unexpected_frame("content body frame without a basic.publish before it"));
