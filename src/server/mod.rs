@@ -181,18 +181,25 @@ impl Server {
             alarm: alarm.clone(),
         };
         let alive = alive.clone();
-        tokio::spawn(async move {
+        let task = async move {
             match tls {
                 None => connection::serve(stream, shared).await,
+                // Boxed: a future is as large as its largest state, and a TLS connection's
+                // (its session and record buffers) is several KiB more than a plain one's;
+                // unboxed, every plain connection would carry that size as well.
                 Some(tls) => {
-                    if let Some((s, info)) = crate::tls::handshake(&tls, stream).await {
-                        connection::serve_tls(s, info, shared).await;
-                    }
+                    Box::pin(async move {
+                        if let Some((s, info)) = crate::tls::handshake(&tls, stream).await {
+                            connection::serve_tls(s, info, shared).await;
+                        }
+                    })
+                    .await
                 }
             }
             broker.count_connection(false);
             drop(alive);
-        });
+        };
+        tokio::spawn(task);
     }
 }
 
