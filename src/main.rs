@@ -44,7 +44,12 @@ fn main() -> ExitCode {
     let fds = hare::server::alarms::FdBudget::new(limit);
     hare::storage::syncer::set_open_files_budget(fds.files as usize);
     tracing::info!("file descriptors: up to {} for queue files, {} for connections", fds.files, fds.connections);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // An idle worker gives back the read buffers it kept after a burst of large messages.
+        .on_thread_park(|| hare::server::read_buf::trim_if_idle(std::time::Instant::now()))
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("hare: cannot start the runtime: {e}");

@@ -87,7 +87,7 @@ pub fn free_disk_bytes(path: &std::path::Path) -> Option<u64> {
 }
 
 /// Returns the allocator's free memory to the system (glibc's `malloc_trim`).
-fn release_free_memory() {
+pub(crate) fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases memory the allocator holds free; it takes no pointers.
     unsafe {
