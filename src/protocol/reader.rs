@@ -211,6 +211,53 @@ mod tests {
         assert!(split_seen > 100, "large bodies were split: {split_seen} pieces");
     }
 
+    /// Damaged streams (a byte changed, a frame cut short, random bytes) read in random
+    /// chunks with splitting: the reader never panics, and it either errs or hands out frames
+    /// and pieces no larger than the bytes given to it.
+    #[test]
+    fn damaged_streams_err_or_parse_without_panic() {
+        let frame_max = 131_072;
+        for seed in 1..=200u64 {
+            let mut rng = Rng(seed * 0xD1B5_4A32_D192_ED03);
+            let mut stream = BytesMut::new();
+            for _ in 0..(1 + rng.below(6)) {
+                let body: Vec<u8> = (0..rng.below(200_000)).map(|_| rng.next() as u8).collect();
+                write_content(&mut stream, 1, &[0, 0], &body, frame_max);
+            }
+            match rng.below(3) {
+                0 => {
+                    let at = rng.below(stream.len());
+                    stream[at] ^= 1 + rng.below(255) as u8;
+                }
+                1 => stream.truncate(rng.below(stream.len())),
+                _ => stream = (0..rng.below(300_000)).map(|_| rng.next() as u8).collect::<Vec<_>>()[..].into(),
+            }
+            let mut reader = FrameReader::default();
+            let mut buf = BytesMut::new();
+            let (mut at, mut out) = (0, 0usize);
+            'read: for _ in 0..100_000 {
+                loop {
+                    match reader.next(&mut buf, frame_max) {
+                        Ok(Some(Frame::Body(_, b) | Frame::Method(_, b))) => out += b.len(),
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(_) => break 'read,
+                    }
+                }
+                if at == stream.len() {
+                    break;
+                }
+                if let Some(Frame::Body(_, b)) = reader.split_partial_body(&mut buf, frame_max, |_, _| true) {
+                    out += b.len();
+                }
+                let n = (1 + rng.below(100_000)).min(stream.len() - at);
+                buf.extend_from_slice(&stream[at..at + n]);
+                at += n;
+            }
+            assert!(out <= at, "seed {seed}: handed out {out} bytes of {at} read");
+        }
+    }
+
     #[test]
     fn a_bad_end_octet_is_found_before_the_last_piece() {
         let mut stream = BytesMut::new();
