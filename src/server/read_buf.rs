@@ -39,9 +39,9 @@ thread_local! {
 }
 
 /// Frees this thread's spares if none was used for [`SPARE_IDLE`] before `now`, and hands
-/// the allocator's free memory back to the system. Called by
-/// each worker thread as it parks (`on_thread_park`); nearly free when the pool is empty,
-/// as it is with small messages only. Buffers still held by messages are freed with them.
+/// the allocator's free memory back to the system. Called by each worker thread as it parks
+/// (`on_thread_park`); nearly free when the pool is empty, as it is with small messages only.
+/// Buffers still held by messages are freed with them.
 pub fn trim_if_idle(now: Instant) {
     SPARES.with(|s| {
         if s.borrow().is_empty() {
