@@ -53,25 +53,25 @@ pub enum FrameError {
     BadHeader,
 }
 
+/// The type, channel and payload size of the frame at the front of `buf`, once its 7 header
+/// bytes are in.
+pub fn peek_header(buf: &[u8]) -> Option<(u8, u16, usize)> {
+    let h = buf.get(..7)?;
+    Some((h[0], u16::from_be_bytes([h[1], h[2]]), u32::from_be_bytes([h[3], h[4], h[5], h[6]]) as usize))
+}
+
 /// How many more bytes the frame at the front of `buf` needs to be complete (0 when it is,
 /// or when its header is not in yet). The reader makes that much room before reading on.
 pub fn missing(buf: &[u8]) -> usize {
-    if buf.len() < 7 {
-        return 0;
-    }
-    let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
-    (size + FRAME_OVERHEAD).saturating_sub(buf.len())
+    peek_header(buf).map_or(0, |(_, _, size)| (size + FRAME_OVERHEAD).saturating_sub(buf.len()))
 }
 
 /// Takes one complete frame off the front of `buf`; `Ok(None)` means more bytes are needed.
 /// `frame_max` bounds each frame, so memory per peer stays bounded.
 pub fn parse_frame(buf: &mut BytesMut, frame_max: usize) -> Result<Option<Frame>, FrameError> {
-    if buf.len() < 7 {
+    let Some((kind, channel, size)) = peek_header(buf) else {
         return Ok(None);
-    }
-    let kind = buf[0];
-    let channel = u16::from_be_bytes([buf[1], buf[2]]);
-    let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
+    };
     if !matches!(kind, FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT) {
         return Err(FrameError::UnknownType(kind));
     }

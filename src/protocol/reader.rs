@@ -87,13 +87,12 @@ impl FrameReader {
         frame_max: usize,
         accept: impl FnOnce(u16, usize) -> bool,
     ) -> Option<Frame> {
-        if self.rest.is_some() || buf.len() < 7 + SPLIT_MIN || buf[0] != FRAME_BODY {
+        if self.rest.is_some() || buf.len() < 7 + SPLIT_MIN {
             return None;
         }
-        let channel = u16::from_be_bytes([buf[1], buf[2]]);
-        let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
-        // Too large or already whole: `parse_frame` deals with it.
-        if size > frame_max || buf.len() >= size + FRAME_OVERHEAD {
+        let (kind, channel, size) = frame::peek_header(buf)?;
+        // Not a body, too large or already whole: `parse_frame` deals with it.
+        if kind != FRAME_BODY || size > frame_max || buf.len() >= size + FRAME_OVERHEAD {
             return None;
         }
         // All of the payload may be in with only the end octet missing: one byte stays.
@@ -266,7 +265,7 @@ mod tests {
         stream[last] = 0xAB;
         // The method-less header frame first, then the body frame begun.
         let mut reader = FrameReader::default();
-        let header_len = 7 + u32::from_be_bytes([stream[3], stream[4], stream[5], stream[6]]) as usize + 1;
+        let header_len = frame::peek_header(&stream).map(|(_, _, size)| 7 + size + 1).expect("a header frame");
         let mut buf = BytesMut::from(&stream[..header_len + 7 + 30_000]);
         assert!(matches!(reader.next(&mut buf, 131_072), Ok(Some(Frame::Header(1, _)))));
         let Some(Frame::Body(1, first)) = reader.split_partial_body(&mut buf, 131_072, |_, _| true) else {
@@ -287,7 +286,7 @@ mod tests {
     fn small_refused_or_whole_frames_are_not_split() {
         let mut stream = BytesMut::new();
         write_content(&mut stream, 1, &[0, 0], &[1u8; 60_000], 131_072);
-        let header_len = 7 + u32::from_be_bytes([stream[3], stream[4], stream[5], stream[6]]) as usize + 1;
+        let header_len = frame::peek_header(&stream).map(|(_, _, size)| 7 + size + 1).expect("a header frame");
         let body = stream.split_off(header_len);
         let mut reader = FrameReader::default();
         // Too little of it in.
