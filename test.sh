@@ -37,13 +37,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
 
-# Installs Debian package $1 when its command is missing (root only), else says what to do.
+# Installs Debian package $2 (by default named as the command) when command $1 is missing
+# (root only), else says what to do.
 need() {
   command -v "$1" >/dev/null && return 0
+  local pkg="${2:-$1}"
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null
   else
-    echo "$1 missing: install Debian's $1 package" >&2
+    echo "$1 missing: install Debian's $pkg package" >&2
     exit 1
   fi
 }
@@ -53,6 +55,9 @@ need chromium
 
 step "openssl (the TLS tests make their certificates with it)"
 need openssl
+
+step "ss (the socket-buffer test reads the broker's sockets with it)"
+need ss iproute2
 
 step "differential conformance against RabbitMQ (scripted scenarios and 200 random seeds)"
 # Installs RabbitMQ from Debian's packages when missing (the first run takes a minute or two).

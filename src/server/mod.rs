@@ -170,6 +170,12 @@ impl Server {
             }
             return;
         };
+        if self.config.tcp_sndbuf > 0 {
+            // The kernel doubles it (room for its own bookkeeping) and caps it at wmem_max.
+            if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(self.config.tcp_sndbuf as usize) {
+                tracing::debug!("cannot set the send buffer of {peer}'s socket: {e}");
+            }
+        }
         self.broker.count_connection(true);
         let broker = self.broker.clone();
         let shared = connection::Shared {

@@ -1,8 +1,11 @@
 """Process limits: the broker raises its open files limit at start, and lives within it: queue
-files beyond their share are closed and opened again on use."""
+files beyond their share are closed and opened again on use. Each AMQP socket's send buffer is
+bounded (tcp_sndbuf)."""
 import os
+import re
 import resource
 import shutil
+import subprocess
 import threading
 
 import pika
@@ -117,3 +120,63 @@ def test_connections_beyond_their_share_of_descriptors_are_refused():
                 c.close()
         h.stop()
         shutil.rmtree(h.dir, ignore_errors=True)
+
+
+def _send_buffers(port):
+    """The send buffer (ss's skmem `tb`) of the broker's side of each connection on `port`."""
+    out = subprocess.run(
+        ["ss", "-tmnH", "state", "established", f"( sport = :{port} )"], capture_output=True, text=True, check=True
+    ).stdout
+    return [int(n) for n in re.findall(r"\btb(\d+)", out)]
+
+
+def _held_send_buffer(h):
+    """Opens a connection to `h` and returns its socket's send buffer as the broker set it."""
+    c = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", h.port))
+    try:
+        return wait_for(lambda: _send_buffers(h.port), what="the connection in ss")[0]
+    finally:
+        c.close()
+
+
+def test_each_amqp_socket_gets_the_configured_send_buffer(tmp_path):
+    """tcp_sndbuf (RabbitMQ's tcp_listen_options.sndbuf) is asked for on every accepted socket:
+    Linux doubles it and caps it at net.core.wmem_max. 512 KiB by default; 0 leaves the
+    buffer to the kernel's autotuning."""
+    with open("/proc/sys/net/core/wmem_max") as f:
+        wmem_max = int(f.read())
+    fixed = lambda asked: 2 * min(asked, wmem_max)
+    h = Hare()
+    try:
+        assert _held_send_buffer(h) == fixed(512 * 1024)
+    finally:
+        h.stop()
+    config = tmp_path / "hare.toml"
+    config.write_text('tcp_sndbuf = "128KiB"\n')
+    h = Hare(extra_args=["--config", str(config)])
+    try:
+        assert _held_send_buffer(h) == fixed(128 * 1024)
+    finally:
+        h.stop()
+    config.write_text('tcp_sndbuf = "0"\n')
+    h = Hare(extra_args=["--config", str(config)])
+    try:
+        autotuned = _held_send_buffer(h)
+        assert autotuned not in (fixed(512 * 1024), fixed(128 * 1024)), autotuned
+    finally:
+        h.stop()
+
+
+def test_a_send_buffer_too_large_is_a_config_error(tmp_path):
+    config = tmp_path / "hare.toml"
+    config.write_text('tcp_sndbuf = "2GiB"\n')
+    from conftest import HARE_BIN
+
+    out = subprocess.run(
+        [HARE_BIN, "--config", str(config), "--port", "0", "--data-dir", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode != 0
+    assert "tcp_sndbuf: expected a size up to 1 GiB" in out.stdout + out.stderr
