@@ -157,12 +157,17 @@ def large(broker, size):
 
 
 FLOOR = os.path.join(compare.ROOT, "target", "release", "examples", "tcp_floor")
+# The send buffer Hare asks for on its sockets by default (tcp_sndbuf), given to the relay too:
+# the kernel's cost depends on it.
+FLOOR_SNDBUF = 512 * 1024
 
 
 def floor(size):
     """The kernel's floor for `size`-byte messages: (msg/s, CPU µs per message) of a bare
-    loopback TCP relay (examples/tcp_floor.rs, built by bench/prepare.sh)."""
-    out = subprocess.run([FLOOR, str(size), str(DURATION)], capture_output=True, text=True, timeout=DURATION * 6 + 60)
+    loopback TCP relay (examples/tcp_floor.rs, built by bench/prepare.sh) with Hare's send
+    buffer."""
+    cmd = [FLOOR, str(size), str(DURATION), "1", str(FLOOR_SNDBUF)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=DURATION * 6 + 60)
     if out.returncode != 0:
         raise RuntimeError(f"tcp_floor {size}: {out.stderr.strip()}")
     r = json.loads(out.stdout)

@@ -14,10 +14,13 @@
 //! ```sh
 //! cargo run --release --example tcp_floor -- 65536 10      # message size in bytes, seconds
 //! cargo run --release --example tcp_floor -- 65536 10 64   # reading into 64 buffers in turn
+//! cargo run --release --example tcp_floor -- 65536 10 1 524288   # Hare's send buffer
 //! ```
 //! The third argument makes the relay read into that many 1 MiB buffers in turn instead of
 //! one, so that the bytes it copies out are no longer in the CPU's cache, as a broker's are
-//! when messages wait in a queue between their two copies.
+//! when messages wait in a queue between their two copies. The fourth asks for that send
+//! buffer (SO_SNDBUF) on the relay's output socket, as Hare's `tcp_sndbuf` does on its
+//! sockets; 0 (the default) leaves it to the kernel's autotuning.
 //! It prints one JSON object: `{"size":…,"per_sec":…,"cpu_us_per_message":…}`.
 
 use std::io::{Read, Write};
@@ -42,6 +45,7 @@ fn main() -> std::io::Result<()> {
     let size: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(64 * 1024).max(1);
     let seconds: f64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10.0);
     let buffers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1).max(1);
+    let sndbuf: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
 
     let from_producer = TcpListener::bind("127.0.0.1:0")?;
     let to_consumer = TcpListener::bind("127.0.0.1:0")?;
@@ -70,6 +74,9 @@ fn main() -> std::io::Result<()> {
 
     let (mut input, _) = from_producer.accept()?;
     let (mut output, _) = to_consumer.accept()?;
+    if sndbuf > 0 {
+        socket2::SockRef::from(&output).set_send_buffer_size(sndbuf)?;
+    }
     // Touched before the clock starts, so that page faults are not counted.
     let mut bufs: Vec<Vec<u8>> = (0..buffers).map(|_| vec![1u8; 1024 * 1024]).collect();
     let (cpu_before, started) = (thread_cpu_seconds()?, Instant::now());
