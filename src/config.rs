@@ -164,8 +164,8 @@ pub struct Config {
     ///
     /// 512 KiB by default: on loopback a send buffer of at most about 1 MiB cost the broker
     /// 14-20 % less CPU per large message than the autotuned 4 MiB (likely because its pages
-    /// are used again while still in the CPU's cache), and it bounds the kernel memory a slow consumer's
-    /// socket holds. The price is on links with a long round trip: a connection has at most
+    /// are used again while still in the CPU's cache), and it bounds the kernel memory a slow
+    /// consumer's socket holds. The price is on links with a long round trip: a connection has at most
     /// the buffer in flight, about 1 MiB per round trip (100 MB/s at 10 ms). Consumers far
     /// away want 0 (or a larger value).
     pub tcp_sndbuf: u32,

@@ -187,7 +187,7 @@ impl Server {
             alarm: alarm.clone(),
         };
         let alive = alive.clone();
-        let task = async move {
+        tokio::spawn(async move {
             match tls {
                 None => connection::serve(stream, shared).await,
                 // Boxed: a future is as large as its largest state, and a TLS connection's
@@ -204,8 +204,7 @@ impl Server {
             }
             broker.count_connection(false);
             drop(alive);
-        };
-        tokio::spawn(task);
+        });
     }
 }
 
