@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Where the broker's threads run, and what it costs per large message.
+
+The same 1 -> 1 run as bench/scale.py's large rows (`hare perf --size N`, the broker's CPU
+time per consumed message), with the broker's worker threads placed four ways; the load
+generator is left free in every case:
+
+- default: two worker threads on a 2-core machine (one per core), the kernel places them;
+- one worker: TOKIO_WORKER_THREADS=1 for the broker only;
+- one CPU: the broker's threads all on CPU 0 (its affinity set before it starts);
+- one per CPU: worker thread i on CPU i modulo the CPUs, set once the broker is up.
+
+Placements alternate within each round, each on a fresh broker.
+
+Usage: bench/threads.sh   (SIZE=65536 ROUNDS=3 DURATION=10; writes bench/results/)
+"""
+
+import datetime
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare  # noqa: E402  (broker launcher and the perf runner)
+import scale  # noqa: E402  (the large-message measurement)
+
+SIZE = int(os.environ.get("SIZE", "65536"))
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+
+
+class Placed(compare.Hare):
+    """Hare started with its threads placed as `mode` says."""
+
+    def __init__(self, mode):
+        super().__init__()
+        self.mode = mode
+
+    def start(self, fresh=True, memory_limit_mib=None):
+        env = dict(os.environ)
+        if self.mode == "one worker":
+            env["TOKIO_WORKER_THREADS"] = "1"
+        pin = (lambda: os.sched_setaffinity(0, {0})) if self.mode == "one CPU" else None
+        # compare.Hare.start with the environment and affinity of this placement.
+        if fresh:
+            compare.shutil.rmtree(self.dir, ignore_errors=True)
+            os.makedirs(self.dir)
+        self.log = open(os.path.join(self.dir, "hare.log"), "a")
+        self.proc = subprocess.Popen(
+            [compare.HARE, "--port", str(self.port), "--management-port", str(self.http_port),
+             "--data-dir", os.path.join(self.dir, "data"), "--log", "warn"],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, preexec_fn=pin,
+        )
+        if not compare.wait_port(self.port, time.monotonic() + 300):
+            raise RuntimeError("hare did not start")
+        if self.mode == "one per CPU":
+            cpus = sorted(os.sched_getaffinity(0))
+            workers = [t for t in os.listdir(f"/proc/{self.proc.pid}/task")
+                       if open(f"/proc/{self.proc.pid}/task/{t}/comm").read().strip() == "tokio-rt-worker"]
+            for i, t in enumerate(sorted(workers, key=int)):
+                os.sched_setaffinity(int(t), {cpus[i % len(cpus)]})
+
+
+MODES = ["default", "one worker", "one CPU", "one per CPU"]
+
+
+def main():
+    if len(os.sched_getaffinity(0)) < 2:
+        sys.exit("threads.py needs at least 2 CPUs")
+    got = {m: [] for m in MODES}
+    for r in range(ROUNDS):
+        for m in MODES:
+            b = Placed(m)
+            b.start()
+            try:
+                got[m].append(scale.large(b, SIZE))
+            finally:
+                b.stop()
+            print(f"round {r + 1} | {m}: {got[m][-1][0]:,.0f} msg/s, {got[m][-1][1]:.1f} µs per message", flush=True)
+    date = datetime.date.today().isoformat()
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=compare.ROOT).stdout.strip()
+    lines = [
+        f"# Broker thread placement, {SIZE} B messages, 1 -> 1 ({date})",
+        "",
+        f"Hare at {rev}, {os.cpu_count()} cores, `bench/threads.sh`: {ROUNDS} rounds of "
+        f"{scale.DURATION:.0f} s of `hare perf --size {SIZE}`, placements alternated, each on a fresh broker.",
+        "The load generator is never pinned. Broker CPU time (user + system) per consumed message.",
+        "",
+        "| placement | consumed msg/s | broker CPU µs per message | runs (µs) |",
+        "|---|---:|---:|---|",
+    ]
+    for m in MODES:
+        rates = [x[0] for x in got[m]]
+        cpu = [x[1] for x in got[m]]
+        lines.append(
+            f"| {m} | {sum(rates) / len(rates):,.0f} | {sum(cpu) / len(cpu):.1f} | "
+            + ", ".join(f"{c:.1f}" for c in cpu) + " |"
+        )
+    out = os.path.join(compare.ROOT, "bench", "results", f"{date}-threads-{SIZE}.md")
+    with open(out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
