@@ -207,6 +207,15 @@ def mean(xs):
     return sum(xs) / len(xs)
 
 
+def save(name, lines):
+    """Writes `lines` to bench/results/<name>.md and prints them."""
+    path = os.path.join(ROOT, "bench", "results", f"{name}.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines).rstrip("\n") + "\n")
+    print("\n".join(lines))
+    print(f"written to {path}")
+
+
 def main():
     brokers = [Hare(), RabbitMQ()]
     for b in brokers:
@@ -488,13 +497,8 @@ def write(rows):
         "|---|---|---:|---:|---:|",
     ]
     lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
-    lines.append("")
     suffix = "-rows-" + "-".join(str(r) for r in sorted(ROWS)) if ROWS else ""
-    path = os.path.join(ROOT, "bench", "results", f"{today}{suffix}.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
-    print(f"written to {path}")
+    save(f"{today}{suffix}", lines)
 
 
 if __name__ == "__main__":

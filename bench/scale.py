@@ -312,11 +312,7 @@ def main():
     ]
     lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
     suffix = "" if set(SECTIONS) >= {"topic", "queues", "durable", "storm", "large"} else "-" + "-".join(SECTIONS)
-    path = os.path.join(compare.ROOT, "bench", "results", f"{today}-scale{suffix}.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"written to {path}")
+    compare.save(f"{today}-scale{suffix}", lines)
 
 
 if __name__ == "__main__":

@@ -128,12 +128,7 @@ def main():
         "|---|---:|---:|---:|",
     ]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    lines.append("")
-    path = os.path.join(ROOT, "bench", "results", f"{today}-security.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
-    print(f"written to {path}")
+    compare.save(f"{today}-security", lines)
 
 
 if __name__ == "__main__":

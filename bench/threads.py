@@ -93,14 +93,10 @@ def main():
         rates = [x[0] for x in got[m]]
         cpu = [x[1] for x in got[m]]
         lines.append(
-            f"| {m} | {sum(rates) / len(rates):,.0f} | {sum(cpu) / len(cpu):.1f} | "
+            f"| {m} | {compare.mean(rates):,.0f} | {compare.mean(cpu):.1f} | "
             + ", ".join(f"{c:.1f}" for c in cpu) + " |"
         )
-    out = os.path.join(compare.ROOT, "bench", "results", f"{date}-threads-{SIZE}.md")
-    with open(out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"written to {out}")
+    compare.save(f"{date}-threads-{SIZE}", lines)
 
 
 if __name__ == "__main__":
