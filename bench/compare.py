@@ -68,6 +68,9 @@ class Hare:
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="hare-bench-")
         self.proc = None
+        # The broker's environment (None: this one's) and what runs in it before it starts.
+        self.env = None
+        self.preexec = None
 
     def start(self, fresh=True, memory_limit_mib=None):
         if fresh:
@@ -80,6 +83,8 @@ class Hare:
             [HARE, "--port", str(self.port), "--management-port", str(self.http_port), "--data-dir", os.path.join(self.dir, "data"), "--log", "warn", *limit],
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            env=self.env,
+            preexec_fn=self.preexec,
         )
         if not wait_port(self.port, time.monotonic() + 300):
             raise RuntimeError("hare did not start")

@@ -19,7 +19,6 @@ import datetime
 import os
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare  # noqa: E402  (broker launcher and the perf runner)
@@ -37,28 +36,18 @@ class Placed(compare.Hare):
         self.mode = mode
 
     def start(self, fresh=True, memory_limit_mib=None):
-        env = dict(os.environ)
         if self.mode == "one worker":
-            env["TOKIO_WORKER_THREADS"] = "1"
-        pin = (lambda: os.sched_setaffinity(0, {0})) if self.mode == "one CPU" else None
-        # compare.Hare.start with the environment and affinity of this placement.
-        if fresh:
-            compare.shutil.rmtree(self.dir, ignore_errors=True)
-            os.makedirs(self.dir)
-        self.log = open(os.path.join(self.dir, "hare.log"), "a")
-        self.proc = subprocess.Popen(
-            [compare.HARE, "--port", str(self.port), "--management-port", str(self.http_port),
-             "--data-dir", os.path.join(self.dir, "data"), "--log", "warn"],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env, preexec_fn=pin,
-        )
-        if not compare.wait_port(self.port, time.monotonic() + 300):
-            raise RuntimeError("hare did not start")
+            self.env = dict(os.environ, TOKIO_WORKER_THREADS="1")
+        if self.mode == "one CPU":
+            self.preexec = lambda: os.sched_setaffinity(0, {0})
+        took = super().start(fresh, memory_limit_mib)
         if self.mode == "one per CPU":
             cpus = sorted(os.sched_getaffinity(0))
             workers = [t for t in os.listdir(f"/proc/{self.proc.pid}/task")
                        if open(f"/proc/{self.proc.pid}/task/{t}/comm").read().strip() == "tokio-rt-worker"]
             for i, t in enumerate(sorted(workers, key=int)):
                 os.sched_setaffinity(int(t), {cpus[i % len(cpus)]})
+        return took
 
 
 MODES = ["default", "one worker", "one CPU", "one per CPU"]
