@@ -7,8 +7,10 @@ generator is left free in every case:
 
 - default: two worker threads on a 2-core machine (one per core), the kernel places them;
 - one worker: TOKIO_WORKER_THREADS=1 for the broker only;
-- one CPU: the broker's threads all on CPU 0 (its affinity set before it starts);
-- one per CPU: worker thread i on CPU i modulo the CPUs, set once the broker is up.
+- one CPU: the broker's threads all on the first CPU it may use (set before it starts);
+- one per CPU: worker thread i on CPU i modulo the CPUs, set once the broker is up (its
+  threads named tokio-rt-worker then are the workers: blocking threads, named alike, come
+  later).
 
 Placements alternate within each round, each on a fresh broker.
 
@@ -39,7 +41,8 @@ class Placed(compare.Hare):
         if self.mode == "one worker":
             self.env = dict(os.environ, TOKIO_WORKER_THREADS="1")
         if self.mode == "one CPU":
-            self.preexec = lambda: os.sched_setaffinity(0, {0})
+            first = min(os.sched_getaffinity(0))
+            self.preexec = lambda: os.sched_setaffinity(0, {first})
         took = super().start(fresh, memory_limit_mib)
         if self.mode == "one per CPU":
             cpus = sorted(os.sched_getaffinity(0))
