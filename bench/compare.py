@@ -212,6 +212,11 @@ def mean(xs):
     return sum(xs) / len(xs)
 
 
+def revision():
+    """The commit Hare is built from, short."""
+    return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
 def save(name, lines):
     """Writes `lines` to bench/results/<name>.md and prints them."""
     path = os.path.join(ROOT, "bench", "results", f"{name}.md")
@@ -489,7 +494,7 @@ def write(rows):
     today = datetime.date.today().isoformat()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     rmq = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "rabbitmq-server"], capture_output=True, text=True).stdout
-    hare = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    hare = revision()
     lines = [
         f"# Hare vs RabbitMQ, {today}",
         "",

@@ -299,7 +299,7 @@ def main():
         rows.append((f"{QUEUES:,} idle non-durable queues", "broker KiB per queue", f"{h:.2f}", f"{q:.2f}", f"{h / q:.2f}"))
     today = datetime.date.today().isoformat()
     rmq = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "rabbitmq-server"], capture_output=True, text=True).stdout
-    hare = subprocess.run(["git", "-C", compare.ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    hare = compare.revision()
     lines = [
         f"# Scale: Hare vs RabbitMQ, {today}",
         "",

@@ -116,7 +116,7 @@ def main():
                      plain, lambda *a: perf(plain, *a), sealed, lambda *a: perf(sealed, *a)))
     print(rows[-1], flush=True)
     today = datetime.date.today().isoformat()
-    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    head = compare.revision()
     lines = [
         f"# The cost of TLS and of encryption at rest, {today}",
         "",

@@ -21,7 +21,6 @@ Usage: bench/threads.sh   (SIZE=65536 ROUNDS=3 DURATION=10; writes bench/results
 
 import datetime
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -73,7 +72,7 @@ def main():
                 b.stop()
             print(f"round {r + 1} | {m}: {got[m][-1][0]:,.0f} msg/s, {got[m][-1][1]:.1f} µs per message", flush=True)
     date = datetime.date.today().isoformat()
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=compare.ROOT).stdout.strip()
+    rev = compare.revision()
     lines = [
         f"# Broker thread placement, {SIZE} B messages, 1 -> 1 ({date})",
         "",
