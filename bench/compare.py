@@ -65,12 +65,17 @@ class Hare:
     port = 5701
     http_port = 15701
 
-    def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="hare-bench-")
+    # The broker's environment (None: this one's), what runs in it before it starts, and
+    # flags added to its command line. Class attributes, so a subclass has them whatever its
+    # __init__ does.
+    env = None
+    preexec = None
+    extra = ()
+
+    def __init__(self, prefix="hare-bench-", extra=()):
+        self.dir = tempfile.mkdtemp(prefix=prefix)
         self.proc = None
-        # The broker's environment (None: this one's) and what runs in it before it starts.
-        self.env = None
-        self.preexec = None
+        self.extra = list(extra)
 
     def start(self, fresh=True, memory_limit_mib=None):
         if fresh:
@@ -80,7 +85,7 @@ class Hare:
         started = time.monotonic()
         limit = ["--memory-limit", f"{memory_limit_mib}MiB"] if memory_limit_mib else []
         self.proc = subprocess.Popen(
-            [HARE, "--port", str(self.port), "--management-port", str(self.http_port), "--data-dir", os.path.join(self.dir, "data"), "--log", "warn", *limit],
+            [HARE, "--port", str(self.port), "--management-port", str(self.http_port), "--data-dir", os.path.join(self.dir, "data"), "--log", "warn", *limit, *self.extra],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env=self.env,

@@ -21,27 +21,17 @@ class Hare(compare.Hare):
     """compare.py's Hare with extra flags; AMQPS on port + 1 when TLS is on."""
 
     def __init__(self, extra=(), tls_dir=None):
-        super().__init__()
-        self.extra = list(extra)
-        self.tls_dir = tls_dir
         if tls_dir:
-            self.extra += ["--tls-cert", f"{tls_dir}/server.pem", "--tls-key", f"{tls_dir}/server.key",
-                           "--tls-port", str(self.port + 1)]
+            extra = [*extra, "--tls-cert", f"{tls_dir}/server.pem", "--tls-key", f"{tls_dir}/server.key",
+                     "--tls-port", str(self.port + 1)]
+        super().__init__(extra=extra)
+        self.tls_dir = tls_dir
 
     def start(self, fresh=True, memory_limit_mib=None):
-        import shutil
-
-        if fresh:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            os.makedirs(self.dir)
-        self.log = open(os.path.join(self.dir, "hare.log"), "a")
-        self.proc = subprocess.Popen(
-            [HARE, "--port", str(self.port), "--management-port", str(self.http_port),
-             "--data-dir", os.path.join(self.dir, "data"), "--log", "warn", *self.extra],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        if not wait_port(self.port, deadline) or (self.tls_dir and not wait_port(self.port + 1, deadline)):
-            raise RuntimeError("hare did not start")
+        took = super().start(fresh, memory_limit_mib)
+        if self.tls_dir and not wait_port(self.port + 1, time.monotonic() + 60):
+            raise RuntimeError("hare did not open its AMQPS port")
+        return took
 
 
 class Tls:

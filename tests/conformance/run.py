@@ -17,8 +17,7 @@ class Hare(compare.Hare):
     port = int(os.environ.get("CONFORMANCE_HARE_PORT", "5711"))
 
     def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="hare-conformance-")
-        self.proc = None
+        super().__init__(prefix="hare-conformance-")
 
 
 class RabbitMQ(compare.RabbitMQ):
