@@ -46,7 +46,7 @@ fn main() -> ExitCode {
     tracing::info!("file descriptors: up to {} for queue files, {} for connections", fds.files, fds.connections);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        // An idle worker gives back the read buffers it kept after a burst of large messages.
+        // An idle worker gives back the pooled read buffers once a burst of large messages is over.
         .on_thread_park(|| hare::server::read_buf::trim_if_idle(std::time::Instant::now()))
         .build()
     {
