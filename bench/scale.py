@@ -14,9 +14,9 @@ Rows so far:
 - large messages: 1 -> 1 with 64 KiB and 1 MiB bodies, the rate and the broker's CPU time
   (user + system, from /proc) per message, beside the kernel's floor: the CPU per message of
   a bare relay between two loopback sockets (examples/tcp_floor.rs), which no broker that
-  receives and sends each message over TCP can go below.
+  receives and sends each message over TCP can go below; LARGE_ROUNDS alternated rounds.
 Usage: bench/scale.sh   (SECTIONS=topic,queues,durable,storm,large BINDINGS=10000,100000
-QUEUES=20000 DURABLE=20000 STORM=3000 DURATION=10)"""
+QUEUES=20000 DURABLE=20000 STORM=3000 DURATION=10 LARGE_ROUNDS=3)"""
 import datetime
 import json
 import os
@@ -39,6 +39,9 @@ STORM = int(os.environ.get("STORM", "3000"))
 DURABLE_DEADLINE = float(os.environ.get("DURABLE_DEADLINE", "1200"))
 SECTIONS = os.environ.get("SECTIONS", "topic,queues,durable,storm,large").split(",")
 LARGE = [64 * 1024, 1024 * 1024]
+# The large-message rows are the noisiest (each broker's CPU per message moves by a tenth from
+# run to run), so they run LARGE_ROUNDS rounds, alternating the brokers, and show the mean.
+LARGE_ROUNDS = int(os.environ.get("LARGE_ROUNDS", "3"))
 
 
 def settled_rss(broker):
@@ -174,6 +177,11 @@ def floor(size):
     return r["per_sec"], r["cpu_us_per_message"]
 
 
+def mean_runs(runs):
+    """The mean rate and the mean CPU per message of (rate, CPU) pairs."""
+    return sum(r for r, _ in runs) / len(runs), sum(c for _, c in runs) / len(runs)
+
+
 def main():
     brokers = [compare.Hare(), compare.RabbitMQ()]
     rows = []
@@ -183,19 +191,19 @@ def main():
     per_queue = {}
     durable, durable_rss, restart, lat, big = {}, {}, {}, {}, {}
     floors = {}
-    if "large" in SECTIONS:
+    for r in range(LARGE_ROUNDS if "large" in SECTIONS else 0):
         for size in LARGE:
-            floors[size] = floor(size)
-            log(f"large | kernel floor (bare TCP relay), {size} B: {floors[size]}")
-    for b in brokers:
-        if "large" in SECTIONS:
+            floors.setdefault(size, []).append(floor(size))
+            log(f"large | round {r + 1}, kernel floor (bare TCP relay), {size} B: {floors[size][-1]}")
+        for b in brokers:
             for size in LARGE:
                 b.start()
                 try:
-                    big[(b.name, size)] = large(b, size)
+                    big.setdefault((b.name, size), []).append(large(b, size))
                 finally:
                     b.stop()
-                log(f"large | {b.name}, {size} B: {big[(b.name, size)]}")
+                log(f"large | round {r + 1}, {b.name}, {size} B: {big[(b.name, size)][-1]}")
+    for b in brokers:
         if "durable" in SECTIONS:
             b.start()
             try:
@@ -249,10 +257,14 @@ def main():
         log(f"queues | {b.name}: {per_queue[b.name]:.2f} KiB per idle queue")
     for size in LARGE if big else []:
         label = f"{size // 1024} KiB" if size < 1024 * 1024 else f"{size // (1024 * 1024)} MiB"
-        (hr, hc), (qr, qc) = big[("Hare", size)], big[("RabbitMQ", size)]
+        hruns, qruns = big[("Hare", size)], big[("RabbitMQ", size)]
+        (hr, hc), (qr, qc) = mean_runs(hruns), mean_runs(qruns)
         rows.append((f"1->1, {label} messages", "consumed msg/s", f"{hr:,.0f}", f"{qr:,.0f}", f"{hr / qr:.2f}"))
-        rows.append((f"1->1, {label} messages", "broker CPU µs per message", f"{hc:,.0f}", f"{qc:,.0f}", f"{hc / qc:.2f}"))
-        fr, fc = floors[size]
+        rows.append((f"1->1, {label} messages", "broker CPU µs per message", f"{hc:,.1f}", f"{qc:,.1f}", f"{hc / qc:.2f}"))
+        each = lambda runs: " / ".join(f"{c:,.1f}" for _, c in runs)
+        ratios = " / ".join(f"{h[1] / q[1]:.2f}" for h, q in zip(hruns, qruns))
+        rows.append((f"1->1, {label}: each round", "broker CPU µs per message", each(hruns), each(qruns), ratios))
+        fr, fc = mean_runs(floors[size])
         rows.append(
             # Not a broker: the floor's CPU per message (in the Hare column) and its ratio to RabbitMQ's.
             (f"1->1, {label}: a bare TCP relay, the kernel's floor ({fr:,.0f} msg/s)", "relay CPU µs per message", f"{fc:.1f}", "", f"{fc / qc:.2f}")
@@ -306,6 +318,7 @@ def main():
         f"Hare at {hare}; RabbitMQ {rmq} from Debian's packages. {os.cpu_count()} cores.",
         f"Each run on a fresh broker, {DURATION:.0f} s of `hare perf --exchange topic --size 64`.",
         "Memory rows: the broker's RSS once settled, after minus before, divided by the count.",
+        f"Large-message rows: {DURATION:.0f} s of `hare perf --size <size>` per run, {LARGE_ROUNDS} rounds alternating the brokers, the mean.",
         "",
         "| scenario | metric | Hare | RabbitMQ | Hare / RabbitMQ |",
         "|---|---|---:|---:|---:|",
