@@ -157,20 +157,6 @@ pub fn spawn_monitor(
         loop {
             tick.tick().await;
             let rss = resident_bytes();
-            // Past half the limit, queues page to disk so the limit is not reached.
-            let pressure = rss.is_some_and(|r| r > memory_limit / 2);
-            broker.set_memory_pressure(pressure);
-            if pressure {
-                let b = broker.clone();
-                // Copying messages into log buffers is work for a blocking thread. Then the
-                // allocator gives what was freed back to the system: glibc keeps freed heap
-                // memory otherwise, and resident memory (what this alarm reads) would not fall.
-                let _ = tokio::task::spawn_blocking(move || {
-                    b.page_out();
-                    release_free_memory();
-                })
-                .await;
-            }
             let free = disk.as_ref().and_then(|d| free_disk_bytes(&d.path).map(|f| (f, d.free_limit)));
             let reason = match (broker.storage_failure(), rss, free) {
                 (Some(disk), _, _) => Some(format!("disk writes are failing: {disk}")),
@@ -197,6 +183,22 @@ pub fn spawn_monitor(
                     Some(r) => tracing::warn!("blocking publishers: {r}"),
                     None => tracing::info!("resource alarm cleared: publishers unblocked"),
                 }
+            }
+            // Past half the limit, queues page to disk so the limit is not reached. After the
+            // alarm above: paging waits on the disk, and publishers over the limit must be
+            // held back while it does, not once it is done.
+            let pressure = rss.is_some_and(|r| r > memory_limit / 2);
+            broker.set_memory_pressure(pressure);
+            if pressure {
+                let b = broker.clone();
+                // Copying messages into log buffers is work for a blocking thread. Then the
+                // allocator gives what was freed back to the system: glibc keeps freed heap
+                // memory otherwise, and resident memory (what this alarm reads) would not fall.
+                let _ = tokio::task::spawn_blocking(move || {
+                    b.page_out();
+                    release_free_memory();
+                })
+                .await;
             }
             if tx.is_closed() {
                 return;
