@@ -223,8 +223,13 @@ def revision():
 
 
 def save(name, lines):
-    """Writes `lines` to bench/results/<name>.md and prints them."""
+    """Writes `lines` to bench/results/<name>.md and prints them. A file of that name is kept:
+    a second run the same day goes to <name>-2.md, then -3, and so on."""
     path = os.path.join(ROOT, "bench", "results", f"{name}.md")
+    n = 2
+    while os.path.exists(path):
+        path = os.path.join(ROOT, "bench", "results", f"{name}-{n}.md")
+        n += 1
     with open(path, "w") as f:
         f.write("\n".join(lines).rstrip("\n") + "\n")
     print("\n".join(lines))
