@@ -234,6 +234,63 @@ mod tests {
         drop(held);
     }
 
+    /// Model-based: a connection's reads as `serve_io` makes them (room for half a read, a
+    /// frame begun kept), frames cut at random sizes and dropped in random order, as
+    /// deliveries are. The bytes of a frame begun survive each move, each move leaves room for
+    /// half a read, the pool stays within its bound and is used again, and no frame still held
+    /// sees its bytes change whatever buffer the pool hands back. Byte `o` of the stream read
+    /// is `o % 251`, so a frame's bytes follow from where in the stream it starts.
+    #[test]
+    fn reused_buffers_never_touch_a_frame_still_held() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        const READ: usize = 64 * 1024;
+        let byte = |o: usize| (o % 251) as u8;
+        let intact = |frame: &bytes::Bytes, at: usize| frame.iter().enumerate().all(|(i, &b)| b == byte(at + i));
+        let mut reused = 0;
+        for seed in 0..40u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let pool = Pool::new(rng.gen_range(1..5));
+            let mut buf = BytesMut::new();
+            // Frames held, each with where in the stream it starts.
+            let mut held: Vec<(bytes::Bytes, usize)> = Vec::new();
+            let (mut read, mut cut) = (0usize, 0usize);
+            for step in 0..400 {
+                if buf.capacity() - buf.len() < READ / 2 {
+                    let spares: Vec<usize> = pool.lock().buffers.iter().map(|b| b.as_ptr() as usize).collect();
+                    make_room_in(&pool, &mut buf, READ);
+                    // A spare taken back starts where its allocation does, before the spare's view.
+                    let at = buf.as_ptr() as usize;
+                    reused += spares.iter().filter(|&&p| p >= at && p < at + buf.capacity()).count();
+                    assert!(intact(&buf.clone().freeze(), cut), "seed {seed} step {step}: the frame begun is kept");
+                    assert!(buf.capacity() - buf.len() >= READ / 2, "seed {seed} step {step}: room made");
+                    assert!(pool.len() <= pool.cap, "seed {seed} step {step}: bounded");
+                }
+                // A read of up to the room left.
+                let n = rng.gen_range(1..=(buf.capacity() - buf.len()).min(READ));
+                buf.extend((read..read + n).map(byte));
+                read += n;
+                // Frames cut from what was read; some of it may stay as a frame begun.
+                while !buf.is_empty() && rng.gen_bool(0.7) {
+                    let len = rng.gen_range(1..=buf.len());
+                    held.push((buf.split_to(len).freeze(), cut));
+                    cut += len;
+                }
+                // Deliveries written: some frames go, in any order.
+                for _ in 0..rng.gen_range(0..5) {
+                    if !held.is_empty() {
+                        held.swap_remove(rng.gen_range(0..held.len()));
+                    }
+                }
+                if step % 20 == 19 {
+                    for (frame, at) in &held {
+                        assert!(intact(frame, *at), "seed {seed} step {step}: a frame still held was overwritten");
+                    }
+                }
+            }
+        }
+        assert!(reused > 100, "the pool handed buffers back {reused} times");
+    }
+
     #[test]
     fn idle_spares_are_freed_and_busy_ones_kept() {
         let pool = Pool::new(4);
