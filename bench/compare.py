@@ -2,6 +2,7 @@
 
 Both brokers run on this machine, on their own ports and data directories, one at a time,
 loaded by the same `hare perf`. Throughput rows alternate A B A B and report the mean."""
+import atexit
 import datetime
 import json
 import os
@@ -74,6 +75,8 @@ class Hare:
 
     def __init__(self, prefix="hare-bench-", extra=()):
         self.dir = tempfile.mkdtemp(prefix=prefix)
+        # The data directory goes when the script ends: a flood (row 11) leaves gigabytes.
+        atexit.register(shutil.rmtree, self.dir, True)
         self.proc = None
         self.extra = list(extra)
 
