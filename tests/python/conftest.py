@@ -1,7 +1,9 @@
 """Starts the real hare binary on an ephemeral loopback port for each test module."""
+import atexit
 import os
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -32,6 +34,8 @@ class Hare:
     def __init__(self, extra_args=(), data_dir=None, open_files=None):
         """`open_files`: a limit on open files (soft and hard) for the broker process."""
         self.dir = tempfile.mkdtemp(prefix="hare-test-")
+        # Logs and data stay for the whole run (tests read them after a stop) and go with it.
+        atexit.register(shutil.rmtree, self.dir, True)
         self.data_dir = data_dir or os.path.join(self.dir, "data")
         self.extra_args = list(extra_args)
         self.open_files = open_files
