@@ -13,7 +13,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import DURATION, HARE, ROOT, ROUNDS, THROUGHPUT, perf, wait_port  # noqa: E402
+from compare import DURATION, HARE, ROUNDS, THROUGHPUT, perf, wait_port  # noqa: E402
 import compare  # noqa: E402
 
 
