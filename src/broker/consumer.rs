@@ -67,6 +67,11 @@ impl ConnectionSink {
     pub fn take_events(&self) -> VecDeque<ConnEvent> {
         std::mem::take(&mut *self.events.lock())
     }
+    /// Looks at the waiting events without taking them (for tests of the queues that send them).
+    #[cfg(test)]
+    pub(crate) fn waiting_events<R>(&self, f: impl FnOnce(&VecDeque<ConnEvent>) -> R) -> R {
+        f(&self.events.lock())
+    }
     pub fn has_capacity(&self) -> bool {
         self.pending.load(Ordering::Acquire) < SINK_HIGH_WATER
     }

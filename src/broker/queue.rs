@@ -871,4 +871,6 @@ impl Queue {
 }
 
 #[cfg(test)]
+mod dispatch_tests;
+#[cfg(test)]
 mod tests;
