@@ -184,7 +184,7 @@ fn main() -> ExitCode {
             memory_limit: config.memory_limit,
             disk_free_limit: config.disk_free_limit,
             data_dir: config.data_dir.clone(),
-            started_at_ms: hare::broker::queue::now_ms(),
+            started_at_ms: hare::broker::clock::now_ms(),
         };
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let api = tokio::spawn(hare::http::serve(http, https, broker, node, Some(syncer.subscribe()), async {

@@ -110,7 +110,7 @@ pub struct AuditEvent {
 impl AuditEvent {
     pub fn new(event: &'static str, by: &Actor, vhost: Option<&str>) -> AuditEvent {
         AuditEvent {
-            time_ms: super::queue::now_ms(),
+            time_ms: super::clock::now_ms(),
             event,
             user: by.user.clone(),
             source: by.source.clone(),

@@ -7,10 +7,44 @@
 //! deleting an exchange removes the bindings from it and to it. A queue's bindings are found
 //! through an index by destination, so a delete costs what that queue had, not a scan.
 
-use super::store::{BindingDef, Definitions, ExchangeDef, QueueDef};
 use crate::auth::{AccessChange, AccessState};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Durable topology of one vhost, as saved on disk. Argument tables are kept in AMQP's own
+/// encoding (hex) so every field type survives.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Definitions {
+    pub exchanges: Vec<ExchangeDef>,
+    pub queues: Vec<QueueDef>,
+    pub bindings: Vec<BindingDef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExchangeDef {
+    pub name: String,
+    pub kind: String,
+    pub internal: bool,
+    pub arguments: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QueueDef {
+    pub name: String,
+    pub arguments: String,
+    /// The queue log's id in the data directory.
+    pub log: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BindingDef {
+    pub source: String,
+    pub destination: String,
+    /// "queue" or "exchange".
+    pub destination_kind: String,
+    pub routing_key: String,
+    pub arguments: String,
+}
 
 /// One change to the saved definitions of a vhost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -3,6 +3,7 @@
 
 pub mod arguments;
 pub mod audit;
+pub mod clock;
 pub mod connections;
 pub mod consumer;
 pub mod dead_letter;
@@ -211,7 +212,7 @@ impl Broker {
 
     /// Runs queue timers (message TTL, queue expiry) in every vhost.
     pub fn tick(&self) {
-        let now = queue::now_ms();
+        let now = clock::now_ms();
         let vhosts: Vec<Arc<VHost>> = self.vhosts.read().values().cloned().collect();
         for v in vhosts {
             v.tick(now);

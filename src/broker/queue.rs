@@ -8,13 +8,13 @@
 mod state;
 
 use super::arguments::{Overflow, QueueArguments};
+use super::clock::now_ms;
 use super::consumer::{ConnEvent, Consumer, Delivery};
 use super::dead_letter::{self, Reason};
 use super::error::{AmqpError, AmqpResult};
 use super::message::Message;
 use super::stats::{self, MessageCounts};
 use super::store::{LoadedMessage, MessageLog, Pager, RecoveredQueue, StoreError};
-use super::vhost::VHost;
 use crate::protocol::{FieldTable, ShortStr};
 use parking_lot::Mutex;
 use state::QueueState;
@@ -63,10 +63,20 @@ pub struct QueueOptions {
     pub args: QueueArguments,
 }
 
-/// Wall-clock milliseconds since the epoch: message expiry is kept in it so that a TTL keeps
-/// counting across a restart.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+/// What a queue asks of the vhost it belongs to: to be visited by the vhost's timers, and to
+/// route its dead letters. The vhost implements it and the queue holds it weakly, so the queue
+/// does not depend on the layer above it.
+pub trait QueueOwner: Send + Sync {
+    /// From now on `queue`'s timers run at each of the vhost's ticks (until it is deleted).
+    fn watch_queue_timers(&self, queue: &Arc<Queue>);
+    /// The queues a dead letter published to `exchange` with `routing_key` reaches, into `out`.
+    fn route_dead_letter(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        properties: &bytes::Bytes,
+        out: &mut Vec<Arc<Queue>>,
+    ) -> AmqpResult<()>;
 }
 
 /// The time for expiry checks, read from the system only once a message with an expiry
@@ -116,8 +126,8 @@ pub struct Queue {
     deleted: AtomicBool,
     /// For a queue without a log: where to page messages when memory runs short.
     pager: Option<Pager>,
-    /// The vhost, for republishing dead letters.
-    owner: Weak<VHost>,
+    /// The vhost, for its timers and for republishing dead letters.
+    owner: Weak<dyn QueueOwner>,
     /// The queue has timers to run: a queue TTL, x-expires, or messages with an expiration.
     timed: AtomicBool,
 }
@@ -199,7 +209,7 @@ impl Queue {
         options: QueueOptions,
         log: Option<Box<dyn MessageLog>>,
         pager: Option<Pager>,
-        owner: Weak<VHost>,
+        owner: Weak<dyn QueueOwner>,
     ) -> Arc<Self> {
         // A priority queue keeps every ready message in memory, in priority order.
         let pager = pager.filter(|_| options.args.max_priority.is_none());
@@ -226,7 +236,7 @@ impl Queue {
         vhost: &str,
         options: QueueOptions,
         recovered: RecoveredQueue,
-        owner: Weak<VHost>,
+        owner: Weak<dyn QueueOwner>,
     ) -> Arc<Self> {
         let max_priority = options.args.max_priority;
         let mut st = QueueState {
@@ -402,7 +412,7 @@ impl Queue {
         if expires_at != 0 && !timed && !self.timed.swap(true, Ordering::Relaxed) {
             // The first message with an expiration: its vhost's timers visit this queue now.
             if let Some(vhost) = self.owner.upgrade() {
-                vhost.watch_timers(self);
+                vhost.watch_queue_timers(self);
             }
         }
         let priority = args.max_priority.map_or(0, |max| message.priority.min(max));
@@ -593,7 +603,7 @@ impl Queue {
         for (m, reason) in dead {
             let rk = args.dead_letter_routing_key.clone().unwrap_or_else(|| m.message.routing_key.clone());
             let letter = Arc::new(dead_letter::dead_letter(&m.message, reason, &self.name, dlx, rk.clone(), now));
-            if let Err(e) = vhost.route(dlx, &rk, &letter.properties, &mut targets) {
+            if let Err(e) = vhost.route_dead_letter(dlx, &rk, &letter.properties, &mut targets) {
                 tracing::debug!("queue '{}': dead letter dropped: {}", self.name, e.text);
                 continue;
             }

@@ -1,11 +1,11 @@
 //! What the broker core needs from storage, as traits: the core decides what to persist and
 //! when; the storage layer (`crate::storage`) decides how. Keeps file I/O out of the core.
 
+use super::definitions::{Change, Definitions};
 use super::message::Message;
 use crate::protocol::codec::{Decoder, Encoder};
 use crate::protocol::FieldTable;
 use bytes::BytesMut;
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -83,7 +83,7 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn load_access(&self) -> Result<Option<crate::auth::AccessState>, StoreError>;
     /// Appends a change to the durable definitions; returns the ticket that makes it durable.
     /// Buffered, no I/O: callers may hold their locks.
-    fn record(&self, change: &super::definitions::Change) -> u64;
+    fn record(&self, change: &Change) -> u64;
     /// The newest ticket handed out so far.
     fn last_ticket(&self) -> u64;
     /// Why disk writes are failing, if they are.
@@ -106,41 +106,6 @@ pub struct SyncStats {
     pub fsync_us: super::stats::LogHistogram,
     /// Appends (messages, acks, definition changes) made durable per round.
     pub batch: super::stats::LogHistogram,
-}
-
-/// Durable topology of one vhost, as saved on disk. Argument tables are kept in AMQP's own
-/// encoding (hex) so every field type survives.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Definitions {
-    pub exchanges: Vec<ExchangeDef>,
-    pub queues: Vec<QueueDef>,
-    pub bindings: Vec<BindingDef>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ExchangeDef {
-    pub name: String,
-    pub kind: String,
-    pub internal: bool,
-    pub arguments: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct QueueDef {
-    pub name: String,
-    pub arguments: String,
-    /// The queue log's id in the data directory.
-    pub log: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct BindingDef {
-    pub source: String,
-    pub destination: String,
-    /// "queue" or "exchange".
-    pub destination_kind: String,
-    pub routing_key: String,
-    pub arguments: String,
 }
 
 /// A field table in AMQP encoding, as hex.

@@ -4,11 +4,11 @@
 
 use super::arguments::QueueArguments;
 use super::audit::{Actor, Audit, AuditEvent};
-use super::definitions::Change;
+use super::definitions::{BindingDef, Change, ExchangeDef, QueueDef};
 use super::error::{describe_args, AmqpError, AmqpResult};
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeStats};
-use super::queue::{Queue, QueueOptions};
-use super::store::{table_to_hex, BindingDef, ExchangeDef, Pager, QueueDef, Storage};
+use super::queue::{Queue, QueueOptions, QueueOwner};
+use super::store::{table_to_hex, Pager, Storage};
 use crate::broker::FastMap;
 use crate::protocol::{FieldTable, FieldValue, ShortStr};
 use bytes::Bytes;
@@ -539,7 +539,7 @@ impl VHost {
         };
         let q = Queue::new(d.name.clone(), &self.name, options, log, pager, self.me.clone());
         if q.has_timers() {
-            self.watch_timers(&q);
+            self.watch_queue_timers(&q);
         }
         topo.queues.insert(d.name.clone(), q.clone());
         if self.audit.is_on() {
@@ -722,11 +722,6 @@ impl VHost {
         }
     }
 
-    /// From now on `q`'s timers run at each tick (until it is deleted).
-    pub(crate) fn watch_timers(&self, q: &Arc<Queue>) {
-        self.timed.lock().push(Arc::downgrade(q));
-    }
-
     /// Pages every queue's messages past its in-memory window to disk (memory is short).
     pub fn page_out(&self) -> usize {
         let queues: Vec<Arc<Queue>> = self.topology.read().queues.values().cloned().collect();
@@ -735,5 +730,20 @@ impl VHost {
 
     pub fn queue_names(&self) -> Vec<ShortStr> {
         self.topology.read().queues.keys().cloned().collect()
+    }
+}
+
+impl QueueOwner for VHost {
+    fn watch_queue_timers(&self, queue: &Arc<Queue>) {
+        self.timed.lock().push(Arc::downgrade(queue));
+    }
+    fn route_dead_letter(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        properties: &Bytes,
+        out: &mut Vec<Arc<Queue>>,
+    ) -> AmqpResult<()> {
+        self.route(exchange, routing_key, properties, out)
     }
 }

@@ -59,7 +59,7 @@ impl Ranges {
         Ok(Ranges {
             msg: Range::parse(get("msg_rates_age"), get("msg_rates_incr"), "msg_rates")?,
             lengths: Range::parse(get("lengths_age"), get("lengths_incr"), "lengths")?,
-            now_ms: crate::broker::queue::now_ms(),
+            now_ms: crate::broker::clock::now_ms(),
         })
     }
 }
@@ -400,7 +400,7 @@ pub fn node(broker: &Broker, node: &NodeInfo) -> Value {
     let disk_free = alarms::free_disk_bytes(&node.data_dir).unwrap_or(0);
     let (fd_used, fd_total) = alarms::file_descriptors();
     let alarm = broker.alarm().unwrap_or_default();
-    let now = crate::broker::queue::now_ms();
+    let now = crate::broker::clock::now_ms();
     let exchange_types: Vec<Value> = ["direct", "fanout", "headers", "topic"]
         .iter()
         .map(|t| json!({ "name": t, "description": "", "enabled": true }))

@@ -7,7 +7,7 @@ mod publish;
 
 use publish::PendingPublish;
 
-use super::connection::ConnCtx;
+use super::context::ConnCtx;
 use crate::broker::connections::{bump, ChannelCard};
 use crate::broker::consumer::{ChannelFlow, Consumer, Delivery, UnackedLimits};
 use crate::broker::exchange::{Binding, Destination};

@@ -3,6 +3,7 @@
 pub mod alarms;
 pub mod channel;
 pub mod connection;
+pub mod context;
 pub mod output;
 pub mod pending;
 pub mod read_buf;
@@ -217,7 +218,7 @@ async fn run_sampler(broker: Arc<Broker>, interval_ms: u64) {
     loop {
         tick.tick().await;
         let b = broker.clone();
-        let _ = tokio::task::spawn_blocking(move || b.sample_stats(crate::broker::queue::now_ms())).await;
+        let _ = tokio::task::spawn_blocking(move || b.sample_stats(crate::broker::clock::now_ms())).await;
     }
 }
 

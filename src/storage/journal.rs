@@ -22,8 +22,9 @@ use super::cipher::{open_maybe, KeyRing, Nonces};
 use super::record::{put_record, scan, Scanned};
 use super::syncer::{LogFile, Syncer};
 use super::write_atomically;
+use crate::broker::definitions::Definitions;
 use crate::broker::definitions::{Change, DefinitionsState, Snapshot};
-use crate::broker::store::{Definitions, StoreError};
+use crate::broker::store::StoreError;
 use bytes::BufMut;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -310,7 +311,7 @@ impl DefinitionsJournal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::store::{BindingDef, QueueDef};
+    use crate::broker::definitions::{BindingDef, QueueDef};
     use std::sync::atomic::AtomicU64;
     use std::time::{Duration, Instant};
 

@@ -20,7 +20,8 @@ pub mod record;
 pub mod syncer;
 
 use crate::broker::definitions::Change;
-use crate::broker::store::{Definitions, MessageLog, RecoveredQueue, Storage, StoreError};
+use crate::broker::definitions::Definitions;
+use crate::broker::store::{MessageLog, RecoveredQueue, Storage, StoreError};
 use cipher::KeyRing;
 use journal::DefinitionsJournal;
 use queue_log::QueueLog;

@@ -18,6 +18,7 @@
 
 use super::*;
 use crate::broker::consumer::{ChannelFlow, ConnectionSink, UnackedLimits};
+use crate::broker::vhost::VHost;
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -82,7 +83,7 @@ impl Model {
             arguments: FieldTable::default(),
             args,
         };
-        let q = Queue::new("q".into(), "/", options, None, None, Weak::new());
+        let q = Queue::new("q".into(), "/", options, None, None, Weak::<VHost>::new());
         Model {
             rng,
             q,

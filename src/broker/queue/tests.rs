@@ -3,6 +3,7 @@
 //! be in the queue.
 
 use super::*;
+use crate::broker::vhost::VHost;
 use crate::storage::DiskStorage;
 use bytes::Bytes;
 use rand::rngs::StdRng;
@@ -26,7 +27,7 @@ fn paging_queue() -> (Arc<Queue>, Arc<AtomicBool>, std::path::PathBuf) {
         args: QueueArguments::default(),
     };
     let pager = Pager { storage, pressure: pressure.clone() };
-    let q = Queue::new("paged".into(), "/", options, None, Some(pager), Weak::new());
+    let q = Queue::new("paged".into(), "/", options, None, Some(pager), Weak::<VHost>::new());
     (q, pressure, dir)
 }
 

@@ -4,7 +4,7 @@
 use super::VHost;
 use crate::broker::arguments::QueueArguments;
 use crate::broker::exchange::{Binding, Destination, Exchange, ExchangeKind};
-use crate::broker::queue::{Queue, QueueOptions, MEMORY_WINDOW, MEMORY_WINDOW_BYTES};
+use crate::broker::queue::{Queue, QueueOptions, QueueOwner, MEMORY_WINDOW, MEMORY_WINDOW_BYTES};
 use crate::broker::store::{table_from_hex, StoreError};
 use crate::protocol::ShortStr;
 
@@ -39,7 +39,7 @@ impl VHost {
             let options = QueueOptions { durable: true, exclusive_owner: None, auto_delete: false, arguments, args };
             let queue = Queue::restore(name.clone(), &self.name, options, recovered, self.me.clone());
             if queue.has_timers() {
-                self.watch_timers(&queue);
+                self.watch_queue_timers(&queue);
             }
             let (count, _) = queue.counts();
             total += count as usize;

@@ -4,7 +4,7 @@
 //! names the same problem RabbitMQ's would. The grant is the connection's, recompiled when
 //! permissions change (see `ConnCtx::grant`).
 
-use super::super::connection::ConnCtx;
+use super::super::context::ConnCtx;
 use crate::auth::grant::{Kind, Perm};
 use crate::broker::audit::AuditEvent;
 use crate::broker::exchange::{Destination, ExchangeKind};

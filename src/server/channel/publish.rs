@@ -10,7 +10,7 @@ use crate::broker::{AmqpError, AmqpResult, DIRECT_REPLY_TO};
 use crate::protocol::constants::NO_ROUTE;
 use crate::protocol::method::*;
 use crate::protocol::{BasicProperties, ContentHeader, ShortStr};
-use crate::server::connection::ConnCtx;
+use crate::server::context::ConnCtx;
 use bytes::Bytes;
 use std::sync::Arc;
 
