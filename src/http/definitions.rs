@@ -6,8 +6,8 @@
 //! permissions and topic permissions. Policies and parameters are exported empty and ignored
 //! on import: the broker has none.
 
-use super::access::actor;
 use super::json::{table, API_VERSION};
+use super::principal::actor;
 use super::write::{arguments_of, flag};
 use super::{error, Api};
 use crate::auth::{AccessChange, PermissionDef, TopicPermissionDef, VhostDef};

@@ -2,7 +2,7 @@
 //! healthy, 503 with `{"status":"failed","reason":...}` when not; and the aliveness test,
 //! which declares a queue, publishes to it and gets the message back.
 
-use super::access::actor;
+use super::principal::actor;
 use super::{error, not_found, Api};
 use crate::broker::message::Message;
 use crate::broker::vhost::QueueDeclaration;

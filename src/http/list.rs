@@ -69,7 +69,7 @@ fn bad_request(reason: &str) -> Response {
 /// The list as RabbitMQ answers it, given the request's query parameters.
 pub fn respond(mut items: Vec<Value>, query: &HashMap<String, String>) -> Response {
     // A management user sees only the vhosts it has permissions in.
-    items.retain(|v| v.get("vhost").and_then(Value::as_str).is_none_or(super::access::current_may_see));
+    items.retain(|v| v.get("vhost").and_then(Value::as_str).is_none_or(super::principal::current_may_see));
     let total = items.len();
     if let Some(sort) = query.get("sort").filter(|s| !s.is_empty()) {
         items.sort_by(|a, b| compare(field(a, sort), field(b, sort)));

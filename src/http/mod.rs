@@ -22,6 +22,7 @@ mod json;
 mod list;
 mod metrics;
 mod page;
+mod principal;
 mod write;
 
 use crate::broker::Broker;
@@ -282,9 +283,9 @@ async fn authenticate(
         }
         return r;
     };
-    let mut principal = access::Principal::of(&api, &user);
+    let mut principal = principal::Principal::of(&api, &user);
     principal.source = Some(peer.to_string());
-    if let Err(r) = access::authorise(&principal, request.method(), request.uri().path()) {
+    if let Err(r) = principal::authorise(&principal, request.method(), request.uri().path()) {
         let audit = api.broker.audit();
         if audit.is_on() {
             let by = crate::broker::audit::Actor::http(&principal.name, principal.source.clone());
@@ -296,7 +297,7 @@ async fn authenticate(
         }
         return r;
     }
-    access::PRINCIPAL.scope(principal, next.run(request)).await
+    principal::PRINCIPAL.scope(principal, next.run(request)).await
 }
 
 /// The sample ranges a request asks for (`msg_rates_age`, `lengths_age`, ...); a malformed
@@ -320,7 +321,7 @@ async fn vhosts(State(api): State<Api>, Query(q): ListQuery) -> Response {
         .broker
         .vhosts()
         .iter()
-        .filter(|v| access::current_may_see(&v.name))
+        .filter(|v| principal::current_may_see(&v.name))
         .map(|v| json::vhost(v, access.vhost(&v.name)))
         .collect();
     list::respond(items, &q)

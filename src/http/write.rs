@@ -2,8 +2,8 @@
 //! unbind, publish and get, as RabbitMQ's plugin takes them. A durable change is answered once
 //! it is on disk, as over AMQP.
 
-use super::access::actor;
 use super::json::table;
+use super::principal::actor;
 use super::{error, not_found, Api};
 use crate::auth::grant::{Kind, Perm};
 use crate::broker::exchange::{Binding, Destination};
@@ -79,13 +79,13 @@ fn vhost_of(api: &Api, name: &str) -> Option<Arc<VHost>> {
 /// the vhost of the path (an administrator too, as in RabbitMQ). A refusal is RabbitMQ's 401
 /// with the AMQP text.
 fn permitted(api: &Api, vhost: &str, checks: &[(Kind, &str, Perm)]) -> Result<(), Response> {
-    let Ok(user) = super::access::PRINCIPAL.try_with(|p| p.name.clone()) else { return Ok(()) };
+    let Ok(user) = super::principal::PRINCIPAL.try_with(|p| p.name.clone()) else { return Ok(()) };
     let grant = api.broker.grant(&user, vhost);
     for &(kind, name, perm) in checks {
         if let Err(r) = grant.check(kind, name, perm) {
             let audit = api.broker.audit();
             if audit.is_on() {
-                let e = crate::broker::audit::AuditEvent::new("access.refused", &super::access::actor(), Some(vhost))
+                let e = crate::broker::audit::AuditEvent::new("access.refused", &actor(), Some(vhost))
                     .with("kind", kind.name())
                     .with("name", name)
                     .with("permission", perm.name())
