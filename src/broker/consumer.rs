@@ -1,8 +1,11 @@
 //! Consumers as queues see them, and the sink through which a queue hands deliveries to the
 //! connection that owns the consumer. Credit (prefetch and outbound bytes) is checked here so a
 //! slow consumer can never make the broker buffer without bound.
+//!
+//! A delivery carries its [`Origin`], the queue it came from, as a trait: channels settle
+//! through it and sinks wake it when they have room again, without knowing the queue's kind.
 
-use super::queue::{Queue, QueuedMessage};
+use super::message::QueuedMessage;
 use crate::protocol::{FieldTable, ShortStr};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -12,6 +15,24 @@ use tokio::sync::Notify;
 
 /// Outbound bytes of deliveries a connection may have queued before queues stop dispatching to it.
 pub const SINK_HIGH_WATER: usize = 4 * 1024 * 1024;
+
+/// The queue a delivery came from, as the channel that received it settles with it. Each
+/// call says what became of deliveries; the queue acts on it and hands out what it can next.
+pub trait Origin: Send + Sync + std::fmt::Debug {
+    /// Acknowledged: gone for good.
+    fn acked(self: Arc<Self>, messages: &[QueuedMessage]);
+    /// Rejected or nacked without requeue: settled, and dead-lettered if the queue does that.
+    fn rejected(self: Arc<Self>, messages: Vec<QueuedMessage>);
+    /// Nacked or rejected with requeue, or left unacknowledged by a closed channel: back at
+    /// their places, marked redelivered.
+    fn requeued(self: Arc<Self>, messages: Vec<QueuedMessage>);
+    /// Never reached its consumer (cancelled, or its channel closed, meanwhile): back as it was.
+    fn undelivered(self: Arc<Self>, message: QueuedMessage, counted_unacked: bool);
+    /// Written out to a no-ack consumer: settled now.
+    fn sent_no_ack(&self, message: &QueuedMessage);
+    /// Credit or sink room came back: hand out ready messages again.
+    fn redispatch(self: Arc<Self>);
+}
 
 /// What a queue (or the broker) tells a connection.
 #[derive(Debug)]
@@ -29,7 +50,7 @@ pub struct Delivery {
     pub channel: u16,
     pub consumer_tag: ShortStr,
     /// None for direct reply-to deliveries, which have no queue.
-    pub queue: Option<Arc<Queue>>,
+    pub queue: Option<Arc<dyn Origin>>,
     pub item: QueuedMessage,
     pub no_ack: bool,
     /// Flow-control bytes charged to the sink for this delivery.
@@ -44,7 +65,7 @@ pub struct ConnectionSink {
     events: Mutex<VecDeque<ConnEvent>>,
     ready: Notify,
     pending: AtomicUsize,
-    waiting: Mutex<Vec<Weak<Queue>>>,
+    waiting: Mutex<Vec<Weak<dyn Origin>>>,
 }
 
 impl ConnectionSink {
@@ -90,10 +111,10 @@ impl ConnectionSink {
         }
     }
     /// Remembers a queue that stopped dispatching for lack of capacity.
-    pub fn wait_for_capacity(&self, queue: &Arc<Queue>) {
+    pub fn wait_for_capacity<Q: Origin + 'static>(&self, queue: &Arc<Q>) {
         let mut w = self.waiting.lock();
-        if !w.iter().any(|q| q.as_ptr() == Arc::as_ptr(queue)) {
-            w.push(Arc::downgrade(queue));
+        if !w.iter().any(|q| std::ptr::addr_eq(q.as_ptr(), Arc::as_ptr(queue))) {
+            w.push(Arc::downgrade(queue) as Weak<dyn Origin>);
         }
     }
     /// Called once delivered bytes are written out; wakes queues when capacity returns.
@@ -103,7 +124,7 @@ impl ConnectionSink {
         if after < SINK_HIGH_WATER / 2 {
             let waiting = std::mem::take(&mut *self.waiting.lock());
             for q in waiting.iter().filter_map(Weak::upgrade) {
-                q.dispatch();
+                q.redispatch();
             }
         }
     }

@@ -186,6 +186,26 @@ pub fn peek_properties(raw: &[u8]) -> Peeked<'_> {
     step().unwrap_or(out)
 }
 
+/// A message waiting in a queue, or handed out and owed back to it.
+#[derive(Debug, Clone)]
+pub struct QueuedMessage {
+    /// Position in the queue; requeued messages go back to their place by it.
+    pub seq: u64,
+    pub message: Arc<Message>,
+    pub redelivered: bool,
+    /// The message is in the queue's log and must be acked there.
+    pub logged: bool,
+    /// When it expires in this queue (ms since the epoch), 0 for never.
+    pub expires_at: u64,
+    /// Times it was returned to the queue after a delivery (for x-delivery-limit).
+    pub deliveries: u32,
+    /// Its priority in this queue (0 in a queue without x-max-priority).
+    pub priority: u8,
+    /// For the latency statistics, one message in [`super::stats::STAMP_EVERY`]: when it was
+    /// enqueued, then when it was delivered ([`super::stats::stamp_now`]); 0 for the others.
+    pub stamp: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

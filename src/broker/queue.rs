@@ -9,10 +9,10 @@ mod state;
 
 use super::arguments::{Overflow, QueueArguments};
 use super::clock::now_ms;
-use super::consumer::{ConnEvent, Consumer, Delivery};
+use super::consumer::{ConnEvent, Consumer, Delivery, Origin};
 use super::dead_letter::{self, Reason};
 use super::error::{AmqpError, AmqpResult};
-use super::message::Message;
+use super::message::{Message, QueuedMessage};
 use super::stats::{self, MessageCounts};
 use super::store::{LoadedMessage, MessageLog, Pager, RecoveredQueue, StoreError};
 use crate::protocol::{FieldTable, ShortStr};
@@ -159,26 +159,6 @@ pub struct QueueStats {
     /// How fast the ready and unacknowledged counts change, per second, between the last
     /// two samples.
     pub depth_rates: (f64, f64),
-}
-
-/// A message waiting in the queue, or handed out and owed back.
-#[derive(Debug, Clone)]
-pub struct QueuedMessage {
-    /// Position in the queue; requeued messages go back to their place by it.
-    pub seq: u64,
-    pub message: Arc<Message>,
-    pub redelivered: bool,
-    /// The message is in the queue's log and must be acked there.
-    pub logged: bool,
-    /// When it expires in this queue (ms since the epoch), 0 for never.
-    pub expires_at: u64,
-    /// Times it was returned to the queue after a delivery (for x-delivery-limit).
-    pub deliveries: u32,
-    /// Its priority in this queue (0 in a queue without x-max-priority).
-    pub priority: u8,
-    /// For the latency statistics, one message in [`stats::STAMP_EVERY`]: when it was
-    /// enqueued, then when it was delivered ([`stats::stamp_now`]); 0 for the others.
-    pub stamp: u64,
 }
 
 impl QueuedMessage {
@@ -692,7 +672,7 @@ impl Queue {
             consumer.sink.send(ConnEvent::Deliver(Delivery {
                 channel: consumer.channel,
                 consumer_tag: consumer.tag.clone(),
-                queue: Some(self.clone()),
+                queue: Some(self.clone() as Arc<dyn Origin>),
                 item: m,
                 no_ack: consumer.no_ack,
                 charge,
@@ -877,6 +857,30 @@ impl Queue {
             c.sink.send(ConnEvent::ConsumerCancelled { channel: c.channel, consumer_tag: c.tag.clone() });
         }
         n
+    }
+}
+
+/// What channels tell a queue about the deliveries it made (see [`Origin`]).
+impl Origin for Queue {
+    fn acked(self: Arc<Self>, messages: &[QueuedMessage]) {
+        self.settle(messages);
+        self.dispatch();
+    }
+    fn rejected(self: Arc<Self>, messages: Vec<QueuedMessage>) {
+        self.reject(messages);
+        self.dispatch();
+    }
+    fn requeued(self: Arc<Self>, messages: Vec<QueuedMessage>) {
+        self.requeue(messages);
+    }
+    fn undelivered(self: Arc<Self>, message: QueuedMessage, counted_unacked: bool) {
+        self.requeue_undelivered(message, counted_unacked);
+    }
+    fn sent_no_ack(&self, message: &QueuedMessage) {
+        self.settle_delivered(message);
+    }
+    fn redispatch(self: Arc<Self>) {
+        self.dispatch();
     }
 }
 

@@ -9,10 +9,10 @@ use publish::PendingPublish;
 
 use super::context::ConnCtx;
 use crate::broker::connections::{bump, ChannelCard};
-use crate::broker::consumer::{ChannelFlow, Consumer, Delivery, UnackedLimits};
+use crate::broker::consumer::{ChannelFlow, Consumer, Delivery, Origin, UnackedLimits};
 use crate::broker::exchange::{Binding, Destination};
-use crate::broker::message::Message;
-use crate::broker::queue::{Queue, QueuedMessage};
+use crate::broker::message::{Message, QueuedMessage};
+use crate::broker::queue::Queue;
 use crate::broker::vhost::QueueDeclaration;
 use crate::broker::FastMap;
 use crate::broker::{AmqpError, AmqpResult, DIRECT_REPLY_TO};
@@ -26,7 +26,8 @@ use std::sync::Arc;
 /// A delivery the client has not settled yet.
 struct Unacked {
     tag: u64,
-    queue: Option<Arc<Queue>>,
+    /// None for direct reply-to deliveries.
+    queue: Option<Arc<dyn Origin>>,
     consumer: Option<Arc<Consumer>>,
     message: QueuedMessage,
 }
@@ -504,7 +505,12 @@ impl Channel {
                 ctx.out.content(self.id, &msg.properties, &msg.body);
                 if !m.no_ack {
                     self.unacked_bytes += qm.message.size() as u64;
-                    self.unacked.push_back(Unacked { tag, queue: Some(queue), consumer: None, message: qm });
+                    self.unacked.push_back(Unacked {
+                        tag,
+                        queue: Some(queue as Arc<dyn Origin>),
+                        consumer: None,
+                        message: qm,
+                    });
                     self.card.unacked.store(self.unacked.len() as u32, Ordering::Relaxed);
                 }
             }
@@ -548,7 +554,7 @@ impl Channel {
         }
         if d.no_ack && item.logged {
             if let Some(q) = &d.queue {
-                q.settle_delivered(&item);
+                q.sent_no_ack(&item);
             }
         }
         if !d.no_ack {
@@ -567,7 +573,7 @@ impl Channel {
     pub fn return_undelivered(ctx: &ConnCtx, d: Delivery) {
         ctx.sink.release(d.charge);
         if let Some(q) = d.queue {
-            q.requeue_undelivered(d.item, !d.no_ack);
+            q.undelivered(d.item, !d.no_ack);
         }
     }
 
@@ -615,7 +621,7 @@ impl Channel {
         }
         self.card.unacked.store(self.unacked.len() as u32, Ordering::Relaxed);
         let was_at_limit = self.flow.at_limit();
-        let mut by_queue: Vec<(Arc<Queue>, Vec<QueuedMessage>)> = Vec::new();
+        let mut by_queue: Vec<(Arc<dyn Origin>, Vec<QueuedMessage>)> = Vec::new();
         for u in taken {
             let size = u.message.message.size();
             self.unacked_bytes = self.unacked_bytes.saturating_sub(size as u64);
@@ -623,22 +629,16 @@ impl Channel {
                 c.settle(size);
             }
             let Some(q) = u.queue else { continue };
-            match by_queue.iter_mut().find(|(bq, _)| Arc::ptr_eq(bq, &q)) {
+            match by_queue.iter_mut().find(|(bq, _)| std::ptr::addr_eq(Arc::as_ptr(bq), Arc::as_ptr(&q))) {
                 Some((_, v)) => v.push(u.message),
                 None => by_queue.push((q, vec![u.message])),
             }
         }
         for (q, msgs) in by_queue {
             match how {
-                Settle::Requeue => q.requeue(msgs),
-                Settle::Ack => {
-                    q.settle(&msgs);
-                    q.dispatch();
-                }
-                Settle::Drop => {
-                    q.reject(msgs);
-                    q.dispatch();
-                }
+                Settle::Requeue => q.requeued(msgs),
+                Settle::Ack => q.acked(&msgs),
+                Settle::Drop => q.rejected(msgs),
             }
         }
         // Credit that spans the channel came back: queues that skipped its consumers for

@@ -4,8 +4,8 @@
 
 use super::{Channel, Settle, TxBuffer};
 use crate::broker::consumer::Delivery;
+use crate::broker::message::QueuedMessage;
 use crate::broker::message::{Body, Message};
-use crate::broker::queue::QueuedMessage;
 use crate::broker::{AmqpError, AmqpResult, DIRECT_REPLY_TO};
 use crate::protocol::constants::NO_ROUTE;
 use crate::protocol::method::*;
