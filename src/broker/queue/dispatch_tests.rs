@@ -4,8 +4,8 @@
 //!
 //! The "client" side does what a connection does with the core's types (see
 //! `server::channel`): it takes a sink's events as its writer would (returning their bytes to
-//! the sink), settles a consumer's credit before telling the queue, and hands back deliveries
-//! that reach a cancelled consumer. The checks:
+//! the sink), settles a consumer's credit before telling the queue (through [`Origin`], as a
+//! channel does), and hands back deliveries that reach a cancelled consumer. The checks:
 //! - every message published is in exactly one place: ready in the queue, waiting in a sink,
 //!   held unacknowledged by a client, or gone (acked, rejected, or sent with no-ack);
 //! - the queue's unacknowledged count is what clients and sinks hold for acknowledgement;
@@ -160,7 +160,7 @@ impl Model {
                 }
                 client.sink.release(d.charge);
                 self.returned.insert(id_of(&d.item));
-                self.q.requeue_undelivered(d.item, !d.no_ack);
+                self.q.clone().undelivered(d.item, !d.no_ack);
                 continue;
             }
             client.sink.release(d.charge);
@@ -196,18 +196,16 @@ impl Model {
             55..=69 => {
                 let taken = self.take_held(c);
                 self.gone.extend(taken.iter().map(id_of));
-                self.q.settle(&taken);
-                self.q.dispatch();
+                self.q.clone().acked(&taken);
             }
             70..=77 => {
                 let taken = self.take_held(c);
-                self.q.requeue(taken);
+                self.q.clone().requeued(taken);
             }
             78..=81 => {
                 let taken = self.take_held(c);
                 self.gone.extend(taken.iter().map(id_of));
-                self.q.reject(taken);
-                self.q.dispatch();
+                self.q.clone().rejected(taken);
             }
             82..=85 if self.clients[c].active => {
                 // basic.cancel: what the client holds stays its to settle.
@@ -227,7 +225,7 @@ impl Model {
                 for m in &held {
                     cl.consumer.settle(m.message.size());
                 }
-                self.q.requeue(held);
+                self.q.clone().requeued(held);
             }
             89..=91 if self.clients.len() < 8 => self.add_client(),
             92..=95 => {
@@ -255,10 +253,9 @@ impl Model {
                     let m = self.got.swap_remove(self.rng.gen_range(0..self.got.len()));
                     if self.rng.gen_bool(0.5) {
                         self.gone.push(id_of(&m));
-                        self.q.settle(&[m]);
-                        self.q.dispatch();
+                        self.q.clone().acked(&[m]);
                     } else {
-                        self.q.requeue([m]);
+                        self.q.clone().requeued(vec![m]);
                     }
                 }
             }
@@ -373,8 +370,7 @@ fn dispatch_loses_nothing_keeps_order_and_credit_and_never_stalls() {
                     model.clients[c].consumer.settle(m.message.size());
                 }
                 model.gone.extend(held.iter().map(id_of));
-                model.q.settle(&held);
-                model.q.dispatch();
+                model.q.clone().acked(&held);
             }
             for m in std::mem::take(&mut model.got) {
                 model.gone.push(id_of(&m));
