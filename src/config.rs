@@ -191,7 +191,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             log: "info".into(),
             heartbeat: 60,
-            memory_limit: crate::server::alarms::total_memory().map_or(1 << 30, |t| t / 10 * 4),
+            memory_limit: total_memory().map_or(1 << 30, |t| t / 10 * 4),
             // RabbitMQ's default.
             disk_free_limit: 50_000_000,
             stats_interval_ms: crate::broker::stats::SAMPLE_INTERVAL_MS,
@@ -268,11 +268,11 @@ impl Config {
             log: args.log.clone().or(file.log).unwrap_or(d.log),
             heartbeat: args.heartbeat.or(file.heartbeat).unwrap_or(d.heartbeat),
             memory_limit: match args.memory_limit.clone().or(file.memory_limit) {
-                Some(s) => crate::server::alarms::parse_memory_limit(&s).map_err(ConfigError::MemoryLimit)?,
+                Some(s) => parse_memory_limit(&s).map_err(ConfigError::MemoryLimit)?,
                 None => d.memory_limit,
             },
             disk_free_limit: match args.disk_free_limit.clone().or(file.disk_free_limit) {
-                Some(s) => crate::server::alarms::parse_size(&s).map_err(ConfigError::DiskFreeLimit)?,
+                Some(s) => parse_size(&s).map_err(ConfigError::DiskFreeLimit)?,
                 None => d.disk_free_limit,
             },
             stats_interval_ms: args.stats_interval.or(file.stats_interval).unwrap_or(d.stats_interval_ms).max(100),
@@ -283,16 +283,13 @@ impl Config {
             unacked_limits: crate::broker::consumer::UnackedLimits {
                 count: file.max_unacked_per_channel.unwrap_or(d.unacked_limits.count).max(1),
                 bytes: match file.max_unacked_bytes_per_channel {
-                    Some(s) => crate::server::alarms::parse_size(&s).map_err(ConfigError::UnackedBytes)?.max(1),
+                    Some(s) => parse_size(&s).map_err(ConfigError::UnackedBytes)?.max(1),
                     None => d.unacked_limits.bytes,
                 },
             },
             max_pending_per_source: file.max_pending_connections_per_source.unwrap_or(d.max_pending_per_source).max(1),
             tcp_sndbuf: match file.tcp_sndbuf {
-                Some(s) => crate::server::alarms::parse_size(&s)
-                    .ok()
-                    .filter(|&n| n <= 1 << 30)
-                    .ok_or(ConfigError::TcpSndbuf(s))? as u32,
+                Some(s) => parse_size(&s).ok().filter(|&n| n <= 1 << 30).ok_or(ConfigError::TcpSndbuf(s))? as u32,
                 None => d.tcp_sndbuf,
             },
             access: {
@@ -333,7 +330,7 @@ impl Config {
                 path => Some(crate::audit::AuditSettings {
                     path: path.map_or_else(|| c.data_dir.join("audit.log"), PathBuf::from),
                     max_bytes: match file.audit_log_max_bytes {
-                        Some(s) => crate::server::alarms::parse_size(&s).map_err(ConfigError::AuditLogSize)?,
+                        Some(s) => parse_size(&s).map_err(ConfigError::AuditLogSize)?,
                         None => DEFAULT_AUDIT_LOG_BYTES,
                     },
                     files: file.audit_log_files.unwrap_or(DEFAULT_AUDIT_LOG_FILES),
@@ -348,5 +345,60 @@ impl Config {
             return Err(ConfigError::FrameMax(c.frame_max));
         }
         Ok(c)
+    }
+}
+
+/// Total memory of the machine, in bytes.
+pub fn total_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Parses a memory limit: a percentage of RAM ("40%") or a size ("512MiB", "2GB", "1000000").
+pub fn parse_memory_limit(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    if let Some(pct) = s.strip_suffix('%') {
+        let p: f64 = pct.trim().parse().map_err(|_| format!("bad percentage '{s}'"))?;
+        if !(0.0..=100.0).contains(&p) {
+            return Err(format!("percentage out of range: '{s}'"));
+        }
+        let total = total_memory().ok_or("cannot read the machine's total memory")?;
+        return Ok((total as f64 * p / 100.0) as u64);
+    }
+    parse_size(s)
+}
+
+/// Parses a size in bytes: "512MiB", "2GB", "1000000".
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = [
+        ("KiB", 1u64 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+        ("KB", 1000),
+        ("MB", 1_000_000),
+        ("GB", 1_000_000_000),
+    ]
+    .iter()
+    .find_map(|(suffix, m)| s.strip_suffix(suffix).map(|n| (n, *m)))
+    .unwrap_or((s, 1));
+    let n: u64 = num.trim().parse().map_err(|_| format!("bad memory size '{s}'"))?;
+    Ok(n * mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_limits_parse() {
+        assert_eq!(parse_memory_limit("1000"), Ok(1000));
+        assert_eq!(parse_memory_limit("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_memory_limit("2GB"), Ok(2_000_000_000));
+        assert!(parse_memory_limit("40%").unwrap() > 0);
+        assert!(parse_memory_limit("abc").is_err());
+        assert!(parse_memory_limit("140%").is_err());
     }
 }

@@ -33,46 +33,6 @@ pub fn file_descriptors() -> (u64, u64) {
     (used, total)
 }
 
-/// Total memory of the machine, in bytes.
-pub fn total_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// Parses a memory limit: a percentage of RAM ("40%") or a size ("512MiB", "2GB", "1000000").
-pub fn parse_memory_limit(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    if let Some(pct) = s.strip_suffix('%') {
-        let p: f64 = pct.trim().parse().map_err(|_| format!("bad percentage '{s}'"))?;
-        if !(0.0..=100.0).contains(&p) {
-            return Err(format!("percentage out of range: '{s}'"));
-        }
-        let total = total_memory().ok_or("cannot read the machine's total memory")?;
-        return Ok((total as f64 * p / 100.0) as u64);
-    }
-    parse_size(s)
-}
-
-/// Parses a size in bytes: "512MiB", "2GB", "1000000".
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = [
-        ("KiB", 1u64 << 10),
-        ("MiB", 1 << 20),
-        ("GiB", 1 << 30),
-        ("KB", 1000),
-        ("MB", 1_000_000),
-        ("GB", 1_000_000_000),
-    ]
-    .iter()
-    .find_map(|(suffix, m)| s.strip_suffix(suffix).map(|n| (n, *m)))
-    .unwrap_or((s, 1));
-    let n: u64 = num.trim().parse().map_err(|_| format!("bad memory size '{s}'"))?;
-    Ok(n * mult)
-}
-
 /// Free bytes on the file system that holds `path` (for unprivileged users, as `df` shows).
 pub fn free_disk_bytes(path: &std::path::Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
@@ -218,15 +178,5 @@ mod tests {
         // Never less than a working minimum, whatever the limit.
         let tiny = FdBudget::new(16);
         assert!(tiny.files >= 32 && tiny.connections >= 32);
-    }
-
-    #[test]
-    fn memory_limits_parse() {
-        assert_eq!(parse_memory_limit("1000"), Ok(1000));
-        assert_eq!(parse_memory_limit("512MiB"), Ok(512 << 20));
-        assert_eq!(parse_memory_limit("2GB"), Ok(2_000_000_000));
-        assert!(parse_memory_limit("40%").unwrap() > 0);
-        assert!(parse_memory_limit("abc").is_err());
-        assert!(parse_memory_limit("140%").is_err());
     }
 }
