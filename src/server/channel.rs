@@ -505,12 +505,7 @@ impl Channel {
                 ctx.out.content(self.id, &msg.properties, &msg.body);
                 if !m.no_ack {
                     self.unacked_bytes += qm.message.size() as u64;
-                    self.unacked.push_back(Unacked {
-                        tag,
-                        queue: Some(queue as Arc<dyn Origin>),
-                        consumer: None,
-                        message: qm,
-                    });
+                    self.unacked.push_back(Unacked { tag, queue: Some(queue), consumer: None, message: qm });
                     self.card.unacked.store(self.unacked.len() as u32, Ordering::Relaxed);
                 }
             }
@@ -629,7 +624,7 @@ impl Channel {
                 c.settle(size);
             }
             let Some(q) = u.queue else { continue };
-            match by_queue.iter_mut().find(|(bq, _)| std::ptr::addr_eq(Arc::as_ptr(bq), Arc::as_ptr(&q))) {
+            match by_queue.iter_mut().find(|(bq, _)| Arc::ptr_eq(bq, &q)) {
                 Some((_, v)) => v.push(u.message),
                 None => by_queue.push((q, vec![u.message])),
             }
