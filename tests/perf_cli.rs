@@ -82,6 +82,8 @@ fn counted_confirmed_persistent_run_over_fanout() {
     assert_eq!(s["published"].as_u64(), Some(2000));
     assert_eq!(s["confirmed"].as_u64(), Some(2000));
     assert_eq!(s["consumed"].as_u64(), Some(6000));
+    // Every confirmed message's latency is counted, however many one multiple ack covers.
+    assert_eq!(s["confirm_latency"]["count"].as_u64(), Some(2000));
     assert!(s["confirm_latency"]["p50_ms"].as_f64().is_some());
 }
 

@@ -427,14 +427,26 @@ async fn produce(args: PerfArgs, index: usize, mut client: Client, stats: Arc<St
     // Send times by sequence number, for confirm latency; a ring as large as the window.
     let ring: Arc<Vec<AtomicU64>> = Arc::new((0..window.max(1)).map(|_| AtomicU64::new(0)).collect());
     let acked = Arc::new(AtomicU64::new(0));
+    // The last sequence number published (set before each batch goes out).
+    let sent = Arc::new(AtomicU64::new(0));
     let freed = Arc::new(Notify::new());
+    // Tells the confirm task the producer is done: it merges what it recorded and ends.
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
     let confirm_task = {
-        let (ring, acked, freed, stats) = (ring.clone(), acked.clone(), freed.clone(), stats.clone());
+        let (ring, acked, sent, freed, stats) =
+            (ring.clone(), acked.clone(), sent.clone(), freed.clone(), stats.clone());
         tokio::spawn(async move {
             let mut local = new_histogram();
             let mut last_merge = Instant::now();
             loop {
-                let (tag, multiple, ok) = match reader.method().await? {
+                let frame = tokio::select! {
+                    r = reader.method() => r?,
+                    _ = &mut done_rx => {
+                        Stats::record(&stats.confirm, &mut local);
+                        return Ok(());
+                    }
+                };
+                let (tag, multiple, ok) = match frame {
                     (_, Method::BasicAck(a)) => (a.delivery_tag, a.multiple, true),
                     (_, Method::BasicNack(n)) => (n.delivery_tag, n.multiple, false),
                     _ => continue,
@@ -452,12 +464,15 @@ async fn produce(args: PerfArgs, index: usize, mut client: Client, stats: Arc<St
                 } else {
                     stats.nacked.fetch_add(n, Ordering::AcqRel);
                 }
-                acked.store(prev.max(tag), Ordering::Release);
-                freed.notify_one();
-                if last_merge.elapsed() > Duration::from_millis(50) {
+                // Merged every 50 ms, and whenever everything sent is confirmed, before the
+                // producer can see it: the producer ends this task once its last confirm is
+                // in, and no latency recorded may be lost with it.
+                if tag >= sent.load(Ordering::Acquire) || last_merge.elapsed() > Duration::from_millis(50) {
                     Stats::record(&stats.confirm, &mut local);
                     last_merge = Instant::now();
                 }
+                acked.store(prev.max(tag), Ordering::Release);
+                freed.notify_one();
             }
             #[allow(unreachable_code)]
             Ok::<(), ClientError>(())
@@ -509,6 +524,7 @@ async fn produce(args: PerfArgs, index: usize, mut client: Client, stats: Arc<St
                 }
                 writer.publish(1, &exchange, &routing_key, &props, &body);
             }
+            sent.store(seq, Ordering::Release);
             writer.flush().await?;
             stats.published.fetch_add(room, Ordering::AcqRel);
         }
@@ -524,7 +540,11 @@ async fn produce(args: PerfArgs, index: usize, mut client: Client, stats: Arc<St
     }
     .await;
     stats.producers_done.fetch_add(1, Ordering::AcqRel);
-    confirm_task.abort();
+    let _ = done_tx.send(());
+    let abort = confirm_task.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(1), confirm_task).await.is_err() {
+        abort.abort();
+    }
     result
 }
 
