@@ -44,14 +44,17 @@ fn long(s: &str) -> FieldValue {
 /// gains (or counts up) the entry for this queue and reason, most recent first; the
 /// x-first-death-* headers are set once and x-last-death-* each time; a per-message
 /// expiration moves into the entry as original-expiration so the copy does not expire again.
+/// Returned beside it: the keys of its `CC` header, which it is routed to as well when
+/// `keep_cc` (no dead-letter routing key); with one, as RabbitMQ, `CC` is removed.
 pub fn dead_letter(
     m: &Message,
     reason: Reason,
     queue: &str,
     dlx: &ShortStr,
     routing_key: ShortStr,
+    keep_cc: bool,
     now_ms: u64,
-) -> Message {
+) -> (Message, Vec<ShortStr>) {
     let mut props = m.decode_properties();
     let mut headers = props.headers.take().unwrap_or_default();
     let mut deaths = match headers.remove("x-death") {
@@ -97,9 +100,15 @@ pub fn dead_letter(
     headers.insert("x-last-death-queue", long(queue));
     headers.insert("x-last-death-exchange", long(&m.exchange));
     headers.insert("x-death", FieldValue::Array(deaths));
+    let cc = if keep_cc {
+        crate::broker::message::header_routes(&headers).unwrap_or_default()
+    } else {
+        headers.remove("CC");
+        Vec::new()
+    };
     props.headers = Some(headers);
     let properties: Bytes = props.to_bytes();
-    Message::new(dlx.clone(), routing_key, properties, m.body.clone(), m.persistent)
+    (Message::new(dlx.clone(), routing_key, properties, m.body.clone(), m.persistent), cc)
 }
 
 /// RabbitMQ's cycle rule: a dead-lettered message is not delivered to a queue it already
@@ -156,7 +165,7 @@ mod tests {
     #[test]
     fn x_death_entries_are_counted_per_queue_and_reason() {
         let m = message(Some("500"));
-        let once = dead_letter(&m, Reason::Expired, "q1", &"dlx".into(), "job".into(), 5_000);
+        let once = dead_letter(&m, Reason::Expired, "q1", &"dlx".into(), "job".into(), true, 5_000).0;
         assert_eq!(once.exchange.as_str(), "dlx");
         let props = once.decode_properties();
         assert_eq!(props.expiration, None);
@@ -171,8 +180,8 @@ mod tests {
         assert_eq!(d[0].get("routing-keys"), Some(&FieldValue::Array(vec![FieldValue::string("job")])));
         assert_eq!(d[0].get("original-expiration"), Some(&FieldValue::string("500")));
 
-        let twice = dead_letter(&once, Reason::Rejected, "q2", &"dlx2".into(), "job".into(), 6_000);
-        let thrice = dead_letter(&twice, Reason::Expired, "q1", &"dlx".into(), "job".into(), 7_000);
+        let twice = dead_letter(&once, Reason::Rejected, "q2", &"dlx2".into(), "job".into(), true, 6_000).0;
+        let thrice = dead_letter(&twice, Reason::Expired, "q1", &"dlx".into(), "job".into(), true, 7_000).0;
         let d = deaths(&thrice);
         assert_eq!(d.len(), 2);
         assert_eq!(d[0].get("queue"), Some(&FieldValue::string("q1")));
@@ -186,10 +195,10 @@ mod tests {
     #[test]
     fn automatic_cycles_are_detected_rejections_break_them() {
         let m = message(None);
-        let expired = dead_letter(&m, Reason::Expired, "a", &"dlx".into(), "job".into(), 0);
+        let expired = dead_letter(&m, Reason::Expired, "a", &"dlx".into(), "job".into(), true, 0).0;
         assert!(is_cycle(&expired, "a"));
         assert!(!is_cycle(&expired, "b"));
-        let rejected = dead_letter(&m, Reason::Rejected, "a", &"dlx".into(), "job".into(), 0);
+        let rejected = dead_letter(&m, Reason::Rejected, "a", &"dlx".into(), "job".into(), true, 0).0;
         assert!(!is_cycle(&rejected, "a"));
     }
 }

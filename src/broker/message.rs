@@ -1,6 +1,6 @@
 //! A published message as the broker holds it: routing data, raw properties, body.
 
-use crate::protocol::{BasicProperties, ShortStr};
+use crate::protocol::{BasicProperties, FieldTable, FieldValue, ShortStr};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
@@ -119,6 +119,31 @@ impl Message {
     }
 }
 
+/// Sender-selected distribution, as RabbitMQ's `rabbit_basic:header_routes`: the routing keys
+/// in the `CC` and `BCC` headers (arrays; their long strings are taken, other entries are
+/// skipped), routed to as if each were the routing key too. A `CC` or `BCC` that is not an
+/// array makes the message invalid: RabbitMQ's `406 PRECONDITION_FAILED - invalid message:
+/// {unacceptable_type_in_header,"CC",longstr}`.
+pub fn header_routes(headers: &FieldTable) -> Result<Vec<ShortStr>, crate::broker::AmqpError> {
+    let mut keys = Vec::new();
+    for name in ["CC", "BCC"] {
+        match headers.get(name) {
+            None => {}
+            Some(FieldValue::Array(routes)) => keys.extend(routes.iter().filter_map(|r| match r {
+                FieldValue::LongStr(b) => Some(ShortStr::from(String::from_utf8_lossy(b).as_ref())),
+                _ => None,
+            })),
+            Some(other) => {
+                return Err(crate::broker::AmqpError::precondition_failed(format!(
+                    "invalid message: {{unacceptable_type_in_header,\"{name}\",{}}}",
+                    other.type_name()
+                )))
+            }
+        }
+    }
+    Ok(keys)
+}
+
 /// The two properties a queue needs on every publish, read without decoding the rest.
 #[derive(Debug, Default, PartialEq)]
 pub struct Peeked<'a> {
@@ -233,5 +258,23 @@ mod tests {
         assert_eq!(peek_properties(&[0x09]), Peeked::default());
         assert_eq!(peek_properties(&[0x08, 0x00]), Peeked::default());
         assert_eq!(peek_properties(&[0x08, 0x00, 5]).priority, 5);
+    }
+}
+
+#[cfg(test)]
+mod header_route_tests {
+    use super::*;
+
+    #[test]
+    fn cc_and_bcc_keys_are_read_and_other_types_refused() {
+        let mut h = FieldTable::new();
+        assert!(header_routes(&h).unwrap().is_empty());
+        h.insert("CC", FieldValue::Array(vec![FieldValue::string("a"), FieldValue::I32(1), FieldValue::string("b")]));
+        h.insert("BCC", FieldValue::Array(vec![FieldValue::string("c")]));
+        let keys: Vec<String> = header_routes(&h).unwrap().iter().map(|k| k.to_string()).collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+        h.insert("BCC", FieldValue::string("c"));
+        let e = header_routes(&h).unwrap_err();
+        assert_eq!(e.reply_text(), "PRECONDITION_FAILED - invalid message: {unacceptable_type_in_header,\"BCC\",longstr}");
     }
 }

@@ -69,11 +69,13 @@ pub struct QueueOptions {
 pub trait QueueOwner: Send + Sync {
     /// From now on `queue`'s timers run at each of the vhost's ticks (until it is deleted).
     fn watch_queue_timers(&self, queue: &Arc<Queue>);
-    /// The queues a dead letter published to `exchange` with `routing_key` reaches, into `out`.
+    /// The queues a dead letter published to `exchange` with `routing_key` (and the keys
+    /// `cc`, from its `CC` header) reaches, into `out`.
     fn route_dead_letter(
         &self,
         exchange: &str,
         routing_key: &str,
+        cc: &[crate::protocol::ShortStr],
         properties: &bytes::Bytes,
         out: &mut Vec<Arc<Queue>>,
     ) -> AmqpResult<()>;
@@ -582,8 +584,10 @@ impl Queue {
         let mut targets = Vec::new();
         for (m, reason) in dead {
             let rk = args.dead_letter_routing_key.clone().unwrap_or_else(|| m.message.routing_key.clone());
-            let letter = Arc::new(dead_letter::dead_letter(&m.message, reason, &self.name, dlx, rk.clone(), now));
-            if let Err(e) = vhost.route_dead_letter(dlx, &rk, &letter.properties, &mut targets) {
+            let keep_cc = args.dead_letter_routing_key.is_none();
+            let (letter, cc) = dead_letter::dead_letter(&m.message, reason, &self.name, dlx, rk.clone(), keep_cc, now);
+            let letter = Arc::new(letter);
+            if let Err(e) = vhost.route_dead_letter(dlx, &rk, &cc, &letter.properties, &mut targets) {
                 tracing::debug!("queue '{}': dead letter dropped: {}", self.name, e.text);
                 continue;
             }

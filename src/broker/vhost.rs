@@ -741,9 +741,10 @@ impl QueueOwner for VHost {
         &self,
         exchange: &str,
         routing_key: &str,
+        cc: &[ShortStr],
         properties: &Bytes,
         out: &mut Vec<Arc<Queue>>,
     ) -> AmqpResult<()> {
-        self.route(exchange, routing_key, properties, out)
+        self.route(exchange, routing_key, cc, properties, out)
     }
 }

@@ -333,14 +333,25 @@ pub async fn publish(State(api): State<Api>, Path((vhost, name)): Path<(String, 
         },
         other => return error(StatusCode::BAD_REQUEST, "bad_request", &format!("unknown payload_encoding '{other}'")),
     };
-    let props = properties(body.get("properties"));
+    let mut props = properties(body.get("properties"));
     let persistent = props.delivery_mode == Some(2);
     if let Err(e) = v.check_publish(&exchange) {
         return refused(e);
     }
+    // CC and BCC route as on AMQP; BCC is not delivered.
+    let cc = match props.headers.as_mut() {
+        Some(h) => match crate::broker::message::header_routes(h) {
+            Ok(keys) => {
+                h.remove("BCC");
+                keys
+            }
+            Err(e) => return refused(e),
+        },
+        None => Vec::new(),
+    };
     let message = Arc::new(Message::new(exchange.as_str().into(), key.into(), props.to_bytes(), payload, persistent));
     let mut queues = Vec::new();
-    if let Err(e) = v.route(&exchange, key, &message.properties, &mut queues) {
+    if let Err(e) = v.route(&exchange, key, &cc, &message.properties, &mut queues) {
         return refused(e);
     }
     let mut ticket = 0;

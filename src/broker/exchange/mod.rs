@@ -257,6 +257,12 @@ impl Exchange {
         &self.bindings
     }
 
+    /// Whether the routing key decides where a message goes (direct and topic; fanout and
+    /// headers exchanges ignore it, so extra keys from `CC` need not be routed twice).
+    pub fn uses_routing_key(&self) -> bool {
+        matches!(self.kind, ExchangeKind::Direct | ExchangeKind::Topic)
+    }
+
     pub fn route(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Vec<Destination>) {
         self.router.route(routing_key, headers, out)
     }

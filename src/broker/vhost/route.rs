@@ -6,7 +6,7 @@ use super::{Topology, VHost};
 use crate::broker::error::{AmqpError, AmqpResult};
 use crate::broker::exchange::{Destination, Exchange, ExchangeKind};
 use crate::broker::queue::Queue;
-use crate::protocol::{BasicProperties, FieldTable};
+use crate::protocol::{BasicProperties, FieldTable, ShortStr};
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -21,6 +21,9 @@ struct Walk<'t, 'a> {
     /// The exchange published to; it is never routed through twice.
     root: &'t str,
     routing_key: &'a str,
+    /// The keys of the `CC` and `BCC` headers, each routed to as well (see
+    /// [`crate::broker::message::header_routes`]); empty for almost every publish.
+    cc: &'a [ShortStr],
     properties: &'a Bytes,
     /// The message's headers, decoded once if a headers exchange asks for them.
     headers: &'a mut Option<Option<FieldTable>>,
@@ -46,6 +49,11 @@ impl<'t> Walk<'t, '_> {
         };
         let start = dests.len();
         ex.route(self.routing_key, table, dests);
+        if !self.cc.is_empty() && ex.uses_routing_key() {
+            for key in self.cc {
+                ex.route(key, table, dests);
+            }
+        }
         // As RabbitMQ: an exchange (the first or one reached through a binding) whose own
         // bindings matched nothing, not even another exchange, passes the message to its
         // alternate exchange. Each exchange routes a message once.
@@ -100,14 +108,16 @@ impl VHost {
 
     /// Routes a publish to its queues, following exchange-to-exchange bindings and alternate
     /// exchanges. `out` is cleared first; each queue appears once.
+    /// `cc` are the keys of the message's `CC` and `BCC` headers, routed to as well.
     pub fn route(
         &self,
         exchange: &str,
         routing_key: &str,
+        cc: &[ShortStr],
         properties: &Bytes,
         out: &mut Vec<Arc<Queue>>,
     ) -> AmqpResult<()> {
-        self.route_with(exchange, routing_key, properties, out, false)
+        self.route_with(exchange, routing_key, cc, properties, out, false)
     }
 
     /// Routes what the broker itself publishes (audit events): internal exchanges too.
@@ -118,7 +128,7 @@ impl VHost {
         properties: &Bytes,
         out: &mut Vec<Arc<Queue>>,
     ) -> AmqpResult<()> {
-        self.route_with(exchange, routing_key, properties, out, true)
+        self.route_with(exchange, routing_key, &[], properties, out, true)
     }
 
     #[inline]
@@ -126,6 +136,7 @@ impl VHost {
         &self,
         exchange: &str,
         routing_key: &str,
+        cc: &[ShortStr],
         properties: &Bytes,
         out: &mut Vec<Arc<Queue>>,
         internal_ok: bool,
@@ -135,6 +146,13 @@ impl VHost {
         if exchange.is_empty() {
             if let Some(q) = topo.queues.get(routing_key) {
                 out.push(q.clone());
+            }
+            for key in cc {
+                if let Some(q) = topo.queues.get(key.as_str()) {
+                    if !out.iter().any(|o| Arc::ptr_eq(o, q)) {
+                        out.push(q.clone());
+                    }
+                }
             }
             self.default_stats.count(out.len());
             return Ok(());
@@ -147,7 +165,7 @@ impl VHost {
         // Exchanges routed through besides the first; allocates only when bindings lead on to
         // other exchanges.
         let mut visited: Vec<&str> = Vec::new();
-        let mut walk = Walk { topo: &topo, root: ex.name.as_str(), routing_key, properties, headers: &mut headers };
+        let mut walk = Walk { topo: &topo, root: ex.name.as_str(), routing_key, cc, properties, headers: &mut headers };
         ROUTE_SCRATCH.with(|cell| match cell.try_borrow_mut() {
             Ok(mut dests) => {
                 dests.clear();

@@ -22,8 +22,12 @@ pub(super) struct PendingPublish {
     persistent: bool,
     priority: u8,
     expiration: Option<u64>,
-    /// What is wrong with the properties (user_id, expiration), raised after the exchange checks.
+    /// What is wrong with the properties (user_id, expiration, CC), raised after the exchange
+    /// checks.
     invalid: Option<AmqpError>,
+    /// The keys of the `CC` and `BCC` headers (sender-selected distribution); empty, and not
+    /// allocated, for a publish without them.
+    cc: Vec<ShortStr>,
     /// The body frames received so far, kept as they are (no copy): the message's body is
     /// made of them. The first is kept apart, so that a body of one frame (the common case)
     /// allocates nothing.
@@ -41,6 +45,7 @@ impl PendingPublish {
             priority: 0,
             expiration: None,
             invalid: None,
+            cc: Vec::new(),
             first: None,
             rest: Vec::new(),
             received: 0,
@@ -49,7 +54,7 @@ impl PendingPublish {
 }
 
 impl Channel {
-    pub fn content_header(&mut self, ctx: &mut ConnCtx, header: ContentHeader) -> AmqpResult<()> {
+    pub fn content_header(&mut self, ctx: &mut ConnCtx, mut header: ContentHeader) -> AmqpResult<()> {
         let Some(p) = &mut self.publish else {
             return Err(AmqpError::unexpected_frame("content header frame without a basic.publish before it"));
         };
@@ -70,7 +75,7 @@ impl Channel {
                 header.body_size
             )));
         }
-        let props = BasicProperties::decode(header.properties.clone())
+        let mut props = BasicProperties::decode(header.properties.clone())
             .map_err(|e| AmqpError::syntax_error(format!("malformed content header properties: {e}")))?;
         p.persistent = props.delivery_mode == Some(2);
         p.priority = props.priority.unwrap_or(0);
@@ -85,6 +90,18 @@ impl Channel {
             Some(Ok(ms)) => p.expiration = Some(ms),
             Some(Err(e)) => p.invalid = p.invalid.take().or(Some(e)),
             None => {}
+        }
+        // Sender-selected distribution: a publish whose headers hold neither CC nor BCC pays
+        // two scans of its header names for it.
+        if let Some(headers) = props.headers.as_mut().filter(|h| h.get("CC").is_some() || h.get("BCC").is_some()) {
+            match crate::broker::message::header_routes(headers) {
+                Ok(keys) => p.cc = keys,
+                Err(e) => p.invalid = p.invalid.take().or(Some(e)),
+            }
+            // As RabbitMQ: BCC is routed to but never delivered.
+            if headers.remove("BCC").is_some() {
+                header.properties = props.to_bytes();
+            }
         }
         let done = header.body_size == 0;
         p.header = Some(header);
@@ -171,11 +188,11 @@ impl Channel {
             expiration: p.expiration,
         });
         if let Some(tx) = &mut self.tx {
-            tx.publishes.push((p.method, message));
+            tx.publishes.push((p.method, message, p.cc));
             return Ok(());
         }
         crate::broker::connections::bump(&self.card.publish, 1);
-        let outcome = self.route_and_enqueue(ctx, &p.method, message)?;
+        let outcome = self.route_and_enqueue(ctx, &p.method, message, &p.cc)?;
         if self.confirm {
             self.publish_seq += 1;
             let (ticket, ok) = match outcome {
@@ -209,6 +226,7 @@ impl Channel {
         ctx: &mut ConnCtx,
         method: &BasicPublish,
         message: Arc<Message>,
+        cc: &[ShortStr],
     ) -> AmqpResult<Result<(u64, bool), String>> {
         let mut ticket = 0;
         let mut rejected = false;
@@ -243,7 +261,7 @@ impl Channel {
         } else {
             let vhost = ctx.vhost()?.clone();
             let mut queues = std::mem::take(&mut self.route_buf);
-            let result = vhost.route(&message.exchange, rk, &message.properties, &mut queues);
+            let result = vhost.route(&message.exchange, rk, cc, &message.properties, &mut queues);
             if message.persistent {
                 if let Some(reason) = ctx.broker.storage_failure() {
                     failed = Some(reason);
@@ -352,8 +370,8 @@ impl Channel {
                 _ => {}
             }
         }
-        for (method, message) in tx.publishes {
-            if let Err(reason) = self.route_and_enqueue(ctx, &method, message)? {
+        for (method, message, cc) in tx.publishes {
+            if let Err(reason) = self.route_and_enqueue(ctx, &method, message, &cc)? {
                 return Err(AmqpError::internal_error(format!("cannot store the transaction's messages: {reason}")));
             }
         }
