@@ -41,7 +41,8 @@ struct ConsumerEntry {
 /// What a transaction holds until commit.
 #[derive(Default)]
 pub(super) struct TxBuffer {
-    publishes: Vec<(BasicPublish, Arc<Message>)>,
+    /// Each publish with its message and its `CC`/`BCC` keys.
+    publishes: Vec<(BasicPublish, Arc<Message>, Vec<ShortStr>)>,
     settlements: Vec<Method>,
 }
 
@@ -114,12 +115,11 @@ impl Channel {
             )));
         }
         match method {
-            Method::ChannelFlow(m) => {
-                self.flow.paused.store(!m.active, Ordering::Release);
-                ctx.out.method(self.id, ChannelFlowOk { active: m.active });
-                if m.active {
-                    self.wake_consumer_queues();
-                }
+            // As RabbitMQ 3.x: a client may not stop the broker's deliveries with flow; it
+            // has basic.qos for that. The Go client's own tests rely on this answer.
+            Method::ChannelFlow(m) if !m.active => Err(AmqpError::not_implemented("active=false")),
+            Method::ChannelFlow(_) => {
+                ctx.out.method(self.id, ChannelFlowOk { active: true });
                 Ok(())
             }
             Method::ChannelFlowOk(_) => Ok(()),

@@ -47,6 +47,11 @@ enum State {
     Closing {
         framing_broken: bool,
     },
+    /// We answered the client's connection.close with close-ok. As RabbitMQ, the socket stays
+    /// open until the client drops it (or CLOSE_TIMEOUT passes), so the close-ok is read before
+    /// the socket ends, and another connection.close sent meanwhile (several threads of one
+    /// client closing at once) gets a close-ok of its own.
+    Draining,
     Closed,
 }
 
@@ -197,7 +202,7 @@ async fn serve_io<R, W>(
         }
         tokio::select! {
             biased;
-            _ = shutdown.changed(), if !matches!(conn.state, State::Closing { .. } | State::Closed) => {
+            _ = shutdown.changed(), if !matches!(conn.state, State::Closing { .. } | State::Draining | State::Closed) => {
                 conn.raise(0, AmqpError::new(CONNECTION_FORCED, "broker forced connection closure with reason 'shutdown'"));
             }
             _ = writer.drained.notified(), if backlogged => {}
@@ -250,7 +255,7 @@ async fn serve_io<R, W>(
                     }
                 }
             }
-            _ = sleep_until(heartbeat_at), if conn.heartbeat > 0 => {
+            _ = sleep_until(heartbeat_at), if conn.heartbeat > 0 && conn.state == State::Open => {
                 let interval = Duration::from_secs(conn.heartbeat as u64);
                 if paused {
                     // As in RabbitMQ, a blocked connection is not expected to be heard from.
@@ -281,7 +286,7 @@ async fn serve_io<R, W>(
         conn.flush(&writer);
         match conn.state {
             State::Closed => break,
-            State::Closing { .. } if deadline > Instant::now() + CLOSE_TIMEOUT => {
+            State::Closing { .. } | State::Draining if deadline > Instant::now() + CLOSE_TIMEOUT => {
                 deadline = Instant::now() + CLOSE_TIMEOUT
             }
             State::Open
@@ -294,16 +299,7 @@ async fn serve_io<R, W>(
         }
     }
     conn.cleanup();
-    if let Some(entry) = conn.entry.take() {
-        conn.ctx.broker.unregister_connection(conn.ctx.id);
-        let audit = conn.ctx.broker.audit();
-        if audit.is_on() {
-            audit.emit(
-                AuditEvent::new("connection.closed", &conn.ctx.actor, Some(&entry.vhost))
-                    .with("name", entry.name.as_str()),
-            );
-        }
-    }
+    conn.unregister();
     // Deliveries that raced with the cleanup go back to their queues.
     for ev in sink.take_events() {
         if let ConnEvent::Deliver(d) = ev {
@@ -319,6 +315,29 @@ async fn serve_io<R, W>(
 }
 
 impl Connection {
+    /// Takes the connection off the broker's list (once), with its audit event.
+    fn unregister(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            self.ctx.broker.unregister_connection(self.ctx.id);
+            let audit = self.ctx.broker.audit();
+            if audit.is_on() {
+                audit.emit(
+                    AuditEvent::new("connection.closed", &self.ctx.actor, Some(&entry.vhost))
+                        .with("name", entry.name.as_str()),
+                );
+            }
+        }
+    }
+
+    /// Answers the client's connection.close: everything is released, close-ok goes out, and
+    /// the socket waits for the client to drop it (see [`State::Draining`]).
+    fn closed_by_client(&mut self) {
+        self.cleanup();
+        self.unregister();
+        self.ctx.out.method(0, ConnectionCloseOk {});
+        self.state = State::Draining;
+    }
+
     fn flush(&mut self, writer: &WriterHandle) {
         if !self.ctx.out.is_empty() {
             let bytes = self.ctx.out.take();
@@ -422,7 +441,7 @@ impl Connection {
             );
             return;
         }
-        if matches!(self.state, State::Closing { .. } | State::Closed) {
+        if matches!(self.state, State::Closing { .. } | State::Draining | State::Closed) {
             return;
         }
         if e.code == CONNECTION_FORCED {
@@ -446,13 +465,14 @@ impl Connection {
                 return Ok(());
             }
         }
-        if let State::Closing { .. } = self.state {
+        if let State::Closing { .. } | State::Draining = self.state {
+            // As RabbitMQ's reader once closing: only channel 0's close and close-ok count.
             if let Frame::Method(0, payload) = frame {
                 match Method::decode(payload) {
                     Ok(Method::ConnectionCloseOk(_)) => self.state = State::Closed,
                     Ok(Method::ConnectionClose(_)) => {
                         self.ctx.out.method(0, ConnectionCloseOk {});
-                        self.state = State::Closed;
+                        self.state = State::Draining;
                     }
                     _ => {}
                 }
@@ -520,6 +540,13 @@ impl Connection {
                 self.count_channels();
                 Ok(())
             }
+            // The client's close crossed ours (we closed the channel for an error): as
+            // RabbitMQ's channel, answer it and wait for the close-ok to our own close, which
+            // frees the channel. The rest of the connection is untouched.
+            (Some(ch), Method::ChannelClose(_)) if ch.closing => {
+                self.ctx.out.method(c, ChannelCloseOk {});
+                Ok(())
+            }
             (Some(ch), Method::ChannelClose(_)) => {
                 ch.close(&mut self.ctx);
                 self.channels.remove(&c);
@@ -541,19 +568,13 @@ impl Connection {
             (State::AwaitTuneOk, Method::ConnectionTuneOk(m)) => self.tune_ok(m),
             (State::AwaitOpen, Method::ConnectionOpen(m)) => self.open(m),
             (State::Open, Method::ConnectionClose(_)) => {
-                self.cleanup();
-                self.ctx.out.method(0, ConnectionCloseOk {});
-                self.state = State::Closed;
+                self.closed_by_client();
                 Ok(())
             }
             (State::Open, Method::ConnectionUpdateSecret(m)) => {
-                // As RabbitMQ: the new secret must authenticate the same user.
-                let secret = String::from_utf8_lossy(&m.new_secret.0).into_owned();
-                let loopback = self.peer.ip().is_loopback();
-                if self.ctx.broker.authenticate(&self.ctx.user, &secret, loopback, "PLAIN").is_err() {
-                    tracing::warn!(peer = %self.peer, user = %self.ctx.user, "secret update refused");
-                    return Err(AmqpError::not_allowed("New secret was refused by one of the backends"));
-                }
+                // As RabbitMQ 3.10 with its internal user database: the method exists for
+                // token-based backends to extend a session; passwords are not checked again,
+                // and the connection goes on as the user it logged in as.
                 tracing::info!(peer = %self.peer, user = %self.ctx.user, reason = %m.reason, "secret updated");
                 self.ctx.out.method(0, ConnectionUpdateSecretOk {});
                 Ok(())
@@ -563,8 +584,7 @@ impl Connection {
                 Method::ConnectionCloseOk(_) | Method::ConnectionBlocked(_) | Method::ConnectionUnblocked(_),
             ) => Ok(()),
             (_, Method::ConnectionClose(_)) => {
-                self.ctx.out.method(0, ConnectionCloseOk {});
-                self.state = State::Closed;
+                self.closed_by_client();
                 Ok(())
             }
             (_, m) => Err(AmqpError::command_invalid(format!("unexpected method {} on channel 0", m.name()))),

@@ -24,8 +24,12 @@ import re
 import sys
 import time
 
+import socket
+
 import pika
 import pika.exceptions as px
+import pika.frame
+import pika.spec
 
 QUEUES = ["q1", "q2", "q3"]
 EXCHANGES = ["e1", "e2", "e3"]
@@ -214,6 +218,112 @@ def props_record(p):
     return rec
 
 
+class Raw:
+    """A connection driven frame by frame, for races a client library cannot produce on purpose
+    (both ends closing one channel at once, several connection.close in a row)."""
+
+    def __init__(self, host, port):
+        self.sock = socket.create_connection((host, port), timeout=5)
+        self.buf = b""
+        self.sock.sendall(pika.frame.ProtocolHeader().marshal())
+        self.expect(pika.spec.Connection.Start)
+        self.send(0, pika.spec.Connection.StartOk(client_properties={}, mechanism="PLAIN", response="\0guest\0guest", locale="en_US"))
+        tune = self.expect(pika.spec.Connection.Tune)
+        self.send(0, pika.spec.Connection.TuneOk(channel_max=tune.channel_max, frame_max=tune.frame_max, heartbeat=0))
+        self.send(0, pika.spec.Connection.Open(virtual_host="/"))
+        self.expect(pika.spec.Connection.OpenOk)
+
+    def send(self, channel, *methods):
+        """Sends the methods in one write, so that they reach the broker together."""
+        self.sock.sendall(b"".join(pika.frame.Method(channel, m).marshal() for m in methods))
+
+    def frame(self, deadline):
+        """The next frame, or None at the end of the stream or once the deadline passes."""
+        while True:
+            if self.buf:
+                used, f = pika.frame.decode_frame(self.buf)
+                if f is not None:
+                    self.buf = self.buf[used:]
+                    return f
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except (socket.timeout, ConnectionError):
+                return None
+            if not data:
+                return None
+            self.buf += data
+
+    def expect(self, kind):
+        f = self.frame(time.monotonic() + 5)
+        if f is None or not isinstance(getattr(f, "method", None), kind):
+            raise RuntimeError(f"expected {kind.NAME}, got {f}")
+        return f.method
+
+    def methods(self, count, seconds=2.0):
+        """What the broker sends (method names with reply codes and texts, channel numbers),
+        until `count` methods came, the stream ends, or `seconds` pass."""
+        out = []
+        deadline = time.monotonic() + seconds
+        while len(out) < count:
+            f = self.frame(deadline)
+            if f is None:
+                out.append("end of stream" if time.monotonic() < deadline else "silence")
+                break
+            m = getattr(f, "method", None)
+            if m is None:
+                continue
+            rec = [f.channel_number, m.NAME]
+            if hasattr(m, "reply_code"):
+                rec += [m.reply_code, m.reply_text]
+            out.append(rec)
+        return out
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def run_raw(s, name):
+    """The raw scenarios, each recorded as the methods the broker sent back."""
+    raw = Raw(s.host, s.port)
+    try:
+        if name == "crossing channel closes":
+            # A publish to a missing exchange and, in the same write, the client's own
+            # channel.close: the broker's close (404) and the client's cross. The client then
+            # answers the broker's close with close-ok, as the Go client does; channel 2 must
+            # still work.
+            raw.send(1, pika.spec.Channel.Open())
+            raw.send(2, pika.spec.Channel.Open())
+            got = raw.methods(2)
+            raw.send(1, pika.spec.Basic.Publish(exchange="missing", routing_key="k"))
+            # A publish without its content frames still names the exchange; RabbitMQ checks
+            # it when the content is complete, so send an empty header.
+            raw.sock.sendall(pika.frame.Header(1, 0, pika.spec.BasicProperties()).marshal())
+            raw.send(1, pika.spec.Channel.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0))
+            got += raw.methods(2)
+            raw.send(1, pika.spec.Channel.CloseOk())
+            raw.send(2, pika.spec.Exchange.Declare(exchange="amq.direct", passive=True))
+            got += raw.methods(1)
+            raw.send(1, pika.spec.Channel.Open())
+            got += raw.methods(1)
+            return ["ok", got]
+        if name == "two connection.close in a row":
+            # Several threads of one client closing at once: each close gets a close-ok, and
+            # the socket is not cut before they are read.
+            raw.send(0, pika.spec.Connection.Close(reply_code=200, reply_text="a", class_id=0, method_id=0),
+                     pika.spec.Connection.Close(reply_code=200, reply_text="b", class_id=0, method_id=0))
+            return ["ok", raw.methods(2)]
+        raise ValueError(f"unknown raw scenario {name}")
+    finally:
+        raw.close()
+
+
 # Methods without arguments whose only reply is their -ok, by the pika call that sends them.
 MODE_METHODS = {
     "tx.select": "tx_select",
@@ -328,6 +438,11 @@ def run_op(s, op):
         if kind in MODE_METHODS:
             getattr(ch, MODE_METHODS[kind])()
             return ["ok"]
+        if kind == "raw":
+            return run_raw(s, op["name"])
+        if kind == "channel.flow":
+            ch.flow(op["active"])
+            return ["ok"]
         if kind == "deliveries":
             # What each consumer whose channel is still open received, once the brokers had
             # time to deliver (what a closed channel's consumer saw depends on timing).
@@ -430,7 +545,7 @@ def gen_ops(seed, count):
                 # Not with expiration 0: a priority queue may put such a message at its head,
                 # where Hare drops it at once (docs/compatibility.md).
                 "priority": None if expiration == "0" else r.choice([None, None, 1, 9]),
-                "headers": r.choice([None, {"a": 1}, {"b": "x"}]),
+                "headers": r.choice([None, {"a": 1}, {"b": "x"}, {"CC": ["k", "q2"]}, {"BCC": ["a.b", "q3"]}]),
                 "delivery_mode": r.choice([None, 2]),
             }
         elif roll < 0.75:
@@ -662,6 +777,7 @@ SCRIPTED = {
         P("", "q1", "m2"),
         GET("q1"),
         {"op": "basic.reject", "tag": 1, "requeue": False},
+        {"op": "tx.commit"},
         GET("q2", no_ack=True),
         GET("q2", no_ack=True),
     ],
@@ -761,6 +877,67 @@ SCRIPTED = {
         {"op": "exchange.bind", "destination": "e1", "source": "e1", "key": "self"},
         P("e1", "self", "m3", mandatory=True),
         QD("q1", passive=True),
+    ],
+    # Sender-selected distribution: CC and BCC keys route as the routing key does; BCC is
+    # removed before delivery; a CC that is not an array makes the message invalid.
+    "CC and BCC headers route to more keys": [
+        ED("e1"),
+        ED("e2", "topic"),
+        QD("q1"),
+        QD("q2"),
+        QD("q3"),
+        {"op": "queue.bind", "queue": "q1", "exchange": "e1", "key": "one"},
+        {"op": "queue.bind", "queue": "q2", "exchange": "e1", "key": "two"},
+        {"op": "queue.bind", "queue": "q3", "exchange": "e1", "key": "three"},
+        {"op": "queue.bind", "queue": "q3", "exchange": "e2", "key": "a.#"},
+        P("e1", "one", "m1", headers={"CC": ["two", "three"]}),
+        P("e1", "one", "m2", headers={"BCC": ["three"], "x": 1}),
+        P("e1", "nowhere", "m3", headers={"CC": ["two", "two", "nowhere"]}, mandatory=True),
+        P("e2", "b", "m4", headers={"CC": ["a.c"], "BCC": ["a"]}, mandatory=True),
+        P("", "q1", "m5", headers={"CC": ["q2", 7]}),
+        GET("q1", no_ack=True),
+        GET("q1", no_ack=True),
+        GET("q1", no_ack=True),
+        GET("q2", no_ack=True),
+        GET("q2", no_ack=True),
+        GET("q2", no_ack=True),
+        GET("q3", no_ack=True),
+        GET("q3", no_ack=True),
+        GET("q3", no_ack=True),
+        GET("q3", no_ack=True),
+        P("e1", "one", "m6", headers={"CC": "two"}),
+        P("e1", "one", "m7", headers={"BCC": {"a": 1}}),
+        P("e1", "one", "m8", headers={"CC": 5}, user_id="someone"),
+    ],
+    "CC keys in a transaction and through a dead-letter exchange": [
+        ED("e1"),
+        QD("q2"),
+        QD("q3"),
+        {"op": "queue.bind", "queue": "q2", "exchange": "e1", "key": "two"},
+        {"op": "queue.bind", "queue": "q3", "exchange": "e1", "key": "q2"},
+        QD("q1", args={"x-dead-letter-exchange": "e1"}),
+        {"op": "tx.select"},
+        P("", "q1", "m1", headers={"CC": ["q2"]}),
+        {"op": "tx.commit"},
+        QD("q2", passive=True),
+        GET("q1"),
+        {"op": "basic.reject", "tag": 1, "requeue": False},
+        {"op": "tx.commit"},
+        GET("q2", no_ack=True),
+        GET("q2", no_ack=True),
+        GET("q3", no_ack=True),
+    ],
+    "channel.flow": [
+        {"op": "channel.flow", "active": True},
+        QD("q1"),
+        {"op": "channel.flow", "active": False},
+        QD("q1"),
+    ],
+    "crossing channel closes leave the connection open": [
+        {"op": "raw", "name": "crossing channel closes"},
+    ],
+    "connection.close twice": [
+        {"op": "raw", "name": "two connection.close in a row"},
     ],
     "user-id must match": [
         QD("q1"),
