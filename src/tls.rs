@@ -154,6 +154,46 @@ pub struct PeerInfo {
     pub certificate_name: Option<String>,
     /// The protocol version negotiated, as RabbitMQ reports it ("tlsv1.3").
     pub protocol: String,
+    /// The session and the certificate, as the management API shows them.
+    pub details: crate::broker::connections::TlsDetails,
+}
+
+/// The parts of a cipher suite as Erlang's `ssl` names them, which RabbitMQ reports:
+/// key exchange (`any` under TLS 1.3, else `ecdhe_rsa` ...), cipher (`aes_256_gcm` ...) and
+/// MAC (`aead` for the AEAD suites, which are all rustls offers).
+fn suite_parts(suite: rustls::CipherSuite) -> (String, String, String) {
+    let name = format!("{suite:?}");
+    let key_exchange = if name.starts_with("TLS13_") {
+        "any".to_string()
+    } else {
+        name.trim_start_matches("TLS_").split("_WITH_").next().unwrap_or("").to_lowercase()
+    };
+    let cipher = ["AES_256_GCM", "AES_128_GCM", "CHACHA20_POLY1305"]
+        .iter()
+        .find(|c| name.contains(*c))
+        .map_or_else(|| name.to_lowercase(), |c| c.to_lowercase());
+    (key_exchange, cipher, "aead".to_string())
+}
+
+/// A certificate's subject, issuer and validity, as RabbitMQ prints them
+/// (`CN=client,O=example`, and `<not before> - <not after>` in UTC).
+fn certificate_details(der: &[u8]) -> Option<(String, String, String)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let name = |n: &x509_parser::x509::X509Name| n.to_string().replace(", ", ",");
+    let time = |t: x509_parser::time::ASN1Time| {
+        let d = t.to_datetime();
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            d.year(),
+            u8::from(d.month()),
+            d.day(),
+            d.hour(),
+            d.minute(),
+            d.second()
+        )
+    };
+    let v = cert.validity();
+    Some((name(cert.subject()), name(cert.issuer()), format!("{} - {}", time(v.not_before), time(v.not_after))))
 }
 
 /// Runs the handshake on an accepted socket, within [`HANDSHAKE_TIMEOUT`].
@@ -172,12 +212,26 @@ pub async fn handshake(tls: &Tls, stream: TcpStream) -> Option<(TlsStream<TcpStr
         }
     };
     let (_, conn) = stream.get_ref();
+    let protocol = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "tlsv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "tlsv1.2".to_string(),
+        _ => String::new(),
+    };
+    let (key_exchange, cipher, hash) =
+        conn.negotiated_cipher_suite().map(|s| suite_parts(s.suite())).unwrap_or_default();
+    let peer = conn.peer_certificates().and_then(|c| c.first());
+    let cert = peer.and_then(|c| certificate_details(c));
     let info = PeerInfo {
-        certificate_name: conn.peer_certificates().and_then(|c| c.first()).and_then(|c| certificate_name(c)),
-        protocol: match conn.protocol_version() {
-            Some(rustls::ProtocolVersion::TLSv1_3) => "tlsv1.3".into(),
-            Some(rustls::ProtocolVersion::TLSv1_2) => "tlsv1.2".into(),
-            _ => String::new(),
+        certificate_name: peer.and_then(|c| certificate_name(c)),
+        protocol: protocol.clone(),
+        details: crate::broker::connections::TlsDetails {
+            protocol,
+            key_exchange,
+            cipher,
+            hash,
+            peer_cert_subject: cert.as_ref().map(|c| c.0.clone()),
+            peer_cert_issuer: cert.as_ref().map(|c| c.1.clone()),
+            peer_cert_validity: cert.map(|c| c.2),
         },
     };
     Some((stream, info))

@@ -6,7 +6,7 @@ use super::history::History;
 use super::stats::{MessageCounts, RateMeter};
 use crate::protocol::FieldTable;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -74,6 +74,30 @@ impl ChannelCard {
     }
 }
 
+/// A TLS connection's session and client certificate, as RabbitMQ reports them
+/// (`ssl_protocol` "tlsv1.3", `ssl_cipher` "aes_256_gcm", ...).
+#[derive(Debug, Clone, Default)]
+pub struct TlsDetails {
+    pub protocol: String,
+    pub key_exchange: String,
+    pub cipher: String,
+    pub hash: String,
+    /// The client certificate's subject, issuer and validity, if it presented one.
+    pub peer_cert_subject: Option<String>,
+    pub peer_cert_issuer: Option<String>,
+    pub peer_cert_validity: Option<String>,
+}
+
+/// What the connection knows of itself beyond its tuning, for its card.
+#[derive(Debug, Default)]
+pub struct ConnectionDetails {
+    /// The SASL mechanism it logged in with (PLAIN, AMQPLAIN, EXTERNAL).
+    pub auth_mechanism: String,
+    pub tls: Option<TlsDetails>,
+    /// Bytes handed to the connection's writer and not yet written to the socket.
+    pub unwritten: Arc<AtomicUsize>,
+}
+
 #[derive(Debug)]
 pub struct ConnectionEntry {
     pub id: u64,
@@ -96,6 +120,15 @@ pub struct ConnectionEntry {
     /// Bytes read from and written to the socket (the connection task and its writer).
     pub recv_oct: AtomicU64,
     pub send_oct: AtomicU64,
+    /// Reads from the socket, and writes handed to the writer.
+    pub recv_cnt: AtomicU64,
+    pub send_cnt: AtomicU64,
+    /// Rates of recv_oct and send_oct, sampled off the message path.
+    pub oct_meter: Mutex<super::history::Meter<2>>,
+    pub details: ConnectionDetails,
+    /// The connection closed (sent or answered connection.close) and released its channels;
+    /// its card goes once the socket ends.
+    ended: AtomicBool,
     /// A close asked for (by the management API), with its reason.
     close: Mutex<Option<String>>,
     pub close_requested: Notify,
@@ -111,6 +144,7 @@ impl ConnectionEntry {
         vhost: String,
         client_properties: FieldTable,
         (frame_max, channel_max, heartbeat): (u32, u16, u16),
+        details: ConnectionDetails,
     ) -> Arc<Self> {
         let connected_at =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
@@ -130,6 +164,12 @@ impl ConnectionEntry {
             closed: Mutex::new(MessageCounts::default()),
             recv_oct: AtomicU64::new(0),
             send_oct: AtomicU64::new(0),
+            recv_cnt: AtomicU64::new(0),
+            send_cnt: AtomicU64::new(0),
+            // Rates only: no history is kept past the last sample.
+            oct_meter: Mutex::new(super::history::Meter::new(0)),
+            details,
+            ended: AtomicBool::new(false),
             close: Mutex::new(None),
             close_requested: Notify::new(),
         })
@@ -162,6 +202,27 @@ impl ConnectionEntry {
             total.add(&c.counts());
         }
         total
+    }
+
+    /// The connection is closing: its channels are gone, as RabbitMQ's `closed` state shows.
+    pub fn mark_closed(&self) {
+        self.ended.store(true, Ordering::Relaxed);
+        self.set_channels(Vec::new());
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.ended.load(Ordering::Relaxed)
+    }
+
+    /// Takes a sample of the byte counters for their rates (the statistics sampler).
+    pub fn sample(&self, now_ms: u64) {
+        let values = [self.recv_oct.load(Ordering::Relaxed), self.send_oct.load(Ordering::Relaxed)];
+        self.oct_meter.lock().sample(now_ms, values);
+    }
+
+    /// The name the client gave its connection (`connection_name` in its properties).
+    pub fn user_provided_name(&self) -> Option<String> {
+        self.client_properties.get("connection_name").and_then(|v| v.as_str()).map(str::to_string)
     }
 
     /// Asks the connection to close with `reason` (320 CONNECTION_FORCED).

@@ -26,6 +26,10 @@ pub struct ExchangeDef {
     pub kind: String,
     pub internal: bool,
     pub arguments: String,
+    /// The user who declared it (RabbitMQ's `user_who_performed_action`); absent in
+    /// journals written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -342,6 +346,7 @@ mod tests {
                     kind: "topic".into(),
                     internal: rng.gen_bool(0.2),
                     arguments: String::new(),
+                    user: None,
                 },
             },
             1 => Change::DeleteExchange { vhost, name: name(rng, "x") },

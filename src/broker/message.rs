@@ -275,6 +275,9 @@ mod header_route_tests {
         assert_eq!(keys, ["a", "b", "c"]);
         h.insert("BCC", FieldValue::string("c"));
         let e = header_routes(&h).unwrap_err();
-        assert_eq!(e.reply_text(), "PRECONDITION_FAILED - invalid message: {unacceptable_type_in_header,\"BCC\",longstr}");
+        assert_eq!(
+            e.reply_text(),
+            "PRECONDITION_FAILED - invalid message: {unacceptable_type_in_header,\"BCC\",longstr}"
+        );
     }
 }

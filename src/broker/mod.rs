@@ -76,15 +76,52 @@ pub struct Broker {
     registry: Mutex<HashMap<u64, Arc<connections::ConnectionEntry>>>,
     /// Message counts of connections closed so far, so totals never go down.
     closed_counts: Mutex<stats::MessageCounts>,
+    /// The same by vhost, with the vhost's connections' bytes, and their rates.
+    vhost_totals: Mutex<HashMap<String, VhostTotals>>,
     /// Rates of the broker-wide counts, sampled off the message path.
     meter: Mutex<stats::RateMeter>,
     /// Histories of the broker-wide counts and queue totals, for the API's samples.
     history: Mutex<BrokerHistory>,
-    /// Connections opened and closed since start (for metrics).
-    pub connections_opened: AtomicU64,
-    pub connections_closed: AtomicU64,
+    /// Connections, channels and queues opened and closed since start (for the API's churn
+    /// rates and the metrics), and their rates.
+    pub churn: Arc<stats::Churn>,
+    churn_meter: Mutex<history::Meter<7>>,
+    /// Rates of the node's I/O counters ([`Broker::io_counters`]) and of its gauges (memory
+    /// used, free disk, descriptors and sockets used, sampled by the server).
+    io_meter: Mutex<history::Meter<13>>,
+    gauge_meter: Mutex<history::Meter<5>>,
     /// Where audit events go (see [`audit`]).
     audit: Arc<audit::Audit>,
+}
+
+/// The names of [`Broker::io_counters`], as RabbitMQ's node object has them (the last three
+/// are the microseconds behind its average times).
+pub const IO_COUNTERS: [&str; 13] = [
+    "io_read_count",
+    "io_read_bytes",
+    "io_write_count",
+    "io_write_bytes",
+    "io_sync_count",
+    "io_seek_count",
+    "io_reopen_count",
+    "msg_store_read_count",
+    "msg_store_write_count",
+    "mnesia_disk_tx_count",
+    "read_us",
+    "write_us",
+    "sync_us",
+];
+
+/// What a vhost's connections did, closed ones included (RabbitMQ's vhost `message_stats`,
+/// `recv_oct`, `send_oct`), and the rates of that as last sampled.
+#[derive(Debug, Default, Clone)]
+pub struct VhostTotals {
+    pub closed: stats::MessageCounts,
+    /// Bytes received and sent by the vhost's connections that are closed.
+    pub closed_oct: [u64; 2],
+    pub rates: stats::RateMeter,
+    pub oct_rates: [f64; 2],
+    last_oct: Option<(u64, [u64; 2])>,
 }
 
 /// The broker-wide series the overview's samples come from.
@@ -142,7 +179,9 @@ impl Broker {
 
     /// Vhost "/" and the default user with every permission on it, recorded as changes.
     fn seed(&self, settings: &AccessSettings) {
-        let mut changes = vec![AccessChange::PutVhost { vhost: VhostDef::new("/") }];
+        // As RabbitMQ names its default vhost.
+        let default_vhost = VhostDef { description: "Default virtual host".into(), ..VhostDef::new("/") };
+        let mut changes = vec![AccessChange::PutVhost { vhost: default_vhost }];
         if let Some((name, pass)) = &settings.default_user {
             changes.push(AccessChange::PutUser {
                 user: UserDef {
@@ -171,7 +210,13 @@ impl Broker {
     }
 
     fn new_vhost(&self, def: &VhostDef) -> Arc<VHost> {
-        let v = VHost::new(&def.name, self.storage.clone(), self.memory_pressure.clone(), self.audit.clone());
+        let v = VHost::new(
+            &def.name,
+            self.storage.clone(),
+            self.memory_pressure.clone(),
+            self.audit.clone(),
+            self.churn.clone(),
+        );
         v.set_max_queues(def.limit("max-queues"));
         v
     }
@@ -197,10 +242,13 @@ impl Broker {
             alarm: Mutex::new(None),
             registry: Mutex::new(HashMap::new()),
             closed_counts: Mutex::new(stats::MessageCounts::default()),
+            vhost_totals: Mutex::new(HashMap::new()),
             meter: Mutex::new(stats::RateMeter::default()),
             history: Mutex::new(BrokerHistory::default()),
-            connections_opened: AtomicU64::new(0),
-            connections_closed: AtomicU64::new(0),
+            churn: Default::default(),
+            churn_meter: Mutex::new(history::Meter::new(0)),
+            io_meter: Mutex::new(history::Meter::new(0)),
+            gauge_meter: Mutex::new(history::Meter::new(0)),
             audit: Arc::new(audit),
         }
     }
@@ -274,15 +322,21 @@ impl Broker {
 
     /// Lists an open connection (once it has opened its vhost).
     pub fn register_connection(&self, entry: Arc<connections::ConnectionEntry>) {
-        self.connections_opened.fetch_add(1, Ordering::Relaxed);
+        stats::Churn::bump(&self.churn.connection_created);
         self.registry.lock().insert(entry.id, entry);
     }
 
     pub fn unregister_connection(&self, id: u64) {
         let gone = self.registry.lock().remove(&id);
         if let Some(e) = gone {
-            self.connections_closed.fetch_add(1, Ordering::Relaxed);
-            self.closed_counts.lock().add(&e.counts());
+            stats::Churn::bump(&self.churn.connection_closed);
+            let counts = e.counts();
+            self.closed_counts.lock().add(&counts);
+            let mut totals = self.vhost_totals.lock();
+            let t = totals.entry(e.vhost.clone()).or_default();
+            t.closed.add(&counts);
+            t.closed_oct[0] += e.recv_oct.load(Ordering::Relaxed);
+            t.closed_oct[1] += e.send_oct.load(Ordering::Relaxed);
         }
     }
 
@@ -294,6 +348,64 @@ impl Broker {
             total.add(&c.counts());
         }
         total
+    }
+
+    /// The node's I/O counters, in the order of [`IO_COUNTERS`]: storage's reads, writes,
+    /// fsyncs, reopens and journalled definition changes, and the messages written to and
+    /// read from queue logs (deleted queues' included).
+    pub fn io_counters(&self) -> [u64; 13] {
+        let s = self.sync_stats();
+        let (writes, reads) = self.vhosts().iter().map(|v| v.disk_totals()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        [
+            s.reads,
+            s.read_bytes,
+            s.writes,
+            s.bytes_written,
+            s.syncs,
+            0,
+            s.reopens,
+            reads,
+            writes,
+            s.definition_changes,
+            s.read_us,
+            s.write_us,
+            s.sync_us,
+        ]
+    }
+
+    /// Rates of [`Broker::io_counters`], as last sampled.
+    pub fn io_rates(&self) -> [f64; 13] {
+        self.io_meter.lock().rates()
+    }
+
+    /// Takes a sample of the node's gauges (memory used, free disk, descriptors and sockets
+    /// used, context switches so far), which the server reads from the system, for their
+    /// rates of change.
+    pub fn sample_gauges(&self, now_ms: u64, values: [u64; 5]) {
+        self.gauge_meter.lock().sample(now_ms, values);
+    }
+
+    pub fn gauge_rates(&self) -> [f64; 5] {
+        self.gauge_meter.lock().rates()
+    }
+
+    /// The churn counters' rates, as last sampled.
+    pub fn churn_rates(&self) -> [f64; 7] {
+        self.churn_meter.lock().rates()
+    }
+
+    /// A vhost's message counts and bytes received and sent, over its connections open and
+    /// closed, with their rates as last sampled.
+    pub fn vhost_totals(&self, vhost: &str) -> (stats::MessageCounts, [u64; 2], VhostTotals) {
+        let t = self.vhost_totals.lock().get(vhost).cloned().unwrap_or_default();
+        let mut counts = t.closed;
+        let mut oct = t.closed_oct;
+        for c in self.registry.lock().values().filter(|c| c.vhost == vhost) {
+            counts.add(&c.counts());
+            oct[0] += c.recv_oct.load(Ordering::Relaxed);
+            oct[1] += c.send_oct.load(Ordering::Relaxed);
+        }
+        (counts, oct, t)
     }
 
     /// Rates of [`Broker::message_counts`], as last sampled.
@@ -308,9 +420,23 @@ impl Broker {
         let counts = self.message_counts();
         self.meter.lock().sample(now_ms, counts);
         for c in self.connection_list() {
+            c.sample(now_ms);
             for ch in c.channels() {
                 ch.sample(now_ms);
             }
+        }
+        for v in self.vhosts() {
+            let (counts, oct, _) = self.vhost_totals(&v.name);
+            let mut totals = self.vhost_totals.lock();
+            let t = totals.entry(v.name.clone()).or_default();
+            t.rates.sample(now_ms, counts);
+            if let Some((at, before)) = t.last_oct {
+                let dt = now_ms.saturating_sub(at) as f64 / 1000.0;
+                if dt > 0.0 {
+                    t.oct_rates = [0, 1].map(|i| oct[i].saturating_sub(before[i]) as f64 / dt);
+                }
+            }
+            t.last_oct = Some((now_ms, oct));
         }
         let (mut ready, mut unacked) = (0, 0);
         for v in self.vhosts() {
@@ -321,6 +447,9 @@ impl Broker {
             }
             v.sample_exchanges(now_ms);
         }
+        self.churn_meter.lock().sample(now_ms, self.churn.values());
+        let io = self.io_counters();
+        self.io_meter.lock().sample(now_ms, io);
         let mut h = self.history.lock();
         h.counts.record(now_ms, counts.values());
         h.lengths.sample(now_ms, [ready + unacked, ready, unacked]);
@@ -489,6 +618,7 @@ impl Broker {
         }
         if let Some(v) = deleted_vhost {
             v.delete_all();
+            self.vhost_totals.lock().remove(&v.name);
         }
         Ok(ticket)
     }

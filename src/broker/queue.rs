@@ -161,6 +161,21 @@ pub struct QueueStats {
     /// How fast the ready and unacknowledged counts change, per second, between the last
     /// two samples.
     pub depth_rates: (f64, f64),
+    /// Body bytes of the unacknowledged messages.
+    pub unacked_bytes: u64,
+    /// Persistent messages, ready and unacknowledged, and their body bytes.
+    pub persistent: (u64, u64),
+    /// The `timestamp` property of the message at the head, if it has one.
+    pub head_timestamp: Option<u64>,
+    /// Messages written to the queue's log, and read back from it.
+    pub disk: (u64, u64),
+    /// The tag of the consumer that has the queue to itself: an exclusive consumer, or the
+    /// single active one.
+    pub exclusive_consumer: Option<ShortStr>,
+    pub single_active_consumer: Option<ShortStr>,
+    /// Whether a message published now would go to a consumer at once (one of those
+    /// eligible has credit): RabbitMQ's consumer capacity, taken at this moment.
+    pub consumer_capacity: f64,
 }
 
 impl QueuedMessage {
@@ -231,6 +246,9 @@ impl Queue {
             let priority = max_priority.map_or(0, |max| m.message.priority.min(max));
             st.push_ready(QueuedMessage::loaded(m, priority));
         }
+        // What stayed on disk is persistent (transient messages do not survive a restart);
+        // its bytes are counted as it is read back.
+        st.persistent_ready.0 += st.tail_len();
         let timed =
             AtomicBool::new(options.args.message_ttl.is_some() || options.args.expires.is_some() || st.may_expire());
         Arc::new(Queue {
@@ -279,6 +297,12 @@ impl Queue {
     pub fn consumer_count(&self) -> u32 {
         self.state.lock().consumers.len() as u32
     }
+    /// Messages written to the queue's log and read back from it so far.
+    pub fn disk_counts(&self) -> (u64, u64) {
+        let st = self.state.lock();
+        (st.disk_writes, st.disk_reads)
+    }
+
     pub fn counts(&self) -> (u32, u32) {
         let st = self.state.lock();
         (st.ready_count(), st.consumers.len() as u32)
@@ -349,6 +373,26 @@ impl Queue {
             ),
             idle_since_ms: st.last_used,
             depth_rates: st.depth_rates,
+            unacked_bytes: st.unacked_bytes,
+            persistent: (
+                st.persistent_ready.0 + st.persistent_unacked.0,
+                st.persistent_ready.1 + st.persistent_unacked.1,
+            ),
+            head_timestamp: st.ready.front().and_then(|m| m.message.decode_properties().timestamp),
+            disk: (st.disk_writes, st.disk_reads),
+            exclusive_consumer: st.consumers.iter().find(|c| c.exclusive).map(|c| c.tag.clone()),
+            single_active_consumer: args
+                .single_active_consumer
+                .then(|| st.consumers.first().map(|c| c.tag.clone()))
+                .flatten(),
+            consumer_capacity: {
+                let eligible = if args.single_active_consumer { st.consumers.len().min(1) } else { st.consumers.len() };
+                if st.consumers[..eligible].iter().any(|c| c.has_credit()) {
+                    1.0
+                } else {
+                    0.0
+                }
+            },
         }
     }
 
@@ -440,7 +484,11 @@ impl Queue {
                 // need not wait for the fsync.
                 ticket = if message.persistent { t } else { 0 };
                 logged = true;
+                st.disk_writes += 1;
             }
+        }
+        if message.persistent && (to_tail || after_tail) {
+            state::tally(&mut st.persistent_ready, &message, true);
         }
         if to_tail {
             st.tail_bytes += size;
@@ -554,6 +602,7 @@ impl Queue {
             }
         }
         let moved = n - kept.len();
+        st.disk_writes += moved as u64;
         st.after_tail = kept;
         st.ready_bytes = st.ready_bytes.saturating_sub(moved_bytes);
         st.tail_bytes += moved_bytes;
@@ -670,7 +719,7 @@ impl Queue {
             consumer.charge_unacked(size);
             st.count_out(&mut m, consumer.no_ack, false);
             if !consumer.no_ack {
-                st.unacked += 1;
+                st.went_out(&m);
             }
             let charge = size + DELIVERY_OVERHEAD;
             consumer.sink.send(ConnEvent::Deliver(Delivery {
@@ -701,7 +750,7 @@ impl Queue {
             st.log_ack(&m);
         } else {
             st.log_out(&m, false);
-            st.unacked += 1;
+            st.went_out(&m);
         }
         // As RabbitMQ counts after a fetch: expired messages now at the head are gone.
         st.expire(&self.name, now, args);
@@ -713,7 +762,9 @@ impl Queue {
     /// Messages acknowledged by a consumer.
     pub fn settle(&self, messages: &[QueuedMessage]) {
         let mut st = self.state.lock();
-        st.unacked = st.unacked.saturating_sub(messages.len());
+        for m in messages {
+            st.came_back(m);
+        }
         st.counts.ack += messages.len() as u64;
         let now = if messages.iter().any(|m| m.stamp != 0) { stats::stamp_now() } else { 0 };
         for m in messages {
@@ -728,8 +779,8 @@ impl Queue {
     /// has a dead-letter exchange.
     pub fn reject(self: &Arc<Self>, messages: Vec<QueuedMessage>) {
         let mut st = self.state.lock();
-        st.unacked = st.unacked.saturating_sub(messages.len());
         for m in messages {
+            st.came_back(&m);
             st.discard(m, Reason::Rejected, &self.options.args);
         }
         self.unlock_and_dead_letter(st);
@@ -750,7 +801,7 @@ impl Queue {
         let counted = args.delivery_limit.is_some() || args.quorum;
         let mut st = self.state.lock();
         for mut m in messages {
-            st.unacked = st.unacked.saturating_sub(1);
+            st.came_back(&m);
             if self.is_deleted() {
                 continue;
             }
@@ -776,7 +827,7 @@ impl Queue {
     pub fn requeue_undelivered(self: &Arc<Self>, m: QueuedMessage, counted_unacked: bool) {
         let mut st = self.state.lock();
         if counted_unacked {
-            st.unacked = st.unacked.saturating_sub(1);
+            st.came_back(&m);
         }
         if !self.is_deleted() {
             st.push_ready(QueuedMessage { stamp: 0, ..m });
@@ -836,6 +887,7 @@ impl Queue {
         st.after_tail.clear();
         st.ready_bytes = 0;
         st.tail_bytes = 0;
+        st.persistent_ready = (0, 0);
         if let Some(log) = &mut st.log {
             if let Err(e) = log.purge_tail() {
                 tracing::error!("queue '{}': cannot purge messages on disk: {e}", self.name);

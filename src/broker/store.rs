@@ -102,6 +102,19 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 pub struct SyncStats {
     pub rounds: u64,
     pub bytes_written: u64,
+    /// Files written (one write of a file's buffer each) and fsynced, with the time spent,
+    /// in microseconds; files read from (positioned reads: no seeks), the bytes and the
+    /// time; descriptors opened again after the open-files budget closed them; definition
+    /// changes journalled. The node's I/O counters in the API come from these.
+    pub writes: u64,
+    pub write_us: u64,
+    pub syncs: u64,
+    pub sync_us: u64,
+    pub reads: u64,
+    pub read_bytes: u64,
+    pub read_us: u64,
+    pub reopens: u64,
+    pub definition_changes: u64,
     /// Microseconds per round's fsyncs.
     pub fsync_us: super::stats::LogHistogram,
     /// Appends (messages, acks, definition changes) made durable per round.

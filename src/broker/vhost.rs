@@ -143,6 +143,7 @@ pub struct ExchangeInfo {
     pub internal: bool,
     pub arguments: FieldTable,
     pub stats: Arc<ExchangeStats>,
+    pub declared_by: ShortStr,
 }
 
 #[derive(Debug)]
@@ -163,6 +164,13 @@ pub struct VHost {
     /// The queues with timers to run (see [`VHost::tick`]): only they are visited each tick,
     /// so a vhost of 100,000 queues without TTLs costs its timers nothing.
     timed: parking_lot::Mutex<Vec<Weak<Queue>>>,
+    /// The broker's counts of queues declared, created and deleted.
+    churn: Arc<super::stats::Churn>,
+    /// Disk writes and reads of the queues deleted so far, so that totals never go down.
+    retired_disk: [std::sync::atomic::AtomicU64; 2],
+    /// A queue was ever declared here: the vhost has message totals from then on (as
+    /// RabbitMQ's vhost statistics, which its first queue starts).
+    had_queue: std::sync::atomic::AtomicBool,
 }
 
 impl VHost {
@@ -171,6 +179,7 @@ impl VHost {
         storage: Option<Arc<dyn Storage>>,
         pressure: Arc<std::sync::atomic::AtomicBool>,
         audit: Arc<Audit>,
+        churn: Arc<super::stats::Churn>,
     ) -> Arc<Self> {
         let mut topo = Topology::default();
         let default_stats = Arc::new(ExchangeStats::default());
@@ -195,6 +204,9 @@ impl VHost {
             audit,
             default_stats,
             timed: parking_lot::Mutex::new(Vec::new()),
+            churn,
+            retired_disk: Default::default(),
+            had_queue: Default::default(),
         })
     }
 
@@ -244,6 +256,7 @@ impl VHost {
                 internal: e.internal,
                 arguments: e.arguments.clone(),
                 stats: e.stats.clone(),
+                declared_by: e.declared_by.clone(),
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -385,12 +398,14 @@ impl VHost {
         if name.starts_with("amq.") {
             return Err(AmqpError::access_refused(format!("exchange name '{name}' contains reserved prefix 'amq.*'")));
         }
-        let ex = Exchange::new(name.clone(), kind, durable, auto_delete, internal, arguments.clone());
+        let mut ex = Exchange::new(name.clone(), kind, durable, auto_delete, internal, arguments.clone());
+        ex.declared_by = ShortStr::from(&*by.user);
         let def = saved_exchange(&ex).then(|| ExchangeDef {
             name: name.to_string(),
             kind: ex.kind.as_str().into(),
             internal: ex.internal,
             arguments: table_to_hex(&ex.arguments),
+            user: Some(by.user.to_string()),
         });
         topo.exchanges.insert(name.clone(), ex);
         if self.audit.is_on() {
@@ -471,6 +486,7 @@ impl VHost {
         let connection_id = by.connection;
         // An exclusive queue is never durable, whatever was asked (as in RabbitMQ).
         let durable = d.durable && !d.exclusive;
+        super::stats::Churn::bump(&self.churn.queue_declared);
         let mut topo = self.topology.write();
         if let Some(q) = topo.queues.get(d.name.as_str()) {
             if d.passive {
@@ -542,6 +558,8 @@ impl VHost {
             self.watch_queue_timers(&q);
         }
         topo.queues.insert(d.name.clone(), q.clone());
+        super::stats::Churn::bump(&self.churn.queue_created);
+        self.had_queue.store(true, std::sync::atomic::Ordering::Relaxed);
         if self.audit.is_on() {
             let e = AuditEvent::new("queue.created", by, Some(&self.name))
                 .with("name", d.name.as_str())
@@ -593,6 +611,10 @@ impl VHost {
     /// Removes a queue and its bindings; returns its ready count and the journal ticket.
     fn remove_queue(&self, topo: &mut Topology, q: &Arc<Queue>, by: &Actor) -> (u32, u64) {
         topo.queues.remove(q.name.as_str());
+        super::stats::Churn::bump(&self.churn.queue_deleted);
+        let (writes, reads) = q.disk_counts();
+        self.retired_disk[0].fetch_add(writes, std::sync::atomic::Ordering::Relaxed);
+        self.retired_disk[1].fetch_add(reads, std::sync::atomic::Ordering::Relaxed);
         let saved = topo.logs.remove(q.name.as_str()).is_some();
         self.event("queue.deleted", by, &q.name);
         let mut removed = Removed::default();
@@ -726,6 +748,20 @@ impl VHost {
     pub fn page_out(&self) -> usize {
         let queues: Vec<Arc<Queue>> = self.topology.read().queues.values().cloned().collect();
         queues.iter().map(|q| q.page_out()).sum()
+    }
+
+    /// Whether a queue was ever declared in this vhost (recovered ones included).
+    pub fn had_queue(&self) -> bool {
+        self.had_queue.load(std::sync::atomic::Ordering::Relaxed) || !self.topology.read().queues.is_empty()
+    }
+
+    /// Messages written to and read from the vhost's queue logs, deleted queues included.
+    pub fn disk_totals(&self) -> (u64, u64) {
+        let retired = self.retired_disk.each_ref().map(|c| c.load(std::sync::atomic::Ordering::Relaxed));
+        self.queues()
+            .iter()
+            .map(|q| q.disk_counts())
+            .fold((retired[0], retired[1]), |(w, r), (qw, qr)| (w + qw, r + qr))
     }
 
     pub fn queue_names(&self) -> Vec<ShortStr> {

@@ -33,6 +33,23 @@ pub fn file_descriptors() -> (u64, u64) {
     (used, total)
 }
 
+/// Context switches of this process so far, voluntary and not, summed over its threads (the
+/// kernel counts them per thread, in /proc/self/task/*/status).
+pub fn context_switches() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .map(|status| {
+            status
+                .lines()
+                .filter(|l| l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
 /// Free bytes on the file system that holds `path` (for unprivileged users, as `df` shows).
 pub fn free_disk_bytes(path: &std::path::Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;

@@ -9,6 +9,7 @@ use super::read_buf::{self, READ_MAX, READ_MIN};
 use super::writer::WriterHandle;
 use crate::broker::audit::{Actor, AuditEvent};
 use crate::broker::consumer::{ConnEvent, ConnectionSink};
+use crate::broker::stats::Churn;
 use crate::broker::FastMap;
 use crate::broker::{AmqpError, Broker, Scope};
 use crate::config::Config;
@@ -65,6 +66,10 @@ pub struct Connection {
     login_delay: Option<Duration>,
     /// What the client said of itself in start-ok (product, version, platform...).
     client_properties: FieldTable,
+    /// The SASL mechanism of its start-ok.
+    mechanism: String,
+    /// The writer's count of bytes not yet written, for the connection's card.
+    unwritten: Arc<std::sync::atomic::AtomicUsize>,
     /// This connection's card in the broker's list, once open.
     entry: Option<Arc<crate::broker::connections::ConnectionEntry>>,
     frame_max: usize,
@@ -141,6 +146,8 @@ async fn serve_io<R, W>(
         tls,
         login_delay: None,
         client_properties: FieldTable::new(),
+        mechanism: String::new(),
+        unwritten: writer.unwritten.clone(),
         entry: None,
         frame_max: config.frame_max as usize,
         reader: FrameReader::default(),
@@ -246,6 +253,7 @@ async fn serve_io<R, W>(
                         last_recv = Instant::now();
                         if let Some(e) = &conn.entry {
                             crate::broker::connections::bump(&e.recv_oct, n as u64);
+                            crate::broker::connections::bump(&e.recv_cnt, 1);
                         }
                         held_back = conn.process(&mut rbuf);
                         if let Some(d) = conn.login_delay.take() {
@@ -343,6 +351,7 @@ impl Connection {
             let bytes = self.ctx.out.take();
             if let Some(e) = &self.entry {
                 crate::broker::connections::bump(&e.send_oct, bytes.len() as u64);
+                crate::broker::connections::bump(&e.send_cnt, 1);
             }
             writer.send(bytes, std::mem::take(&mut self.ctx.out.charge));
         }
@@ -454,6 +463,9 @@ impl Connection {
             ConnectionClose { reply_code: e.code, reply_text: text, class_id: e.class_id, method_id: e.method_id },
         );
         self.cleanup();
+        if let Some(entry) = &self.entry {
+            entry.mark_closed();
+        }
         self.state = State::Closing { framing_broken: false };
     }
 
@@ -528,6 +540,7 @@ impl Connection {
                     return Err((0, AmqpError::from(e).with_method(ids)));
                 }
                 self.channels.insert(c, Channel::new(c, self.ctx.config.unacked_limits));
+                Churn::bump(&self.ctx.broker.churn.channel_created);
                 self.count_channels();
                 self.ctx.out.method(c, ChannelOpenOk { reserved: LongStr::default() });
                 Ok(())
@@ -537,6 +550,7 @@ impl Connection {
             }
             (Some(ch), Method::ChannelCloseOk(_)) if ch.closing => {
                 self.channels.remove(&c);
+                Churn::bump(&self.ctx.broker.churn.channel_closed);
                 self.count_channels();
                 Ok(())
             }
@@ -550,6 +564,7 @@ impl Connection {
             (Some(ch), Method::ChannelClose(_)) => {
                 ch.close(&mut self.ctx);
                 self.channels.remove(&c);
+                Churn::bump(&self.ctx.broker.churn.channel_closed);
                 self.count_channels();
                 self.ctx.out.method(c, ChannelCloseOk {});
                 Ok(())
@@ -637,6 +652,7 @@ impl Connection {
     fn cleanup(&mut self) {
         for (_, mut ch) in self.channels.drain() {
             ch.close(&mut self.ctx);
+            Churn::bump(&self.ctx.broker.churn.channel_closed);
         }
         if let Some(vhost) = &self.ctx.vhost {
             for q in self.ctx.exclusive_queues.drain(..) {

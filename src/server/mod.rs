@@ -102,7 +102,8 @@ impl Server {
             .then(|| alarms::DiskLimit { path: self.config.data_dir.clone(), free_limit: self.config.disk_free_limit });
         let alarm = alarms::spawn_monitor(self.broker.clone(), self.config.memory_limit, disk);
         let timers = tokio::spawn(run_timers(self.broker.clone()));
-        let sampler = tokio::spawn(run_sampler(self.broker.clone(), self.config.stats_interval_ms));
+        let sampler =
+            tokio::spawn(run_sampler(self.broker.clone(), self.config.stats_interval_ms, self.config.data_dir.clone()));
         let mut refused_logged: Option<std::time::Instant> = None;
         let shared = (stop_rx, alive_tx, alarm);
         tokio::pin!(shutdown);
@@ -210,15 +211,28 @@ impl Server {
 }
 
 /// Samples message statistics for their rates every `interval_ms` (5 s by default, as
-/// RabbitMQ). The sampling visits every queue, so it runs on a blocking thread, away from the
+/// RabbitMQ), and the node's gauges (memory, free disk in `data_dir`, descriptors, sockets).
+/// The sampling visits every queue, so it runs on a blocking thread, away from the
 /// connections' workers.
-async fn run_sampler(broker: Arc<Broker>, interval_ms: u64) {
+async fn run_sampler(broker: Arc<Broker>, interval_ms: u64, data_dir: std::path::PathBuf) {
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let b = broker.clone();
-        let _ = tokio::task::spawn_blocking(move || b.sample_stats(crate::broker::clock::now_ms())).await;
+        let (b, dir) = (broker.clone(), data_dir.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            let now = crate::broker::clock::now_ms();
+            b.sample_stats(now);
+            let gauges = [
+                alarms::resident_bytes().unwrap_or(0),
+                alarms::free_disk_bytes(&dir).unwrap_or(0),
+                alarms::file_descriptors().0,
+                b.open_connections(),
+                alarms::context_switches(),
+            ];
+            b.sample_gauges(now, gauges);
+        })
+        .await;
     }
 }
 

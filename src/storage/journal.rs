@@ -249,6 +249,7 @@ impl DefinitionsJournal {
     /// Appends a change; returns the group-commit ticket that makes it durable. No I/O:
     /// the syncer writes the record out.
     pub fn record(&self, change: &Change) -> u64 {
+        super::syncer::count_definition_change();
         let json = serde_json::to_vec(change).expect("a change serialises");
         let mut inner = self.inner.lock();
         let json = match &self.keys {

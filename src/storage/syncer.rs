@@ -41,6 +41,31 @@ static OPEN_FILES: OpenFiles =
     OpenFiles { budget: AtomicUsize::new(usize::MAX), open: AtomicUsize::new(0), ring: Mutex::new(VecDeque::new()) };
 
 /// Limits how many log files (queue segments, ack files, journals) are open at once.
+/// The process's storage reads, descriptor reopens and journalled definition changes, for
+/// the API's node counters (the syncer's round counts the writes and fsyncs). Reads happen
+/// when a queue reads messages back from disk, never per message published.
+#[derive(Default)]
+struct IoCounters {
+    reads: AtomicU64,
+    read_bytes: AtomicU64,
+    read_us: AtomicU64,
+    reopens: AtomicU64,
+    definition_changes: AtomicU64,
+}
+
+static IO: IoCounters = IoCounters {
+    reads: AtomicU64::new(0),
+    read_bytes: AtomicU64::new(0),
+    read_us: AtomicU64::new(0),
+    reopens: AtomicU64::new(0),
+    definition_changes: AtomicU64::new(0),
+};
+
+/// A definition change was appended to the journal.
+pub fn count_definition_change() {
+    IO.definition_changes.fetch_add(1, Ordering::Relaxed);
+}
+
 pub fn set_open_files_budget(n: usize) {
     OPEN_FILES.budget.store(n.max(8), Ordering::Relaxed);
 }
@@ -125,6 +150,8 @@ impl Drop for LogFile {
 struct LogFileState {
     /// The descriptor, while open; shared so that an fsync runs without the lock.
     file: Option<Arc<File>>,
+    /// It was open before (a later open is a reopen, counted for the API).
+    was_open: bool,
     /// Written through this descriptor and not yet fsynced: it stays open until the fsync,
     /// which must go through a descriptor that was open when the data was written to see a
     /// write-back error.
@@ -205,7 +232,7 @@ impl LogFile {
             volatile,
             zero_filled,
             used: AtomicBool::new(true),
-            state: Mutex::new(LogFileState { file: Some(Arc::new(file)), len, ..Default::default() }),
+            state: Mutex::new(LogFileState { file: Some(Arc::new(file)), was_open: true, len, ..Default::default() }),
         });
         OPEN_FILES.opened(&log);
         log
@@ -223,6 +250,9 @@ impl LogFile {
         let f =
             Arc::new(std::fs::OpenOptions::new().append(!self.zero_filled).write(true).read(true).open(&self.path)?);
         st.file = Some(f.clone());
+        if std::mem::replace(&mut st.was_open, true) {
+            IO.reopens.fetch_add(1, Ordering::Relaxed);
+        }
         OPEN_FILES.opened(self);
         Ok(f)
     }
@@ -293,7 +323,11 @@ impl LogFile {
             self.descriptor(&mut st)?
         };
         let mut out = vec![0u8; len];
+        let started = std::time::Instant::now();
         file.read_exact_at(&mut out, offset)?;
+        IO.reads.fetch_add(1, Ordering::Relaxed);
+        IO.read_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        IO.read_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         Ok(out)
     }
 }
@@ -351,7 +385,14 @@ impl Syncer {
     /// The watermark: every ticket at or below it is on disk.
     /// The group commit's record so far.
     pub fn stats(&self) -> crate::broker::store::SyncStats {
-        self.stats.lock().clone()
+        let mut s = self.stats.lock().clone();
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        s.reads = l(&IO.reads);
+        s.read_bytes = l(&IO.read_bytes);
+        s.read_us = l(&IO.read_us);
+        s.reopens = l(&IO.reopens);
+        s.definition_changes = l(&IO.definition_changes);
+        s
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -440,10 +481,13 @@ impl Syncer {
         let mut error = None;
         let mut again = Vec::new();
         let mut written = 0;
+        let mut writes = 0u64;
+        let writing = std::time::Instant::now();
         for f in &files {
             match f.write_out(covered) {
                 Ok((more, n)) => {
                     written += n;
+                    writes += u64::from(n > 0);
                     if more {
                         again.push(f.clone());
                     }
@@ -460,6 +504,7 @@ impl Syncer {
                 w.notify_one();
             }
         }
+        let write_us = writing.elapsed().as_micros() as u64;
         let syncing = std::time::Instant::now();
         if error.is_none() {
             for f in &files {
@@ -472,7 +517,12 @@ impl Syncer {
             let mut st = self.stats.lock();
             st.rounds += 1;
             st.bytes_written += written as u64;
-            st.fsync_us.record(syncing.elapsed().as_micros() as u64);
+            st.writes += writes;
+            st.write_us += write_us;
+            st.syncs += files.len() as u64;
+            let sync_us = syncing.elapsed().as_micros() as u64;
+            st.sync_us += sync_us;
+            st.fsync_us.record(sync_us);
             let before = self.last_covered.swap(covered, Ordering::AcqRel);
             st.batch.record(covered.saturating_sub(before));
         }

@@ -123,6 +123,9 @@ pub struct Exchange {
     /// Shared with the vhost for the default exchange, whose publishes are counted without
     /// looking it up.
     pub stats: Arc<ExchangeStats>,
+    /// Who declared it: a user, or `rmq-internal` for those the broker makes itself (as
+    /// RabbitMQ's `user_who_performed_action`).
+    pub declared_by: ShortStr,
 }
 
 impl Exchange {
@@ -147,6 +150,7 @@ impl Exchange {
             auto_delete,
             internal,
             arguments,
+            declared_by: ShortStr::from_static("rmq-internal"),
             bindings: Vec::new(),
             index: FastMap::default(),
             keys: FastMap::default(),

@@ -43,7 +43,8 @@ fn id_of(m: &QueuedMessage) -> u64 {
 fn message(id: u64, size: usize, priority: u8) -> Arc<Message> {
     let mut body = id.to_be_bytes().to_vec();
     body.resize(size.max(8), b'x');
-    let mut m = Message::new("".into(), "q".into(), Bytes::new(), Bytes::from(body), false);
+    // Every third message is persistent, for the queue's persistent counts.
+    let mut m = Message::new("".into(), "q".into(), Bytes::new(), Bytes::from(body), id % 3 == 0);
     m.priority = priority;
     Arc::new(m)
 }
@@ -280,6 +281,16 @@ impl Model {
             put(id_of(m), "ready");
         }
         let mut owed = 0;
+        // (count, bytes) of what is out unacked, and of its persistent messages.
+        let mut out_bytes = 0u64;
+        let mut out_persistent = (0u64, 0u64);
+        let mut owe = |m: &QueuedMessage| {
+            out_bytes += m.message.body.len() as u64;
+            if m.message.persistent {
+                out_persistent.0 += 1;
+                out_persistent.1 += m.message.body.len() as u64;
+            }
+        };
         for c in &self.clients {
             let mut waiting_unacked = 0;
             c.sink.waiting_events(|events| {
@@ -287,11 +298,15 @@ impl Model {
                     if let ConnEvent::Deliver(d) = e {
                         put(id_of(&d.item), "in a sink");
                         waiting_unacked += usize::from(!d.no_ack);
+                        if !d.no_ack {
+                            owe(&d.item);
+                        }
                     }
                 }
             });
             for m in &c.held {
                 put(id_of(m), "held");
+                owe(m);
             }
             owed += waiting_unacked + c.held.len();
             // A consumer's count is what it was sent minus what it settled: its waiting and
@@ -319,6 +334,7 @@ impl Model {
         }
         for m in &self.got {
             put(id_of(m), "got");
+            owe(m);
         }
         owed += self.got.len();
         for &id in &self.gone {
@@ -326,6 +342,14 @@ impl Model {
         }
         assert_eq!(place.len() as u64, self.published, "seed {seed} step {step}: messages lost");
         assert_eq!(st.unacked, owed, "seed {seed} step {step}: the queue's unacked count");
+        assert_eq!(st.unacked_bytes, out_bytes, "seed {seed} step {step}: the queue's unacked bytes");
+        assert_eq!(st.persistent_unacked, out_persistent, "seed {seed} step {step}: persistent unacked");
+        let ready_persistent = st
+            .ready
+            .iter()
+            .filter(|m| m.message.persistent)
+            .fold((0, 0), |(n, b), m| (n + 1, b + m.message.body.len() as u64));
+        assert_eq!(st.persistent_ready, ready_persistent, "seed {seed} step {step}: persistent ready");
         // Priority, then publish order.
         assert!(
             st.ready.iter().zip(st.ready.iter().skip(1)).all(|(a, b)| a.order() < b.order()),

@@ -47,6 +47,30 @@ pub(super) struct QueueState {
     pub(super) depth_rates: (f64, f64),
     /// Counts and lengths over time, made at the first sample with anything in them.
     pub(super) history: Option<Box<super::QueueHistory>>,
+    /// Body bytes of the messages out with consumers (not yet acked).
+    pub(super) unacked_bytes: u64,
+    /// Persistent messages (count, body bytes) among the ready ones, in memory or on disk,
+    /// and among those out with consumers: RabbitMQ's `messages_persistent` of a durable
+    /// queue. Kept where messages enter and leave the ready list (`push_ready`,
+    /// `pop_ready`, the tail, purge) and the unacked set (`went_out`, `came_back`).
+    pub(super) persistent_ready: (u64, u64),
+    pub(super) persistent_unacked: (u64, u64),
+    /// Messages written to the queue's log and read back from it (RabbitMQ's disk_writes and
+    /// disk_reads), counted under the lock the writes and reads already hold.
+    pub(super) disk_writes: u64,
+    pub(super) disk_reads: u64,
+}
+
+/// Adds (`up`) or takes away a message from a (count, bytes) pair.
+pub(super) fn tally(slot: &mut (u64, u64), m: &Message, up: bool) {
+    let len = m.body.len() as u64;
+    if up {
+        slot.0 += 1;
+        slot.1 += len;
+    } else {
+        slot.0 = slot.0.saturating_sub(1);
+        slot.1 = slot.1.saturating_sub(len);
+    }
 }
 
 impl QueueState {
@@ -157,6 +181,7 @@ impl QueueState {
         let Some(log) = &mut self.log else { return };
         match log.read_tail(batch, bytes - self.ready_bytes) {
             Ok(loaded) => {
+                self.disk_reads += loaded.len() as u64;
                 for m in loaded {
                     let size = m.message.body.len() as u64;
                     self.tail_bytes = self.tail_bytes.saturating_sub(size);
@@ -171,6 +196,9 @@ impl QueueState {
     /// Adds a ready message at its place (publish order within its priority).
     pub(super) fn push_ready(&mut self, m: QueuedMessage) {
         self.ready_bytes += m.message.body.len() as u64;
+        if m.message.persistent {
+            tally(&mut self.persistent_ready, &m.message, true);
+        }
         if self.ready.back().is_none_or(|b| b.order() <= m.order()) {
             self.ready.push_back(m);
         } else {
@@ -182,7 +210,29 @@ impl QueueState {
     pub(super) fn pop_ready(&mut self) -> Option<QueuedMessage> {
         let m = self.ready.pop_front()?;
         self.ready_bytes = self.ready_bytes.saturating_sub(m.message.body.len() as u64);
+        if m.message.persistent {
+            tally(&mut self.persistent_ready, &m.message, false);
+        }
         Some(m)
+    }
+
+    /// A message taken from the ready list went to a consumer that will ack it (or to a
+    /// basic.get with ack): it is counted as unacknowledged.
+    pub(super) fn went_out(&mut self, m: &QueuedMessage) {
+        self.unacked += 1;
+        self.unacked_bytes += m.message.body.len() as u64;
+        if m.message.persistent {
+            tally(&mut self.persistent_unacked, &m.message, true);
+        }
+    }
+
+    /// An unacknowledged message came back: acked, rejected or requeued.
+    pub(super) fn came_back(&mut self, m: &QueuedMessage) {
+        self.unacked = self.unacked.saturating_sub(1);
+        self.unacked_bytes = self.unacked_bytes.saturating_sub(m.message.body.len() as u64);
+        if m.message.persistent {
+            tally(&mut self.persistent_unacked, &m.message, false);
+        }
     }
 
     /// Body bytes of every ready message.

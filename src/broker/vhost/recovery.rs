@@ -19,8 +19,11 @@ impl VHost {
                 tracing::error!("skipping exchange '{}' of unknown type '{}'", e.name, e.kind);
                 continue;
             };
-            let ex =
+            let mut ex =
                 Exchange::new(e.name.as_str().into(), kind, true, false, e.internal, table_from_hex(&e.arguments)?);
+            if let Some(user) = &e.user {
+                ex.declared_by = user.as_str().into();
+            }
             topo.exchanges.insert(e.name.as_str().into(), ex);
         }
         let mut total = 0usize;

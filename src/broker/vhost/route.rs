@@ -147,14 +147,20 @@ impl VHost {
             if let Some(q) = topo.queues.get(routing_key) {
                 out.push(q.clone());
             }
-            for key in cc {
+            let mut named = 1;
+            for (i, key) in cc.iter().enumerate() {
+                if key.as_str() != routing_key && !cc[..i].contains(key) {
+                    named += 1;
+                }
                 if let Some(q) = topo.queues.get(key.as_str()) {
                     if !out.iter().any(|o| Arc::ptr_eq(o, q)) {
                         out.push(q.clone());
                     }
                 }
             }
-            self.default_stats.count(out.len());
+            // As RabbitMQ counts the default exchange: every queue named goes out, whether it
+            // exists or not (its router names queues without looking them up).
+            self.default_stats.count(named);
             return Ok(());
         }
         let ex = topo.exchanges.get(exchange).ok_or_else(|| self.no_exchange(exchange))?;

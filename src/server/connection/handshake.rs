@@ -47,6 +47,7 @@ impl Connection {
 
     pub(super) fn start_ok(&mut self, m: ConnectionStartOk) -> Result<(), AmqpError> {
         self.client_properties = m.client_properties.clone();
+        self.mechanism = m.mechanism.to_string();
         let caps = m.client_properties.get("capabilities");
         if let Some(FieldValue::Table(caps)) = caps {
             let cap = |name: &str| caps.get(name).and_then(|v| v.as_bool()).unwrap_or(false);
@@ -174,6 +175,11 @@ impl Connection {
             m.virtual_host.to_string(),
             std::mem::take(&mut self.client_properties),
             (self.frame_max as u32, self.channel_max, self.heartbeat),
+            crate::broker::connections::ConnectionDetails {
+                auth_mechanism: std::mem::take(&mut self.mechanism),
+                tls: self.tls.as_ref().map(|t| t.details.clone()),
+                unwritten: self.unwritten.clone(),
+            },
         );
         self.ctx.broker.register_connection(entry.clone());
         let audit = self.ctx.broker.audit();
