@@ -185,6 +185,8 @@ fn main() -> ExitCode {
             disk_free_limit: config.disk_free_limit,
             data_dir: config.data_dir.clone(),
             started_at_ms: hare::broker::clock::now_ms(),
+            config_file: args.config.clone(),
+            external_auth: config.tls.as_ref().is_some_and(|t| t.ca.is_some()),
         };
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let api = tokio::spawn(hare::http::serve(http, https, broker, node, Some(syncer.subscribe()), async {

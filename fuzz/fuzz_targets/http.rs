@@ -30,6 +30,8 @@ fn app() -> axum::Router {
         disk_free_limit: 0,
         data_dir: std::env::temp_dir(),
         started_at_ms: 0,
+        config_file: None,
+        external_auth: false,
     };
     let peer = "127.0.0.1:40000".parse().expect("an address");
     hare::http::service(broker, node, peer)

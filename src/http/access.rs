@@ -151,6 +151,10 @@ pub async fn user_topic_permissions(State(api): State<Api>, Path(name): Path<Str
         .into_response()
 }
 
+/// PUT /api/vhosts/{name}: creates the vhost, or sets an existing one's description and tags
+/// (what the body leaves out is cleared, as RabbitMQ's `put_vhost` does). As RabbitMQ, the
+/// user who creates a vhost gets every permission in it (`.*` for configure, write and read),
+/// so that a client creating a vhost can then use it.
 pub async fn put_vhost(State(api): State<Api>, Path(name): Path<String>, body: Bytes) -> Response {
     let body = match parse(&body) {
         Ok(b) => b,
@@ -158,13 +162,26 @@ pub async fn put_vhost(State(api): State<Api>, Path(name): Path<String>, body: B
     };
     let old = api.broker.access().vhost(&name).cloned();
     let mut def = old.clone().unwrap_or_else(|| VhostDef::new(&name));
-    if let Some(d) = body.get("description").and_then(Value::as_str) {
-        def.description = d.to_string();
+    def.description = body.get("description").and_then(Value::as_str).unwrap_or("").to_string();
+    def.tags = tags_of(body.get("tags"));
+    if old.is_none() {
+        def.default_queue_type = body.get("defaultqueuetype").and_then(Value::as_str).map(str::to_string);
     }
-    if body.get("tags").is_some() {
-        def.tags = tags_of(body.get("tags"));
+    let created = old.is_none();
+    let answer = apply(&api, AccessChange::PutVhost { vhost: def }, created).await;
+    if !created || answer.status() != StatusCode::CREATED {
+        return answer;
     }
-    apply(&api, AccessChange::PutVhost { vhost: def }, old.is_none()).await
+    let creator = PRINCIPAL.try_with(|p| p.name.clone()).unwrap_or_default();
+    if api.broker.user(&creator).is_none() {
+        return answer;
+    }
+    let all = || ".*".to_string();
+    let permission = PermissionDef { user: creator, vhost: name, configure: all(), write: all(), read: all() };
+    match apply(&api, AccessChange::SetPermissions { permission }, true).await.status() {
+        s if s.is_success() => answer,
+        _ => error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "the creator's permissions were not set"),
+    }
 }
 
 pub async fn delete_vhost(State(api): State<Api>, Path(name): Path<String>) -> Response {
@@ -196,17 +213,76 @@ pub async fn permission(State(api): State<Api>, Path((vhost, user)): Path<(Strin
     }
 }
 
-/// The string fields `keys` of a JSON body, or 400 naming the first one missing.
+/// The string fields `keys` of a JSON body, or RabbitMQ's 400 listing every one missing
+/// (`[{key_missing,write},{key_missing,read}]`, as its `with_decode` does).
 fn texts<const N: usize>(body: &Bytes, keys: [&str; N]) -> Result<[String; N], Response> {
     let body = parse(body)?;
+    missing(&body, &keys)?;
     let mut out: [String; N] = std::array::from_fn(|_| String::new());
     for (slot, key) in out.iter_mut().zip(keys) {
         match body.get(key) {
             Some(Value::String(s)) => *slot = s.clone(),
-            _ => return Err(error(StatusCode::BAD_REQUEST, "bad_request", &format!("missing key: {key}"))),
+            Some(other) => *slot = other.to_string(),
+            None => {}
         }
     }
     Ok(out)
+}
+
+/// RabbitMQ's 400 for a body without some of `keys`: `[{key_missing,k},...]`.
+pub(super) fn missing(body: &Value, keys: &[&str]) -> Result<(), Response> {
+    let absent: Vec<String> =
+        keys.iter().filter(|k| body.get(**k).is_none()).map(|k| format!("{{key_missing,{k}}}")).collect();
+    if absent.is_empty() {
+        return Ok(());
+    }
+    Err(error(StatusCode::BAD_REQUEST, "bad_request", &format!("[{}]", absent.join(","))))
+}
+
+/// A JSON value as Erlang prints the term RabbitMQ decoded it to (`7`, `<<"many">>`), for
+/// the texts of its validation errors.
+fn erlang_term(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("<<\"{s}\">>"),
+        Value::Array(items) => format!("[{}]", items.iter().map(erlang_term).collect::<Vec<_>>().join(",")),
+        Value::Object(m) => {
+            let fields: Vec<String> = m.iter().map(|(k, v)| format!("<<\"{k}\">> => {}", erlang_term(v))).collect();
+            format!("#{{{}}}", fields.join(","))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// RabbitMQ's 400 for a user named in a path who does not exist: `["no_such_user","bob"]`.
+fn no_such_user(name: &str) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": "bad_request", "reason": ["no_such_user", name] }))).into_response()
+}
+
+/// POST /api/users/bulk-delete with `{"users": [...]}`: deletes them in order, 204. As
+/// RabbitMQ, a name that is not a user stops there with 400 `["no_such_user", name]` (the
+/// ones before it are gone).
+pub async fn bulk_delete_users(State(api): State<Api>, body: Bytes) -> Response {
+    let body = match parse(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if let Err(r) = missing(&body, &["users"]) {
+        return r;
+    }
+    let Some(names) = body["users"].as_array() else {
+        return error(StatusCode::BAD_REQUEST, "bad_request", "users must be a list of user names");
+    };
+    for name in names {
+        let name = name.as_str().map_or_else(|| name.to_string(), str::to_string);
+        if api.broker.user(&name).is_none() {
+            return no_such_user(&name);
+        }
+        let r = apply(&api, AccessChange::DeleteUser { name }, false).await;
+        if !r.status().is_success() {
+            return r;
+        }
+    }
+    StatusCode::NO_CONTENT.into_response()
 }
 
 pub async fn put_permission(
@@ -293,12 +369,23 @@ pub async fn vhost_limits_of(State(api): State<Api>, Path(vhost): Path<String>) 
     Json(Value::Array(items)).into_response()
 }
 
-/// The integer `value` of a limit's PUT body.
-fn limit_value(body: &Bytes) -> Result<i64, Response> {
+/// The `value` of a limit's PUT body, checked as RabbitMQ checks it: a known limit (`known`),
+/// an integer. The texts are RabbitMQ's; `component` names the limits in them.
+fn limit_value(body: &Bytes, name: &str, known: &[&str], component: &str) -> Result<i64, Response> {
     let body = parse(body)?;
-    body.get("value")
-        .and_then(Value::as_i64)
-        .ok_or_else(|| error(StatusCode::BAD_REQUEST, "bad_request", "the limit's value must be an integer"))
+    missing(&body, &["value"])?;
+    let value = &body["value"];
+    let prefix = if component == "limits" { "Validation failed\n\n" } else { "" };
+    let suffix = if component == "limits" { "\n" } else { "" };
+    if !known.contains(&name) {
+        let reason =
+            format!("{prefix}Unrecognised terms [{{<<\"{name}\">>,{}}}] in {component}{suffix}", erlang_term(value));
+        return Err(error(StatusCode::BAD_REQUEST, "bad_request", &reason));
+    }
+    value.as_i64().ok_or_else(|| {
+        let reason = format!("{prefix}{name} should be a number, actually was {}{suffix}", erlang_term(value));
+        error(StatusCode::BAD_REQUEST, "bad_request", &reason)
+    })
 }
 
 pub async fn put_vhost_limit(
@@ -306,22 +393,22 @@ pub async fn put_vhost_limit(
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    if !crate::auth::VHOST_LIMITS.contains(&name.as_str()) {
-        return error(StatusCode::BAD_REQUEST, "bad_request", &format!("unknown vhost limit '{name}'"));
-    }
-    let value = match limit_value(&body) {
+    let Some(mut def) = api.broker.access().vhost(&vhost).cloned() else {
+        return error(StatusCode::NOT_FOUND, "not_found", "vhost_not_found");
+    };
+    let value = match limit_value(&body, &name, &crate::auth::VHOST_LIMITS, "limits") {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let Some(mut def) = api.broker.access().vhost(&vhost).cloned() else { return not_found() };
     def.limits.insert(name, value);
     apply(&api, AccessChange::PutVhost { vhost: def }, false).await
 }
 
+/// DELETE /api/vhost-limits/{vhost}/{name}: 204, whether the limit was set or not.
 pub async fn delete_vhost_limit(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>) -> Response {
     let Some(mut def) = api.broker.access().vhost(&vhost).cloned() else { return not_found() };
     if def.limits.remove(&name).is_none() {
-        return not_found();
+        return StatusCode::NO_CONTENT.into_response();
     }
     apply(&api, AccessChange::PutVhost { vhost: def }, false).await
 }
@@ -344,22 +431,20 @@ pub async fn put_user_limit(
     Path((user, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    if !crate::auth::USER_LIMITS.contains(&name.as_str()) {
-        return error(StatusCode::BAD_REQUEST, "bad_request", &format!("unknown user limit '{name}'"));
-    }
-    let value = match limit_value(&body) {
+    let value = match limit_value(&body, &name, &crate::auth::USER_LIMITS, "user-limits") {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let Some(mut def) = api.broker.user(&user) else { return not_found() };
+    let Some(mut def) = api.broker.user(&user) else { return no_such_user(&user) };
     def.limits.insert(name, value);
     apply(&api, AccessChange::PutUser { user: def }, false).await
 }
 
+/// DELETE /api/user-limits/{user}/{name}: 204, whether the limit was set or not.
 pub async fn delete_user_limit(State(api): State<Api>, Path((user, name)): Path<(String, String)>) -> Response {
     let Some(mut def) = api.broker.user(&user) else { return not_found() };
     if def.limits.remove(&name).is_none() {
-        return not_found();
+        return StatusCode::NO_CONTENT.into_response();
     }
     apply(&api, AccessChange::PutUser { user: def }, false).await
 }

@@ -14,7 +14,7 @@ use crate::auth::{AccessChange, PermissionDef, TopicPermissionDef, VhostDef};
 use crate::broker::exchange::{Binding, Destination};
 use crate::broker::vhost::QueueDeclaration;
 use crate::protocol::ShortStr;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -26,12 +26,27 @@ fn built_in(name: &str) -> bool {
 }
 
 pub async fn export(State(api): State<Api>) -> Json<Value> {
+    Json(definitions(&api, None))
+}
+
+/// GET /api/definitions/{vhost}: one vhost's exchanges, queues, bindings and parameters, its
+/// items without their `vhost`, as RabbitMQ exports a vhost.
+pub async fn export_vhost(State(api): State<Api>, Path(vhost): Path<String>) -> Response {
+    if api.broker.vhost(&vhost).is_none() {
+        return error(StatusCode::BAD_REQUEST, "bad_request", "vhost_not_found");
+    }
+    Json(definitions(&api, Some(&vhost))).into_response()
+}
+
+/// The definitions of every vhost, or of `only` (as its own export lists them).
+fn definitions(api: &Api, only: Option<&str>) -> Value {
     let mut vhosts = Vec::new();
     let mut queues = Vec::new();
     let mut exchanges = Vec::new();
     let mut bindings = Vec::new();
+    let mut parameters = Vec::new();
     let access = api.broker.access();
-    for v in api.broker.vhosts() {
+    for v in api.broker.vhosts().into_iter().filter(|v| only.is_none_or(|o| o == v.name)) {
         let def = access.vhost(&v.name);
         vhosts.push(json!({
             "name": v.name,
@@ -39,6 +54,10 @@ pub async fn export(State(api): State<Api>) -> Json<Value> {
             "tags": def.map_or(&[][..], |d| &d.tags[..]),
             "limits": def.map(|d| d.limits.clone()).unwrap_or_default(),
         }));
+        // RabbitMQ keeps a vhost's limits as a runtime parameter, and exports them so.
+        if let Some(limits) = def.map(|d| &d.limits).filter(|l| !l.is_empty()) {
+            parameters.push(json!({ "vhost": v.name, "component": "vhost-limits", "name": "limits", "value": limits }));
+        }
         let saved: Vec<_> =
             v.queues().into_iter().filter(|q| q.options.durable && q.options.exclusive_owner.is_none()).collect();
         for q in &saved {
@@ -72,7 +91,22 @@ pub async fn export(State(api): State<Api>) -> Json<Value> {
             }
         }
     }
-    Json(json!({
+    if only.is_some() {
+        for item in queues.iter_mut().chain(&mut exchanges).chain(&mut bindings).chain(&mut parameters) {
+            if let Value::Object(m) = item {
+                m.remove("vhost");
+            }
+        }
+        return json!({
+            "rabbit_version": API_VERSION,
+            "parameters": parameters,
+            "policies": [],
+            "queues": queues,
+            "exchanges": exchanges,
+            "bindings": bindings,
+        });
+    }
+    json!({
         "rabbit_version": API_VERSION,
         "rabbitmq_version": API_VERSION,
         "product_name": "Hare",
@@ -81,13 +115,13 @@ pub async fn export(State(api): State<Api>) -> Json<Value> {
         "vhosts": vhosts,
         "permissions": access.permissions().map(super::access::permission_json).collect::<Vec<_>>(),
         "topic_permissions": access.topic_permissions().map(super::access::topic_permission_json).collect::<Vec<_>>(),
-        "parameters": [],
+        "parameters": parameters,
         "global_parameters": [],
         "policies": [],
         "queues": queues,
         "exchanges": exchanges,
         "bindings": bindings,
-    }))
+    })
 }
 
 fn items<'a>(body: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
@@ -112,6 +146,34 @@ pub async fn import(State(api): State<Api>, body: Bytes) -> Response {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &format!("not JSON: {e}")),
     };
+    import_into(&api, body).await
+}
+
+/// POST /api/definitions/{vhost}: imports one vhost's exchanges, queues, bindings and
+/// parameters into it (their own `vhost` fields, if any, are replaced), as RabbitMQ does.
+pub async fn import_vhost(State(api): State<Api>, Path(vhost): Path<String>, body: Bytes) -> Response {
+    if api.broker.vhost(&vhost).is_none() {
+        return error(StatusCode::BAD_REQUEST, "bad_request", "vhost_not_found");
+    }
+    let mut body: Value = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &format!("not JSON: {e}")),
+    };
+    let Value::Object(m) = &mut body else {
+        return error(StatusCode::BAD_REQUEST, "bad_request", "the definitions are not a JSON object");
+    };
+    m.retain(|k, _| matches!(k.as_str(), "queues" | "exchanges" | "bindings" | "parameters" | "policies"));
+    for list in m.values_mut() {
+        for item in list.as_array_mut().into_iter().flatten() {
+            if let Value::Object(item) = item {
+                item.insert("vhost".into(), json!(vhost));
+            }
+        }
+    }
+    import_into(&api, body).await
+}
+
+async fn import_into(api: &Api, body: Value) -> Response {
     let bad = |what: String| error(StatusCode::BAD_REQUEST, "bad_request", &what);
     let mut ticket = 0;
     let mut changes = Vec::new();
@@ -138,6 +200,21 @@ pub async fn import(State(api): State<Api>, body: Bytes) -> Response {
         }
         if let Some(limits) = limits_of(v) {
             def.limits = limits;
+        }
+        changes.push(AccessChange::PutVhost { vhost: def });
+    }
+    // Vhost limits kept as RabbitMQ's runtime parameter.
+    for p in items(&body, "parameters").filter(|p| text(p, "component") == "vhost-limits") {
+        let Some(mut def) = api.broker.access().vhost(text(p, "vhost")).cloned().or_else(|| {
+            changes.iter().find_map(|c| match c {
+                AccessChange::PutVhost { vhost } if vhost.name == text(p, "vhost") => Some(vhost.clone()),
+                _ => None,
+            })
+        }) else {
+            return bad(format!("no vhost '{}'", text(p, "vhost")));
+        };
+        if let Some(limits) = p.get("value").and_then(Value::as_object) {
+            def.limits = limits.iter().filter_map(|(k, v)| Some((k.clone(), v.as_i64()?))).collect();
         }
         changes.push(AccessChange::PutVhost { vhost: def });
     }

@@ -69,13 +69,80 @@ pub async fn aliveness(State(api): State<Api>, Path(vhost): Path<String>) -> Res
         Ok((q, ..)) => q,
         Err(e) => return failed(e.reply_text()),
     };
-    let message =
-        Arc::new(Message::new(ShortStr::default(), name, Bytes::new(), Bytes::from_static(b"test_message"), false));
-    if let Err(e) = queue.publish(message, None) {
-        return failed(e.to_string());
+    // Through the default exchange, as RabbitMQ's test publishes (and counts) it.
+    let message = Arc::new(Message::new(
+        ShortStr::default(),
+        name.clone(),
+        Bytes::new(),
+        Bytes::from_static(b"test_message"),
+        false,
+    ));
+    let mut routed = Vec::new();
+    if let Err(e) = v.route("", &name, &[], &message.properties, &mut routed) {
+        return failed(e.reply_text());
+    }
+    for q in &routed {
+        if let Err(e) = q.publish(message.clone(), None) {
+            return failed(e.to_string());
+        }
     }
     match queue.get(true) {
         Some((m, _)) if m.message.body.to_bytes() == "test_message" => Json(json!({ "status": "ok" })).into_response(),
         _ => failed("the test message did not come back".into()),
     }
+}
+
+/// GET /api/healthchecks/node and /api/healthchecks/node/{node}: RabbitMQ 3.10's older node
+/// check. This node answers for itself; another node name is 404, as RabbitMQ answers for a
+/// node that is not in its cluster.
+pub async fn node_check(State(api): State<Api>, node: Option<Path<String>>) -> Response {
+    if node.is_some_and(|Path(n)| n != api.node.node) {
+        return not_found();
+    }
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+/// GET /api/health/checks/node-is-mirror-sync-critical and node-is-quorum-critical: whether
+/// stopping this node would leave a mirrored or quorum queue without a synchronised copy or
+/// quorum. A single node never does, and RabbitMQ says why.
+pub async fn single_node_critical() -> Response {
+    Json(json!({ "status": "ok", "reason": "single node cluster" })).into_response()
+}
+
+/// GET /api/health/checks/port-listener/{port}: a listener is open on the port.
+pub async fn port_listener(State(api): State<Api>, Path(port): Path<String>) -> Response {
+    let Ok(port) = port.parse::<u16>() else { return error(StatusCode::BAD_REQUEST, "bad_request", "Invalid port") };
+    let listeners = super::json::listener_ports(&api.node);
+    if listeners.iter().any(|&(_, p)| p == port) {
+        return Json(json!({ "status": "ok", "port": port })).into_response();
+    }
+    let ports: Vec<u16> = listeners.iter().map(|&(_, p)| p).collect();
+    let body = json!({ "status": "failed", "reason": "No active listener", "missing": port, "ports": ports });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+/// GET /api/health/checks/protocol-listener/{protocol}: a listener of the protocol is open;
+/// the protocol's other spellings are read as RabbitMQ reads them.
+pub async fn protocol_listener(State(api): State<Api>, Path(protocol): Path<String>) -> Response {
+    let lower = protocol.to_lowercase();
+    let protocol = match lower.as_str() {
+        "amqp091" | "amqp0.9.1" | "amqp0-9-1" | "amqp0_9_1" | "amqp10" | "amqp1.0" | "amqp1-0" | "amqp1_0" => "amqp",
+        "amqps" => "amqp/ssl",
+        "mqtt3.1" | "mqtt3.1.1" | "mqtt31" | "mqtt311" | "mqtt3_1" | "mqtt3_1_1" => "mqtt",
+        "mqtts" | "mqtt+tls" | "mqtt+ssl" => "mqtt/ssl",
+        "stomp1.0" | "stomp1.1" | "stomp1.2" | "stomp10" | "stomp11" | "stomp12" | "stomp1_0" | "stomp1_1"
+        | "stomp1_2" => "stomp",
+        "stomps" | "stomp+tls" | "stomp+ssl" => "stomp/ssl",
+        "http1" | "http1.1" | "http_api" | "management" | "management_ui" | "ui" => "http",
+        "cli" | "distribution" => "clustering",
+        other => other,
+    };
+    let listeners = super::json::listener_ports(&api.node);
+    if listeners.iter().any(|&(p, _)| p == protocol) {
+        return Json(json!({ "status": "ok", "protocol": protocol })).into_response();
+    }
+    let protocols: Vec<&str> = listeners.iter().map(|&(p, _)| p).collect();
+    let body =
+        json!({ "status": "failed", "reason": "No active listener", "missing": protocol, "protocols": protocols });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }

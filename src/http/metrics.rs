@@ -151,11 +151,15 @@ fn snapshot(api: &Api, per_object: bool) -> Snapshot {
     s.one("rabbitmq_channels", "Channels currently open", channels as f64);
     s.one("rabbitmq_consumers", "Consumers currently connected", consumer_count as f64);
     s.one("rabbitmq_queues", "Queues available", queue_count as f64);
-    s.counter("rabbitmq_connections_opened", "Total number of connections opened", b.connections_opened.load(RELAXED));
+    s.counter(
+        "rabbitmq_connections_opened",
+        "Total number of connections opened",
+        b.churn.connection_created.load(RELAXED),
+    );
     s.counter(
         "rabbitmq_connections_closed",
         "Total number of connections closed or terminated",
-        b.connections_closed.load(RELAXED),
+        b.churn.connection_closed.load(RELAXED),
     );
     s.gauge("rabbitmq_queue_messages_ready", "Messages ready to be delivered to consumers", ready);
     s.gauge("rabbitmq_queue_messages_unacked", "Messages delivered to consumers but not yet acknowledged", unacked);

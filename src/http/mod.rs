@@ -62,6 +62,10 @@ pub struct NodeInfo {
     pub data_dir: std::path::PathBuf,
     /// When the broker started, in milliseconds since the epoch.
     pub started_at_ms: u64,
+    /// The configuration file read at start, if any.
+    pub config_file: Option<std::path::PathBuf>,
+    /// EXTERNAL (client certificates) is offered: TLS with a CA to verify clients.
+    pub external_auth: bool,
 }
 
 #[derive(Clone)]
@@ -144,6 +148,7 @@ fn router(api: Api) -> Router {
         .route("/api/extensions", get(extensions))
         .route("/api/users", get(access::users))
         .route("/api/users/without-permissions", get(access::users_without_permissions))
+        .route("/api/users/bulk-delete", post(access::bulk_delete_users))
         .route("/api/users/{name}", get(access::user).put(access::put_user).delete(access::delete_user))
         .route("/api/users/{name}/permissions", get(access::user_permissions))
         .route("/api/users/{name}/topic-permissions", get(access::user_topic_permissions))
@@ -195,19 +200,30 @@ fn router(api: Api) -> Router {
         .route("/api/exchanges/{vhost}/{name}", get(exchange).put(write::put_exchange).delete(write::delete_exchange))
         .route("/api/exchanges/{vhost}/{name}/publish", post(write::publish))
         .route("/api/definitions", get(definitions::export).post(definitions::import))
+        .route("/api/all-configuration", get(definitions::export).post(definitions::import))
+        .route("/api/definitions/{vhost}", get(definitions::export_vhost).post(definitions::import_vhost))
+        .route("/api/cluster-name", get(cluster_name))
+        .route("/api/auth", get(auth_settings))
+        .route("/api/connections/username/{user}", get(user_connections).delete(close_user_connections))
         .route("/api/connections", get(connections))
         .route("/api/connections/{name}", get(connection).delete(close_connection))
         .route("/api/vhosts/{vhost}/connections", get(vhost_connections))
         .route("/api/health/checks/alarms", get(health::cluster_alarms))
         .route("/api/health/checks/local-alarms", get(health::local_alarms))
         .route("/api/health/checks/virtual-hosts", get(health::virtual_hosts))
+        .route("/api/health/checks/node-is-mirror-sync-critical", get(health::single_node_critical))
+        .route("/api/health/checks/node-is-quorum-critical", get(health::single_node_critical))
+        .route("/api/health/checks/port-listener/{port}", get(health::port_listener))
+        .route("/api/health/checks/protocol-listener/{protocol}", get(health::protocol_listener))
+        .route("/api/healthchecks/node", get(health::node_check))
+        .route("/api/healthchecks/node/{node}", get(health::node_check))
         .route("/api/aliveness-test/{vhost}", get(health::aliveness))
         .route("/api/bindings", get(bindings))
         .route("/api/bindings/{vhost}", get(bindings_in))
-        .route("/api/bindings/{vhost}/e/{source}/{kind}/{destination}", post(write::post_binding))
+        .route("/api/bindings/{vhost}/e/{source}/{kind}/{destination}", get(bindings_between).post(write::post_binding))
         .route(
             "/api/bindings/{vhost}/e/{source}/{kind}/{destination}/{props}",
-            axum::routing::delete(write::delete_binding),
+            get(binding_one).delete(write::delete_binding),
         )
         .fallback(not_found_handler)
         .with_state(api)
@@ -235,7 +251,9 @@ async fn authenticate(
 ) -> Response {
     // As RabbitMQ's Prometheus endpoint, metrics are served without a login; so are the web
     // page's files (the page itself logs in to the API).
-    if request.uri().path().starts_with("/metrics") || page::is_public(request.uri().path()) {
+    // /api/auth tells the page how to log in, and needs no login either (as RabbitMQ's).
+    let path = request.uri().path();
+    if path.starts_with("/metrics") || page::is_public(path) || path == "/api/auth" {
         return next.run(request).await;
     }
     let credentials = request
@@ -272,7 +290,13 @@ async fn authenticate(
         }
     }
     let Some(user) = allowed else {
-        let mut r = error(StatusCode::UNAUTHORIZED, "not_authorized", "Not_Authorized");
+        // As RabbitMQ: credentials that fail are "Login failed"; none at all, a bare 401
+        // with the challenge.
+        let mut r = if given {
+            error(StatusCode::UNAUTHORIZED, "not_authorized", "Login failed")
+        } else {
+            StatusCode::UNAUTHORIZED.into_response()
+        };
         // A script in a page (ours sends X-Requested-With) handles the 401 itself; the
         // challenge would make the browser ask for a password in a dialog of its own.
         if !request.headers().contains_key("x-requested-with") {
@@ -322,14 +346,16 @@ async fn vhosts(State(api): State<Api>, Query(q): ListQuery) -> Response {
         .vhosts()
         .iter()
         .filter(|v| principal::current_may_see(&v.name))
-        .map(|v| json::vhost(v, access.vhost(&v.name)))
+        .map(|v| json::vhost(&api.broker, v, access.vhost(&v.name), &api.node.node))
         .collect();
     list::respond(items, &q)
 }
 
 async fn vhost(State(api): State<Api>, Path(name): Path<String>) -> Response {
     match api.broker.vhost(&name) {
-        Some(v) => Json(json::vhost(&v, api.broker.access().vhost(&v.name))).into_response(),
+        Some(v) => {
+            Json(json::vhost(&api.broker, &v, api.broker.access().vhost(&v.name), &api.node.node)).into_response()
+        }
         None => not_found(),
     }
 }
@@ -392,7 +418,11 @@ async fn queues_in(
 async fn queue(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>, r: json::Ranges) -> Response {
     let Some(v) = api.broker.vhost(&vhost) else { return not_found() };
     match v.queues().iter().find(|q| q.name.as_str() == name) {
-        Some(q) => Json(json::queue(&v.name, q, &api.node.node, &r)).into_response(),
+        Some(q) => {
+            let mut j = json::queue(&v.name, q, &api.node.node, &r);
+            json::queue_details(&mut j, consumers_of(&api, &v.name, q));
+            Json(j).into_response()
+        }
         None => not_found(),
     }
 }
@@ -421,7 +451,11 @@ async fn exchange(State(api): State<Api>, Path((vhost, name)): Path<(String, Str
     let Some(v) = api.broker.vhost(&vhost) else { return not_found() };
     let name = exchange_name(name);
     match v.exchanges().iter().find(|e| e.name.as_str() == name) {
-        Some(e) => Json(json::exchange(&v.name, e, &r)).into_response(),
+        Some(e) => {
+            let mut j = json::exchange(&v.name, e, &r);
+            json::exchange_details(&mut j);
+            Json(j).into_response()
+        }
         None => not_found(),
     }
 }
@@ -462,6 +496,56 @@ async fn queue_bindings(
         |b| b["destination_type"] == "queue" && b["destination"] == name.as_str(),
         &q,
     )
+}
+
+/// The bindings from one exchange to one queue (`q`) or exchange (`e`); an empty list when
+/// either end is missing, or the vhost, as RabbitMQ answers.
+async fn bindings_between(
+    State(api): State<Api>,
+    Path((vhost, source, kind, dest)): Path<(String, String, String, String)>,
+    Query(q): ListQuery,
+) -> Response {
+    let Some(v) = api.broker.vhost(&vhost) else { return list::respond(Vec::new(), &q) };
+    let Some(dtype) = binding_kind(&kind) else { return not_found() };
+    let source = exchange_name(source);
+    let list = json::bindings(&v)
+        .into_iter()
+        .filter(|b| {
+            b["source"] == source.as_str() && b["destination"] == dest.as_str() && b["destination_type"] == dtype
+        })
+        .collect();
+    list::respond(list, &q)
+}
+
+/// One binding, named by its ends and its properties key.
+async fn binding_one(
+    State(api): State<Api>,
+    Path((vhost, source, kind, dest, props)): Path<(String, String, String, String, String)>,
+) -> Response {
+    let Some(v) = api.broker.vhost(&vhost) else { return not_found() };
+    let destination = match kind.as_str() {
+        "q" => crate::broker::exchange::Destination::Queue(dest.as_str().into()),
+        "e" => crate::broker::exchange::Destination::Exchange(dest.as_str().into()),
+        _ => return not_found(),
+    };
+    let source = exchange_name(source);
+    match write::find_binding(&v, &source, &destination, &props) {
+        Some(b) => {
+            let mut j = json::binding(&v.name, &source, &b);
+            j["properties_key"] = json!(json::properties_key(&b.routing_key, &b.arguments));
+            Json(j).into_response()
+        }
+        None => not_found(),
+    }
+}
+
+/// `q` and `e` in binding paths, as the destination types they name.
+fn binding_kind(kind: &str) -> Option<&'static str> {
+    match kind {
+        "q" => Some("queue"),
+        "e" => Some("exchange"),
+        _ => None,
+    }
 }
 
 /// The default exchange is `amq.default` in paths.
@@ -543,7 +627,20 @@ async fn connection_channels(
 
 async fn channel(State(api): State<Api>, Path(name): Path<String>, r: json::Ranges) -> Response {
     match all_channels(&api, &r).into_iter().find(|(_, v)| v["name"] == name.as_str()) {
-        Some((_, v)) => Json(v).into_response(),
+        Some((c, mut v)) => {
+            // The channel's consumers, and the per-queue and per-exchange breakdowns of
+            // RabbitMQ's `detailed` statistics mode (empty in the `basic` mode Hare keeps).
+            let number = v["number"].as_u64().unwrap_or(0);
+            let consumers: Vec<Value> = consumer_list(&api, &api.broker.vhosts())
+                .into_iter()
+                .filter(|x| x["channel_details"]["connection_name"] == c.name.as_str())
+                .filter(|x| x["channel_details"]["number"].as_u64() == Some(number))
+                .collect();
+            v["consumer_details"] = Value::Array(consumers);
+            v["deliveries"] = json!([]);
+            v["publishes"] = json!([]);
+            Json(v).into_response()
+        }
         None => not_found(),
     }
 }
@@ -560,6 +657,15 @@ fn consumer_list(api: &Api, vhosts: &[Arc<crate::broker::vhost::VHost>]) -> Vec<
         }
     }
     out
+}
+
+/// One queue's consumers, as its `consumer_details` lists them.
+fn consumers_of(api: &Api, vhost: &str, q: &crate::broker::queue::Queue) -> Vec<Value> {
+    let conns: HashMap<u64, _> = api.broker.connection_list().into_iter().map(|c| (c.id, c)).collect();
+    q.consumers()
+        .iter()
+        .map(|c| json::consumer(vhost, q, c, conns.get(&c.connection_id()).map(|c| &**c), &api.node.node))
+        .collect()
 }
 
 async fn consumers(State(api): State<Api>, Query(q): ListQuery) -> Response {
@@ -580,6 +686,38 @@ async fn node(State(api): State<Api>, Path(name): Path<String>) -> Response {
         return not_found();
     }
     Json(json::node(&api.broker, &api.node)).into_response()
+}
+
+/// GET /api/cluster-name: a single node's cluster is named after the node.
+async fn cluster_name(State(api): State<Api>) -> Json<Value> {
+    Json(json!({ "name": api.node.node }))
+}
+
+/// GET /api/auth: how the web page logs in; Hare has no OAuth 2 (UAA) login, only the
+/// broker's users, as RabbitMQ 3.10 answers without its OAuth plugin.
+async fn auth_settings() -> Json<Value> {
+    Json(json!({ "enable_uaa": false, "uaa_client_id": "", "uaa_location": "" }))
+}
+
+/// GET /api/connections/username/{user}: that user's connections, as RabbitMQ lists them
+/// there (name, node, user, vhost).
+async fn user_connections(State(api): State<Api>, Path(user): Path<String>) -> Response {
+    let list: Vec<Value> = api
+        .broker
+        .connection_list()
+        .iter()
+        .filter(|c| c.user == user)
+        .map(|c| json!({ "name": c.name, "node": api.node.node, "user": c.user, "vhost": c.vhost }))
+        .collect();
+    Json(Value::Array(list)).into_response()
+}
+
+/// DELETE /api/connections/username/{user}: closes every connection of the user, 204.
+async fn close_user_connections(State(api): State<Api>, Path(user): Path<String>) -> Response {
+    for c in api.broker.connection_list().iter().filter(|c| c.user == user) {
+        c.request_close("Closed via management plugin");
+    }
+    StatusCode::NO_CONTENT.into_response()
 }
 
 /// No management extensions (RabbitMQ lists its plugins' UI extensions here).

@@ -112,19 +112,31 @@ pub fn authorise(p: &Principal, method: &Method, path: &str) -> Result<(), Respo
     if p.has("administrator") {
         return Ok(());
     }
-    let admin_only =
-        ["/api/users", "/api/permissions", "/api/topic-permissions", "/api/user-limits", "/api/definitions"]
-            .iter()
-            .any(|prefix| path.starts_with(prefix))
-            || (path.starts_with("/api/vhosts/")
-                && (path.ends_with("/permissions") || path.ends_with("/topic-permissions")))
-            || (path.starts_with("/api/vhosts/") && *method != Method::GET && path.matches('/').count() == 3)
-            || (path.starts_with("/api/vhost-limits") && *method != Method::GET);
+    let admin_only = [
+        "/api/users",
+        "/api/permissions",
+        "/api/topic-permissions",
+        "/api/user-limits",
+        "/api/definitions",
+        "/api/all-configuration",
+    ]
+    .iter()
+    .any(|prefix| path.starts_with(prefix))
+        || (path.starts_with("/api/vhosts/")
+            && (path.ends_with("/permissions") || path.ends_with("/topic-permissions")))
+        || (path.starts_with("/api/vhosts/") && *method != Method::GET && path.matches('/').count() == 3)
+        || (path.starts_with("/api/vhost-limits") && *method != Method::GET);
     if admin_only {
         return Err(not_authorised("Not administrator user"));
     }
     if path.starts_with("/api/nodes") && !p.has("monitoring") {
         return Err(not_authorised("Not monitor user"));
+    }
+    // Another user's connections only to a monitor.
+    if let Some(user) = path.strip_prefix("/api/connections/username/") {
+        if percent_decode(user) != p.name && !p.has("monitoring") {
+            return Err(not_authorised("Not monitor user"));
+        }
     }
     if let Some(v) = path_vhost(path) {
         if !p.may_see(&v) {

@@ -21,16 +21,49 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-/// A broker refusal as RabbitMQ's API reports it: 400 `bad_request` (404 for what is missing,
-/// 405 for a locked queue), with the AMQP reply text as the reason.
+/// A broker refusal of a declare, delete, bind or unbind, as RabbitMQ's API reports what its
+/// channel raised (`rabbit_mgmt_util:direct_request`): 404 `not_found` with the AMQP text,
+/// 401 `not_authorised` "Access refused." for ACCESS_REFUSED and NOT_ALLOWED, else 400
+/// `bad_request` with the text (without the reply code's name).
 fn refused(e: AmqpError) -> Response {
-    let status = match e.code {
-        404 => StatusCode::NOT_FOUND,
-        405 => StatusCode::METHOD_NOT_ALLOWED,
-        _ => StatusCode::BAD_REQUEST,
-    };
-    let kind = if e.code == 404 { "Object Not Found" } else { "bad_request" };
-    error(status, kind, &e.reply_text())
+    match e.code {
+        404 => error(StatusCode::NOT_FOUND, "not_found", &e.text),
+        403 | 530 => access_refused(),
+        _ => error(StatusCode::BAD_REQUEST, "bad_request", &e.text),
+    }
+}
+
+/// RabbitMQ's answer to a change the caller may not make.
+fn access_refused() -> Response {
+    error(StatusCode::UNAUTHORIZED, "not_authorised", "Access refused.")
+}
+
+/// A refusal met by a publish, as RabbitMQ's API reports what its channel closed with:
+/// 400 `bad_request`, "<code> <reply text>".
+fn publish_refused(e: AmqpError) -> Response {
+    error(StatusCode::BAD_REQUEST, "bad_request", &format!("{} {}", e.code, e.reply_text()))
+}
+
+/// A publish or get acts through a connection to the vhost (RabbitMQ's API opens one as its
+/// user): the vhost must exist and the user must have permissions in it, or RabbitMQ's 401.
+fn may_open(api: &Api, vhost: &str) -> Result<Arc<VHost>, Response> {
+    let user = super::principal::PRINCIPAL.try_with(|p| p.name.clone()).ok();
+    let v = vhost_of(api, vhost).ok_or_else(access_refused)?;
+    match user {
+        // Its connection counts against the vhost's and the user's connection limits too.
+        Some(u)
+            if api.broker.access().permission(&u, vhost).is_none()
+                || api.broker.check_connection_limits(&u, vhost).is_err() =>
+        {
+            Err(access_refused())
+        }
+        _ => Ok(v),
+    }
+}
+
+/// RabbitMQ's answer for a vhost in a change's path that does not exist.
+fn no_vhost() -> Response {
+    error(StatusCode::NOT_FOUND, "not_found", "vhost_not_found")
 }
 
 /// A JSON value as an AMQP field, as RabbitMQ's API converts them (integers as signed 64-bit).
@@ -76,9 +109,24 @@ fn vhost_of(api: &Api, name: &str) -> Option<Arc<VHost>> {
 }
 
 /// The caller's permissions for a change, checked as over AMQP: the API acts as its user, in
-/// the vhost of the path (an administrator too, as in RabbitMQ). A refusal is RabbitMQ's 401
-/// with the AMQP text.
+/// the vhost of the path (an administrator too, as in RabbitMQ). A refusal is audited and
+/// answered as RabbitMQ's API reports its channel's error (see [`Refusal`]).
 fn permitted(api: &Api, vhost: &str, checks: &[(Kind, &str, Perm)]) -> Result<(), Response> {
+    permitted_as(api, vhost, checks, Refusal::Declare)
+}
+
+/// How a refused permission is answered, by what was asked.
+#[derive(Clone, Copy)]
+enum Refusal {
+    /// A declare, delete or binding: 401 "Access refused.".
+    Declare,
+    /// A get: 401 with the AMQP text (its channel closed with it).
+    Get,
+    /// A publish: 400 "403 ACCESS_REFUSED - ..." (the channel closes after the publish).
+    Publish,
+}
+
+fn permitted_as(api: &Api, vhost: &str, checks: &[(Kind, &str, Perm)], how: Refusal) -> Result<(), Response> {
     let Ok(user) = super::principal::PRINCIPAL.try_with(|p| p.name.clone()) else { return Ok(()) };
     let grant = api.broker.grant(&user, vhost);
     for &(kind, name, perm) in checks {
@@ -92,7 +140,12 @@ fn permitted(api: &Api, vhost: &str, checks: &[(Kind, &str, Perm)]) -> Result<()
                     .refused(r.text.clone());
                 audit.emit(e);
             }
-            return Err(error(StatusCode::UNAUTHORIZED, "not_authorised", &format!("ACCESS_REFUSED - {}", r.text)));
+            let text = format!("ACCESS_REFUSED - {}", r.text);
+            return Err(match how {
+                Refusal::Declare => access_refused(),
+                Refusal::Get => error(StatusCode::UNAUTHORIZED, "not_authorised", &text),
+                Refusal::Publish => error(StatusCode::BAD_REQUEST, "bad_request", &format!("403 {text}")),
+            });
         }
     }
     Ok(())
@@ -108,7 +161,7 @@ pub(super) fn parse(body: &Bytes) -> Result<Value, Response> {
 
 /// PUT /api/queues/{vhost}/{name}: 201 when created, 204 when it was there (equivalent).
 pub async fn put_queue(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>, body: Bytes) -> Response {
-    let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
+    let Some(v) = vhost_of(&api, &vhost) else { return no_vhost() };
     if let Err(r) = permitted(&api, &vhost, &[(Kind::Queue, &name, Perm::Configure)]) {
         return r;
     }
@@ -117,10 +170,15 @@ pub async fn put_queue(State(api): State<Api>, Path((vhost, name)): Path<(String
         Err(r) => return r,
     };
     let existed = v.queues().iter().any(|q| q.name.as_str() == name);
+    // As over AMQP, a name in amq.* is refused on create; the API reports it as RabbitMQ's.
+    if !existed && name.starts_with("amq.") {
+        return access_refused();
+    }
+    // Fields left out take the AMQP method's defaults, as RabbitMQ fills its method record.
     let decl = QueueDeclaration {
         name: ShortStr::from(name.as_str()),
         passive: false,
-        durable: flag(&body, "durable", true),
+        durable: flag(&body, "durable", false),
         exclusive: false,
         auto_delete: flag(&body, "auto_delete", false),
         arguments: arguments_of(&body),
@@ -149,11 +207,12 @@ pub async fn delete_queue(
     Query(q): Query<DeleteQuery>,
 ) -> Response {
     let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
-    if let Err(r) = permitted(&api, &vhost, &[(Kind::Queue, &name, Perm::Configure)]) {
-        return r;
-    }
+    // As RabbitMQ: a missing queue is 404 before the permission is checked.
     if !v.queues().iter().any(|x| x.name.as_str() == name) {
         return not_found();
+    }
+    if let Err(r) = permitted(&api, &vhost, &[(Kind::Queue, &name, Perm::Configure)]) {
+        return r;
     }
     match v.delete_queue(
         &ShortStr::from(name.as_str()),
@@ -172,6 +231,9 @@ pub async fn delete_queue(
 /// DELETE /api/queues/{vhost}/{name}/contents: purge, 204.
 pub async fn purge(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>) -> Response {
     let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
+    if !v.queues().iter().any(|x| x.name.as_str() == name) {
+        return not_found();
+    }
     if let Err(r) = permitted(&api, &vhost, &[(Kind::Queue, &name, Perm::Read)]) {
         return r;
     }
@@ -187,7 +249,7 @@ pub async fn put_exchange(
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
+    let Some(v) = vhost_of(&api, &vhost) else { return no_vhost() };
     if let Err(r) = permitted(&api, &vhost, &[(Kind::Exchange, &name, Perm::Configure)]) {
         return r;
     }
@@ -199,11 +261,17 @@ pub async fn put_exchange(
         return error(StatusCode::BAD_REQUEST, "bad_request", "key_missing: type");
     };
     let existed = v.exchanges().iter().any(|e| e.name.as_str() == name);
+    if !existed && name.starts_with("amq.") {
+        return access_refused();
+    }
+    if crate::broker::exchange::ExchangeKind::parse(kind).is_err() {
+        return error(StatusCode::BAD_REQUEST, "bad_request", &format!("invalid exchange type '{kind}'"));
+    }
     let result = v.declare_exchange(
         &ShortStr::from(name.as_str()),
         kind,
         false,
-        flag(&body, "durable", true),
+        flag(&body, "durable", false),
         flag(&body, "auto_delete", false),
         flag(&body, "internal", false),
         &arguments_of(&body),
@@ -225,11 +293,11 @@ pub async fn delete_exchange(
     Query(q): Query<DeleteQuery>,
 ) -> Response {
     let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
-    if let Err(r) = permitted(&api, &vhost, &[(Kind::Exchange, &name, Perm::Configure)]) {
-        return r;
-    }
     if !v.exchanges().iter().any(|e| e.name.as_str() == name) {
         return not_found();
+    }
+    if let Err(r) = permitted(&api, &vhost, &[(Kind::Exchange, &name, Perm::Configure)]) {
+        return r;
     }
     match v.delete_exchange(&ShortStr::from(name.as_str()), q.if_unused.unwrap_or(false), &actor()) {
         Ok(ticket) => {
@@ -255,7 +323,7 @@ pub async fn post_binding(
     Path((vhost, source, kind, dest)): Path<(String, String, String, String)>,
     body: Bytes,
 ) -> Response {
-    let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
+    let Some(v) = vhost_of(&api, &vhost) else { return no_vhost() };
     let Some(destination) = destination(&kind, &dest) else { return not_found() };
     let dest_kind = if kind == "e" { Kind::Exchange } else { Kind::Queue };
     if let Err(r) = permitted(&api, &vhost, &[(dest_kind, &dest, Perm::Write), (Kind::Exchange, &source, Perm::Read)]) {
@@ -271,7 +339,7 @@ pub async fn post_binding(
         Ok(ticket) => {
             durable(&api, ticket).await;
             // Where the binding is, relative to this path: its properties key.
-            let props = if key.is_empty() { "~".to_string() } else { key };
+            let props = super::json::properties_key(&key, &arguments_of(&body));
             let mut r = StatusCode::CREATED.into_response();
             if let Ok(h) = props.parse() {
                 r.headers_mut().insert(header::LOCATION, h);
@@ -291,17 +359,12 @@ pub async fn delete_binding(
     let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
     let Some(destination) = destination(&kind, &dest) else { return not_found() };
     let dest_kind = if kind == "e" { Kind::Exchange } else { Kind::Queue };
+    let Some(binding) = find_binding(&v, &source, &destination, &props) else {
+        return not_found();
+    };
     if let Err(r) = permitted(&api, &vhost, &[(dest_kind, &dest, Perm::Write), (Kind::Exchange, &source, Perm::Read)]) {
         return r;
     }
-    let key = if props == "~" { String::new() } else { props };
-    let Some((_, binding)) = v
-        .bindings()
-        .into_iter()
-        .find(|(s, b)| s.as_str() == source && b.destination == destination && b.routing_key.as_str() == key)
-    else {
-        return not_found();
-    };
     match v.unbind(&ShortStr::from(source.as_str()), &binding, &actor()) {
         Ok(ticket) => {
             durable(&api, ticket).await;
@@ -311,11 +374,25 @@ pub async fn delete_binding(
     }
 }
 
+/// The binding from `source` to `destination` whose properties key is `props` (as the path
+/// carried it: quoted once or twice).
+pub(super) fn find_binding(v: &VHost, source: &str, destination: &Destination, props: &str) -> Option<Binding> {
+    let wanted = super::json::unquote_binding(props);
+    v.bindings().into_iter().find_map(|(s, b)| {
+        let key = super::json::properties_key(&b.routing_key, &b.arguments);
+        (s.as_str() == source && &b.destination == destination && super::json::unquote_binding(&key) == wanted)
+            .then_some(b)
+    })
+}
+
 /// POST /api/exchanges/{vhost}/{name}/publish with routing_key, payload, payload_encoding
 /// (`string` or `base64`) and properties: `{"routed": true|false}`.
 pub async fn publish(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>, body: Bytes) -> Response {
-    let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
-    if let Err(r) = permitted(&api, &vhost, &[(Kind::Exchange, &name, Perm::Write)]) {
+    let v = match may_open(&api, &vhost) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if let Err(r) = permitted_as(&api, &vhost, &[(Kind::Exchange, &name, Perm::Write)], Refusal::Publish) {
         return r;
     }
     let body = match parse(&body) {
@@ -331,12 +408,18 @@ pub async fn publish(State(api): State<Api>, Path((vhost, name)): Path<(String, 
             Ok(b) => Bytes::from(b),
             Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &format!("payload is not base64: {e}")),
         },
-        other => return error(StatusCode::BAD_REQUEST, "bad_request", &format!("unknown payload_encoding '{other}'")),
+        other => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "error": "bad_request", "reason": ["unsupported_encoding", other] })),
+            )
+                .into_response()
+        }
     };
     let mut props = properties(body.get("properties"));
     let persistent = props.delivery_mode == Some(2);
     if let Err(e) = v.check_publish(&exchange) {
-        return refused(e);
+        return publish_refused(e);
     }
     // CC and BCC route as on AMQP; BCC is not delivered.
     let cc = match props.headers.as_mut() {
@@ -345,14 +428,14 @@ pub async fn publish(State(api): State<Api>, Path((vhost, name)): Path<(String, 
                 h.remove("BCC");
                 keys
             }
-            Err(e) => return refused(e),
+            Err(e) => return publish_refused(e),
         },
         None => Vec::new(),
     };
     let message = Arc::new(Message::new(exchange.as_str().into(), key.into(), props.to_bytes(), payload, persistent));
     let mut queues = Vec::new();
     if let Err(e) = v.route(&exchange, key, &cc, &message.properties, &mut queues) {
-        return refused(e);
+        return publish_refused(e);
     }
     let mut ticket = 0;
     for q in &queues {
@@ -414,8 +497,11 @@ fn properties_json(p: &BasicProperties) -> Value {
 /// `ack_requeue_false`, `reject_requeue_true`, `reject_requeue_false`), encoding (`auto` or
 /// `base64`) and truncate: the messages, as RabbitMQ lists them.
 pub async fn get(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>, body: Bytes) -> Response {
-    let Some(v) = vhost_of(&api, &vhost) else { return not_found() };
-    if let Err(r) = permitted(&api, &vhost, &[(Kind::Queue, &name, Perm::Read)]) {
+    let v = match may_open(&api, &vhost) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if let Err(r) = permitted_as(&api, &vhost, &[(Kind::Queue, &name, Perm::Read)], Refusal::Get) {
         return r;
     }
     let body = match parse(&body) {
@@ -435,6 +521,8 @@ pub async fn get(State(api): State<Api>, Path((vhost, name)): Path<(String, Stri
     let truncate = body.get("truncate").and_then(Value::as_u64).map(|t| t as usize);
     let queue = match v.queue(&name, super::NO_CONNECTION) {
         Ok(q) => q,
+        // The get's channel closed with 404: RabbitMQ's API passes its whole reply text on.
+        Err(e) if e.code == 404 => return error(StatusCode::NOT_FOUND, "not_found", &e.reply_text()),
         Err(e) => return refused(e),
     };
     let mut out = Vec::new();
@@ -453,7 +541,11 @@ pub async fn get(State(api): State<Api>, Path((vhost, name)): Path<(String, Stri
             "exchange": m.message.exchange.as_str(),
             "routing_key": m.message.routing_key.as_str(),
             "message_count": remaining,
-            "properties": properties_json(&m.message.decode_properties()),
+            // RabbitMQ writes properties that are all absent as an empty list.
+            "properties": match properties_json(&m.message.decode_properties()) {
+                Value::Object(o) if o.is_empty() => json!([]),
+                p => p,
+            },
             "payload": payload,
             "payload_encoding": encoding,
         }));
