@@ -112,6 +112,10 @@ class RabbitMQ:
     name = "RabbitMQ"
     port = 5702
     node = "harebench@localhost"
+    # Plugins to enable and lines added to rabbitmq.conf (the conformance run's HTTP side
+    # enables the management plugin).
+    plugins = ()
+    conf = ()
 
     def __init__(self):
         self.dir = os.path.join(tempfile.gettempdir(), "hare-bench-rabbitmq")
@@ -141,7 +145,13 @@ class RabbitMQ:
         with open(conf, "w") as f:
             if memory_limit_mib:
                 f.write(f"vm_memory_high_watermark.absolute = {memory_limit_mib}MiB\n")
+            for line in self.conf:
+                f.write(line + "\n")
         shutil.chown(conf, "rabbitmq", "rabbitmq")
+        plugins = os.path.join(self.dir, "enabled_plugins")
+        with open(plugins, "w") as f:
+            f.write(f"[{','.join(self.plugins)}].\n")
+        shutil.chown(plugins, "rabbitmq", "rabbitmq")
         started = time.monotonic()
         # Debian's wrapper switches user with su, whose PAM session resets the descriptor
         # limit to 1024; start the server script as the rabbitmq user directly instead, so the
