@@ -70,11 +70,21 @@ pub struct VhostDef {
     pub tags: Vec<String>,
     #[serde(default)]
     pub limits: Limits,
+    /// The queue type a declare without `x-queue-type` gets, as RabbitMQ's vhost metadata
+    /// keeps it (`defaultqueuetype` in the API); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_queue_type: Option<String>,
 }
 
 impl VhostDef {
     pub fn new(name: &str) -> Self {
-        VhostDef { name: name.into(), description: String::new(), tags: Vec::new(), limits: Limits::new() }
+        VhostDef {
+            name: name.into(),
+            description: String::new(),
+            tags: Vec::new(),
+            limits: Limits::new(),
+            default_queue_type: None,
+        }
     }
 
     pub fn limit(&self, name: &str) -> Option<u64> {

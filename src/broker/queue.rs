@@ -297,6 +297,11 @@ impl Queue {
     pub fn consumer_count(&self) -> u32 {
         self.state.lock().consumers.len() as u32
     }
+    /// How fast the ready and unacknowledged counts change, per second (last two samples).
+    pub fn depth_rates(&self) -> (f64, f64) {
+        self.state.lock().depth_rates
+    }
+
     /// Messages written to the queue's log and read back from it so far.
     pub fn disk_counts(&self) -> (u64, u64) {
         let st = self.state.lock();

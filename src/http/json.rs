@@ -478,7 +478,7 @@ pub fn vhost(broker: &Broker, v: &VHost, def: Option<&crate::auth::VhostDef>, no
     });
     if v.had_queue() {
         let (r, u) = queues.iter().fold((0.0, 0.0), |(r, u), q| {
-            let d = q.stats().depth_rates;
+            let d = q.depth_rates();
             (r + d.0, u + d.1)
         });
         j["messages"] = json!(ready + unacked);

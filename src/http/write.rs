@@ -93,8 +93,15 @@ pub(super) fn arguments_of(body: &Value) -> FieldTable {
     body.get("arguments").and_then(Value::as_object).map(to_table).unwrap_or_default()
 }
 
+/// A boolean field as RabbitMQ's API reads one (`parse_bool`): `true`, or the string
+/// `"true"` that rabbitmqadmin sends, and the same for false; absent, `default`.
 pub(super) fn flag(body: &Value, name: &str, default: bool) -> bool {
-    body.get(name).and_then(Value::as_bool).unwrap_or(default)
+    match body.get(name) {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) if s == "true" => true,
+        Some(Value::String(s)) if s == "false" => false,
+        _ => default,
+    }
 }
 
 /// Waits until a journal ticket is on disk (0: nothing to wait for).

@@ -131,6 +131,24 @@ def test_external_logs_in_as_the_client_certificates_name(hare, certs):
         connect_tls(hare, certs, credentials=pika.PlainCredentials("certuser", ""))
 
 
+def test_connections_show_their_tls_session_and_certificate(hare, certs):
+    """What operators audit TLS with, as RabbitMQ's connection objects show it."""
+    plain = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", hare.port))
+    c = connect_tls(hare, certs, client="client")
+    by_ssl = {}
+    for x in api(hare, "/api/connections")[1]:
+        by_ssl[x["ssl"]] = x
+    tls, tcp = by_ssl[True], by_ssl[False]
+    assert tls["ssl_protocol"] in ("tlsv1.2", "tlsv1.3") and tls["auth_mechanism"] == "PLAIN"
+    assert tls["ssl_cipher"] in ("aes_256_gcm", "aes_128_gcm", "chacha20_poly1305") and tls["ssl_hash"] == "aead"
+    assert tls["ssl_key_exchange"] == ("any" if tls["ssl_protocol"] == "tlsv1.3" else tls["ssl_key_exchange"])
+    assert tls["peer_cert_subject"] == "CN=certuser" and tls["peer_cert_issuer"] == "CN=Hare test CA"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ - \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", tls["peer_cert_validity"])
+    assert tcp["ssl_protocol"] is None and tcp["peer_cert_subject"] is None and tcp["auth_mechanism"] == "PLAIN"
+    c.close()
+    plain.close()
+
+
 def test_a_client_without_a_certificate_is_turned_away_when_one_is_required(certs):
     h = start(certs, "--tls-fail-if-no-peer-cert")
     try:

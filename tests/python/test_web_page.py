@@ -94,6 +94,21 @@ def test_a_queue_appears_after_a_publish_and_the_forms_publish_and_get(hare, bro
         c.close()
 
 
+def test_the_connections_table_shows_how_each_connection_logged_in(hare, browser):
+    """The login mechanism and the TLS session are what operators audit connections by."""
+    login(browser, hare, "guest", "guest")
+    browser.wait("!document.querySelector('#nav').hidden")
+    c = hare.connect()
+    try:
+        browser.eval("location.hash = '#/connections'; true")
+        browser.wait("[...document.querySelectorAll('#connections-table th')].map(th => th.textContent).join('|')"
+                     ".includes('Login|TLS|Client certificate')", what="the login and TLS columns")
+        browser.wait("[...document.querySelectorAll('#connections-table tbody td')].some(td => td.textContent === 'PLAIN')",
+                     what="a connection that logged in with PLAIN")
+    finally:
+        c.close()
+
+
 def test_ten_thousand_queues_are_listed_a_page_at_a_time(hare, browser):
     c = hare.connect()
     ch = c.channel()

@@ -199,6 +199,8 @@ function connections() {
   heading("Connections");
   return table("connections-table", "/api/connections", [
     ["name", "Name"], ["user", "User"], ["vhost", "Vhost"], ["channels", "Channels"], ["recv_oct", "Received B"], ["send_oct", "Sent B"],
+    ["auth_mechanism", "Login"], ["ssl_protocol", "TLS", (r) => (r.ssl ? `${r.ssl_protocol} ${r.ssl_cipher}` : "")],
+    ["peer_cert_subject", "Client certificate", (r) => r.peer_cert_subject || ""],
   ]);
 }
 
