@@ -128,9 +128,9 @@ fn items<'a>(body: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
     body.get(key).and_then(Value::as_array).into_iter().flatten()
 }
 
-/// A user's or vhost's `limits` object, its integer values kept.
-fn limits_of(item: &Value) -> Option<crate::auth::Limits> {
-    let limits = item.get("limits")?.as_object()?;
+/// A user's or vhost's limits object (under `key`), its integer values kept.
+fn limits_of(item: &Value, key: &str) -> Option<crate::auth::Limits> {
+    let limits = item.get(key)?.as_object()?;
     Some(limits.iter().filter_map(|(k, v)| Some((k.clone(), v.as_i64()?))).collect())
 }
 
@@ -181,7 +181,7 @@ async fn import_into(api: &Api, body: Value) -> Response {
         let old = api.broker.user(text(u, "name"));
         match super::access::user_from(text(u, "name"), u, old.as_ref()) {
             Ok(mut user) => {
-                if let Some(limits) = limits_of(u) {
+                if let Some(limits) = limits_of(u, "limits") {
                     user.limits = limits;
                 }
                 changes.push(AccessChange::PutUser { user })
@@ -198,23 +198,23 @@ async fn import_into(api: &Api, body: Value) -> Response {
         if v.get("tags").is_some() {
             def.tags = super::access::tags_of(v.get("tags"));
         }
-        if let Some(limits) = limits_of(v) {
+        if let Some(limits) = limits_of(v, "limits") {
             def.limits = limits;
         }
         changes.push(AccessChange::PutVhost { vhost: def });
     }
     // Vhost limits kept as RabbitMQ's runtime parameter.
     for p in items(&body, "parameters").filter(|p| text(p, "component") == "vhost-limits") {
-        let Some(mut def) = api.broker.access().vhost(text(p, "vhost")).cloned().or_else(|| {
-            changes.iter().find_map(|c| match c {
-                AccessChange::PutVhost { vhost } if vhost.name == text(p, "vhost") => Some(vhost.clone()),
-                _ => None,
-            })
-        }) else {
+        // The vhost as this import leaves it (its own entry first), else as it is.
+        let pending = changes.iter().rev().find_map(|c| match c {
+            AccessChange::PutVhost { vhost } if vhost.name == text(p, "vhost") => Some(vhost.clone()),
+            _ => None,
+        });
+        let Some(mut def) = pending.or_else(|| api.broker.access().vhost(text(p, "vhost")).cloned()) else {
             return bad(format!("no vhost '{}'", text(p, "vhost")));
         };
-        if let Some(limits) = p.get("value").and_then(Value::as_object) {
-            def.limits = limits.iter().filter_map(|(k, v)| Some((k.clone(), v.as_i64()?))).collect();
+        if let Some(limits) = limits_of(p, "value") {
+            def.limits = limits;
         }
         changes.push(AccessChange::PutVhost { vhost: def });
     }

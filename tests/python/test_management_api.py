@@ -338,3 +338,18 @@ def test_connections_are_listed_and_can_be_closed(fresh_hare):
     assert closed == [(320, "CONNECTION_FORCED - Closed via management plugin")]
     wait_for(lambda: api(fresh_hare, "/api/connections")[1] == [], what="the list to empty")
     assert api(fresh_hare, f"/api/connections/{name}")[0] == 404
+
+
+def test_an_import_with_a_vhosts_metadata_and_its_limits_keeps_both(hare):
+    """RabbitMQ's exports carry a vhost's limits as a runtime parameter beside the vhost; an
+    existing vhost takes both its new metadata and its limits."""
+    assert api(hare, "/api/vhosts/imp-v", method="PUT", body={})[0] == 201
+    defs = {
+        "vhosts": [{"name": "imp-v", "description": "imported", "tags": ["a"]}],
+        "parameters": [{"vhost": "imp-v", "component": "vhost-limits", "name": "limits", "value": {"max-queues": 7}}],
+    }
+    assert api(hare, "/api/definitions", method="POST", body=defs)[0] == 204
+    status, v = api(hare, "/api/vhosts/imp-v")
+    assert status == 200 and v["description"] == "imported" and v["tags"] == ["a"]
+    assert api(hare, "/api/vhost-limits/imp-v")[1] == [{"vhost": "imp-v", "value": {"max-queues": 7}}]
+    assert api(hare, "/api/vhosts/imp-v", method="DELETE")[0] == 204
