@@ -120,8 +120,8 @@ pub struct VhostTotals {
     /// Bytes received and sent by the vhost's connections that are closed.
     pub closed_oct: [u64; 2],
     pub rates: stats::RateMeter,
-    pub oct_rates: [f64; 2],
-    last_oct: Option<(u64, [u64; 2])>,
+    /// Rates of the bytes received and sent (no history kept).
+    pub oct_rates: history::Meter<2>,
 }
 
 /// The broker-wide series the overview's samples come from.
@@ -398,14 +398,23 @@ impl Broker {
     /// closed, with their rates as last sampled.
     pub fn vhost_totals(&self, vhost: &str) -> (stats::MessageCounts, [u64; 2], VhostTotals) {
         let t = self.vhost_totals.lock().get(vhost).cloned().unwrap_or_default();
-        let mut counts = t.closed;
-        let mut oct = t.closed_oct;
-        for c in self.registry.lock().values().filter(|c| c.vhost == vhost) {
+        let (counts, oct) = self.open_sums(Some(vhost)).remove(vhost).unwrap_or_default();
+        let mut total = t.closed;
+        total.add(&counts);
+        (total, [t.closed_oct[0] + oct[0], t.closed_oct[1] + oct[1]], t)
+    }
+
+    /// The message counts and bytes of the open connections, by vhost (of `only`, or all), in
+    /// one pass over them.
+    fn open_sums(&self, only: Option<&str>) -> HashMap<String, (stats::MessageCounts, [u64; 2])> {
+        let mut sums: HashMap<String, (stats::MessageCounts, [u64; 2])> = HashMap::new();
+        for c in self.registry.lock().values().filter(|c| only.is_none_or(|v| c.vhost == v)) {
+            let (counts, oct) = sums.entry(c.vhost.clone()).or_default();
             counts.add(&c.counts());
             oct[0] += c.recv_oct.load(Ordering::Relaxed);
             oct[1] += c.send_oct.load(Ordering::Relaxed);
         }
-        (counts, oct, t)
+        sums
     }
 
     /// Rates of [`Broker::message_counts`], as last sampled.
@@ -425,18 +434,16 @@ impl Broker {
                 ch.sample(now_ms);
             }
         }
+        let mut open = self.open_sums(None);
         for v in self.vhosts() {
-            let (counts, oct, _) = self.vhost_totals(&v.name);
+            let (counts, oct) = open.remove(&v.name).unwrap_or_default();
             let mut totals = self.vhost_totals.lock();
             let t = totals.entry(v.name.clone()).or_default();
-            t.rates.sample(now_ms, counts);
-            if let Some((at, before)) = t.last_oct {
-                let dt = now_ms.saturating_sub(at) as f64 / 1000.0;
-                if dt > 0.0 {
-                    t.oct_rates = [0, 1].map(|i| oct[i].saturating_sub(before[i]) as f64 / dt);
-                }
-            }
-            t.last_oct = Some((now_ms, oct));
+            let mut total = t.closed;
+            total.add(&counts);
+            t.rates.sample(now_ms, total);
+            let oct = [t.closed_oct[0] + oct[0], t.closed_oct[1] + oct[1]];
+            t.oct_rates.sample(now_ms, oct);
         }
         let (mut ready, mut unacked) = (0, 0);
         for v in self.vhosts() {

@@ -393,9 +393,7 @@ pub async fn put_vhost_limit(
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let Some(mut def) = api.broker.access().vhost(&vhost).cloned() else {
-        return error(StatusCode::NOT_FOUND, "not_found", "vhost_not_found");
-    };
+    let Some(mut def) = api.broker.access().vhost(&vhost).cloned() else { return super::write::no_vhost() };
     let value = match limit_value(&body, &name, &crate::auth::VHOST_LIMITS, "limits") {
         Ok(v) => v,
         Err(r) => return r,

@@ -491,9 +491,10 @@ pub fn vhost(broker: &Broker, v: &VHost, def: Option<&crate::auth::VhostDef>, no
     let (counts, oct, totals) = broker.vhost_totals(&v.name);
     if oct.iter().any(|&b| b > 0) {
         j["recv_oct"] = json!(oct[0]);
-        j["recv_oct_details"] = json!({ "rate": round(totals.oct_rates[0]) });
+        let rates = totals.oct_rates.rates();
+        j["recv_oct_details"] = json!({ "rate": round(rates[0]) });
         j["send_oct"] = json!(oct[1]);
-        j["send_oct_details"] = json!({ "rate": round(totals.oct_rates[1]) });
+        j["send_oct_details"] = json!({ "rate": round(rates[1]) });
     }
     let stats = message_stats(&counts, totals.rates.rates(), None);
     if stats.as_object().is_some_and(|m| !m.is_empty()) {

@@ -523,11 +523,7 @@ async fn binding_one(
     Path((vhost, source, kind, dest, props)): Path<(String, String, String, String, String)>,
 ) -> Response {
     let Some(v) = api.broker.vhost(&vhost) else { return not_found() };
-    let destination = match kind.as_str() {
-        "q" => crate::broker::exchange::Destination::Queue(dest.as_str().into()),
-        "e" => crate::broker::exchange::Destination::Exchange(dest.as_str().into()),
-        _ => return not_found(),
-    };
+    let Some(destination) = write::destination(&kind, &dest) else { return not_found() };
     let source = exchange_name(source);
     match write::find_binding(&v, &source, &destination, &props) {
         Some(b) => {

@@ -62,7 +62,7 @@ fn may_open(api: &Api, vhost: &str) -> Result<Arc<VHost>, Response> {
 }
 
 /// RabbitMQ's answer for a vhost in a change's path that does not exist.
-fn no_vhost() -> Response {
+pub(super) fn no_vhost() -> Response {
     error(StatusCode::NOT_FOUND, "not_found", "vhost_not_found")
 }
 
@@ -315,7 +315,8 @@ pub async fn delete_exchange(
     }
 }
 
-fn destination(kind: &str, name: &str) -> Option<Destination> {
+/// A binding path's destination: `q` a queue, `e` an exchange.
+pub(super) fn destination(kind: &str, name: &str) -> Option<Destination> {
     match kind {
         "q" => Some(Destination::Queue(name.into())),
         "e" => Some(Destination::Exchange(name.into())),
