@@ -367,8 +367,11 @@ def reconcile(x, y):
                     reconcile(e, named[key(e)])
             elif i < len(y):
                 reconcile(e, y[i])
-        if all(isinstance(e, dict) for e in x):
-            x.sort(key=lambda e: json.dumps(e, sort_keys=True))
+        # Views are sorted by their JSON text, which the keys dropped above change: both
+        # lists are sorted again so that entries pair by position.
+        for side in (x, y):
+            if all(isinstance(e, dict) for e in side):
+                side.sort(key=lambda e: json.dumps(e, sort_keys=True))
 
 
 def settle(a, b, step, ra, rb, deadline_s=None):
