@@ -1,0 +1,402 @@
+//! The replicated state machine: every quorum queue's [`QuorumQueue`], which process of which
+//! node proposed what last, and Raft's membership. openraft applies committed entries here in
+//! log order on every node; what an entry asks of this node (a delivery to one of its
+//! consumers, a dead letter when it leads, a queue to create or drop locally) goes to the
+//! [`Effects`] the broker side implements, after the state's lock is released.
+//!
+//! Snapshots are the whole state, serialized; the latest is kept on disk so that a node
+//! restarting after its log was purged starts from it.
+
+use super::quorum::{ConsumerKey, Effect, Msg, Outcome, QuorumQueue, Reason};
+use super::types::{Batch, Command, Entry, LogId, NodeId, QueueName, StorageError, StoredMembership, TypeConfig};
+use bytes::Bytes;
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// What applying entries asks of this node's broker.
+pub trait Effects: Send + Sync + 'static {
+    /// A quorum queue exists (declared now, or found in a snapshot): make it routable here.
+    fn declared(&self, queue: &QueueName, arguments: &Bytes);
+    fn deleted(&self, queue: &QueueName);
+    /// Hand a message to this process's consumer `consumer`.
+    fn deliver(&self, queue: &QueueName, consumer: u64, id: u64, msg: Arc<Msg>, redelivered: bool, delivery_count: u32);
+    /// Republish a dead letter (called on the leader only).
+    fn dead_letter(&self, queue: &QueueName, msg: Arc<Msg>, reason: Reason, delivery_count: u32);
+    /// The cluster dropped these consumers of this process (it thought the node down): they
+    /// should register again.
+    fn consumers_lost(&self, queue: &QueueName, consumers: Vec<u64>);
+}
+
+/// One quorum queue as replicated.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct QueueEntry {
+    pub arguments: Bytes,
+    pub queue: QuorumQueue,
+}
+
+/// The state every node holds the same.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct Replicated {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+    pub queues: BTreeMap<QueueName, QueueEntry>,
+    /// Each process that proposed: its node, and the last batch of it applied.
+    pub processes: BTreeMap<u64, (NodeId, u64)>,
+}
+
+impl Replicated {
+    /// Applies one batch; the outcomes answer its commands in order, the effects are
+    /// collected with the queue they concern.
+    fn apply_batch(
+        &mut self,
+        b: &Batch,
+        fx: &mut Vec<(QueueName, Effect)>,
+        lost: &mut Vec<(QueueName, u64, u64)>,
+    ) -> Vec<Outcome> {
+        let node_of = |procs: &BTreeMap<u64, (NodeId, u64)>, p: u64| procs.get(&p).map(|x| x.0);
+        match self.processes.get(&b.from) {
+            Some(&(_, last)) if b.seq <= last => {
+                // A retry of a batch already applied: applied once.
+                return vec![Outcome::Ok; b.commands.len()];
+            }
+            _ => {}
+        }
+        let mut out = Vec::with_capacity(b.commands.len());
+        let now = b.now;
+        for c in &b.commands {
+            let mut local = Vec::new();
+            let outcome = match c {
+                Command::Hello { node } => {
+                    // Earlier processes of this node are gone: their consumers with them.
+                    let old: Vec<u64> = self
+                        .processes
+                        .iter()
+                        .filter(|(p, (n, _))| *n == *node && **p != b.from)
+                        .map(|(p, _)| *p)
+                        .collect();
+                    for p in old {
+                        self.processes.remove(&p);
+                        for (name, e) in self.queues.iter_mut() {
+                            e.queue.down(p, None, now, &mut local);
+                            for x in local.drain(..) {
+                                fx.push((name.clone(), x));
+                            }
+                        }
+                    }
+                    Outcome::Ok
+                }
+                Command::NodeDown { node } => {
+                    let procs: Vec<u64> =
+                        self.processes.iter().filter(|(_, (n, _))| n == node).map(|(p, _)| *p).collect();
+                    for p in procs {
+                        for (name, e) in self.queues.iter_mut() {
+                            let mine: Vec<u64> = e.queue.consumers().filter(|k| k.0 == p).map(|k| k.1).collect();
+                            for c in mine {
+                                lost.push((name.clone(), p, c));
+                            }
+                            e.queue.down(p, None, now, &mut local);
+                            for x in local.drain(..) {
+                                fx.push((name.clone(), x));
+                            }
+                        }
+                    }
+                    Outcome::Ok
+                }
+                Command::Declare { queue, arguments, settings } => {
+                    self.queues.entry(queue.clone()).or_insert_with(|| QueueEntry {
+                        arguments: arguments.clone(),
+                        queue: QuorumQueue::new(settings.clone()),
+                    });
+                    Outcome::Ok
+                }
+                Command::Delete { queue } => match self.queues.remove(queue) {
+                    Some(e) => Outcome::Count(e.queue.ready_count() + e.queue.unacked_count()),
+                    None => Outcome::Count(0),
+                },
+                Command::Tick => {
+                    for (name, e) in self.queues.iter_mut() {
+                        e.queue.expire(now, &mut local);
+                        for x in local.drain(..) {
+                            fx.push((name.clone(), x));
+                        }
+                    }
+                    Outcome::Ok
+                }
+                other => {
+                    let Some(name) = queue_of(other) else { continue };
+                    let Some(e) = self.queues.get_mut(name) else {
+                        out.push(Outcome::Count(0));
+                        continue;
+                    };
+                    let q = &mut e.queue;
+                    let o = match other {
+                        Command::Enqueue { msg, .. } => q.enqueue(msg.clone(), now, &mut local),
+                        Command::Checkout { consumer, prefetch, no_ack, .. } => {
+                            q.checkout(*consumer, *prefetch, *no_ack, now, &mut local);
+                            Outcome::Ok
+                        }
+                        Command::Cancel { consumer, .. } => {
+                            q.cancel(*consumer, now, &mut local);
+                            Outcome::Ok
+                        }
+                        Command::Settle { consumer, ids, .. } => {
+                            q.settle(*consumer, ids, now, &mut local);
+                            Outcome::Ok
+                        }
+                        Command::Return { consumer, ids, .. } => {
+                            q.return_(*consumer, ids, now, &mut local);
+                            Outcome::Ok
+                        }
+                        Command::Discard { consumer, ids, .. } => {
+                            q.discard(*consumer, ids, now, &mut local);
+                            Outcome::Ok
+                        }
+                        Command::Down { consumer, .. } => {
+                            q.down(consumer.0, Some(consumer.1), now, &mut local);
+                            Outcome::Ok
+                        }
+                        Command::Purge { .. } => Outcome::Count(q.purge()),
+                        _ => Outcome::Ok,
+                    };
+                    for x in local.drain(..) {
+                        fx.push((name.clone(), x));
+                    }
+                    o
+                }
+            };
+            out.push(outcome);
+        }
+        let _ = node_of;
+        let node = match b.commands.first() {
+            Some(Command::Hello { node }) => Some(*node),
+            _ => None,
+        };
+        let entry = self.processes.entry(b.from).or_insert((node.unwrap_or(0), 0));
+        if let Some(n) = node {
+            entry.0 = n;
+        }
+        entry.1 = b.seq;
+        out
+    }
+}
+
+fn queue_of(c: &Command) -> Option<&QueueName> {
+    match c {
+        Command::Enqueue { queue, .. }
+        | Command::Checkout { queue, .. }
+        | Command::Cancel { queue, .. }
+        | Command::Settle { queue, .. }
+        | Command::Return { queue, .. }
+        | Command::Discard { queue, .. }
+        | Command::Down { queue, .. }
+        | Command::Purge { queue }
+        | Command::Declare { queue, .. }
+        | Command::Delete { queue } => Some(queue),
+        Command::Hello { .. } | Command::NodeDown { .. } | Command::Tick => None,
+    }
+}
+
+/// The state machine openraft applies to.
+pub struct Machine {
+    pub state: Arc<RwLock<Replicated>>,
+    /// This process's id (consumers' keys start with it).
+    pub process: u64,
+    /// Whether this node leads now (dead letters are republished by the leader alone).
+    pub leading: Arc<AtomicBool>,
+    /// The last log index applied here, for status and tests.
+    pub applied: Arc<AtomicU64>,
+    effects: Arc<dyn Effects>,
+    dir: PathBuf,
+}
+
+fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    StorageError::from(openraft::StorageIOError::new(
+        ErrorSubject::StateMachine,
+        verb,
+        openraft::AnyError::error(e.to_string()),
+    ))
+}
+
+impl Machine {
+    /// The state machine, from the snapshot on disk if there is one.
+    pub fn open(dir: PathBuf, process: u64, effects: Arc<dyn Effects>) -> std::io::Result<Machine> {
+        let mut m =
+            Machine { state: Arc::default(), process, leading: Arc::default(), applied: Arc::default(), effects, dir };
+        if let Some((_, data)) = load(&m.dir) {
+            if let Ok(state) = bincode::deserialize::<Replicated>(&data) {
+                m.install(state);
+            }
+        }
+        Ok(m)
+    }
+
+    /// Replaces the state and tells the broker which queues exist now.
+    fn install(&mut self, state: Replicated) {
+        let old: Vec<QueueName> = self.state.read().queues.keys().cloned().collect();
+        let new: Vec<(QueueName, Bytes)> = state.queues.iter().map(|(k, v)| (k.clone(), v.arguments.clone())).collect();
+        self.applied.store(state.last_applied.map_or(0, |l| l.index), Ordering::Release);
+        *self.state.write() = state;
+        for q in old {
+            if !new.iter().any(|(n, _)| *n == q) {
+                self.effects.deleted(&q);
+            }
+        }
+        for (q, args) in &new {
+            self.effects.declared(q, args);
+        }
+    }
+}
+
+/// Writes a snapshot to `dir/snapshot`: a new file, synced, renamed over the old one.
+fn save(dir: &std::path::Path, meta: &SnapshotMeta<NodeId, openraft::BasicNode>, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let bytes = bincode::serialize(&(meta, data)).map_err(std::io::Error::other)?;
+    let tmp = dir.join("snapshot.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join("snapshot"))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn load(dir: &std::path::Path) -> Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)> {
+    let bytes = std::fs::read(dir.join("snapshot")).ok()?;
+    bincode::deserialize(&bytes).ok()
+}
+
+/// Builds a snapshot from a copy of the state and keeps it on disk (openraft purges the log
+/// entries it covers next).
+pub struct Builder {
+    state: Arc<RwLock<Replicated>>,
+    dir: PathBuf,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for Builder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (data, last, membership) = {
+            let st = self.state.read();
+            let data = bincode::serialize(&*st).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            (data, st.last_applied, st.membership.clone())
+        };
+        let id = last.map_or("0-0".to_string(), |l| format!("{}-{}", l.leader_id, l.index));
+        let meta = SnapshotMeta { last_log_id: last, last_membership: membership, snapshot_id: id };
+        save(&self.dir, &meta, &data).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for Machine {
+    type SnapshotBuilder = Builder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let st = self.state.read();
+        Ok((st.last_applied, st.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Outcome>>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut replies = Vec::new();
+        let mut fx = Vec::new();
+        let mut lost = Vec::new();
+        let mut created = Vec::new();
+        let mut dropped = Vec::new();
+        {
+            let mut st = self.state.write();
+            for e in entries {
+                st.last_applied = Some(e.log_id);
+                match e.payload {
+                    EntryPayload::Blank => replies.push(Vec::new()),
+                    EntryPayload::Membership(m) => {
+                        st.membership = StoredMembership::new(Some(e.log_id), m);
+                        replies.push(Vec::new());
+                    }
+                    EntryPayload::Normal(b) => {
+                        for c in &b.commands {
+                            match c {
+                                Command::Declare { queue, arguments, .. } if !st.queues.contains_key(queue) => {
+                                    created.push((queue.clone(), arguments.clone()))
+                                }
+                                Command::Delete { queue } if st.queues.contains_key(queue) => {
+                                    dropped.push(queue.clone())
+                                }
+                                _ => {}
+                            }
+                        }
+                        replies.push(st.apply_batch(&b, &mut fx, &mut lost));
+                    }
+                }
+            }
+            self.applied.store(st.last_applied.map_or(0, |l| l.index), Ordering::Release);
+        }
+        for (q, args) in &created {
+            self.effects.declared(q, args);
+        }
+        let leading = self.leading.load(Ordering::Acquire);
+        for (q, effect) in fx {
+            match effect {
+                Effect::Deliver { consumer, id, msg, redelivered, delivery_count } => {
+                    if consumer.0 == self.process {
+                        self.effects.deliver(&q, consumer.1, id, msg, redelivered, delivery_count);
+                    }
+                }
+                Effect::DeadLetter { msg, reason, delivery_count } => {
+                    if leading {
+                        self.effects.dead_letter(&q, msg, reason, delivery_count);
+                    }
+                }
+            }
+        }
+        let mut mine: BTreeMap<QueueName, Vec<u64>> = BTreeMap::new();
+        for (q, p, c) in lost {
+            if p == self.process {
+                mine.entry(q).or_default().push(c);
+            }
+        }
+        for (q, cs) in mine {
+            self.effects.consumers_lost(&q, cs);
+        }
+        for q in &dropped {
+            self.effects.deleted(q);
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        Builder { state: self.state.clone(), dir: self.dir.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let state: Replicated = bincode::deserialize(&data).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        save(&self.dir, meta, &data).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        self.install(state);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        Ok(load(&self.dir).map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+}
+
+/// What a consumer key's process part is, for the status.
+pub fn process_of(k: ConsumerKey) -> u64 {
+    k.0
+}

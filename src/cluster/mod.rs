@@ -1,0 +1,20 @@
+//! The cluster layer: nodes that replicate quorum queues with Raft, on the openraft library.
+//!
+//! - [`quorum`]: a quorum queue as a deterministic state machine (enqueue, checkout, settle,
+//!   return, discard, dequeue), after RabbitMQ's `rabbit_fifo`; pure, model-tested.
+//! - [`types`]: what the Raft log carries (batches of commands) and openraft's type config.
+//! - [`log_store`]: the Raft log on disk, group-committed.
+//! - [`machine`]: the replicated state (every quorum queue) openraft applies entries to, its
+//!   snapshots, and the effects of applying them on this node ([`machine::Effects`]).
+//! - [`transport`]: node-to-node TCP with a shared-secret handshake ([`secret`]).
+//! - [`node`]: a running node: Raft, the listener, bootstrap from the seeds, the proposer.
+//! - [`bridge`]: the broker's side: a quorum queue's local face (routing, consumers,
+//!   confirms) over the replicated state.
+
+pub mod log_store;
+pub mod machine;
+pub mod node;
+pub mod quorum;
+pub mod secret;
+pub mod transport;
+pub mod types;

@@ -1,0 +1,396 @@
+//! A cluster node: the Raft instance with its log store and state machine, the listener on
+//! the cluster port, the first start's bootstrap from the seeds, and the proposer through which
+//! this node's commands reach the leader.
+//!
+//! The proposer gathers what the node's channels propose while the previous batch is in flight
+//! and sends it as one batch: to openraft when this node leads, else to the leader over the
+//! transport. Batches of one process are applied in order and each once (the state machine
+//! skips a retried batch it has), so a proposal's ticket is resolved once every earlier one is:
+//! channels wait for a watermark, as they wait for the disk's.
+
+use super::log_store::LogStore;
+use super::machine::{Effects, Machine, Replicated};
+use super::quorum::Outcome;
+use super::transport::{self, Factory, NetCtx, Peer, ProposeError, Request, Response};
+use super::types::{node_id, Batch, Command, NodeId, Raft};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::BasicNode;
+use parking_lot::{Mutex, RwLock};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch, Notify};
+
+/// A batch carries at most this many commands, or about this many bytes of messages.
+const BATCH_COMMANDS: usize = 4096;
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// A node that answered none of the leader's RPCs for this long is down: its consumers are
+/// dropped and what they held goes to others (it registers them again if it comes back).
+const NODE_DOWN_AFTER: Duration = Duration::from_secs(5);
+/// How often the leader looks for expired messages and silent nodes.
+const LEADER_TICK: Duration = Duration::from_millis(250);
+
+/// How a node joins: its name, where it listens, whom it asks, and the shared secret.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub node_name: String,
+    /// The address this node listens on for other nodes, and the one they reach it at.
+    pub listen: String,
+    pub advertise: String,
+    pub seeds: Vec<String>,
+    pub secret: Vec<u8>,
+    pub dir: PathBuf,
+    /// Raft's timeouts, in ms.
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+}
+
+struct Pending {
+    ticket: u64,
+    command: Command,
+    reply: Option<oneshot::Sender<Outcome>>,
+}
+
+/// A running node, shared by the broker side.
+pub struct Cluster {
+    pub id: NodeId,
+    pub name: String,
+    pub raft: Raft,
+    pub state: Arc<RwLock<Replicated>>,
+    /// This process's id in consumer keys and batches.
+    pub process: u64,
+    pub net: Arc<NetCtx>,
+    pending: Mutex<(u64, VecDeque<Pending>, usize)>,
+    wake: Notify,
+    /// Every ticket at or below this is resolved (committed and applied, or failed).
+    resolved: watch::Sender<u64>,
+    /// Tickets of enqueues a full queue refused (reject-publish): nacked, not acked.
+    rejected: Mutex<BTreeSet<u64>>,
+    leading: Arc<AtomicBool>,
+}
+
+impl Cluster {
+    /// Starts the node: Raft on its log and state machine, the cluster listener, the
+    /// proposer and the leader's duties; the first start of a cluster forms it from the seeds.
+    pub async fn start(s: ClusterSettings, effects: Arc<dyn Effects>) -> Result<Arc<Cluster>, String> {
+        let id = node_id(&s.node_name);
+        let process: u64 = rand::random::<u64>() | 1;
+        let config = openraft::Config {
+            cluster_name: "hare".into(),
+            heartbeat_interval: s.heartbeat_ms,
+            election_timeout_min: s.election_min_ms,
+            election_timeout_max: s.election_max_ms,
+            max_payload_entries: 64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
+            max_in_snapshot_log_to_keep: 1_000,
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate().map_err(|e| format!("raft settings: {e}"))?);
+        let log = LogStore::open(&s.dir).map_err(|e| format!("raft log in {}: {e}", s.dir.display()))?;
+        let machine = Machine::open(s.dir.clone(), process, effects)
+            .map_err(|e| format!("raft state in {}: {e}", s.dir.display()))?;
+        let state = machine.state.clone();
+        let leading = machine.leading.clone();
+        let net = NetCtx::new(s.node_name.clone(), s.secret.clone());
+        let raft = Raft::new(id, config, Factory { ctx: net.clone() }, log, machine)
+            .await
+            .map_err(|e| format!("raft: {e}"))?;
+        let listener = TcpListener::bind(&s.listen).await.map_err(|e| format!("cluster port {}: {e}", s.listen))?;
+        let (resolved, _) = watch::channel(0);
+        let cluster = Arc::new(Cluster {
+            id,
+            name: s.node_name.clone(),
+            raft,
+            state,
+            process,
+            net,
+            pending: Mutex::new((0, VecDeque::new(), 0)),
+            wake: Notify::new(),
+            resolved,
+            rejected: Mutex::new(BTreeSet::new()),
+            leading,
+        });
+        tokio::spawn(serve(listener, cluster.clone()));
+        tokio::spawn(bootstrap(cluster.clone(), s.clone()));
+        tokio::spawn(propose_loop(cluster.clone()));
+        tokio::spawn(leader_duties(cluster.clone()));
+        // This process says hello first: consumers of the node's earlier process are gone.
+        cluster.propose(Command::Hello { node: id }, None);
+        tracing::info!("cluster node {} (id {id:016x}) listening on {}", s.node_name, s.listen);
+        Ok(cluster)
+    }
+
+    /// Queues a command for the next batch; returns its ticket (see [`Cluster::resolved`]).
+    pub fn propose(&self, command: Command, reply: Option<oneshot::Sender<Outcome>>) -> u64 {
+        let size = match &command {
+            Command::Enqueue { msg, .. } => msg.body.len() + msg.properties.len() + 64,
+            _ => 64,
+        };
+        let ticket = {
+            let mut p = self.pending.lock();
+            p.0 += 1;
+            let ticket = p.0;
+            p.1.push_back(Pending { ticket, command, reply });
+            p.2 += size;
+            ticket
+        };
+        self.wake.notify_one();
+        ticket
+    }
+
+    /// Tickets resolved so far, as a watch channel.
+    pub fn resolved(&self) -> watch::Receiver<u64> {
+        self.resolved.subscribe()
+    }
+
+    /// Whether the enqueue of `ticket` was refused by a full queue (asked once per ticket).
+    pub fn take_rejected(&self, ticket: u64) -> bool {
+        self.rejected.lock().remove(&ticket)
+    }
+
+    /// Bytes of commands waiting to be proposed (publishers wait while this is large).
+    pub fn backlog_bytes(&self) -> usize {
+        self.pending.lock().2
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leading.load(Ordering::Acquire)
+    }
+
+    /// The members as (id, address), and the current leader.
+    pub fn members(&self) -> (Vec<(NodeId, String)>, Option<NodeId>) {
+        let m = self.raft.metrics().borrow().clone();
+        let nodes = m.membership_config.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+        (nodes, m.current_leader)
+    }
+}
+
+/// Answers other nodes' requests on the cluster port.
+async fn serve(listener: TcpListener, cluster: Arc<Cluster>) {
+    loop {
+        let Ok((mut sock, peer_addr)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let _ = sock.set_nodelay(true);
+        let c = cluster.clone();
+        tokio::spawn(async move {
+            let hs = tokio::time::timeout(Duration::from_secs(5), transport::handshake_server(&mut sock, &c.net)).await;
+            let peer = match hs {
+                Ok(Ok(name)) => name,
+                Ok(Err(e)) => {
+                    tracing::warn!("cluster: refused a peer from {peer_addr}: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!("cluster: refused a peer from {peer_addr}: no handshake within 5 s");
+                    return;
+                }
+            };
+            loop {
+                let req: Request = match transport::read_frame(&mut sock).await {
+                    Ok(r) => r,
+                    Err(transport::WireError::Io(_)) => return,
+                    Err(e) => {
+                        tracing::warn!("cluster: dropped peer {peer}: {e}");
+                        return;
+                    }
+                };
+                let resp = match req {
+                    Request::Append(r) => Response::Append(c.raft.append_entries(r).await),
+                    Request::Vote(r) => Response::Vote(c.raft.vote(r).await),
+                    Request::Snapshot(r) => Response::Snapshot(c.raft.install_snapshot(r).await),
+                    Request::Propose(b) => Response::Proposed(write_local(&c, b).await),
+                };
+                if transport::write_frame(&mut sock, &resp).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Proposes a batch to this node's Raft (which must lead).
+async fn write_local(c: &Cluster, batch: Batch) -> Result<Vec<Outcome>, ProposeError> {
+    match c.raft.client_write(batch).await {
+        Ok(r) => Ok(r.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader(f.leader_id)),
+        Err(e) => Err(ProposeError::Failed(e.to_string())),
+    }
+}
+
+/// The first start of a cluster: once every seed answers, the node with the lowest id among
+/// them makes the membership of all of them. A node that has a membership already (it was
+/// formed before, or another node added it) does nothing here.
+async fn bootstrap(c: Arc<Cluster>, s: ClusterSettings) {
+    let formed = |c: &Cluster| c.raft.metrics().borrow().membership_config.nodes().next().is_some();
+    if s.seeds.is_empty() {
+        // A cluster of one.
+        if !formed(&c) {
+            let mut m = BTreeMap::new();
+            m.insert(c.id, BasicNode { addr: s.advertise.clone() });
+            let _ = c.raft.initialize(m).await;
+        }
+        return;
+    }
+    for attempt in 0u64.. {
+        if formed(&c) {
+            return;
+        }
+        let mut found = BTreeMap::new();
+        for addr in &s.seeds {
+            let mut p = Peer::new(addr.clone(), c.net.clone());
+            match p.name().await {
+                Ok(name) => {
+                    found.insert(node_id(&name), BasicNode { addr: addr.clone() });
+                }
+                Err(e) => {
+                    if attempt % 20 == 0 {
+                        tracing::info!("cluster: seed {addr} not reachable yet: {e}");
+                    }
+                }
+            }
+        }
+        if found.len() == s.seeds.len() && found.keys().next() == Some(&c.id) {
+            match c.raft.initialize(found.clone()).await {
+                Ok(()) => tracing::info!("cluster: formed with {} nodes", found.len()),
+                Err(e) => tracing::info!("cluster: not formed by this node: {e}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Sends what was proposed, a batch at a time, until each batch is applied.
+async fn propose_loop(c: Arc<Cluster>) {
+    let mut seq = 0u64;
+    let mut peer: Option<(NodeId, Peer)> = None;
+    loop {
+        let taken: Vec<Pending> = {
+            let mut p = c.pending.lock();
+            let mut bytes = 0;
+            let mut n = 0;
+            while n < p.1.len() && n < BATCH_COMMANDS && bytes < BATCH_BYTES {
+                bytes += match &p.1[n].command {
+                    Command::Enqueue { msg, .. } => msg.body.len() + msg.properties.len() + 64,
+                    _ => 64,
+                };
+                n += 1;
+            }
+            p.2 = p.2.saturating_sub(bytes);
+            p.1.drain(..n).collect()
+        };
+        if taken.is_empty() {
+            c.wake.notified().await;
+            continue;
+        }
+        seq += 1;
+        let last = taken.last().map_or(0, |p| p.ticket);
+        let batch = Batch {
+            from: c.process,
+            seq,
+            now: crate::broker::clock::now_ms(),
+            commands: taken.iter().map(|p| p.command.clone()).collect(),
+        };
+        let outcomes = loop {
+            let leader = c.raft.metrics().borrow().current_leader;
+            let result = match leader {
+                Some(l) if l == c.id => write_local(&c, batch.clone()).await,
+                Some(l) => {
+                    let addr = c
+                        .raft
+                        .metrics()
+                        .borrow()
+                        .membership_config
+                        .nodes()
+                        .find(|(id, _)| **id == l)
+                        .map(|(_, n)| n.addr.clone());
+                    match addr {
+                        Some(addr) => {
+                            if peer.as_ref().is_none_or(|(id, p)| *id != l || p.addr != addr) {
+                                peer = Some((l, Peer::new(addr, c.net.clone())));
+                            }
+                            let (_, p) = peer.as_mut().expect("set above");
+                            match p.call(&Request::Propose(batch.clone()), Duration::from_secs(10)).await {
+                                Ok(Response::Proposed(r)) => r,
+                                Ok(_) => Err(ProposeError::Failed("unexpected response".into())),
+                                Err(e) => Err(ProposeError::Failed(e.to_string())),
+                            }
+                        }
+                        None => Err(ProposeError::NotLeader(None)),
+                    }
+                }
+                None => Err(ProposeError::NotLeader(None)),
+            };
+            match result {
+                Ok(o) => break o,
+                Err(e) => {
+                    tracing::debug!("cluster: batch {seq} waits: {e:?}");
+                    // No leader yet, or it moved: wait for a change (or a short while) and retry.
+                    let mut m = c.raft.metrics();
+                    let _ = tokio::time::timeout(Duration::from_millis(100), m.changed()).await;
+                }
+            }
+        };
+        {
+            let mut rejected = c.rejected.lock();
+            for (p, o) in taken.into_iter().zip(outcomes.into_iter().chain(std::iter::repeat(Outcome::Ok))) {
+                if o == Outcome::Rejected {
+                    rejected.insert(p.ticket);
+                }
+                if let Some(tx) = p.reply {
+                    let _ = tx.send(o);
+                }
+            }
+        }
+        c.resolved.send_replace(last);
+    }
+}
+
+/// While this node leads: keeps the state machine's `leading` flag, expires messages (a Tick
+/// when a queue's head is due), and declares silent nodes down.
+async fn leader_duties(c: Arc<Cluster>) {
+    let mut down: BTreeSet<NodeId> = BTreeSet::new();
+    let mut since: Option<std::time::Instant> = None;
+    loop {
+        tokio::time::sleep(LEADER_TICK).await;
+        let leads = c.raft.metrics().borrow().current_leader == Some(c.id);
+        c.leading.store(leads, Ordering::Release);
+        if !leads {
+            down.clear();
+            since = None;
+            continue;
+        }
+        // A new leader gives every peer the same time to answer it first.
+        let since = *since.get_or_insert_with(std::time::Instant::now);
+        let now = crate::broker::clock::now_ms();
+        let due = c.state.read().queues.values().any(|e| e.queue.next_expiry().is_some_and(|t| t <= now));
+        if due {
+            c.propose(Command::Tick, None);
+        }
+        let (members, _) = c.members();
+        for (id, _) in members {
+            if id == c.id {
+                continue;
+            }
+            let silent = since.elapsed() > NODE_DOWN_AFTER && c.net.silent_for(id).is_none_or(|d| d > NODE_DOWN_AFTER);
+            if silent && !down.contains(&id) {
+                let has_process = c.state.read().processes.values().any(|(n, _)| *n == id);
+                if has_process {
+                    tracing::warn!(
+                        "cluster: node {id:016x} silent for {} s: its consumers are dropped",
+                        NODE_DOWN_AFTER.as_secs()
+                    );
+                    c.propose(Command::NodeDown { node: id }, None);
+                }
+                down.insert(id);
+            } else if !silent {
+                down.remove(&id);
+            }
+        }
+    }
+}

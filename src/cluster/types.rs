@@ -1,0 +1,124 @@
+//! The cluster's Raft types: what the log carries ([`Batch`] of [`Command`]s) and what applying
+//! an entry answers (one [`Outcome`] per command), bound together as openraft's type config.
+
+use super::quorum::{ConsumerKey, Msg, Outcome, Settings};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+
+/// A node's id in Raft: derived from its node name (see [`node_id`]).
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// The type config of Hare's Raft group.
+    pub TypeConfig:
+        D = Batch,
+        R = Vec<Outcome>,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+pub type StorageError = openraft::StorageError<NodeId>;
+
+/// One log entry's worth of commands, proposed together by one node: many publishes,
+/// settlements and declares of one round cost one append and one fsync on each node.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// The proposing process (a node's incarnation: it changes at each start) and the
+    /// batch's number in its sequence: a batch retried after a lost answer is applied once.
+    pub from: u64,
+    pub seq: u64,
+    /// The proposer's clock (ms since the epoch): the time every replica uses for TTLs.
+    pub now: u64,
+    pub commands: Vec<Command>,
+}
+
+impl std::fmt::Display for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "batch {}#{} of {} commands", self.from, self.seq, self.commands.len())
+    }
+}
+
+/// A queue as the commands name it: vhost and name.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QueueName {
+    pub vhost: String,
+    pub name: String,
+}
+
+/// A change to the replicated state.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Command {
+    /// A process of `node` started as incarnation `from` (the batch's): consumers of the
+    /// node's earlier incarnations are gone, and what they held goes back.
+    Hello {
+        node: NodeId,
+    },
+    /// A node stopped answering: its consumers are gone (it re-registers them if it returns).
+    NodeDown {
+        node: NodeId,
+    },
+    /// A quorum queue: its declare arguments (AMQP table encoding) and the settings parsed
+    /// from them.
+    Declare {
+        queue: QueueName,
+        arguments: Bytes,
+        settings: Settings,
+    },
+    Delete {
+        queue: QueueName,
+    },
+    Enqueue {
+        queue: QueueName,
+        msg: Msg,
+    },
+    Checkout {
+        queue: QueueName,
+        consumer: ConsumerKey,
+        prefetch: u32,
+        no_ack: bool,
+    },
+    Cancel {
+        queue: QueueName,
+        consumer: ConsumerKey,
+    },
+    Settle {
+        queue: QueueName,
+        consumer: ConsumerKey,
+        ids: Vec<u64>,
+    },
+    Return {
+        queue: QueueName,
+        consumer: ConsumerKey,
+        ids: Vec<u64>,
+    },
+    Discard {
+        queue: QueueName,
+        consumer: ConsumerKey,
+        ids: Vec<u64>,
+    },
+    /// A consumer's channel closed or it was cancelled with messages out: they go back.
+    Down {
+        queue: QueueName,
+        consumer: ConsumerKey,
+    },
+    Purge {
+        queue: QueueName,
+    },
+    /// Time passes (TTL expiry), stamped by the leader.
+    Tick,
+}
+
+/// A node's Raft id from its name: the first 8 bytes of the name's SHA-256, so that every
+/// node computes every other node's id from its name alone.
+pub fn node_id(name: &str) -> NodeId {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(name.as_bytes());
+    // Never 0: openraft takes no special meaning from it, but our status output does.
+    u64::from_be_bytes(d[..8].try_into().unwrap_or([1; 8])).max(1)
+}
