@@ -73,6 +73,21 @@ pub struct Args {
     /// The audit log (JSON lines; data_dir/audit.log by default; "off" for none).
     #[arg(long, env = "HARE_AUDIT_LOG")]
     pub audit_log: Option<String>,
+    /// This node's name in a cluster (the same name on every start; "hare-<cluster port>" by
+    /// default).
+    #[arg(long, env = "HARE_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Port other cluster nodes reach this one on: with it, the broker is a cluster node.
+    #[arg(long, env = "HARE_CLUSTER_PORT")]
+    pub cluster_port: Option<u16>,
+    /// The cluster's nodes as host:port (their cluster ports), this one included, comma
+    /// separated: a cluster's first start forms it from all of them.
+    #[arg(long, env = "HARE_CLUSTER_SEEDS", value_delimiter = ',')]
+    pub cluster_seeds: Option<Vec<String>>,
+    /// The secret nodes of the cluster share (~/.hare.cluster-secret by default, made with
+    /// random content by the first node that starts).
+    #[arg(long, env = "HARE_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
     /// TOML file with any of: bind, port, management_port, data_dir, log, heartbeat, memory_limit,
     /// disk_free_limit, stats_interval, frame_max, channel_max, max_message_size,
     /// consumer_max_per_channel, max_unacked_per_channel (65536), max_unacked_bytes_per_channel
@@ -81,7 +96,8 @@ pub struct Args {
     /// default_pass, loopback_users (users who may log in only from loopback; ["guest"]),
     /// tls_cert, tls_key, tls_ca, tls_fail_if_no_peer_cert, tls_port, management_tls_port,
     /// encryption_key_file, encryption_previous_key_files (old keys, read only: key rotation),
-    /// audit_log, audit_log_max_bytes (rotation size; "10MB"), audit_log_files (rotated files kept; 5).
+    /// audit_log, audit_log_max_bytes (rotation size; "10MB"), audit_log_files (rotated files kept; 5),
+    /// node_name, cluster_port, cluster_seeds (a list), cluster_secret_file.
     #[arg(long, short, env = "HARE_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -128,6 +144,19 @@ struct FileConfig {
     audit_log: Option<String>,
     audit_log_max_bytes: Option<String>,
     audit_log_files: Option<u32>,
+    node_name: Option<String>,
+    cluster_port: Option<u16>,
+    cluster_seeds: Option<Vec<String>>,
+    cluster_secret_file: Option<PathBuf>,
+}
+
+/// A cluster node's settings (see `cluster::node`).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub node_name: String,
+    pub port: u16,
+    pub seeds: Vec<String>,
+    pub secret_file: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -180,6 +209,8 @@ pub struct Config {
     pub encryption_previous_key_files: Vec<PathBuf>,
     /// The audit log and its rotation; `None`: no audit log.
     pub audit: Option<crate::audit::AuditSettings>,
+    /// Cluster membership; `None`: a single node.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for Config {
@@ -215,6 +246,7 @@ impl Default for Config {
                 max_bytes: DEFAULT_AUDIT_LOG_BYTES,
                 files: DEFAULT_AUDIT_LOG_FILES,
             }),
+            cluster: None,
         }
     }
 }
@@ -306,6 +338,7 @@ impl Config {
             encryption_key_file: None,
             encryption_previous_key_files: Vec::new(),
             audit: None,
+            cluster: None,
         };
         let cert = args.tls_cert.clone().or(file.tls_cert);
         let key = args.tls_key.clone().or(file.tls_key);
@@ -336,6 +369,16 @@ impl Config {
                     files: file.audit_log_files.unwrap_or(DEFAULT_AUDIT_LOG_FILES),
                 }),
             },
+            cluster: args.cluster_port.or(file.cluster_port).map(|port| ClusterConfig {
+                node_name: args.node_name.clone().or(file.node_name).unwrap_or_else(|| format!("hare-{port}")),
+                port,
+                seeds: args.cluster_seeds.clone().or(file.cluster_seeds).unwrap_or_default(),
+                secret_file: args
+                    .cluster_secret_file
+                    .clone()
+                    .or(file.cluster_secret_file)
+                    .unwrap_or_else(crate::cluster::secret::default_path),
+            }),
             ..c
         };
         if c.encryption_key_file.is_none() && !c.encryption_previous_key_files.is_empty() {

@@ -23,7 +23,9 @@ fn main() -> ExitCode {
         }
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log).unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(log_filter(&config.log)).unwrap_or_else(|_| "info".into()),
+        )
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
@@ -100,6 +102,12 @@ fn main() -> ExitCode {
     };
     let syncer = storage.syncer.clone();
     let code = runtime.block_on(async move {
+        if let Some(c) = &config.cluster {
+            if let Err(e) = start_cluster(c, &config, &broker).await {
+                tracing::error!("cannot start the cluster node: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
         let mut server = match Server::bind(config.clone(), broker.clone(), Some(syncer.subscribe())).await {
             Ok(s) => s.with_connection_limit(fds.connections),
             Err(e) => {
@@ -275,4 +283,35 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Makes this broker a cluster node: the shared secret, Raft in data_dir/cluster, the bridge
+/// between them (see `cluster`).
+async fn start_cluster(c: &hare::config::ClusterConfig, config: &Config, broker: &Arc<Broker>) -> Result<(), String> {
+    let secret = hare::cluster::secret::load_or_create(&c.secret_file)?;
+    let bridge = hare::cluster::bridge::Bridge::new(broker.clone());
+    let settings = hare::cluster::node::ClusterSettings {
+        node_name: c.node_name.clone(),
+        listen: format!("{}:{}", config.bind, c.port),
+        advertise: format!("{}:{}", config.bind, c.port),
+        seeds: c.seeds.clone(),
+        secret,
+        dir: config.data_dir.join("cluster"),
+        heartbeat_ms: 100,
+        election_min_ms: 500,
+        election_max_ms: 1000,
+    };
+    let cluster = hare::cluster::node::Cluster::start(settings, bridge.clone()).await?;
+    bridge.attach(cluster);
+    Ok(())
+}
+
+/// The log filter: openraft's own informational lines (every vote and leader change, each
+/// with its internal state) are left out unless the filter names openraft.
+fn log_filter(filter: &str) -> String {
+    if filter.contains("openraft") {
+        filter.to_string()
+    } else {
+        format!("{filter},openraft=warn")
+    }
 }

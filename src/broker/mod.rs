@@ -92,6 +92,8 @@ pub struct Broker {
     gauge_meter: Mutex<history::Meter<5>>,
     /// Where audit events go (see [`audit`]).
     audit: Arc<audit::Audit>,
+    /// On a cluster node: the cluster layer, for quorum queues (see `queue::replica`).
+    quorum_host: std::sync::OnceLock<Arc<dyn queue::replica::QuorumHost>>,
 }
 
 /// The names of [`Broker::io_counters`], as RabbitMQ's node object has them (the last three
@@ -250,10 +252,21 @@ impl Broker {
             io_meter: Mutex::new(history::Meter::new(0)),
             gauge_meter: Mutex::new(history::Meter::new(0)),
             audit: Arc::new(audit),
+            quorum_host: std::sync::OnceLock::new(),
         }
     }
 
     /// Where audit events go: the protocol layers report logins, connections and refusals.
+    /// Makes this broker a cluster node's: quorum queues are declared through `host`.
+    pub fn set_quorum_host(&self, host: Arc<dyn queue::replica::QuorumHost>) {
+        let _ = self.quorum_host.set(host);
+    }
+
+    /// The cluster layer, on a cluster node.
+    pub fn quorum_host(&self) -> Option<&Arc<dyn queue::replica::QuorumHost>> {
+        self.quorum_host.get()
+    }
+
     pub fn audit(&self) -> &audit::Audit {
         &self.audit
     }

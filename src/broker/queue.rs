@@ -5,6 +5,7 @@
 //! after the queue's lock is released, so queues that dead-letter into each other cannot
 //! deadlock.
 
+pub mod replica;
 mod state;
 
 use super::arguments::{Overflow, QueueArguments};
@@ -115,6 +116,8 @@ pub struct Published {
     pub throttled: bool,
     /// A length limit with reject-publish refused the message: the publisher gets a nack.
     pub rejected: bool,
+    /// A replicated queue's ticket to wait for before confirming (0: none).
+    pub cluster: u64,
     /// The message was written to the queue's log (durable, or paged to disk).
     pub logged: bool,
 }
@@ -132,6 +135,9 @@ pub struct Queue {
     owner: Weak<dyn QueueOwner>,
     /// The queue has timers to run: a queue TTL, x-expires, or messages with an expiration.
     timed: AtomicBool,
+    /// A quorum queue on a cluster node: its state is replicated, and this object forwards
+    /// to it (see [`replica`]).
+    pub replica: Option<Arc<dyn replica::Replica>>,
 }
 
 /// A queue's counts ([`stats::MessageCounts::values`]) and lengths (messages, ready,
@@ -224,7 +230,45 @@ impl Queue {
             timed: AtomicBool::new(options.args.message_ttl.is_some() || options.args.expires.is_some()),
             owner,
             options,
+            replica: None,
         })
+    }
+
+    /// The local face of a replicated queue (see [`replica`]).
+    pub fn replicated(
+        name: ShortStr,
+        vhost: &str,
+        options: QueueOptions,
+        replica: Arc<dyn replica::Replica>,
+        owner: Weak<dyn QueueOwner>,
+    ) -> Arc<Self> {
+        Arc::new(Queue {
+            name,
+            vhost: vhost.to_string(),
+            state: Mutex::new(QueueState { last_used: now_ms(), ..Default::default() }),
+            deleted: AtomicBool::new(false),
+            pager: None,
+            timed: AtomicBool::new(false),
+            owner,
+            options,
+            replica: Some(replica),
+        })
+    }
+
+    /// Republishes a replicated queue's dead letter through its dead-letter exchange (the
+    /// cluster's leader does this once for the group).
+    pub fn dead_letter_replicated(self: &Arc<Self>, message: Arc<Message>, reason: Reason) {
+        let m = QueuedMessage {
+            seq: 0,
+            message,
+            redelivered: false,
+            logged: false,
+            expires_at: 0,
+            deliveries: 0,
+            priority: 0,
+            stamp: 0,
+        };
+        self.dead_letter(vec![(m, reason)]);
     }
 
     /// A durable queue brought back from its log after a restart.
@@ -260,6 +304,7 @@ impl Queue {
             pager: None,
             owner,
             timed,
+            replica: None,
         })
     }
 
@@ -288,13 +333,22 @@ impl Queue {
 
     /// Ready messages (not those out with consumers), as declare-ok and get-ok count them.
     pub fn message_count(&self) -> u32 {
+        if let Some(r) = &self.replica {
+            return r.counts().0;
+        }
         self.state.lock().ready_count()
     }
     /// The queue's consumers, in the order they are served.
     pub fn consumers(&self) -> Vec<Arc<Consumer>> {
+        if let Some(r) = &self.replica {
+            return r.consumers();
+        }
         self.state.lock().consumers.clone()
     }
     pub fn consumer_count(&self) -> u32 {
+        if let Some(r) = &self.replica {
+            return r.counts().2;
+        }
         self.state.lock().consumers.len() as u32
     }
     /// How fast the ready and unacknowledged counts change, per second (last two samples).
@@ -309,10 +363,17 @@ impl Queue {
     }
 
     pub fn counts(&self) -> (u32, u32) {
+        if let Some(r) = &self.replica {
+            let (ready, _, consumers) = r.counts();
+            return (ready, consumers);
+        }
         let st = self.state.lock();
         (st.ready_count(), st.consumers.len() as u32)
     }
     pub fn unacked_count(&self) -> usize {
+        if let Some(r) = &self.replica {
+            return r.counts().1 as usize;
+        }
         self.state.lock().unacked
     }
 
@@ -432,6 +493,9 @@ impl Queue {
         if self.is_deleted() {
             return Ok(Published::default());
         }
+        if let Some(r) = &self.replica {
+            return Ok(Published { cluster: r.publish(&message), ..Default::default() });
+        }
         let args = &self.options.args;
         let timed = self.timed.load(Ordering::Relaxed);
         let now = if timed || message.expiration.is_some() { now_ms() } else { 0 };
@@ -531,7 +595,7 @@ impl Queue {
             }
         }
         self.unlock_and_dead_letter(st);
-        Ok(Published { ticket, throttled, rejected: false, logged })
+        Ok(Published { ticket, throttled, rejected: false, logged, cluster: 0 })
     }
 
     /// Under memory pressure: moves this queue's ready messages past the (small) window to
@@ -843,6 +907,9 @@ impl Queue {
 
     /// Adds a consumer, enforcing exclusive consumers as RabbitMQ does (403).
     pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> AmqpResult<()> {
+        if let Some(r) = &self.replica {
+            return r.add_consumer(self, consumer);
+        }
         let mut st = self.state.lock();
         // A single-active-consumer queue takes no exclusive consumer at all (RabbitMQ's
         // exclusive_consume_unavailable, reported with the same text).
@@ -865,6 +932,10 @@ impl Queue {
     /// Removes a consumer; returns true when it was the last and the queue is auto-delete.
     /// With a single active consumer, the next one registered takes over.
     pub fn remove_consumer(self: &Arc<Self>, connection_id: u64, channel: u16, tag: &ShortStr) -> bool {
+        if let Some(r) = &self.replica {
+            r.remove_consumer(connection_id, channel, tag);
+            return false;
+        }
         let mut st = self.state.lock();
         st.consumers.retain(|c| !(c.channel == channel && c.connection_id() == connection_id && &c.tag == tag));
         if st.next_consumer >= st.consumers.len() {
@@ -882,6 +953,9 @@ impl Queue {
 
     /// Drops every ready message; returns how many.
     pub fn purge(&self) -> u32 {
+        if let Some(r) = &self.replica {
+            return r.purge();
+        }
         let mut st = self.state.lock();
         st.flow_waiters.drain(..).for_each(|w| w.notify_one());
         let n = st.ready_count();

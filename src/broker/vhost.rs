@@ -16,6 +16,7 @@ use parking_lot::RwLock;
 use std::sync::{Arc, Weak};
 
 mod recovery;
+mod replicated;
 mod route;
 
 /// Queue arguments RabbitMQ compares when a queue is declared again; others are ignored.

@@ -11,6 +11,7 @@
 //! - [`bridge`]: the broker's side: a quorum queue's local face (routing, consumers,
 //!   confirms) over the replicated state.
 
+pub mod bridge;
 pub mod log_store;
 pub mod machine;
 pub mod node;

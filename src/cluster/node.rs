@@ -73,6 +73,12 @@ pub struct Cluster {
     leading: Arc<AtomicBool>,
 }
 
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("id", &self.id).field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
 impl Cluster {
     /// Starts the node: Raft on its log and state machine, the cluster listener, the
     /// proposer and the leader's duties; the first start of a cluster forms it from the seeds.
@@ -359,7 +365,13 @@ async fn leader_duties(c: Arc<Cluster>) {
     loop {
         tokio::time::sleep(LEADER_TICK).await;
         let leads = c.raft.metrics().borrow().current_leader == Some(c.id);
-        c.leading.store(leads, Ordering::Release);
+        if c.leading.swap(leads, Ordering::AcqRel) != leads {
+            if leads {
+                tracing::info!("cluster: node {} leads now", c.name);
+            } else {
+                tracing::info!("cluster: node {} no longer leads", c.name);
+            }
+        }
         if !leads {
             down.clear();
             since = None;

@@ -61,13 +61,14 @@ pub struct Channel {
     publish: Option<PendingPublish>,
     confirm: bool,
     publish_seq: u64,
-    /// Confirms owed, in publish order: (publish seq, group-commit ticket, ack or nack).
-    confirms: VecDeque<(u64, u64, bool)>,
+    /// Confirms owed, in publish order: (publish seq, group-commit ticket, cluster ticket,
+    /// ack or nack).
+    confirms: VecDeque<(u64, u64, u64, bool)>,
     tx: Option<TxBuffer>,
     /// A reply that waits for its ticket to be durable: tx.commit-ok, and the -ok of a
     /// durable declare, delete, bind or unbind. Frames arriving meanwhile wait in `stash` so
     /// that replies keep their order.
-    pub held: Option<(u64, Method)>,
+    pub held: Option<(u64, u64, Method)>,
     pub stash: VecDeque<crate::protocol::Frame>,
     last_queue: Option<ShortStr>,
     reply_key: Option<String>,
@@ -317,7 +318,7 @@ impl Channel {
         if ticket <= ctx.durable_upto() {
             ctx.out.method(self.id, reply);
         } else {
-            self.held = Some((ticket, reply.into()));
+            self.held = Some((ticket, 0, reply.into()));
         }
     }
 
@@ -371,6 +372,35 @@ impl Channel {
             auto_delete: m.auto_delete,
             arguments: m.arguments,
         };
+        if let Some(host) = ctx.broker.quorum_host().cloned() {
+            let vhost = ctx.vhost()?.clone();
+            let quorum = matches!(decl.arguments.get("x-queue-type"), Some(v) if v.as_str() == Some("quorum"));
+            if quorum && !m.passive && !vhost.has_queue(&name) {
+                // A quorum queue on a cluster node: declared through the replicated log; the
+                // declare-ok waits until the declaration is committed and applied here.
+                let args = crate::broker::arguments::QueueArguments::parse(&decl.arguments, &name, &vhost.name)?;
+                let property = if !m.durable {
+                    Some("non-durable")
+                } else if m.exclusive {
+                    Some("exclusive-owner")
+                } else {
+                    None
+                };
+                if let Some(p) = property {
+                    return Err(AmqpError::precondition_failed(format!(
+                        "invalid property '{p}' for queue '{name}' in vhost '{}'",
+                        vhost.name
+                    )));
+                }
+                let ticket = host.declare(&vhost.name, &name, &decl.arguments, &args);
+                self.last_queue = Some(name.clone());
+                if !m.nowait {
+                    self.held =
+                        Some((0, ticket, QueueDeclareOk { queue: name, message_count: 0, consumer_count: 0 }.into()));
+                }
+                return Ok(());
+            }
+        }
         let (queue, message_count, consumer_count, ticket) = ctx.vhost()?.declare_queue(&decl, &ctx.actor)?;
         if queue.options.exclusive_owner == Some(ctx.id) && !ctx.exclusive_queues.iter().any(|q| Arc::ptr_eq(q, &queue))
         {
@@ -472,6 +502,11 @@ impl Channel {
         let queue_name = self.queue_name(m.queue)?;
         permissions::queue_read(ctx, &queue_name)?;
         let queue = ctx.vhost()?.queue(&queue_name, ctx.id)?;
+        if queue.replica.is_some() {
+            return Err(AmqpError::not_implemented(format!(
+                "basic.get from quorum queue '{queue_name}' on a cluster node is not supported yet; use basic.consume"
+            )));
+        }
         let limits = self.flow.limits;
         if !m.no_ack && (self.unacked.len() as u64 >= limits.count as u64 || self.unacked_bytes >= limits.bytes) {
             return Err(AmqpError::precondition_failed(format!(

@@ -137,6 +137,8 @@ async fn serve_io<R, W>(
         return;
     }
     let id = broker.next_id();
+    // On a cluster node: the watermark of proposals committed and applied.
+    let mut cluster = broker.quorum_host().map(|h| h.resolved());
     let sink = ConnectionSink::new(id);
     let (writer, writer_task) = WriterHandle::spawn(wr, sink.clone());
     let mut conn = Connection {
@@ -168,6 +170,7 @@ async fn serve_io<R, W>(
             actor: Actor { user: "".into(), source: Some(peer.to_string().into()), via: "amqp", connection: id },
             grant: crate::auth::grant::Grant::compile(&Default::default(), "", "", 0),
             durable: durable.as_mut().map_or(u64::MAX, |rx| *rx.borrow_and_update()),
+            cluster_resolved: cluster.as_mut().map_or(0, |rx| *rx.borrow_and_update()),
             blocked_notify: false,
             blocked: alarm.borrow_and_update().clone(),
             is_publisher: false,
@@ -193,6 +196,7 @@ async fn serve_io<R, W>(
         // The audit log is far behind (its disk stalled): events wait in sockets, not memory.
         let audit_behind = conn.ctx.broker.audit().backlogged();
         let waits_for_disk = conn.channels.values().any(Channel::waits_for_disk);
+        let waits_for_cluster = cluster.is_some() && conn.channels.values().any(Channel::waits_for_cluster);
         // A blocked publisher is not read from: its publishes wait in its socket.
         let paused = conn.alarm_paused();
         let flow_paused = conn.ctx.flow_paused && conn.state == State::Open;
@@ -218,6 +222,14 @@ async fn serve_io<R, W>(
                 if r.is_ok() {
                     if let Some(rx) = durable.as_mut() {
                         conn.ctx.durable = *rx.borrow_and_update();
+                    }
+                    conn.release_waiting();
+                }
+            }
+            r = async { match cluster.as_mut() { Some(rx) => rx.changed().await, None => std::future::pending().await } }, if waits_for_cluster => {
+                if r.is_ok() {
+                    if let Some(rx) = cluster.as_mut() {
+                        conn.ctx.cluster_resolved = *rx.borrow_and_update();
                     }
                     conn.release_waiting();
                 }

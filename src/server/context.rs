@@ -30,6 +30,8 @@ pub struct ConnCtx {
     pub(super) grant: crate::auth::grant::Grant,
     /// The group-commit watermark as last seen (u64::MAX without storage).
     pub durable: u64,
+    /// On a cluster node: every proposal ticket at or below this is committed and applied.
+    pub cluster_resolved: u64,
     /// The client asked to hear connection.blocked and connection.unblocked.
     pub blocked_notify: bool,
     /// Why publishers are blocked now, if they are.

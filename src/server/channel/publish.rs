@@ -195,11 +195,11 @@ impl Channel {
         let outcome = self.route_and_enqueue(ctx, &p.method, message, &p.cc)?;
         if self.confirm {
             self.publish_seq += 1;
-            let (ticket, ok) = match outcome {
-                Ok((ticket, rejected)) => (ticket, !rejected),
-                Err(_) => (0, false),
+            let (ticket, cluster, ok) = match outcome {
+                Ok((ticket, cluster, rejected)) => (ticket, cluster, !rejected),
+                Err(_) => (0, 0, false),
             };
-            self.confirms.push_back((self.publish_seq, ticket, ok));
+            self.confirms.push_back((self.publish_seq, ticket, cluster, ok));
         }
         Ok(())
     }
@@ -227,8 +227,9 @@ impl Channel {
         method: &BasicPublish,
         message: Arc<Message>,
         cc: &[ShortStr],
-    ) -> AmqpResult<Result<(u64, bool), String>> {
+    ) -> AmqpResult<Result<(u64, u64, bool), String>> {
         let mut ticket = 0;
+        let mut cluster = 0;
         let mut rejected = false;
         let mut logged = false;
         let mut failed = None;
@@ -271,6 +272,7 @@ impl Channel {
                 match q.publish(message.clone(), Some(&ctx.flow)) {
                     Ok(p) => {
                         ticket = ticket.max(p.ticket);
+                        cluster = cluster.max(p.cluster);
                         ctx.flow_paused |= p.throttled;
                         rejected |= p.rejected;
                         logged |= p.logged;
@@ -306,7 +308,7 @@ impl Channel {
         }
         Ok(match failed {
             Some(reason) => Err(reason),
-            None => Ok((ticket, rejected)),
+            None => Ok((ticket, cluster, rejected)),
         })
     }
 
@@ -315,14 +317,27 @@ impl Channel {
         self.held.is_some() || !self.confirms.is_empty()
     }
 
+    /// Whether this channel owes something that waits for the cluster.
+    pub fn waits_for_cluster(&self) -> bool {
+        self.held.as_ref().is_some_and(|h| h.1 != 0) || self.confirms.iter().any(|c| c.2 != 0)
+    }
+
     /// Sends the confirms whose messages are durable, in publish order: runs of acks as one
     /// basic.ack with multiple=true, nacks one by one. With `fail_pending`, confirms still
-    /// waiting for a disk that fails are nacked.
+    /// waiting for a disk that fails are nacked. A message in a quorum queue of a cluster is
+    /// durable once its enqueue is committed (on a majority's disks) and applied here; a
+    /// full quorum queue that refused it (reject-publish) makes it a nack.
     pub fn flush_confirms(&mut self, ctx: &mut ConnCtx, fail_pending: bool) {
         let durable = ctx.durable_upto();
+        let resolved = ctx.cluster_resolved;
         let mut run: Option<(u64, u64)> = None;
-        while let Some(&(seq, ticket, ok)) = self.confirms.front() {
-            let ack = ok && ticket <= durable;
+        while let Some(&(seq, ticket, cluster, mut ok)) = self.confirms.front() {
+            if cluster != 0 && cluster <= resolved {
+                if let Some(host) = ctx.broker.quorum_host() {
+                    ok &= !host.take_rejected(cluster);
+                }
+            }
+            let ack = ok && ticket <= durable && cluster <= resolved;
             if !ack && ok && !fail_pending {
                 break;
             }
@@ -345,7 +360,7 @@ impl Channel {
     /// Sends the held reply once its ticket is durable; returns true when it went out.
     pub fn release_held(&mut self, ctx: &mut ConnCtx) -> bool {
         match self.held.take() {
-            Some((ticket, reply)) if ticket <= ctx.durable_upto() => {
+            Some((ticket, cluster, reply)) if ticket <= ctx.durable_upto() && cluster <= ctx.cluster_resolved => {
                 ctx.out.method(self.id, reply);
                 true
             }

@@ -1,0 +1,40 @@
+//! A queue whose state lives in a cluster's replicated log (a quorum queue on a cluster node):
+//! the node's [`Queue`] object is its local face, for routing, consumers and statistics, and
+//! forwards what would change the state to its [`Replica`], which the cluster layer provides.
+//! The core declares these traits and the cluster implements them, so the core does not
+//! depend on the cluster.
+
+use super::Queue;
+use crate::broker::arguments::QueueArguments;
+use crate::broker::consumer::Consumer;
+use crate::broker::error::AmqpResult;
+use crate::broker::message::Message;
+use crate::protocol::{FieldTable, ShortStr};
+use std::sync::Arc;
+
+/// A replicated queue's operations. Each returns at once; what changes state is proposed to
+/// the cluster and its ticket returned, to wait for (see [`QuorumHost::resolved`]).
+pub trait Replica: Send + Sync + std::fmt::Debug {
+    /// Proposes the message's enqueue; returns its ticket.
+    fn publish(&self, message: &Arc<Message>) -> u64;
+    fn add_consumer(&self, queue: &Arc<Queue>, consumer: Arc<Consumer>) -> AmqpResult<()>;
+    fn remove_consumer(&self, connection_id: u64, channel: u16, tag: &ShortStr);
+    /// This node's consumers of the queue.
+    fn consumers(&self) -> Vec<Arc<Consumer>>;
+    /// Ready and unacknowledged messages and consumers, as the replicated state has them.
+    fn counts(&self) -> (u32, u32, u32);
+    /// Proposes a purge; returns the ready count as this node knows it.
+    fn purge(&self) -> u32;
+}
+
+/// What the broker asks of the cluster layer for quorum queues.
+pub trait QuorumHost: Send + Sync + std::fmt::Debug {
+    /// Proposes a quorum queue's declaration; returns its ticket.
+    fn declare(&self, vhost: &str, name: &str, arguments: &FieldTable, args: &QueueArguments) -> u64;
+    /// Proposes a quorum queue's deletion; returns its ticket.
+    fn delete(&self, vhost: &str, name: &str) -> u64;
+    /// Tickets resolved so far.
+    fn resolved(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// Whether the enqueue of `ticket` was refused by a full queue (asked once).
+    fn take_rejected(&self, ticket: u64) -> bool;
+}

@@ -1,0 +1,348 @@
+//! The broker's side of the cluster: what a quorum queue is on this node.
+//!
+//! - As [`QuorumHost`], the bridge declares and deletes quorum queues through the log.
+//! - As [`Effects`], it acts on what applying entries asks of this node: a queue's local face
+//!   appears in (or leaves) its vhost, a delivery goes to one of this node's consumers, a dead
+//!   letter is republished (by the leader).
+//! - Each queue's [`Replica`] turns publishes, consumers and purges into proposals; each
+//!   consumer's [`ConsumerOrigin`] turns acks, rejects and requeues into settle, discard and
+//!   return commands.
+//!
+//! A publish's confirm waits for its ticket (committed on a majority and applied here); a
+//! delivery reaches the consumer's channel when this node applies the entry that made it.
+
+use super::machine::Effects;
+use super::node::Cluster;
+use super::quorum::{ConsumerKey, Msg, Overflow, Reason, Settings};
+use super::types::{Command, QueueName};
+use crate::broker::arguments::{self, QueueArguments};
+use crate::broker::consumer::{ConnEvent, Consumer, Delivery, Origin};
+use crate::broker::dead_letter;
+use crate::broker::message::{Message, QueuedMessage};
+use crate::broker::queue::replica::{QuorumHost, Replica};
+use crate::broker::queue::Queue;
+use crate::broker::store::{table_from_hex, table_to_hex};
+use crate::broker::{AmqpResult, Broker};
+use crate::protocol::{FieldTable, ShortStr};
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+
+/// Bytes a delivery is charged to its connection's sink beyond the message.
+const DELIVERY_OVERHEAD: usize = 64;
+
+/// One of this node's consumers of a quorum queue.
+struct Local {
+    queue: QueueName,
+    consumer: Arc<Consumer>,
+    origin: Arc<ConsumerOrigin>,
+}
+
+/// The bridge between this node's broker and the cluster.
+pub struct Bridge {
+    broker: Arc<Broker>,
+    cluster: OnceLock<Arc<Cluster>>,
+    me: Weak<Bridge>,
+    consumers: Mutex<HashMap<u64, Local>>,
+    next_consumer: AtomicU64,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge").finish_non_exhaustive()
+    }
+}
+
+impl Bridge {
+    pub fn new(broker: Arc<Broker>) -> Arc<Bridge> {
+        Arc::new_cyclic(|me| Bridge {
+            broker,
+            cluster: OnceLock::new(),
+            me: me.clone(),
+            consumers: Mutex::new(HashMap::new()),
+            next_consumer: AtomicU64::new(1),
+        })
+    }
+
+    /// Connects the bridge to its started node and the broker to the bridge.
+    pub fn attach(self: &Arc<Self>, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
+        self.broker.set_quorum_host(self.clone());
+    }
+
+    fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
+    fn propose(&self, c: Command) -> u64 {
+        match self.cluster() {
+            Some(cl) => cl.propose(c, None),
+            None => 0,
+        }
+    }
+
+    fn replica(&self, queue: &QueueName) -> Arc<dyn Replica> {
+        Arc::new(QueueReplica { name: queue.clone(), bridge: self.me.clone() })
+    }
+}
+
+/// A quorum queue's settings, from its parsed arguments.
+pub fn settings(args: &QueueArguments) -> Settings {
+    Settings {
+        max_length: args.max_length,
+        max_length_bytes: args.max_length_bytes,
+        overflow: match args.overflow {
+            arguments::Overflow::DropHead => Overflow::DropHead,
+            _ => Overflow::RejectPublish,
+        },
+        delivery_limit: args.delivery_limit,
+        single_active_consumer: args.single_active_consumer,
+        message_ttl: args.message_ttl,
+        dead_letters: args.dead_letter_exchange.is_some(),
+    }
+}
+
+impl QuorumHost for Bridge {
+    fn declare(&self, vhost: &str, name: &str, arguments: &FieldTable, args: &QueueArguments) -> u64 {
+        let queue = QueueName { vhost: vhost.into(), name: name.into() };
+        let arguments = Bytes::from(table_to_hex(arguments).into_bytes());
+        self.propose(Command::Declare { queue, arguments, settings: settings(args) })
+    }
+    fn delete(&self, vhost: &str, name: &str) -> u64 {
+        self.propose(Command::Delete { queue: QueueName { vhost: vhost.into(), name: name.into() } })
+    }
+    fn resolved(&self) -> tokio::sync::watch::Receiver<u64> {
+        match self.cluster() {
+            Some(c) => c.resolved(),
+            None => tokio::sync::watch::channel(0).1,
+        }
+    }
+    fn take_rejected(&self, ticket: u64) -> bool {
+        self.cluster().is_some_and(|c| c.take_rejected(ticket))
+    }
+}
+
+impl Effects for Bridge {
+    fn declared(&self, queue: &QueueName, arguments: &Bytes) {
+        let Some(vhost) = self.broker.vhost(&queue.vhost) else {
+            tracing::warn!("quorum queue '{}': vhost '{}' does not exist on this node", queue.name, queue.vhost);
+            return;
+        };
+        let table = std::str::from_utf8(arguments).ok().and_then(|s| table_from_hex(s).ok()).unwrap_or_default();
+        vhost.install_replicated(&queue.name, table, self.replica(queue));
+    }
+
+    fn deleted(&self, queue: &QueueName) {
+        if let Some(vhost) = self.broker.vhost(&queue.vhost) {
+            vhost.drop_replicated(&queue.name);
+        }
+        let gone: Vec<Local> = {
+            let mut consumers = self.consumers.lock();
+            let ids: Vec<u64> = consumers.iter().filter(|(_, l)| l.queue == *queue).map(|(id, _)| *id).collect();
+            ids.into_iter().filter_map(|id| consumers.remove(&id)).collect()
+        };
+        for l in gone {
+            let c = &l.consumer;
+            c.sink.send(ConnEvent::ConsumerCancelled { channel: c.channel, consumer_tag: c.tag.clone() });
+        }
+    }
+
+    fn deliver(
+        &self,
+        queue: &QueueName,
+        consumer: u64,
+        id: u64,
+        msg: Arc<Msg>,
+        redelivered: bool,
+        delivery_count: u32,
+    ) {
+        let found = self.consumers.lock().get(&consumer).map(|l| (l.consumer.clone(), l.origin.clone()));
+        let Some((c, origin)) = found else {
+            // The consumer went meanwhile: the message goes back for another.
+            if let Some(cl) = self.cluster() {
+                let key = (cl.process, consumer);
+                cl.propose(Command::Return { queue: queue.clone(), consumer: key, ids: vec![id] }, None);
+            }
+            return;
+        };
+        let mut message = Message::new(
+            ShortStr::from(msg.exchange.as_str()),
+            ShortStr::from(msg.routing_key.as_str()),
+            msg.properties.clone(),
+            msg.body.clone(),
+            true,
+        );
+        if delivery_count > 0 {
+            message = dead_letter::with_delivery_count(&message, delivery_count as u64);
+        }
+        let message = Arc::new(message);
+        let size = message.size();
+        if !c.no_ack {
+            c.charge_unacked(size);
+        }
+        let item = QueuedMessage {
+            seq: id,
+            message,
+            redelivered,
+            logged: false,
+            expires_at: 0,
+            deliveries: delivery_count,
+            priority: 0,
+            stamp: 0,
+        };
+        c.sink.send(ConnEvent::Deliver(Delivery {
+            channel: c.channel,
+            consumer_tag: c.tag.clone(),
+            queue: Some(origin as Arc<dyn Origin>),
+            item,
+            no_ack: c.no_ack,
+            charge: size + DELIVERY_OVERHEAD,
+        }));
+    }
+
+    fn dead_letter(&self, queue: &QueueName, msg: Arc<Msg>, reason: Reason, _delivery_count: u32) {
+        let Some(q) = self.broker.vhost(&queue.vhost).and_then(|v| v.replicated_queue(&queue.name)) else { return };
+        let message = Message::new(
+            ShortStr::from(msg.exchange.as_str()),
+            ShortStr::from(msg.routing_key.as_str()),
+            msg.properties.clone(),
+            msg.body.clone(),
+            true,
+        );
+        let reason = match reason {
+            Reason::Rejected => dead_letter::Reason::Rejected,
+            Reason::Expired => dead_letter::Reason::Expired,
+            Reason::MaxLen => dead_letter::Reason::MaxLen,
+            Reason::DeliveryLimit => dead_letter::Reason::DeliveryLimit,
+        };
+        q.dead_letter_replicated(Arc::new(message), reason);
+    }
+
+    fn consumers_lost(&self, queue: &QueueName, consumers: Vec<u64>) {
+        let Some(cl) = self.cluster() else { return };
+        let again: Vec<(u64, u32, bool)> = {
+            let locals = self.consumers.lock();
+            consumers
+                .iter()
+                .filter_map(|id| locals.get(id).map(|l| (*id, l.consumer.prefetch, l.consumer.no_ack)))
+                .collect()
+        };
+        for (id, prefetch, no_ack) in again {
+            let key = (cl.process, id);
+            cl.propose(Command::Checkout { queue: queue.clone(), consumer: key, prefetch, no_ack }, None);
+        }
+    }
+}
+
+/// A quorum queue's local face forwards here.
+#[derive(Debug)]
+struct QueueReplica {
+    name: QueueName,
+    bridge: Weak<Bridge>,
+}
+
+impl Replica for QueueReplica {
+    fn publish(&self, message: &Arc<Message>) -> u64 {
+        let Some(b) = self.bridge.upgrade() else { return 0 };
+        let msg = Msg {
+            exchange: message.exchange.to_string(),
+            routing_key: message.routing_key.to_string(),
+            properties: message.properties.clone(),
+            body: message.body.to_bytes(),
+            ttl: message.expiration,
+        };
+        b.propose(Command::Enqueue { queue: self.name.clone(), msg })
+    }
+
+    fn add_consumer(&self, _queue: &Arc<Queue>, consumer: Arc<Consumer>) -> AmqpResult<()> {
+        let Some(b) = self.bridge.upgrade() else { return Ok(()) };
+        let Some(cl) = b.cluster().cloned() else { return Ok(()) };
+        let id = b.next_consumer.fetch_add(1, Ordering::Relaxed);
+        let key: ConsumerKey = (cl.process, id);
+        let origin = Arc::new(ConsumerOrigin { queue: self.name.clone(), key, cluster: cl.clone() });
+        let (prefetch, no_ack) = (consumer.prefetch, consumer.no_ack);
+        b.consumers.lock().insert(id, Local { queue: self.name.clone(), consumer, origin });
+        cl.propose(Command::Checkout { queue: self.name.clone(), consumer: key, prefetch, no_ack }, None);
+        Ok(())
+    }
+
+    fn remove_consumer(&self, connection_id: u64, channel: u16, tag: &ShortStr) {
+        let Some(b) = self.bridge.upgrade() else { return };
+        let Some(cl) = b.cluster().cloned() else { return };
+        let found = {
+            let mut consumers = b.consumers.lock();
+            let id = consumers
+                .iter()
+                .find(|(_, l)| {
+                    l.queue == self.name
+                        && l.consumer.channel == channel
+                        && l.consumer.connection_id() == connection_id
+                        && &l.consumer.tag == tag
+                })
+                .map(|(id, _)| *id);
+            id.and_then(|id| consumers.remove(&id).map(|_| id))
+        };
+        if let Some(id) = found {
+            cl.propose(Command::Cancel { queue: self.name.clone(), consumer: (cl.process, id) }, None);
+        }
+    }
+
+    fn consumers(&self) -> Vec<Arc<Consumer>> {
+        let Some(b) = self.bridge.upgrade() else { return Vec::new() };
+        let consumers = b.consumers.lock();
+        consumers.values().filter(|l| l.queue == self.name).map(|l| l.consumer.clone()).collect()
+    }
+
+    fn counts(&self) -> (u32, u32, u32) {
+        let Some(cl) = self.bridge.upgrade().and_then(|b| b.cluster().cloned()) else { return (0, 0, 0) };
+        let st = cl.state.read();
+        st.queues
+            .get(&self.name)
+            .map_or((0, 0, 0), |e| (e.queue.ready_count(), e.queue.unacked_count(), e.queue.consumer_count()))
+    }
+
+    fn purge(&self) -> u32 {
+        let ready = self.counts().0;
+        if let Some(b) = self.bridge.upgrade() {
+            b.propose(Command::Purge { queue: self.name.clone() });
+        }
+        ready
+    }
+}
+
+/// What a channel tells about the deliveries of one consumer of a quorum queue.
+#[derive(Debug)]
+pub struct ConsumerOrigin {
+    queue: QueueName,
+    key: ConsumerKey,
+    cluster: Arc<Cluster>,
+}
+
+impl ConsumerOrigin {
+    fn ids(messages: &[QueuedMessage]) -> Vec<u64> {
+        messages.iter().map(|m| m.seq).collect()
+    }
+}
+
+impl Origin for ConsumerOrigin {
+    fn acked(self: Arc<Self>, messages: &[QueuedMessage]) {
+        let ids = Self::ids(messages);
+        self.cluster.propose(Command::Settle { queue: self.queue.clone(), consumer: self.key, ids }, None);
+    }
+    fn rejected(self: Arc<Self>, messages: Vec<QueuedMessage>) {
+        let ids = Self::ids(&messages);
+        self.cluster.propose(Command::Discard { queue: self.queue.clone(), consumer: self.key, ids }, None);
+    }
+    fn requeued(self: Arc<Self>, messages: Vec<QueuedMessage>) {
+        let ids = Self::ids(&messages);
+        self.cluster.propose(Command::Return { queue: self.queue.clone(), consumer: self.key, ids }, None);
+    }
+    fn undelivered(self: Arc<Self>, message: QueuedMessage, _counted_unacked: bool) {
+        let ids = vec![message.seq];
+        self.cluster.propose(Command::Return { queue: self.queue.clone(), consumer: self.key, ids }, None);
+    }
+    fn sent_no_ack(&self, _message: &QueuedMessage) {}
+    fn redispatch(self: Arc<Self>) {}
+}
