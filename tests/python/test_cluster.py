@@ -2,6 +2,7 @@
 of the leader and of a follower, consumers on surviving nodes keep consuming, and a node
 that was down catches up. Each test starts its own three nodes; nothing waits a fixed time."""
 import os
+import signal
 import socket
 import tempfile
 
@@ -43,11 +44,24 @@ class Cluster:
                 n.stop()
 
 
+# A bound on each test: a publish waiting for a confirm that never comes would wait forever.
+TEST_DEADLINE_S = 180
+
+
 @pytest.fixture
 def cluster():
+    def expired(*_):
+        raise AssertionError(f"the test took more than {TEST_DEADLINE_S} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(TEST_DEADLINE_S)
     c = Cluster()
-    yield c
-    c.stop()
+    try:
+        yield c
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        c.stop()
 
 
 def connect(node):
