@@ -84,6 +84,10 @@ pub struct Args {
     /// separated: a cluster's first start forms it from all of them.
     #[arg(long, env = "HARE_CLUSTER_SEEDS", value_delimiter = ',')]
     pub cluster_seeds: Option<Vec<String>>,
+    /// The address the cluster port listens on, and other nodes are reached from (--bind by
+    /// default).
+    #[arg(long, env = "HARE_CLUSTER_BIND")]
+    pub cluster_bind: Option<String>,
     /// The secret nodes of the cluster share (~/.hare.cluster-secret by default, made with
     /// random content by the first node that starts).
     #[arg(long, env = "HARE_CLUSTER_SECRET_FILE")]
@@ -97,7 +101,7 @@ pub struct Args {
     /// tls_cert, tls_key, tls_ca, tls_fail_if_no_peer_cert, tls_port, management_tls_port,
     /// encryption_key_file, encryption_previous_key_files (old keys, read only: key rotation),
     /// audit_log, audit_log_max_bytes (rotation size; "10MB"), audit_log_files (rotated files kept; 5),
-    /// node_name, cluster_port, cluster_seeds (a list), cluster_secret_file.
+    /// node_name, cluster_port, cluster_bind, cluster_seeds (a list), cluster_secret_file.
     #[arg(long, short, env = "HARE_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -146,6 +150,7 @@ struct FileConfig {
     audit_log_files: Option<u32>,
     node_name: Option<String>,
     cluster_port: Option<u16>,
+    cluster_bind: Option<String>,
     cluster_seeds: Option<Vec<String>>,
     cluster_secret_file: Option<PathBuf>,
 }
@@ -155,6 +160,8 @@ struct FileConfig {
 pub struct ClusterConfig {
     pub node_name: String,
     pub port: u16,
+    /// The address the cluster port listens on and connections to peers leave from.
+    pub bind: Option<String>,
     pub seeds: Vec<String>,
     pub secret_file: PathBuf,
 }
@@ -372,6 +379,7 @@ impl Config {
             cluster: args.cluster_port.or(file.cluster_port).map(|port| ClusterConfig {
                 node_name: args.node_name.clone().or(file.node_name).unwrap_or_else(|| format!("hare-{port}")),
                 port,
+                bind: args.cluster_bind.clone().or(file.cluster_bind),
                 seeds: args.cluster_seeds.clone().or(file.cluster_seeds).unwrap_or_default(),
                 secret_file: args
                     .cluster_secret_file

@@ -292,8 +292,8 @@ async fn start_cluster(c: &hare::config::ClusterConfig, config: &Config, broker:
     let bridge = hare::cluster::bridge::Bridge::new(broker.clone());
     let settings = hare::cluster::node::ClusterSettings {
         node_name: c.node_name.clone(),
-        listen: format!("{}:{}", config.bind, c.port),
-        advertise: format!("{}:{}", config.bind, c.port),
+        listen: format!("{}:{}", c.bind.as_deref().unwrap_or(&config.bind), c.port),
+        advertise: format!("{}:{}", c.bind.as_deref().unwrap_or(&config.bind), c.port),
         seeds: c.seeds.clone(),
         secret,
         dir: config.data_dir.join("cluster"),

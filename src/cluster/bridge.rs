@@ -122,6 +122,9 @@ impl QuorumHost for Bridge {
     fn take_rejected(&self, ticket: u64) -> bool {
         self.cluster().is_some_and(|c| c.take_rejected(ticket))
     }
+    fn backlogged(&self, waiter: &Arc<tokio::sync::Notify>) -> bool {
+        self.cluster().is_some_and(|c| c.backlogged(waiter))
+    }
 }
 
 impl Effects for Bridge {

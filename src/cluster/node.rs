@@ -30,6 +30,10 @@ const BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// A node that answered none of the leader's RPCs for this long is down: its consumers are
 /// dropped and what they held goes to others (it registers them again if it comes back).
 const NODE_DOWN_AFTER: Duration = Duration::from_secs(5);
+/// Proposals waiting past this many bytes pause their publishers (they stop being read) until
+/// the backlog is below half of it: a node that cannot reach a quorum does not buffer
+/// publishes without bound.
+const BACKLOG_HIGH: usize = 64 * 1024 * 1024;
 /// How often the leader looks for expired messages and silent nodes.
 const LEADER_TICK: Duration = Duration::from_millis(250);
 
@@ -71,6 +75,8 @@ pub struct Cluster {
     /// Tickets of enqueues a full queue refused (reject-publish): nacked, not acked.
     rejected: Mutex<BTreeSet<u64>>,
     leading: Arc<AtomicBool>,
+    /// Publishers paused by a backlog of proposals, woken when it drains.
+    backlog_waiters: Mutex<Vec<Arc<Notify>>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -101,7 +107,8 @@ impl Cluster {
             .map_err(|e| format!("raft state in {}: {e}", s.dir.display()))?;
         let state = machine.state.clone();
         let leading = machine.leading.clone();
-        let net = NetCtx::new(s.node_name.clone(), s.secret.clone());
+        let source = s.listen.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
+        let net = NetCtx::new(s.node_name.clone(), s.secret.clone(), source);
         let raft = Raft::new(id, config, Factory { ctx: net.clone() }, log, machine)
             .await
             .map_err(|e| format!("raft: {e}"))?;
@@ -119,6 +126,7 @@ impl Cluster {
             resolved,
             rejected: Mutex::new(BTreeSet::new()),
             leading,
+            backlog_waiters: Mutex::new(Vec::new()),
         });
         tokio::spawn(serve(listener, cluster.clone()));
         tokio::spawn(bootstrap(cluster.clone(), s.clone()));
@@ -158,9 +166,22 @@ impl Cluster {
         self.rejected.lock().remove(&ticket)
     }
 
-    /// Bytes of commands waiting to be proposed (publishers wait while this is large).
+    /// Bytes of commands waiting to be proposed.
     pub fn backlog_bytes(&self) -> usize {
         self.pending.lock().2
+    }
+
+    /// Whether proposals wait past [`BACKLOG_HIGH`]; if so, `waiter` is notified once they
+    /// are below half of it.
+    pub fn backlogged(&self, waiter: &Arc<Notify>) -> bool {
+        if self.backlog_bytes() < BACKLOG_HIGH {
+            return false;
+        }
+        let mut w = self.backlog_waiters.lock();
+        if !w.iter().any(|x| Arc::ptr_eq(x, waiter)) {
+            w.push(waiter.clone());
+        }
+        true
     }
 
     pub fn is_leader(&self) -> bool {
@@ -354,6 +375,10 @@ async fn propose_loop(c: Arc<Cluster>) {
             }
         }
         c.resolved.send_replace(last);
+        if c.backlog_bytes() < BACKLOG_HIGH / 2 {
+            let waiters = std::mem::take(&mut *c.backlog_waiters.lock());
+            waiters.iter().for_each(|w| w.notify_one());
+        }
     }
 }
 

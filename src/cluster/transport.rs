@@ -59,16 +59,40 @@ pub enum ProposeError {
     Failed(String),
 }
 
-/// What the transport shares: the secret, this node's name, and when each peer last answered.
+/// What the transport shares: the secret, this node's name, the address its connections
+/// leave from, and when each peer last answered.
 pub struct NetCtx {
     pub name: String,
     secret: Vec<u8>,
+    /// Connections to peers are made from this address (the one the cluster port listens
+    /// on), so that peers and firewalls see each node at one address.
+    source: Option<std::net::IpAddr>,
     last_ok: Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl NetCtx {
-    pub fn new(name: String, secret: Vec<u8>) -> Arc<NetCtx> {
-        Arc::new(NetCtx { name, secret, last_ok: Mutex::new(HashMap::new()) })
+    pub fn new(name: String, secret: Vec<u8>, source: Option<std::net::IpAddr>) -> Arc<NetCtx> {
+        let source = source.filter(|ip| !ip.is_unspecified());
+        Arc::new(NetCtx { name, secret, source, last_ok: Mutex::new(HashMap::new()) })
+    }
+
+    /// A TCP connection to `addr`, from this node's address.
+    async fn dial(&self, addr: &str) -> Result<TcpStream, WireError> {
+        let go = async {
+            let target = tokio::net::lookup_host(addr)
+                .await?
+                .next()
+                .ok_or_else(|| std::io::Error::other(format!("{addr} resolves to no address")))?;
+            let socket =
+                if target.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+            if let Some(ip) = self.source.filter(|ip| ip.is_ipv4() == target.is_ipv4()) {
+                socket.bind(std::net::SocketAddr::new(ip, 0))?;
+            }
+            let s = socket.connect(target).await?;
+            let _ = s.set_nodelay(true);
+            Ok::<_, std::io::Error>(s)
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, go).await.map_err(|_| WireError::Timeout)?.map_err(WireError::Io)
     }
     /// How long ago `node` last answered an RPC of ours (None: never).
     pub fn silent_for(&self, node: NodeId) -> Option<Duration> {
@@ -188,10 +212,7 @@ impl Peer {
 
     async fn connect(&mut self) -> Result<&mut TcpStream, WireError> {
         if self.conn.is_none() {
-            let mut s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
-                .await
-                .map_err(|_| WireError::Timeout)??;
-            let _ = s.set_nodelay(true);
+            let mut s = self.ctx.dial(&self.addr).await?;
             tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake_client(&mut s, &self.ctx))
                 .await
                 .map_err(|_| WireError::Timeout)??;
@@ -202,9 +223,7 @@ impl Peer {
 
     /// The name of the node at this address (a handshake, then the connection is kept).
     pub async fn name(&mut self) -> Result<String, WireError> {
-        let mut s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
-            .await
-            .map_err(|_| WireError::Timeout)??;
+        let mut s = self.ctx.dial(&self.addr).await?;
         let name = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake_client(&mut s, &self.ctx))
             .await
             .map_err(|_| WireError::Timeout)??;

@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 import tempfile
+import threading
 
 import pika
 import pytest
@@ -24,44 +25,163 @@ def free_ports(n):
     return ports
 
 
+class Proxy:
+    """A TCP proxy in front of one node's cluster port, on that node's own loopback address:
+    it forwards what comes in, and can cut and refuse the connections from chosen source
+    addresses (the other nodes connect from theirs), which partitions those links."""
+
+    def __init__(self, ip, target_port):
+        self.ip, self.target = ip, target_port
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((ip, 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.blocked = set()
+        self.conns = []
+        self.lock = threading.Lock()
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                c, (src, _) = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            with self.lock:
+                if src in self.blocked:
+                    c.close()
+                    continue
+            try:
+                u = socket.create_connection((self.ip, self.target), timeout=2)
+            except OSError:
+                c.close()
+                continue
+            u.settimeout(None)
+            with self.lock:
+                self.conns.append((src, c, u))
+            for a, b in ((c, u), (u, c)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a, b):
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def block(self, sources):
+        with self.lock:
+            self.blocked |= set(sources)
+            cut = [x for x in self.conns if x[0] in self.blocked]
+            self.conns = [x for x in self.conns if x[0] not in self.blocked]
+        for _, c, u in cut:
+            for s in (c, u):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def heal(self):
+        with self.lock:
+            self.blocked.clear()
+
+    def close(self):
+        self.closed = True
+        self.block({x[0] for x in self.conns})
+        self.sock.close()
+
+
 class Cluster:
-    def __init__(self, size=3):
+    """Three nodes; with `proxied`, each node's cluster port is on its own loopback address
+    (127.0.0.11, .12, .13) behind a Proxy, and the seeds are the proxies."""
+
+    def __init__(self, size=3, proxied=False):
         self.dir = tempfile.mkdtemp(prefix="hare-cluster-")
         self.secret = os.path.join(self.dir, "secret")
         with open(os.open(self.secret, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
             f.write("a secret only these nodes share")
-        ports = free_ports(size)
-        seeds = ",".join(f"127.0.0.1:{p}" for p in ports)
+        self.proxies = []
+        if proxied:
+            self.ips = [f"127.0.0.{11 + i}" for i in range(size)]
+            ports = []
+            for ip in self.ips:
+                s = socket.socket()
+                s.bind((ip, 0))
+                ports.append(s.getsockname()[1])
+                s.close()
+            self.proxies = [Proxy(ip, p) for ip, p in zip(self.ips, ports)]
+            seeds = ",".join(f"{p.ip}:{p.port}" for p in self.proxies)
+            binds = [["--cluster-bind", ip] for ip in self.ips]
+        else:
+            ports = free_ports(size)
+            seeds = ",".join(f"127.0.0.1:{p}" for p in ports)
+            binds = [[] for _ in ports]
         self.nodes = [
             Hare(extra_args=["--node-name", f"n{i + 1}", "--cluster-port", str(p), "--cluster-seeds", seeds,
-                             "--cluster-secret-file", self.secret])
+                             "--cluster-secret-file", self.secret, *binds[i]])
             for i, p in enumerate(ports)
         ]
+
+    def isolate(self, node):
+        """Cuts every link between `node` and the others, both ways."""
+        i = self.nodes.index(node)
+        others = [ip for j, ip in enumerate(self.ips) if j != i]
+        self.proxies[i].block(others)
+        for j, p in enumerate(self.proxies):
+            if j != i:
+                p.block([self.ips[i]])
+
+    def heal(self):
+        for p in self.proxies:
+            p.heal()
 
     def stop(self):
         for n in self.nodes:
             if n.proc.poll() is None:
                 n.stop()
+        for p in self.proxies:
+            p.close()
 
 
 # A bound on each test: a publish waiting for a confirm that never comes would wait forever.
 TEST_DEADLINE_S = 180
 
 
-@pytest.fixture
-def cluster():
+def bounded_cluster(**kw):
     def expired(*_):
         raise AssertionError(f"the test took more than {TEST_DEADLINE_S} s")
 
     previous = signal.signal(signal.SIGALRM, expired)
     signal.alarm(TEST_DEADLINE_S)
-    c = Cluster()
+    c = Cluster(**kw)
     try:
         yield c
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
         c.stop()
+
+
+@pytest.fixture
+def cluster():
+    yield from bounded_cluster()
+
+
+@pytest.fixture
+def proxied_cluster():
+    yield from bounded_cluster(proxied=True)
 
 
 def connect(node):
@@ -177,3 +297,92 @@ def test_confirmed_messages_survive_killing_the_leader_then_a_follower(cluster):
         wait_for(lambda: c.channel().queue_declare("q3", passive=True).method.message_count == 0,
                  timeout=30, what=f"{n.data_dir} to catch up")
         c.close()
+
+
+def declare(node, queue):
+    c = connect(node)
+    c.channel().queue_declare(queue, durable=True, arguments=QUORUM)
+    c.close()
+
+
+def count_on(node, queue):
+    c = connect(node)
+    try:
+        return c.channel().queue_declare(queue, passive=True).method.message_count
+    finally:
+        c.close()
+
+
+def test_a_partitioned_minority_stops_confirming_and_catches_up_on_heal(proxied_cluster):
+    cluster = proxied_cluster
+    declare(cluster.nodes[0], "qp")
+    leader = wait_for(lambda: leader_of(cluster), what="a leader")
+    cluster.isolate(leader)
+    # A publisher on the isolated node: its publishes wait, unconfirmed, while it is cut off.
+    minority = [f"min-{i}".encode() for i in range(50)]
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("confirmed", publish_confirmed(leader, "qp", minority)),
+                         daemon=True)
+    t.start()
+    # The majority elects a leader of its own and goes on confirming.
+    majority_node = next(n for n in cluster.nodes if n is not leader)
+    majority = [f"maj-{i}".encode() for i in range(200)]
+    assert publish_confirmed(majority_node, "qp", majority) == majority
+    assert "confirmed" not in result, "the minority confirmed while cut off from the majority"
+    cluster.heal()
+    t.join(timeout=60)
+    assert result.get("confirmed") == minority, "the minority's publishes are confirmed once healed"
+    # Every node agrees, the old leader included, and nothing confirmed is lost.
+    for n in cluster.nodes:
+        wait_for(lambda: count_on(n, "qp") == 250, timeout=30, what="every node to have all 250")
+    got = drain(majority_node, "qp", 250)
+    assert set(got) == set(minority) | set(majority)
+
+
+def test_a_stopped_leader_is_replaced_and_catches_up(cluster):
+    declare(cluster.nodes[0], "qs")
+    leader = wait_for(lambda: leader_of(cluster), what="a leader")
+    others = [n for n in cluster.nodes if n is not leader]
+    before = [f"b{i}".encode() for i in range(100)]
+    assert publish_confirmed(others[0], "qs", before) == before
+    leader.proc.send_signal(signal.SIGSTOP)
+    try:
+        # Longer than the election timeout: another node takes over.
+        wait_for(lambda: any(leads(n) for n in others), timeout=30, what="a new leader")
+        during = [f"d{i}".encode() for i in range(100)]
+        assert publish_confirmed(others[1], "qs", during) == during
+    finally:
+        leader.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: count_on(leader, "qs") == 200, timeout=30, what="the stopped node to catch up")
+    got = drain(leader, "qs", 200)
+    assert set(got) == set(before) | set(during)
+
+
+def test_a_node_without_the_secret_is_refused_and_a_readable_secret_is_not_used(cluster):
+    n1 = cluster.nodes[0]
+    declare(n1, "qx")
+    seeds = [a for a in n1.extra_args if "," in a][0]
+    other = os.path.join(cluster.dir, "other-secret")
+    with open(os.open(other, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+        f.write("not the cluster's secret")
+    (port,) = free_ports(1)
+    outsider = Hare(extra_args=["--node-name", "intruder", "--cluster-port", str(port), "--cluster-seeds", seeds,
+                                "--cluster-secret-file", other])
+    try:
+        wait_for(lambda: "does not hold the cluster's secret" in outsider.read_log(), what="the outsider to be refused")
+        wait_for(lambda: "refused a peer" in n1.read_log(), what="the refusal in a node's log")
+        # It joined nothing: the cluster's queue is not on it.
+        c = connect(outsider)
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            c.channel().queue_declare("qx", passive=True)
+        assert e.value.reply_code == 404
+        c.close()
+    finally:
+        outsider.stop()
+    readable = os.path.join(cluster.dir, "readable-secret")
+    with open(os.open(readable, os.O_WRONLY | os.O_CREAT, 0o644), "w") as f:
+        f.write("x")
+    os.chmod(readable, 0o644)
+    with pytest.raises(AssertionError) as e:
+        Hare(extra_args=["--cluster-port", str(port), "--cluster-secret-file", readable])
+    assert "must be accessible by its owner only" in str(e.value)

@@ -37,4 +37,7 @@ pub trait QuorumHost: Send + Sync + std::fmt::Debug {
     fn resolved(&self) -> tokio::sync::watch::Receiver<u64>;
     /// Whether the enqueue of `ticket` was refused by a full queue (asked once).
     fn take_rejected(&self, ticket: u64) -> bool;
+    /// Whether proposals wait faster than the cluster commits them (no quorum, say): a
+    /// publisher that proposed then waits for `waiter`, notified once they no longer do.
+    fn backlogged(&self, waiter: &Arc<tokio::sync::Notify>) -> bool;
 }

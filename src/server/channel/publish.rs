@@ -284,6 +284,10 @@ impl Channel {
             if logged && ctx.broker.storage_backlogged(&ctx.flow) {
                 ctx.flow_paused = true;
             }
+            // Proposing faster than the cluster commits (a minority, say): it waits for that.
+            if cluster != 0 && ctx.broker.quorum_host().is_some_and(|h| h.backlogged(&ctx.flow)) {
+                ctx.flow_paused = true;
+            }
             let routed = !queues.is_empty();
             queues.clear();
             self.route_buf = queues;
