@@ -170,31 +170,11 @@ impl Effects for Bridge {
             }
             return;
         };
-        let mut message = Message::new(
-            ShortStr::from(msg.exchange.as_str()),
-            ShortStr::from(msg.routing_key.as_str()),
-            msg.properties.clone(),
-            msg.body.clone(),
-            true,
-        );
-        if delivery_count > 0 {
-            message = dead_letter::with_delivery_count(&message, delivery_count as u64);
-        }
-        let message = Arc::new(message);
-        let size = message.size();
+        let item = queued(id, &msg, redelivered, delivery_count);
+        let size = item.message.size();
         if !c.no_ack {
             c.charge_unacked(size);
         }
-        let item = QueuedMessage {
-            seq: id,
-            message,
-            redelivered,
-            logged: false,
-            expires_at: 0,
-            deliveries: delivery_count,
-            priority: 0,
-            stamp: 0,
-        };
         c.sink.send(ConnEvent::Deliver(Delivery {
             channel: c.channel,
             consumer_tag: c.tag.clone(),
@@ -236,6 +216,31 @@ impl Effects for Bridge {
             let key = (cl.process, id);
             cl.propose(Command::Checkout { queue: queue.clone(), consumer: key, prefetch, no_ack }, None);
         }
+    }
+}
+
+/// A replicated message as a queue hands it out: a redelivery carries its
+/// `x-delivery-count`, as RabbitMQ's quorum queues add it.
+fn queued(id: u64, msg: &Msg, redelivered: bool, delivery_count: u32) -> QueuedMessage {
+    let mut message = Message::new(
+        ShortStr::from(msg.exchange.as_str()),
+        ShortStr::from(msg.routing_key.as_str()),
+        msg.properties.clone(),
+        msg.body.clone(),
+        true,
+    );
+    if delivery_count > 0 {
+        message = dead_letter::with_delivery_count(&message, delivery_count as u64);
+    }
+    QueuedMessage {
+        seq: id,
+        message: Arc::new(message),
+        redelivered,
+        logged: false,
+        expires_at: 0,
+        deliveries: delivery_count,
+        priority: 0,
+        stamp: 0,
     }
 }
 
@@ -313,6 +318,43 @@ impl Replica for QueueReplica {
         }
         ready
     }
+
+    fn get(&self, no_ack: bool) -> (u64, Arc<dyn Origin>) {
+        let cl = self.bridge.upgrade().and_then(|b| {
+            let id = b.next_consumer.fetch_add(1, Ordering::Relaxed);
+            b.cluster().cloned().map(|c| (c, id))
+        });
+        let Some((cl, id)) = cl else {
+            return (0, Arc::new(NoOrigin));
+        };
+        // The get's holder is a consumer key of its own, settled through this origin.
+        let key = (cl.process, id);
+        let ticket = cl.propose(Command::Dequeue { queue: self.name.clone(), consumer: key, no_ack }, None);
+        (ticket, Arc::new(ConsumerOrigin { queue: self.name.clone(), key, cluster: cl }))
+    }
+
+    fn take_got(&self, ticket: u64) -> Option<(QueuedMessage, u32)> {
+        let cl = self.bridge.upgrade()?.cluster()?.clone();
+        match cl.take_got(ticket)? {
+            super::quorum::Outcome::Got(Some((id, msg, redelivered, count)), left) => {
+                Some((queued(id, &msg, redelivered, count), left))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The origin of a get that could not be proposed (the node is shutting down).
+#[derive(Debug)]
+struct NoOrigin;
+
+impl Origin for NoOrigin {
+    fn acked(self: Arc<Self>, _: &[QueuedMessage]) {}
+    fn rejected(self: Arc<Self>, _: Vec<QueuedMessage>) {}
+    fn requeued(self: Arc<Self>, _: Vec<QueuedMessage>) {}
+    fn undelivered(self: Arc<Self>, _: QueuedMessage, _: bool) {}
+    fn sent_no_ack(&self, _: &QueuedMessage) {}
+    fn redispatch(self: Arc<Self>) {}
 }
 
 /// What a channel tells about the deliveries of one consumer of a quorum queue.

@@ -163,6 +163,7 @@ impl Replicated {
                             Outcome::Ok
                         }
                         Command::Purge { .. } => Outcome::Count(q.purge()),
+                        Command::Dequeue { consumer, no_ack, .. } => q.dequeue(*consumer, *no_ack, now, &mut local),
                         _ => Outcome::Ok,
                     };
                     for x in local.drain(..) {
@@ -196,6 +197,7 @@ fn queue_of(c: &Command) -> Option<&QueueName> {
         | Command::Return { queue, .. }
         | Command::Discard { queue, .. }
         | Command::Down { queue, .. }
+        | Command::Dequeue { queue, .. }
         | Command::Purge { queue }
         | Command::Declare { queue, .. }
         | Command::Delete { queue } => Some(queue),

@@ -77,6 +77,8 @@ pub struct Cluster {
     leading: Arc<AtomicBool>,
     /// Publishers paused by a backlog of proposals, woken when it drains.
     backlog_waiters: Mutex<Vec<Arc<Notify>>>,
+    /// The answers of basic.get proposals, by ticket, until their channels take them.
+    got: Mutex<std::collections::HashMap<u64, Outcome>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -127,6 +129,7 @@ impl Cluster {
             rejected: Mutex::new(BTreeSet::new()),
             leading,
             backlog_waiters: Mutex::new(Vec::new()),
+            got: Mutex::new(std::collections::HashMap::new()),
         });
         tokio::spawn(serve(listener, cluster.clone()));
         tokio::spawn(bootstrap(cluster.clone(), s.clone()));
@@ -159,6 +162,11 @@ impl Cluster {
     /// Tickets resolved so far, as a watch channel.
     pub fn resolved(&self) -> watch::Receiver<u64> {
         self.resolved.subscribe()
+    }
+
+    /// The answer to the basic.get proposed as `ticket` (taken once).
+    pub fn take_got(&self, ticket: u64) -> Option<Outcome> {
+        self.got.lock().remove(&ticket)
     }
 
     /// Whether the enqueue of `ticket` was refused by a full queue (asked once per ticket).
@@ -365,9 +373,13 @@ async fn propose_loop(c: Arc<Cluster>) {
         };
         {
             let mut rejected = c.rejected.lock();
+            let mut got = c.got.lock();
             for (p, o) in taken.into_iter().zip(outcomes.into_iter().chain(std::iter::repeat(Outcome::Ok))) {
                 if o == Outcome::Rejected {
                     rejected.insert(p.ticket);
+                }
+                if matches!(p.command, Command::Dequeue { .. }) {
+                    got.insert(p.ticket, o.clone());
                 }
                 if let Some(tx) = p.reply {
                     let _ = tx.send(o);

@@ -102,6 +102,12 @@ pub enum Command {
         consumer: ConsumerKey,
         ids: Vec<u64>,
     },
+    /// basic.get: the next message, settled at once with `no_ack`, else held by `consumer`.
+    Dequeue {
+        queue: QueueName,
+        consumer: ConsumerKey,
+        no_ack: bool,
+    },
     /// A consumer's channel closed or it was cancelled with messages out: they go back.
     Down {
         queue: QueueName,

@@ -32,6 +32,14 @@ struct Unacked {
     message: QueuedMessage,
 }
 
+/// A basic.get from a replicated queue, waiting for its dequeue to be applied here.
+pub(super) struct HeldGet {
+    ticket: u64,
+    queue: Arc<Queue>,
+    origin: Arc<dyn Origin>,
+    no_ack: bool,
+}
+
 struct ConsumerEntry {
     consumer: Arc<Consumer>,
     /// None for the direct reply-to pseudo-queue.
@@ -69,6 +77,9 @@ pub struct Channel {
     /// durable declare, delete, bind or unbind. Frames arriving meanwhile wait in `stash` so
     /// that replies keep their order.
     pub held: Option<(u64, u64, Method)>,
+    /// A basic.get from a quorum queue of a cluster waits here for its answer; frames after
+    /// it wait in `stash` too.
+    pub(super) held_get: Option<HeldGet>,
     pub stash: VecDeque<crate::protocol::Frame>,
     last_queue: Option<ShortStr>,
     reply_key: Option<String>,
@@ -100,6 +111,7 @@ impl Channel {
             confirms: VecDeque::new(),
             tx: None,
             held: None,
+            held_get: None,
             stash: VecDeque::new(),
             last_queue: None,
             reply_key: None,
@@ -502,11 +514,6 @@ impl Channel {
         let queue_name = self.queue_name(m.queue)?;
         permissions::queue_read(ctx, &queue_name)?;
         let queue = ctx.vhost()?.queue(&queue_name, ctx.id)?;
-        if queue.replica.is_some() {
-            return Err(AmqpError::not_implemented(format!(
-                "basic.get from quorum queue '{queue_name}' on a cluster node is not supported yet; use basic.consume"
-            )));
-        }
         let limits = self.flow.limits;
         if !m.no_ack && (self.unacked.len() as u64 >= limits.count as u64 || self.unacked_bytes >= limits.bytes) {
             return Err(AmqpError::precondition_failed(format!(
@@ -514,13 +521,50 @@ impl Channel {
                 limits.count, limits.bytes
             )));
         }
-        match queue.get(m.no_ack) {
+        if let Some(r) = &queue.replica {
+            // The dequeue goes through the cluster's log; the answer is sent once it is
+            // applied here (`answer_held_get`), and the channel's later frames wait for it.
+            let (ticket, origin) = r.get(m.no_ack);
+            self.held_get = Some(HeldGet { ticket, queue: queue.clone(), origin, no_ack: m.no_ack });
+            return Ok(());
+        }
+        let got = queue.get(m.no_ack);
+        self.answer_get(ctx, Some(queue as Arc<dyn Origin>), got, m.no_ack);
+        Ok(())
+    }
+
+    /// Sends a waiting basic.get's answer once its dequeue is applied; true when it went out.
+    pub(super) fn answer_held_get(&mut self, ctx: &mut ConnCtx) -> bool {
+        match self.held_get.take() {
+            Some(g) if g.ticket <= ctx.cluster_resolved => {
+                let got = g.queue.replica.as_ref().and_then(|r| r.take_got(g.ticket));
+                self.answer_get(ctx, Some(g.origin), got, g.no_ack);
+                true
+            }
+            held => {
+                let none = held.is_none();
+                self.held_get = held;
+                none
+            }
+        }
+    }
+
+    /// basic.get-ok with the message (recorded as unacknowledged unless `no_ack`), or
+    /// basic.get-empty.
+    fn answer_get(
+        &mut self,
+        ctx: &mut ConnCtx,
+        origin: Option<Arc<dyn Origin>>,
+        got: Option<(QueuedMessage, u32)>,
+        no_ack: bool,
+    ) {
+        match got {
             None => {
                 bump(&self.card.get_empty, 1);
                 ctx.out.method(self.id, BasicGetEmpty { cluster_id: ShortStr::default() })
             }
             Some((qm, message_count)) => {
-                bump(if m.no_ack { &self.card.get_no_ack } else { &self.card.get }, 1);
+                bump(if no_ack { &self.card.get_no_ack } else { &self.card.get }, 1);
                 if qm.redelivered {
                     bump(&self.card.redeliver, 1);
                 }
@@ -538,14 +582,13 @@ impl Channel {
                     },
                 );
                 ctx.out.content(self.id, &msg.properties, &msg.body);
-                if !m.no_ack {
+                if !no_ack {
                     self.unacked_bytes += qm.message.size() as u64;
-                    self.unacked.push_back(Unacked { tag, queue: Some(queue), consumer: None, message: qm });
+                    self.unacked.push_back(Unacked { tag, queue: origin, consumer: None, message: qm });
                     self.card.unacked.store(self.unacked.len() as u32, Ordering::Relaxed);
                 }
             }
         }
-        Ok(())
     }
 
     /// Writes a delivery a queue dispatched to one of this channel's consumers.
@@ -696,6 +739,14 @@ impl Channel {
         self.closing = true;
         self.publish = None;
         self.held = None;
+        if let Some(g) = self.held_get.take() {
+            // Its answer will not be read: a message it took goes back.
+            if let Some((qm, _)) = g.queue.replica.as_ref().and_then(|r| r.take_got(g.ticket)) {
+                if !g.no_ack {
+                    g.origin.requeued(vec![qm]);
+                }
+            }
+        }
         self.stash.clear();
         self.confirms.clear();
         let tags: Vec<ShortStr> = self.consumers.keys().cloned().collect();

@@ -484,7 +484,7 @@ impl Connection {
     fn handle_frame(&mut self, frame: Frame) -> Result<(), (u16, AmqpError)> {
         // A channel waiting for a reply to be durable takes no frames meanwhile.
         if let Some(ch) = self.channels.get_mut(&frame.channel()) {
-            if ch.held.is_some() && !ch.closing {
+            if ch.is_holding() && !ch.closing {
                 ch.stash.push_back(frame);
                 return Ok(());
             }

@@ -386,3 +386,26 @@ def test_a_node_without_the_secret_is_refused_and_a_readable_secret_is_not_used(
     with pytest.raises(AssertionError) as e:
         Hare(extra_args=["--cluster-port", str(port), "--cluster-secret-file", readable])
     assert "must be accessible by its owner only" in str(e.value)
+
+
+def test_basic_get_goes_through_the_log(cluster):
+    n1, n2, n3 = cluster.nodes
+    declare(n1, "qg")
+    assert publish_confirmed(n1, "qg", [b"a", b"b", b"c"]) == [b"a", b"b", b"c"]
+    c2 = connect(n2)
+    ch2 = c2.channel()
+    m, props, body = ch2.basic_get("qg")
+    assert (body, m.redelivered, m.message_count) == (b"a", False, 2)
+    # Requeued: the next get has it again, redelivered, with its delivery count.
+    ch2.basic_reject(m.delivery_tag, requeue=True)
+    m, props, body = ch2.basic_get("qg")
+    assert (body, m.redelivered, props.headers.get("x-delivery-count")) == (b"a", True, 1)
+    ch2.basic_ack(m.delivery_tag)
+    c3 = connect(n3)
+    ch3 = c3.channel()
+    assert ch3.basic_get("qg", auto_ack=True)[2] == b"b"
+    assert ch3.basic_get("qg", auto_ack=True)[2] == b"c"
+    assert ch3.basic_get("qg", auto_ack=True) == (None, None, None)
+    c3.close()
+    c2.close()
+    wait_for(lambda: count_on(n1, "qg") == 0, what="the gets applied on the first node")

@@ -6,9 +6,9 @@
 
 use super::Queue;
 use crate::broker::arguments::QueueArguments;
-use crate::broker::consumer::Consumer;
+use crate::broker::consumer::{Consumer, Origin};
 use crate::broker::error::AmqpResult;
-use crate::broker::message::Message;
+use crate::broker::message::{Message, QueuedMessage};
 use crate::protocol::{FieldTable, ShortStr};
 use std::sync::Arc;
 
@@ -25,6 +25,11 @@ pub trait Replica: Send + Sync + std::fmt::Debug {
     fn counts(&self) -> (u32, u32, u32);
     /// Proposes a purge; returns the ready count as this node knows it.
     fn purge(&self) -> u32;
+    /// Proposes a basic.get; returns its ticket and what its delivery settles through.
+    fn get(&self, no_ack: bool) -> (u64, Arc<dyn Origin>);
+    /// The answer to the get of `ticket`, once resolved: the message and the ready count
+    /// after it, or None for an empty queue.
+    fn take_got(&self, ticket: u64) -> Option<(QueuedMessage, u32)>;
 }
 
 /// What the broker asks of the cluster layer for quorum queues.

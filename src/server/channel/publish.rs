@@ -321,9 +321,16 @@ impl Channel {
         self.held.is_some() || !self.confirms.is_empty()
     }
 
+    /// Whether frames for this channel wait (behind a held reply or a basic.get's answer).
+    pub fn is_holding(&self) -> bool {
+        self.held.is_some() || self.held_get.is_some()
+    }
+
     /// Whether this channel owes something that waits for the cluster.
     pub fn waits_for_cluster(&self) -> bool {
-        self.held.as_ref().is_some_and(|h| h.1 != 0) || self.confirms.iter().any(|c| c.2 != 0)
+        self.held.as_ref().is_some_and(|h| h.1 != 0)
+            || self.held_get.is_some()
+            || self.confirms.iter().any(|c| c.2 != 0)
     }
 
     /// Sends the confirms whose messages are durable, in publish order: runs of acks as one
@@ -363,6 +370,9 @@ impl Channel {
 
     /// Sends the held reply once its ticket is durable; returns true when it went out.
     pub fn release_held(&mut self, ctx: &mut ConnCtx) -> bool {
+        if self.held_get.is_some() {
+            return self.answer_held_get(ctx);
+        }
         match self.held.take() {
             Some((ticket, cluster, reply)) if ticket <= ctx.durable_upto() && cluster <= ctx.cluster_resolved => {
                 ctx.out.method(self.id, reply);
