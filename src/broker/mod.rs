@@ -13,6 +13,7 @@ pub mod exchange;
 pub mod history;
 pub mod message;
 pub mod queue;
+pub mod replicated;
 pub mod stats;
 pub mod store;
 pub mod vhost;
@@ -572,6 +573,37 @@ impl Broker {
     /// it durably and returns the ticket to wait for. Creating a vhost starts it; deleting
     /// one closes its connections and deletes its queues and their data; deleting a user
     /// closes the user's connections.
+    /// The checks [`Broker::change_access`] makes, without the change: a cluster node makes
+    /// them before proposing a change, to answer what is wrong with it at once.
+    pub fn check_access_change(&self, change: &AccessChange) -> Result<(), AccessError> {
+        let state = self.access.read();
+        match change {
+            AccessChange::SetPermissions { permission: p } => {
+                Self::check_user_and_vhost(&state, &p.user, &p.vhost)?;
+                for expr in [&p.configure, &p.write, &p.read] {
+                    crate::auth::grant::validate(expr)?;
+                }
+            }
+            AccessChange::SetTopicPermissions { permission: p } => {
+                Self::check_user_and_vhost(&state, &p.user, &p.vhost)?;
+                for expr in [&p.write, &p.read] {
+                    crate::auth::grant::validate_topic(expr)?;
+                }
+            }
+            AccessChange::DeleteUser { name } if state.user(name).is_none() => {
+                return Err(AccessError::NoSuchUser(name.clone()));
+            }
+            AccessChange::DeleteVhost { name } if state.vhost(name).is_none() => {
+                return Err(AccessError::NoSuchVhost(name.clone()));
+            }
+            AccessChange::PutUser { user } if user.name.is_empty() => {
+                return Err(AccessError::Invalid("a user needs a name".into()));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     pub fn change_access(&self, change: AccessChange, by: &audit::Actor) -> Result<u64, AccessError> {
         let mut closing: Vec<(Box<dyn Fn(&connections::ConnectionEntry) -> bool>, String)> = Vec::new();
         let mut deleted_vhost = None;

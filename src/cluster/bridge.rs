@@ -21,6 +21,7 @@ use crate::broker::dead_letter;
 use crate::broker::message::{Message, QueuedMessage};
 use crate::broker::queue::replica::{QuorumHost, Replica};
 use crate::broker::queue::Queue;
+use crate::broker::replicated::{DefinitionChange, Refusal};
 use crate::broker::store::{table_from_hex, table_to_hex};
 use crate::broker::{AmqpResult, Broker};
 use crate::protocol::{FieldTable, ShortStr};
@@ -125,6 +126,12 @@ impl QuorumHost for Bridge {
     fn backlogged(&self, waiter: &Arc<tokio::sync::Notify>) -> bool {
         self.cluster().is_some_and(|c| c.backlogged(waiter))
     }
+    fn propose_definition(&self, change: DefinitionChange) -> u64 {
+        self.propose(Command::Definition(change))
+    }
+    fn take_refusal(&self, ticket: u64) -> Option<Refusal> {
+        self.cluster().and_then(|c| c.take_refusal(ticket))
+    }
 }
 
 impl Effects for Bridge {
@@ -201,6 +208,10 @@ impl Effects for Bridge {
             Reason::DeliveryLimit => dead_letter::Reason::DeliveryLimit,
         };
         q.dead_letter_replicated(Arc::new(message), reason);
+    }
+
+    fn definition(&self, change: &DefinitionChange) -> Result<(), Refusal> {
+        self.broker.apply_definition(change)
     }
 
     fn consumers_lost(&self, queue: &QueueName, consumers: Vec<u64>) {

@@ -9,6 +9,7 @@
 
 use super::quorum::{ConsumerKey, Effect, Msg, Outcome, QuorumQueue, Reason};
 use super::types::{Batch, Command, Entry, LogId, NodeId, QueueName, StorageError, StoredMembership, TypeConfig};
+use crate::broker::replicated::{DefinitionChange, Refusal};
 use bytes::Bytes;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb};
@@ -32,6 +33,19 @@ pub trait Effects: Send + Sync + 'static {
     /// The cluster dropped these consumers of this process (it thought the node down): they
     /// should register again.
     fn consumers_lost(&self, queue: &QueueName, consumers: Vec<u64>);
+    /// Applies a definition change to this node's broker; its answer is the command's.
+    fn definition(&self, change: &DefinitionChange) -> Result<(), Refusal>;
+}
+
+/// What applying one entry asks of this node, in the order its commands asked it.
+pub enum Step {
+    Created(QueueName, Bytes),
+    Dropped(QueueName),
+    Effect(QueueName, Effect),
+    /// Consumers of a process that the cluster declared down: (queue, process, consumer).
+    Lost(QueueName, u64, u64),
+    /// A definition change, and the index of its command in the batch (for its outcome).
+    Definition(usize, DefinitionChange),
 }
 
 /// One quorum queue as replicated.
@@ -52,15 +66,9 @@ pub struct Replicated {
 }
 
 impl Replicated {
-    /// Applies one batch; the outcomes answer its commands in order, the effects are
-    /// collected with the queue they concern.
-    fn apply_batch(
-        &mut self,
-        b: &Batch,
-        fx: &mut Vec<(QueueName, Effect)>,
-        lost: &mut Vec<(QueueName, u64, u64)>,
-    ) -> Vec<Outcome> {
-        let node_of = |procs: &BTreeMap<u64, (NodeId, u64)>, p: u64| procs.get(&p).map(|x| x.0);
+    /// Applies one batch; the outcomes answer its commands in order, and `steps` gets what
+    /// they ask of the broker, in order.
+    fn apply_batch(&mut self, b: &Batch, steps: &mut Vec<Step>) -> Vec<Outcome> {
         match self.processes.get(&b.from) {
             Some(&(_, last)) if b.seq <= last => {
                 // A retry of a batch already applied: applied once.
@@ -70,7 +78,7 @@ impl Replicated {
         }
         let mut out = Vec::with_capacity(b.commands.len());
         let now = b.now;
-        for c in &b.commands {
+        for (index, c) in b.commands.iter().enumerate() {
             let mut local = Vec::new();
             let outcome = match c {
                 Command::Hello { node } => {
@@ -86,7 +94,7 @@ impl Replicated {
                         for (name, e) in self.queues.iter_mut() {
                             e.queue.down(p, None, now, &mut local);
                             for x in local.drain(..) {
-                                fx.push((name.clone(), x));
+                                steps.push(Step::Effect(name.clone(), x));
                             }
                         }
                     }
@@ -99,32 +107,44 @@ impl Replicated {
                         for (name, e) in self.queues.iter_mut() {
                             let mine: Vec<u64> = e.queue.consumers().filter(|k| k.0 == p).map(|k| k.1).collect();
                             for c in mine {
-                                lost.push((name.clone(), p, c));
+                                steps.push(Step::Lost(name.clone(), p, c));
                             }
                             e.queue.down(p, None, now, &mut local);
                             for x in local.drain(..) {
-                                fx.push((name.clone(), x));
+                                steps.push(Step::Effect(name.clone(), x));
                             }
                         }
                     }
                     Outcome::Ok
                 }
                 Command::Declare { queue, arguments, settings } => {
-                    self.queues.entry(queue.clone()).or_insert_with(|| QueueEntry {
-                        arguments: arguments.clone(),
-                        queue: QuorumQueue::new(settings.clone()),
-                    });
+                    if !self.queues.contains_key(queue) {
+                        self.queues.insert(
+                            queue.clone(),
+                            QueueEntry { arguments: arguments.clone(), queue: QuorumQueue::new(settings.clone()) },
+                        );
+                        steps.push(Step::Created(queue.clone(), arguments.clone()));
+                    }
                     Outcome::Ok
                 }
                 Command::Delete { queue } => match self.queues.remove(queue) {
-                    Some(e) => Outcome::Count(e.queue.ready_count() + e.queue.unacked_count()),
+                    Some(e) => {
+                        steps.push(Step::Dropped(queue.clone()));
+                        Outcome::Count(e.queue.ready_count() + e.queue.unacked_count())
+                    }
                     None => Outcome::Count(0),
                 },
+                Command::Definition(change) => {
+                    // Applied to the broker with the entry's other steps; the answer is filled
+                    // in then.
+                    steps.push(Step::Definition(index, change.clone()));
+                    Outcome::Ok
+                }
                 Command::Tick => {
                     for (name, e) in self.queues.iter_mut() {
                         e.queue.expire(now, &mut local);
                         for x in local.drain(..) {
-                            fx.push((name.clone(), x));
+                            steps.push(Step::Effect(name.clone(), x));
                         }
                     }
                     Outcome::Ok
@@ -167,14 +187,13 @@ impl Replicated {
                         _ => Outcome::Ok,
                     };
                     for x in local.drain(..) {
-                        fx.push((name.clone(), x));
+                        steps.push(Step::Effect(name.clone(), x));
                     }
                     o
                 }
             };
             out.push(outcome);
         }
-        let _ = node_of;
         let node = match b.commands.first() {
             Some(Command::Hello { node }) => Some(*node),
             _ => None,
@@ -201,7 +220,7 @@ fn queue_of(c: &Command) -> Option<&QueueName> {
         | Command::Purge { queue }
         | Command::Declare { queue, .. }
         | Command::Delete { queue } => Some(queue),
-        Command::Hello { .. } | Command::NodeDown { .. } | Command::Tick => None,
+        Command::Hello { .. } | Command::NodeDown { .. } | Command::Tick | Command::Definition(_) => None,
     }
 }
 
@@ -252,6 +271,47 @@ impl Machine {
         }
         for (q, args) in &new {
             self.effects.declared(q, args);
+        }
+    }
+}
+
+impl Machine {
+    /// Carries out an entry's steps on this node: queues appear and go, deliveries reach this
+    /// process's consumers, the leader republishes dead letters, lost consumers register
+    /// again, definition changes apply (their outcomes replacing the placeholders).
+    fn run(&self, steps: Vec<Step>, outcomes: &mut [Outcome]) {
+        let leading = self.leading.load(Ordering::Acquire);
+        let mut lost: BTreeMap<QueueName, Vec<u64>> = BTreeMap::new();
+        for step in steps {
+            match step {
+                Step::Created(q, args) => self.effects.declared(&q, &args),
+                Step::Dropped(q) => self.effects.deleted(&q),
+                Step::Effect(q, Effect::Deliver { consumer, id, msg, redelivered, delivery_count }) => {
+                    if consumer.0 == self.process {
+                        self.effects.deliver(&q, consumer.1, id, msg, redelivered, delivery_count);
+                    }
+                }
+                Step::Effect(q, Effect::DeadLetter { msg, reason, delivery_count }) => {
+                    if leading {
+                        self.effects.dead_letter(&q, msg, reason, delivery_count);
+                    }
+                }
+                Step::Lost(q, p, c) => {
+                    if p == self.process {
+                        lost.entry(q).or_default().push(c);
+                    }
+                }
+                Step::Definition(i, change) => {
+                    if let Err(r) = self.effects.definition(&change) {
+                        if let Some(o) = outcomes.get_mut(i) {
+                            *o = Outcome::Refused(r);
+                        }
+                    }
+                }
+            }
+        }
+        for (q, cs) in lost {
+            self.effects.consumers_lost(&q, cs);
         }
     }
 }
@@ -308,67 +368,25 @@ impl RaftStateMachine<TypeConfig> for Machine {
         I::IntoIter: Send,
     {
         let mut replies = Vec::new();
-        let mut fx = Vec::new();
-        let mut lost = Vec::new();
-        let mut created = Vec::new();
-        let mut dropped = Vec::new();
-        {
-            let mut st = self.state.write();
-            for e in entries {
+        for e in entries {
+            // The state changes under its lock; what the entry asks of the broker runs after,
+            // in order, with the lock released (the broker reads the state for statistics).
+            let mut steps = Vec::new();
+            let mut outcomes = {
+                let mut st = self.state.write();
                 st.last_applied = Some(e.log_id);
+                self.applied.store(e.log_id.index, Ordering::Release);
                 match e.payload {
-                    EntryPayload::Blank => replies.push(Vec::new()),
+                    EntryPayload::Blank => Vec::new(),
                     EntryPayload::Membership(m) => {
                         st.membership = StoredMembership::new(Some(e.log_id), m);
-                        replies.push(Vec::new());
+                        Vec::new()
                     }
-                    EntryPayload::Normal(b) => {
-                        for c in &b.commands {
-                            match c {
-                                Command::Declare { queue, arguments, .. } if !st.queues.contains_key(queue) => {
-                                    created.push((queue.clone(), arguments.clone()))
-                                }
-                                Command::Delete { queue } if st.queues.contains_key(queue) => {
-                                    dropped.push(queue.clone())
-                                }
-                                _ => {}
-                            }
-                        }
-                        replies.push(st.apply_batch(&b, &mut fx, &mut lost));
-                    }
+                    EntryPayload::Normal(b) => st.apply_batch(&b, &mut steps),
                 }
-            }
-            self.applied.store(st.last_applied.map_or(0, |l| l.index), Ordering::Release);
-        }
-        for (q, args) in &created {
-            self.effects.declared(q, args);
-        }
-        let leading = self.leading.load(Ordering::Acquire);
-        for (q, effect) in fx {
-            match effect {
-                Effect::Deliver { consumer, id, msg, redelivered, delivery_count } => {
-                    if consumer.0 == self.process {
-                        self.effects.deliver(&q, consumer.1, id, msg, redelivered, delivery_count);
-                    }
-                }
-                Effect::DeadLetter { msg, reason, delivery_count } => {
-                    if leading {
-                        self.effects.dead_letter(&q, msg, reason, delivery_count);
-                    }
-                }
-            }
-        }
-        let mut mine: BTreeMap<QueueName, Vec<u64>> = BTreeMap::new();
-        for (q, p, c) in lost {
-            if p == self.process {
-                mine.entry(q).or_default().push(c);
-            }
-        }
-        for (q, cs) in mine {
-            self.effects.consumers_lost(&q, cs);
-        }
-        for q in &dropped {
-            self.effects.deleted(q);
+            };
+            self.run(steps, &mut outcomes);
+            replies.push(outcomes);
         }
         Ok(replies)
     }

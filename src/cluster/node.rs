@@ -79,6 +79,8 @@ pub struct Cluster {
     backlog_waiters: Mutex<Vec<Arc<Notify>>>,
     /// The answers of basic.get proposals, by ticket, until their channels take them.
     got: Mutex<std::collections::HashMap<u64, Outcome>>,
+    /// Definition changes refused when applied, by ticket, until their proposers ask.
+    refused: Mutex<std::collections::HashMap<u64, crate::broker::replicated::Refusal>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -130,6 +132,7 @@ impl Cluster {
             leading,
             backlog_waiters: Mutex::new(Vec::new()),
             got: Mutex::new(std::collections::HashMap::new()),
+            refused: Mutex::new(std::collections::HashMap::new()),
         });
         tokio::spawn(serve(listener, cluster.clone()));
         tokio::spawn(bootstrap(cluster.clone(), s.clone()));
@@ -162,6 +165,11 @@ impl Cluster {
     /// Tickets resolved so far, as a watch channel.
     pub fn resolved(&self) -> watch::Receiver<u64> {
         self.resolved.subscribe()
+    }
+
+    /// Why the definition change proposed as `ticket` was refused, if it was (taken once).
+    pub fn take_refusal(&self, ticket: u64) -> Option<crate::broker::replicated::Refusal> {
+        self.refused.lock().remove(&ticket)
     }
 
     /// The answer to the basic.get proposed as `ticket` (taken once).
@@ -380,6 +388,9 @@ async fn propose_loop(c: Arc<Cluster>) {
                 }
                 if matches!(p.command, Command::Dequeue { .. }) {
                     got.insert(p.ticket, o.clone());
+                }
+                if let Outcome::Refused(r) = &o {
+                    c.refused.lock().insert(p.ticket, r.clone());
                 }
                 if let Some(tx) = p.reply {
                     let _ = tx.send(o);

@@ -117,6 +117,9 @@ pub enum Outcome {
     Got(Option<(u64, Arc<Msg>, bool, u32)>, u32),
     /// purge's answer.
     Count(u32),
+    /// A definition change this node's broker refused when it applied it (every node
+    /// refuses it alike).
+    Refused(crate::broker::replicated::Refusal),
 }
 
 /// One quorum queue's state.

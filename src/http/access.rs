@@ -26,6 +26,20 @@ fn refused(e: AccessError) -> Response {
 
 /// Applies a change and answers once it is durable: 201 if `created`, else 204.
 async fn apply(api: &Api, change: AccessChange, created: bool) -> Response {
+    if api.broker.quorum_host().is_some() {
+        // A cluster node: checked here, applied on every node in the cluster's order.
+        if let Err(e) = api.broker.check_access_change(&change) {
+            return refused(e);
+        }
+        let user = actor().user.to_string();
+        let make = || crate::broker::replicated::DefinitionChange::access(&change, &user);
+        if let Some(r) = super::write::replicated(api, make).await {
+            return match r {
+                Ok(()) => if created { StatusCode::CREATED } else { StatusCode::NO_CONTENT }.into_response(),
+                Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", &e.text),
+            };
+        }
+    }
     match api.broker.change_access(change, &actor()) {
         Ok(ticket) => {
             durable(api, ticket).await;

@@ -8,6 +8,7 @@ use super::{error, not_found, Api};
 use crate::auth::grant::{Kind, Perm};
 use crate::broker::exchange::{Binding, Destination};
 use crate::broker::message::Message;
+use crate::broker::replicated::{self, DefinitionChange};
 use crate::broker::vhost::{QueueDeclaration, VHost};
 use crate::broker::AmqpError;
 use crate::protocol::{BasicProperties, FieldTable, FieldValue, ShortStr};
@@ -103,6 +104,35 @@ pub(super) fn flag(body: &Value, name: &str, default: bool) -> bool {
         _ => default,
     }
 }
+
+/// On a cluster node: proposes the definition change and waits until it is applied here
+/// (every node applies it, in the cluster's order); `None` on a single node, where the caller
+/// makes the change itself. The inner error is the apply's refusal.
+pub(super) async fn replicated(
+    api: &Api,
+    change: impl FnOnce() -> DefinitionChange,
+) -> Option<Result<(), replicated::Refusal>> {
+    let host = api.broker.quorum_host()?.clone();
+    let ticket = host.propose_definition(change());
+    let mut resolved = host.resolved();
+    let wait = resolved.wait_for(|r| *r >= ticket);
+    if tokio::time::timeout(CLUSTER_WAIT, wait).await.is_err() {
+        // No quorum within the time (this node is cut off, say): the change may still be
+        // applied once it has one.
+        return Some(Err(replicated::Refusal {
+            code: crate::protocol::constants::INTERNAL_ERROR,
+            text: format!("no quorum of the cluster answered within {} s", CLUSTER_WAIT.as_secs()),
+            connection: false,
+        }));
+    }
+    Some(match host.take_refusal(ticket) {
+        Some(r) => Err(r),
+        None => Ok(()),
+    })
+}
+
+/// How long an API request waits for the cluster to commit its change.
+const CLUSTER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Waits until a journal ticket is on disk (0: nothing to wait for).
 pub(super) async fn durable(api: &Api, ticket: u64) {
@@ -274,6 +304,19 @@ pub async fn put_exchange(
     if crate::broker::exchange::ExchangeKind::parse(kind).is_err() {
         return error(StatusCode::BAD_REQUEST, "bad_request", &format!("invalid exchange type '{kind}'"));
     }
+    if !existed {
+        let flags = (flag(&body, "durable", false), flag(&body, "auto_delete", false), flag(&body, "internal", false));
+        let make = || {
+            let user = actor().user.to_string();
+            DefinitionChange::declare_exchange(&vhost, &name, kind, flags, &arguments_of(&body), &user)
+        };
+        if let Some(r) = replicated(&api, make).await {
+            return match r {
+                Ok(()) => StatusCode::CREATED.into_response(),
+                Err(e) => refused(e.into()),
+            };
+        }
+    }
     let result = v.declare_exchange(
         &ShortStr::from(name.as_str()),
         kind,
@@ -306,7 +349,20 @@ pub async fn delete_exchange(
     if let Err(r) = permitted(&api, &vhost, &[(Kind::Exchange, &name, Perm::Configure)]) {
         return r;
     }
-    match v.delete_exchange(&ShortStr::from(name.as_str()), q.if_unused.unwrap_or(false), &actor()) {
+    let if_unused = q.if_unused.unwrap_or(false);
+    let make = || DefinitionChange::DeleteExchange {
+        vhost: vhost.clone(),
+        name: name.clone(),
+        if_unused,
+        user: actor().user.to_string(),
+    };
+    if let Some(r) = replicated(&api, make).await {
+        return match r {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => refused(e.into()),
+        };
+    }
+    match v.delete_exchange(&ShortStr::from(name.as_str()), if_unused, &actor()) {
         Ok(ticket) => {
             durable(&api, ticket).await;
             StatusCode::NO_CONTENT.into_response()
@@ -343,7 +399,11 @@ pub async fn post_binding(
     };
     let key = body.get("routing_key").and_then(Value::as_str).unwrap_or("").to_string();
     let binding = Binding { destination, routing_key: key.as_str().into(), arguments: arguments_of(&body) };
-    match v.bind(&ShortStr::from(source.as_str()), binding, &actor()) {
+    let result = match replicated_binding(&api, &v, true, &source, &binding).await {
+        Some(r) => r.map(|()| 0).map_err(AmqpError::from),
+        None => v.bind(&ShortStr::from(source.as_str()), binding, &actor()),
+    };
+    match result {
         Ok(ticket) => {
             durable(&api, ticket).await;
             // Where the binding is, relative to this path: its properties key.
@@ -373,13 +433,33 @@ pub async fn delete_binding(
     if let Err(r) = permitted(&api, &vhost, &[(dest_kind, &dest, Perm::Write), (Kind::Exchange, &source, Perm::Read)]) {
         return r;
     }
-    match v.unbind(&ShortStr::from(source.as_str()), &binding, &actor()) {
+    let result = match replicated_binding(&api, &v, false, &source, &binding).await {
+        Some(r) => r.map(|()| 0).map_err(AmqpError::from),
+        None => v.unbind(&ShortStr::from(source.as_str()), &binding, &actor()),
+    };
+    match result {
         Ok(ticket) => {
             durable(&api, ticket).await;
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => refused(e),
     }
+}
+
+/// A binding's change through the cluster, when it is the cluster's: to an exchange or to a
+/// quorum queue (a classic queue's bindings are its node's).
+async fn replicated_binding(
+    api: &Api,
+    v: &VHost,
+    bind: bool,
+    source: &str,
+    binding: &Binding,
+) -> Option<Result<(), replicated::Refusal>> {
+    if let Destination::Queue(q) = &binding.destination {
+        v.replicated_queue(q)?;
+    }
+    let user = actor().user.to_string();
+    replicated(api, || DefinitionChange::binding(bind, &v.name, source, binding, &user)).await
 }
 
 /// The binding from `source` to `destination` whose properties key is `props` (as the path

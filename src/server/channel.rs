@@ -13,6 +13,7 @@ use crate::broker::consumer::{ChannelFlow, Consumer, Delivery, Origin, UnackedLi
 use crate::broker::exchange::{Binding, Destination};
 use crate::broker::message::{Message, QueuedMessage};
 use crate::broker::queue::Queue;
+use crate::broker::replicated::DefinitionChange;
 use crate::broker::vhost::QueueDeclaration;
 use crate::broker::FastMap;
 use crate::broker::{AmqpError, AmqpResult, DIRECT_REPLY_TO};
@@ -80,12 +81,23 @@ pub struct Channel {
     /// A basic.get from a quorum queue of a cluster waits here for its answer; frames after
     /// it wait in `stash` too.
     pub(super) held_get: Option<HeldGet>,
+    /// The method behind a reply held for the cluster (class and method ids), to name it if
+    /// the change is refused when applied.
+    held_request: (u16, u16),
     pub stash: VecDeque<crate::protocol::Frame>,
     last_queue: Option<ShortStr>,
     reply_key: Option<String>,
     route_buf: Vec<Arc<Queue>>,
     /// Settings and counters the management API reads.
     pub card: Arc<ChannelCard>,
+}
+
+/// The queue a binding leads to ('' for an exchange).
+fn queue_name_of(b: &Binding) -> ShortStr {
+    match &b.destination {
+        Destination::Queue(q) => q.clone(),
+        Destination::Exchange(_) => ShortStr::default(),
+    }
 }
 
 fn random_suffix(len: usize) -> String {
@@ -112,6 +124,7 @@ impl Channel {
             tx: None,
             held: None,
             held_get: None,
+            held_request: (0, 0),
             stash: VecDeque::new(),
             last_queue: None,
             reply_key: None,
@@ -138,6 +151,16 @@ impl Channel {
             Method::ChannelFlowOk(_) => Ok(()),
             Method::ExchangeDeclare(m) => {
                 permissions::exchange_declare(ctx, &m.exchange, &m.kind, m.passive, &m.arguments)?;
+                if !m.passive && ctx.vhost()?.exchange_kind(&m.exchange).is_none() {
+                    let flags = (m.durable, m.auto_delete, m.internal);
+                    let user = ctx.actor.user.to_string();
+                    let vhost = ctx.vhost()?.name.clone();
+                    let change =
+                        DefinitionChange::declare_exchange(&vhost, &m.exchange, &m.kind, flags, &m.arguments, &user);
+                    if self.replicate(ctx, change, m.nowait, (40, 10), ExchangeDeclareOk {}) {
+                        return Ok(());
+                    }
+                }
                 let ticket = ctx.vhost()?.declare_exchange(
                     &m.exchange,
                     &m.kind,
@@ -155,6 +178,15 @@ impl Channel {
             }
             Method::ExchangeDelete(m) => {
                 permissions::exchange_delete(ctx, &m.exchange)?;
+                let change = DefinitionChange::DeleteExchange {
+                    vhost: ctx.vhost()?.name.clone(),
+                    name: m.exchange.to_string(),
+                    if_unused: m.if_unused,
+                    user: ctx.actor.user.to_string(),
+                };
+                if self.replicate(ctx, change, m.nowait, (40, 20), ExchangeDeleteOk {}) {
+                    return Ok(());
+                }
                 let ticket = ctx.vhost()?.delete_exchange(&m.exchange, m.if_unused, &ctx.actor)?;
                 if !m.nowait {
                     self.reply_when_durable(ctx, ticket, ExchangeDeleteOk {});
@@ -168,6 +200,10 @@ impl Channel {
                     arguments: m.arguments,
                 };
                 permissions::bind(ctx, &m.source, &b.destination, &b.routing_key)?;
+                let change = DefinitionChange::binding(true, &ctx.vhost()?.name, &m.source, &b, &ctx.actor.user);
+                if self.replicate(ctx, change, m.nowait, (40, 30), ExchangeBindOk {}) {
+                    return Ok(());
+                }
                 let ticket = ctx.vhost()?.bind(&m.source, b, &ctx.actor)?;
                 if !m.nowait {
                     self.reply_when_durable(ctx, ticket, ExchangeBindOk {});
@@ -181,6 +217,10 @@ impl Channel {
                     arguments: m.arguments,
                 };
                 permissions::bind(ctx, &m.source, &b.destination, &b.routing_key)?;
+                let change = DefinitionChange::binding(false, &ctx.vhost()?.name, &m.source, &b, &ctx.actor.user);
+                if self.replicate(ctx, change, m.nowait, (40, 40), ExchangeUnbindOk {}) {
+                    return Ok(());
+                }
                 let ticket = ctx.vhost()?.unbind(&m.source, &b, &ctx.actor)?;
                 if !m.nowait {
                     self.reply_when_durable(ctx, ticket, ExchangeUnbindOk {});
@@ -192,6 +232,13 @@ impl Channel {
                 let (queue, routing_key) = self.binding_names(m.queue, m.routing_key)?;
                 let b = Binding { destination: Destination::Queue(queue), routing_key, arguments: m.arguments };
                 permissions::bind(ctx, &m.exchange, &b.destination, &b.routing_key)?;
+                // Bindings to a quorum queue are the cluster's; to a classic queue, its node's.
+                if ctx.vhost()?.replicated_queue(&queue_name_of(&b)).is_some() {
+                    let change = DefinitionChange::binding(true, &ctx.vhost()?.name, &m.exchange, &b, &ctx.actor.user);
+                    if self.replicate(ctx, change, m.nowait, (50, 20), QueueBindOk {}) {
+                        return Ok(());
+                    }
+                }
                 let ticket = ctx.vhost()?.bind(&m.exchange, b, &ctx.actor)?;
                 if !m.nowait {
                     self.reply_when_durable(ctx, ticket, QueueBindOk {});
@@ -202,6 +249,13 @@ impl Channel {
                 let (queue, routing_key) = self.binding_names(m.queue, m.routing_key)?;
                 let b = Binding { destination: Destination::Queue(queue), routing_key, arguments: m.arguments };
                 permissions::bind(ctx, &m.exchange, &b.destination, &b.routing_key)?;
+                // Bindings to a quorum queue are the cluster's; to a classic queue, its node's.
+                if ctx.vhost()?.replicated_queue(&queue_name_of(&b)).is_some() {
+                    let change = DefinitionChange::binding(false, &ctx.vhost()?.name, &m.exchange, &b, &ctx.actor.user);
+                    if self.replicate(ctx, change, false, (50, 50), QueueUnbindOk {}) {
+                        return Ok(());
+                    }
+                }
                 let ticket = ctx.vhost()?.unbind(&m.exchange, &b, &ctx.actor)?;
                 self.reply_when_durable(ctx, ticket, QueueUnbindOk {});
                 Ok(())
@@ -218,6 +272,29 @@ impl Channel {
             Method::QueueDelete(m) => {
                 let queue = self.queue_name(m.queue)?;
                 permissions::queue_delete(ctx, &queue)?;
+                if let (Some(q), Some(host)) =
+                    (ctx.vhost()?.replicated_queue(&queue), ctx.broker.quorum_host().cloned())
+                {
+                    // A quorum queue of a cluster goes on every node once its deletion is applied.
+                    let (ready, consumers) = q.counts();
+                    let vhost = &ctx.vhost()?.name;
+                    if m.if_empty && ready > 0 {
+                        return Err(AmqpError::precondition_failed(format!(
+                            "queue '{queue}' in vhost '{vhost}' not empty"
+                        )));
+                    }
+                    if m.if_unused && consumers > 0 {
+                        return Err(AmqpError::precondition_failed(format!(
+                            "queue '{queue}' in vhost '{vhost}' in use"
+                        )));
+                    }
+                    let ticket = host.delete(vhost, &queue);
+                    if !m.nowait {
+                        self.held = Some((0, ticket, QueueDeleteOk { message_count: ready }.into()));
+                        self.held_request = (50, 40);
+                    }
+                    return Ok(());
+                }
                 let (message_count, ticket) = ctx.vhost()?.delete_queue(&queue, m.if_unused, m.if_empty, &ctx.actor)?;
                 ctx.exclusive_queues.retain(|q| !q.is_deleted());
                 if !m.nowait {
@@ -332,6 +409,26 @@ impl Channel {
         } else {
             self.held = Some((ticket, 0, reply.into()));
         }
+    }
+
+    /// On a cluster node: proposes a definition change, to be applied on every node, and
+    /// holds `reply` (and the frames after it) until it is applied here; returns false on a
+    /// single node, where the caller makes the change itself.
+    fn replicate(
+        &mut self,
+        ctx: &mut ConnCtx,
+        change: DefinitionChange,
+        nowait: bool,
+        request: (u16, u16),
+        reply: impl Into<Method>,
+    ) -> bool {
+        let Some(host) = ctx.broker.quorum_host() else { return false };
+        let ticket = host.propose_definition(change);
+        if !nowait {
+            self.held = Some((0, ticket, reply.into()));
+            self.held_request = request;
+        }
+        true
     }
 
     /// An empty queue name means the queue this channel declared last, as in RabbitMQ.

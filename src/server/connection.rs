@@ -436,8 +436,13 @@ impl Connection {
         for id in ids {
             let Some(ch) = self.channels.get_mut(&id) else { continue };
             ch.flush_confirms(&mut self.ctx, failing);
-            if !ch.release_held(&mut self.ctx) {
-                continue;
+            match ch.release_held(&mut self.ctx) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    self.raise(id, e);
+                    continue;
+                }
             }
             let stash = std::mem::take(&mut ch.stash);
             for frame in stash {

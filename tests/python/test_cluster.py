@@ -409,3 +409,55 @@ def test_basic_get_goes_through_the_log(cluster):
     c3.close()
     c2.close()
     wait_for(lambda: count_on(n1, "qg") == 0, what="the gets applied on the first node")
+
+
+def http(node, method, path, body=None):
+    import base64
+    import json
+    import urllib.request
+    req = urllib.request.Request(f"http://127.0.0.1:{node.http_port}{path}", method=method,
+                                 data=json.dumps(body).encode() if body is not None else None)
+    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_exchanges_bindings_users_and_permissions_are_the_clusters(cluster):
+    n1, n2, n3 = cluster.nodes
+    declare(n2, "qd")
+    c = connect(n1)
+    ch = c.channel()
+    ch.exchange_declare("ex", "topic", durable=True)
+    ch.queue_bind("qd", "ex", "a.*")
+    c.close()
+    # Published on a third node through the exchange and binding made on the first.
+    c = connect(n3)
+    ch = c.channel()
+    ch.confirm_delivery()
+    ch.basic_publish("ex", "a.b", b"routed", pika.BasicProperties(delivery_mode=2))
+    # The same exchange with another type is refused on any node, with RabbitMQ's text.
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        c.channel().exchange_declare("ex", "direct", durable=True)
+    assert e.value.reply_code == 406 and "inequivalent arg 'type' for exchange 'ex'" in e.value.reply_text
+    c.close()
+    wait_for(lambda: count_on(n1, "qd") == 1, what="the routed message on the first node")
+    # Users, vhosts and permissions made through one node's API log in on another.
+    assert http(n2, "PUT", "/api/vhosts/v2") == 201
+    assert http(n2, "PUT", "/api/users/u1", {"password": "p1", "tags": ""}) == 201
+    assert http(n2, "PUT", "/api/permissions/v2/u1", {"configure": ".*", "write": ".*", "read": ".*"}) == 201
+    creds = pika.PlainCredentials("u1", "p1")
+    c = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", n3.port, "v2", creds))
+    c.channel().exchange_declare("in-v2", "fanout")
+    c.close()
+    # Deleted through the third node: gone on the first.
+    assert http(n3, "DELETE", "/api/exchanges/%2F/ex") == 204
+    c = connect(n1)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        c.channel().exchange_declare("ex", passive=True)
+    assert e.value.reply_code == 404
+    c.close()
+    assert http(n1, "GET", "/api/exchanges/v2/in-v2") == 200

@@ -42,6 +42,12 @@ pub trait QuorumHost: Send + Sync + std::fmt::Debug {
     fn resolved(&self) -> tokio::sync::watch::Receiver<u64>;
     /// Whether the enqueue of `ticket` was refused by a full queue (asked once).
     fn take_rejected(&self, ticket: u64) -> bool;
+    /// Proposes a definition change, which every node applies in log order; returns its
+    /// ticket.
+    fn propose_definition(&self, change: crate::broker::replicated::DefinitionChange) -> u64;
+    /// Why the change proposed as `ticket` was refused when it was applied, if it was (asked
+    /// once).
+    fn take_refusal(&self, ticket: u64) -> Option<crate::broker::replicated::Refusal>;
     /// Whether proposals wait faster than the cluster commits them (no quorum, say): a
     /// publisher that proposed then waits for `waiter`, notified once they no longer do.
     fn backlogged(&self, waiter: &Arc<tokio::sync::Notify>) -> bool;

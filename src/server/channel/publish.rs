@@ -368,19 +368,24 @@ impl Channel {
         }
     }
 
-    /// Sends the held reply once its ticket is durable; returns true when it went out.
-    pub fn release_held(&mut self, ctx: &mut ConnCtx) -> bool {
+    /// Sends the held reply once its ticket is durable (and its change applied, on a cluster
+    /// node); returns true when it went out, or the error the cluster's apply refused the
+    /// change with.
+    pub fn release_held(&mut self, ctx: &mut ConnCtx) -> AmqpResult<bool> {
         if self.held_get.is_some() {
-            return self.answer_held_get(ctx);
+            return Ok(self.answer_held_get(ctx));
         }
         match self.held.take() {
             Some((ticket, cluster, reply)) if ticket <= ctx.durable_upto() && cluster <= ctx.cluster_resolved => {
+                if let Some(r) = ctx.broker.quorum_host().and_then(|h| h.take_refusal(cluster)) {
+                    return Err(AmqpError::from(r).with_method(self.held_request));
+                }
                 ctx.out.method(self.id, reply);
-                true
+                Ok(true)
             }
             held => {
                 self.held = held;
-                false
+                Ok(false)
             }
         }
     }
