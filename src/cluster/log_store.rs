@@ -92,9 +92,12 @@ impl LogStore {
         for s in scan(&data) {
             match s {
                 Scanned::Record { offset, payload } => {
-                    let Ok(record) = bincode::deserialize::<Record>(&payload) else {
-                        break;
-                    };
+                    // An intact record that does not decode was written by another version of
+                    // the format: refusing to start keeps it (dropping it could drop
+                    // committed entries).
+                    let record = bincode::deserialize::<Record>(&payload).map_err(|e| {
+                        std::io::Error::other(format!("{}: record at offset {offset} is unreadable: {e}", path.display()))
+                    })?;
                     good_len = offset + payload.len() as u64 + crate::storage::record::HEADER_LEN as u64;
                     match record {
                         Record::Entry(e) => {
