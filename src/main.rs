@@ -183,7 +183,7 @@ fn main() -> ExitCode {
             tracing::info!("HTTPS API listening on {}:{p}", config.bind);
         }
         let node = hare::http::NodeInfo {
-            node: "hare@localhost".into(),
+            node: config.cluster.as_ref().map_or_else(|| "hare@localhost".into(), |c| c.node_name.clone()),
             amqp_port,
             http_port,
             amqps_port,

@@ -19,7 +19,7 @@ use crate::broker::arguments::{self, QueueArguments};
 use crate::broker::consumer::{ConnEvent, Consumer, Delivery, Origin};
 use crate::broker::dead_letter;
 use crate::broker::message::{Message, QueuedMessage};
-use crate::broker::queue::replica::{QuorumHost, Replica};
+use crate::broker::queue::replica::{ClusterStatus, QuorumHost, Replica};
 use crate::broker::queue::Queue;
 use crate::broker::replicated::{DefinitionChange, Refusal};
 use crate::broker::store::{table_from_hex, table_to_hex};
@@ -28,6 +28,8 @@ use crate::protocol::{FieldTable, ShortStr};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
@@ -131,6 +133,27 @@ impl QuorumHost for Bridge {
     }
     fn take_refusal(&self, ticket: u64) -> Option<Refusal> {
         self.cluster().and_then(|c| c.take_refusal(ticket))
+    }
+    fn status(&self) -> ClusterStatus {
+        self.cluster().map(|c| c.status()).unwrap_or_default()
+    }
+    fn join(&self, seed: String) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
+        let c = self.cluster().cloned();
+        Box::pin(async move {
+            match c {
+                Some(c) => c.join(&seed).await,
+                None => Err("not a cluster node".into()),
+            }
+        })
+    }
+    fn forget(&self, node: String) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
+        let c = self.cluster().cloned();
+        Box::pin(async move {
+            match c {
+                Some(c) => c.forget(&node).await,
+                None => Err("not a cluster node".into()),
+            }
+        })
     }
 }
 

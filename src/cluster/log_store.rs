@@ -96,7 +96,10 @@ impl LogStore {
                     // the format: refusing to start keeps it (dropping it could drop
                     // committed entries).
                     let record = bincode::deserialize::<Record>(&payload).map_err(|e| {
-                        std::io::Error::other(format!("{}: record at offset {offset} is unreadable: {e}", path.display()))
+                        std::io::Error::other(format!(
+                            "{}: record at offset {offset} is unreadable: {e}",
+                            path.display()
+                        ))
                     })?;
                     good_len = offset + payload.len() as u64 + crate::storage::record::HEADER_LEN as u64;
                     match record {

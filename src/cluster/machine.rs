@@ -63,6 +63,8 @@ pub struct Replicated {
     pub queues: BTreeMap<QueueName, QueueEntry>,
     /// Each process that proposed: its node, and the last batch of it applied.
     pub processes: BTreeMap<u64, (NodeId, u64)>,
+    /// Node names by id, as each node said hello.
+    pub names: BTreeMap<NodeId, String>,
 }
 
 impl Replicated {
@@ -81,7 +83,8 @@ impl Replicated {
         for (index, c) in b.commands.iter().enumerate() {
             let mut local = Vec::new();
             let outcome = match c {
-                Command::Hello { node } => {
+                Command::Hello { node, name } => {
+                    self.names.insert(*node, name.clone());
                     // Earlier processes of this node are gone: their consumers with them.
                     let old: Vec<u64> = self
                         .processes
@@ -195,7 +198,7 @@ impl Replicated {
             out.push(outcome);
         }
         let node = match b.commands.first() {
-            Some(Command::Hello { node }) => Some(*node),
+            Some(Command::Hello { node, .. }) => Some(*node),
             _ => None,
         };
         let entry = self.processes.entry(b.from).or_insert((node.unwrap_or(0), 0));

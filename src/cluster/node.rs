@@ -63,6 +63,8 @@ struct Pending {
 pub struct Cluster {
     pub id: NodeId,
     pub name: String,
+    /// The address other nodes reach this one at.
+    pub advertise: String,
     pub raft: Raft,
     pub state: Arc<RwLock<Replicated>>,
     /// This process's id in consumer keys and batches.
@@ -121,6 +123,7 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             id,
             name: s.node_name.clone(),
+            advertise: s.advertise.clone(),
             raft,
             state,
             process,
@@ -139,7 +142,7 @@ impl Cluster {
         tokio::spawn(propose_loop(cluster.clone()));
         tokio::spawn(leader_duties(cluster.clone()));
         // This process says hello first: consumers of the node's earlier process are gone.
-        cluster.propose(Command::Hello { node: id }, None);
+        cluster.propose(Command::Hello { node: id, name: s.node_name.clone() }, None);
         tracing::info!("cluster node {} (id {id:016x}) listening on {}", s.node_name, s.listen);
         Ok(cluster)
     }
@@ -204,6 +207,112 @@ impl Cluster {
         self.leading.load(Ordering::Acquire)
     }
 
+    /// Whether this node belongs to a formed cluster (it has a membership).
+    pub fn formed(&self) -> bool {
+        self.raft.metrics().borrow().membership_config.nodes().next().is_some()
+    }
+
+    /// Adds a node (as a learner that catches up, then a voter) or removes one; on a node that
+    /// does not lead, the request goes to the leader.
+    pub async fn change_members(&self, add: Option<(NodeId, String)>, remove: Option<NodeId>) -> Result<(), String> {
+        let leader = self.raft.metrics().borrow().current_leader;
+        match leader {
+            Some(l) if l == self.id => {}
+            Some(l) => {
+                let addr = self.address_of(l).ok_or("the leader's address is unknown")?;
+                let req = match (add, remove) {
+                    (Some((id, addr)), _) => Request::Join { id, addr },
+                    (None, Some(id)) => Request::Forget { id },
+                    (None, None) => return Ok(()),
+                };
+                let mut p = Peer::new(addr, self.net.clone());
+                return match p.call(&req, Duration::from_secs(60)).await {
+                    Ok(Response::Membership(r)) => r,
+                    Ok(_) => Err("unexpected response".into()),
+                    Err(e) => Err(format!("the leader did not answer: {e}")),
+                };
+            }
+            None => return Err("the cluster has no leader now".into()),
+        }
+        if let Some((id, addr)) = add {
+            // A learner first: it receives the log (or a snapshot) without voting, then votes.
+            self.raft.add_learner(id, BasicNode { addr }, true).await.map_err(|e| e.to_string())?;
+            let voters: BTreeSet<NodeId> = [id].into();
+            self.raft
+                .change_membership(openraft::ChangeMembers::AddVoterIds(voters), false)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(id) = remove {
+            let voters: BTreeSet<NodeId> = [id].into();
+            self.raft
+                .change_membership(openraft::ChangeMembers::RemoveVoters(voters), false)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn address_of(&self, id: NodeId) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let addr = m.membership_config.nodes().find(|(n, _)| **n == id).map(|(_, n)| n.addr.clone());
+        addr
+    }
+
+    /// Asks the cluster `seed` belongs to to take this node in.
+    pub async fn join(&self, seed: &str) -> Result<(), String> {
+        let mut p = Peer::new(seed.to_string(), self.net.clone());
+        match p.call(&Request::Join { id: self.id, addr: self.advertise.clone() }, Duration::from_secs(60)).await {
+            Ok(Response::Membership(r)) => r,
+            Ok(_) => Err("unexpected response".into()),
+            Err(e) => Err(format!("{seed}: {e}")),
+        }
+    }
+
+    /// Takes the node named `name` out of the cluster.
+    pub async fn forget(&self, name: &str) -> Result<(), String> {
+        let id = node_id(name);
+        if self.address_of(id).is_none() {
+            return Err(format!("node '{name}' is not a member"));
+        }
+        self.change_members(None, Some(id)).await
+    }
+
+    /// The cluster as this node sees it.
+    pub fn status(&self) -> crate::broker::queue::replica::ClusterStatus {
+        use crate::broker::queue::replica::{ClusterStatus, MemberStatus};
+        let m = self.raft.metrics().borrow().clone();
+        let st = self.state.read();
+        let name_of = |id: NodeId| st.names.get(&id).cloned().unwrap_or_else(|| format!("{id:016x}"));
+        let last = m.last_log_index.unwrap_or(0);
+        let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let members = m
+            .membership_config
+            .nodes()
+            .map(|(id, n)| {
+                let matched = m.replication.as_ref().and_then(|r| r.get(id)).map(|l| l.map_or(0, |l| l.index));
+                MemberStatus {
+                    name: name_of(*id),
+                    id: format!("{id:016x}"),
+                    address: n.addr.clone(),
+                    voter: voters.contains(id),
+                    reachable: *id == self.id || self.net.silent_for(*id).is_some_and(|d| d < NODE_DOWN_AFTER),
+                    matched_index: if *id == self.id { Some(last) } else { matched },
+                    lag: if *id == self.id { Some(0) } else { matched.map(|x| last.saturating_sub(x)) },
+                }
+            })
+            .collect();
+        ClusterStatus {
+            node: self.name.clone(),
+            leader: m.current_leader.map(name_of),
+            term: m.current_term,
+            last_log_index: last,
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            members,
+            quorum_queues: st.queues.keys().map(|q| format!("{} in vhost '{}'", q.name, q.vhost)).collect(),
+        }
+    }
+
     /// The members as (id, address), and the current leader.
     pub fn members(&self) -> (Vec<(NodeId, String)>, Option<NodeId>) {
         let m = self.raft.metrics().borrow().clone();
@@ -248,6 +357,9 @@ async fn serve(listener: TcpListener, cluster: Arc<Cluster>) {
                     Request::Vote(r) => Response::Vote(c.raft.vote(r).await),
                     Request::Snapshot(r) => Response::Snapshot(c.raft.install_snapshot(r).await),
                     Request::Propose(b) => Response::Proposed(write_local(&c, b).await),
+                    Request::Info => Response::Info { name: c.name.clone(), formed: c.formed() },
+                    Request::Join { id, addr } => Response::Membership(c.change_members(Some((id, addr)), None).await),
+                    Request::Forget { id } => Response::Membership(c.change_members(None, Some(id)).await),
                 };
                 if transport::write_frame(&mut sock, &resp).await.is_err() {
                     return;
@@ -285,12 +397,17 @@ async fn bootstrap(c: Arc<Cluster>, s: ClusterSettings) {
             return;
         }
         let mut found = BTreeMap::new();
+        let mut member = None;
         for addr in &s.seeds {
             let mut p = Peer::new(addr.clone(), c.net.clone());
-            match p.name().await {
-                Ok(name) => {
+            match p.call(&Request::Info, Duration::from_secs(5)).await {
+                Ok(Response::Info { name, formed }) => {
                     found.insert(node_id(&name), BasicNode { addr: addr.clone() });
+                    if formed && name != c.name {
+                        member = Some(addr.clone());
+                    }
                 }
+                Ok(_) => {}
                 Err(e) => {
                     if attempt % 20 == 0 {
                         tracing::info!("cluster: seed {addr} not reachable yet: {e}");
@@ -298,7 +415,13 @@ async fn bootstrap(c: Arc<Cluster>, s: ClusterSettings) {
                 }
             }
         }
-        if found.len() == s.seeds.len() && found.keys().next() == Some(&c.id) {
+        if let Some(seed) = member {
+            // A cluster exists already: this node asks to be taken in rather than forming one.
+            match c.join(&seed).await {
+                Ok(()) => tracing::info!("cluster: joined through {seed}"),
+                Err(e) => tracing::info!("cluster: joining through {seed}: {e}"),
+            }
+        } else if found.len() == s.seeds.len() && found.keys().next() == Some(&c.id) {
             match c.raft.initialize(found.clone()).await {
                 Ok(()) => tracing::info!("cluster: formed with {} nodes", found.len()),
                 Err(e) => tracing::info!("cluster: not formed by this node: {e}"),

@@ -42,6 +42,17 @@ pub enum Request {
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     /// A follower's batch, for the leader to propose.
     Propose(Batch),
+    /// Whether the node belongs to a formed cluster.
+    Info,
+    /// Take node `id` at `addr` in (sent to any member; forwarded to the leader).
+    Join {
+        id: NodeId,
+        addr: String,
+    },
+    /// Take node `id` out.
+    Forget {
+        id: NodeId,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -50,6 +61,8 @@ pub enum Response {
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     Proposed(Result<Vec<Outcome>, ProposeError>),
+    Info { name: String, formed: bool },
+    Membership(Result<(), String>),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

@@ -58,6 +58,7 @@ pub enum Command {
     /// node's earlier incarnations are gone, and what they held goes back.
     Hello {
         node: NodeId,
+        name: String,
     },
     /// A node stopped answering: its consumers are gone (it re-registers them if it returns).
     NodeDown {
@@ -167,7 +168,7 @@ mod tests {
             read: "a".into(),
         };
         let commands = vec![
-            Command::Hello { node: 7 },
+            Command::Hello { node: 7, name: "n7".into() },
             Command::NodeDown { node: 7 },
             Command::Declare { queue: queue.clone(), arguments: Bytes::from_static(b"00"), settings },
             Command::Delete { queue: queue.clone() },

@@ -11,6 +11,7 @@
 //! hare ctl add-vhost shop
 //! hare ctl add-user app s3cret --tags management
 //! hare ctl -V shop set-permissions app '^app\.' '^app\.' '^app\.'
+//! hare ctl cluster status                   # on a cluster node: members, leader, lag
 //! ```
 
 mod client;
@@ -157,12 +158,29 @@ pub enum CtlCommand {
         #[arg(long)]
         user: Option<String>,
     },
+    /// A cluster node's cluster: its members, leader and replication lag; joining; forgetting.
+    Cluster {
+        #[command(subcommand)]
+        what: ClusterCommand,
+    },
     /// Closes a connection (by its name, as `list connections` shows it).
     CloseConnection {
         name: String,
         #[arg(long, default_value = "Closed via hare ctl")]
         reason: String,
     },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClusterCommand {
+    /// Members (reachable, voter, how far behind the leader's log), the leader, the quorum
+    /// queues.
+    Status,
+    /// Asks the cluster that SEED (a member's host:cluster-port) belongs to to take in the
+    /// node this command talks to (--url).
+    Join { seed: String },
+    /// Takes the node NAME out of the cluster (it may be down).
+    Forget { node: String },
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -332,6 +350,38 @@ fn execute(api: &Api, args: &CtlArgs) -> Result<(), CtlError> {
             print(args, &o, &cols);
         }
         CtlCommand::List { kind } => print(args, &api.get(&list_path(*kind, &args.vhost))?, columns(*kind)),
+        CtlCommand::Cluster { what: ClusterCommand::Status } => {
+            let s = api.get("/api/hare/cluster")?;
+            match args.format {
+                Format::Json => print(args, &s, &[]),
+                Format::Table => {
+                    let text = |k: &str| s.get(k).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
+                    println!("node: {}", text("node").unwrap_or_default());
+                    println!("leader: {}", text("leader").filter(|l| l != "null").unwrap_or_else(|| "none".into()));
+                    println!(
+                        "term: {}, log: {}, applied: {}",
+                        text("term").unwrap_or_default(),
+                        text("last_log_index").unwrap_or_default(),
+                        text("applied_index").unwrap_or_default()
+                    );
+                    let members = s.get("members").cloned().unwrap_or(Value::Array(vec![]));
+                    print!(
+                        "{}",
+                        table::render(&members, &["name", "address", "voter", "reachable", "matched_index", "lag"])
+                    );
+                    let queues = s.get("quorum_queues").and_then(Value::as_array).cloned().unwrap_or_default();
+                    println!("quorum queues: {}", queues.len());
+                }
+            }
+        }
+        CtlCommand::Cluster { what: ClusterCommand::Join { seed } } => {
+            api.post("/api/hare/cluster/join", &json!({ "seed": seed }))?;
+            done(args, format!("joined the cluster of {seed}"));
+        }
+        CtlCommand::Cluster { what: ClusterCommand::Forget { node } } => {
+            api.post("/api/hare/cluster/forget", &json!({ "node": node }))?;
+            done(args, format!("node {node} is no longer a member"));
+        }
         CtlCommand::Declare { what } => match what {
             Declare::Queue { name, durable, auto_delete, arguments } => {
                 let body = json!({ "durable": durable, "auto_delete": auto_delete, "arguments": json_arg("--arguments", arguments)? });

@@ -16,6 +16,7 @@
 //! permissions and limits). Vhost names in paths are URL-encoded (`%2F` for `/`).
 
 mod access;
+mod cluster;
 mod definitions;
 mod health;
 mod json;
@@ -145,6 +146,9 @@ fn router(api: Api) -> Router {
         .route("/api/overview", get(overview))
         .route("/api/nodes", get(nodes))
         .route("/api/nodes/{name}", get(node))
+        .route("/api/hare/cluster", get(cluster::status))
+        .route("/api/hare/cluster/join", axum::routing::post(cluster::join))
+        .route("/api/hare/cluster/forget", axum::routing::post(cluster::forget))
         .route("/api/extensions", get(extensions))
         .route("/api/users", get(access::users))
         .route("/api/users/without-permissions", get(access::users_without_permissions))
@@ -674,7 +678,14 @@ async fn consumers_in(State(api): State<Api>, Path(vhost): Path<String>, Query(q
 }
 
 async fn nodes(State(api): State<Api>) -> Json<Value> {
-    Json(json!([json::node(&api.broker, &api.node)]))
+    let mut out = vec![json::node(&api.broker, &api.node)];
+    if let Some(h) = api.broker.quorum_host() {
+        // The cluster's other members, as this node sees them.
+        for m in h.status().members.into_iter().filter(|m| m.name != api.node.node) {
+            out.push(json!({ "name": m.name, "running": m.reachable, "type": "disc", "being_drained": false }));
+        }
+    }
+    Json(Value::Array(out))
 }
 
 async fn node(State(api): State<Api>, Path(name): Path<String>) -> Response {

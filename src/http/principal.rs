@@ -125,11 +125,12 @@ pub fn authorise(p: &Principal, method: &Method, path: &str) -> Result<(), Respo
         || (path.starts_with("/api/vhosts/")
             && (path.ends_with("/permissions") || path.ends_with("/topic-permissions")))
         || (path.starts_with("/api/vhosts/") && *method != Method::GET && path.matches('/').count() == 3)
-        || (path.starts_with("/api/vhost-limits") && *method != Method::GET);
+        || (path.starts_with("/api/vhost-limits") && *method != Method::GET)
+        || (path.starts_with("/api/hare/cluster/") && *method != Method::GET);
     if admin_only {
         return Err(not_authorised("Not administrator user"));
     }
-    if path.starts_with("/api/nodes") && !p.has("monitoring") {
+    if (path.starts_with("/api/nodes") || path.starts_with("/api/hare/cluster")) && !p.has("monitoring") {
         return Err(not_authorised("Not monitor user"));
     }
     // Another user's connections only to a monitor.

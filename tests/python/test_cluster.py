@@ -461,3 +461,63 @@ def test_exchanges_bindings_users_and_permissions_are_the_clusters(cluster):
     assert e.value.reply_code == 404
     c.close()
     assert http(n1, "GET", "/api/exchanges/v2/in-v2") == 200
+
+
+def ctl(node, *argv):
+    import subprocess
+    from conftest import HARE_BIN
+    r = subprocess.run([HARE_BIN, "ctl", "--url", f"http://127.0.0.1:{node.http_port}", *argv],
+                       capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def status(node):
+    import json
+    return json.loads(ctl(node, "--format", "json", "cluster", "status"))
+
+
+def test_nodes_join_and_are_forgotten_at_run_time(cluster):
+    n1, n2, n3 = cluster.nodes
+    declare(n1, "qj")
+    assert publish_confirmed(n1, "qj", [b"before-join"]) == [b"before-join"]
+    text = ctl(n1, "cluster", "status")
+    assert "leader: n" in text and text.count("127.0.0.1:") >= 3
+    # A fourth node whose seeds are a formed cluster asks to be taken in, and catches up.
+    seeds = [a for a in n1.extra_args if "," in a][0]
+    (port,) = free_ports(1)
+    n4 = Hare(extra_args=["--node-name", "n4", "--cluster-port", str(port), "--cluster-seeds", seeds,
+                          "--cluster-secret-file", cluster.secret])
+    cluster.nodes.append(n4)
+    wait_for(lambda: any(m["name"] == "n4" and m["voter"] for m in status(n1)["members"]), timeout=30,
+             what="n4 a voter")
+    wait_for(lambda: count_on(n4, "qj") == 1, timeout=30, what="n4 to have the queue and its message")
+    nodes = json_get(n2, "/api/nodes")
+    assert sorted(n["name"] for n in nodes) == ["n1", "n2", "n3", "n4"]
+    # A fifth node that found no cluster (its only other seed answers nothing) joins on request.
+    (dead, port5) = free_ports(2)
+    n5 = Hare(extra_args=["--node-name", "n5", "--cluster-port", str(port5), "--cluster-seeds",
+                          f"127.0.0.1:{dead},127.0.0.1:{port5}", "--cluster-secret-file", cluster.secret])
+    cluster.nodes.append(n5)
+    first_seed = seeds.split(",")[0]
+    ctl(n5, "cluster", "join", first_seed)
+    wait_for(lambda: len(status(n5)["members"]) == 5, timeout=30, what="n5 to see five members")
+    wait_for(lambda: count_on(n5, "qj") == 1, timeout=30, what="n5 to catch up")
+    # Forgotten: stopped nodes leave the membership, and the three go on.
+    n4.stop()
+    n5.stop()
+    ctl(n1, "cluster", "forget", "n4")
+    ctl(n2, "cluster", "forget", "n5")
+    assert sorted(m["name"] for m in status(n3)["members"]) == ["n1", "n2", "n3"]
+    assert publish_confirmed(n3, "qj", [b"after-forget"]) == [b"after-forget"]
+    assert sorted(drain(n2, "qj", 2)) == [b"after-forget", b"before-join"]
+
+
+def json_get(node, path):
+    import base64
+    import json
+    import urllib.request
+    req = urllib.request.Request(f"http://127.0.0.1:{node.http_port}{path}")
+    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.load(r)

@@ -32,6 +32,35 @@ pub trait Replica: Send + Sync + std::fmt::Debug {
     fn take_got(&self, ticket: u64) -> Option<(QueuedMessage, u32)>;
 }
 
+/// A cluster as one of its nodes sees it (for `/api/nodes`, `hare ctl cluster status`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ClusterStatus {
+    /// This node's name.
+    pub node: String,
+    /// The node that leads (every quorum queue's leader: one Raft group carries them all).
+    pub leader: Option<String>,
+    pub term: u64,
+    /// The last log index this node has, and the last it applied.
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub members: Vec<MemberStatus>,
+    pub quorum_queues: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct MemberStatus {
+    pub name: String,
+    pub id: String,
+    pub address: String,
+    /// A voter (false: a learner catching up before it votes).
+    pub voter: bool,
+    /// Whether it answered this node lately (itself: always).
+    pub reachable: bool,
+    /// As the leader knows it: the last index it holds, and how far behind the leader's log.
+    pub matched_index: Option<u64>,
+    pub lag: Option<u64>,
+}
+
 /// What the broker asks of the cluster layer for quorum queues.
 pub trait QuorumHost: Send + Sync + std::fmt::Debug {
     /// Proposes a quorum queue's declaration; returns its ticket.
@@ -48,6 +77,12 @@ pub trait QuorumHost: Send + Sync + std::fmt::Debug {
     /// Why the change proposed as `ticket` was refused when it was applied, if it was (asked
     /// once).
     fn take_refusal(&self, ticket: u64) -> Option<crate::broker::replicated::Refusal>;
+    /// The cluster as this node sees it.
+    fn status(&self) -> ClusterStatus;
+    /// Asks the cluster that `seed` belongs to to take this node in.
+    fn join(&self, seed: String) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+    /// Takes the node named `node` out of the cluster.
+    fn forget(&self, node: String) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
     /// Whether proposals wait faster than the cluster commits them (no quorum, say): a
     /// publisher that proposed then waits for `waiter`, notified once they no longer do.
     fn backlogged(&self, waiter: &Arc<tokio::sync::Notify>) -> bool;

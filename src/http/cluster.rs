@@ -1,0 +1,53 @@
+//! A cluster node's own endpoints (Hare's, not RabbitMQ's: RabbitMQ reports its cluster
+//! through rabbitmqctl): `GET /api/hare/cluster` (members, leader, each member's replication
+//! lag, the quorum queues), `POST /api/hare/cluster/join` (`{"seed": "host:port"}`, asked of
+//! the node that joins) and `POST /api/hare/cluster/forget` (`{"node": "name"}`). On a single
+//! node they answer 404 with RabbitMQ's body.
+
+use super::{error, not_found, Api};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+pub async fn status(State(api): State<Api>) -> Response {
+    match api.broker.quorum_host() {
+        Some(h) => Json(json!(h.status())).into_response(),
+        None => not_found(),
+    }
+}
+
+fn field(body: &Bytes, key: &str) -> Result<String, Response> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", &format!("malformed JSON: {e}")))?;
+    v.get(key)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| error(StatusCode::BAD_REQUEST, "bad_request", &format!("key_missing: {key}")))
+}
+
+pub async fn join(State(api): State<Api>, body: Bytes) -> Response {
+    let Some(h) = api.broker.quorum_host().cloned() else { return not_found() };
+    let seed = match field(&body, "seed") {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match h.join(seed).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", &e),
+    }
+}
+
+pub async fn forget(State(api): State<Api>, body: Bytes) -> Response {
+    let Some(h) = api.broker.quorum_host().cloned() else { return not_found() };
+    let node = match field(&body, "node") {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match h.forget(node).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", &e),
+    }
+}
