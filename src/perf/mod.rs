@@ -55,6 +55,9 @@ pub struct PerfArgs {
     /// Publish with delivery_mode=2 to durable queues.
     #[arg(long)]
     pub persistent: bool,
+    /// Declare the queues as quorum queues (durable, `x-queue-type: quorum`).
+    #[arg(long)]
+    pub quorum: bool,
     /// Use publisher confirms with this many unconfirmed messages at most; 0 for none.
     #[arg(long, default_value_t = 0)]
     pub confirm: usize,
@@ -392,7 +395,12 @@ async fn setup(args: &PerfArgs, target: &Target) -> Result<(), ClientError> {
     }
     for i in 0..args.queues {
         let queue = args.queue(i);
-        c.call(QueueDeclare { queue: queue.as_str().into(), durable: args.persistent, ..Default::default() }).await?;
+        let mut arguments = FieldTable::new();
+        if args.quorum {
+            arguments.insert("x-queue-type", crate::protocol::FieldValue::string("quorum"));
+        }
+        let durable = args.persistent || args.quorum;
+        c.call(QueueDeclare { queue: queue.as_str().into(), durable, arguments, ..Default::default() }).await?;
         if !exchange.is_empty() {
             let key = if args.exchange == ExchangeType::Topic { format!("perf.{i}.#") } else { String::new() };
             c.call(QueueBind {

@@ -1,0 +1,259 @@
+"""The cluster rows of the benchmark: three Hare nodes against three RabbitMQ nodes, all on
+this machine, loaded by the same `hare perf` through one node.
+
+- Row 13: one quorum queue, 1 KiB persistent, confirms (window 256), manual ack prefetch 100.
+- Row 14: 100 quorum queues, a producer and a consumer each, the same settings.
+- Row 15: failover: a publisher on a node that survives confirms one message at a time; the
+  queue's leader node is killed with SIGKILL; the time from the kill to the next confirm.
+
+RabbitMQ's nodes form a cluster with `rabbitmqctl join_cluster`; its quorum queues have three
+members (`x-quorum-initial-group-size`), each led by the node that declared it (the one the
+load generator uses). Hare's load goes to its Raft leader, which leads every quorum queue."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+
+import pika
+
+import compare
+from compare import HARE, DURATION, ROUNDS, mean, perf, wait_port, want
+
+QUORUM_ARGS = {"x-queue-type": "quorum"}
+
+
+class HareCluster:
+    name = "Hare"
+    ports = [5721, 5722, 5723]
+    http_ports = [15721, 15722, 15723]
+    cluster_ports = [25721, 25722, 25723]
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="hare-bench-cluster-")
+        self.procs = []
+
+    def start(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.makedirs(self.dir)
+        secret = os.path.join(self.dir, "secret")
+        with open(os.open(secret, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+            f.write("bench")
+        seeds = ",".join(f"127.0.0.1:{p}" for p in self.cluster_ports)
+        self.procs = []
+        for i in range(3):
+            log = open(os.path.join(self.dir, f"n{i + 1}.log"), "w")
+            self.procs.append(subprocess.Popen(
+                [HARE, "--port", str(self.ports[i]), "--management-port", str(self.http_ports[i]),
+                 "--data-dir", os.path.join(self.dir, f"n{i + 1}"), "--log", "warn", "--node-name", f"n{i + 1}",
+                 "--cluster-port", str(self.cluster_ports[i]), "--cluster-seeds", seeds,
+                 "--cluster-secret-file", secret],
+                stdout=log, stderr=subprocess.STDOUT))
+        for p in self.ports:
+            if not wait_port(p, time.monotonic() + 120):
+                raise RuntimeError("a hare node did not start")
+        deadline = time.monotonic() + 60
+        while self.leader() is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError("no leader")
+            time.sleep(0.05)
+
+    def status(self, i):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_ports[i]}/api/hare/cluster")
+        req.add_header("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.load(r)
+
+    def leader(self):
+        """The index of the leading node, if there is one."""
+        for i, p in enumerate(self.procs):
+            if p.poll() is not None:
+                continue
+            try:
+                s = self.status(i)
+            except OSError:
+                continue
+            if s.get("leader") == s.get("node"):
+                return i
+        return None
+
+    def load_port(self):
+        return self.ports[self.leader()]
+
+    def queue_leader(self, queue):
+        return self.leader()
+
+    def kill(self, i):
+        self.procs[i].kill()
+        self.procs[i].wait()
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.procs = []
+
+
+class RabbitNode(compare.RabbitMQ):
+    """One node of the RabbitMQ cluster: its own name, ports and directory."""
+
+    def __init__(self, i):
+        super().__init__()
+        self.i = i
+        self.port = 5731 + i
+        self.node = f"harebench{i + 1}@localhost"
+        self.dir = os.path.join(tempfile.gettempdir(), f"hare-bench-rabbitmq-cluster-{i + 1}")
+
+    def env(self):
+        e = super().env()
+        e["RABBITMQ_DIST_PORT"] = str(25731 + self.i)
+        return e
+
+
+class RabbitCluster:
+    name = "RabbitMQ"
+
+    def __init__(self):
+        self.nodes = [RabbitNode(i) for i in range(3)]
+
+    def ctl(self, node, *argv):
+        return subprocess.run(["rabbitmqctl", "-n", node.node, *argv], env=node.env(), capture_output=True,
+                              text=True, timeout=300)
+
+    def start(self):
+        for n in self.nodes:
+            n.start()
+        for n in self.nodes[1:]:
+            for argv in (["stop_app"], ["join_cluster", self.nodes[0].node], ["start_app"]):
+                r = self.ctl(n, *argv)
+                if r.returncode != 0:
+                    raise RuntimeError(f"rabbitmqctl {' '.join(argv)} on {n.node}: {r.stderr.strip()}")
+            if not wait_port(n.port, time.monotonic() + 120):
+                raise RuntimeError(f"{n.node} did not come back")
+
+    def load_port(self):
+        return self.nodes[0].port
+
+    def queue_leader(self, queue):
+        return 0
+
+    def kill(self, i):
+        pid = compare.listener_pid(self.nodes[i].port)
+        os.kill(pid, signal.SIGKILL)
+
+    def stop(self):
+        for n in self.nodes:
+            try:
+                n.stop()
+            except Exception:  # a killed node has nothing to stop
+                pass
+
+
+class At:
+    """A broker handle for `perf`: the load goes to one node's port."""
+
+    def __init__(self, port):
+        self.port = port
+
+
+def declare_quorum(port, queues):
+    c = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
+    ch = c.channel()
+    for q in queues:
+        ch.queue_declare(q, durable=True, arguments={**QUORUM_ARGS, "x-quorum-initial-group-size": 3})
+    c.close()
+
+
+def failover(cluster):
+    """Seconds from SIGKILL of the queue leader's node to the next confirm on a surviving one."""
+    leader = cluster.queue_leader("failover")
+    survivor_port = [p for i, p in enumerate(ports(cluster)) if i != leader][0]
+    declare_quorum(cluster.load_port(), ["failover"])
+    confirms = []
+    stop = threading.Event()
+
+    def publish():
+        c = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", survivor_port, socket_timeout=60))
+        ch = c.channel()
+        ch.confirm_delivery()
+        while not stop.is_set():
+            ch.basic_publish("", "failover", b"x" * 1024, pika.BasicProperties(delivery_mode=2))
+            confirms.append(time.monotonic())
+        c.close()
+
+    t = threading.Thread(target=publish, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 30
+    while len(confirms) < 200 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    killed = time.monotonic()
+    cluster.kill(leader)
+    deadline = killed + 120
+    while time.monotonic() < deadline and not any(x > killed for x in confirms):
+        time.sleep(0.005)
+    stop.set()
+    t.join(timeout=60)
+    after = [x for x in confirms if x > killed]
+    # The first confirm after the kill may be one already on its way: take the first after
+    # the gap (the largest interval between confirms from the kill on).
+    if not after:
+        return float("nan")
+    times = [killed] + after
+    gaps = [(b - a, b) for a, b in zip(times, times[1:])]
+    longest = max(gaps)
+    return longest[1] - killed
+
+
+def ports(cluster):
+    return cluster.ports if isinstance(cluster, HareCluster) else [n.port for n in cluster.nodes]
+
+
+def run(rows, log):
+    clusters = [HareCluster(), RabbitCluster()]
+    scenarios = []
+    if want(13):
+        scenarios.append((13, "13. 3-node cluster, 1 quorum queue, 1 KiB persistent, confirms (window 256), manual ack prefetch 100", 1))
+    if want(14):
+        scenarios.append((14, "14. 3-node cluster, 100 quorum queues, a producer and consumer each, 1 KiB persistent, confirms (window 256), manual ack prefetch 100", 100))
+    for _, title, n in scenarios:
+        got = {c.name: [] for c in clusters}
+        p99 = {c.name: [] for c in clusters}
+        for r in range(ROUNDS):
+            for c in clusters:
+                c.start()
+                try:
+                    s = perf(At(c.load_port()), "--duration", DURATION, "--prefix", f"cq{r}", "--size", 1024,
+                             "--persistent", "--quorum", "--confirm", 256, "--ack", "manual", "--prefetch", 100,
+                             "--queues", n, "--producers", n, "--consumers", n)
+                finally:
+                    c.stop()
+                got[c.name].append(s["consumed_per_sec"])
+                p99[c.name].append(s["confirm_latency"]["p99_ms"])
+                log(f"{title} | {c.name} round {r + 1}: consumed {s['consumed_per_sec']:.0f}/s, "
+                    f"confirm p99 {s['confirm_latency']['p99_ms']:.2f} ms")
+        h, q = mean(got["Hare"]), mean(got["RabbitMQ"])
+        rows.append((title, "consumed msg/s", f"{h:,.0f}", f"{q:,.0f}", f"{h / q:.2f}"))
+        h, q = mean(p99["Hare"]), mean(p99["RabbitMQ"])
+        rows.append((title, "confirm p99 ms", f"{h:.2f}", f"{q:.2f}", f"{h / q:.2f}"))
+    if want(15):
+        times = {}
+        for c in clusters:
+            c.start()
+            try:
+                times[c.name] = failover(c)
+            finally:
+                c.stop()
+            log(f"15. failover | {c.name}: {times[c.name]:.3f} s")
+        h, q = times["Hare"], times["RabbitMQ"]
+        rows.append(("15. failover: SIGKILL of the queue leader's node to the next confirm on a surviving node",
+                     "seconds", f"{h:.3f}", f"{q:.3f}", f"{h / q:.2f}"))
