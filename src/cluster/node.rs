@@ -34,6 +34,8 @@ const NODE_DOWN_AFTER: Duration = Duration::from_secs(5);
 /// the backlog is below half of it: a node that cannot reach a quorum does not buffer
 /// publishes without bound.
 const BACKLOG_HIGH: usize = 64 * 1024 * 1024;
+/// Batches in Raft at once from a leading node: while one commits, the next are appended.
+const PIPELINE: usize = 16;
 /// How often the leader looks for expired messages and silent nodes.
 const LEADER_TICK: Duration = Duration::from_millis(250);
 
@@ -253,7 +255,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn address_of(&self, id: NodeId) -> Option<String> {
+    pub fn address_of(&self, id: NodeId) -> Option<String> {
         let m = self.raft.metrics().borrow().clone();
         let addr = m.membership_config.nodes().find(|(n, _)| **n == id).map(|(_, n)| n.addr.clone());
         addr
@@ -431,100 +433,170 @@ async fn bootstrap(c: Arc<Cluster>, s: ClusterSettings) {
     }
 }
 
-/// Sends what was proposed, a batch at a time, until each batch is applied.
+/// Takes the next batch's worth of waiting proposals.
+fn take_batch(c: &Cluster) -> Vec<Pending> {
+    let mut p = c.pending.lock();
+    let mut bytes = 0;
+    let mut n = 0;
+    while n < p.1.len() && n < BATCH_COMMANDS && bytes < BATCH_BYTES {
+        bytes += match &p.1[n].command {
+            Command::Enqueue { msg, .. } => msg.body.len() + msg.properties.len() + 64,
+            _ => 64,
+        };
+        n += 1;
+    }
+    p.2 = p.2.saturating_sub(bytes);
+    p.1.drain(..n).collect()
+}
+
+/// A batch sent to this node's Raft as its leader, its answer to come.
+type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Outcome>, ProposeError>> + Send>>;
+
+/// Sends what was proposed until each batch is applied, and resolves its tickets in order.
+///
+/// While this node leads, up to [`PIPELINE`] batches are in Raft at once (openraft appends
+/// them in the order given, so they commit in that order); a batch's answer that is an error
+/// (leadership lost) sends it and every later one again, one at a time, to whoever leads
+/// then: the state machine applies a batch of a process once, so a batch that did commit
+/// is not applied twice. On a follower, one batch at a time goes to the leader.
 async fn propose_loop(c: Arc<Cluster>) {
     let mut seq = 0u64;
     let mut peer: Option<(NodeId, Peer)> = None;
+    let mut inflight: VecDeque<(Vec<Pending>, Batch, Answer)> = VecDeque::new();
     loop {
-        let taken: Vec<Pending> = {
-            let mut p = c.pending.lock();
-            let mut bytes = 0;
-            let mut n = 0;
-            while n < p.1.len() && n < BATCH_COMMANDS && bytes < BATCH_BYTES {
-                bytes += match &p.1[n].command {
-                    Command::Enqueue { msg, .. } => msg.body.len() + msg.properties.len() + 64,
-                    _ => 64,
+        let leads = c.raft.metrics().borrow().current_leader == Some(c.id);
+        if leads && inflight.len() < PIPELINE {
+            let taken = take_batch(&c);
+            if !taken.is_empty() {
+                seq += 1;
+                let batch = batch_of(&c, seq, &taken);
+                let answer: Answer = match c.raft.client_write_ff(batch.clone()).await {
+                    Ok(rx) => Box::pin(async move {
+                        match rx.await {
+                            Ok(Ok(r)) => Ok(r.data),
+                            Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader(f.leader_id)),
+                            Ok(Err(e)) => Err(ProposeError::Failed(e.to_string())),
+                            Err(e) => Err(ProposeError::Failed(e.to_string())),
+                        }
+                    }),
+                    Err(e) => {
+                        let e = e.to_string();
+                        Box::pin(async move { Err(ProposeError::Failed(e)) })
+                    }
                 };
-                n += 1;
+                inflight.push_back((taken, batch, answer));
+                continue;
             }
-            p.2 = p.2.saturating_sub(bytes);
-            p.1.drain(..n).collect()
-        };
+        }
+        let room = inflight.len() < PIPELINE;
+        if let Some((_, _, answer)) = inflight.front_mut() {
+            // The oldest answer, or more to send while there is room in the pipeline.
+            let outcome = tokio::select! {
+                biased;
+                o = answer => Some(o),
+                _ = c.wake.notified(), if room => None,
+            };
+            let Some(outcome) = outcome else { continue };
+            let (taken, batch, _) = inflight.pop_front().expect("front exists");
+            match outcome {
+                Ok(outcomes) => resolve(&c, taken, outcomes),
+                Err(e) => {
+                    tracing::debug!("cluster: batch {} answered {e:?}: sent again", batch.seq);
+                    let outcomes = send_until_applied(&c, &batch, &mut peer).await;
+                    resolve(&c, taken, outcomes);
+                    // Later batches went to the same leader: again, in order.
+                    while let Some((taken, batch, _)) = inflight.pop_front() {
+                        let outcomes = send_until_applied(&c, &batch, &mut peer).await;
+                        resolve(&c, taken, outcomes);
+                    }
+                }
+            }
+            continue;
+        }
+        // Nothing in flight: a follower sends one batch to the leader.
+        let taken = take_batch(&c);
         if taken.is_empty() {
             c.wake.notified().await;
             continue;
         }
         seq += 1;
-        let last = taken.last().map_or(0, |p| p.ticket);
-        let batch = Batch {
-            from: c.process,
-            seq,
-            now: crate::broker::clock::now_ms(),
-            commands: taken.iter().map(|p| p.command.clone()).collect(),
-        };
-        let outcomes = loop {
-            let leader = c.raft.metrics().borrow().current_leader;
-            let result = match leader {
-                Some(l) if l == c.id => write_local(&c, batch.clone()).await,
-                Some(l) => {
-                    let addr = c
-                        .raft
-                        .metrics()
-                        .borrow()
-                        .membership_config
-                        .nodes()
-                        .find(|(id, _)| **id == l)
-                        .map(|(_, n)| n.addr.clone());
-                    match addr {
-                        Some(addr) => {
-                            if peer.as_ref().is_none_or(|(id, p)| *id != l || p.addr != addr) {
-                                peer = Some((l, Peer::new(addr, c.net.clone())));
-                            }
-                            let (_, p) = peer.as_mut().expect("set above");
-                            match p.call(&Request::Propose(batch.clone()), Duration::from_secs(10)).await {
-                                Ok(Response::Proposed(r)) => r,
-                                Ok(_) => Err(ProposeError::Failed("unexpected response".into())),
-                                Err(e) => Err(ProposeError::Failed(e.to_string())),
-                            }
-                        }
-                        None => Err(ProposeError::NotLeader(None)),
+        let batch = batch_of(&c, seq, &taken);
+        let outcomes = send_until_applied(&c, &batch, &mut peer).await;
+        resolve(&c, taken, outcomes);
+    }
+}
+
+fn batch_of(c: &Cluster, seq: u64, taken: &[Pending]) -> Batch {
+    Batch {
+        from: c.process,
+        seq,
+        now: crate::broker::clock::now_ms(),
+        commands: taken.iter().map(|p| p.command.clone()).collect(),
+    }
+}
+
+/// Sends one batch to whoever leads (this node, or the leader over the transport) until it is
+/// applied; returns its outcomes.
+async fn send_until_applied(c: &Cluster, batch: &Batch, peer: &mut Option<(NodeId, Peer)>) -> Vec<Outcome> {
+    loop {
+        let leader = c.raft.metrics().borrow().current_leader;
+        let result = match leader {
+            Some(l) if l == c.id => write_local(c, batch.clone()).await,
+            Some(l) => match c.address_of(l) {
+                Some(addr) => {
+                    if peer.as_ref().is_none_or(|(id, p)| *id != l || p.addr != addr) {
+                        *peer = Some((l, Peer::new(addr, c.net.clone())));
+                    }
+                    let (_, p) = peer.as_mut().expect("set above");
+                    match p.call(&Request::Propose(batch.clone()), Duration::from_secs(10)).await {
+                        Ok(Response::Proposed(r)) => r,
+                        Ok(_) => Err(ProposeError::Failed("unexpected response".into())),
+                        Err(e) => Err(ProposeError::Failed(e.to_string())),
                     }
                 }
                 None => Err(ProposeError::NotLeader(None)),
-            };
-            match result {
-                Ok(o) => break o,
-                Err(e) => {
-                    tracing::debug!("cluster: batch {seq} waits: {e:?}");
-                    // No leader yet, or it moved: wait for a change (or a short while) and retry.
-                    let mut m = c.raft.metrics();
-                    let _ = tokio::time::timeout(Duration::from_millis(100), m.changed()).await;
-                }
-            }
+            },
+            None => Err(ProposeError::NotLeader(None)),
         };
-        {
-            let mut rejected = c.rejected.lock();
-            let mut got = c.got.lock();
-            for (p, o) in taken.into_iter().zip(outcomes.into_iter().chain(std::iter::repeat(Outcome::Ok))) {
-                if o == Outcome::Rejected {
-                    rejected.insert(p.ticket);
-                }
-                if matches!(p.command, Command::Dequeue { .. }) {
-                    got.insert(p.ticket, o.clone());
-                }
-                if let Outcome::Refused(r) = &o {
-                    c.refused.lock().insert(p.ticket, r.clone());
-                }
-                if let Some(tx) = p.reply {
-                    let _ = tx.send(o);
-                }
+        match result {
+            Ok(o) => return o,
+            Err(e) => {
+                tracing::debug!("cluster: batch {} waits: {e:?}", batch.seq);
+                // No leader yet, or it moved: wait for a change (or a short while) and retry.
+                let mut m = c.raft.metrics();
+                let _ = tokio::time::timeout(Duration::from_millis(100), m.changed()).await;
             }
         }
-        c.resolved.send_replace(last);
-        if c.backlog_bytes() < BACKLOG_HIGH / 2 {
-            let waiters = std::mem::take(&mut *c.backlog_waiters.lock());
-            waiters.iter().for_each(|w| w.notify_one());
+    }
+}
+
+/// Hands a batch's outcomes to its proposals and moves the resolved watermark past them.
+fn resolve(c: &Cluster, taken: Vec<Pending>, outcomes: Vec<Outcome>) {
+    let last = taken.last().map_or(0, |p| p.ticket);
+    {
+        let mut rejected = c.rejected.lock();
+        let mut got = c.got.lock();
+        for (p, o) in taken.into_iter().zip(outcomes.into_iter().chain(std::iter::repeat(Outcome::Ok))) {
+            if o == Outcome::Rejected {
+                rejected.insert(p.ticket);
+            }
+            if matches!(p.command, Command::Dequeue { .. }) {
+                got.insert(p.ticket, o.clone());
+            }
+            if let Outcome::Refused(r) = &o {
+                c.refused.lock().insert(p.ticket, r.clone());
+            }
+            if let Some(tx) = p.reply {
+                let _ = tx.send(o);
+            }
         }
+    }
+    if last != 0 {
+        c.resolved.send_replace(last);
+    }
+    if c.backlog_bytes() < BACKLOG_HIGH / 2 {
+        let waiters = std::mem::take(&mut *c.backlog_waiters.lock());
+        waiters.iter().for_each(|w| w.notify_one());
     }
 }
 
