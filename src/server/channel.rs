@@ -2,6 +2,7 @@
 //! back to queues, acknowledgements and transactions. Publishing (assembling a message from
 //! its frames, routing it, confirms) is in `channel/publish.rs`.
 
+mod get;
 mod permissions;
 mod publish;
 
@@ -31,14 +32,6 @@ struct Unacked {
     queue: Option<Arc<dyn Origin>>,
     consumer: Option<Arc<Consumer>>,
     message: QueuedMessage,
-}
-
-/// A basic.get from a replicated queue, waiting for its dequeue to be applied here.
-pub(super) struct HeldGet {
-    ticket: u64,
-    queue: Arc<Queue>,
-    origin: Arc<dyn Origin>,
-    no_ack: bool,
 }
 
 struct ConsumerEntry {
@@ -80,7 +73,7 @@ pub struct Channel {
     pub held: Option<(u64, u64, Method)>,
     /// A basic.get from a quorum queue of a cluster waits here for its answer; frames after
     /// it wait in `stash` too.
-    pub(super) held_get: Option<HeldGet>,
+    pub(super) held_get: Option<get::HeldGet>,
     /// The method behind a reply held for the cluster (class and method ids), to name it if
     /// the change is refused when applied.
     held_request: (u16, u16),
@@ -604,87 +597,6 @@ impl Channel {
     pub fn consumer_cancelled(&mut self, ctx: &mut ConnCtx, tag: ShortStr) {
         if self.consumers.remove(tag.as_str()).is_some() && ctx.cancel_notify && !self.closing {
             ctx.out.method(self.id, BasicCancel { consumer_tag: tag, nowait: true });
-        }
-    }
-
-    fn get(&mut self, ctx: &mut ConnCtx, m: BasicGet) -> AmqpResult<()> {
-        let queue_name = self.queue_name(m.queue)?;
-        permissions::queue_read(ctx, &queue_name)?;
-        let queue = ctx.vhost()?.queue(&queue_name, ctx.id)?;
-        let limits = self.flow.limits;
-        if !m.no_ack && (self.unacked.len() as u64 >= limits.count as u64 || self.unacked_bytes >= limits.bytes) {
-            return Err(AmqpError::precondition_failed(format!(
-                "reached maximum ({} messages, {} bytes) of unacknowledged deliveries per channel",
-                limits.count, limits.bytes
-            )));
-        }
-        if let Some(r) = &queue.replica {
-            // The dequeue goes through the cluster's log; the answer is sent once it is
-            // applied here (`answer_held_get`), and the channel's later frames wait for it.
-            let (ticket, origin) = r.get(m.no_ack);
-            self.held_get = Some(HeldGet { ticket, queue: queue.clone(), origin, no_ack: m.no_ack });
-            return Ok(());
-        }
-        let got = queue.get(m.no_ack);
-        self.answer_get(ctx, Some(queue as Arc<dyn Origin>), got, m.no_ack);
-        Ok(())
-    }
-
-    /// Sends a waiting basic.get's answer once its dequeue is applied; true when it went out.
-    pub(super) fn answer_held_get(&mut self, ctx: &mut ConnCtx) -> bool {
-        match self.held_get.take() {
-            Some(g) if g.ticket <= ctx.cluster_resolved => {
-                let got = g.queue.replica.as_ref().and_then(|r| r.take_got(g.ticket));
-                self.answer_get(ctx, Some(g.origin), got, g.no_ack);
-                true
-            }
-            held => {
-                let none = held.is_none();
-                self.held_get = held;
-                none
-            }
-        }
-    }
-
-    /// basic.get-ok with the message (recorded as unacknowledged unless `no_ack`), or
-    /// basic.get-empty.
-    fn answer_get(
-        &mut self,
-        ctx: &mut ConnCtx,
-        origin: Option<Arc<dyn Origin>>,
-        got: Option<(QueuedMessage, u32)>,
-        no_ack: bool,
-    ) {
-        match got {
-            None => {
-                bump(&self.card.get_empty, 1);
-                ctx.out.method(self.id, BasicGetEmpty { cluster_id: ShortStr::default() })
-            }
-            Some((qm, message_count)) => {
-                bump(if no_ack { &self.card.get_no_ack } else { &self.card.get }, 1);
-                if qm.redelivered {
-                    bump(&self.card.redeliver, 1);
-                }
-                let tag = self.next_tag;
-                self.next_tag += 1;
-                let msg = &qm.message;
-                ctx.out.method(
-                    self.id,
-                    BasicGetOk {
-                        delivery_tag: tag,
-                        redelivered: qm.redelivered,
-                        exchange: msg.exchange.clone(),
-                        routing_key: msg.routing_key.clone(),
-                        message_count,
-                    },
-                );
-                ctx.out.content(self.id, &msg.properties, &msg.body);
-                if !no_ack {
-                    self.unacked_bytes += qm.message.size() as u64;
-                    self.unacked.push_back(Unacked { tag, queue: origin, consumer: None, message: qm });
-                    self.card.unacked.store(self.unacked.len() as u32, Ordering::Relaxed);
-                }
-            }
         }
     }
 
