@@ -231,6 +231,23 @@ pub struct QueuedMessage {
     pub stamp: u64,
 }
 
+impl QueuedMessage {
+    /// A message in no queue's order (yet): a dead letter on its way, a direct reply-to
+    /// delivery; fresh, unlogged, never delivered.
+    pub fn unqueued(message: Arc<Message>) -> Self {
+        QueuedMessage {
+            seq: 0,
+            message,
+            redelivered: false,
+            logged: false,
+            expires_at: 0,
+            deliveries: 0,
+            priority: 0,
+            stamp: 0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

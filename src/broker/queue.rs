@@ -258,17 +258,7 @@ impl Queue {
     /// Republishes a replicated queue's dead letter through its dead-letter exchange (the
     /// cluster's leader does this once for the group).
     pub fn dead_letter_replicated(self: &Arc<Self>, message: Arc<Message>, reason: Reason) {
-        let m = QueuedMessage {
-            seq: 0,
-            message,
-            redelivered: false,
-            logged: false,
-            expires_at: 0,
-            deliveries: 0,
-            priority: 0,
-            stamp: 0,
-        };
-        self.dead_letter(vec![(m, reason)]);
+        self.dead_letter(vec![(QueuedMessage::unqueued(message), reason)]);
     }
 
     /// A durable queue brought back from its log after a restart.
@@ -514,16 +504,7 @@ impl Queue {
         let mut st = self.state.lock();
         if args.overflow != Overflow::DropHead && st.would_overflow(message.body.len() as u64, args) {
             if args.overflow == Overflow::RejectPublishDlx && args.dead_letter_exchange.is_some() {
-                let m = QueuedMessage {
-                    seq: 0,
-                    message,
-                    redelivered: false,
-                    logged: false,
-                    expires_at,
-                    deliveries: 0,
-                    priority,
-                    stamp: 0,
-                };
+                let m = QueuedMessage { expires_at, priority, ..QueuedMessage::unqueued(message) };
                 st.dead.push((m, Reason::MaxLen));
             }
             self.unlock_and_dead_letter(st);

@@ -35,16 +35,9 @@ pub enum DefinitionChange {
         if_unused: bool,
         user: String,
     },
-    Bind {
-        vhost: String,
-        source: String,
-        destination: String,
-        to_exchange: bool,
-        routing_key: String,
-        arguments: String,
-        user: String,
-    },
-    Unbind {
+    /// A binding made (`bind`) or removed.
+    Binding {
+        bind: bool,
         vhost: String,
         source: String,
         destination: String,
@@ -93,17 +86,15 @@ impl DefinitionChange {
             Destination::Queue(q) => (q.to_string(), false),
             Destination::Exchange(e) => (e.to_string(), true),
         };
-        let (vhost, source, routing_key, arguments, user) = (
-            vhost.to_string(),
-            source.to_string(),
-            binding.routing_key.to_string(),
-            table_to_hex(&binding.arguments),
-            user.to_string(),
-        );
-        if bind {
-            DefinitionChange::Bind { vhost, source, destination, to_exchange, routing_key, arguments, user }
-        } else {
-            DefinitionChange::Unbind { vhost, source, destination, to_exchange, routing_key, arguments, user }
+        DefinitionChange::Binding {
+            bind,
+            vhost: vhost.to_string(),
+            source: source.to_string(),
+            destination,
+            to_exchange,
+            routing_key: binding.routing_key.to_string(),
+            arguments: table_to_hex(&binding.arguments),
+            user: user.to_string(),
         }
     }
 }
@@ -173,8 +164,16 @@ impl Broker {
             DefinitionChange::DeleteExchange { vhost: v, name, if_unused, user } => {
                 vhost(v)?.delete_exchange(&ShortStr::from(name.as_str()), *if_unused, &actor(user))?;
             }
-            DefinitionChange::Bind { vhost: v, source, destination, to_exchange, routing_key, arguments, user }
-            | DefinitionChange::Unbind { vhost: v, source, destination, to_exchange, routing_key, arguments, user } => {
+            DefinitionChange::Binding {
+                bind,
+                vhost: v,
+                source,
+                destination,
+                to_exchange,
+                routing_key,
+                arguments,
+                user,
+            } => {
                 let dest = ShortStr::from(destination.as_str());
                 let binding = Binding {
                     destination: if *to_exchange { Destination::Exchange(dest) } else { Destination::Queue(dest) },
@@ -182,7 +181,7 @@ impl Broker {
                     arguments: table(arguments),
                 };
                 let source = ShortStr::from(source.as_str());
-                if matches!(change, DefinitionChange::Bind { .. }) {
+                if *bind {
                     vhost(v)?.bind(&source, binding, &actor(user))?;
                 } else {
                     vhost(v)?.unbind(&source, &binding, &actor(user))?;

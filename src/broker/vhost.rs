@@ -589,16 +589,23 @@ impl VHost {
             return Ok((0, 0));
         };
         q.check_access(connection_id)?;
+        self.check_delete(&q, if_unused, if_empty)?;
+        let (n, ticket) = self.remove_queue(&mut topo, &q, by);
+        Ok((n, ticket))
+    }
+
+    /// queue.delete's if-empty and if-unused, as RabbitMQ checks them (emptiness before
+    /// use); returns the queue's ready count.
+    pub fn check_delete(&self, q: &Queue, if_unused: bool, if_empty: bool) -> AmqpResult<u32> {
         let (messages, consumers) = q.counts();
-        // RabbitMQ checks emptiness before use.
+        let name = &q.name;
         if if_empty && messages > 0 {
             return Err(AmqpError::precondition_failed(format!("queue '{name}' in vhost '{}' not empty", self.name)));
         }
         if if_unused && consumers > 0 {
             return Err(AmqpError::precondition_failed(format!("queue '{name}' in vhost '{}' in use", self.name)));
         }
-        let (n, ticket) = self.remove_queue(&mut topo, &q, by);
-        Ok((n, ticket))
+        Ok(messages)
     }
 
     /// Deletes a queue whatever its state (exclusive owner gone, auto-delete).

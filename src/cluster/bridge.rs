@@ -19,7 +19,7 @@ use crate::broker::arguments::{self, QueueArguments};
 use crate::broker::consumer::{ConnEvent, Consumer, Delivery, Origin};
 use crate::broker::dead_letter;
 use crate::broker::message::{Message, QueuedMessage};
-use crate::broker::queue::replica::{ClusterStatus, QuorumHost, Replica};
+use crate::broker::queue::replica::{ClusterStatus, Membership, QuorumHost, Replica};
 use crate::broker::queue::Queue;
 use crate::broker::replicated::{DefinitionChange, Refusal};
 use crate::broker::store::{table_from_hex, table_to_hex};
@@ -137,21 +137,13 @@ impl QuorumHost for Bridge {
     fn status(&self) -> ClusterStatus {
         self.cluster().map(|c| c.status()).unwrap_or_default()
     }
-    fn join(&self, seed: String) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
+    fn membership(&self, change: Membership) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
         let c = self.cluster().cloned();
         Box::pin(async move {
-            match c {
-                Some(c) => c.join(&seed).await,
-                None => Err("not a cluster node".into()),
-            }
-        })
-    }
-    fn forget(&self, node: String) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
-        let c = self.cluster().cloned();
-        Box::pin(async move {
-            match c {
-                Some(c) => c.forget(&node).await,
-                None => Err("not a cluster node".into()),
+            let Some(c) = c else { return Err("not a cluster node".into()) };
+            match change {
+                Membership::Join { seed } => c.join(&seed).await,
+                Membership::Forget { node } => c.forget(&node).await,
             }
         })
     }
@@ -217,13 +209,7 @@ impl Effects for Bridge {
 
     fn dead_letter(&self, queue: &QueueName, msg: Arc<Msg>, reason: Reason, _delivery_count: u32) {
         let Some(q) = self.broker.vhost(&queue.vhost).and_then(|v| v.replicated_queue(&queue.name)) else { return };
-        let message = Message::new(
-            ShortStr::from(msg.exchange.as_str()),
-            ShortStr::from(msg.routing_key.as_str()),
-            msg.properties.clone(),
-            msg.body.clone(),
-            true,
-        );
+        let message = message_of(&msg);
         let reason = match reason {
             Reason::Rejected => dead_letter::Reason::Rejected,
             Reason::Expired => dead_letter::Reason::Expired,
@@ -253,29 +239,25 @@ impl Effects for Bridge {
     }
 }
 
-/// A replicated message as a queue hands it out: a redelivery carries its
-/// `x-delivery-count`, as RabbitMQ's quorum queues add it.
-fn queued(id: u64, msg: &Msg, redelivered: bool, delivery_count: u32) -> QueuedMessage {
-    let mut message = Message::new(
+/// A replicated message as the broker holds one (persistent: a quorum queue's are).
+fn message_of(msg: &Msg) -> Message {
+    Message::new(
         ShortStr::from(msg.exchange.as_str()),
         ShortStr::from(msg.routing_key.as_str()),
         msg.properties.clone(),
         msg.body.clone(),
         true,
-    );
+    )
+}
+
+/// A replicated message as a queue hands it out: a redelivery carries its
+/// `x-delivery-count`, as RabbitMQ's quorum queues add it.
+fn queued(id: u64, msg: &Msg, redelivered: bool, delivery_count: u32) -> QueuedMessage {
+    let mut message = message_of(msg);
     if delivery_count > 0 {
         message = dead_letter::with_delivery_count(&message, delivery_count as u64);
     }
-    QueuedMessage {
-        seq: id,
-        message: Arc::new(message),
-        redelivered,
-        logged: false,
-        expires_at: 0,
-        deliveries: delivery_count,
-        priority: 0,
-        stamp: 0,
-    }
+    QueuedMessage { seq: id, redelivered, deliveries: delivery_count, ..QueuedMessage::unqueued(Arc::new(message)) }
 }
 
 /// A quorum queue's local face forwards here.

@@ -157,11 +157,6 @@ impl LogStore {
         };
         write().map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
-
-    /// Entries held (for status: the log's length on this node).
-    pub fn len(&self) -> usize {
-        self.inner.lock().entries.len()
-    }
 }
 
 /// The writer thread: group commit of appends, then their callbacks. Jobs keep their order: a

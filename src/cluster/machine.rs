@@ -7,7 +7,7 @@
 //! Snapshots are the whole state, serialized; the latest is kept on disk so that a node
 //! restarting after its log was purged starts from it.
 
-use super::quorum::{ConsumerKey, Effect, Msg, Outcome, QuorumQueue, Reason};
+use super::quorum::{Effect, Msg, Outcome, QuorumQueue, Reason};
 use super::types::{Batch, Command, Entry, LogId, NodeId, QueueName, StorageError, StoredMembership, TypeConfig};
 use crate::broker::replicated::{DefinitionChange, Refusal};
 use bytes::Bytes;
@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// What applying entries asks of this node's broker.
@@ -234,8 +234,6 @@ pub struct Machine {
     pub process: u64,
     /// Whether this node leads now (dead letters are republished by the leader alone).
     pub leading: Arc<AtomicBool>,
-    /// The last log index applied here, for status and tests.
-    pub applied: Arc<AtomicU64>,
     effects: Arc<dyn Effects>,
     dir: PathBuf,
 }
@@ -251,8 +249,7 @@ fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
 impl Machine {
     /// The state machine, from the snapshot on disk if there is one.
     pub fn open(dir: PathBuf, process: u64, effects: Arc<dyn Effects>) -> std::io::Result<Machine> {
-        let mut m =
-            Machine { state: Arc::default(), process, leading: Arc::default(), applied: Arc::default(), effects, dir };
+        let mut m = Machine { state: Arc::default(), process, leading: Arc::default(), effects, dir };
         if let Some((_, data)) = load(&m.dir) {
             if let Ok(state) = bincode::deserialize::<Replicated>(&data) {
                 m.install(state);
@@ -265,7 +262,6 @@ impl Machine {
     fn install(&mut self, state: Replicated) {
         let old: Vec<QueueName> = self.state.read().queues.keys().cloned().collect();
         let new: Vec<(QueueName, Bytes)> = state.queues.iter().map(|(k, v)| (k.clone(), v.arguments.clone())).collect();
-        self.applied.store(state.last_applied.map_or(0, |l| l.index), Ordering::Release);
         *self.state.write() = state;
         for q in old {
             if !new.iter().any(|(n, _)| *n == q) {
@@ -378,7 +374,6 @@ impl RaftStateMachine<TypeConfig> for Machine {
             let mut outcomes = {
                 let mut st = self.state.write();
                 st.last_applied = Some(e.log_id);
-                self.applied.store(e.log_id.index, Ordering::Release);
                 match e.payload {
                     EntryPayload::Blank => Vec::new(),
                     EntryPayload::Membership(m) => {
@@ -417,9 +412,4 @@ impl RaftStateMachine<TypeConfig> for Machine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         Ok(load(&self.dir).map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
-}
-
-/// What a consumer key's process part is, for the status.
-pub fn process_of(k: ConsumerKey) -> u64 {
-    k.0
 }

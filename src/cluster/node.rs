@@ -205,10 +205,6 @@ impl Cluster {
         true
     }
 
-    pub fn is_leader(&self) -> bool {
-        self.leading.load(Ordering::Acquire)
-    }
-
     /// Whether this node belongs to a formed cluster (it has a membership).
     pub fn formed(&self) -> bool {
         self.raft.metrics().borrow().membership_config.nodes().next().is_some()

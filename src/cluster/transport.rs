@@ -234,16 +234,6 @@ impl Peer {
         Ok(self.conn.as_mut().expect("set above"))
     }
 
-    /// The name of the node at this address (a handshake, then the connection is kept).
-    pub async fn name(&mut self) -> Result<String, WireError> {
-        let mut s = self.ctx.dial(&self.addr).await?;
-        let name = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake_client(&mut s, &self.ctx))
-            .await
-            .map_err(|_| WireError::Timeout)??;
-        self.conn = Some(s);
-        Ok(name)
-    }
-
     /// One request and its response, within `ttl`; the connection is dropped on any failure.
     pub async fn call(&mut self, req: &Request, ttl: Duration) -> Result<Response, WireError> {
         let r = tokio::time::timeout(ttl, async {

@@ -5,6 +5,7 @@
 //! node they answer 404 with RabbitMQ's body.
 
 use super::{error, not_found, Api};
+use crate::broker::queue::replica::Membership;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -28,26 +29,23 @@ fn field(body: &Bytes, key: &str) -> Result<String, Response> {
         .ok_or_else(|| error(StatusCode::BAD_REQUEST, "bad_request", &format!("key_missing: {key}")))
 }
 
-pub async fn join(State(api): State<Api>, body: Bytes) -> Response {
+/// A membership change whose argument is the body's `key`: 204 once committed.
+async fn change(api: Api, body: Bytes, key: &str, make: fn(String) -> Membership) -> Response {
     let Some(h) = api.broker.quorum_host().cloned() else { return not_found() };
-    let seed = match field(&body, "seed") {
-        Ok(s) => s,
+    let value = match field(&body, key) {
+        Ok(v) => v,
         Err(r) => return r,
     };
-    match h.join(seed).await {
+    match h.membership(make(value)).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", &e),
     }
 }
 
+pub async fn join(State(api): State<Api>, body: Bytes) -> Response {
+    change(api, body, "seed", |seed| Membership::Join { seed }).await
+}
+
 pub async fn forget(State(api): State<Api>, body: Bytes) -> Response {
-    let Some(h) = api.broker.quorum_host().cloned() else { return not_found() };
-    let node = match field(&body, "node") {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    match h.forget(node).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", &e),
-    }
+    change(api, body, "node", |node| Membership::Forget { node }).await
 }

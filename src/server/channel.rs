@@ -85,14 +85,6 @@ pub struct Channel {
     pub card: Arc<ChannelCard>,
 }
 
-/// The queue a binding leads to ('' for an exchange).
-fn queue_name_of(b: &Binding) -> ShortStr {
-    match &b.destination {
-        Destination::Queue(q) => q.clone(),
-        Destination::Exchange(_) => ShortStr::default(),
-    }
-}
-
 fn random_suffix(len: usize) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut rng = rand::thread_rng();
@@ -223,10 +215,11 @@ impl Channel {
             Method::QueueDeclare(m) => self.queue_declare(ctx, m),
             Method::QueueBind(m) => {
                 let (queue, routing_key) = self.binding_names(m.queue, m.routing_key)?;
+                // Bindings to a quorum queue are the cluster's; to a classic queue, its node's.
+                let replicated = ctx.vhost()?.replicated_queue(&queue).is_some();
                 let b = Binding { destination: Destination::Queue(queue), routing_key, arguments: m.arguments };
                 permissions::bind(ctx, &m.exchange, &b.destination, &b.routing_key)?;
-                // Bindings to a quorum queue are the cluster's; to a classic queue, its node's.
-                if ctx.vhost()?.replicated_queue(&queue_name_of(&b)).is_some() {
+                if replicated {
                     let change = DefinitionChange::binding(true, &ctx.vhost()?.name, &m.exchange, &b, &ctx.actor.user);
                     if self.replicate(ctx, change, m.nowait, (50, 20), QueueBindOk {}) {
                         return Ok(());
@@ -240,10 +233,11 @@ impl Channel {
             }
             Method::QueueUnbind(m) => {
                 let (queue, routing_key) = self.binding_names(m.queue, m.routing_key)?;
+                // Bindings to a quorum queue are the cluster's; to a classic queue, its node's.
+                let replicated = ctx.vhost()?.replicated_queue(&queue).is_some();
                 let b = Binding { destination: Destination::Queue(queue), routing_key, arguments: m.arguments };
                 permissions::bind(ctx, &m.exchange, &b.destination, &b.routing_key)?;
-                // Bindings to a quorum queue are the cluster's; to a classic queue, its node's.
-                if ctx.vhost()?.replicated_queue(&queue_name_of(&b)).is_some() {
+                if replicated {
                     let change = DefinitionChange::binding(false, &ctx.vhost()?.name, &m.exchange, &b, &ctx.actor.user);
                     if self.replicate(ctx, change, false, (50, 50), QueueUnbindOk {}) {
                         return Ok(());
@@ -269,23 +263,9 @@ impl Channel {
                     (ctx.vhost()?.replicated_queue(&queue), ctx.broker.quorum_host().cloned())
                 {
                     // A quorum queue of a cluster goes on every node once its deletion is applied.
-                    let (ready, consumers) = q.counts();
-                    let vhost = &ctx.vhost()?.name;
-                    if m.if_empty && ready > 0 {
-                        return Err(AmqpError::precondition_failed(format!(
-                            "queue '{queue}' in vhost '{vhost}' not empty"
-                        )));
-                    }
-                    if m.if_unused && consumers > 0 {
-                        return Err(AmqpError::precondition_failed(format!(
-                            "queue '{queue}' in vhost '{vhost}' in use"
-                        )));
-                    }
-                    let ticket = host.delete(vhost, &queue);
-                    if !m.nowait {
-                        self.held = Some((0, ticket, QueueDeleteOk { message_count: ready }.into()));
-                        self.held_request = (50, 40);
-                    }
+                    let ready = ctx.vhost()?.check_delete(&q, m.if_unused, m.if_empty)?;
+                    let ticket = host.delete(&ctx.vhost()?.name, &queue);
+                    self.hold_for_cluster(ticket, m.nowait, (50, 40), QueueDeleteOk { message_count: ready });
                     return Ok(());
                 }
                 let (message_count, ticket) = ctx.vhost()?.delete_queue(&queue, m.if_unused, m.if_empty, &ctx.actor)?;
@@ -417,11 +397,17 @@ impl Channel {
     ) -> bool {
         let Some(host) = ctx.broker.quorum_host() else { return false };
         let ticket = host.propose_definition(change);
+        self.hold_for_cluster(ticket, nowait, request, reply);
+        true
+    }
+
+    /// Holds `reply` to `request` (and the frames after it) until the cluster has applied
+    /// `ticket` on this node; nothing with `nowait`.
+    fn hold_for_cluster(&mut self, ticket: u64, nowait: bool, request: (u16, u16), reply: impl Into<Method>) {
         if !nowait {
             self.held = Some((0, ticket, reply.into()));
             self.held_request = request;
         }
-        true
     }
 
     /// An empty queue name means the queue this channel declared last, as in RabbitMQ.
@@ -496,10 +482,8 @@ impl Channel {
                 }
                 let ticket = host.declare(&vhost.name, &name, &decl.arguments, &args);
                 self.last_queue = Some(name.clone());
-                if !m.nowait {
-                    self.held =
-                        Some((0, ticket, QueueDeclareOk { queue: name, message_count: 0, consumer_count: 0 }.into()));
-                }
+                let reply = QueueDeclareOk { queue: name, message_count: 0, consumer_count: 0 };
+                self.hold_for_cluster(ticket, m.nowait, (50, 10), reply);
                 return Ok(());
             }
         }

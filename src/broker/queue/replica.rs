@@ -61,6 +61,15 @@ pub struct MemberStatus {
     pub lag: Option<u64>,
 }
 
+/// A change of a cluster's membership, asked of one of its nodes.
+#[derive(Debug, Clone)]
+pub enum Membership {
+    /// The cluster that `seed` (a member's host:cluster-port) belongs to takes this node in.
+    Join { seed: String },
+    /// The node named `node` leaves the cluster.
+    Forget { node: String },
+}
+
 /// What the broker asks of the cluster layer for quorum queues.
 pub trait QuorumHost: Send + Sync + std::fmt::Debug {
     /// Proposes a quorum queue's declaration; returns its ticket.
@@ -79,10 +88,11 @@ pub trait QuorumHost: Send + Sync + std::fmt::Debug {
     fn take_refusal(&self, ticket: u64) -> Option<crate::broker::replicated::Refusal>;
     /// The cluster as this node sees it.
     fn status(&self) -> ClusterStatus;
-    /// Asks the cluster that `seed` belongs to to take this node in.
-    fn join(&self, seed: String) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
-    /// Takes the node named `node` out of the cluster.
-    fn forget(&self, node: String) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+    /// Changes the cluster's membership; resolves once the change is committed.
+    fn membership(
+        &self,
+        change: Membership,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
     /// Whether proposals wait faster than the cluster commits them (no quorum, say): a
     /// publisher that proposed then waits for `waiter`, notified once they no longer do.
     fn backlogged(&self, waiter: &Arc<tokio::sync::Notify>) -> bool;

@@ -242,16 +242,7 @@ impl Channel {
                         channel: c.channel,
                         consumer_tag: c.tag.clone(),
                         queue: None,
-                        item: QueuedMessage {
-                            seq: 0,
-                            message: message.clone(),
-                            redelivered: false,
-                            logged: false,
-                            expires_at: 0,
-                            deliveries: 0,
-                            priority: 0,
-                            stamp: 0,
-                        },
+                        item: QueuedMessage::unqueued(message.clone()),
                         no_ack: true,
                         charge,
                     }));
