@@ -300,8 +300,11 @@ async fn start_cluster(c: &hare::config::ClusterConfig, config: &Config, broker:
         heartbeat_ms: 100,
         election_min_ms: 500,
         election_max_ms: 1000,
+        snapshot_every: 20_000,
     };
-    let cluster = hare::cluster::node::Cluster::start(settings, bridge.clone()).await?;
+    let source = settings.listen.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
+    let host = Arc::new(hare::cluster::host::TcpHost::new(source));
+    let cluster = hare::cluster::node::Cluster::start(settings, bridge.clone(), host).await?;
     bridge.attach(cluster);
     Ok(())
 }

@@ -60,12 +60,23 @@ struct Inner {
     purged_in_file: u64,
 }
 
+/// Where the log's writes go.
+#[derive(Clone)]
+enum Writer {
+    /// The writer thread, which syncs each group of writes.
+    Thread(mpsc::Sender<Job>),
+    /// Written by the caller, unsynced (the simulation: see [`super::host::Host::synced_log`]).
+    Inline(Arc<Mutex<(File, PathBuf)>>),
+}
+
 /// The log store openraft appends to; clones share it (the reader is a clone).
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Mutex<Inner>>,
     dir: PathBuf,
-    jobs: mpsc::Sender<Job>,
+    writer: Writer,
+    /// Whether the vote is synced too.
+    synced: bool,
 }
 
 fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
@@ -79,8 +90,9 @@ fn encode(record: &Record, buf: &mut BytesMut) -> Result<(), bincode::Error> {
 }
 
 impl LogStore {
-    /// Opens (or creates) the log in `dir`, reading back what it holds.
-    pub fn open(dir: &Path) -> std::io::Result<LogStore> {
+    /// Opens (or creates) the log in `dir`, reading back what it holds; `synced`: whether
+    /// appends are synced by a writer thread before they count as done.
+    pub fn open(dir: &Path, synced: bool) -> std::io::Result<LogStore> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("raft.log");
         let data = Bytes::from(std::fs::read(&path).or_else(|e| match e.kind() {
@@ -125,17 +137,40 @@ impl LogStore {
         }
         let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
         file.set_len(good_len)?;
-        let (tx, rx) = mpsc::channel();
-        let writer_path = path.clone();
-        std::thread::Builder::new().name("raft-log".into()).spawn(move || writer(file, good_len, writer_path, rx))?;
-        Ok(LogStore { inner: Arc::new(Mutex::new(inner)), dir: dir.to_path_buf(), jobs: tx })
+        let writer = if synced {
+            let (tx, rx) = mpsc::channel();
+            let writer_path = path.clone();
+            std::thread::Builder::new()
+                .name("raft-log".into())
+                .spawn(move || writer(file, good_len, writer_path, rx))?;
+            Writer::Thread(tx)
+        } else {
+            use std::io::{Seek, SeekFrom};
+            let mut file = file;
+            file.seek(SeekFrom::Start(good_len))?;
+            Writer::Inline(Arc::new(Mutex::new((file, path))))
+        };
+        Ok(LogStore { inner: Arc::new(Mutex::new(inner)), dir: dir.to_path_buf(), writer, synced })
+    }
+
+    /// Hands a job to the writer.
+    fn send(&self, job: Job) -> Result<(), StorageError> {
+        match &self.writer {
+            Writer::Thread(tx) => tx.send(job).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e)),
+            Writer::Inline(f) => {
+                let mut g = f.lock();
+                let (file, path) = &mut *g;
+                run_jobs(file, path, vec![job], false);
+                Ok(())
+            }
+        }
     }
 
     fn write_sync(&self, record: &Record) -> Result<(), StorageError> {
         let mut buf = BytesMut::new();
         encode(record, &mut buf).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         let (tx, rx) = mpsc::sync_channel(1);
-        self.jobs.send(Job::Write(buf.freeze(), tx)).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        self.send(Job::Write(buf.freeze(), tx))?;
         rx.recv()
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
@@ -151,9 +186,14 @@ impl LogStore {
         let write = || -> std::io::Result<()> {
             let mut file = File::create(&tmp)?;
             file.write_all(&bytes)?;
-            file.sync_all()?;
+            if self.synced {
+                file.sync_all()?;
+            }
             std::fs::rename(&tmp, self.dir.join("vote"))?;
-            File::open(&self.dir)?.sync_all()
+            if self.synced {
+                File::open(&self.dir)?.sync_all()?;
+            }
+            Ok(())
         };
         write().map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
@@ -169,47 +209,54 @@ fn writer(mut file: File, len: u64, path: PathBuf, rx: mpsc::Receiver<Job>) {
         while let Ok(j) = rx.try_recv() {
             jobs.push(j);
         }
-        let mut buf = Vec::new();
-        let mut callbacks = Vec::new();
-        let mut answers = Vec::new();
-        let mut result: std::io::Result<()> = Ok(());
-        for j in jobs {
-            match j {
-                Job::Append(b, cb) => {
-                    buf.extend_from_slice(&b);
-                    callbacks.push(cb);
+        run_jobs(&mut file, &path, jobs, true);
+    }
+}
+
+/// Writes the jobs' records in one write (synced if `sync`), then answers them.
+fn run_jobs(file: &mut File, path: &Path, jobs: Vec<Job>, sync: bool) {
+    let flush =
+        |file: &mut File, buf: &[u8]| file.write_all(buf).and_then(|_| if sync { file.sync_data() } else { Ok(()) });
+    let mut buf = Vec::new();
+    let mut callbacks = Vec::new();
+    let mut answers = Vec::new();
+    let mut result: std::io::Result<()> = Ok(());
+    for j in jobs {
+        match j {
+            Job::Append(b, cb) => {
+                buf.extend_from_slice(&b);
+                callbacks.push(cb);
+            }
+            Job::Write(b, tx) => {
+                buf.extend_from_slice(&b);
+                answers.push(tx);
+            }
+            Job::Rewrite(live) => {
+                if result.is_ok() {
+                    result = flush(file, &buf);
+                    buf.clear();
                 }
-                Job::Write(b, tx) => {
-                    buf.extend_from_slice(&b);
-                    answers.push(tx);
-                }
-                Job::Rewrite(live) => {
-                    if result.is_ok() {
-                        result = file.write_all(&buf).and_then(|_| file.sync_data());
-                        buf.clear();
-                    }
-                    if result.is_ok() {
-                        result = rewrite(&path, &live).map(|f| file = f);
-                    }
+                if result.is_ok() {
+                    result = rewrite(path, &live).map(|f| *file = f);
                 }
             }
         }
-        if result.is_ok() && !buf.is_empty() {
-            result = file.write_all(&buf).and_then(|_| file.sync_data());
-        }
-        let copy = |r: &std::io::Result<()>| match r {
-            Ok(()) => Ok(()),
-            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-        };
-        for cb in callbacks {
-            cb.log_io_completed(copy(&result));
-        }
-        for tx in answers {
-            let _ = tx.send(copy(&result));
-        }
-        if let Err(e) = &result {
-            tracing::error!("raft log {}: {e}", path.display());
-        }
+    }
+    if result.is_ok() && !buf.is_empty() {
+        result = flush(file, &buf);
+    }
+    let copy = |r: &std::io::Result<()>| match r {
+        Ok(()) => Ok(()),
+        Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+    };
+    for cb in callbacks {
+        cb.log_io_completed(copy(&result));
+    }
+    for tx in answers {
+        let _ = tx.send(copy(&result));
+    }
+    if let Err(e) = &result {
+        tracing::error!("raft log {}: {e}", path.display());
     }
 }
 
@@ -288,7 +335,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(|err| io_err(ErrorSubject::Log(e.log_id), ErrorVerb::Write, err))?;
             inner.entries.insert(e.log_id.index, e);
         }
-        self.jobs.send(Job::Append(buf.freeze(), callback)).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
+        self.send(Job::Append(buf.freeze(), callback))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -313,9 +360,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             if ok {
                 inner.purged_in_file = 0;
-                self.jobs
-                    .send(Job::Rewrite(buf.freeze()))
-                    .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+                self.send(Job::Rewrite(buf.freeze()))?;
             }
         }
         Ok(())

@@ -2,20 +2,27 @@
 //!
 //! - [`quorum`]: a quorum queue as a deterministic state machine (enqueue, checkout, settle,
 //!   return, discard, dequeue), after RabbitMQ's `rabbit_fifo`; pure, model-tested.
+//! - [`runtime`]: tokio for openraft, with a random source the simulation seeds.
 //! - [`types`]: what the Raft log carries (batches of commands) and openraft's type config.
 //! - [`log_store`]: the Raft log on disk, group-committed.
 //! - [`machine`]: the replicated state (every quorum queue) openraft applies entries to, its
 //!   snapshots, and the effects of applying them on this node ([`machine::Effects`]).
+//! - [`host`]: what a node needs from its machine (network, clock, disk sync): real or simulated.
 //! - [`transport`]: node-to-node TCP with a shared-secret handshake ([`secret`]).
 //! - [`node`]: a running node: Raft, the listener, bootstrap from the seeds, the proposer.
+//! - `sim` (tests only): the deterministic simulation of a cluster under faults (turmoil).
 //! - [`bridge`]: the broker's side: a quorum queue's local face (routing, consumers,
 //!   confirms) over the replicated state.
 
 pub mod bridge;
+pub mod host;
 pub mod log_store;
 pub mod machine;
 pub mod node;
 pub mod quorum;
+pub mod runtime;
 pub mod secret;
+#[cfg(test)]
+mod sim;
 pub mod transport;
 pub mod types;

@@ -8,6 +8,7 @@
 //! skips a retried batch it has), so a proposal's ticket is resolved once every earlier one is:
 //! channels wait for a watermark, as they wait for the disk's.
 
+use super::host::{Host, Listener};
 use super::log_store::LogStore;
 use super::machine::{Effects, Machine, Replicated};
 use super::quorum::Outcome;
@@ -21,7 +22,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Notify};
 
 /// A batch carries at most this many commands, or about this many bytes of messages.
@@ -36,6 +36,8 @@ const NODE_DOWN_AFTER: Duration = Duration::from_secs(5);
 const BACKLOG_HIGH: usize = 64 * 1024 * 1024;
 /// Batches in Raft at once from a leading node: while one commits, the next are appended.
 const PIPELINE: usize = 16;
+/// A proposal that found no leader is sent again after at least this long.
+const RETRY_PAUSE: Duration = Duration::from_millis(10);
 /// How often the leader looks for expired messages and silent nodes.
 const LEADER_TICK: Duration = Duration::from_millis(250);
 
@@ -53,6 +55,9 @@ pub struct ClusterSettings {
     pub heartbeat_ms: u64,
     pub election_min_ms: u64,
     pub election_max_ms: u64,
+    /// A snapshot is taken after this many entries (the log before it is then purged, and a
+    /// node that lags further catches up from the snapshot).
+    pub snapshot_every: u64,
 }
 
 struct Pending {
@@ -96,31 +101,38 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     /// Starts the node: Raft on its log and state machine, the cluster listener, the
     /// proposer and the leader's duties; the first start of a cluster forms it from the seeds.
-    pub async fn start(s: ClusterSettings, effects: Arc<dyn Effects>) -> Result<Arc<Cluster>, String> {
+    ///
+    /// `host` is the machine: TCP and the system clock in the broker, simulated in tests.
+    pub async fn start(
+        s: ClusterSettings,
+        effects: Arc<dyn Effects>,
+        host: Arc<dyn Host>,
+    ) -> Result<Arc<Cluster>, String> {
         let id = node_id(&s.node_name);
-        let process: u64 = rand::random::<u64>() | 1;
+        // From the runtime's generator: the simulation's seed decides it there.
+        let process: u64 = rand::RngCore::next_u64(&mut super::runtime::ThreadRng) | 1;
         let config = openraft::Config {
             cluster_name: "hare".into(),
             heartbeat_interval: s.heartbeat_ms,
             election_timeout_min: s.election_min_ms,
             election_timeout_max: s.election_max_ms,
             max_payload_entries: 64,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20_000),
-            max_in_snapshot_log_to_keep: 1_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(s.snapshot_every),
+            max_in_snapshot_log_to_keep: (s.snapshot_every / 20).max(1),
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| format!("raft settings: {e}"))?);
-        let log = LogStore::open(&s.dir).map_err(|e| format!("raft log in {}: {e}", s.dir.display()))?;
+        let log =
+            LogStore::open(&s.dir, host.synced_log()).map_err(|e| format!("raft log in {}: {e}", s.dir.display()))?;
         let machine = Machine::open(s.dir.clone(), process, effects)
             .map_err(|e| format!("raft state in {}: {e}", s.dir.display()))?;
         let state = machine.state.clone();
         let leading = machine.leading.clone();
-        let source = s.listen.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
-        let net = NetCtx::new(s.node_name.clone(), s.secret.clone(), source);
+        let net = NetCtx::new(s.node_name.clone(), s.secret.clone(), host.clone());
         let raft = Raft::new(id, config, Factory { ctx: net.clone() }, log, machine)
             .await
             .map_err(|e| format!("raft: {e}"))?;
-        let listener = TcpListener::bind(&s.listen).await.map_err(|e| format!("cluster port {}: {e}", s.listen))?;
+        let listener = host.listen(s.listen.clone()).await.map_err(|e| format!("cluster port {}: {e}", s.listen))?;
         let (resolved, _) = watch::channel(0);
         let cluster = Arc::new(Cluster {
             id,
@@ -185,6 +197,11 @@ impl Cluster {
     /// Whether the enqueue of `ticket` was refused by a full queue (asked once per ticket).
     pub fn take_rejected(&self, ticket: u64) -> bool {
         self.rejected.lock().remove(&ticket)
+    }
+
+    /// Whether everything proposed so far is resolved.
+    pub fn idle(&self) -> bool {
+        *self.resolved.borrow() >= self.pending.lock().0
     }
 
     /// Bytes of commands waiting to be proposed.
@@ -320,13 +337,12 @@ impl Cluster {
 }
 
 /// Answers other nodes' requests on the cluster port.
-async fn serve(listener: TcpListener, cluster: Arc<Cluster>) {
+async fn serve(mut listener: Box<dyn Listener>, cluster: Arc<Cluster>) {
     loop {
         let Ok((mut sock, peer_addr)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let _ = sock.set_nodelay(true);
         let c = cluster.clone();
         tokio::spawn(async move {
             let hs = tokio::time::timeout(Duration::from_secs(5), transport::handshake_server(&mut sock, &c.net)).await;
@@ -526,7 +542,7 @@ fn batch_of(c: &Cluster, seq: u64, taken: &[Pending]) -> Batch {
     Batch {
         from: c.process,
         seq,
-        now: crate::broker::clock::now_ms(),
+        now: c.net.host.now_ms(),
         commands: taken.iter().map(|p| p.command.clone()).collect(),
     }
 }
@@ -559,8 +575,14 @@ async fn send_until_applied(c: &Cluster, batch: &Batch, peer: &mut Option<(NodeI
             Err(e) => {
                 tracing::debug!("cluster: batch {} waits: {e:?}", batch.seq);
                 // No leader yet, or it moved: wait for a change (or a short while) and retry.
+                // At least RETRY_PAUSE: Raft's metrics change at each of its steps, and a
+                // node that still believes itself leader answers at once that it is not.
                 let mut m = c.raft.metrics();
-                let _ = tokio::time::timeout(Duration::from_millis(100), m.changed()).await;
+                tokio::time::sleep(RETRY_PAUSE).await;
+                if tokio::time::timeout(Duration::from_millis(100), m.changed()).await.is_ok_and(|r| r.is_err()) {
+                    // Raft has stopped (the node is shutting down).
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         }
     }
@@ -600,7 +622,7 @@ fn resolve(c: &Cluster, taken: Vec<Pending>, outcomes: Vec<Outcome>) {
 /// when a queue's head is due), and declares silent nodes down.
 async fn leader_duties(c: Arc<Cluster>) {
     let mut down: BTreeSet<NodeId> = BTreeSet::new();
-    let mut since: Option<std::time::Instant> = None;
+    let mut since: Option<tokio::time::Instant> = None;
     loop {
         tokio::time::sleep(LEADER_TICK).await;
         let leads = c.raft.metrics().borrow().current_leader == Some(c.id);
@@ -617,8 +639,8 @@ async fn leader_duties(c: Arc<Cluster>) {
             continue;
         }
         // A new leader gives every peer the same time to answer it first.
-        let since = *since.get_or_insert_with(std::time::Instant::now);
-        let now = crate::broker::clock::now_ms();
+        let since = *since.get_or_insert_with(tokio::time::Instant::now);
+        let now = c.net.host.now_ms();
         let due = c.state.read().queues.values().any(|e| e.queue.next_expiry().is_some_and(|t| t <= now));
         if due {
             c.propose(Command::Tick, None);

@@ -8,6 +8,7 @@
 //! nonce); the client checks that and answers SHA-256(secret | "client" | server's nonce). A
 //! peer without the secret learns nothing but the server's name, and is logged and dropped.
 
+use super::host::{BoxConn, Host};
 use super::quorum::Outcome;
 use super::types::{Batch, NodeId, TypeConfig};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
@@ -22,9 +23,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 const MAGIC: &[u8; 8] = b"HARECL01";
 /// A frame larger than this ends the connection: batches are bounded well below it.
@@ -72,40 +73,26 @@ pub enum ProposeError {
     Failed(String),
 }
 
-/// What the transport shares: the secret, this node's name, the address its connections
-/// leave from, and when each peer last answered.
+/// What the transport shares: the secret, this node's name, the host it dials from, and
+/// when each peer last answered.
 pub struct NetCtx {
     pub name: String,
     secret: Vec<u8>,
-    /// Connections to peers are made from this address (the one the cluster port listens
-    /// on), so that peers and firewalls see each node at one address.
-    source: Option<std::net::IpAddr>,
+    pub host: Arc<dyn Host>,
     last_ok: Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl NetCtx {
-    pub fn new(name: String, secret: Vec<u8>, source: Option<std::net::IpAddr>) -> Arc<NetCtx> {
-        let source = source.filter(|ip| !ip.is_unspecified());
-        Arc::new(NetCtx { name, secret, source, last_ok: Mutex::new(HashMap::new()) })
+    pub fn new(name: String, secret: Vec<u8>, host: Arc<dyn Host>) -> Arc<NetCtx> {
+        Arc::new(NetCtx { name, secret, host, last_ok: Mutex::new(HashMap::new()) })
     }
 
-    /// A TCP connection to `addr`, from this node's address.
-    async fn dial(&self, addr: &str) -> Result<TcpStream, WireError> {
-        let go = async {
-            let target = tokio::net::lookup_host(addr)
-                .await?
-                .next()
-                .ok_or_else(|| std::io::Error::other(format!("{addr} resolves to no address")))?;
-            let socket =
-                if target.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-            if let Some(ip) = self.source.filter(|ip| ip.is_ipv4() == target.is_ipv4()) {
-                socket.bind(std::net::SocketAddr::new(ip, 0))?;
-            }
-            let s = socket.connect(target).await?;
-            let _ = s.set_nodelay(true);
-            Ok::<_, std::io::Error>(s)
-        };
-        tokio::time::timeout(CONNECT_TIMEOUT, go).await.map_err(|_| WireError::Timeout)?.map_err(WireError::Io)
+    /// A connection to `addr`, within [`CONNECT_TIMEOUT`].
+    async fn dial(&self, addr: &str) -> Result<BoxConn, WireError> {
+        tokio::time::timeout(CONNECT_TIMEOUT, self.host.dial(addr.to_string()))
+            .await
+            .map_err(|_| WireError::Timeout)?
+            .map_err(WireError::Io)
     }
     /// How long ago `node` last answered an RPC of ours (None: never).
     pub fn silent_for(&self, node: NodeId) -> Option<Duration> {
@@ -215,7 +202,7 @@ pub async fn handshake_server<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, ctx:
 pub struct Peer {
     pub addr: String,
     ctx: Arc<NetCtx>,
-    conn: Option<TcpStream>,
+    conn: Option<BoxConn>,
 }
 
 impl Peer {
@@ -223,7 +210,7 @@ impl Peer {
         Peer { addr, ctx, conn: None }
     }
 
-    async fn connect(&mut self) -> Result<&mut TcpStream, WireError> {
+    async fn connect(&mut self) -> Result<&mut BoxConn, WireError> {
         if self.conn.is_none() {
             let mut s = self.ctx.dial(&self.addr).await?;
             tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake_client(&mut s, &self.ctx))

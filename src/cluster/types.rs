@@ -17,6 +17,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = openraft::BasicNode,
         SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = super::runtime::Runtime,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;
