@@ -203,3 +203,160 @@ impl Broker {
         Ok(())
     }
 }
+
+/// The replicated definitions as a snapshot of the cluster's state carries them: users,
+/// vhosts and permissions, every exchange a client declared, and every binding whose
+/// destination is an exchange or a replicated queue. A node that installs a snapshot makes
+/// its broker's replicated definitions exactly these, then applies the log after it, so every
+/// node ends with the same definitions whether it applied each change or caught up from a
+/// snapshot (or restarted from one with a journal that was ahead of it).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct ReplicatedDefinitions {
+    /// [`crate::auth::AccessLists`] as JSON (its serde forms are not bincode's).
+    pub access: String,
+    /// `DeclareExchange` changes, by vhost and name.
+    pub exchanges: Vec<DefinitionChange>,
+    /// `Binding` changes (all `bind`), in each vhost by source.
+    pub bindings: Vec<DefinitionChange>,
+}
+
+/// The user a change made by a snapshot's installation is recorded as.
+const INSTALLER: &str = "cluster";
+
+/// An exchange every vhost has of itself (not replicated: each node makes them).
+fn built_in(name: &str) -> bool {
+    name.is_empty() || name.starts_with("amq.")
+}
+
+impl Broker {
+    /// The replicated definitions as they are now (see [`ReplicatedDefinitions`]).
+    pub fn replicated_definitions(&self) -> ReplicatedDefinitions {
+        let access = crate::auth::AccessLists::from(self.access());
+        let mut exchanges = Vec::new();
+        let mut bindings = Vec::new();
+        let mut vhosts: Vec<_> = self.vhosts.read().values().cloned().collect();
+        vhosts.sort_by(|a, b| a.name.cmp(&b.name));
+        for v in vhosts {
+            for e in v.exchanges().iter().filter(|e| !built_in(e.name.as_str())) {
+                exchanges.push(DefinitionChange::declare_exchange(
+                    &v.name,
+                    e.name.as_str(),
+                    e.kind.as_str(),
+                    (e.durable, e.auto_delete, e.internal),
+                    &e.arguments,
+                    INSTALLER,
+                ));
+            }
+            for (source, b) in v.bindings() {
+                let replicated = match &b.destination {
+                    Destination::Exchange(_) => true,
+                    Destination::Queue(q) => v.replicated_queue(q.as_str()).is_some(),
+                };
+                if replicated {
+                    bindings.push(DefinitionChange::binding(true, &v.name, source.as_str(), &b, INSTALLER));
+                }
+            }
+        }
+        ReplicatedDefinitions { access: serde_json::to_string(&access).unwrap_or_default(), exchanges, bindings }
+    }
+
+    /// Makes the replicated definitions those of `target`: what is not in it goes, what is
+    /// missing or different is made as it says. Definitions that are not replicated (classic
+    /// queues and their bindings) stay, unless their vhost goes.
+    pub fn install_replicated_definitions(&self, target: &ReplicatedDefinitions) {
+        let by = actor(INSTALLER);
+        let now = self.replicated_definitions();
+        // Users, vhosts, permissions: the differences, as changes.
+        let want: crate::auth::AccessLists = match serde_json::from_str(&target.access) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!("cluster snapshot: unreadable users and permissions: {e}");
+                return;
+            }
+        };
+        let have: crate::auth::AccessLists = serde_json::from_str(&now.access).unwrap_or_default();
+        let mut changes = Vec::new();
+        for u in have.users.iter().filter(|u| !want.users.iter().any(|w| w.name == u.name)) {
+            changes.push(AccessChange::DeleteUser { name: u.name.clone() });
+        }
+        for p in
+            have.permissions.iter().filter(|p| !want.permissions.iter().any(|w| w.user == p.user && w.vhost == p.vhost))
+        {
+            changes.push(AccessChange::ClearPermissions { user: p.user.clone(), vhost: p.vhost.clone() });
+        }
+        for p in &have.topic_permissions {
+            if !want
+                .topic_permissions
+                .iter()
+                .any(|w| w.user == p.user && w.vhost == p.vhost && w.exchange == p.exchange)
+            {
+                changes.push(AccessChange::ClearTopicPermissions {
+                    user: p.user.clone(),
+                    vhost: p.vhost.clone(),
+                    exchange: Some(p.exchange.clone()),
+                });
+            }
+        }
+        for v in have.vhosts.iter().filter(|v| !want.vhosts.iter().any(|w| w.name == v.name)) {
+            changes.push(AccessChange::DeleteVhost { name: v.name.clone() });
+        }
+        for v in want.vhosts.iter().filter(|v| !have.vhosts.contains(v)) {
+            changes.push(AccessChange::PutVhost { vhost: v.clone() });
+        }
+        for u in want.users.iter().filter(|u| !have.users.contains(u)) {
+            changes.push(AccessChange::PutUser { user: u.clone() });
+        }
+        for p in want.permissions.iter().filter(|p| !have.permissions.contains(p)) {
+            changes.push(AccessChange::SetPermissions { permission: p.clone() });
+        }
+        for p in want.topic_permissions.iter().filter(|p| !have.topic_permissions.contains(p)) {
+            changes.push(AccessChange::SetTopicPermissions { permission: p.clone() });
+        }
+        for c in changes {
+            if let Err(e) = self.change_access(c, &by) {
+                tracing::warn!("cluster snapshot: {e}");
+            }
+        }
+        // Bindings that go, exchanges that go or change, exchanges that come, bindings that
+        // come (each step looks again: a vhost or exchange that went took its bindings).
+        let now = self.replicated_definitions();
+        for b in now.bindings.iter().filter(|b| !target.bindings.contains(b)) {
+            self.apply_quietly(&unbind(b));
+        }
+        for e in &now.exchanges {
+            if target.exchanges.contains(e) {
+                continue;
+            }
+            if let DefinitionChange::DeclareExchange { vhost, name, .. } = e {
+                self.apply_quietly(&DefinitionChange::DeleteExchange {
+                    vhost: vhost.clone(),
+                    name: name.clone(),
+                    if_unused: false,
+                    user: INSTALLER.into(),
+                });
+            }
+        }
+        for e in target.exchanges.iter().filter(|e| !now.exchanges.contains(e)) {
+            self.apply_quietly(e);
+        }
+        let now = self.replicated_definitions();
+        for b in target.bindings.iter().filter(|b| !now.bindings.contains(b)) {
+            self.apply_quietly(b);
+        }
+    }
+
+    fn apply_quietly(&self, change: &DefinitionChange) {
+        if let Err(r) = self.apply_definition(change) {
+            tracing::warn!("cluster snapshot: {}", r.text);
+        }
+    }
+}
+
+/// The unbind of a `bind` change.
+fn unbind(b: &DefinitionChange) -> DefinitionChange {
+    let mut u = b.clone();
+    if let DefinitionChange::Binding { bind, .. } = &mut u {
+        *bind = false;
+    }
+    u
+}

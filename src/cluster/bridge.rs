@@ -21,7 +21,7 @@ use crate::broker::dead_letter;
 use crate::broker::message::{Message, QueuedMessage};
 use crate::broker::queue::replica::{ClusterStatus, Membership, QuorumHost, Replica};
 use crate::broker::queue::Queue;
-use crate::broker::replicated::{DefinitionChange, Refusal};
+use crate::broker::replicated::{DefinitionChange, Refusal, ReplicatedDefinitions};
 use crate::broker::store::{table_from_hex, table_to_hex};
 use crate::broker::{AmqpResult, Broker};
 use crate::protocol::{FieldTable, ShortStr};
@@ -221,6 +221,14 @@ impl Effects for Bridge {
 
     fn definition(&self, change: &DefinitionChange) -> Result<(), Refusal> {
         self.broker.apply_definition(change)
+    }
+
+    fn definitions(&self) -> ReplicatedDefinitions {
+        self.broker.replicated_definitions()
+    }
+
+    fn install_definitions(&self, definitions: &ReplicatedDefinitions) {
+        self.broker.install_replicated_definitions(definitions)
     }
 
     fn consumers_lost(&self, queue: &QueueName, consumers: Vec<u64>) {

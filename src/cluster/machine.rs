@@ -9,7 +9,7 @@
 
 use super::quorum::{Effect, Msg, Outcome, QuorumQueue, Reason};
 use super::types::{Batch, Command, Entry, LogId, NodeId, QueueName, StorageError, StoredMembership, TypeConfig};
-use crate::broker::replicated::{DefinitionChange, Refusal};
+use crate::broker::replicated::{DefinitionChange, Refusal, ReplicatedDefinitions};
 use bytes::Bytes;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb};
@@ -35,6 +35,17 @@ pub trait Effects: Send + Sync + 'static {
     fn consumers_lost(&self, queue: &QueueName, consumers: Vec<u64>);
     /// Applies a definition change to this node's broker; its answer is the command's.
     fn definition(&self, change: &DefinitionChange) -> Result<(), Refusal>;
+    /// The broker's replicated definitions now (for a snapshot).
+    fn definitions(&self) -> ReplicatedDefinitions;
+    /// Makes the broker's replicated definitions those of a snapshot.
+    fn install_definitions(&self, definitions: &ReplicatedDefinitions);
+}
+
+/// What a snapshot holds: the replicated state and the definitions as of the same entry.
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    state: Replicated,
+    definitions: ReplicatedDefinitions,
 }
 
 /// What applying one entry asks of this node, in the order its commands asked it.
@@ -236,6 +247,8 @@ pub struct Machine {
     pub leading: Arc<AtomicBool>,
     effects: Arc<dyn Effects>,
     dir: PathBuf,
+    /// Whether snapshot files are synced (not in the simulation: see `Host::synced_log`).
+    synced: bool,
 }
 
 fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
@@ -248,18 +261,44 @@ fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
 
 impl Machine {
     /// The state machine, from the snapshot on disk if there is one.
-    pub fn open(dir: PathBuf, process: u64, effects: Arc<dyn Effects>) -> std::io::Result<Machine> {
-        let mut m = Machine { state: Arc::default(), process, leading: Arc::default(), effects, dir };
+    pub fn open(dir: PathBuf, process: u64, effects: Arc<dyn Effects>, synced: bool) -> std::io::Result<Machine> {
+        let mut m = Machine { state: Arc::default(), process, leading: Arc::default(), effects, dir, synced };
         if let Some((_, data)) = load(&m.dir) {
-            if let Ok(state) = bincode::deserialize::<Replicated>(&data) {
-                m.install(state);
+            let snapshot = bincode::deserialize::<SnapshotData>(&data)
+                .map_err(|e| std::io::Error::other(format!("{}: unreadable: {e}", m.dir.join("snapshot").display())))?;
+            m.install(snapshot.state, &snapshot.definitions);
+        } else {
+            // No snapshot yet: the log is applied from its start, on the definitions the
+            // broker had before the first entry (its genesis, kept from the first start), not
+            // on those its journal has now (they may be ahead of the log).
+            let path = m.dir.join("genesis");
+            match std::fs::read(&path) {
+                Ok(bytes) => {
+                    let defs: ReplicatedDefinitions = bincode::deserialize(&bytes)
+                        .map_err(|e| std::io::Error::other(format!("{}: unreadable: {e}", path.display())))?;
+                    m.effects.install_definitions(&defs);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let bytes = bincode::serialize(&m.effects.definitions()).map_err(std::io::Error::other)?;
+                    write_synced(&m.dir, "genesis", &bytes, m.synced)?;
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(m)
     }
 
-    /// Replaces the state and tells the broker which queues exist now.
-    fn install(&mut self, state: Replicated) {
+    /// Replaces the state and the definitions with a snapshot's, and tells the broker which
+    /// queues exist now. What this process's consumers hold is delivered again: the entries
+    /// that delivered it were not applied here (redelivered, as after any doubt).
+    fn install(&mut self, state: Replicated, definitions: &ReplicatedDefinitions) {
+        self.effects.install_definitions(definitions);
+        let mut again = Vec::new();
+        for (name, e) in &state.queues {
+            for fx in e.queue.held_by(self.process) {
+                again.push(Step::Effect(name.clone(), fx));
+            }
+        }
         let old: Vec<QueueName> = self.state.read().queues.keys().cloned().collect();
         let new: Vec<(QueueName, Bytes)> = state.queues.iter().map(|(k, v)| (k.clone(), v.arguments.clone())).collect();
         *self.state.write() = state;
@@ -271,6 +310,7 @@ impl Machine {
         for (q, args) in &new {
             self.effects.declared(q, args);
         }
+        self.run(again, &mut []);
     }
 }
 
@@ -316,15 +356,31 @@ impl Machine {
 }
 
 /// Writes a snapshot to `dir/snapshot`: a new file, synced, renamed over the old one.
-fn save(dir: &std::path::Path, meta: &SnapshotMeta<NodeId, openraft::BasicNode>, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
+fn save(
+    dir: &std::path::Path,
+    meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+    data: &[u8],
+    sync: bool,
+) -> std::io::Result<()> {
     let bytes = bincode::serialize(&(meta, data)).map_err(std::io::Error::other)?;
-    let tmp = dir.join("snapshot.tmp");
+    write_synced(dir, "snapshot", &bytes, sync)
+}
+
+/// Writes `dir/name`: a new file, synced (if `sync`), renamed over the old one.
+fn write_synced(dir: &std::path::Path, name: &str, bytes: &[u8], sync: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{name}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join("snapshot"))?;
-    std::fs::File::open(dir)?.sync_all()
+    f.write_all(bytes)?;
+    if sync {
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(name))?;
+    if sync {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn load(dir: &std::path::Path) -> Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)> {
@@ -332,23 +388,25 @@ fn load(dir: &std::path::Path) -> Option<(SnapshotMeta<NodeId, openraft::BasicNo
     bincode::deserialize(&bytes).ok()
 }
 
-/// Builds a snapshot from a copy of the state and keeps it on disk (openraft purges the log
+/// Builds a snapshot from the state and the definitions as they were when openraft asked
+/// for it (between two applies: the two agree), and keeps it on disk (openraft purges the log
 /// entries it covers next).
 pub struct Builder {
-    state: Arc<RwLock<Replicated>>,
+    data: Result<Vec<u8>, String>,
+    last: Option<LogId>,
+    membership: StoredMembership,
     dir: PathBuf,
+    synced: bool,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let (data, last, membership) = {
-            let st = self.state.read();
-            let data = bincode::serialize(&*st).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-            (data, st.last_applied, st.membership.clone())
-        };
+        let data =
+            std::mem::replace(&mut self.data, Err("built already".into())).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let (last, membership) = (self.last, self.membership.clone());
         let id = last.map_or("0-0".to_string(), |l| format!("{}-{}", l.leader_id, l.index));
         let meta = SnapshotMeta { last_log_id: last, last_membership: membership, snapshot_id: id };
-        save(&self.dir, &meta, &data).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        save(&self.dir, &meta, &data, self.synced).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -390,7 +448,11 @@ impl RaftStateMachine<TypeConfig> for Machine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        Builder { state: self.state.clone(), dir: self.dir.clone() }
+        let st = self.state.read().clone();
+        let (last, membership) = (st.last_applied, st.membership.clone());
+        let snapshot = SnapshotData { state: st, definitions: self.effects.definitions() };
+        let data = bincode::serialize(&snapshot).map_err(|e| e.to_string());
+        Builder { data, last, membership, dir: self.dir.clone(), synced: self.synced }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -403,9 +465,9 @@ impl RaftStateMachine<TypeConfig> for Machine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let state: Replicated = bincode::deserialize(&data).map_err(|e| sm_err(ErrorVerb::Read, e))?;
-        save(&self.dir, meta, &data).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        self.install(state);
+        let s: SnapshotData = bincode::deserialize(&data).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        save(&self.dir, meta, &data, self.synced).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        self.install(s.state, &s.definitions);
         Ok(())
     }
 

@@ -124,7 +124,7 @@ impl Cluster {
         let config = Arc::new(config.validate().map_err(|e| format!("raft settings: {e}"))?);
         let log =
             LogStore::open(&s.dir, host.synced_log()).map_err(|e| format!("raft log in {}: {e}", s.dir.display()))?;
-        let machine = Machine::open(s.dir.clone(), process, effects)
+        let machine = Machine::open(s.dir.clone(), process, effects, host.synced_log())
             .map_err(|e| format!("raft state in {}: {e}", s.dir.display()))?;
         let state = machine.state.clone();
         let leading = machine.leading.clone();
@@ -202,6 +202,12 @@ impl Cluster {
     /// Whether everything proposed so far is resolved.
     pub fn idle(&self) -> bool {
         *self.resolved.borrow() >= self.pending.lock().0
+    }
+
+    /// The resolved watermark, the last ticket, and how many proposals wait to be sent.
+    pub fn tickets(&self) -> (u64, u64, usize) {
+        let p = self.pending.lock();
+        (*self.resolved.borrow(), p.0, p.1.len())
     }
 
     /// Bytes of commands waiting to be proposed.
@@ -506,6 +512,10 @@ async fn propose_loop(c: Arc<Cluster>) {
             let outcome = tokio::select! {
                 biased;
                 o = answer => Some(o),
+                // openraft may keep a deposed leader's uncommitted entries waiting (a new
+                // leader may commit them or not): send again, and let the state machine drop
+                // a batch it has already.
+                _ = leadership_lost(&c) => Some(Err(ProposeError::NotLeader(None))),
                 _ = c.wake.notified(), if room => None,
             };
             let Some(outcome) = outcome else { continue };
@@ -535,6 +545,19 @@ async fn propose_loop(c: Arc<Cluster>) {
         let batch = batch_of(&c, seq, &taken);
         let outcomes = send_until_applied(&c, &batch, &mut peer).await;
         resolve(&c, taken, outcomes);
+    }
+}
+
+/// Returns once this node no longer leads.
+async fn leadership_lost(c: &Cluster) {
+    let mut m = c.raft.metrics();
+    loop {
+        if m.borrow_and_update().current_leader != Some(c.id) {
+            return;
+        }
+        if m.changed().await.is_err() {
+            return std::future::pending().await;
+        }
     }
 }
 

@@ -272,6 +272,26 @@ impl QuorumQueue {
         }
     }
 
+    /// What `process`'s consumers hold, as deliveries again (`redelivered`): for a node that
+    /// installed a snapshot, whose entries delivered them without being applied there.
+    pub fn held_by(&self, process: u64) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        for (key, c) in self.consumers.iter().filter(|(k, _)| k.0 == process) {
+            for id in &c.held {
+                if let Some(slot) = self.messages.get(id) {
+                    fx.push(Effect::Deliver {
+                        consumer: *key,
+                        id: *id,
+                        msg: slot.msg.clone(),
+                        redelivered: true,
+                        delivery_count: slot.delivery_count,
+                    });
+                }
+            }
+        }
+        fx
+    }
+
     pub fn checkout(&mut self, consumer: ConsumerKey, prefetch: u32, no_ack: bool, now: u64, fx: &mut Vec<Effect>) {
         let c = self.consumers.entry(consumer).or_default();
         c.prefetch = prefetch;

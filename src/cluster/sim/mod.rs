@@ -34,7 +34,7 @@ use std::time::Duration;
 use workload::{Disk, Shared};
 
 /// Seeds a plain `cargo test` runs.
-const DEFAULT_SEEDS: u64 = 100;
+const DEFAULT_SEEDS: u64 = 200;
 /// The simulation's step: every host runs this much simulated time per step.
 const TICK: Duration = Duration::from_millis(2);
 /// Faults happen during this much simulated time.
@@ -96,6 +96,7 @@ pub struct Report {
     pub redeliveries: u64,
     pub crashes: u32,
     pub partitions: u32,
+    pub stalls: u32,
     pub last_index: u64,
     pub trace: u64,
 }
@@ -128,7 +129,10 @@ pub fn run(seed: u64) -> Result<Report, String> {
     }
     crate::cluster::runtime::seed_thread_rng(seed);
     let mut rng = StdRng::seed_from_u64(seed);
-    let tmp = std::env::temp_dir().join(format!("hare-sim-{}-{seed}-{}", std::process::id(), rng.gen::<u32>()));
+    // Unique in the process: two runs of one seed may run at once (the replay test).
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
+    let tmp = std::env::temp_dir().join(format!("hare-sim-{}-{seed}-{run}", std::process::id()));
     let names: Vec<String> = ["n1", "n2", "n3"].iter().map(|s| s.to_string()).collect();
     let shared = Arc::new(Shared {
         model: Default::default(),
@@ -171,6 +175,8 @@ fn drive(seed: u64, rng: &mut StdRng, shared: &Arc<Shared>, disks: &[Arc<Disk>])
     let (mut crashes, mut partitions) = (0u32, 0u32);
     let mut down: Option<String> = None;
     let mut cut: Option<(String, String)> = None;
+    let mut held: Option<(String, String)> = None;
+    let mut stalls = 0u32;
     let mut t = Duration::ZERO;
     let mut next_fault = Duration::from_millis(rng.gen_range(1500..3000));
     while t < FAULT_PHASE {
@@ -192,7 +198,7 @@ fn drive(seed: u64, rng: &mut StdRng, shared: &Arc<Shared>, disks: &[Arc<Disk>])
             continue;
         }
         next_fault = t + Duration::from_millis(rng.gen_range(300..2500));
-        match rng.gen_range(0..5) {
+        match rng.gen_range(0..7) {
             0 | 1 if down.is_none() => {
                 let n = names[rng.gen_range(0..names.len())].clone();
                 shared.live.lock().remove(&n);
@@ -215,6 +221,19 @@ fn drive(seed: u64, rng: &mut StdRng, shared: &Arc<Shared>, disks: &[Arc<Disk>])
                 let (a, b) = cut.take().expect("checked");
                 sim.repair(a.as_str(), b.as_str());
             }
+            // A stall: a link holds what it carries for a while (a paused process, a
+            // congested switch), then delivers it all.
+            5 if held.is_none() => {
+                let a = rng.gen_range(0..names.len());
+                let b = (a + rng.gen_range(1..names.len())) % names.len();
+                sim.hold(names[a].as_str(), names[b].as_str());
+                held = Some((names[a].clone(), names[b].clone()));
+                stalls += 1;
+            }
+            6 if held.is_some() => {
+                let (a, b) = held.take().expect("checked");
+                sim.release(a.as_str(), b.as_str());
+            }
             _ => {}
         }
     }
@@ -222,6 +241,9 @@ fn drive(seed: u64, rng: &mut StdRng, shared: &Arc<Shared>, disks: &[Arc<Disk>])
     shared.stop.store(true, Ordering::Relaxed);
     if let Some((a, b)) = cut.take() {
         sim.repair(a.as_str(), b.as_str());
+    }
+    if let Some((a, b)) = held.take() {
+        sim.release(a.as_str(), b.as_str());
     }
     if let Some(n) = down.take() {
         sim.bounce(n.as_str());
@@ -262,12 +284,13 @@ fn drive(seed: u64, rng: &mut StdRng, shared: &Arc<Shared>, disks: &[Arc<Disk>])
                     let st = c.state.read();
                     let q = st.queues.get(&workload::queue());
                     format!(
-                        "{}: applied {}, ready {:?}, unacked {:?}, idle {}",
+                        "{}: applied {}, ready {:?}, unacked {:?}, tickets (resolved, last, waiting) {:?}, leader {:?}",
                         c.name,
                         st.last_applied.map_or(0, |l| l.index),
                         q.map(|q| q.queue.ready_count()),
                         q.map(|q| q.queue.unacked_count()),
-                        c.idle()
+                        c.tickets(),
+                        c.members().1.map(|l| st.names.get(&l).cloned()),
                     )
                 })
                 .collect();
@@ -324,6 +347,7 @@ fn drive(seed: u64, rng: &mut StdRng, shared: &Arc<Shared>, disks: &[Arc<Disk>])
         redeliveries: model.redeliveries,
         crashes,
         partitions,
+        stalls,
         last_index,
         trace: model.trace,
     })
@@ -358,11 +382,12 @@ fn no_confirmed_message_is_lost_under_crashes_and_partitions() {
     let ok: Vec<Report> = ok.into_iter().flatten().collect();
     let sum = |f: fn(&Report) -> u64| ok.iter().map(f).sum::<u64>();
     println!(
-        "simulation: {} seeds passed, {} failed; {} crashes, {} partitions; {} messages published, {} confirmed, {} deliveries ({} redelivered); lost: 0",
+        "simulation: {} seeds passed, {} failed; {} crashes, {} partitions, {} stalls; {} messages published, {} confirmed, {} deliveries ({} redelivered); lost: 0",
         ok.len(),
         failed.len(),
         sum(|r| r.crashes as u64),
         sum(|r| r.partitions as u64),
+        sum(|r| r.stalls as u64),
         sum(|r| r.published as u64),
         sum(|r| r.confirmed as u64),
         sum(|r| r.deliveries),

@@ -4,7 +4,7 @@
 //! records what it saw in the shared [`Model`].
 
 use super::Model;
-use crate::broker::replicated::{DefinitionChange, Refusal};
+use crate::broker::replicated::{DefinitionChange, Refusal, ReplicatedDefinitions};
 use crate::broker::Broker;
 use crate::cluster::host::{BoxConn, BoxFuture, Host, Listener};
 use crate::cluster::machine::Effects;
@@ -116,6 +116,12 @@ impl Effects for SimEffects {
     }
     fn definition(&self, change: &DefinitionChange) -> Result<(), Refusal> {
         self.broker.apply_definition(change)
+    }
+    fn definitions(&self) -> ReplicatedDefinitions {
+        self.broker.replicated_definitions()
+    }
+    fn install_definitions(&self, definitions: &ReplicatedDefinitions) {
+        self.broker.install_replicated_definitions(definitions)
     }
 }
 
