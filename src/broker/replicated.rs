@@ -55,6 +55,15 @@ pub enum DefinitionChange {
 }
 
 impl DefinitionChange {
+    /// The vhost this change deletes, if it deletes one (its quorum queues go with it).
+    pub fn deleted_vhost(&self) -> Option<String> {
+        let DefinitionChange::Access { change, .. } = self else { return None };
+        match serde_json::from_str(change) {
+            Ok(AccessChange::DeleteVhost { name }) => Some(name),
+            _ => None,
+        }
+    }
+
     pub fn access(change: &AccessChange, user: &str) -> Self {
         DefinitionChange::Access { change: serde_json::to_string(change).unwrap_or_default(), user: user.into() }
     }

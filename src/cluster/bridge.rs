@@ -116,6 +116,9 @@ impl QuorumHost for Bridge {
     fn delete(&self, vhost: &str, name: &str) -> u64 {
         self.propose(Command::Delete { queue: QueueName { vhost: vhost.into(), name: name.into() } })
     }
+    fn last_ticket(&self) -> u64 {
+        self.cluster().map_or(0, |c| c.tickets().1)
+    }
     fn resolved(&self) -> tokio::sync::watch::Receiver<u64> {
         match self.cluster() {
             Some(c) => c.resolved(),

@@ -152,6 +152,14 @@ impl Replicated {
                     // Applied to the broker with the entry's other steps; the answer is filled
                     // in then.
                     steps.push(Step::Definition(index, change.clone()));
+                    // A vhost that goes takes its quorum queues (as RabbitMQ's does).
+                    if let Some(vhost) = change.deleted_vhost() {
+                        let gone: Vec<QueueName> = self.queues.keys().filter(|q| q.vhost == vhost).cloned().collect();
+                        for q in gone {
+                            self.queues.remove(&q);
+                            steps.push(Step::Dropped(q));
+                        }
+                    }
                     Outcome::Ok
                 }
                 Command::Tick => {

@@ -390,9 +390,10 @@ async fn serve(mut listener: Box<dyn Listener>, cluster: Arc<Cluster>) {
 }
 
 /// Proposes a batch to this node's Raft (which must lead).
-async fn write_local(c: &Cluster, batch: Batch) -> Result<Vec<Outcome>, ProposeError> {
+/// Answers the entry's index and the outcomes (applied here when it answers).
+async fn write_local(c: &Cluster, batch: Batch) -> Result<(u64, Vec<Outcome>), ProposeError> {
     match c.raft.client_write(batch).await {
-        Ok(r) => Ok(r.data),
+        Ok(r) => Ok((r.log_id.index, r.data)),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader(f.leader_id)),
         Err(e) => Err(ProposeError::Failed(e.to_string())),
     }
@@ -571,7 +572,9 @@ fn batch_of(c: &Cluster, seq: u64, taken: &[Pending]) -> Batch {
 }
 
 /// Sends one batch to whoever leads (this node, or the leader over the transport) until it is
-/// applied; returns its outcomes.
+/// applied, on the leader and on this node (so that what its proposer answers, this node's
+/// state shows: a queue declared through a follower is there for the next publish); returns
+/// its outcomes.
 async fn send_until_applied(c: &Cluster, batch: &Batch, peer: &mut Option<(NodeId, Peer)>) -> Vec<Outcome> {
     loop {
         let leader = c.raft.metrics().borrow().current_leader;
@@ -594,7 +597,11 @@ async fn send_until_applied(c: &Cluster, batch: &Batch, peer: &mut Option<(NodeI
             None => Err(ProposeError::NotLeader(None)),
         };
         match result {
-            Ok(o) => return o,
+            Ok((index, o)) => {
+                let mut m = c.raft.metrics();
+                let _ = m.wait_for(|m| m.last_applied.is_some_and(|l| l.index >= index)).await;
+                return o;
+            }
             Err(e) => {
                 tracing::debug!("cluster: batch {} waits: {e:?}", batch.seq);
                 // No leader yet, or it moved: wait for a change (or a short while) and retry.

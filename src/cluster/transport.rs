@@ -61,8 +61,12 @@ pub enum Response {
     Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
-    Proposed(Result<Vec<Outcome>, ProposeError>),
-    Info { name: String, formed: bool },
+    /// The batch's log index and its outcomes.
+    Proposed(Result<(u64, Vec<Outcome>), ProposeError>),
+    Info {
+        name: String,
+        formed: bool,
+    },
     Membership(Result<(), String>),
 }
 

@@ -251,6 +251,21 @@ pub async fn delete_queue(
     if let Err(r) = permitted(&api, &vhost, &[(Kind::Queue, &name, Perm::Configure)]) {
         return r;
     }
+    if let (Some(queue), Some(host)) = (v.replicated_queue(&name), api.broker.quorum_host().cloned()) {
+        // A quorum queue of a cluster goes on every node once its deletion is applied.
+        if let Err(e) = v.check_delete(&queue, q.if_unused.unwrap_or(false), q.if_empty.unwrap_or(false)) {
+            return refused(e);
+        }
+        let ticket = host.delete(&vhost, &name);
+        let mut resolved = host.resolved();
+        if tokio::time::timeout(CLUSTER_WAIT, resolved.wait_for(|r| *r >= ticket)).await.is_err() {
+            return refused(AmqpError::new(
+                crate::protocol::constants::INTERNAL_ERROR,
+                format!("no quorum of the cluster answered within {} s", CLUSTER_WAIT.as_secs()),
+            ));
+        }
+        return StatusCode::NO_CONTENT.into_response();
+    }
     match v.delete_queue(
         &ShortStr::from(name.as_str()),
         q.if_unused.unwrap_or(false),

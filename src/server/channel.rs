@@ -25,6 +25,10 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+/// The request a held reply answers when it is no change of the cluster's own (a tx.commit
+/// waiting for this node's proposals): no refusal is looked up for its ticket.
+pub(super) const NO_REFUSAL: (u16, u16) = (0, 0);
+
 /// A delivery the client has not settled yet.
 struct Unacked {
     tag: u64,
@@ -359,7 +363,15 @@ impl Channel {
                 // commit-ok means everything before it is on disk: the transaction's publishes
                 // and acks, and whatever else this connection did before.
                 let ticket = ctx.broker.storage_last_ticket();
-                self.reply_when_durable(ctx, ticket, TxCommitOk {});
+                // On a cluster node, publishes to quorum queues are on disk once committed by
+                // a majority: commit-ok waits for this node's proposals so far too.
+                let cluster = ctx.broker.quorum_host().map_or(0, |h| h.last_ticket());
+                if cluster > ctx.cluster_resolved {
+                    self.held = Some((ticket, cluster, TxCommitOk {}.into()));
+                    self.held_request = NO_REFUSAL;
+                } else {
+                    self.reply_when_durable(ctx, ticket, TxCommitOk {});
+                }
                 Ok(())
             }
             Method::TxRollback(_) => {

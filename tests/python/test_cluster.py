@@ -521,3 +521,29 @@ def json_get(node, path):
     req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.load(r)
+
+
+def test_a_quorum_queue_deleted_through_the_api_or_with_its_vhost_goes_on_every_node(cluster):
+    n1, n2, n3 = cluster.nodes
+    declare(n1, "qdel")
+    wait_for(lambda: http(n3, "GET", "/api/queues/%2F/qdel") == 200, what="the queue on a third node")
+    assert http(n2, "DELETE", "/api/queues/%2F/qdel") == 204
+    for n in (n1, n2, n3):
+        wait_for(lambda: http(n, "GET", "/api/queues/%2F/qdel") == 404, what=f"the queue gone on {n.port}")
+    assert "qdel in vhost '/'" not in status(n1)["quorum_queues"]
+    # A transaction's publish to a quorum queue is applied on this node by commit-ok.
+    # (The user who makes a vhost gets every permission in it, as in RabbitMQ.)
+    assert http(n1, "PUT", "/api/vhosts/v3") == 201
+    c = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", n2.port, "v3"))
+    ch = c.channel()
+    ch.queue_declare("qv", durable=True, arguments=QUORUM)
+    ch.tx_select()
+    ch.basic_publish("", "qv", b"in-a-transaction", pika.BasicProperties(delivery_mode=2))
+    ch.tx_commit()
+    assert ch.queue_declare("qv", passive=True).method.message_count == 1
+    c.close()
+    # The vhost goes through a third node: its quorum queue leaves the replicated state.
+    assert http(n3, "DELETE", "/api/vhosts/v3") == 204
+    wait_for(lambda: "qv in vhost 'v3'" not in status(n1)["quorum_queues"], what="the vhost's queue gone")
+    assert http(n1, "PUT", "/api/vhosts/v3") == 201
+    assert http(n2, "GET", "/api/queues/v3/qv") == 404

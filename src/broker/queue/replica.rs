@@ -78,6 +78,9 @@ pub trait QuorumHost: Send + Sync + std::fmt::Debug {
     fn delete(&self, vhost: &str, name: &str) -> u64;
     /// Tickets resolved so far.
     fn resolved(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// The ticket of the latest proposal of this node (every earlier one is resolved when it
+    /// is).
+    fn last_ticket(&self) -> u64;
     /// Whether the enqueue of `ticket` was refused by a full queue (asked once).
     fn take_rejected(&self, ticket: u64) -> bool;
     /// Proposes a definition change, which every node applies in log order; returns its

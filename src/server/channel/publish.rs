@@ -368,7 +368,12 @@ impl Channel {
         }
         match self.held.take() {
             Some((ticket, cluster, reply)) if ticket <= ctx.durable_upto() && cluster <= ctx.cluster_resolved => {
-                if let Some(r) = ctx.broker.quorum_host().and_then(|h| h.take_refusal(cluster)) {
+                let refusal = if self.held_request == super::NO_REFUSAL {
+                    None
+                } else {
+                    ctx.broker.quorum_host().and_then(|h| h.take_refusal(cluster))
+                };
+                if let Some(r) = refusal {
                     return Err(AmqpError::from(r).with_method(self.held_request));
                 }
                 ctx.out.method(self.id, reply);
