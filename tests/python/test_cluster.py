@@ -107,12 +107,28 @@ class Cluster:
     """Three nodes; with `proxied`, each node's cluster port is on its own loopback address
     (127.0.0.11, .12, .13) behind a Proxy, and the seeds are the proxies."""
 
+    # Tries at starting the nodes: a cluster port found free may be taken (as the source port
+    # of some connection) before its node binds it.
+    START_TRIES = 3
+
     def __init__(self, size=3, proxied=False):
         self.dir = tempfile.mkdtemp(prefix="hare-cluster-")
         self.secret = os.path.join(self.dir, "secret")
         with open(os.open(self.secret, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
             f.write("a secret only these nodes share")
         self.proxies = []
+        self.nodes = []
+        for attempt in range(self.START_TRIES):
+            try:
+                self._start(size, proxied)
+                return
+            except AssertionError as e:
+                self.stop()
+                self.proxies, self.nodes = [], []
+                if "Address already in use" not in str(e) or attempt == self.START_TRIES - 1:
+                    raise
+
+    def _start(self, size, proxied):
         if proxied:
             self.ips = [f"127.0.0.{11 + i}" for i in range(size)]
             ports = []
@@ -128,11 +144,11 @@ class Cluster:
             ports = free_ports(size)
             seeds = ",".join(f"127.0.0.1:{p}" for p in ports)
             binds = [[] for _ in ports]
-        self.nodes = [
-            Hare(extra_args=["--node-name", f"n{i + 1}", "--cluster-port", str(p), "--cluster-seeds", seeds,
-                             "--cluster-secret-file", self.secret, *binds[i]])
-            for i, p in enumerate(ports)
-        ]
+        for i, p in enumerate(ports):
+            self.nodes.append(
+                Hare(extra_args=["--node-name", f"n{i + 1}", "--cluster-port", str(p), "--cluster-seeds", seeds,
+                                 "--cluster-secret-file", self.secret, *binds[i]])
+            )
 
     def isolate(self, node):
         """Cuts every link between `node` and the others, both ways."""
