@@ -303,7 +303,16 @@ async fn start_cluster(c: &hare::config::ClusterConfig, config: &Config, broker:
         snapshot_every: 20_000,
     };
     let source = settings.listen.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
-    let host = Arc::new(hare::cluster::host::TcpHost::new(source));
+    // With a certificate, nodes speak mutual TLS to each other (under the secret's handshake).
+    let tls = match &config.tls {
+        Some(t) => {
+            let configs = hare::tls::node_configs(t).map_err(|e| format!("cluster TLS: {e}"))?;
+            tracing::info!("cluster: nodes speak TLS to each other");
+            Some(configs)
+        }
+        None => None,
+    };
+    let host = Arc::new(hare::cluster::host::TcpHost::new(source, tls));
     let cluster = hare::cluster::node::Cluster::start(settings, bridge.clone(), host).await?;
     bridge.attach(cluster);
     Ok(())

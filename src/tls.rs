@@ -104,6 +104,43 @@ pub fn client_config(ca: &PathBuf) -> Result<Arc<rustls::ClientConfig>, TlsError
     Ok(Arc::new(config))
 }
 
+/// The configurations of a cluster node's connections to other nodes (mutual TLS): each
+/// node presents its certificate both ways and verifies the other's against the CA file, or,
+/// without one, against its own certificate chain (nodes sharing one certificate).
+pub fn node_configs(s: &TlsSettings) -> Result<(Arc<ServerConfig>, Arc<rustls::ClientConfig>), TlsError> {
+    let chain = certificates(&s.cert)?;
+    let pem = read(&s.key)?;
+    let key = rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|source| TlsError::Read { path: s.key.clone(), source })?
+        .ok_or_else(|| TlsError::NoKey(s.key.clone()))?;
+    let anchors = match &s.ca {
+        Some(ca) => certificates(ca)?,
+        None => chain.clone(),
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in anchors {
+        roots.add(c).map_err(|e| TlsError::Config(format!("trust anchor: {e}")))?;
+    }
+    let roots = Arc::new(roots);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let server = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    Ok((Arc::new(server), Arc::new(client)))
+}
+
 /// The TLS configuration in force, reloadable.
 #[derive(Debug)]
 pub struct Tls {

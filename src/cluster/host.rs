@@ -1,6 +1,7 @@
 //! What a node needs from the machine it runs on: connections to and from other nodes, the
-//! wall clock, and how its Raft log reaches the disk. In the broker that is TCP, the system
-//! clock and a writer thread that syncs ([`TcpHost`]); the deterministic simulation
+//! wall clock, and how its Raft log reaches the disk. In the broker that is TCP (with mutual
+//! TLS when the broker has a certificate), the system clock and a writer thread that syncs
+//! ([`TcpHost`]); the deterministic simulation
 //! ([`super::sim`]) gives a node a simulated network and clock instead, so that the same node
 //! code runs under both.
 
@@ -8,7 +9,9 @@ use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::rustls;
 
 /// A byte stream to or from another node.
 pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {}
@@ -26,6 +29,11 @@ pub trait Listener: Send + 'static {
 pub trait Host: Send + Sync + 'static {
     /// Listens for other nodes at `addr`.
     fn listen(&self, addr: String) -> BoxFuture<'static, io::Result<Box<dyn Listener>>>;
+    /// What an accepted connection becomes before the cluster's handshake (TLS, if any); run
+    /// in the connection's own task, so a slow peer holds up no other.
+    fn secure(&self, conn: BoxConn) -> BoxFuture<'static, io::Result<BoxConn>> {
+        Box::pin(async move { Ok(conn) })
+    }
     /// A connection to the node at `addr`.
     fn dial(&self, addr: String) -> BoxFuture<'static, io::Result<BoxConn>>;
     /// Milliseconds since the Unix epoch: the time a batch is stamped with (TTLs).
@@ -36,16 +44,20 @@ pub trait Host: Send + Sync + 'static {
     fn synced_log(&self) -> bool;
 }
 
+/// Mutual TLS between nodes: how this node accepts and how it connects.
+pub type NodeTls = (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>);
+
 /// The real machine: TCP, connections leaving from the cluster port's address.
 pub struct TcpHost {
     /// Connections to peers are made from this address (the one the cluster port listens
     /// on), so that peers and firewalls see each node at one address.
     source: Option<IpAddr>,
+    tls: Option<NodeTls>,
 }
 
 impl TcpHost {
-    pub fn new(source: Option<IpAddr>) -> TcpHost {
-        TcpHost { source: source.filter(|ip| !ip.is_unspecified()) }
+    pub fn new(source: Option<IpAddr>, tls: Option<NodeTls>) -> TcpHost {
+        TcpHost { source: source.filter(|ip| !ip.is_unspecified()), tls }
     }
 }
 
@@ -69,8 +81,15 @@ impl Host for TcpHost {
         })
     }
 
+    fn secure(&self, conn: BoxConn) -> BoxFuture<'static, io::Result<BoxConn>> {
+        let Some((server, _)) = &self.tls else { return Box::pin(async move { Ok(conn) }) };
+        let acceptor = tokio_rustls::TlsAcceptor::from(server.clone());
+        Box::pin(async move { Ok(Box::new(acceptor.accept(conn).await?) as BoxConn) })
+    }
+
     fn dial(&self, addr: String) -> BoxFuture<'static, io::Result<BoxConn>> {
         let source = self.source;
+        let tls = self.tls.as_ref().map(|(_, client)| client.clone());
         Box::pin(async move {
             let target = tokio::net::lookup_host(&addr)
                 .await?
@@ -83,6 +102,12 @@ impl Host for TcpHost {
             }
             let s = socket.connect(target).await?;
             let _ = s.set_nodelay(true);
+            let Some(client) = tls else { return Ok(Box::new(s) as BoxConn) };
+            // The peer's certificate must name the host part of its address (IP or DNS).
+            let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h).trim_matches(['[', ']']);
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {e}")))?;
+            let s = tokio_rustls::TlsConnector::from(client).connect(name, s).await?;
             Ok(Box::new(s) as BoxConn)
         })
     }

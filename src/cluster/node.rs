@@ -345,15 +345,20 @@ impl Cluster {
 /// Answers other nodes' requests on the cluster port.
 async fn serve(mut listener: Box<dyn Listener>, cluster: Arc<Cluster>) {
     loop {
-        let Ok((mut sock, peer_addr)) = listener.accept().await else {
+        let Ok((sock, peer_addr)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let c = cluster.clone();
         tokio::spawn(async move {
-            let hs = tokio::time::timeout(Duration::from_secs(5), transport::handshake_server(&mut sock, &c.net)).await;
-            let peer = match hs {
-                Ok(Ok(name)) => name,
+            let hs = tokio::time::timeout(Duration::from_secs(5), async {
+                let mut sock = c.net.host.secure(sock).await?;
+                let name = transport::handshake_server(&mut sock, &c.net).await?;
+                Ok::<_, transport::WireError>((sock, name))
+            })
+            .await;
+            let (mut sock, peer) = match hs {
+                Ok(Ok(x)) => x,
                 Ok(Err(e)) => {
                     tracing::warn!("cluster: refused a peer from {peer_addr}: {e}");
                     return;

@@ -111,7 +111,8 @@ class Cluster:
     # of some connection) before its node binds it.
     START_TRIES = 3
 
-    def __init__(self, size=3, proxied=False):
+    def __init__(self, size=3, proxied=False, extra=()):
+        self.extra = list(extra)
         self.dir = tempfile.mkdtemp(prefix="hare-cluster-")
         self.secret = os.path.join(self.dir, "secret")
         with open(os.open(self.secret, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
@@ -147,7 +148,7 @@ class Cluster:
         for i, p in enumerate(ports):
             self.nodes.append(
                 Hare(extra_args=["--node-name", f"n{i + 1}", "--cluster-port", str(p), "--cluster-seeds", seeds,
-                                 "--cluster-secret-file", self.secret, *binds[i]])
+                                 "--cluster-secret-file", self.secret, *binds[i], *self.extra])
             )
 
     def isolate(self, node):
@@ -563,3 +564,49 @@ def test_a_quorum_queue_deleted_through_the_api_or_with_its_vhost_goes_on_every_
     wait_for(lambda: "qv in vhost 'v3'" not in status(n1)["quorum_queues"], what="the vhost's queue gone")
     assert http(n1, "PUT", "/api/vhosts/v3") == 201
     assert http(n2, "GET", "/api/queues/v3/qv") == 404
+
+
+def test_nodes_speak_mutual_tls_to_each_other_when_given_a_certificate():
+    import ssl
+    from test_tls import make_cert, openssl
+    d = tempfile.mkdtemp(prefix="hare-cluster-tls-")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-subj", "/CN=Hare test CA",
+            "-days", "2", "-out", "ca.pem", cwd=d)
+    make_cert(d, "node", "localhost", server=True)
+    make_cert(d, "other", "localhost", server=True)
+    tls = ["--tls-cert", f"{d}/node.pem", "--tls-key", f"{d}/node.key", "--tls-ca", f"{d}/ca.pem",
+           "--tls-port", "0", "--management-tls-port", "0"]
+    for c in bounded_cluster(extra=tls):
+        n1, n2, n3 = c.nodes
+        assert "nodes speak TLS to each other" in n1.read_log()
+        declare(n1, "qtls")
+        assert publish_confirmed(n2, "qtls", [b"over-tls"]) == [b"over-tls"]
+        assert drain(n3, "qtls", 1) == [b"over-tls"]
+        port = int(c.nodes[0].extra_args[c.nodes[0].extra_args.index("--cluster-port") + 1])
+        # Plain TCP gets no cluster handshake: the node waits for a TLS client hello.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(b"HARECL01" + bytes([2]) + b"n9" + bytes(32))
+            raw.settimeout(10)
+            try:
+                answer = raw.recv(64)
+            except (ConnectionResetError, socket.timeout):
+                answer = b""
+            assert not answer.startswith(b"HARECL01")
+        wait_for(lambda: "refused a peer" in n1.read_log(), what="the plain peer refused and logged")
+        # TLS with a certificate of the CA completes; one the CA did not sign is refused.
+        ctx = ssl.create_default_context(cafile=f"{d}/ca.pem")
+        ctx.load_cert_chain(f"{d}/other.pem", f"{d}/other.key")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as t:
+                assert t.version() == "TLSv1.3"
+        stranger = tempfile.mkdtemp(prefix="hare-stranger-")
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "s.key", "-subj", "/CN=stranger",
+                "-days", "2", "-out", "s.pem", cwd=stranger)
+        ctx = ssl.create_default_context(cafile=f"{d}/ca.pem")
+        ctx.load_cert_chain(f"{stranger}/s.pem", f"{stranger}/s.key")
+        with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as t:
+                    # TLS 1.3: the server's verdict on the client's certificate comes after.
+                    t.sendall(b"HARECL01")
+                    t.recv(64)
