@@ -5,6 +5,8 @@ this machine, loaded by the same `hare perf` through one node.
 - Row 14: 100 quorum queues, a producer and a consumer each, the same settings.
 - Row 15: failover: a publisher on a node that survives confirms one message at a time; the
   queue's leader node is killed with SIGKILL; the time from the kill to the next confirm.
+- Row 16: memory of idle quorum queues: the three nodes' RSS (settled) before and after 1,000
+  quorum queues are declared, per queue.
 
 RabbitMQ's nodes form a cluster with `rabbitmqctl join_cluster`; its quorum queues have three
 members (`x-quorum-initial-group-size`), each led by the node that declared it (the one the
@@ -216,6 +218,46 @@ def failover(cluster):
     return longest[1] - killed
 
 
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def pids(cluster):
+    if isinstance(cluster, HareCluster):
+        return [p.pid for p in cluster.procs]
+    return [compare.listener_pid(n.port) for n in cluster.nodes]
+
+
+def settled_rss(cluster, deadline_s=120):
+    """The nodes' RSS summed, once it changes by under 1 % over two seconds (or at the deadline)."""
+    deadline = time.monotonic() + deadline_s
+    last = sum(rss_kib(p) for p in pids(cluster))
+    while time.monotonic() < deadline:
+        time.sleep(2)
+        now = sum(rss_kib(p) for p in pids(cluster))
+        if abs(now - last) < last / 100:
+            return now
+        last = now
+    return last
+
+
+IDLE_QUEUES = 1000
+
+
+def idle_queue_memory(cluster):
+    """KiB of RSS (all three nodes together) per idle quorum queue, at 1,000 queues."""
+    before = settled_rss(cluster)
+    names = [f"idle{i}" for i in range(IDLE_QUEUES)]
+    for i in range(0, IDLE_QUEUES, 100):
+        declare_quorum(cluster.load_port(), names[i:i + 100])
+    after = settled_rss(cluster)
+    return (after - before) / IDLE_QUEUES
+
+
 def ports(cluster):
     return cluster.ports if isinstance(cluster, HareCluster) else [n.port for n in cluster.nodes]
 
@@ -259,3 +301,15 @@ def run(rows, log):
         h, q = times["Hare"], times["RabbitMQ"]
         rows.append(("15. failover: SIGKILL of the queue leader's node to the next confirm on a surviving node",
                      "seconds", f"{h:.3f}", f"{q:.3f}", f"{h / q:.2f}"))
+    if want(16):
+        kib = {}
+        for c in clusters:
+            c.start()
+            try:
+                kib[c.name] = idle_queue_memory(c)
+            finally:
+                c.stop()
+            log(f"16. idle quorum queues | {c.name}: {kib[c.name]:.1f} KiB per queue")
+        h, q = kib["Hare"], kib["RabbitMQ"]
+        rows.append((f"16. 3-node cluster, {IDLE_QUEUES:,} idle quorum queues: RSS of the three nodes per queue",
+                     "KiB", f"{h:.1f}", f"{q:.1f}", f"{h / q:.2f}"))

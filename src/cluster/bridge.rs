@@ -268,7 +268,15 @@ fn queued(id: u64, msg: &Msg, redelivered: bool, delivery_count: u32) -> QueuedM
     if delivery_count > 0 {
         message = dead_letter::with_delivery_count(&message, delivery_count as u64);
     }
-    QueuedMessage { seq: id, redelivered, deliveries: delivery_count, ..QueuedMessage::unqueued(Arc::new(message)) }
+    // `logged`: it is in the Raft log, and the channel tells its origin when it writes it out
+    // to a no-ack consumer (ConsumerOrigin::sent_no_ack settles it then).
+    QueuedMessage {
+        seq: id,
+        redelivered,
+        deliveries: delivery_count,
+        logged: true,
+        ..QueuedMessage::unqueued(Arc::new(message))
+    }
 }
 
 /// A quorum queue's local face forwards here.
@@ -415,6 +423,11 @@ impl Origin for ConsumerOrigin {
         let ids = vec![message.seq];
         self.cluster.propose(Command::Return { queue: self.queue.clone(), consumer: self.key, ids }, None);
     }
-    fn sent_no_ack(&self, _message: &QueuedMessage) {}
+    fn sent_no_ack(&self, message: &QueuedMessage) {
+        // Written to the client: settled, which makes room for the next (see
+        // quorum::UNLIMITED_PREFETCH).
+        let ids = vec![message.seq];
+        self.cluster.propose(Command::Settle { queue: self.queue.clone(), consumer: self.key, ids }, None);
+    }
     fn redispatch(self: Arc<Self>) {}
 }

@@ -83,18 +83,25 @@ struct Slot {
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 struct ConsumerState {
-    /// At most this many unsettled messages (0: no limit).
+    /// At most this many unsettled messages (0: [`UNLIMITED_PREFETCH`]).
     prefetch: u32,
-    /// Settled on delivery (basic.consume no-ack): never holds anything.
-    no_ack: bool,
+    /// Held by the consumer, until settled (a no-ack consumer's node settles each message
+    /// once it is written out).
     held: BTreeSet<u64>,
     /// basic.cancel: no new deliveries; gone once it holds nothing.
     cancelled: bool,
 }
 
+/// What a prefetch of 0 (no limit) becomes, as RabbitMQ's quorum queues make it: a consumer,
+/// with acks or without, holds at most this many messages not yet settled (a no-ack
+/// consumer's node settles each once it is written to the client), so that one consumer
+/// cannot take a whole queue into one node's buffers at once.
+pub const UNLIMITED_PREFETCH: u32 = 2000;
+
 impl ConsumerState {
     fn has_credit(&self) -> bool {
-        !self.cancelled && (self.no_ack || self.prefetch == 0 || (self.held.len() as u32) < self.prefetch)
+        let limit = if self.prefetch == 0 { UNLIMITED_PREFETCH } else { self.prefetch };
+        !self.cancelled && (self.held.len() as u32) < limit
     }
 }
 
@@ -263,11 +270,8 @@ impl QuorumQueue {
             let msg = s.msg.clone();
             let delivery_count = s.delivery_count;
             let c = self.consumers.get_mut(&key).expect("checked above");
-            if c.no_ack {
-                self.messages.remove(&id);
-            } else {
-                c.held.insert(id);
-            }
+            // A no-ack consumer holds it too, until its node says it went out (a settle).
+            c.held.insert(id);
             fx.push(Effect::Deliver { consumer: key, id, msg, redelivered, delivery_count });
         }
     }
@@ -292,10 +296,12 @@ impl QuorumQueue {
         fx
     }
 
-    pub fn checkout(&mut self, consumer: ConsumerKey, prefetch: u32, no_ack: bool, now: u64, fx: &mut Vec<Effect>) {
+    /// A consumer with its prefetch. With acks or without (`_no_ack`), it holds what it is
+    /// given until it is settled: its node settles a no-ack consumer's messages as it writes
+    /// them out, as RabbitMQ's quorum queues do.
+    pub fn checkout(&mut self, consumer: ConsumerKey, prefetch: u32, _no_ack: bool, now: u64, fx: &mut Vec<Effect>) {
         let c = self.consumers.entry(consumer).or_default();
         c.prefetch = prefetch;
-        c.no_ack = no_ack;
         c.cancelled = false;
         if !self.order.contains(&consumer) {
             self.order.push_back(consumer);

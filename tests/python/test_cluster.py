@@ -610,3 +610,21 @@ def test_nodes_speak_mutual_tls_to_each_other_when_given_a_certificate():
                     # TLS 1.3: the server's verdict on the client's certificate comes after.
                     t.sendall(b"HARECL01")
                     t.recv(64)
+
+
+def test_a_no_ack_consumer_gets_everything_a_prefetch_window_at_a_time(cluster):
+    n1, n2, n3 = cluster.nodes
+    declare(n1, "qna")
+    bodies = [f"m{i}".encode() for i in range(3000)]
+    assert len(publish_confirmed(n1, "qna", bodies)) == 3000
+    got = []
+    c = connect(n2)
+    ch = c.channel()
+    ch.basic_consume("qna", lambda ch_, m, p, b: got.append(b), auto_ack=True)
+    # More than the 2,000 a no-ack consumer may hold unsettled: the rest comes as the first
+    # are settled once written out.
+    wait_for(lambda: (c.process_data_events(0.05), len(got) >= 3000)[1], timeout=60, what="3000 no-ack deliveries")
+    assert sorted(got) == sorted(bodies)
+    c.close()
+    for n in (n1, n3):
+        wait_for(lambda: json_get(n, "/api/queues/%2F/qna").get("messages") == 0, what="nothing left or unsettled")

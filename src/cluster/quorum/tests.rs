@@ -121,7 +121,8 @@ fn run(seed: u64, steps: usize) {
                 let p = rng.gen_range(0..4);
                 m.prefetch.insert(c, p);
                 m.active.insert(c);
-                q.checkout(c, p, false, 0, &mut fx);
+                // With acks or without, a consumer holds what it is given until settled.
+                q.checkout(c, p, rng.gen_bool(0.3), 0, &mut fx);
             }
             4 => {
                 m.active.remove(&c);

@@ -211,10 +211,9 @@ fn drive(seed: u64, rng: &mut StdRng, shared: &Arc<Shared>, disks: &[Arc<Disk>])
                 sim.bounce(n.as_str());
             }
             3 if cut.is_none() => {
-                let a = rng.gen_range(0..names.len());
-                let b = (a + rng.gen_range(1..names.len())) % names.len();
-                sim.partition(names[a].as_str(), names[b].as_str());
-                cut = Some((names[a].clone(), names[b].clone()));
+                let (a, b) = two_of(rng, &names);
+                sim.partition(a.as_str(), b.as_str());
+                cut = Some((a, b));
                 partitions += 1;
             }
             4 if cut.is_some() => {
@@ -224,10 +223,9 @@ fn drive(seed: u64, rng: &mut StdRng, shared: &Arc<Shared>, disks: &[Arc<Disk>])
             // A stall: a link holds what it carries for a while (a paused process, a
             // congested switch), then delivers it all.
             5 if held.is_none() => {
-                let a = rng.gen_range(0..names.len());
-                let b = (a + rng.gen_range(1..names.len())) % names.len();
-                sim.hold(names[a].as_str(), names[b].as_str());
-                held = Some((names[a].clone(), names[b].clone()));
+                let (a, b) = two_of(rng, &names);
+                sim.hold(a.as_str(), b.as_str());
+                held = Some((a, b));
                 stalls += 1;
             }
             6 if held.is_some() => {
@@ -351,6 +349,13 @@ fn drive(seed: u64, rng: &mut StdRng, shared: &Arc<Shared>, disks: &[Arc<Disk>])
         last_index,
         trace: model.trace,
     })
+}
+
+/// Two different nodes, at random.
+fn two_of(rng: &mut StdRng, names: &[String]) -> (String, String) {
+    let a = rng.gen_range(0..names.len());
+    let b = (a + rng.gen_range(1..names.len())) % names.len();
+    (names[a].clone(), names[b].clone())
 }
 
 fn seeds() -> Vec<u64> {
