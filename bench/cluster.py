@@ -5,6 +5,8 @@ this machine, loaded by the same `hare perf` through one node.
 - Row 14: 100 quorum queues, a producer and a consumer each, the same settings.
 - Row 15: failover: a publisher on a node that survives confirms one message at a time; the
   queue's leader node is killed with SIGKILL; the time from the kill to the next confirm.
+- Row 17: catch-up: a follower is killed, 1,000,000 messages are confirmed without it, it is
+  restarted; the time until the leader's log (as of the restart) is all on it.
 - Row 16: memory of idle quorum queues: the three nodes' RSS (settled) before and after 1,000
   quorum queues are declared, per queue.
 
@@ -48,14 +50,15 @@ class HareCluster:
             f.write("bench")
         seeds = ",".join(f"127.0.0.1:{p}" for p in self.cluster_ports)
         self.procs = []
+        self.argv = []
         for i in range(3):
-            log = open(os.path.join(self.dir, f"n{i + 1}.log"), "w")
-            self.procs.append(subprocess.Popen(
+            self.argv.append(
                 [HARE, "--port", str(self.ports[i]), "--management-port", str(self.http_ports[i]),
                  "--data-dir", os.path.join(self.dir, f"n{i + 1}"), "--log", "warn", "--node-name", f"n{i + 1}",
                  "--cluster-port", str(self.cluster_ports[i]), "--cluster-seeds", seeds,
-                 "--cluster-secret-file", secret],
-                stdout=log, stderr=subprocess.STDOUT))
+                 "--cluster-secret-file", secret])
+            log = open(os.path.join(self.dir, f"n{i + 1}.log"), "w")
+            self.procs.append(subprocess.Popen(self.argv[i], stdout=log, stderr=subprocess.STDOUT))
         for p in self.ports:
             if not wait_port(p, time.monotonic() + 120):
                 raise RuntimeError("a hare node did not start")
@@ -93,6 +96,24 @@ class HareCluster:
     def kill(self, i):
         self.procs[i].kill()
         self.procs[i].wait()
+
+    def restart(self, i):
+        log = open(os.path.join(self.dir, f"n{i + 1}.log"), "a")
+        self.procs[i] = subprocess.Popen(self.argv[i], stdout=log, stderr=subprocess.STDOUT)
+
+    def caught_up(self, i, queue, index):
+        """Whether node i has the leader's log up to `index` (as the leader sees it)."""
+        leader = self.leader()
+        if leader is None:
+            return False
+        name = f"n{i + 1}"
+        for m in self.status(leader)["members"]:
+            if m["name"] == name:
+                return (m.get("matched_index") or 0) >= index
+        return False
+
+    def log_index(self, queue):
+        return self.status(self.leader())["last_log_index"]
 
     def stop(self):
         for p in self.procs:
@@ -152,6 +173,27 @@ class RabbitCluster:
     def kill(self, i):
         pid = compare.listener_pid(self.nodes[i].port)
         os.kill(pid, signal.SIGKILL)
+
+    def restart(self, i):
+        self.nodes[i].start(fresh=False)
+
+    def members(self, queue):
+        """rabbitmq-queues quorum_status, as {node: log index}."""
+        r = subprocess.run(["rabbitmq-queues", "-n", self.nodes[0].node, "quorum_status", queue, "--formatter", "json"],
+                           env=self.nodes[0].env(), capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            return {}
+        try:
+            rows = json.loads(r.stdout)
+        except ValueError:
+            return {}
+        return {row.get("Node Name"): int(row.get("Log Index") or 0) for row in rows if isinstance(row, dict)}
+
+    def caught_up(self, i, queue, index):
+        return self.members(queue).get(self.nodes[i].node, 0) >= index
+
+    def log_index(self, queue):
+        return self.members(queue).get(self.nodes[0].node, 0)
 
     def stop(self):
         for n in self.nodes:
@@ -246,6 +288,33 @@ def settled_rss(cluster, deadline_s=120):
 
 
 IDLE_QUEUES = 1000
+CATCH_UP = 1_000_000
+
+
+def catch_up(cluster):
+    """Seconds from the restart of a follower that missed CATCH_UP messages to the leader's
+    log being all on it (16 B persistent messages, confirmed, to one quorum queue)."""
+    leader = cluster.queue_leader("cu-0")
+    follower = [i for i in range(3) if i != leader][-1]
+    # Declared while every node is up (so the follower is a member), as perf declares it.
+    c = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", cluster.load_port()))
+    c.channel().queue_declare("cu-0", durable=True, arguments=QUORUM_ARGS)
+    c.close()
+    cluster.kill(follower)
+    perf(At(cluster.load_port()), "--prefix", "cu", "--quorum", "--persistent", "--confirm", 256, "--producers", 1,
+         "--consumers", 0, "--count", CATCH_UP, "--duration", 900, "--keep", timeout=1200)
+    index = cluster.log_index("cu-0")
+    started = time.monotonic()
+    cluster.restart(follower)
+    deadline = started + 300
+    while time.monotonic() < deadline:
+        try:
+            if cluster.caught_up(follower, "cu-0", index):
+                return time.monotonic() - started
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return float("nan")
 
 
 def idle_queue_memory(cluster):
@@ -301,6 +370,18 @@ def run(rows, log):
         h, q = times["Hare"], times["RabbitMQ"]
         rows.append(("15. failover: SIGKILL of the queue leader's node to the next confirm on a surviving node",
                      "seconds", f"{h:.3f}", f"{q:.3f}", f"{h / q:.2f}"))
+    if want(17):
+        secs = {}
+        for c in clusters:
+            c.start()
+            try:
+                secs[c.name] = catch_up(c)
+            finally:
+                c.stop()
+            log(f"17. catch-up | {c.name}: {secs[c.name]:.1f} s")
+        h, q = secs["Hare"], secs["RabbitMQ"]
+        rows.append((f"17. 3-node cluster: a follower that missed {CATCH_UP:,} messages (16 B, persistent) catches up",
+                     "seconds from its restart", f"{h:.1f}", f"{q:.1f}", f"{h / q:.2f}"))
     if want(16):
         kib = {}
         for c in clusters:

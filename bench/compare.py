@@ -441,8 +441,8 @@ def main():
             rows.append((name, "consumed msg/s, API not polled", f"{idle:,.0f}", "", ""))
             rows.append((name, "consumed msg/s, API polled once a second (polled / not)", f"{polled:,.0f}", "", f"{polled / idle:.3f}"))
 
-    # 13-16. Three-node clusters: quorum queues, failover, idle memory (bench/cluster.py).
-    if any(want(r) for r in (13, 14, 15, 16)):
+    # 13-17. Three-node clusters: quorum queues, failover, idle memory, catch-up (bench/cluster.py).
+    if any(want(r) for r in (13, 14, 15, 16, 17)):
         import cluster
 
         cluster.run(rows, log)
