@@ -68,7 +68,7 @@ fn main() -> ExitCode {
             }
         },
     };
-    let storage = match DiskStorage::open(&config.data_dir, keys) {
+    let storage = match DiskStorage::open(&config.data_dir, keys.clone()) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             tracing::error!("{e}");
@@ -103,7 +103,7 @@ fn main() -> ExitCode {
     let syncer = storage.syncer.clone();
     let code = runtime.block_on(async move {
         if let Some(c) = &config.cluster {
-            if let Err(e) = start_cluster(c, &config, &broker).await {
+            if let Err(e) = start_cluster(c, &config, &broker, keys.clone()).await {
                 tracing::error!("cannot start the cluster node: {e}");
                 return ExitCode::FAILURE;
             }
@@ -287,7 +287,12 @@ async fn shutdown_signal() {
 
 /// Makes this broker a cluster node: the shared secret, Raft in data_dir/cluster, the bridge
 /// between them (see `cluster`).
-async fn start_cluster(c: &hare::config::ClusterConfig, config: &Config, broker: &Arc<Broker>) -> Result<(), String> {
+async fn start_cluster(
+    c: &hare::config::ClusterConfig,
+    config: &Config,
+    broker: &Arc<Broker>,
+    keys: Option<Arc<hare::storage::cipher::KeyRing>>,
+) -> Result<(), String> {
     let secret = hare::cluster::secret::load_or_create(&c.secret_file)?;
     let bridge = hare::cluster::bridge::Bridge::new(broker.clone());
     let settings = hare::cluster::node::ClusterSettings {
@@ -301,6 +306,7 @@ async fn start_cluster(c: &hare::config::ClusterConfig, config: &Config, broker:
         election_min_ms: 500,
         election_max_ms: 1000,
         snapshot_every: 20_000,
+        keys,
     };
     let source = settings.listen.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
     // With a certificate, nodes speak mutual TLS to each other (under the secret's handshake).

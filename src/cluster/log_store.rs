@@ -11,6 +11,7 @@
 //! renames it over the old one.
 
 use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use crate::storage::cipher::{open_maybe, CipherError, KeyRing, Nonces};
 use crate::storage::record::{put_record, scan, Scanned};
 use bytes::{Bytes, BytesMut};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -77,22 +78,50 @@ pub struct LogStore {
     writer: Writer,
     /// Whether the vote is synced too.
     synced: bool,
+    seal: Seal,
 }
 
 fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
     StorageError::from(openraft::StorageIOError::new(subject, verb, openraft::AnyError::error(e.to_string())))
 }
 
-fn encode(record: &Record, buf: &mut BytesMut) -> Result<(), bincode::Error> {
-    let bytes = bincode::serialize(record)?;
+fn encode(seal: &Seal, record: &Record, buf: &mut BytesMut) -> Result<(), bincode::Error> {
+    let bytes = seal.seal(bincode::serialize(record)?);
     put_record(buf, |b| b.extend_from_slice(&bytes));
     Ok(())
+}
+
+/// Encryption at rest of what the cluster writes (log records, snapshots, the genesis
+/// definitions) with the broker's keys (`--encryption-key-file`), as sealed blobs of the
+/// storage layer ([`crate::storage::cipher`]); without keys, plain. A plain record is read
+/// as it is (written before a key was given); a sealed one without the key is an error.
+#[derive(Clone, Default, Debug)]
+pub struct Seal {
+    keys: Option<Arc<KeyRing>>,
+    nonces: Arc<Mutex<Nonces>>,
+}
+
+impl Seal {
+    pub fn new(keys: Option<Arc<KeyRing>>) -> Seal {
+        Seal { keys, nonces: Arc::new(Mutex::new(Nonces::new())) }
+    }
+
+    pub fn seal(&self, plain: Vec<u8>) -> Vec<u8> {
+        match &self.keys {
+            None => plain,
+            Some(k) => k.seal(&mut self.nonces.lock(), &plain),
+        }
+    }
+
+    pub fn open(&self, data: &[u8]) -> Result<Vec<u8>, CipherError> {
+        open_maybe(self.keys.as_deref(), data)
+    }
 }
 
 impl LogStore {
     /// Opens (or creates) the log in `dir`, reading back what it holds; `synced`: whether
     /// appends are synced by a writer thread before they count as done.
-    pub fn open(dir: &Path, synced: bool) -> std::io::Result<LogStore> {
+    pub fn open(dir: &Path, synced: bool, seal: Seal) -> std::io::Result<LogStore> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("raft.log");
         let data = Bytes::from(std::fs::read(&path).or_else(|e| match e.kind() {
@@ -107,7 +136,10 @@ impl LogStore {
                     // An intact record that does not decode was written by another version of
                     // the format: refusing to start keeps it (dropping it could drop
                     // committed entries).
-                    let record = bincode::deserialize::<Record>(&payload).map_err(|e| {
+                    let plain = seal.open(&payload).map_err(|e| {
+                        std::io::Error::other(format!("{}: record at offset {offset}: {e}", path.display()))
+                    })?;
+                    let record = bincode::deserialize::<Record>(&plain).map_err(|e| {
                         std::io::Error::other(format!(
                             "{}: record at offset {offset} is unreadable: {e}",
                             path.display()
@@ -150,7 +182,7 @@ impl LogStore {
             file.seek(SeekFrom::Start(good_len))?;
             Writer::Inline(Arc::new(Mutex::new((file, path))))
         };
-        Ok(LogStore { inner: Arc::new(Mutex::new(inner)), dir: dir.to_path_buf(), writer, synced })
+        Ok(LogStore { inner: Arc::new(Mutex::new(inner)), dir: dir.to_path_buf(), writer, synced, seal })
     }
 
     /// Hands a job to the writer.
@@ -168,7 +200,7 @@ impl LogStore {
 
     fn write_sync(&self, record: &Record) -> Result<(), StorageError> {
         let mut buf = BytesMut::new();
-        encode(record, &mut buf).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        encode(&self.seal, record, &mut buf).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
         let (tx, rx) = mpsc::sync_channel(1);
         self.send(Job::Write(buf.freeze(), tx))?;
         rx.recv()
@@ -331,7 +363,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut buf = BytesMut::new();
         let mut inner = self.inner.lock();
         for e in entries {
-            encode(&Record::Entry(e.clone()), &mut buf)
+            encode(&self.seal, &Record::Entry(e.clone()), &mut buf)
                 .map_err(|err| io_err(ErrorSubject::Log(e.log_id), ErrorVerb::Write, err))?;
             inner.entries.insert(e.log_id.index, e);
         }
@@ -354,9 +386,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // Sent under the lock that appends take too: no append's record can come between
             // the copy of the live entries and the rewrite.
             let mut buf = BytesMut::new();
-            let mut ok = encode(&Record::Purge(log_id), &mut buf).is_ok();
+            let mut ok = encode(&self.seal, &Record::Purge(log_id), &mut buf).is_ok();
             for e in inner.entries.values() {
-                ok &= encode(&Record::Entry(e.clone()), &mut buf).is_ok();
+                ok &= encode(&self.seal, &Record::Entry(e.clone()), &mut buf).is_ok();
             }
             if ok {
                 inner.purged_in_file = 0;

@@ -7,6 +7,7 @@
 //! Snapshots are the whole state, serialized; the latest is kept on disk so that a node
 //! restarting after its log was purged starts from it.
 
+use super::log_store::Seal;
 use super::quorum::{Effect, Msg, Outcome, QuorumQueue, Reason};
 use super::types::{Batch, Command, Entry, LogId, NodeId, QueueName, StorageError, StoredMembership, TypeConfig};
 use crate::broker::replicated::{DefinitionChange, Refusal, ReplicatedDefinitions};
@@ -257,6 +258,8 @@ pub struct Machine {
     dir: PathBuf,
     /// Whether snapshot files are synced (not in the simulation: see `Host::synced_log`).
     synced: bool,
+    /// Snapshot and genesis files are sealed with the broker's keys, if it has any.
+    seal: Seal,
 }
 
 fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
@@ -269,9 +272,15 @@ fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
 
 impl Machine {
     /// The state machine, from the snapshot on disk if there is one.
-    pub fn open(dir: PathBuf, process: u64, effects: Arc<dyn Effects>, synced: bool) -> std::io::Result<Machine> {
-        let mut m = Machine { state: Arc::default(), process, leading: Arc::default(), effects, dir, synced };
-        if let Some((_, data)) = load(&m.dir) {
+    pub fn open(
+        dir: PathBuf,
+        process: u64,
+        effects: Arc<dyn Effects>,
+        synced: bool,
+        seal: Seal,
+    ) -> std::io::Result<Machine> {
+        let mut m = Machine { state: Arc::default(), process, leading: Arc::default(), effects, dir, synced, seal };
+        if let Some((_, data)) = load(&m.dir, &m.seal)? {
             let snapshot = bincode::deserialize::<SnapshotData>(&data)
                 .map_err(|e| std::io::Error::other(format!("{}: unreadable: {e}", m.dir.join("snapshot").display())))?;
             m.install(snapshot.state, &snapshot.definitions);
@@ -282,13 +291,15 @@ impl Machine {
             let path = m.dir.join("genesis");
             match std::fs::read(&path) {
                 Ok(bytes) => {
+                    let bytes =
+                        m.seal.open(&bytes).map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
                     let defs: ReplicatedDefinitions = bincode::deserialize(&bytes)
                         .map_err(|e| std::io::Error::other(format!("{}: unreadable: {e}", path.display())))?;
                     m.effects.install_definitions(&defs);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     let bytes = bincode::serialize(&m.effects.definitions()).map_err(std::io::Error::other)?;
-                    write_synced(&m.dir, "genesis", &bytes, m.synced)?;
+                    write_synced(&m.dir, "genesis", &m.seal.seal(bytes), m.synced)?;
                 }
                 Err(e) => return Err(e),
             }
@@ -369,9 +380,10 @@ fn save(
     meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
     data: &[u8],
     sync: bool,
+    seal: &Seal,
 ) -> std::io::Result<()> {
     let bytes = bincode::serialize(&(meta, data)).map_err(std::io::Error::other)?;
-    write_synced(dir, "snapshot", &bytes, sync)
+    write_synced(dir, "snapshot", &seal.seal(bytes), sync)
 }
 
 /// Writes `dir/name`: a new file, synced (if `sync`), renamed over the old one.
@@ -391,9 +403,23 @@ fn write_synced(dir: &std::path::Path, name: &str, bytes: &[u8], sync: bool) -> 
     Ok(())
 }
 
-fn load(dir: &std::path::Path) -> Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)> {
-    let bytes = std::fs::read(dir.join("snapshot")).ok()?;
-    bincode::deserialize(&bytes).ok()
+/// The snapshot on disk, if there is one; an unreadable one (another key, say) is an error,
+/// not "none": starting without it would replay a log that was purged.
+#[allow(clippy::type_complexity)]
+fn load(
+    dir: &std::path::Path,
+    seal: &Seal,
+) -> std::io::Result<Option<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>)>> {
+    let path = dir.join("snapshot");
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let bytes = seal.open(&bytes).map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
+    let s = bincode::deserialize(&bytes)
+        .map_err(|e| std::io::Error::other(format!("{}: unreadable: {e}", path.display())))?;
+    Ok(Some(s))
 }
 
 /// Builds a snapshot from the state and the definitions as they were when openraft asked
@@ -405,6 +431,7 @@ pub struct Builder {
     membership: StoredMembership,
     dir: PathBuf,
     synced: bool,
+    seal: Seal,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
@@ -414,7 +441,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
         let (last, membership) = (self.last, self.membership.clone());
         let id = last.map_or("0-0".to_string(), |l| format!("{}-{}", l.leader_id, l.index));
         let meta = SnapshotMeta { last_log_id: last, last_membership: membership, snapshot_id: id };
-        save(&self.dir, &meta, &data, self.synced).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        save(&self.dir, &meta, &data, self.synced, &self.seal).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -460,7 +487,7 @@ impl RaftStateMachine<TypeConfig> for Machine {
         let (last, membership) = (st.last_applied, st.membership.clone());
         let snapshot = SnapshotData { state: st, definitions: self.effects.definitions() };
         let data = bincode::serialize(&snapshot).map_err(|e| e.to_string());
-        Builder { data, last, membership, dir: self.dir.clone(), synced: self.synced }
+        Builder { data, last, membership, dir: self.dir.clone(), synced: self.synced, seal: self.seal.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -474,12 +501,13 @@ impl RaftStateMachine<TypeConfig> for Machine {
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let s: SnapshotData = bincode::deserialize(&data).map_err(|e| sm_err(ErrorVerb::Read, e))?;
-        save(&self.dir, meta, &data, self.synced).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        save(&self.dir, meta, &data, self.synced, &self.seal).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         self.install(s.state, &s.definitions);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(load(&self.dir).map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        let loaded = load(&self.dir, &self.seal).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        Ok(loaded.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }

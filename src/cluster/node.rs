@@ -58,6 +58,8 @@ pub struct ClusterSettings {
     /// A snapshot is taken after this many entries (the log before it is then purged, and a
     /// node that lags further catches up from the snapshot).
     pub snapshot_every: u64,
+    /// The broker's encryption keys: the Raft log, snapshots and genesis are sealed with them.
+    pub keys: Option<Arc<crate::storage::cipher::KeyRing>>,
 }
 
 struct Pending {
@@ -122,9 +124,10 @@ impl Cluster {
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| format!("raft settings: {e}"))?);
-        let log =
-            LogStore::open(&s.dir, host.synced_log()).map_err(|e| format!("raft log in {}: {e}", s.dir.display()))?;
-        let machine = Machine::open(s.dir.clone(), process, effects, host.synced_log())
+        let seal = super::log_store::Seal::new(s.keys.clone());
+        let log = LogStore::open(&s.dir, host.synced_log(), seal.clone())
+            .map_err(|e| format!("raft log in {}: {e}", s.dir.display()))?;
+        let machine = Machine::open(s.dir.clone(), process, effects, host.synced_log(), seal)
             .map_err(|e| format!("raft state in {}: {e}", s.dir.display()))?;
         let state = machine.state.clone();
         let leading = machine.leading.clone();

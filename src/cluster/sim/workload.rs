@@ -145,6 +145,7 @@ pub async fn node(shared: Arc<Shared>, disk: Arc<Disk>) -> turmoil::Result {
         election_max_ms: 1000,
         // Small, so that snapshots, purges and catching up from a snapshot happen in a run.
         snapshot_every: 300,
+        keys: None,
     };
     let cluster = Cluster::start(settings, effects, Arc::new(SimHost)).await?;
     shared.live.lock().insert(name.clone(), cluster.clone());
