@@ -358,39 +358,25 @@ def run(rows, log):
         rows.append((title, "consumed msg/s", f"{h:,.0f}", f"{q:,.0f}", f"{h / q:.2f}"))
         h, q = mean(p99["Hare"]), mean(p99["RabbitMQ"])
         rows.append((title, "confirm p99 ms", f"{h:.2f}", f"{q:.2f}", f"{h / q:.2f}"))
-    if want(15):
-        times = {}
+    # One measurement per broker, each on a fresh cluster: (row, title, metric, measure, digits).
+    single = [
+        (15, "15. failover: SIGKILL of the queue leader's node to the next confirm on a surviving node",
+         "seconds", failover, 3),
+        (16, f"16. 3-node cluster, {IDLE_QUEUES:,} idle quorum queues: RSS of the three nodes per queue",
+         "KiB", idle_queue_memory, 1),
+        (17, f"17. 3-node cluster: a follower that missed {CATCH_UP:,} messages (16 B, persistent) catches up",
+         "seconds from its restart", catch_up, 1),
+    ]
+    for row, title, metric, measure, digits in single:
+        if not want(row):
+            continue
+        got = {}
         for c in clusters:
             c.start()
             try:
-                times[c.name] = failover(c)
+                got[c.name] = measure(c)
             finally:
                 c.stop()
-            log(f"15. failover | {c.name}: {times[c.name]:.3f} s")
-        h, q = times["Hare"], times["RabbitMQ"]
-        rows.append(("15. failover: SIGKILL of the queue leader's node to the next confirm on a surviving node",
-                     "seconds", f"{h:.3f}", f"{q:.3f}", f"{h / q:.2f}"))
-    if want(17):
-        secs = {}
-        for c in clusters:
-            c.start()
-            try:
-                secs[c.name] = catch_up(c)
-            finally:
-                c.stop()
-            log(f"17. catch-up | {c.name}: {secs[c.name]:.1f} s")
-        h, q = secs["Hare"], secs["RabbitMQ"]
-        rows.append((f"17. 3-node cluster: a follower that missed {CATCH_UP:,} messages (16 B, persistent) catches up",
-                     "seconds from its restart", f"{h:.1f}", f"{q:.1f}", f"{h / q:.2f}"))
-    if want(16):
-        kib = {}
-        for c in clusters:
-            c.start()
-            try:
-                kib[c.name] = idle_queue_memory(c)
-            finally:
-                c.stop()
-            log(f"16. idle quorum queues | {c.name}: {kib[c.name]:.1f} KiB per queue")
-        h, q = kib["Hare"], kib["RabbitMQ"]
-        rows.append((f"16. 3-node cluster, {IDLE_QUEUES:,} idle quorum queues: RSS of the three nodes per queue",
-                     "KiB", f"{h:.1f}", f"{q:.1f}", f"{h / q:.2f}"))
+            log(f"{title} | {c.name}: {got[c.name]:.{digits}f} {metric}")
+        h, q = got["Hare"], got["RabbitMQ"]
+        rows.append((title, metric, f"{h:.{digits}f}", f"{q:.{digits}f}", f"{h / q:.2f}"))
