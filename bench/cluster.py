@@ -28,6 +28,7 @@ import pika
 
 import compare
 from compare import HARE, DURATION, ROUNDS, mean, perf, wait_port, want
+from helpers import rss_kib  # (compare put tests/python on the path: shared with the tests)
 
 QUORUM_ARGS = {"x-queue-type": "quorum"}
 
@@ -258,14 +259,6 @@ def failover(cluster):
     gaps = [(b - a, b) for a, b in zip(times, times[1:])]
     longest = max(gaps)
     return longest[1] - killed
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def pids(cluster):

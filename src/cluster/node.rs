@@ -166,10 +166,7 @@ impl Cluster {
 
     /// Queues a command for the next batch; returns its ticket (see [`Cluster::resolved`]).
     pub fn propose(&self, command: Command, reply: Option<oneshot::Sender<Outcome>>) -> u64 {
-        let size = match &command {
-            Command::Enqueue { msg, .. } => msg.body.len() + msg.properties.len() + 64,
-            _ => 64,
-        };
+        let size = weight(&command);
         let ticket = {
             let mut p = self.pending.lock();
             p.0 += 1;
@@ -204,7 +201,8 @@ impl Cluster {
 
     /// Whether everything proposed so far is resolved.
     pub fn idle(&self) -> bool {
-        *self.resolved.borrow() >= self.pending.lock().0
+        let (resolved, last, _) = self.tickets();
+        resolved >= last
     }
 
     /// The resolved watermark, the last ticket, and how many proposals wait to be sent.
@@ -460,16 +458,22 @@ async fn bootstrap(c: Arc<Cluster>, s: ClusterSettings) {
     }
 }
 
+/// What a command counts for in a batch and in the backlog: its message's bytes, and 64 for
+/// the rest of it.
+fn weight(command: &Command) -> usize {
+    match command {
+        Command::Enqueue { msg, .. } => msg.body.len() + msg.properties.len() + 64,
+        _ => 64,
+    }
+}
+
 /// Takes the next batch's worth of waiting proposals.
 fn take_batch(c: &Cluster) -> Vec<Pending> {
     let mut p = c.pending.lock();
     let mut bytes = 0;
     let mut n = 0;
     while n < p.1.len() && n < BATCH_COMMANDS && bytes < BATCH_BYTES {
-        bytes += match &p.1[n].command {
-            Command::Enqueue { msg, .. } => msg.body.len() + msg.properties.len() + 64,
-            _ => 64,
-        };
+        bytes += weight(&p.1[n].command);
         n += 1;
     }
     p.2 = p.2.saturating_sub(bytes);
