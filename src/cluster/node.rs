@@ -305,7 +305,10 @@ impl Cluster {
         use crate::broker::queue::replica::{ClusterStatus, MemberStatus};
         let m = self.raft.metrics().borrow().clone();
         let st = self.state.read();
-        let name_of = |id: NodeId| st.names.get(&id).cloned().unwrap_or_else(|| format!("{id:016x}"));
+        let name_of = |id: NodeId| {
+            let known = if id == self.id { Some(self.name.clone()) } else { self.net.name_of(id) };
+            st.names.get(&id).cloned().or(known).unwrap_or_else(|| format!("{id:016x}"))
+        };
         let last = m.last_log_index.unwrap_or(0);
         let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
         let members = m

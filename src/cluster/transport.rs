@@ -77,18 +77,21 @@ pub enum ProposeError {
     Failed(String),
 }
 
-/// What the transport shares: the secret, this node's name, the host it dials from, and
-/// when each peer last answered.
+/// What the transport shares: the secret, this node's name, the host it dials from, when
+/// each peer last answered, and the names peers gave in handshakes.
 pub struct NetCtx {
     pub name: String,
     secret: Vec<u8>,
     pub host: Arc<dyn Host>,
     last_ok: Mutex<HashMap<NodeId, Instant>>,
+    /// Names by id from handshakes that proved the secret: a peer is named here before its
+    /// `Hello` is applied (a new leader's may still be in flight).
+    met: Mutex<HashMap<NodeId, String>>,
 }
 
 impl NetCtx {
     pub fn new(name: String, secret: Vec<u8>, host: Arc<dyn Host>) -> Arc<NetCtx> {
-        Arc::new(NetCtx { name, secret, host, last_ok: Mutex::new(HashMap::new()) })
+        Arc::new(NetCtx { name, secret, host, last_ok: Mutex::new(HashMap::new()), met: Mutex::new(HashMap::new()) })
     }
 
     /// A connection to `addr`, within [`CONNECT_TIMEOUT`].
@@ -101,6 +104,18 @@ impl NetCtx {
     /// How long ago `node` last answered an RPC of ours (None: never).
     pub fn silent_for(&self, node: NodeId) -> Option<Duration> {
         self.last_ok.lock().get(&node).map(Instant::elapsed)
+    }
+    /// The name `node` gave when it last completed a handshake with this node.
+    pub fn name_of(&self, node: NodeId) -> Option<String> {
+        self.met.lock().get(&node).cloned()
+    }
+    /// Records a peer that proved the secret (ids are derived from names, so bounded by them).
+    fn met(&self, name: &str) {
+        let id = super::types::node_id(name);
+        let mut met = self.met.lock();
+        if met.get(&id).map(String::as_str) != Some(name) {
+            met.insert(id, name.to_string());
+        }
     }
     fn answered(&self, node: NodeId) {
         self.last_ok.lock().insert(node, Instant::now());
@@ -185,6 +200,7 @@ pub async fn handshake_client<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, ctx:
         return Err(WireError::BadSecret(peer));
     }
     s.write_all(&ctx.proof(b"client", &peer_nonce)).await?;
+    ctx.met(&peer);
     Ok(peer)
 }
 
@@ -199,6 +215,7 @@ pub async fn handshake_server<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, ctx:
     if proof != ctx.proof(b"client", &nonce) {
         return Err(WireError::BadSecret(peer));
     }
+    ctx.met(&peer);
     Ok(peer)
 }
 
