@@ -7,6 +7,7 @@
 //! deleting an exchange removes the bindings from it and to it. A queue's bindings are found
 //! through an index by destination, so a delete costs what that queue had, not a scan.
 
+use super::policy::{PolicyChange, PolicyState, StoredPolicy};
 use crate::auth::{AccessChange, AccessState};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -82,6 +83,10 @@ pub enum Change {
     /// definitions too.
     Access {
         change: AccessChange,
+    },
+    /// A policy or operator policy set or cleared (see `crate::broker::policy`).
+    Policy {
+        change: PolicyChange,
     },
 }
 
@@ -174,6 +179,7 @@ pub struct DefinitionsState {
     vhosts: BTreeMap<String, VhostDefinitions>,
     /// None until the first access change (a data directory from before users were kept).
     access: Option<AccessState>,
+    policies: PolicyState,
 }
 
 /// A snapshot as written to disk: every vhost's definitions as lists.
@@ -182,19 +188,27 @@ pub struct Snapshot {
     pub vhosts: BTreeMap<String, Definitions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<AccessState>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<StoredPolicy>,
 }
 
 impl DefinitionsState {
     pub fn from_snapshot(s: &Snapshot) -> Self {
         let vhosts = s.vhosts.iter().map(|(n, d)| (n.clone(), VhostDefinitions::from_definitions(d))).collect();
-        DefinitionsState { vhosts, access: s.access.clone() }
+        DefinitionsState { vhosts, access: s.access.clone(), policies: PolicyState::from_list(&s.policies) }
     }
 
     pub fn to_snapshot(&self) -> Snapshot {
         Snapshot {
             vhosts: self.vhosts.iter().map(|(n, v)| (n.clone(), v.to_definitions())).collect(),
             access: self.access.clone(),
+            policies: self.policies.to_list(),
         }
+    }
+
+    /// The policies and operator policies of every vhost.
+    pub fn policies(&self) -> &PolicyState {
+        &self.policies
     }
 
     /// Users, vhosts and permissions, if any change to them was ever made.
@@ -222,8 +236,13 @@ impl DefinitionsState {
             Change::Access { change } => {
                 if let AccessChange::DeleteVhost { name } = change {
                     self.vhosts.remove(name);
+                    self.policies.forget_vhost(name);
                 }
                 self.access.get_or_insert_with(AccessState::default).apply(change);
+                return;
+            }
+            Change::Policy { change } => {
+                self.policies.apply(change);
                 return;
             }
             Change::DeclareExchange { vhost, .. }
@@ -257,7 +276,7 @@ impl DefinitionsState {
             }
             Change::Bind { binding, .. } => v.bind(binding),
             Change::Unbind { binding, .. } => v.unbind(binding),
-            Change::Access { .. } => {}
+            Change::Access { .. } | Change::Policy { .. } => {}
         }
         if v.is_empty() {
             self.vhosts.remove(vhost);
@@ -313,7 +332,7 @@ mod tests {
                     }
                 }
                 Change::Unbind { binding, .. } => self.bindings.retain(|b| b != binding),
-                Change::Access { .. } => {}
+                Change::Access { .. } | Change::Policy { .. } => {}
             }
         }
 

@@ -12,6 +12,7 @@ pub mod error;
 pub mod exchange;
 pub mod history;
 pub mod message;
+pub mod policy;
 pub mod queue;
 pub mod replicated;
 pub mod stats;
@@ -95,6 +96,8 @@ pub struct Broker {
     audit: Arc<audit::Audit>,
     /// On a cluster node: the cluster layer, for quorum queues (see `queue::replica`).
     quorum_host: std::sync::OnceLock<Arc<dyn queue::replica::QuorumHost>>,
+    /// Every vhost's policies and operator policies (each vhost holds its own compiled).
+    policies: RwLock<policy::PolicyState>,
 }
 
 /// The names of [`Broker::io_counters`], as RabbitMQ's node object has them (the last three
@@ -174,6 +177,7 @@ impl Broker {
             }
             None => broker.seed(settings),
         }
+        broker.install_policies(storage.load_policies()?);
         for vhost in broker.vhosts.read().values() {
             vhost.restore()?;
         }
@@ -221,6 +225,10 @@ impl Broker {
             self.churn.clone(),
         );
         v.set_max_queues(def.limit("max-queues"));
+        let policies = self.compiled_policies(&def.name);
+        if !policies.is_empty() {
+            v.set_policies(policies, &audit::Actor::broker());
+        }
         v
     }
 
@@ -254,6 +262,7 @@ impl Broker {
             gauge_meter: Mutex::new(history::Meter::new(0)),
             audit: Arc::new(audit),
             quorum_host: std::sync::OnceLock::new(),
+            policies: RwLock::new(policy::PolicyState::default()),
         }
     }
 
@@ -652,6 +661,7 @@ impl Broker {
             }
         }
         if let Some(v) = deleted_vhost {
+            self.forget_policies(&v.name);
             v.delete_all();
             self.vhost_totals.lock().remove(&v.name);
         }

@@ -223,6 +223,7 @@ impl Queue {
                 log,
                 last_used: now_ms(),
                 pressure: pager.as_ref().map(|p| p.pressure.clone()),
+                args: options.args.clone(),
                 ..Default::default()
             }),
             deleted: AtomicBool::new(false),
@@ -245,7 +246,7 @@ impl Queue {
         Arc::new(Queue {
             name,
             vhost: vhost.to_string(),
-            state: Mutex::new(QueueState { last_used: now_ms(), ..Default::default() }),
+            state: Mutex::new(QueueState { last_used: now_ms(), args: options.args.clone(), ..Default::default() }),
             deleted: AtomicBool::new(false),
             pager: None,
             timed: AtomicBool::new(false),
@@ -274,6 +275,7 @@ impl Queue {
             next_seq: recovered.next_seq,
             log: Some(recovered.log),
             last_used: now_ms(),
+            args: options.args.clone(),
             ..Default::default()
         };
         for m in recovered.messages {
@@ -403,7 +405,7 @@ impl Queue {
     /// Depths, counters, rates and latencies as of now, for the management API and metrics.
     pub fn stats(&self) -> QueueStats {
         let st = self.state.lock();
-        let args = &self.options.args;
+        let args = &st.args;
         let ready = st.ready_count() as u64;
         let unacked = st.unacked as u64;
         let rate_in = st.meter.rate("publish");
@@ -452,6 +454,49 @@ impl Queue {
         }
     }
 
+    /// The policy and operator policy that apply to the queue now.
+    pub fn applied_policy(&self) -> crate::broker::policy::Applied {
+        self.state.lock().applied.clone()
+    }
+
+    /// The settings the queue runs with (its arguments resolved against its policy).
+    pub fn effective_arguments(&self) -> QueueArguments {
+        self.state.lock().args.clone()
+    }
+
+    /// Applies a policy (or none): the queue's settings become its arguments resolved against
+    /// it, at once, as RabbitMQ's queue process does on a policy change: a lowered length
+    /// limit drops (or dead-letters) from the head if the old or the new overflow is
+    /// drop-head; a new TTL applies to messages published from now on; a new expiry counts
+    /// from the last use. Returns whether anything changed.
+    pub fn set_policy(self: &Arc<Self>, applied: crate::broker::policy::Applied) -> bool {
+        if self.replica.is_some() {
+            // A replicated queue's settings live in the cluster's state machine.
+            return false;
+        }
+        let mut st = self.state.lock();
+        if st.applied == applied {
+            return false;
+        }
+        let args = applied.resolve_queue(&self.options.args, &self.options.arguments);
+        let before = st.args.overflow;
+        let timers = args.message_ttl.is_some() || args.expires.is_some();
+        st.args = args;
+        st.applied = applied;
+        if before == Overflow::DropHead || st.args.overflow == Overflow::DropHead {
+            st.drop_head(&self.name);
+        }
+        drop(st);
+        if timers && !self.timed.swap(true, Ordering::Relaxed) {
+            if let Some(vhost) = self.owner.upgrade() {
+                vhost.watch_queue_timers(self);
+            }
+        }
+        let st = self.state.lock();
+        self.unlock_and_dead_letter(st);
+        true
+    }
+
     /// The queue was declared again: it counts as used (x-expires).
     pub fn touch(&self) {
         self.state.lock().last_used = now_ms();
@@ -465,10 +510,9 @@ impl Queue {
     /// Runs the queue's timers: expires messages at the head and returns true when the queue
     /// itself has been unused for its x-expires period and should be deleted.
     pub fn tick(self: &Arc<Self>, now: u64) -> bool {
-        let args = &self.options.args;
         let mut st = self.state.lock();
-        st.expire(&self.name, now, args);
-        let idle = args.expires.is_some_and(|e| st.consumers.is_empty() && now >= st.last_used.saturating_add(e));
+        st.expire(&self.name, now);
+        let idle = st.args.expires.is_some_and(|e| st.consumers.is_empty() && now >= st.last_used.saturating_add(e));
         self.unlock_and_dead_letter(st);
         idle
     }
@@ -486,24 +530,28 @@ impl Queue {
         if let Some(r) = &self.replica {
             return Ok(Published { cluster: r.publish(&message), ..Default::default() });
         }
-        let args = &self.options.args;
         let timed = self.timed.load(Ordering::Relaxed);
-        let now = if timed || message.expiration.is_some() { now_ms() } else { 0 };
-        let ttl = match (args.message_ttl, message.expiration) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let expires_at = ttl.map_or(0, |t| now + t);
-        if expires_at != 0 && !timed && !self.timed.swap(true, Ordering::Relaxed) {
+        let mut now = if timed || message.expiration.is_some() { now_ms() } else { 0 };
+        if message.expiration.is_some() && !timed && !self.timed.swap(true, Ordering::Relaxed) {
             // The first message with an expiration: its vhost's timers visit this queue now.
             if let Some(vhost) = self.owner.upgrade() {
                 vhost.watch_queue_timers(self);
             }
         }
-        let priority = args.max_priority.map_or(0, |max| message.priority.min(max));
+        let priority = self.options.args.max_priority.map_or(0, |max| message.priority.min(max));
         let mut st = self.state.lock();
-        if args.overflow != Overflow::DropHead && st.would_overflow(message.body.len() as u64, args) {
-            if args.overflow == Overflow::RejectPublishDlx && args.dead_letter_exchange.is_some() {
+        let ttl = match (st.args.message_ttl, message.expiration) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if ttl.is_some() && now == 0 {
+            // A policy gave the queue a TTL since `timed` was read.
+            now = now_ms();
+        }
+        let expires_at = ttl.map_or(0, |t| now + t);
+        let overflow = st.args.overflow;
+        if overflow != Overflow::DropHead && st.would_overflow(message.body.len() as u64) {
+            if overflow == Overflow::RejectPublishDlx && st.args.dead_letter_exchange.is_some() {
                 let m = QueuedMessage { expires_at, priority, ..QueuedMessage::unqueued(message) };
                 st.dead.push((m, Reason::MaxLen));
             }
@@ -524,10 +572,11 @@ impl Queue {
         let size = message.body.len() as u64;
         // After a failed page-out, later messages wait in memory behind what did reach disk.
         let after_tail = !st.after_tail.is_empty();
+        let priority_queue_off = self.options.args.max_priority.is_none();
         if let Some(log) = st.log.as_mut().filter(|_| !after_tail) {
             // Past the memory window, messages wait on disk; so do later ones, to keep order.
             // A priority queue keeps all of them in memory, to hand out the highest first.
-            to_tail = args.max_priority.is_none() && (log.tail_len() > 0 || window_full);
+            to_tail = priority_queue_off && (log.tail_len() > 0 || window_full);
             if message.persistent || to_tail {
                 let t = log.append(seq, &message, expires_at, to_tail)?;
                 // A transient message on disk is only there to save memory: its confirm
@@ -560,11 +609,11 @@ impl Queue {
             self.dispatch_at(&mut st, Clock::At(now.saturating_sub(1)));
         }
         // As RabbitMQ: length limits first, then expired messages left at the head.
-        if args.max_length.is_some() || args.max_length_bytes.is_some() {
-            st.enforce_limits(&self.name, args);
+        if st.args.max_length.is_some() || st.args.max_length_bytes.is_some() {
+            st.enforce_limits(&self.name);
         }
         if now != 0 {
-            st.expire(&self.name, now, args);
+            st.expire(&self.name, now);
         }
         let mut throttled = false;
         if let Some(w) = flow {
@@ -675,18 +724,21 @@ impl Queue {
     /// Routes dead letters through the dead-letter exchange, at most once: a missing exchange
     /// or no matching queue drops them, as in RabbitMQ.
     fn dead_letter(self: &Arc<Self>, dead: Vec<(QueuedMessage, Reason)>) {
-        let args = &self.options.args;
-        let (Some(dlx), Some(vhost)) = (&args.dead_letter_exchange, self.owner.upgrade()) else {
+        let (dlx, dlrk) = {
+            let st = self.state.lock();
+            (st.args.dead_letter_exchange.clone(), st.args.dead_letter_routing_key.clone())
+        };
+        let (Some(dlx), Some(vhost)) = (dlx, self.owner.upgrade()) else {
             return;
         };
         let now = now_ms();
         let mut targets = Vec::new();
         for (m, reason) in dead {
-            let rk = args.dead_letter_routing_key.clone().unwrap_or_else(|| m.message.routing_key.clone());
-            let keep_cc = args.dead_letter_routing_key.is_none();
-            let (letter, cc) = dead_letter::dead_letter(&m.message, reason, &self.name, dlx, rk.clone(), keep_cc, now);
+            let rk = dlrk.clone().unwrap_or_else(|| m.message.routing_key.clone());
+            let keep_cc = dlrk.is_none();
+            let (letter, cc) = dead_letter::dead_letter(&m.message, reason, &self.name, &dlx, rk.clone(), keep_cc, now);
             let letter = Arc::new(letter);
-            if let Err(e) = vhost.route_dead_letter(dlx, &rk, &cc, &letter.properties, &mut targets) {
+            if let Err(e) = vhost.route_dead_letter(&dlx, &rk, &cc, &letter.properties, &mut targets) {
                 tracing::debug!("queue '{}': dead letter dropped: {}", self.name, e.text);
                 continue;
             }
@@ -750,14 +802,13 @@ impl Queue {
     }
 
     fn dispatch_ready(self: &Arc<Self>, st: &mut QueueState, clock: &mut Clock) {
-        let args = &self.options.args;
         while !st.ready.is_empty() && !st.consumers.is_empty() {
             let Some(idx) = self.pick_consumer(st) else { return };
             let Some(mut m) = st.pop_ready() else {
                 return;
             };
             if clock.expired(&m) {
-                st.discard(m, Reason::Expired, args);
+                st.discard(m, Reason::Expired);
                 continue;
             }
             if !self.options.args.single_active_consumer {
@@ -785,11 +836,10 @@ impl Queue {
 
     /// basic.get: the head message, if any, and how many remain ready.
     pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(QueuedMessage, u32)> {
-        let args = &self.options.args;
         let mut st = self.state.lock();
         let now = now_ms();
         st.last_used = now;
-        st.expire(&self.name, now, args);
+        st.expire(&self.name, now);
         let Some(mut m) = st.pop_ready() else {
             st.counts.get_empty += 1;
             self.unlock_and_dead_letter(st);
@@ -803,7 +853,7 @@ impl Queue {
             st.went_out(&m);
         }
         // As RabbitMQ counts after a fetch: expired messages now at the head are gone.
-        st.expire(&self.name, now, args);
+        st.expire(&self.name, now);
         let count = st.ready_count();
         self.unlock_and_dead_letter(st);
         Some((m, count))
@@ -831,7 +881,7 @@ impl Queue {
         let mut st = self.state.lock();
         for m in messages {
             st.came_back(&m);
-            st.discard(m, Reason::Rejected, &self.options.args);
+            st.discard(m, Reason::Rejected);
         }
         self.unlock_and_dead_letter(st);
     }
@@ -847,9 +897,9 @@ impl Queue {
     /// limit (or as a quorum queue) each return is counted in `x-delivery-count`, and a
     /// message returned more often than the limit is dead-lettered instead.
     pub fn requeue(self: &Arc<Self>, messages: impl IntoIterator<Item = QueuedMessage>) {
-        let args = &self.options.args;
-        let counted = args.delivery_limit.is_some() || args.quorum;
         let mut st = self.state.lock();
+        let limit = st.args.delivery_limit;
+        let counted = limit.is_some() || self.options.args.quorum;
         for mut m in messages {
             st.came_back(&m);
             if self.is_deleted() {
@@ -860,8 +910,8 @@ impl Queue {
             m.stamp = 0;
             if counted {
                 m.deliveries += 1;
-                if args.delivery_limit.is_some_and(|limit| m.deliveries as u64 > limit) {
-                    st.discard(m, Reason::DeliveryLimit, args);
+                if limit.is_some_and(|limit| m.deliveries as u64 > limit) {
+                    st.discard(m, Reason::DeliveryLimit);
                     continue;
                 }
                 m.message = Arc::new(dead_letter::with_delivery_count(&m.message, m.deliveries as u64));

@@ -8,6 +8,7 @@
 use super::audit::Actor;
 use super::error::{AmqpError, Scope};
 use super::exchange::{Binding, Destination};
+use super::policy::{PolicyChange, PolicyKind, PolicyState, StoredPolicy};
 use super::store::{table_from_hex, table_to_hex};
 use super::Broker;
 use crate::auth::AccessChange;
@@ -52,6 +53,11 @@ pub enum DefinitionChange {
         change: String,
         user: String,
     },
+    /// A policy or operator policy set or cleared (JSON, as `Access`).
+    Policy {
+        change: String,
+        user: String,
+    },
 }
 
 impl DefinitionChange {
@@ -62,6 +68,10 @@ impl DefinitionChange {
             Ok(AccessChange::DeleteVhost { name }) => Some(name),
             _ => None,
         }
+    }
+
+    pub fn policy(change: &PolicyChange, user: &str) -> Self {
+        DefinitionChange::Policy { change: serde_json::to_string(change).unwrap_or_default(), user: user.into() }
     }
 
     pub fn access(change: &AccessChange, user: &str) -> Self {
@@ -208,6 +218,18 @@ impl Broker {
                     connection: false,
                 })?;
             }
+            DefinitionChange::Policy { change, user } => {
+                let change: PolicyChange = serde_json::from_str(change).map_err(|e| Refusal {
+                    code: crate::protocol::constants::INTERNAL_ERROR,
+                    text: format!("malformed policy change: {e}"),
+                    connection: false,
+                })?;
+                self.change_policy(change, &actor(user)).map_err(|e| Refusal {
+                    code: crate::protocol::constants::NOT_FOUND,
+                    text: e.to_string(),
+                    connection: false,
+                })?;
+            }
         }
         Ok(())
     }
@@ -227,6 +249,8 @@ pub struct ReplicatedDefinitions {
     pub exchanges: Vec<DefinitionChange>,
     /// `Binding` changes (all `bind`), in each vhost by source.
     pub bindings: Vec<DefinitionChange>,
+    /// Every policy and operator policy, as JSON ([`StoredPolicy`] list).
+    pub policies: String,
 }
 
 /// The user a change made by a snapshot's installation is recorded as.
@@ -266,7 +290,16 @@ impl Broker {
                 }
             }
         }
-        ReplicatedDefinitions { access: serde_json::to_string(&access).unwrap_or_default(), exchanges, bindings }
+        let policies: Vec<StoredPolicy> = [PolicyKind::Policy, PolicyKind::OperatorPolicy]
+            .into_iter()
+            .flat_map(|kind| self.policies(kind, None).into_iter().map(move |policy| StoredPolicy { kind, policy }))
+            .collect();
+        ReplicatedDefinitions {
+            access: serde_json::to_string(&access).unwrap_or_default(),
+            exchanges,
+            bindings,
+            policies: serde_json::to_string(&policies).unwrap_or_default(),
+        }
     }
 
     /// Makes the replicated definitions those of `target`: what is not in it goes, what is
@@ -351,6 +384,21 @@ impl Broker {
         let now = self.replicated_definitions();
         for b in target.bindings.iter().filter(|b| !now.bindings.contains(b)) {
             self.apply_quietly(b);
+        }
+        // Policies: those not in the target cleared, the others set as it has them.
+        let want: Vec<StoredPolicy> = serde_json::from_str(&target.policies).unwrap_or_default();
+        let want = PolicyState::from_list(&want);
+        let have: Vec<StoredPolicy> = serde_json::from_str(&now.policies).unwrap_or_default();
+        for p in &have {
+            if want.get(p.kind, &p.policy.vhost, &p.policy.name).is_none() {
+                let (vhost, name) = (p.policy.vhost.clone(), p.policy.name.clone());
+                let _ = self.change_policy(PolicyChange::Clear { kind: p.kind, vhost, name }, &by);
+            }
+        }
+        for p in want.to_list() {
+            if let Err(e) = self.change_policy(PolicyChange::Set { kind: p.kind, policy: p.policy }, &by) {
+                tracing::warn!("cluster snapshot: {e}");
+            }
         }
     }
 

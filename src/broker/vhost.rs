@@ -15,6 +15,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 use std::sync::{Arc, Weak};
 
+mod policy;
 mod recovery;
 mod replicated;
 mod route;
@@ -145,6 +146,7 @@ pub struct ExchangeInfo {
     pub arguments: FieldTable,
     pub stats: Arc<ExchangeStats>,
     pub declared_by: ShortStr,
+    pub applied: super::policy::Applied,
 }
 
 #[derive(Debug)]
@@ -172,6 +174,8 @@ pub struct VHost {
     /// A queue was ever declared here: the vhost has message totals from then on (as
     /// RabbitMQ's vhost statistics, which its first queue starts).
     had_queue: std::sync::atomic::AtomicBool,
+    /// The vhost's policies, compiled: matched against a name at declare and on change.
+    policies: RwLock<Arc<super::policy::VhostPolicies>>,
 }
 
 impl VHost {
@@ -208,6 +212,7 @@ impl VHost {
             churn,
             retired_disk: Default::default(),
             had_queue: Default::default(),
+            policies: Default::default(),
         })
     }
 
@@ -258,6 +263,7 @@ impl VHost {
                 arguments: e.arguments.clone(),
                 stats: e.stats.clone(),
                 declared_by: e.declared_by.clone(),
+                applied: e.applied.clone(),
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -401,6 +407,7 @@ impl VHost {
         }
         let mut ex = Exchange::new(name.clone(), kind, durable, auto_delete, internal, arguments.clone());
         ex.declared_by = ShortStr::from(&*by.user);
+        ex.set_policy(self.policy_for_exchange(name));
         let def = saved_exchange(&ex).then(|| ExchangeDef {
             name: name.to_string(),
             kind: ex.kind.as_str().into(),
@@ -555,6 +562,9 @@ impl VHost {
             _ => None,
         };
         let q = Queue::new(d.name.clone(), &self.name, options, log, pager, self.me.clone());
+        // A new queue holds nothing yet: applying its policy dead-letters nothing (which
+        // would route, under the topology's lock).
+        q.set_policy(self.policy_for_queue(&q));
         if q.has_timers() {
             self.watch_queue_timers(&q);
         }

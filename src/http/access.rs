@@ -7,6 +7,7 @@ use super::principal::{actor, current_may_see, PRINCIPAL};
 use super::write::{durable, parse};
 use super::{error, list, not_found, Api, ListQuery};
 use crate::auth::{password, AccessChange, AccessError, PermissionDef, TopicPermissionDef, UserDef, VhostDef};
+use crate::broker::policy::erlang_term;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -251,20 +252,6 @@ pub(super) fn missing(body: &Value, keys: &[&str]) -> Result<(), Response> {
         return Ok(());
     }
     Err(error(StatusCode::BAD_REQUEST, "bad_request", &format!("[{}]", absent.join(","))))
-}
-
-/// A JSON value as Erlang prints the term RabbitMQ decoded it to (`7`, `<<"many">>`), for
-/// the texts of its validation errors.
-fn erlang_term(v: &Value) -> String {
-    match v {
-        Value::String(s) => format!("<<\"{s}\">>"),
-        Value::Array(items) => format!("[{}]", items.iter().map(erlang_term).collect::<Vec<_>>().join(",")),
-        Value::Object(m) => {
-            let fields: Vec<String> = m.iter().map(|(k, v)| format!("<<\"{k}\">> => {}", erlang_term(v))).collect();
-            format!("#{{{}}}", fields.join(","))
-        }
-        other => other.to_string(),
-    }
 }
 
 /// RabbitMQ's 400 for a user named in a path who does not exist: `["no_such_user","bob"]`.

@@ -12,6 +12,7 @@ use super::write::{arguments_of, flag};
 use super::{error, Api};
 use crate::auth::{AccessChange, PermissionDef, TopicPermissionDef, VhostDef};
 use crate::broker::exchange::{Binding, Destination};
+use crate::broker::policy::{PolicyChange, PolicyKind, PolicyRequest};
 use crate::broker::vhost::QueueDeclaration;
 use crate::protocol::ShortStr;
 use axum::extract::{Path, State};
@@ -45,6 +46,7 @@ fn definitions(api: &Api, only: Option<&str>) -> Value {
     let mut exchanges = Vec::new();
     let mut bindings = Vec::new();
     let mut parameters = Vec::new();
+    let mut policies = Vec::new();
     let access = api.broker.access();
     for v in api.broker.vhosts().into_iter().filter(|v| only.is_none_or(|o| o == v.name)) {
         let def = access.vhost(&v.name);
@@ -57,6 +59,9 @@ fn definitions(api: &Api, only: Option<&str>) -> Value {
         // RabbitMQ keeps a vhost's limits as a runtime parameter, and exports them so.
         if let Some(limits) = def.map(|d| &d.limits).filter(|l| !l.is_empty()) {
             parameters.push(json!({ "vhost": v.name, "component": "vhost-limits", "name": "limits", "value": limits }));
+        }
+        for p in api.broker.policies(PolicyKind::Policy, Some(&v.name)) {
+            policies.push(p.to_json());
         }
         let saved: Vec<_> =
             v.queues().into_iter().filter(|q| q.options.durable && q.options.exclusive_owner.is_none()).collect();
@@ -92,7 +97,9 @@ fn definitions(api: &Api, only: Option<&str>) -> Value {
         }
     }
     if only.is_some() {
-        for item in queues.iter_mut().chain(&mut exchanges).chain(&mut bindings).chain(&mut parameters) {
+        for item in
+            queues.iter_mut().chain(&mut exchanges).chain(&mut bindings).chain(&mut parameters).chain(&mut policies)
+        {
             if let Value::Object(m) = item {
                 m.remove("vhost");
             }
@@ -100,7 +107,7 @@ fn definitions(api: &Api, only: Option<&str>) -> Value {
         return json!({
             "rabbit_version": API_VERSION,
             "parameters": parameters,
-            "policies": [],
+            "policies": policies,
             "queues": queues,
             "exchanges": exchanges,
             "bindings": bindings,
@@ -117,7 +124,7 @@ fn definitions(api: &Api, only: Option<&str>) -> Value {
         "topic_permissions": access.topic_permissions().map(super::access::topic_permission_json).collect::<Vec<_>>(),
         "parameters": parameters,
         "global_parameters": [],
-        "policies": [],
+        "policies": policies,
         "queues": queues,
         "exchanges": exchanges,
         "bindings": bindings,
@@ -246,6 +253,29 @@ async fn import_into(api: &Api, body: Value) -> Response {
             Err(e) => return bad(e.to_string()),
         }
     }
+    // Policies before queues and exchanges, as RabbitMQ imports them: each applies as it is
+    // declared.
+    for p in items(&body, "policies") {
+        let (vhost, name) = (text(p, "vhost"), text(p, "name"));
+        if api.broker.vhost(vhost).is_none() {
+            return bad(format!("no vhost '{vhost}'"));
+        }
+        let empty = serde_json::Map::new();
+        let request = PolicyRequest {
+            pattern: p.get("pattern").unwrap_or(&Value::Null),
+            definition: p.get("definition").and_then(Value::as_object).unwrap_or(&empty),
+            priority: p.get("priority"),
+            apply_to: p.get("apply-to"),
+        };
+        let policy = match crate::broker::policy::validate(PolicyKind::Policy, vhost, name, &request) {
+            Ok(policy) => policy,
+            Err(e) => return bad(format!("{e} ({vhost}/{name})").replace('<', "&lt;").replace('>', "&gt;")),
+        };
+        match api.broker.change_policy(PolicyChange::Set { kind: PolicyKind::Policy, policy }, &actor()) {
+            Ok(t) => ticket = ticket.max(t),
+            Err(e) => return bad(e.to_string()),
+        }
+    }
     for e in items(&body, "exchanges") {
         let Some(v) = api.broker.vhost(text(e, "vhost")) else {
             return bad(format!("no vhost '{}'", text(e, "vhost")));
@@ -307,7 +337,8 @@ async fn import_into(api: &Api, body: Value) -> Response {
             .with("permissions", count("permissions"))
             .with("exchanges", count("exchanges"))
             .with("queues", count("queues"))
-            .with("bindings", count("bindings"));
+            .with("bindings", count("bindings"))
+            .with("policies", count("policies"));
         audit.emit(e);
     }
     StatusCode::NO_CONTENT.into_response()

@@ -159,6 +159,7 @@ pub fn queue(vhost: &str, q: &Queue, node: &str, ranges: &Ranges) -> Value {
     let secs = |v: Option<f64>| v.map(|s| json!((s * 10.0).round() / 10.0)).unwrap_or(Value::Null);
     // RabbitMQ counts persistent messages only in a durable queue, where they survive.
     let persistent = if o.durable { st.persistent } else { (0, 0) };
+    let applied = q.applied_policy();
     let mut v = json!({
         "name": q.name.as_str(),
         "vhost": vhost,
@@ -169,9 +170,6 @@ pub fn queue(vhost: &str, q: &Queue, node: &str, ranges: &Ranges) -> Value {
         "node": node,
         "state": "running",
         "type": "classic",
-        "policy": null,
-        "operator_policy": null,
-        "effective_policy_definition": {},
         "messages": st.ready + st.unacked,
         "messages_details": len(0, st.depth_rates.0 + st.depth_rates.1),
         "messages_ready": st.ready,
@@ -191,6 +189,9 @@ pub fn queue(vhost: &str, q: &Queue, node: &str, ranges: &Ranges) -> Value {
         "message_bytes_persistent": persistent.1,
         "head_message_timestamp": st.head_timestamp,
     });
+    for (k, val) in super::policy::applied_json(&applied) {
+        v[k] = val;
+    }
     // In two parts: one json! of every field passes the macro's recursion limit.
     let more = json!({
         "memory": QUEUE_OVERHEAD + st.ready_bytes_ram + st.ready_ram * PER_MESSAGE_OVERHEAD,
@@ -353,6 +354,12 @@ pub fn exchange(vhost: &str, e: &ExchangeInfo, ranges: &Ranges) -> Value {
         "arguments": table(&e.arguments),
         "user_who_performed_action": e.declared_by.as_str(),
     });
+    // As RabbitMQ: the policy fields only on an exchange a policy applies to.
+    if !e.applied.is_empty() {
+        for (k, val) in super::policy::applied_json(&e.applied) {
+            v[k] = val;
+        }
+    }
     // As RabbitMQ: no message_stats until a message came in.
     if stats.as_object().is_some_and(|m| !m.is_empty()) {
         v["message_stats"] = stats;

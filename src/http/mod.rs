@@ -23,6 +23,7 @@ mod json;
 mod list;
 mod metrics;
 mod page;
+mod policy;
 mod principal;
 mod write;
 
@@ -173,6 +174,18 @@ fn router(api: Api) -> Router {
         .route(
             "/api/vhost-limits/{vhost}/{name}",
             axum::routing::put(access::put_vhost_limit).delete(access::delete_vhost_limit),
+        )
+        .route("/api/policies", get(policy::policies))
+        .route("/api/policies/{vhost}", get(policy::policies_in))
+        .route(
+            "/api/policies/{vhost}/{name}",
+            get(policy::policy).put(policy::put_policy).delete(policy::delete_policy),
+        )
+        .route("/api/operator-policies", get(policy::operator_policies))
+        .route("/api/operator-policies/{vhost}", get(policy::operator_policies_in))
+        .route(
+            "/api/operator-policies/{vhost}/{name}",
+            get(policy::operator_policy).put(policy::put_operator_policy).delete(policy::delete_operator_policy),
         )
         .route("/api/user-limits", get(access::user_limits))
         .route("/api/user-limits/{user}", get(access::user_limits_of))

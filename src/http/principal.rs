@@ -76,6 +76,8 @@ fn path_vhost(path: &str) -> Option<String> {
         "permissions",
         "topic-permissions",
         "vhost-limits",
+        "policies",
+        "operator-policies",
     ];
     if !scoped.contains(&kind) {
         return None;
@@ -127,8 +129,14 @@ pub fn authorise(p: &Principal, method: &Method, path: &str) -> Result<(), Respo
         || (path.starts_with("/api/vhosts/") && *method != Method::GET && path.matches('/').count() == 3)
         || (path.starts_with("/api/vhost-limits") && *method != Method::GET)
         || (path.starts_with("/api/hare/cluster/") && *method != Method::GET);
-    if admin_only {
+    // A policy itself (not the lists) only to a policymaker; operator policies only to an
+    // administrator (as RabbitMQ's is_authorized_policies and is_authorized_admin).
+    let one_policy = |prefix: &str| path.strip_prefix(prefix).is_some_and(|rest| rest.contains('/'));
+    if admin_only || one_policy("/api/operator-policies/") {
         return Err(not_authorised("Not administrator user"));
+    }
+    if one_policy("/api/policies/") && !p.has("policymaker") {
+        return Err(not_authorised("User not authorised to access object"));
     }
     if (path.starts_with("/api/nodes") || path.starts_with("/api/hare/cluster")) && !p.has("monitoring") {
         return Err(not_authorised("Not monitor user"));

@@ -246,6 +246,11 @@ impl DefinitionsJournal {
         self.recovered.lock().access().cloned()
     }
 
+    /// The recovered policies (asked once, at start).
+    pub fn take_policies(&self) -> crate::broker::policy::PolicyState {
+        self.recovered.lock().policies().clone()
+    }
+
     /// Appends a change; returns the group-commit ticket that makes it durable. No I/O:
     /// the syncer writes the record out.
     pub fn record(&self, change: &Change) -> u64 {

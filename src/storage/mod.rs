@@ -186,6 +186,10 @@ impl Storage for DiskStorage {
         Ok(self.definitions.take_access())
     }
 
+    fn load_policies(&self) -> Result<crate::broker::policy::PolicyState, StoreError> {
+        Ok(self.definitions.take_policies())
+    }
+
     fn record(&self, change: &Change) -> u64 {
         self.definitions.record(change)
     }

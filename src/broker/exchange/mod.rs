@@ -126,6 +126,10 @@ pub struct Exchange {
     /// Who declared it: a user, or `rmq-internal` for those the broker makes itself (as
     /// RabbitMQ's `user_who_performed_action`).
     pub declared_by: ShortStr,
+    /// The policy and operator policy that apply to it, and the alternate exchange they give
+    /// it when its arguments name none (resolved when either changes, not per publish).
+    pub applied: crate::broker::policy::Applied,
+    policy_alternate: Option<ShortStr>,
 }
 
 impl Exchange {
@@ -156,12 +160,28 @@ impl Exchange {
             keys: FastMap::default(),
             router,
             stats: Arc::default(),
+            applied: Default::default(),
+            policy_alternate: None,
         }
     }
 
-    /// The alternate exchange for unroutable messages, from the `alternate-exchange` argument.
+    /// The alternate exchange for unroutable messages: the `alternate-exchange` argument, else
+    /// the policy's.
     pub fn alternate_exchange(&self) -> Option<&str> {
-        self.arguments.get("alternate-exchange").and_then(|v| v.as_str())
+        match self.arguments.get("alternate-exchange").and_then(|v| v.as_str()) {
+            Some(ae) => Some(ae),
+            None => self.policy_alternate.as_deref(),
+        }
+    }
+
+    /// Applies a policy (or none); returns whether anything changed.
+    pub fn set_policy(&mut self, applied: crate::broker::policy::Applied) -> bool {
+        if self.applied == applied {
+            return false;
+        }
+        self.policy_alternate = applied.alternate_exchange(&FieldTable::new());
+        self.applied = applied;
+        true
     }
 
     /// Checks a binding's arguments for this exchange type before it is added.

@@ -59,6 +59,11 @@ pub(super) struct QueueState {
     /// disk_reads), counted under the lock the writes and reads already hold.
     pub(super) disk_writes: u64,
     pub(super) disk_reads: u64,
+    /// The settings the queue runs with: its declared arguments resolved against the policy
+    /// and operator policy that apply to it (`applied`), kept here so that a policy change
+    /// takes effect under the lock every publish already holds.
+    pub(super) args: QueueArguments,
+    pub(super) applied: crate::broker::policy::Applied,
 }
 
 /// Adds (`up`) or takes away a message from a (count, bytes) pair.
@@ -242,9 +247,9 @@ impl QueueState {
 
     /// A message leaves the queue without reaching a consumer: it is settled in the log and
     /// kept for dead-lettering if the queue has a dead-letter exchange.
-    pub(super) fn discard(&mut self, m: QueuedMessage, reason: Reason, args: &QueueArguments) {
+    pub(super) fn discard(&mut self, m: QueuedMessage, reason: Reason) {
         self.log_ack(&m);
-        if args.dead_letter_exchange.is_some() {
+        if self.args.dead_letter_exchange.is_some() {
             self.dead.push((m, reason));
         }
     }
@@ -252,13 +257,13 @@ impl QueueState {
     /// Drops (or dead-letters) expired messages at the head, as RabbitMQ does: a message
     /// behind one that has not expired waits until it reaches the head, and never reaches a
     /// consumer once expired.
-    pub(super) fn expire(&mut self, name: &ShortStr, now: u64, args: &QueueArguments) {
+    pub(super) fn expire(&mut self, name: &ShortStr, now: u64) {
         loop {
             self.refill(name);
             match self.ready.front() {
                 Some(m) if m.expires_at != 0 && m.expires_at <= now => {
                     let m = self.pop_ready().expect("front exists");
-                    self.discard(m, Reason::Expired, args);
+                    self.discard(m, Reason::Expired);
                 }
                 _ => return,
             }
@@ -266,26 +271,31 @@ impl QueueState {
     }
 
     /// With drop-head overflow, drops the oldest messages until the queue is within its limits.
-    pub(super) fn enforce_limits(&mut self, name: &ShortStr, args: &QueueArguments) {
-        if args.overflow != Overflow::DropHead {
-            return;
+    pub(super) fn enforce_limits(&mut self, name: &ShortStr) {
+        if self.args.overflow == Overflow::DropHead {
+            self.drop_head(name);
         }
+    }
+
+    /// Drops (or dead-letters) the oldest messages until the queue is within its limits.
+    pub(super) fn drop_head(&mut self, name: &ShortStr) {
+        let (max_length, max_bytes) = (self.args.max_length, self.args.max_length_bytes);
         loop {
-            let over = args.max_length.is_some_and(|max| self.ready_count() as u64 > max)
-                || args.max_length_bytes.is_some_and(|max| self.bytes() > max);
+            let over = max_length.is_some_and(|max| self.ready_count() as u64 > max)
+                || max_bytes.is_some_and(|max| self.bytes() > max);
             if !over {
                 return;
             }
             self.refill(name);
             let Some(m) = self.pop_ready() else { return };
-            self.discard(m, Reason::MaxLen, args);
+            self.discard(m, Reason::MaxLen);
         }
     }
 
     /// Whether one more message of `size` body bytes would break a length limit.
-    pub(super) fn would_overflow(&self, size: u64, args: &QueueArguments) -> bool {
-        args.max_length.is_some_and(|max| self.ready_count() as u64 + 1 > max)
-            || args.max_length_bytes.is_some_and(|max| self.bytes() + size > max)
+    pub(super) fn would_overflow(&self, size: u64) -> bool {
+        self.args.max_length.is_some_and(|max| self.ready_count() as u64 + 1 > max)
+            || self.args.max_length_bytes.is_some_and(|max| self.bytes() + size > max)
     }
 
     /// Records in the log that a message left the queue for good.

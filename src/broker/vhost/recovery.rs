@@ -24,9 +24,11 @@ impl VHost {
             if let Some(user) = &e.user {
                 ex.declared_by = user.as_str().into();
             }
+            ex.set_policy(self.policy_for_exchange(&e.name));
             topo.exchanges.insert(e.name.as_str().into(), ex);
         }
         let mut total = 0usize;
+        let mut policied = Vec::new();
         for q in &defs.queues {
             let name = ShortStr::from(q.name.as_str());
             let label = format!("queue '{}' in vhost '{}'", q.name, self.name);
@@ -41,6 +43,12 @@ impl VHost {
             let recovered = storage.recover_queue_log(&q.log, &label, window, bytes)?;
             let options = QueueOptions { durable: true, exclusive_owner: None, auto_delete: false, arguments, args };
             let queue = Queue::restore(name.clone(), &self.name, options, recovered, self.me.clone());
+            // Applied before the queue is routable; what a lowered limit drops from a
+            // recovered queue is dead-lettered once the topology is unlocked.
+            let applied = self.policy_for_queue(&queue);
+            if !applied.is_empty() {
+                policied.push((queue.clone(), applied));
+            }
             if queue.has_timers() {
                 self.watch_queue_timers(&queue);
             }
@@ -62,6 +70,10 @@ impl VHost {
             if let Some(ex) = topo.exchanges.get_mut(b.source.as_str()) {
                 ex.bind(binding);
             }
+        }
+        drop(topo);
+        for (queue, applied) in policied {
+            queue.set_policy(applied);
         }
         tracing::info!(
             "vhost '{}': recovered {} exchanges, {} queues with {total} messages, {} bindings",
