@@ -63,43 +63,35 @@ fn definitions(api: &Api, only: Option<&str>) -> Value {
         for p in api.broker.policies(PolicyKind::Policy, Some(&v.name)) {
             policies.push(p.to_json());
         }
-        let saved: Vec<_> =
-            v.queues().into_iter().filter(|q| q.options.durable && q.options.exclusive_owner.is_none()).collect();
-        for q in &saved {
+        // As RabbitMQ's export: every queue but exclusive ones (they cannot be restored),
+        // every exchange but the built-in and internal ones, every explicit binding.
+        for q in v.queues().iter().filter(|q| q.options.exclusive_owner.is_none()) {
             queues.push(json!({
                 "name": q.name.as_str(),
                 "vhost": v.name,
-                "durable": true,
+                "durable": q.options.durable,
                 "auto_delete": q.options.auto_delete,
                 "arguments": table(&q.options.arguments),
             }));
         }
-        let durable_exchanges: Vec<_> = v.exchanges().into_iter().filter(|e| e.durable).collect();
-        for e in durable_exchanges.iter().filter(|e| !built_in(&e.name)) {
+        for e in v.exchanges().iter().filter(|e| !built_in(&e.name) && !e.internal) {
             exchanges.push(json!({
                 "name": e.name.as_str(),
                 "vhost": v.name,
                 "type": e.kind.as_str(),
-                "durable": true,
+                "durable": e.durable,
                 "auto_delete": e.auto_delete,
                 "internal": e.internal,
                 "arguments": table(&e.arguments),
             }));
         }
         for (source, b) in v.bindings() {
-            let kept = match &b.destination {
-                Destination::Queue(n) => saved.iter().any(|q| q.name == *n),
-                Destination::Exchange(n) => durable_exchanges.iter().any(|e| e.name == *n),
-            };
-            if kept && durable_exchanges.iter().any(|e| e.name == source) {
-                bindings.push(super::json::binding(&v.name, &source, &b));
-            }
+            bindings.push(super::json::binding(&v.name, &source, &b));
         }
     }
     if only.is_some() {
-        for item in
-            queues.iter_mut().chain(&mut exchanges).chain(&mut bindings).chain(&mut parameters).chain(&mut policies)
-        {
+        // (A vhost's export keeps its policies' `vhost`, as RabbitMQ's does.)
+        for item in queues.iter_mut().chain(&mut exchanges).chain(&mut bindings).chain(&mut parameters) {
             if let Value::Object(m) = item {
                 m.remove("vhost");
             }

@@ -354,11 +354,9 @@ pub fn exchange(vhost: &str, e: &ExchangeInfo, ranges: &Ranges) -> Value {
         "arguments": table(&e.arguments),
         "user_who_performed_action": e.declared_by.as_str(),
     });
-    // As RabbitMQ: the policy fields only on an exchange a policy applies to.
-    if !e.applied.is_empty() {
-        for (k, val) in super::policy::applied_json(&e.applied) {
-            v[k] = val;
-        }
+    // As RabbitMQ: `policy` only on an exchange a policy applies to.
+    if let Some(p) = e.applied.policy_name() {
+        v["policy"] = json!(p);
     }
     // As RabbitMQ: no message_stats until a message came in.
     if stats.as_object().is_some_and(|m| !m.is_empty()) {

@@ -119,7 +119,7 @@ async fn apply(api: &Api, change: PolicyChange, created: bool) -> Response {
 
 async fn put(api: Api, kind: PolicyKind, vhost: String, name: String, body: Bytes) -> Response {
     if api.broker.vhost(&vhost).is_none() {
-        return error(StatusCode::NOT_FOUND, "Object Not Found", "vhost_not_found");
+        return error(StatusCode::NOT_FOUND, "not_found", "vhost_not_found");
     }
     let policy = match policy_of(kind, &vhost, &name, &body) {
         Ok(p) => p,
@@ -156,8 +156,8 @@ pub async fn delete_operator_policy(State(api): State<Api>, Path((vhost, name)):
     delete(api, PolicyKind::OperatorPolicy, vhost, name).await
 }
 
-/// The policy fields of a queue or exchange object: `policy` and `operator_policy` (names, or
-/// null) and `effective_policy_definition`.
+/// The policy fields of a queue object: `policy` and `operator_policy` (names, or null) and
+/// `effective_policy_definition`. (An exchange object has only `policy`, when one applies.)
 pub fn applied_json(applied: &policy::Applied) -> [(&'static str, Value); 3] {
     [
         ("policy", applied.policy_name().map_or(Value::Null, Value::from)),

@@ -541,13 +541,25 @@ pub async fn publish(State(api): State<Api>, Path((vhost, name)): Path<(String, 
         return publish_refused(e);
     }
     let mut ticket = 0;
+    let mut rejected = false;
     for q in &queues {
         match q.publish(message.clone(), None) {
-            Ok(p) => ticket = ticket.max(p.ticket),
+            Ok(p) => {
+                ticket = ticket.max(p.ticket);
+                rejected |= p.rejected;
+            }
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", &e.to_string()),
         }
     }
     durable(&api, ticket).await;
+    if rejected {
+        // A queue over its limit with reject-publish nacked it: RabbitMQ's API says so.
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "rejected Unable to publish message. Check queue limits.",
+        );
+    }
     Json(json!({ "routed": !queues.is_empty() })).into_response()
 }
 

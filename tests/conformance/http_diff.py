@@ -141,7 +141,8 @@ ENDPOINTS = [
     "/health/checks/alarms", "/health/checks/local-alarms", "/health/checks/port-listener/:port",
     "/health/checks/protocol-listener/:protocol", "/health/checks/virtual-hosts",
     "/health/checks/node-is-mirror-sync-critical", "/health/checks/node-is-quorum-critical",
-    "/auth",
+    "/auth", "/policies", "/policies/:vhost", "/policies/:vhost/:name", "/operator-policies",
+    "/operator-policies/:vhost", "/operator-policies/:vhost/:name",
 ]
 
 
@@ -418,6 +419,9 @@ def cleanup(b):
         if e["name"] and not e["name"].startswith("amq."):
             b.request("DELETE", f"/api/exchanges/%2F/{q(e['name'])}")
     b.request("DELETE", "/api/topic-permissions/%2F/guest")
+    for kind in ("policies", "operator-policies"):
+        for p in b.request("GET", f"/api/{kind}/%2F")[1]:
+            b.request("DELETE", f"/api/{kind}/%2F/{q(p['name'])}")
 
 
 def ready(b, seconds=120):

@@ -46,7 +46,8 @@ pub fn validate(kind: PolicyKind, vhost: &str, name: &str, r: &PolicyRequest) ->
     match r.pattern {
         Value::String(p) => {
             if let Err(e) = fancy_regex::Regex::new(p) {
-                errors.push(format!("pattern should be regular expression but is invalid: {}", pcre_error(p, &e)));
+                let prefix = "pattern should be regular expression but is invalid: ";
+                errors.push(format!("{prefix}{}", pcre_error(p, &e, prefix.len())));
             }
         }
         other => errors.push(format!("pattern should be a binary but was {}", erlang_term(other))),
@@ -72,9 +73,24 @@ pub fn validate(kind: PolicyKind, vhost: &str, name: &str, r: &PolicyRequest) ->
     })
 }
 
-/// PCRE's `{Message, Offset}` for the common mistakes (what Erlang's `re` reports); others
-/// carry the Rust engine's own message.
-fn pcre_error(pattern: &str, e: &fancy_regex::Error) -> String {
+/// PCRE's `{Message, Offset}` for the common mistakes (what Erlang's `re` reports), printed
+/// as Erlang's `~p` prints it from column `column`; others carry the Rust engine's message.
+fn pcre_error(pattern: &str, e: &fancy_regex::Error, column: usize) -> String {
+    let (message, offset) = pcre_reason(pattern, e);
+    tuple(&format!("\"{message}\""), &offset.to_string(), column)
+}
+
+/// A two-element tuple as `~p` prints it: on one line if it fits in 80 columns, else one
+/// element per line, aligned after the brace.
+fn tuple(a: &str, b: &str, column: usize) -> String {
+    let one = format!("{{{a},{b}}}");
+    if column + one.len() <= 80 {
+        return one;
+    }
+    format!("{{{a},\n{}{b}}}", " ".repeat(column + 1))
+}
+
+fn pcre_reason(pattern: &str, e: &fancy_regex::Error) -> (String, usize) {
     let mut depth: i64 = 0;
     let mut class = false;
     let mut escaped = false;
@@ -91,22 +107,22 @@ fn pcre_error(pattern: &str, e: &fancy_regex::Error) -> String {
             ')' if !class => {
                 depth -= 1;
                 if depth < 0 {
-                    return format!("{{\"unmatched parentheses\",{i}}}");
+                    return ("unmatched parentheses".into(), i);
                 }
             }
             _ => {}
         }
     }
     if class {
-        return format!("{{\"missing terminating ] for character class\",{}}}", pattern.len());
+        return ("missing terminating ] for character class".into(), pattern.len());
     }
     if depth > 0 {
-        return format!("{{\"missing )\",{}}}", pattern.len());
+        return ("missing )".into(), pattern.len());
     }
     if pattern.starts_with(['*', '+', '?']) {
-        return "{\"nothing to repeat\",0}".to_string();
+        return ("nothing to repeat".into(), 0);
     }
-    format!("{{\"{}\",0}}", e.to_string().replace('"', "'").lines().next().unwrap_or_default())
+    (e.to_string().replace('"', "'").lines().next().unwrap_or_default().to_string(), 0)
 }
 
 /// The keys each kind of policy takes.
