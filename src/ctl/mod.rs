@@ -59,6 +59,8 @@ pub enum Kind {
     Users,
     Permissions,
     Nodes,
+    Policies,
+    OperatorPolicies,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -158,6 +160,23 @@ pub enum CtlCommand {
         #[arg(long)]
         user: Option<String>,
     },
+    /// Sets a policy in --vhost, as rabbitmqctl set_policy: NAME PATTERN DEFINITION (a JSON
+    /// object, e.g. '{"max-length": 1000}').
+    SetPolicy {
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    ClearPolicy {
+        name: String,
+    },
+    /// Sets an operator policy (limits that cap what policies allow; administrators only).
+    SetOperatorPolicy {
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
+    ClearOperatorPolicy {
+        name: String,
+    },
     /// A cluster node's cluster: its members, leader and replication lag; joining; forgetting.
     Cluster {
         #[command(subcommand)]
@@ -169,6 +188,32 @@ pub enum CtlCommand {
         #[arg(long, default_value = "Closed via hare ctl")]
         reason: String,
     },
+}
+
+/// A policy's fields, as rabbitmqctl set_policy takes them.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    name: String,
+    /// A regular expression matched against queue and exchange names.
+    pattern: String,
+    /// The settings, a JSON object.
+    definition: String,
+    #[arg(long, default_value_t = 0)]
+    priority: i64,
+    /// queues, exchanges or all.
+    #[arg(long, default_value = "all")]
+    apply_to: String,
+}
+
+impl PolicyArgs {
+    fn body(&self) -> Result<Value, CtlError> {
+        Ok(json!({
+            "pattern": self.pattern,
+            "definition": json_arg("the definition", &self.definition)?,
+            "priority": self.priority,
+            "apply-to": self.apply_to,
+        }))
+    }
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -296,6 +341,7 @@ fn columns(kind: Kind) -> &'static [&'static str] {
         Kind::Users => &["name", "tags"],
         Kind::Permissions => &["user", "vhost", "configure", "write", "read"],
         Kind::Nodes => &["name", "type", "running", "mem_used", "fd_used", "fd_total", "uptime"],
+        Kind::Policies | Kind::OperatorPolicies => &["vhost", "name", "pattern", "apply-to", "definition", "priority"],
     }
 }
 
@@ -312,6 +358,8 @@ fn list_path(kind: Kind, vhost: &str) -> String {
         Kind::Users => "/api/users".into(),
         Kind::Permissions => "/api/permissions".into(),
         Kind::Nodes => "/api/nodes".into(),
+        Kind::Policies => format!("/api/policies/{v}"),
+        Kind::OperatorPolicies => format!("/api/operator-policies/{v}"),
     }
 }
 
@@ -489,6 +537,18 @@ fn execute(api: &Api, args: &CtlArgs) -> Result<(), CtlError> {
         CtlCommand::DeleteUser { name } => {
             api.delete(&format!("/api/users/{}", e(name)))?;
             done(args, format!("user {name} deleted"));
+        }
+        CtlCommand::SetPolicy { policy } | CtlCommand::SetOperatorPolicy { policy } => {
+            let kind =
+                if matches!(args.command, CtlCommand::SetPolicy { .. }) { "policies" } else { "operator-policies" };
+            api.put(&format!("/api/{kind}/{v}/{}", e(&policy.name)), &policy.body()?)?;
+            done(args, format!("policy {} set", policy.name));
+        }
+        CtlCommand::ClearPolicy { name } | CtlCommand::ClearOperatorPolicy { name } => {
+            let kind =
+                if matches!(args.command, CtlCommand::ClearPolicy { .. }) { "policies" } else { "operator-policies" };
+            api.delete(&format!("/api/{kind}/{v}/{}", e(name)))?;
+            done(args, format!("policy {name} cleared"));
         }
         CtlCommand::AddVhost { name } => {
             api.put(&format!("/api/vhosts/{}", e(name)), &json!({}))?;

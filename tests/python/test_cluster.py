@@ -661,3 +661,22 @@ def test_the_raft_log_is_sealed_with_the_encryption_key_and_read_back_after_a_cr
                     with open(os.path.join(root, name), "rb") as f:
                         assert secret not in f.read(), f"{name} holds the message in the clear"
         assert sorted(drain(follower, "qenc", 2)) == sorted([secret, b"while-it-was-down"])
+
+
+def test_policies_are_the_clusters(cluster):
+    n1, n2, n3 = cluster.nodes
+    body = {"pattern": "^pol\\.", "definition": {"alternate-exchange": "pol.ae"}, "apply-to": "exchanges"}
+    assert http(n1, "PUT", "/api/policies/%2F/pol", body) == 201
+    for n in (n1, n2, n3):
+        wait_for(lambda: http(n, "GET", "/api/policies/%2F/pol") == 200, what=f"the policy on {n.port}")
+    # An exchange declared on another node gets it there.
+    c = connect(n3)
+    ch = c.channel()
+    ch.exchange_declare("pol.x", "direct")
+    c.close()
+    wait_for(lambda: json_get(n2, "/api/exchanges/%2F/pol.x").get("policy") == "pol", timeout=30,
+             what="the exchange's policy on a second node")
+    assert http(n2, "DELETE", "/api/policies/%2F/pol") == 204
+    for n in (n1, n2, n3):
+        wait_for(lambda: http(n, "GET", "/api/policies/%2F/pol") == 404, what=f"the policy gone on {n.port}")
+    assert "policy" not in json_get(n1, "/api/exchanges/%2F/pol.x")
