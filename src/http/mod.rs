@@ -143,6 +143,7 @@ fn router(api: Api) -> Router {
     Router::new()
         .route("/", get(page::index))
         .route("/static/hare.js", get(page::script))
+        .route("/static/admin.js", get(page::admin_script))
         .route("/static/hare.css", get(page::style))
         .route("/api/overview", get(overview))
         .route("/api/nodes", get(nodes))

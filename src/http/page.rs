@@ -1,5 +1,5 @@
-//! The management web page, served by the broker itself: one HTML file, a script and a style
-//! sheet, compiled into the binary (no build step, nothing to install). The page is a client
+//! The management web page, served by the broker itself: one HTML file, two scripts (the
+//! views, and the Admin section's) and a style sheet, compiled into the binary (no build step, nothing to install). The page is a client
 //! of the same API as every other tool: it logs in with HTTP basic auth against the broker's
 //! users, and the files themselves are served without a login, as RabbitMQ serves its UI.
 
@@ -8,6 +8,7 @@ use axum::response::IntoResponse;
 
 const INDEX: &str = include_str!("page/index.html");
 const SCRIPT: &str = include_str!("page/hare.js");
+const ADMIN: &str = include_str!("page/admin.js");
 const STYLE: &str = include_str!("page/hare.css");
 
 /// Paths served without a login.
@@ -21,6 +22,10 @@ pub async fn index() -> impl IntoResponse {
 
 pub async fn script() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], SCRIPT)
+}
+
+pub async fn admin_script() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], ADMIN)
 }
 
 pub async fn style() -> impl IntoResponse {

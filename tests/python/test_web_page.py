@@ -1,6 +1,7 @@
 """The management web page in a real browser (headless Chromium): log in with the broker's
-users, see a queue appear after a publish, publish and get messages through the forms, and
-page through a large list. With SCREENSHOT_DIR set, it also saves the overview and a queue
+users, see a queue appear after a publish, publish and get messages through the forms, page
+through a large list, and manage users, vhosts, permissions, limits and policies in the
+Admin section. With SCREENSHOT_DIR set, it also saves the overview and a queue
 page while `hare perf` loads the broker (how docs/screenshots/ were made)."""
 import json
 import os
@@ -107,6 +108,113 @@ def test_the_connections_table_shows_how_each_connection_logged_in(hare, browser
                      what="a connection that logged in with PLAIN")
     finally:
         c.close()
+
+
+def api_get(hare, path):
+    import base64
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(f"http://127.0.0.1:{hare.http_port}{path}")
+    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def fill(browser, values, submit):
+    """Sets form fields (by id) and submits the form."""
+    script = "".join(f"document.querySelector('#{k}').value = {js(v)};" for k, v in values.items())
+    browser.eval(script + f"document.querySelector('#{submit}').click(); true")
+
+
+def click_row(browser, table, text, action):
+    """Clicks the `action` button of the row of `table` that has a cell reading `text`."""
+    browser.eval(
+        f"[...document.querySelectorAll('#{table} tbody tr')].find(tr => [...tr.cells].some(td => td.textContent === {js(text)}))"
+        f".querySelector('button[data-action={js(action)}]').click(); true"
+    )
+
+
+def test_the_admin_section_manages_users_vhosts_permissions_limits_and_policies(hare, browser):
+    login(browser, hare, "guest", "guest")
+    browser.wait("!document.querySelector('#nav').hidden")
+    browser.eval("window.confirm = () => true; true")
+    has_row = "[...document.querySelectorAll('#{t} tbody td')].some(td => td.textContent === {v})"
+    # Users: add, then change its tags through the row's edit button.
+    browser.eval("location.hash = '#/admin/users'; true")
+    browser.wait("document.querySelector('#user-form') !== null", what="the users form")
+    fill(browser, {"user-name": "web-user", "user-password": "pw", "user-tags": "management"}, "user-submit")
+    browser.wait(has_row.format(t="users-table", v=js("web-user")), what="the new user listed")
+    assert api_get(hare, "/api/users/web-user")["tags"] == ["management"]
+    click_row(browser, "users-table", "web-user", "edit")
+    fill(browser, {"user-tags": "policymaker"}, "user-submit")
+    browser.wait("document.querySelector('#admin-ok').textContent === 'User web-user saved.'")
+    assert api_get(hare, "/api/users/web-user")["tags"] == ["policymaker"]
+    # The password was kept: the user still logs in with it.
+    import urllib.request, base64
+    req = urllib.request.Request(f"http://127.0.0.1:{hare.http_port}/api/whoami")
+    req.add_header("Authorization", "Basic " + base64.b64encode(b"web-user:pw").decode())
+    assert json.load(urllib.request.urlopen(req, timeout=30))["name"] == "web-user"
+    # Vhosts, permissions, limits.
+    browser.eval("location.hash = '#/admin/vhosts'; true")
+    browser.wait("document.querySelector('#vhost-form') !== null")
+    fill(browser, {"vhost-name": "web-vh", "vhost-description": "from the page"}, "vhost-submit")
+    browser.wait(has_row.format(t="vhosts-table", v=js("web-vh")), what="the new vhost listed")
+    browser.eval("location.hash = '#/admin/permissions'; true")
+    browser.wait("document.querySelector('#permission-form') !== null")
+    fill(browser, {"permission-user": "web-user", "permission-vhost": "web-vh", "permission-configure": "^web"}, "permission-submit")
+    browser.wait(has_row.format(t="permissions-table", v=js("^web")), what="the permissions listed")
+    assert api_get(hare, "/api/permissions/web-vh/web-user")["configure"] == "^web"
+    browser.eval("location.hash = '#/admin/limits'; true")
+    browser.wait("document.querySelector('#limit-form') !== null")
+    fill(browser, {"limit-kind": "vhost", "limit-name": "web-vh", "limit-limit": "max-queues", "limit-value": "5"}, "limit-submit")
+    browser.wait(has_row.format(t="limits-table", v=js("max-queues")), what="the limit listed")
+    assert api_get(hare, "/api/vhost-limits/web-vh")[0]["value"] == {"max-queues": 5}
+    # Policies: a refusal shows RabbitMQ's reason; a good one applies to a queue at once.
+    c = hare.connect()
+    ch = c.channel()
+    ch.queue_declare("web-bounded")
+    try:
+        browser.eval("location.hash = '#/admin/policies'; true")
+        browser.wait("document.querySelector('#policy-form') !== null")
+        fill(browser, {"policy-name": "web-p", "policy-pattern": "^web-", "policy-apply-to": "queues",
+                       "policy-definition": '{"max-length": "ten"}'}, "policy-submit")
+        browser.wait("document.querySelector('#admin-error').textContent.includes('is not a valid maximum length')",
+                     what="the refusal's reason")
+        fill(browser, {"policy-definition": '{"max-length": 3}', "policy-priority": "2"}, "policy-submit")
+        browser.wait(has_row.format(t="policies-table", v=js("web-p")), what="the policy listed")
+        assert api_get(hare, "/api/policies/%2F/web-p")["definition"] == {"max-length": 3}
+        assert api_get(hare, "/api/queues/%2F/web-bounded")["policy"] == "web-p"
+        browser.eval("location.hash = '#/queues/%2F/web-bounded'; true")
+        browser.wait("(document.querySelector('#q-policy')||{}).textContent === 'web-p'", what="the queue page's policy")
+        browser.wait("document.querySelector('#q-effective').textContent.includes('\"max-length\":3')")
+        browser.eval("location.hash = '#/admin/operator-policies'; true")
+        browser.wait("document.querySelector('#policy-form') !== null && document.querySelector('#admin-tab-operator-policies').className === 'active'")
+        fill(browser, {"policy-name": "web-cap", "policy-pattern": ".*", "policy-definition": '{"max-length": 2}'}, "policy-submit")
+        browser.wait(has_row.format(t="policies-table", v=js("web-cap")), what="the operator policy listed")
+        assert api_get(hare, "/api/queues/%2F/web-bounded")["operator_policy"] == "web-cap"
+        click_row(browser, "policies-table", "web-cap", "delete")
+        browser.wait(f"!({has_row.format(t='policies-table', v=js('web-cap'))})", what="the operator policy gone")
+        browser.eval("location.hash = '#/admin/policies'; true")
+        browser.wait(has_row.format(t="policies-table", v=js("web-p")))
+        click_row(browser, "policies-table", "web-p", "delete")
+        browser.wait(f"!({has_row.format(t='policies-table', v=js('web-p'))})", what="the policy gone")
+        assert api_get(hare, "/api/policies/%2F/web-p") == 404
+    finally:
+        ch.queue_delete("web-bounded")
+        c.close()
+    # Deleting through the rows.
+    browser.eval("location.hash = '#/admin/vhosts'; true")
+    browser.wait(has_row.format(t="vhosts-table", v=js("web-vh")))
+    click_row(browser, "vhosts-table", "web-vh", "delete")
+    browser.wait(f"!({has_row.format(t='vhosts-table', v=js('web-vh'))})", what="the vhost gone")
+    browser.eval("location.hash = '#/admin/users'; true")
+    browser.wait(has_row.format(t="users-table", v=js("web-user")))
+    click_row(browser, "users-table", "web-user", "delete")
+    browser.wait(f"!({has_row.format(t='users-table', v=js('web-user'))})", what="the user gone")
+    assert api_get(hare, "/api/users/web-user") == 404
 
 
 def test_ten_thousand_queues_are_listed_a_page_at_a_time(hare, browser):

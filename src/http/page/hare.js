@@ -76,6 +76,7 @@ function route() {
   let view;
   if (parts[0] === "queues" && parts.length === 3) view = () => queuePage(parts[1], parts[2]);
   else if (parts[0] === "exchanges" && parts.length === 3) view = () => exchangePage(parts[1], parts[2]);
+  else if (parts[0] === "admin") view = () => admin(parts[1] || "users");
   else view = views[parts[0]] || overview;
   const refresh = view();
   const tick = () => refresh().catch((err) => { const e = $("#view-error"); if (e) e.textContent = err.message; });
@@ -263,7 +264,7 @@ function wirePublish(vhost, exchange) {
 function queuePage(vhost, name) {
   heading(`Queue ${name}`);
   const key = `queue:${vhost}/${name}`;
-  $("#view").insertAdjacentHTML("beforeend", `<div class="cards" id="q-cards"></div><div class="charts">
+  $("#view").insertAdjacentHTML("beforeend", `<div class="cards" id="q-cards"></div><p class="legend" id="q-effective"></p><div class="charts">
     ${chart("q-depth", "Queued messages", [["ready", "ready"], ["unacked", "unacknowledged"]])}
     ${chart("q-rates", "Message rates (msg/s)", [["in", "publish"], ["out", "deliver / get"], ["ack", "ack"]])}</div>
     <h3>Time in queue and time to ack (last one to two minutes, sampled messages)</h3>
@@ -308,7 +309,10 @@ function queuePage(vhost, name) {
       ["Consumers", num(q.consumers), "q-consumers-count"], ["In /s", num(f.rate_in), "q-in"], ["Out /s", num(f.rate_out), "q-out"],
       ["Time to empty", seconds(f.time_to_empty_s), "q-empty"], ["Time to full", seconds(f.time_to_full_s), "q-full"],
       ["Expected wait", seconds(f.expected_wait_s), "q-wait"],
+      ["Policy", esc(q.policy || "none"), "q-policy"], ["Operator policy", esc(q.operator_policy || "none"), "q-operator-policy"],
     ].map(([k, v, id]) => `<div class="card"><b id="${id}">${v}</b><span>${k}</span></div>`).join("");
+    $("#q-effective").textContent = Object.keys(q.effective_policy_definition || {}).length
+      ? `Effective policy definition: ${JSON.stringify(q.effective_policy_definition)}` : "";
     const h = remember(key, { ready: q.messages_ready, unacked: q.messages_unacknowledged, in: f.rate_in, out: f.rate_out, ack: rate(q, "ack") });
     draw("q-depth", h, [["ready"], ["unacked"]]);
     draw("q-rates", h, [["in"], ["out"], ["ack"]]);
@@ -331,6 +335,7 @@ function exchangePage(vhost, name) {
   return async () => {
     const x = await api(`/api/exchanges/${enc(vhost)}/${enc(name)}`);
     $("#x-cards").innerHTML = [["Type", x.type], ["Durable", x.durable ? "yes" : "no"], ["Internal", x.internal ? "yes" : "no"],
+      ["Policy", x.policy || "none", "x-policy"],
       ["In /s", num(rate(x, "publish_in")), "x-in"], ["Out /s", num(rate(x, "publish_out")), "x-out"]]
       .map(([k, v, id]) => `<div class="card"><b${id ? ` id="${id}"` : ""}>${esc(v)}</b><span>${k}</span></div>`).join("");
     const b = await api(`/api/exchanges/${enc(vhost)}/${enc(name)}/bindings/source`);
