@@ -470,15 +470,19 @@ impl Queue {
     /// drop-head; a new TTL applies to messages published from now on; a new expiry counts
     /// from the last use. Returns whether anything changed.
     pub fn set_policy(self: &Arc<Self>, applied: crate::broker::policy::Applied) -> bool {
-        if self.replica.is_some() {
-            // A replicated queue's settings live in the cluster's state machine.
-            return false;
-        }
         let mut st = self.state.lock();
         if st.applied == applied {
             return false;
         }
         let args = applied.resolve_queue(&self.options.args, &self.options.arguments);
+        if self.replica.is_some() {
+            // A replicated queue's settings live in the cluster's state machine, which
+            // resolves the same policies in log order; this face keeps them for its object
+            // and for republishing dead letters.
+            st.args = args;
+            st.applied = applied;
+            return true;
+        }
         let before = st.args.overflow;
         let timers = args.message_ttl.is_some() || args.expires.is_some();
         st.args = args;

@@ -91,27 +91,11 @@ impl Bridge {
     }
 }
 
-/// A quorum queue's settings, from its parsed arguments.
-pub fn settings(args: &QueueArguments) -> Settings {
-    Settings {
-        max_length: args.max_length,
-        max_length_bytes: args.max_length_bytes,
-        overflow: match args.overflow {
-            arguments::Overflow::DropHead => Overflow::DropHead,
-            _ => Overflow::RejectPublish,
-        },
-        delivery_limit: args.delivery_limit,
-        single_active_consumer: args.single_active_consumer,
-        message_ttl: args.message_ttl,
-        dead_letters: args.dead_letter_exchange.is_some(),
-    }
-}
-
 impl QuorumHost for Bridge {
     fn declare(&self, vhost: &str, name: &str, arguments: &FieldTable, args: &QueueArguments) -> u64 {
         let queue = QueueName { vhost: vhost.into(), name: name.into() };
         let arguments = Bytes::from(table_to_hex(arguments).into_bytes());
-        self.propose(Command::Declare { queue, arguments, settings: settings(args) })
+        self.propose(Command::Declare { queue, arguments, settings: Settings::from_arguments(args) })
     }
     fn delete(&self, vhost: &str, name: &str) -> u64 {
         self.propose(Command::Delete { queue: QueueName { vhost: vhost.into(), name: name.into() } })

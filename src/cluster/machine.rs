@@ -8,7 +8,10 @@
 //! restarting after its log was purged starts from it.
 
 use super::log_store::Seal;
-use super::quorum::{Effect, Msg, Outcome, QuorumQueue, Reason};
+use super::quorum::{Effect, Msg, Outcome, QuorumQueue, Reason, Settings};
+use crate::broker::arguments::QueueArguments;
+use crate::broker::policy::{PolicyChange, PolicyState, StoredPolicy, Target};
+use crate::broker::store::table_from_hex;
 use super::types::{Batch, Command, Entry, LogId, NodeId, QueueName, StorageError, StoredMembership, TypeConfig};
 use crate::broker::replicated::{DefinitionChange, Refusal, ReplicatedDefinitions};
 use bytes::Bytes;
@@ -77,7 +80,50 @@ pub struct Replicated {
     pub processes: BTreeMap<u64, (NodeId, u64)>,
     /// Node names by id, as each node said hello.
     pub names: BTreeMap<NodeId, String>,
+    /// The policies, as the log set them: a quorum queue's settings are its arguments
+    /// resolved against them, here, so that every node applies the same settings.
+    pub policies: Policies,
 }
+
+/// The policies of the replicated state, kept as JSON in snapshots (their definitions are
+/// JSON values, which bincode cannot carry).
+#[derive(Clone, Debug, Default)]
+pub struct Policies(pub PolicyState);
+
+impl Serialize for Policies {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde_json::to_string(&self.0.to_list()).map_err(serde::ser::Error::custom)?.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Policies {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let list: Vec<StoredPolicy> = serde_json::from_str(&text).map_err(serde::de::Error::custom)?;
+        Ok(Policies(PolicyState::from_list(&list)))
+    }
+}
+
+impl Replicated {
+    /// Resolves the quorum queues of `vhost` (or only `only`) against the policies again;
+    /// a queue whose settings change applies them at once (see `QuorumQueue::set_settings`).
+    fn apply_policies(&mut self, vhost: &str, only: Option<&QueueName>, now: u64, steps: &mut Vec<Step>) {
+        let compiled = self.policies.0.compile(vhost);
+        let mut local = Vec::new();
+        for (name, e) in self.queues.iter_mut().filter(|(n, _)| n.vhost == vhost && only.is_none_or(|o| o == *n)) {
+            let hex = String::from_utf8_lossy(&e.arguments).into_owned();
+            let Ok(table) = table_from_hex(&hex) else { continue };
+            let Ok(declared) = QueueArguments::parse(&table, &name.name, &name.vhost) else { continue };
+            let resolved = compiled.matching(&name.name, Target::QuorumQueue).resolve_queue(&declared, &table);
+            let settings = Settings::from_arguments(&resolved);
+            if settings != e.queue.settings {
+                e.queue.set_settings(settings, now, &mut local);
+                for x in local.drain(..) {
+                    steps.push(Step::Effect(name.clone(), x));
+                }
+            }
+        }
+    }
 
 impl Replicated {
     /// Applies one batch; the outcomes answer its commands in order, and `steps` gets what
@@ -139,6 +185,7 @@ impl Replicated {
                             QueueEntry { arguments: arguments.clone(), queue: QuorumQueue::new(settings.clone()) },
                         );
                         steps.push(Step::Created(queue.clone(), arguments.clone()));
+                        self.apply_policies(&queue.vhost.clone(), Some(queue), now, steps);
                     }
                     Outcome::Ok
                 }
@@ -159,6 +206,14 @@ impl Replicated {
                         for q in gone {
                             self.queues.remove(&q);
                             steps.push(Step::Dropped(q));
+                        }
+                        self.policies.0.forget_vhost(&vhost);
+                    }
+                    // A policy changed: the quorum queues of its vhost take it.
+                    if let DefinitionChange::Policy { change, .. } = change {
+                        if let Ok(p) = serde_json::from_str::<PolicyChange>(change) {
+                            self.policies.0.apply(&p);
+                            self.apply_policies(&p.vhost().to_string(), None, now, steps);
                         }
                     }
                     Outcome::Ok

@@ -60,6 +60,25 @@ pub struct Settings {
     pub dead_letters: bool,
 }
 
+impl Settings {
+    /// A quorum queue's settings from its parsed (or policy-resolved) arguments.
+    pub fn from_arguments(args: &crate::broker::arguments::QueueArguments) -> Settings {
+        use crate::broker::arguments::Overflow as ArgOverflow;
+        Settings {
+            max_length: args.max_length,
+            max_length_bytes: args.max_length_bytes,
+            overflow: match args.overflow {
+                ArgOverflow::DropHead => Overflow::DropHead,
+                _ => Overflow::RejectPublish,
+            },
+            delivery_limit: args.delivery_limit,
+            single_active_consumer: args.single_active_consumer,
+            message_ttl: args.message_ttl,
+            dead_letters: args.dead_letter_exchange.is_some(),
+        }
+    }
+}
+
 /// Why a message left the queue without being acknowledged (RabbitMQ's x-death reasons).
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -193,6 +212,23 @@ impl QuorumQueue {
         self.expire(now, fx);
         self.dispatch(now, fx);
         Outcome::Ok
+    }
+
+    /// New settings (a policy changed): a length limit now exceeded drops or dead-letters from
+    /// the head with drop-head overflow, as RabbitMQ's quorum queue does on a policy change; a
+    /// new TTL applies to messages enqueued from now on.
+    pub fn set_settings(&mut self, settings: Settings, now: u64, fx: &mut Vec<Effect>) {
+        self.settings = settings;
+        if self.settings.overflow == Overflow::DropHead {
+            while self.over_limit(0, 0) {
+                match self.pop_ready() {
+                    Some(head) => self.dead_letter(head, Reason::MaxLen, fx),
+                    None => break,
+                }
+            }
+        }
+        self.expire(now, fx);
+        self.dispatch(now, fx);
     }
 
     /// Whether the queue with `extra` more messages of `bytes` in all would be over a length

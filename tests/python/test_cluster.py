@@ -680,3 +680,26 @@ def test_policies_are_the_clusters(cluster):
     for n in (n1, n2, n3):
         wait_for(lambda: http(n, "GET", "/api/policies/%2F/pol") == 404, what=f"the policy gone on {n.port}")
     assert "policy" not in json_get(n1, "/api/exchanges/%2F/pol.x")
+
+
+def test_a_policy_applies_to_a_quorum_queue_on_every_node(cluster):
+    n1, n2, n3 = cluster.nodes
+    declare(n1, "qpol")
+    assert len(publish_confirmed(n1, "qpol", [b"%d" % i for i in range(5)])) == 5
+    # Lowered through another node: every node's queue drops from the head to the limit.
+    body = {"pattern": "^qpol$", "definition": {"max-length": 2}, "apply-to": "queues"}
+    assert http(n2, "PUT", "/api/policies/%2F/qpol-limit", body) == 201
+    for n in (n1, n2, n3):
+        wait_for(lambda: count_on(n, "qpol") == 2, timeout=30, what=f"the limit applied on {n.port}")
+    assert json_get(n3, "/api/queues/%2F/qpol")["policy"] == "qpol-limit"
+    # With reject-publish, a publish past the limit is refused (nacked), on any node.
+    body["definition"] = {"max-length": 2, "overflow": "reject-publish"}
+    assert http(n2, "PUT", "/api/policies/%2F/qpol-limit", body) == 204
+    wait_for(lambda: json_get(n3, "/api/queues/%2F/qpol")["effective_policy_definition"].get("overflow")
+             == "reject-publish", timeout=30, what="the new policy on the third node")
+    assert publish_confirmed(n3, "qpol", [b"over"]) == []
+    # Cleared: no limit again.
+    assert http(n1, "DELETE", "/api/policies/%2F/qpol-limit") == 204
+    wait_for(lambda: json_get(n2, "/api/queues/%2F/qpol")["policy"] is None, timeout=30, what="the policy cleared")
+    assert len(publish_confirmed(n2, "qpol", [b"a", b"b"])) == 2
+    wait_for(lambda: count_on(n1, "qpol") == 4, timeout=30, what="four messages")

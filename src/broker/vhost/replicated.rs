@@ -26,6 +26,7 @@ impl VHost {
         let options = QueueOptions { durable: true, exclusive_owner: None, auto_delete: false, arguments, args };
         let owner: std::sync::Weak<dyn QueueOwner> = self.me.clone();
         let q = Queue::replicated(ShortStr::from(name), &self.name, options, replica, owner);
+        q.set_policy(self.policy_for_queue(&q));
         topo.queues.insert(ShortStr::from(name), q);
         super::super::stats::Churn::bump(&self.churn.queue_created);
         self.had_queue.store(true, std::sync::atomic::Ordering::Relaxed);

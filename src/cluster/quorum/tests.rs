@@ -272,3 +272,33 @@ fn single_active_consumer_serves_the_first_until_it_cancels() {
     q.enqueue(msg(3), 0, &mut fx);
     assert!(matches!(&fx[..], [Effect::Deliver { consumer: (2, 1), .. }]));
 }
+
+#[test]
+fn new_settings_from_a_policy_drop_from_the_head_and_apply_to_later_enqueues() {
+    let mut q = QuorumQueue::new(Settings { dead_letters: true, ..Default::default() });
+    let mut fx = Vec::new();
+    for n in 0..5 {
+        assert_eq!(q.enqueue(msg(n), 0, &mut fx), Outcome::Ok);
+    }
+    assert!(fx.is_empty());
+    // A lowered max-length with drop-head: the two newest stay, the others are dead letters.
+    q.set_settings(Settings { max_length: Some(2), dead_letters: true, ..Default::default() }, 0, &mut fx);
+    let dead: Vec<u64> = fx
+        .drain(..)
+        .map(|e| match e {
+            Effect::DeadLetter { msg, reason: Reason::MaxLen, .. } => body_of(&msg),
+            other => panic!("unexpected effect {other:?}"),
+        })
+        .collect();
+    assert_eq!((dead, q.ready_count()), (vec![0, 1, 2], 2));
+    // With reject-publish nothing is dropped, and a publish past the limit is refused.
+    let reject = Settings { max_length: Some(1), overflow: Overflow::RejectPublish, ..Default::default() };
+    q.set_settings(reject, 0, &mut fx);
+    assert!(fx.is_empty() && q.ready_count() == 2);
+    assert_eq!(q.enqueue(msg(9), 0, &mut fx), Outcome::Rejected);
+    // A TTL applies to what is enqueued from then on.
+    q.set_settings(Settings { message_ttl: Some(10), ..Default::default() }, 0, &mut fx);
+    q.enqueue(msg(10), 100, &mut fx);
+    q.expire(111, &mut fx);
+    assert_eq!(q.ready_count(), 3, "the older messages do not expire; the new one waits behind them");
+}
