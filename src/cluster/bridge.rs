@@ -13,9 +13,9 @@
 
 use super::machine::Effects;
 use super::node::Cluster;
-use super::quorum::{ConsumerKey, Msg, Overflow, Reason, Settings};
+use super::quorum::{ConsumerKey, Msg, Reason, Settings};
 use super::types::{Command, QueueName};
-use crate::broker::arguments::{self, QueueArguments};
+use crate::broker::arguments::QueueArguments;
 use crate::broker::consumer::{ConnEvent, Consumer, Delivery, Origin};
 use crate::broker::dead_letter;
 use crate::broker::message::{Message, QueuedMessage};

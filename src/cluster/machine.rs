@@ -9,11 +9,11 @@
 
 use super::log_store::Seal;
 use super::quorum::{Effect, Msg, Outcome, QuorumQueue, Reason, Settings};
+use super::types::{Batch, Command, Entry, LogId, NodeId, QueueName, StorageError, StoredMembership, TypeConfig};
 use crate::broker::arguments::QueueArguments;
 use crate::broker::policy::{PolicyChange, PolicyState, StoredPolicy, Target};
-use crate::broker::store::table_from_hex;
-use super::types::{Batch, Command, Entry, LogId, NodeId, QueueName, StorageError, StoredMembership, TypeConfig};
 use crate::broker::replicated::{DefinitionChange, Refusal, ReplicatedDefinitions};
+use crate::broker::store::table_from_hex;
 use bytes::Bytes;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb};
@@ -125,7 +125,6 @@ impl Replicated {
         }
     }
 
-impl Replicated {
     /// Applies one batch; the outcomes answer its commands in order, and `steps` gets what
     /// they ask of the broker, in order.
     fn apply_batch(&mut self, b: &Batch, steps: &mut Vec<Step>) -> Vec<Outcome> {
