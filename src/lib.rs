@@ -16,5 +16,6 @@ pub mod http;
 pub mod perf;
 pub mod protocol;
 pub mod server;
+pub mod shovel;
 pub mod storage;
 pub mod tls;

@@ -141,6 +141,8 @@ fn main() -> ExitCode {
         let amqp_port = match server.local_addr() {
             Ok(addr) => {
                 tracing::info!("AMQP listening on {addr}");
+                // Dynamic shovels: a worker for each shovel parameter, from now on.
+                hare::shovel::spawn(broker.clone(), addr);
                 addr.port()
             }
             Err(e) => {

@@ -62,12 +62,22 @@ fn certificates(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, TlsError
     Ok(certs)
 }
 
+/// The certificates of a PEM file (a chain, or CAs).
+pub fn certificates_of(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    certificates(path)
+}
+
+/// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub fn private_key_of(path: &PathBuf) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|source| TlsError::Read { path: path.clone(), source })?
+        .ok_or_else(|| TlsError::NoKey(path.clone()))
+}
+
 fn build(s: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = certificates(&s.cert)?;
-    let pem = read(&s.key)?;
-    let key = rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|source| TlsError::Read { path: s.key.clone(), source })?
-        .ok_or_else(|| TlsError::NoKey(s.key.clone()))?;
+    let key = private_key_of(&s.key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

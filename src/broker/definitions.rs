@@ -7,6 +7,7 @@
 //! deleting an exchange removes the bindings from it and to it. A queue's bindings are found
 //! through an index by destination, so a delete costs what that queue had, not a scan.
 
+use super::parameters::{Parameter, ParameterChange, ParameterState};
 use super::policy::{PolicyChange, PolicyState, StoredPolicy};
 use crate::auth::{AccessChange, AccessState};
 use serde::{Deserialize, Serialize};
@@ -87,6 +88,10 @@ pub enum Change {
     /// A policy or operator policy set or cleared (see `crate::broker::policy`).
     Policy {
         change: PolicyChange,
+    },
+    /// A runtime parameter (a shovel) set or cleared (see `crate::broker::parameters`).
+    Parameter {
+        change: ParameterChange,
     },
 }
 
@@ -180,6 +185,7 @@ pub struct DefinitionsState {
     /// None until the first access change (a data directory from before users were kept).
     access: Option<AccessState>,
     policies: PolicyState,
+    parameters: ParameterState,
 }
 
 /// A snapshot as written to disk: every vhost's definitions as lists.
@@ -190,12 +196,19 @@ pub struct Snapshot {
     pub access: Option<AccessState>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<StoredPolicy>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<Parameter>,
 }
 
 impl DefinitionsState {
     pub fn from_snapshot(s: &Snapshot) -> Self {
         let vhosts = s.vhosts.iter().map(|(n, d)| (n.clone(), VhostDefinitions::from_definitions(d))).collect();
-        DefinitionsState { vhosts, access: s.access.clone(), policies: PolicyState::from_list(&s.policies) }
+        DefinitionsState {
+            vhosts,
+            access: s.access.clone(),
+            policies: PolicyState::from_list(&s.policies),
+            parameters: ParameterState::from_list(&s.parameters),
+        }
     }
 
     pub fn to_snapshot(&self) -> Snapshot {
@@ -203,7 +216,13 @@ impl DefinitionsState {
             vhosts: self.vhosts.iter().map(|(n, v)| (n.clone(), v.to_definitions())).collect(),
             access: self.access.clone(),
             policies: self.policies.to_list(),
+            parameters: self.parameters.to_list(),
         }
+    }
+
+    /// The runtime parameters of every vhost.
+    pub fn parameters(&self) -> &ParameterState {
+        &self.parameters
     }
 
     /// The policies and operator policies of every vhost.
@@ -237,12 +256,17 @@ impl DefinitionsState {
                 if let AccessChange::DeleteVhost { name } = change {
                     self.vhosts.remove(name);
                     self.policies.forget_vhost(name);
+                    self.parameters.forget_vhost(name);
                 }
                 self.access.get_or_insert_with(AccessState::default).apply(change);
                 return;
             }
             Change::Policy { change } => {
                 self.policies.apply(change);
+                return;
+            }
+            Change::Parameter { change } => {
+                self.parameters.apply(change);
                 return;
             }
             Change::DeclareExchange { vhost, .. }
@@ -276,7 +300,7 @@ impl DefinitionsState {
             }
             Change::Bind { binding, .. } => v.bind(binding),
             Change::Unbind { binding, .. } => v.unbind(binding),
-            Change::Access { .. } | Change::Policy { .. } => {}
+            Change::Access { .. } | Change::Policy { .. } | Change::Parameter { .. } => {}
         }
         if v.is_empty() {
             self.vhosts.remove(vhost);
@@ -332,7 +356,7 @@ mod tests {
                     }
                 }
                 Change::Unbind { binding, .. } => self.bindings.retain(|b| b != binding),
-                Change::Access { .. } | Change::Policy { .. } => {}
+                Change::Access { .. } | Change::Policy { .. } | Change::Parameter { .. } => {}
             }
         }
 

@@ -83,6 +83,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn load_access(&self) -> Result<Option<crate::auth::AccessState>, StoreError>;
     /// Policies and operator policies as saved.
     fn load_policies(&self) -> Result<super::policy::PolicyState, StoreError>;
+    /// Runtime parameters (shovels) as saved.
+    fn load_parameters(&self) -> Result<super::parameters::ParameterState, StoreError>;
     /// Appends a change to the durable definitions; returns the ticket that makes it durable.
     /// Buffered, no I/O: callers may hold their locks.
     fn record(&self, change: &Change) -> u64;

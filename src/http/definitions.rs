@@ -60,6 +60,9 @@ fn definitions(api: &Api, only: Option<&str>) -> Value {
         if let Some(limits) = def.map(|d| &d.limits).filter(|l| !l.is_empty()) {
             parameters.push(json!({ "vhost": v.name, "component": "vhost-limits", "name": "limits", "value": limits }));
         }
+        for p in api.broker.parameters(None, Some(&v.name)) {
+            parameters.push(p.to_json());
+        }
         for p in api.broker.policies(PolicyKind::Policy, Some(&v.name)) {
             policies.push(p.to_json());
         }
@@ -317,6 +320,26 @@ async fn import_into(api: &Api, body: Value) -> Response {
         match v.bind(&ShortStr::from(text(b, "source")), binding, &actor()) {
             Ok(t) => ticket = ticket.max(t),
             Err(err) => return bad(err.reply_text()),
+        }
+    }
+    // Shovels (runtime parameters), checked as a PUT of one is; after the queues they move
+    // between, so that a worker starting at once finds them declared as the file says.
+    for p in items(&body, "parameters").filter(|p| text(p, "component") == crate::shovel::COMPONENT) {
+        let (vhost, name) = (text(p, "vhost"), text(p, "name"));
+        let value = p.get("value").cloned().unwrap_or(Value::Null);
+        if let Err(e) = crate::shovel::definition::validate(name, &value) {
+            return bad(format!("{e} ({vhost}/{name})"));
+        }
+        let parameter = crate::broker::parameters::Parameter {
+            component: crate::shovel::COMPONENT.into(),
+            vhost: vhost.into(),
+            name: name.into(),
+            value,
+            user: actor().user.to_string(),
+        };
+        match api.broker.change_parameter(crate::broker::parameters::ParameterChange::Set { parameter }, &actor()) {
+            Ok(t) => ticket = ticket.max(t),
+            Err(e) => return bad(e.to_string()),
         }
     }
     super::write::durable(&api, ticket).await;

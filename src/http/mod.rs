@@ -23,6 +23,7 @@ mod json;
 mod list;
 mod metrics;
 mod page;
+mod parameters;
 mod policy;
 mod principal;
 mod write;
@@ -188,6 +189,17 @@ fn router(api: Api) -> Router {
             "/api/operator-policies/{vhost}/{name}",
             get(policy::operator_policy).put(policy::put_operator_policy).delete(policy::delete_operator_policy),
         )
+        .route("/api/parameters", get(parameters::parameters))
+        .route("/api/parameters/{component}", get(parameters::component))
+        .route("/api/parameters/{component}/{vhost}", get(parameters::component_in))
+        .route(
+            "/api/parameters/{component}/{vhost}/{name}",
+            get(parameters::parameter).put(parameters::put_parameter).delete(parameters::delete_parameter),
+        )
+        .route("/api/shovels", get(parameters::shovels))
+        .route("/api/shovels/{vhost}", get(parameters::shovels_in))
+        .route("/api/shovels/vhost/{vhost}/{name}", get(parameters::shovel).delete(parameters::delete_shovel))
+        .route("/api/shovels/vhost/{vhost}/{name}/restart", axum::routing::delete(parameters::restart_shovel))
         .route("/api/user-limits", get(access::user_limits))
         .route("/api/user-limits/{user}", get(access::user_limits_of))
         .route(

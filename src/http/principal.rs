@@ -66,6 +66,15 @@ fn path_vhost(path: &str) -> Option<String> {
         return None;
     }
     let kind = parts.next()?;
+    // /api/parameters/{component}/{vhost}, /api/shovels/{vhost}, /api/shovels/vhost/{vhost}
+    if kind == "parameters" {
+        parts.next()?;
+    }
+    if kind == "shovels" {
+        let first = parts.next().filter(|s| !s.is_empty())?;
+        let raw = if first == "vhost" { parts.next().filter(|s| !s.is_empty())? } else { first };
+        return Some(percent_decode(raw));
+    }
     let scoped = [
         "queues",
         "exchanges",
@@ -78,6 +87,7 @@ fn path_vhost(path: &str) -> Option<String> {
         "vhost-limits",
         "policies",
         "operator-policies",
+        "parameters",
     ];
     if !scoped.contains(&kind) {
         return None;
@@ -135,7 +145,9 @@ pub fn authorise(p: &Principal, method: &Method, path: &str) -> Result<(), Respo
     if admin_only || one_policy("/api/operator-policies/") {
         return Err(not_authorised("Not administrator user"));
     }
-    if one_policy("/api/policies/") && !p.has("policymaker") {
+    let changes_parameter =
+        *method != Method::GET && (path.starts_with("/api/parameters/") || path.starts_with("/api/shovels/vhost/"));
+    if (one_policy("/api/policies/") || changes_parameter) && !p.has("policymaker") {
         return Err(not_authorised("User not authorised to access object"));
     }
     if (path.starts_with("/api/nodes") || path.starts_with("/api/hare/cluster")) && !p.has("monitoring") {

@@ -251,6 +251,11 @@ impl DefinitionsJournal {
         self.recovered.lock().policies().clone()
     }
 
+    /// The recovered runtime parameters (asked once, at start).
+    pub fn take_parameters(&self) -> crate::broker::parameters::ParameterState {
+        self.recovered.lock().parameters().clone()
+    }
+
     /// Appends a change; returns the group-commit ticket that makes it durable. No I/O:
     /// the syncer writes the record out.
     pub fn record(&self, change: &Change) -> u64 {

@@ -190,6 +190,10 @@ impl Storage for DiskStorage {
         Ok(self.definitions.take_policies())
     }
 
+    fn load_parameters(&self) -> Result<crate::broker::parameters::ParameterState, StoreError> {
+        Ok(self.definitions.take_parameters())
+    }
+
     fn record(&self, change: &Change) -> u64 {
         self.definitions.record(change)
     }

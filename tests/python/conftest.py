@@ -47,7 +47,8 @@ class Hare:
         self.log_path = os.path.join(self.dir, f"hare-{self.starts}.log")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [HARE_BIN, "--port", "0", "--management-port", "0", "--data-dir", self.data_dir, "--log", "info", *self.extra_args],
+            [HARE_BIN, *([] if "--port" in self.extra_args else ["--port", "0"]), "--management-port", "0",
+             "--data-dir", self.data_dir, "--log", "info", *self.extra_args],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             preexec_fn=self._limit if self.open_files else None,
