@@ -89,6 +89,8 @@ pub async fn put_parameter(
         return error(StatusCode::BAD_REQUEST, "bad_request", &reason);
     }
     if let Err(reason) = shovel::definition::validate(&name, &value) {
+        // RabbitMQ's handler escapes HTML in the reason.
+        let reason = reason.replace('<', "&lt;").replace('>', "&gt;");
         return error(StatusCode::BAD_REQUEST, "bad_request", &reason);
     }
     for end in ["src-uri", "dest-uri"] {
@@ -190,9 +192,10 @@ pub async fn shovels_in(State(api): State<Api>, Path(vhost): Path<String>, Query
     list::respond(shovel_list(&api, Some(&vhost)), &q)
 }
 
+/// GET /api/shovels/vhost/{vhost}/{name}: a list of the one shovel, as RabbitMQ answers.
 pub async fn shovel(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>) -> Response {
     match shovel_list(&api, Some(&vhost)).into_iter().find(|s| s["name"] == name.as_str()) {
-        Some(s) => Json(s).into_response(),
+        Some(s) => Json(json!([s])).into_response(),
         None => not_found(),
     }
 }

@@ -109,7 +109,7 @@ fn protocol(name: &str, v: &Value) -> Result<(), String> {
 }
 
 fn uri_check(name: &str, v: &Value) -> Result<(), String> {
-    let one = |s: &str| uri::parse(s).map(|_| ()).map_err(|e| format!("\"{s}\" not a valid URI: {e}"));
+    let one = |s: &str| uri::parse(s).map(|_| ()).map_err(|e| format!("\"{s}\" not a valid URI: {{{e},\"{s}\"}}"));
     match v {
         Value::String(s) => one(s),
         Value::Array(items) => {
@@ -207,6 +207,14 @@ pub fn validate(name: &str, value: &Value) -> Result<ShovelDef, String> {
         errors.push(format!("Unrecognised terms [{}] in {name}", unknown.join(",")));
     }
     errors.extend(checks.into_iter().rev());
+    if errors.is_empty() {
+        // RabbitMQ's checks passed; Hare's shovels speak AMQP 0-9-1 alone.
+        for key in ["src-protocol", "dest-protocol"] {
+            if def.get(key).and_then(Value::as_str) == Some("amqp10") {
+                errors.push(format!("{key} amqp10 is not supported: Hare's shovels speak amqp091"));
+            }
+        }
+    }
     if !errors.is_empty() {
         let mut text = String::from("Validation failed\n\n");
         for e in errors {

@@ -1,4 +1,5 @@
-//! AMQP URIs as RabbitMQ's shovel takes them (RabbitMQ's URI spec, `amqp_uri`):
+//! AMQP URIs as RabbitMQ's shovel takes them (RabbitMQ's URI spec, `amqp_uri`, whose error
+//! terms the reasons follow):
 //! `amqp[s]://[user[:password]@]host[:port][/vhost][?query]`, each part percent-decoded. A URI
 //! without a host (`amqp://`, `amqp:///vhost`) names this broker, as in RabbitMQ.
 
@@ -59,11 +60,11 @@ fn decode(s: &str) -> Result<String, String> {
 
 /// Parses a URI; the error is a short reason (RabbitMQ's `amqp_uri` words where it has them).
 pub fn parse(raw: &str) -> Result<AmqpUri, String> {
-    let (scheme, rest) = raw.split_once("://").ok_or("no_scheme")?;
+    let (scheme, rest) = raw.split_once("://").ok_or("malformed_uri")?;
     let tls = match scheme {
         "amqp" => false,
         "amqps" => true,
-        other => return Err(format!("unexpected_uri_scheme {other}")),
+        other => return Err(format!("{{unexpected_uri_scheme,\"{other}\"}}")),
     };
     let (rest, query) = match rest.split_once('?') {
         Some((r, q)) => (r, Some(q)),

@@ -85,6 +85,8 @@ DELIBERATE = {
     "queue": {"backing_queue_status", "recoverable_slaves", "slave_nodes", "synchronised_slave_nodes"},
     # The consumer's x-priority argument is in its arguments; Hare names it again.
     "consumer": {"priority"},
+    # Hare's own: what a shovel moved, and how many of those its source had delivered before.
+    "shovel": {"messages_shovelled", "messages_redelivered"},
     # RabbitMQ's classic queue index; a Hare queue log has no separate index (a message's
     # record is its own entry).
     "node": {"queue_index_read_count", "queue_index_read_count_details", "queue_index_write_count",
@@ -142,7 +144,10 @@ ENDPOINTS = [
     "/health/checks/protocol-listener/:protocol", "/health/checks/virtual-hosts",
     "/health/checks/node-is-mirror-sync-critical", "/health/checks/node-is-quorum-critical",
     "/auth", "/policies", "/policies/:vhost", "/policies/:vhost/:name", "/operator-policies",
-    "/operator-policies/:vhost", "/operator-policies/:vhost/:name",
+    "/operator-policies/:vhost", "/operator-policies/:vhost/:name", "/parameters", "/parameters/:component",
+    "/parameters/:component/:vhost", "/parameters/:component/:vhost/:name",
+    # The shovel management plugin's.
+    "/shovels", "/shovels/:vhost", "/shovels/vhost/:vhost/:name", "/shovels/vhost/:vhost/:name/restart",
 ]
 
 
@@ -193,6 +198,8 @@ def kind_of(obj):
         return "node"
     if "rabbit_version" in keys:
         return "definitions"
+    if "src_protocol" in keys and "dest_protocol" in keys:
+        return "shovel"
     return None
 
 
@@ -422,6 +429,8 @@ def cleanup(b):
     for kind in ("policies", "operator-policies"):
         for p in b.request("GET", f"/api/{kind}/%2F")[1]:
             b.request("DELETE", f"/api/{kind}/%2F/{q(p['name'])}")
+    for p in b.request("GET", "/api/parameters/shovel")[1] or []:
+        b.request("DELETE", f"/api/parameters/shovel/{q(p['vhost'])}/{q(p['name'])}")
 
 
 def ready(b, seconds=120):

@@ -30,7 +30,7 @@ class RabbitMQ(compare.RabbitMQ):
     port = int(os.environ.get("CONFORMANCE_RABBITMQ_PORT", "5712"))
     http_port = port + 10000
     node = "hareconformance@localhost"
-    plugins = ("rabbitmq_management",)
+    plugins = ("rabbitmq_management", "rabbitmq_shovel", "rabbitmq_shovel_management")
     # Statistics every 100 ms (5 s by default), so that the HTTP test's reads settle quickly.
     conf = (
         f"management.tcp.port = {http_port}",
