@@ -129,6 +129,8 @@ pub fn spawn_monitor(
     disk: Option<DiskLimit>,
 ) -> watch::Receiver<Option<String>> {
     let (tx, rx) = watch::channel(None);
+    // A page-out under way: the next starts once it is done, and the checks go on meanwhile.
+    let paging = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(CHECK_EVERY);
         loop {
@@ -161,21 +163,22 @@ pub fn spawn_monitor(
                     None => tracing::info!("resource alarm cleared: publishers unblocked"),
                 }
             }
-            // Past half the limit, queues page to disk so the limit is not reached. After the
-            // alarm above: paging waits on the disk, and publishers over the limit must be
-            // held back while it does, not once it is done.
+            // Past half the limit, queues page to disk so the limit is not reached. Paging
+            // waits on the disk, so it runs beside these checks, not in their way: a flood
+            // that passes the limit while a page-out is under way blocks its publishers at
+            // the next check (100 ms), not once the page-out is done.
             let pressure = rss.is_some_and(|r| r > memory_limit / 2);
             broker.set_memory_pressure(pressure);
-            if pressure {
-                let b = broker.clone();
+            if pressure && !paging.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                let (b, done) = (broker.clone(), paging.clone());
                 // Copying messages into log buffers is work for a blocking thread. Then the
                 // allocator gives what was freed back to the system: glibc keeps freed heap
                 // memory otherwise, and resident memory (what this alarm reads) would not fall.
-                let _ = tokio::task::spawn_blocking(move || {
+                tokio::task::spawn_blocking(move || {
                     b.page_out();
                     release_free_memory();
-                })
-                .await;
+                    done.store(false, std::sync::atomic::Ordering::Release);
+                });
             }
             if tx.is_closed() {
                 return;
