@@ -15,6 +15,7 @@
 //! ```
 
 mod client;
+mod migrate;
 mod table;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -176,6 +177,17 @@ pub enum CtlCommand {
     },
     ClearOperatorPolicy {
         name: String,
+    },
+    /// Moves a running RabbitMQ here: its definitions (users keep their passwords), then every
+    /// queue's messages through on-confirm shovels, with progress and a report. Rerun after
+    /// an interruption, it goes on where it stopped.
+    Migrate {
+        /// RabbitMQ's management API, with its credentials: http://user:pass@host:15672
+        #[arg(long)]
+        from: String,
+        /// RabbitMQ's AMQP listener, with its credentials: amqp://user:pass@host:5672
+        #[arg(long)]
+        from_amqp: String,
     },
     /// A cluster node's cluster: its members, leader and replication lag; joining; forgetting.
     Cluster {
@@ -549,6 +561,9 @@ fn execute(api: &Api, args: &CtlArgs) -> Result<(), CtlError> {
                 if matches!(args.command, CtlCommand::ClearPolicy { .. }) { "policies" } else { "operator-policies" };
             api.delete(&format!("/api/{kind}/{v}/{}", e(name)))?;
             done(args, format!("policy {name} cleared"));
+        }
+        CtlCommand::Migrate { from, from_amqp } => {
+            migrate::run(api, from, from_amqp, args.format == Format::Json)?;
         }
         CtlCommand::AddVhost { name } => {
             api.put(&format!("/api/vhosts/{}", e(name)), &json!({}))?;

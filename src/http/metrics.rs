@@ -292,6 +292,25 @@ fn snapshot(api: &Api, per_object: bool) -> Snapshot {
         "Appends made durable by one group-commit round, since start",
         hist(&sync.batch, 1.0),
     );
+    // Shovels: how many are in each state, and what each moved (gauges: a shovel's count
+    // starts over when it is recreated).
+    let shovels = b.run_states(crate::shovel::COMPONENT);
+    let by_state = ["starting", "running", "terminated"]
+        .into_iter()
+        .map(|st| {
+            let n = shovels.iter().filter(|(_, _, r)| r.state == st).count();
+            (vec![("state".to_string(), st.to_string())], n as f64)
+        })
+        .collect();
+    s.gauge("hare_shovels", "Dynamic shovels by state", by_state);
+    let moved = shovels
+        .iter()
+        .map(|(v, n, r)| {
+            let m = r.info.iter().find(|(k, _)| *k == "messages_shovelled").and_then(|(_, v)| v.as_u64()).unwrap_or(0);
+            (vec![("vhost".to_string(), v.clone()), ("shovel".to_string(), n.clone())], m as f64)
+        })
+        .collect();
+    s.gauge("hare_shovel_messages", "Messages a shovel moved since it last started", moved);
     s.gauge("hare_queue_time_in_queue_seconds", "Time from publish to delivery over the last one to two minutes (sampled messages); without labels, the queue with the highest p99", in_queue);
     s.gauge("hare_queue_time_to_ack_seconds", "Time from delivery to acknowledgement over the last one to two minutes (sampled messages); without labels, the queue with the highest p99", to_ack);
     s

@@ -5,6 +5,7 @@ the state in `/api/shovels`, shovels kept across a restart, and nothing lost whe
 broker is killed with SIGKILL in the middle (on-confirm: at least once)."""
 import base64
 import json
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -95,6 +96,11 @@ def test_a_shovel_moves_a_queue_in_order_with_its_properties(broker):
     _, p = got[7]
     assert (p.priority, p.headers, p.message_id, p.content_type, p.delivery_mode, p.expiration) == (
         7, {"i": 7}, "7", "text/plain", 2, "600000")
+    # The metrics count it.
+    with urllib.request.urlopen(f"http://127.0.0.1:{broker.http_port}/metrics", timeout=30) as r:
+        metrics = r.read().decode()
+    assert re.search(r'hare_shovels\{state="running"\} 1(\.0)?\n', metrics)
+    assert re.search(r'hare_shovel_messages\{vhost="/",shovel="move"\} 2000(\.0)?\n', metrics)
     # It keeps moving what arrives later, until it is deleted.
     publish(broker, "from", 10, start=2000)
     wait_for(lambda: count(broker, "to") == 10, timeout=30, what="later messages moved")

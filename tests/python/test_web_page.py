@@ -137,7 +137,7 @@ def click_row(browser, table, text, action):
     )
 
 
-def test_the_admin_section_manages_users_vhosts_permissions_limits_and_policies(hare, browser):
+def test_the_admin_section_manages_users_vhosts_permissions_limits_policies_and_shovels(hare, browser):
     login(browser, hare, "guest", "guest")
     browser.wait("!document.querySelector('#nav').hidden")
     browser.eval("window.confirm = () => true; true")
@@ -204,6 +204,27 @@ def test_the_admin_section_manages_users_vhosts_permissions_limits_and_policies(
         assert api_get(hare, "/api/policies/%2F/web-p") == 404
     finally:
         ch.queue_delete("web-bounded")
+        c.close()
+    # A shovel set up through the page moves a queue and shows its state.
+    c = hare.connect()
+    ch = c.channel()
+    ch.queue_declare("web-from")
+    for i in range(5):
+        ch.basic_publish("", "web-from", b"s%d" % i)
+    try:
+        browser.eval("location.hash = '#/admin/shovels'; true")
+        browser.wait("document.querySelector('#shovel-form') !== null")
+        fill(browser, {"shovel-name": "web-move", "shovel-src-queue": "web-from", "shovel-dest-queue": "web-to"},
+             "shovel-submit")
+        browser.wait(has_row.format(t="shovels-table", v=js("running")), what="the shovel running")
+        browser.wait(has_row.format(t="shovels-table", v=js("5")), what="five messages moved")
+        assert ch.queue_declare("web-to", passive=True).method.message_count == 5
+        click_row(browser, "shovels-table", "web-move", "delete")
+        browser.wait(f"!({has_row.format(t='shovels-table', v=js('web-move'))})", what="the shovel gone")
+        assert api_get(hare, "/api/parameters/shovel/%2F/web-move") == 404
+    finally:
+        ch.queue_delete("web-from")
+        ch.queue_delete("web-to")
         c.close()
     # Deleting through the rows.
     browser.eval("location.hash = '#/admin/vhosts'; true")

@@ -1,5 +1,5 @@
 // The page's Admin section, as RabbitMQ's page has it: users, vhosts, permissions, limits,
-// policies and operator policies, each listed with forms to add, change and delete. Every
+// policies, operator policies and shovels, each listed with forms to add, change and delete. Every
 // change is a request to the management API; its refusal (RabbitMQ's reason) is shown as
 // the API gives it. Loaded before hare.js, whose helpers ($, api, esc, enc, heading) it uses
 // when a view is drawn.
@@ -7,7 +7,7 @@
 
 const ADMIN_SECTIONS = [
   ["users", "Users"], ["vhosts", "Virtual hosts"], ["permissions", "Permissions"], ["limits", "Limits"],
-  ["policies", "Policies"], ["operator-policies", "Operator policies"],
+  ["policies", "Policies"], ["operator-policies", "Operator policies"], ["shovels", "Shovels"],
 ];
 
 function admin(section) {
@@ -16,7 +16,8 @@ function admin(section) {
     `<a href="#/admin/${k}" class="${k === section ? "active" : ""}" id="admin-tab-${k}">${esc(label)}</a>`).join("")}</nav>
     <div id="admin"></div><p class="error" id="admin-error"></p><p class="ok" id="admin-ok"></p>`);
   const draw = { users: adminUsers, vhosts: adminVhosts, permissions: adminPermissions, limits: adminLimits,
-    policies: () => adminPolicies("policies"), "operator-policies": () => adminPolicies("operator-policies") }[section] || adminUsers;
+    policies: () => adminPolicies("policies"), "operator-policies": () => adminPolicies("operator-policies"),
+    shovels: adminShovels }[section] || adminUsers;
   return draw();
 }
 
@@ -211,6 +212,56 @@ function adminPolicies(kind) {
         body: { pattern: value("policy-pattern"), definition, priority: Number(value("policy-priority")), "apply-to": value("policy-apply-to") },
       });
     }, refresh);
+  });
+  return refresh;
+}
+
+// Dynamic shovels: each with its state (from /api/shovels), a form for the common fields.
+function adminShovels() {
+  const cols = [["vhost", "Virtual host"], ["name", "Name"], ["source", "Source"], ["destination", "Destination"],
+    ["state", "State"], ["moved", "Moved"]];
+  $("#admin").innerHTML = `${tableHtml("shovels-table", cols)}
+    <h3>Add or change a shovel</h3><form class="inline" id="shovel-form">
+      <label>Virtual host <input id="shovel-vhost" value="/" required></label>
+      <label>Name <input id="shovel-name" required></label>
+      <label>Source URI <input id="shovel-src-uri" value="amqp://" required></label>
+      <label>Source queue <input id="shovel-src-queue" required></label>
+      <label>Destination URI <input id="shovel-dest-uri" value="amqp://" required></label>
+      <label>Destination queue <input id="shovel-dest-queue" required></label>
+      <label>Ack mode <select id="shovel-ack-mode"><option value="on-confirm">on confirm</option><option value="on-publish">on publish</option><option value="no-ack">no ack</option></select></label>
+      <label>Delete after <select id="shovel-delete-after"><option value="never">never</option><option value="queue-length">queue length</option></select></label>
+      <button type="submit" id="shovel-submit">Save shovel</button></form>`;
+  const refresh = async () => {
+    const [params, states] = await Promise.all([api("/api/parameters/shovel"), api("/api/shovels")]);
+    const rows = params.map((p) => {
+      const s = states.find((x) => x.vhost === p.vhost && x.name === p.name) || {};
+      const v = p.value;
+      return {
+        vhost: p.vhost, name: p.name, value: v,
+        source: `${v["src-uri"]} ${v["src-queue"] || v["src-exchange"] || ""}`,
+        destination: `${v["dest-uri"]} ${v["dest-queue"] || v["dest-exchange"] || ""}`,
+        state: s.state ? (s.reason ? `${s.state}: ${s.reason}` : s.state) : "",
+        moved: s.messages_shovelled ?? "",
+      };
+    });
+    listTable("shovels-table", rows, cols, ["edit", "delete"], (action, r) => {
+      if (action === "edit") {
+        $("#shovel-vhost").value = r.vhost;
+        $("#shovel-name").value = r.name;
+        for (const k of ["src-uri", "src-queue", "dest-uri", "dest-queue", "ack-mode"]) $(`#shovel-${k}`).value = r.value[k] || "";
+        $("#shovel-delete-after").value = r.value["src-delete-after"] === "queue-length" ? "queue-length" : "never";
+      } else {
+        change(`Shovel ${r.name} deleted.`, () => api(`/api/parameters/shovel/${enc(r.vhost)}/${enc(r.name)}`, { method: "DELETE" }), refresh);
+      }
+    });
+  };
+  $("#shovel-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const [vhost, name] = [value("shovel-vhost"), value("shovel-name")];
+    const v = {};
+    for (const k of ["src-uri", "src-queue", "dest-uri", "dest-queue", "ack-mode"]) v[k] = value(`shovel-${k}`);
+    v["src-delete-after"] = value("shovel-delete-after");
+    change(`Shovel ${name} saved.`, () => api(`/api/parameters/shovel/${enc(vhost)}/${enc(name)}`, { method: "PUT", body: { value: v } }), refresh);
   });
   return refresh;
 }
