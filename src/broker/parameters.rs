@@ -89,6 +89,17 @@ impl ParameterState {
     }
 }
 
+/// RabbitMQ's text for a value its validation refused (policies and shovels alike):
+/// `Validation failed`, a blank line, then each problem on its own line.
+pub fn validation_failed(errors: Vec<String>) -> String {
+    let mut text = String::from("Validation failed\n\n");
+    for e in errors {
+        text.push_str(&e);
+        text.push('\n');
+    }
+    text
+}
+
 /// Why a parameter change was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ParameterError {

@@ -201,14 +201,7 @@ impl QuorumQueue {
         self.messages.insert(id, Slot { msg: Arc::new(msg), delivery_count: 0, delivered: false, expires_at });
         self.ready.push_back(id);
         self.ready_bytes += size;
-        if self.settings.overflow == Overflow::DropHead {
-            while self.over_limit(0, 0) {
-                match self.pop_ready() {
-                    Some(head) => self.dead_letter(head, Reason::MaxLen, fx),
-                    None => break,
-                }
-            }
-        }
+        self.drop_head(fx);
         self.expire(now, fx);
         self.dispatch(now, fx);
         Outcome::Ok
@@ -219,16 +212,22 @@ impl QuorumQueue {
     /// new TTL applies to messages enqueued from now on.
     pub fn set_settings(&mut self, settings: Settings, now: u64, fx: &mut Vec<Effect>) {
         self.settings = settings;
-        if self.settings.overflow == Overflow::DropHead {
-            while self.over_limit(0, 0) {
-                match self.pop_ready() {
-                    Some(head) => self.dead_letter(head, Reason::MaxLen, fx),
-                    None => break,
-                }
-            }
-        }
+        self.drop_head(fx);
         self.expire(now, fx);
         self.dispatch(now, fx);
+    }
+
+    /// With drop-head overflow, drops (or dead-letters) from the head until within the limits.
+    fn drop_head(&mut self, fx: &mut Vec<Effect>) {
+        if self.settings.overflow != Overflow::DropHead {
+            return;
+        }
+        while self.over_limit(0, 0) {
+            match self.pop_ready() {
+                Some(head) => self.dead_letter(head, Reason::MaxLen, fx),
+                None => break,
+            }
+        }
     }
 
     /// Whether the queue with `extra` more messages of `bytes` in all would be over a length

@@ -7,7 +7,7 @@ use super::access::missing;
 use super::principal::{actor, current_may_see};
 use super::write::{durable, parse};
 use super::{error, list, not_found, Api, ListQuery};
-use crate::broker::parameters::{Parameter, ParameterChange};
+use crate::broker::parameters::{validation_failed, Parameter, ParameterChange};
 use crate::shovel;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -82,9 +82,9 @@ pub async fn put_parameter(
     if component != shovel::COMPONENT {
         let reason = if COMPONENTS.contains(&component.as_str()) {
             // Vhost limits have their own path, as RabbitMQ's are set through it too.
-            format!("Validation failed\n\ncomponent {component} is set through /api/vhost-limits\n")
+            validation_failed(vec![format!("component {component} is set through /api/vhost-limits")])
         } else {
-            format!("Validation failed\n\ncomponent {component} not found\n")
+            validation_failed(vec![format!("component {component} not found")])
         };
         return error(StatusCode::BAD_REQUEST, "bad_request", &reason);
     }
@@ -95,7 +95,7 @@ pub async fn put_parameter(
     }
     for end in ["src-uri", "dest-uri"] {
         if let Err(reason) = local_end_allowed(&api, &value[end]) {
-            return error(StatusCode::BAD_REQUEST, "bad_request", &format!("Validation failed\n\n{reason}\n"));
+            return error(StatusCode::BAD_REQUEST, "bad_request", &validation_failed(vec![reason]));
         }
     }
     let user = actor().user.to_string();

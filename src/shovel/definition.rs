@@ -169,7 +169,10 @@ const KEYS: &[(&str, Check, bool)] = &[
 /// each problem on a line, in its order).
 pub fn validate(name: &str, value: &Value) -> Result<ShovelDef, String> {
     let Some(def) = value.as_object() else {
-        return Err(format!("Validation failed\n\n{name} not a list {}\n", erlang_term(value)));
+        return Err(crate::broker::parameters::validation_failed(vec![format!(
+            "{name} not a list {}",
+            erlang_term(value)
+        )]));
     };
     let mut errors = Vec::new();
     // The source and destination rules first, as RabbitMQ lists them.
@@ -216,12 +219,7 @@ pub fn validate(name: &str, value: &Value) -> Result<ShovelDef, String> {
         }
     }
     if !errors.is_empty() {
-        let mut text = String::from("Validation failed\n\n");
-        for e in errors {
-            text.push_str(&e);
-            text.push('\n');
-        }
-        return Err(text);
+        return Err(crate::broker::parameters::validation_failed(errors));
     }
     Ok(read(def))
 }

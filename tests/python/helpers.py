@@ -53,3 +53,37 @@ class PeakRss:
         self.stop.set()
         self.thread.join()
         return self.peak
+
+
+def api(port, method, path, body=None, user=("guest", "guest")):
+    """A request to the management API on `port`: (status, decoded JSON body or None)."""
+    import base64
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                 data=None if body is None else json.dumps(body).encode())
+    req.add_header("content-type", "application/json")
+    req.add_header("Authorization", "Basic " + base64.b64encode(f"{user[0]}:{user[1]}".encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            raw = r.read()
+            return r.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            return e.code, json.loads(raw) if raw else None
+        except ValueError:
+            return e.code, raw
+
+
+def get_all(connection, queue):
+    """Takes every ready message of `queue` with basic.get (auto-ack): [(props, body)]."""
+    ch = connection.channel()
+    out = []
+    while True:
+        m, p, b = ch.basic_get(queue, auto_ack=True)
+        if m is None:
+            return out
+        out.append((p, b))

@@ -3,7 +3,6 @@ a few vhosts, users and a policy, 10 queues holding 100,000 messages with varied
 After the move RabbitMQ's queues are empty, Hare's hold every message exactly once, in order,
 with its properties, and users log in to Hare with their RabbitMQ passwords. Then a second
 batch, Hare killed with SIGKILL in the middle of its move, a rerun: nothing lost."""
-import base64
 import json
 import os
 import socket
@@ -11,13 +10,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 
 import pika
 import pytest
 
+import helpers
 from conftest import HARE_BIN, Hare, wait_for
+from helpers import get_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
@@ -43,16 +42,7 @@ def free_ports(n):
 
 
 def http(port, method, path, body=None, user=("guest", "guest")):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
-                                 data=None if body is None else json.dumps(body).encode())
-    req.add_header("content-type", "application/json")
-    req.add_header("Authorization", "Basic " + base64.b64encode(f"{user[0]}:{user[1]}".encode()).decode())
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            raw = r.read()
-            return r.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+    return helpers.api(port, method, path, body, user)
 
 
 @pytest.fixture(scope="module")
@@ -132,15 +122,10 @@ def migrate(hare, rabbit, background=False):
 
 def take_all(hare, vhost, queue):
     c = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", hare.port, vhost))
-    ch = c.channel()
-    out = []
-    while True:
-        m, p, b = ch.basic_get(queue, auto_ack=True)
-        if m is None:
-            break
-        out.append((p, b))
-    c.close()
-    return out
+    try:
+        return get_all(c, queue)
+    finally:
+        c.close()
 
 
 def test_a_running_rabbitmq_moves_to_hare_and_a_killed_move_loses_nothing(rabbit):

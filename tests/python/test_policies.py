@@ -3,31 +3,19 @@ and as clients feel them (pika): limits, overflow, TTL, dead-lettering and alter
 applied to queues and exchanges that exist and to those declared later, at once, across a
 kill -9, and in the audit log. The rules themselves are compared with RabbitMQ's request by
 request in tests/conformance (http_scenarios.py)."""
-import base64
 import json
 import subprocess
-import urllib.error
-import urllib.request
 
 import pika
 import pytest
 from pika.exceptions import NackError, UnroutableError
 
+import helpers
 from conftest import HARE_BIN, Hare, wait_for
 
 
 def api(hare, method, path, body=None, user=("guest", "guest")):
-    req = urllib.request.Request(f"http://127.0.0.1:{hare.http_port}{path}", method=method,
-                                 data=None if body is None else json.dumps(body).encode())
-    req.add_header("content-type", "application/json")
-    req.add_header("Authorization", "Basic " + base64.b64encode(f"{user[0]}:{user[1]}".encode()).decode())
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            raw = r.read()
-            return r.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        return e.code, json.loads(raw) if raw else None
+    return helpers.api(hare.http_port, method, path, body, user)
 
 
 def set_policy(hare, name, pattern, definition, priority=0, apply_to="all", kind="policies"):

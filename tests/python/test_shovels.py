@@ -3,31 +3,21 @@ and as clients see their effect (pika): within one broker and between two, messa
 order with their properties, `src-delete-after`, exchange sources and forwarding headers,
 the state in `/api/shovels`, shovels kept across a restart, and nothing lost when the source
 broker is killed with SIGKILL in the middle (on-confirm: at least once)."""
-import base64
 import json
 import re
 import socket
-import urllib.error
 import urllib.request
 
 import pika
 import pytest
 
+import helpers
 from conftest import Hare, wait_for
+from helpers import get_all
 
 
 def api(hare, method, path, body=None):
-    req = urllib.request.Request(f"http://127.0.0.1:{hare.http_port}{path}", method=method,
-                                 data=None if body is None else json.dumps(body).encode())
-    req.add_header("content-type", "application/json")
-    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            raw = r.read()
-            return r.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        return e.code, json.loads(raw) if raw else None
+    return helpers.api(hare.http_port, method, path, body)
 
 
 def set_shovel(hare, name, value, vhost="%2F"):
@@ -60,15 +50,10 @@ def publish(hare, queue, n, start=0):
 
 def drain(hare, queue):
     c = hare.connect()
-    ch = c.channel()
-    out = []
-    while True:
-        m, p, b = ch.basic_get(queue, auto_ack=True)
-        if m is None:
-            break
-        out.append((b, p))
-    c.close()
-    return out
+    try:
+        return [(body, props) for props, body in get_all(c, queue)]
+    finally:
+        c.close()
 
 
 def state(hare, name):

@@ -225,3 +225,41 @@ def test_update_secret_is_accepted_and_the_connection_goes_on(hare, certs):
     assert ch.queue_declare("after-update", passive=True).method.queue == "after-update"
     ch.queue_delete("after-update")
     c.close()
+
+
+def test_a_shovel_reads_over_amqps_with_the_server_verified(hare, certs):
+    """A shovel whose source is an amqps:// URI: the server verified against the CA
+    (verify_peer), then a source that presents a certificate of another CA: refused, with the
+    reason in the shovel's state."""
+    from helpers import api
+
+    c = hare.connect()
+    ch = c.channel()
+    ch.queue_declare("tls-shovel-src")
+    for i in range(20):
+        ch.basic_publish("", "tls-shovel-src", b"t%d" % i)
+    port = tls_port(hare)
+    uri = f"amqps://guest:guest@localhost:{port}?cacertfile={certs}/ca.pem&verify=verify_peer"
+    value = {"src-uri": uri, "src-queue": "tls-shovel-src", "dest-uri": "amqp://", "dest-queue": "tls-shovel-dst"}
+    assert api(hare.http_port, "PUT", "/api/parameters/shovel/%2F/over-tls", {"value": value})[0] == 201
+    try:
+        def moved():
+            api_q = api(hare.http_port, "GET", "/api/queues/%2F/tls-shovel-dst")
+            return api_q[0] == 200 and api_q[1]["messages"] == 20
+        wait_for(moved, timeout=30, what="the messages moved over TLS")
+        # A CA that did not sign the server's certificate: the shovel is refused.
+        other = tempfile.mkdtemp(prefix="hare-tls-other-")
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-subj", "/CN=Other CA",
+                "-days", "2", "-out", "ca.pem", cwd=other)
+        value["src-uri"] = f"amqps://guest:guest@localhost:{port}?cacertfile={other}/ca.pem&verify=verify_peer"
+        assert api(hare.http_port, "PUT", "/api/parameters/shovel/%2F/over-tls", {"value": value})[0] == 204
+
+        def refused():
+            states = api(hare.http_port, "GET", "/api/shovels")[1]
+            s = next((s for s in states if s["name"] == "over-tls"), {})
+            return s.get("state") == "terminated" and s
+        s = wait_for(refused, timeout=30, what="the shovel refused")
+        assert "certificate" in s["reason"].lower() or "tls" in s["reason"].lower(), s["reason"]
+    finally:
+        api(hare.http_port, "DELETE", "/api/parameters/shovel/%2F/over-tls")
+        c.close()

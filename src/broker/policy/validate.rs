@@ -56,12 +56,7 @@ pub fn validate(kind: PolicyKind, vhost: &str, name: &str, r: &PolicyRequest) ->
         errors.push(format!("priority should be a number, actually was {}", erlang_term(&priority)));
     }
     if !errors.is_empty() {
-        let mut text = String::from("Validation failed\n\n");
-        for e in errors {
-            text.push_str(&e);
-            text.push('\n');
-        }
-        return Err(text);
+        return Err(crate::broker::parameters::validation_failed(errors));
     }
     Ok(PolicyDef {
         vhost: vhost.to_string(),
