@@ -1,8 +1,8 @@
 """The audit log through pika and the management API: one JSON line for each kind of event
 (logins accepted and refused, connections, refusals, declares, deletes, binds of durable and
-transient objects, users, vhosts, permissions, definitions imports) naming who did it, from
-where and with what outcome; every event also on `amq.rabbitmq.event`; size-based rotation;
-no event lost in a storm of declares."""
+transient objects, users, vhosts, permissions, definitions imports, policies, shovels) naming
+who did it, from where and with what outcome; every event also on `amq.rabbitmq.event`;
+size-based rotation; no event lost in a storm of declares."""
 import json
 import os
 
@@ -166,6 +166,29 @@ def test_http_changes_name_the_api_user(hare):
     refused = wait_event(hare, lambda e: e["event"] == "access.refused" and e["object"]["kind"] == "http",
                          "a refused API request")
     assert refused["user"] == "plain" and refused["object"]["name"] == "GET /api/users"
+
+
+def test_policy_and_shovel_changes_are_reported(hare):
+    put(hare, "/api/policies/%2F/aud-pol", {"pattern": "^aud-pq", "definition": {"max-length": 5}, "apply-to": "queues"})
+    pol = wait_event(hare, named("policy.set", "aud-pol"), "policy.set")
+    assert pol["user"] == "guest" and pol["via"] == "http" and pol["object"]["pattern"] == "^aud-pq"
+    assert json.loads(pol["object"]["definition"]) == {"max-length": 5}
+    put(hare, "/api/queues/%2F/aud-pq", {"durable": False})
+    put(hare, "/api/policies/%2F/aud-pol", {"pattern": "^aud-pq", "definition": {"max-length": 6}, "apply-to": "queues"})
+    wait_event(hare, named("queue.policy.updated", "aud-pq"), "queue.policy.updated")
+    delete(hare, "/api/policies/%2F/aud-pol")
+    wait_event(hare, named("policy.cleared", "aud-pol"), "policy.cleared")
+    wait_event(hare, named("queue.policy.cleared", "aud-pq"), "queue.policy.cleared")
+    put(hare, "/api/operator-policies/%2F/aud-op", {"pattern": "x", "definition": {"max-length": 5}})
+    delete(hare, "/api/operator-policies/%2F/aud-op")
+    wait_event(hare, named("operator.policy.cleared", "aud-op"), "operator.policy.cleared")
+    put(hare, "/api/parameters/shovel/%2F/aud-sh", {"value": {"src-uri": "amqp://", "src-queue": "aud-a",
+                                                               "dest-uri": "amqp://", "dest-queue": "aud-b"}})
+    sh = wait_event(hare, named("parameter.set", "aud-sh"), "parameter.set")
+    assert sh["object"]["component"] == "shovel"
+    delete(hare, "/api/parameters/shovel/%2F/aud-sh")
+    wait_event(hare, named("parameter.cleared", "aud-sh"), "parameter.cleared")
+    delete(hare, "/api/queues/%2F/aud-pq")
 
 
 def test_events_are_published_to_amq_rabbitmq_event(hare):
