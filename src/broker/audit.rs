@@ -12,6 +12,7 @@
 //! from their sockets until the writer catches up (see [`Audit::backlogged`]), so the
 //! clients making events wait rather than the broker's memory growing.
 
+use crate::auth::{AccessChange, AccessState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -238,5 +239,72 @@ mod tests {
         rx.written(n);
         assert!(!audit.backlogged());
         Audit::off().emit(AuditEvent::new("x", &by, None));
+    }
+}
+
+/// The audit events of an access change, from the state before it: RabbitMQ's event names
+/// (`user.created`, `user.password.changed`, `permission.created`, ...). Password hashes are
+/// never in an event.
+pub(super) fn access_events(before: &AccessState, change: &AccessChange, by: &Actor) -> Vec<AuditEvent> {
+    use AuditEvent as E;
+    let limits = |l: &std::collections::BTreeMap<String, i64>| {
+        l.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
+    };
+    match change {
+        AccessChange::PutUser { user } => match before.user(&user.name) {
+            None => vec![E::new("user.created", by, None)
+                .with("name", user.name.as_str())
+                .with("tags", user.tags.join(","))],
+            Some(old) => {
+                let mut out = Vec::new();
+                if old.password_hash != user.password_hash {
+                    out.push(E::new("user.password.changed", by, None).with("name", user.name.as_str()));
+                }
+                if old.tags != user.tags {
+                    out.push(
+                        E::new("user.tags.set", by, None)
+                            .with("name", user.name.as_str())
+                            .with("tags", user.tags.join(",")),
+                    );
+                }
+                if old.limits != user.limits {
+                    out.push(
+                        E::new("user.limits.set", by, None)
+                            .with("name", user.name.as_str())
+                            .with("limits", limits(&user.limits)),
+                    );
+                }
+                out
+            }
+        },
+        AccessChange::DeleteUser { name } => vec![E::new("user.deleted", by, None).with("name", name.as_str())],
+        AccessChange::PutVhost { vhost } => match before.vhost(&vhost.name) {
+            None => vec![E::new("vhost.created", by, Some(&vhost.name)).with("name", vhost.name.as_str())],
+            Some(old) if old.limits != vhost.limits => vec![E::new("vhost.limits.set", by, Some(&vhost.name))
+                .with("name", vhost.name.as_str())
+                .with("limits", limits(&vhost.limits))],
+            Some(_) => Vec::new(),
+        },
+        AccessChange::DeleteVhost { name } => vec![E::new("vhost.deleted", by, Some(name)).with("name", name.as_str())],
+        AccessChange::SetPermissions { permission: p } => vec![E::new("permission.created", by, Some(&p.vhost))
+            .with("user", p.user.as_str())
+            .with("configure", p.configure.as_str())
+            .with("write", p.write.as_str())
+            .with("read", p.read.as_str())],
+        AccessChange::ClearPermissions { user, vhost } => {
+            vec![E::new("permission.deleted", by, Some(vhost)).with("user", user.as_str())]
+        }
+        AccessChange::SetTopicPermissions { permission: p } => {
+            vec![E::new("topic.permission.created", by, Some(&p.vhost))
+                .with("user", p.user.as_str())
+                .with("exchange", p.exchange.as_str())
+                .with("write", p.write.as_str())
+                .with("read", p.read.as_str())]
+        }
+        AccessChange::ClearTopicPermissions { user, vhost, exchange } => {
+            vec![E::new("topic.permission.deleted", by, Some(vhost))
+                .with("user", user.as_str())
+                .with("exchange", exchange.clone().unwrap_or_default())]
+        }
     }
 }

@@ -668,7 +668,7 @@ impl Broker {
                 _ => {}
             }
             if self.audit.is_on() {
-                for e in access_events(&state, &change, by) {
+                for e in audit::access_events(&state, &change, by) {
                     self.audit.emit(e);
                 }
             }
@@ -759,73 +759,6 @@ impl Broker {
     }
     pub fn reply_consumer(&self, key: &str) -> Option<Arc<Consumer>> {
         self.reply_consumers.lock().get(key).cloned()
-    }
-}
-
-/// The audit events of an access change, from the state before it: RabbitMQ's event names
-/// (`user.created`, `user.password.changed`, `permission.created`, ...). Password hashes are
-/// never in an event.
-fn access_events(before: &AccessState, change: &AccessChange, by: &audit::Actor) -> Vec<audit::AuditEvent> {
-    use audit::AuditEvent as E;
-    let limits = |l: &std::collections::BTreeMap<String, i64>| {
-        l.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
-    };
-    match change {
-        AccessChange::PutUser { user } => match before.user(&user.name) {
-            None => vec![E::new("user.created", by, None)
-                .with("name", user.name.as_str())
-                .with("tags", user.tags.join(","))],
-            Some(old) => {
-                let mut out = Vec::new();
-                if old.password_hash != user.password_hash {
-                    out.push(E::new("user.password.changed", by, None).with("name", user.name.as_str()));
-                }
-                if old.tags != user.tags {
-                    out.push(
-                        E::new("user.tags.set", by, None)
-                            .with("name", user.name.as_str())
-                            .with("tags", user.tags.join(",")),
-                    );
-                }
-                if old.limits != user.limits {
-                    out.push(
-                        E::new("user.limits.set", by, None)
-                            .with("name", user.name.as_str())
-                            .with("limits", limits(&user.limits)),
-                    );
-                }
-                out
-            }
-        },
-        AccessChange::DeleteUser { name } => vec![E::new("user.deleted", by, None).with("name", name.as_str())],
-        AccessChange::PutVhost { vhost } => match before.vhost(&vhost.name) {
-            None => vec![E::new("vhost.created", by, Some(&vhost.name)).with("name", vhost.name.as_str())],
-            Some(old) if old.limits != vhost.limits => vec![E::new("vhost.limits.set", by, Some(&vhost.name))
-                .with("name", vhost.name.as_str())
-                .with("limits", limits(&vhost.limits))],
-            Some(_) => Vec::new(),
-        },
-        AccessChange::DeleteVhost { name } => vec![E::new("vhost.deleted", by, Some(name)).with("name", name.as_str())],
-        AccessChange::SetPermissions { permission: p } => vec![E::new("permission.created", by, Some(&p.vhost))
-            .with("user", p.user.as_str())
-            .with("configure", p.configure.as_str())
-            .with("write", p.write.as_str())
-            .with("read", p.read.as_str())],
-        AccessChange::ClearPermissions { user, vhost } => {
-            vec![E::new("permission.deleted", by, Some(vhost)).with("user", user.as_str())]
-        }
-        AccessChange::SetTopicPermissions { permission: p } => {
-            vec![E::new("topic.permission.created", by, Some(&p.vhost))
-                .with("user", p.user.as_str())
-                .with("exchange", p.exchange.as_str())
-                .with("write", p.write.as_str())
-                .with("read", p.read.as_str())]
-        }
-        AccessChange::ClearTopicPermissions { user, vhost, exchange } => {
-            vec![E::new("topic.permission.deleted", by, Some(vhost))
-                .with("user", user.as_str())
-                .with("exchange", exchange.clone().unwrap_or_default())]
-        }
     }
 }
 

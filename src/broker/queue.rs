@@ -459,11 +459,6 @@ impl Queue {
         self.state.lock().applied.clone()
     }
 
-    /// The settings the queue runs with (its arguments resolved against its policy).
-    pub fn effective_arguments(&self) -> QueueArguments {
-        self.state.lock().args.clone()
-    }
-
     /// Applies a policy (or none): the queue's settings become its arguments resolved against
     /// it, at once, as RabbitMQ's queue process does on a policy change: a lowered length
     /// limit drops (or dead-letters) from the head if the old or the new overflow is

@@ -562,12 +562,13 @@ impl VHost {
             _ => None,
         };
         let q = Queue::new(d.name.clone(), &self.name, options, log, pager, self.me.clone());
-        // A new queue holds nothing yet: applying its policy dead-letters nothing (which
-        // would route, under the topology's lock).
-        q.set_policy(self.policy_for_queue(&q));
         if q.has_timers() {
             self.watch_queue_timers(&q);
         }
+        // After the timers (a policy's TTL registers them only if the arguments did not). A
+        // new queue holds nothing yet: applying its policy dead-letters nothing (which would
+        // route, under the topology's lock).
+        q.set_policy(self.policy_for_queue(&q));
         topo.queues.insert(d.name.clone(), q.clone());
         super::stats::Churn::bump(&self.churn.queue_created);
         self.had_queue.store(true, std::sync::atomic::Ordering::Relaxed);
