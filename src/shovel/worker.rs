@@ -126,7 +126,7 @@ impl Worker {
         }
     }
 
-    async fn connect(&self, raw: &str, role: &str) -> Result<Connection, Failure> {
+    async fn connect(&self, raw: &str, role: &'static str) -> Result<Connection, Failure> {
         let u = uri::parse(raw).map_err(|e| format!("{role} URI: {e}"))?;
         let (host, port, user, password) = match &u.host {
             Some(h) => (h.clone(), u.port, u.user.clone(), u.password.clone()),
@@ -151,7 +151,7 @@ impl Worker {
         let conn = tokio::time::timeout(u.connect_timeout, Connection::open(&args))
             .await
             .map_err(|_| format!("{role}: no connection within {} s", u.connect_timeout.as_secs()))?
-            .map_err(fail(if role == "source" { "source" } else { "destination" }))?;
+            .map_err(fail(role))?;
         conn.register_callback(DefaultConnectionCallback).await.map_err(fail("callback"))?;
         Ok(conn)
     }

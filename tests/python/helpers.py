@@ -87,3 +87,16 @@ def get_all(connection, queue):
         if m is None:
             return out
         out.append((p, b))
+
+
+def free_ports(n):
+    """n loopback ports free at this moment (bound, read, released)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports

@@ -11,18 +11,9 @@ import pika
 import pytest
 
 from conftest import Hare, wait_for
+from helpers import free_ports
 
 QUORUM = {"x-queue-type": "quorum"}
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class Proxy:

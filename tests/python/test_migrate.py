@@ -16,7 +16,7 @@ import pytest
 
 import helpers
 from conftest import HARE_BIN, Hare, wait_for
-from helpers import get_all
+from helpers import free_ports, get_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
@@ -29,16 +29,6 @@ pytestmark = pytest.mark.skipif(
 
 QUEUES = [("/", f"orders-{i}") for i in range(5)] + [("shop", f"items-{i}") for i in range(5)]
 PER_QUEUE = 10_000
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def http(port, method, path, body=None, user=("guest", "guest")):

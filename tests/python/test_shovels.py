@@ -5,7 +5,6 @@ the state in `/api/shovels`, shovels kept across a restart, and nothing lost whe
 broker is killed with SIGKILL in the middle (on-confirm: at least once)."""
 import json
 import re
-import socket
 import urllib.request
 
 import pika
@@ -13,7 +12,7 @@ import pytest
 
 import helpers
 from conftest import Hare, wait_for
-from helpers import get_all
+from helpers import free_ports, get_all
 
 
 def api(hare, method, path, body=None):
@@ -144,14 +143,8 @@ def test_refusals_and_a_shovel_kept_across_a_restart(broker):
     assert [p["name"] for p in defs["parameters"] if p["component"] == "shovel"] == ["kept"]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_shovel_between_brokers_loses_nothing_when_the_source_is_killed(tmp_path):
-    port = free_port()
+    (port,) = free_ports(1)
     source = Hare(extra_args=["--port", str(port)])
     dest = Hare()
     try:
