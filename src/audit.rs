@@ -25,7 +25,7 @@ use crate::broker::audit::{AuditEvent, AuditReceiver, Outcome, Value};
 use crate::broker::message::Message;
 use crate::broker::vhost::{EVENT_EXCHANGE, EVENT_VHOST};
 use crate::broker::Broker;
-use crate::protocol::{BasicProperties, FieldTable, FieldValue};
+use crate::types::{BasicProperties, FieldTable, FieldValue};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;

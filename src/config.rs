@@ -192,7 +192,7 @@ pub struct Config {
     /// memory.
     pub unacked_limits: crate::broker::consumer::UnackedLimits,
     /// Connections from one IP address that have not logged in yet, beyond which more from
-    /// it are closed at once (see `server::pending`).
+    /// it are closed at once (see `net::pending`).
     pub max_pending_per_source: u32,
     /// SO_SNDBUF asked for on each AMQP socket (RabbitMQ's `tcp_listen_options.sndbuf`; Linux
     /// doubles it, and caps it at `net.core.wmem_max`); 0 leaves the buffer to the kernel's

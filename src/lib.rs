@@ -1,11 +1,14 @@
 //! Hare: an AMQP 0-9-1 message broker.
 //!
-//! Layers, from the wire inwards: [`protocol`] (codec), [`server`] (connections and channels),
-//! [`broker`] (vhosts, exchanges, queues, routing; no I/O), [`storage`] (the data directory);
-//! beside them [`auth`] (users, vhosts, permissions; no I/O), [`tls`] (AMQPS and HTTPS),
-//! [`http`] (the management API and metrics), [`audit`] (the audit log's writer) and the
-//! commands [`perf`] and [`ctl`].
+//! Layers, from the wire inwards: the wire protocols, each in its own folder ([`amqp`]: its
+//! codec, connections and channels) over [`net`] (what every listener shares: accept loop,
+//! limits, TLS, alarms, writer); [`broker`] (vhosts, exchanges, queues, routing; no I/O) with
+//! the value types every layer shares in [`types`]; [`storage`] (the data directory) and
+//! [`cluster`] (Raft); beside them [`auth`] (users, vhosts, permissions; no I/O), [`tls`]
+//! (certificates and handshakes), [`http`] (the management API and metrics), [`shovel`],
+//! [`audit`] (the audit log's writer) and the commands [`perf`] and [`ctl`].
 
+pub mod amqp;
 pub mod audit;
 pub mod auth;
 pub mod broker;
@@ -13,9 +16,9 @@ pub mod cluster;
 pub mod config;
 pub mod ctl;
 pub mod http;
+pub mod net;
 pub mod perf;
-pub mod protocol;
-pub mod server;
 pub mod shovel;
 pub mod storage;
 pub mod tls;
+pub mod types;

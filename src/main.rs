@@ -1,9 +1,9 @@
 //! The `hare` command: runs the broker.
 
 use clap::Parser;
+use hare::amqp::Server;
 use hare::broker::Broker;
 use hare::config::{Args, Command, Config};
-use hare::server::Server;
 use hare::storage::DiskStorage;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
-    let limit = match hare::server::alarms::raise_open_files_limit() {
+    let limit = match hare::net::alarms::raise_open_files_limit() {
         Some((before, now, _)) if before != now => {
             tracing::info!("open files limit raised from {before} to {now} (the hard limit)");
             now
@@ -43,13 +43,13 @@ fn main() -> ExitCode {
             1024
         }
     };
-    let fds = hare::server::alarms::FdBudget::new(limit);
+    let fds = hare::net::alarms::FdBudget::new(limit);
     hare::storage::syncer::set_open_files_budget(fds.files as usize);
     tracing::info!("file descriptors: up to {} for queue files, {} for connections", fds.files, fds.connections);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // An idle worker gives back the pooled read buffers once a burst of large messages is over.
-        .on_thread_park(|| hare::server::read_buf::trim_if_idle(std::time::Instant::now()))
+        .on_thread_park(|| hare::net::read_buf::trim_if_idle(std::time::Instant::now()))
         .build()
     {
         Ok(r) => r,
@@ -108,7 +108,16 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
-        let mut server = match Server::bind(config.clone(), broker.clone(), Some(syncer.subscribe())).await {
+        // Alarms, queue timers and statistics, for every listener; stopped when dropped.
+        let background = hare::net::tasks::spawn(&broker, &config);
+        let mut server = match Server::bind(
+            config.clone(),
+            broker.clone(),
+            Some(syncer.subscribe()),
+            background.alarm.clone(),
+        )
+        .await
+        {
             Ok(s) => s.with_connection_limit(fds.connections),
             Err(e) => {
                 tracing::error!("cannot listen on {}:{}: {e}", config.bind, config.port);
@@ -203,6 +212,7 @@ fn main() -> ExitCode {
             let _ = http_stopped.await;
         }));
         server.run(shutdown_signal()).await;
+        drop(background);
         let _ = stop_http.send(());
         if let Ok(Err(e)) = api.await {
             tracing::warn!("management API: {e}");

@@ -5,9 +5,10 @@ mod common;
 
 use bytes::{BufMut, BytesMut};
 use common::{assert_healthy, Raw, TestServer};
-use hare::protocol::frame::{write_content, write_method, Frame, PROTOCOL_HEADER};
-use hare::protocol::method::*;
-use hare::protocol::{BasicProperties, FieldTable, FieldValue, Method};
+use hare::amqp::frame::{write_content, write_method, Frame, PROTOCOL_HEADER};
+use hare::amqp::method::*;
+use hare::amqp::Method;
+use hare::types::{BasicProperties, FieldTable, FieldValue};
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -238,7 +239,7 @@ fn every_field_type_reaches_the_consumer_byte_for_byte() {
 fn publishes(queue: &str, n: u32) -> BytesMut {
     let mut b = BytesMut::new();
     for i in 0..n {
-        hare::protocol::frame::write_method(
+        hare::amqp::frame::write_method(
             &mut b,
             1,
             &BasicPublish { routing_key: queue.into(), ..Default::default() }.into(),
@@ -412,7 +413,7 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 fn publishes_read_at_once_wait_behind_an_alarm_and_run_when_it_clears() {
     let probe = std::env::temp_dir();
     // 1 GiB below what is free now; a 3 GiB ballast crosses it even if space comes back.
-    let free = hare::server::alarms::free_disk_bytes(&probe).expect("free disk space");
+    let free = hare::net::alarms::free_disk_bytes(&probe).expect("free disk space");
     let limit = free.saturating_sub(1 << 30).to_string();
     let server = TestServer::start_with(&["--disk-free-limit", &limit]);
     let mut observer = Raw::open(server.port);
@@ -440,7 +441,7 @@ fn publishes_read_at_once_wait_behind_an_alarm_and_run_when_it_clears() {
 
     // 50 publishes and a passive declare in one write: the broker reads them at once.
     let mut b = publishes("alarm_q", 50);
-    hare::protocol::frame::write_method(
+    hare::amqp::frame::write_method(
         &mut b,
         1,
         &QueueDeclare { queue: "alarm_q".into(), passive: true, ..Default::default() }.into(),
@@ -464,7 +465,7 @@ fn publishes_read_at_once_wait_behind_an_alarm_and_run_when_it_clears() {
 }
 
 /// Large bodies sent in one burst are read in 1 MiB chunks, and the body frames cut by a
-/// chunk's end are passed on in pieces (`protocol::reader`): every good message arrives, and
+/// chunk's end are passed on in pieces (`amqp::reader`): every good message arrives, and
 /// a body frame with a bad end octet is a frame error that never completes its message.
 #[test]
 fn a_burst_of_large_bodies_with_a_bad_frame_end_last() {

@@ -3,8 +3,9 @@
 #![allow(dead_code)] // each target uses the checks it needs
 
 use bytes::{Bytes, BytesMut};
+use hare::amqp::Method;
 use hare::broker::message::peek_properties;
-use hare::protocol::{BasicProperties, Method};
+use hare::types::BasicProperties;
 
 /// A decoded method encodes, decodes again and encodes to the same bytes.
 pub fn method_round_trip(m: &Method) {

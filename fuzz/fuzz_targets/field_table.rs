@@ -4,7 +4,7 @@
 //! validators and the text renderings of errors take any table.
 #![no_main]
 use bytes::{Bytes, BytesMut};
-use hare::protocol::codec::{Decoder, Encoder};
+use hare::types::codec::{Decoder, Encoder};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,8 +6,8 @@
 mod checks;
 
 use bytes::BytesMut;
-use hare::protocol::frame::{parse_frame, FRAME_MIN_SIZE};
-use hare::protocol::{Frame, Method};
+use hare::amqp::frame::{parse_frame, FRAME_MIN_SIZE};
+use hare::amqp::{Frame, Method};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,7 +5,7 @@
 mod checks;
 
 use bytes::Bytes;
-use hare::protocol::Method;
+use hare::amqp::Method;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,7 +6,7 @@
 //! - AMQPLAIN: a field table without its length prefix, with `LOGIN` and `PASSWORD`.
 //! - EXTERNAL: the response is ignored; the user comes from the client's certificate.
 
-use crate::protocol::codec::{CodecError, Decoder};
+use crate::types::codec::{CodecError, Decoder};
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// What a response names: a user and a password (empty for EXTERNAL).
@@ -56,7 +56,7 @@ pub fn parse(mechanism: &str, response: &Bytes) -> Result<Credentials, SaslError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::codec::{Encoder, FieldTable, FieldValue};
+    use crate::types::codec::{Encoder, FieldTable, FieldValue};
 
     fn creds(user: &str, password: &str) -> Credentials {
         Credentials { user: user.into(), password: password.into() }

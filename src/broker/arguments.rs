@@ -3,7 +3,7 @@
 //! argument, in RabbitMQ's words; arguments no validator knows are kept and ignored.
 
 use super::error::{AmqpError, AmqpResult};
-use crate::protocol::{FieldTable, FieldValue, ShortStr};
+use crate::types::{FieldTable, FieldValue, ShortStr};
 
 /// The largest TTL or expiry RabbitMQ accepts, in milliseconds.
 const MAX_EXPIRY: i64 = u32::MAX as i64;

@@ -79,7 +79,7 @@ impl From<u64> for Value {
 }
 
 /// A field table as text for an event: `{key: value, ...}` with RabbitMQ's renderings.
-pub fn table_text(t: &crate::protocol::FieldTable) -> String {
+pub fn table_text(t: &crate::types::FieldTable) -> String {
     let parts: Vec<String> =
         t.iter().map(|(k, v)| format!("{}: {}", k.as_str(), super::error::erlang_value(v))).collect();
     format!("{{{}}}", parts.join(", "))

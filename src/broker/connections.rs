@@ -4,7 +4,7 @@
 
 use super::history::History;
 use super::stats::{MessageCounts, RateMeter};
-use crate::protocol::FieldTable;
+use crate::types::FieldTable;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -6,7 +6,7 @@
 //! through it and sinks wake it when they have room again, without knowing the queue's kind.
 
 use super::message::QueuedMessage;
-use crate::protocol::{FieldTable, ShortStr};
+use crate::types::{FieldTable, ShortStr};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};

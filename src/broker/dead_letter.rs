@@ -2,7 +2,7 @@
 //! with the `x-death` history exactly as RabbitMQ writes it, and the cycle check.
 
 use super::message::Message;
-use crate::protocol::{BasicProperties, FieldTable, FieldValue, ShortStr};
+use crate::types::{BasicProperties, FieldTable, FieldValue, ShortStr};
 use bytes::Bytes;
 
 /// Why a message left its queue for the dead-letter exchange.

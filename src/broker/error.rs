@@ -1,8 +1,8 @@
 //! AMQP errors as RabbitMQ raises them: a reply code, a text naming the problem, and whether
 //! it closes the channel or the whole connection.
 
-use crate::protocol::constants::*;
-use crate::protocol::FieldValue;
+use crate::types::constants::*;
+use crate::types::FieldValue;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -140,7 +140,7 @@ pub fn describe_args(received: Option<&FieldValue>, current: Option<&FieldValue>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::FieldTable;
+    use crate::types::FieldTable;
 
     #[test]
     fn values_print_as_rabbitmq_prints_them() {

@@ -1,12 +1,12 @@
 //! A published message as the broker holds it: routing data, raw properties, body.
 
-use crate::protocol::{BasicProperties, FieldTable, FieldValue, ShortStr};
+use crate::types::{BasicProperties, FieldTable, FieldValue, ShortStr};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
 /// A body as it arrived: one piece, or the pieces of several body frames, each a
 /// reference-counted slice of what was read from the publisher's socket. Nothing copies it on
-/// the way to a consumer's socket (see `server::output`) or into a queue log.
+/// the way to a consumer's socket (see `amqp::output`) or into a queue log.
 #[derive(Debug, Clone)]
 pub enum Body {
     One(Bytes),
@@ -251,7 +251,7 @@ impl QueuedMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{FieldTable, FieldValue};
+    use crate::types::{FieldTable, FieldValue};
 
     #[test]
     fn peeks_priority_and_expiration_past_other_properties() {

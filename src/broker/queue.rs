@@ -16,7 +16,7 @@ use super::error::{AmqpError, AmqpResult};
 use super::message::{Message, QueuedMessage};
 use super::stats::{self, MessageCounts};
 use super::store::{LoadedMessage, MessageLog, Pager, RecoveredQueue, StoreError};
-use crate::protocol::{FieldTable, ShortStr};
+use crate::types::{FieldTable, ShortStr};
 use parking_lot::Mutex;
 use state::QueueState;
 use std::cmp::Reverse;
@@ -76,7 +76,7 @@ pub trait QueueOwner: Send + Sync {
         &self,
         exchange: &str,
         routing_key: &str,
-        cc: &[crate::protocol::ShortStr],
+        cc: &[crate::types::ShortStr],
         properties: &bytes::Bytes,
         out: &mut Vec<Arc<Queue>>,
     ) -> AmqpResult<()>;

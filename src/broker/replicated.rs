@@ -12,7 +12,7 @@ use super::policy::{PolicyChange, PolicyKind, PolicyState, StoredPolicy};
 use super::store::{table_from_hex, table_to_hex};
 use super::Broker;
 use crate::auth::AccessChange;
-use crate::protocol::{FieldTable, ShortStr};
+use crate::types::{FieldTable, ShortStr};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -153,7 +153,7 @@ impl Broker {
     pub fn apply_definition(&self, change: &DefinitionChange) -> Result<(), Refusal> {
         let vhost = |name: &str| {
             self.vhost(name).ok_or_else(|| Refusal {
-                code: crate::protocol::constants::NOT_FOUND,
+                code: crate::types::constants::NOT_FOUND,
                 text: format!("no vhost '{name}'"),
                 connection: false,
             })
@@ -208,24 +208,24 @@ impl Broker {
             }
             DefinitionChange::Access { change, user } => {
                 let change: AccessChange = serde_json::from_str(change).map_err(|e| Refusal {
-                    code: crate::protocol::constants::INTERNAL_ERROR,
+                    code: crate::types::constants::INTERNAL_ERROR,
                     text: format!("malformed access change: {e}"),
                     connection: false,
                 })?;
                 self.change_access(change, &actor(user)).map_err(|e| Refusal {
-                    code: crate::protocol::constants::PRECONDITION_FAILED,
+                    code: crate::types::constants::PRECONDITION_FAILED,
                     text: e.to_string(),
                     connection: false,
                 })?;
             }
             DefinitionChange::Policy { change, user } => {
                 let change: PolicyChange = serde_json::from_str(change).map_err(|e| Refusal {
-                    code: crate::protocol::constants::INTERNAL_ERROR,
+                    code: crate::types::constants::INTERNAL_ERROR,
                     text: format!("malformed policy change: {e}"),
                     connection: false,
                 })?;
                 self.change_policy(change, &actor(user)).map_err(|e| Refusal {
-                    code: crate::protocol::constants::NOT_FOUND,
+                    code: crate::types::constants::NOT_FOUND,
                     text: e.to_string(),
                     connection: false,
                 })?;

@@ -3,8 +3,8 @@
 
 use super::definitions::{Change, Definitions};
 use super::message::Message;
-use crate::protocol::codec::{Decoder, Encoder};
-use crate::protocol::FieldTable;
+use crate::types::codec::{Decoder, Encoder};
+use crate::types::FieldTable;
 use bytes::BytesMut;
 use std::sync::Arc;
 

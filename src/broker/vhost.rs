@@ -10,7 +10,7 @@ use super::exchange::{Binding, Destination, Exchange, ExchangeKind, ExchangeStat
 use super::queue::{Queue, QueueOptions, QueueOwner};
 use super::store::{table_to_hex, Pager, Storage};
 use crate::broker::FastMap;
-use crate::protocol::{FieldTable, FieldValue, ShortStr};
+use crate::types::{FieldTable, FieldValue, ShortStr};
 use bytes::Bytes;
 use parking_lot::RwLock;
 use std::sync::{Arc, Weak};

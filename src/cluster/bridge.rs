@@ -24,7 +24,7 @@ use crate::broker::queue::Queue;
 use crate::broker::replicated::{DefinitionChange, Refusal, ReplicatedDefinitions};
 use crate::broker::store::{table_from_hex, table_to_hex};
 use crate::broker::{AmqpResult, Broker};
-use crate::protocol::{FieldTable, ShortStr};
+use crate::types::{FieldTable, ShortStr};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::HashMap;

@@ -14,7 +14,7 @@ use crate::auth::{AccessChange, PermissionDef, TopicPermissionDef, VhostDef};
 use crate::broker::exchange::{Binding, Destination};
 use crate::broker::policy::{PolicyChange, PolicyKind, PolicyRequest};
 use crate::broker::vhost::QueueDeclaration;
-use crate::protocol::ShortStr;
+use crate::types::ShortStr;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

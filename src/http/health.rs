@@ -6,7 +6,7 @@ use super::principal::actor;
 use super::{error, not_found, Api};
 use crate::broker::message::Message;
 use crate::broker::vhost::QueueDeclaration;
-use crate::protocol::{FieldTable, ShortStr};
+use crate::types::{FieldTable, ShortStr};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -10,7 +10,7 @@ use crate::broker::queue::Queue;
 use crate::broker::stats::{MessageCounts, Percentiles};
 use crate::broker::vhost::{ExchangeInfo, VHost};
 use crate::broker::Broker;
-use crate::protocol::{FieldTable, FieldValue};
+use crate::types::{FieldTable, FieldValue};
 use serde_json::{json, Map, Value};
 use std::sync::atomic::Ordering;
 
@@ -383,7 +383,7 @@ pub fn properties_key(key: &str, arguments: &FieldTable) -> String {
         return if key.is_empty() { "~".into() } else { quote_binding(key) };
     }
     let mut encoded = bytes::BytesMut::new();
-    crate::protocol::codec::Encoder::new(&mut encoded).table(arguments);
+    crate::types::codec::Encoder::new(&mut encoded).table(arguments);
     let hash = crc32c::crc32c(&encoded).to_be_bytes();
     let b64 = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, hash);
     format!("{}~{}", quote_binding(key), quote_binding(&b64))
@@ -641,7 +641,7 @@ fn listeners(node: &NodeInfo) -> Vec<Value> {
 
 /// This node, as RabbitMQ's `/api/nodes` lists one.
 pub fn node(broker: &Broker, node: &NodeInfo) -> Value {
-    use crate::server::alarms;
+    use crate::net::alarms;
     let mem_used = alarms::resident_bytes().unwrap_or(0);
     let disk_free = alarms::free_disk_bytes(&node.data_dir).unwrap_or(0);
     let (fd_used, fd_total) = alarms::file_descriptors();

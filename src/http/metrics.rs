@@ -242,7 +242,7 @@ fn snapshot(api: &Api, per_object: bool) -> Snapshot {
         "Total number of messages dropped as unroutable",
         m.drop_unroutable,
     );
-    use crate::server::alarms;
+    use crate::net::alarms;
     let (fd_used, fd_total) = alarms::file_descriptors();
     s.one("rabbitmq_process_open_fds", "Open file descriptors", fd_used as f64);
     s.one("rabbitmq_process_max_fds", "Open file descriptors limit", fd_total as f64);

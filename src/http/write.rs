@@ -11,7 +11,7 @@ use crate::broker::message::Message;
 use crate::broker::replicated::{self, DefinitionChange};
 use crate::broker::vhost::{QueueDeclaration, VHost};
 use crate::broker::AmqpError;
-use crate::protocol::{BasicProperties, FieldTable, FieldValue, ShortStr};
+use crate::types::{BasicProperties, FieldTable, FieldValue, ShortStr};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -120,7 +120,7 @@ pub(super) async fn replicated(
         // No quorum within the time (this node is cut off, say): the change may still be
         // applied once it has one.
         return Some(Err(replicated::Refusal {
-            code: crate::protocol::constants::INTERNAL_ERROR,
+            code: crate::types::constants::INTERNAL_ERROR,
             text: format!("no quorum of the cluster answered within {} s", CLUSTER_WAIT.as_secs()),
             connection: false,
         }));
@@ -260,7 +260,7 @@ pub async fn delete_queue(
         let mut resolved = host.resolved();
         if tokio::time::timeout(CLUSTER_WAIT, resolved.wait_for(|r| *r >= ticket)).await.is_err() {
             return refused(AmqpError::new(
-                crate::protocol::constants::INTERNAL_ERROR,
+                crate::types::constants::INTERNAL_ERROR,
                 format!("no quorum of the cluster answered within {} s", CLUSTER_WAIT.as_secs()),
             ));
         }

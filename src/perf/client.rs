@@ -1,9 +1,10 @@
 //! A minimal AMQP 0-9-1 client on Hare's own codec, made for load generation: it batches
 //! publishes into large writes and parses deliveries without copying bodies.
 
-use crate::protocol::frame::{parse_frame, write_content, write_method, Frame, PROTOCOL_HEADER};
-use crate::protocol::method::*;
-use crate::protocol::{FieldTable, LongStr, Method, ShortStr};
+use crate::amqp::frame::{parse_frame, write_content, write_method, Frame, PROTOCOL_HEADER};
+use crate::amqp::method::*;
+use crate::amqp::Method;
+use crate::types::{FieldTable, LongStr, ShortStr};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};

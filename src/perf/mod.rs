@@ -5,8 +5,9 @@
 pub mod client;
 pub mod plot;
 
-use crate::protocol::method::*;
-use crate::protocol::{BasicProperties, FieldTable, Frame, Method, ShortStr};
+use crate::amqp::method::*;
+use crate::amqp::{Frame, Method};
+use crate::types::{BasicProperties, FieldTable, ShortStr};
 use client::{Client, ClientError, Target};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
@@ -397,7 +398,7 @@ async fn setup(args: &PerfArgs, target: &Target) -> Result<(), ClientError> {
         let queue = args.queue(i);
         let mut arguments = FieldTable::new();
         if args.quorum {
-            arguments.insert("x-queue-type", crate::protocol::FieldValue::string("quorum"));
+            arguments.insert("x-queue-type", crate::types::FieldValue::string("quorum"));
         }
         let durable = args.persistent || args.quorum;
         c.call(QueueDeclare { queue: queue.as_str().into(), durable, arguments, ..Default::default() }).await?;

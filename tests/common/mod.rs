@@ -3,9 +3,10 @@
 #![allow(dead_code)]
 
 use bytes::BytesMut;
-use hare::protocol::frame::{parse_frame, write_method, Frame, PROTOCOL_HEADER};
-use hare::protocol::method::*;
-use hare::protocol::{FieldTable, LongStr, Method};
+use hare::amqp::frame::{parse_frame, write_method, Frame, PROTOCOL_HEADER};
+use hare::amqp::method::*;
+use hare::amqp::Method;
+use hare::types::{FieldTable, LongStr};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;

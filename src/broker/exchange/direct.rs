@@ -2,7 +2,7 @@
 
 use super::{Binding, Destination, Router};
 use crate::broker::FastMap;
-use crate::protocol::{FieldTable, ShortStr};
+use crate::types::{FieldTable, ShortStr};
 
 #[derive(Debug, Default)]
 pub struct DirectRouter {

@@ -1,7 +1,7 @@
 //! Fanout exchange: every bound destination gets every message, keys ignored.
 
 use super::{Binding, Destination, Router};
-use crate::protocol::FieldTable;
+use crate::types::FieldTable;
 
 #[derive(Debug, Default)]
 pub struct FanoutRouter {

@@ -4,7 +4,7 @@
 
 use super::{Binding, Destination, Router};
 use crate::broker::error::{AmqpError, AmqpResult};
-use crate::protocol::{FieldTable, FieldValue};
+use crate::types::{FieldTable, FieldValue};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum MatchMode {
@@ -67,7 +67,7 @@ fn matches(mode: MatchMode, args: &FieldTable, headers: Option<&FieldTable>) -> 
     let with_x = matches!(mode, MatchMode::AllWithX | MatchMode::AnyWithX);
     let all = matches!(mode, MatchMode::All | MatchMode::AllWithX);
     let mut considered = args.iter().filter(|(k, _)| k.as_str() != "x-match" && (with_x || !k.starts_with("x-")));
-    let hit = |(k, v): (&crate::protocol::ShortStr, &FieldValue)| match headers.and_then(|h| h.get(k)) {
+    let hit = |(k, v): (&crate::types::ShortStr, &FieldValue)| match headers.and_then(|h| h.get(k)) {
         None => false,
         Some(hv) => matches!(v, FieldValue::Void) || values_equal(v, hv),
     };

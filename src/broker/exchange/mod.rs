@@ -7,7 +7,7 @@ mod topic;
 
 use super::error::{AmqpError, AmqpResult};
 use crate::broker::FastMap;
-use crate::protocol::{FieldTable, ShortStr};
+use crate::types::{FieldTable, ShortStr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -299,7 +299,7 @@ fn same_binding(a: &Binding, b: &Binding) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::FieldValue;
+    use crate::types::FieldValue;
 
     fn route(ex: &Exchange, key: &str, headers: Option<&FieldTable>) -> Vec<String> {
         let mut out = Vec::new();

@@ -10,7 +10,7 @@
 
 use super::{Binding, Destination, Router};
 use crate::broker::FastMap;
-use crate::protocol::FieldTable;
+use crate::types::FieldTable;
 use std::cell::RefCell;
 use std::collections::HashSet;
 

@@ -21,7 +21,7 @@
 //! its database table, the one whose name sorts first wins here.
 
 use super::arguments::{Overflow, QueueArguments};
-use crate::protocol::{FieldTable, ShortStr};
+use crate::types::{FieldTable, ShortStr};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
 use super::*;
-use crate::protocol::FieldValue;
+use crate::types::FieldValue;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;

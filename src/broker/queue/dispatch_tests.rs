@@ -3,7 +3,7 @@
 //! and basic.gets, checked after every step against a model of where each message is.
 //!
 //! The "client" side does what a connection does with the core's types (see
-//! `server::channel`): it takes a sink's events as its writer would (returning their bytes to
+//! `amqp::channel`): it takes a sink's events as its writer would (returning their bytes to
 //! the sink), settles a consumer's credit before telling the queue (through [`Origin`], as a
 //! channel does), and hands back deliveries that reach a cancelled consumer. The checks:
 //! - every message published is in exactly one place: ready in the queue, waiting in a sink,

@@ -9,7 +9,7 @@ use crate::broker::arguments::QueueArguments;
 use crate::broker::consumer::{Consumer, Origin};
 use crate::broker::error::AmqpResult;
 use crate::broker::message::{Message, QueuedMessage};
-use crate::protocol::{FieldTable, ShortStr};
+use crate::types::{FieldTable, ShortStr};
 use std::sync::Arc;
 
 /// A replicated queue's operations. Each returns at once; what changes state is proposed to

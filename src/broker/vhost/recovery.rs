@@ -6,7 +6,7 @@ use crate::broker::arguments::QueueArguments;
 use crate::broker::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::broker::queue::{Queue, QueueOptions, QueueOwner, MEMORY_WINDOW, MEMORY_WINDOW_BYTES};
 use crate::broker::store::{table_from_hex, StoreError};
-use crate::protocol::ShortStr;
+use crate::types::ShortStr;
 
 impl VHost {
     /// Recreates durable exchanges, queues (with their messages) and bindings from storage.

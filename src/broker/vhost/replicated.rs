@@ -6,7 +6,7 @@ use crate::broker::arguments::QueueArguments;
 use crate::broker::exchange::Destination;
 use crate::broker::queue::replica::Replica;
 use crate::broker::queue::{Queue, QueueOptions, QueueOwner};
-use crate::protocol::{FieldTable, ShortStr};
+use crate::types::{FieldTable, ShortStr};
 use std::sync::Arc;
 
 impl VHost {

@@ -6,7 +6,7 @@ use super::{Topology, VHost};
 use crate::broker::error::{AmqpError, AmqpResult};
 use crate::broker::exchange::{Destination, Exchange, ExchangeKind};
 use crate::broker::queue::Queue;
-use crate::protocol::{BasicProperties, FieldTable, ShortStr};
+use crate::types::{BasicProperties, FieldTable, ShortStr};
 use bytes::Bytes;
 use std::sync::Arc;
 

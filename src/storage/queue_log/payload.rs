@@ -5,7 +5,7 @@
 
 use super::super::cipher::{CipherError, KeyRing, KEY_ID_LEN, NONCE_LEN, TAG_LEN};
 use crate::broker::message::Message;
-use crate::protocol::ShortStr;
+use crate::types::ShortStr;
 use bytes::{Buf, BufMut, Bytes};
 
 pub(super) const KIND_MESSAGE: u8 = 1;

@@ -127,7 +127,7 @@ impl BasicProperties {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::codec::FieldValue;
+    use crate::types::codec::FieldValue;
 
     #[test]
     fn all_fourteen_round_trip() {

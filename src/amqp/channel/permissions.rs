@@ -9,7 +9,7 @@ use crate::auth::grant::{Kind, Perm};
 use crate::broker::audit::AuditEvent;
 use crate::broker::exchange::{Destination, ExchangeKind};
 use crate::broker::AmqpResult;
-use crate::protocol::{FieldTable, FieldValue};
+use crate::types::{FieldTable, FieldValue};
 
 fn check(ctx: &mut ConnCtx, kind: Kind, name: &str, perm: Perm) -> AmqpResult<()> {
     let result = ctx.grant().check(kind, name, perm);

@@ -5,9 +5,10 @@
 //! they were read from the publisher's socket or assembled from its frames) go alongside as
 //! separate parts, written together with one vectored write.
 
+use crate::amqp::frame::{body_frames, write_content, write_content_header, write_heartbeat, write_method};
+use crate::amqp::Method;
 use crate::broker::message::Body;
-use crate::protocol::frame::{body_frames, write_content, write_content_header, write_heartbeat, write_method};
-use crate::protocol::Method;
+use crate::net::writer::Encoded;
 use bytes::{Bytes, BytesMut};
 
 /// Bodies at least this large are sent as parts rather than copied: below it, a copy costs
@@ -69,36 +70,10 @@ impl Output {
     }
 }
 
-/// What a flush hands the writer.
-#[derive(Debug)]
-pub enum Encoded {
-    One(Bytes),
-    Parts(Vec<Bytes>),
-}
-
-impl Encoded {
-    pub fn len(&self) -> usize {
-        match self {
-            Encoded::One(b) => b.len(),
-            Encoded::Parts(p) => p.iter().map(Bytes::len).sum(),
-        }
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// How many slices it is written as.
-    pub fn slices(&self) -> usize {
-        match self {
-            Encoded::One(_) => 1,
-            Encoded::Parts(p) => p.len(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::frame::{parse_frame, Frame};
+    use crate::amqp::frame::{parse_frame, Frame};
 
     /// A large body goes out as parts that, put together, are the same frames a copy makes.
     #[test]
@@ -110,13 +85,13 @@ mod tests {
         let body =
             Body::from_parts(vec![whole.slice(..100_000), whole.slice(100_000..250_000), whole.slice(250_000..)]);
         let mut out = Output::new(131_072);
-        out.method(5, crate::protocol::method::BasicAck { delivery_tag: 1, multiple: false });
+        out.method(5, crate::amqp::method::BasicAck { delivery_tag: 1, multiple: false });
         out.content(5, &[0, 0], &body);
         out.heartbeat();
         let Encoded::Parts(parts) = out.take() else { panic!("a large body is sent as parts") };
         let joined: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
         let mut expect = BytesMut::new();
-        write_method(&mut expect, 5, &crate::protocol::method::BasicAck { delivery_tag: 1, multiple: false }.into());
+        write_method(&mut expect, 5, &crate::amqp::method::BasicAck { delivery_tag: 1, multiple: false }.into());
         expect.extend_from_slice(&copied);
         write_heartbeat(&mut expect);
         assert_eq!(joined, expect.to_vec());

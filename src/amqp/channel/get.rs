@@ -3,13 +3,13 @@
 //! frames after it) waits until it is applied on this node.
 
 use super::{bump, permissions, Channel, Unacked};
+use crate::amqp::context::ConnCtx;
+use crate::amqp::method::*;
 use crate::broker::consumer::Origin;
 use crate::broker::message::QueuedMessage;
 use crate::broker::queue::Queue;
 use crate::broker::{AmqpError, AmqpResult};
-use crate::protocol::method::*;
-use crate::protocol::ShortStr;
-use crate::server::context::ConnCtx;
+use crate::types::ShortStr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 

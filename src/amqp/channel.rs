@@ -9,6 +9,7 @@ mod publish;
 use publish::PendingPublish;
 
 use super::context::ConnCtx;
+use crate::amqp::method::*;
 use crate::broker::connections::{bump, ChannelCard};
 use crate::broker::consumer::{ChannelFlow, Consumer, Delivery, Origin, UnackedLimits};
 use crate::broker::exchange::{Binding, Destination};
@@ -18,8 +19,7 @@ use crate::broker::replicated::DefinitionChange;
 use crate::broker::vhost::QueueDeclaration;
 use crate::broker::FastMap;
 use crate::broker::{AmqpError, AmqpResult, DIRECT_REPLY_TO};
-use crate::protocol::method::*;
-use crate::protocol::ShortStr;
+use crate::types::ShortStr;
 use rand::Rng;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -81,7 +81,7 @@ pub struct Channel {
     /// The method behind a reply held for the cluster (class and method ids), to name it if
     /// the change is refused when applied.
     held_request: (u16, u16),
-    pub stash: VecDeque<crate::protocol::Frame>,
+    pub stash: VecDeque<crate::amqp::Frame>,
     last_queue: Option<ShortStr>,
     reply_key: Option<String>,
     route_buf: Vec<Arc<Queue>>,

@@ -1,7 +1,7 @@
 //! Every AMQP 0-9-1 method, generated from its field list so that both directions
 //! (server and the `hare perf` client) share one definition.
 
-use super::codec::{CodecError, Decoder, Encoder, FieldTable, LongStr, ShortStr};
+use crate::types::codec::{CodecError, Decoder, Encoder, FieldTable, LongStr, ShortStr};
 use bytes::{Bytes, BytesMut};
 
 /// A type that appears as a method field.

@@ -2,7 +2,7 @@
 //! pieces rather than copied.
 //!
 //! A connection reads into a large buffer and cuts frames out of it without copying them
-//! (see `server::read_buf`). When the buffer runs out of room, the last frame in it is
+//! (see `net::read_buf`). When the buffer runs out of room, the last frame in it is
 //! usually incomplete, and the part of it already read would have to be copied to the start
 //! of the next buffer so that the frame is whole again. For a large body frame that copy is
 //! wasted: a message body is a list of slices anyway, so the part read so far goes on to its
@@ -110,8 +110,8 @@ impl FrameReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::frame::{write_content, write_heartbeat, write_method};
-    use crate::protocol::method::BasicAck;
+    use crate::amqp::frame::{write_content, write_heartbeat, write_method};
+    use crate::amqp::method::BasicAck;
     use bytes::Bytes;
 
     /// A small deterministic generator (xorshift), so a failing case can be replayed by seed.

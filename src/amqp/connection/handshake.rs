@@ -117,7 +117,7 @@ impl Connection {
         if frame_max > server_max {
             return Err(AmqpError::not_allowed(format!("frame_max={frame_max} > {server_max} max")));
         }
-        if frame_max < crate::protocol::frame::FRAME_MIN_SIZE {
+        if frame_max < crate::amqp::frame::FRAME_MIN_SIZE {
             return Err(AmqpError::not_allowed(format!("frame_max={frame_max} < 4096 min")));
         }
         let channel_max = if m.channel_max == 0 { self.channel_max } else { m.channel_max };

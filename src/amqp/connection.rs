@@ -5,20 +5,20 @@
 use super::channel::Channel;
 use super::context::ConnCtx;
 use super::output::Output;
-use super::read_buf::{self, READ_MAX, READ_MIN};
-use super::writer::WriterHandle;
+use crate::amqp::frame::{Frame, PROTOCOL_HEADER};
+use crate::amqp::method::*;
+use crate::amqp::reader::FrameReader;
 use crate::broker::audit::{Actor, AuditEvent};
 use crate::broker::consumer::{ConnEvent, ConnectionSink};
 use crate::broker::stats::Churn;
 use crate::broker::FastMap;
 use crate::broker::{AmqpError, Broker, Scope};
 use crate::config::Config;
-use crate::protocol::codec::CodecError;
-use crate::protocol::constants::CONNECTION_FORCED;
-use crate::protocol::frame::{Frame, PROTOCOL_HEADER};
-use crate::protocol::method::*;
-use crate::protocol::reader::FrameReader;
-use crate::protocol::{FieldTable, FieldValue, LongStr, ShortStr};
+use crate::net::read_buf::{self, READ_MAX, READ_MIN};
+use crate::net::writer::WriterHandle;
+use crate::types::codec::CodecError;
+use crate::types::constants::CONNECTION_FORCED;
+use crate::types::{FieldTable, FieldValue, LongStr, ShortStr};
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -78,8 +78,8 @@ pub struct Connection {
     channel_max: u16,
     heartbeat: u16,
     channels: FastMap<u16, Channel>,
-    /// Held until the login succeeds (see [`super::pending`]).
-    pending: Option<super::pending::PendingGuard>,
+    /// Held until the login succeeds (see [`crate::net::pending`]).
+    pending: Option<crate::net::pending::PendingGuard>,
     ctx: ConnCtx,
 }
 
@@ -92,7 +92,7 @@ pub struct Shared {
     pub alarm: watch::Receiver<Option<String>>,
     /// Counts this connection against its source's limit of connections not yet logged in,
     /// until its login succeeds.
-    pub pending: Option<super::pending::PendingGuard>,
+    pub pending: Option<crate::net::pending::PendingGuard>,
 }
 
 /// Serves one accepted plain TCP socket until it closes or the broker shuts down.
@@ -409,7 +409,7 @@ impl Connection {
     }
 
     /// Passes the part read of a large body frame that `rbuf` has no room to complete on to
-    /// its channel, instead of copying it into the next buffer (see `protocol::reader`).
+    /// its channel, instead of copying it into the next buffer (see `amqp::reader`).
     fn split_partial_body(&mut self, rbuf: &mut BytesMut) {
         if self.state != State::Open || self.alarm_paused() {
             return;
@@ -707,7 +707,7 @@ fn open_channel(
 fn decode_error(e: CodecError) -> AmqpError {
     match e {
         CodecError::UnknownMethod(c, m) => {
-            AmqpError::not_implemented(format!("unknown method {}", crate::protocol::method::method_name(c, m)))
+            AmqpError::not_implemented(format!("unknown method {}", crate::amqp::method::method_name(c, m)))
         }
         other => AmqpError::syntax_error(format!("cannot decode method frame: {other}")),
     }

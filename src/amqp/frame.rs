@@ -194,7 +194,7 @@ pub fn body_frames(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::method::BasicAck;
+    use crate::amqp::method::BasicAck;
 
     #[test]
     fn frames_round_trip_and_split() {

@@ -1,7 +1,6 @@
 //! The writer task of a connection: writes what the connection encoded, in order, so that a
 //! slow socket never blocks the connection from reading (and so from seeing close or acks).
 
-use super::output::Encoded;
 use crate::broker::consumer::ConnectionSink;
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -10,6 +9,32 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
+
+/// What a flush hands the writer.
+#[derive(Debug)]
+pub enum Encoded {
+    One(Bytes),
+    Parts(Vec<Bytes>),
+}
+
+impl Encoded {
+    pub fn len(&self) -> usize {
+        match self {
+            Encoded::One(b) => b.len(),
+            Encoded::Parts(p) => p.iter().map(Bytes::len).sum(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// How many slices it is written as.
+    pub fn slices(&self) -> usize {
+        match self {
+            Encoded::One(_) => 1,
+            Encoded::Parts(p) => p.len(),
+        }
+    }
+}
 
 /// Bytes handed to the writer but not yet written, past which the connection stops reading.
 pub const WRITE_HIGH_WATER: usize = 8 * 1024 * 1024;

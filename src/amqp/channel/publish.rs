@@ -3,14 +3,15 @@
 //! order, routing and enqueueing, and the confirms and tx.commit-ok owed once it is durable.
 
 use super::{Channel, Settle, TxBuffer};
+use crate::amqp::context::ConnCtx;
+use crate::amqp::method::*;
+use crate::amqp::ContentHeader;
 use crate::broker::consumer::Delivery;
 use crate::broker::message::QueuedMessage;
 use crate::broker::message::{Body, Message};
 use crate::broker::{AmqpError, AmqpResult, DIRECT_REPLY_TO};
-use crate::protocol::constants::NO_ROUTE;
-use crate::protocol::method::*;
-use crate::protocol::{BasicProperties, ContentHeader, ShortStr};
-use crate::server::context::ConnCtx;
+use crate::types::constants::NO_ROUTE;
+use crate::types::{BasicProperties, ShortStr};
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -112,7 +113,7 @@ impl Channel {
     }
 
     /// Whether a body frame of `size` bytes would be taken whole as part of the publish under
-    /// way, so that it may be passed on in pieces (see `protocol::reader`).
+    /// way, so that it may be passed on in pieces (see `amqp::reader`).
     pub fn accepts_body(&self, size: usize) -> bool {
         let Some(p) = &self.publish else { return false };
         p.header.as_ref().is_some_and(|h| (p.received as u64).saturating_add(size as u64) <= h.body_size)
