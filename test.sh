@@ -59,6 +59,9 @@ need openssl
 step "ss (the socket-buffer test reads the broker's sockets with it)"
 need ss iproute2
 
+step "mosquitto-clients (the MQTT tests' second client)"
+need mosquitto_pub mosquitto-clients
+
 step "differential conformance against RabbitMQ: AMQP (scripted and 200 random seeds), the management API (scripted and 60 random seeds)"
 # Installs RabbitMQ from Debian's packages when missing (the first run takes a minute or two).
 tests/conformance/run.sh --scripted --seeds 0:200 --ops 40 --http --scripted --seeds 0:60 --ops 30

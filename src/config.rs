@@ -66,6 +66,12 @@ pub struct Args {
     /// HTTPS port of the management API (15671; 0 picks a free one).
     #[arg(long, env = "HARE_MANAGEMENT_TLS_PORT")]
     pub management_tls_port: Option<u16>,
+    /// MQTT port (1883; 0 for no MQTT listener).
+    #[arg(long, env = "HARE_MQTT_PORT")]
+    pub mqtt_port: Option<u16>,
+    /// MQTT over TLS port, when a certificate is configured (8883; 0 for none).
+    #[arg(long, env = "HARE_MQTT_TLS_PORT")]
+    pub mqtt_tls_port: Option<u16>,
     /// File with the 256-bit key (64 hex digits, or 32 bytes) that seals message records
     /// and definitions on disk with AES-256-GCM (encryption at rest).
     #[arg(long, env = "HARE_ENCRYPTION_KEY_FILE")]
@@ -98,7 +104,7 @@ pub struct Args {
     /// ("128MiB"), max_pending_connections_per_source (256), tcp_sndbuf (each AMQP socket's
     /// send buffer, RabbitMQ's tcp_listen_options.sndbuf; "512KiB", 0: the kernel's), default_user,
     /// default_pass, loopback_users (users who may log in only from loopback; ["guest"]),
-    /// tls_cert, tls_key, tls_ca, tls_fail_if_no_peer_cert, tls_port, management_tls_port,
+    /// tls_cert, tls_key, tls_ca, tls_fail_if_no_peer_cert, tls_port, management_tls_port, mqtt_port, mqtt_tls_port,
     /// encryption_key_file, encryption_previous_key_files (old keys, read only: key rotation),
     /// audit_log, audit_log_max_bytes (rotation size; "10MB"), audit_log_files (rotated files kept; 5),
     /// node_name, cluster_port, cluster_bind, cluster_seeds (a list), cluster_secret_file.
@@ -143,6 +149,8 @@ struct FileConfig {
     tls_fail_if_no_peer_cert: Option<bool>,
     tls_port: Option<u16>,
     management_tls_port: Option<u16>,
+    mqtt_port: Option<u16>,
+    mqtt_tls_port: Option<u16>,
     encryption_key_file: Option<PathBuf>,
     encryption_previous_key_files: Option<Vec<PathBuf>>,
     audit_log: Option<String>,
@@ -211,6 +219,9 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsSettings>,
     pub tls_port: u16,
     pub management_tls_port: u16,
+    /// MQTT's ports; 0 for none.
+    pub mqtt_port: u16,
+    pub mqtt_tls_port: u16,
     /// Encryption at rest: the current key's file, and previous keys' files (read only).
     pub encryption_key_file: Option<PathBuf>,
     pub encryption_previous_key_files: Vec<PathBuf>,
@@ -246,6 +257,8 @@ impl Default for Config {
             tls: None,
             tls_port: 5671,
             management_tls_port: 15671,
+            mqtt_port: 1883,
+            mqtt_tls_port: 8883,
             encryption_key_file: None,
             encryption_previous_key_files: Vec::new(),
             audit: Some(crate::audit::AuditSettings {
@@ -342,6 +355,8 @@ impl Config {
             tls: None,
             tls_port: d.tls_port,
             management_tls_port: d.management_tls_port,
+            mqtt_port: d.mqtt_port,
+            mqtt_tls_port: d.mqtt_tls_port,
             encryption_key_file: None,
             encryption_previous_key_files: Vec::new(),
             audit: None,
@@ -363,6 +378,8 @@ impl Config {
             },
             tls_port: args.tls_port.or(file.tls_port).unwrap_or(d.tls_port),
             management_tls_port: args.management_tls_port.or(file.management_tls_port).unwrap_or(d.management_tls_port),
+            mqtt_port: args.mqtt_port.or(file.mqtt_port).unwrap_or(d.mqtt_port),
+            mqtt_tls_port: args.mqtt_tls_port.or(file.mqtt_tls_port).unwrap_or(d.mqtt_tls_port),
             encryption_key_file: args.encryption_key_file.clone().or(file.encryption_key_file),
             encryption_previous_key_files: file.encryption_previous_key_files.unwrap_or_default(),
             audit: match args.audit_log.clone().or(file.audit_log).as_deref() {

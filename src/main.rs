@@ -101,6 +101,15 @@ fn main() -> ExitCode {
         },
     };
     let syncer = storage.syncer.clone();
+    // MQTT's retained messages, when MQTT listens.
+    let retained = match (config.mqtt_port != 0).then(|| storage.open_retained()) {
+        None => None,
+        Some(Ok(r)) => Some(Arc::new(r)),
+        Some(Err(e)) => {
+            tracing::error!("cannot open MQTT's retained messages in {}: {e}", config.data_dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
     let code = runtime.block_on(async move {
         if let Some(c) = &config.cluster {
             if let Err(e) = start_cluster(c, &config, &broker, keys.clone()).await {
@@ -159,6 +168,50 @@ fn main() -> ExitCode {
                 config.port
             }
         };
+        // MQTT beside AMQP, over the same core, when its port is not 0.
+        let (stop_mqtt, mqtt_stopped) = tokio::sync::watch::channel(false);
+        let mut mqtt_task = None;
+        if config.mqtt_port != 0 {
+            let Some(retained) = retained else { return ExitCode::FAILURE };
+            let shared = hare::mqtt::Shared {
+                broker: broker.clone(),
+                config: Arc::new(config.clone()),
+                durable: Some(syncer.subscribe()),
+                alarm: background.alarm.clone(),
+                retained,
+                clients: Default::default(),
+            };
+            let mut mqtt = match hare::mqtt::Server::bind(shared.config.clone(), shared).await {
+                Ok(s) => s.with_connection_limit(fds.connections),
+                Err(e) => {
+                    tracing::error!("cannot listen on {}:{} (MQTT): {e}", config.bind, config.mqtt_port);
+                    return ExitCode::FAILURE;
+                }
+            };
+            if let (Some(t), true) = (&tls, config.mqtt_tls_port != 0) {
+                mqtt = match mqtt.with_tls(config.mqtt_tls_port, t.clone()).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(
+                            "cannot listen on {}:{} (MQTT over TLS): {e}",
+                            config.bind,
+                            config.mqtt_tls_port
+                        );
+                        return ExitCode::FAILURE;
+                    }
+                };
+                if let Some(a) = mqtt.tls_addr() {
+                    tracing::info!("MQTT over TLS listening on {a}");
+                }
+            }
+            if let Ok(a) = mqtt.local_addr() {
+                tracing::info!("MQTT listening on {a}");
+            }
+            let mut stopped = mqtt_stopped.clone();
+            mqtt_task = Some(tokio::spawn(mqtt.run(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })));
+        }
         let http = match tokio::net::TcpListener::bind((config.bind.as_str(), config.management_port)).await {
             Ok(l) => l,
             Err(e) => {
@@ -212,6 +265,11 @@ fn main() -> ExitCode {
             let _ = http_stopped.await;
         }));
         server.run(shutdown_signal()).await;
+        let _ = stop_mqtt.send(true);
+        if let Some(t) = mqtt_task {
+            let _ = t.await;
+        }
+        drop(mqtt_stopped);
         drop(background);
         let _ = stop_http.send(());
         if let Ok(Err(e)) = api.await {

@@ -91,6 +91,8 @@ pub struct TlsDetails {
 /// What the connection knows of itself beyond its tuning, for its card.
 #[derive(Debug, Default)]
 pub struct ConnectionDetails {
+    /// The wire protocol and its version as RabbitMQ names them ("AMQP 0-9-1", "MQTT 3.1.1").
+    pub protocol: &'static str,
     /// The SASL mechanism it logged in with (PLAIN, AMQPLAIN, EXTERNAL).
     pub auth_mechanism: String,
     pub tls: Option<TlsDetails>,

@@ -298,7 +298,7 @@ pub fn connection(c: &ConnectionEntry, node: &str) -> Value {
         "vhost": c.vhost,
         "user": c.user,
         "user_who_performed_action": c.user,
-        "protocol": "AMQP 0-9-1",
+        "protocol": c.details.protocol,
         "auth_mechanism": c.details.auth_mechanism,
         "type": "network",
         "state": if c.is_closed() { "closed" } else { "running" },

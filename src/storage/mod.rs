@@ -9,6 +9,7 @@
 //!   definitions/              durable exchanges, queues and bindings: a snapshot and the
 //!                             journal of changes since (see [`journal`])
 //!   queues/<id>/              one durable queue's log: NNNN.seg + NNNN.ack
+//!   mqtt-retained.log         MQTT's retained messages (see [`retained`])
 //!   transient/<id>/           messages of non-durable queues paged out under memory
 //!                             pressure; removed at start
 //! ```
@@ -17,6 +18,7 @@ pub mod cipher;
 pub mod journal;
 pub mod queue_log;
 pub mod record;
+pub mod retained;
 pub mod syncer;
 
 use crate::broker::definitions::Change;
@@ -58,6 +60,11 @@ pub struct DiskStorage {
 }
 
 impl DiskStorage {
+    /// MQTT's retained messages, kept beside the definitions (see [`retained`]).
+    pub fn open_retained(&self) -> std::io::Result<retained::RetainedStore> {
+        retained::RetainedStore::open(&self.dir, self.keys.clone())
+    }
+
     /// Opens (creating) the data directory and takes its lock. With `keys`, message
     /// records and definitions are sealed (encryption at rest); a directory that was
     /// encrypted opens only with its key.

@@ -176,6 +176,7 @@ impl Connection {
             std::mem::take(&mut self.client_properties),
             (self.frame_max as u32, self.channel_max, self.heartbeat),
             crate::broker::connections::ConnectionDetails {
+                protocol: "AMQP 0-9-1",
                 auth_mechanism: std::mem::take(&mut self.mechanism),
                 tls: self.tls.as_ref().map(|t| t.details.clone()),
                 unwritten: self.unwritten.clone(),
