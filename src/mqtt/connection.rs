@@ -226,7 +226,7 @@ pub async fn serve<R, W>(
     let mut alarm = shared.alarm.clone();
     let keep_alive = conn.keep_alive_window();
     let mut last_recv = Instant::now();
-    let max_in = (shared.config.max_message_size as usize).saturating_add(65_536).min(codec::MAX_REMAINING);
+    let max_in = max_packet(&shared);
     loop {
         let backlogged = writer.backlogged();
         let waits = conn.session.waits_for_acks();
@@ -262,7 +262,12 @@ pub async fn serve<R, W>(
             _ = tokio::time::timeout(FLOW_RECHECK, queue_flow.notified()), if flow_paused => {
                 conn.flow_paused = false;
             }
-            _ = alarm.changed() => {}
+            r = alarm.changed() => {
+                if r.is_err() {
+                    // The alarm monitor is gone: the broker is stopping.
+                    conn.closing = Some((reason::SERVER_SHUTTING_DOWN, "broker shutting down".into()));
+                }
+            }
             _ = sink.notified(), if !backlogged => {
                 for ev in sink.take_events() {
                     conn.event(ev);
