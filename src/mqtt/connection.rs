@@ -28,6 +28,11 @@ use tokio::time::{sleep_until, Instant};
 mod message;
 mod subscribe;
 
+/// The exchange MQTT publishes to and subscribes through, as RabbitMQ's plugin by default.
+const EXCHANGE: &str = "amq.topic";
+/// The consumer tags of the QoS 0 and QoS 1 subscription queues.
+const TAGS: [&str; 2] = ["mqtt-qos0", "mqtt-qos1"];
+
 /// How long a client has to send its CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest packet taken before the login (RabbitMQ's `max_packet_size_unauthenticated`).
@@ -585,7 +590,7 @@ impl Conn {
             ConnEvent::Deliver(d) => self.deliver(d),
             ConnEvent::ConsumerCancelled { consumer_tag, .. } => {
                 // The queue was deleted (by an operator, say): the subscriptions on it are gone.
-                let qos = usize::from(consumer_tag.as_str() == subscribe::TAGS[1]);
+                let qos = usize::from(consumer_tag.as_str() == TAGS[1]);
                 self.queues[qos] = None;
                 self.subscriptions.retain(|_, q| usize::from(*q) != qos);
             }

@@ -9,7 +9,7 @@
 use super::super::codec::{self, reason, Ack, Packet, Properties, Publish, V5};
 use super::super::session::PendingAck;
 use super::super::topic;
-use super::{Conn, InFlight};
+use super::{Conn, InFlight, EXCHANGE, TAGS};
 use crate::auth::grant::{Kind, Perm};
 use crate::broker::connections::bump;
 use crate::broker::consumer::Delivery;
@@ -18,9 +18,6 @@ use crate::storage::retained::Retained;
 use crate::types::{BasicProperties, FieldTable, FieldValue, ShortStr};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
-
-/// The exchange MQTT publishes to and subscribes through, as RabbitMQ's default.
-pub const EXCHANGE: &str = "amq.topic";
 
 impl Conn {
     /// A client's PUBLISH.
@@ -123,7 +120,7 @@ impl Conn {
 
     /// A delivery from a subscription queue, as a PUBLISH.
     pub(super) fn deliver(&mut self, d: Delivery) {
-        let from_qos1 = d.consumer_tag.as_str() == super::subscribe::TAGS[1];
+        let from_qos1 = d.consumer_tag.as_str() == TAGS[1];
         let item = d.item;
         let message = item.message.clone();
         let props = message.decode_properties();

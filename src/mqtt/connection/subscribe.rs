@@ -6,8 +6,7 @@
 use super::super::codec::{self, reason, Packet, Properties, Publish, SubAck, Subscribe, UnsubAck, Unsubscribe, V5};
 use super::super::session::PendingAck;
 use super::super::topic;
-use super::message::EXCHANGE;
-use super::{Conn, InFlight, SubQueue};
+use super::{Conn, InFlight, SubQueue, EXCHANGE, TAGS};
 use crate::auth::grant::{Kind, Perm};
 use crate::broker::consumer::Consumer;
 use crate::broker::exchange::{Binding, Destination};
@@ -15,9 +14,6 @@ use crate::broker::vhost::QueueDeclaration;
 use crate::types::{FieldTable, FieldValue, ShortStr};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
-
-/// The consumer tags of the QoS 0 and QoS 1 queues.
-pub const TAGS: [&str; 2] = ["mqtt-qos0", "mqtt-qos1"];
 
 impl Conn {
     fn queue_name(&self, qos: usize) -> String {
