@@ -41,7 +41,8 @@ impl Conn {
             self.reply(qos, packet_id, reason::SUCCESS, 0, 0);
             return;
         }
-        if let Err(refused) = self.may_publish(&routing_key) {
+        self.refresh_grant();
+        if let Err(refused) = may_publish(&self.grant, &routing_key) {
             if !v5 {
                 // As RabbitMQ's plugin: a 3.1.1 client has no way to hear a refusal.
                 self.closing = Some((reason::NOT_AUTHORIZED, refused));
@@ -54,16 +55,7 @@ impl Conn {
         bump(&self.card.publish, 1);
         let amqp_properties = amqp_properties(qos, dup, &properties);
         if retain {
-            let message = (!payload.is_empty()).then(|| Retained {
-                qos: qos.min(1),
-                payload: payload.clone(),
-                properties: amqp_properties.clone(),
-            });
-            let store = self.shared.retained.clone();
-            let (vhost, topic) = (self.vhost.name.clone(), topic_name.clone());
-            if let Err(e) = tokio::task::block_in_place(|| store.set(&vhost, &topic, message)) {
-                tracing::error!("cannot store a retained message in {}: {e}", store.path().display());
-            }
+            self.shared.retained_set(&self.vhost.name, &topic_name, qos, &payload, &amqp_properties);
         }
         let message = Arc::new(Message::new(
             ShortStr::from(EXCHANGE),
@@ -85,16 +77,6 @@ impl Conn {
             return;
         }
         self.reply(qos, packet_id, code, outcome.ticket, outcome.cluster);
-    }
-
-    /// Write permission on `amq.topic`, and the topic permission on the routing key.
-    fn may_publish(&mut self, routing_key: &str) -> Result<(), String> {
-        self.refresh_grant();
-        self.grant.check(Kind::Exchange, EXCHANGE, Perm::Write).map_err(|r| r.text)?;
-        if self.grant.has_topic_permissions() {
-            self.grant.check_topic(EXCHANGE, routing_key, Perm::Write).map_err(|r| r.text)?;
-        }
-        Ok(())
     }
 
     /// Permissions changed since the grant was compiled: compile it again.
@@ -263,22 +245,13 @@ fn publish_will(
     if topic::check_name(&will.topic).is_err() || routing_key.len() > 255 {
         return;
     }
-    let allowed = grant.check(Kind::Exchange, EXCHANGE, Perm::Write).is_ok()
-        && (!grant.has_topic_permissions() || grant.check_topic(EXCHANGE, &routing_key, Perm::Write).is_ok());
-    if !allowed {
-        tracing::warn!(topic = %will.topic, "the will is not published: no write permission");
+    if let Err(refused) = may_publish(grant, &routing_key) {
+        tracing::warn!(topic = %will.topic, "the will is not published: {refused}");
         return;
     }
     let properties = amqp_properties(will.qos, false, &will.properties);
     if will.retain {
-        let message = (!will.payload.is_empty()).then(|| Retained {
-            qos: will.qos.min(1),
-            payload: will.payload.clone(),
-            properties: properties.clone(),
-        });
-        if let Err(e) = shared.retained.set(&vhost.name, &will.topic, message) {
-            tracing::error!("cannot store a retained will: {e}");
-        }
+        shared.retained_set(&vhost.name, &will.topic, will.qos, &will.payload, &properties);
     }
     let message = Arc::new(Message::new(
         ShortStr::from(EXCHANGE),
@@ -291,6 +264,31 @@ fn publish_will(
     if vhost.route(EXCHANGE, &message.routing_key, &[], &message.properties, &mut queues).is_ok() {
         for q in &queues {
             let _ = q.publish(message.clone(), None);
+        }
+    }
+}
+
+/// Write permission on `amq.topic`, and the topic permission on the routing key: what a
+/// publish and a will both need.
+fn may_publish(grant: &crate::auth::grant::Grant, routing_key: &str) -> Result<(), String> {
+    grant.check(Kind::Exchange, EXCHANGE, Perm::Write).map_err(|r| r.text)?;
+    if grant.has_topic_permissions() {
+        grant.check_topic(EXCHANGE, routing_key, Perm::Write).map_err(|r| r.text)?;
+    }
+    Ok(())
+}
+
+impl super::super::Shared {
+    /// Retains a publish for its topic (an empty payload clears it), on disk when it
+    /// returns: the write and its fsync block this worker, not the others.
+    fn retained_set(&self, vhost: &str, topic: &str, qos: u8, payload: &Bytes, properties: &Bytes) {
+        let message = (!payload.is_empty()).then(|| Retained {
+            qos: qos.min(1),
+            payload: payload.clone(),
+            properties: properties.clone(),
+        });
+        if let Err(e) = tokio::task::block_in_place(|| self.retained.set(vhost, topic, message)) {
+            tracing::error!("cannot store a retained message in {}: {e}", self.retained.path().display());
         }
     }
 }
