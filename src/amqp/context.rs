@@ -59,11 +59,8 @@ impl ConnCtx {
     /// The user's permissions in the vhost as they are now: a permission changed while the
     /// connection is open applies from its next operation (one atomic load when unchanged).
     pub fn grant(&mut self) -> &crate::auth::grant::Grant {
-        let now = self.broker.access_generation();
-        if self.grant.generation != now {
-            let vhost = self.vhost.as_ref().map_or("", |v| v.name.as_str());
-            self.grant = self.broker.grant(&self.user, vhost);
-        }
+        let vhost = self.vhost.as_ref().map_or("", |v| v.name.as_str());
+        self.broker.refresh_grant(&mut self.grant, &self.user, vhost);
         &self.grant
     }
 }

@@ -595,6 +595,15 @@ impl Broker {
     }
 
     /// `user`'s permissions in `vhost`, compiled.
+    /// Compiles `grant` again for `user` in `vhost` if permissions changed since it was
+    /// compiled (one atomic load when they did not): a connection's permissions apply from
+    /// its next operation.
+    pub fn refresh_grant(&self, grant: &mut Grant, user: &str, vhost: &str) {
+        if grant.generation != self.access_generation.load(Ordering::Acquire) {
+            *grant = self.grant(user, vhost);
+        }
+    }
+
     pub fn grant(&self, user: &str, vhost: &str) -> Grant {
         let state = self.access.read();
         Grant::compile(&state, user, vhost, self.access_generation.load(Ordering::Acquire))

@@ -81,10 +81,7 @@ impl Conn {
 
     /// Permissions changed since the grant was compiled: compile it again.
     pub(super) fn refresh_grant(&mut self) {
-        let now = self.shared.broker.access_generation();
-        if self.grant.generation != now {
-            self.grant = self.shared.broker.grant(&self.user, &self.vhost.name);
-        }
+        self.shared.broker.refresh_grant(&mut self.grant, &self.user, &self.vhost.name);
     }
 
     /// PUBACK (QoS 1) or PUBREC (QoS 2) once `ticket` and `cluster` are passed.
