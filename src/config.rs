@@ -72,6 +72,12 @@ pub struct Args {
     /// MQTT over TLS port, when a certificate is configured (8883; 0 for none).
     #[arg(long, env = "HARE_MQTT_TLS_PORT")]
     pub mqtt_tls_port: Option<u16>,
+    /// MQTT over WebSocket port, at the path /ws (RabbitMQ's Web MQTT; 15675; 0 for none).
+    #[arg(long, env = "HARE_MQTT_WS_PORT")]
+    pub mqtt_ws_port: Option<u16>,
+    /// MQTT over secure WebSocket port, when a certificate is configured (15676; 0 for none).
+    #[arg(long, env = "HARE_MQTT_WSS_PORT")]
+    pub mqtt_wss_port: Option<u16>,
     /// File with the 256-bit key (64 hex digits, or 32 bytes) that seals message records
     /// and definitions on disk with AES-256-GCM (encryption at rest).
     #[arg(long, env = "HARE_ENCRYPTION_KEY_FILE")]
@@ -105,6 +111,7 @@ pub struct Args {
     /// send buffer, RabbitMQ's tcp_listen_options.sndbuf; "512KiB", 0: the kernel's), default_user,
     /// default_pass, loopback_users (users who may log in only from loopback; ["guest"]),
     /// tls_cert, tls_key, tls_ca, tls_fail_if_no_peer_cert, tls_port, management_tls_port, mqtt_port, mqtt_tls_port,
+    /// mqtt_ws_port, mqtt_wss_port,
     /// encryption_key_file, encryption_previous_key_files (old keys, read only: key rotation),
     /// audit_log, audit_log_max_bytes (rotation size; "10MB"), audit_log_files (rotated files kept; 5),
     /// node_name, cluster_port, cluster_bind, cluster_seeds (a list), cluster_secret_file.
@@ -151,6 +158,8 @@ struct FileConfig {
     management_tls_port: Option<u16>,
     mqtt_port: Option<u16>,
     mqtt_tls_port: Option<u16>,
+    mqtt_ws_port: Option<u16>,
+    mqtt_wss_port: Option<u16>,
     encryption_key_file: Option<PathBuf>,
     encryption_previous_key_files: Option<Vec<PathBuf>>,
     audit_log: Option<String>,
@@ -222,6 +231,8 @@ pub struct Config {
     /// MQTT's ports; 0 for none.
     pub mqtt_port: u16,
     pub mqtt_tls_port: u16,
+    pub mqtt_ws_port: u16,
+    pub mqtt_wss_port: u16,
     /// Encryption at rest: the current key's file, and previous keys' files (read only).
     pub encryption_key_file: Option<PathBuf>,
     pub encryption_previous_key_files: Vec<PathBuf>,
@@ -259,6 +270,8 @@ impl Default for Config {
             management_tls_port: 15671,
             mqtt_port: 1883,
             mqtt_tls_port: 8883,
+            mqtt_ws_port: 15675,
+            mqtt_wss_port: 15676,
             encryption_key_file: None,
             encryption_previous_key_files: Vec::new(),
             audit: Some(crate::audit::AuditSettings {
@@ -301,6 +314,12 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Some MQTT port is open: plain, or over TLS with a certificate configured.
+    pub fn mqtt_listens(&self) -> bool {
+        let tls = self.tls.is_some();
+        self.mqtt_port != 0 || self.mqtt_ws_port != 0 || (tls && (self.mqtt_tls_port != 0 || self.mqtt_wss_port != 0))
+    }
+
     pub fn load(args: &Args) -> Result<Config, ConfigError> {
         let file = match &args.config {
             Some(path) => {
@@ -357,6 +376,8 @@ impl Config {
             management_tls_port: d.management_tls_port,
             mqtt_port: d.mqtt_port,
             mqtt_tls_port: d.mqtt_tls_port,
+            mqtt_ws_port: d.mqtt_ws_port,
+            mqtt_wss_port: d.mqtt_wss_port,
             encryption_key_file: None,
             encryption_previous_key_files: Vec::new(),
             audit: None,
@@ -380,6 +401,8 @@ impl Config {
             management_tls_port: args.management_tls_port.or(file.management_tls_port).unwrap_or(d.management_tls_port),
             mqtt_port: args.mqtt_port.or(file.mqtt_port).unwrap_or(d.mqtt_port),
             mqtt_tls_port: args.mqtt_tls_port.or(file.mqtt_tls_port).unwrap_or(d.mqtt_tls_port),
+            mqtt_ws_port: args.mqtt_ws_port.or(file.mqtt_ws_port).unwrap_or(d.mqtt_ws_port),
+            mqtt_wss_port: args.mqtt_wss_port.or(file.mqtt_wss_port).unwrap_or(d.mqtt_wss_port),
             encryption_key_file: args.encryption_key_file.clone().or(file.encryption_key_file),
             encryption_previous_key_files: file.encryption_previous_key_files.unwrap_or_default(),
             audit: match args.audit_log.clone().or(file.audit_log).as_deref() {

@@ -102,7 +102,7 @@ fn main() -> ExitCode {
     };
     let syncer = storage.syncer.clone();
     // MQTT's retained messages, when MQTT listens.
-    let retained = match (config.mqtt_port != 0).then(|| storage.open_retained()) {
+    let retained = match config.mqtt_listens().then(|| storage.open_retained()) {
         None => None,
         Some(Ok(r)) => Some(Arc::new(r)),
         Some(Err(e)) => {
@@ -168,11 +168,11 @@ fn main() -> ExitCode {
                 config.port
             }
         };
-        // MQTT beside AMQP, over the same core, when its port is not 0.
+        // MQTT beside AMQP, over the same core, on the ports that are not 0.
         let (stop_mqtt, mqtt_stopped) = tokio::sync::watch::channel(false);
         let mut mqtt_task = None;
-        if config.mqtt_port != 0 {
-            let Some(retained) = retained else { return ExitCode::FAILURE };
+        let mut mqtt_listeners = Vec::new();
+        if let Some(retained) = retained {
             let shared = hare::mqtt::Shared {
                 broker: broker.clone(),
                 config: Arc::new(config.clone()),
@@ -181,31 +181,16 @@ fn main() -> ExitCode {
                 retained,
                 clients: Default::default(),
             };
-            let mut mqtt = match hare::mqtt::Server::bind(shared.config.clone(), shared).await {
-                Ok(s) => s.with_connection_limit(fds.connections),
+            let mqtt = match hare::mqtt::Server::bind(shared, tls.clone(), fds.connections).await {
+                Ok(s) => s,
                 Err(e) => {
-                    tracing::error!("cannot listen on {}:{} (MQTT): {e}", config.bind, config.mqtt_port);
+                    tracing::error!("{e}");
                     return ExitCode::FAILURE;
                 }
             };
-            if let (Some(t), true) = (&tls, config.mqtt_tls_port != 0) {
-                mqtt = match mqtt.with_tls(config.mqtt_tls_port, t.clone()).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::error!(
-                            "cannot listen on {}:{} (MQTT over TLS): {e}",
-                            config.bind,
-                            config.mqtt_tls_port
-                        );
-                        return ExitCode::FAILURE;
-                    }
-                };
-                if let Some(a) = mqtt.tls_addr() {
-                    tracing::info!("MQTT over TLS listening on {a}");
-                }
-            }
-            if let Ok(a) = mqtt.local_addr() {
-                tracing::info!("MQTT listening on {a}");
+            for (protocol, name, a) in mqtt.addresses() {
+                tracing::info!("{name} listening on {a}");
+                mqtt_listeners.push((protocol, a.port()));
             }
             let mut stopped = mqtt_stopped.clone();
             mqtt_task = Some(tokio::spawn(mqtt.run(async move {
@@ -259,6 +244,7 @@ fn main() -> ExitCode {
             started_at_ms: hare::broker::clock::now_ms(),
             config_file: args.config.clone(),
             external_auth: config.tls.as_ref().is_some_and(|t| t.ca.is_some()),
+            other_listeners: mqtt_listeners,
         };
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let api = tokio::spawn(hare::http::serve(http, https, broker, node, Some(syncer.subscribe()), async {

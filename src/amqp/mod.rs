@@ -43,14 +43,14 @@ impl Server {
         durable: Option<watch::Receiver<u64>>,
         alarm: watch::Receiver<Option<String>>,
     ) -> std::io::Result<Server> {
-        let listener = Listener::bind(
+        let listener = Listener::new(
             "AMQP",
             &config.bind,
-            config.port,
             broker.clone(),
             config.max_pending_per_source,
             config.tcp_sndbuf as usize,
         )
+        .with_plain(config.port)
         .await?;
         Ok(Server { listener, broker, config: Arc::new(config), durable, alarm })
     }
@@ -73,7 +73,7 @@ impl Server {
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.listener.local_addr().ok_or_else(|| std::io::Error::other("the AMQP port's address is unknown"))
     }
 
     /// Serves connections until `shutdown` resolves, then closes every connection with

@@ -628,6 +628,7 @@ pub fn listener_ports(node: &NodeInfo) -> Vec<(&'static str, u16)> {
     ]
     .into_iter()
     .flatten()
+    .chain(node.other_listeners.iter().copied())
     .collect()
 }
 

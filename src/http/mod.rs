@@ -69,6 +69,8 @@ pub struct NodeInfo {
     pub config_file: Option<std::path::PathBuf>,
     /// EXTERNAL (client certificates) is offered: TLS with a CA to verify clients.
     pub external_auth: bool,
+    /// The listeners of the other wire protocols (MQTT's), by RabbitMQ's protocol names.
+    pub other_listeners: Vec<(&'static str, u16)>,
 }
 
 #[derive(Clone)]

@@ -148,14 +148,21 @@ fn next_packet(buf: &mut BytesMut, max: usize, level: u8) -> Option<Result<Packe
     Some(codec::decode(first, packet.slice(header..), level))
 }
 
+/// Where a connection comes from and what carries it.
+pub struct Link {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// The TLS session's details, over TLS.
+    pub tls: Option<crate::tls::PeerInfo>,
+    /// MQTT over WebSocket (RabbitMQ's Web MQTT), rather than over TCP.
+    pub web: bool,
+}
+
 /// Serves one MQTT connection to its end.
-#[allow(clippy::too_many_arguments)]
 pub async fn serve<R, W>(
     mut rd: R,
     wr: W,
-    peer: SocketAddr,
-    local: SocketAddr,
-    tls: Option<crate::tls::PeerInfo>,
+    link: Link,
     pending: PendingGuard,
     mut shutdown: watch::Receiver<bool>,
     shared: Arc<Shared>,
@@ -163,6 +170,7 @@ pub async fn serve<R, W>(
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = link.peer;
     let mut rbuf = BytesMut::with_capacity(1024);
     let connect =
         match tokio::time::timeout(CONNECT_TIMEOUT, read_packet(&mut rd, &mut rbuf, MAX_UNAUTHENTICATED, 0)).await {
@@ -198,7 +206,7 @@ pub async fn serve<R, W>(
     let sink = ConnectionSink::new(id);
     let (writer, writer_task) = WriterHandle::spawn(wr, sink.clone());
     let level = connect.level;
-    let mut conn = match Conn::login(&shared, *connect, id, peer, local, tls, sink.clone(), &writer).await {
+    let mut conn = match Conn::login(&shared, *connect, id, link, sink.clone(), &writer).await {
         Ok(c) => c,
         Err((code, why)) => {
             tracing::warn!(%peer, "MQTT login refused: {why}");
@@ -224,7 +232,6 @@ pub async fn serve<R, W>(
     drop(pending);
     let ended = shared.clients.take_over(&conn.vhost.name, &conn.client_id, id, conn.entry.clone()).await;
     conn.resume_session();
-    conn.flush(&writer);
 
     let mut durable = shared.durable.clone();
     let mut cluster = shared.broker.quorum_host().map(|h| h.resolved());
@@ -233,6 +240,20 @@ pub async fn serve<R, W>(
     let mut last_recv = Instant::now();
     let max_in = max_packet(&shared);
     loop {
+        // The packets read: also those that came with the CONNECT, and those left when a
+        // queue's flow paused the connection.
+        while conn.closing.is_none() && !conn.flow_paused {
+            match next_packet(&mut rbuf, max_in, conn.level) {
+                None => break,
+                Some(Ok(p)) => conn.packet(p),
+                Some(Err(e)) => conn.closing = Some((e.reason, e.text)),
+            }
+        }
+        conn.send_ready_acks();
+        conn.flush(&writer);
+        if conn.graceful || conn.closing.is_some() {
+            break;
+        }
         let backlogged = writer.backlogged();
         let waits = conn.session.waits_for_acks();
         let blocked = conn.published && alarm.borrow().is_some();
@@ -285,13 +306,6 @@ pub async fn serve<R, W>(
                         last_recv = Instant::now();
                         bump(&conn.entry.recv_oct, n as u64);
                         bump(&conn.entry.recv_cnt, 1);
-                        while conn.closing.is_none() && !conn.flow_paused {
-                            match next_packet(&mut rbuf, max_in, conn.level) {
-                                None => break,
-                                Some(Ok(p)) => conn.packet(p),
-                                Some(Err(e)) => conn.closing = Some((e.reason, e.text)),
-                            }
-                        }
                         if rbuf.capacity() - rbuf.len() < 1024 {
                             rbuf.reserve(4096);
                         }
@@ -301,11 +315,6 @@ pub async fn serve<R, W>(
             _ = sleep_until(last_recv + keep_alive.unwrap_or(Duration::from_secs(3600))), if keep_alive.is_some() => {
                 conn.closing = Some((reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout".into()));
             }
-        }
-        conn.send_ready_acks();
-        conn.flush(&writer);
-        if conn.graceful || conn.closing.is_some() {
-            break;
         }
     }
     if let Some((code, why)) = conn.closing.take() {
@@ -352,18 +361,16 @@ fn vhost_and_user(name: &str) -> (String, String) {
 impl Conn {
     /// Checks a CONNECT: protocol rules, credentials, vhost, limits and access, and the
     /// client identifier. Err is the reason code CONNACK refuses with, and why.
-    #[allow(clippy::too_many_arguments)]
     async fn login(
         shared: &Arc<Shared>,
         c: Connect,
         id: u64,
-        peer: SocketAddr,
-        local: SocketAddr,
-        tls: Option<crate::tls::PeerInfo>,
+        link: Link,
         sink: Arc<ConnectionSink>,
         writer: &WriterHandle,
     ) -> Result<Conn, (u8, String)> {
         let broker = &shared.broker;
+        let Link { peer, local, tls, web } = link;
         let v5 = c.level == V5;
         let mut assigned = None;
         let client_id = if c.client_id.is_empty() {
@@ -418,10 +425,13 @@ impl Conn {
         }
         let actor =
             Actor { user: user.as_str().into(), source: Some(peer.to_string().into()), via: "mqtt", connection: id };
-        let version = match c.level {
-            codec::V31 => "MQTT 3.1",
-            codec::V311 => "MQTT 3.1.1",
-            _ => "MQTT 5.0",
+        let version = match (web, c.level) {
+            (false, codec::V31) => "MQTT 3.1",
+            (false, codec::V311) => "MQTT 3.1.1",
+            (false, _) => "MQTT 5.0",
+            (true, codec::V31) => "Web MQTT 3.1",
+            (true, codec::V311) => "Web MQTT 3.1.1",
+            (true, _) => "Web MQTT 5.0",
         };
         let mut client_properties = FieldTable::new();
         client_properties.insert("product", FieldValue::string("MQTT client"));
@@ -637,6 +647,6 @@ impl Conn {
 
 /// The largest packet a client may send once logged in: a message of the largest size
 /// allowed, with room for its topic and properties.
-fn max_packet(shared: &Shared) -> usize {
+pub(super) fn max_packet(shared: &Shared) -> usize {
     (shared.config.max_message_size as usize).saturating_add(65_536).min(codec::MAX_REMAINING)
 }

@@ -14,18 +14,21 @@
 //! - Retained messages are kept in storage (`storage::retained`).
 //!
 //! `codec` is the packet format, `topic` the names and their translation, `session` the
-//! acknowledgement state, `connection` one client's task.
+//! acknowledgement state, `connection` one client's task, `websocket` the carrier of Web MQTT.
 
 pub mod codec;
 pub mod connection;
 pub mod session;
 pub mod topic;
+pub mod websocket;
 
 use crate::broker::connections::ConnectionEntry;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::net::{Admitted, Listener, Stream};
 use crate::storage::retained::RetainedStore;
+use crate::tls::Tls;
+use connection::Link;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -99,70 +102,128 @@ pub struct Shared {
     pub clients: Clients,
 }
 
-/// The MQTT listener (and MQTT over TLS, when a certificate is configured).
+/// How a listener's connections carry MQTT.
+#[derive(Clone, Copy)]
+enum Carrier {
+    Tcp,
+    /// An HTTP upgrade to a WebSocket at [`websocket::PATH`] first.
+    WebSocket,
+}
+
+/// The MQTT listeners: MQTT over TCP and over WebSocket (RabbitMQ's Web MQTT), each also
+/// over TLS when a certificate is configured, as the configuration names their ports.
 pub struct Server {
-    listener: Listener,
+    listeners: Vec<(Listener, Carrier)>,
     shared: Arc<Shared>,
 }
 
 impl Server {
-    pub async fn bind(config: Arc<Config>, shared: Shared) -> std::io::Result<Server> {
-        let listener = Listener::bind(
-            "MQTT",
-            &config.bind,
-            config.mqtt_port,
-            shared.broker.clone(),
-            config.max_pending_per_source,
-            config.tcp_sndbuf as usize,
-        )
-        .await?;
-        Ok(Server { listener, shared: Arc::new(shared) })
+    /// Binds the ports the configuration names (0 for none), the TLS ones only with `tls`:
+    /// MQTT over TLS alone is a configuration too.
+    /// Err says which port could not be bound.
+    pub async fn bind(shared: Shared, tls: Option<Arc<Tls>>, connection_limit: u64) -> Result<Server, String> {
+        let config = shared.config.clone();
+        let mut listeners = Vec::new();
+        for (name, carrier, port, tls_port) in [
+            ("MQTT", Carrier::Tcp, config.mqtt_port, config.mqtt_tls_port),
+            ("Web MQTT", Carrier::WebSocket, config.mqtt_ws_port, config.mqtt_wss_port),
+        ] {
+            let tls_port = if tls.is_some() { tls_port } else { 0 };
+            if port == 0 && tls_port == 0 {
+                continue;
+            }
+            let mut listener = Listener::new(
+                name,
+                &config.bind,
+                shared.broker.clone(),
+                config.max_pending_per_source,
+                config.tcp_sndbuf as usize,
+            )
+            .with_connection_limit(connection_limit);
+            let refused = |port: u16, what: &str, e: std::io::Error| {
+                format!("cannot listen on {}:{port} ({what}): {e}", config.bind)
+            };
+            if port != 0 {
+                listener = listener.with_plain(port).await.map_err(|e| refused(port, name, e))?;
+            }
+            if let (Some(tls), true) = (&tls, tls_port != 0) {
+                listener = listener
+                    .with_tls(tls_port, tls.clone())
+                    .await
+                    .map_err(|e| refused(tls_port, &format!("{name} over TLS"), e))?;
+            }
+            listeners.push((listener, carrier));
+        }
+        Ok(Server { listeners, shared: Arc::new(shared) })
     }
 
-    /// Also listens for MQTT over TLS on `port` (0 picks a free one).
-    pub async fn with_tls(mut self, port: u16, tls: Arc<crate::tls::Tls>) -> std::io::Result<Server> {
-        self.listener = self.listener.with_tls(port, tls).await?;
-        Ok(self)
-    }
-
-    pub fn with_connection_limit(mut self, n: u64) -> Server {
-        self.listener = self.listener.with_connection_limit(n);
-        self
-    }
-
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    pub fn tls_addr(&self) -> Option<SocketAddr> {
-        self.listener.tls_addr()
+    /// The addresses listened on: RabbitMQ's name for each (`mqtt`, `mqtt/ssl`,
+    /// `http/web-mqtt`, `https/web-mqtt`, as the management API lists listeners), the log's
+    /// name, and the address.
+    pub fn addresses(&self) -> Vec<(&'static str, &'static str, SocketAddr)> {
+        let mut all = Vec::new();
+        for (listener, carrier) in &self.listeners {
+            let [plain, tls] = match carrier {
+                Carrier::Tcp => [("mqtt", "MQTT"), ("mqtt/ssl", "MQTT over TLS")],
+                Carrier::WebSocket => [("http/web-mqtt", "Web MQTT"), ("https/web-mqtt", "Web MQTT over TLS")],
+            };
+            all.extend(listener.local_addr().map(|a| (plain.0, plain.1, a)));
+            all.extend(listener.tls_addr().map(|a| (tls.0, tls.1, a)));
+        }
+        all
     }
 
     /// Serves clients until `shutdown` resolves, then disconnects them.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        let shared = self.shared;
-        self.listener
-            .run(shutdown, move |a: Admitted| {
-                let shared = shared.clone();
-                async move {
-                    match a.stream {
-                        Stream::Plain(s) => {
-                            let (Ok(peer), Ok(local)) = (s.peer_addr(), s.local_addr()) else { return };
-                            let _ = s.set_nodelay(true);
-                            let (rd, wr) = s.into_split();
-                            connection::serve(rd, wr, peer, local, None, a.pending, a.shutdown, shared).await
-                        }
-                        Stream::Tls(s, info) => {
-                            let (Ok(peer), Ok(local)) = (s.get_ref().0.peer_addr(), s.get_ref().0.local_addr()) else {
-                                return;
-                            };
-                            let (rd, wr) = tokio::io::split(*s);
-                            Box::pin(connection::serve(rd, wr, peer, local, Some(info), a.pending, a.shutdown, shared))
-                                .await
-                        }
-                    }
-                }
-            })
-            .await
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        for (listener, carrier) in self.listeners {
+            let (shared, mut stopped) = (self.shared.clone(), stopped.clone());
+            let until = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            tasks.spawn(listener.run(until, move |a: Admitted| serve(a, carrier, shared.clone())));
+        }
+        shutdown.await;
+        let _ = stop.send(true);
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Serves one admitted connection: over TCP or TLS, after a WebSocket upgrade if it came to
+/// a Web MQTT port.
+async fn serve(a: Admitted, carrier: Carrier, shared: Arc<Shared>) {
+    let (peer, local) = match &a.stream {
+        Stream::Plain(s) => (s.peer_addr(), s.local_addr()),
+        Stream::Tls(s, _) => (s.get_ref().0.peer_addr(), s.get_ref().0.local_addr()),
+    };
+    let (Ok(peer), Ok(local)) = (peer, local) else { return };
+    let web = matches!(carrier, Carrier::WebSocket);
+    let max_message = connection::max_packet(&shared);
+    match a.stream {
+        Stream::Plain(s) => {
+            let _ = s.set_nodelay(true);
+            let link = Link { peer, local, tls: None, web };
+            if web {
+                let Some(ws) = websocket::accept(s, max_message).await else { return };
+                let (rd, wr) = tokio::io::split(ws);
+                Box::pin(connection::serve(rd, wr, link, a.pending, a.shutdown, shared)).await
+            } else {
+                let (rd, wr) = s.into_split();
+                connection::serve(rd, wr, link, a.pending, a.shutdown, shared).await
+            }
+        }
+        // Boxed: TLS and WebSocket state are several KiB, which plain connections need not carry.
+        Stream::Tls(s, info) => {
+            let link = Link { peer, local, tls: Some(info), web };
+            if web {
+                let Some(ws) = websocket::accept(*s, max_message).await else { return };
+                let (rd, wr) = tokio::io::split(ws);
+                Box::pin(connection::serve(rd, wr, link, a.pending, a.shutdown, shared)).await
+            } else {
+                let (rd, wr) = tokio::io::split(*s);
+                Box::pin(connection::serve(rd, wr, link, a.pending, a.shutdown, shared)).await
+            }
+        }
     }
 }

@@ -58,13 +58,13 @@ pub struct Admitted {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// A protocol's listening ports (plain, and TLS when configured) and the limits every
-/// connection is admitted under.
+/// A protocol's listening ports (plain, TLS, or both) and the limits every connection is
+/// admitted under.
 pub struct Listener {
     /// The protocol's name, for the log ("AMQP", ...).
     name: &'static str,
     host: String,
-    plain: TcpListener,
+    plain: Option<TcpListener>,
     tls: Option<(TcpListener, Arc<Tls>)>,
     broker: Arc<Broker>,
     /// Connections (of every listener) beyond this many are refused: their descriptors would
@@ -77,24 +77,30 @@ pub struct Listener {
 }
 
 impl Listener {
-    pub async fn bind(
+    /// A listener of no port yet: [`Listener::with_plain`] and [`Listener::with_tls`] add them.
+    pub fn new(
         name: &'static str,
         host: &str,
-        port: u16,
         broker: Arc<Broker>,
         max_pending_per_source: u32,
         sndbuf: usize,
-    ) -> std::io::Result<Listener> {
-        Ok(Listener {
+    ) -> Listener {
+        Listener {
             name,
             host: host.to_string(),
-            plain: listen(host, port).await?,
+            plain: None,
             tls: None,
             broker,
             max_connections: u64::MAX,
             pending: pending::Pending::new(max_pending_per_source),
             sndbuf,
-        })
+        }
+    }
+
+    /// Listens for the protocol without TLS on `port` (0 picks a free one).
+    pub async fn with_plain(mut self, port: u16) -> std::io::Result<Listener> {
+        self.plain = Some(listen(&self.host, port).await?);
+        Ok(self)
     }
 
     /// Also listens for the protocol over TLS on `port` (0 picks a free one).
@@ -109,8 +115,9 @@ impl Listener {
         self
     }
 
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.plain.local_addr()
+    /// The plain port's address, if there is one.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.plain.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The TLS port's address, if there is one.
@@ -135,7 +142,9 @@ impl Listener {
         loop {
             let (accepted, tls) = tokio::select! {
                 _ = &mut shutdown => break,
-                accepted = self.plain.accept() => (accepted, None),
+                accepted = async { match &self.plain { Some(l) => l.accept().await, None => std::future::pending().await } } => {
+                    (accepted, None)
+                }
                 accepted = async { match &self.tls { Some((l, _)) => l.accept().await, None => std::future::pending().await } } => {
                     (accepted, self.tls.as_ref().map(|(_, t)| t.clone()))
                 }

@@ -170,10 +170,15 @@ async fn run<W: AsyncWrite + Unpin>(
                         charges += charge;
                         push_parts(&mut batch, bytes);
                     }
-                    let written = match batch.as_slice() {
+                    let mut written = match batch.as_slice() {
                         [one] => socket.write_all(one).await,
                         parts => write_parts(&mut socket, parts).await,
                     };
+                    if written.is_ok() {
+                        // Free for TCP; a TLS or WebSocket stream that met a full socket
+                        // holds its last record until flushed.
+                        written = socket.flush().await;
+                    }
                     batch.clear();
                     if !failed && written.is_err() {
                         // Keep going so credit is returned; the reader sees the socket close.

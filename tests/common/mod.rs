@@ -31,7 +31,19 @@ impl TestServer {
         let log = dir.join("hare.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_hare"))
-            .args(["--port", "0", "--management-port", "0", "--mqtt-port", "0", "--log", "info", "--data-dir"])
+            .args([
+                "--port",
+                "0",
+                "--management-port",
+                "0",
+                "--mqtt-port",
+                "0",
+                "--mqtt-ws-port",
+                "0",
+                "--log",
+                "info",
+                "--data-dir",
+            ])
             .arg(dir.join("data"))
             .args(extra)
             .stdout(Stdio::from(log_file.try_clone().expect("clone")))

@@ -15,8 +15,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HARE_BIN = os.environ.get("HARE_BIN", os.path.join(ROOT, "target", "release", "hare"))
 # Brokers started by the tests, several at once, listen for MQTT only when a test asks for
-# it with --mqtt-port (the default, 1883, would be taken by the first).
-os.environ.setdefault("HARE_MQTT_PORT", "0")
+# it with --mqtt-port and the like (the defaults, 1883, 8883, 15675 and 15676, would be taken by
+# the first).
+for _port in ("HARE_MQTT_PORT", "HARE_MQTT_TLS_PORT", "HARE_MQTT_WS_PORT", "HARE_MQTT_WSS_PORT"):
+    os.environ.setdefault(_port, "0")
 
 
 def wait_for(predicate, timeout=10.0, interval=0.01, what="condition"):

@@ -1,8 +1,11 @@
 """MQTT 3.1.1 and 5.0 through paho-mqtt and Debian's mosquitto-clients, beside AMQP through
 pika: publish and subscribe at every QoS, MQTT to AMQP and back through amq.topic, retained
 messages and persistent sessions across a restart, wills, session take-over, refusals and
-malformed packets on raw sockets."""
+malformed packets on raw sockets; MQTT over WebSocket (Web MQTT) through paho-mqtt and raw
+WebSocket frames."""
+import base64
 import json
+import os
 import shutil
 import socket
 import struct
@@ -25,10 +28,10 @@ V311, V5 = mqtt.MQTTv311, mqtt.MQTTv5
 
 @pytest.fixture(scope="module")
 def broker():
-    (port,) = free_ports(1)
-    h = Hare(extra_args=["--mqtt-port", str(port)])
-    h.mqtt_port = port
-    wait_for(lambda: "MQTT listening" in h.read_log(), what="the MQTT listener")
+    port, ws_port = free_ports(2)
+    h = Hare(extra_args=["--mqtt-port", str(port), "--mqtt-ws-port", str(ws_port)])
+    h.mqtt_port, h.ws_port = port, ws_port
+    wait_for(lambda: "Web MQTT listening" in h.read_log(), what="the MQTT listeners")
     yield h
     h.stop()
 
@@ -36,9 +39,13 @@ def broker():
 class Client:
     """A paho client whose messages, subscriptions and disconnects are recorded."""
 
-    def __init__(self, broker, client_id, proto=V311, user="guest", password="guest", clean=True, will=None, **kw):
+    def __init__(self, broker, client_id, proto=V311, user="guest", password="guest", clean=True, will=None,
+                 ws=False, **kw):
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto,
+                             transport="websockets" if ws else "tcp",
                              **({"clean_session": clean} if proto != V5 else {}))
+        if ws:
+            self.c.ws_set_options(path="/ws")
         if user is not None:
             self.c.username_pw_set(user, password)
         if will:
@@ -55,7 +62,7 @@ class Client:
                 p = Properties(PacketTypes.CONNECT)
                 p.SessionExpiryInterval = kw["session_expiry"]
                 connect_kw["properties"] = p
-        self.c.connect("127.0.0.1", broker.mqtt_port, keepalive=kw.get("keepalive", 30), **connect_kw)
+        self.c.connect("127.0.0.1", broker.ws_port if ws else broker.mqtt_port, keepalive=kw.get("keepalive", 30), **connect_kw)
         self.c.loop_start()
         wait_for(lambda: self.connack or self.disconnected, what="CONNACK")
 
@@ -369,6 +376,106 @@ def test_mosquitto_clients(broker):
         assert out.splitlines() == ["mosq/0 hello mqttv311", "mosq/1 hello mqttv5"]
     finally:
         sub.kill()
+
+
+@pytest.mark.parametrize("proto", [V311, V5], ids=["3.1.1", "5.0"])
+def test_web_mqtt_meets_mqtt_and_amqp(broker, proto):
+    """A browser's client over WebSocket at /ws exchanges messages with a TCP client and with
+    AMQP, and is listed as a Web MQTT connection."""
+    web = Client(broker, f"web-{proto}", proto, ws=True)
+    tcp = Client(broker, f"tcp-{proto}", proto)
+    conn = broker.connect()
+    try:
+        web.subscribe("web/in/#")
+        tcp.subscribe("web/out")
+        tcp.publish("web/in/tcp", b"from tcp")
+        conn.channel().basic_publish("amq.topic", "web.in.amqp", b"from amqp")
+        msgs = web.wait(2)
+        assert sorted((m.topic, m.payload) for m in msgs) == [("web/in/amqp", b"from amqp"), ("web/in/tcp", b"from tcp")]
+        web.publish("web/out", b"x" * 200_000)
+        assert tcp.wait(1)[0].payload == b"x" * 200_000
+        version = "3.1.1" if proto == V311 else "5.0"
+        conns = wait_for(lambda: [x for x in api(broker.http_port, "GET", "/api/connections")[1]
+                                  if x["client_properties"].get("client_id") == f"web-{proto}"], what="the connection")
+        assert conns[0]["protocol"] == f"Web MQTT {version}"
+    finally:
+        web.close()
+        tcp.close()
+        conn.close()
+
+
+def test_overview_lists_the_mqtt_listeners(broker):
+    listeners = api(broker.http_port, "GET", "/api/overview")[1]["listeners"]
+    ports = {l["protocol"]: l["port"] for l in listeners}
+    assert ports["mqtt"] == broker.mqtt_port and ports["http/web-mqtt"] == broker.ws_port
+    assert ports["amqp"] == broker.port
+
+
+def ws_upgrade(broker, path="/ws", protocols="mqtt"):
+    """Opens a WebSocket by hand; returns the socket and the HTTP answer's head."""
+    s = socket.create_connection(("127.0.0.1", broker.ws_port), timeout=10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+               f"Sec-WebSocket-Protocol: {protocols}\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(1)
+        if not chunk:
+            break
+        head += chunk
+    return s, head.decode()
+
+
+def ws_frame(payload, opcode=0x2):
+    """A client's WebSocket frame: final, masked, as the protocol requires of clients."""
+    mask = os.urandom(4)
+    n = len(payload)
+    size = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n)
+    return bytes([0x80 | opcode]) + size + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def ws_read(s):
+    """The payload of the next (unmasked, unfragmented) frame from the server."""
+    head = s.recv(2)
+    assert len(head) == 2, "connection closed"
+    n = head[1] & 0x7F
+    if n == 126:
+        n = struct.unpack(">H", s.recv(2))[0]
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        assert chunk
+        data += chunk
+    return head[0] & 0x0F, data
+
+
+def test_web_mqtt_carries_packets_across_and_within_messages(broker):
+    """Only /ws upgrades; `mqtt` is the subprotocol chosen; a packet split over two messages
+    and two packets in one message are read as one stream, and text messages are ignored
+    (as RabbitMQ ignores them)."""
+    s, head = ws_upgrade(broker, path="/other")
+    assert head.startswith("HTTP/1.1 404"), head
+    s.close()
+    s, head = ws_upgrade(broker, protocols="mqttv3.1, mqtt")
+    try:
+        assert head.startswith("HTTP/1.1 101"), head
+        assert "sec-websocket-protocol: mqtt\r\n" in head.lower()
+        connect = connect_packet("ws-raw")
+        s.sendall(ws_frame(connect[:7]))
+        s.sendall(ws_frame(b"ignored", opcode=0x1))
+        s.sendall(ws_frame(connect[7:] + bytes([0xC0, 0])))  # the rest of CONNECT, and a PINGREQ
+        received = b""
+        for _ in range(6):  # one message or several: a stream of bytes
+            if len(received) >= 6:
+                break
+            opcode, data = ws_read(s)
+            assert opcode == 0x2
+            received += data
+        assert received == b"\x20\x02\x00\x00" + b"\xd0\x00"  # CONNACK, PINGRESP
+        s.sendall(ws_frame(bytes([0xE0, 0])))  # DISCONNECT
+    finally:
+        s.close()
 
 
 def queue_of(broker, prefix):

@@ -263,3 +263,49 @@ def test_a_shovel_reads_over_amqps_with_the_server_verified(hare, certs):
     finally:
         api(hare.http_port, "DELETE", "/api/parameters/shovel/%2F/over-tls")
         c.close()
+
+
+def test_mqtt_over_tls_and_secure_websocket_with_client_certificates(certs):
+    """MQTT on its TLS port and on Web MQTT's secure WebSocket, with no plain MQTT port open:
+    a client certificate logs in as the user it names (as RabbitMQ's ssl_cert_login), and
+    the two clients reach each other."""
+    import paho.mqtt.client as mqtt
+    from helpers import free_ports
+
+    mqtts, wss = free_ports(2)
+    h = start(certs, "--mqtt-tls-port", str(mqtts), "--mqtt-wss-port", str(wss))
+    try:
+        wait_for(lambda: "Web MQTT over TLS listening" in h.read_log(), what="the MQTT listeners")
+        assert "MQTT listening" not in h.read_log()
+        assert api(h, "/api/users/certuser", method="PUT", body={"tags": ""})[0] == 201
+        assert api(h, "/api/permissions/%2F/certuser", method="PUT",
+                   body={"configure": ".*", "write": ".*", "read": ".*"})[0] == 201
+        got, clients = [], []
+        for port, transport in ((mqtts, "tcp"), (wss, "websockets")):
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"tls-{transport}", transport=transport)
+            if transport == "websockets":
+                c.ws_set_options(path="/ws")
+            c.tls_set_context(context(certs, client="client"))
+            connected = []
+            c.on_connect = lambda cl, u, f, rc, p, connected=connected: connected.append(rc)
+            c.on_message = lambda cl, u, m: got.append((m.topic, m.payload))
+            c.connect("localhost", port, keepalive=30)
+            c.loop_start()
+            clients.append(c)
+            wait_for(lambda: connected, what=f"CONNACK over {transport}")
+            assert not connected[0].is_failure, connected
+        subscribed = []
+        clients[1].on_subscribe = lambda *a: subscribed.append(1)
+        clients[1].subscribe("secure/#", qos=1)
+        wait_for(lambda: subscribed, what="SUBACK")
+        clients[0].publish("secure/x", b"sealed", qos=1).wait_for_publish(10)
+        wait_for(lambda: got, what="the message over wss")
+        assert got == [("secure/x", b"sealed")]
+        conns = api(h, "/api/connections")[1]
+        assert sorted(x["protocol"] for x in conns if x["user"] == "certuser") == ["MQTT 3.1.1", "Web MQTT 3.1.1"]
+        assert all(x["ssl"] for x in conns if x["user"] == "certuser")
+        for c in clients:
+            c.disconnect()
+            c.loop_stop()
+    finally:
+        h.stop()
