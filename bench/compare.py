@@ -65,6 +65,8 @@ class Hare:
     name = "Hare"
     port = 5701
     http_port = 15701
+    # 0: no MQTT listener (the MQTT rows, bench/mqtt.py, set one).
+    mqtt_port = 0
 
     # The broker's environment (None: this one's), what runs in it before it starts, and
     # flags added to its command line. Class attributes, so a subclass has them whatever its
@@ -88,7 +90,7 @@ class Hare:
         started = time.monotonic()
         limit = ["--memory-limit", f"{memory_limit_mib}MiB"] if memory_limit_mib else []
         self.proc = subprocess.Popen(
-            [HARE, "--port", str(self.port), "--management-port", str(self.http_port), "--mqtt-port", "0", "--mqtt-ws-port", "0", "--data-dir", os.path.join(self.dir, "data"), "--log", "warn", *limit, *self.extra],
+            [HARE, "--port", str(self.port), "--management-port", str(self.http_port), "--mqtt-port", str(self.mqtt_port), "--mqtt-ws-port", "0", "--data-dir", os.path.join(self.dir, "data"), "--log", "warn", *limit, *self.extra],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env=self.env,
@@ -441,13 +443,20 @@ def main():
             rows.append((name, "consumed msg/s, API not polled", f"{idle:,.0f}", "", ""))
             rows.append((name, "consumed msg/s, API polled once a second (polled / not)", f"{polled:,.0f}", "", f"{polled / idle:.3f}"))
 
+    # 18-22. MQTT against RabbitMQ's MQTT plugin and mosquitto (bench/mqtt.py).
+    sections = []
+    if any(want(r) for r in (18, 19, 20, 21, 22)):
+        import mqtt
+
+        sections.append(mqtt.run(log))
+
     # 13-17. Three-node clusters: quorum queues, failover, idle memory, catch-up (bench/cluster.py).
     if any(want(r) for r in (13, 14, 15, 16, 17)):
         import cluster
 
         cluster.run(rows, log)
 
-    write(rows)
+    write(rows, sections)
 
 
 OVERHEAD_ROUNDS = int(os.environ.get("OVERHEAD_ROUNDS", "4"))
@@ -519,7 +528,9 @@ def stalled_consumer(broker, queue):
     return StalledConsumer(broker, queue)
 
 
-def write(rows):
+def write(rows, sections=()):
+    """The results file: the Hare / RabbitMQ table, then each section's lines (tables of
+    their own, such as MQTT's three brokers)."""
     today = datetime.date.today().isoformat()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     rmq = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "rabbitmq-server"], capture_output=True, text=True).stdout
@@ -531,11 +542,12 @@ def write(rows):
         f"Hare at {hare}; RabbitMQ {rmq} from Debian's packages, default settings.",
         f"Load: `hare perf` against each broker in turn on loopback, {DURATION:.0f} s per run, {ROUNDS} rounds",
         "alternating Hare and RabbitMQ (mean shown). Each run starts its broker afresh.",
-        "",
-        "| scenario | metric | Hare | RabbitMQ | Hare / RabbitMQ |",
-        "|---|---|---:|---:|---:|",
     ]
-    lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
+    if rows:
+        lines += ["", "| scenario | metric | Hare | RabbitMQ | Hare / RabbitMQ |", "|---|---|---:|---:|---:|"]
+        lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
+    for section in sections:
+        lines += [""] + section
     suffix = "-rows-" + "-".join(str(r) for r in sorted(ROWS)) if ROWS else ""
     save(f"{today}{suffix}", lines)
 

@@ -103,3 +103,50 @@ fn idle_connections_with_consumers_are_held() {
         json(&perf(&["--uri", &uri, "--idle-connections", "50", "--idle-consumers", "--duration", "0.2", "--json"]));
     assert_eq!(s["idle_connections"].as_u64(), Some(50));
 }
+
+#[test]
+fn mqtt_runs_at_qos_0_and_1_count_what_they_move() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    let server = TestServer::start_with(&["--mqtt-port", &port.to_string()]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !server.log().contains("MQTT listening") {
+        assert!(std::time::Instant::now() < deadline, "no MQTT listener:\n{}", server.log());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let uri = format!("mqtt://guest:guest@127.0.0.1:{port}");
+    // QoS 1: every publish acknowledged and received once; two publishers fan in to one
+    // subscriber and two more subscribers share the second topic.
+    let out = perf(&[
+        "--uri",
+        &uri,
+        "--qos",
+        "1",
+        "--confirm",
+        "32",
+        "--count",
+        "3000",
+        "--producers",
+        "2",
+        "--consumers",
+        "3",
+        "--queues",
+        "2",
+        "--duration",
+        "30",
+        "--json",
+    ]);
+    let s = json(&out);
+    assert_eq!(s["published"], 6000);
+    assert_eq!(s["confirmed"], 6000);
+    // Topic 0: publisher 0 to subscribers 0 and 2; topic 1: publisher 1 to subscriber 1.
+    assert_eq!(s["consumed"], 9000);
+    assert!(s["confirm_latency"]["p99_ms"].as_f64().is_some());
+    let s = json(&perf(&["--uri", &uri, "--qos", "0", "--count", "2000", "--duration", "30", "--json"]));
+    assert_eq!((s["published"].as_u64(), s["consumed"].as_u64()), (Some(2000), Some(2000)));
+    let s =
+        json(&perf(&["--uri", &uri, "--idle-connections", "50", "--idle-consumers", "--duration", "0.2", "--json"]));
+    assert_eq!(s["idle_connections"], 50);
+    // --qos is MQTT's.
+    let out = perf(&["--uri", &format!("amqp://127.0.0.1:{}", server.port), "--qos", "1"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--qos is for MQTT"));
+}

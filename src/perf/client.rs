@@ -20,7 +20,7 @@ type WriteHalf = Box<dyn AsyncWrite + Unpin + Send>;
 pub enum ClientError {
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    #[error("bad uri '{0}': expected amqp://user:pass@host:port/vhost (or amqps://)")]
+    #[error("bad uri '{0}': expected amqp://user:pass@host:port/vhost (or amqps://, or mqtt://user:pass@host:port)")]
     Uri(String),
     #[error("an amqps:// uri needs --tls-ca, the CA file to verify the broker's certificate with")]
     NoCa,
@@ -40,6 +40,8 @@ pub struct Target {
     pub vhost: String,
     /// amqps://: connect with TLS (the configuration is given with [`Target::with_tls`]).
     pub tls: bool,
+    /// mqtt://: an MQTT broker (the vhost is not used).
+    pub mqtt: bool,
     tls_config: Option<TlsConfig>,
 }
 
@@ -68,9 +70,12 @@ impl Target {
 
     pub fn parse(uri: &str) -> Result<Target, ClientError> {
         let bad = || ClientError::Uri(uri.to_string());
-        let (tls, rest) = match uri.strip_prefix("amqps://") {
-            Some(rest) => (true, rest),
-            None => (false, uri.strip_prefix("amqp://").ok_or_else(bad)?),
+        let (tls, mqtt, rest) = if let Some(rest) = uri.strip_prefix("amqps://") {
+            (true, false, rest)
+        } else if let Some(rest) = uri.strip_prefix("mqtt://") {
+            (false, true, rest)
+        } else {
+            (false, false, uri.strip_prefix("amqp://").ok_or_else(bad)?)
         };
         let (auth, rest) = match rest.rsplit_once('@') {
             Some((a, r)) => (Some(a), r),
@@ -87,12 +92,12 @@ impl Target {
         };
         let (host, port) = match hostport.rsplit_once(':') {
             Some((h, p)) => (h.to_string(), p.parse().map_err(|_| bad())?),
-            None => (hostport.to_string(), if tls { 5671 } else { 5672 }),
+            None => (hostport.to_string(), [[5672, 5671], [1883, 8883]][mqtt as usize][tls as usize]),
         };
         if host.is_empty() {
             return Err(bad());
         }
-        Ok(Target { host, port, user, password, vhost, tls, tls_config: None })
+        Ok(Target { host, port, user, password, vhost, tls, mqtt, tls_config: None })
     }
 }
 
@@ -275,6 +280,7 @@ mod tests {
                 password: "p".into(),
                 vhost: "v".into(),
                 tls: false,
+                mqtt: false,
                 tls_config: None
             }
         );
@@ -283,6 +289,8 @@ mod tests {
         let t = Target::parse("amqp://127.0.0.1").unwrap();
         assert_eq!((t.port, t.user.as_str(), t.vhost.as_str()), (5672, "guest", "/"));
         assert_eq!(Target::parse("amqp://guest:guest@localhost:5672/%2f").unwrap().vhost, "/");
+        let t = Target::parse("mqtt://u:p@127.0.0.1").unwrap();
+        assert_eq!((t.mqtt, t.tls, t.port, t.user.as_str()), (true, false, 1883, "u"));
         assert!(Target::parse("http://x").is_err());
         assert!(Target::parse("amqp://h:notaport").is_err());
     }

@@ -1,8 +1,10 @@
 //! `hare perf`: a load generator for any AMQP 0-9-1 broker, in the spirit of
-//! rabbitmq-perf-test. Each message carries its send time, so consumers measure end-to-end
-//! latency; publisher confirms are timed too.
+//! rabbitmq-perf-test, and for MQTT brokers with an mqtt:// URI (see [`mqtt`]). Each message
+//! carries its send time, so consumers measure end-to-end latency; publisher confirms (and
+//! MQTT's PUBACKs) are timed too.
 
 pub mod client;
+mod mqtt;
 pub mod plot;
 
 use crate::amqp::method::*;
@@ -35,9 +37,13 @@ pub enum AckMode {
 
 #[derive(Debug, Clone, clap::Args, Serialize)]
 pub struct PerfArgs {
-    /// Broker to load, as an AMQP URI.
+    /// Broker to load, as an AMQP URI, or mqtt://user:pass@host:port for an MQTT broker.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     pub uri: String,
+    /// MQTT only: the QoS of publishes and subscriptions (0 or 1). QoS 1 publishers keep at
+    /// most --confirm publishes (256 if 0) waiting for their PUBACK.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
     /// With an amqps:// URI: PEM CA certificates to verify the broker's certificate with.
     #[arg(long)]
     pub tls_ca: Option<std::path::PathBuf>,
@@ -179,6 +185,20 @@ struct Stats {
 }
 
 impl Stats {
+    fn new() -> Arc<Stats> {
+        Arc::new(Stats {
+            published: AtomicU64::new(0),
+            confirmed: AtomicU64::new(0),
+            nacked: AtomicU64::new(0),
+            consumed: AtomicU64::new(0),
+            e2e: Mutex::new((new_histogram(), new_histogram())),
+            confirm: Mutex::new((new_histogram(), new_histogram())),
+            stop: AtomicBool::new(false),
+            stopped: Notify::new(),
+            producers_done: AtomicU64::new(0),
+        })
+    }
+
     fn record(h: &Mutex<(Histogram<u64>, Histogram<u64>)>, local: &mut Histogram<u64>) {
         if local.is_empty() {
             return;
@@ -241,7 +261,30 @@ pub struct Summary {
     pub confirm_latency: Option<Latency>,
     pub e2e_latency: Option<Latency>,
     pub idle_connections: usize,
+    /// The CPU time `hare perf` itself used over the run, in percent of one core.
+    pub cpu_percent: f64,
     pub samples: Vec<Sample>,
+}
+
+impl Summary {
+    /// A run of `seconds` that moved no message.
+    fn empty(args: &PerfArgs, seconds: f64) -> Summary {
+        Summary {
+            args: args.clone(),
+            seconds,
+            published: 0,
+            confirmed: 0,
+            nacked: 0,
+            consumed: 0,
+            published_per_sec: 0.0,
+            consumed_per_sec: 0.0,
+            confirm_latency: None,
+            e2e_latency: None,
+            idle_connections: 0,
+            cpu_percent: 0.0,
+            samples: Vec::new(),
+        }
+    }
 }
 
 /// Runs the load described by `args` and returns its figures.
@@ -251,47 +294,99 @@ pub async fn run(args: PerfArgs) -> Result<Summary, String> {
     if let Some(ca) = &args.tls_ca {
         target = target.with_tls(crate::tls::client_config(ca).map_err(|e| e.to_string())?);
     }
+    if target.mqtt {
+        return mqtt::run(&args, &target).await;
+    }
+    if args.qos > 0 {
+        return Err("--qos is for MQTT brokers (an mqtt:// --uri)".into());
+    }
     if args.idle_connections > 0 {
         return idle(&args, &target).await;
     }
     setup(&args, &target).await.map_err(|e| format!("setting up queues: {e}"))?;
-    let stats = Arc::new(Stats {
-        published: AtomicU64::new(0),
-        confirmed: AtomicU64::new(0),
-        nacked: AtomicU64::new(0),
-        consumed: AtomicU64::new(0),
-        e2e: Mutex::new((new_histogram(), new_histogram())),
-        confirm: Mutex::new((new_histogram(), new_histogram())),
-        stop: AtomicBool::new(false),
-        stopped: Notify::new(),
-        producers_done: AtomicU64::new(0),
-    });
+    let stats = Stats::new();
     let mut tasks = Vec::new();
     for c in 0..args.consumers {
         let client = Client::connect(&target).await.map_err(|e| format!("consumer {c}: {e}"))?;
         tasks.push(tokio::spawn(consume(args.clone(), c, client, stats.clone())));
     }
-    let start = Instant::now();
-    clock();
+    let window = Window::open();
     for p in 0..args.producers {
         let client = Client::connect(&target).await.map_err(|e| format!("producer {p}: {e}"))?;
         tasks.push(tokio::spawn(produce(args.clone(), p, client, stats.clone())));
     }
-    let samples = report(&args, &stats, start).await;
-    stats.stop.store(true, Ordering::Release);
-    stats.stopped.notify_waiters();
-    let seconds = start.elapsed().as_secs_f64();
-    let mut errors = Vec::new();
-    for t in tasks {
-        match tokio::time::timeout(Duration::from_secs(5), t).await {
-            Ok(Ok(Err(e))) => errors.push(e.to_string()),
-            Ok(_) => {}
-            Err(_) => {}
-        }
-    }
+    let samples = report(&args, &args.expected(), &stats, window.start).await;
+    let measured = stop(&stats, window, tasks).await;
     if !args.keep && args.consumers > 0 {
         let _ = teardown(&args, &target).await;
     }
+    summarize(&args, &stats, measured, samples)
+}
+
+/// The measured part of a run, from the first publish to the stop, and the CPU time the
+/// load generator used in it: shown beside the broker's, it tells whether the generator is
+/// the bottleneck.
+struct Window {
+    start: Instant,
+    cpu: f64,
+}
+
+impl Window {
+    fn open() -> Window {
+        clock();
+        Window { start: Instant::now(), cpu: cpu_seconds() }
+    }
+}
+
+/// What the measured window came to.
+struct Measured {
+    seconds: f64,
+    /// The generator's CPU time over the window, in percent of one core.
+    cpu_percent: f64,
+    /// The errors the tasks ended with.
+    errors: Vec<String>,
+}
+
+/// The CPU time (user and system) this process has used, in seconds; 0 where /proc does
+/// not tell it.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // The fields after the command name, which is in parentheses and may hold spaces:
+    // utime and stime are the 14th and 15th fields, in clock ticks (100 a second on Linux).
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// How long one task may take to end once told to stop; then it is aborted.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Tells every task to stop and waits (within [`STOP_GRACE`] for all of them) for them to
+/// end, aborting those that do not.
+async fn stop<E: std::fmt::Display>(
+    stats: &Stats,
+    window: Window,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), E>>>,
+) -> Measured {
+    stats.stop.store(true, Ordering::Release);
+    stats.stopped.notify_waiters();
+    let seconds = window.start.elapsed().as_secs_f64();
+    let cpu_percent = 100.0 * (cpu_seconds() - window.cpu) / seconds.max(1e-9);
+    let mut errors = Vec::new();
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    for mut t in tasks {
+        match tokio::time::timeout_at(deadline, &mut t).await {
+            Ok(Ok(Err(e))) => errors.push(e.to_string()),
+            Ok(_) => {}
+            Err(_) => t.abort(),
+        }
+    }
+    Measured { seconds, cpu_percent, errors }
+}
+
+/// The run's figures (and its chart, with --plot); Err if a connection failed.
+fn summarize(args: &PerfArgs, stats: &Stats, measured: Measured, samples: Vec<Sample>) -> Result<Summary, String> {
+    let Measured { seconds, cpu_percent, errors } = measured;
     if let Some(e) = errors.first() {
         return Err(format!("a connection failed: {e}"));
     }
@@ -309,6 +404,7 @@ pub async fn run(args: PerfArgs) -> Result<Summary, String> {
         confirm_latency: Latency::of(&stats.confirm.lock().1),
         e2e_latency: Latency::of(&stats.e2e.lock().1),
         idle_connections: 0,
+        cpu_percent,
         samples,
     };
     if let Some(path) = &args.plot {
@@ -317,8 +413,9 @@ pub async fn run(args: PerfArgs) -> Result<Summary, String> {
     Ok(summary)
 }
 
-/// Prints a line a second until the duration passes or, with --count, all is done.
-async fn report(args: &PerfArgs, stats: &Stats, start: Instant) -> Vec<Sample> {
+/// Prints a line a second until the duration passes or, with --count, all is done
+/// (`expected`: the messages the consumers should see, when that is known).
+async fn report(args: &PerfArgs, expected: &Option<u64>, stats: &Stats, start: Instant) -> Vec<Sample> {
     let mut samples = Vec::new();
     let deadline = start + Duration::from_secs_f64(args.duration);
     let mut last = (0u64, 0u64, start);
@@ -331,7 +428,7 @@ async fn report(args: &PerfArgs, stats: &Stats, start: Instant) -> Vec<Sample> {
         let consumed = stats.consumed.load(Ordering::Acquire);
         let producers_done = stats.producers_done.load(Ordering::Acquire) as usize == args.producers;
         let done = now >= deadline
-            || match args.expected() {
+            || match *expected {
                 // Consumers may have every message before its confirm arrives (delivery does
                 // not wait for the disk): the producers finish once their confirms are in.
                 Some(n) => consumed >= n && producers_done,
@@ -517,13 +614,7 @@ async fn produce(args: PerfArgs, index: usize, mut client: Client, stats: Arc<St
             if args.count > 0 {
                 room = room.min(args.count - seq);
             }
-            if args.rate > 0 {
-                // Pace: message n goes out at start + n / rate.
-                let due = started + Duration::from_secs_f64(seq as f64 / args.rate as f64);
-                tokio::time::sleep_until(due.into()).await;
-                let allowed = (started.elapsed().as_secs_f64() * args.rate as f64) as u64 + 1;
-                room = room.min(allowed.saturating_sub(seq).max(1));
-            }
+            room = pace(args.rate, started, seq, room).await;
             for _ in 0..room {
                 seq += 1;
                 let now = clock();
@@ -555,6 +646,18 @@ async fn produce(args: PerfArgs, index: usize, mut client: Client, stats: Arc<St
         abort.abort();
     }
     result
+}
+
+/// With a --rate, waits until message `seq + 1` is due (message n goes out at start + n /
+/// rate) and returns how many of `room` may go now; without one, `room`.
+async fn pace(rate: u64, started: Instant, seq: u64, room: u64) -> u64 {
+    if rate == 0 {
+        return room;
+    }
+    let due = started + Duration::from_secs_f64(seq as f64 / rate as f64);
+    tokio::time::sleep_until(due.into()).await;
+    let allowed = (started.elapsed().as_secs_f64() * rate as f64) as u64 + 1;
+    room.min(allowed.saturating_sub(seq).max(1))
 }
 
 async fn consume(args: PerfArgs, index: usize, mut client: Client, stats: Arc<Stats>) -> Result<(), ClientError> {
@@ -653,20 +756,7 @@ async fn idle(args: &PerfArgs, target: &Target) -> Result<Summary, String> {
         println!("opened {} connections in {:.1}s; holding them", held.len(), start.elapsed().as_secs_f64());
     }
     tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
-    Ok(Summary {
-        args: args.clone(),
-        seconds: start.elapsed().as_secs_f64(),
-        published: 0,
-        confirmed: 0,
-        nacked: 0,
-        consumed: 0,
-        published_per_sec: 0.0,
-        consumed_per_sec: 0.0,
-        confirm_latency: None,
-        e2e_latency: None,
-        idle_connections: held.len(),
-        samples: Vec::new(),
-    })
+    Ok(Summary { idle_connections: held.len(), ..Summary::empty(args, start.elapsed().as_secs_f64()) })
 }
 
 /// Awaits futures concurrently (a small join_all, to avoid a dependency for one use).
@@ -692,8 +782,8 @@ pub fn print_summary(s: &Summary) {
     }
     println!("--- {:.1}s", s.seconds);
     println!(
-        "published {} ({:.0}/s), consumed {} ({:.0}/s), confirmed {}, nacked {}",
-        s.published, s.published_per_sec, s.consumed, s.consumed_per_sec, s.confirmed, s.nacked
+        "published {} ({:.0}/s), consumed {} ({:.0}/s), confirmed {}, nacked {}; hare perf used {:.0} % of a core",
+        s.published, s.published_per_sec, s.consumed, s.consumed_per_sec, s.confirmed, s.nacked, s.cpu_percent
     );
     for (name, l) in [("confirm latency", &s.confirm_latency), ("end-to-end latency", &s.e2e_latency)] {
         if let Some(l) = l {
