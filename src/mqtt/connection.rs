@@ -14,6 +14,7 @@ use crate::broker::message::QueuedMessage;
 use crate::broker::queue::Queue;
 use crate::broker::vhost::VHost;
 use crate::net::pending::PendingGuard;
+use crate::net::read_buf::{self, READ_MAX, READ_MIN};
 use crate::net::writer::{Encoded, WriterHandle};
 use crate::types::{FieldTable, FieldValue};
 use bytes::BytesMut;
@@ -114,11 +115,19 @@ async fn read_packet<R: AsyncRead + Unpin>(
         if let Some(r) = next_packet(buf, max, level) {
             return Some(r);
         }
-        buf.reserve(4096);
+        buf.reserve(missing(buf).max(READ_MIN / 4));
         match rd.read_buf(buf).await {
             Ok(0) | Err(_) => return None,
             Ok(_) => {}
         }
+    }
+}
+
+/// The bytes still to come of the packet `buf` begins with (0 if its header is not whole).
+fn missing(buf: &[u8]) -> usize {
+    match codec::fixed_header(buf) {
+        Ok(Some((_, len, header))) => (header + len).saturating_sub(buf.len()),
+        _ => 0,
     }
 }
 
@@ -141,7 +150,6 @@ fn next_packet(buf: &mut BytesMut, max: usize, level: u8) -> Option<Result<Packe
         }));
     }
     if buf.len() < header + len {
-        buf.reserve(header + len - buf.len());
         return None;
     }
     let packet = buf.split_to(header + len).freeze();
@@ -171,7 +179,9 @@ pub async fn serve<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let peer = link.peer;
-    let mut rbuf = BytesMut::with_capacity(1024);
+    // Small to start (idle clients are the common case), grown while a client sends a lot.
+    let mut rbuf = BytesMut::with_capacity(READ_MIN);
+    let mut read_size = READ_MIN;
     let connect =
         match tokio::time::timeout(CONNECT_TIMEOUT, read_packet(&mut rd, &mut rbuf, MAX_UNAUTHENTICATED, 0)).await {
             Ok(Some(Ok(Packet::Connect(c)))) => c,
@@ -206,7 +216,8 @@ pub async fn serve<R, W>(
     let sink = ConnectionSink::new(id);
     let (writer, writer_task) = WriterHandle::spawn(wr, sink.clone());
     let level = connect.level;
-    let mut conn = match Conn::login(&shared, *connect, id, link, sink.clone(), &writer).await {
+    // Boxed: the login's state is needed once, and would otherwise make every connection's task larger.
+    let mut conn = match Box::pin(Conn::login(&shared, *connect, id, link, sink.clone(), &writer)).await {
         Ok(c) => c,
         Err((code, why)) => {
             tracing::warn!(%peer, "MQTT login refused: {why}");
@@ -253,6 +264,12 @@ pub async fn serve<R, W>(
         conn.flush(&writer);
         if conn.graceful || conn.closing.is_some() {
             break;
+        }
+        // Room for half a read at least, and for the rest of a packet begun (its size was
+        // checked against the maximum when its header came in).
+        let need = missing(&rbuf);
+        if rbuf.capacity() - rbuf.len() < (read_size / 2).max(need) {
+            read_buf::make_room(&mut rbuf, read_size.max(2 * need));
         }
         let backlogged = writer.backlogged();
         let waits = conn.session.waits_for_acks();
@@ -303,12 +320,13 @@ pub async fn serve<R, W>(
                 match r {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
+                        // A read that filled most of the room asks for a larger one next time.
+                        if n >= read_size / 2 {
+                            read_size = (read_size * 2).min(READ_MAX);
+                        }
                         last_recv = Instant::now();
                         bump(&conn.entry.recv_oct, n as u64);
                         bump(&conn.entry.recv_cnt, 1);
-                        if rbuf.capacity() - rbuf.len() < 1024 {
-                            rbuf.reserve(4096);
-                        }
                     }
                 }
             }
