@@ -3,26 +3,18 @@
 //! Small frames are encoded into one buffer. A large message body is not copied into it: the
 //! buffer is cut at each body frame's header and the body's own bytes (reference-counted, as
 //! they were read from the publisher's socket or assembled from its frames) go alongside as
-//! separate parts, written together with one vectored write.
+//! separate parts (`net::writer::Outgoing`), written together with one vectored write.
 
 use crate::amqp::frame::{body_frames, write_content, write_content_header, write_heartbeat, write_method};
 use crate::amqp::Method;
 use crate::broker::message::Body;
-use crate::net::writer::Encoded;
-use bytes::{Bytes, BytesMut};
-
-/// Bodies at least this large are sent as parts rather than copied: below it, a copy costs
-/// less than the extra parts and slices.
-pub const ZERO_COPY_MIN: usize = 16 * 1024;
+pub use crate::net::writer::ZERO_COPY_MIN;
+use crate::net::writer::{push_slice, Encoded, Outgoing};
 
 #[derive(Debug)]
 pub struct Output {
-    pub buf: BytesMut,
-    /// What came before `buf`, in order, when a large body was added: encoded frames and
-    /// body slices.
-    pub parts: Vec<Bytes>,
-    /// Delivery bytes in `buf` and `parts` charged to the connection's sink; released once
-    /// written.
+    pub out: Outgoing,
+    /// Delivery bytes in `out` charged to the connection's sink; released once written.
     pub charge: usize,
     pub frame_max: usize,
 }
@@ -30,43 +22,32 @@ pub struct Output {
 impl Output {
     pub fn new(frame_max: usize) -> Self {
         // Grows with use; idle connections keep it small.
-        Output { buf: BytesMut::with_capacity(1024), parts: Vec::new(), charge: 0, frame_max }
+        Output { out: Outgoing::with_capacity(1024), charge: 0, frame_max }
     }
     pub fn method(&mut self, channel: u16, method: impl Into<Method>) {
-        write_method(&mut self.buf, channel, &method.into());
+        write_method(&mut self.out.buf, channel, &method.into());
     }
     pub fn content(&mut self, channel: u16, properties: &[u8], body: &Body) {
+        let Outgoing { buf, parts } = &mut self.out;
         if body.len() < ZERO_COPY_MIN {
             match body {
-                Body::One(b) => write_content(&mut self.buf, channel, properties, b, self.frame_max),
-                parts => write_content(&mut self.buf, channel, properties, &parts.to_bytes(), self.frame_max),
+                Body::One(b) => write_content(buf, channel, properties, b, self.frame_max),
+                all => write_content(buf, channel, properties, &all.to_bytes(), self.frame_max),
             }
             return;
         }
-        write_content_header(&mut self.buf, channel, properties, body.len());
-        let parts = &mut self.parts;
-        body_frames(&mut self.buf, channel, body.parts(), self.frame_max, |buf, slice| {
-            if !buf.is_empty() {
-                parts.push(buf.split().freeze());
-            }
-            parts.push(slice);
-        });
+        write_content_header(buf, channel, properties, body.len());
+        body_frames(buf, channel, body.parts(), self.frame_max, |buf, slice| push_slice(buf, parts, slice));
     }
     pub fn heartbeat(&mut self) {
-        write_heartbeat(&mut self.buf);
+        write_heartbeat(&mut self.out.buf);
     }
     pub fn is_empty(&self) -> bool {
-        self.buf.is_empty() && self.parts.is_empty()
+        self.out.is_empty()
     }
     /// Everything encoded so far, in order: one buffer, or parts.
     pub fn take(&mut self) -> Encoded {
-        if self.parts.is_empty() {
-            return Encoded::One(self.buf.split().freeze());
-        }
-        if !self.buf.is_empty() {
-            self.parts.push(self.buf.split().freeze());
-        }
-        Encoded::Parts(std::mem::take(&mut self.parts))
+        self.out.take()
     }
 }
 
@@ -74,6 +55,7 @@ impl Output {
 mod tests {
     use super::*;
     use crate::amqp::frame::{parse_frame, Frame};
+    use bytes::{Bytes, BytesMut};
 
     /// A large body goes out as parts that, put together, are the same frames a copy makes.
     #[test]

@@ -15,7 +15,7 @@ use crate::broker::queue::Queue;
 use crate::broker::vhost::VHost;
 use crate::net::pending::PendingGuard;
 use crate::net::read_buf::{self, READ_MAX, READ_MIN};
-use crate::net::writer::{Encoded, WriterHandle};
+use crate::net::writer::{Encoded, Outgoing, WriterHandle};
 use crate::types::{FieldTable, FieldValue};
 use bytes::BytesMut;
 use std::collections::HashMap;
@@ -77,8 +77,9 @@ pub(super) struct Conn {
     entry: Arc<ConnectionEntry>,
     card: Arc<ChannelCard>,
     session: Session<InFlight>,
-    /// Encoded and not yet handed to the writer, and the delivery bytes it holds.
-    out: BytesMut,
+    /// Encoded and not yet handed to the writer (large payloads as their own slices), and
+    /// the delivery bytes it holds.
+    out: Outgoing,
     charge: usize,
     /// Subscription queues by QoS, once declared.
     queues: [Option<SubQueue>; 2],
@@ -347,10 +348,7 @@ pub async fn serve<R, W>(
     // Deliveries that raced with the cleanup go back to their queues.
     for ev in sink.take_events() {
         if let ConnEvent::Deliver(d) = ev {
-            sink.release(d.charge);
-            if let Some(q) = d.queue {
-                q.undelivered(d.item, !d.no_ack);
-            }
+            sink.return_undelivered(d);
         }
     }
     conn.flush(&writer);
@@ -505,7 +503,7 @@ impl Conn {
             entry,
             card,
             session: Session::new(if v5 { TOPIC_ALIAS_MAXIMUM } else { 0 }),
-            out: BytesMut::new(),
+            out: Outgoing::default(),
             charge: 0,
             queues: [None, None],
             subscriptions: HashMap::new(),
@@ -544,23 +542,23 @@ impl Conn {
     }
 
     fn send(&mut self, p: &Packet) {
-        codec::encode(&mut self.out, p, self.level);
+        codec::encode(&mut self.out.buf, p, self.level);
     }
 
     fn flush(&mut self, writer: &WriterHandle) {
         if self.out.is_empty() {
             return;
         }
-        let bytes = self.out.split().freeze();
-        bump(&self.entry.send_oct, bytes.len() as u64);
+        let encoded = self.out.take();
+        bump(&self.entry.send_oct, encoded.len() as u64);
         bump(&self.entry.send_cnt, 1);
-        writer.send(Encoded::One(bytes), std::mem::take(&mut self.charge));
+        writer.send(encoded, std::mem::take(&mut self.charge));
     }
 
     /// Sends the acknowledgements whose publishes (or subscriptions) are now safe.
     fn send_ready_acks(&mut self) {
         for a in self.session.ready_acks(self.durable, self.resolved) {
-            self.out.extend_from_slice(&a.reply);
+            self.out.buf.extend_from_slice(&a.reply);
         }
     }
 

@@ -2,7 +2,7 @@
 //! slow socket never blocks the connection from reading (and so from seeing close or acks).
 
 use crate::broker::consumer::ConnectionSink;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -34,6 +34,55 @@ impl Encoded {
             Encoded::Parts(p) => p.len(),
         }
     }
+}
+
+/// Message bodies at least this large are handed to the writer as their own slices rather
+/// than copied beside the frames around them: below it, a copy costs less than the extra
+/// slices.
+pub const ZERO_COPY_MIN: usize = 16 * 1024;
+
+/// What a connection has encoded and not yet handed to its writer: small things in one
+/// buffer, and large message bodies as their own reference-counted slices (as they were read
+/// from the publisher's socket) beside it, in order, written together with one vectored write.
+#[derive(Debug, Default)]
+pub struct Outgoing {
+    pub buf: BytesMut,
+    /// What came before `buf`, in order, once a slice was added.
+    pub parts: Vec<Bytes>,
+}
+
+impl Outgoing {
+    pub fn with_capacity(n: usize) -> Outgoing {
+        Outgoing { buf: BytesMut::with_capacity(n), parts: Vec::new() }
+    }
+    /// Adds `slice` after what is encoded so far, without copying it.
+    pub fn push_slice(&mut self, slice: Bytes) {
+        push_slice(&mut self.buf, &mut self.parts, slice)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty() && self.parts.is_empty()
+    }
+    pub fn len(&self) -> usize {
+        self.buf.len() + self.parts.iter().map(Bytes::len).sum::<usize>()
+    }
+    /// Everything encoded so far, in order: one buffer, or parts.
+    pub fn take(&mut self) -> Encoded {
+        if self.parts.is_empty() {
+            return Encoded::One(self.buf.split().freeze());
+        }
+        if !self.buf.is_empty() {
+            self.parts.push(self.buf.split().freeze());
+        }
+        Encoded::Parts(std::mem::take(&mut self.parts))
+    }
+}
+
+/// [`Outgoing::push_slice`] on its two fields, for an encoder that holds the buffer already.
+pub fn push_slice(buf: &mut BytesMut, parts: &mut Vec<Bytes>, slice: Bytes) {
+    if !buf.is_empty() {
+        parts.push(buf.split().freeze());
+    }
+    parts.push(slice);
 }
 
 /// Bytes handed to the writer but not yet written, past which the connection stops reading.

@@ -14,6 +14,7 @@ use crate::auth::grant::{Kind, Perm};
 use crate::broker::connections::bump;
 use crate::broker::consumer::Delivery;
 use crate::broker::message::Message;
+use crate::net::writer::ZERO_COPY_MIN;
 use crate::storage::retained::Retained;
 use crate::types::{BasicProperties, FieldTable, FieldValue, ShortStr};
 use bytes::{Bytes, BytesMut};
@@ -119,7 +120,12 @@ impl Conn {
             properties: if self.level == V5 { mqtt_properties(&props) } else { Properties::default() },
             payload: Bytes::new(),
         };
-        let size = codec::publish_header(&mut BytesMut::new(), &publish, message.body.len(), self.level);
+        // Only an MQTT 5 client sets a maximum packet size; its header is encoded to be sized.
+        let size = if self.max_out < codec::MAX_REMAINING {
+            codec::publish_header(&mut BytesMut::new(), &publish, message.body.len(), self.level)
+        } else {
+            0
+        };
         let origin = d.queue.clone();
         let consumer = self.queues[usize::from(from_qos1)].as_ref().map(|s| s.consumer.clone());
         if size > self.max_out {
@@ -140,9 +146,15 @@ impl Conn {
                     }
                 }
             }
-            codec::publish_header(&mut self.out, &publish, message.body.len(), self.level);
+            codec::publish_header(&mut self.out.buf, &publish, message.body.len(), self.level);
+            // A large payload goes out as the slices it arrived in, not copied.
+            let large = message.body.len() >= ZERO_COPY_MIN;
             for part in message.body.parts() {
-                self.out.extend_from_slice(part);
+                if large {
+                    self.out.push_slice(part.clone());
+                } else {
+                    self.out.buf.extend_from_slice(part);
+                }
             }
             self.charge += d.charge;
             bump(if d.no_ack { &self.card.deliver_no_ack } else { &self.card.deliver }, 1);
