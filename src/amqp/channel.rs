@@ -649,10 +649,7 @@ impl Channel {
 
     /// A delivery that reached no consumer goes back to its queue; its credit is returned.
     pub fn return_undelivered(ctx: &ConnCtx, d: Delivery) {
-        ctx.sink.release(d.charge);
-        if let Some(q) = d.queue {
-            q.undelivered(d.item, !d.no_ack);
-        }
+        ctx.sink.return_undelivered(d);
     }
 
     fn check_tag_known(&self, m: &Method) -> AmqpResult<()> {

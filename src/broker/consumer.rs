@@ -118,6 +118,15 @@ impl ConnectionSink {
         }
     }
     /// Called once delivered bytes are written out; wakes queues when capacity returns.
+    /// A delivery the connection will not send (its channel or the connection is gone):
+    /// its bytes are released and its message goes back to the queue it came from.
+    pub fn return_undelivered(&self, d: Delivery) {
+        self.release(d.charge);
+        if let Some(q) = d.queue {
+            q.undelivered(d.item, !d.no_ack);
+        }
+    }
+
     pub fn release(&self, bytes: usize) {
         let before = self.pending.fetch_sub(bytes, Ordering::AcqRel);
         let after = before.saturating_sub(bytes);
