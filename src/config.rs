@@ -1,16 +1,12 @@
 //! Server settings from flags, environment variables (HARE_*) and an optional TOML file.
 //! Flags and environment win over the file, which wins over the defaults.
 
-use clap::Parser;
 use serde::Deserialize;
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Parser)]
-#[command(name = "hare", version, about = "Hare: an AMQP 0-9-1 message broker")]
+/// The broker's settings on the command line (see `crate::cli` for the whole of it).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// With no command, run the broker.
-    #[command(subcommand)]
-    pub command: Option<Command>,
     /// Address to listen on for AMQP.
     #[arg(long, env = "HARE_BIND")]
     pub bind: Option<String>,
@@ -117,14 +113,6 @@ pub struct Args {
     /// node_name, cluster_port, cluster_bind, cluster_seeds (a list), cluster_secret_file.
     #[arg(long, short, env = "HARE_CONFIG")]
     pub config: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, clap::Subcommand)]
-pub enum Command {
-    /// Load any AMQP 0-9-1 broker and measure throughput and latency.
-    Perf(crate::perf::PerfArgs),
-    /// Manage a running broker through its management HTTP API (list, declare, publish, ...).
-    Ctl(crate::ctl::CtlArgs),
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

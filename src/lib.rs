@@ -12,6 +12,7 @@ pub mod amqp;
 pub mod audit;
 pub mod auth;
 pub mod broker;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod ctl;

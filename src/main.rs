@@ -3,18 +3,19 @@
 use clap::Parser;
 use hare::amqp::Server;
 use hare::broker::Broker;
-use hare::config::{Args, Command, Config};
+use hare::cli::{Cli, Command};
+use hare::config::Config;
 use hare::storage::DiskStorage;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match args.command {
+    let cli = Cli::parse();
+    let args = match cli.command {
         Some(Command::Perf(perf)) => return run_perf(perf),
         Some(Command::Ctl(ctl)) => return hare::ctl::run(ctl),
-        None => {}
-    }
+        None => cli.server,
+    };
     let config = match Config::load(&args) {
         Ok(c) => c,
         Err(e) => {
