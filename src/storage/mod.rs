@@ -10,6 +10,7 @@
 //!                             journal of changes since (see [`journal`])
 //!   queues/<id>/              one durable queue's log: NNNN.seg + NNNN.ack
 //!   mqtt-retained.log         MQTT's retained messages (see [`retained`])
+//!   streams/<id>/             a stream's log: NNNN.segment + NNNN.index (see [`stream_log`])
 //!   transient/<id>/           messages of non-durable queues paged out under memory
 //!                             pressure; removed at start
 //! ```
@@ -19,6 +20,7 @@ pub mod journal;
 pub mod queue_log;
 pub mod record;
 pub mod retained;
+pub mod stream_log;
 pub mod syncer;
 
 use crate::broker::definitions::Change;

@@ -1,0 +1,403 @@
+//! A stream's log: messages appended and never removed by consumption, addressed by offset
+//! (0, 1, 2, ... for the life of the stream), read from any offset or from a point in time;
+//! old messages go by retention, a whole segment at a time, as RabbitMQ's streams do.
+//!
+//! On disk a stream is a directory of segments. A segment is a file of chunks named by the
+//! offset of its first message (`00000000000000000000.segment`), with a sparse index beside
+//! it (`.index`): one fixed-size entry per chunk (its first offset, message count, timestamp
+//! and position in the segment), kept in memory too. A read by offset or by timestamp is a
+//! binary search of the index and one positioned read, never a scan.
+//!
+//! A chunk is what one append writes: a header (magic, first offset, message count,
+//! timestamp, data length, CRC32C of the data) and its messages, each length-prefixed.
+//! Chunks describe and verify themselves, so a follower can later fetch a stream's chunks by
+//! offset and check them as they are (the cluster's replication of streams will build on
+//! it), and a reader can send a chunk's bytes from the page cache as they are on disk.
+//!
+//! The index is written after its chunk and without an fsync of its own: on open, the chunks
+//! of the last segment past its index are read back and verified, the index made whole from
+//! them, and a torn chunk at the end (a crash during an append that was never synced, so
+//! never confirmed) cut off.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// "HSC1": a Hare stream chunk, version 1.
+const CHUNK_MAGIC: u32 = 0x4853_4331;
+/// magic u32, count u32, first offset u64, timestamp i64, data length u32, CRC32C u32.
+pub const CHUNK_HEADER: usize = 32;
+/// first offset u64, timestamp i64, position u64, count u32, reserved u32.
+const INDEX_ENTRY: usize = 32;
+/// A chunk's data is at most this large (a message is at most 512 MiB).
+const MAX_CHUNK_DATA: u64 = 1 << 30;
+
+/// A chunk's place: what the index says of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkInfo {
+    pub first_offset: u64,
+    pub count: u32,
+    /// Milliseconds since the epoch, when it was appended.
+    pub timestamp: i64,
+    /// Where its header starts in its segment.
+    pub position: u64,
+    /// Header and data.
+    pub len: u64,
+}
+
+/// A chunk read back: its messages, each a slice of one buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub first_offset: u64,
+    pub timestamp: i64,
+    pub messages: Vec<Bytes>,
+}
+
+struct Segment {
+    first_offset: u64,
+    file: File,
+    index: File,
+    chunks: Vec<ChunkInfo>,
+    size: u64,
+}
+
+impl Segment {
+    fn path(dir: &Path, first_offset: u64, ext: &str) -> PathBuf {
+        dir.join(format!("{first_offset:020}.{ext}"))
+    }
+
+    fn create(dir: &Path, first_offset: u64) -> std::io::Result<Segment> {
+        let open = |ext| {
+            OpenOptions::new().create(true).truncate(true).read(true).write(true).open(Segment::path(
+                dir,
+                first_offset,
+                ext,
+            ))
+        };
+        Ok(Segment { first_offset, file: open("segment")?, index: open("index")?, chunks: Vec::new(), size: 0 })
+    }
+
+    /// The messages' offsets end here.
+    fn next_offset(&self) -> u64 {
+        self.chunks.last().map_or(self.first_offset, |c| c.first_offset + c.count as u64)
+    }
+}
+
+/// How a stream's log is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// A segment is closed and a new one begun past this many bytes
+    /// (`x-stream-max-segment-size-bytes`; RabbitMQ's default is 500 MB).
+    pub max_segment_bytes: u64,
+}
+
+/// One stream's log, in its own directory.
+pub struct StreamLog {
+    dir: PathBuf,
+    settings: Settings,
+    /// Oldest first; never empty (a new stream has one empty segment).
+    segments: Vec<Segment>,
+}
+
+impl StreamLog {
+    /// Opens the log in `dir`, creating it empty if there is none.
+    pub fn open(dir: &Path, settings: Settings) -> std::io::Result<StreamLog> {
+        std::fs::create_dir_all(dir)?;
+        let mut firsts: Vec<u64> = std::fs::read_dir(dir)?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".segment")?.parse().ok())
+            .collect();
+        firsts.sort_unstable();
+        let mut segments = Vec::with_capacity(firsts.len().max(1));
+        for (i, &first) in firsts.iter().enumerate() {
+            segments.push(open_segment(dir, first, i + 1 == firsts.len())?);
+        }
+        if segments.is_empty() {
+            segments.push(Segment::create(dir, 0)?);
+        }
+        Ok(StreamLog { dir: dir.to_path_buf(), settings, segments })
+    }
+
+    /// The offset of the oldest message kept (the next one's, when there is none).
+    pub fn first_offset(&self) -> u64 {
+        self.segments[0].first_offset
+    }
+
+    /// The offset the next message appended gets.
+    pub fn next_offset(&self) -> u64 {
+        self.segments.last().map_or(0, Segment::next_offset)
+    }
+
+    /// Bytes on disk (chunks; the indexes are not counted).
+    pub fn size(&self) -> u64 {
+        self.segments.iter().map(|s| s.size).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Appends `messages` as one chunk stamped `timestamp` (ms); returns the first one's
+    /// offset. Written, not synced: [`StreamLog::sync`] makes it durable.
+    pub fn append(&mut self, messages: &[Bytes], timestamp: i64) -> std::io::Result<u64> {
+        let first_offset = self.next_offset();
+        if messages.is_empty() {
+            return Ok(first_offset);
+        }
+        // Timestamps never go back along the log (a clock stepped back stamps as the last
+        // chunk), so a search by time is a binary search.
+        let last = self.segments.iter().rev().find_map(|s| s.chunks.last()).map(|c| c.timestamp);
+        let timestamp = last.map_or(timestamp, |t| timestamp.max(t));
+        let data_len: usize = messages.iter().map(|m| 4 + m.len()).sum();
+        if data_len as u64 > MAX_CHUNK_DATA {
+            return Err(std::io::Error::other("a chunk's messages exceed 1 GiB"));
+        }
+        let active = self.segments.last().map_or(0, |s| s.size);
+        if active > 0 && active + (CHUNK_HEADER + data_len) as u64 > self.settings.max_segment_bytes {
+            let segment = Segment::create(&self.dir, first_offset)?;
+            self.segments.push(segment);
+        }
+        let mut buf = BytesMut::with_capacity(CHUNK_HEADER + data_len);
+        buf.put_u32(CHUNK_MAGIC);
+        buf.put_u32(messages.len() as u32);
+        buf.put_u64(first_offset);
+        buf.put_i64(timestamp);
+        buf.put_u32(data_len as u32);
+        buf.put_u32(0);
+        for m in messages {
+            buf.put_u32(m.len() as u32);
+            buf.put_slice(m);
+        }
+        let crc = crc32c::crc32c(&buf[CHUNK_HEADER..]);
+        buf[28..32].copy_from_slice(&crc.to_be_bytes());
+        let Some(segment) = self.segments.last_mut() else { return Err(std::io::Error::other("no segment")) };
+        let info = ChunkInfo {
+            first_offset,
+            count: messages.len() as u32,
+            timestamp,
+            position: segment.size,
+            len: buf.len() as u64,
+        };
+        segment.file.write_all_at(&buf, segment.size)?;
+        segment.index.write_all_at(&index_entry(&info), (segment.chunks.len() * INDEX_ENTRY) as u64)?;
+        segment.size += info.len;
+        segment.chunks.push(info);
+        Ok(first_offset)
+    }
+
+    /// Makes every chunk appended so far durable (fdatasync of the segment being written;
+    /// the index is rebuilt from the chunks if it lags).
+    pub fn sync(&self) -> std::io::Result<()> {
+        match self.segments.last() {
+            Some(s) => s.file.sync_data(),
+            None => Ok(()),
+        }
+    }
+
+    /// The chunk that holds `offset` (or the first after it, if retention took it); None
+    /// at the end of the log.
+    pub fn chunk_at(&self, offset: u64) -> Option<ChunkInfo> {
+        let offset = offset.max(self.first_offset());
+        // The last segment whose first offset is at or before it, then its chunk.
+        let s = self.segments.partition_point(|s| s.first_offset <= offset).checked_sub(1)?;
+        let chunks = &self.segments[s].chunks;
+        let c = chunks.partition_point(|c| c.first_offset + c.count as u64 <= offset);
+        chunks.get(c).copied().or_else(|| self.segments.get(s + 1).and_then(|n| n.chunks.first().copied()))
+    }
+
+    /// The first chunk appended at or after `timestamp` (ms), where a consumer that starts
+    /// from that time begins, as RabbitMQ's streams start; None if every chunk is older.
+    pub fn chunk_from_time(&self, timestamp: i64) -> Option<ChunkInfo> {
+        // Timestamps rise with offsets (appends are stamped in order): a binary search.
+        let s = self.segments.partition_point(|s| s.chunks.last().is_some_and(|c| c.timestamp < timestamp));
+        let chunks = &self.segments.get(s)?.chunks;
+        chunks.get(chunks.partition_point(|c| c.timestamp < timestamp)).copied()
+    }
+
+    /// The chunk after `chunk`, if one was appended.
+    pub fn next_chunk(&self, chunk: &ChunkInfo) -> Option<ChunkInfo> {
+        self.chunk_at(chunk.first_offset + chunk.count as u64)
+    }
+
+    /// Reads a chunk back and verifies it.
+    pub fn read(&self, chunk: &ChunkInfo) -> std::io::Result<Chunk> {
+        let s = self.segments.partition_point(|s| s.first_offset <= chunk.first_offset);
+        let segment = s.checked_sub(1).map(|s| &self.segments[s]).ok_or_else(|| gone(chunk.first_offset))?;
+        let mut buf = vec![0u8; chunk.len as usize];
+        segment.file.read_exact_at(&mut buf, chunk.position)?;
+        let (header, data) = parse_chunk(Bytes::from(buf)).ok_or_else(|| corrupt(chunk.first_offset))?;
+        if header.first_offset != chunk.first_offset {
+            return Err(corrupt(chunk.first_offset));
+        }
+        let messages = split_messages(data, header.count).ok_or_else(|| corrupt(chunk.first_offset))?;
+        Ok(Chunk { first_offset: header.first_offset, timestamp: header.timestamp, messages })
+    }
+
+    /// Removes the oldest segments, never the one being written, while the log is larger
+    /// than `max_bytes` or their newest chunk is older than `max_age_ms` before `now`
+    /// (`x-max-length-bytes` and `x-max-age`, applied a segment at a time as RabbitMQ
+    /// does). Returns how many segments went.
+    pub fn apply_retention(
+        &mut self,
+        max_bytes: Option<u64>,
+        max_age_ms: Option<i64>,
+        now: i64,
+    ) -> std::io::Result<usize> {
+        let mut removed = 0;
+        while self.segments.len() > 1 {
+            let oldest = &self.segments[0];
+            let too_big = max_bytes.is_some_and(|m| self.size() > m);
+            let too_old = max_age_ms
+                .is_some_and(|age| oldest.chunks.last().is_none_or(|c| c.timestamp < now.saturating_sub(age)));
+            if !too_big && !too_old {
+                break;
+            }
+            let first = oldest.first_offset;
+            self.segments.remove(0);
+            std::fs::remove_file(Segment::path(&self.dir, first, "segment"))?;
+            let _ = std::fs::remove_file(Segment::path(&self.dir, first, "index"));
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+fn gone(offset: u64) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotFound, format!("the chunk at offset {offset} is no longer kept"))
+}
+
+fn corrupt(offset: u64) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("the chunk at offset {offset} does not verify"))
+}
+
+fn index_entry(c: &ChunkInfo) -> [u8; INDEX_ENTRY] {
+    let mut e = [0u8; INDEX_ENTRY];
+    e[0..8].copy_from_slice(&c.first_offset.to_be_bytes());
+    e[8..16].copy_from_slice(&c.timestamp.to_be_bytes());
+    e[16..24].copy_from_slice(&c.position.to_be_bytes());
+    e[24..28].copy_from_slice(&c.count.to_be_bytes());
+    e
+}
+
+/// A chunk's header, as written.
+struct Header {
+    count: u32,
+    first_offset: u64,
+    timestamp: i64,
+    data_len: u64,
+}
+
+fn header(b: &[u8]) -> Option<Header> {
+    let u32_at = |at: usize| Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?));
+    let u64_at = |at: usize| Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?));
+    if u32_at(0)? != CHUNK_MAGIC {
+        return None;
+    }
+    let h = Header {
+        count: u32_at(4)?,
+        first_offset: u64_at(8)?,
+        timestamp: u64_at(16)? as i64,
+        data_len: u32_at(24)? as u64,
+    };
+    (h.data_len <= MAX_CHUNK_DATA && h.count > 0).then_some(h)
+}
+
+/// A whole chunk's header and data, if its CRC holds.
+fn parse_chunk(b: Bytes) -> Option<(Header, Bytes)> {
+    let h = header(&b)?;
+    let end = CHUNK_HEADER + h.data_len as usize;
+    let crc = u32::from_be_bytes(b.get(28..32)?.try_into().ok()?);
+    let data = b.get(CHUNK_HEADER..end)?;
+    (crc32c::crc32c(data) == crc).then(|| (h, b.slice(CHUNK_HEADER..end)))
+}
+
+/// The length-prefixed messages of a chunk's data, exactly `count` of them.
+fn split_messages(mut data: Bytes, count: u32) -> Option<Vec<Bytes>> {
+    let mut out = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let len = u32::from_be_bytes(data.get(..4)?.try_into().ok()?) as usize;
+        if data.len() < 4 + len {
+            return None;
+        }
+        out.push(data.slice(4..4 + len));
+        data = data.slice(4 + len..);
+    }
+    data.is_empty().then_some(out)
+}
+
+/// Opens a segment and reads its index; for the last one (`tail`), the chunks past the
+/// index are verified and indexed, and a torn chunk at the end cut off.
+fn open_segment(dir: &Path, first_offset: u64, tail: bool) -> std::io::Result<Segment> {
+    let file = OpenOptions::new().read(true).write(true).open(Segment::path(dir, first_offset, "segment"))?;
+    let index = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(Segment::path(
+        dir,
+        first_offset,
+        "index",
+    ))?;
+    let file_len = file.metadata()?.len();
+    let raw = std::fs::read(Segment::path(dir, first_offset, "index"))?;
+    let mut chunks: Vec<ChunkInfo> = Vec::with_capacity(raw.len() / INDEX_ENTRY);
+    let mut position = 0u64;
+    for e in raw.chunks_exact(INDEX_ENTRY) {
+        let word = |at: usize| u64::from_be_bytes(e[at..at + 8].try_into().unwrap_or_default());
+        let count = u32::from_be_bytes(e[24..28].try_into().unwrap_or_default());
+        let (first, timestamp, at) = (word(0), word(8) as i64, word(16));
+        let expected = chunks.last().map_or(first_offset, |c: &ChunkInfo| c.first_offset + c.count as u64);
+        // An entry must follow the one before it; a damaged index is rebuilt from there on.
+        if first != expected || at != position || count == 0 {
+            break;
+        }
+        let mut head = [0u8; CHUNK_HEADER];
+        if file.read_exact_at(&mut head, at).is_err() {
+            break;
+        }
+        let Some(h) = header(&head).filter(|h| h.first_offset == first && h.count == count) else { break };
+        let len = CHUNK_HEADER as u64 + h.data_len;
+        if at + len > file_len {
+            break;
+        }
+        chunks.push(ChunkInfo { first_offset: first, count, timestamp, position: at, len });
+        position = at + len;
+    }
+    // What the index does not cover: read back, verified, indexed.
+    let indexed = chunks.len();
+    while position < file_len {
+        let mut head = [0u8; CHUNK_HEADER];
+        if file.read_exact_at(&mut head, position).is_err() {
+            break;
+        }
+        let expected = chunks.last().map_or(first_offset, |c| c.first_offset + c.count as u64);
+        let Some(h) = header(&head).filter(|h| h.first_offset == expected) else { break };
+        let len = CHUNK_HEADER as u64 + h.data_len;
+        if position + len > file_len {
+            break;
+        }
+        let mut whole = vec![0u8; len as usize];
+        file.read_exact_at(&mut whole, position)?;
+        if parse_chunk(Bytes::from(whole)).is_none() {
+            break;
+        }
+        chunks.push(ChunkInfo { first_offset: h.first_offset, count: h.count, timestamp: h.timestamp, position, len });
+        position += len;
+    }
+    if position < file_len {
+        if !tail {
+            tracing::warn!("{}: {} bytes past its last whole chunk are cut off", dir.display(), file_len - position);
+        }
+        file.set_len(position)?;
+        file.sync_data()?;
+    }
+    if chunks.len() != indexed || (raw.len() / INDEX_ENTRY) != chunks.len() {
+        let mut rebuilt = Vec::with_capacity(chunks.len() * INDEX_ENTRY);
+        for c in &chunks {
+            rebuilt.extend_from_slice(&index_entry(c));
+        }
+        index.set_len(0)?;
+        index.write_all_at(&rebuilt, 0)?;
+    }
+    Ok(Segment { first_offset, file, index, chunks, size: position })
+}
+
+#[cfg(test)]
+mod tests;
