@@ -32,6 +32,7 @@ fn app() -> axum::Router {
         started_at_ms: 0,
         config_file: None,
         external_auth: false,
+        other_listeners: Vec::new(),
     };
     let peer = "127.0.0.1:40000".parse().expect("an address");
     hare::http::service(broker, node, peer)

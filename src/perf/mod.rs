@@ -593,28 +593,10 @@ async fn produce(args: PerfArgs, index: usize, mut client: Client, stats: Arc<St
     let mut seq = 0u64;
     let result: Result<(), ClientError> = async {
         while !stats.stopping() && (args.count == 0 || seq < args.count) {
-            let mut room = 64u64;
-            if window > 0 {
-                loop {
-                    let outstanding = seq - acked.load(Ordering::Acquire);
-                    if outstanding < window {
-                        room = room.min(window - outstanding);
-                        break;
-                    }
-                    tokio::select! {
-                        _ = freed.notified() => {}
-                        _ = stats.stopped.notified() => return Ok(()),
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    }
-                    if stats.stopping() {
-                        return Ok(());
-                    }
-                }
-            }
-            if args.count > 0 {
-                room = room.min(args.count - seq);
-            }
-            room = pace(args.rate, started, seq, room).await;
+            let confirms = Confirms { window, acked: &acked, freed: &freed, min_free: 1 };
+            let Some(room) = next_batch(&args, &stats, (window > 0).then_some(confirms), started, seq).await else {
+                return Ok(());
+            };
             for _ in 0..room {
                 seq += 1;
                 let now = clock();
@@ -646,6 +628,49 @@ async fn produce(args: PerfArgs, index: usize, mut client: Client, stats: Arc<St
         abort.abort();
     }
     result
+}
+
+/// Publishes written together at most.
+const BATCH: u64 = 64;
+
+/// A publisher's window of publishes awaiting their confirm (or PUBACK).
+struct Confirms<'a> {
+    window: u64,
+    /// Confirmed so far, by sequence number; `freed` is notified as it grows.
+    acked: &'a AtomicU64,
+    freed: &'a Notify,
+    /// The free room a batch waits for.
+    min_free: u64,
+}
+
+/// How many publishes the next batch holds, after `seq` sent: at most [`BATCH`], within the
+/// confirm window once `min_free` of it is free, within --count, paced by --rate. None once
+/// the run stops.
+async fn next_batch(
+    args: &PerfArgs,
+    stats: &Stats,
+    confirms: Option<Confirms<'_>>,
+    started: Instant,
+    seq: u64,
+) -> Option<u64> {
+    let mut room = BATCH;
+    if let Some(c) = confirms {
+        loop {
+            let free = c.window.saturating_sub(seq - c.acked.load(Ordering::Acquire));
+            if free >= c.min_free {
+                room = room.min(free);
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), c.freed.notified()).await;
+            if stats.stopping() {
+                return None;
+            }
+        }
+    }
+    if args.count > 0 {
+        room = room.min(args.count - seq);
+    }
+    Some(pace(args.rate, started, seq, room).await)
 }
 
 /// With a --rate, waits until message `seq + 1` is due (message n goes out at start + n /

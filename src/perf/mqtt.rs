@@ -14,7 +14,10 @@
 //! changes between them), so the load generator costs little beside the broker.
 
 use super::client::Target;
-use super::{clock, futures_join, new_histogram, pace, report, stop, summarize, PerfArgs, Stats, Summary, Window};
+use super::{
+    clock, futures_join, new_histogram, next_batch, report, stop, summarize, Confirms, PerfArgs, Stats, Summary,
+    Window, BATCH,
+};
 use crate::mqtt::codec::{self, Connect, Packet, Properties, Publish, Subscribe, Subscription};
 use bytes::{Bytes, BytesMut};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,8 +29,6 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 const LEVEL: u8 = codec::V311;
-/// Publishes encoded into one write.
-const BATCH: u64 = 64;
 /// QoS 1 publishes awaiting their PUBACK, when --confirm does not say.
 const DEFAULT_WINDOW: u64 = 256;
 /// Clients connecting at once (idle mode and many publishers).
@@ -262,25 +263,13 @@ async fn produce(args: PerfArgs, topic: String, conn: Conn, stats: Arc<Stats>) -
     let mut seq = 0u64;
     let result = async {
         while !stats.stopping() && (args.count == 0 || seq < args.count) {
-            let mut room = BATCH;
-            while window > 0 {
-                // Sent in batches of a sixteenth of the window at least: a broker that
-                // acknowledges one publish at a time would otherwise have the generator
-                // write one at a time, and spend its CPU on system calls.
-                let outstanding = seq - acked.load(Ordering::Acquire);
-                if window - outstanding.min(window) >= (window / 16).max(1) {
-                    room = room.min(window - outstanding);
-                    break;
-                }
-                let _ = tokio::time::timeout(STOP_CHECK, freed.notified()).await;
-                if stats.stopping() {
-                    return Ok(());
-                }
-            }
-            if args.count > 0 {
-                room = room.min(args.count - seq);
-            }
-            room = pace(args.rate, started, seq, room).await;
+            // Batches of a sixteenth of the window at least: a broker that acknowledges one
+            // publish at a time would otherwise have the generator write one at a time, and
+            // spend its CPU on system calls.
+            let confirms = Confirms { window, acked: &acked, freed: &freed, min_free: (window / 16).max(1) };
+            let Some(room) = next_batch(&args, &stats, (window > 0).then_some(confirms), started, seq).await else {
+                return Ok(());
+            };
             for _ in 0..room {
                 seq += 1;
                 let now = clock();
