@@ -27,18 +27,18 @@ CLIENTS = int(os.environ.get("MQTT_CLIENTS", "10000"))
 
 
 class HareMqtt(compare.Hare):
-    mqtt_port = 5711
+    mqtt_port = 5731
 
 
 class RabbitMqtt(compare.RabbitMQ):
-    mqtt_port = 5712
+    mqtt_port = 5732
     plugins = ("rabbitmq_mqtt",)
     conf = (f"mqtt.listeners.tcp.default = {mqtt_port}",)
 
 
 class Mosquitto:
     name = "mosquitto"
-    mqtt_port = 5713
+    mqtt_port = 5733
 
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="hare-bench-mosquitto-")

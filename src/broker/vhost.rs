@@ -405,6 +405,7 @@ impl VHost {
         if name.starts_with("amq.") {
             return Err(AmqpError::access_refused(format!("exchange name '{name}' contains reserved prefix 'amq.*'")));
         }
+        Exchange::validate_arguments(kind, arguments)?;
         let mut ex = Exchange::new(name.clone(), kind, durable, auto_delete, internal, arguments.clone());
         ex.declared_by = ShortStr::from(&*by.user);
         ex.set_policy(self.policy_for_exchange(name));

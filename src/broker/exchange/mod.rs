@@ -1,5 +1,6 @@
 //! Exchanges: the bindings they hold and how each type routes. One file per exchange type.
 
+mod consistent_hash;
 mod direct;
 mod fanout;
 mod headers;
@@ -75,6 +76,8 @@ pub enum ExchangeKind {
     Fanout,
     Topic,
     Headers,
+    /// `x-consistent-hash`, as RabbitMQ's plugin (see [`consistent_hash`]).
+    ConsistentHash,
 }
 
 impl ExchangeKind {
@@ -84,6 +87,7 @@ impl ExchangeKind {
             "fanout" => ExchangeKind::Fanout,
             "topic" => ExchangeKind::Topic,
             "headers" => ExchangeKind::Headers,
+            "x-consistent-hash" => ExchangeKind::ConsistentHash,
             other => return Err(AmqpError::command_invalid(format!("unknown exchange type '{other}'"))),
         })
     }
@@ -93,6 +97,7 @@ impl ExchangeKind {
             ExchangeKind::Fanout => "fanout",
             ExchangeKind::Topic => "topic",
             ExchangeKind::Headers => "headers",
+            ExchangeKind::ConsistentHash => "x-consistent-hash",
         }
     }
 }
@@ -130,6 +135,8 @@ pub struct Exchange {
     /// it when its arguments name none (resolved when either changes, not per publish).
     pub applied: crate::broker::policy::Applied,
     policy_alternate: Option<ShortStr>,
+    /// What a consistent-hash exchange hashes (the routing key for every other type).
+    hash_on: consistent_hash::HashOn,
 }
 
 impl Exchange {
@@ -146,6 +153,14 @@ impl Exchange {
             ExchangeKind::Fanout => Box::<fanout::FanoutRouter>::default(),
             ExchangeKind::Topic => Box::<topic::TopicRouter>::default(),
             ExchangeKind::Headers => Box::<headers::HeadersRouter>::default(),
+            ExchangeKind::ConsistentHash => Box::<consistent_hash::ConsistentHashRouter>::default(),
+        };
+        // Checked at declare (see [`Exchange::validate_arguments`]); one recovered from disk
+        // with arguments that no longer pass hashes its routing key.
+        let hash_on = if kind == ExchangeKind::ConsistentHash {
+            consistent_hash::HashOn::of(&arguments).unwrap_or(consistent_hash::HashOn::RoutingKey)
+        } else {
+            consistent_hash::HashOn::RoutingKey
         };
         Exchange {
             name,
@@ -162,7 +177,31 @@ impl Exchange {
             stats: Arc::default(),
             applied: Default::default(),
             policy_alternate: None,
+            hash_on,
         }
+    }
+
+    /// Checks a new exchange's arguments for its type, as RabbitMQ's exchange types
+    /// validate them at declare.
+    pub fn validate_arguments(kind: ExchangeKind, arguments: &FieldTable) -> AmqpResult<()> {
+        if kind == ExchangeKind::ConsistentHash {
+            consistent_hash::HashOn::of(arguments)?;
+        }
+        Ok(())
+    }
+
+    /// What a consistent-hash exchange hashes when it is not the routing key: the header's
+    /// or property's value in `props` (None for every other exchange, and for the key).
+    pub fn hash_input(&self, props: Option<&crate::types::BasicProperties>) -> Option<String> {
+        (self.kind == ExchangeKind::ConsistentHash && self.hash_on != consistent_hash::HashOn::RoutingKey)
+            .then(|| self.hash_on.value(props))
+    }
+
+    /// Whether routing reads the message's properties (headers exchanges, and
+    /// consistent-hash exchanges that hash a header or a property).
+    pub fn reads_properties(&self) -> bool {
+        self.kind == ExchangeKind::Headers
+            || (self.kind == ExchangeKind::ConsistentHash && self.hash_on != consistent_hash::HashOn::RoutingKey)
     }
 
     /// The alternate exchange for unroutable messages: the `alternate-exchange` argument, else
@@ -186,10 +225,11 @@ impl Exchange {
 
     /// Checks a binding's arguments for this exchange type before it is added.
     pub fn validate_binding(&self, binding: &Binding) -> AmqpResult<()> {
-        if self.kind == ExchangeKind::Headers {
-            headers::validate(&binding.arguments)?;
+        match self.kind {
+            ExchangeKind::Headers => headers::validate(&binding.arguments),
+            ExchangeKind::ConsistentHash => consistent_hash::validate(binding),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Where an equal binding is in `bindings`, if there is one.

@@ -6,7 +6,7 @@ use super::{Topology, VHost};
 use crate::broker::error::{AmqpError, AmqpResult};
 use crate::broker::exchange::{Destination, Exchange, ExchangeKind};
 use crate::broker::queue::Queue;
-use crate::types::{BasicProperties, FieldTable, ShortStr};
+use crate::types::{BasicProperties, ShortStr};
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -25,8 +25,9 @@ struct Walk<'t, 'a> {
     /// [`crate::broker::message::header_routes`]); empty for almost every publish.
     cc: &'a [ShortStr],
     properties: &'a Bytes,
-    /// The message's headers, decoded once if a headers exchange asks for them.
-    headers: &'a mut Option<Option<FieldTable>>,
+    /// The message's properties, decoded once if an exchange routes on them (a headers
+    /// exchange, a consistent-hash exchange hashing a header or property).
+    decoded: &'a mut Option<Option<BasicProperties>>,
 }
 
 impl<'t> Walk<'t, '_> {
@@ -39,16 +40,17 @@ impl<'t> Walk<'t, '_> {
         dests: &mut Vec<Destination>,
         out: &mut Vec<Arc<Queue>>,
     ) {
-        let table = if ex.kind == ExchangeKind::Headers {
+        let props = if ex.reads_properties() {
             let properties = self.properties;
-            self.headers
-                .get_or_insert_with(|| BasicProperties::decode(properties.clone()).ok().and_then(|p| p.headers))
-                .as_ref()
+            self.decoded.get_or_insert_with(|| BasicProperties::decode(properties.clone()).ok()).as_ref()
         } else {
             None
         };
+        let table = if ex.kind == ExchangeKind::Headers { props.and_then(|p| p.headers.as_ref()) } else { None };
+        // A consistent-hash exchange may hash a header or property instead of the key.
+        let hashed = ex.hash_input(props);
         let start = dests.len();
-        ex.route(self.routing_key, table, dests);
+        ex.route(hashed.as_deref().unwrap_or(self.routing_key), table, dests);
         if !self.cc.is_empty() && ex.uses_routing_key() {
             for key in self.cc {
                 ex.route(key, table, dests);
@@ -167,11 +169,11 @@ impl VHost {
         if ex.internal && !internal_ok {
             return Err(self.internal_refused(exchange));
         }
-        let mut headers: Option<Option<FieldTable>> = None;
+        let mut decoded: Option<Option<BasicProperties>> = None;
         // Exchanges routed through besides the first; allocates only when bindings lead on to
         // other exchanges.
         let mut visited: Vec<&str> = Vec::new();
-        let mut walk = Walk { topo: &topo, root: ex.name.as_str(), routing_key, cc, properties, headers: &mut headers };
+        let mut walk = Walk { topo: &topo, root: ex.name.as_str(), routing_key, cc, properties, decoded: &mut decoded };
         ROUTE_SCRATCH.with(|cell| match cell.try_borrow_mut() {
             Ok(mut dests) => {
                 dests.clear();
