@@ -199,31 +199,43 @@ async fn serve(a: Admitted, carrier: Carrier, shared: Arc<Shared>) {
     };
     let (Ok(peer), Ok(local)) = (peer, local) else { return };
     let web = matches!(carrier, Carrier::WebSocket);
-    let max_message = connection::max_packet(&shared);
-    match a.stream {
+    let Admitted { stream, pending, shutdown } = a;
+    match stream {
+        Stream::Plain(s) if !web => {
+            let _ = s.set_nodelay(true);
+            let (rd, wr) = s.into_split();
+            let link = Link { peer, local, tls: None, web };
+            connection::serve(rd, wr, link, pending, shutdown, shared).await
+        }
+        // Boxed: TLS and WebSocket state are several KiB, which plain connections need not carry.
         Stream::Plain(s) => {
             let _ = s.set_nodelay(true);
             let link = Link { peer, local, tls: None, web };
-            if web {
-                let Some(ws) = websocket::accept(s, max_message).await else { return };
-                let (rd, wr) = tokio::io::split(ws);
-                Box::pin(connection::serve(rd, wr, link, a.pending, a.shutdown, shared)).await
-            } else {
-                let (rd, wr) = s.into_split();
-                connection::serve(rd, wr, link, a.pending, a.shutdown, shared).await
-            }
+            Box::pin(serve_over(s, link, pending, shutdown, shared)).await
         }
-        // Boxed: TLS and WebSocket state are several KiB, which plain connections need not carry.
         Stream::Tls(s, info) => {
             let link = Link { peer, local, tls: Some(info), web };
-            if web {
-                let Some(ws) = websocket::accept(*s, max_message).await else { return };
-                let (rd, wr) = tokio::io::split(ws);
-                Box::pin(connection::serve(rd, wr, link, a.pending, a.shutdown, shared)).await
-            } else {
-                let (rd, wr) = tokio::io::split(*s);
-                Box::pin(connection::serve(rd, wr, link, a.pending, a.shutdown, shared)).await
-            }
+            Box::pin(serve_over(*s, link, pending, shutdown, shared)).await
         }
+    }
+}
+
+/// Serves a connection over any byte stream, opening a WebSocket on it first for Web MQTT.
+async fn serve_over<S>(
+    s: S,
+    link: Link,
+    pending: crate::net::pending::PendingGuard,
+    shutdown: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if link.web {
+        let Some(ws) = websocket::accept(s, connection::max_packet(&shared)).await else { return };
+        let (rd, wr) = tokio::io::split(ws);
+        connection::serve(rd, wr, link, pending, shutdown, shared).await
+    } else {
+        let (rd, wr) = tokio::io::split(s);
+        connection::serve(rd, wr, link, pending, shutdown, shared).await
     }
 }
