@@ -14,7 +14,7 @@ use crate::broker::stats::Churn;
 use crate::broker::FastMap;
 use crate::broker::{AmqpError, Broker, Scope};
 use crate::config::Config;
-use crate::net::read_buf::{self, READ_MAX, READ_MIN};
+use crate::net::read_buf::{ReadSize, READ_MIN};
 use crate::net::writer::WriterHandle;
 use crate::types::codec::CodecError;
 use crate::types::constants::CONNECTION_FORCED;
@@ -185,7 +185,7 @@ async fn serve_io<R, W>(
 
     // Small to start (idle connections are the common case), grown while a peer sends a lot.
     let mut rbuf = BytesMut::with_capacity(READ_MIN);
-    let mut read_size = READ_MIN;
+    let mut read_size = ReadSize::default();
     let mut last_recv = Instant::now();
     let mut deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     let mut heartbeat_at = Instant::now() + Duration::from_secs(3600);
@@ -204,12 +204,11 @@ async fn serve_io<R, W>(
         let close_entry = conn.entry.clone();
         // Room for half a read at least, and for the rest of a frame begun (its size was
         // checked against frame_max when its header came in).
-        let need = conn.reader.missing(&rbuf);
-        if rbuf.capacity() - rbuf.len() < (read_size / 2).max(need) {
+        if read_size.short(&rbuf, conn.reader.missing(&rbuf)) {
             // A large body frame begun goes on as it is rather than into the next buffer.
             conn.split_partial_body(&mut rbuf);
             let need = conn.reader.missing(&rbuf);
-            read_buf::make_room(&mut rbuf, read_size.max(2 * need));
+            read_size.make_room(&mut rbuf, need);
         }
         tokio::select! {
             biased;
@@ -258,10 +257,7 @@ async fn serve_io<R, W>(
                 match r {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        // A read that filled most of the room asks for a larger one next time.
-                        if n >= read_size / 2 {
-                            read_size = (read_size * 2).min(READ_MAX);
-                        }
+                        read_size.read(n);
                         last_recv = Instant::now();
                         if let Some(e) = &conn.entry {
                             crate::broker::connections::bump(&e.recv_oct, n as u64);

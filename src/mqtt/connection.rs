@@ -14,7 +14,7 @@ use crate::broker::message::QueuedMessage;
 use crate::broker::queue::Queue;
 use crate::broker::vhost::VHost;
 use crate::net::pending::PendingGuard;
-use crate::net::read_buf::{self, READ_MAX, READ_MIN};
+use crate::net::read_buf::{ReadSize, READ_MIN};
 use crate::net::writer::{Encoded, Outgoing, WriterHandle};
 use crate::types::{FieldTable, FieldValue};
 use bytes::BytesMut;
@@ -182,7 +182,7 @@ pub async fn serve<R, W>(
     let peer = link.peer;
     // Small to start (idle clients are the common case), grown while a client sends a lot.
     let mut rbuf = BytesMut::with_capacity(READ_MIN);
-    let mut read_size = READ_MIN;
+    let mut read_size = ReadSize::default();
     let connect =
         match tokio::time::timeout(CONNECT_TIMEOUT, read_packet(&mut rd, &mut rbuf, MAX_UNAUTHENTICATED, 0)).await {
             Ok(Some(Ok(Packet::Connect(c)))) => c,
@@ -269,8 +269,8 @@ pub async fn serve<R, W>(
         // Room for half a read at least, and for the rest of a packet begun (its size was
         // checked against the maximum when its header came in).
         let need = missing(&rbuf);
-        if rbuf.capacity() - rbuf.len() < (read_size / 2).max(need) {
-            read_buf::make_room(&mut rbuf, read_size.max(2 * need));
+        if read_size.short(&rbuf, need) {
+            read_size.make_room(&mut rbuf, need);
         }
         let backlogged = writer.backlogged();
         let waits = conn.session.waits_for_acks();
@@ -321,10 +321,7 @@ pub async fn serve<R, W>(
                 match r {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        // A read that filled most of the room asks for a larger one next time.
-                        if n >= read_size / 2 {
-                            read_size = (read_size * 2).min(READ_MAX);
-                        }
+                        read_size.read(n);
                         last_recv = Instant::now();
                         bump(&conn.entry.recv_oct, n as u64);
                         bump(&conn.entry.recv_cnt, 1);

@@ -118,6 +118,40 @@ pub fn trim_if_idle(now: Instant) {
     }
 }
 
+/// How much a connection reads at a time: [`READ_MIN`] while it is idle (the common case),
+/// doubled up to [`READ_MAX`] after each read that fills half the room, while a peer sends a lot.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadSize(usize);
+
+impl Default for ReadSize {
+    fn default() -> Self {
+        ReadSize(READ_MIN)
+    }
+}
+
+impl ReadSize {
+    /// Whether `buf` lacks room for half a read, or for the `need` bytes still to come of a
+    /// frame or packet begun.
+    #[inline]
+    pub fn short(&self, buf: &BytesMut, need: usize) -> bool {
+        buf.capacity() - buf.len() < (self.0 / 2).max(need)
+    }
+
+    /// Makes room in `buf` for a read and for `need` more bytes (see [`make_room`]).
+    #[inline]
+    pub fn make_room(&self, buf: &mut BytesMut, need: usize) {
+        make_room(buf, self.0.max(2 * need))
+    }
+
+    /// A read of `n` bytes came: one that filled most of the room asks for a larger one next.
+    #[inline]
+    pub fn read(&mut self, n: usize) {
+        if n >= self.0 / 2 {
+            self.0 = (self.0 * 2).min(READ_MAX);
+        }
+    }
+}
+
 /// Makes room for about `want` more bytes in `buf` (at least half of it), keeping the bytes it holds (the start
 /// of a frame not yet complete). Reuses `buf`'s own memory if no message holds part of it any
 /// more, else a pooled buffer that is free again, and allocates only when neither is.
