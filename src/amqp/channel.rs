@@ -10,6 +10,7 @@ use publish::PendingPublish;
 
 use super::context::ConnCtx;
 use crate::amqp::method::*;
+use crate::broker::arguments::{stream_offset, StreamOffset};
 use crate::broker::connections::{bump, ChannelCard};
 use crate::broker::consumer::{ChannelFlow, Consumer, Delivery, Origin, UnackedLimits};
 use crate::broker::exchange::{Binding, Destination};
@@ -448,6 +449,17 @@ impl Channel {
             return Ok(());
         }
         let name = if m.queue.is_empty() && !m.passive {
+            // Quorum queues and streams are never server-named (RabbitMQ's server_named).
+            let kind = match m.arguments.get("x-queue-type").and_then(|v| v.as_str()) {
+                Some("quorum") => Some("rabbit_quorum_queue"),
+                Some("stream") => Some("rabbit_stream_queue"),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                return Err(AmqpError::precondition_failed(format!(
+                    "Cannot declare a server-named queue for type {kind}"
+                )));
+            }
             ShortStr::from(format!("amq.gen-{}", random_suffix(22)))
         } else {
             if !m.passive && m.queue.starts_with("amq.") {
@@ -558,7 +570,19 @@ impl Channel {
         let queue_name = self.queue_name(m.queue)?;
         permissions::queue_read(ctx, &queue_name)?;
         let queue = ctx.vhost()?.queue(&queue_name, ctx.id)?;
-        queue.add_consumer(consumer.clone())?;
+        match queue.stream.is_some() {
+            true => {
+                let start = self.stream_consume_checks(&queue, &consumer)?;
+                queue.add_stream_consumer(consumer.clone(), start)?;
+            }
+            false => {
+                if consumer.arguments.get("x-stream-offset").is_some() {
+                    let kind = if queue.options.args.quorum { "rabbit_quorum_queue" } else { "rabbit_classic_queue" };
+                    return Err(invalid_consumer_arg("x-stream-offset", &queue, kind));
+                }
+                queue.add_consumer(consumer.clone())?;
+            }
+        }
         // Deliveries reach this connection through its event queue, after this consume-ok.
         if !m.nowait {
             ctx.out.method(self.id, BasicConsumeOk { consumer_tag: tag.clone() });
@@ -566,6 +590,32 @@ impl Channel {
         self.consumers.insert(tag, ConsumerEntry { consumer, queue: Some(queue) });
         self.card.consumers.store(self.consumers.len() as u32, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// What RabbitMQ checks of a consumer of a stream, in its order: the consumer arguments
+    /// (`x-stream-offset` parsed into where it starts), a prefetch, manual acks, no global
+    /// qos.
+    fn stream_consume_checks(&self, queue: &Queue, consumer: &Consumer) -> AmqpResult<StreamOffset> {
+        let now = crate::broker::clock::now_ms();
+        let start = stream_offset(&consumer.arguments, &queue.name, &queue.vhost, now)?;
+        if let Some(key) =
+            ["x-priority", "x-cancel-on-ha-failover"].into_iter().find(|k| consumer.arguments.get(k).is_some())
+        {
+            return Err(invalid_consumer_arg(key, queue, "rabbit_stream_queue"));
+        }
+        let name = format!("queue '{}' in vhost '{}'", queue.name, queue.vhost);
+        if consumer.prefetch == 0 {
+            return Err(AmqpError::precondition_failed(format!("consumer prefetch count is not set for '{name}'")));
+        }
+        if consumer.no_ack {
+            return Err(AmqpError::not_implemented(format!(
+                "automatic acknowledgement not supported by stream queues {name}"
+            )));
+        }
+        if self.flow.global_prefetch.load(Ordering::Acquire) > 0 {
+            return Err(AmqpError::not_implemented(format!("{name} does not support global qos")));
+        }
+        Ok(start)
     }
 
     fn cancel(&mut self, ctx: &mut ConnCtx, tag: &ShortStr) {
@@ -667,6 +717,16 @@ impl Channel {
     }
 
     fn settle(&mut self, tag: u64, multiple: bool, how: Settle) -> AmqpResult<()> {
+        if how != Settle::Ack {
+            // A stream's deliveries are only acknowledged (RabbitMQ's 540).
+            let upto = if multiple && tag == 0 { u64::MAX } else { tag };
+            let from = if multiple { 0 } else { self.unacked.partition_point(|u| u.tag < tag) };
+            let to = self.unacked.partition_point(|u| u.tag <= upto);
+            let refused = self.unacked.range(from..to.max(from)).find_map(|u| u.queue.as_ref()?.refuses_reject());
+            if let Some(e) = refused {
+                return Err(e);
+            }
+        }
         let taken: Vec<Unacked> = if multiple {
             let upto = if tag == 0 { u64::MAX } else { tag };
             if tag != 0 && !self.is_unacked(tag) {
@@ -760,6 +820,14 @@ impl Channel {
         let all: Vec<Unacked> = self.unacked.drain(..).collect();
         self.release(all, Settle::Requeue);
     }
+}
+
+/// RabbitMQ's 406 for a consumer argument the queue's type does not take.
+fn invalid_consumer_arg(key: &str, queue: &Queue, kind: &str) -> AmqpError {
+    AmqpError::precondition_failed(format!(
+        "invalid arg '{key}' for queue '{}' in vhost '{}' of queue type {kind}",
+        queue.name, queue.vhost
+    ))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

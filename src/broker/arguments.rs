@@ -37,6 +37,110 @@ pub struct QueueArguments {
     pub delivery_limit: Option<u64>,
     /// `x-queue-type: quorum`: redeliveries carry `x-delivery-count`, as quorum queues do.
     pub quorum: bool,
+    /// `x-queue-type: stream`: an append-only log read by offset (see `queue::stream`).
+    pub stream: bool,
+    /// A stream's `x-max-age`, in milliseconds.
+    pub max_age: Option<u64>,
+    /// A stream's `x-stream-max-segment-size-bytes`.
+    pub max_segment_bytes: Option<u64>,
+}
+
+/// The arguments RabbitMQ 3.10's stream queues take (`rabbit_stream_queue:capabilities/0`).
+const STREAM_ARGS: &[&str] = &[
+    "x-max-length-bytes",
+    "x-queue-type",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
+    "x-queue-leader-locator",
+];
+
+/// Every queue argument some queue type of RabbitMQ 3.10 takes: one a stream does not take
+/// is refused on a stream (others are kept and ignored, as on any queue).
+const KNOWN_ARGS: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-dead-letter-strategy",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-single-active-consumer",
+    "x-queue-type",
+    "x-quorum-initial-group-size",
+    "x-delivery-limit",
+    "x-queue-master-locator",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
+    "x-queue-leader-locator",
+];
+
+/// The largest `x-stream-max-segment-size-bytes` RabbitMQ accepts.
+pub const MAX_STREAM_SEGMENT_BYTES: u64 = 3_000_000_000;
+
+/// Parses `x-max-age` as RabbitMQ does: a positive integer and one unit of `Y`, `M`
+/// (30 days), `D`, `h`, `m` or `s`; milliseconds.
+pub fn parse_max_age(text: &str) -> Option<u64> {
+    let digits = text.len() - text.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let value: u64 = text[..digits].parse().ok().filter(|&v| v > 0)?;
+    let unit: u64 = match &text[digits..] {
+        "Y" => 365 * 86_400_000,
+        "M" => 30 * 86_400_000,
+        "D" => 86_400_000,
+        "h" => 3_600_000,
+        "m" => 60_000,
+        "s" => 1_000,
+        _ => return None,
+    };
+    value.checked_mul(unit)
+}
+
+/// Where a stream consumer starts (`x-stream-offset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamOffset {
+    First,
+    /// The start of the newest chunk.
+    Last,
+    /// What is published from now on (the default).
+    Next,
+    Offset(u64),
+    /// The first chunk stored at or after this time (ms since the epoch).
+    Timestamp(i64),
+}
+
+/// basic.consume's `x-stream-offset`, as RabbitMQ parses it: `first`, `last`, `next`, an
+/// integer offset, a timestamp (seconds), or an interval such as `1h` (from that long ago).
+/// `now_ms` is the time an interval counts back from.
+pub fn stream_offset(args: &FieldTable, queue: &str, vhost: &str, now_ms: u64) -> AmqpResult<StreamOffset> {
+    let Some(v) = args.get("x-stream-offset") else { return Ok(StreamOffset::Next) };
+    let parsed = match v {
+        FieldValue::LongStr(b) => match std::str::from_utf8(b).unwrap_or("") {
+            "first" => Some(StreamOffset::First),
+            "last" => Some(StreamOffset::Last),
+            "next" => Some(StreamOffset::Next),
+            other => parse_max_age(other).map(|ms| StreamOffset::Timestamp(now_ms as i64 - ms as i64)),
+        },
+        FieldValue::Timestamp(secs) => Some(StreamOffset::Timestamp((*secs as i64).saturating_mul(1000))),
+        other => integer(other).ok().map(|n| StreamOffset::Offset(n.max(0) as u64)),
+    };
+    parsed.ok_or_else(|| {
+        let value = match v {
+            FieldValue::LongStr(b) => format!("<<\"{}\">>", String::from_utf8_lossy(b)),
+            other => super::error::erlang_value(other),
+        };
+        AmqpError::precondition_failed(format!(
+            "invalid arg 'x-stream-offset' for queue '{queue}' in vhost '{vhost}': \
+             {{invalid_stream_offset_arg,{{{},{value}}}}}",
+            v.type_name()
+        ))
+    })
 }
 
 impl QueueArguments {
@@ -44,13 +148,46 @@ impl QueueArguments {
     /// queue in the error text.
     pub fn parse(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<QueueArguments> {
         let mut out = QueueArguments::default();
+        let stream = matches!(args.get("x-queue-type"), Some(FieldValue::LongStr(t)) if &t[..] == b"stream");
+        // A stream checks the values of the arguments it takes, then refuses those it does
+        // not (RabbitMQ's check_declare_arguments: values first, then keys).
+        let mut refused = None;
         for (key, value) in args.iter() {
             let invalid = |why: String| {
                 AmqpError::precondition_failed(format!(
                     "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': {why}"
                 ))
             };
+            if stream && !STREAM_ARGS.contains(&key.as_str()) {
+                if refused.is_none() && KNOWN_ARGS.contains(&key.as_str()) {
+                    refused = Some(key.to_string());
+                }
+                continue;
+            }
             match key.as_str() {
+                "x-max-age" => {
+                    out.max_age = Some(match value {
+                        FieldValue::LongStr(b) => std::str::from_utf8(b)
+                            .ok()
+                            .and_then(parse_max_age)
+                            .ok_or_else(|| invalid("invalid_max_age".into()))?,
+                        other => return Err(invalid(unacceptable(other))),
+                    })
+                }
+                "x-stream-max-segment-size-bytes" => {
+                    out.max_segment_bytes = Some(non_negative(value).map_err(invalid)?)
+                }
+                "x-initial-cluster-size" => {
+                    if non_negative(value).map_err(invalid)? == 0 {
+                        return Err(invalid("{value_zero,0}".into()));
+                    }
+                }
+                "x-queue-leader-locator" => {
+                    let locator = string(value).map_err(invalid)?;
+                    if !matches!(locator.as_str(), "client-local" | "balanced" | "random" | "least-leaders") {
+                        return Err(invalid("invalid_queue_locator_arg".into()));
+                    }
+                }
                 "x-message-ttl" => out.message_ttl = Some(expiry(value, false).map_err(invalid)?),
                 "x-expires" => out.expires = Some(expiry(value, true).map_err(invalid)?),
                 "x-dead-letter-exchange" => out.dead_letter_exchange = Some(string(value).map_err(invalid)?),
@@ -90,11 +227,16 @@ impl QueueArguments {
                     // Accepted so that clients asking for them work; they run as classic
                     // queues on one node (see the README).
                     "quorum" => out.quorum = true,
-                    "stream" => {}
+                    "stream" => out.stream = true,
                     _ => return Err(invalid("invalid_queue_type".into())),
                 },
                 _ => {}
             }
+        }
+        if let Some(key) = refused {
+            return Err(AmqpError::precondition_failed(format!(
+                "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}' of queue type rabbit_stream_queue"
+            )));
         }
         Ok(out)
     }
@@ -251,6 +393,44 @@ mod tests {
         assert!(err(&[("x-max-length", FieldValue::I64(-5))]).starts_with("invalid arg 'x-max-length' "));
         assert!(err(&[("x-message-ttl", FieldValue::I64(1 << 33))]).contains("value_too_large"));
         assert!(err(&[("x-queue-type", FieldValue::string("fancy"))]).ends_with("invalid_queue_type"));
+    }
+
+    #[test]
+    fn stream_arguments_parse_as_rabbitmq_parses_them() {
+        assert_eq!(parse_max_age("7D"), Some(7 * 86_400_000));
+        assert_eq!(parse_max_age("12h"), Some(12 * 3_600_000));
+        assert_eq!(parse_max_age("1Y"), Some(365 * 86_400_000));
+        for bad in ["0s", "h", "10", "10x", "-1h", "1.5h"] {
+            assert_eq!(parse_max_age(bad), None, "{bad}");
+        }
+        let stream = |pairs: &[(&str, FieldValue)]| {
+            let mut all = vec![("x-queue-type", FieldValue::string("stream"))];
+            all.extend(pairs.iter().cloned());
+            QueueArguments::parse(&args(&all), "q", "/")
+        };
+        let a = stream(&[("x-max-age", FieldValue::string("1h")), ("x-max-length-bytes", FieldValue::I64(9))]).unwrap();
+        assert!(a.stream);
+        assert_eq!((a.max_age, a.max_length_bytes), (Some(3_600_000), Some(9)));
+        // Values first, then arguments streams do not take.
+        let e = stream(&[("x-max-priority", FieldValue::I32(3)), ("x-max-age", FieldValue::I32(3))]).unwrap_err();
+        assert!(
+            e.text.ends_with("'x-max-age' for queue 'q' in vhost '/': {unacceptable_type,signedint}"),
+            "{}",
+            e.text
+        );
+        let e = stream(&[("x-max-priority", FieldValue::I32(3))]).unwrap_err();
+        assert!(e.text.ends_with("of queue type rabbit_stream_queue"), "{}", e.text);
+        // Arguments no queue type takes are kept and ignored, on streams too.
+        assert!(stream(&[("x-custom", FieldValue::I32(3))]).is_ok());
+
+        let offset = |v: FieldValue| stream_offset(&args(&[("x-stream-offset", v)]), "q", "/", 10_000_000);
+        assert_eq!(offset(FieldValue::string("first")).unwrap(), StreamOffset::First);
+        assert_eq!(offset(FieldValue::string("last")).unwrap(), StreamOffset::Last);
+        assert_eq!(offset(FieldValue::I16(42)).unwrap(), StreamOffset::Offset(42));
+        assert_eq!(offset(FieldValue::Timestamp(5)).unwrap(), StreamOffset::Timestamp(5000));
+        assert_eq!(offset(FieldValue::string("1m")).unwrap(), StreamOffset::Timestamp(10_000_000 - 60_000));
+        assert_eq!(stream_offset(&FieldTable::new(), "q", "/", 0).unwrap(), StreamOffset::Next);
+        assert!(offset(FieldValue::Bool(true)).unwrap_err().text.ends_with("{invalid_stream_offset_arg,{bool,true}}"));
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub trait Origin: Send + Sync + std::fmt::Debug {
     fn sent_no_ack(&self, message: &QueuedMessage);
     /// Credit or sink room came back: hand out ready messages again.
     fn redispatch(self: Arc<Self>);
+    /// Why its deliveries may not be rejected or nacked, if they may not (a stream's).
+    fn refuses_reject(&self) -> Option<super::error::AmqpError> {
+        None
+    }
 }
 
 /// What a queue (or the broker) tells a connection.

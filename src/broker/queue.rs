@@ -7,6 +7,7 @@
 
 pub mod replica;
 mod state;
+pub mod stream;
 
 use super::arguments::{Overflow, QueueArguments};
 use super::clock::now_ms;
@@ -138,6 +139,8 @@ pub struct Queue {
     /// A quorum queue on a cluster node: its state is replicated, and this object forwards
     /// to it (see [`replica`]).
     pub replica: Option<Arc<dyn replica::Replica>>,
+    /// A stream queue: its log (see [`stream`]).
+    pub stream: Option<Arc<dyn super::store::StreamStore>>,
 }
 
 /// A queue's counts ([`stats::MessageCounts::values`]) and lengths (messages, ready,
@@ -232,6 +235,7 @@ impl Queue {
             owner,
             options,
             replica: None,
+            stream: None,
         })
     }
 
@@ -253,6 +257,7 @@ impl Queue {
             owner,
             options,
             replica: Some(replica),
+            stream: None,
         })
     }
 
@@ -297,6 +302,7 @@ impl Queue {
             owner,
             timed,
             replica: None,
+            stream: None,
         })
     }
 
@@ -328,6 +334,9 @@ impl Queue {
         if let Some(r) = &self.replica {
             return r.counts().0;
         }
+        if let Some(s) = &self.stream {
+            return Self::stream_len(s);
+        }
         self.state.lock().ready_count()
     }
     /// The queue's consumers, in the order they are served.
@@ -343,6 +352,14 @@ impl Queue {
         }
         self.state.lock().consumers.len() as u32
     }
+    /// Ready messages as `st` has them, or a stream's length.
+    fn ready_of(&self, st: &QueueState) -> u32 {
+        match &self.stream {
+            Some(s) => Self::stream_len(s),
+            None => st.ready_count(),
+        }
+    }
+
     /// How fast the ready and unacknowledged counts change, per second (last two samples).
     pub fn depth_rates(&self) -> (f64, f64) {
         self.state.lock().depth_rates
@@ -360,7 +377,7 @@ impl Queue {
             return (ready, consumers);
         }
         let st = self.state.lock();
-        (st.ready_count(), st.consumers.len() as u32)
+        (self.ready_of(&st), st.consumers.len() as u32)
     }
     pub fn unacked_count(&self) -> usize {
         if let Some(r) = &self.replica {
@@ -376,7 +393,7 @@ impl Queue {
         let mut st = self.state.lock();
         let counts = st.counts;
         st.meter.sample(now_ms, counts);
-        let (ready, unacked) = (st.ready_count() as u64, st.unacked as u64);
+        let (ready, unacked) = (self.ready_of(&st) as u64, st.unacked as u64);
         // A history is made once the queue has anything to show; idle queues have none.
         let values = counts.values();
         if st.history.is_some() || ready + unacked > 0 || values.iter().any(|&v| v != 0) {
@@ -406,7 +423,7 @@ impl Queue {
     pub fn stats(&self) -> QueueStats {
         let st = self.state.lock();
         let args = &st.args;
-        let ready = st.ready_count() as u64;
+        let ready = self.ready_of(&st) as u64;
         let unacked = st.unacked as u64;
         let rate_in = st.meter.rate("publish");
         let rate_out = st.meter.rate("deliver_get");
@@ -414,7 +431,7 @@ impl Queue {
             ready,
             unacked,
             consumers: st.consumers.len() as u32,
-            ready_bytes: st.bytes(),
+            ready_bytes: self.stream.as_ref().map_or_else(|| st.bytes(), |s| s.size().0),
             ready_bytes_ram: st.ready_bytes,
             ready_ram: st.ready.len() as u64,
             counts: st.counts,
@@ -528,6 +545,9 @@ impl Queue {
         }
         if let Some(r) = &self.replica {
             return Ok(Published { cluster: r.publish(&message), ..Default::default() });
+        }
+        if let Some(s) = &self.stream {
+            return Ok(self.stream_publish(s, &message));
         }
         let timed = self.timed.load(Ordering::Relaxed);
         let mut now = if timed || message.expiration.is_some() { now_ms() } else { 0 };
@@ -755,6 +775,10 @@ impl Queue {
 
     pub fn dispatch(self: &Arc<Self>) {
         let mut st = self.state.lock();
+        if let Some(s) = &self.stream {
+            self.dispatch_stream(&mut st, s);
+            return;
+        }
         self.dispatch_at(&mut st, Clock::Lazy);
         self.unlock_and_dead_letter(st);
     }
@@ -835,6 +859,10 @@ impl Queue {
 
     /// basic.get: the head message, if any, and how many remain ready.
     pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(QueuedMessage, u32)> {
+        if self.stream.is_some() {
+            // basic.get is refused on streams (540) before it gets here.
+            return None;
+        }
         let mut st = self.state.lock();
         let now = now_ms();
         st.last_used = now;
@@ -940,6 +968,9 @@ impl Queue {
         if let Some(r) = &self.replica {
             return r.add_consumer(self, consumer);
         }
+        if self.stream.is_some() {
+            return self.add_stream_consumer(consumer, super::arguments::StreamOffset::Next);
+        }
         let mut st = self.state.lock();
         // A single-active-consumer queue takes no exclusive consumer at all (RabbitMQ's
         // exclusive_consume_unavailable, reported with the same text).
@@ -968,6 +999,10 @@ impl Queue {
         }
         let mut st = self.state.lock();
         st.consumers.retain(|c| !(c.channel == channel && c.connection_id() == connection_id && &c.tag == tag));
+        st.readers.retain(|r| {
+            let c = &r.consumer;
+            !(c.channel == channel && c.connection_id() == connection_id && &c.tag == tag)
+        });
         if st.next_consumer >= st.consumers.len() {
             st.next_consumer = 0;
         }
@@ -985,6 +1020,10 @@ impl Queue {
     pub fn purge(&self) -> u32 {
         if let Some(r) = &self.replica {
             return r.purge();
+        }
+        if self.stream.is_some() {
+            // queue.purge is refused on streams (540) before it gets here.
+            return 0;
         }
         let mut st = self.state.lock();
         st.flow_waiters.drain(..).for_each(|w| w.notify_one());
@@ -1018,6 +1057,10 @@ impl Queue {
         if let Some(mut log) = st.log.take() {
             log.destroy();
         }
+        if let Some(s) = &self.stream {
+            s.destroy();
+        }
+        st.readers.clear();
         for c in st.consumers.drain(..) {
             c.sink.send(ConnEvent::ConsumerCancelled { channel: c.channel, consumer_tag: c.tag.clone() });
         }
@@ -1028,17 +1071,30 @@ impl Queue {
 /// What channels tell a queue about the deliveries it made (see [`Origin`]).
 impl Origin for Queue {
     fn acked(self: Arc<Self>, messages: &[QueuedMessage]) {
+        if self.stream.is_some() {
+            return self.stream_settled(messages, true);
+        }
         self.settle(messages);
         self.dispatch();
     }
     fn rejected(self: Arc<Self>, messages: Vec<QueuedMessage>) {
+        if self.stream.is_some() {
+            return self.stream_settled(&messages, false);
+        }
         self.reject(messages);
         self.dispatch();
     }
     fn requeued(self: Arc<Self>, messages: Vec<QueuedMessage>) {
+        if self.stream.is_some() {
+            return self.stream_settled(&messages, false);
+        }
         self.requeue(messages);
     }
     fn undelivered(self: Arc<Self>, message: QueuedMessage, counted_unacked: bool) {
+        if self.stream.is_some() {
+            let settled = if counted_unacked { std::slice::from_ref(&message) } else { &[] };
+            return self.stream_settled(settled, false);
+        }
         self.requeue_undelivered(message, counted_unacked);
     }
     fn sent_no_ack(&self, message: &QueuedMessage) {
@@ -1046,6 +1102,9 @@ impl Origin for Queue {
     }
     fn redispatch(self: Arc<Self>) {
         self.dispatch();
+    }
+    fn refuses_reject(&self) -> Option<AmqpError> {
+        self.stream_refusal("basic.nack and basic.reject")
     }
 }
 

@@ -64,6 +64,42 @@ pub struct RecoveredQueue {
     pub next_seq: u64,
 }
 
+/// How a stream keeps its log: retention (`x-max-length-bytes`, `x-max-age`), applied a
+/// whole segment at a time, and the size of a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamSettings {
+    pub max_bytes: Option<u64>,
+    pub max_age_ms: Option<u64>,
+    pub max_segment_bytes: u64,
+}
+
+/// A stream's log as its queue sees it (the storage layer's `stream::DiskStream`): messages
+/// appended and addressed by offset, read back from any offset, removed only by retention.
+/// Appends are gathered and written, one chunk per group commit, by the sync thread.
+pub trait StreamStore: Send + Sync + std::fmt::Debug {
+    /// Appends one message: `record` writes its bytes, given the offset it gets. Returns that
+    /// offset and the group-commit ticket that makes it durable. Buffered: no I/O here.
+    fn append(&self, record: &mut dyn FnMut(u64, &mut BytesMut)) -> (u64, u64);
+    /// The offsets readers may read: the oldest kept, and the end of what is durable.
+    fn bounds(&self) -> (u64, u64);
+    /// The first offset of the newest durable chunk (where a consumer from `last` starts).
+    fn last_chunk(&self) -> u64;
+    /// The first offset of the oldest chunk stored at or after `timestamp_ms` (the end of the
+    /// durable log if none is).
+    fn offset_at(&self, timestamp_ms: i64) -> u64;
+    /// The durable chunk that holds `offset` (or the first after it, if retention took it):
+    /// its first offset and its messages; None at the end of the durable log.
+    fn read(&self, offset: u64) -> Result<Option<(u64, Arc<[bytes::Bytes]>)>, StoreError>;
+    /// Bytes on disk, and segments.
+    fn size(&self) -> (u64, usize);
+    /// Notified each time more of the log becomes durable.
+    fn durable_notify(&self) -> Arc<tokio::sync::Notify>;
+    /// Retention and segment size from now on.
+    fn set_settings(&self, settings: StreamSettings);
+    /// Deletes the log's files.
+    fn destroy(&self);
+}
+
 pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Creates the log of a new durable queue; returns it and the id that names it on disk.
     fn create_queue_log(&self) -> Result<(Box<dyn MessageLog>, String), StoreError>;
@@ -94,6 +130,10 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn failure(&self) -> Option<String>;
     /// Whether appends outrun the disk; if so, `waiter` is notified once they no longer do.
     fn backlogged(&self, waiter: &std::sync::Arc<tokio::sync::Notify>) -> bool;
+    /// Creates the log of a new stream; returns it and the id that names it on disk.
+    fn create_stream(&self, settings: StreamSettings) -> Result<(Arc<dyn StreamStore>, String), StoreError>;
+    /// Opens an existing stream's log after a restart.
+    fn open_stream(&self, id: &str, settings: StreamSettings) -> Result<Arc<dyn StreamStore>, StoreError>;
     /// What the group commit has done so far, for metrics.
     fn sync_stats(&self) -> SyncStats {
         SyncStats::default()

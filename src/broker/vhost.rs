@@ -19,6 +19,7 @@ mod policy;
 mod recovery;
 mod replicated;
 mod route;
+mod stream;
 
 /// Queue arguments RabbitMQ compares when a queue is declared again; others are ignored.
 const EQUIVALENCE_ARGS: &[&str] = &[
@@ -543,6 +544,9 @@ impl VHost {
             arguments: d.arguments.clone(),
             args,
         };
+        if options.args.stream {
+            return self.declare_stream(&mut topo, d, options, by);
+        }
         let mut log = None;
         let mut def = None;
         if let (Some(storage), true) = (&self.storage, saved_queue(&options)) {
@@ -566,10 +570,25 @@ impl VHost {
         if q.has_timers() {
             self.watch_queue_timers(&q);
         }
+        let ticket = self.add_queue(&mut topo, d, &q, def, by);
+        Ok((q, 0, 0, ticket))
+    }
+
+    /// Makes a new queue routable and records it: its policy, counters, audit event and
+    /// (with `def`, a durable queue) its definition; returns the journal ticket.
+    fn add_queue(
+        &self,
+        topo: &mut Topology,
+        d: &QueueDeclaration,
+        q: &Arc<Queue>,
+        def: Option<QueueDef>,
+        by: &Actor,
+    ) -> u64 {
+        let durable = q.options.durable;
         // After the timers (a policy's TTL registers them only if the arguments did not). A
         // new queue holds nothing yet: applying its policy dead-letters nothing (which would
         // route, under the topology's lock).
-        q.set_policy(self.policy_for_queue(&q));
+        q.set_policy(self.policy_for_queue(q));
         topo.queues.insert(d.name.clone(), q.clone());
         super::stats::Churn::bump(&self.churn.queue_created);
         self.had_queue.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -582,8 +601,7 @@ impl VHost {
                 .with("arguments", super::audit::table_text(&d.arguments));
             self.audit.emit(e);
         }
-        let ticket = def.map_or(0, |queue| self.record(|vhost| Change::DeclareQueue { vhost, queue }));
-        Ok((q, 0, 0, ticket))
+        def.map_or(0, |queue| self.record(|vhost| Change::DeclareQueue { vhost, queue }))
     }
 
     /// Looks a queue up for use by `connection_id` (404 if missing, 405 if exclusive to another).
@@ -647,7 +665,11 @@ impl VHost {
     }
 
     pub fn purge_queue(&self, name: &str, connection_id: u64) -> AmqpResult<u32> {
-        Ok(self.queue(name, connection_id)?.purge())
+        let q = self.queue(name, connection_id)?;
+        if let Some(refused) = q.stream_refusal("queue.purge") {
+            return Err(refused);
+        }
+        Ok(q.purge())
     }
 
     /// queue.bind and exchange.bind. RabbitMQ's order: the default exchange is refused, the

@@ -160,6 +160,15 @@ pub fn queue(vhost: &str, q: &Queue, node: &str, ranges: &Ranges) -> Value {
     // RabbitMQ counts persistent messages only in a durable queue, where they survive.
     let persistent = if o.durable { st.persistent } else { (0, 0) };
     let applied = q.applied_policy();
+    let kind = if q.stream.is_some() {
+        "stream"
+    } else if o.args.quorum {
+        "quorum"
+    } else {
+        "classic"
+    };
+    // A stream's deliveries stay in it: its length is its messages, acknowledged or not.
+    let messages = if q.stream.is_some() { st.ready } else { st.ready + st.unacked };
     let mut v = json!({
         "name": q.name.as_str(),
         "vhost": vhost,
@@ -169,8 +178,8 @@ pub fn queue(vhost: &str, q: &Queue, node: &str, ranges: &Ranges) -> Value {
         "arguments": table(&o.arguments),
         "node": node,
         "state": "running",
-        "type": "classic",
-        "messages": st.ready + st.unacked,
+        "type": kind,
+        "messages": messages,
         "messages_details": len(0, st.depth_rates.0 + st.depth_rates.1),
         "messages_ready": st.ready,
         "messages_ready_details": len(1, st.depth_rates.0),

@@ -20,12 +20,13 @@ pub mod journal;
 pub mod queue_log;
 pub mod record;
 pub mod retained;
+pub mod stream;
 pub mod stream_log;
 pub mod syncer;
 
 use crate::broker::definitions::Change;
 use crate::broker::definitions::Definitions;
-use crate::broker::store::{MessageLog, RecoveredQueue, Storage, StoreError};
+use crate::broker::store::{MessageLog, RecoveredQueue, Storage, StoreError, StreamSettings, StreamStore};
 use cipher::KeyRing;
 use journal::DefinitionsJournal;
 use queue_log::QueueLog;
@@ -97,19 +98,31 @@ impl DiskStorage {
         self.dir.join("queues").join(id)
     }
 
-    /// Removes queue logs no definition names (a crash between creating a log and saving
-    /// the definitions that reference it, or after deleting a queue).
+    fn stream_dir(&self, id: &str) -> PathBuf {
+        self.dir.join("streams").join(id)
+    }
+
+    /// Removes queue and stream logs no definition names (a crash between creating a log
+    /// and saving the definitions that reference it, or after deleting a queue).
     pub fn remove_orphan_logs(&self, keep: &[String]) {
         let keep: std::collections::HashSet<&str> = keep.iter().map(String::as_str).collect();
-        let Ok(entries) = std::fs::read_dir(self.dir.join("queues")) else { return };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !keep.contains(name.as_str()) {
-                tracing::info!("removing queue log {name}, which no durable queue uses");
-                let _ = std::fs::remove_dir_all(e.path());
+        for (kind, dir) in [("queue", "queues"), ("stream", "streams")] {
+            let Ok(entries) = std::fs::read_dir(self.dir.join(dir)) else { continue };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !keep.contains(name.as_str()) {
+                    tracing::info!("removing {kind} log {name}, which no durable queue uses");
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
             }
         }
     }
+}
+
+/// A new log's name: 16 random hex digits.
+fn new_id() -> String {
+    let mut rng = rand::thread_rng();
+    (0..16).map(|_| format!("{:x}", rng.gen_range(0..16u8))).collect()
 }
 
 /// Definitions files of the older format, one per vhost (`definitions-<hex of the name>.json`
@@ -147,20 +160,31 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 
 impl Storage for DiskStorage {
     fn create_queue_log(&self) -> Result<(Box<dyn MessageLog>, String), StoreError> {
-        let id: String = {
-            let mut rng = rand::thread_rng();
-            (0..16).map(|_| format!("{:x}", rng.gen_range(0..16u8))).collect()
-        };
+        let id = new_id();
         let log =
             QueueLog::create(self.queue_dir(&id), format!("queue log {id}"), self.syncer.clone(), self.keys.clone())?;
         Ok((Box::new(log), id))
     }
 
+    fn create_stream(&self, settings: StreamSettings) -> Result<(Arc<dyn StreamStore>, String), StoreError> {
+        let id = new_id();
+        let stream = self.open_stream(&id, settings)?;
+        Ok((stream, id))
+    }
+
+    fn open_stream(&self, id: &str, settings: StreamSettings) -> Result<Arc<dyn StreamStore>, StoreError> {
+        let stream = stream::DiskStream::open(
+            &self.stream_dir(id),
+            format!("stream log {id}"),
+            settings,
+            self.syncer.clone(),
+            self.keys.clone(),
+        )?;
+        Ok(stream)
+    }
+
     fn create_transient_log(&self) -> Result<Box<dyn MessageLog>, StoreError> {
-        let id: String = {
-            let mut rng = rand::thread_rng();
-            (0..16).map(|_| format!("{:x}", rng.gen_range(0..16u8))).collect()
-        };
+        let id = new_id();
         let dir = self.dir.join("transient").join(&id);
         Ok(Box::new(QueueLog::create_transient(
             dir,

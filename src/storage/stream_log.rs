@@ -14,15 +14,21 @@
 //! offset and check them as they are (the cluster's replication of streams will build on
 //! it), and a reader can send a chunk's bytes from the page cache as they are on disk.
 //!
+//! With encryption at rest, a chunk's data (its length-prefixed messages) is sealed as one
+//! blob with the node's key (see [`super::cipher`]); the header stays in the clear, so the
+//! index and the checks work alike on both.
+//!
 //! The index is written after its chunk and without an fsync of its own: on open, the chunks
 //! of the last segment past its index are read back and verified, the index made whole from
 //! them, and a torn chunk at the end (a crash during an append that was never synced, so
 //! never confirmed) cut off.
 
+use super::cipher::{is_sealed_blob, KeyRing, Nonces};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// "HSC1": a Hare stream chunk, version 1.
 const CHUNK_MAGIC: u32 = 0x4853_4331;
@@ -98,11 +104,20 @@ pub struct StreamLog {
     settings: Settings,
     /// Oldest first; never empty (a new stream has one empty segment).
     segments: Vec<Segment>,
+    /// With encryption at rest: the keys chunks are sealed and opened with.
+    keys: Option<Arc<KeyRing>>,
+    nonces: Nonces,
+}
+
+impl std::fmt::Debug for StreamLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamLog").field("dir", &self.dir).field("segments", &self.segments.len()).finish()
+    }
 }
 
 impl StreamLog {
     /// Opens the log in `dir`, creating it empty if there is none.
-    pub fn open(dir: &Path, settings: Settings) -> std::io::Result<StreamLog> {
+    pub fn open(dir: &Path, settings: Settings, keys: Option<Arc<KeyRing>>) -> std::io::Result<StreamLog> {
         std::fs::create_dir_all(dir)?;
         let mut firsts: Vec<u64> = std::fs::read_dir(dir)?
             .flatten()
@@ -115,8 +130,14 @@ impl StreamLog {
         }
         if segments.is_empty() {
             segments.push(Segment::create(dir, 0)?);
+            sync_dir(dir)?;
         }
-        Ok(StreamLog { dir: dir.to_path_buf(), settings, segments })
+        Ok(StreamLog { dir: dir.to_path_buf(), settings, segments, keys, nonces: Nonces::new() })
+    }
+
+    /// Changes how segments are sized from the next one on.
+    pub fn set_settings(&mut self, settings: Settings) {
+        self.settings = settings;
     }
 
     /// The offset of the oldest message kept (the next one's, when there is none).
@@ -149,28 +170,33 @@ impl StreamLog {
         // chunk), so a search by time is a binary search.
         let last = self.segments.iter().rev().find_map(|s| s.chunks.last()).map(|c| c.timestamp);
         let timestamp = last.map_or(timestamp, |t| timestamp.max(t));
-        let data_len: usize = messages.iter().map(|m| 4 + m.len()).sum();
-        if data_len as u64 > MAX_CHUNK_DATA {
+        let mut data = BytesMut::with_capacity(messages.iter().map(|m| 4 + m.len()).sum());
+        for m in messages {
+            data.put_u32(m.len() as u32);
+            data.put_slice(m);
+        }
+        let data: Vec<u8> = match &self.keys {
+            Some(keys) => keys.seal(&mut self.nonces, &data),
+            None => data.to_vec(),
+        };
+        if data.len() as u64 > MAX_CHUNK_DATA {
             return Err(std::io::Error::other("a chunk's messages exceed 1 GiB"));
         }
         let active = self.segments.last().map_or(0, |s| s.size);
-        if active > 0 && active + (CHUNK_HEADER + data_len) as u64 > self.settings.max_segment_bytes {
+        if active > 0 && active + (CHUNK_HEADER + data.len()) as u64 > self.settings.max_segment_bytes {
             let segment = Segment::create(&self.dir, first_offset)?;
+            // The new file's name must be durable before a chunk in it is confirmed.
+            sync_dir(&self.dir)?;
             self.segments.push(segment);
         }
-        let mut buf = BytesMut::with_capacity(CHUNK_HEADER + data_len);
+        let mut buf = BytesMut::with_capacity(CHUNK_HEADER + data.len());
         buf.put_u32(CHUNK_MAGIC);
         buf.put_u32(messages.len() as u32);
         buf.put_u64(first_offset);
         buf.put_i64(timestamp);
-        buf.put_u32(data_len as u32);
-        buf.put_u32(0);
-        for m in messages {
-            buf.put_u32(m.len() as u32);
-            buf.put_slice(m);
-        }
-        let crc = crc32c::crc32c(&buf[CHUNK_HEADER..]);
-        buf[28..32].copy_from_slice(&crc.to_be_bytes());
+        buf.put_u32(data.len() as u32);
+        buf.put_u32(crc32c::crc32c(&data));
+        buf.put_slice(&data);
         let Some(segment) = self.segments.last_mut() else { return Err(std::io::Error::other("no segment")) };
         let info = ChunkInfo {
             first_offset,
@@ -226,9 +252,15 @@ impl StreamLog {
         let segment = s.checked_sub(1).map(|s| &self.segments[s]).ok_or_else(|| gone(chunk.first_offset))?;
         let mut buf = vec![0u8; chunk.len as usize];
         segment.file.read_exact_at(&mut buf, chunk.position)?;
-        let (header, data) = parse_chunk(Bytes::from(buf)).ok_or_else(|| corrupt(chunk.first_offset))?;
+        let (header, mut data) = parse_chunk(Bytes::from(buf)).ok_or_else(|| corrupt(chunk.first_offset))?;
         if header.first_offset != chunk.first_offset {
             return Err(corrupt(chunk.first_offset));
+        }
+        if is_sealed_blob(&data) {
+            let keys = self.keys.as_ref().ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "a sealed chunk, and no encryption key")
+            })?;
+            data = Bytes::from(keys.open(&data).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?);
         }
         let messages = split_messages(data, header.count).ok_or_else(|| corrupt(chunk.first_offset))?;
         Ok(Chunk { first_offset: header.first_offset, timestamp: header.timestamp, messages })
@@ -261,6 +293,11 @@ impl StreamLog {
         }
         Ok(removed)
     }
+}
+
+/// Makes a directory's entries (a new segment's name) durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 fn gone(offset: u64) -> std::io::Error {

@@ -332,10 +332,45 @@ impl LogFile {
     }
 }
 
+/// Appends gathered in memory rather than in a [`LogFile`]'s buffer, written by the sync
+/// thread as a round starts: a stream seals what was published since the last round into
+/// one chunk, so a burst of publishes makes one chunk, one write and one fsync.
+pub trait Flusher: Send + Sync {
+    /// Writes what is pending (no fsync); returns the bytes written, and whether it holds
+    /// appends whose tickets are past `covered` (the round's watermark), which need
+    /// another round: it stays listed then.
+    fn write_pending(&self, covered: u64) -> std::io::Result<(bool, usize)>;
+    /// Makes what was written durable.
+    fn sync(&self) -> std::io::Result<()>;
+    /// The round that wrote and synced it succeeded: what was written is durable now.
+    fn synced(&self);
+    /// Names it in error messages.
+    fn label(&self) -> String;
+}
+
+/// What the next round writes: files with buffered appends, and flushers with pending ones.
+#[derive(Default)]
+struct Dirty {
+    files: Vec<Arc<LogFile>>,
+    flushers: Vec<Arc<dyn Flusher>>,
+}
+
+impl Dirty {
+    fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.flushers.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Dirty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dirty").field("files", &self.files.len()).field("flushers", &self.flushers.len()).finish()
+    }
+}
+
 /// The group-commit thread's shared state.
 #[derive(Debug)]
 pub struct Syncer {
-    dirty: Mutex<Vec<Arc<LogFile>>>,
+    dirty: Mutex<Dirty>,
     wake: Condvar,
     next_ticket: AtomicU64,
     durable: watch::Sender<u64>,
@@ -359,7 +394,7 @@ impl Syncer {
     pub fn start() -> Arc<Syncer> {
         let (tx, _) = watch::channel(0);
         let syncer = Arc::new(Syncer {
-            dirty: Mutex::new(Vec::new()),
+            dirty: Mutex::new(Dirty::default()),
             wake: Condvar::new(),
             next_ticket: AtomicU64::new(0),
             durable: tx,
@@ -378,8 +413,22 @@ impl Syncer {
     }
 
     fn mark_dirty(&self, file: Arc<LogFile>) {
-        self.dirty.lock().push(file);
+        self.dirty.lock().files.push(file);
         self.wake.notify_one();
+    }
+
+    /// Puts `flusher` on the next round's list. As with a file's append, call it before
+    /// taking the ticket of what it holds (see [`Syncer::take_ticket`]), and once per
+    /// round: the flusher keeps its own flag of being listed.
+    pub fn mark_flusher(&self, flusher: Arc<dyn Flusher>) {
+        self.dirty.lock().flushers.push(flusher);
+        self.wake.notify_one();
+    }
+
+    /// A ticket for an append a flusher holds: the watermark passes it once a round that
+    /// began after it has written and synced the flusher.
+    pub fn take_ticket(&self) -> u64 {
+        self.next_ticket.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     /// The watermark: every ticket at or below it is on disk.
@@ -474,8 +523,8 @@ impl Syncer {
 
     fn round_locked(&self) -> bool {
         let covered = self.next_ticket.load(Ordering::SeqCst);
-        let files = std::mem::take(&mut *self.dirty.lock());
-        if files.is_empty() {
+        let Dirty { files, flushers } = std::mem::take(&mut *self.dirty.lock());
+        if files.is_empty() && flushers.is_empty() {
             return false;
         }
         let mut error = None;
@@ -483,6 +532,21 @@ impl Syncer {
         let mut written = 0;
         let mut writes = 0u64;
         let writing = std::time::Instant::now();
+        // Flushers take what they hold now: every ticket up to `covered` was taken after its
+        // append was added, so this round writes it.
+        let mut again_flushers = Vec::new();
+        for f in &flushers {
+            match f.write_pending(covered) {
+                Ok((more, n)) => {
+                    written += n;
+                    writes += u64::from(n > 0);
+                    if more {
+                        again_flushers.push(f.clone());
+                    }
+                }
+                Err(e) => error = Some(format!("write to {} failed: {e}", f.label())),
+            }
+        }
         for f in &files {
             match f.write_out(covered) {
                 Ok((more, n)) => {
@@ -512,6 +576,11 @@ impl Syncer {
                     error = Some(format!("fdatasync of {} failed: {e}", f.path.display()));
                 }
             }
+            for f in &flushers {
+                if let Err(e) = f.sync() {
+                    error = Some(format!("fdatasync of {} failed: {e}", f.label()));
+                }
+            }
         }
         if error.is_none() {
             let mut st = self.stats.lock();
@@ -519,21 +588,26 @@ impl Syncer {
             st.bytes_written += written as u64;
             st.writes += writes;
             st.write_us += write_us;
-            st.syncs += files.len() as u64;
+            st.syncs += (files.len() + flushers.len()) as u64;
             let sync_us = syncing.elapsed().as_micros() as u64;
             st.sync_us += sync_us;
             st.fsync_us.record(sync_us);
             let before = self.last_covered.swap(covered, Ordering::AcqRel);
             st.batch.record(covered.saturating_sub(before));
         }
-        if !again.is_empty() {
-            self.dirty.lock().extend(again);
+        if !again.is_empty() || !again_flushers.is_empty() {
+            let mut dirty = self.dirty.lock();
+            dirty.files.extend(again);
+            dirty.flushers.extend(again_flushers);
         }
         OPEN_FILES.sweep_if_over();
         match error {
             None => {
                 if self.failed.swap(false, Ordering::AcqRel) {
                     tracing::warn!("disk writes succeed again");
+                }
+                for f in &flushers {
+                    f.synced();
                 }
                 self.durable.send_modify(|d| *d = (*d).max(covered));
                 true
@@ -546,8 +620,15 @@ impl Syncer {
                 let mut dirty = self.dirty.lock();
                 for f in files {
                     f.state.lock().dirty = true;
-                    if !dirty.iter().any(|d| Arc::ptr_eq(d, &f)) {
-                        dirty.push(f);
+                    if !dirty.files.iter().any(|d| Arc::ptr_eq(d, &f)) {
+                        dirty.files.push(f);
+                    }
+                }
+                // A flusher whose write failed kept what it held and is listed again; one
+                // whose fsync failed is written again (nothing) and synced again.
+                for f in flushers {
+                    if !dirty.flushers.iter().any(|d| std::ptr::addr_eq(Arc::as_ptr(d), Arc::as_ptr(&f))) {
+                        dirty.flushers.push(f);
                     }
                 }
                 false

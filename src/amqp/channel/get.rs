@@ -26,6 +26,9 @@ impl Channel {
         let queue_name = self.queue_name(m.queue)?;
         permissions::queue_read(ctx, &queue_name)?;
         let queue = ctx.vhost()?.queue(&queue_name, ctx.id)?;
+        if let Some(refused) = queue.stream_refusal("basic.get") {
+            return Err(refused);
+        }
         let limits = self.flow.limits;
         if !m.no_ack && (self.unacked.len() as u64 >= limits.count as u64 || self.unacked_bytes >= limits.bytes) {
             return Err(AmqpError::precondition_failed(format!(

@@ -12,6 +12,8 @@ pub(super) struct QueueState {
     pub(super) next_seq: u64,
     pub(super) unacked: usize,
     pub(super) consumers: Vec<Arc<Consumer>>,
+    /// A stream's consumers with their offsets (see `stream`); empty for other queues.
+    pub(super) readers: Vec<super::stream::Reader>,
     pub(super) next_consumer: usize,
     pub(super) had_consumer: bool,
     pub(super) log: Option<Box<dyn MessageLog>>,

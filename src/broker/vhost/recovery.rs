@@ -37,12 +37,23 @@ impl VHost {
                 tracing::error!("{label}: {}; its arguments are ignored", e.text);
                 QueueArguments::default()
             });
-            // A priority queue holds all its messages in memory, to order them.
-            let (window, bytes) =
-                if args.max_priority.is_some() { (usize::MAX, u64::MAX) } else { (MEMORY_WINDOW, MEMORY_WINDOW_BYTES) };
-            let recovered = storage.recover_queue_log(&q.log, &label, window, bytes)?;
-            let options = QueueOptions { durable: true, exclusive_owner: None, auto_delete: false, arguments, args };
-            let queue = Queue::restore(name.clone(), &self.name, options, recovered, self.me.clone());
+            let queue = if args.stream {
+                let store = storage.open_stream(&q.log, super::stream::stream_settings(&args))?;
+                let options =
+                    QueueOptions { durable: true, exclusive_owner: None, auto_delete: false, arguments, args };
+                Queue::stream(name.clone(), &self.name, options, store, self.me.clone())
+            } else {
+                // A priority queue holds all its messages in memory, to order them.
+                let (window, bytes) = if args.max_priority.is_some() {
+                    (usize::MAX, u64::MAX)
+                } else {
+                    (MEMORY_WINDOW, MEMORY_WINDOW_BYTES)
+                };
+                let recovered = storage.recover_queue_log(&q.log, &label, window, bytes)?;
+                let options =
+                    QueueOptions { durable: true, exclusive_owner: None, auto_delete: false, arguments, args };
+                Queue::restore(name.clone(), &self.name, options, recovered, self.me.clone())
+            };
             // Applied before the queue is routable; what a lowered limit drops from a
             // recovered queue is dead-lettered once the topology is unlocked.
             let applied = self.policy_for_queue(&queue);

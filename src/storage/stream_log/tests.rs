@@ -49,7 +49,9 @@ fn the_log_agrees_with_a_model_under_random_operations() {
         let mut rng = StdRng::seed_from_u64(seed);
         let dir = temp_dir("model");
         let settings = Settings { max_segment_bytes: rng.gen_range(200..20_000) };
-        let mut log = StreamLog::open(&dir, settings).expect("open");
+        // Odd seeds seal their chunks, as encryption at rest does.
+        let keys = (seed % 2 == 1).then(|| Arc::new(KeyRing::from_key([7; 32])));
+        let mut log = StreamLog::open(&dir, settings, keys.clone()).expect("open");
         let mut model = Model::default();
         let mut now = 1_000_000i64;
         for step in 0..300u64 {
@@ -109,7 +111,7 @@ fn the_log_agrees_with_a_model_under_random_operations() {
                         log.sync().expect("sync");
                     }
                     drop(log);
-                    log = StreamLog::open(&dir, settings).expect("reopen");
+                    log = StreamLog::open(&dir, settings, keys.clone()).expect("reopen");
                     assert_eq!((log.first_offset(), log.next_offset()), (model.first, model.next), "{ctx}: reopened");
                 }
             }
@@ -122,7 +124,7 @@ fn the_log_agrees_with_a_model_under_random_operations() {
 fn a_torn_chunk_at_the_end_is_cut_off_and_the_log_goes_on() {
     let dir = temp_dir("torn");
     let settings = Settings { max_segment_bytes: 1 << 20 };
-    let mut log = StreamLog::open(&dir, settings).expect("open");
+    let mut log = StreamLog::open(&dir, settings, None).expect("open");
     log.append(&[Bytes::from_static(b"one"), Bytes::from_static(b"two")], 10).expect("append");
     log.append(&[Bytes::from_static(b"three")], 20).expect("append");
     log.sync().expect("sync");
@@ -132,7 +134,7 @@ fn a_torn_chunk_at_the_end_is_cut_off_and_the_log_goes_on() {
     let mut f = OpenOptions::new().append(true).open(&segment).expect("segment");
     f.write_all(&[0x48, 0x53, 0x43, 0x31, 0, 0, 0, 1, 0, 0]).expect("torn write");
     drop(f);
-    let mut log = StreamLog::open(&dir, settings).expect("reopen");
+    let mut log = StreamLog::open(&dir, settings, None).expect("reopen");
     assert_eq!(log.next_offset(), 3);
     assert_eq!(log.append(&[Bytes::from_static(b"four")], 30).expect("append"), 3);
     let c = log.chunk_at(3).expect("the new chunk");
@@ -144,7 +146,7 @@ fn a_torn_chunk_at_the_end_is_cut_off_and_the_log_goes_on() {
 fn a_lost_or_damaged_index_is_rebuilt_from_the_chunks() {
     let dir = temp_dir("index");
     let settings = Settings { max_segment_bytes: 1 << 20 };
-    let mut log = StreamLog::open(&dir, settings).expect("open");
+    let mut log = StreamLog::open(&dir, settings, None).expect("open");
     for i in 0..10u8 {
         log.append(&[Bytes::from(vec![i; 10 + i as usize])], i as i64 * 100).expect("append");
     }
@@ -153,14 +155,14 @@ fn a_lost_or_damaged_index_is_rebuilt_from_the_chunks() {
     // Cut short, as if the last entries were never written.
     let len = std::fs::metadata(&index).expect("index").len();
     OpenOptions::new().write(true).open(&index).expect("index").set_len(len - 3 * INDEX_ENTRY as u64 - 5).expect("cut");
-    let log = StreamLog::open(&dir, settings).expect("reopen");
+    let log = StreamLog::open(&dir, settings, None).expect("reopen");
     assert_eq!(log.next_offset(), 10);
     assert_eq!(log.chunk_from_time(650).map(|c| c.first_offset), Some(7));
     assert_eq!(log.read(&log.chunk_at(9).expect("chunk")).expect("read").messages, vec![Bytes::from(vec![9u8; 19])]);
     drop(log);
     // Lost altogether.
     std::fs::remove_file(&index).expect("remove");
-    let log = StreamLog::open(&dir, settings).expect("reopen");
+    let log = StreamLog::open(&dir, settings, None).expect("reopen");
     assert_eq!(log.next_offset(), 10);
     assert_eq!(std::fs::metadata(&index).expect("rebuilt").len(), 10 * INDEX_ENTRY as u64);
     let _ = std::fs::remove_dir_all(&dir);
@@ -170,12 +172,32 @@ fn a_lost_or_damaged_index_is_rebuilt_from_the_chunks() {
 fn a_damaged_chunk_does_not_read_as_messages() {
     let dir = temp_dir("damaged");
     let settings = Settings { max_segment_bytes: 1 << 20 };
-    let mut log = StreamLog::open(&dir, settings).expect("open");
+    let mut log = StreamLog::open(&dir, settings, None).expect("open");
     log.append(&[Bytes::from_static(b"kept safe")], 1).expect("append");
     let segment = dir.join(format!("{:020}.segment", 0));
     let f = OpenOptions::new().write(true).open(&segment).expect("segment");
     f.write_all_at(b"X", CHUNK_HEADER as u64 + 5).expect("damage");
     let c = log.chunk_at(0).expect("chunk");
     assert_eq!(log.read(&c).expect_err("a damaged chunk").kind(), std::io::ErrorKind::InvalidData);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sealed_chunks_keep_no_message_in_the_clear() {
+    let dir = temp_dir("sealed");
+    let settings = Settings { max_segment_bytes: 1 << 20 };
+    let keys = Some(Arc::new(KeyRing::from_key([9; 32])));
+    let mut log = StreamLog::open(&dir, settings, keys.clone()).expect("open");
+    log.append(&[Bytes::from_static(b"a secret message")], 10).expect("append");
+    log.sync().expect("sync");
+    drop(log);
+    let raw = std::fs::read(dir.join(format!("{:020}.segment", 0))).expect("segment");
+    assert!(!raw.windows(6).any(|w| w == b"secret"), "the message is on disk in the clear");
+    // Read back with the key; without it, an error rather than garbage.
+    let log = StreamLog::open(&dir, settings, keys).expect("reopen");
+    let chunk = log.read(&log.chunk_at(0).expect("chunk")).expect("read");
+    assert_eq!(chunk.messages, vec![Bytes::from_static(b"a secret message")]);
+    let log = StreamLog::open(&dir, settings, None).expect("reopen without a key");
+    assert!(log.read(&log.chunk_at(0).expect("chunk")).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,0 +1,68 @@
+//! Declaring a stream queue in a vhost: RabbitMQ's checks for the queue type, then a new log
+//! in storage (see `queue::stream`).
+
+use super::{QueueDeclaration, Topology, VHost};
+use crate::broker::arguments::{QueueArguments, MAX_STREAM_SEGMENT_BYTES};
+use crate::broker::audit::Actor;
+use crate::broker::definitions::QueueDef;
+use crate::broker::error::{AmqpError, AmqpResult};
+use crate::broker::queue::{Queue, QueueOptions};
+use crate::broker::store::{table_to_hex, StreamSettings};
+use std::sync::Arc;
+
+/// A segment's size when `x-stream-max-segment-size-bytes` does not say (RabbitMQ's 500 MB).
+pub const DEFAULT_SEGMENT_BYTES: u64 = 500_000_000;
+
+/// The log settings a stream's arguments ask for.
+pub fn stream_settings(args: &QueueArguments) -> StreamSettings {
+    StreamSettings {
+        max_bytes: args.max_length_bytes,
+        max_age_ms: args.max_age,
+        max_segment_bytes: args.max_segment_bytes.unwrap_or(DEFAULT_SEGMENT_BYTES).max(1),
+    }
+}
+
+impl VHost {
+    /// Creates a stream queue: durable, neither exclusive nor auto-delete, checked in
+    /// RabbitMQ's order (rabbit_stream_queue:declare).
+    pub(super) fn declare_stream(
+        &self,
+        topo: &mut Topology,
+        d: &QueueDeclaration,
+        options: QueueOptions,
+        by: &Actor,
+    ) -> AmqpResult<(Arc<Queue>, u32, u32, u64)> {
+        let property = if d.auto_delete {
+            Some("auto-delete")
+        } else if d.exclusive {
+            Some("exclusive-owner")
+        } else if !d.durable {
+            Some("non-durable")
+        } else {
+            None
+        };
+        if let Some(p) = property {
+            return Err(AmqpError::precondition_failed(format!(
+                "invalid property '{p}' for queue '{}' in vhost '{}'",
+                d.name, self.name
+            )));
+        }
+        if options.args.max_segment_bytes.is_some_and(|b| b > MAX_STREAM_SEGMENT_BYTES) {
+            return Err(AmqpError::precondition_failed("Exceeded max value for x-stream-max-segment-size-bytes"));
+        }
+        let Some(storage) = &self.storage else {
+            return Err(AmqpError::internal_error(format!(
+                "cannot declare stream '{}': streams need a data directory",
+                d.name
+            )));
+        };
+        let (store, id) = storage
+            .create_stream(stream_settings(&options.args))
+            .map_err(|e| AmqpError::internal_error(format!("cannot create the log of stream '{}': {e}", d.name)))?;
+        let def = QueueDef { name: d.name.to_string(), arguments: table_to_hex(&options.arguments), log: id.clone() };
+        topo.logs.insert(d.name.clone(), id);
+        let q = Queue::stream(d.name.clone(), &self.name, options, store, self.me.clone());
+        let ticket = self.add_queue(topo, d, &q, Some(def), by);
+        Ok((q, 0, 0, ticket))
+    }
+}
