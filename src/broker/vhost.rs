@@ -39,6 +39,16 @@ const EQUIVALENCE_ARGS: &[&str] = &[
     "x-delivery-limit",
 ];
 
+/// The arguments RabbitMQ compares when a stream is declared again (its type's arguments).
+const STREAM_EQUIVALENCE_ARGS: &[&str] = &[
+    "x-max-length-bytes",
+    "x-queue-type",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
+    "x-queue-leader-locator",
+];
+
 /// The exchange audit events are published to (RabbitMQ's event exchange plugin's): a
 /// topic exchange, internal, in vhost "/" when the audit log is on. Made at each start like
 /// the default exchanges, so bindings to it are restored.
@@ -512,12 +522,14 @@ impl VHost {
                         return Err(self.inequivalent("queue", arg, &d.name, format!("'{got}'"), format!("'{cur}'")));
                     }
                 }
-                for arg in EQUIVALENCE_ARGS {
-                    let (mut got, mut cur) = (d.arguments.get(arg), o.arguments.get(arg));
-                    if *arg == "x-queue-type" {
-                        // A queue declared without a type is a classic queue.
-                        got = got.or(Some(&CLASSIC));
-                        cur = cur.or(Some(&CLASSIC));
+                let compared = if o.args.stream { STREAM_EQUIVALENCE_ARGS } else { EQUIVALENCE_ARGS };
+                for arg in compared {
+                    let (got, cur) = (d.arguments.get(arg), o.arguments.get(arg));
+                    // A queue declared without a type equals one declared classic (and only
+                    // classic: RabbitMQ's rabbit_misc:assert_field_equivalence).
+                    let classic = |v: Option<&FieldValue>| v == Some(&CLASSIC);
+                    if *arg == "x-queue-type" && ((got.is_none() && classic(cur)) || (cur.is_none() && classic(got))) {
+                        continue;
                     }
                     self.assert_arg_equivalence("queue", &d.name, arg, cur, got)?;
                 }

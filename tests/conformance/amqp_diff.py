@@ -422,12 +422,19 @@ def run_op(s, op):
             return ["ok"]
         if kind == "basic.consume":
             got = []
+
+            def on_message(_c, m, p, b):
+                # A stream's deliveries carry their offset: recorded beside the body.
+                offset = (p.headers or {}).get("x-stream-offset")
+                got.append(b.decode() if offset is None else f"{b.decode()}@{offset}")
+
             tag = ch.basic_consume(
                 op["queue"],
-                lambda _c, m, p, b: got.append(b.decode()),
-                auto_ack=True,
+                on_message,
+                auto_ack=op.get("no_ack", True),
                 exclusive=op.get("exclusive", False),
                 consumer_tag=op.get("tag"),
+                arguments=op.get("args") or None,
             )
             s.consumers[(who, ch, tag)] = (op["queue"], got)
             return ["ok", tag]
@@ -947,6 +954,46 @@ SCRIPTED = {
     ],
     "connection.close twice": [
         {"op": "raw", "name": "two connection.close in a row"},
+    ],
+    "stream declares check as RabbitMQ's streams": [
+        QD("q1", durable=True, args={"x-queue-type": "stream"}),
+        QD("q1", durable=True),
+        QD("q2", args={"x-queue-type": "stream"}),
+        QD("q2", durable=True, exclusive=True, args={"x-queue-type": "stream"}),
+        QD("q2", durable=True, auto_delete=True, args={"x-queue-type": "stream"}),
+        QD("q2", durable=True, args={"x-queue-type": "stream", "x-max-length": 5}),
+        QD("q2", durable=True, args={"x-queue-type": "stream", "x-max-age": "5x"}),
+        QD("q2", durable=True, args={"x-queue-type": "stream", "x-max-age": 5}),
+        QD("q2", durable=True, args={"x-queue-type": "stream", "x-stream-max-segment-size-bytes": 4000000000}),
+        QD("q2", durable=True, args={"x-queue-type": "stream", "x-max-age": "7D", "x-max-length-bytes": 1000}),
+        QD("", durable=True, args={"x-queue-type": "stream"}),
+        QD("", durable=True, args={"x-queue-type": "quorum"}),
+    ],
+    "stream consumers start at their offsets and only ack": [
+        QD("q1", durable=True, args={"x-queue-type": "stream"}),
+        QD("q2"),
+        P("", "q1", "m1"),
+        P("", "q1", "m2"),
+        P("", "q1", "m3"),
+        {"op": "basic.consume", "queue": "q1", "tag": "c1", "no_ack": False},
+        {"op": "basic.qos", "count": 10},
+        {"op": "basic.consume", "queue": "q1", "tag": "c1", "no_ack": False, "args": {"x-stream-offset": "5x"}},
+        {"op": "basic.qos", "count": 10},
+        {"op": "basic.consume", "queue": "q1", "tag": "c1", "no_ack": False, "args": {"x-priority": 2}},
+        {"op": "basic.consume", "queue": "q2", "tag": "c2", "args": {"x-stream-offset": "first"}},
+        {"op": "basic.qos", "count": 10},
+        {"op": "basic.consume", "queue": "q1", "tag": "c1", "no_ack": False, "args": {"x-stream-offset": "first"}},
+        {"op": "basic.consume", "queue": "q1", "tag": "c3", "no_ack": False, "args": {"x-stream-offset": 1}},
+        {"op": "deliveries"},
+        {"op": "basic.ack", "tag": 1},
+        {"op": "basic.nack", "tag": 2},
+        {"op": "basic.qos", "count": 10},
+        {"op": "basic.consume", "queue": "q1", "tag": "c4", "no_ack": True},
+        {"op": "basic.get", "queue": "q1"},
+        {"op": "queue.purge", "name": "q1"},
+        {"op": "basic.qos", "count": 10},
+        {"op": "basic.qos", "count": 10, "global": True},
+        {"op": "basic.consume", "queue": "q1", "tag": "c5", "no_ack": False},
     ],
     "user-id must match": [
         QD("q1"),
