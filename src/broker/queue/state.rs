@@ -14,6 +14,8 @@ pub(super) struct QueueState {
     pub(super) consumers: Vec<Arc<Consumer>>,
     /// A stream's consumers with their offsets (see `stream`); empty for other queues.
     pub(super) readers: Vec<super::stream::Reader>,
+    /// A stream's task that serves its readers as the log grows is running.
+    pub(super) stream_watched: bool,
     pub(super) next_consumer: usize,
     pub(super) had_consumer: bool,
     pub(super) log: Option<Box<dyn MessageLog>>,

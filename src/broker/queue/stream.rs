@@ -96,8 +96,7 @@ impl Queue {
         store: Arc<dyn StreamStore>,
         owner: Weak<dyn QueueOwner>,
     ) -> Arc<Self> {
-        let notify = store.durable_notify();
-        let q = Arc::new(Queue {
+        Arc::new(Queue {
             name,
             vhost: vhost.to_string(),
             state: Mutex::new(QueueState { last_used: now_ms(), args: options.args.clone(), ..Default::default() }),
@@ -108,20 +107,29 @@ impl Queue {
             options,
             replica: None,
             stream: Some(store),
-        });
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let weak = Arc::downgrade(&q);
-            runtime.spawn(async move {
-                loop {
-                    notify.notified().await;
-                    match weak.upgrade() {
-                        Some(q) if !q.is_deleted() => q.dispatch(),
-                        _ => return,
-                    }
-                }
-            });
+        })
+    }
+
+    /// Starts the task that serves the stream's consumers each time more of its log is
+    /// durable; once, with the first consumer (which runs on the broker's runtime: a stream
+    /// recovered at start is made before the runtime runs).
+    fn watch_stream(self: &Arc<Self>, st: &mut QueueState, store: &Arc<dyn StreamStore>) {
+        if st.stream_watched {
+            return;
         }
-        q
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        st.stream_watched = true;
+        let notify = store.durable_notify();
+        let weak = Arc::downgrade(self);
+        runtime.spawn(async move {
+            loop {
+                notify.notified().await;
+                match weak.upgrade() {
+                    Some(q) if !q.is_deleted() => q.dispatch(),
+                    _ => return,
+                }
+            }
+        });
     }
 
     /// Messages in the stream now (durable and not removed by retention).
@@ -151,6 +159,7 @@ impl Queue {
             StreamOffset::Timestamp(t) => store.offset_at(t).max(first),
         };
         let mut st = self.state.lock();
+        self.watch_stream(&mut st, store);
         st.consumers.push(consumer.clone());
         st.readers.push(Reader { consumer, next });
         st.had_consumer = true;
