@@ -443,6 +443,12 @@ def main():
             rows.append((name, "consumed msg/s, API not polled", f"{idle:,.0f}", "", ""))
             rows.append((name, "consumed msg/s, API polled once a second (polled / not)", f"{polled:,.0f}", "", f"{polled / idle:.3f}"))
 
+    # 23-26. Streams over AMQP (bench/streams.py).
+    if any(want(r) for r in (23, 24, 25, 26)):
+        import streams
+
+        streams.run(brokers, rows, log)
+
     # 18-22. MQTT against RabbitMQ's MQTT plugin and mosquitto (bench/mqtt.py).
     sections = []
     if any(want(r) for r in (18, 19, 20, 21, 22)):

@@ -22,6 +22,7 @@ fn bad_options_are_refused() {
         (vec!["--producers", "0", "--consumers", "0"], "nothing to do"),
         (vec!["--uri", "http://x"], "bad uri"),
         (vec!["--duration", "0"], "--duration must be positive"),
+        (vec!["--stream"], "stream consumers need --ack manual and a --prefetch"),
     ] {
         let out = perf(&args);
         assert!(!out.status.success(), "{args:?} was accepted");
@@ -85,6 +86,25 @@ fn counted_confirmed_persistent_run_over_fanout() {
     // Every confirmed message's latency is counted, however many one multiple ack covers.
     assert_eq!(s["confirm_latency"]["count"].as_u64(), Some(2000));
     assert!(s["confirm_latency"]["p50_ms"].as_f64().is_some());
+}
+
+#[test]
+fn a_stream_is_filled_then_replayed_from_first_by_two_consumers() {
+    let server = TestServer::start();
+    let uri = format!("amqp://127.0.0.1:{}", server.port);
+    let common = ["--uri", &uri, "--stream", "--prefix", "st", "--duration", "30", "--json"];
+    let fill = json(&perf(&[&common[..], &["--consumers", "0", "--count", "3000", "--confirm", "100"]].concat()));
+    assert_eq!(fill["confirmed"].as_u64(), Some(3000));
+    let replay = json(&perf(
+        &[
+            &common[..],
+            &["--producers", "0", "--consumers", "2", "--count", "6000", "--offset", "first"],
+            &["--ack", "manual", "--prefetch", "200"],
+        ]
+        .concat(),
+    ));
+    // Each consumer reads the whole stream: the messages stay after they are consumed.
+    assert_eq!(replay["consumed"].as_u64(), Some(6000));
 }
 
 #[test]

@@ -487,6 +487,13 @@ impl Queue {
             return false;
         }
         let args = applied.resolve_queue(&self.options.args, &self.options.arguments);
+        if let Some(store) = &self.stream {
+            // Retention and segment size from now on, applied at the next write.
+            store.set_settings(stream::stream_settings(&args));
+            st.args = args;
+            st.applied = applied;
+            return true;
+        }
         if self.replica.is_some() {
             // A replicated queue's settings live in the cluster's state machine, which
             // resolves the same policies in log order; this face keeps them for its object

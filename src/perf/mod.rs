@@ -65,6 +65,13 @@ pub struct PerfArgs {
     /// Declare the queues as quorum queues (durable, `x-queue-type: quorum`).
     #[arg(long)]
     pub quorum: bool,
+    /// Declare the queues as streams (`x-queue-type: stream`); consumers need `--ack manual`
+    /// and a `--prefetch`, and start at `--offset`.
+    #[arg(long)]
+    pub stream: bool,
+    /// Where stream consumers start (`x-stream-offset`): first, last, next or an offset.
+    #[arg(long, default_value = "next")]
+    pub offset: String,
     /// Use publisher confirms with this many unconfirmed messages at most; 0 for none.
     #[arg(long, default_value_t = 0)]
     pub confirm: usize,
@@ -115,6 +122,9 @@ impl PerfArgs {
     fn check(&self) -> Result<(), String> {
         if self.size < 8 {
             return Err("--size must be at least 8 (the body carries its send time)".into());
+        }
+        if self.stream && self.consumers > 0 && (self.ack != AckMode::Manual || self.prefetch == 0) {
+            return Err("stream consumers need --ack manual and a --prefetch".into());
         }
         if self.queues == 0 {
             return Err("--queues must be at least 1".into());
@@ -494,10 +504,11 @@ async fn setup(args: &PerfArgs, target: &Target) -> Result<(), ClientError> {
     for i in 0..args.queues {
         let queue = args.queue(i);
         let mut arguments = FieldTable::new();
-        if args.quorum {
-            arguments.insert("x-queue-type", crate::types::FieldValue::string("quorum"));
+        if args.quorum || args.stream {
+            let kind = if args.stream { "stream" } else { "quorum" };
+            arguments.insert("x-queue-type", crate::types::FieldValue::string(kind));
         }
-        let durable = args.persistent || args.quorum;
+        let durable = args.persistent || args.quorum || args.stream;
         c.call(QueueDeclare { queue: queue.as_str().into(), durable, arguments, ..Default::default() }).await?;
         if !exchange.is_empty() {
             let key = if args.exchange == ExchangeType::Topic { format!("perf.{i}.#") } else { String::new() };
@@ -690,12 +701,20 @@ async fn consume(args: PerfArgs, index: usize, mut client: Client, stats: Arc<St
     if manual && args.prefetch > 0 {
         client.call(BasicQos { prefetch_size: 0, prefetch_count: args.prefetch, global: false }).await?;
     }
+    let mut arguments = FieldTable::new();
+    if args.stream {
+        let offset = match args.offset.parse::<i64>() {
+            Ok(n) => crate::types::FieldValue::I64(n),
+            Err(_) => crate::types::FieldValue::string(&args.offset),
+        };
+        arguments.insert("x-stream-offset", offset);
+    }
     client
         .call(BasicConsume {
             queue: args.queue(index).as_str().into(),
             consumer_tag: format!("perf-{index}").as_str().into(),
             no_ack: !manual,
-            arguments: FieldTable::new(),
+            arguments,
             ..Default::default()
         })
         .await?;

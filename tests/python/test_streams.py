@@ -246,3 +246,29 @@ def test_the_management_api_lists_a_stream(hare):
     q = wait_for(lambda: (lambda q: q if q.get("messages") == 3 else None)(
         api(hare.http_port, "GET", "/api/queues/%2F/s-api")[1]), what="the stream's listing")
     assert q["type"] == "stream" and q["durable"] is True
+
+
+def test_a_policy_sets_retention_and_wins_over_the_argument(hare):
+    from helpers import api
+    status, _ = api(hare.http_port, "PUT", "/api/policies/%2F/stream-retention", {
+        "pattern": "^s-policy", "apply-to": "queues",
+        "definition": {"max-length-bytes": 20000, "stream-max-segment-size-bytes": 5000}})
+    assert status in (201, 204)
+    # A policy with a key streams do not take does not apply to a stream (as in RabbitMQ).
+    status, _ = api(hare.http_port, "PUT", "/api/policies/%2F/classic-only", {
+        "pattern": "^s-policy", "apply-to": "queues", "priority": 5, "definition": {"max-length": 3}})
+    assert status in (201, 204)
+    conn = hare.connect()
+    ch = conn.channel()
+    declare(ch, "s-policy", **{"x-max-length-bytes": 10_000_000})
+    ch.confirm_delivery()
+    for i in range(200):
+        ch.basic_publish("", "s-policy", b"%04d" % i + b"." * 500)
+    count = ch.queue_declare("s-policy", passive=True).method.message_count
+    assert 0 < count < 200
+    q = api(hare.http_port, "GET", "/api/queues/%2F/s-policy")[1]
+    assert q["policy"] == "stream-retention"
+    assert q["effective_policy_definition"]["max-length-bytes"] == 20000
+    conn.close()
+    api(hare.http_port, "DELETE", "/api/policies/%2F/stream-retention")
+    api(hare.http_port, "DELETE", "/api/policies/%2F/classic-only")

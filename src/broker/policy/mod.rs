@@ -167,6 +167,7 @@ pub enum Target {
     Exchange,
     ClassicQueue,
     QuorumQueue,
+    StreamQueue,
 }
 
 impl Target {
@@ -201,6 +202,28 @@ impl Target {
                     | "max-age"
                     | "stream-max-segment-size-bytes"
                     | "initial-cluster-size"
+            ),
+            Target::StreamQueue => !matches!(
+                key,
+                "expires"
+                    | "message-ttl"
+                    | "dead-letter-exchange"
+                    | "dead-letter-routing-key"
+                    | "max-length"
+                    | "max-in-memory-length"
+                    | "max-in-memory-bytes"
+                    | "max-priority"
+                    | "overflow"
+                    | "queue-mode"
+                    | "single-active-consumer"
+                    | "delivery-limit"
+                    | "ha-mode"
+                    | "ha-params"
+                    | "ha-sync-mode"
+                    | "ha-promote-on-shutdown"
+                    | "ha-promote-on-failure"
+                    | "queue-master-locator"
+                    | "dead-letter-strategy"
             ),
         }
     }
@@ -329,6 +352,15 @@ impl Applied {
     pub fn resolve_queue(&self, declared: &QueueArguments, arguments: &FieldTable) -> QueueArguments {
         let mut a = declared.clone();
         if self.is_empty() {
+            return a;
+        }
+        if declared.stream {
+            // A stream takes the policy's value over its argument (rabbit_stream_queue's
+            // policy_precedence).
+            a.max_length_bytes = self.number("max-length-bytes").or(declared.max_length_bytes);
+            a.max_age =
+                self.string("max-age").and_then(|s| crate::broker::arguments::parse_max_age(&s)).or(declared.max_age);
+            a.max_segment_bytes = self.number("stream-max-segment-size-bytes").or(declared.max_segment_bytes);
             return a;
         }
         let lower = |arg: Option<u64>, policy: Option<u64>| match (arg, policy) {

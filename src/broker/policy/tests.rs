@@ -153,6 +153,18 @@ fn a_policy_resolves_against_the_queues_own_arguments_as_rabbitmq_3_10() {
     assert_eq!((a.overflow, a.expires), (Overflow::DropHead, Some(9000)));
     // No policy: the arguments as declared.
     assert_eq!(Applied::default().resolve_queue(&declared, &table), declared);
+    // A stream takes the policy's retention over its own arguments.
+    let mut stable = FieldTable::new();
+    stable.insert("x-queue-type", FieldValue::string("stream"));
+    stable.insert("x-max-length-bytes", FieldValue::I64(1_000_000));
+    stable.insert("x-max-age", FieldValue::string("7D"));
+    let sdeclared = QueueArguments::parse(&stable, "s", "/").unwrap();
+    let retention = Applied {
+        policy: Some(Arc::new(def("/", "r", ".*", "queues", 0, json!({"max-length-bytes": 5000, "max-age": "1h"})))),
+        operator: None,
+    };
+    let a = retention.resolve_queue(&sdeclared, &stable);
+    assert_eq!((a.max_length_bytes, a.max_age), (Some(5000), Some(3_600_000)));
     // An exchange's argument wins over the policy's alternate exchange.
     let ae = Applied {
         policy: Some(Arc::new(def("/", "p", ".*", "all", 0, json!({"alternate-exchange": "pol"})))),
@@ -201,9 +213,14 @@ fn model_match(
 #[test]
 fn random_changes_match_as_the_list_model_does_and_survive_a_snapshot() {
     let patterns = ["^q", "1$", ".*", "^(?!amq\\.).*", "x|q2", "^$"];
-    let keys = [json!({"max-length": 3}), json!({"delivery-limit": 1}), json!({"queue-mode": "lazy"})];
+    let keys = [
+        json!({"max-length": 3}),
+        json!({"delivery-limit": 1}),
+        json!({"queue-mode": "lazy"}),
+        json!({"max-age": "1h"}),
+    ];
     let names = ["q1", "q2", "x1", "amq.q", ""];
-    let targets = [Target::ClassicQueue, Target::QuorumQueue, Target::Exchange];
+    let targets = [Target::ClassicQueue, Target::QuorumQueue, Target::StreamQueue, Target::Exchange];
     for seed in 0..100u64 {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut state = PolicyState::default();

@@ -19,6 +19,18 @@ use bytes::{Buf, BufMut, BytesMut};
 const RECORD_AMQP091: u8 = 1;
 const FLAG_PERSISTENT: u8 = 1;
 
+/// A segment's size when `x-stream-max-segment-size-bytes` does not say (RabbitMQ's 500 MB).
+pub const DEFAULT_SEGMENT_BYTES: u64 = 500_000_000;
+
+/// The log settings a stream's arguments (resolved against its policy) ask for.
+pub fn stream_settings(args: &crate::broker::arguments::QueueArguments) -> crate::broker::store::StreamSettings {
+    crate::broker::store::StreamSettings {
+        max_bytes: args.max_length_bytes,
+        max_age_ms: args.max_age,
+        max_segment_bytes: args.max_segment_bytes.unwrap_or(DEFAULT_SEGMENT_BYTES).max(1),
+    }
+}
+
 /// A consumer of a stream and where it reads on from.
 #[derive(Debug)]
 pub(super) struct Reader {

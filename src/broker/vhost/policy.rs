@@ -11,7 +11,9 @@ use std::sync::Arc;
 impl VHost {
     /// What kind of target a queue is for matching policies.
     pub(super) fn target_of(queue: &Queue) -> Target {
-        if queue.options.args.quorum {
+        if queue.options.args.stream {
+            Target::StreamQueue
+        } else if queue.options.args.quorum {
             Target::QuorumQueue
         } else {
             Target::ClassicQueue

@@ -2,25 +2,15 @@
 //! in storage (see `queue::stream`).
 
 use super::{QueueDeclaration, Topology, VHost};
-use crate::broker::arguments::{QueueArguments, MAX_STREAM_SEGMENT_BYTES};
+use crate::broker::arguments::MAX_STREAM_SEGMENT_BYTES;
 use crate::broker::audit::Actor;
 use crate::broker::definitions::QueueDef;
 use crate::broker::error::{AmqpError, AmqpResult};
 use crate::broker::queue::{Queue, QueueOptions};
-use crate::broker::store::{table_to_hex, StreamSettings};
+use crate::broker::store::table_to_hex;
 use std::sync::Arc;
 
-/// A segment's size when `x-stream-max-segment-size-bytes` does not say (RabbitMQ's 500 MB).
-pub const DEFAULT_SEGMENT_BYTES: u64 = 500_000_000;
-
-/// The log settings a stream's arguments ask for.
-pub fn stream_settings(args: &QueueArguments) -> StreamSettings {
-    StreamSettings {
-        max_bytes: args.max_length_bytes,
-        max_age_ms: args.max_age,
-        max_segment_bytes: args.max_segment_bytes.unwrap_or(DEFAULT_SEGMENT_BYTES).max(1),
-    }
-}
+pub use crate::broker::queue::stream::stream_settings;
 
 impl VHost {
     /// Creates a stream queue: durable, neither exclusive nor auto-delete, checked in
