@@ -1066,6 +1066,8 @@ impl Queue {
         }
         if let Some(s) = &self.stream {
             s.destroy();
+            // Its consumers' task, if one runs, wakes and ends.
+            s.durable_notify().notify_one();
         }
         st.readers.clear();
         for c in st.consumers.drain(..) {

@@ -62,7 +62,8 @@ pub struct Chunk {
 
 struct Segment {
     first_offset: u64,
-    file: File,
+    /// Shared, so an fsync runs without the log's owner holding it (see [`StreamLog::active_file`]).
+    file: Arc<File>,
     index: File,
     chunks: Vec<ChunkInfo>,
     size: u64,
@@ -81,7 +82,13 @@ impl Segment {
                 ext,
             ))
         };
-        Ok(Segment { first_offset, file: open("segment")?, index: open("index")?, chunks: Vec::new(), size: 0 })
+        Ok(Segment {
+            first_offset,
+            file: Arc::new(open("segment")?),
+            index: open("index")?,
+            chunks: Vec::new(),
+            size: 0,
+        })
     }
 
     /// The messages' offsets end here.
@@ -215,10 +222,17 @@ impl StreamLog {
     /// Makes every chunk appended so far durable (fdatasync of the segment being written;
     /// the index is rebuilt from the chunks if it lags).
     pub fn sync(&self) -> std::io::Result<()> {
-        match self.segments.last() {
-            Some(s) => s.file.sync_data(),
+        match self.active_file() {
+            Some(f) => f.sync_data(),
             None => Ok(()),
         }
+    }
+
+    /// The segment being written, to fsync without holding the log (readers go on
+    /// meanwhile). An append writes into one segment, so syncing the one written last
+    /// makes every append so far durable, as [`StreamLog::sync`] does.
+    pub fn active_file(&self) -> Option<Arc<File>> {
+        self.segments.last().map(|s| s.file.clone())
     }
 
     /// The chunk that holds `offset` (or the first after it, if retention took it); None
@@ -433,7 +447,7 @@ fn open_segment(dir: &Path, first_offset: u64, tail: bool) -> std::io::Result<Se
         index.set_len(0)?;
         index.write_all_at(&rebuilt, 0)?;
     }
-    Ok(Segment { first_offset, file, index, chunks, size: position })
+    Ok(Segment { first_offset, file: Arc::new(file), index, chunks, size: position })
 }
 
 #[cfg(test)]

@@ -100,7 +100,7 @@ impl Queue {
     }
 
     /// A new or recovered stream queue on `store`. Its consumers are served as the log
-    /// becomes durable, by a task that waits for the store's notice.
+    /// becomes durable (see `watch_stream`).
     pub fn stream(
         name: ShortStr,
         vhost: &str,
