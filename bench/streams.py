@@ -32,43 +32,48 @@ def replay(broker, prefix, consumers):
                 "--duration", 600, *STREAM, timeout=900)
 
 
+def alternate(brokers, label, measure, log):
+    """Runs `measure(broker, round)` on each broker, started afresh, ROUNDS times in turn;
+    returns each broker's mean figure and Hare's mean generator CPU."""
+    got = {b.name: [] for b in brokers}
+    for r in range(ROUNDS):
+        for b in brokers:
+            b.start()
+            try:
+                figure, cpu = measure(b, r)
+            finally:
+                b.stop()
+            got[b.name].append((figure, cpu))
+            log(f"{label} | {b.name} round {r + 1}: {figure:.0f}/s, generator CPU {cpu:.0f} %")
+    return {name: mean([x[0] for x in v]) for name, v in got.items()}, mean([x[1] for x in got["Hare"]])
+
+
 def run(brokers, rows, log):
     """Appends the stream rows wanted to `rows`."""
-    publish = [(23, 100), (24, 1024)]
-    for row, size in publish:
+    for row, size in [(23, 100), (24, 1024)]:
         if not want(row):
             continue
-        got = {b.name: [] for b in brokers}
-        for r in range(ROUNDS):
-            for b in brokers:
-                b.start()
-                try:
-                    s = perf(b, "--producers", 1, "--consumers", 0, "--confirm", 256, "--size", size,
-                             "--duration", DURATION, "--prefix", f"sp{r}", *STREAM)
-                finally:
-                    b.stop()
-                got[b.name].append((s["published_per_sec"], s.get("cpu_percent", 0.0)))
-                log(f"{row}. stream publish {size} B | {b.name} round {r + 1}: {got[b.name][-1]}")
-        h, q = mean([x[0] for x in got["Hare"]]), mean([x[0] for x in got["RabbitMQ"]])
-        cpu = mean([x[1] for x in got["Hare"]])
+
+        def publish(b, r):
+            s = perf(b, "--producers", 1, "--consumers", 0, "--confirm", 256, "--size", size,
+                     "--duration", DURATION, "--prefix", f"sp{r}", *STREAM)
+            return s["published_per_sec"], s.get("cpu_percent", 0.0)
+
+        m, cpu = alternate(brokers, f"{row}. stream publish {size} B", publish, log)
+        h, q = m["Hare"], m["RabbitMQ"]
         rows.append((f"{row}. stream, 1 publisher, {size} B, confirms (window 256)",
                      f"published msg/s (generator CPU {cpu:.0f} %)", f"{h:,.0f}", f"{q:,.0f}", f"{h / q:.2f}"))
     for row, consumers in [(25, 1), (26, 10)]:
         if not want(row):
             continue
-        got = {b.name: [] for b in brokers}
-        for r in range(ROUNDS):
-            for b in brokers:
-                b.start()
-                try:
-                    fill(b, f"sr{r}", 100)
-                    s = replay(b, f"sr{r}", consumers)
-                finally:
-                    b.stop()
-                got[b.name].append((s["consumed_per_sec"], s.get("cpu_percent", 0.0)))
-                log(f"{row}. stream replay x{consumers} | {b.name} round {r + 1}: {got[b.name][-1]}")
-        h, q = mean([x[0] for x in got["Hare"]]), mean([x[0] for x in got["RabbitMQ"]])
-        cpu = mean([x[1] for x in got["Hare"]])
+
+        def replayed(b, r):
+            fill(b, f"sr{r}", 100)
+            s = replay(b, f"sr{r}", consumers)
+            return s["consumed_per_sec"], s.get("cpu_percent", 0.0)
+
+        m, cpu = alternate(brokers, f"{row}. stream replay x{consumers}", replayed, log)
+        h, q = m["Hare"], m["RabbitMQ"]
         who = "one consumer" if consumers == 1 else f"{consumers} consumers at once"
         rows.append((f"{row}. stream of {MESSAGES:,} messages of 100 B replayed from first by {who}",
                      f"consumed msg/s (generator CPU {cpu:.0f} %)", f"{h:,.0f}", f"{q:,.0f}", f"{h / q:.2f}"))

@@ -491,19 +491,13 @@ impl Channel {
                 // A quorum queue on a cluster node: declared through the replicated log; the
                 // declare-ok waits until the declaration is committed and applied here.
                 let args = crate::broker::arguments::QueueArguments::parse(&decl.arguments, &name, &vhost.name)?;
-                let property = if !m.durable {
-                    Some("non-durable")
-                } else if m.exclusive {
-                    Some("exclusive-owner")
-                } else {
-                    None
-                };
-                if let Some(p) = property {
-                    return Err(AmqpError::precondition_failed(format!(
-                        "invalid property '{p}' for queue '{name}' in vhost '{}'",
-                        vhost.name
-                    )));
-                }
+                crate::broker::arguments::check_type_properties(
+                    m.auto_delete,
+                    m.exclusive,
+                    m.durable,
+                    &name,
+                    &vhost.name,
+                )?;
                 let ticket = host.declare(&vhost.name, &name, &decl.arguments, &args);
                 self.last_queue = Some(name.clone());
                 let reply = QueueDeclareOk { queue: name, message_count: 0, consumer_count: 0 };

@@ -82,6 +82,28 @@ const KNOWN_ARGS: &[&str] = &[
     "x-queue-leader-locator",
 ];
 
+/// RabbitMQ's checks of a quorum queue's or a stream's properties, in its order
+/// (`rabbit_queue_type_util`: auto-delete, then exclusive, then non-durable): the 406 for
+/// the first that makes the declaration invalid, if one does.
+pub fn check_type_properties(
+    auto_delete: bool,
+    exclusive: bool,
+    durable: bool,
+    queue: &str,
+    vhost: &str,
+) -> AmqpResult<()> {
+    let property = if auto_delete {
+        "auto-delete"
+    } else if exclusive {
+        "exclusive-owner"
+    } else if !durable {
+        "non-durable"
+    } else {
+        return Ok(());
+    };
+    Err(AmqpError::precondition_failed(format!("invalid property '{property}' for queue '{queue}' in vhost '{vhost}'")))
+}
+
 /// The largest `x-stream-max-segment-size-bytes` RabbitMQ accepts.
 pub const MAX_STREAM_SEGMENT_BYTES: u64 = 3_000_000_000;
 

@@ -247,6 +247,19 @@ impl Queue {
         replica: Arc<dyn replica::Replica>,
         owner: Weak<dyn QueueOwner>,
     ) -> Arc<Self> {
+        Self::kept_elsewhere(name, vhost, options, owner, Some(replica), None)
+    }
+
+    /// A queue whose messages live elsewhere (a cluster's replicated log, a stream's log):
+    /// its own state keeps only consumers, counters and settings.
+    fn kept_elsewhere(
+        name: ShortStr,
+        vhost: &str,
+        options: QueueOptions,
+        owner: Weak<dyn QueueOwner>,
+        replica: Option<Arc<dyn replica::Replica>>,
+        stream: Option<Arc<dyn super::store::StreamStore>>,
+    ) -> Arc<Self> {
         Arc::new(Queue {
             name,
             vhost: vhost.to_string(),
@@ -256,8 +269,8 @@ impl Queue {
             timed: AtomicBool::new(false),
             owner,
             options,
-            replica: Some(replica),
-            stream: None,
+            replica,
+            stream,
         })
     }
 

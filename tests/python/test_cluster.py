@@ -273,6 +273,13 @@ def test_quorum_declares_refuse_non_durable_and_exclusive(cluster):
         c.channel().queue_declare("q2", durable=False, arguments=QUORUM)
     assert e.value.reply_code == 406
     assert "invalid property 'non-durable' for queue 'q2' in vhost '/'" in e.value.reply_text
+    # RabbitMQ's order: auto-delete, then exclusive, then non-durable.
+    for kwargs, prop in [({"durable": True, "auto_delete": True}, "auto-delete"),
+                         ({"durable": True, "exclusive": True}, "exclusive-owner"),
+                         ({"durable": False, "exclusive": True}, "exclusive-owner")]:
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            c.channel().queue_declare("q2", arguments=QUORUM, **kwargs)
+        assert e.value.reply_text == f"PRECONDITION_FAILED - invalid property '{prop}' for queue 'q2' in vhost '/'"
     c.close()
 
 

@@ -108,18 +108,7 @@ impl Queue {
         store: Arc<dyn StreamStore>,
         owner: Weak<dyn QueueOwner>,
     ) -> Arc<Self> {
-        Arc::new(Queue {
-            name,
-            vhost: vhost.to_string(),
-            state: Mutex::new(QueueState { last_used: now_ms(), args: options.args.clone(), ..Default::default() }),
-            deleted: AtomicBool::new(false),
-            pager: None,
-            timed: AtomicBool::new(false),
-            owner,
-            options,
-            replica: None,
-            stream: Some(store),
-        })
+        Self::kept_elsewhere(name, vhost, options, owner, None, Some(store))
     }
 
     /// Starts the task that serves the stream's consumers each time more of its log is

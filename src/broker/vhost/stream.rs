@@ -2,7 +2,7 @@
 //! in storage (see `queue::stream`).
 
 use super::{QueueDeclaration, Topology, VHost};
-use crate::broker::arguments::MAX_STREAM_SEGMENT_BYTES;
+use crate::broker::arguments::{check_type_properties, MAX_STREAM_SEGMENT_BYTES};
 use crate::broker::audit::Actor;
 use crate::broker::definitions::QueueDef;
 use crate::broker::error::{AmqpError, AmqpResult};
@@ -22,21 +22,7 @@ impl VHost {
         options: QueueOptions,
         by: &Actor,
     ) -> AmqpResult<(Arc<Queue>, u32, u32, u64)> {
-        let property = if d.auto_delete {
-            Some("auto-delete")
-        } else if d.exclusive {
-            Some("exclusive-owner")
-        } else if !d.durable {
-            Some("non-durable")
-        } else {
-            None
-        };
-        if let Some(p) = property {
-            return Err(AmqpError::precondition_failed(format!(
-                "invalid property '{p}' for queue '{}' in vhost '{}'",
-                d.name, self.name
-            )));
-        }
+        check_type_properties(d.auto_delete, d.exclusive, d.durable, &d.name, &self.name)?;
         if options.args.max_segment_bytes.is_some_and(|b| b > MAX_STREAM_SEGMENT_BYTES) {
             return Err(AmqpError::precondition_failed("Exceeded max value for x-stream-max-segment-size-bytes"));
         }
