@@ -257,24 +257,4 @@ impl Queue {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_record_reads_back_as_the_message_with_its_offset() {
-        let props = BasicProperties { content_type: Some("text/plain".into()), ..Default::default() };
-        let m = Message::new("ex".into(), "key".into(), props.to_bytes(), bytes::Bytes::from_static(b"body"), true);
-        let mut buf = BytesMut::new();
-        encode_record(&m, 42, &mut buf);
-        let back = decode_record(&buf.freeze()).expect("decodes");
-        assert_eq!((back.exchange.as_str(), back.routing_key.as_str()), ("ex", "key"));
-        assert!(back.persistent);
-        assert_eq!(back.body.to_bytes(), bytes::Bytes::from_static(b"body"));
-        let p = back.decode_properties();
-        assert_eq!(p.content_type.as_deref(), Some("text/plain"));
-        assert_eq!(p.headers.and_then(|h| h.get("x-stream-offset").cloned()), Some(FieldValue::I64(42)));
-        // Truncated or foreign records are refused, not misread.
-        assert!(decode_record(&bytes::Bytes::from_static(&[2, 0, 0])).is_none());
-        assert!(decode_record(&bytes::Bytes::from_static(&[1, 0, 5, b'a'])).is_none());
-    }
-}
+mod tests;
