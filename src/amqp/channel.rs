@@ -564,18 +564,15 @@ impl Channel {
         let queue_name = self.queue_name(m.queue)?;
         permissions::queue_read(ctx, &queue_name)?;
         let queue = ctx.vhost()?.queue(&queue_name, ctx.id)?;
-        match queue.stream.is_some() {
-            true => {
-                let start = self.stream_consume_checks(&queue, &consumer)?;
-                queue.add_stream_consumer(consumer.clone(), start)?;
+        if queue.stream.is_some() {
+            let start = self.stream_consume_checks(&queue, &consumer)?;
+            queue.add_stream_consumer(consumer.clone(), start)?;
+        } else {
+            if consumer.arguments.get("x-stream-offset").is_some() {
+                let kind = if queue.options.args.quorum { "rabbit_quorum_queue" } else { "rabbit_classic_queue" };
+                return Err(invalid_consumer_arg("x-stream-offset", &queue, kind));
             }
-            false => {
-                if consumer.arguments.get("x-stream-offset").is_some() {
-                    let kind = if queue.options.args.quorum { "rabbit_quorum_queue" } else { "rabbit_classic_queue" };
-                    return Err(invalid_consumer_arg("x-stream-offset", &queue, kind));
-                }
-                queue.add_consumer(consumer.clone())?;
-            }
+            queue.add_consumer(consumer.clone())?;
         }
         // Deliveries reach this connection through its event queue, after this consume-ok.
         if !m.nowait {

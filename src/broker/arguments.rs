@@ -45,8 +45,9 @@ pub struct QueueArguments {
     pub max_segment_bytes: Option<u64>,
 }
 
-/// The arguments RabbitMQ 3.10's stream queues take (`rabbit_stream_queue:capabilities/0`).
-const STREAM_ARGS: &[&str] = &[
+/// The arguments RabbitMQ 3.10's stream queues take (`rabbit_stream_queue:capabilities/0`),
+/// which are also those it compares when a stream is declared again.
+pub const STREAM_ARGS: &[&str] = &[
     "x-max-length-bytes",
     "x-queue-type",
     "x-max-age",

@@ -847,7 +847,7 @@ impl Queue {
     fn dispatch_ready(self: &Arc<Self>, st: &mut QueueState, clock: &mut Clock) {
         while !st.ready.is_empty() && !st.consumers.is_empty() {
             let Some(idx) = self.pick_consumer(st) else { return };
-            let Some(mut m) = st.pop_ready() else {
+            let Some(m) = st.pop_ready() else {
                 return;
             };
             if clock.expired(&m) {
@@ -858,23 +858,28 @@ impl Queue {
                 st.next_consumer = (idx + 1) % st.consumers.len();
             }
             let consumer = st.consumers[idx].clone();
-            st.dispatched += 1;
-            let size = m.message.size();
-            consumer.charge_unacked(size);
-            st.count_out(&mut m, consumer.no_ack, false);
-            if !consumer.no_ack {
-                st.went_out(&m);
-            }
-            let charge = size + DELIVERY_OVERHEAD;
-            consumer.sink.send(ConnEvent::Deliver(Delivery {
-                channel: consumer.channel,
-                consumer_tag: consumer.tag.clone(),
-                queue: Some(self.clone() as Arc<dyn Origin>),
-                item: m,
-                no_ack: consumer.no_ack,
-                charge,
-            }));
+            self.hand_out(st, &consumer, m);
         }
+    }
+
+    /// Hands one message to `consumer`: charged to its credit, counted, and sent to its
+    /// connection's sink.
+    fn hand_out(self: &Arc<Self>, st: &mut QueueState, consumer: &Consumer, mut m: QueuedMessage) {
+        st.dispatched += 1;
+        let size = m.message.size();
+        consumer.charge_unacked(size);
+        st.count_out(&mut m, consumer.no_ack, false);
+        if !consumer.no_ack {
+            st.went_out(&m);
+        }
+        consumer.sink.send(ConnEvent::Deliver(Delivery {
+            channel: consumer.channel,
+            consumer_tag: consumer.tag.clone(),
+            queue: Some(self.clone() as Arc<dyn Origin>),
+            item: m,
+            no_ack: consumer.no_ack,
+            charge: size + DELIVERY_OVERHEAD,
+        }));
     }
 
     /// basic.get: the head message, if any, and how many remain ready.

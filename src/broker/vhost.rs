@@ -39,16 +39,6 @@ const EQUIVALENCE_ARGS: &[&str] = &[
     "x-delivery-limit",
 ];
 
-/// The arguments RabbitMQ compares when a stream is declared again (its type's arguments).
-const STREAM_EQUIVALENCE_ARGS: &[&str] = &[
-    "x-max-length-bytes",
-    "x-queue-type",
-    "x-max-age",
-    "x-stream-max-segment-size-bytes",
-    "x-initial-cluster-size",
-    "x-queue-leader-locator",
-];
-
 /// The exchange audit events are published to (RabbitMQ's event exchange plugin's): a
 /// topic exchange, internal, in vhost "/" when the audit log is on. Made at each start like
 /// the default exchanges, so bindings to it are restored.
@@ -522,7 +512,7 @@ impl VHost {
                         return Err(self.inequivalent("queue", arg, &d.name, format!("'{got}'"), format!("'{cur}'")));
                     }
                 }
-                let compared = if o.args.stream { STREAM_EQUIVALENCE_ARGS } else { EQUIVALENCE_ARGS };
+                let compared = if o.args.stream { super::arguments::STREAM_ARGS } else { EQUIVALENCE_ARGS };
                 for arg in compared {
                     let (got, cur) = (d.arguments.get(arg), o.arguments.get(arg));
                     // A queue declared without a type equals one declared classic (and only

@@ -196,7 +196,11 @@ impl Queue {
                 while at < chunk_end && self.may_deliver(&consumer) {
                     let record = &records[(at - chunk_first) as usize];
                     match decode_record(record) {
-                        Some(message) => self.deliver_stream(st, &consumer, at, message),
+                        Some(message) => {
+                            let mut m = QueuedMessage::unqueued(Arc::new(message));
+                            m.seq = at;
+                            self.hand_out(st, &consumer, m);
+                        }
                         None => tracing::warn!("stream '{}': the record at offset {at} is unreadable", self.name),
                     }
                     at += 1;
@@ -220,24 +224,6 @@ impl Queue {
             return consumer.sink.has_capacity();
         }
         true
-    }
-
-    fn deliver_stream(self: &Arc<Self>, st: &mut QueueState, consumer: &Arc<Consumer>, offset: u64, message: Message) {
-        let mut m = QueuedMessage::unqueued(Arc::new(message));
-        m.seq = offset;
-        let size = m.message.size();
-        consumer.charge_unacked(size);
-        st.dispatched += 1;
-        st.count_out(&mut m, consumer.no_ack, false);
-        st.went_out(&m);
-        consumer.sink.send(ConnEvent::Deliver(Delivery {
-            channel: consumer.channel,
-            consumer_tag: consumer.tag.clone(),
-            queue: Some(self.clone() as Arc<dyn Origin>),
-            item: m,
-            no_ack: consumer.no_ack,
-            charge: size + DELIVERY_OVERHEAD,
-        }));
     }
 
     /// Deliveries of a stream came back settled (acked, or left by a closed channel): only
