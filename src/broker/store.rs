@@ -79,7 +79,10 @@ pub struct StreamSettings {
 pub trait StreamStore: Send + Sync + std::fmt::Debug {
     /// Appends one message: `record` writes its bytes, given the offset it gets. Returns that
     /// offset and the group-commit ticket that makes it durable. Buffered: no I/O here.
-    fn append(&self, record: &mut dyn FnMut(u64, &mut BytesMut)) -> (u64, u64);
+    /// `writer` is a named publisher's reference and the message's publishing id (the
+    /// stream protocol's deduplication): the newest id of each reference is remembered,
+    /// durably with the message.
+    fn append(&self, writer: Option<(&str, u64)>, record: &mut dyn FnMut(u64, &mut BytesMut)) -> (u64, u64);
     /// The offsets readers may read: the oldest kept, and the end of what is durable.
     fn bounds(&self) -> (u64, u64);
     /// The first offset of the newest durable chunk (where a consumer from `last` starts).
@@ -87,9 +90,9 @@ pub trait StreamStore: Send + Sync + std::fmt::Debug {
     /// The first offset of the oldest chunk stored at or after `timestamp_ms` (the end of the
     /// durable log if none is).
     fn offset_at(&self, timestamp_ms: i64) -> u64;
-    /// The durable chunk that holds `offset` (or the first after it, if retention took it):
-    /// its first offset and its messages; None at the end of the durable log.
-    fn read(&self, offset: u64) -> Result<Option<(u64, Arc<[bytes::Bytes]>)>, StoreError>;
+    /// The durable chunk that holds `offset` (or the first after it, if retention took it);
+    /// None at the end of the durable log.
+    fn read(&self, offset: u64) -> Result<Option<StreamChunk>, StoreError>;
     /// Bytes on disk, and segments.
     fn size(&self) -> (u64, usize);
     /// Notified each time more of the log becomes durable.
@@ -98,6 +101,34 @@ pub trait StreamStore: Send + Sync + std::fmt::Debug {
     fn set_settings(&self, settings: StreamSettings);
     /// Deletes the log's files.
     fn destroy(&self);
+    /// The newest publishing id appended by the publisher named `reference`.
+    fn writer_sequence(&self, reference: &str) -> Option<u64>;
+    /// Remembers a consumer's offset under its reference (the stream protocol's server-side
+    /// offset tracking); saved with the next group commit. False if the stream tracks as
+    /// many references as it may and this is a new one.
+    fn store_offset(&self, reference: &str, offset: u64) -> bool;
+    /// The offset last stored under `reference`.
+    fn stored_offset(&self, reference: &str) -> Option<u64>;
+    /// Where the saved publisher ids end: records from this offset on may name publishers
+    /// whose ids were not saved yet (a crash between a chunk's fsync and the save), and are
+    /// read again at recovery (see `recover_writer`).
+    fn tracking_end(&self) -> u64;
+    /// A publisher's id found in a record at recovery.
+    fn recover_writer(&self, reference: &str, publishing_id: u64);
+}
+
+/// How many publisher references, and how many consumer references, a stream remembers;
+/// a new one past this is not tracked (and said in the log). Bounds the memory and the
+/// size of the tracking saved with each group commit that changes it.
+pub const MAX_TRACKED_REFERENCES: usize = 10_000;
+
+/// A durable chunk of a stream, as read: its first offset, when it was appended
+/// (milliseconds since the epoch) and its records, each a slice of one buffer.
+#[derive(Debug, Clone)]
+pub struct StreamChunk {
+    pub first: u64,
+    pub timestamp: i64,
+    pub records: Arc<[bytes::Bytes]>,
 }
 
 pub trait Storage: Send + Sync + std::fmt::Debug {

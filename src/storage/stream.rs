@@ -11,9 +11,10 @@
 use super::cipher::KeyRing;
 use super::stream_log::{Settings, StreamLog};
 use super::syncer::{Flusher, Syncer};
-use crate::broker::store::{StoreError, StreamSettings, StreamStore};
+use crate::broker::store::{StoreError, StreamChunk, StreamSettings, StreamStore, MAX_TRACKED_REFERENCES};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -23,6 +24,14 @@ use tokio::sync::Notify;
 #[derive(Default)]
 struct Pending {
     messages: Vec<Bytes>,
+    /// Named publishers' newest publishing ids, as appended (deduplication reads these).
+    writers: HashMap<String, u64>,
+    /// Consumers' stored offsets, as stored.
+    offsets: HashMap<String, u64>,
+    /// What changed since the last round took its share: the publishers' ids of the
+    /// messages in `messages`, and whether `offsets` changed.
+    round_writers: HashMap<String, u64>,
+    offsets_changed: bool,
     /// The offset the next publish gets.
     next_offset: u64,
     /// On the syncer's list for the next round.
@@ -35,9 +44,46 @@ struct Pending {
 struct Log {
     log: StreamLog,
     settings: StreamSettings,
-    cache: Option<(u64, Arc<[Bytes]>)>,
+    cache: Option<StreamChunk>,
     /// Written by the round in progress, durable once it syncs: (end, newest chunk's first).
     written: (u64, u64),
+    /// The tracking as saved, and what the round in progress adds to it once it syncs.
+    saved: Tracking,
+    round: Option<(HashMap<String, u64>, Option<HashMap<String, u64>>)>,
+}
+
+/// A stream's tracking, saved beside its segments (`tracking.json`) after each group commit
+/// that changes it: named publishers' newest publishing ids (deduplication) and consumers'
+/// stored offsets. `end`: the durable end it covers (publishers' ids in records from there
+/// on are read again at recovery).
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+struct Tracking {
+    end: u64,
+    writers: HashMap<String, u64>,
+    offsets: HashMap<String, u64>,
+}
+
+const TRACKING_FILE: &str = "tracking.json";
+
+impl Tracking {
+    fn load(dir: &Path, label: &str) -> Tracking {
+        let path = dir.join(TRACKING_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                // Publishers' ids are read again from the whole log; stored offsets are lost.
+                tracing::warn!("{label}: unreadable {}: {e}", path.display());
+                Tracking::default()
+            }),
+            Err(_) => Tracking::default(),
+        }
+    }
+
+    /// Written whole to a new file renamed over the old one, so a crash leaves one or the other.
+    fn save(&self, dir: &Path) -> std::io::Result<()> {
+        let tmp = dir.join("tracking.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
+        std::fs::rename(&tmp, dir.join(TRACKING_FILE))
+    }
 }
 
 pub struct DiskStream {
@@ -81,13 +127,22 @@ impl DiskStream {
         let log = StreamLog::open(dir, log_settings(&settings), keys)?;
         let (first, end) = (log.first_offset(), log.next_offset());
         let last = log.chunk_at(end.saturating_sub(1)).map_or(end, |c| c.first_offset);
+        let mut saved = Tracking::load(dir, &label);
+        // A log shorter than the saved tracking (its tail lost): ids past it are not kept.
+        saved.end = saved.end.min(end);
+        let pending = Pending {
+            next_offset: end,
+            writers: saved.writers.clone(),
+            offsets: saved.offsets.clone(),
+            ..Default::default()
+        };
         Ok(Arc::new_cyclic(|me| DiskStream {
             label,
             dir: dir.to_path_buf(),
             syncer,
             me: me.clone(),
-            pending: Mutex::new(Pending { next_offset: end, ..Default::default() }),
-            log: Mutex::new(Log { log, settings, cache: None, written: (end, last) }),
+            pending: Mutex::new(pending),
+            log: Mutex::new(Log { log, settings, cache: None, written: (end, last), saved, round: None }),
             first: AtomicU64::new(first),
             durable_end: AtomicU64::new(end),
             last_chunk: AtomicU64::new(last),
@@ -98,22 +153,19 @@ impl DiskStream {
 }
 
 impl StreamStore for DiskStream {
-    fn append(&self, record: &mut dyn FnMut(u64, &mut BytesMut)) -> (u64, u64) {
+    fn append(&self, writer: Option<(&str, u64)>, record: &mut dyn FnMut(u64, &mut BytesMut)) -> (u64, u64) {
         let mut p = self.pending.lock();
         let offset = p.next_offset;
         let mut buf = BytesMut::new();
         record(offset, &mut buf);
         p.messages.push(buf.freeze());
         p.next_offset += 1;
-        // Listed before the ticket is taken: a round that covers the ticket writes this.
-        if !p.listed {
-            if let Some(me) = self.me.upgrade() {
-                p.listed = true;
-                self.syncer.mark_flusher(me);
+        if let Some((reference, id)) = writer {
+            if Self::track(&mut p.writers, reference, id, &self.label) {
+                Self::track(&mut p.round_writers, reference, id, &self.label);
             }
         }
-        let ticket = self.syncer.take_ticket();
-        p.max_ticket = ticket;
+        let ticket = self.list(&mut p);
         (offset, ticket)
     }
 
@@ -131,22 +183,22 @@ impl StreamStore for DiskStream {
         log.log.chunk_from_time(timestamp_ms).map_or(end, |c| c.first_offset.min(end))
     }
 
-    fn read(&self, offset: u64) -> Result<Option<(u64, Arc<[Bytes]>)>, StoreError> {
+    fn read(&self, offset: u64) -> Result<Option<StreamChunk>, StoreError> {
         let end = self.durable_end.load(Ordering::Acquire);
         if offset >= end {
             return Ok(None);
         }
         let mut log = self.log.lock();
-        if let Some((first, messages)) = &log.cache {
-            if (*first..*first + messages.len() as u64).contains(&offset) {
-                return Ok(Some((*first, messages.clone())));
+        if let Some(c) = &log.cache {
+            if (c.first..c.first + c.records.len() as u64).contains(&offset) {
+                return Ok(Some(c.clone()));
             }
         }
         let Some(info) = log.log.chunk_at(offset).filter(|c| c.first_offset < end) else { return Ok(None) };
         let chunk = log.log.read(&info)?;
-        let messages: Arc<[Bytes]> = chunk.messages.into();
-        log.cache = Some((chunk.first_offset, messages.clone()));
-        Ok(Some((chunk.first_offset, messages)))
+        let chunk = StreamChunk { first: chunk.first_offset, timestamp: chunk.timestamp, records: chunk.messages.into() };
+        log.cache = Some(chunk.clone());
+        Ok(Some(chunk))
     }
 
     fn size(&self) -> (u64, usize) {
@@ -164,6 +216,36 @@ impl StreamStore for DiskStream {
         log.log.set_settings(log_settings(&settings));
     }
 
+    fn writer_sequence(&self, reference: &str) -> Option<u64> {
+        self.pending.lock().writers.get(reference).copied()
+    }
+
+    fn store_offset(&self, reference: &str, offset: u64) -> bool {
+        let mut p = self.pending.lock();
+        if !Self::track(&mut p.offsets, reference, offset, &self.label) {
+            return false;
+        }
+        p.offsets_changed = true;
+        self.list(&mut p);
+        true
+    }
+
+    fn stored_offset(&self, reference: &str) -> Option<u64> {
+        self.pending.lock().offsets.get(reference).copied()
+    }
+
+    fn tracking_end(&self) -> u64 {
+        self.log.lock().saved.end
+    }
+
+    fn recover_writer(&self, reference: &str, publishing_id: u64) {
+        let mut p = self.pending.lock();
+        if Self::track(&mut p.writers, reference, publishing_id, &self.label) {
+            Self::track(&mut p.round_writers, reference, publishing_id, &self.label);
+            self.list(&mut p);
+        }
+    }
+
     fn destroy(&self) {
         self.destroyed.store(true, Ordering::Release);
         self.pending.lock().messages.clear();
@@ -173,20 +255,65 @@ impl StreamStore for DiskStream {
     }
 }
 
+impl DiskStream {
+    /// Sets `reference`'s value in a tracking map; false if the map is full and it is new.
+    fn track(map: &mut HashMap<String, u64>, reference: &str, value: u64, label: &str) -> bool {
+        if let Some(v) = map.get_mut(reference) {
+            *v = value;
+            return true;
+        }
+        if map.len() >= MAX_TRACKED_REFERENCES {
+            tracing::warn!("{label}: {MAX_TRACKED_REFERENCES} references tracked already: '{reference}' is not");
+            return false;
+        }
+        map.insert(reference.to_string(), value);
+        true
+    }
+
+    /// Puts the stream on the syncer's list for the next round (once) and returns the ticket
+    /// that round covers.
+    fn list(&self, p: &mut Pending) -> u64 {
+        // Listed before the ticket is taken: a round that covers the ticket writes this.
+        if !p.listed {
+            if let Some(me) = self.me.upgrade() {
+                p.listed = true;
+                self.syncer.mark_flusher(me);
+            }
+        }
+        let ticket = self.syncer.take_ticket();
+        p.max_ticket = ticket;
+        ticket
+    }
+}
+
 impl Flusher for DiskStream {
     fn write_pending(&self, covered: u64) -> std::io::Result<(bool, usize)> {
-        let (messages, more) = {
+        let (messages, more, round) = {
             let mut p = self.pending.lock();
             // A publish whose ticket this round does not cover may already be among these
             // (it was listed before its ticket was taken): a later round must still pass it.
             p.listed = p.max_ticket > covered;
-            (std::mem::take(&mut p.messages), p.listed)
+            let offsets = std::mem::take(&mut p.offsets_changed).then(|| p.offsets.clone());
+            let writers = std::mem::take(&mut p.round_writers);
+            let round = (!writers.is_empty() || offsets.is_some()).then_some((writers, offsets));
+            (std::mem::take(&mut p.messages), p.listed, round)
         };
-        if messages.is_empty() || self.destroyed.load(Ordering::Acquire) {
+        if self.destroyed.load(Ordering::Acquire) {
+            return Ok((more, 0));
+        }
+        let mut log = self.log.lock();
+        if let Some((writers, offsets)) = round {
+            // Saved once the round's chunk is durable (see `synced`).
+            let (w, o) = log.round.get_or_insert_with(Default::default);
+            w.extend(writers);
+            if offsets.is_some() {
+                *o = offsets;
+            }
+        }
+        if messages.is_empty() {
             return Ok((more, 0));
         }
         let bytes: usize = messages.iter().map(Bytes::len).sum();
-        let mut log = self.log.lock();
         let first = match log.log.append(&messages, now_ms()) {
             Ok(first) => first,
             Err(e) => {
@@ -221,7 +348,24 @@ impl Flusher for DiskStream {
     }
 
     fn synced(&self) {
-        let (end, last) = self.log.lock().written;
+        let (end, last) = {
+            let mut log = self.log.lock();
+            let (end, _) = log.written;
+            if let Some((writers, offsets)) = log.round.take() {
+                let saved = &mut log.saved;
+                saved.writers.extend(writers);
+                if let Some(o) = offsets {
+                    saved.offsets = o;
+                }
+                saved.end = end;
+                if !self.destroyed.load(Ordering::Acquire) {
+                    if let Err(e) = saved.save(&self.dir) {
+                        tracing::warn!("{}: cannot save its tracking: {e}", self.label);
+                    }
+                }
+            }
+            log.written
+        };
         self.last_chunk.store(last, Ordering::Release);
         if self.durable_end.swap(end, Ordering::AcqRel) != end {
             self.durable.notify_one();

@@ -8,6 +8,7 @@
 //! (`amqp/` and the ones beside it) translate to and from them. No I/O, no broker state.
 
 pub mod codec;
+pub mod amqp10;
 pub mod constants;
 pub mod properties;
 

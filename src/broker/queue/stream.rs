@@ -15,8 +15,9 @@ use crate::types::{BasicProperties, FieldValue};
 use bytes::{Buf, BufMut, BytesMut};
 
 /// The first byte of a record: an AMQP 0-9-1 message (exchange, routing key, properties,
-/// body). Other protocols' formats would get other values.
+/// body), or an AMQP 1.0 message as the stream protocol publishes it.
 const RECORD_AMQP091: u8 = 1;
+const RECORD_AMQP10: u8 = 2;
 const FLAG_PERSISTENT: u8 = 1;
 
 /// A segment's size when `x-stream-max-segment-size-bytes` does not say (RabbitMQ's 500 MB).
@@ -59,9 +60,111 @@ pub fn encode_record(message: &Message, offset: u64, buf: &mut BytesMut) {
     }
 }
 
+/// A message published over the stream protocol, as a stream stores it:
+/// `2 | reference (u8 length) | publishing id (u64, with a reference only) | AMQP 1.0 message`.
+/// The publisher's reference and id are kept so that deduplication survives a crash
+/// between a chunk's fsync and the save of the stream's tracking.
+pub fn encode_amqp10_record(writer: Option<(&str, u64)>, message: &[u8], buf: &mut BytesMut) {
+    buf.reserve(11 + writer.map_or(0, |w| w.0.len()) + message.len());
+    buf.put_u8(RECORD_AMQP10);
+    match writer {
+        Some((reference, id)) if !reference.is_empty() && reference.len() < 256 => {
+            buf.put_u8(reference.len() as u8);
+            buf.put_slice(reference.as_bytes());
+            buf.put_u64(id);
+        }
+        _ => buf.put_u8(0),
+    }
+    buf.put_slice(message);
+}
+
+/// The AMQP 1.0 part of a stream protocol record, and the publisher that wrote it.
+fn split_amqp10(record: &bytes::Bytes) -> Option<(Option<(&str, u64)>, bytes::Bytes)> {
+    let len = *record.get(1)? as usize;
+    if len == 0 {
+        return Some((None, record.slice(2..)));
+    }
+    let reference = std::str::from_utf8(record.get(2..2 + len)?).ok()?;
+    let id = u64::from_be_bytes(record.get(2 + len..10 + len)?.try_into().ok()?);
+    Some((Some((reference, id)), record.slice(10 + len..)))
+}
+
+/// The publisher reference and publishing id a record was appended with, if any.
+pub fn record_writer(record: &bytes::Bytes) -> Option<(&str, u64)> {
+    match record.first() {
+        Some(&RECORD_AMQP10) => split_amqp10(record)?.0,
+        _ => None,
+    }
+}
+
+/// A record as the stream protocol delivers it: an AMQP 1.0 message (a slice of the chunk
+/// for what the stream protocol published; converted, with `x-exchange` and
+/// `x-routing-key` annotations, for what AMQP 0-9-1 published).
+pub fn record_as_amqp10(record: &bytes::Bytes) -> Option<bytes::Bytes> {
+    match record.first() {
+        Some(&RECORD_AMQP10) => Some(split_amqp10(record)?.1),
+        Some(&RECORD_AMQP091) => {
+            let m = decode_record(record, 0, "")?;
+            let mut props = m.decode_properties();
+            if let Some(h) = props.headers.as_mut() {
+                h.remove("x-stream-offset");
+                if h.is_empty() {
+                    props.headers = None;
+                }
+            }
+            let mut out = BytesMut::new();
+            let parts: Vec<&[u8]> = m.body.parts().iter().map(|p| &p[..]).collect();
+            crate::types::amqp10::from_amqp091(m.exchange.as_str(), m.routing_key.as_str(), &props, &parts, &mut out);
+            Some(out.freeze())
+        }
+        _ => None,
+    }
+}
+
+/// Reads the records appended after the stream's saved tracking for the publishers that
+/// wrote them, so deduplication knows their newest ids after a crash. Normally the last
+/// group commit's records at most: the tracking is saved after every one that changes it.
+pub fn recover_writers(store: &Arc<dyn StreamStore>, label: &str) {
+    let (first, end) = store.bounds();
+    let mut at = store.tracking_end().max(first);
+    while at < end {
+        let chunk = match store.read(at) {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!("{label}: reading its publishers' ids back: {e}");
+                break;
+            }
+        };
+        for record in chunk.records.iter() {
+            if let Some((reference, id)) = record_writer(record) {
+                store.recover_writer(reference, id);
+            }
+        }
+        let next = chunk.first + chunk.records.len() as u64;
+        if next <= at {
+            break;
+        }
+        at = next;
+    }
+}
+
 /// A stored record back as a message; its parts are slices of the chunk read (no copy).
-/// None for a record this version cannot read.
-pub fn decode_record(record: &bytes::Bytes) -> Option<Message> {
+/// `offset` and `stream` give a stream protocol message its `x-stream-offset` header and
+/// its routing key (the stream's name, as RabbitMQ gives it). None for a record this
+/// version cannot read.
+pub fn decode_record(record: &bytes::Bytes, offset: u64, stream: &str) -> Option<Message> {
+    if record.first() == Some(&RECORD_AMQP10) {
+        let (_, data) = split_amqp10(record)?;
+        let converted = crate::types::amqp10::to_amqp091(&data)
+            .unwrap_or_else(|| crate::types::amqp10::Amqp091 { body: data, ..Default::default() });
+        let mut props = converted.props;
+        props.headers.get_or_insert_with(FieldTable::new).insert("x-stream-offset", FieldValue::I64(offset as i64));
+        let persistent = props.delivery_mode == Some(2);
+        let exchange = ShortStr::from(converted.exchange.unwrap_or_default());
+        let routing_key = ShortStr::from(converted.routing_key.unwrap_or_else(|| stream.to_string()));
+        return Some(Message::new(exchange, routing_key, props.to_bytes(), converted.body, persistent));
+    }
     let mut b = record.clone();
     if b.remaining() < 3 || b.get_u8() != RECORD_AMQP091 {
         return None;
@@ -141,7 +244,7 @@ impl Queue {
 
     /// Appends a routed message; its confirm waits for the returned ticket.
     pub(super) fn stream_publish(&self, store: &Arc<dyn StreamStore>, message: &Message) -> Published {
-        let (_, ticket) = store.append(&mut |offset, buf| encode_record(message, offset, buf));
+        let (_, ticket) = store.append(None, &mut |offset, buf| encode_record(message, offset, buf));
         let mut st = self.state.lock();
         st.counts.publish += 1;
         st.last_used = now_ms();
@@ -184,7 +287,7 @@ impl Queue {
                     break;
                 }
                 let (chunk_first, records) = match store.read(next) {
-                    Ok(Some(chunk)) => chunk,
+                    Ok(Some(chunk)) => (chunk.first, chunk.records),
                     Ok(None) => break,
                     Err(e) => {
                         tracing::error!("stream '{}' in vhost '{}': {e}", self.name, self.vhost);
@@ -195,7 +298,7 @@ impl Queue {
                 let chunk_end = (chunk_first + records.len() as u64).min(end);
                 while at < chunk_end && self.may_deliver(&consumer) {
                     let record = &records[(at - chunk_first) as usize];
-                    match decode_record(record) {
+                    match decode_record(record, at, &self.name) {
                         Some(message) => {
                             let mut m = QueuedMessage::unqueued(Arc::new(message));
                             m.seq = at;

@@ -39,6 +39,7 @@ impl VHost {
             });
             let queue = if args.stream {
                 let store = storage.open_stream(&q.log, super::stream::stream_settings(&args))?;
+                crate::broker::queue::stream::recover_writers(&store, &label);
                 let options =
                     QueueOptions { durable: true, exclusive_owner: None, auto_delete: false, arguments, args };
                 Queue::stream(name.clone(), &self.name, options, store, self.me.clone())

@@ -18,7 +18,7 @@ fn a_record_reads_back_as_the_message_with_its_offset() {
     let m = Message::new("ex".into(), "key".into(), props.to_bytes(), bytes::Bytes::from_static(b"body"), true);
     let mut buf = BytesMut::new();
     encode_record(&m, 42, &mut buf);
-    let back = decode_record(&buf.freeze()).expect("decodes");
+    let back = decode_record(&buf.freeze(), 42, "s").expect("decodes");
     assert_eq!((back.exchange.as_str(), back.routing_key.as_str()), ("ex", "key"));
     assert!(back.persistent);
     assert_eq!(back.body.to_bytes(), bytes::Bytes::from_static(b"body"));
@@ -26,8 +26,42 @@ fn a_record_reads_back_as_the_message_with_its_offset() {
     assert_eq!(p.content_type.as_deref(), Some("text/plain"));
     assert_eq!(p.headers.and_then(|h| h.get("x-stream-offset").cloned()), Some(FieldValue::I64(42)));
     // Truncated or foreign records are refused, not misread.
-    assert!(decode_record(&bytes::Bytes::from_static(&[2, 0, 0])).is_none());
-    assert!(decode_record(&bytes::Bytes::from_static(&[1, 0, 5, b'a'])).is_none());
+    assert!(decode_record(&bytes::Bytes::from_static(&[3, 0, 0]), 0, "s").is_none());
+    assert!(decode_record(&bytes::Bytes::from_static(&[1, 0, 5, b'a']), 0, "s").is_none());
+    assert!(decode_record(&bytes::Bytes::from_static(&[2, 9, b'a']), 0, "s").is_none());
+}
+
+#[test]
+fn a_stream_protocol_record_keeps_its_publisher_and_reads_as_amqp_0_9_1() {
+    let mut amqp10 = BytesMut::new();
+    let props = BasicProperties { content_type: Some("text/plain".into()), ..Default::default() };
+    crate::types::amqp10::from_amqp091("", "", &props, &[b"hi"], &mut amqp10);
+    let mut buf = BytesMut::new();
+    encode_amqp10_record(Some(("producer-1", 9)), &amqp10, &mut buf);
+    let record = buf.freeze();
+    assert_eq!(record_writer(&record), Some(("producer-1", 9)));
+    assert_eq!(record_as_amqp10(&record).as_deref(), Some(&amqp10[..]));
+    let m = decode_record(&record, 5, "events").expect("decodes");
+    assert_eq!(m.body.to_bytes(), bytes::Bytes::from_static(b"hi"));
+    assert_eq!((m.exchange.as_str(), m.routing_key.as_str()), ("", ""));
+    let p = m.decode_properties();
+    assert_eq!(p.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(p.headers.and_then(|h| h.get("x-stream-offset").cloned()), Some(FieldValue::I64(5)));
+    // Bytes that are not AMQP 1.0 are the body as they are; the routing key is the stream's.
+    let mut buf = BytesMut::new();
+    encode_amqp10_record(None, b"raw", &mut buf);
+    let record = buf.freeze();
+    assert_eq!(record_writer(&record), None);
+    let m = decode_record(&record, 0, "events").expect("decodes");
+    assert_eq!((m.body.to_bytes(), m.routing_key.as_str()), (bytes::Bytes::from_static(b"raw"), "events"));
+    // An AMQP 0-9-1 record reaches the stream protocol as AMQP 1.0, offset header left out.
+    let m0 = Message::new("ex".into(), "key".into(), props.to_bytes(), bytes::Bytes::from_static(b"b"), false);
+    let mut buf = BytesMut::new();
+    encode_record(&m0, 3, &mut buf);
+    let converted = record_as_amqp10(&buf.freeze()).expect("converts");
+    let back = crate::types::amqp10::to_amqp091(&converted).expect("AMQP 1.0");
+    assert_eq!((back.exchange.as_deref(), back.routing_key.as_deref()), (Some("ex"), Some("key")));
+    assert_eq!(back.props, props);
 }
 
 /// A stream log in memory: appends wait in `pending` until `make_durable` seals them into a
@@ -60,7 +94,7 @@ impl MemoryStore {
 }
 
 impl StreamStore for MemoryStore {
-    fn append(&self, record: &mut dyn FnMut(u64, &mut BytesMut)) -> (u64, u64) {
+    fn append(&self, _writer: Option<(&str, u64)>, record: &mut dyn FnMut(u64, &mut BytesMut)) -> (u64, u64) {
         let mut st = self.state.lock();
         let offset = (st.records.len() + st.pending.len()) as u64;
         let mut buf = BytesMut::new();
@@ -78,7 +112,7 @@ impl StreamStore for MemoryStore {
     fn offset_at(&self, _timestamp_ms: i64) -> u64 {
         self.bounds().1
     }
-    fn read(&self, offset: u64) -> Result<Option<(u64, Arc<[bytes::Bytes]>)>, StoreError> {
+    fn read(&self, offset: u64) -> Result<Option<crate::broker::store::StreamChunk>, StoreError> {
         let st = self.state.lock();
         let end = st.records.len() as u64;
         if offset >= end {
@@ -87,7 +121,8 @@ impl StreamStore for MemoryStore {
         let c = st.chunks.partition_point(|&f| f <= offset) - 1;
         let first = st.chunks[c];
         let next = st.chunks.get(c + 1).copied().unwrap_or(end);
-        Ok(Some((first, st.records[first as usize..next as usize].to_vec().into())))
+        let records = st.records[first as usize..next as usize].to_vec().into();
+        Ok(Some(crate::broker::store::StreamChunk { first, timestamp: 0, records }))
     }
     fn size(&self) -> (u64, usize) {
         (0, 1)
@@ -97,6 +132,20 @@ impl StreamStore for MemoryStore {
     }
     fn set_settings(&self, _settings: crate::broker::store::StreamSettings) {}
     fn destroy(&self) {}
+    // The readers' model does not track publishers or offsets (storage's tests do).
+    fn writer_sequence(&self, _reference: &str) -> Option<u64> {
+        None
+    }
+    fn store_offset(&self, _reference: &str, _offset: u64) -> bool {
+        false
+    }
+    fn stored_offset(&self, _reference: &str) -> Option<u64> {
+        None
+    }
+    fn tracking_end(&self) -> u64 {
+        0
+    }
+    fn recover_writer(&self, _reference: &str, _publishing_id: u64) {}
 }
 
 struct Reader {
