@@ -54,7 +54,7 @@ class HareCluster:
         self.argv = []
         for i in range(3):
             self.argv.append(
-                [HARE, "--port", str(self.ports[i]), "--management-port", str(self.http_ports[i]), "--mqtt-port", "0", "--mqtt-ws-port", "0",
+                [HARE, "--port", str(self.ports[i]), "--management-port", str(self.http_ports[i]), "--mqtt-port", "0", "--mqtt-ws-port", "0", "--stream-port", "0",
                  "--data-dir", os.path.join(self.dir, f"n{i + 1}"), "--log", "warn", "--node-name", f"n{i + 1}",
                  "--cluster-port", str(self.cluster_ports[i]), "--cluster-seeds", seeds,
                  "--cluster-secret-file", secret])

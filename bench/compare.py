@@ -90,7 +90,7 @@ class Hare:
         started = time.monotonic()
         limit = ["--memory-limit", f"{memory_limit_mib}MiB"] if memory_limit_mib else []
         self.proc = subprocess.Popen(
-            [HARE, "--port", str(self.port), "--management-port", str(self.http_port), "--mqtt-port", str(self.mqtt_port), "--mqtt-ws-port", "0", "--data-dir", os.path.join(self.dir, "data"), "--log", "warn", *limit, *self.extra],
+            [HARE, "--port", str(self.port), "--management-port", str(self.http_port), "--mqtt-port", str(self.mqtt_port), "--mqtt-ws-port", "0", "--stream-port", "0", "--data-dir", os.path.join(self.dir, "data"), "--log", "warn", *limit, *self.extra],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env=self.env,

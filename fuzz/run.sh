@@ -11,7 +11,7 @@
 # it in fuzz/runs/<target>/artifacts/; turn it into a regression test (see docs/fuzzing.md).
 set -euo pipefail
 cd "$(dirname "$0")"
-TARGETS=(frame method field_table content_header sasl http)
+TARGETS=(frame method field_table content_header sasl http stream_frame)
 [ $# -gt 0 ] && TARGETS=("$@")
 FLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4"
 FLAGS+=" -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table"

@@ -74,6 +74,12 @@ pub struct Args {
     /// MQTT over secure WebSocket port, when a certificate is configured (15676; 0 for none).
     #[arg(long, env = "HARE_MQTT_WSS_PORT")]
     pub mqtt_wss_port: Option<u16>,
+    /// RabbitMQ's stream protocol port (5552; 0 for none).
+    #[arg(long, env = "HARE_STREAM_PORT")]
+    pub stream_port: Option<u16>,
+    /// The stream protocol over TLS, when a certificate is configured (5551; 0 for none).
+    #[arg(long, env = "HARE_STREAM_TLS_PORT")]
+    pub stream_tls_port: Option<u16>,
     /// File with the 256-bit key (64 hex digits, or 32 bytes) that seals message records
     /// and definitions on disk with AES-256-GCM (encryption at rest).
     #[arg(long, env = "HARE_ENCRYPTION_KEY_FILE")]
@@ -107,7 +113,7 @@ pub struct Args {
     /// send buffer, RabbitMQ's tcp_listen_options.sndbuf; "512KiB", 0: the kernel's), default_user,
     /// default_pass, loopback_users (users who may log in only from loopback; ["guest"]),
     /// tls_cert, tls_key, tls_ca, tls_fail_if_no_peer_cert, tls_port, management_tls_port, mqtt_port, mqtt_tls_port,
-    /// mqtt_ws_port, mqtt_wss_port,
+    /// mqtt_ws_port, mqtt_wss_port, stream_port, stream_tls_port,
     /// encryption_key_file, encryption_previous_key_files (old keys, read only: key rotation),
     /// audit_log, audit_log_max_bytes (rotation size; "10MB"), audit_log_files (rotated files kept; 5),
     /// node_name, cluster_port, cluster_bind, cluster_seeds (a list), cluster_secret_file.
@@ -148,6 +154,8 @@ struct FileConfig {
     mqtt_tls_port: Option<u16>,
     mqtt_ws_port: Option<u16>,
     mqtt_wss_port: Option<u16>,
+    stream_port: Option<u16>,
+    stream_tls_port: Option<u16>,
     encryption_key_file: Option<PathBuf>,
     encryption_previous_key_files: Option<Vec<PathBuf>>,
     audit_log: Option<String>,
@@ -221,6 +229,9 @@ pub struct Config {
     pub mqtt_tls_port: u16,
     pub mqtt_ws_port: u16,
     pub mqtt_wss_port: u16,
+    /// The stream protocol's ports; 0 for none.
+    pub stream_port: u16,
+    pub stream_tls_port: u16,
     /// Encryption at rest: the current key's file, and previous keys' files (read only).
     pub encryption_key_file: Option<PathBuf>,
     pub encryption_previous_key_files: Vec<PathBuf>,
@@ -260,6 +271,8 @@ impl Default for Config {
             mqtt_tls_port: 8883,
             mqtt_ws_port: 15675,
             mqtt_wss_port: 15676,
+            stream_port: 5552,
+            stream_tls_port: 5551,
             encryption_key_file: None,
             encryption_previous_key_files: Vec::new(),
             audit: Some(crate::audit::AuditSettings {
@@ -366,6 +379,8 @@ impl Config {
             mqtt_tls_port: d.mqtt_tls_port,
             mqtt_ws_port: d.mqtt_ws_port,
             mqtt_wss_port: d.mqtt_wss_port,
+            stream_port: d.stream_port,
+            stream_tls_port: d.stream_tls_port,
             encryption_key_file: None,
             encryption_previous_key_files: Vec::new(),
             audit: None,
@@ -391,6 +406,8 @@ impl Config {
             mqtt_tls_port: args.mqtt_tls_port.or(file.mqtt_tls_port).unwrap_or(d.mqtt_tls_port),
             mqtt_ws_port: args.mqtt_ws_port.or(file.mqtt_ws_port).unwrap_or(d.mqtt_ws_port),
             mqtt_wss_port: args.mqtt_wss_port.or(file.mqtt_wss_port).unwrap_or(d.mqtt_wss_port),
+            stream_port: args.stream_port.or(file.stream_port).unwrap_or(d.stream_port),
+            stream_tls_port: args.stream_tls_port.or(file.stream_tls_port).unwrap_or(d.stream_tls_port),
             encryption_key_file: args.encryption_key_file.clone().or(file.encryption_key_file),
             encryption_previous_key_files: file.encryption_previous_key_files.unwrap_or_default(),
             audit: match args.audit_log.clone().or(file.audit_log).as_deref() {

@@ -198,6 +198,31 @@ fn main() -> ExitCode {
                 let _ = stopped.wait_for(|s| *s).await;
             })));
         }
+        // RabbitMQ's stream protocol, on its ports that are not 0.
+        let shared = hare::stream::Shared {
+            broker: broker.clone(),
+            config: Arc::new(config.clone()),
+            durable: Some(syncer.subscribe()),
+            alarm: background.alarm.clone(),
+        };
+        let mut stream_task = None;
+        match hare::stream::Server::bind(shared, tls.clone(), fds.connections).await {
+            Ok(None) => {}
+            Ok(Some(s)) => {
+                for (protocol, name, a) in s.addresses() {
+                    tracing::info!("{name} listening on {a}");
+                    mqtt_listeners.push((protocol, a.port()));
+                }
+                let mut stopped = mqtt_stopped.clone();
+                stream_task = Some(tokio::spawn(s.run(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })));
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
         let http = match tokio::net::TcpListener::bind((config.bind.as_str(), config.management_port)).await {
             Ok(l) => l,
             Err(e) => {
@@ -253,7 +278,7 @@ fn main() -> ExitCode {
         }));
         server.run(shutdown_signal()).await;
         let _ = stop_mqtt.send(true);
-        if let Some(t) = mqtt_task {
+        for t in [mqtt_task, stream_task].into_iter().flatten() {
             let _ = t.await;
         }
         drop(mqtt_stopped);

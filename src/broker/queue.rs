@@ -1083,9 +1083,8 @@ impl Queue {
             log.destroy();
         }
         if let Some(s) = &self.stream {
+            // Its readers (the consumers' task, stream protocol subscriptions) wake and end.
             s.destroy();
-            // Its consumers' task, if one runs, wakes and ends.
-            s.durable_notify().notify_one();
         }
         st.readers.clear();
         for c in st.consumers.drain(..) {

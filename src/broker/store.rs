@@ -95,8 +95,9 @@ pub trait StreamStore: Send + Sync + std::fmt::Debug {
     fn read(&self, offset: u64) -> Result<Option<StreamChunk>, StoreError>;
     /// Bytes on disk, and segments.
     fn size(&self) -> (u64, usize);
-    /// Notified each time more of the log becomes durable.
-    fn durable_notify(&self) -> Arc<tokio::sync::Notify>;
+    /// The end of the durable log, changed each time more of it becomes durable (and once
+    /// when the stream is deleted): any number of readers follow it.
+    fn durable_watch(&self) -> tokio::sync::watch::Receiver<u64>;
     /// Retention and segment size from now on.
     fn set_settings(&self, settings: StreamSettings);
     /// Deletes the log's files.

@@ -112,8 +112,8 @@ impl Queue {
     }
 }
 
-/// The connection's handle on its writer.
-#[derive(Debug)]
+/// The connection's handle on its writer (clones share it).
+#[derive(Debug, Clone)]
 pub struct WriterHandle {
     queue: Arc<Queue>,
     pub unwritten: Arc<AtomicUsize>,
@@ -237,6 +237,9 @@ async fn run<W: AsyncWrite + Unpin>(
                     if charges > 0 {
                         sink.release(charges);
                     }
+                    // Every waiter (the connection, a stream protocol subscription's task),
+                    // and a permit for the connection if it is not waiting yet.
+                    drained.notify_waiters();
                     drained.notify_one();
                 }
                 WriteItem::Close => {

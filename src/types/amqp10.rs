@@ -463,7 +463,9 @@ pub fn from_amqp091(exchange: &str, routing_key: &str, props: &BasicProperties, 
         (symbol("x-exchange"), Value::String(exchange.to_string())),
         (symbol("x-routing-key"), Value::String(routing_key.to_string())),
     ];
-    for (key, value) in [("x-basic-type", &props.kind), ("x-basic-app-id", &props.app_id), ("x-basic-expiration", &props.expiration)] {
+    for (key, value) in
+        [("x-basic-type", &props.kind), ("x-basic-app-id", &props.app_id), ("x-basic-expiration", &props.expiration)]
+    {
         if let Some(v) = value {
             annotations.push((symbol(key), Value::String(v.as_str().to_string())));
         }
@@ -487,10 +489,8 @@ pub fn from_amqp091(exchange: &str, routing_key: &str, props: &BasicProperties, 
         section(out, PROPERTIES, &Value::List(fields[..used].to_vec()));
     }
     if let Some(headers) = &props.headers {
-        let pairs: Vec<_> = headers
-            .iter()
-            .filter_map(|(k, v)| Some((Value::String(k.as_str().to_string()), from_field(v)?)))
-            .collect();
+        let pairs: Vec<_> =
+            headers.iter().filter_map(|(k, v)| Some((Value::String(k.as_str().to_string()), from_field(v)?))).collect();
         if !pairs.is_empty() {
             section(out, APPLICATION_PROPERTIES, &Value::Map(pairs));
         }

@@ -7,8 +7,8 @@
 //! in this encoding, and the core's errors carry these reply codes. The wire protocols
 //! (`amqp/` and the ones beside it) translate to and from them. No I/O, no broker state.
 
-pub mod codec;
 pub mod amqp10;
+pub mod codec;
 pub mod constants;
 pub mod properties;
 

@@ -30,9 +30,12 @@ impl TestServer {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let log = dir.join("hare.log");
         let log_file = std::fs::File::create(&log).expect("log file");
-        // No MQTT listener unless `extra` asks for one (its defaults would clash between tests).
-        let mqtt_off =
-            ["--mqtt-port", "--mqtt-ws-port"].into_iter().filter(|k| !extra.contains(k)).flat_map(|k| [k, "0"]);
+        // No MQTT or stream protocol listener unless `extra` asks for one (their defaults
+        // would clash between tests).
+        let mqtt_off = ["--mqtt-port", "--mqtt-ws-port", "--stream-port"]
+            .into_iter()
+            .filter(|k| !extra.contains(k))
+            .flat_map(|k| [k, "0"]);
         let child = Command::new(env!("CARGO_BIN_EXE_hare"))
             .args(["--port", "0", "--management-port", "0", "--log", "info"])
             .args(mqtt_off)

@@ -14,10 +14,11 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HARE_BIN = os.environ.get("HARE_BIN", os.path.join(ROOT, "target", "release", "hare"))
-# Brokers started by the tests, several at once, listen for MQTT only when a test asks for
-# it with --mqtt-port and the like (the defaults, 1883, 8883, 15675 and 15676, would be taken by
-# the first).
-for _port in ("HARE_MQTT_PORT", "HARE_MQTT_TLS_PORT", "HARE_MQTT_WS_PORT", "HARE_MQTT_WSS_PORT"):
+# Brokers started by the tests, several at once, listen for MQTT and the stream protocol only
+# when a test asks for it with --mqtt-port, --stream-port and the like (the defaults, 1883, 8883,
+# 15675, 15676, 5552 and 5551, would be taken by the first).
+for _port in ("HARE_MQTT_PORT", "HARE_MQTT_TLS_PORT", "HARE_MQTT_WS_PORT", "HARE_MQTT_WSS_PORT", "HARE_STREAM_PORT",
+              "HARE_STREAM_TLS_PORT"):
     os.environ.setdefault(_port, "0")
 
 

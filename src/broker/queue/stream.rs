@@ -223,11 +223,10 @@ impl Queue {
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         st.stream_watched = true;
-        let notify = store.durable_notify();
+        let mut durable = store.durable_watch();
         let weak = Arc::downgrade(self);
         runtime.spawn(async move {
-            loop {
-                notify.notified().await;
+            while durable.changed().await.is_ok() {
                 match weak.upgrade() {
                     Some(q) if !q.is_deleted() => q.dispatch(),
                     _ => return,
@@ -249,6 +248,22 @@ impl Queue {
         st.counts.publish += 1;
         st.last_used = now_ms();
         Published { ticket, logged: true, ..Default::default() }
+    }
+
+    /// Appends a message published over the stream protocol (AMQP 1.0 bytes) by `writer`
+    /// (a named publisher's reference and publishing id); returns its offset and the ticket
+    /// its confirm waits for. None if the queue is not a stream. The queue's publish count
+    /// is kept by `count_stream_publishes`, once per frame.
+    pub fn stream_append(&self, writer: Option<(&str, u64)>, message: &[u8]) -> Option<(u64, u64)> {
+        let store = self.stream.as_ref()?;
+        Some(store.append(writer, &mut |_, buf| encode_amqp10_record(writer, message, buf)))
+    }
+
+    /// `n` messages were appended over the stream protocol.
+    pub fn count_stream_publishes(&self, n: u64) {
+        let mut st = self.state.lock();
+        st.counts.publish += n;
+        st.last_used = now_ms();
     }
 
     /// Adds a consumer that reads from `start` on.

@@ -69,7 +69,7 @@ fn a_stream_protocol_record_keeps_its_publisher_and_reads_as_amqp_0_9_1() {
 #[derive(Debug, Default)]
 struct MemoryStore {
     state: parking_lot::Mutex<MemoryState>,
-    notify: Arc<tokio::sync::Notify>,
+    durable: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -127,8 +127,8 @@ impl StreamStore for MemoryStore {
     fn size(&self) -> (u64, usize) {
         (0, 1)
     }
-    fn durable_notify(&self) -> Arc<tokio::sync::Notify> {
-        self.notify.clone()
+    fn durable_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.durable.subscribe()
     }
     fn set_settings(&self, _settings: crate::broker::store::StreamSettings) {}
     fn destroy(&self) {}

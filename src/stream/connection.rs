@@ -1,0 +1,982 @@
+//! One stream protocol client's task, in RabbitMQ's order: peer properties, SASL handshake
+//! and authenticate, tune, open (the vhost), then commands until close. Publishes are
+//! appended to their stream and confirmed once their group commit is durable (a named
+//! publisher's re-sent ids are confirmed without being stored again); each subscription is
+//! served by a task of its own (`deliver`), a chunk per credit.
+
+use super::codec::{self, code, key, put_frame, put_map, put_response, put_string, Command, OffsetSpec};
+use super::deliver::{self, Subscription};
+use super::Shared;
+use crate::auth::grant::{Grant, Kind, Perm};
+use crate::broker::audit::Actor;
+use crate::broker::connections::{bump, ConnectionDetails, ConnectionEntry};
+use crate::broker::consumer::ConnectionSink;
+use crate::broker::queue::Queue;
+use crate::broker::vhost::{QueueDeclaration, VHost};
+use crate::net::pending::PendingGuard;
+use crate::net::read_buf::{ReadSize, READ_MIN};
+use crate::net::writer::{Encoded, WriterHandle};
+use crate::types::{FieldTable, FieldValue};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// The frame size the broker proposes in its tune (RabbitMQ's default, 1 MiB).
+const FRAME_MAX: u32 = 1_048_576;
+/// The heartbeat the broker proposes, in seconds (RabbitMQ's default).
+const HEARTBEAT: u32 = 60;
+/// How long a client has from connecting to opening its vhost.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest frame taken before the login: the handshake's frames are small.
+const MAX_UNAUTHENTICATED: usize = 65_536;
+/// Publishes appended and not yet confirmed, past which the connection stops reading until
+/// the disk catches up: a publisher faster than the disk costs bounded memory.
+const MAX_UNCONFIRMED: usize = 100_000;
+/// Publishers and subscriptions one connection may hold: the protocol's ids are one byte.
+const MAX_IDS: usize = 256;
+/// The longest publisher or consumer reference (RabbitMQ's limit).
+const MAX_REFERENCE: usize = 256;
+
+/// Where a connection comes from and what carries it.
+pub struct Link {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: Option<crate::tls::PeerInfo>,
+}
+
+/// A declared publisher.
+struct Publisher {
+    stream: String,
+    /// Its reference, for deduplication; None for an anonymous publisher.
+    reference: Option<String>,
+    queue: Arc<Queue>,
+}
+
+/// How far the handshake got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Step {
+    Start,
+    Authenticated,
+    Tuned,
+    Opened,
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    id: u64,
+    link: Link,
+    step: Step,
+    client_properties: Vec<(String, String)>,
+    user: String,
+    mechanism: &'static str,
+    vhost: Option<Arc<VHost>>,
+    grant: Option<Grant>,
+    entry: Option<Arc<ConnectionEntry>>,
+    writer: WriterHandle,
+    /// The largest frame either side sends (0 in a tune: no limit but the broker's own).
+    frame_max: usize,
+    heartbeat: u32,
+    publishers: HashMap<u8, Publisher>,
+    subscriptions: HashMap<u8, Subscription>,
+    /// Publishes appended and not yet confirmed, in order: (ticket, publisher, publishing id).
+    unconfirmed: VecDeque<(u64, u8, u64)>,
+    durable: u64,
+    /// Subscriptions' tasks tell the connection of a stream deleted under them.
+    gone_tx: mpsc::UnboundedSender<(u8, String)>,
+    out: BytesMut,
+    /// The connection ends once `out` is written, with this reason in the log.
+    closing: Option<String>,
+}
+
+/// Serves one stream protocol connection to its end.
+pub async fn serve<R, W>(
+    mut rd: R,
+    wr: W,
+    link: Link,
+    pending: PendingGuard,
+    mut shutdown: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let id = shared.broker.next_id();
+    let sink = ConnectionSink::new(id);
+    let (writer, writer_task) = WriterHandle::spawn(wr, sink);
+    let (gone_tx, mut gone_rx) = mpsc::unbounded_channel();
+    let max_frame = max_frame(&shared);
+    let mut conn = Conn {
+        durable: shared.durable.as_ref().map_or(u64::MAX, |rx| *rx.borrow()),
+        shared,
+        id,
+        link,
+        step: Step::Start,
+        client_properties: Vec::new(),
+        user: String::new(),
+        mechanism: "PLAIN",
+        vhost: None,
+        grant: None,
+        entry: None,
+        writer: writer.clone(),
+        frame_max: max_frame,
+        heartbeat: 0,
+        publishers: HashMap::new(),
+        subscriptions: HashMap::new(),
+        unconfirmed: VecDeque::new(),
+        gone_tx,
+        out: BytesMut::new(),
+        closing: None,
+    };
+    let mut pending = Some(pending);
+    let mut rbuf = BytesMut::with_capacity(READ_MIN);
+    let mut read_size = ReadSize::default();
+    let mut durable = conn.shared.durable.clone();
+    let mut alarm = conn.shared.alarm.clone();
+    let handshake_deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let mut last_recv = Instant::now();
+    let mut last_beat = Instant::now();
+    loop {
+        let limit = if conn.step == Step::Opened { conn.frame_max.min(max_frame) } else { MAX_UNAUTHENTICATED };
+        while conn.closing.is_none() {
+            match next_frame(&mut rbuf, limit) {
+                Ok(None) => break,
+                Ok(Some(frame)) => conn.frame(frame),
+                Err(size) => {
+                    conn.close(code::FRAME_TOO_LARGE, &format!("frame of {size} bytes, over the maximum of {limit}"));
+                }
+            }
+        }
+        if conn.step == Step::Opened {
+            if let Some(p) = pending.take() {
+                drop(p);
+            }
+        }
+        conn.confirm();
+        conn.flush();
+        if conn.closing.is_some() {
+            break;
+        }
+        let need = missing(&rbuf);
+        if read_size.short(&rbuf, need) {
+            read_size.make_room(&mut rbuf, need);
+        }
+        let backlogged = writer.backlogged();
+        let blocked = !conn.publishers.is_empty() && alarm.borrow().is_some();
+        let full = conn.unconfirmed.len() >= MAX_UNCONFIRMED;
+        let waits = !conn.unconfirmed.is_empty();
+        let heartbeat = (conn.heartbeat > 0).then(|| Duration::from_secs(conn.heartbeat as u64));
+        let entry = conn.entry.clone();
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => conn.close(code::OK, "broker shutting down"),
+            _ = async { match &entry { Some(e) => e.close_requested.notified().await, None => std::future::pending().await } } => {
+                let why = entry.as_ref().and_then(|e| e.close_reason()).unwrap_or_default();
+                conn.close(code::OK, &why);
+            }
+            _ = tokio::time::sleep_until(handshake_deadline), if conn.step < Step::Opened => {
+                conn.closing = Some("handshake timeout".into());
+            }
+            r = async { match durable.as_mut() { Some(rx) => rx.changed().await, None => std::future::pending().await } }, if waits => {
+                match r {
+                    Ok(()) => if let Some(rx) = durable.as_mut() { conn.durable = *rx.borrow_and_update() },
+                    Err(_) => conn.closing = Some("broker shutting down".into()),
+                }
+            }
+            Some((sub, stream)) = gone_rx.recv() => conn.stream_gone(sub, &stream),
+            _ = writer.drained.notified(), if backlogged => {}
+            r = alarm.changed() => {
+                if r.is_err() {
+                    conn.closing = Some("broker shutting down".into());
+                }
+            }
+            r = rd.read_buf(&mut rbuf), if !backlogged && !blocked && !full => {
+                match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        read_size.read(n);
+                        last_recv = Instant::now();
+                        if let Some(e) = &conn.entry {
+                            bump(&e.recv_oct, n as u64);
+                            bump(&e.recv_cnt, 1);
+                        }
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(last_beat + heartbeat.unwrap_or(Duration::from_secs(3600))), if heartbeat.is_some() => {
+                let hb = heartbeat.unwrap_or_default();
+                if last_recv.elapsed() > hb * 2 {
+                    conn.closing = Some("missed heartbeats from the client".into());
+                } else {
+                    put_frame(&mut conn.out, key::HEARTBEAT, |_| {});
+                    last_beat = Instant::now();
+                }
+            }
+        }
+    }
+    conn.flush();
+    if let Some(why) = &conn.closing {
+        tracing::info!(peer = %conn.link.peer, "stream connection closed: {why}");
+    }
+    conn.end();
+    writer.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+}
+
+/// The largest frame a client may send once logged in: a message of the largest size
+/// allowed, with room for the frame around it, and at least the proposed frame size.
+fn max_frame(shared: &Shared) -> usize {
+    (shared.config.max_message_size as usize).saturating_add(65_536).max(FRAME_MAX as usize)
+}
+
+/// The bytes still to come of the frame `buf` begins with.
+fn missing(buf: &[u8]) -> usize {
+    match buf.get(..4) {
+        Some(h) => (4 + u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize).saturating_sub(buf.len()),
+        None => 0,
+    }
+}
+
+/// Cuts the next whole frame (without its size) out of `buf`; Err(size) for one over `max`.
+fn next_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, usize> {
+    let Some(h) = buf.get(..4) else { return Ok(None) };
+    let size = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+    if size > max {
+        return Err(size);
+    }
+    if buf.len() < 4 + size {
+        return Ok(None);
+    }
+    buf.advance(4);
+    Ok(Some(buf.split_to(size).freeze()))
+}
+
+impl Conn {
+    fn flush(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        let bytes = self.out.split().freeze();
+        if let Some(e) = &self.entry {
+            bump(&e.send_oct, bytes.len() as u64);
+            bump(&e.send_cnt, 1);
+        }
+        self.writer.send(Encoded::One(bytes), 0);
+    }
+
+    /// Sends the broker's close and ends the connection once it is written.
+    fn close(&mut self, code: u16, reason: &str) {
+        put_frame(&mut self.out, key::CLOSE, |o| {
+            o.put_u32(1);
+            o.put_u16(code);
+            put_string(o, reason);
+        });
+        self.closing = Some(reason.to_string());
+    }
+
+    fn respond(&mut self, k: u16, corr: u32, code: u16) {
+        put_response(&mut self.out, k, corr, code, |_| {});
+    }
+
+    fn frame(&mut self, frame: Bytes) {
+        let command = match codec::decode(frame) {
+            Ok(c) => c,
+            Err(e) => {
+                self.close(code::UNKNOWN_FRAME, &format!("malformed frame: {}", e.0));
+                return;
+            }
+        };
+        if self.step < Step::Opened {
+            self.handshake(command);
+        } else {
+            self.command(command);
+        }
+    }
+
+    /// The commands before open, in RabbitMQ's order; anything else ends the connection.
+    fn handshake(&mut self, command: Command) {
+        match (self.step, command) {
+            (_, Command::Heartbeat) => {}
+            (Step::Start, Command::PeerProperties { corr, properties }) => {
+                self.client_properties = properties;
+                let version = env!("CARGO_PKG_VERSION");
+                let props = [
+                    ("product", "Hare"),
+                    ("version", version),
+                    ("platform", "Rust"),
+                    ("cluster_name", "hare"),
+                    ("information", "A message broker that speaks RabbitMQ's protocols"),
+                ];
+                put_response(&mut self.out, key::PEER_PROPERTIES, corr, code::OK, |o| {
+                    put_map(o, props.iter().copied())
+                });
+            }
+            (Step::Start, Command::SaslHandshake { corr }) => {
+                let mechanisms: &[&str] =
+                    if self.certificate().is_some() { &["PLAIN", "EXTERNAL"] } else { &["PLAIN"] };
+                put_response(&mut self.out, key::SASL_HANDSHAKE, corr, code::OK, |o| {
+                    o.put_u32(mechanisms.len() as u32);
+                    mechanisms.iter().for_each(|m| put_string(o, m));
+                });
+            }
+            (Step::Start, Command::SaslAuthenticate { corr, mechanism, data }) => {
+                self.authenticate(corr, &mechanism, &data)
+            }
+            (Step::Authenticated, Command::Tune { frame_max, heartbeat }) => {
+                if frame_max != 0 {
+                    self.frame_max = (frame_max as usize).max(1024);
+                }
+                self.heartbeat = heartbeat;
+                self.step = Step::Tuned;
+            }
+            (Step::Tuned, Command::Open { corr, vhost }) => self.open(corr, &vhost),
+            (_, Command::Close { corr, .. }) => {
+                self.respond(key::CLOSE, corr, code::OK);
+                self.closing = Some("closed by the client".into());
+            }
+            (_, other) => {
+                self.closing = Some(format!("{} before the connection was open", other.name()));
+            }
+        }
+    }
+
+    fn certificate(&self) -> Option<String> {
+        self.link.tls.as_ref().and_then(|t| t.certificate_name.clone())
+    }
+
+    fn authenticate(&mut self, corr: u32, mechanism: &str, data: &Bytes) {
+        let broker = self.shared.broker.clone();
+        let peer = self.link.peer;
+        let loopback = peer.ip().is_loopback();
+        let result = match mechanism {
+            "PLAIN" => match crate::auth::sasl::parse("PLAIN", data) {
+                Ok(c) if broker.authenticate(&c.user, &c.password, loopback, "PLAIN").is_ok() => Ok(c.user),
+                Ok(c) if !loopback && broker.authenticate(&c.user, &c.password, true, "PLAIN").is_ok() => Err((
+                    code::SASL_AUTHENTICATION_FAILURE_LOOPBACK,
+                    format!("user '{}' can only connect via localhost", c.user),
+                )),
+                Ok(c) => Err((code::AUTHENTICATION_FAILURE, format!("authentication failed for user '{}'", c.user))),
+                Err(e) => Err((code::SASL_ERROR, e.to_string())),
+            },
+            "EXTERNAL" => match self.certificate() {
+                Some(cert) if broker.authenticate_external(&cert).is_ok() => Ok(cert),
+                Some(cert) => {
+                    Err((code::AUTHENTICATION_FAILURE, format!("no user '{cert}' for the client certificate")))
+                }
+                None => Err((code::SASL_MECHANISM_NOT_SUPPORTED, "EXTERNAL needs a client certificate".into())),
+            },
+            other => Err((code::SASL_MECHANISM_NOT_SUPPORTED, format!("unsupported mechanism {other}"))),
+        };
+        match result {
+            Ok(user) => {
+                broker.login_succeeded(peer.ip());
+                self.user = user;
+                self.mechanism = if mechanism == "EXTERNAL" { "EXTERNAL" } else { "PLAIN" };
+                self.step = Step::Authenticated;
+                put_response(&mut self.out, key::SASL_AUTHENTICATE, corr, code::OK, |_| {});
+                put_frame(&mut self.out, key::TUNE, |o| {
+                    o.put_u32(FRAME_MAX);
+                    o.put_u32(HEARTBEAT);
+                });
+            }
+            Err((c, why)) => {
+                tracing::warn!(%peer, "stream login refused: {why}");
+                broker.login_failed(peer.ip());
+                put_response(&mut self.out, key::SASL_AUTHENTICATE, corr, c, |_| {});
+                self.closing = Some(why);
+            }
+        }
+    }
+
+    fn open(&mut self, corr: u32, vhost_name: &str) {
+        let broker = self.shared.broker.clone();
+        let refused = |conn: &mut Conn, why: String| {
+            tracing::warn!(peer = %conn.link.peer, "stream connection refused: {why}");
+            put_response(&mut conn.out, key::OPEN, corr, code::VHOST_ACCESS_FAILURE, |o| o.put_u32(0));
+            conn.closing = Some(why);
+        };
+        let Some(vhost) = broker.vhost(vhost_name) else {
+            return refused(self, format!("virtual host '{vhost_name}' does not exist"));
+        };
+        if let Err(r) = broker.check_connection_limits(&self.user, &vhost.name) {
+            return refused(self, r.text);
+        }
+        let grant = broker.grant(&self.user, &vhost.name);
+        if !grant.has_vhost_access() {
+            return refused(self, grant.vhost_refused().text);
+        }
+        let mut client_properties = FieldTable::new();
+        for (k, v) in self.client_properties.iter().filter(|(k, _)| k.len() < 256) {
+            client_properties.insert(k, FieldValue::string(v));
+        }
+        let entry = ConnectionEntry::new(
+            self.id,
+            self.link.peer,
+            self.link.local,
+            self.user.clone(),
+            vhost.name.clone(),
+            client_properties,
+            (self.frame_max as u32, 0, self.heartbeat.min(u16::MAX as u32) as u16),
+            ConnectionDetails {
+                protocol: "stream",
+                auth_mechanism: self.mechanism.to_string(),
+                tls: self.link.tls.as_ref().map(|t| t.details.clone()),
+                unwritten: self.writer.unwritten.clone(),
+            },
+        );
+        broker.register_connection(entry.clone());
+        tracing::info!(peer = %self.link.peer, user = %self.user, vhost = %vhost.name, "stream connection open");
+        // Where clients reach this node: the address they connected to, the listener's port.
+        let host = self.link.local.ip().to_string();
+        let port = self.link.local.port().to_string();
+        put_response(&mut self.out, key::OPEN, corr, code::OK, |o| {
+            put_map(o, [("advertised_host", host.as_str()), ("advertised_port", port.as_str())].into_iter())
+        });
+        self.vhost = Some(vhost);
+        self.grant = Some(grant);
+        self.entry = Some(entry);
+        self.step = Step::Opened;
+    }
+
+    fn vhost(&self) -> &Arc<VHost> {
+        // Commands after the handshake only: open set it.
+        self.vhost.as_ref().expect("an open connection has a vhost")
+    }
+
+    fn allowed(&self, stream: &str, perm: Perm) -> bool {
+        self.grant.as_ref().is_some_and(|g| g.check(Kind::Queue, stream, perm).is_ok())
+    }
+
+    /// The stream named `name` in the connection's vhost (None: no such stream).
+    fn stream(&self, name: &str) -> Option<Arc<Queue>> {
+        self.vhost().queue(name, self.id).ok().filter(|q| q.stream.is_some() && !q.is_deleted())
+    }
+
+    fn actor(&self) -> Actor {
+        Actor {
+            user: self.user.as_str().into(),
+            source: Some(self.link.peer.to_string().into()),
+            via: "stream",
+            connection: self.id,
+        }
+    }
+
+    /// The commands of an open connection, as `rabbit_stream_reader` answers them.
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Heartbeat | Command::CloseOk => {}
+            Command::Close { corr, .. } => {
+                self.respond(key::CLOSE, corr, code::OK);
+                self.closing = Some("closed by the client".into());
+            }
+            Command::DeclarePublisher { corr, id, reference, stream } => {
+                let c = self.declare_publisher(id, reference, stream);
+                self.respond(key::DECLARE_PUBLISHER, corr, c);
+            }
+            Command::Publish { id, version, count, messages } => self.publish(id, version, count, messages),
+            Command::QueryPublisherSequence { corr, reference, stream } => {
+                let (c, seq) = if !self.allowed(&stream, Perm::Read) {
+                    (code::ACCESS_REFUSED, 0)
+                } else {
+                    match self.stream(&stream) {
+                        None => (code::STREAM_DOES_NOT_EXIST, 0),
+                        Some(q) => {
+                            (code::OK, q.stream.as_ref().and_then(|s| s.writer_sequence(&reference)).unwrap_or(0))
+                        }
+                    }
+                };
+                put_response(&mut self.out, key::QUERY_PUBLISHER_SEQUENCE, corr, c, |o| o.put_u64(seq));
+            }
+            Command::DeletePublisher { corr, id } => {
+                let c = if self.publishers.remove(&id).is_some() { code::OK } else { code::PUBLISHER_DOES_NOT_EXIST };
+                self.respond(key::DELETE_PUBLISHER, corr, c);
+            }
+            Command::Subscribe { corr, id, stream, offset, credit, properties } => {
+                self.subscribe(corr, id, stream, offset, credit, properties)
+            }
+            Command::Credit { id, credit } => match self.subscriptions.get(&id) {
+                Some(s) if !s.is_finished() => s.add_credit(credit),
+                _ => {
+                    // RabbitMQ answers only a credit it cannot give, with correlation id 1's place
+                    // taken by the code and the subscription.
+                    put_frame(&mut self.out, key::CREDIT | key::RESPONSE, |o| {
+                        o.put_u16(code::SUBSCRIPTION_ID_DOES_NOT_EXIST);
+                        o.put_u8(id);
+                    });
+                }
+            },
+            Command::StoreOffset { reference, stream, offset } => {
+                // Fire and forget, as in RabbitMQ: nothing is answered, even a refusal.
+                if reference.is_empty() || reference.len() > MAX_REFERENCE || !self.allowed(&stream, Perm::Write) {
+                    return;
+                }
+                if let Some(s) = self.stream(&stream).and_then(|q| q.stream.clone()) {
+                    s.store_offset(&reference, offset);
+                }
+            }
+            Command::QueryOffset { corr, reference, stream } => {
+                let (c, offset) = if !self.allowed(&stream, Perm::Read) {
+                    (code::ACCESS_REFUSED, 0)
+                } else {
+                    match self.stream(&stream).and_then(|q| q.stream.clone()) {
+                        None => (code::STREAM_DOES_NOT_EXIST, 0),
+                        Some(s) => match s.stored_offset(&reference) {
+                            Some(o) => (code::OK, o),
+                            None => (code::NO_OFFSET, 0),
+                        },
+                    }
+                };
+                put_response(&mut self.out, key::QUERY_OFFSET, corr, c, |o| o.put_u64(offset));
+            }
+            Command::Unsubscribe { corr, id } => {
+                let c = match self.subscriptions.remove(&id) {
+                    Some(s) => {
+                        s.cancel();
+                        code::OK
+                    }
+                    None => code::SUBSCRIPTION_ID_DOES_NOT_EXIST,
+                };
+                self.respond(key::UNSUBSCRIBE, corr, c);
+            }
+            Command::Create { corr, stream, arguments } => {
+                let c = self.create(&stream, &arguments);
+                self.respond(key::CREATE, corr, c);
+            }
+            Command::Delete { corr, stream } => {
+                let c = self.delete(&stream);
+                self.respond(key::DELETE, corr, c);
+            }
+            Command::Metadata { corr, streams } => self.metadata(corr, &streams),
+            Command::Route { corr, .. } | Command::Partitions { corr, .. } => {
+                // Super streams are not kept yet: every super stream is unknown.
+                let k = if matches!(command, Command::Route { .. }) { key::ROUTE } else { key::PARTITIONS };
+                put_response(&mut self.out, k, corr, code::STREAM_DOES_NOT_EXIST, |o| o.put_u32(0));
+            }
+            Command::ExchangeCommandVersions { corr, .. } => {
+                // RabbitMQ's list, in its order (clients index it by key), without filtering.
+                let versions = [
+                    key::DECLARE_PUBLISHER,
+                    key::PUBLISH,
+                    key::QUERY_PUBLISHER_SEQUENCE,
+                    key::DELETE_PUBLISHER,
+                    key::SUBSCRIBE,
+                    key::CREDIT,
+                    key::STORE_OFFSET,
+                    key::QUERY_OFFSET,
+                    key::UNSUBSCRIBE,
+                    key::CREATE,
+                    key::DELETE,
+                    key::METADATA,
+                    key::CLOSE,
+                    key::HEARTBEAT,
+                    key::ROUTE,
+                    key::PARTITIONS,
+                    key::STREAM_STATS,
+                ];
+                put_response(&mut self.out, key::EXCHANGE_COMMAND_VERSIONS, corr, code::OK, |o| {
+                    o.put_u32(versions.len() as u32);
+                    for k in versions {
+                        o.put_u16(k);
+                        o.put_u16(1);
+                        o.put_u16(1);
+                    }
+                });
+            }
+            Command::StreamStats { corr, stream } => {
+                let found = if self.allowed(&stream, Perm::Read) { self.stream(&stream) } else { None };
+                let c = match (&found, self.allowed(&stream, Perm::Read)) {
+                    (_, false) => code::ACCESS_REFUSED,
+                    (None, _) => code::STREAM_DOES_NOT_EXIST,
+                    _ => code::OK,
+                };
+                let stats: Vec<(&str, i64)> = match found.as_ref().and_then(|q| q.stream.clone()) {
+                    Some(s) => {
+                        let (first, end) = s.bounds();
+                        let (first, last) = if end > first { (first as i64, s.last_chunk() as i64) } else { (-1, -1) };
+                        vec![("first_chunk_id", first), ("committed_chunk_id", last)]
+                    }
+                    None => Vec::new(),
+                };
+                put_response(&mut self.out, key::STREAM_STATS, corr, c, |o| {
+                    o.put_u32(stats.len() as u32);
+                    for (k, v) in stats {
+                        put_string(o, k);
+                        o.put_i64(v);
+                    }
+                });
+            }
+            Command::Unknown { key: k, .. } => {
+                tracing::warn!(peer = %self.link.peer, "stream connection: unknown command {k:#06x}");
+                self.close(code::UNKNOWN_FRAME, "unknown frame");
+            }
+            other => {
+                tracing::warn!(peer = %self.link.peer, "stream connection: {} after open", other.name());
+                self.close(code::UNKNOWN_FRAME, "unknown frame");
+            }
+        }
+    }
+
+    fn declare_publisher(&mut self, id: u8, reference: String, stream: String) -> u16 {
+        if self.shared.alarm.borrow().is_some() {
+            // RabbitMQ refuses new publishers while a resource alarm blocks publishing.
+            return code::PRECONDITION_FAILED;
+        }
+        if !self.allowed(&stream, Perm::Write) {
+            return code::ACCESS_REFUSED;
+        }
+        let taken = self.publishers.contains_key(&id)
+            || (!reference.is_empty()
+                && self.publishers.values().any(|p| p.stream == stream && p.reference.as_deref() == Some(&reference)));
+        if taken || reference.len() > MAX_REFERENCE || self.publishers.len() >= MAX_IDS {
+            return code::PRECONDITION_FAILED;
+        }
+        let Some(queue) = self.stream(&stream) else { return code::STREAM_DOES_NOT_EXIST };
+        let reference = (!reference.is_empty()).then_some(reference);
+        self.publishers.insert(id, Publisher { stream, reference, queue });
+        code::OK
+    }
+
+    /// A publish frame: each message appended (a named publisher's ids not above the last
+    /// it stored are confirmed without being stored again), confirmed once durable.
+    fn publish(&mut self, id: u8, version: u16, count: u32, mut messages: Bytes) {
+        let Some(p) = self.publishers.get(&id) else {
+            let ids = publishing_ids(version, count, messages);
+            self.publish_error(id, code::PUBLISHER_DOES_NOT_EXIST, &ids);
+            return;
+        };
+        if p.queue.is_deleted() {
+            let stream = p.stream.clone();
+            let ids = publishing_ids(version, count, messages);
+            self.publish_error(id, code::PUBLISHER_DOES_NOT_EXIST, &ids);
+            self.stream_gone(u8::MAX, &stream);
+            return;
+        }
+        if !self.allowed(&p.stream, Perm::Write) {
+            let ids = publishing_ids(version, count, messages);
+            self.publish_error(id, code::ACCESS_REFUSED, &ids);
+            return;
+        }
+        let queue = p.queue.clone();
+        let store = queue.stream.clone();
+        let reference = p.reference.clone();
+        let mut last = reference.as_deref().and_then(|r| store.as_ref().and_then(|s| s.writer_sequence(r)));
+        let mut appended = 0u64;
+        let mut malformed = false;
+        for _ in 0..count {
+            let Some(entry) = next_entry(&mut messages, version) else {
+                malformed = true;
+                break;
+            };
+            let (publishing_id, data) = entry;
+            if last.is_some_and(|l| publishing_id <= l) {
+                // A duplicate: confirmed, not stored.
+                self.unconfirmed.push_back((0, id, publishing_id));
+                continue;
+            }
+            let writer = reference.as_deref().map(|r| (r, publishing_id));
+            let ticket = match data {
+                Entry::One(message) => {
+                    appended += 1;
+                    queue.stream_append(writer, &message).map(|(_, t)| t)
+                }
+                Entry::Batch(batch) => {
+                    let mut ticket = None;
+                    let n = batch.len();
+                    for (i, message) in batch.into_iter().enumerate() {
+                        // The batch's publishing id goes with its last message.
+                        let w = if i + 1 == n { writer } else { None };
+                        ticket = queue.stream_append(w, &message).map(|(_, t)| t);
+                    }
+                    appended += n as u64;
+                    ticket
+                }
+                Entry::Compressed => {
+                    self.publish_error(id, code::PRECONDITION_FAILED, &[publishing_id]);
+                    continue;
+                }
+            };
+            if reference.is_some() {
+                last = Some(publishing_id);
+            }
+            self.unconfirmed.push_back((ticket.unwrap_or(0), id, publishing_id));
+        }
+        if appended > 0 {
+            queue.count_stream_publishes(appended);
+        }
+        if malformed {
+            self.close(code::UNKNOWN_FRAME, "malformed publish frame");
+        }
+    }
+
+    fn publish_error(&mut self, publisher: u8, c: u16, ids: &[u64]) {
+        put_frame(&mut self.out, key::PUBLISH_ERROR, |o| {
+            o.put_u8(publisher);
+            o.put_u32(ids.len() as u32);
+            for &i in ids {
+                o.put_u64(i);
+                o.put_u16(c);
+            }
+        });
+    }
+
+    /// Sends the confirms of what is durable now, a frame per run of one publisher's ids.
+    fn confirm(&mut self) {
+        while let Some(&(ticket, publisher, _)) = self.unconfirmed.front() {
+            if ticket > self.durable {
+                break;
+            }
+            let mut ids = Vec::new();
+            while let Some(&(t, p, i)) = self.unconfirmed.front() {
+                if t > self.durable || p != publisher {
+                    break;
+                }
+                ids.push(i);
+                self.unconfirmed.pop_front();
+            }
+            put_frame(&mut self.out, key::PUBLISH_CONFIRM, |o| {
+                o.put_u8(publisher);
+                o.put_u32(ids.len() as u32);
+                ids.iter().for_each(|&i| o.put_u64(i));
+            });
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        corr: u32,
+        id: u8,
+        stream: String,
+        offset: OffsetSpec,
+        credit: u16,
+        properties: Vec<(String, String)>,
+    ) {
+        let c = if !self.allowed(&stream, Perm::Read) {
+            code::ACCESS_REFUSED
+        } else if self.stream(&stream).is_none() {
+            code::STREAM_DOES_NOT_EXIST
+        } else if self.subscriptions.get(&id).is_some_and(|s| !s.is_finished()) {
+            code::SUBSCRIPTION_ID_ALREADY_EXISTS
+        } else {
+            code::OK
+        };
+        self.respond(key::SUBSCRIBE, corr, c);
+        if c != code::OK {
+            return;
+        }
+        let Some(queue) = self.stream(&stream) else { return };
+        // The response goes first: deliveries follow it.
+        self.flush();
+        let _ = properties;
+        let sub = deliver::start(deliver::Start {
+            id,
+            stream,
+            queue,
+            offset,
+            credit,
+            writer: self.writer.clone(),
+            frame_max: self.frame_max,
+            entry: self.entry.clone(),
+            gone: self.gone_tx.clone(),
+        });
+        if let Some(old) = self.subscriptions.insert(id, sub) {
+            old.cancel();
+        }
+    }
+
+    /// Creates a stream with the protocol's arguments, as RabbitMQ's stream manager maps
+    /// them to queue arguments.
+    fn create(&mut self, name: &str, arguments: &[(String, String)]) -> u16 {
+        let name = name.replace(['\n', '\r'], "");
+        if name.is_empty() || name.starts_with("amq.") || name.len() > 255 {
+            return code::PRECONDITION_FAILED;
+        }
+        if !self.allowed(&name, Perm::Configure) {
+            return code::ACCESS_REFUSED;
+        }
+        let mut args = FieldTable::new();
+        args.insert("x-queue-type", FieldValue::string("stream"));
+        for (k, v) in arguments {
+            let number = || v.parse::<i64>().ok().map(FieldValue::I64);
+            let value = match k.as_str() {
+                "max-length-bytes" | "stream-max-segment-size-bytes" | "initial-cluster-size" => match number() {
+                    Some(n) => n,
+                    None => return code::PRECONDITION_FAILED,
+                },
+                "max-age" | "queue-leader-locator" => FieldValue::string(v),
+                // RabbitMQ ignores the arguments it does not map.
+                _ => continue,
+            };
+            args.insert(&format!("x-{k}"), value);
+        }
+        if args.get("x-initial-cluster-size").and_then(FieldValue::as_i64).is_some_and(|n| n <= 0) {
+            return code::PRECONDITION_FAILED;
+        }
+        let existed = self.vhost().has_queue(&name);
+        let d = QueueDeclaration {
+            name: name.as_str().into(),
+            passive: false,
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments: args,
+        };
+        match self.vhost().declare_queue(&d, &self.actor()) {
+            Ok(_) if existed => code::STREAM_ALREADY_EXISTS,
+            Ok(_) => code::OK,
+            Err(e) if e.code == crate::types::constants::PRECONDITION_FAILED => code::PRECONDITION_FAILED,
+            Err(e) => {
+                tracing::warn!("stream '{name}' not created: {}", e.text);
+                code::INTERNAL_ERROR
+            }
+        }
+    }
+
+    fn delete(&mut self, name: &str) -> u16 {
+        if !self.allowed(name, Perm::Configure) {
+            return code::ACCESS_REFUSED;
+        }
+        let Some(queue) = self.stream(name) else { return code::STREAM_DOES_NOT_EXIST };
+        self.vhost().force_delete_queue(&queue, &self.actor());
+        // This connection's own publishers and subscriptions on it go now, with a metadata
+        // update, as RabbitMQ's reader cleans its state after a deletion.
+        self.stream_gone(u8::MAX, name);
+        code::OK
+    }
+
+    /// A stream was deleted: its publishers and subscriptions on this connection go, and
+    /// the client hears of it once (`metadata_update`, stream not available).
+    fn stream_gone(&mut self, _subscription: u8, stream: &str) {
+        let before = self.publishers.len() + self.subscriptions.len();
+        self.publishers.retain(|_, p| p.stream != stream);
+        self.subscriptions.retain(|_, s| {
+            let keep = s.stream() != stream;
+            if !keep {
+                s.cancel();
+            }
+            keep
+        });
+        if self.publishers.len() + self.subscriptions.len() < before {
+            deliver::metadata_update(&mut self.out, stream);
+        }
+    }
+
+    fn metadata(&mut self, corr: u32, streams: &[String]) {
+        let host = self.link.local.ip().to_string();
+        let port = self.link.local.port() as u32;
+        let found: Vec<bool> = streams.iter().map(|s| self.stream(s).is_some()).collect();
+        let any = found.iter().any(|f| *f);
+        put_frame(&mut self.out, key::METADATA | key::RESPONSE, |o| {
+            o.put_u32(corr);
+            // One broker: this node, where the client connected.
+            o.put_u32(u32::from(any));
+            if any {
+                o.put_u16(0);
+                put_string(o, &host);
+                o.put_u32(port);
+            }
+            o.put_u32(streams.len() as u32);
+            for (s, found) in streams.iter().zip(found) {
+                put_string(o, s);
+                if found {
+                    o.put_u16(code::OK);
+                    o.put_u16(0);
+                } else {
+                    o.put_u16(code::STREAM_DOES_NOT_EXIST);
+                    o.put_u16(u16::MAX);
+                }
+                o.put_u32(0);
+            }
+        });
+    }
+
+    /// The connection ended: subscriptions stop, and it leaves the broker's list.
+    fn end(&mut self) {
+        for (_, s) in self.subscriptions.drain() {
+            s.cancel();
+        }
+        if let Some(e) = &self.entry {
+            e.mark_closed();
+            self.shared.broker.unregister_connection(self.id);
+        }
+    }
+}
+
+/// One entry of a publish frame.
+enum Entry {
+    One(Bytes),
+    /// An uncompressed sub-entry batch: its messages.
+    Batch(Vec<Bytes>),
+    /// A compressed sub-entry batch, which this broker does not take.
+    Compressed,
+}
+
+/// Cuts the next `publishing id | [filter value] | entry` out of a publish frame.
+fn next_entry(b: &mut Bytes, version: u16) -> Option<(u64, Entry)> {
+    if b.remaining() < 12 {
+        return None;
+    }
+    let id = b.get_u64();
+    if version >= 2 {
+        let len = b.get_i16();
+        if len > 0 {
+            if b.remaining() < len as usize {
+                return None;
+            }
+            b.advance(len as usize);
+        }
+    }
+    if b.remaining() < 4 {
+        return None;
+    }
+    let first = b[0];
+    if first & 0x80 == 0 {
+        let size = b.get_u32() as usize;
+        if b.remaining() < size {
+            return None;
+        }
+        return Some((id, Entry::One(b.split_to(size))));
+    }
+    // 1 | compression (3 bits) | unused (4) | count u16 | uncompressed size u32 | size u32 | batch
+    if b.remaining() < 11 {
+        return None;
+    }
+    let compression = (b.get_u8() >> 4) & 0x07;
+    let count = b.get_u16() as usize;
+    let _uncompressed = b.get_u32();
+    let size = b.get_u32() as usize;
+    if b.remaining() < size {
+        return None;
+    }
+    let mut batch = b.split_to(size);
+    if compression != 0 {
+        return Some((id, Entry::Compressed));
+    }
+    let mut messages = Vec::with_capacity(count.min(batch.remaining() / 4));
+    for _ in 0..count {
+        if batch.remaining() < 4 {
+            return None;
+        }
+        let n = batch.get_u32() as usize;
+        if batch.remaining() < n {
+            return None;
+        }
+        messages.push(batch.split_to(n));
+    }
+    Some((id, Entry::Batch(messages)))
+}
+
+/// The publishing ids of a frame refused whole.
+fn publishing_ids(version: u16, count: u32, mut messages: Bytes) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        match next_entry(&mut messages, version) {
+            Some((id, _)) => ids.push(id),
+            None => break,
+        }
+    }
+    ids
+}

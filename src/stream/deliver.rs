@@ -1,0 +1,240 @@
+//! A subscription's task: it reads the stream from the subscription's offset as the log
+//! becomes durable and sends it to the client as `deliver` frames, one chunk per credit, as
+//! RabbitMQ's stream plugin does. A chunk is sent as its records are stored (the stream
+//! protocol's own messages are slices of the chunk read, not copies); a chunk larger than
+//! the client's frame size, or with more than 65,535 records, goes as several.
+//!
+//! Memory is bounded by the client: no credit, no reads; and while the connection's writer
+//! holds more than its high-water mark, the task waits for it to drain.
+
+use super::codec::{code, key, put_frame, put_string, OffsetSpec};
+use crate::broker::connections::{bump, ConnectionEntry};
+use crate::broker::queue::stream::record_as_amqp10;
+use crate::broker::queue::Queue;
+use crate::broker::store::{StreamChunk, StreamStore};
+use crate::net::writer::{Encoded, WriterHandle, ZERO_COPY_MIN};
+use bytes::{BufMut, Bytes, BytesMut};
+use std::sync::Arc;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+
+/// A chunk's header as `deliver` carries it, after the subscription id: magic and version,
+/// chunk type, entries, records, timestamp, epoch, first offset, CRC, data length, trailer
+/// length, reserved.
+const CHUNK_HEADER: usize = 1 + 1 + 2 + 4 + 8 + 8 + 8 + 4 + 4 + 4 + 4;
+/// The frame around a chunk: size, key, version, subscription id.
+const FRAME_HEADER: usize = 4 + 2 + 2 + 1;
+/// Osiris's magic (5) and chunk format version (0).
+const MAGIC_VERSION: u8 = 0x50;
+/// The epoch of every chunk: one node, one leader, never re-elected.
+const EPOCH: u64 = 1;
+
+/// What a subscription starts from.
+pub struct Start {
+    pub id: u8,
+    pub stream: String,
+    pub queue: Arc<Queue>,
+    pub offset: OffsetSpec,
+    pub credit: u16,
+    pub writer: WriterHandle,
+    pub frame_max: usize,
+    pub entry: Option<Arc<ConnectionEntry>>,
+    /// Told when the stream is deleted under the subscription.
+    pub gone: mpsc::UnboundedSender<(u8, String)>,
+}
+
+/// A running subscription, as its connection holds it.
+pub struct Subscription {
+    stream: String,
+    credit: Arc<Semaphore>,
+    task: JoinHandle<()>,
+}
+
+impl Subscription {
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The client's credit: this many more chunks may be sent.
+    pub fn add_credit(&self, n: u16) {
+        // The semaphore's bound is far above what a client could add in a lifetime of
+        // frames; past it, credit is simply not added.
+        if self.credit.available_permits() < Semaphore::MAX_PERMITS / 2 {
+            self.credit.add_permits(n as usize);
+        }
+    }
+
+    /// The task ended (its stream was deleted).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    pub fn cancel(&self) {
+        self.task.abort();
+    }
+}
+
+/// Where `offset` starts in `store` now.
+fn resolve(store: &Arc<dyn StreamStore>, offset: OffsetSpec) -> u64 {
+    let (first, end) = store.bounds();
+    match offset {
+        OffsetSpec::First => first,
+        OffsetSpec::Last => store.last_chunk().max(first),
+        OffsetSpec::Next => end,
+        OffsetSpec::Offset(o) => o.clamp(first, end),
+        OffsetSpec::Timestamp(t) => store.offset_at(t).max(first),
+    }
+}
+
+/// Starts serving a subscription; its offset is resolved now.
+pub fn start(s: Start) -> Subscription {
+    let credit = Arc::new(Semaphore::new(s.credit as usize));
+    let stream = s.stream.clone();
+    let task = match s.queue.stream.clone() {
+        Some(store) => {
+            let next = resolve(&store, s.offset);
+            tokio::spawn(run(s, store, next, credit.clone()))
+        }
+        None => tokio::spawn(async {}),
+    };
+    Subscription { stream, credit, task }
+}
+
+async fn run(s: Start, store: Arc<dyn StreamStore>, mut next: u64, credit: Arc<Semaphore>) {
+    let mut durable = store.durable_watch();
+    // Bounded by the connection: the task is aborted when the subscription or the
+    // connection ends, and ends by itself when its stream is deleted.
+    loop {
+        if s.queue.is_deleted() {
+            let _ = s.gone.send((s.id, s.stream.clone()));
+            return;
+        }
+        let (first, end) = store.bounds();
+        next = next.max(first);
+        if next >= end {
+            if durable.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let Ok(permit) = credit.acquire().await else { return };
+        permit.forget();
+        wait_for_writer(&s.writer).await;
+        let chunk = match store.read(next) {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                credit.add_permits(1);
+                continue;
+            }
+            Err(e) => {
+                tracing::error!("stream '{}': {e}", s.stream);
+                let _ = s.gone.send((s.id, s.stream.clone()));
+                return;
+            }
+        };
+        next = send_chunk(&s, &chunk, next.max(chunk.first), &credit);
+    }
+}
+
+/// Waits while the connection's writer holds more than its high-water mark.
+async fn wait_for_writer(writer: &WriterHandle) {
+    while writer.backlogged() {
+        let drained = writer.drained.notified();
+        tokio::pin!(drained);
+        drained.as_mut().enable();
+        if !writer.backlogged() {
+            return;
+        }
+        drained.await;
+    }
+}
+
+/// Sends `chunk` from offset `from` as one or more deliver frames (the first paid by the
+/// credit taken already, each further one by one more, while there is any); returns the
+/// offset after what was sent.
+fn send_chunk(s: &Start, chunk: &StreamChunk, from: u64, credit: &Semaphore) -> u64 {
+    let records = &chunk.records[(from - chunk.first) as usize..];
+    let messages: Vec<Bytes> = records.iter().map(|r| record_as_amqp10(r).unwrap_or_default()).collect();
+    let budget = s.frame_max.saturating_sub(FRAME_HEADER + CHUNK_HEADER).max(1);
+    let mut at = 0;
+    let mut paid = true;
+    while at < messages.len() {
+        if !paid {
+            match credit.try_acquire() {
+                Ok(p) => p.forget(),
+                Err(_) => break,
+            }
+        }
+        paid = false;
+        // As many messages as fit the frame (one at least, however large).
+        let mut end = at;
+        let mut size = 0;
+        while end < messages.len() && end - at < u16::MAX as usize {
+            let len = 4 + messages[end].len();
+            if end > at && size + len > budget {
+                break;
+            }
+            size += len;
+            end += 1;
+        }
+        let frame = encode(s.id, chunk.timestamp, from + at as u64, &messages[at..end], size);
+        if let Some(e) = &s.entry {
+            bump(&e.send_oct, frame.len() as u64);
+            bump(&e.send_cnt, 1);
+        }
+        s.writer.send(frame, 0);
+        at = end;
+    }
+    from + at as u64
+}
+
+/// One deliver frame: the header, then each message as `size (u32) | bytes`; large
+/// messages as their own slices, written without a copy. The CRC (zlib's CRC-32 of the
+/// data, which clients check) is computed first, so the header is written once.
+fn encode(id: u8, timestamp: i64, first: u64, messages: &[Bytes], data_len: usize) -> Encoded {
+    let mut crc = crc32fast::Hasher::new();
+    for m in messages {
+        crc.update(&(m.len() as u32).to_be_bytes());
+        crc.update(m);
+    }
+    let mut out = BytesMut::with_capacity(FRAME_HEADER + CHUNK_HEADER + data_len.min(64 * 1024));
+    out.put_u32((FRAME_HEADER - 4 + CHUNK_HEADER + data_len) as u32);
+    out.put_u16(key::DELIVER);
+    out.put_u16(1);
+    out.put_u8(id);
+    out.put_u8(MAGIC_VERSION);
+    out.put_u8(0); // a user chunk
+    out.put_u16(messages.len() as u16);
+    out.put_u32(messages.len() as u32);
+    out.put_i64(timestamp);
+    out.put_u64(EPOCH);
+    out.put_u64(first);
+    out.put_u32(crc.finalize());
+    out.put_u32(data_len as u32);
+    out.put_u32(0); // trailer
+    out.put_u32(0); // reserved
+    let mut parts: Vec<Bytes> = Vec::new();
+    for m in messages {
+        out.put_u32(m.len() as u32);
+        if m.len() >= ZERO_COPY_MIN {
+            crate::net::writer::push_slice(&mut out, &mut parts, m.clone());
+        } else {
+            out.put_slice(m);
+        }
+    }
+    if parts.is_empty() {
+        return Encoded::One(out.freeze());
+    }
+    if !out.is_empty() {
+        parts.push(out.freeze());
+    }
+    Encoded::Parts(parts)
+}
+
+/// The frame that tells a client its stream is gone.
+pub fn metadata_update(out: &mut BytesMut, stream: &str) {
+    put_frame(out, key::METADATA_UPDATE, |o| {
+        o.put_u16(code::STREAM_NOT_AVAILABLE);
+        put_string(o, stream);
+    });
+}

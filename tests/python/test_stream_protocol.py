@@ -1,0 +1,437 @@
+"""RabbitMQ's stream protocol through the rstream client from PyPI and raw sockets, beside
+AMQP through pika: publish with confirms, consume from each offset specification,
+deduplication and stored offsets across restarts, AMQP 0-9-1 and the stream protocol reading
+each other's messages, credit, refusals with the protocol's response codes, and bad frames
+that close only their own connection."""
+import asyncio
+import socket
+import struct
+import time
+
+import pika
+import pytest
+from rstream import (AMQPMessage, Consumer, ConsumerOffsetSpecification, OffsetType, Producer,
+                     amqp_decoder)
+from rstream import exceptions as rex
+
+from conftest import Hare, wait_for
+from helpers import api, free_ports
+
+OK, STREAM_DOES_NOT_EXIST, SUB_EXISTS, SUB_MISSING, STREAM_EXISTS, STREAM_NOT_AVAILABLE = 1, 2, 3, 4, 5, 6
+AUTH_FAILURE, VHOST_ACCESS_FAILURE, UNKNOWN_FRAME, FRAME_TOO_LARGE = 8, 12, 13, 14
+ACCESS_REFUSED, PRECONDITION_FAILED, PUBLISHER_MISSING, NO_OFFSET = 16, 17, 18, 19
+DECLARE_PUBLISHER, PUBLISH, PUBLISH_CONFIRM, PUBLISH_ERROR, QUERY_SEQ, SUBSCRIBE, DELIVER = 1, 2, 3, 4, 5, 7, 8
+CREDIT, STORE_OFFSET, QUERY_OFFSET, UNSUBSCRIBE, CREATE, DELETE, METADATA_UPDATE = 9, 10, 11, 12, 13, 14, 16
+CLOSE = 22
+
+
+@pytest.fixture(scope="module")
+def broker():
+    (port,) = free_ports(1)
+    h = Hare(extra_args=["--stream-port", str(port)])
+    h.stream_port = port
+    wait_for(lambda: "stream protocol listening" in h.read_log(), what="the stream listener")
+    yield h
+    h.stop()
+
+
+def run(coro, timeout=30):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def s16(text):
+    b = text.encode()
+    return struct.pack(">H", len(b)) + b
+
+
+class Raw:
+    """A stream protocol client on a raw socket: frames in and out, nothing hidden."""
+
+    def __init__(self, port, user="guest", password="guest", vhost="/", login=True):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+        self.corr = 0
+        self.pending = []
+        if login:
+            assert self.login(user, password, vhost) == OK
+
+    def send(self, key, body=b"", version=1):
+        self.s.sendall(struct.pack(">IHH", len(body) + 4, key, version) + body)
+
+    def read(self, timeout=10):
+        """The next frame: (key, payload); None once the broker closed the socket."""
+        self.s.settimeout(timeout)
+        while True:
+            if len(self.buf) >= 4:
+                (size,) = struct.unpack(">I", self.buf[:4])
+                if len(self.buf) >= 4 + size:
+                    frame, self.buf = self.buf[4:4 + size], self.buf[4 + size:]
+                    (key,) = struct.unpack(">H", frame[:2])
+                    return key, frame[4:]
+            try:
+                data = self.s.recv(65536)
+            except ConnectionResetError:
+                return None
+            if not data:
+                return None
+            self.buf += data
+
+    def request(self, key, body=b""):
+        self.corr += 1
+        self.send(key, struct.pack(">I", self.corr) + body)
+        return self.corr
+
+    def response(self, key):
+        """The payload after the correlation id of the response to `key`; other frames wait."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            f = self.read()
+            assert f is not None, "the broker closed the connection"
+            if f[0] == key | 0x8000:
+                return f[1][4:]
+            self.pending.append(f)
+        raise AssertionError(f"no response to {key}")
+
+    def code(self, key, body=b""):
+        self.request(key, body)
+        return struct.unpack(">H", self.response(key)[:2])[0]
+
+    def next_of(self, key, timeout=10):
+        for i, f in enumerate(self.pending):
+            if f[0] == key:
+                return self.pending.pop(i)[1]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            f = self.read(timeout)
+            assert f is not None, "the broker closed the connection"
+            if f[0] == key:
+                return f[1]
+            self.pending.append(f)
+        raise AssertionError(f"no frame {key}")
+
+    def login(self, user, password, vhost):
+        self.request(17, struct.pack(">I", 0))
+        self.response(17)
+        self.request(18)
+        self.response(18)
+        self.request(19, s16("PLAIN") + struct.pack(">I", len(user) + len(password) + 2) + b"\0" + user.encode() + b"\0" + password.encode())
+        (code,) = struct.unpack(">H", self.response(19)[:2])
+        if code != OK:
+            return code
+        self.next_of(20)  # the broker's tune
+        self.send(20, struct.pack(">II", 1048576, 0))
+        return self.code(21, s16(vhost))
+
+    def declare_publisher(self, pid, reference, stream):
+        return self.code(DECLARE_PUBLISHER, struct.pack(">B", pid) + s16(reference) + s16(stream))
+
+    def publish(self, pid, messages):
+        body = struct.pack(">BI", pid, len(messages))
+        for pub_id, data in messages:
+            body += struct.pack(">QI", pub_id, len(data)) + data
+        self.send(PUBLISH, body)
+
+    def confirms(self, n):
+        """Publishing ids confirmed until `n` have come; errors as (id, code)."""
+        ids, errors = [], []
+        while len(ids) + len(errors) < n:
+            f = self.read()
+            assert f is not None, "the broker closed the connection"
+            key, p = f
+            if key == PUBLISH_CONFIRM:
+                (count,) = struct.unpack(">I", p[1:5])
+                ids += list(struct.unpack(f">{count}Q", p[5:5 + 8 * count]))
+            elif key == PUBLISH_ERROR:
+                (count,) = struct.unpack(">I", p[1:5])
+                for i in range(count):
+                    errors.append(struct.unpack(">QH", p[5 + 10 * i:15 + 10 * i]))
+            else:
+                self.pending.append(f)
+        return ids, errors
+
+    def subscribe(self, sid, stream, offset_type=1, offset=0, credit=10):
+        spec = struct.pack(">H", offset_type) + (struct.pack(">Q", offset) if offset_type in (4, 5) else b"")
+        return self.code(SUBSCRIBE, struct.pack(">B", sid) + s16(stream) + spec + struct.pack(">H", credit) + struct.pack(">I", 0))
+
+    def deliver(self, timeout=10):
+        """The next chunk: (first offset, [messages])."""
+        p = self.next_of(DELIVER, timeout)
+        _sid, _magic, _type, entries, _records, _ts, _epoch, first, _crc, _len, _trailer, _res = struct.unpack(
+            ">BBBHIqQQIIII", p[:49])
+        data, messages = p[49:], []
+        for _ in range(entries):
+            (size,) = struct.unpack(">I", data[:4])
+            messages.append(data[4:4 + size])
+            data = data[4 + size:]
+        return first, messages
+
+    def query_seq(self, reference, stream):
+        self.request(QUERY_SEQ, s16(reference) + s16(stream))
+        return struct.unpack(">HQ", self.response(QUERY_SEQ))
+
+    def query_offset(self, reference, stream):
+        self.request(QUERY_OFFSET, s16(reference) + s16(stream))
+        return struct.unpack(">HQ", self.response(QUERY_OFFSET))
+
+    def close(self):
+        self.s.close()
+
+
+def create(broker, name, **arguments):
+    async def go():
+        async with Producer("127.0.0.1", port=broker.stream_port, username="guest", password="guest") as p:
+            await p.create_stream(name, arguments=arguments or None)
+    run(go())
+
+
+def stream_length(broker, name):
+    status, q = api(broker.http_port, "GET", f"/api/queues/%2F/{name}")
+    assert status == 200
+    return q["messages"]
+
+
+def consume(broker, stream, n, spec=None, decoder=None, timeout=10):
+    """The first `n` messages an rstream consumer receives: (offset, message)."""
+    async def go():
+        got, done = [], asyncio.Event()
+
+        async def on(msg, ctx):
+            got.append((ctx.offset, msg))
+            if len(got) >= n:
+                done.set()
+        async with Consumer("127.0.0.1", port=broker.stream_port, username="guest", password="guest") as c:
+            await c.start()
+            await c.subscribe(stream, on, decoder=decoder, offset_specification=spec or ConsumerOffsetSpecification(OffsetType.FIRST))
+            await asyncio.wait_for(done.wait(), timeout)
+        return got[:n]
+    return run(go())
+
+
+def test_publish_with_confirms_and_consume_from_first(broker):
+    create(broker, "sp-basic")
+
+    async def publish():
+        async with Producer("127.0.0.1", port=broker.stream_port, username="guest", password="guest") as p:
+            for i in range(5):
+                await p.send_wait("sp-basic", AMQPMessage(body=f"m{i}".encode(), application_properties={"i": i}))
+            await p.send_batch("sp-basic", [AMQPMessage(body=f"b{i}".encode()) for i in range(200)])
+    run(publish())
+    got = consume(broker, "sp-basic", 205, decoder=amqp_decoder)
+    assert [o for o, _ in got] == list(range(205))
+    assert [bytes(m.body) if isinstance(m.body, (bytes, bytearray)) else b"".join(m.body) for _, m in got[:2]] == [b"m0", b"m1"]
+    assert got[3][1].application_properties == {b"i": 3} or got[3][1].application_properties == {"i": 3}
+    assert stream_length(broker, "sp-basic") == 205
+
+
+def test_offset_specifications(broker):
+    create(broker, "sp-offsets")
+    r = Raw(broker.stream_port)
+    assert r.declare_publisher(0, "", "sp-offsets") == OK
+    # Three confirmed publishes: three chunks, at offsets 0-2, 3-5 and 6-8.
+    for batch in range(3):
+        r.publish(0, [(batch * 3 + i, b"x%d" % (batch * 3 + i)) for i in range(3)])
+        r.confirms(3)
+    first = lambda spec: consume(broker, "sp-offsets", 1, spec=spec)[0]
+    assert first(ConsumerOffsetSpecification(OffsetType.FIRST))[0] == 0
+    assert first(ConsumerOffsetSpecification(OffsetType.OFFSET, 5)) == (5, b"x5")
+    assert first(ConsumerOffsetSpecification(OffsetType.LAST))[0] == 6
+    assert first(ConsumerOffsetSpecification(OffsetType.TIMESTAMP, 0))[0] == 0
+    # `next` (and a timestamp in the future) wait for what comes after the subscription.
+    c = Raw(broker.stream_port)
+    assert c.subscribe(1, "sp-offsets", offset_type=3) == OK
+    assert c.subscribe(2, "sp-offsets", offset_type=5, offset=int(time.time() * 1000) + 3_600_000) == OK
+    r.publish(0, [(9, b"x9")])
+    assert r.confirms(1) == ([9], [])
+    assert [c.deliver(), c.deliver()] == [(9, [b"x9"])] * 2
+    c.close()
+    r.close()
+
+
+def test_credit_bounds_the_chunks_sent(broker):
+    create(broker, "sp-credit")
+    r = Raw(broker.stream_port)
+    assert r.declare_publisher(0, "", "sp-credit") == OK
+    for i in range(3):
+        r.publish(0, [(i, b"c%d" % i)])
+        r.confirms(1)
+    c = Raw(broker.stream_port)
+    assert c.subscribe(0, "sp-credit", credit=1) == OK
+    assert c.deliver() == (0, [b"c0"])
+    # One credit, one chunk: nothing more has come by the time a later response does.
+    assert c.query_offset("nobody", "sp-credit")[0] == NO_OFFSET
+    assert not [f for f in c.pending if f[0] == DELIVER]
+    c.send(CREDIT, struct.pack(">BH", 0, 2))
+    assert [c.deliver(), c.deliver()] == [(1, [b"c1"]), (2, [b"c2"])]
+    # Credit to a subscription that does not exist is answered with the code.
+    c.send(CREDIT, struct.pack(">BH", 9, 1))
+    assert c.next_of(CREDIT | 0x8000) == struct.pack(">HB", SUB_MISSING, 9)
+    c.close()
+    r.close()
+
+
+def test_deduplication_and_stored_offsets_survive_restarts(broker):
+    create(broker, "sp-dedup")
+    r = Raw(broker.stream_port)
+    assert r.declare_publisher(0, "app-1", "sp-dedup") == OK
+    assert r.query_seq("app-1", "sp-dedup") == (OK, 0)
+    r.publish(0, [(i, b"d%d" % i) for i in range(1, 6)])
+    assert r.confirms(5) == ([1, 2, 3, 4, 5], [])
+    # Ids 3 to 5 again, and 6 and 7: all confirmed, only 6 and 7 stored.
+    r.publish(0, [(i, b"d%d" % i) for i in range(3, 8)])
+    assert sorted(r.confirms(5)[0]) == [3, 4, 5, 6, 7]
+    assert r.query_seq("app-1", "sp-dedup") == (OK, 7)
+    r.send(STORE_OFFSET, s16("reader-1") + s16("sp-dedup") + struct.pack(">Q", 4))
+    assert r.query_offset("reader-1", "sp-dedup") == (OK, 4)
+    assert r.query_offset("reader-2", "sp-dedup") == (NO_OFFSET, 0)
+    r.close()
+    wait_for(lambda: stream_length(broker, "sp-dedup") == 7, what="7 messages")
+    top = 7
+    for graceful in (True, False):
+        broker.restart(graceful=graceful)
+        wait_for(lambda: "stream protocol listening" in broker.read_log(), what="the stream listener")
+        r = wait_for(lambda: _try(lambda: Raw(broker.stream_port)), what="a stream connection")
+        assert r.query_seq("app-1", "sp-dedup") == (OK, top)
+        assert r.query_offset("reader-1", "sp-dedup") == (OK, 4)
+        assert r.declare_publisher(0, "app-1", "sp-dedup") == OK
+        # The last id again (confirmed, not stored) and a new one.
+        r.publish(0, [(top, b"d%d" % top), (top + 1, b"d%d" % (top + 1))])
+        assert sorted(r.confirms(2)[0]) == [top, top + 1]
+        top += 1
+        assert stream_length(broker, "sp-dedup") == top
+        r.close()
+    got = consume(broker, "sp-dedup", top)
+    assert [m for _, m in got] == [b"d%d" % i for i in range(1, top + 1)]
+
+
+def _try(f):
+    try:
+        return f()
+    except OSError:
+        return None
+
+
+def test_amqp_0_9_1_and_the_stream_protocol_read_each_other(broker):
+    create(broker, "sp-interop")
+    conn = broker.connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.basic_publish("", "sp-interop", b"from-amqp", pika.BasicProperties(
+        content_type="text/plain", headers={"h": "v", "n": 5}, message_id="id-1", delivery_mode=2))
+
+    async def publish():
+        async with Producer("127.0.0.1", port=broker.stream_port, username="guest", password="guest") as p:
+            await p.send_wait("sp-interop", AMQPMessage(body=b"from-stream", application_properties={"k": "w"}))
+    run(publish())
+    got = consume(broker, "sp-interop", 2, decoder=amqp_decoder)
+    m = got[0][1]
+    body = lambda m: bytes(m.body) if isinstance(m.body, (bytes, bytearray)) else b"".join(m.body)
+    assert body(m) == b"from-amqp"
+    props = {(k.decode() if isinstance(k, bytes) else k): v for k, v in m.application_properties.items()}
+    assert props["h"] in ("v", b"v") and props["n"] == 5
+    assert m.properties.content_type in ("text/plain", b"text/plain")
+    assert m.properties.message_id in ("id-1", b"id-1")
+    # And the stream protocol's message over AMQP 0-9-1, with its offset.
+    ch.basic_qos(prefetch_count=10)
+    received = []
+    ch.basic_consume("sp-interop", lambda c, d, p, b: received.append((p, b)), arguments={"x-stream-offset": 1})
+    deadline = time.monotonic() + 10
+    while not received and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.1)
+    (props, body_) = received[0]
+    assert body_ == b"from-stream"
+    assert props.headers["k"] in ("w", b"w") and props.headers["x-stream-offset"] == 1
+    conn.close()
+
+
+def test_refusals_carry_the_protocols_codes(broker):
+    create(broker, "sp-refusals")
+    r = Raw(broker.stream_port)
+    assert r.code(CREATE, s16("sp-refusals") + struct.pack(">I", 0)) == STREAM_EXISTS
+    assert r.code(CREATE, s16("sp-bad-arg") + struct.pack(">I", 1) + s16("max-length-bytes") + s16("lots")) == PRECONDITION_FAILED
+    assert r.code(CREATE, s16("amq.reserved") + struct.pack(">I", 0)) == PRECONDITION_FAILED
+    assert r.code(DELETE, s16("sp-missing")) == STREAM_DOES_NOT_EXIST
+    assert r.subscribe(0, "sp-missing") == STREAM_DOES_NOT_EXIST
+    assert r.declare_publisher(0, "", "sp-missing") == STREAM_DOES_NOT_EXIST
+    assert r.subscribe(0, "sp-refusals") == OK
+    assert r.subscribe(0, "sp-refusals") == SUB_EXISTS
+    assert r.code(UNSUBSCRIBE, struct.pack(">B", 5)) == SUB_MISSING
+    assert r.code(UNSUBSCRIBE, struct.pack(">B", 0)) == OK
+    assert r.query_seq("x", "sp-missing") == (STREAM_DOES_NOT_EXIST, 0)
+    assert r.query_offset("x", "sp-missing") == (STREAM_DOES_NOT_EXIST, 0)
+    # A publisher id taken, and a publish through one never declared.
+    assert r.declare_publisher(1, "ref", "sp-refusals") == OK
+    assert r.declare_publisher(1, "", "sp-refusals") == PRECONDITION_FAILED
+    assert r.declare_publisher(2, "ref", "sp-refusals") == PRECONDITION_FAILED
+    r.publish(7, [(1, b"x"), (2, b"y")])
+    assert r.confirms(2) == ([], [(1, PUBLISHER_MISSING), (2, PUBLISHER_MISSING)])
+    r.close()
+    # Logins: a wrong password, a vhost that does not exist.
+    assert Raw(broker.stream_port, login=False).login("guest", "wrong", "/") == AUTH_FAILURE
+    assert Raw(broker.stream_port, login=False).login("guest", "guest", "no-such-vhost") == VHOST_ACCESS_FAILURE
+    # A user who may only read: no create, no publisher; subscribing is allowed.
+    assert api(broker.http_port, "PUT", "/api/users/sp-reader", {"password": "pw", "tags": ""})[0] in (201, 204)
+    assert api(broker.http_port, "PUT", "/api/permissions/%2F/sp-reader", {"configure": "", "write": "", "read": ".*"})[0] in (201, 204)
+    u = Raw(broker.stream_port, user="sp-reader", password="pw")
+    assert u.code(CREATE, s16("sp-new") + struct.pack(">I", 0)) == ACCESS_REFUSED
+    assert u.declare_publisher(0, "", "sp-refusals") == ACCESS_REFUSED
+    assert u.code(DELETE, s16("sp-refusals")) == ACCESS_REFUSED
+    assert u.subscribe(0, "sp-refusals") == OK
+    u.close()
+
+
+def test_deleting_a_stream_tells_its_subscribers(broker):
+    create(broker, "sp-deleted")
+    c = Raw(broker.stream_port)
+    assert c.subscribe(0, "sp-deleted") == OK
+    assert c.declare_publisher(0, "", "sp-deleted") == OK
+    r = Raw(broker.stream_port)
+    assert r.code(DELETE, s16("sp-deleted")) == OK
+    update = c.next_of(METADATA_UPDATE)
+    assert update == struct.pack(">H", STREAM_NOT_AVAILABLE) + s16("sp-deleted")
+    # Its subscription and publisher are gone with it.
+    assert c.code(UNSUBSCRIBE, struct.pack(">B", 0)) == SUB_MISSING
+    c.publish(0, [(1, b"x")])
+    assert c.confirms(1) == ([], [(1, PUBLISHER_MISSING)])
+    c.close()
+    r.close()
+
+
+def test_bad_frames_close_only_their_connection(broker):
+    create(broker, "sp-bad")
+    bystander = Raw(broker.stream_port)
+    assert bystander.subscribe(0, "sp-bad") == OK
+    # A frame over the negotiated maximum: closed with "frame too large".
+    r = Raw(broker.stream_port)
+    r.s.sendall(struct.pack(">I", 50_000_000) + b"\0" * 16)
+    p = r.next_of(CLOSE)
+    assert struct.unpack(">IH", p[:6])[1] == FRAME_TOO_LARGE
+    assert r.read() is None
+    # An unknown command after open: "unknown frame".
+    r = Raw(broker.stream_port)
+    r.send(0x7777, struct.pack(">I", 1))
+    p = r.next_of(CLOSE)
+    assert struct.unpack(">IH", p[:6])[1] == UNKNOWN_FRAME
+    # A truncated command, and garbage before the handshake.
+    r = Raw(broker.stream_port)
+    r.send(SUBSCRIBE, struct.pack(">IB", 1, 0) + b"\x00")
+    assert r.next_of(CLOSE)
+    g = Raw(broker.stream_port, login=False)
+    g.s.sendall(b"\x00\x00\x00\x08" + b"\xff" * 8)
+    assert g.read() is None
+    # The bystander is served as before.
+    p = Raw(broker.stream_port)
+    assert p.declare_publisher(0, "", "sp-bad") == OK
+    p.publish(0, [(1, b"still here")])
+    assert p.confirms(1) == ([1], [])
+    assert bystander.deliver() == (0, [b"still here"])
+
+
+def test_connections_and_listeners_in_the_management_api(broker):
+    r = Raw(broker.stream_port)
+    conns = wait_for(lambda: [c for c in api(broker.http_port, "GET", "/api/connections")[1] if c["protocol"] == "stream"],
+                     what="the stream connection listed")
+    assert conns[0]["user"] == "guest" and conns[0]["vhost"] == "/"
+    status, overview = api(broker.http_port, "GET", "/api/overview")
+    ports = {l["protocol"]: l["port"] for l in overview["listeners"]}
+    assert ports["stream"] == broker.stream_port
+    r.close()
