@@ -62,9 +62,9 @@ need ss iproute2
 step "mosquitto-clients (the MQTT tests' second client)"
 need mosquitto_pub mosquitto-clients
 
-step "differential conformance against RabbitMQ: AMQP (scripted and 200 random seeds), the management API (scripted and 60 random seeds)"
+step "differential conformance against RabbitMQ: AMQP (scripted and 200 random seeds), the stream protocol (scripted), the management API (scripted and 60 random seeds)"
 # Installs RabbitMQ from Debian's packages when missing (the first run takes a minute or two).
-tests/conformance/run.sh --scripted --seeds 0:200 --ops 40 --http --scripted --seeds 0:60 --ops 30
+tests/conformance/run.sh --stream --scripted --seeds 0:200 --ops 40 --http --scripted --seeds 0:60 --ops 30
 
 step "pytest (pika, aio-pika, kombu/Celery)"
 HARE_BIN="$PWD/target/release/hare" .venv/bin/python -m pytest tests/python -q -p no:cacheprovider

@@ -65,8 +65,10 @@ class Hare:
     name = "Hare"
     port = 5701
     http_port = 15701
-    # 0: no MQTT listener (the MQTT rows, bench/mqtt.py, set one).
+    # 0: no MQTT listener (the MQTT rows, bench/mqtt.py, set one); the same for the stream
+    # protocol.
     mqtt_port = 0
+    stream_port = 0
 
     # The broker's environment (None: this one's), what runs in it before it starts, and
     # flags added to its command line. Class attributes, so a subclass has them whatever its
@@ -90,7 +92,7 @@ class Hare:
         started = time.monotonic()
         limit = ["--memory-limit", f"{memory_limit_mib}MiB"] if memory_limit_mib else []
         self.proc = subprocess.Popen(
-            [HARE, "--port", str(self.port), "--management-port", str(self.http_port), "--mqtt-port", str(self.mqtt_port), "--mqtt-ws-port", "0", "--stream-port", "0", "--data-dir", os.path.join(self.dir, "data"), "--log", "warn", *limit, *self.extra],
+            [HARE, "--port", str(self.port), "--management-port", str(self.http_port), "--mqtt-port", str(self.mqtt_port), "--mqtt-ws-port", "0", "--stream-port", str(self.stream_port), "--data-dir", os.path.join(self.dir, "data"), "--log", "warn", *limit, *self.extra],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env=self.env,
