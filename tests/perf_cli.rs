@@ -108,6 +108,39 @@ fn a_stream_is_filled_then_replayed_from_first_by_two_consumers() {
 }
 
 #[test]
+fn the_stream_protocol_fills_a_stream_that_both_protocols_replay() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    let server = TestServer::start_with(&["--stream-port", &port.to_string()]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !server.log().contains("stream protocol listening") {
+        assert!(std::time::Instant::now() < deadline, "no stream listener:\n{}", server.log());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let uri = format!("rabbitmq-stream://guest:guest@127.0.0.1:{port}/%2f");
+    let common = ["--prefix", "sp", "--duration", "30", "--json", "--keep", "--size", "100"];
+    let fill = json(&perf(
+        &[&["--uri", &uri][..], &common, &["--consumers", "0", "--count", "3000", "--confirm", "100"]].concat(),
+    ));
+    assert_eq!(fill["confirmed"].as_u64(), Some(3000));
+    // Two stream protocol consumers from the first offset: each reads the whole stream.
+    let replay = json(&perf(
+        &[
+            &["--uri", &uri][..],
+            &common,
+            &["--producers", "0", "--consumers", "2", "--count", "6000", "--offset", "first"],
+        ]
+        .concat(),
+    ));
+    assert_eq!(replay["consumed"].as_u64(), Some(6000));
+    // And an AMQP 0-9-1 stream consumer reads the same messages.
+    let amqp = format!("amqp://127.0.0.1:{}", server.port);
+    let args = ["--producers", "0", "--consumers", "1", "--count", "3000", "--offset", "first", "--stream"];
+    let replay =
+        json(&perf(&[&["--uri", &amqp][..], &common, &args, &["--ack", "manual", "--prefetch", "200"]].concat()));
+    assert_eq!(replay["consumed"].as_u64(), Some(3000));
+}
+
+#[test]
 fn idle_connections_are_held() {
     let server = TestServer::start();
     let uri = format!("amqp://127.0.0.1:{}", server.port);

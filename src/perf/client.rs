@@ -42,6 +42,8 @@ pub struct Target {
     pub tls: bool,
     /// mqtt://: an MQTT broker (the vhost is not used).
     pub mqtt: bool,
+    /// rabbitmq-stream://: RabbitMQ's stream protocol.
+    pub stream: bool,
     tls_config: Option<TlsConfig>,
 }
 
@@ -70,10 +72,14 @@ impl Target {
 
     pub fn parse(uri: &str) -> Result<Target, ClientError> {
         let bad = || ClientError::Uri(uri.to_string());
+        let stream_rest = uri.strip_prefix("rabbitmq-stream://");
+        let stream = stream_rest.is_some();
         let (tls, mqtt, rest) = if let Some(rest) = uri.strip_prefix("amqps://") {
             (true, false, rest)
         } else if let Some(rest) = uri.strip_prefix("mqtt://") {
             (false, true, rest)
+        } else if let Some(rest) = stream_rest {
+            (false, false, rest)
         } else {
             (false, false, uri.strip_prefix("amqp://").ok_or_else(bad)?)
         };
@@ -92,12 +98,13 @@ impl Target {
         };
         let (host, port) = match hostport.rsplit_once(':') {
             Some((h, p)) => (h.to_string(), p.parse().map_err(|_| bad())?),
+            None if stream => (hostport.to_string(), 5552),
             None => (hostport.to_string(), [[5672, 5671], [1883, 8883]][mqtt as usize][tls as usize]),
         };
         if host.is_empty() {
             return Err(bad());
         }
-        Ok(Target { host, port, user, password, vhost, tls, mqtt, tls_config: None })
+        Ok(Target { host, port, user, password, vhost, tls, mqtt, stream, tls_config: None })
     }
 }
 
@@ -281,9 +288,12 @@ mod tests {
                 vhost: "v".into(),
                 tls: false,
                 mqtt: false,
+                stream: false,
                 tls_config: None
             }
         );
+        let t = Target::parse("rabbitmq-stream://u:p@h/%2f").unwrap();
+        assert_eq!((t.stream, t.port, t.vhost.as_str()), (true, 5552, "/"));
         let t = Target::parse("amqps://u:p@localhost/v").unwrap();
         assert_eq!((t.tls, t.port), (true, 5671));
         let t = Target::parse("amqp://127.0.0.1").unwrap();

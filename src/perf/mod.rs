@@ -1,11 +1,13 @@
 //! `hare perf`: a load generator for any AMQP 0-9-1 broker, in the spirit of
-//! rabbitmq-perf-test, and for MQTT brokers with an mqtt:// URI (see [`mqtt`]). Each message
+//! rabbitmq-perf-test, for MQTT brokers with an mqtt:// URI (see [`mqtt`]) and for streams
+//! over RabbitMQ's stream protocol with a rabbitmq-stream:// URI (see [`stream`]). Each message
 //! carries its send time, so consumers measure end-to-end latency; publisher confirms (and
 //! MQTT's PUBACKs) are timed too.
 
 pub mod client;
 mod mqtt;
 pub mod plot;
+mod stream;
 
 use crate::amqp::method::*;
 use crate::amqp::{Frame, Method};
@@ -37,7 +39,8 @@ pub enum AckMode {
 
 #[derive(Debug, Clone, clap::Args, Serialize)]
 pub struct PerfArgs {
-    /// Broker to load, as an AMQP URI, or mqtt://user:pass@host:port for an MQTT broker.
+    /// Broker to load, as an AMQP URI, mqtt://user:pass@host:port for an MQTT broker, or
+    /// rabbitmq-stream://user:pass@host:port/vhost for streams over the stream protocol.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     pub uri: String,
     /// MQTT only: the QoS of publishes and subscriptions (0 or 1). QoS 1 publishers keep at
@@ -306,6 +309,9 @@ pub async fn run(args: PerfArgs) -> Result<Summary, String> {
     }
     if target.mqtt {
         return mqtt::run(&args, &target).await;
+    }
+    if target.stream {
+        return stream::run(&args, &target).await;
     }
     if args.qos > 0 {
         return Err("--qos is for MQTT brokers (an mqtt:// --uri)".into());
