@@ -451,6 +451,12 @@ def main():
 
         streams.run(brokers, rows, log)
 
+    # 27-30. Streams over RabbitMQ's stream protocol (bench/stream_protocol.py).
+    if any(want(r) for r in (27, 28, 29, 30)):
+        import stream_protocol
+
+        stream_protocol.run(rows, log)
+
     # 18-22. MQTT against RabbitMQ's MQTT plugin and mosquitto (bench/mqtt.py).
     sections = []
     if any(want(r) for r in (18, 19, 20, 21, 22)):
