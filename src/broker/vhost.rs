@@ -218,6 +218,11 @@ impl VHost {
     }
 
     /// The type of exchange `name`, if it exists.
+    /// An exchange's bindings; None if there is no such exchange.
+    pub fn exchange_bindings(&self, name: &str) -> Option<Vec<Binding>> {
+        self.topology.read().exchanges.get(name).map(|e| e.bindings().to_vec())
+    }
+
     pub fn exchange_kind(&self, name: &str) -> Option<ExchangeKind> {
         self.topology.read().exchanges.get(name).map(|e| e.kind)
     }

@@ -87,9 +87,9 @@ impl Tracking {
     }
 
     /// Written whole to a new file renamed over the old one, so a crash leaves one or the other.
-    fn save(&self, dir: &Path) -> std::io::Result<()> {
+    fn save(bytes: &[u8], dir: &Path) -> std::io::Result<()> {
         let tmp = dir.join("tracking.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
+        std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, dir.join(TRACKING_FILE))
     }
 }
@@ -359,9 +359,10 @@ impl Flusher for DiskStream {
     }
 
     fn synced(&self) {
-        let (end, last) = {
+        let (end, last, tracking) = {
             let mut log = self.log.lock();
-            let (end, _) = log.written;
+            let (end, last) = log.written;
+            let mut tracking = None;
             if let Some(RoundTracking { writers, offsets }) = log.round.take() {
                 let saved = &mut log.saved;
                 saved.writers.extend(writers);
@@ -369,14 +370,16 @@ impl Flusher for DiskStream {
                     saved.offsets = o;
                 }
                 saved.end = end;
-                if !self.destroyed.load(Ordering::Acquire) {
-                    if let Err(e) = saved.save(&self.dir) {
-                        tracing::warn!("{}: cannot save its tracking: {e}", self.label);
-                    }
-                }
+                tracking = Some(serde_json::to_vec(saved));
             }
-            log.written
+            (end, last, tracking)
         };
+        // Written without the log's lock: readers do not wait for it.
+        if let (Some(bytes), false) = (tracking, self.destroyed.load(Ordering::Acquire)) {
+            if let Err(e) = bytes.map_err(std::io::Error::other).and_then(|b| Tracking::save(&b, &self.dir)) {
+                tracing::warn!("{}: cannot save its tracking: {e}", self.label);
+            }
+        }
         self.last_chunk.store(last, Ordering::Release);
         if self.durable_end.swap(end, Ordering::AcqRel) != end {
             self.durable.send_replace(end);

@@ -180,6 +180,17 @@ pub enum Command {
         corr: u32,
         versions: Vec<(u16, u16, u16)>,
     },
+    CreateSuperStream {
+        corr: u32,
+        name: String,
+        partitions: Vec<String>,
+        binding_keys: Vec<String>,
+        arguments: Vec<(String, String)>,
+    },
+    DeleteSuperStream {
+        corr: u32,
+        name: String,
+    },
     StreamStats {
         corr: u32,
         stream: String,
@@ -218,6 +229,8 @@ impl Command {
             Command::Partitions { .. } => "partitions",
             Command::ExchangeCommandVersions { .. } => "exchange_command_versions",
             Command::StreamStats { .. } => "stream_stats",
+            Command::CreateSuperStream { .. } => "create_super_stream",
+            Command::DeleteSuperStream { .. } => "delete_super_stream",
             Command::Unknown { .. } => "unknown",
         }
     }
@@ -354,6 +367,12 @@ pub fn decode(frame: Bytes) -> Result<Command, Malformed> {
             C::ExchangeCommandVersions { corr, versions }
         }
         (key::STREAM_STATS, false) => C::StreamStats { corr: f.u32()?, stream: f.string()? },
+        (key::CREATE_SUPER_STREAM, false) => {
+            let (corr, name, partitions, binding_keys) = (f.u32()?, f.string()?, f.strings()?, f.strings()?);
+            let arguments = if f.0.has_remaining() { f.map()? } else { Vec::new() };
+            C::CreateSuperStream { corr, name, partitions, binding_keys, arguments }
+        }
+        (key::DELETE_SUPER_STREAM, false) => C::DeleteSuperStream { corr: f.u32()?, name: f.string()? },
         _ => C::Unknown { key: raw_key, corr: f.u32().ok() },
     })
 }

@@ -26,6 +26,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+mod super_stream;
+
 /// The frame size the broker proposes in its tune (RabbitMQ's default, 1 MiB).
 const FRAME_MAX: u32 = 1_048_576;
 /// The heartbeat the broker proposes, in seconds (RabbitMQ's default).
@@ -442,18 +444,14 @@ impl Conn {
         self.step = Step::Opened;
     }
 
-    fn vhost(&self) -> &Arc<VHost> {
-        // Commands after the handshake only: open set it.
-        self.vhost.as_ref().expect("an open connection has a vhost")
-    }
-
     fn allowed(&self, stream: &str, perm: Perm) -> bool {
         self.grant.as_ref().is_some_and(|g| g.check(Kind::Queue, stream, perm).is_ok())
     }
 
     /// The stream named `name` in the connection's vhost (None: no such stream).
     fn stream(&self, name: &str) -> Option<Arc<Queue>> {
-        self.vhost().queue(name, self.id).ok().filter(|q| q.stream.is_some() && !q.is_deleted())
+        let vhost = self.vhost.as_ref()?;
+        vhost.queue(name, self.id).ok().filter(|q| q.stream.is_some() && !q.is_deleted())
     }
 
     fn actor(&self) -> Actor {
@@ -549,12 +547,28 @@ impl Conn {
             Command::Delete { corr, stream } => {
                 let c = self.delete(&stream);
                 self.respond(key::DELETE, corr, c);
+                if c == code::OK {
+                    // This connection's publishers and subscriptions on it go now, with a
+                    // metadata update after the response, as RabbitMQ's reader cleans up.
+                    self.stream_gone(u8::MAX, &stream);
+                }
             }
             Command::Metadata { corr, streams } => self.metadata(corr, &streams),
-            Command::Route { corr, .. } | Command::Partitions { corr, .. } => {
-                // Super streams are not kept yet: every super stream is unknown.
-                let k = if matches!(command, Command::Route { .. }) { key::ROUTE } else { key::PARTITIONS };
-                put_response(&mut self.out, k, corr, code::STREAM_DOES_NOT_EXIST, |o| o.put_u32(0));
+            Command::Route { corr, routing_key, super_stream } => {
+                let streams = self.route(&routing_key, &super_stream);
+                self.streams_response(key::ROUTE, corr, streams);
+            }
+            Command::Partitions { corr, super_stream } => {
+                let streams = self.partitions(&super_stream);
+                self.streams_response(key::PARTITIONS, corr, streams);
+            }
+            Command::CreateSuperStream { corr, name, partitions, binding_keys, arguments } => {
+                let c = self.create_super_stream(&name, &partitions, &binding_keys, &arguments);
+                self.respond(key::CREATE_SUPER_STREAM, corr, c);
+            }
+            Command::DeleteSuperStream { corr, name } => {
+                let c = self.delete_super_stream(&name);
+                self.respond(key::DELETE_SUPER_STREAM, corr, c);
             }
             Command::ExchangeCommandVersions { corr, .. } => {
                 // RabbitMQ's list, in its order (clients index it by key), without filtering.
@@ -576,6 +590,8 @@ impl Conn {
                     key::ROUTE,
                     key::PARTITIONS,
                     key::STREAM_STATS,
+                    key::CREATE_SUPER_STREAM,
+                    key::DELETE_SUPER_STREAM,
                 ];
                 put_response(&mut self.out, key::EXCHANGE_COMMAND_VERSIONS, corr, code::OK, |o| {
                     o.put_u32(versions.len() as u32);
@@ -712,6 +728,17 @@ impl Conn {
         }
     }
 
+    /// A route or partitions response: the streams, or "stream does not exist" for a super
+    /// stream that is not there.
+    fn streams_response(&mut self, k: u16, corr: u32, streams: Option<Vec<String>>) {
+        let c = if streams.is_some() { code::OK } else { code::STREAM_DOES_NOT_EXIST };
+        let streams = streams.unwrap_or_default();
+        put_response(&mut self.out, k, corr, c, |o| {
+            o.put_u32(streams.len() as u32);
+            streams.iter().for_each(|s| put_string(o, s));
+        });
+    }
+
     fn publish_error(&mut self, publisher: u8, c: u16, ids: &[u64]) {
         put_frame(&mut self.out, key::PUBLISH_ERROR, |o| {
             o.put_u8(publisher);
@@ -815,7 +842,9 @@ impl Conn {
         if args.get("x-initial-cluster-size").and_then(FieldValue::as_i64).is_some_and(|n| n <= 0) {
             return code::PRECONDITION_FAILED;
         }
-        let existed = self.vhost().has_queue(&name);
+        // Commands come after open, which set the vhost.
+        let Some(vhost) = self.vhost.clone() else { return code::INTERNAL_ERROR };
+        let existed = vhost.has_queue(&name);
         let d = QueueDeclaration {
             name: name.as_str().into(),
             passive: false,
@@ -824,7 +853,7 @@ impl Conn {
             auto_delete: false,
             arguments: args,
         };
-        match self.vhost().declare_queue(&d, &self.actor()) {
+        match vhost.declare_queue(&d, &self.actor()) {
             Ok(_) if existed => code::STREAM_ALREADY_EXISTS,
             Ok(_) => code::OK,
             Err(e) if e.code == crate::types::constants::PRECONDITION_FAILED => code::PRECONDITION_FAILED,
@@ -839,11 +868,10 @@ impl Conn {
         if !self.allowed(name, Perm::Configure) {
             return code::ACCESS_REFUSED;
         }
-        let Some(queue) = self.stream(name) else { return code::STREAM_DOES_NOT_EXIST };
-        self.vhost().force_delete_queue(&queue, &self.actor());
-        // This connection's own publishers and subscriptions on it go now, with a metadata
-        // update, as RabbitMQ's reader cleans its state after a deletion.
-        self.stream_gone(u8::MAX, name);
+        let (Some(queue), Some(vhost)) = (self.stream(name), self.vhost.clone()) else {
+            return code::STREAM_DOES_NOT_EXIST;
+        };
+        vhost.force_delete_queue(&queue, &self.actor());
         code::OK
     }
 

@@ -123,7 +123,11 @@ async fn run(s: Start, store: Arc<dyn StreamStore>, mut next: u64, credit: Arc<S
         let chunk = match store.read(next) {
             Ok(Some(c)) => c,
             Ok(None) => {
+                // Retention or a deletion raced the bounds read: look again once the log moves.
                 credit.add_permits(1);
+                if durable.changed().await.is_err() {
+                    return;
+                }
                 continue;
             }
             Err(e) => {
@@ -153,7 +157,10 @@ async fn wait_for_writer(writer: &WriterHandle) {
 /// credit taken already, each further one by one more, while there is any); returns the
 /// offset after what was sent.
 fn send_chunk(s: &Start, chunk: &StreamChunk, from: u64, credit: &Semaphore) -> u64 {
-    let records = &chunk.records[(from - chunk.first) as usize..];
+    let Some(records) = chunk.records.get((from - chunk.first) as usize..) else {
+        // The store returns the chunk holding `from` or one after it; anything else is skipped.
+        return from.max(chunk.first + chunk.records.len() as u64);
+    };
     let messages: Vec<Bytes> = records.iter().map(|r| record_as_amqp10(r).unwrap_or_default()).collect();
     let budget = s.frame_max.saturating_sub(FRAME_HEADER + CHUNK_HEADER).max(1);
     let mut at = 0;

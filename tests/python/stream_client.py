@@ -10,6 +10,7 @@ ACCESS_REFUSED, PRECONDITION_FAILED, PUBLISHER_MISSING, NO_OFFSET = 16, 17, 18, 
 DECLARE_PUBLISHER, PUBLISH, PUBLISH_CONFIRM, PUBLISH_ERROR, QUERY_SEQ, SUBSCRIBE, DELIVER = 1, 2, 3, 4, 5, 7, 8
 CREDIT, STORE_OFFSET, QUERY_OFFSET, UNSUBSCRIBE, CREATE, DELETE, METADATA_UPDATE = 9, 10, 11, 12, 13, 14, 16
 CLOSE = 22
+ROUTE, PARTITIONS, CREATE_SUPER, DELETE_SUPER = 24, 25, 29, 30
 
 
 def s16(text):
@@ -148,3 +149,25 @@ class Raw:
 
     def close(self):
         self.s.close()
+
+    def strings_response(self, key):
+        body = self.response(key)
+        (code, count) = struct.unpack(">HI", body[:6])
+        rest, out = body[6:], []
+        for _ in range(count):
+            (n,) = struct.unpack(">H", rest[:2])
+            out.append(rest[2:2 + n].decode())
+            rest = rest[2 + n:]
+        return code, out
+
+    def partitions(self, super_stream):
+        self.request(PARTITIONS, s16(super_stream))
+        return self.strings_response(PARTITIONS)
+
+    def route(self, routing_key, super_stream):
+        self.request(ROUTE, s16(routing_key) + s16(super_stream))
+        return self.strings_response(ROUTE)
+
+    def create_super(self, name, partitions, keys):
+        strings = lambda xs: struct.pack(">I", len(xs)) + b"".join(s16(x) for x in xs)
+        return self.code(CREATE_SUPER, s16(name) + strings(partitions) + strings(keys) + struct.pack(">I", 0))

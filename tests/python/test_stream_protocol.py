@@ -14,7 +14,7 @@ from rstream import (AMQPMessage, Consumer, ConsumerOffsetSpecification, OffsetT
 
 from conftest import Hare, wait_for
 from helpers import api, free_ports
-from stream_client import (ACCESS_REFUSED, AUTH_FAILURE, CLOSE, CREATE, CREDIT, DELETE, DELIVER,
+from stream_client import (ACCESS_REFUSED, AUTH_FAILURE, CLOSE, CREATE, CREDIT, DELETE, DELETE_SUPER, DELIVER,
                            FRAME_TOO_LARGE, METADATA_UPDATE, NO_OFFSET, OK, PRECONDITION_FAILED,
                            PUBLISHER_MISSING, STORE_OFFSET, STREAM_DOES_NOT_EXIST, STREAM_EXISTS,
                            STREAM_NOT_AVAILABLE, SUB_EXISTS, SUB_MISSING, SUBSCRIBE, UNKNOWN_FRAME,
@@ -292,4 +292,52 @@ def test_connections_and_listeners_in_the_management_api(broker):
     status, overview = api(broker.http_port, "GET", "/api/overview")
     ports = {l["protocol"]: l["port"] for l in overview["listeners"]}
     assert ports["stream"] == broker.stream_port
+    r.close()
+
+
+def test_super_streams_route_by_key_and_list_their_partitions(broker):
+    from rstream import RouteType, SuperStreamConsumer, SuperStreamCreationOption, SuperStreamProducer
+    common = dict(port=broker.stream_port, username="guest", password="guest", super_stream="orders")
+
+    async def routing_key(message):
+        return message.application_properties["id"]
+
+    async def publish():
+        async with SuperStreamProducer("127.0.0.1", **common,
+                                       super_stream_creation_option=SuperStreamCreationOption(n_partitions=3),
+                                       routing_extractor=routing_key, routing=RouteType.Hash) as p:
+            for i in range(30):
+                await p.send(AMQPMessage(body=b"o%d" % i, application_properties={"id": str(i)}))
+    run(publish())
+    lengths = lambda: [stream_length(broker, f"orders-{i}") for i in range(3)]
+    wait_for(lambda: sum(lengths()) == 30, what="30 messages in the partitions")
+    assert all(n > 0 for n in lengths()), lengths()
+
+    async def consume_all():
+        got, done = [], asyncio.Event()
+
+        async def on(msg, ctx):
+            got.append(bytes(msg.body) if isinstance(msg.body, (bytes, bytearray)) else b"".join(msg.body))
+            if len(got) >= 30:
+                done.set()
+        async with SuperStreamConsumer("127.0.0.1", **common) as c:
+            await c.subscribe(on, decoder=amqp_decoder)
+            await asyncio.wait_for(done.wait(), 10)
+        return got
+    assert sorted(run(consume_all())) == sorted(b"o%d" % i for i in range(30))
+    r = Raw(broker.stream_port)
+    assert r.partitions("orders") == (OK, ["orders-0", "orders-1", "orders-2"])
+    assert r.route("1", "orders") == (OK, ["orders-1"])
+    assert r.route("no-such-key", "orders") == (OK, [])
+    assert r.route("1", "no-such-super-stream") == (STREAM_DOES_NOT_EXIST, [])
+    assert r.partitions("no-such-super-stream") == (STREAM_DOES_NOT_EXIST, [])
+    # Refusals: an existing super stream or partition, duplicate partitions, keys not matching.
+    assert r.create_super("orders", ["x-0"], ["0"]) == STREAM_EXISTS
+    assert r.create_super("other", ["orders-0"], ["0"]) == STREAM_EXISTS
+    assert r.create_super("other", ["o-a", "o-a"], ["a", "b"]) == PRECONDITION_FAILED
+    assert r.create_super("other", ["o-a", "o-b"], ["a"]) == PRECONDITION_FAILED
+    assert r.code(DELETE_SUPER, s16("orders")) == OK
+    assert api(broker.http_port, "GET", "/api/exchanges/%2F/orders")[0] == 404
+    assert all(api(broker.http_port, "GET", f"/api/queues/%2F/orders-{i}")[0] == 404 for i in range(3))
+    assert r.code(DELETE_SUPER, s16("orders")) == STREAM_DOES_NOT_EXIST
     r.close()
