@@ -2,14 +2,15 @@
 //! and authenticate, tune, open (the vhost), then commands until close. Publishes are
 //! appended to their stream and confirmed once their group commit is durable (a named
 //! publisher's re-sent ids are confirmed without being stored again); each subscription is
-//! served by a task of its own (`deliver`), a chunk per credit.
+//! served by a task of its own (`deliver`), a chunk per credit. The handshake is in
+//! `handshake`, publishers and confirms in `publish`, super streams in `super_stream`.
 
 use super::codec::{self, code, key, put_frame, put_map, put_response, put_string, Command, OffsetSpec};
 use super::deliver::{self, Subscription};
 use super::Shared;
 use crate::auth::grant::{Grant, Kind, Perm};
 use crate::broker::audit::Actor;
-use crate::broker::connections::{bump, ConnectionDetails, ConnectionEntry};
+use crate::broker::connections::{bump, ConnectionEntry};
 use crate::broker::consumer::ConnectionSink;
 use crate::broker::queue::Queue;
 use crate::broker::vhost::{QueueDeclaration, VHost};
@@ -26,6 +27,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+mod handshake;
+mod publish;
 mod super_stream;
 
 /// The frame size the broker proposes in its tune (RabbitMQ's default, 1 MiB).
@@ -299,151 +302,6 @@ impl Conn {
         }
     }
 
-    /// The commands before open, in RabbitMQ's order; anything else ends the connection.
-    fn handshake(&mut self, command: Command) {
-        match (self.step, command) {
-            (_, Command::Heartbeat) => {}
-            (Step::Start, Command::PeerProperties { corr, properties }) => {
-                self.client_properties = properties;
-                let version = env!("CARGO_PKG_VERSION");
-                let props = [
-                    ("product", "Hare"),
-                    ("version", version),
-                    ("platform", "Rust"),
-                    ("cluster_name", "hare"),
-                    ("information", "A message broker that speaks RabbitMQ's protocols"),
-                ];
-                put_response(&mut self.out, key::PEER_PROPERTIES, corr, code::OK, |o| {
-                    put_map(o, props.iter().copied())
-                });
-            }
-            (Step::Start, Command::SaslHandshake { corr }) => {
-                let mechanisms: &[&str] =
-                    if self.certificate().is_some() { &["PLAIN", "EXTERNAL"] } else { &["PLAIN"] };
-                put_response(&mut self.out, key::SASL_HANDSHAKE, corr, code::OK, |o| {
-                    o.put_u32(mechanisms.len() as u32);
-                    mechanisms.iter().for_each(|m| put_string(o, m));
-                });
-            }
-            (Step::Start, Command::SaslAuthenticate { corr, mechanism, data }) => {
-                self.authenticate(corr, &mechanism, &data)
-            }
-            (Step::Authenticated, Command::Tune { frame_max, heartbeat }) => {
-                if frame_max != 0 {
-                    self.frame_max = (frame_max as usize).max(1024);
-                }
-                self.heartbeat = heartbeat;
-                self.step = Step::Tuned;
-            }
-            (Step::Tuned, Command::Open { corr, vhost }) => self.open(corr, &vhost),
-            (_, Command::Close { corr, .. }) => {
-                self.respond(key::CLOSE, corr, code::OK);
-                self.closing = Some("closed by the client".into());
-            }
-            (_, other) => {
-                self.closing = Some(format!("{} before the connection was open", other.name()));
-            }
-        }
-    }
-
-    fn certificate(&self) -> Option<String> {
-        self.link.tls.as_ref().and_then(|t| t.certificate_name.clone())
-    }
-
-    fn authenticate(&mut self, corr: u32, mechanism: &str, data: &Bytes) {
-        let broker = self.shared.broker.clone();
-        let peer = self.link.peer;
-        let loopback = peer.ip().is_loopback();
-        let result = match mechanism {
-            "PLAIN" => match crate::auth::sasl::parse("PLAIN", data) {
-                Ok(c) if broker.authenticate(&c.user, &c.password, loopback, "PLAIN").is_ok() => Ok(c.user),
-                Ok(c) if !loopback && broker.authenticate(&c.user, &c.password, true, "PLAIN").is_ok() => Err((
-                    code::SASL_AUTHENTICATION_FAILURE_LOOPBACK,
-                    format!("user '{}' can only connect via localhost", c.user),
-                )),
-                Ok(c) => Err((code::AUTHENTICATION_FAILURE, format!("authentication failed for user '{}'", c.user))),
-                Err(e) => Err((code::SASL_ERROR, e.to_string())),
-            },
-            "EXTERNAL" => match self.certificate() {
-                Some(cert) if broker.authenticate_external(&cert).is_ok() => Ok(cert),
-                Some(cert) => {
-                    Err((code::AUTHENTICATION_FAILURE, format!("no user '{cert}' for the client certificate")))
-                }
-                None => Err((code::SASL_MECHANISM_NOT_SUPPORTED, "EXTERNAL needs a client certificate".into())),
-            },
-            other => Err((code::SASL_MECHANISM_NOT_SUPPORTED, format!("unsupported mechanism {other}"))),
-        };
-        match result {
-            Ok(user) => {
-                broker.login_succeeded(peer.ip());
-                self.user = user;
-                self.mechanism = if mechanism == "EXTERNAL" { "EXTERNAL" } else { "PLAIN" };
-                self.step = Step::Authenticated;
-                put_response(&mut self.out, key::SASL_AUTHENTICATE, corr, code::OK, |_| {});
-                put_frame(&mut self.out, key::TUNE, |o| {
-                    o.put_u32(FRAME_MAX);
-                    o.put_u32(HEARTBEAT);
-                });
-            }
-            Err((c, why)) => {
-                tracing::warn!(%peer, "stream login refused: {why}");
-                broker.login_failed(peer.ip());
-                put_response(&mut self.out, key::SASL_AUTHENTICATE, corr, c, |_| {});
-                self.closing = Some(why);
-            }
-        }
-    }
-
-    fn open(&mut self, corr: u32, vhost_name: &str) {
-        let broker = self.shared.broker.clone();
-        let refused = |conn: &mut Conn, why: String| {
-            tracing::warn!(peer = %conn.link.peer, "stream connection refused: {why}");
-            put_response(&mut conn.out, key::OPEN, corr, code::VHOST_ACCESS_FAILURE, |o| o.put_u32(0));
-            conn.closing = Some(why);
-        };
-        let Some(vhost) = broker.vhost(vhost_name) else {
-            return refused(self, format!("virtual host '{vhost_name}' does not exist"));
-        };
-        if let Err(r) = broker.check_connection_limits(&self.user, &vhost.name) {
-            return refused(self, r.text);
-        }
-        let grant = broker.grant(&self.user, &vhost.name);
-        if !grant.has_vhost_access() {
-            return refused(self, grant.vhost_refused().text);
-        }
-        let mut client_properties = FieldTable::new();
-        for (k, v) in self.client_properties.iter().filter(|(k, _)| k.len() < 256) {
-            client_properties.insert(k, FieldValue::string(v));
-        }
-        let entry = ConnectionEntry::new(
-            self.id,
-            self.link.peer,
-            self.link.local,
-            self.user.clone(),
-            vhost.name.clone(),
-            client_properties,
-            (self.frame_max as u32, 0, self.heartbeat.min(u16::MAX as u32) as u16),
-            ConnectionDetails {
-                protocol: "stream",
-                auth_mechanism: self.mechanism.to_string(),
-                tls: self.link.tls.as_ref().map(|t| t.details.clone()),
-                unwritten: self.writer.unwritten.clone(),
-            },
-        );
-        broker.register_connection(entry.clone());
-        tracing::info!(peer = %self.link.peer, user = %self.user, vhost = %vhost.name, "stream connection open");
-        // Where clients reach this node: the address they connected to, the listener's port.
-        let host = self.link.local.ip().to_string();
-        let port = self.link.local.port().to_string();
-        put_response(&mut self.out, key::OPEN, corr, code::OK, |o| {
-            put_map(o, [("advertised_host", host.as_str()), ("advertised_port", port.as_str())].into_iter())
-        });
-        self.vhost = Some(vhost);
-        self.grant = Some(grant);
-        self.entry = Some(entry);
-        self.step = Step::Opened;
-    }
-
     fn allowed(&self, stream: &str, perm: Perm) -> bool {
         self.grant.as_ref().is_some_and(|g| g.check(Kind::Queue, stream, perm).is_ok())
     }
@@ -636,98 +494,6 @@ impl Conn {
         }
     }
 
-    fn declare_publisher(&mut self, id: u8, reference: String, stream: String) -> u16 {
-        if self.shared.alarm.borrow().is_some() {
-            // RabbitMQ refuses new publishers while a resource alarm blocks publishing.
-            return code::PRECONDITION_FAILED;
-        }
-        if !self.allowed(&stream, Perm::Write) {
-            return code::ACCESS_REFUSED;
-        }
-        let taken = self.publishers.contains_key(&id)
-            || (!reference.is_empty()
-                && self.publishers.values().any(|p| p.stream == stream && p.reference.as_deref() == Some(&reference)));
-        if taken || reference.len() > MAX_REFERENCE || self.publishers.len() >= MAX_IDS {
-            return code::PRECONDITION_FAILED;
-        }
-        let Some(queue) = self.stream(&stream) else { return code::STREAM_DOES_NOT_EXIST };
-        let reference = (!reference.is_empty()).then_some(reference);
-        self.publishers.insert(id, Publisher { stream, reference, queue });
-        code::OK
-    }
-
-    /// A publish frame: each message appended (a named publisher's ids not above the last
-    /// it stored are confirmed without being stored again), confirmed once durable.
-    fn publish(&mut self, id: u8, version: u16, count: u32, mut messages: Bytes) {
-        let Some(p) = self.publishers.get(&id) else {
-            let ids = publishing_ids(version, count, messages);
-            self.publish_error(id, code::PUBLISHER_DOES_NOT_EXIST, &ids);
-            return;
-        };
-        if p.queue.is_deleted() {
-            let stream = p.stream.clone();
-            let ids = publishing_ids(version, count, messages);
-            self.publish_error(id, code::PUBLISHER_DOES_NOT_EXIST, &ids);
-            self.stream_gone(u8::MAX, &stream);
-            return;
-        }
-        if !self.allowed(&p.stream, Perm::Write) {
-            let ids = publishing_ids(version, count, messages);
-            self.publish_error(id, code::ACCESS_REFUSED, &ids);
-            return;
-        }
-        let queue = p.queue.clone();
-        let store = queue.stream.clone();
-        let reference = p.reference.clone();
-        let mut last = reference.as_deref().and_then(|r| store.as_ref().and_then(|s| s.writer_sequence(r)));
-        let mut appended = 0u64;
-        let mut malformed = false;
-        for _ in 0..count {
-            let Some(entry) = next_entry(&mut messages, version) else {
-                malformed = true;
-                break;
-            };
-            let (publishing_id, data) = entry;
-            if last.is_some_and(|l| publishing_id <= l) {
-                // A duplicate: confirmed, not stored.
-                self.unconfirmed.push_back((0, id, publishing_id));
-                continue;
-            }
-            let writer = reference.as_deref().map(|r| (r, publishing_id));
-            let ticket = match data {
-                Entry::One(message) => {
-                    appended += 1;
-                    queue.stream_append(writer, &message).map(|(_, t)| t)
-                }
-                Entry::Batch(batch) => {
-                    let mut ticket = None;
-                    let n = batch.len();
-                    for (i, message) in batch.into_iter().enumerate() {
-                        // The batch's publishing id goes with its last message.
-                        let w = if i + 1 == n { writer } else { None };
-                        ticket = queue.stream_append(w, &message).map(|(_, t)| t);
-                    }
-                    appended += n as u64;
-                    ticket
-                }
-                Entry::Compressed => {
-                    self.publish_error(id, code::PRECONDITION_FAILED, &[publishing_id]);
-                    continue;
-                }
-            };
-            if reference.is_some() {
-                last = Some(publishing_id);
-            }
-            self.unconfirmed.push_back((ticket.unwrap_or(0), id, publishing_id));
-        }
-        if appended > 0 {
-            queue.count_stream_publishes(appended);
-        }
-        if malformed {
-            self.close(code::UNKNOWN_FRAME, "malformed publish frame");
-        }
-    }
-
     /// A route or partitions response: the streams, or "stream does not exist" for a super
     /// stream that is not there.
     fn streams_response(&mut self, k: u16, corr: u32, streams: Option<Vec<String>>) {
@@ -737,39 +503,6 @@ impl Conn {
             o.put_u32(streams.len() as u32);
             streams.iter().for_each(|s| put_string(o, s));
         });
-    }
-
-    fn publish_error(&mut self, publisher: u8, c: u16, ids: &[u64]) {
-        put_frame(&mut self.out, key::PUBLISH_ERROR, |o| {
-            o.put_u8(publisher);
-            o.put_u32(ids.len() as u32);
-            for &i in ids {
-                o.put_u64(i);
-                o.put_u16(c);
-            }
-        });
-    }
-
-    /// Sends the confirms of what is durable now, a frame per run of one publisher's ids.
-    fn confirm(&mut self) {
-        while let Some(&(ticket, publisher, _)) = self.unconfirmed.front() {
-            if ticket > self.durable {
-                break;
-            }
-            let mut ids = Vec::new();
-            while let Some(&(t, p, i)) = self.unconfirmed.front() {
-                if t > self.durable || p != publisher {
-                    break;
-                }
-                ids.push(i);
-                self.unconfirmed.pop_front();
-            }
-            put_frame(&mut self.out, key::PUBLISH_CONFIRM, |o| {
-                o.put_u8(publisher);
-                o.put_u32(ids.len() as u32);
-                ids.iter().for_each(|&i| o.put_u64(i));
-            });
-        }
     }
 
     fn subscribe(
@@ -931,80 +664,4 @@ impl Conn {
             self.shared.broker.unregister_connection(self.id);
         }
     }
-}
-
-/// One entry of a publish frame.
-enum Entry {
-    One(Bytes),
-    /// An uncompressed sub-entry batch: its messages.
-    Batch(Vec<Bytes>),
-    /// A compressed sub-entry batch, which this broker does not take.
-    Compressed,
-}
-
-/// Cuts the next `publishing id | [filter value] | entry` out of a publish frame.
-fn next_entry(b: &mut Bytes, version: u16) -> Option<(u64, Entry)> {
-    if b.remaining() < 12 {
-        return None;
-    }
-    let id = b.get_u64();
-    if version >= 2 {
-        let len = b.get_i16();
-        if len > 0 {
-            if b.remaining() < len as usize {
-                return None;
-            }
-            b.advance(len as usize);
-        }
-    }
-    if b.remaining() < 4 {
-        return None;
-    }
-    let first = b[0];
-    if first & 0x80 == 0 {
-        let size = b.get_u32() as usize;
-        if b.remaining() < size {
-            return None;
-        }
-        return Some((id, Entry::One(b.split_to(size))));
-    }
-    // 1 | compression (3 bits) | unused (4) | count u16 | uncompressed size u32 | size u32 | batch
-    if b.remaining() < 11 {
-        return None;
-    }
-    let compression = (b.get_u8() >> 4) & 0x07;
-    let count = b.get_u16() as usize;
-    let _uncompressed = b.get_u32();
-    let size = b.get_u32() as usize;
-    if b.remaining() < size {
-        return None;
-    }
-    let mut batch = b.split_to(size);
-    if compression != 0 {
-        return Some((id, Entry::Compressed));
-    }
-    let mut messages = Vec::with_capacity(count.min(batch.remaining() / 4));
-    for _ in 0..count {
-        if batch.remaining() < 4 {
-            return None;
-        }
-        let n = batch.get_u32() as usize;
-        if batch.remaining() < n {
-            return None;
-        }
-        messages.push(batch.split_to(n));
-    }
-    Some((id, Entry::Batch(messages)))
-}
-
-/// The publishing ids of a frame refused whole.
-fn publishing_ids(version: u16, count: u32, mut messages: Bytes) -> Vec<u64> {
-    let mut ids = Vec::new();
-    for _ in 0..count {
-        match next_entry(&mut messages, version) {
-            Some((id, _)) => ids.push(id),
-            None => break,
-        }
-    }
-    ids
 }
