@@ -1,6 +1,6 @@
-"""AMQPS and HTTPS with certificates made by openssl: server verification, client certificates
-and EXTERNAL, TLS 1.2/1.3 only, a reload on SIGHUP that keeps open connections, and
-connection.update-secret."""
+"""AMQPS, HTTPS and the stream protocol over TLS with certificates made by openssl: server
+verification, client certificates and EXTERNAL, TLS 1.2/1.3 only, a reload on SIGHUP that keeps
+open connections, and connection.update-secret."""
 import json
 import os
 import re
@@ -307,5 +307,43 @@ def test_mqtt_over_tls_and_secure_websocket_with_client_certificates(certs):
         for c in clients:
             c.disconnect()
             c.loop_stop()
+    finally:
+        h.stop()
+
+
+def test_the_stream_protocol_over_tls_with_plain_and_external(certs):
+    """RabbitMQ's stream protocol on its TLS port: rstream publishes and consumes with the
+    server verified, and logs in with EXTERNAL as its client certificate's name."""
+    import asyncio
+
+    from rstream import Consumer, ConsumerOffsetSpecification, OffsetType, Producer
+    from rstream.constants import SlasMechanism
+
+    from helpers import free_ports
+    plain, tls = free_ports(2)
+    h = start(certs, "--stream-port", str(plain), "--stream-tls-port", str(tls))
+    try:
+        wait_for(lambda: "stream protocol over TLS listening" in h.read_log(), what="the stream TLS listener")
+        assert api(h, "/api/users/certuser", method="PUT", body={"tags": ""})[0] == 201
+        assert api(h, "/api/permissions/%2F/certuser", method="PUT",
+                   body={"configure": ".*", "write": ".*", "read": ".*"})[0] == 201
+
+        async def go():
+            async with Producer("127.0.0.1", port=tls, username="guest", password="guest",
+                                ssl_context=context(certs)) as p:
+                await p.create_stream("tls-stream")
+                await p.send_wait("tls-stream", b"over tls")
+            got, done = [], asyncio.Event()
+
+            async def on(msg, ctx):
+                got.append(msg)
+                done.set()
+            async with Consumer("127.0.0.1", port=tls, username="", password="", ssl_context=context(certs, "client"),
+                                sasl_configuration_mechanism=SlasMechanism.MechanismExternal) as c:
+                await c.start()
+                await c.subscribe("tls-stream", on, offset_specification=ConsumerOffsetSpecification(OffsetType.FIRST))
+                await asyncio.wait_for(done.wait(), 10)
+            return got
+        assert asyncio.run(asyncio.wait_for(go(), 30)) == [b"over tls"]
     finally:
         h.stop()
