@@ -9,7 +9,7 @@
 
 use super::codec::{code, key, put_frame, put_string, OffsetSpec};
 use crate::broker::connections::{bump, ConnectionEntry};
-use crate::broker::queue::stream::record_as_amqp10;
+use crate::broker::queue::stream::{amqp10_start, record_as_amqp10};
 use crate::broker::queue::Queue;
 use crate::broker::store::{StreamChunk, StreamStore};
 use crate::net::writer::{Encoded, WriterHandle, ZERO_COPY_MIN};
@@ -153,6 +153,28 @@ async fn wait_for_writer(writer: &WriterHandle) {
     }
 }
 
+/// A message as a delivery writes it: a stream protocol record from where its AMQP 1.0 part
+/// starts (no copy made to find it), or an AMQP 0-9-1 record converted.
+enum Outgoing<'a> {
+    Stored(&'a Bytes, usize),
+    Converted(Bytes),
+}
+
+impl Outgoing<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Outgoing::Stored(r, start) => &r[*start..],
+            Outgoing::Converted(b) => b,
+        }
+    }
+    fn slice(&self) -> Bytes {
+        match self {
+            Outgoing::Stored(r, start) => r.slice(*start..),
+            Outgoing::Converted(b) => b.clone(),
+        }
+    }
+}
+
 /// Sends `chunk` from offset `from` as one or more deliver frames (the first paid by the
 /// credit taken already, each further one by one more, while there is any); returns the
 /// offset after what was sent.
@@ -161,7 +183,13 @@ fn send_chunk(s: &Start, chunk: &StreamChunk, from: u64, credit: &Semaphore) -> 
         // The store returns the chunk holding `from` or one after it; anything else is skipped.
         return from.max(chunk.first + chunk.records.len() as u64);
     };
-    let messages: Vec<Bytes> = records.iter().map(|r| record_as_amqp10(r).unwrap_or_default()).collect();
+    let messages: Vec<Outgoing> = records
+        .iter()
+        .map(|r| match amqp10_start(r) {
+            Some(start) => Outgoing::Stored(r, start),
+            None => Outgoing::Converted(record_as_amqp10(r).unwrap_or_default()),
+        })
+        .collect();
     let budget = s.frame_max.saturating_sub(FRAME_HEADER + CHUNK_HEADER).max(1);
     let mut at = 0;
     let mut paid = true;
@@ -177,7 +205,7 @@ fn send_chunk(s: &Start, chunk: &StreamChunk, from: u64, credit: &Semaphore) -> 
         let mut end = at;
         let mut size = 0;
         while end < messages.len() && end - at < u16::MAX as usize {
-            let len = 4 + messages[end].len();
+            let len = 4 + messages[end].bytes().len();
             if end > at && size + len > budget {
                 break;
             }
@@ -197,14 +225,19 @@ fn send_chunk(s: &Start, chunk: &StreamChunk, from: u64, credit: &Semaphore) -> 
 
 /// One deliver frame: the header, then each message as `size (u32) | bytes`; large
 /// messages as their own slices, written without a copy. The CRC (zlib's CRC-32 of the
-/// data, which clients check) is computed first, so the header is written once.
-fn encode(id: u8, timestamp: i64, first: u64, messages: &[Bytes], data_len: usize) -> Encoded {
+/// data, which clients check) goes in the header: computed over the buffer once it is
+/// written when the data is all in it, else message by message first.
+fn encode(id: u8, timestamp: i64, first: u64, messages: &[Outgoing], data_len: usize) -> Encoded {
+    let large = messages.iter().any(|m| m.bytes().len() >= ZERO_COPY_MIN);
     let mut crc = crc32fast::Hasher::new();
-    for m in messages {
-        crc.update(&(m.len() as u32).to_be_bytes());
-        crc.update(m);
+    if large {
+        for m in messages {
+            crc.update(&(m.bytes().len() as u32).to_be_bytes());
+            crc.update(m.bytes());
+        }
     }
-    let mut out = BytesMut::with_capacity(FRAME_HEADER + CHUNK_HEADER + data_len.min(64 * 1024));
+    let header = FRAME_HEADER + CHUNK_HEADER;
+    let mut out = BytesMut::with_capacity(header + if large { 64 * 1024 } else { data_len });
     out.put_u32((FRAME_HEADER - 4 + CHUNK_HEADER + data_len) as u32);
     out.put_u16(key::DELIVER);
     out.put_u16(1);
@@ -216,21 +249,29 @@ fn encode(id: u8, timestamp: i64, first: u64, messages: &[Bytes], data_len: usiz
     out.put_i64(timestamp);
     out.put_u64(EPOCH);
     out.put_u64(first);
-    out.put_u32(crc.finalize());
+    let crc_at = out.len();
+    out.put_u32(0);
     out.put_u32(data_len as u32);
     out.put_u32(0); // trailer
     out.put_u32(0); // reserved
+    if !large {
+        for m in messages {
+            out.put_u32(m.bytes().len() as u32);
+            out.put_slice(m.bytes());
+        }
+        let crc = crc32fast::hash(&out[header..]);
+        out[crc_at..crc_at + 4].copy_from_slice(&crc.to_be_bytes());
+        return Encoded::One(out.freeze());
+    }
+    out[crc_at..crc_at + 4].copy_from_slice(&crc.finalize().to_be_bytes());
     let mut parts: Vec<Bytes> = Vec::new();
     for m in messages {
-        out.put_u32(m.len() as u32);
-        if m.len() >= ZERO_COPY_MIN {
-            crate::net::writer::push_slice(&mut out, &mut parts, m.clone());
+        out.put_u32(m.bytes().len() as u32);
+        if m.bytes().len() >= ZERO_COPY_MIN {
+            crate::net::writer::push_slice(&mut out, &mut parts, m.slice());
         } else {
-            out.put_slice(m);
+            out.put_slice(m.bytes());
         }
-    }
-    if parts.is_empty() {
-        return Encoded::One(out.freeze());
     }
     if !out.is_empty() {
         parts.push(out.freeze());

@@ -89,6 +89,19 @@ fn split_amqp10(record: &bytes::Bytes) -> Option<(Option<(&str, u64)>, bytes::By
     Some((Some((reference, id)), record.slice(10 + len..)))
 }
 
+/// Where the AMQP 1.0 message of a stream protocol record starts (None for other records):
+/// a delivery writes `record[start..]` as it is.
+pub fn amqp10_start(record: &[u8]) -> Option<usize> {
+    if record.first() != Some(&RECORD_AMQP10) {
+        return None;
+    }
+    let start = match *record.get(1)? as usize {
+        0 => 2,
+        len => 10 + len,
+    };
+    (start <= record.len()).then_some(start)
+}
+
 /// The publisher reference and publishing id a record was appended with, if any.
 pub fn record_writer(record: &bytes::Bytes) -> Option<(&str, u64)> {
     match record.first() {
