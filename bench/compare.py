@@ -190,8 +190,9 @@ class RabbitMQ:
         self.proc = None
 
 
-def perf(broker, *args, timeout=None):
-    uri = f"amqp://guest:guest@127.0.0.1:{broker.port}/%2f"
+def perf(broker, *args, timeout=None, uri=None):
+    """Runs `hare perf` against the broker (its AMQP port unless `uri` says otherwise)."""
+    uri = uri or f"amqp://guest:guest@127.0.0.1:{broker.port}/%2f"
     cmd = [HARE, "perf", "--uri", uri, "--json", "--quiet", *map(str, args)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout or DURATION * 6 + 120)
     if out.returncode != 0:

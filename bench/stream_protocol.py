@@ -13,13 +13,10 @@ so).
 Beside each figure, the load generator's CPU in percent of one core over the measured window:
 on 2 cores it is not the bottleneck while it stays clearly under 100 %. Rounds alternate the
 brokers and the mean is shown."""
-import json
-import os
-import subprocess
 import time
 
 import compare
-from compare import DURATION, HARE, wait_port, want
+from compare import DURATION, wait_port, want
 from streams import MESSAGES, alternate
 
 WINDOW = 10_000
@@ -43,12 +40,8 @@ class RabbitStream(compare.RabbitMQ):
 
 
 def perf(broker, *args, timeout=None):
-    uri = f"rabbitmq-stream://guest:guest@127.0.0.1:{broker.stream_port}/%2f"
-    cmd = [HARE, "perf", "--uri", uri, "--json", "--quiet", *map(str, args)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout or DURATION * 6 + 120)
-    if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)}: {out.stderr.strip()}")
-    return json.loads(out.stdout)
+    return compare.perf(broker, *args, timeout=timeout,
+                        uri=f"rabbitmq-stream://guest:guest@127.0.0.1:{broker.stream_port}/%2f")
 
 
 def run(rows, log):

@@ -174,6 +174,25 @@ impl PerfArgs {
     }
 }
 
+/// Reads what a socket has into `buf` (the MQTT and stream protocol clients' reader), with
+/// `room` bytes of space made once less than a sixteenth of it is free; Err once the
+/// broker closed the connection.
+async fn read_more(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    buf: &mut bytes::BytesMut,
+    room: usize,
+) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    if buf.capacity() - buf.len() < room / 16 {
+        buf.reserve(room);
+    }
+    match rd.read_buf(buf).await {
+        Ok(0) => Err("connection closed by the broker".into()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("read: {e}")),
+    }
+}
+
 fn clock() -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
     BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64

@@ -15,15 +15,15 @@
 
 use super::client::Target;
 use super::{
-    clock, futures_join, new_histogram, next_batch, report, stop, summarize, Confirms, PerfArgs, Stats, Summary,
-    Window, BATCH,
+    clock, futures_join, new_histogram, next_batch, read_more, report, stop, summarize, Confirms, PerfArgs, Stats,
+    Summary, Window, BATCH,
 };
 use crate::mqtt::codec::{self, Connect, Packet, Properties, Publish, Subscribe, Subscription};
 use bytes::{Bytes, BytesMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -55,14 +55,7 @@ impl Incoming {
 
     /// Reads what the socket has; Err once it is closed.
     async fn read(&mut self) -> Result<(), String> {
-        if self.buf.capacity() - self.buf.len() < 16 * 1024 {
-            self.buf.reserve(256 * 1024);
-        }
-        match self.rd.read_buf(&mut self.buf).await {
-            Ok(0) => Err("connection closed by the broker".into()),
-            Ok(_) => Ok(()),
-            Err(e) => Err(format!("read: {e}")),
-        }
+        read_more(&mut self.rd, &mut self.buf, 256 * 1024).await
     }
 
     /// The next whole packet already read, if there is one.

@@ -11,14 +11,15 @@
 
 use super::client::Target;
 use super::{
-    clock, new_histogram, next_batch, report, stop, summarize, Confirms, PerfArgs, Stats, Summary, Window, BATCH,
+    clock, new_histogram, next_batch, read_more, report, stop, summarize, Confirms, PerfArgs, Stats, Summary, Window,
+    BATCH,
 };
 use crate::stream::codec::{code, key, put_frame, put_map, put_string};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -55,14 +56,7 @@ impl Incoming {
     }
 
     async fn read(&mut self) -> Result<(), String> {
-        if self.buf.capacity() - self.buf.len() < 64 * 1024 {
-            self.buf.reserve(1024 * 1024);
-        }
-        match self.rd.read_buf(&mut self.buf).await {
-            Ok(0) => Err("connection closed by the broker".into()),
-            Ok(_) => Ok(()),
-            Err(e) => Err(format!("read: {e}")),
-        }
+        read_more(&mut self.rd, &mut self.buf, 1024 * 1024).await
     }
 
     async fn frame(&mut self) -> Result<(u16, Bytes), String> {

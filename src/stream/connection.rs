@@ -92,7 +92,7 @@ struct Conn {
     unconfirmed: VecDeque<(u64, u8, u64)>,
     durable: u64,
     /// Subscriptions' tasks tell the connection of a stream deleted under them.
-    gone_tx: mpsc::UnboundedSender<(u8, String)>,
+    gone_tx: mpsc::UnboundedSender<String>,
     out: BytesMut,
     /// The connection ends once `out` is written, with this reason in the log.
     closing: Option<String>,
@@ -192,7 +192,7 @@ pub async fn serve<R, W>(
                     Err(_) => conn.closing = Some("broker shutting down".into()),
                 }
             }
-            Some((sub, stream)) = gone_rx.recv() => conn.stream_gone(sub, &stream),
+            Some(stream) = gone_rx.recv() => conn.stream_gone(&stream),
             _ = writer.drained.notified(), if backlogged => {}
             r = alarm.changed() => {
                 if r.is_err() {
@@ -351,8 +351,9 @@ impl Conn {
                 let c = if self.publishers.remove(&id).is_some() { code::OK } else { code::PUBLISHER_DOES_NOT_EXIST };
                 self.respond(key::DELETE_PUBLISHER, corr, c);
             }
-            Command::Subscribe { corr, id, stream, offset, credit, properties } => {
-                self.subscribe(corr, id, stream, offset, credit, properties)
+            // The subscription properties (single active consumer, filters) are not used yet.
+            Command::Subscribe { corr, id, stream, offset, credit, properties: _ } => {
+                self.subscribe(corr, id, stream, offset, credit)
             }
             Command::Credit { id, credit } => match self.subscriptions.get(&id) {
                 Some(s) if !s.is_finished() => s.add_credit(credit),
@@ -408,7 +409,7 @@ impl Conn {
                 if c == code::OK {
                     // This connection's publishers and subscriptions on it go now, with a
                     // metadata update after the response, as RabbitMQ's reader cleans up.
-                    self.stream_gone(u8::MAX, &stream);
+                    self.stream_gone(&stream);
                 }
             }
             Command::Metadata { corr, streams } => self.metadata(corr, &streams),
@@ -505,15 +506,7 @@ impl Conn {
         });
     }
 
-    fn subscribe(
-        &mut self,
-        corr: u32,
-        id: u8,
-        stream: String,
-        offset: OffsetSpec,
-        credit: u16,
-        properties: Vec<(String, String)>,
-    ) {
+    fn subscribe(&mut self, corr: u32, id: u8, stream: String, offset: OffsetSpec, credit: u16) {
         let c = if !self.allowed(&stream, Perm::Read) {
             code::ACCESS_REFUSED
         } else if self.stream(&stream).is_none() {
@@ -530,7 +523,6 @@ impl Conn {
         let Some(queue) = self.stream(&stream) else { return };
         // The response goes first: deliveries follow it.
         self.flush();
-        let _ = properties;
         let sub = deliver::start(deliver::Start {
             id,
             stream,
@@ -610,7 +602,7 @@ impl Conn {
 
     /// A stream was deleted: its publishers and subscriptions on this connection go, and
     /// the client hears of it once (`metadata_update`, stream not available).
-    fn stream_gone(&mut self, _subscription: u8, stream: &str) {
+    fn stream_gone(&mut self, stream: &str) {
         let before = self.publishers.len() + self.subscriptions.len();
         self.publishers.retain(|_, p| p.stream != stream);
         self.subscriptions.retain(|_, s| {

@@ -40,7 +40,7 @@ pub struct Start {
     pub frame_max: usize,
     pub entry: Option<Arc<ConnectionEntry>>,
     /// Told when the stream is deleted under the subscription.
-    pub gone: mpsc::UnboundedSender<(u8, String)>,
+    pub gone: mpsc::UnboundedSender<String>,
 }
 
 /// A running subscription, as its connection holds it.
@@ -106,7 +106,7 @@ async fn run(s: Start, store: Arc<dyn StreamStore>, mut next: u64, credit: Arc<S
     // connection ends, and ends by itself when its stream is deleted.
     loop {
         if s.queue.is_deleted() {
-            let _ = s.gone.send((s.id, s.stream.clone()));
+            let _ = s.gone.send(s.stream.clone());
             return;
         }
         let (first, end) = store.bounds();
@@ -132,7 +132,7 @@ async fn run(s: Start, store: Arc<dyn StreamStore>, mut next: u64, credit: Arc<S
             }
             Err(e) => {
                 tracing::error!("stream '{}': {e}", s.stream);
-                let _ = s.gone.send((s.id, s.stream.clone()));
+                let _ = s.gone.send(s.stream.clone());
                 return;
             }
         };

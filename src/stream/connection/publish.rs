@@ -38,7 +38,7 @@ impl Conn {
             let stream = p.stream.clone();
             let ids = publishing_ids(version, count, messages);
             self.publish_error(id, code::PUBLISHER_DOES_NOT_EXIST, &ids);
-            self.stream_gone(u8::MAX, &stream);
+            self.stream_gone(&stream);
             return;
         }
         if !self.allowed(&p.stream, Perm::Write) {

@@ -106,7 +106,7 @@ impl Conn {
         }
         for p in &partitions {
             if self.delete(p) == code::OK {
-                self.stream_gone(u8::MAX, p);
+                self.stream_gone(p);
             }
         }
         code::OK
