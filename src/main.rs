@@ -111,6 +111,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let settle = broker.clone();
     let code = runtime.block_on(async move {
         if let Some(c) = &config.cluster {
             if let Err(e) = start_cluster(c, &config, &broker, keys.clone()).await {
@@ -293,6 +294,8 @@ fn main() -> ExitCode {
         w.stop();
     }
     // Everything appended reaches the disk before the process exits.
+    storage.syncer.flush_now();
+    settle.settle_delayed();
     storage.syncer.flush_now();
     storage.syncer.shutdown();
     tracing::info!("stopped");

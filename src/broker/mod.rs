@@ -305,6 +305,15 @@ impl Broker {
         }
     }
 
+    /// At shutdown, once everything appended is on disk: delayed exchanges ack the records of
+    /// the messages they released, so that none goes out twice after the restart.
+    pub fn settle_delayed(&self) {
+        let vhosts: Vec<Arc<VHost>> = self.vhosts.read().values().cloned().collect();
+        for v in vhosts {
+            v.settle_delayed();
+        }
+    }
+
     /// Memory use passed half the limit (or fell back): queues page to disk meanwhile.
     pub fn set_memory_pressure(&self, on: bool) {
         if self.memory_pressure.swap(on, Ordering::AcqRel) != on {

@@ -5,6 +5,7 @@
 //! after the queue's lock is released, so queues that dead-letter into each other cannot
 //! deadlock.
 
+pub mod delayed;
 pub mod replica;
 mod state;
 pub mod stream;
@@ -81,6 +82,9 @@ pub trait QueueOwner: Send + Sync {
         properties: &bytes::Bytes,
         out: &mut Vec<Arc<Queue>>,
     ) -> AmqpResult<()>;
+    /// A delayed exchange's held message, due: the message as it goes out, and the queues
+    /// it reaches through `exchange` now, into `out`.
+    fn route_delayed(&self, exchange: &str, message: &Message, out: &mut Vec<Arc<Queue>>) -> Arc<Message>;
 }
 
 /// The time for expiry checks, read from the system only once a message with an expiry
@@ -141,6 +145,8 @@ pub struct Queue {
     pub replica: Option<Arc<dyn replica::Replica>>,
     /// A stream queue: its log (see [`stream`]).
     pub stream: Option<Arc<dyn super::store::StreamStore>>,
+    /// A delayed exchange's holding queue: its held messages (see [`delayed`]).
+    pub delayed: Option<delayed::DelayStore>,
 }
 
 /// A queue's counts ([`stats::MessageCounts::values`]) and lengths (messages, ready,
@@ -236,6 +242,7 @@ impl Queue {
             options,
             replica: None,
             stream: None,
+            delayed: None,
         })
     }
 
@@ -260,7 +267,14 @@ impl Queue {
         replica: Option<Arc<dyn replica::Replica>>,
         stream: Option<Arc<dyn super::store::StreamStore>>,
     ) -> Arc<Self> {
-        Arc::new(Queue {
+        let mut q = Self::kept_elsewhere_parts(name, vhost, options, owner);
+        q.replica = replica;
+        q.stream = stream;
+        Arc::new(q)
+    }
+
+    fn kept_elsewhere_parts(name: ShortStr, vhost: &str, options: QueueOptions, owner: Weak<dyn QueueOwner>) -> Self {
+        Queue {
             name,
             vhost: vhost.to_string(),
             state: Mutex::new(QueueState { last_used: now_ms(), args: options.args.clone(), ..Default::default() }),
@@ -269,9 +283,10 @@ impl Queue {
             timed: AtomicBool::new(false),
             owner,
             options,
-            replica,
-            stream,
-        })
+            replica: None,
+            stream: None,
+            delayed: None,
+        }
     }
 
     /// Republishes a replicated queue's dead letter through its dead-letter exchange (the
@@ -316,6 +331,7 @@ impl Queue {
             timed,
             replica: None,
             stream: None,
+            delayed: None,
         })
     }
 
@@ -546,6 +562,10 @@ impl Queue {
     /// Runs the queue's timers: expires messages at the head and returns true when the queue
     /// itself has been unused for its x-expires period and should be deleted.
     pub fn tick(self: &Arc<Self>, now: u64) -> bool {
+        if let Some(d) = &self.delayed {
+            self.release_due(d, now);
+            return false;
+        }
         let mut st = self.state.lock();
         st.expire(&self.name, now);
         let idle = st.args.expires.is_some_and(|e| st.consumers.is_empty() && now >= st.last_used.saturating_add(e));
@@ -568,6 +588,9 @@ impl Queue {
         }
         if let Some(s) = &self.stream {
             return Ok(self.stream_publish(s, &message));
+        }
+        if let Some(d) = &self.delayed {
+            return d.hold_published(message);
         }
         let timed = self.timed.load(Ordering::Relaxed);
         let mut now = if timed || message.expiration.is_some() { now_ms() } else { 0 };
@@ -1085,6 +1108,9 @@ impl Queue {
         if let Some(s) = &self.stream {
             // Its readers (the consumers' task, stream protocol subscriptions) wake and end.
             s.destroy();
+        }
+        if let Some(d) = &self.delayed {
+            d.destroy();
         }
         st.readers.clear();
         for c in st.consumers.drain(..) {

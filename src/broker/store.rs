@@ -166,6 +166,12 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn create_stream(&self, settings: StreamSettings) -> Result<(Arc<dyn StreamStore>, String), StoreError>;
     /// Opens an existing stream's log after a restart.
     fn open_stream(&self, id: &str, settings: StreamSettings) -> Result<Arc<dyn StreamStore>, StoreError>;
+    /// Every ticket at or below this is on disk.
+    fn durable_ticket(&self) -> u64;
+    /// The log a delayed-message exchange keeps its held messages in, named by `id` (made
+    /// from the vhost and the exchange's name, so the exchange finds it again at start):
+    /// recovered with its messages, or with `fresh` emptied and made new.
+    fn delayed_log(&self, id: &str, fresh: bool) -> Result<RecoveredQueue, StoreError>;
     /// What the group commit has done so far, for metrics.
     fn sync_stats(&self) -> SyncStats {
         SyncStats::default()

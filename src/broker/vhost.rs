@@ -15,6 +15,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 use std::sync::{Arc, Weak};
 
+mod delayed;
 mod policy;
 mod recovery;
 mod replicated;
@@ -60,6 +61,21 @@ struct Topology {
     queues: FastMap<ShortStr, Arc<Queue>>,
     /// The on-disk log id of each durable queue.
     logs: FastMap<ShortStr, String>,
+    /// The holding queue of each delayed-message exchange, by the exchange's name.
+    delayed: FastMap<ShortStr, Arc<Queue>>,
+}
+
+impl Topology {
+    /// Removes exchange `name` (with its holding queue and held messages, if it delays);
+    /// reports it in `removed` with whether it was durable.
+    fn remove_exchange(&mut self, name: &ShortStr, removed: &mut Removed) -> Option<Exchange> {
+        let ex = self.exchanges.remove(name.as_str())?;
+        if let Some(holder) = self.delayed.remove(name.as_str()) {
+            holder.delete();
+        }
+        removed.exchanges.push((name.clone(), ex.durable));
+        Some(ex)
+    }
 }
 
 /// What deleting one object took with it: bindings (with their source exchange) and
@@ -148,6 +164,8 @@ pub struct ExchangeInfo {
     pub stats: Arc<ExchangeStats>,
     pub declared_by: ShortStr,
     pub applied: super::policy::Applied,
+    /// Messages a delayed-message exchange holds (None for other types).
+    pub messages_delayed: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -245,6 +263,9 @@ impl VHost {
             self.remove_queue(&mut topo, q, &Actor::broker());
         }
         topo.exchanges.clear();
+        for (_, holder) in topo.delayed.drain() {
+            holder.delete();
+        }
     }
 
     /// Every queue, by name (for the management API: a copy of the list, no lock kept).
@@ -270,6 +291,7 @@ impl VHost {
                 stats: e.stats.clone(),
                 declared_by: e.declared_by.clone(),
                 applied: e.applied.clone(),
+                messages_delayed: topo.delayed.get(e.name.as_str()).and_then(|q| Some(q.delayed.as_ref()?.len())),
             })
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -289,7 +311,8 @@ impl VHost {
 
     /// The log ids of this vhost's durable queues.
     pub fn queue_log_ids(&self) -> Vec<String> {
-        self.topology.read().logs.values().cloned().collect()
+        let topo = self.topology.read();
+        topo.logs.values().cloned().chain(Self::delayed_log_ids(&topo)).collect()
     }
 
     /// Appends a durable change to the storage's journal; returns the ticket to wait for
@@ -415,7 +438,14 @@ impl VHost {
         let mut ex = Exchange::new(name.clone(), kind, durable, auto_delete, internal, arguments.clone());
         ex.declared_by = ShortStr::from(&*by.user);
         ex.set_policy(self.policy_for_exchange(name));
-        let def = saved_exchange(&ex).then(|| ExchangeDef {
+        let saved = saved_exchange(&ex);
+        if kind == ExchangeKind::DelayedMessage {
+            let holder = self
+                .delay_holder(name, saved, true)
+                .map_err(|e| AmqpError::internal_error(format!("cannot create the log of exchange '{name}': {e}")))?;
+            topo.delayed.insert(name.clone(), holder);
+        }
+        let def = saved.then(|| ExchangeDef {
             name: name.to_string(),
             kind: ex.kind.as_str().into(),
             internal: ex.internal,
@@ -456,15 +486,13 @@ impl VHost {
         }
         let dest = Destination::Exchange(name.clone());
         // Only a durable exchange is saved, or the destination of saved bindings.
-        let saved = ex.durable;
         let mut removed = Removed::default();
-        if let Some(ex) = topo.exchanges.remove(name.as_str()) {
+        if let Some(ex) = topo.remove_exchange(name, &mut removed) {
             if self.audit.is_on() {
                 removed.bindings.extend(ex.bindings().iter().map(|b| (name.clone(), b.clone())));
             }
         }
         Self::remove_destination(&mut topo, &dest, &mut removed);
-        removed.exchanges.push((name.clone(), saved));
         Ok(self.record_removed(removed, by))
     }
 
@@ -483,9 +511,7 @@ impl VHost {
             removed.bindings.extend(gone.into_iter().map(|b| (ex.name.clone(), b)));
         }
         for name in emptied {
-            if let Some(ex) = topo.exchanges.remove(name.as_str()) {
-                removed.exchanges.push((name.clone(), ex.durable));
-            }
+            topo.remove_exchange(&name, removed);
             Self::remove_destination(topo, &Destination::Exchange(name), removed);
         }
     }
@@ -734,9 +760,7 @@ impl VHost {
         self.binding_event("binding.deleted", by, source, binding);
         if ex.unbind(binding) && ex.auto_delete && !ex.has_bindings() {
             let name = ex.name.clone();
-            if let Some(ex) = topo.exchanges.remove(name.as_str()) {
-                removed.exchanges.push((name.clone(), ex.durable));
-            }
+            topo.remove_exchange(&name, &mut removed);
             Self::remove_destination(&mut topo, &Destination::Exchange(name), &mut removed);
         }
         let mut ticket = self.record_removed(removed, by);
@@ -831,5 +855,13 @@ impl QueueOwner for VHost {
         out: &mut Vec<Arc<Queue>>,
     ) -> AmqpResult<()> {
         self.route(exchange, routing_key, cc, properties, out)
+    }
+    fn route_delayed(
+        &self,
+        exchange: &str,
+        message: &crate::broker::message::Message,
+        out: &mut Vec<Arc<Queue>>,
+    ) -> Arc<crate::broker::message::Message> {
+        self.release(exchange, message, out)
     }
 }

@@ -363,6 +363,10 @@ pub fn exchange(vhost: &str, e: &ExchangeInfo, ranges: &Ranges) -> Value {
         "arguments": table(&e.arguments),
         "user_who_performed_action": e.declared_by.as_str(),
     });
+    // As RabbitMQ's delayed-message plugin reports it.
+    if let Some(n) = e.messages_delayed {
+        v["messages_delayed"] = json!(n);
+    }
     // As RabbitMQ: `policy` only on an exchange a policy applies to.
     if let Some(p) = e.applied.policy_name() {
         v["policy"] = json!(p);

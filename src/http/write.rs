@@ -560,7 +560,7 @@ pub async fn publish(State(api): State<Api>, Path((vhost, name)): Path<(String, 
             "rejected Unable to publish message. Check queue limits.",
         );
     }
-    Json(json!({ "routed": !queues.is_empty() })).into_response()
+    Json(json!({ "routed": crate::broker::queue::delayed::reached_now(&queues) })).into_response()
 }
 
 /// The properties object of a publish, as RabbitMQ's API takes it.

@@ -8,7 +8,8 @@
 //!                             (see [`cipher`])
 //!   definitions/              durable exchanges, queues and bindings: a snapshot and the
 //!                             journal of changes since (see [`journal`])
-//!   queues/<id>/              one durable queue's log: NNNN.seg + NNNN.ack
+//!   queues/<id>/              one durable queue's log: NNNN.seg + NNNN.ack; also the
+//!                             messages a durable delayed exchange holds (id delayed-...)
 //!   mqtt-retained.log         MQTT's retained messages (see [`retained`])
 //!   streams/<id>/             a stream's log: NNNN.segment + NNNN.index (see [`stream_log`])
 //!   transient/<id>/           messages of non-durable queues paged out under memory
@@ -237,6 +238,30 @@ impl Storage for DiskStorage {
 
     fn failure(&self) -> Option<String> {
         self.syncer.failure()
+    }
+
+    fn durable_ticket(&self) -> u64 {
+        self.syncer.durable()
+    }
+
+    fn delayed_log(&self, id: &str, fresh: bool) -> Result<RecoveredQueue, StoreError> {
+        let dir = self.queue_dir(id);
+        if fresh {
+            // Left by an exchange of this name deleted just before a crash.
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        // Every held message in memory: they are ordered by due time, not by the log's order.
+        QueueLog::recover(
+            dir,
+            format!("delayed exchange log {id}"),
+            self.syncer.clone(),
+            usize::MAX,
+            u64::MAX,
+            self.keys.clone(),
+        )
     }
 
     fn sync_stats(&self) -> crate::broker::store::SyncStats {

@@ -280,7 +280,8 @@ impl Channel {
             if cluster != 0 && ctx.broker.quorum_host().is_some_and(|h| h.backlogged(&ctx.flow)) {
                 ctx.flow_paused = true;
             }
-            let routed = !queues.is_empty();
+            // A delayed exchange holding it is not a route yet (as RabbitMQ's plugin).
+            let routed = crate::broker::queue::delayed::reached_now(&queues);
             queues.clear();
             self.route_buf = queues;
             result?;

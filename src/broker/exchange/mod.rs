@@ -1,6 +1,7 @@
 //! Exchanges: the bindings they hold and how each type routes. One file per exchange type.
 
 mod consistent_hash;
+pub mod delayed;
 mod direct;
 mod fanout;
 mod headers;
@@ -27,6 +28,13 @@ impl ExchangeStats {
     #[inline]
     pub fn count(&self, routed: usize) {
         self.publish_in.fetch_add(1, Ordering::Relaxed);
+        if routed > 0 {
+            self.publish_out.fetch_add(routed as u64, Ordering::Relaxed);
+        }
+    }
+    /// Copies of a message held by a delayed exchange routed out when it was due.
+    #[inline]
+    pub fn count_out(&self, routed: usize) {
         if routed > 0 {
             self.publish_out.fetch_add(routed as u64, Ordering::Relaxed);
         }
@@ -78,6 +86,9 @@ pub enum ExchangeKind {
     Headers,
     /// `x-consistent-hash`, as RabbitMQ's plugin (see [`consistent_hash`]).
     ConsistentHash,
+    /// `x-delayed-message`, as RabbitMQ's plugin (see [`delayed`]): routes as the type its
+    /// `x-delayed-type` argument names, after holding messages that ask for a delay.
+    DelayedMessage,
 }
 
 impl ExchangeKind {
@@ -88,6 +99,7 @@ impl ExchangeKind {
             "topic" => ExchangeKind::Topic,
             "headers" => ExchangeKind::Headers,
             "x-consistent-hash" => ExchangeKind::ConsistentHash,
+            "x-delayed-message" => ExchangeKind::DelayedMessage,
             other => return Err(AmqpError::command_invalid(format!("unknown exchange type '{other}'"))),
         })
     }
@@ -98,6 +110,7 @@ impl ExchangeKind {
             ExchangeKind::Topic => "topic",
             ExchangeKind::Headers => "headers",
             ExchangeKind::ConsistentHash => "x-consistent-hash",
+            ExchangeKind::DelayedMessage => "x-delayed-message",
         }
     }
 }
@@ -113,6 +126,9 @@ trait Router: Send + Sync + std::fmt::Debug {
 pub struct Exchange {
     pub name: ShortStr,
     pub kind: ExchangeKind,
+    /// The type whose routing it follows: its own, or for a delayed exchange the type its
+    /// `x-delayed-type` names.
+    pub routing: ExchangeKind,
     pub durable: bool,
     pub auto_delete: bool,
     pub internal: bool,
@@ -148,16 +164,21 @@ impl Exchange {
         internal: bool,
         arguments: FieldTable,
     ) -> Self {
-        let router: Box<dyn Router> = match kind {
-            ExchangeKind::Direct => Box::<direct::DirectRouter>::default(),
+        // Checked at declare (see [`Exchange::validate_arguments`]); one recovered from disk
+        // with arguments that no longer pass routes as a direct exchange, or hashes its
+        // routing key.
+        let routing = match kind {
+            ExchangeKind::DelayedMessage => delayed::routing_kind(&arguments).unwrap_or(ExchangeKind::Direct),
+            other => other,
+        };
+        let router: Box<dyn Router> = match routing {
+            ExchangeKind::Direct | ExchangeKind::DelayedMessage => Box::<direct::DirectRouter>::default(),
             ExchangeKind::Fanout => Box::<fanout::FanoutRouter>::default(),
             ExchangeKind::Topic => Box::<topic::TopicRouter>::default(),
             ExchangeKind::Headers => Box::<headers::HeadersRouter>::default(),
             ExchangeKind::ConsistentHash => Box::<consistent_hash::ConsistentHashRouter>::default(),
         };
-        // Checked at declare (see [`Exchange::validate_arguments`]); one recovered from disk
-        // with arguments that no longer pass hashes its routing key.
-        let hash_on = if kind == ExchangeKind::ConsistentHash {
+        let hash_on = if routing == ExchangeKind::ConsistentHash {
             consistent_hash::HashOn::of(&arguments).unwrap_or(consistent_hash::HashOn::RoutingKey)
         } else {
             consistent_hash::HashOn::RoutingKey
@@ -165,6 +186,7 @@ impl Exchange {
         Exchange {
             name,
             kind,
+            routing,
             durable,
             auto_delete,
             internal,
@@ -184,8 +206,13 @@ impl Exchange {
     /// Checks a new exchange's arguments for its type, as RabbitMQ's exchange types
     /// validate them at declare.
     pub fn validate_arguments(kind: ExchangeKind, arguments: &FieldTable) -> AmqpResult<()> {
-        if kind == ExchangeKind::ConsistentHash {
-            consistent_hash::HashOn::of(arguments)?;
+        match kind {
+            ExchangeKind::ConsistentHash => {
+                consistent_hash::HashOn::of(arguments)?;
+            }
+            // The plugin checks its own argument, then the arguments as the type it names.
+            ExchangeKind::DelayedMessage => Self::validate_arguments(delayed::routing_kind(arguments)?, arguments)?,
+            _ => {}
         }
         Ok(())
     }
@@ -193,15 +220,16 @@ impl Exchange {
     /// What a consistent-hash exchange hashes when it is not the routing key: the header's
     /// or property's value in `props` (None for every other exchange, and for the key).
     pub fn hash_input(&self, props: Option<&crate::types::BasicProperties>) -> Option<String> {
-        (self.kind == ExchangeKind::ConsistentHash && self.hash_on != consistent_hash::HashOn::RoutingKey)
+        (self.routing == ExchangeKind::ConsistentHash && self.hash_on != consistent_hash::HashOn::RoutingKey)
             .then(|| self.hash_on.value(props))
     }
 
-    /// Whether routing reads the message's properties (headers exchanges, and
-    /// consistent-hash exchanges that hash a header or a property).
+    /// Whether routing reads the message's properties (headers exchanges, consistent-hash
+    /// exchanges that hash a header or a property, delayed exchanges for `x-delay`).
     pub fn reads_properties(&self) -> bool {
-        self.kind == ExchangeKind::Headers
-            || (self.kind == ExchangeKind::ConsistentHash && self.hash_on != consistent_hash::HashOn::RoutingKey)
+        self.kind == ExchangeKind::DelayedMessage
+            || self.routing == ExchangeKind::Headers
+            || (self.routing == ExchangeKind::ConsistentHash && self.hash_on != consistent_hash::HashOn::RoutingKey)
     }
 
     /// The alternate exchange for unroutable messages: the `alternate-exchange` argument, else
@@ -225,7 +253,7 @@ impl Exchange {
 
     /// Checks a binding's arguments for this exchange type before it is added.
     pub fn validate_binding(&self, binding: &Binding) -> AmqpResult<()> {
-        match self.kind {
+        match self.routing {
             ExchangeKind::Headers => headers::validate(&binding.arguments),
             ExchangeKind::ConsistentHash => consistent_hash::validate(binding),
             _ => Ok(()),
@@ -324,7 +352,7 @@ impl Exchange {
     /// Whether the routing key decides where a message goes (direct and topic; fanout and
     /// headers exchanges ignore it, so extra keys from `CC` need not be routed twice).
     pub fn uses_routing_key(&self) -> bool {
-        matches!(self.kind, ExchangeKind::Direct | ExchangeKind::Topic)
+        matches!(self.routing, ExchangeKind::Direct | ExchangeKind::Topic)
     }
 
     pub fn route(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Vec<Destination>) {

@@ -25,6 +25,10 @@ impl VHost {
                 ex.declared_by = user.as_str().into();
             }
             ex.set_policy(self.policy_for_exchange(&e.name));
+            if kind == ExchangeKind::DelayedMessage {
+                let holder = self.delay_holder(&ex.name, true, false)?;
+                topo.delayed.insert(ex.name.clone(), holder);
+            }
             topo.exchanges.insert(e.name.as_str().into(), ex);
         }
         let mut total = 0usize;

@@ -4,7 +4,7 @@
 
 use super::{Topology, VHost};
 use crate::broker::error::{AmqpError, AmqpResult};
-use crate::broker::exchange::{Destination, Exchange, ExchangeKind};
+use crate::broker::exchange::{delayed, Destination, Exchange, ExchangeKind};
 use crate::broker::queue::Queue;
 use crate::types::{BasicProperties, ShortStr};
 use bytes::Bytes;
@@ -26,8 +26,12 @@ struct Walk<'t, 'a> {
     cc: &'a [ShortStr],
     properties: &'a Bytes,
     /// The message's properties, decoded once if an exchange routes on them (a headers
-    /// exchange, a consistent-hash exchange hashing a header or property).
+    /// exchange, a consistent-hash exchange hashing a header or property, a delayed
+    /// exchange reading `x-delay`).
     decoded: &'a mut Option<Option<BasicProperties>>,
+    /// Delayed exchanges' holding queues among the destinations found (they do not count as
+    /// routed: see [`crate::broker::queue::delayed`]).
+    held: usize,
 }
 
 impl<'t> Walk<'t, '_> {
@@ -46,7 +50,20 @@ impl<'t> Walk<'t, '_> {
         } else {
             None
         };
-        let table = if ex.kind == ExchangeKind::Headers { props.and_then(|p| p.headers.as_ref()) } else { None };
+        if ex.kind == ExchangeKind::DelayedMessage {
+            // A delay asked for: held by the exchange, routed by its bindings (or its alternate
+            // exchange) only when due.
+            if delayed::delay_of(props.and_then(|p| p.headers.as_ref())).is_some() {
+                if let Some(holder) = self.topo.delayed.get(ex.name.as_str()) {
+                    if !out.iter().any(|o| Arc::ptr_eq(o, holder)) {
+                        out.push(holder.clone());
+                        self.held += 1;
+                    }
+                    return;
+                }
+            }
+        }
+        let table = if ex.routing == ExchangeKind::Headers { props.and_then(|p| p.headers.as_ref()) } else { None };
         // A consistent-hash exchange may hash a header or property instead of the key.
         let hashed = ex.hash_input(props);
         let start = dests.len();
@@ -119,7 +136,7 @@ impl VHost {
         properties: &Bytes,
         out: &mut Vec<Arc<Queue>>,
     ) -> AmqpResult<()> {
-        self.route_with(exchange, routing_key, cc, properties, out, false)
+        self.route_with(exchange, routing_key, cc, properties, out, Via::Client)
     }
 
     /// Routes what the broker itself publishes (audit events): internal exchanges too.
@@ -130,7 +147,20 @@ impl VHost {
         properties: &Bytes,
         out: &mut Vec<Arc<Queue>>,
     ) -> AmqpResult<()> {
-        self.route_with(exchange, routing_key, &[], properties, out, true)
+        self.route_with(exchange, routing_key, &[], properties, out, Via::Broker)
+    }
+
+    /// Routes a delayed exchange's held message, due now: internal exchanges too, and the
+    /// exchange's count of messages in is not bumped again.
+    pub(super) fn route_released(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        cc: &[ShortStr],
+        properties: &Bytes,
+        out: &mut Vec<Arc<Queue>>,
+    ) -> AmqpResult<()> {
+        self.route_with(exchange, routing_key, cc, properties, out, Via::Released)
     }
 
     #[inline]
@@ -141,8 +171,9 @@ impl VHost {
         cc: &[ShortStr],
         properties: &Bytes,
         out: &mut Vec<Arc<Queue>>,
-        internal_ok: bool,
+        via: Via,
     ) -> AmqpResult<()> {
+        let internal_ok = via != Via::Client;
         out.clear();
         let topo = self.topology.read();
         if exchange.is_empty() {
@@ -173,7 +204,8 @@ impl VHost {
         // Exchanges routed through besides the first; allocates only when bindings lead on to
         // other exchanges.
         let mut visited: Vec<&str> = Vec::new();
-        let mut walk = Walk { topo: &topo, root: ex.name.as_str(), routing_key, cc, properties, decoded: &mut decoded };
+        let mut walk =
+            Walk { topo: &topo, root: ex.name.as_str(), routing_key, cc, properties, decoded: &mut decoded, held: 0 };
         ROUTE_SCRATCH.with(|cell| match cell.try_borrow_mut() {
             Ok(mut dests) => {
                 dests.clear();
@@ -181,7 +213,22 @@ impl VHost {
             }
             Err(_) => walk.through(ex, &mut visited, &mut Vec::new(), out),
         });
-        ex.stats.count(out.len());
+        let routed = out.len() - walk.held;
+        match via {
+            Via::Released => ex.stats.count_out(routed),
+            _ => ex.stats.count(routed),
+        }
         Ok(())
     }
+}
+
+/// Who a message is routed for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// A client's publish: internal exchanges refuse it.
+    Client,
+    /// The broker's own (audit events): internal exchanges take it.
+    Broker,
+    /// A delayed exchange's message, due: counted as routed out, not as published in again.
+    Released,
 }
