@@ -205,6 +205,7 @@ fn main() -> ExitCode {
             config: Arc::new(config.clone()),
             durable: Some(syncer.subscribe()),
             alarm: background.alarm.clone(),
+            sac: Default::default(),
         };
         let mut stream_task = None;
         match hare::stream::Server::bind(shared, tls.clone(), fds.connections).await {

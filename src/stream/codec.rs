@@ -140,6 +140,13 @@ pub enum Command {
         id: u8,
         credit: u16,
     },
+    /// A client's answer to the broker's consumer update (single active consumer): where an
+    /// activated subscription starts (None: where it was subscribed from).
+    ConsumerUpdateResponse {
+        corr: u32,
+        code: u16,
+        offset: Option<OffsetSpec>,
+    },
     StoreOffset {
         reference: String,
         stream: String,
@@ -219,6 +226,7 @@ impl Command {
             Command::DeletePublisher { .. } => "delete_publisher",
             Command::Subscribe { .. } => "subscribe",
             Command::Credit { .. } => "credit",
+            Command::ConsumerUpdateResponse { .. } => "consumer_update",
             Command::StoreOffset { .. } => "store_offset",
             Command::QueryOffset { .. } => "query_offset",
             Command::Unsubscribe { .. } => "unsubscribe",
@@ -298,6 +306,18 @@ impl Fields {
         let n = self.count(4)?;
         (0..n).map(|_| Ok((self.string()?, self.string()?))).collect()
     }
+    /// An offset specification; None for type 0 (none, in a consumer update's answer).
+    fn offset(&mut self) -> Result<Option<OffsetSpec>, Malformed> {
+        Ok(Some(match self.u16()? {
+            0 => return Ok(None),
+            1 => OffsetSpec::First,
+            2 => OffsetSpec::Last,
+            3 => OffsetSpec::Next,
+            4 => OffsetSpec::Offset(self.u64()?),
+            5 => OffsetSpec::Timestamp(self.u64()? as i64),
+            _ => return Err(Malformed("unknown offset type")),
+        }))
+    }
     fn rest(&mut self) -> Bytes {
         std::mem::take(&mut self.0)
     }
@@ -334,20 +354,16 @@ pub fn decode(frame: Bytes) -> Result<Command, Malformed> {
         (key::DELETE_PUBLISHER, false) => C::DeletePublisher { corr: f.u32()?, id: f.u8()? },
         (key::SUBSCRIBE, false) => {
             let (corr, id, stream) = (f.u32()?, f.u8()?, f.string()?);
-            let offset = match f.u16()? {
-                1 => OffsetSpec::First,
-                2 => OffsetSpec::Last,
-                3 => OffsetSpec::Next,
-                4 => OffsetSpec::Offset(f.u64()?),
-                5 => OffsetSpec::Timestamp(f.u64()? as i64),
-                _ => return Err(Malformed("unknown offset type")),
-            };
+            let offset = f.offset()?.ok_or(Malformed("unknown offset type"))?;
             let credit = f.u16()?;
             // The properties came with a later version of the protocol: optional.
             let properties = if f.0.has_remaining() { f.map()? } else { Vec::new() };
             C::Subscribe { corr, id, stream, offset, credit, properties }
         }
         (key::CREDIT, false) => C::Credit { id: f.u8()?, credit: f.u16()? },
+        (key::CONSUMER_UPDATE, true) => {
+            C::ConsumerUpdateResponse { corr: f.u32()?, code: f.u16()?, offset: f.offset()? }
+        }
         (key::STORE_OFFSET, false) => C::StoreOffset { reference: f.string()?, stream: f.string()?, offset: f.u64()? },
         (key::QUERY_OFFSET, false) => C::QueryOffset { corr: f.u32()?, reference: f.string()?, stream: f.string()? },
         (key::UNSUBSCRIBE, false) => C::Unsubscribe { corr: f.u32()?, id: f.u8()? },

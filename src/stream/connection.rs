@@ -29,7 +29,10 @@ use tokio::time::Instant;
 
 mod handshake;
 mod publish;
+mod single_active;
 mod super_stream;
+
+pub use single_active::Coordinator;
 
 /// The frame size the broker proposes in its tune (RabbitMQ's default, 1 MiB).
 const FRAME_MAX: u32 = 1_048_576;
@@ -93,6 +96,11 @@ struct Conn {
     durable: u64,
     /// Subscriptions' tasks tell the connection of a stream deleted under them.
     gone_tx: mpsc::UnboundedSender<String>,
+    /// Subscriptions that are single active consumers, with their groups (`single_active`).
+    members: HashMap<u8, single_active::Member>,
+    /// Consumer updates sent and not answered yet, by correlation id, and the next id.
+    updates: HashMap<u32, crate::stream::sac::Notify>,
+    next_corr: u32,
     out: BytesMut,
     /// The connection ends once `out` is written, with this reason in the log.
     closing: Option<String>,
@@ -114,6 +122,7 @@ pub async fn serve<R, W>(
     let sink = ConnectionSink::new(id);
     let (writer, writer_task) = WriterHandle::spawn(wr, sink);
     let (gone_tx, mut gone_rx) = mpsc::unbounded_channel();
+    let (sac_tx, mut sac_rx) = mpsc::unbounded_channel();
     let max_frame = max_frame(&shared);
     let mut conn = Conn {
         durable: shared.durable.as_ref().map_or(u64::MAX, |rx| *rx.borrow()),
@@ -134,9 +143,13 @@ pub async fn serve<R, W>(
         subscriptions: HashMap::new(),
         unconfirmed: VecDeque::new(),
         gone_tx,
+        members: HashMap::new(),
+        updates: HashMap::new(),
+        next_corr: 1,
         out: BytesMut::new(),
         closing: None,
     };
+    conn.join_coordinator(sac_tx);
     let mut pending = Some(pending);
     let mut rbuf = BytesMut::with_capacity(READ_MIN);
     let mut read_size = ReadSize::default();
@@ -193,6 +206,7 @@ pub async fn serve<R, W>(
                 }
             }
             Some(stream) = gone_rx.recv() => conn.stream_gone(&stream),
+            Some(n) = sac_rx.recv() => conn.notified(n),
             _ = writer.drained.notified(), if backlogged => {}
             r = alarm.changed() => {
                 if r.is_err() {
@@ -223,6 +237,7 @@ pub async fn serve<R, W>(
             }
         }
     }
+    conn.leave_all_groups(&mut sac_rx);
     conn.flush();
     if let Some(why) = &conn.closing {
         tracing::info!(peer = %conn.link.peer, "stream connection closed: {why}");
@@ -351,10 +366,12 @@ impl Conn {
                 let c = if self.publishers.remove(&id).is_some() { code::OK } else { code::PUBLISHER_DOES_NOT_EXIST };
                 self.respond(key::DELETE_PUBLISHER, corr, c);
             }
-            // The subscription properties (single active consumer, filters) are not used yet.
-            Command::Subscribe { corr, id, stream, offset, credit, properties: _ } => {
-                self.subscribe(corr, id, stream, offset, credit)
+            // Of the subscription properties, single active consumer's are used (filters are
+            // not built yet).
+            Command::Subscribe { corr, id, stream, offset, credit, properties } => {
+                self.subscribe(corr, id, stream, offset, credit, &properties)
             }
+            Command::ConsumerUpdateResponse { corr, code, offset } => self.consumer_update_answered(corr, code, offset),
             Command::Credit { id, credit } => match self.subscriptions.get(&id) {
                 Some(s) if !s.is_finished() => s.add_credit(credit),
                 _ => {
@@ -391,13 +408,14 @@ impl Conn {
             }
             Command::Unsubscribe { corr, id } => {
                 let c = match self.subscriptions.remove(&id) {
-                    Some(s) => {
+                    Some(mut s) => {
                         s.cancel();
                         code::OK
                     }
                     None => code::SUBSCRIPTION_ID_DOES_NOT_EXIST,
                 };
                 self.respond(key::UNSUBSCRIBE, corr, c);
+                self.leave_group(id);
             }
             Command::Create { corr, stream, arguments } => {
                 let c = self.create(&stream, &arguments);
@@ -506,13 +524,25 @@ impl Conn {
         });
     }
 
-    fn subscribe(&mut self, corr: u32, id: u8, stream: String, offset: OffsetSpec, credit: u16) {
+    fn subscribe(
+        &mut self,
+        corr: u32,
+        id: u8,
+        stream: String,
+        offset: OffsetSpec,
+        credit: u16,
+        properties: &[(String, String)],
+    ) {
+        let sac = single_active::Properties::of(properties);
         let c = if !self.allowed(&stream, Perm::Read) {
             code::ACCESS_REFUSED
         } else if self.stream(&stream).is_none() {
             code::STREAM_DOES_NOT_EXIST
         } else if self.subscriptions.get(&id).is_some_and(|s| !s.is_finished()) {
             code::SUBSCRIPTION_ID_ALREADY_EXISTS
+        } else if sac.single_active && sac.name.is_none() {
+            // RabbitMQ: "a single active consumer must have a name".
+            code::PRECONDITION_FAILED
         } else {
             code::OK
         };
@@ -521,22 +551,21 @@ impl Conn {
             return;
         }
         let Some(queue) = self.stream(&stream) else { return };
-        // The response goes first: deliveries follow it.
-        self.flush();
-        let sub = deliver::start(deliver::Start {
-            id,
-            stream,
-            queue,
-            offset,
-            credit,
-            writer: self.writer.clone(),
-            frame_max: self.frame_max,
-            entry: self.entry.clone(),
-            gone: self.gone_tx.clone(),
-        });
-        if let Some(old) = self.subscriptions.insert(id, sub) {
+        // A finished subscription of this id (its stream deleted) is replaced.
+        if let Some(mut old) = self.subscriptions.remove(&id) {
             old.cancel();
+            self.leave_group(id);
         }
+        // The response goes first: deliveries (or the consumer update) follow it.
+        self.flush();
+        if let (true, Some(name)) = (sac.single_active, sac.name) {
+            // Nothing is sent before it is active and its client has answered.
+            self.subscriptions.insert(id, deliver::parked(stream.clone(), credit));
+            self.join_group(id, &stream, name, sac.super_stream, offset);
+            return;
+        }
+        let sub = deliver::start(self.deliver_start(id, stream, queue, offset, credit));
+        self.subscriptions.insert(id, sub);
     }
 
     /// Creates a stream with the protocol's arguments, as RabbitMQ's stream manager maps
@@ -605,13 +634,14 @@ impl Conn {
     fn stream_gone(&mut self, stream: &str) {
         let before = self.publishers.len() + self.subscriptions.len();
         self.publishers.retain(|_, p| p.stream != stream);
-        self.subscriptions.retain(|_, s| {
-            let keep = s.stream() != stream;
-            if !keep {
+        let gone: Vec<u8> =
+            self.subscriptions.iter().filter(|(_, s)| s.stream() == stream).map(|(id, _)| *id).collect();
+        for id in gone {
+            if let Some(mut s) = self.subscriptions.remove(&id) {
                 s.cancel();
             }
-            keep
-        });
+            self.leave_group(id);
+        }
         if self.publishers.len() + self.subscriptions.len() < before {
             deliver::metadata_update(&mut self.out, stream);
         }
@@ -648,7 +678,7 @@ impl Conn {
 
     /// The connection ended: subscriptions stop, and it leaves the broker's list.
     fn end(&mut self) {
-        for (_, s) in self.subscriptions.drain() {
+        for (_, mut s) in self.subscriptions.drain() {
             s.cancel();
         }
         if let Some(e) = &self.entry {

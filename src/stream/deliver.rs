@@ -43,11 +43,12 @@ pub struct Start {
     pub gone: mpsc::UnboundedSender<String>,
 }
 
-/// A running subscription, as its connection holds it.
+/// A subscription, as its connection holds it: sending, or waiting for its turn (a single
+/// active consumer that is not the active one).
 pub struct Subscription {
     stream: String,
     credit: Arc<Semaphore>,
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
 }
 
 impl Subscription {
@@ -66,11 +67,28 @@ impl Subscription {
 
     /// The task ended (its stream was deleted).
     pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
+        self.task.as_ref().is_some_and(|t| t.is_finished())
     }
 
-    pub fn cancel(&self) {
-        self.task.abort();
+    /// Stops sending (the subscription ends, or it is no longer the active consumer); the
+    /// credit the client gave stays.
+    pub fn cancel(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+
+    /// Starts sending from `s.offset` (resolved now); its credit is what the client gave so
+    /// far, not `s.credit`.
+    pub fn resume(&mut self, s: Start) {
+        self.cancel();
+        self.task = Some(match s.queue.stream.clone() {
+            Some(store) => {
+                let next = resolve(&store, s.offset);
+                tokio::spawn(run(s, store, next, self.credit.clone()))
+            }
+            None => tokio::spawn(async {}),
+        });
     }
 }
 
@@ -86,18 +104,17 @@ fn resolve(store: &Arc<dyn StreamStore>, offset: OffsetSpec) -> u64 {
     }
 }
 
+/// A subscription that sends nothing until [`Subscription::resume`], with the client's
+/// initial credit.
+pub fn parked(stream: String, credit: u16) -> Subscription {
+    Subscription { stream, credit: Arc::new(Semaphore::new(credit as usize)), task: None }
+}
+
 /// Starts serving a subscription; its offset is resolved now.
 pub fn start(s: Start) -> Subscription {
-    let credit = Arc::new(Semaphore::new(s.credit as usize));
-    let stream = s.stream.clone();
-    let task = match s.queue.stream.clone() {
-        Some(store) => {
-            let next = resolve(&store, s.offset);
-            tokio::spawn(run(s, store, next, credit.clone()))
-        }
-        None => tokio::spawn(async {}),
-    };
-    Subscription { stream, credit, task }
+    let mut sub = parked(s.stream.clone(), s.credit);
+    sub.resume(s);
+    sub
 }
 
 async fn run(s: Start, store: Arc<dyn StreamStore>, mut next: u64, credit: Arc<Semaphore>) {

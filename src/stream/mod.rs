@@ -10,6 +10,7 @@
 pub mod codec;
 pub mod connection;
 pub mod deliver;
+pub mod sac;
 
 use crate::broker::Broker;
 use crate::config::Config;
@@ -28,6 +29,8 @@ pub struct Shared {
     pub durable: Option<watch::Receiver<u64>>,
     /// Why publishers are blocked now (see [`crate::net::tasks`]).
     pub alarm: watch::Receiver<Option<String>>,
+    /// Single active consumers' groups, and the connections their members are on.
+    pub sac: connection::Coordinator,
 }
 
 /// The stream protocol's listener: plain, and over TLS when a certificate is configured.

@@ -10,6 +10,7 @@ ACCESS_REFUSED, PRECONDITION_FAILED, PUBLISHER_MISSING, NO_OFFSET = 16, 17, 18, 
 DECLARE_PUBLISHER, PUBLISH, PUBLISH_CONFIRM, PUBLISH_ERROR, QUERY_SEQ, SUBSCRIBE, DELIVER = 1, 2, 3, 4, 5, 7, 8
 CREDIT, STORE_OFFSET, QUERY_OFFSET, UNSUBSCRIBE, CREATE, DELETE, METADATA_UPDATE = 9, 10, 11, 12, 13, 14, 16
 CLOSE = 22
+CONSUMER_UPDATE = 26
 ROUTE, PARTITIONS, CREATE_SUPER, DELETE_SUPER = 24, 25, 29, 30
 
 
@@ -123,9 +124,20 @@ class Raw:
                 self.pending.append(f)
         return ids, errors
 
-    def subscribe(self, sid, stream, offset_type=1, offset=0, credit=10):
+    def subscribe(self, sid, stream, offset_type=1, offset=0, credit=10, properties=None):
         spec = struct.pack(">H", offset_type) + (struct.pack(">Q", offset) if offset_type in (4, 5) else b"")
-        return self.code(SUBSCRIBE, struct.pack(">B", sid) + s16(stream) + spec + struct.pack(">H", credit) + struct.pack(">I", 0))
+        props = struct.pack(">I", len(properties or {})) + b"".join(s16(k) + s16(v) for k, v in (properties or {}).items())
+        return self.code(SUBSCRIBE, struct.pack(">B", sid) + s16(stream) + spec + struct.pack(">H", credit) + props)
+
+    def consumer_update(self, timeout=10):
+        """The broker's next consumer update (single active consumer): (correlation id,
+        subscription, active)."""
+        p = self.next_of(CONSUMER_UPDATE, timeout)
+        return struct.unpack(">IBB", p[:6])
+
+    def answer_update(self, corr, offset_type=1, offset=0):
+        spec = struct.pack(">H", offset_type) + (struct.pack(">Q", offset) if offset_type in (4, 5) else b"")
+        self.send(CONSUMER_UPDATE | 0x8000, struct.pack(">IH", corr, OK) + spec)
 
     def deliver(self, timeout=10):
         """The next chunk: (first offset, [messages])."""
