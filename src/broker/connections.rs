@@ -134,6 +134,25 @@ pub struct ConnectionEntry {
     /// A close asked for (by the management API), with its reason.
     close: Mutex<Option<String>>,
     pub close_requested: Notify,
+    /// A stream protocol connection's subscriptions.
+    stream_readers: Mutex<Vec<Arc<StreamReaderCard>>>,
+}
+
+/// A stream protocol subscription as the management API lists it (RabbitMQ's stream
+/// management plugin's `/api/stream/consumers`), kept by its delivery task with a relaxed
+/// store per chunk sent.
+#[derive(Debug)]
+pub struct StreamReaderCard {
+    pub subscription: u8,
+    pub stream: String,
+    pub properties: Vec<(String, String)>,
+    /// The next offset it is sent, and the messages sent so far.
+    pub offset: AtomicU64,
+    pub consumed: AtomicU64,
+    /// The chunks its client's credit allows now.
+    pub credits: Arc<tokio::sync::Semaphore>,
+    /// A single active consumer's turn (always true for the others).
+    pub active: AtomicBool,
 }
 
 impl ConnectionEntry {
@@ -174,7 +193,21 @@ impl ConnectionEntry {
             ended: AtomicBool::new(false),
             close: Mutex::new(None),
             close_requested: Notify::new(),
+            stream_readers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The stream protocol subscriptions of this connection.
+    pub fn stream_readers(&self) -> Vec<Arc<StreamReaderCard>> {
+        self.stream_readers.lock().clone()
+    }
+
+    /// A subscription made (`Some`), or subscription `id` ended.
+    pub fn set_stream_reader(&self, id: u8, card: Option<Arc<StreamReaderCard>>) {
+        let mut readers = self.stream_readers.lock();
+        readers.retain(|r| r.subscription != id);
+        readers.extend(card);
+        readers.sort_by_key(|r| r.subscription);
     }
 
     pub fn channel_count(&self) -> u32 {

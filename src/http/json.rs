@@ -224,6 +224,7 @@ pub fn queue(vhost: &str, q: &Queue, node: &str, ranges: &Ranges) -> Value {
     if let (Value::Object(v), Value::Object(more)) = (&mut v, more) {
         v.extend(more);
     }
+    super::stream::queue_fields(&mut v, q, node);
     let stats = stats_of(QUEUE_GROUPS, &st.counts, st.rates.rates(), msg.as_deref());
     if stats.as_object().is_some_and(|m| !m.is_empty()) {
         v["message_stats"] = stats;

@@ -100,8 +100,31 @@ fn snapshot(api: &Api, per_object: bool) -> Snapshot {
     let mut to_ack = Vec::new();
     let (mut sums, mut queue_count, mut consumer_count) = ([0f64; 6], 0u64, 0u64);
     let (mut worst_in, mut worst_ack) = (Percentiles::default(), Percentiles::default());
+    // Streams: segments, bytes, offsets and the furthest-behind subscription's lag.
+    let lags = super::stream::max_lags(api);
+    let mut streams: [Vec<(Labels, f64)>; 5] = Default::default();
+    let (mut segments, mut stream_bytes, mut worst_lag) = (0u64, 0u64, 0u64);
     for v in &vhosts {
         for q in v.queues() {
+            if let Some(f) = super::stream::figures(&q) {
+                let lag = lags.get(&(v.name.clone(), q.name.to_string())).copied().unwrap_or(0);
+                segments += f.segments as u64;
+                stream_bytes += f.bytes;
+                worst_lag = worst_lag.max(lag);
+                if per_object {
+                    let l: Labels = vec![("vhost".into(), v.name.clone()), ("queue".into(), q.name.to_string())];
+                    let values = [
+                        f.segments as f64,
+                        f.bytes as f64,
+                        f.first as f64,
+                        f.committed.map_or(-1.0, |c| c as f64),
+                        lag as f64,
+                    ];
+                    for (list, value) in streams.iter_mut().zip(values) {
+                        list.push((l.clone(), value));
+                    }
+                }
+            }
             let st = q.stats();
             queue_count += 1;
             consumer_count += st.consumers as u64;
@@ -166,6 +189,31 @@ fn snapshot(api: &Api, per_object: bool) -> Snapshot {
     s.gauge("rabbitmq_queue_messages", "Sum of ready and unacknowledged messages - total queue depth", total);
     s.gauge("rabbitmq_queue_messages_ready_bytes", "Size in bytes of ready messages", bytes);
     s.gauge("rabbitmq_queue_consumers", "Consumers on a queue", consumers);
+    let [seg, bytes, first, committed, lag] = streams;
+    if per_object {
+        s.families.push(Family {
+            name: "rabbitmq_stream_segments",
+            help: "Total number of stream segment files",
+            counter: true,
+            samples: seg,
+        });
+        s.gauge("hare_stream_size_bytes", "Bytes of a stream's segments on disk", bytes);
+        s.gauge("hare_stream_first_offset", "The oldest offset a stream keeps", first);
+        s.gauge("hare_stream_committed_offset", "The newest durable offset of a stream (-1 while empty)", committed);
+        s.gauge(
+            "rabbitmq_stream_consumer_max_offset_lag",
+            "Highest offset lag among a stream's stream protocol subscriptions",
+            lag,
+        );
+    } else {
+        s.counter("rabbitmq_stream_segments", "Total number of stream segment files", segments);
+        s.one("hare_stream_size_bytes", "Bytes of streams' segments on disk", stream_bytes as f64);
+        s.one(
+            "rabbitmq_stream_consumer_max_offset_lag",
+            "Highest offset lag among stream protocol subscriptions",
+            worst_lag as f64,
+        );
+    }
     if per_object {
         s.families.push(Family {
             name: "rabbitmq_queue_messages_published",

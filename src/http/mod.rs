@@ -26,6 +26,7 @@ mod page;
 mod parameters;
 mod policy;
 mod principal;
+mod stream;
 mod write;
 
 use crate::broker::Broker;
@@ -238,6 +239,8 @@ fn router(api: Api) -> Router {
         .route("/api/auth", get(auth_settings))
         .route("/api/connections/username/{user}", get(user_connections).delete(close_user_connections))
         .route("/api/connections", get(connections))
+        .route("/api/stream/consumers", get(stream::consumers))
+        .route("/api/stream/consumers/{vhost}", get(stream::vhost_consumers))
         .route("/api/connections/{name}", get(connection).delete(close_connection))
         .route("/api/vhosts/{vhost}/connections", get(vhost_connections))
         .route("/api/health/checks/alarms", get(health::cluster_alarms))

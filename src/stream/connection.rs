@@ -407,15 +407,8 @@ impl Conn {
                 put_response(&mut self.out, key::QUERY_OFFSET, corr, c, |o| o.put_u64(offset));
             }
             Command::Unsubscribe { corr, id } => {
-                let c = match self.subscriptions.remove(&id) {
-                    Some(mut s) => {
-                        s.cancel();
-                        code::OK
-                    }
-                    None => code::SUBSCRIPTION_ID_DOES_NOT_EXIST,
-                };
+                let c = if self.remove_subscription(id) { code::OK } else { code::SUBSCRIPTION_ID_DOES_NOT_EXIST };
                 self.respond(key::UNSUBSCRIBE, corr, c);
-                self.leave_group(id);
             }
             Command::Create { corr, stream, arguments } => {
                 let c = self.create(&stream, &arguments);
@@ -552,20 +545,37 @@ impl Conn {
         }
         let Some(queue) = self.stream(&stream) else { return };
         // A finished subscription of this id (its stream deleted) is replaced.
-        if let Some(mut old) = self.subscriptions.remove(&id) {
-            old.cancel();
-            self.leave_group(id);
-        }
+        self.remove_subscription(id);
         // The response goes first: deliveries (or the consumer update) follow it.
         self.flush();
         if let (true, Some(name)) = (sac.single_active, sac.name) {
             // Nothing is sent before it is active and its client has answered.
-            self.subscriptions.insert(id, deliver::parked(stream.clone(), credit));
+            let sub = deliver::parked(id, stream.clone(), credit, properties.to_vec());
+            self.add_subscription(id, sub);
             self.join_group(id, &stream, name, sac.super_stream, offset);
             return;
         }
-        let sub = deliver::start(self.deliver_start(id, stream, queue, offset, credit));
+        let sub = deliver::start(self.deliver_start(id, stream, queue, offset, credit), properties.to_vec());
+        self.add_subscription(id, sub);
+    }
+
+    /// A subscription starts: the management API lists it from now on.
+    fn add_subscription(&mut self, id: u8, sub: Subscription) {
+        if let Some(e) = &self.entry {
+            e.set_stream_reader(id, Some(sub.card().clone()));
+        }
         self.subscriptions.insert(id, sub);
+    }
+
+    /// Subscription `id` ends (unsubscribed, or its stream deleted).
+    fn remove_subscription(&mut self, id: u8) -> bool {
+        let Some(mut s) = self.subscriptions.remove(&id) else { return false };
+        s.cancel();
+        if let Some(e) = &self.entry {
+            e.set_stream_reader(id, None);
+        }
+        self.leave_group(id);
+        true
     }
 
     /// Creates a stream with the protocol's arguments, as RabbitMQ's stream manager maps
@@ -637,10 +647,7 @@ impl Conn {
         let gone: Vec<u8> =
             self.subscriptions.iter().filter(|(_, s)| s.stream() == stream).map(|(id, _)| *id).collect();
         for id in gone {
-            if let Some(mut s) = self.subscriptions.remove(&id) {
-                s.cancel();
-            }
-            self.leave_group(id);
+            self.remove_subscription(id);
         }
         if self.publishers.len() + self.subscriptions.len() < before {
             deliver::metadata_update(&mut self.out, stream);

@@ -8,12 +8,13 @@
 //! holds more than its high-water mark, the task waits for it to drain.
 
 use super::codec::{code, key, put_frame, put_string, OffsetSpec};
-use crate::broker::connections::{bump, ConnectionEntry};
+use crate::broker::connections::{bump, ConnectionEntry, StreamReaderCard};
 use crate::broker::queue::stream::{amqp10_start, record_as_amqp10};
 use crate::broker::queue::Queue;
 use crate::broker::store::{StreamChunk, StreamStore};
 use crate::net::writer::{Encoded, WriterHandle, ZERO_COPY_MIN};
 use bytes::{BufMut, Bytes, BytesMut};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
@@ -47,7 +48,8 @@ pub struct Start {
 /// active consumer that is not the active one).
 pub struct Subscription {
     stream: String,
-    credit: Arc<Semaphore>,
+    /// What the management API shows of it; its semaphore is the client's credit.
+    card: Arc<StreamReaderCard>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -60,9 +62,13 @@ impl Subscription {
     pub fn add_credit(&self, n: u16) {
         // The semaphore's bound is far above what a client could add in a lifetime of
         // frames; past it, credit is simply not added.
-        if self.credit.available_permits() < Semaphore::MAX_PERMITS / 2 {
-            self.credit.add_permits(n as usize);
+        if self.card.credits.available_permits() < Semaphore::MAX_PERMITS / 2 {
+            self.card.credits.add_permits(n as usize);
         }
+    }
+
+    pub fn card(&self) -> &Arc<StreamReaderCard> {
+        &self.card
     }
 
     /// The task ended (its stream was deleted).
@@ -85,7 +91,8 @@ impl Subscription {
         self.task = Some(match s.queue.stream.clone() {
             Some(store) => {
                 let next = resolve(&store, s.offset);
-                tokio::spawn(run(s, store, next, self.credit.clone()))
+                self.card.offset.store(next, Ordering::Relaxed);
+                tokio::spawn(run(s, store, next, self.card.clone()))
             }
             None => tokio::spawn(async {}),
         });
@@ -106,18 +113,29 @@ fn resolve(store: &Arc<dyn StreamStore>, offset: OffsetSpec) -> u64 {
 
 /// A subscription that sends nothing until [`Subscription::resume`], with the client's
 /// initial credit.
-pub fn parked(stream: String, credit: u16) -> Subscription {
-    Subscription { stream, credit: Arc::new(Semaphore::new(credit as usize)), task: None }
+pub fn parked(id: u8, stream: String, credit: u16, properties: Vec<(String, String)>) -> Subscription {
+    let card = Arc::new(StreamReaderCard {
+        subscription: id,
+        stream: stream.clone(),
+        properties,
+        offset: AtomicU64::new(0),
+        consumed: AtomicU64::new(0),
+        credits: Arc::new(Semaphore::new(credit as usize)),
+        active: AtomicBool::new(false),
+    });
+    Subscription { stream, card, task: None }
 }
 
 /// Starts serving a subscription; its offset is resolved now.
-pub fn start(s: Start) -> Subscription {
-    let mut sub = parked(s.stream.clone(), s.credit);
+pub fn start(s: Start, properties: Vec<(String, String)>) -> Subscription {
+    let mut sub = parked(s.id, s.stream.clone(), s.credit, properties);
+    sub.card.active.store(true, Ordering::Relaxed);
     sub.resume(s);
     sub
 }
 
-async fn run(s: Start, store: Arc<dyn StreamStore>, mut next: u64, credit: Arc<Semaphore>) {
+async fn run(s: Start, store: Arc<dyn StreamStore>, mut next: u64, card: Arc<StreamReaderCard>) {
+    let credit = &card.credits;
     let mut durable = store.durable_watch();
     // Bounded by the connection: the task is aborted when the subscription or the
     // connection ends, and ends by itself when its stream is deleted.
@@ -153,7 +171,10 @@ async fn run(s: Start, store: Arc<dyn StreamStore>, mut next: u64, credit: Arc<S
                 return;
             }
         };
-        next = send_chunk(&s, &chunk, next.max(chunk.first), &credit);
+        let from = next.max(chunk.first);
+        next = send_chunk(&s, &chunk, from, credit);
+        card.consumed.fetch_add(next.saturating_sub(from), Ordering::Relaxed);
+        card.offset.store(next, Ordering::Relaxed);
     }
 }
 

@@ -341,3 +341,42 @@ def test_super_streams_route_by_key_and_list_their_partitions(broker):
     assert all(api(broker.http_port, "GET", f"/api/queues/%2F/orders-{i}")[0] == 404 for i in range(3))
     assert r.code(DELETE_SUPER, s16("orders")) == STREAM_DOES_NOT_EXIST
     r.close()
+
+
+def test_streams_and_their_subscriptions_in_the_management_api_and_metrics(broker):
+    create(broker, "sp-api")
+
+    async def publish():
+        async with Producer("127.0.0.1", port=broker.stream_port, username="guest", password="guest") as p:
+            await p.send_batch("sp-api", [AMQPMessage(body=b"m%d" % i) for i in range(100)])
+    run(publish())
+    status, q = api(broker.http_port, "GET", "/api/queues/%2F/sp-api")
+    assert (q["committed_offset"], q["first_offset"], q["segments"]) == (99, 0, 1)
+    assert q["stream_size_bytes"] > 100 * 2 and q["members"] == q["online"] == [q["node"]]
+    # A subscription without credit is sent nothing: it lags by the whole stream.
+    r = Raw(broker.stream_port)
+    assert r.subscribe(3, "sp-api", credit=0, properties={"note": "idle"}) == OK
+
+    def consumer():
+        status, cs = api(broker.http_port, "GET", "/api/stream/consumers/%2F")
+        return next((c for c in cs if c["queue"]["name"] == "sp-api"), None)
+    c = wait_for(consumer, what="the subscription listed")
+    assert (c["subscription_id"], c["offset"], c["offset_lag"], c["consumed"], c["credits"]) == (3, 0, 100, 0, 0)
+    assert c["properties"] == {"note": "idle"} and c["active"] is True
+    assert c["connection_details"]["user"] == "guest"
+    # Credit given: it reads to the end.
+    r.send(CREDIT, struct.pack(">BH", 3, 1000))
+    wait_for(lambda: (consumer()["offset"], consumer()["offset_lag"], consumer()["consumed"]) == (100, 0, 100),
+             what="the subscription caught up")
+    text = metrics_text(broker, "/metrics/per-object")
+    assert 'hare_stream_committed_offset{vhost="/",queue="sp-api"} 99' in text
+    assert 'rabbitmq_stream_consumer_max_offset_lag{vhost="/",queue="sp-api"} 0' in text
+    assert 'rabbitmq_stream_segments_total{vhost="/",queue="sp-api"} 1' in text
+    r.close()
+    assert api(broker.http_port, "GET", "/api/stream/consumers/no-such-vhost")[0] == 404
+
+
+def metrics_text(broker, path):
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{broker.http_port}{path}") as resp:
+        return resp.read().decode()

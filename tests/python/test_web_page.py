@@ -10,14 +10,17 @@ import subprocess
 import pytest
 
 from browser import Browser, chromium_binary
-from conftest import HARE_BIN, module_hare
+from conftest import HARE_BIN, module_hare, wait_for
+from helpers import free_ports
+from stream_client import OK, Raw
 
 pytestmark = pytest.mark.skipif(
     chromium_binary() is None and not os.environ.get("CI"), reason="chromium not installed (test.sh installs it)"
 )
 
 
-hare = module_hare("--stats-interval", "500")
+STREAM_PORT = free_ports(1)[0]
+hare = module_hare("--stats-interval", "500", "--stream-port", str(STREAM_PORT))
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +95,34 @@ def test_a_queue_appears_after_a_publish_and_the_forms_publish_and_get(hare, bro
                      what="the exchange's rates")
     finally:
         ch.queue_delete("web-q")
+        c.close()
+
+
+def test_a_streams_page_shows_its_offsets_and_subscriptions(hare, browser):
+    login(browser, hare, "guest", "guest")
+    browser.wait("!document.querySelector('#nav').hidden")
+    c = hare.connect()
+    ch = c.channel()
+    ch.queue_declare("web-stream", durable=True, arguments={"x-queue-type": "stream"})
+    ch.confirm_delivery()
+    for i in range(10):
+        ch.basic_publish("", "web-stream", b"m%d" % i)
+    wait_for(lambda: "stream protocol listening" in hare.read_log(), what="the stream listener")
+    r = Raw(STREAM_PORT)
+    # No credit: it is sent nothing and lags by the whole stream.
+    assert r.subscribe(5, "web-stream", credit=0) == OK
+    try:
+        browser.eval("location.hash = '#/queues/%2F/web-stream'; true")
+        browser.wait("document.querySelector('#q-stream-committed') && document.querySelector('#q-stream-committed').textContent === '9'",
+                     what="the committed offset")
+        assert browser.eval("document.querySelector('#q-stream-first').textContent") == "0"
+        assert browser.eval("document.querySelector('#q-stream-segments').textContent") == "1"
+        browser.wait("document.querySelectorAll('#q-stream-subs tbody tr').length === 1", what="the subscription")
+        cells = browser.eval("[...document.querySelectorAll('#q-stream-subs tbody td')].map(td => td.textContent)")
+        assert cells[1:] == ["5", "0", "10", "0", "0", "true"], cells
+    finally:
+        r.close()
+        ch.queue_delete("web-stream")
         c.close()
 
 

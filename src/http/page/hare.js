@@ -231,6 +231,7 @@ function queues() {
   ], (r) => `#/queues/${enc(r.vhost)}/${enc(r.name)}`);
 }
 
+const bytes = (b) => (b < 1024 ? `${num(b)} B` : b < 1048576 ? `${num(b / 1024)} KiB` : b < 1073741824 ? `${num(b / 1048576)} MiB` : `${num(b / 1073741824)} GiB`);
 const seconds = (s) => (s === null || s === undefined ? "—" : s < 120 ? `${num(s)} s` : s < 7200 ? `${num(s / 60)} min` : `${num(s / 3600)} h`);
 
 function publishForm(vhost, exchange, routingKey) {
@@ -269,6 +270,8 @@ function queuePage(vhost, name) {
     ${chart("q-rates", "Message rates (msg/s)", [["in", "publish"], ["out", "deliver / get"], ["ack", "ack"]])}</div>
     <h3>Time in queue and time to ack (last one to two minutes, sampled messages)</h3>
     <table id="q-latency"><thead><tr><th>distribution</th><th>count</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>max ms</th></tr></thead><tbody></tbody></table>
+    <div id="q-stream" hidden><h3>Stream</h3><div class="cards" id="q-stream-cards"></div>
+      <h3>Stream protocol subscriptions</h3><table id="q-stream-subs"><thead><tr><th>connection</th><th>subscription</th><th>offset</th><th>lag</th><th>consumed</th><th>credits</th><th>active</th></tr></thead><tbody></tbody></table></div>
     <h3>Consumers</h3><table id="q-consumers"><thead><tr><th>tag</th><th>channel</th><th>ack required</th><th>prefetch</th></tr></thead><tbody></tbody></table>
     <h3>Bindings</h3><table id="q-bindings"><thead><tr><th>from</th><th>routing key</th></tr></thead><tbody></tbody></table>
     ${publishForm(vhost, "amq.default", name)}
@@ -321,6 +324,16 @@ function queuePage(vhost, name) {
       .map(([k, p]) => `<tr><td>${k}</td><td class="num">${num(p.count)}</td><td class="num">${ms(p.p50)}</td><td class="num">${ms(p.p90)}</td><td class="num">${ms(p.p99)}</td><td class="num">${ms(p.max)}</td></tr>`).join("");
     const consumers = (await api(`/api/consumers/${enc(vhost)}`)).filter((c) => c.queue.name === name);
     $("#q-consumers tbody").innerHTML = consumers.map((c) => `<tr><td>${esc(c.consumer_tag)}</td><td>${esc(c.channel_details.name)}</td><td>${c.ack_required}</td><td class="num">${c.prefetch_count}</td></tr>`).join("");
+    if (q.type === "stream") {
+      $("#q-stream").hidden = false;
+      $("#q-stream-cards").innerHTML = [
+        ["First offset", num(q.first_offset), "q-stream-first"],
+        ["Committed offset", q.committed_offset === null ? "none" : num(q.committed_offset), "q-stream-committed"],
+        ["Segments", num(q.segments), "q-stream-segments"], ["Size", bytes(q.stream_size_bytes), "q-stream-size"],
+      ].map(([k, v, id]) => `<div class="card"><b id="${id}">${v}</b><span>${k}</span></div>`).join("");
+      const subs = (await api(`/api/stream/consumers/${enc(vhost)}`)).filter((c) => c.queue.name === name);
+      $("#q-stream-subs tbody").innerHTML = subs.map((c) => `<tr><td>${esc(c.connection_details.name)}</td><td class="num">${c.subscription_id}</td><td class="num">${num(c.offset)}</td><td class="num">${num(c.offset_lag)}</td><td class="num">${num(c.consumed)}</td><td class="num">${num(c.credits)}</td><td>${c.active}</td></tr>`).join("");
+    }
     const bindings = await api(`/api/queues/${enc(vhost)}/${enc(name)}/bindings`);
     $("#q-bindings tbody").innerHTML = bindings.map((b) => `<tr><td>${esc(b.source || "(AMQP default)")}</td><td>${esc(b.routing_key)}</td></tr>`).join("");
   };

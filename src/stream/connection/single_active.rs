@@ -110,8 +110,9 @@ impl Conn {
             return;
         };
         m.active = n.active;
-        if !n.active {
-            if let Some(s) = self.subscriptions.get_mut(&n.subscription) {
+        if let Some(s) = self.subscriptions.get_mut(&n.subscription) {
+            s.card().active.store(n.active, std::sync::atomic::Ordering::Relaxed);
+            if !n.active {
                 s.cancel();
             }
         }
