@@ -452,8 +452,8 @@ def main():
 
         streams.run(brokers, rows, log)
 
-    # 27-30. Streams over RabbitMQ's stream protocol (bench/stream_protocol.py).
-    if any(want(r) for r in (27, 28, 29, 30)):
+    # 27-32. Streams over RabbitMQ's stream protocol (bench/stream_protocol.py).
+    if any(want(r) for r in (27, 28, 29, 30, 31, 32)):
         import stream_protocol
 
         stream_protocol.run(rows, log)

@@ -9,14 +9,26 @@ so).
   chunks), after a publisher filled the stream: consumed msg/s.
 - Row 30: ten consumers replaying the same stream from `first` at once: consumed msg/s, all
   together.
+- Row 31: in a stream of STREAM_GB (10) gigabytes of 1 KiB messages, the time from a subscribe
+  at a timestamp in its middle to its first chunk (a raw client; the median of 20 tries, the
+  first after the page cache was emptied): milliseconds, lower is better (the ratio column is
+  RabbitMQ's time over Hare's).
+- Row 32: the broker's peak RSS while one consumer replays that whole stream from `first`,
+  with a memory limit of LARGE_LIMIT_MIB (1,024) MiB on both: MiB, lower is better (ratio
+  RabbitMQ over Hare).
 
 Beside each figure, the load generator's CPU in percent of one core over the measured window:
 on 2 cores it is not the bottleneck while it stays clearly under 100 %. Rounds alternate the
 brokers and the mean is shown."""
+import os
+import shutil
+import statistics
+import struct
 import time
 
 import compare
-from compare import DURATION, wait_port, want
+from compare import DURATION, PeakRss, rss_kib, wait_port, want
+from stream_client import OK, UNSUBSCRIBE, Raw
 from streams import MESSAGES, alternate
 
 WINDOW = 10_000
@@ -77,3 +89,87 @@ def run(rows, log):
         who = "one consumer" if consumers == 1 else f"{consumers} consumers at once"
         rows.append((f"{row}. stream protocol: {MESSAGES:,} messages of 100 B replayed from first by {who}",
                      f"consumed msg/s (generator CPU {cpu:.0f} %)", f"{h:,.0f}", f"{q:,.0f}", f"{h / q:.2f}"))
+    if want(31) or want(32):
+        large(brokers, rows, log)
+
+
+# Rows 31-32: a stream of STREAM_GB gigabytes (1 KiB messages), on brokers whose memory limit
+# (LARGE_LIMIT_MIB) is a tenth of it.
+STREAM_GB = float(os.environ.get("STREAM_GB", "10"))
+LARGE_LIMIT_MIB = int(os.environ.get("LARGE_LIMIT_MIB", "1024"))
+SEEKS = 20
+
+
+def drop_page_cache():
+    """Empties the page cache (root only), so that the first seek reads the disk."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def seek_times(broker, stream, timestamp_ms):
+    """Milliseconds from a subscribe at `timestamp_ms` to its first chunk, SEEKS times (the
+    first after the page cache was emptied, when this may empty it), each on a fresh
+    subscription; and the first offset delivered."""
+    cold = drop_page_cache()
+    r = Raw(broker.stream_port)
+    times, offsets = [], []
+    try:
+        for i in range(SEEKS):
+            started = time.perf_counter()
+            assert r.subscribe(i, stream, offset_type=5, offset=timestamp_ms, credit=1) == OK
+            first, _ = r.deliver(timeout=60)
+            times.append((time.perf_counter() - started) * 1000)
+            offsets.append(first)
+            r.code(UNSUBSCRIBE, struct.pack(">B", i))
+            r.pending.clear()
+    finally:
+        r.close()
+    return times, offsets, cold
+
+
+def large(brokers, rows, log):
+    messages = int(STREAM_GB * 1e9 / 1024)
+    seek, rss = {}, {}
+    for b in brokers:
+        b.start(memory_limit_mib=LARGE_LIMIT_MIB)
+        try:
+            began = time.time()
+            s = perf(b, "--producers", 1, "--consumers", 0, "--count", messages, "--confirm", WINDOW, "--size", 1024,
+                     "--prefix", "large", "--queues", 1, "--keep", "--duration", 3600, timeout=4000)
+            ended = time.time()
+            log(f"31-32 | {b.name}: {messages:,} messages of 1 KiB stored at {s['published_per_sec']:,.0f}/s")
+            if want(31):
+                middle = int((began + ended) / 2 * 1000)
+                times, offsets, cold = seek_times(b, "large-0", middle)
+                seek[b.name] = (statistics.median(times), times[0], cold, offsets[0])
+                log(f"31 | {b.name}: from the middle's timestamp: first chunk at offset {offsets[0]:,}; "
+                    f"first try {times[0]:.1f} ms{' (page cache emptied)' if cold else ''}, median {seek[b.name][0]:.2f} ms, "
+                    f"max {max(times):.1f} ms")
+            if want(32):
+                pid = b.pid()
+                before = rss_kib(pid)
+                peak = PeakRss(pid)
+                s = perf(b, "--producers", 0, "--consumers", 1, "--count", messages, "--offset", "first",
+                         "--prefix", "large", "--queues", 1, "--duration", 3600, timeout=4000)
+                rss[b.name] = (before / 1024, peak.done() / 1024, s["consumed_per_sec"])
+                log(f"32 | {b.name}: RSS {rss[b.name][0]:.0f} MiB before, {rss[b.name][1]:.0f} MiB at most while "
+                    f"replaying ({s['consumed_per_sec']:,.0f} msg/s)")
+        finally:
+            b.stop()
+            shutil.rmtree(b.dir, ignore_errors=True)
+    if want(31):
+        (h, hf, cold, _), (q, qf, _, _) = seek["Hare"], seek["RabbitMQ"]
+        rows.append((f"31. stream protocol: first message from a timestamp in the middle of a {STREAM_GB:g} GB stream",
+                     f"ms, median of {SEEKS} (first try{', page cache emptied' if cold else ''}: {hf:.1f} / {qf:.1f})",
+                     f"{h:.2f}", f"{q:.2f}", f"{q / h:.2f}"))
+    if want(32):
+        (hb, hp, hr), (qb, qp, qr) = rss["Hare"], rss["RabbitMQ"]
+        rows.append((f"32. stream protocol: {STREAM_GB:g} GB replayed from first by one consumer, "
+                     f"memory limit {LARGE_LIMIT_MIB} MiB",
+                     f"peak RSS MiB (before: {hb:.0f} / {qb:.0f}; msg/s {hr:,.0f} / {qr:,.0f})",
+                     f"{hp:.0f}", f"{qp:.0f}", f"{qp / hp:.2f}"))
