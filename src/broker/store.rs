@@ -75,7 +75,8 @@ pub struct StreamSettings {
 
 /// A stream's log as its queue sees it (the storage layer's `stream::DiskStream`): messages
 /// appended and addressed by offset, read back from any offset, removed only by retention.
-/// Appends are gathered and written, one chunk per group commit, by the sync thread.
+/// Appends are gathered and written, as chunks of a bounded size at each group commit, by the
+/// sync thread.
 pub trait StreamStore: Send + Sync + std::fmt::Debug {
     /// Appends one message: `record` writes its bytes, given the offset it gets. Returns that
     /// offset and the group-commit ticket that makes it durable. Buffered: no I/O here.

@@ -1,7 +1,7 @@
 //! A stream's log as the broker uses it ([`crate::broker::store::StreamStore`]): publishes
-//! are gathered in memory and sealed into one chunk per group commit by the sync thread
-//! (see [`Flusher`]), so a burst of publishes costs one write and one fsync, as the queue
-//! logs' appends do. Readers see a chunk once it is durable: a consumer never receives a
+//! are gathered in memory and sealed into chunks (of at most `CHUNK_DATA` bytes) at each
+//! group commit by the sync thread (see [`Flusher`]), so a burst of publishes costs a few
+//! writes and one fsync, as the queue logs' appends do. Readers see a chunk once it is durable: a consumer never receives a
 //! message that a crash could take back.
 //!
 //! Two locks: `pending` (publishers: take an offset and a ticket, push) and `log` (the
@@ -72,6 +72,11 @@ struct Tracking {
 }
 
 const TRACKING_FILE: &str = "tracking.json";
+/// A round's messages are written as chunks of at most this many bytes of data (a larger
+/// message makes a chunk of its own): a chunk is what a consumer is sent for one credit and
+/// what a seek reads to find its first message, so a stream protocol client's default frame
+/// size (1 MiB) takes one whole, and a start from an offset or a timestamp reads little.
+const CHUNK_DATA: usize = 1024 * 1024;
 
 impl Tracking {
     fn load(dir: &Path, label: &str) -> Tracking {
@@ -325,18 +330,33 @@ impl Flusher for DiskStream {
             return Ok((more, 0));
         }
         let bytes: usize = messages.iter().map(Bytes::len).sum();
-        let first = match log.log.append(&messages, now_ms()) {
-            Ok(first) => first,
-            Err(e) => {
-                // Kept, in order, in front of what came meanwhile: the next round retries.
-                // The syncer lists it again after a failed round.
-                let mut p = self.pending.lock();
-                let later = std::mem::replace(&mut p.messages, messages);
-                p.messages.extend(later);
-                p.listed = true;
-                return Err(e);
+        // The round's messages as chunks of at most CHUNK_DATA bytes (one message at least).
+        let now = now_ms();
+        let mut start = 0;
+        let mut first = log.written.1;
+        while start < messages.len() {
+            let mut end = start + 1;
+            let mut size = 4 + messages[start].len();
+            while end < messages.len() && size + 4 + messages[end].len() <= CHUNK_DATA {
+                size += 4 + messages[end].len();
+                end += 1;
             }
-        };
+            match log.log.append(&messages[start..end], now) {
+                Ok(f) => first = f,
+                Err(e) => {
+                    log.written = (log.log.next_offset(), first);
+                    // What was not written is kept, in order, in front of what came
+                    // meanwhile: the next round retries. The syncer lists it again after a
+                    // failed round.
+                    let mut p = self.pending.lock();
+                    let later = std::mem::replace(&mut p.messages, messages[start..].to_vec());
+                    p.messages.extend(later);
+                    p.listed = true;
+                    return Err(e);
+                }
+            }
+            start = end;
+        }
         log.written = (log.log.next_offset(), first);
         if log.log.segment_count() > 1 {
             let s = log.settings;
@@ -452,6 +472,43 @@ mod tests {
             (s.writer_sequence("p1"), s.writer_sequence("p2"), s.writer_sequence("p3")),
             (Some(4), Some(10), Some(7))
         );
+        syncer.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A round larger than a chunk's data is written as several chunks, across a segment
+    /// boundary too, every message readable at its offset after a reopen.
+    #[test]
+    fn a_large_round_is_written_as_chunks_of_a_bounded_size() {
+        let dir = std::env::temp_dir().join(format!("hare-stream-chunks-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let syncer = Syncer::start();
+        let settings = StreamSettings { max_bytes: None, max_age_ms: None, max_segment_bytes: 3 << 20 };
+        let s = DiskStream::open(&dir, "test".into(), settings, syncer.clone(), None).expect("opens");
+        // 5,000 messages of 1 KiB, one round: about 5 MiB, over two segments.
+        let body = vec![7u8; 1024];
+        for _ in 0..5_000 {
+            s.append(None, &mut |_, buf| buf.extend_from_slice(&body));
+        }
+        syncer.flush_now();
+        assert_eq!(s.bounds(), (0, 5_000));
+        assert!(s.size().1 >= 2, "segments: {}", s.size().1);
+        let mut chunks = 0;
+        let mut offset = 0;
+        while let Some(c) = s.read(offset).expect("reads") {
+            let data: usize = c.records.iter().map(|r| 4 + r.len()).sum();
+            assert!(data <= CHUNK_DATA, "a chunk of {data} bytes");
+            assert_eq!(c.first, offset);
+            offset += c.records.len() as u64;
+            chunks += 1;
+        }
+        // At least the five the bound asks for (more if a round began during the appends).
+        assert_eq!(offset, 5_000);
+        assert!(chunks >= 5, "{chunks} chunks");
+        drop(s);
+        let s = DiskStream::open(&dir, "test".into(), settings, syncer.clone(), None).expect("reopens");
+        assert_eq!(s.bounds(), (0, 5_000));
+        assert_eq!(s.read(4_999).expect("reads").map(|c| c.first + c.records.len() as u64), Some(5_000));
         syncer.shutdown();
         let _ = std::fs::remove_dir_all(&dir);
     }

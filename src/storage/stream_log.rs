@@ -191,6 +191,11 @@ impl StreamLog {
         }
         let active = self.segments.last().map_or(0, |s| s.size);
         if active > 0 && active + (CHUNK_HEADER + data.len()) as u64 > self.settings.max_segment_bytes {
+            // The sync of a round covers the active segment only: chunks a round wrote to
+            // this one before it filled must reach the disk first.
+            if let Some(full) = self.segments.last() {
+                full.file.sync_data()?;
+            }
             let segment = Segment::create(&self.dir, first_offset)?;
             // The new file's name must be durable before a chunk in it is confirmed.
             sync_dir(&self.dir)?;
