@@ -146,7 +146,7 @@ pub struct Queue {
     /// A stream queue: its log (see [`stream`]).
     pub stream: Option<Arc<dyn super::store::StreamStore>>,
     /// A delayed exchange's holding queue: its held messages (see [`delayed`]).
-    pub delayed: Option<delayed::DelayStore>,
+    pub delayed: Option<Box<delayed::DelayStore>>,
 }
 
 /// A queue's counts ([`stats::MessageCounts::values`]) and lengths (messages, ready,

@@ -168,7 +168,7 @@ impl Queue {
             args: Default::default(),
         };
         let mut q = Queue::kept_elsewhere_parts(name, vhost, options, owner.clone());
-        q.delayed = Some(store);
+        q.delayed = Some(Box::new(store));
         q.timed.store(true, std::sync::atomic::Ordering::Relaxed);
         let q = Arc::new(q);
         if let Some(vhost) = owner.upgrade() {
