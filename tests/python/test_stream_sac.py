@@ -4,26 +4,14 @@ last stored its offset), and on a super stream the partitions spread over the gr
 moving when members come and go, never read by two at once. Through rstream and raw frames."""
 import asyncio
 
-import pytest
 from rstream import (AMQPMessage, Consumer, OffsetSpecification, OffsetType, Producer, RouteType,
                      SuperStreamConsumer, SuperStreamCreationOption, SuperStreamProducer)
 from rstream.exceptions import OffsetNotFound
 
-from conftest import Hare, wait_for
-from helpers import free_ports
 from stream_client import DELIVER, OK, PRECONDITION_FAILED, Raw
+from test_stream_protocol import broker  # noqa: F401  (a broker with its stream port, for this module)
 
 SAC = {"single-active-consumer": "true", "name": "app"}
-
-
-@pytest.fixture(scope="module")
-def broker():
-    (port,) = free_ports(1)
-    h = Hare(extra_args=["--stream-port", str(port)])
-    h.stream_port = port
-    wait_for(lambda: "stream protocol listening" in h.read_log(), what="the stream listener")
-    yield h
-    h.stop()
 
 
 def client(broker, cls=Consumer, **kw):
