@@ -459,7 +459,7 @@ impl Queue {
         QueueStats {
             ready,
             unacked,
-            consumers: st.consumers.len() as u32,
+            consumers: st.consumers.len() as u32 + st.stream_subscriptions,
             ready_bytes: self.stream.as_ref().map_or_else(|| st.bytes(), |s| s.size().0),
             ready_bytes_ram: st.ready_bytes,
             ready_ram: st.ready.len() as u64,

@@ -550,7 +550,7 @@ impl Conn {
         self.flush();
         if let (true, Some(name)) = (sac.single_active, sac.name) {
             // Nothing is sent before it is active and its client has answered.
-            let sub = deliver::parked(id, stream.clone(), credit, properties.to_vec());
+            let sub = deliver::parked(id, &queue, stream.clone(), credit, properties.to_vec());
             self.add_subscription(id, sub);
             self.join_group(id, &stream, name, sac.super_stream, offset);
             return;

@@ -9,7 +9,7 @@
 
 use super::codec::{code, key, put_frame, put_string, OffsetSpec};
 use crate::broker::connections::{bump, ConnectionEntry, StreamReaderCard};
-use crate::broker::queue::stream::{amqp10_start, record_as_amqp10};
+use crate::broker::queue::stream::{amqp10_start, record_as_amqp10, StreamReaderGuard};
 use crate::broker::queue::Queue;
 use crate::broker::store::{StreamChunk, StreamStore};
 use crate::net::writer::{Encoded, WriterHandle, ZERO_COPY_MIN};
@@ -51,6 +51,8 @@ pub struct Subscription {
     /// What the management API shows of it; its semaphore is the client's credit.
     card: Arc<StreamReaderCard>,
     task: Option<JoinHandle<()>>,
+    /// Counts it among the stream's consumers while it lives.
+    _reader: StreamReaderGuard,
 }
 
 impl Subscription {
@@ -113,7 +115,13 @@ fn resolve(store: &Arc<dyn StreamStore>, offset: OffsetSpec) -> u64 {
 
 /// A subscription that sends nothing until [`Subscription::resume`], with the client's
 /// initial credit.
-pub fn parked(id: u8, stream: String, credit: u16, properties: Vec<(String, String)>) -> Subscription {
+pub fn parked(
+    id: u8,
+    queue: &Arc<Queue>,
+    stream: String,
+    credit: u16,
+    properties: Vec<(String, String)>,
+) -> Subscription {
     let card = Arc::new(StreamReaderCard {
         subscription: id,
         stream: stream.clone(),
@@ -123,12 +131,12 @@ pub fn parked(id: u8, stream: String, credit: u16, properties: Vec<(String, Stri
         credits: Arc::new(Semaphore::new(credit as usize)),
         active: AtomicBool::new(false),
     });
-    Subscription { stream, card, task: None }
+    Subscription { stream, card, task: None, _reader: queue.stream_reader() }
 }
 
 /// Starts serving a subscription; its offset is resolved now.
 pub fn start(s: Start, properties: Vec<(String, String)>) -> Subscription {
-    let mut sub = parked(s.id, s.stream.clone(), s.credit, properties);
+    let mut sub = parked(s.id, &s.queue, s.stream.clone(), s.credit, properties);
     sub.card.active.store(true, Ordering::Relaxed);
     sub.resume(s);
     sub

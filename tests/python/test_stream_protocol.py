@@ -364,6 +364,8 @@ def test_streams_and_their_subscriptions_in_the_management_api_and_metrics(broke
     assert (c["subscription_id"], c["offset"], c["offset_lag"], c["consumed"], c["credits"]) == (3, 0, 100, 0, 0)
     assert c["properties"] == {"note": "idle"} and c["active"] is True
     assert c["connection_details"]["user"] == "guest"
+    # Counted among the stream's consumers, as RabbitMQ counts every reader.
+    assert api(broker.http_port, "GET", "/api/queues/%2F/sp-api")[1]["consumers"] == 1
     # Credit given: it reads to the end.
     r.send(CREDIT, struct.pack(">BH", 3, 1000))
     wait_for(lambda: (consumer()["offset"], consumer()["offset_lag"], consumer()["consumed"]) == (100, 0, 100),
@@ -373,6 +375,8 @@ def test_streams_and_their_subscriptions_in_the_management_api_and_metrics(broke
     assert 'rabbitmq_stream_consumer_max_offset_lag{vhost="/",queue="sp-api"} 0' in text
     assert 'rabbitmq_stream_segments_total{vhost="/",queue="sp-api"} 1' in text
     r.close()
+    wait_for(lambda: api(broker.http_port, "GET", "/api/queues/%2F/sp-api")[1]["consumers"] == 0,
+             what="the subscription gone with its connection")
     assert api(broker.http_port, "GET", "/api/stream/consumers/no-such-vhost")[0] == 404
 
 

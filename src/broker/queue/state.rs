@@ -16,6 +16,8 @@ pub(super) struct QueueState {
     pub(super) readers: Vec<super::stream::Reader>,
     /// A stream's task that serves its readers as the log grows is running.
     pub(super) stream_watched: bool,
+    /// Stream protocol subscriptions reading a stream (see `Queue::stream_reader`).
+    pub(super) stream_subscriptions: u32,
     pub(super) next_consumer: usize,
     pub(super) had_consumer: bool,
     pub(super) log: Option<Box<dyn MessageLog>>,

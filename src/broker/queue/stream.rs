@@ -215,6 +215,13 @@ impl Queue {
         )))
     }
 
+    /// A stream protocol subscription reads this stream: it counts among the queue's
+    /// consumers (as RabbitMQ counts every reader of a stream) while the guard lives.
+    pub fn stream_reader(self: &Arc<Self>) -> StreamReaderGuard {
+        self.state.lock().stream_subscriptions += 1;
+        StreamReaderGuard(self.clone())
+    }
+
     /// A new or recovered stream queue on `store`. Its consumers are served as the log
     /// becomes durable (see `watch_stream`).
     pub fn stream(
@@ -375,3 +382,15 @@ impl Queue {
 
 #[cfg(test)]
 mod tests;
+
+/// Counts a stream protocol subscription among its stream's consumers until dropped (see
+/// [`Queue::stream_reader`]).
+#[derive(Debug)]
+pub struct StreamReaderGuard(Arc<Queue>);
+
+impl Drop for StreamReaderGuard {
+    fn drop(&mut self) {
+        let mut st = self.0.state.lock();
+        st.stream_subscriptions = st.stream_subscriptions.saturating_sub(1);
+    }
+}
