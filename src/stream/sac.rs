@@ -152,18 +152,10 @@ impl Groups {
         out
     }
 
-    /// A group's members, in the order they came (for the management API and tests).
-    pub fn members(&self, key: &GroupKey) -> Vec<Member> {
+    /// A group's members, in the order they came (for the model-based test).
+    #[cfg(test)]
+    fn members(&self, key: &GroupKey) -> Vec<Member> {
         self.groups.get(key).map(|g| g.members.clone()).unwrap_or_default()
-    }
-
-    /// Groups with members.
-    pub fn len(&self) -> usize {
-        self.groups.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.groups.is_empty()
     }
 }
 

@@ -12,8 +12,7 @@
 
 use super::ExchangeKind;
 use crate::broker::error::{AmqpError, AmqpResult};
-use crate::types::{BasicProperties, FieldTable, FieldValue};
-use bytes::Bytes;
+use crate::types::{FieldTable, FieldValue};
 
 /// The longest delay: the plugin's, Erlang's timer limit (2^32-1 ms, about 49.7 days). A
 /// longer one, like a zero or negative one, routes the message at once.
@@ -59,17 +58,15 @@ pub fn delay_of(headers: Option<&FieldTable>) -> Option<u64> {
     (ms > 0 && ms as u64 <= MAX_DELAY_MS).then_some(ms as u64)
 }
 
-/// The properties a held message is routed with when it is due: `x-delay` set to minus the
-/// delay (a signed 32-bit integer, as the plugin writes it, or 64-bit past its range).
-/// Unchanged if the properties do not decode or hold no delay.
-pub fn released_properties(raw: &Bytes) -> Bytes {
-    let Ok(mut props) = BasicProperties::decode(raw.clone()) else { return raw.clone() };
-    let Some(headers) = props.headers.as_mut() else { return raw.clone() };
-    let Some(delay) = delay_of(Some(headers)) else { return raw.clone() };
+/// A held message's headers as it is routed when due: `x-delay` set to minus the delay (a
+/// signed 32-bit integer, as the plugin writes it, or 64-bit past its range). False, and
+/// nothing changed, if they hold no delay.
+pub fn swap_delay(headers: &mut FieldTable) -> bool {
+    let Some(delay) = delay_of(Some(headers)) else { return false };
     let negative = -(delay as i64);
     let value = i32::try_from(negative).map_or(FieldValue::I64(negative), FieldValue::I32);
     headers.insert(DELAY_HEADER, value);
-    props.to_bytes()
+    true
 }
 
 #[cfg(test)]
@@ -123,12 +120,13 @@ mod tests {
 
     #[test]
     fn released_header_is_negative() {
-        let props = BasicProperties { headers: Some(headers(FieldValue::I32(3000))), ..Default::default() };
-        let out = BasicProperties::decode(released_properties(&props.to_bytes())).unwrap();
-        assert_eq!(out.headers.unwrap().get(DELAY_HEADER), Some(&FieldValue::I32(-3000)));
-        let props =
-            BasicProperties { headers: Some(headers(FieldValue::I64(MAX_DELAY_MS as i64))), ..Default::default() };
-        let out = BasicProperties::decode(released_properties(&props.to_bytes())).unwrap();
-        assert_eq!(out.headers.unwrap().get(DELAY_HEADER), Some(&FieldValue::I64(-(MAX_DELAY_MS as i64))));
+        let mut h = headers(FieldValue::I32(3000));
+        assert!(swap_delay(&mut h));
+        assert_eq!(h.get(DELAY_HEADER), Some(&FieldValue::I32(-3000)));
+        let mut h = headers(FieldValue::I64(MAX_DELAY_MS as i64));
+        assert!(swap_delay(&mut h));
+        assert_eq!(h.get(DELAY_HEADER), Some(&FieldValue::I64(-(MAX_DELAY_MS as i64))));
+        // Turned negative, it is not held again.
+        assert!(!swap_delay(&mut h));
     }
 }

@@ -2,8 +2,9 @@
 //! holding queue (`broker::queue::delayed`), made when the exchange is declared or recovered
 //! and deleted with it; held messages are routed back through the exchange when due.
 
+use super::route::Via;
 use super::{Topology, VHost};
-use crate::broker::exchange::delayed::released_properties;
+use crate::broker::exchange::delayed::swap_delay;
 use crate::broker::message::{header_routes, Message};
 use crate::broker::queue::delayed::DelayStore;
 use crate::broker::queue::Queue;
@@ -39,12 +40,6 @@ impl VHost {
         Ok(Queue::delay_holder(&self.name, store, self.me.clone(), saved))
     }
 
-    /// Messages held by the delayed exchange `name` (None if it is not one).
-    pub fn messages_delayed(&self, name: &str) -> Option<usize> {
-        let topo = self.topology.read();
-        topo.delayed.get(name).and_then(|q| q.delayed.as_ref()).map(|d| d.len())
-    }
-
     /// Acks what the delayed exchanges released and is on disk now (see
     /// [`crate::broker::Broker::settle_delayed`]).
     pub fn settle_delayed(&self) {
@@ -62,12 +57,19 @@ impl VHost {
     /// A held message, due: as it goes out (its `x-delay` header negative), and the queues it
     /// reaches through `exchange` now, into `out`.
     pub(super) fn release(&self, exchange: &str, message: &Message, out: &mut Vec<Arc<Queue>>) -> Arc<Message> {
-        let properties = released_properties(&message.properties);
-        let cc = BasicProperties::decode(properties.clone())
-            .ok()
-            .and_then(|p| p.headers.and_then(|h| header_routes(&h).ok()))
-            .unwrap_or_default();
-        if let Err(e) = self.route_released(exchange, &message.routing_key, &cc, &properties, out) {
+        // Decoded once, for the header swap and the keys of CC.
+        let mut properties = message.properties.clone();
+        let mut cc = Vec::new();
+        if let Ok(mut props) = BasicProperties::decode(message.properties.clone()) {
+            if let Some(headers) = props.headers.as_mut() {
+                cc = header_routes(headers).unwrap_or_default();
+                if swap_delay(headers) {
+                    properties = props.to_bytes();
+                }
+            }
+        }
+        let (rk, via) = (&message.routing_key, Via::Released);
+        if let Err(e) = self.route_with(exchange, rk, &cc, &properties, out, via) {
             tracing::debug!("delayed exchange '{exchange}': message dropped when due: {}", e.text);
         }
         Arc::new(Message {

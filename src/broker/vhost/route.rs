@@ -150,21 +150,11 @@ impl VHost {
         self.route_with(exchange, routing_key, &[], properties, out, Via::Broker)
     }
 
-    /// Routes a delayed exchange's held message, due now: internal exchanges too, and the
-    /// exchange's count of messages in is not bumped again.
-    pub(super) fn route_released(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        cc: &[ShortStr],
-        properties: &Bytes,
-        out: &mut Vec<Arc<Queue>>,
-    ) -> AmqpResult<()> {
-        self.route_with(exchange, routing_key, cc, properties, out, Via::Released)
-    }
-
+    /// Routes for `via`: what `route` and `route_internal` do, and a delayed exchange's held
+    /// message when due (`Via::Released`: internal exchanges too, and the exchange's count of
+    /// messages in not bumped again).
     #[inline]
-    fn route_with(
+    pub(super) fn route_with(
         &self,
         exchange: &str,
         routing_key: &str,
@@ -224,7 +214,7 @@ impl VHost {
 
 /// Who a message is routed for.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Via {
+pub(super) enum Via {
     /// A client's publish: internal exchanges refuse it.
     Client,
     /// The broker's own (audit events): internal exchanges take it.

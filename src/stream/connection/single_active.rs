@@ -130,11 +130,9 @@ impl Conn {
             tracing::info!(peer = %self.link.peer, "stream connection: consumer update answered with code {answer}");
         }
         let Some(n) = self.updates.remove(&corr) else { return };
-        let Some(m) = self.members.get(&n.subscription).filter(|m| m.key == n.key) else {
-            self.notified(Notify { active: false, ..n });
-            return;
-        };
-        if m.active {
+        // The member may have left meanwhile: then only a step-down is owed an answer.
+        let active = self.members.get(&n.subscription).filter(|m| m.key == n.key && m.active);
+        if let Some(m) = active {
             let offset = offset.unwrap_or(m.offset);
             let stream = m.key.stream.clone();
             if let Some(queue) = self.stream(&stream) {
