@@ -122,7 +122,7 @@ async fn serve_io<R, W>(
     shared: Shared,
 ) where
     R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    W: crate::net::writer::Socket,
 {
     let Shared { broker, config, mut shutdown, mut durable, mut alarm, pending } = shared;
     let mut header = [0u8; 8];

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 
@@ -177,7 +177,7 @@ pub async fn serve<R, W>(
     shared: Arc<Shared>,
 ) where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: crate::net::writer::Socket,
 {
     let peer = link.peer;
     // Small to start (idle clients are the common case), grown while a client sends a lot.
