@@ -78,12 +78,15 @@ pub struct StreamSettings {
 /// Appends are gathered and written, as chunks of a bounded size at each group commit, by the
 /// sync thread.
 pub trait StreamStore: Send + Sync + std::fmt::Debug {
-    /// Appends one message: `record` writes its bytes, given the offset it gets. Returns that
-    /// offset and the group-commit ticket that makes it durable. Buffered: no I/O here.
-    /// `writer` is a named publisher's reference and the message's publishing id (the
-    /// stream protocol's deduplication): the newest id of each reference is remembered,
-    /// durably with the message.
-    fn append(&self, writer: Option<(&str, u64)>, record: &mut dyn FnMut(u64, &mut BytesMut)) -> (u64, u64);
+    /// Appends one AMQP 0-9-1 message as a record of Hare's: `record` writes its bytes, given
+    /// the offset it gets. Returns that offset and the group-commit ticket that makes it
+    /// durable. Buffered: no I/O here.
+    fn append(&self, record: &mut dyn FnMut(u64, &mut BytesMut)) -> (u64, u64);
+    /// Appends one AMQP 1.0 message as the stream protocol published it (kept as it is, a
+    /// slice of the frame it came in). `writer` is a named publisher's reference and the
+    /// message's publishing id (deduplication): the newest id of each reference is
+    /// remembered, durably with the message. Returns its offset and ticket, as `append`.
+    fn append_amqp10(&self, writer: Option<(&str, u64)>, message: bytes::Bytes) -> (u64, u64);
     /// The offsets readers may read: the oldest kept, and the end of what is durable.
     fn bounds(&self) -> (u64, u64);
     /// The first offset of the newest durable chunk (where a consumer from `last` starts).
@@ -94,6 +97,10 @@ pub trait StreamStore: Send + Sync + std::fmt::Debug {
     /// The durable chunk that holds `offset` (or the first after it, if retention took it);
     /// None at the end of the durable log.
     fn read(&self, offset: u64) -> Result<Option<StreamChunk>, StoreError>;
+    /// The durable chunk that holds `offset` (or the first after it), as the stream
+    /// protocol's `deliver` carries it, if it is a chunk of AMQP 1.0 messages; None at the
+    /// end of the durable log or for a chunk of records (read with `read` and converted).
+    fn read_wire(&self, offset: u64) -> Result<Option<(u64, u32, StreamWire)>, StoreError>;
     /// Bytes on disk, and segments.
     fn size(&self) -> (u64, usize);
     /// The end of the durable log, changed each time more of it becomes durable (and once
@@ -125,12 +132,46 @@ pub trait StreamStore: Send + Sync + std::fmt::Debug {
 pub const MAX_TRACKED_REFERENCES: usize = 10_000;
 
 /// A durable chunk of a stream, as read: its first offset, when it was appended
-/// (milliseconds since the epoch) and its records, each a slice of one buffer.
+/// (milliseconds since the epoch), its records, each a slice of one buffer, and the
+/// publishers' newest publishing ids it holds.
 #[derive(Debug, Clone)]
 pub struct StreamChunk {
     pub first: u64,
     pub timestamp: i64,
+    pub format: RecordFormat,
     pub records: Arc<[bytes::Bytes]>,
+    pub writers: Arc<[(String, u64)]>,
+}
+
+/// What a stream chunk's records are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordFormat {
+    /// AMQP 1.0 messages, as the stream protocol publishes and delivers them.
+    Amqp10,
+    /// Hare's records (see `queue::stream::encode_record`): what AMQP 0-9-1 published.
+    Hare,
+}
+
+/// A chunk as the stream protocol sends it (its header, then its entries): a region of a
+/// segment file, sent from the page cache by the connection; or bytes in memory (a sealed
+/// chunk, opened).
+#[derive(Debug, Clone)]
+pub enum StreamWire {
+    File { file: Arc<std::fs::File>, position: u64, len: usize },
+    Memory(bytes::Bytes),
+}
+
+impl StreamWire {
+    pub fn len(&self) -> usize {
+        match self {
+            StreamWire::File { len, .. } => *len,
+            StreamWire::Memory(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 pub trait Storage: Send + Sync + std::fmt::Debug {

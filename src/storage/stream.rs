@@ -9,9 +9,11 @@
 //! write. What readers may read is kept in atomics, read without either lock.
 
 use super::cipher::KeyRing;
-use super::stream_log::{Settings, StreamLog};
+use super::stream_log::{Settings, StreamLog, MAX_ENTRIES};
 use super::syncer::{Flusher, Syncer};
-use crate::broker::store::{StoreError, StreamChunk, StreamSettings, StreamStore, MAX_TRACKED_REFERENCES};
+use crate::broker::store::{
+    RecordFormat, StoreError, StreamChunk, StreamSettings, StreamStore, StreamWire, MAX_TRACKED_REFERENCES,
+};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -24,6 +26,11 @@ use tokio::sync::watch;
 #[derive(Default)]
 struct Pending {
     messages: Vec<Bytes>,
+    /// Beside each message: its format and the publisher that wrote it.
+    marks: Vec<Mark>,
+    /// The round's named publishers, whom `marks` name by their place here.
+    refs: Vec<String>,
+    ref_index: HashMap<String, u32>,
     /// Named publishers' newest publishing ids, as appended (deduplication reads these).
     writers: HashMap<String, u64>,
     /// Consumers' stored offsets, as stored.
@@ -38,6 +45,27 @@ struct Pending {
     listed: bool,
     /// The ticket of the newest publish.
     max_ticket: u64,
+}
+
+impl Pending {
+    /// The place of `reference` in the round's list of publishers.
+    fn intern(&mut self, reference: &str) -> u32 {
+        if let Some(&at) = self.ref_index.get(reference) {
+            return at;
+        }
+        let at = self.refs.len() as u32;
+        self.refs.push(reference.to_string());
+        self.ref_index.insert(reference.to_string(), at);
+        at
+    }
+}
+
+/// What a round needs of a message besides its bytes: which kind of chunk it goes in, and
+/// the publisher (a place in `Pending::refs`) and publishing id it was appended with.
+#[derive(Clone, Copy)]
+struct Mark {
+    format: RecordFormat,
+    writer: Option<(u32, u64)>,
 }
 
 /// The log and the last chunk read (readers at the head of a stream read the same chunk).
@@ -74,9 +102,11 @@ struct Tracking {
 const TRACKING_FILE: &str = "tracking.json";
 /// A round's messages are written as chunks of at most this many bytes of data (a larger
 /// message makes a chunk of its own): a chunk is what a consumer is sent for one credit and
-/// what a seek reads to find its first message, so a stream protocol client's default frame
-/// size (1 MiB) takes one whole, and a start from an offset or a timestamp reads little.
-const CHUNK_DATA: usize = 1024 * 1024;
+/// what a seek reads to find its first message, so it is small enough that a start from an
+/// offset or a timestamp reads little, and that a whole chunk, with its header (48 bytes) and
+/// the deliver frame's (9), fits a stream protocol client's default frame size (1 MiB) and
+/// is sent as it is stored.
+const CHUNK_DATA: usize = 1024 * 1024 - 64;
 
 impl Tracking {
     fn load(dir: &Path, label: &str) -> Tracking {
@@ -166,20 +196,27 @@ impl DiskStream {
 }
 
 impl StreamStore for DiskStream {
-    fn append(&self, writer: Option<(&str, u64)>, record: &mut dyn FnMut(u64, &mut BytesMut)) -> (u64, u64) {
+    fn append(&self, record: &mut dyn FnMut(u64, &mut BytesMut)) -> (u64, u64) {
         let mut p = self.pending.lock();
         let offset = p.next_offset;
         let mut buf = BytesMut::new();
         record(offset, &mut buf);
-        p.messages.push(buf.freeze());
-        p.next_offset += 1;
+        Self::push(&mut p, buf.freeze(), Mark { format: RecordFormat::Hare, writer: None });
+        (offset, self.list(&mut p))
+    }
+
+    fn append_amqp10(&self, writer: Option<(&str, u64)>, message: Bytes) -> (u64, u64) {
+        let mut p = self.pending.lock();
+        let offset = p.next_offset;
+        let mut mark = Mark { format: RecordFormat::Amqp10, writer: None };
         if let Some((reference, id)) = writer {
             if Self::track(&mut p.writers, reference, id, &self.label) {
                 Self::track(&mut p.round_writers, reference, id, &self.label);
+                mark.writer = Some((p.intern(reference), id));
             }
         }
-        let ticket = self.list(&mut p);
-        (offset, ticket)
+        Self::push(&mut p, message, mark);
+        (offset, self.list(&mut p))
     }
 
     fn bounds(&self) -> (u64, u64) {
@@ -209,10 +246,25 @@ impl StreamStore for DiskStream {
         }
         let Some(info) = log.log.chunk_at(offset).filter(|c| c.first_offset < end) else { return Ok(None) };
         let chunk = log.log.read(&info)?;
-        let chunk =
-            StreamChunk { first: chunk.first_offset, timestamp: chunk.timestamp, records: chunk.messages.into() };
+        let chunk = StreamChunk {
+            first: chunk.first_offset,
+            timestamp: chunk.timestamp,
+            format: chunk.format,
+            records: chunk.messages.into(),
+            writers: chunk.writers.into(),
+        };
         log.cache = Some(chunk.clone());
         Ok(Some(chunk))
+    }
+
+    fn read_wire(&self, offset: u64) -> Result<Option<(u64, u32, StreamWire)>, StoreError> {
+        let end = self.durable_end.load(Ordering::Acquire);
+        if offset >= end {
+            return Ok(None);
+        }
+        let log = self.log.lock();
+        let Some(info) = log.log.chunk_at(offset).filter(|c| c.first_offset < end) else { return Ok(None) };
+        Ok(log.log.wire(&info)?.map(|w| (info.first_offset, info.count, w)))
     }
 
     fn size(&self) -> (u64, usize) {
@@ -262,7 +314,10 @@ impl StreamStore for DiskStream {
 
     fn destroy(&self) {
         self.destroyed.store(true, Ordering::Release);
-        self.pending.lock().messages.clear();
+        let mut p = self.pending.lock();
+        p.messages.clear();
+        p.marks.clear();
+        drop(p);
         // Wakes the readers, which find their queue deleted.
         self.durable.send_modify(|_| {});
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
@@ -286,6 +341,13 @@ impl DiskStream {
         true
     }
 
+    /// Adds a message to the next round.
+    fn push(p: &mut Pending, message: Bytes, mark: Mark) {
+        p.messages.push(message);
+        p.marks.push(mark);
+        p.next_offset += 1;
+    }
+
     /// Puts the stream on the syncer's list for the next round (once) and returns the ticket
     /// that round covers.
     fn list(&self, p: &mut Pending) -> u64 {
@@ -304,7 +366,7 @@ impl DiskStream {
 
 impl Flusher for DiskStream {
     fn write_pending(&self, covered: u64) -> std::io::Result<(bool, usize)> {
-        let (messages, more, round) = {
+        let (messages, marks, refs, more, round) = {
             let mut p = self.pending.lock();
             // A publish whose ticket this round does not cover may already be among these
             // (it was listed before its ticket was taken): a later round must still pass it.
@@ -312,7 +374,10 @@ impl Flusher for DiskStream {
             let offsets = std::mem::take(&mut p.offsets_changed).then(|| p.offsets.clone());
             let writers = std::mem::take(&mut p.round_writers);
             let round = (!writers.is_empty() || offsets.is_some()).then_some((writers, offsets));
-            (std::mem::take(&mut p.messages), p.listed, round)
+            p.ref_index.clear();
+            let (messages, marks, refs) =
+                (std::mem::take(&mut p.messages), std::mem::take(&mut p.marks), std::mem::take(&mut p.refs));
+            (messages, marks, refs, p.listed, round)
         };
         if self.destroyed.load(Ordering::Acquire) {
             return Ok((more, 0));
@@ -330,27 +395,56 @@ impl Flusher for DiskStream {
             return Ok((more, 0));
         }
         let bytes: usize = messages.iter().map(Bytes::len).sum();
-        // The round's messages as chunks of at most CHUNK_DATA bytes (one message at least).
+        // The round's messages as chunks of one format each, of at most CHUNK_DATA bytes
+        // (one message at least) and MAX_ENTRIES messages; each chunk's trailer holds the
+        // newest id of each publisher in it.
         let now = now_ms();
         let mut start = 0;
         let mut first = log.written.1;
+        let mut newest: Vec<Option<u64>> = vec![None; refs.len()];
+        let mut writers: Vec<(&str, u64)> = Vec::new();
         while start < messages.len() {
+            let format = marks[start].format;
             let mut end = start + 1;
             let mut size = 4 + messages[start].len();
-            while end < messages.len() && size + 4 + messages[end].len() <= CHUNK_DATA {
+            while end < messages.len()
+                && marks[end].format == format
+                && end - start < MAX_ENTRIES
+                && size + 4 + messages[end].len() <= CHUNK_DATA
+            {
                 size += 4 + messages[end].len();
                 end += 1;
             }
-            match log.log.append(&messages[start..end], now) {
+            for m in &marks[start..end] {
+                if let Some((at, id)) = m.writer {
+                    newest[at as usize] = Some(id);
+                }
+            }
+            writers.clear();
+            for (at, id) in newest.iter_mut().enumerate() {
+                if let Some(id) = id.take() {
+                    writers.push((refs[at].as_str(), id));
+                }
+            }
+            match log.log.append(format, &messages[start..end], &writers, now) {
                 Ok(f) => first = f,
                 Err(e) => {
                     log.written = (log.log.next_offset(), first);
                     // What was not written is kept, in order, in front of what came
-                    // meanwhile: the next round retries. The syncer lists it again after a
-                    // failed round.
+                    // meanwhile: the next round retries (the publishers named, renamed in
+                    // the next round's list). The syncer lists it again after a failed round.
                     let mut p = self.pending.lock();
                     let later = std::mem::replace(&mut p.messages, messages[start..].to_vec());
                     p.messages.extend(later);
+                    let later_marks = std::mem::take(&mut p.marks);
+                    let later_refs = std::mem::take(&mut p.refs);
+                    p.ref_index.clear();
+                    for (set, list) in [(&marks[start..], &refs), (&later_marks[..], &later_refs)] {
+                        for m in set {
+                            let writer = m.writer.map(|(at, id)| (p.intern(&list[at as usize]), id));
+                            p.marks.push(Mark { format: m.format, writer });
+                        }
+                    }
                     p.listed = true;
                     return Err(e);
                 }
@@ -414,14 +508,14 @@ impl Flusher for DiskStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::queue::stream::{encode_amqp10_record, recover_writers};
+    use crate::broker::queue::stream::recover_writers;
 
     fn settings() -> StreamSettings {
         StreamSettings { max_bytes: None, max_age_ms: None, max_segment_bytes: 1 << 20 }
     }
 
     fn publish(s: &DiskStream, reference: &str, id: u64) {
-        s.append(Some((reference, id)), &mut |_, buf| encode_amqp10_record(Some((reference, id)), b"m", buf));
+        s.append_amqp10(Some((reference, id)), Bytes::from_static(b"m"));
     }
 
     /// Publishers' ids and stored offsets come back after a reopen, from the saved tracking;
@@ -485,10 +579,16 @@ mod tests {
         let syncer = Syncer::start();
         let settings = StreamSettings { max_bytes: None, max_age_ms: None, max_segment_bytes: 3 << 20 };
         let s = DiskStream::open(&dir, "test".into(), settings, syncer.clone(), None).expect("opens");
-        // 5,000 messages of 1 KiB, one round: about 5 MiB, over two segments.
-        let body = vec![7u8; 1024];
-        for _ in 0..5_000 {
-            s.append(None, &mut |_, buf| buf.extend_from_slice(&body));
+        // 5,000 messages of 1 KiB, one round: about 5 MiB, over two segments. Every
+        // two-thousandth is an AMQP 0-9-1 record among the stream protocol's messages.
+        let body = Bytes::from(vec![7u8; 1024]);
+        let is_record = |offset: u64| offset % 2_000 == 1_999;
+        for offset in 0..5_000 {
+            if is_record(offset) {
+                s.append(&mut |_, buf| buf.extend_from_slice(&body));
+            } else {
+                s.append_amqp10(None, body.clone());
+            }
         }
         syncer.flush_now();
         assert_eq!(s.bounds(), (0, 5_000));
@@ -499,12 +599,25 @@ mod tests {
             let data: usize = c.records.iter().map(|r| 4 + r.len()).sum();
             assert!(data <= CHUNK_DATA, "a chunk of {data} bytes");
             assert_eq!(c.first, offset);
-            offset += c.records.len() as u64;
+            // Each chunk holds one kind of message.
+            let end = offset + c.records.len() as u64;
+            assert!((offset..end).all(|o| is_record(o) == (c.format == RecordFormat::Hare)), "at {offset}");
+            // What the stream protocol sends as stored: the same chunk, header and data.
+            let wire = s.read_wire(offset).expect("reads");
+            match c.format {
+                RecordFormat::Amqp10 => {
+                    let (first, count, wire) = wire.expect("a chunk of AMQP 1.0 messages");
+                    assert_eq!((first, count as usize, wire.len()), (offset, c.records.len(), 48 + data));
+                }
+                RecordFormat::Hare => assert!(wire.is_none()),
+            }
+            offset = end;
             chunks += 1;
         }
-        // At least the five the bound asks for (more if a round began during the appends).
+        // At least seven: the runs of 1,999 messages are two chunks each, the last thousand
+        // one, and each record one (more if a round began during the appends).
         assert_eq!(offset, 5_000);
-        assert!(chunks >= 5, "{chunks} chunks");
+        assert!(chunks >= 7, "{chunks} chunks");
         drop(s);
         let s = DiskStream::open(&dir, "test".into(), settings, syncer.clone(), None).expect("reopens");
         assert_eq!(s.bounds(), (0, 5_000));
@@ -513,7 +626,28 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A chunk holds at most 65,535 messages (the header counts its entries in 16 bits).
+    #[test]
+    fn a_round_of_many_small_messages_is_cut_at_the_entries_a_chunk_counts() {
+        let dir = std::env::temp_dir().join(format!("hare-stream-entries-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let syncer = Syncer::start();
+        let s = DiskStream::open(&dir, "test".into(), settings(), syncer.clone(), None).expect("opens");
+        for _ in 0..70_000 {
+            s.append_amqp10(None, Bytes::from_static(b"m"));
+        }
+        syncer.flush_now();
+        let mut offset = 0;
+        while let Some(c) = s.read(offset).expect("reads") {
+            assert!(c.records.len() <= MAX_ENTRIES, "{} entries", c.records.len());
+            offset += c.records.len() as u64;
+        }
+        assert_eq!(offset, 70_000);
+        syncer.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     fn publish_dyn(s: &Arc<dyn StreamStore>, reference: &str, id: u64) {
-        s.append(Some((reference, id)), &mut |_, buf| encode_amqp10_record(Some((reference, id)), b"m", buf));
+        s.append_amqp10(Some((reference, id)), Bytes::from_static(b"m"));
     }
 }

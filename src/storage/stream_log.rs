@@ -8,15 +8,28 @@
 //! and position in the segment), kept in memory too. A read by offset or by timestamp is a
 //! binary search of the index and one positioned read, never a scan.
 //!
-//! A chunk is what one append writes: a header (magic, first offset, message count,
-//! timestamp, data length, CRC32C of the data) and its messages, each length-prefixed.
-//! Chunks describe and verify themselves, so a follower can later fetch a stream's chunks by
-//! offset and check them as they are (the cluster's replication of streams will build on
-//! it), and a reader can send a chunk's bytes from the page cache as they are on disk.
+//! A chunk is what one append writes, laid out as RabbitMQ's streams (osiris) write theirs
+//! and as the stream protocol's `deliver` carries them: a 48-byte header (magic and version,
+//! chunk type, entry and record counts, timestamp, epoch, first offset, the CRC-32 of the
+//! data, data length, trailer length), the entries (each `size (u32) | bytes`), then a
+//! trailer (the newest publishing id of each named publisher in the chunk, as osiris tracks
+//! them for deduplication). So a chunk of the stream protocol's messages goes to a consumer as
+//! it lies on disk: a frame header, then the chunk's header and data sent from the page cache
+//! (`sendfile`), once per consumer and without being read into the broker.
 //!
-//! With encryption at rest, a chunk's data (its length-prefixed messages) is sealed as one
-//! blob with the node's key (see [`super::cipher`]); the header stays in the clear, so the
-//! index and the checks work alike on both.
+//! Two chunk types: osiris's user chunk, whose entries are AMQP 1.0 messages as stream
+//! protocol clients publish and receive them; and Hare's own, whose entries are its records
+//! of AMQP 0-9-1 publishes (kept as AMQP 0-9-1, so an AMQP consumer is served without a
+//! conversion). A round's messages are cut into chunks where the kind changes. Chunks of
+//! the layout before this one (a 32-byte header, magic "HSC1") are read still.
+//!
+//! Chunks describe and verify themselves, so a follower can later fetch a stream's chunks by
+//! offset and check them as they are (the cluster's replication of streams will build on it).
+//!
+//! With encryption at rest, a chunk's data and its trailer are each sealed as one blob with
+//! the node's key (see [`super::cipher`]) and the header says so; the header stays in the
+//! clear, so the index and the checks work alike on both. A sealed chunk is opened to be
+//! sent.
 //!
 //! The index is written after its chunk and without an fsync of its own: on open, the chunks
 //! of the last segment past its index are read back and verified, the index made whole from
@@ -24,22 +37,41 @@
 //! never confirmed) cut off.
 
 use super::cipher::{is_sealed_blob, KeyRing, Nonces};
+use crate::broker::store::{RecordFormat, StreamWire};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// "HSC1": a Hare stream chunk, version 1.
-const CHUNK_MAGIC: u32 = 0x4853_4331;
-/// magic u32, count u32, first offset u64, timestamp i64, data length u32, CRC32C u32.
-pub const CHUNK_HEADER: usize = 32;
+/// Osiris's magic (5) and the chunk format version the stream protocol's clients read (0).
+pub const MAGIC_VERSION: u8 = 0x50;
+/// magic and version u8, chunk type u8, entries u16, records u32, timestamp i64, epoch u64,
+/// first offset u64, data CRC u32, data length u32, trailer length u32, filter size u8,
+/// reserved 3 bytes (Hare's: the second says whether the chunk is sealed).
+pub const CHUNK_HEADER: usize = 48;
+/// Osiris's user chunk: entries are AMQP 1.0 messages.
+const TYPE_USER: u8 = 0;
+/// Hare's chunk of AMQP 0-9-1 records; never sent as it is.
+const TYPE_RECORDS: u8 = 0x48;
+/// Where the header says the data and trailer are sealed (one of osiris's reserved bytes).
+const SEALED_AT: usize = 45;
+/// The epoch of every chunk: one node, one leader, never re-elected.
+const EPOCH: u64 = 1;
+/// A chunk holds at most this many entries (the header counts them in 16 bits).
+pub const MAX_ENTRIES: usize = u16::MAX as usize;
+/// A trailer entry's type for a publisher's newest publishing id (osiris's "sequence").
+const TRACK_SEQUENCE: u8 = 0;
+/// "HSC1": the layout before osiris's, read still: magic u32, count u32, first offset u64,
+/// timestamp i64, data length u32, CRC32C u32; records only.
+const LEGACY_MAGIC: u32 = 0x4853_4331;
+const LEGACY_HEADER: usize = 32;
 /// first offset u64, timestamp i64, position u64, count u32, reserved u32.
 const INDEX_ENTRY: usize = 32;
 /// A chunk's data is at most this large (a message is at most 512 MiB).
 const MAX_CHUNK_DATA: u64 = 1 << 30;
 
-/// A chunk's place: what the index says of it.
+/// A chunk's place: what the index and its header say of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkInfo {
     pub first_offset: u64,
@@ -48,16 +80,25 @@ pub struct ChunkInfo {
     pub timestamp: i64,
     /// Where its header starts in its segment.
     pub position: u64,
-    /// Header and data.
+    /// Header, data and trailer.
     pub len: u64,
+    pub format: RecordFormat,
+    /// Its data's length as stored, and whether it is sealed.
+    pub data_len: u64,
+    pub sealed: bool,
+    /// Written in the layout before osiris's.
+    pub legacy: bool,
 }
 
-/// A chunk read back: its messages, each a slice of one buffer.
+/// A chunk read back: its messages, each a slice of one buffer, and the publishers' newest
+/// publishing ids its trailer holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {
     pub first_offset: u64,
     pub timestamp: i64,
+    pub format: RecordFormat,
     pub messages: Vec<Bytes>,
+    pub writers: Vec<(String, u64)>,
 }
 
 struct Segment {
@@ -166,31 +207,78 @@ impl StreamLog {
         self.segments.len()
     }
 
-    /// Appends `messages` as one chunk stamped `timestamp` (ms); returns the first one's
-    /// offset. Written, not synced: [`StreamLog::sync`] makes it durable.
-    pub fn append(&mut self, messages: &[Bytes], timestamp: i64) -> std::io::Result<u64> {
+    /// Appends `messages` (at most [`MAX_ENTRIES`]) as one chunk of `format` stamped
+    /// `timestamp` (ms), with `writers` (publishers' references and newest publishing ids)
+    /// in its trailer; returns the first one's offset. Written, not synced:
+    /// [`StreamLog::sync`] makes it durable.
+    pub fn append(
+        &mut self,
+        format: RecordFormat,
+        messages: &[Bytes],
+        writers: &[(&str, u64)],
+        timestamp: i64,
+    ) -> std::io::Result<u64> {
         let first_offset = self.next_offset();
         if messages.is_empty() {
             return Ok(first_offset);
+        }
+        if messages.len() > MAX_ENTRIES {
+            return Err(std::io::Error::other("more messages than a chunk holds"));
         }
         // Timestamps never go back along the log (a clock stepped back stamps as the last
         // chunk), so a search by time is a binary search.
         let last = self.segments.iter().rev().find_map(|s| s.chunks.last()).map(|c| c.timestamp);
         let timestamp = last.map_or(timestamp, |t| timestamp.max(t));
-        let mut data = BytesMut::with_capacity(messages.iter().map(|m| 4 + m.len()).sum());
-        for m in messages {
-            data.put_u32(m.len() as u32);
-            data.put_slice(m);
-        }
-        let data: Vec<u8> = match &self.keys {
-            Some(keys) => keys.seal(&mut self.nonces, &data),
-            None => data.to_vec(),
-        };
-        if data.len() as u64 > MAX_CHUNK_DATA {
+        let data_len: usize = messages.iter().map(|m| 4 + m.len()).sum();
+        if data_len as u64 > MAX_CHUNK_DATA {
             return Err(std::io::Error::other("a chunk's messages exceed 1 GiB"));
         }
+        let mut buf = BytesMut::with_capacity(CHUNK_HEADER + data_len + writers.len() * 32);
+        buf.put_bytes(0, CHUNK_HEADER);
+        for m in messages {
+            // A simple entry: its top bit clear, then 31 bits of size.
+            buf.put_u32(m.len() as u32);
+            buf.put_slice(m);
+        }
+        for (reference, id) in writers {
+            let reference = &reference.as_bytes()[..reference.len().min(255)];
+            buf.put_u8(TRACK_SEQUENCE);
+            buf.put_u8(reference.len() as u8);
+            buf.put_slice(reference);
+            buf.put_u64(first_offset);
+            buf.put_u64(*id);
+        }
+        let mut trailer_len = buf.len() - CHUNK_HEADER - data_len;
+        let mut data_len = data_len;
+        if let Some(keys) = &self.keys {
+            let data = keys.seal(&mut self.nonces, &buf[CHUNK_HEADER..CHUNK_HEADER + data_len]);
+            let trailer = (trailer_len > 0).then(|| keys.seal(&mut self.nonces, &buf[CHUNK_HEADER + data_len..]));
+            buf.truncate(CHUNK_HEADER);
+            buf.extend_from_slice(&data);
+            data_len = data.len();
+            if let Some(t) = trailer {
+                buf.extend_from_slice(&t);
+                trailer_len = t.len();
+            }
+        }
+        let crc = crc32fast::hash(&buf[CHUNK_HEADER..CHUNK_HEADER + data_len]);
+        let mut h = &mut buf[..CHUNK_HEADER];
+        h.put_u8(MAGIC_VERSION);
+        h.put_u8(match format {
+            RecordFormat::Amqp10 => TYPE_USER,
+            RecordFormat::Hare => TYPE_RECORDS,
+        });
+        h.put_u16(messages.len() as u16);
+        h.put_u32(messages.len() as u32);
+        h.put_i64(timestamp);
+        h.put_u64(EPOCH);
+        h.put_u64(first_offset);
+        h.put_u32(crc);
+        h.put_u32(data_len as u32);
+        h.put_u32(trailer_len as u32);
+        buf[SEALED_AT] = self.keys.is_some() as u8;
         let active = self.segments.last().map_or(0, |s| s.size);
-        if active > 0 && active + (CHUNK_HEADER + data.len()) as u64 > self.settings.max_segment_bytes {
+        if active > 0 && active + buf.len() as u64 > self.settings.max_segment_bytes {
             // The sync of a round covers the active segment only: chunks a round wrote to
             // this one before it filled must reach the disk first.
             if let Some(full) = self.segments.last() {
@@ -201,14 +289,6 @@ impl StreamLog {
             sync_dir(&self.dir)?;
             self.segments.push(segment);
         }
-        let mut buf = BytesMut::with_capacity(CHUNK_HEADER + data.len());
-        buf.put_u32(CHUNK_MAGIC);
-        buf.put_u32(messages.len() as u32);
-        buf.put_u64(first_offset);
-        buf.put_i64(timestamp);
-        buf.put_u32(data.len() as u32);
-        buf.put_u32(crc32c::crc32c(&data));
-        buf.put_slice(&data);
         let Some(segment) = self.segments.last_mut() else { return Err(std::io::Error::other("no segment")) };
         let info = ChunkInfo {
             first_offset,
@@ -216,6 +296,10 @@ impl StreamLog {
             timestamp,
             position: segment.size,
             len: buf.len() as u64,
+            format,
+            data_len: data_len as u64,
+            sealed: self.keys.is_some(),
+            legacy: false,
         };
         segment.file.write_all_at(&buf, segment.size)?;
         segment.index.write_all_at(&index_entry(&info), (segment.chunks.len() * INDEX_ENTRY) as u64)?;
@@ -265,24 +349,67 @@ impl StreamLog {
         self.chunk_at(chunk.first_offset + chunk.count as u64)
     }
 
-    /// Reads a chunk back and verifies it.
-    pub fn read(&self, chunk: &ChunkInfo) -> std::io::Result<Chunk> {
+    fn segment_of(&self, chunk: &ChunkInfo) -> std::io::Result<&Segment> {
         let s = self.segments.partition_point(|s| s.first_offset <= chunk.first_offset);
-        let segment = s.checked_sub(1).map(|s| &self.segments[s]).ok_or_else(|| gone(chunk.first_offset))?;
-        let mut buf = vec![0u8; chunk.len as usize];
+        s.checked_sub(1).map(|s| &self.segments[s]).ok_or_else(|| gone(chunk.first_offset))
+    }
+
+    /// Reads a whole chunk back and verifies it; its data and trailer opened if sealed.
+    fn read_verified(&self, chunk: &ChunkInfo) -> std::io::Result<(Header, Bytes, Bytes)> {
+        let segment = self.segment_of(chunk)?;
+        let mut buf = BytesMut::zeroed(chunk.len as usize);
         segment.file.read_exact_at(&mut buf, chunk.position)?;
-        let (header, mut data) = parse_chunk(Bytes::from(buf)).ok_or_else(|| corrupt(chunk.first_offset))?;
+        let (header, data, trailer) = parse_chunk(buf.freeze()).ok_or_else(|| corrupt(chunk.first_offset))?;
         if header.first_offset != chunk.first_offset {
             return Err(corrupt(chunk.first_offset));
         }
-        if is_sealed_blob(&data) {
-            let keys = self.keys.as_ref().ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::InvalidData, "a sealed chunk, and no encryption key")
-            })?;
-            data = Bytes::from(keys.open(&data).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?);
+        Ok((header, self.opened(data)?, self.opened(trailer)?))
+    }
+
+    /// A sealed blob opened; anything else as it is.
+    fn opened(&self, data: Bytes) -> std::io::Result<Bytes> {
+        if !is_sealed_blob(&data) {
+            return Ok(data);
         }
+        let keys = self.keys.as_ref().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "a sealed chunk, and no encryption key")
+        })?;
+        Ok(Bytes::from(keys.open(&data).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?))
+    }
+
+    /// Reads a chunk back and verifies it.
+    pub fn read(&self, chunk: &ChunkInfo) -> std::io::Result<Chunk> {
+        let (header, data, trailer) = self.read_verified(chunk)?;
         let messages = split_messages(data, header.count).ok_or_else(|| corrupt(chunk.first_offset))?;
-        Ok(Chunk { first_offset: header.first_offset, timestamp: header.timestamp, messages })
+        let writers = parse_trailer(&trailer).ok_or_else(|| corrupt(chunk.first_offset))?;
+        Ok(Chunk { first_offset: header.first_offset, timestamp: header.timestamp, format: header.format, messages, writers })
+    }
+
+    /// A chunk of AMQP 1.0 messages as the stream protocol delivers it (header and data,
+    /// without the trailer): where it lies in its segment, for the connection to send from
+    /// the page cache; or, sealed, opened into memory with its header made to match. None
+    /// for a chunk of records, which a consumer is sent converted.
+    pub fn wire(&self, chunk: &ChunkInfo) -> std::io::Result<Option<StreamWire>> {
+        if chunk.format != RecordFormat::Amqp10 || chunk.legacy {
+            return Ok(None);
+        }
+        if !chunk.sealed {
+            let segment = self.segment_of(chunk)?;
+            let len = CHUNK_HEADER + chunk.data_len as usize;
+            return Ok(Some(StreamWire::File { file: segment.file.clone(), position: chunk.position, len }));
+        }
+        let segment = self.segment_of(chunk)?;
+        let mut head = [0u8; CHUNK_HEADER];
+        segment.file.read_exact_at(&mut head, chunk.position)?;
+        let (_, data, _) = self.read_verified(chunk)?;
+        let mut out = BytesMut::with_capacity(CHUNK_HEADER + data.len());
+        out.put_slice(&head[..32]);
+        out.put_u32(crc32fast::hash(&data));
+        out.put_u32(data.len() as u32);
+        out.put_u32(0);
+        out.put_u32(0);
+        out.put_slice(&data);
+        Ok(Some(StreamWire::Memory(out.freeze())))
     }
 
     /// Removes the oldest segments, never the one being written, while the log is larger
@@ -336,39 +463,117 @@ fn index_entry(c: &ChunkInfo) -> [u8; INDEX_ENTRY] {
     e
 }
 
-/// A chunk's header, as written.
+/// A chunk's header, as written (in either layout).
 struct Header {
+    format: RecordFormat,
     count: u32,
     first_offset: u64,
     timestamp: i64,
     data_len: u64,
+    trailer_len: u64,
+    crc: u32,
+    sealed: bool,
+    legacy: bool,
 }
 
+impl Header {
+    fn header_len(&self) -> u64 {
+        if self.legacy {
+            LEGACY_HEADER as u64
+        } else {
+            CHUNK_HEADER as u64
+        }
+    }
+
+    /// The whole chunk's length.
+    fn len(&self) -> u64 {
+        self.header_len() + self.data_len + self.trailer_len
+    }
+
+    fn info(&self, position: u64) -> ChunkInfo {
+        ChunkInfo {
+            first_offset: self.first_offset,
+            count: self.count,
+            timestamp: self.timestamp,
+            position,
+            len: self.len(),
+            format: self.format,
+            data_len: self.data_len,
+            sealed: self.sealed,
+            legacy: self.legacy,
+        }
+    }
+}
+
+/// The header at the start of `b`, if it is one.
 fn header(b: &[u8]) -> Option<Header> {
     let u32_at = |at: usize| Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?));
     let u64_at = |at: usize| Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?));
-    if u32_at(0)? != CHUNK_MAGIC {
-        return None;
-    }
-    let h = Header {
-        count: u32_at(4)?,
-        first_offset: u64_at(8)?,
-        timestamp: u64_at(16)? as i64,
-        data_len: u32_at(24)? as u64,
+    let h = if u32_at(0)? == LEGACY_MAGIC {
+        Header {
+            format: RecordFormat::Hare,
+            count: u32_at(4)?,
+            first_offset: u64_at(8)?,
+            timestamp: u64_at(16)? as i64,
+            data_len: u32_at(24)? as u64,
+            trailer_len: 0,
+            crc: u32_at(28)?,
+            sealed: false,
+            legacy: true,
+        }
+    } else {
+        if *b.first()? != MAGIC_VERSION || b.len() < CHUNK_HEADER {
+            return None;
+        }
+        let format = match b[1] {
+            TYPE_USER => RecordFormat::Amqp10,
+            TYPE_RECORDS => RecordFormat::Hare,
+            _ => return None,
+        };
+        let entries = u16::from_be_bytes([b[2], b[3]]) as u32;
+        let h = Header {
+            format,
+            count: u32_at(4)?,
+            timestamp: u64_at(8)? as i64,
+            first_offset: u64_at(24)?,
+            crc: u32_at(32)?,
+            data_len: u32_at(36)? as u64,
+            trailer_len: u32_at(40)? as u64,
+            sealed: b[SEALED_AT] == 1,
+            legacy: false,
+        };
+        // Hare writes simple entries only: one per record.
+        if entries != h.count || b[44] != 0 {
+            return None;
+        }
+        h
     };
-    (h.data_len <= MAX_CHUNK_DATA && h.count > 0).then_some(h)
+    (h.data_len <= MAX_CHUNK_DATA && h.trailer_len <= MAX_CHUNK_DATA && h.count > 0).then_some(h)
 }
 
-/// A whole chunk's header and data, if its CRC holds.
-fn parse_chunk(b: Bytes) -> Option<(Header, Bytes)> {
+/// Reads the header of the chunk at `position`, if a whole one is there.
+fn read_header(file: &File, position: u64, file_len: u64) -> Option<Header> {
+    let mut head = [0u8; CHUNK_HEADER];
+    let n = (file_len.checked_sub(position)?).min(CHUNK_HEADER as u64) as usize;
+    file.read_exact_at(&mut head[..n], position).ok()?;
+    header(&head[..n]).filter(|h| position + h.len() <= file_len)
+}
+
+/// A whole chunk's header, data and trailer, if its CRC holds (CRC32C in the layout
+/// before osiris's, the CRC-32 of osiris's and the stream protocol's in this one).
+fn parse_chunk(b: Bytes) -> Option<(Header, Bytes, Bytes)> {
     let h = header(&b)?;
-    let end = CHUNK_HEADER + h.data_len as usize;
-    let crc = u32::from_be_bytes(b.get(28..32)?.try_into().ok()?);
-    let data = b.get(CHUNK_HEADER..end)?;
-    (crc32c::crc32c(data) == crc).then(|| (h, b.slice(CHUNK_HEADER..end)))
+    let start = h.header_len() as usize;
+    let end = start + h.data_len as usize;
+    let data = b.get(start..end)?;
+    let crc = if h.legacy { crc32c::crc32c(data) } else { crc32fast::hash(data) };
+    let trailer_end = end + h.trailer_len as usize;
+    (crc == h.crc && b.len() >= trailer_end).then(|| (h, b.slice(start..end), b.slice(end..trailer_end)))
 }
 
-/// The length-prefixed messages of a chunk's data, exactly `count` of them.
+/// The length-prefixed messages of a chunk's data, exactly `count` of them. In osiris's
+/// layout these are its simple entries; a sub-batch entry (which Hare does not write) has
+/// its size's top bit set, a size past any chunk's data, so it does not verify.
 fn split_messages(mut data: Bytes, count: u32) -> Option<Vec<Bytes>> {
     let mut out = Vec::with_capacity(count as usize);
     for _ in 0..count {
@@ -380,6 +585,28 @@ fn split_messages(mut data: Bytes, count: u32) -> Option<Vec<Bytes>> {
         data = data.slice(4 + len..);
     }
     data.is_empty().then_some(out)
+}
+
+/// The publishers' newest ids in a chunk's trailer (osiris's tracking entries; offsets
+/// tracked there, which Hare does not write, are passed over).
+fn parse_trailer(mut t: &[u8]) -> Option<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    while !t.is_empty() {
+        let kind = *t.first()?;
+        let len = *t.get(1)? as usize;
+        let id = std::str::from_utf8(t.get(2..2 + len)?).ok()?;
+        t = &t[2 + len..];
+        match kind {
+            TRACK_SEQUENCE => {
+                let seq = u64::from_be_bytes(t.get(8..16)?.try_into().ok()?);
+                out.push((id.to_string(), seq));
+                t = &t[16..];
+            }
+            1 | 2 => t = t.get(8..)?,
+            _ => return None,
+        }
+    }
+    Some(out)
 }
 
 /// Opens a segment and reads its index; for the last one (`tail`), the chunks past the
@@ -398,44 +625,31 @@ fn open_segment(dir: &Path, first_offset: u64, tail: bool) -> std::io::Result<Se
     for e in raw.chunks_exact(INDEX_ENTRY) {
         let word = |at: usize| u64::from_be_bytes(e[at..at + 8].try_into().unwrap_or_default());
         let count = u32::from_be_bytes(e[24..28].try_into().unwrap_or_default());
-        let (first, timestamp, at) = (word(0), word(8) as i64, word(16));
+        let (first, at) = (word(0), word(16));
         let expected = chunks.last().map_or(first_offset, |c: &ChunkInfo| c.first_offset + c.count as u64);
         // An entry must follow the one before it; a damaged index is rebuilt from there on.
         if first != expected || at != position || count == 0 {
             break;
         }
-        let mut head = [0u8; CHUNK_HEADER];
-        if file.read_exact_at(&mut head, at).is_err() {
+        let Some(h) = read_header(&file, at, file_len).filter(|h| h.first_offset == first && h.count == count)
+        else {
             break;
-        }
-        let Some(h) = header(&head).filter(|h| h.first_offset == first && h.count == count) else { break };
-        let len = CHUNK_HEADER as u64 + h.data_len;
-        if at + len > file_len {
-            break;
-        }
-        chunks.push(ChunkInfo { first_offset: first, count, timestamp, position: at, len });
-        position = at + len;
+        };
+        chunks.push(h.info(at));
+        position = at + h.len();
     }
     // What the index does not cover: read back, verified, indexed.
     let indexed = chunks.len();
     while position < file_len {
-        let mut head = [0u8; CHUNK_HEADER];
-        if file.read_exact_at(&mut head, position).is_err() {
-            break;
-        }
         let expected = chunks.last().map_or(first_offset, |c| c.first_offset + c.count as u64);
-        let Some(h) = header(&head).filter(|h| h.first_offset == expected) else { break };
-        let len = CHUNK_HEADER as u64 + h.data_len;
-        if position + len > file_len {
-            break;
-        }
-        let mut whole = vec![0u8; len as usize];
+        let Some(h) = read_header(&file, position, file_len).filter(|h| h.first_offset == expected) else { break };
+        let mut whole = BytesMut::zeroed(h.len() as usize);
         file.read_exact_at(&mut whole, position)?;
-        if parse_chunk(Bytes::from(whole)).is_none() {
+        if parse_chunk(whole.freeze()).is_none() {
             break;
         }
-        chunks.push(ChunkInfo { first_offset: h.first_offset, count: h.count, timestamp: h.timestamp, position, len });
-        position += len;
+        chunks.push(h.info(position));
+        position += h.len();
     }
     if position < file_len {
         if !tail {

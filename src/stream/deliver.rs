@@ -1,17 +1,20 @@
 //! A subscription's task: it reads the stream from the subscription's offset as the log
 //! becomes durable and sends it to the client as `deliver` frames, one chunk per credit, as
-//! RabbitMQ's stream plugin does. A chunk is sent as its records are stored (the stream
-//! protocol's own messages are slices of the chunk read, not copies); a chunk larger than
-//! the client's frame size, or with more than 65,535 records, goes as several.
+//! RabbitMQ's stream plugin does. A chunk of the stream protocol's messages is stored as
+//! `deliver` carries it, so it goes as a frame header and the chunk's bytes, sent by the
+//! connection's writer from the page cache (`sendfile`), never read into the broker. The
+//! rest is read and encoded: a chunk of AMQP 0-9-1 records (converted to AMQP 1.0), the
+//! first chunk of a subscription that starts inside it (sent from its offset on), and a
+//! chunk larger than the client's frame size (sent as several frames).
 //!
 //! Memory is bounded by the client: no credit, no reads; and while the connection's writer
 //! holds more than its high-water mark, the task waits for it to drain.
 
 use super::codec::{code, key, put_frame, put_string, OffsetSpec};
 use crate::broker::connections::{bump, ConnectionEntry, StreamReaderCard};
-use crate::broker::queue::stream::{amqp10_start, record_as_amqp10, StreamReaderGuard};
+use crate::broker::queue::stream::{record_as_amqp10, StreamReaderGuard};
 use crate::broker::queue::Queue;
-use crate::broker::store::{StreamChunk, StreamStore};
+use crate::broker::store::{StreamChunk, StreamStore, StreamWire};
 use crate::net::writer::{Encoded, WriterHandle, ZERO_COPY_MIN};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -163,6 +166,21 @@ async fn run(s: Start, store: Arc<dyn StreamStore>, mut next: u64, card: Arc<Str
         let Ok(permit) = credit.acquire().await else { return };
         permit.forget();
         wait_for_writer(&s.writer).await;
+        match store.read_wire(next) {
+            Ok(Some((first, count, wire))) if first >= next && FRAME_HEADER + wire.len() <= s.frame_max => {
+                send_wire(&s, wire);
+                next = first + count as u64;
+                card.consumed.fetch_add(count as u64, Ordering::Relaxed);
+                card.offset.store(next, Ordering::Relaxed);
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!("stream '{}': {e}", s.stream);
+                let _ = s.gone.send(s.stream.clone());
+                return;
+            }
+        }
         let chunk = match store.read(next) {
             Ok(Some(c)) => c,
             Ok(None) => {
@@ -186,6 +204,26 @@ async fn run(s: Start, store: Arc<dyn StreamStore>, mut next: u64, card: Arc<Str
     }
 }
 
+/// Sends a whole stored chunk as one deliver frame: the frame's header, then the chunk's
+/// header and entries as they are stored.
+fn send_wire(s: &Start, wire: StreamWire) {
+    let mut head = BytesMut::with_capacity(FRAME_HEADER);
+    head.put_u32((FRAME_HEADER - 4 + wire.len()) as u32);
+    head.put_u16(key::DELIVER);
+    head.put_u16(1);
+    head.put_u8(s.id);
+    let head = head.freeze();
+    let frame = match wire {
+        StreamWire::File { file, position, len } => Encoded::File { head, file, position, len },
+        StreamWire::Memory(bytes) => Encoded::Parts(vec![head, bytes]),
+    };
+    if let Some(e) = &s.entry {
+        bump(&e.send_oct, frame.len() as u64);
+        bump(&e.send_cnt, 1);
+    }
+    s.writer.send(frame, 0);
+}
+
 /// Waits while the connection's writer holds more than its high-water mark.
 async fn wait_for_writer(writer: &WriterHandle) {
     while writer.backlogged() {
@@ -199,28 +237,6 @@ async fn wait_for_writer(writer: &WriterHandle) {
     }
 }
 
-/// A message as a delivery writes it: a stream protocol record from where its AMQP 1.0 part
-/// starts (no copy made to find it), or an AMQP 0-9-1 record converted.
-enum Outgoing<'a> {
-    Stored(&'a Bytes, usize),
-    Converted(Bytes),
-}
-
-impl Outgoing<'_> {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Outgoing::Stored(r, start) => &r[*start..],
-            Outgoing::Converted(b) => b,
-        }
-    }
-    fn slice(&self) -> Bytes {
-        match self {
-            Outgoing::Stored(r, start) => r.slice(*start..),
-            Outgoing::Converted(b) => b.clone(),
-        }
-    }
-}
-
 /// Sends `chunk` from offset `from` as one or more deliver frames (the first paid by the
 /// credit taken already, each further one by one more, while there is any); returns the
 /// offset after what was sent.
@@ -229,13 +245,7 @@ fn send_chunk(s: &Start, chunk: &StreamChunk, from: u64, credit: &Semaphore) -> 
         // The store returns the chunk holding `from` or one after it; anything else is skipped.
         return from.max(chunk.first + chunk.records.len() as u64);
     };
-    let messages: Vec<Outgoing> = records
-        .iter()
-        .map(|r| match amqp10_start(r) {
-            Some(start) => Outgoing::Stored(r, start),
-            None => Outgoing::Converted(record_as_amqp10(r).unwrap_or_default()),
-        })
-        .collect();
+    let messages: Vec<Bytes> = records.iter().map(|r| record_as_amqp10(chunk.format, r).unwrap_or_default()).collect();
     let budget = s.frame_max.saturating_sub(FRAME_HEADER + CHUNK_HEADER).max(1);
     let mut at = 0;
     let mut paid = true;
@@ -251,7 +261,7 @@ fn send_chunk(s: &Start, chunk: &StreamChunk, from: u64, credit: &Semaphore) -> 
         let mut end = at;
         let mut size = 0;
         while end < messages.len() && end - at < u16::MAX as usize {
-            let len = 4 + messages[end].bytes().len();
+            let len = 4 + messages[end].len();
             if end > at && size + len > budget {
                 break;
             }
@@ -273,13 +283,13 @@ fn send_chunk(s: &Start, chunk: &StreamChunk, from: u64, credit: &Semaphore) -> 
 /// messages as their own slices, written without a copy. The CRC (zlib's CRC-32 of the
 /// data, which clients check) goes in the header: computed over the buffer once it is
 /// written when the data is all in it, else message by message first.
-fn encode(id: u8, timestamp: i64, first: u64, messages: &[Outgoing], data_len: usize) -> Encoded {
-    let large = messages.iter().any(|m| m.bytes().len() >= ZERO_COPY_MIN);
+fn encode(id: u8, timestamp: i64, first: u64, messages: &[Bytes], data_len: usize) -> Encoded {
+    let large = messages.iter().any(|m| m.len() >= ZERO_COPY_MIN);
     let mut crc = crc32fast::Hasher::new();
     if large {
         for m in messages {
-            crc.update(&(m.bytes().len() as u32).to_be_bytes());
-            crc.update(m.bytes());
+            crc.update(&(m.len() as u32).to_be_bytes());
+            crc.update(m);
         }
     }
     let header = FRAME_HEADER + CHUNK_HEADER;
@@ -302,8 +312,8 @@ fn encode(id: u8, timestamp: i64, first: u64, messages: &[Outgoing], data_len: u
     out.put_u32(0); // reserved
     if !large {
         for m in messages {
-            out.put_u32(m.bytes().len() as u32);
-            out.put_slice(m.bytes());
+            out.put_u32(m.len() as u32);
+            out.put_slice(m);
         }
         let crc = crc32fast::hash(&out[header..]);
         out[crc_at..crc_at + 4].copy_from_slice(&crc.to_be_bytes());
@@ -312,11 +322,11 @@ fn encode(id: u8, timestamp: i64, first: u64, messages: &[Outgoing], data_len: u
     out[crc_at..crc_at + 4].copy_from_slice(&crc.finalize().to_be_bytes());
     let mut parts: Vec<Bytes> = Vec::new();
     for m in messages {
-        out.put_u32(m.bytes().len() as u32);
-        if m.bytes().len() >= ZERO_COPY_MIN {
-            crate::net::writer::push_slice(&mut out, &mut parts, m.slice());
+        out.put_u32(m.len() as u32);
+        if m.len() >= ZERO_COPY_MIN {
+            crate::net::writer::push_slice(&mut out, &mut parts, m.clone());
         } else {
-            out.put_slice(m.bytes());
+            out.put_slice(m);
         }
     }
     if !out.is_empty() {

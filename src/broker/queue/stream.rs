@@ -10,12 +10,14 @@
 
 use super::*;
 use crate::broker::arguments::StreamOffset;
-use crate::broker::store::StreamStore;
+use crate::broker::store::{RecordFormat, StreamStore};
 use crate::types::{BasicProperties, FieldValue};
 use bytes::{Buf, BufMut, BytesMut};
 
-/// The first byte of a record: an AMQP 0-9-1 message (exchange, routing key, properties,
-/// body), or an AMQP 1.0 message as the stream protocol publishes it.
+/// The first byte of one of Hare's records (chunks of `RecordFormat::Hare`): an AMQP 0-9-1
+/// message; or, in chunks of the layout before osiris's only, an AMQP 1.0 message as the
+/// stream protocol published it, after its publisher's reference and publishing id (the
+/// stream protocol's messages are now kept as they are, in chunks of their own).
 const RECORD_AMQP091: u8 = 1;
 const RECORD_AMQP10: u8 = 2;
 const FLAG_PERSISTENT: u8 = 1;
@@ -60,78 +62,49 @@ pub fn encode_record(message: &Message, offset: u64, buf: &mut BytesMut) {
     }
 }
 
-/// A message published over the stream protocol, as a stream stores it:
-/// `2 | reference (u8 length) | publishing id (u64, with a reference only) | AMQP 1.0 message`.
-/// The publisher's reference and id are kept so that deduplication survives a crash
-/// between a chunk's fsync and the save of the stream's tracking.
-pub fn encode_amqp10_record(writer: Option<(&str, u64)>, message: &[u8], buf: &mut BytesMut) {
-    buf.reserve(11 + writer.map_or(0, |w| w.0.len()) + message.len());
-    buf.put_u8(RECORD_AMQP10);
-    match writer {
-        Some((reference, id)) if !reference.is_empty() && reference.len() < 256 => {
-            buf.put_u8(reference.len() as u8);
-            buf.put_slice(reference.as_bytes());
-            buf.put_u64(id);
-        }
-        _ => buf.put_u8(0),
-    }
-    buf.put_slice(message);
-}
-
-/// The AMQP 1.0 part of a stream protocol record, and the publisher that wrote it.
+/// An old-layout stream protocol record (`2 | reference (u8 length) | publishing id (u64,
+/// with a reference only) | AMQP 1.0 message`): its publisher and its AMQP 1.0 part.
 fn split_amqp10(record: &bytes::Bytes) -> Option<(Option<(&str, u64)>, bytes::Bytes)> {
+    if record.first() != Some(&RECORD_AMQP10) {
+        return None;
+    }
     let len = *record.get(1)? as usize;
     if len == 0 {
         return Some((None, record.slice(2..)));
     }
     let reference = std::str::from_utf8(record.get(2..2 + len)?).ok()?;
     let id = u64::from_be_bytes(record.get(2 + len..10 + len)?.try_into().ok()?);
-    Some((Some((reference, id)), record.slice(10 + len..)))
+    Some((Some((reference, id)), record.get(10 + len..).map(|_| record.slice(10 + len..))?))
 }
 
-/// Where the AMQP 1.0 message of a stream protocol record starts (None for other records):
-/// a delivery writes `record[start..]` as it is.
-pub fn amqp10_start(record: &[u8]) -> Option<usize> {
-    if record.first() != Some(&RECORD_AMQP10) {
-        return None;
-    }
-    let start = match *record.get(1)? as usize {
-        0 => 2,
-        len => 10 + len,
-    };
-    (start <= record.len()).then_some(start)
-}
-
-/// The publisher reference and publishing id a record was appended with, if any.
-pub fn record_writer(record: &bytes::Bytes) -> Option<(&str, u64)> {
-    match record.first() {
-        Some(&RECORD_AMQP10) => split_amqp10(record)?.0,
-        _ => None,
+/// A record's AMQP 1.0 message, if it holds one as it is (a slice, no copy): a record of
+/// an AMQP 1.0 chunk, or an old-layout stream protocol record. None for AMQP 0-9-1.
+pub fn amqp10_part(format: RecordFormat, record: &bytes::Bytes) -> Option<bytes::Bytes> {
+    match format {
+        RecordFormat::Amqp10 => Some(record.clone()),
+        RecordFormat::Hare => Some(split_amqp10(record)?.1),
     }
 }
 
-/// A record as the stream protocol delivers it: an AMQP 1.0 message (a slice of the chunk
-/// for what the stream protocol published; converted, with `x-exchange` and
-/// `x-routing-key` annotations, for what AMQP 0-9-1 published).
-pub fn record_as_amqp10(record: &bytes::Bytes) -> Option<bytes::Bytes> {
-    match record.first() {
-        Some(&RECORD_AMQP10) => Some(split_amqp10(record)?.1),
-        Some(&RECORD_AMQP091) => {
-            let m = decode_record(record, 0, "")?;
-            let mut props = m.decode_properties();
-            if let Some(h) = props.headers.as_mut() {
-                h.remove("x-stream-offset");
-                if h.is_empty() {
-                    props.headers = None;
-                }
-            }
-            let mut out = BytesMut::new();
-            let parts: Vec<&[u8]> = m.body.parts().iter().map(|p| &p[..]).collect();
-            crate::types::amqp10::from_amqp091(m.exchange.as_str(), m.routing_key.as_str(), &props, &parts, &mut out);
-            Some(out.freeze())
+/// A record as the stream protocol delivers it: an AMQP 1.0 message (the record itself for
+/// what the stream protocol published; converted, with `x-exchange` and `x-routing-key`
+/// annotations, for what AMQP 0-9-1 published).
+pub fn record_as_amqp10(format: RecordFormat, record: &bytes::Bytes) -> Option<bytes::Bytes> {
+    if let Some(m) = amqp10_part(format, record) {
+        return Some(m);
+    }
+    let m = decode_record(format, record, 0, "")?;
+    let mut props = m.decode_properties();
+    if let Some(h) = props.headers.as_mut() {
+        h.remove("x-stream-offset");
+        if h.is_empty() {
+            props.headers = None;
         }
-        _ => None,
     }
+    let mut out = BytesMut::new();
+    let parts: Vec<&[u8]> = m.body.parts().iter().map(|p| &p[..]).collect();
+    crate::types::amqp10::from_amqp091(m.exchange.as_str(), m.routing_key.as_str(), &props, &parts, &mut out);
+    Some(out.freeze())
 }
 
 /// Reads the records appended after the stream's saved tracking for the publishers that
@@ -149,9 +122,15 @@ pub fn recover_writers(store: &Arc<dyn StreamStore>, label: &str) {
                 break;
             }
         };
-        for record in chunk.records.iter() {
-            if let Some((reference, id)) = record_writer(record) {
-                store.recover_writer(reference, id);
+        for (reference, id) in chunk.writers.iter() {
+            store.recover_writer(reference, *id);
+        }
+        if chunk.format == RecordFormat::Hare {
+            // Records of the layout before osiris's name their publishers themselves.
+            for record in chunk.records.iter() {
+                if let Some((Some((reference, id)), _)) = split_amqp10(record) {
+                    store.recover_writer(reference, id);
+                }
             }
         }
         let next = chunk.first + chunk.records.len() as u64;
@@ -166,9 +145,8 @@ pub fn recover_writers(store: &Arc<dyn StreamStore>, label: &str) {
 /// `offset` and `stream` give a stream protocol message its `x-stream-offset` header and
 /// its routing key (the stream's name, as RabbitMQ gives it). None for a record this
 /// version cannot read.
-pub fn decode_record(record: &bytes::Bytes, offset: u64, stream: &str) -> Option<Message> {
-    if record.first() == Some(&RECORD_AMQP10) {
-        let (_, data) = split_amqp10(record)?;
+pub fn decode_record(format: RecordFormat, record: &bytes::Bytes, offset: u64, stream: &str) -> Option<Message> {
+    if let Some(data) = amqp10_part(format, record) {
         let converted = crate::types::amqp10::to_amqp091(&data)
             .unwrap_or_else(|| crate::types::amqp10::Amqp091 { body: data, ..Default::default() });
         let mut props = converted.props;
@@ -263,7 +241,7 @@ impl Queue {
 
     /// Appends a routed message; its confirm waits for the returned ticket.
     pub(super) fn stream_publish(&self, store: &Arc<dyn StreamStore>, message: &Message) -> Published {
-        let (_, ticket) = store.append(None, &mut |offset, buf| encode_record(message, offset, buf));
+        let (_, ticket) = store.append(&mut |offset, buf| encode_record(message, offset, buf));
         let mut st = self.state.lock();
         st.counts.publish += 1;
         st.last_used = now_ms();
@@ -274,9 +252,9 @@ impl Queue {
     /// (a named publisher's reference and publishing id); returns its offset and the ticket
     /// its confirm waits for. None if the queue is not a stream. The queue's publish count
     /// is kept by `count_stream_publishes`, once per frame.
-    pub fn stream_append(&self, writer: Option<(&str, u64)>, message: &[u8]) -> Option<(u64, u64)> {
+    pub fn stream_append(&self, writer: Option<(&str, u64)>, message: bytes::Bytes) -> Option<(u64, u64)> {
         let store = self.stream.as_ref()?;
-        Some(store.append(writer, &mut |_, buf| encode_amqp10_record(writer, message, buf)))
+        Some(store.append_amqp10(writer, message))
     }
 
     /// `n` messages were appended over the stream protocol.
@@ -321,8 +299,8 @@ impl Queue {
                 if next >= end || !self.may_deliver(&consumer) {
                     break;
                 }
-                let (chunk_first, records) = match store.read(next) {
-                    Ok(Some(chunk)) => (chunk.first, chunk.records),
+                let (chunk_first, format, records) = match store.read(next) {
+                    Ok(Some(chunk)) => (chunk.first, chunk.format, chunk.records),
                     Ok(None) => break,
                     Err(e) => {
                         tracing::error!("stream '{}' in vhost '{}': {e}", self.name, self.vhost);
@@ -333,7 +311,7 @@ impl Queue {
                 let chunk_end = (chunk_first + records.len() as u64).min(end);
                 while at < chunk_end && self.may_deliver(&consumer) {
                     let record = &records[(at - chunk_first) as usize];
-                    match decode_record(record, at, &self.name) {
+                    match decode_record(format, record, at, &self.name) {
                         Some(message) => {
                             let mut m = QueuedMessage::unqueued(Arc::new(message));
                             m.seq = at;

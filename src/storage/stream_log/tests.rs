@@ -43,6 +43,27 @@ fn messages(rng: &mut StdRng, tag: u64) -> Vec<Bytes> {
         .collect()
 }
 
+/// What a stream protocol client reads from a chunk as it is sent: the header's counts and
+/// CRC checked, the entries split.
+fn delivered(wire: StreamWire) -> Vec<Bytes> {
+    let bytes = match wire {
+        StreamWire::Memory(b) => b,
+        StreamWire::File { file, position, len } => {
+            let mut b = vec![0u8; len];
+            file.read_exact_at(&mut b, position).expect("the region");
+            Bytes::from(b)
+        }
+    };
+    assert_eq!(bytes[0], MAGIC_VERSION);
+    assert_eq!(bytes[1], 0, "a user chunk");
+    let entries = u16::from_be_bytes([bytes[2], bytes[3]]) as u32;
+    let data_len = u32::from_be_bytes(bytes[36..40].try_into().expect("4 bytes")) as usize;
+    assert_eq!(bytes.len(), CHUNK_HEADER + data_len, "header and data, no trailer");
+    let crc = u32::from_be_bytes(bytes[32..36].try_into().expect("4 bytes"));
+    assert_eq!(crc, crc32fast::hash(&bytes[CHUNK_HEADER..]), "the CRC clients check");
+    split_messages(bytes.slice(CHUNK_HEADER..), entries).expect("entries")
+}
+
 #[test]
 fn the_log_agrees_with_a_model_under_random_operations() {
     for seed in 0..40u64 {
@@ -60,15 +81,28 @@ fn the_log_agrees_with_a_model_under_random_operations() {
                 0..=49 => {
                     now += rng.gen_range(0..50);
                     let m = messages(&mut rng, step);
-                    let first = log.append(&m, now).expect("append");
+                    let format = if rng.gen_bool(0.5) { RecordFormat::Amqp10 } else { RecordFormat::Hare };
+                    let names: Vec<String> = (0..rng.gen_range(0..3)).map(|w| format!("writer-{w}-{step}")).collect();
+                    let writers: Vec<(&str, u64)> = names.iter().map(|n| (n.as_str(), rng.gen())).collect();
+                    let first = log.append(format, &m, &writers, now).expect("append");
                     assert_eq!(first, model.next, "{ctx}");
                     model.next += m.len() as u64;
-                    model.chunks.push(Chunk { first_offset: first, timestamp: now, messages: m });
+                    let writers = writers.iter().map(|(n, id)| (n.to_string(), *id)).collect();
+                    model.chunks.push(Chunk { first_offset: first, timestamp: now, format, messages: m, writers });
                 }
                 50..=69 => {
                     let offset = rng.gen_range(0..model.next + 3);
-                    let got = log.chunk_at(offset).map(|c| log.read(&c).expect("read"));
+                    let info = log.chunk_at(offset);
+                    let got = info.map(|c| log.read(&c).expect("read"));
                     assert_eq!(got.as_ref(), model.at(offset), "{ctx}: chunk at {offset}");
+                    // A chunk of AMQP 1.0 messages is also had as the stream protocol sends it.
+                    if let (Some(info), Some(want)) = (info, got) {
+                        let wire = log.wire(&info).expect("wire");
+                        assert_eq!(wire.is_some(), want.format == RecordFormat::Amqp10, "{ctx}");
+                        if let Some(wire) = wire {
+                            assert_eq!(delivered(wire), want.messages, "{ctx}: sent as stored");
+                        }
+                    }
                 }
                 70..=79 => {
                     let t = now - rng.gen_range(-5..300);
@@ -125,18 +159,19 @@ fn a_torn_chunk_at_the_end_is_cut_off_and_the_log_goes_on() {
     let dir = temp_dir("torn");
     let settings = Settings { max_segment_bytes: 1 << 20 };
     let mut log = StreamLog::open(&dir, settings, None).expect("open");
-    log.append(&[Bytes::from_static(b"one"), Bytes::from_static(b"two")], 10).expect("append");
-    log.append(&[Bytes::from_static(b"three")], 20).expect("append");
+    log.append(RecordFormat::Amqp10, &[Bytes::from_static(b"one"), Bytes::from_static(b"two")], &[], 10)
+        .expect("append");
+    log.append(RecordFormat::Hare, &[Bytes::from_static(b"three")], &[("p", 1)], 20).expect("append");
     log.sync().expect("sync");
     drop(log);
     // A crash halfway through a third append: part of its chunk and no index entry.
     let segment = dir.join(format!("{:020}.segment", 0));
     let mut f = OpenOptions::new().append(true).open(&segment).expect("segment");
-    f.write_all(&[0x48, 0x53, 0x43, 0x31, 0, 0, 0, 1, 0, 0]).expect("torn write");
+    f.write_all(&[MAGIC_VERSION, 0, 0, 1, 0, 0, 0, 1, 0, 0]).expect("torn write");
     drop(f);
     let mut log = StreamLog::open(&dir, settings, None).expect("reopen");
     assert_eq!(log.next_offset(), 3);
-    assert_eq!(log.append(&[Bytes::from_static(b"four")], 30).expect("append"), 3);
+    assert_eq!(log.append(RecordFormat::Amqp10, &[Bytes::from_static(b"four")], &[], 30).expect("append"), 3);
     let c = log.chunk_at(3).expect("the new chunk");
     assert_eq!(log.read(&c).expect("read").messages, vec![Bytes::from_static(b"four")]);
     let _ = std::fs::remove_dir_all(&dir);
@@ -148,7 +183,8 @@ fn a_lost_or_damaged_index_is_rebuilt_from_the_chunks() {
     let settings = Settings { max_segment_bytes: 1 << 20 };
     let mut log = StreamLog::open(&dir, settings, None).expect("open");
     for i in 0..10u8 {
-        log.append(&[Bytes::from(vec![i; 10 + i as usize])], i as i64 * 100).expect("append");
+        log.append(RecordFormat::Amqp10, &[Bytes::from(vec![i; 10 + i as usize])], &[], i as i64 * 100)
+            .expect("append");
     }
     drop(log);
     let index = dir.join(format!("{:020}.index", 0));
@@ -173,7 +209,7 @@ fn a_damaged_chunk_does_not_read_as_messages() {
     let dir = temp_dir("damaged");
     let settings = Settings { max_segment_bytes: 1 << 20 };
     let mut log = StreamLog::open(&dir, settings, None).expect("open");
-    log.append(&[Bytes::from_static(b"kept safe")], 1).expect("append");
+    log.append(RecordFormat::Amqp10, &[Bytes::from_static(b"kept safe")], &[], 1).expect("append");
     let segment = dir.join(format!("{:020}.segment", 0));
     let f = OpenOptions::new().write(true).open(&segment).expect("segment");
     f.write_all_at(b"X", CHUNK_HEADER as u64 + 5).expect("damage");
@@ -188,16 +224,59 @@ fn sealed_chunks_keep_no_message_in_the_clear() {
     let settings = Settings { max_segment_bytes: 1 << 20 };
     let keys = Some(Arc::new(KeyRing::from_key([9; 32])));
     let mut log = StreamLog::open(&dir, settings, keys.clone()).expect("open");
-    log.append(&[Bytes::from_static(b"a secret message")], 10).expect("append");
+    log.append(RecordFormat::Amqp10, &[Bytes::from_static(b"a secret message")], &[("secret-writer", 3)], 10)
+        .expect("append");
     log.sync().expect("sync");
     drop(log);
     let raw = std::fs::read(dir.join(format!("{:020}.segment", 0))).expect("segment");
-    assert!(!raw.windows(6).any(|w| w == b"secret"), "the message is on disk in the clear");
+    assert!(!raw.windows(6).any(|w| w == b"secret"), "the message or its writer is on disk in the clear");
     // Read back with the key; without it, an error rather than garbage.
     let log = StreamLog::open(&dir, settings, keys).expect("reopen");
     let chunk = log.read(&log.chunk_at(0).expect("chunk")).expect("read");
     assert_eq!(chunk.messages, vec![Bytes::from_static(b"a secret message")]);
+    assert_eq!(chunk.writers, vec![("secret-writer".to_string(), 3)]);
+    // Sent opened, its header made to match.
+    let wire = log.wire(&log.chunk_at(0).expect("chunk")).expect("wire").expect("a user chunk");
+    assert!(matches!(wire, StreamWire::Memory(_)));
+    assert_eq!(delivered(wire), vec![Bytes::from_static(b"a secret message")]);
     let log = StreamLog::open(&dir, settings, None).expect("reopen without a key");
     assert!(log.read(&log.chunk_at(0).expect("chunk")).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A stream written by an earlier version (the 32-byte "HSC1" header, CRC32C, records that
+/// carry their publisher) reads as before, and new chunks follow it in the same segment.
+#[test]
+fn chunks_of_the_layout_before_osiris_read_still() {
+    let dir = temp_dir("legacy");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let records = [Bytes::from_static(b"\x01first"), Bytes::from_static(b"\x01second")];
+    let mut data = BytesMut::new();
+    for r in &records {
+        data.put_u32(r.len() as u32);
+        data.put_slice(r);
+    }
+    let mut chunk = BytesMut::new();
+    chunk.put_u32(LEGACY_MAGIC);
+    chunk.put_u32(2);
+    chunk.put_u64(0);
+    chunk.put_i64(500);
+    chunk.put_u32(data.len() as u32);
+    chunk.put_u32(crc32c::crc32c(&data));
+    chunk.put_slice(&data);
+    std::fs::write(dir.join(format!("{:020}.segment", 0)), &chunk).expect("segment");
+    let settings = Settings { max_segment_bytes: 1 << 20 };
+    let mut log = StreamLog::open(&dir, settings, None).expect("open");
+    assert_eq!(log.next_offset(), 2);
+    let info = log.chunk_at(1).expect("the old chunk");
+    let read = log.read(&info).expect("read");
+    assert_eq!((read.format, read.timestamp, read.messages), (RecordFormat::Hare, 500, records.to_vec()));
+    assert!(log.wire(&info).expect("wire").is_none(), "records are converted to be sent");
+    assert_eq!(log.append(RecordFormat::Amqp10, &[Bytes::from_static(b"new")], &[], 600).expect("append"), 2);
+    drop(log);
+    let log = StreamLog::open(&dir, settings, None).expect("reopen");
+    assert_eq!(log.next_offset(), 3);
+    assert_eq!(log.read(&log.chunk_at(0).expect("old")).expect("read").messages, records.to_vec());
+    assert_eq!(log.read(&log.chunk_at(2).expect("new")).expect("read").messages, vec![Bytes::from_static(b"new")]);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -67,7 +67,7 @@ impl Conn {
             let ticket = match data {
                 Entry::One(message) => {
                     appended += 1;
-                    queue.stream_append(writer, &message).map(|(_, t)| t)
+                    queue.stream_append(writer, message).map(|(_, t)| t)
                 }
                 Entry::Batch(batch) => {
                     let mut ticket = None;
@@ -75,7 +75,7 @@ impl Conn {
                     for (i, message) in batch.into_iter().enumerate() {
                         // The batch's publishing id goes with its last message.
                         let w = if i + 1 == n { writer } else { None };
-                        ticket = queue.stream_append(w, &message).map(|(_, t)| t);
+                        ticket = queue.stream_append(w, message).map(|(_, t)| t);
                     }
                     appended += n as u64;
                     ticket

@@ -18,7 +18,7 @@ fn a_record_reads_back_as_the_message_with_its_offset() {
     let m = Message::new("ex".into(), "key".into(), props.to_bytes(), bytes::Bytes::from_static(b"body"), true);
     let mut buf = BytesMut::new();
     encode_record(&m, 42, &mut buf);
-    let back = decode_record(&buf.freeze(), 42, "s").expect("decodes");
+    let back = decode_record(RecordFormat::Hare, &buf.freeze(), 42, "s").expect("decodes");
     assert_eq!((back.exchange.as_str(), back.routing_key.as_str()), ("ex", "key"));
     assert!(back.persistent);
     assert_eq!(back.body.to_bytes(), bytes::Bytes::from_static(b"body"));
@@ -26,46 +26,64 @@ fn a_record_reads_back_as_the_message_with_its_offset() {
     assert_eq!(p.content_type.as_deref(), Some("text/plain"));
     assert_eq!(p.headers.and_then(|h| h.get("x-stream-offset").cloned()), Some(FieldValue::I64(42)));
     // Truncated or foreign records are refused, not misread.
-    assert!(decode_record(&bytes::Bytes::from_static(&[3, 0, 0]), 0, "s").is_none());
-    assert!(decode_record(&bytes::Bytes::from_static(&[1, 0, 5, b'a']), 0, "s").is_none());
-    assert!(decode_record(&bytes::Bytes::from_static(&[2, 9, b'a']), 0, "s").is_none());
+    for bad in [&[3u8, 0, 0][..], &[1, 0, 5, b'a'], &[2, 9, b'a']] {
+        assert!(decode_record(RecordFormat::Hare, &bytes::Bytes::copy_from_slice(bad), 0, "s").is_none());
+    }
+}
+
+/// A record of the layout before osiris's for a stream protocol message: `2 | reference
+/// (u8 length) | publishing id (u64, with a reference only) | AMQP 1.0 message`.
+fn legacy_amqp10_record(writer: Option<(&str, u64)>, message: &[u8]) -> bytes::Bytes {
+    let mut buf = BytesMut::new();
+    buf.put_u8(RECORD_AMQP10);
+    match writer {
+        Some((reference, id)) => {
+            buf.put_u8(reference.len() as u8);
+            buf.put_slice(reference.as_bytes());
+            buf.put_u64(id);
+        }
+        None => buf.put_u8(0),
+    }
+    buf.put_slice(message);
+    buf.freeze()
 }
 
 #[test]
-fn a_stream_protocol_record_keeps_its_publisher_and_reads_as_amqp_0_9_1() {
+fn a_stream_protocol_message_reads_as_amqp_0_9_1_in_either_layout() {
     let mut amqp10 = BytesMut::new();
     let props = BasicProperties { content_type: Some("text/plain".into()), ..Default::default() };
     crate::types::amqp10::from_amqp091("", "", &props, &[b"hi"], &mut amqp10);
-    let mut buf = BytesMut::new();
-    encode_amqp10_record(Some(("producer-1", 9)), &amqp10, &mut buf);
-    let record = buf.freeze();
-    assert_eq!(record_writer(&record), Some(("producer-1", 9)));
-    assert_eq!(record_as_amqp10(&record).as_deref(), Some(&amqp10[..]));
-    let m = decode_record(&record, 5, "events").expect("decodes");
-    assert_eq!(m.body.to_bytes(), bytes::Bytes::from_static(b"hi"));
-    assert_eq!((m.exchange.as_str(), m.routing_key.as_str()), ("", ""));
-    let p = m.decode_properties();
-    assert_eq!(p.content_type.as_deref(), Some("text/plain"));
-    assert_eq!(p.headers.and_then(|h| h.get("x-stream-offset").cloned()), Some(FieldValue::I64(5)));
+    let amqp10 = amqp10.freeze();
+    let legacy = legacy_amqp10_record(Some(("producer-1", 9)), &amqp10);
+    assert_eq!(split_amqp10(&legacy).and_then(|(w, _)| w), Some(("producer-1", 9)));
+    for (format, record) in [(RecordFormat::Amqp10, &amqp10), (RecordFormat::Hare, &legacy)] {
+        assert_eq!(record_as_amqp10(format, record).as_deref(), Some(&amqp10[..]));
+        let m = decode_record(format, record, 5, "events").expect("decodes");
+        assert_eq!(m.body.to_bytes(), bytes::Bytes::from_static(b"hi"));
+        assert_eq!((m.exchange.as_str(), m.routing_key.as_str()), ("", ""));
+        let p = m.decode_properties();
+        assert_eq!(p.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(p.headers.and_then(|h| h.get("x-stream-offset").cloned()), Some(FieldValue::I64(5)));
+    }
     // Bytes that are not AMQP 1.0 are the body as they are; the routing key is the stream's.
-    let mut buf = BytesMut::new();
-    encode_amqp10_record(None, b"raw", &mut buf);
-    let record = buf.freeze();
-    assert_eq!(record_writer(&record), None);
-    let m = decode_record(&record, 0, "events").expect("decodes");
-    assert_eq!((m.body.to_bytes(), m.routing_key.as_str()), (bytes::Bytes::from_static(b"raw"), "events"));
+    let raw = bytes::Bytes::from_static(b"raw");
+    for (format, record) in [(RecordFormat::Amqp10, raw.clone()), (RecordFormat::Hare, legacy_amqp10_record(None, &raw))] {
+        let m = decode_record(format, &record, 0, "events").expect("decodes");
+        assert_eq!((m.body.to_bytes(), m.routing_key.as_str()), (raw.clone(), "events"));
+    }
     // An AMQP 0-9-1 record reaches the stream protocol as AMQP 1.0, offset header left out.
     let m0 = Message::new("ex".into(), "key".into(), props.to_bytes(), bytes::Bytes::from_static(b"b"), false);
     let mut buf = BytesMut::new();
     encode_record(&m0, 3, &mut buf);
-    let converted = record_as_amqp10(&buf.freeze()).expect("converts");
+    let converted = record_as_amqp10(RecordFormat::Hare, &buf.freeze()).expect("converts");
     let back = crate::types::amqp10::to_amqp091(&converted).expect("AMQP 1.0");
     assert_eq!((back.exchange.as_deref(), back.routing_key.as_deref()), (Some("ex"), Some("key")));
     assert_eq!(back.props, props);
 }
 
 /// A stream log in memory: appends wait in `pending` until `make_durable` seals them into a
-/// chunk, as the sync thread's rounds do.
+/// chunk, as the sync thread's rounds do. It keeps Hare's records only: a stream protocol
+/// message is kept in the layout before osiris's, which readers read still.
 #[derive(Debug, Default)]
 struct MemoryStore {
     state: parking_lot::Mutex<MemoryState>,
@@ -94,13 +112,26 @@ impl MemoryStore {
 }
 
 impl StreamStore for MemoryStore {
-    fn append(&self, _writer: Option<(&str, u64)>, record: &mut dyn FnMut(u64, &mut BytesMut)) -> (u64, u64) {
+    fn append(&self, record: &mut dyn FnMut(u64, &mut BytesMut)) -> (u64, u64) {
         let mut st = self.state.lock();
         let offset = (st.records.len() + st.pending.len()) as u64;
         let mut buf = BytesMut::new();
         record(offset, &mut buf);
         st.pending.push(buf.freeze());
         (offset, 0)
+    }
+    fn append_amqp10(&self, writer: Option<(&str, u64)>, message: bytes::Bytes) -> (u64, u64) {
+        let mut st = self.state.lock();
+        let offset = (st.records.len() + st.pending.len()) as u64;
+        st.pending.push(legacy_amqp10_record(writer, &message));
+        (offset, 0)
+    }
+    fn read_wire(
+        &self,
+        _offset: u64,
+    ) -> Result<Option<(u64, u32, crate::broker::store::StreamWire)>, StoreError> {
+        // Records only: a reader reads them with `read`.
+        Ok(None)
     }
     fn bounds(&self) -> (u64, u64) {
         (0, self.state.lock().records.len() as u64)
@@ -122,7 +153,13 @@ impl StreamStore for MemoryStore {
         let first = st.chunks[c];
         let next = st.chunks.get(c + 1).copied().unwrap_or(end);
         let records = st.records[first as usize..next as usize].to_vec().into();
-        Ok(Some(crate::broker::store::StreamChunk { first, timestamp: 0, records }))
+        Ok(Some(crate::broker::store::StreamChunk {
+            first,
+            timestamp: 0,
+            format: RecordFormat::Hare,
+            records,
+            writers: Vec::new().into(),
+        }))
     }
     fn size(&self) -> (u64, usize) {
         (0, 1)
