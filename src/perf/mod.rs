@@ -214,10 +214,14 @@ struct Stats {
     stop: AtomicBool,
     stopped: Notify,
     producers_done: AtomicU64,
+    /// With --count, the messages the consumers are to see, and when the last of them came:
+    /// the run's rate is taken to that moment, not to the report's next 100 ms tick.
+    expected: AtomicU64,
+    finished: std::sync::OnceLock<Instant>,
 }
 
 impl Stats {
-    fn new() -> Arc<Stats> {
+    fn new(expected: Option<u64>) -> Arc<Stats> {
         Arc::new(Stats {
             published: AtomicU64::new(0),
             confirmed: AtomicU64::new(0),
@@ -228,7 +232,18 @@ impl Stats {
             stop: AtomicBool::new(false),
             stopped: Notify::new(),
             producers_done: AtomicU64::new(0),
+            expected: AtomicU64::new(expected.unwrap_or(0)),
+            finished: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Counts messages consumed; the count that completes a --count run notes the time.
+    fn count_consumed(&self, n: u64) {
+        let total = self.consumed.fetch_add(n, Ordering::AcqRel) + n;
+        let expected = self.expected.load(Ordering::Acquire);
+        if expected > 0 && total >= expected {
+            let _ = self.finished.set(Instant::now());
+        }
     }
 
     fn record(h: &Mutex<(Histogram<u64>, Histogram<u64>)>, local: &mut Histogram<u64>) {
@@ -339,7 +354,7 @@ pub async fn run(args: PerfArgs) -> Result<Summary, String> {
         return idle(&args, &target).await;
     }
     setup(&args, &target).await.map_err(|e| format!("setting up queues: {e}"))?;
-    let stats = Stats::new();
+    let stats = Stats::new(args.expected());
     let mut tasks = Vec::new();
     for c in 0..args.consumers {
         let client = Client::connect(&target).await.map_err(|e| format!("consumer {c}: {e}"))?;
@@ -405,8 +420,10 @@ async fn stop<E: std::fmt::Display>(
 ) -> Measured {
     stats.stop.store(true, Ordering::Release);
     stats.stopped.notify_waiters();
-    let seconds = window.start.elapsed().as_secs_f64();
-    let cpu_percent = 100.0 * (cpu_seconds() - window.cpu) / seconds.max(1e-9);
+    let elapsed = window.start.elapsed().as_secs_f64();
+    let cpu_percent = 100.0 * (cpu_seconds() - window.cpu) / elapsed.max(1e-9);
+    // The rates are taken to when the last message expected came, if it did.
+    let seconds = stats.finished.get().map_or(elapsed, |f| f.duration_since(window.start).as_secs_f64());
     let mut errors = Vec::new();
     let deadline = tokio::time::Instant::now() + STOP_GRACE;
     for mut t in tasks {
@@ -771,7 +788,7 @@ async fn consume(args: PerfArgs, index: usize, mut client: Client, stats: Arc<St
                     let sent = u64::from_be_bytes(b[..8].try_into().unwrap_or_default());
                     let _ = local.record(clock().saturating_sub(sent).max(1_000));
                 }
-                stats.consumed.fetch_add(1, Ordering::AcqRel);
+                stats.count_consumed(1);
                 unacked += 1;
                 if manual && unacked >= ack_every {
                     writer.method(1, BasicAck { delivery_tag: tag, multiple: true });

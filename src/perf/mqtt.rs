@@ -185,7 +185,7 @@ pub(super) async fn run(args: &PerfArgs, target: &Target) -> Result<Summary, Str
     if args.idle_connections > 0 {
         return idle(args, target).await;
     }
-    let stats = Stats::new();
+    let stats = Stats::new(expected(args));
     // Subscribers run on a thread of their own: tasks are scheduled in turn, so on the
     // publishers' threads a subscriber would get one turn in a thousand in a fan-in, and the
     // generator, not the broker, would set the rate it receives at.
@@ -350,7 +350,7 @@ async fn consume(mut conn: Conn, stats: Arc<Stats>) -> Result<(), String> {
                 if let Some(sent) = m.payload.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) {
                     let _ = local.record(now.saturating_sub(sent).max(1_000));
                 }
-                stats.consumed.fetch_add(1, Ordering::AcqRel);
+                stats.count_consumed(1);
                 if let Some(id) = m.packet_id {
                     acks.extend_from_slice(&[0x40, 2]);
                     acks.extend_from_slice(&id.to_be_bytes());
