@@ -24,7 +24,12 @@ pub enum Encoded {
     One(Bytes),
     Parts(Vec<Bytes>),
     /// `head`, then `len` bytes of `file` from `position`.
-    File { head: Bytes, file: Arc<File>, position: u64, len: usize },
+    File {
+        head: Bytes,
+        file: Arc<File>,
+        position: u64,
+        len: usize,
+    },
 }
 
 /// The socket half a writer writes to. Plain TCP says so, and is handed file regions with
@@ -150,10 +155,7 @@ pub struct WriterHandle {
 }
 
 impl WriterHandle {
-    pub fn spawn<W: Socket>(
-        socket: W,
-        sink: Arc<ConnectionSink>,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn spawn<W: Socket>(socket: W, sink: Arc<ConnectionSink>) -> (Self, tokio::task::JoinHandle<()>) {
         let queue = Arc::new(Queue::default());
         let unwritten = Arc::new(AtomicUsize::new(0));
         let drained = Arc::new(Notify::new());

@@ -382,7 +382,13 @@ impl StreamLog {
         let (header, data, trailer) = self.read_verified(chunk)?;
         let messages = split_messages(data, header.count).ok_or_else(|| corrupt(chunk.first_offset))?;
         let writers = parse_trailer(&trailer).ok_or_else(|| corrupt(chunk.first_offset))?;
-        Ok(Chunk { first_offset: header.first_offset, timestamp: header.timestamp, format: header.format, messages, writers })
+        Ok(Chunk {
+            first_offset: header.first_offset,
+            timestamp: header.timestamp,
+            format: header.format,
+            messages,
+            writers,
+        })
     }
 
     /// A chunk of AMQP 1.0 messages as the stream protocol delivers it (header and data,
@@ -631,8 +637,7 @@ fn open_segment(dir: &Path, first_offset: u64, tail: bool) -> std::io::Result<Se
         if first != expected || at != position || count == 0 {
             break;
         }
-        let Some(h) = read_header(&file, at, file_len).filter(|h| h.first_offset == first && h.count == count)
-        else {
+        let Some(h) = read_header(&file, at, file_len).filter(|h| h.first_offset == first && h.count == count) else {
             break;
         };
         chunks.push(h.info(at));

@@ -67,7 +67,9 @@ fn a_stream_protocol_message_reads_as_amqp_0_9_1_in_either_layout() {
     }
     // Bytes that are not AMQP 1.0 are the body as they are; the routing key is the stream's.
     let raw = bytes::Bytes::from_static(b"raw");
-    for (format, record) in [(RecordFormat::Amqp10, raw.clone()), (RecordFormat::Hare, legacy_amqp10_record(None, &raw))] {
+    for (format, record) in
+        [(RecordFormat::Amqp10, raw.clone()), (RecordFormat::Hare, legacy_amqp10_record(None, &raw))]
+    {
         let m = decode_record(format, &record, 0, "events").expect("decodes");
         assert_eq!((m.body.to_bytes(), m.routing_key.as_str()), (raw.clone(), "events"));
     }
@@ -126,10 +128,7 @@ impl StreamStore for MemoryStore {
         st.pending.push(legacy_amqp10_record(writer, &message));
         (offset, 0)
     }
-    fn read_wire(
-        &self,
-        _offset: u64,
-    ) -> Result<Option<(u64, u32, crate::broker::store::StreamWire)>, StoreError> {
+    fn read_wire(&self, _offset: u64) -> Result<Option<(u64, u32, crate::broker::store::StreamWire)>, StoreError> {
         // Records only: a reader reads them with `read`.
         Ok(None)
     }
