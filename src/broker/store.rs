@@ -87,6 +87,10 @@ pub trait StreamStore: Send + Sync + std::fmt::Debug {
     /// message's publishing id (deduplication): the newest id of each reference is
     /// remembered, durably with the message. Returns its offset and ticket, as `append`.
     fn append_amqp10(&self, writer: Option<(&str, u64)>, message: bytes::Bytes) -> (u64, u64);
+    /// Appends a compressed sub-entry batch as the stream protocol published it (its 11-byte
+    /// header and compressed body, kept and sent as they are): it takes `records` offsets,
+    /// one for each message in it (at least one). Returns its first offset and its ticket.
+    fn append_batch(&self, writer: Option<(&str, u64)>, entry: bytes::Bytes, records: u16) -> (u64, u64);
     /// The offsets readers may read: the oldest kept, and the end of what is durable.
     fn bounds(&self) -> (u64, u64);
     /// The first offset of the newest durable chunk (where a consumer from `last` starts).
@@ -141,6 +145,26 @@ pub struct StreamChunk {
     pub format: RecordFormat,
     pub records: Arc<[bytes::Bytes]>,
     pub writers: Arc<[(String, u64)]>,
+    /// Its compressed sub-entry batches, in offset order; the records of each are empty
+    /// places in `records` (the broker does not decompress them).
+    pub batches: Arc<[CompressedBatch]>,
+}
+
+impl StreamChunk {
+    /// The compressed batch whose messages take `offset`, if one does.
+    pub fn batch_at(&self, offset: u64) -> Option<&CompressedBatch> {
+        let i = self.batches.partition_point(|b| b.first + b.records as u64 <= offset);
+        self.batches.get(i).filter(|b| b.first <= offset)
+    }
+}
+
+/// A compressed sub-entry batch in a stream chunk: the first of the offsets its messages
+/// take, how many they are, and the entry as stored (its header and compressed body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompressedBatch {
+    pub first: u64,
+    pub records: u16,
+    pub entry: bytes::Bytes,
 }
 
 /// What a stream chunk's records are.

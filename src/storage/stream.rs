@@ -9,7 +9,7 @@
 //! write. What readers may read is kept in atomics, read without either lock.
 
 use super::cipher::KeyRing;
-use super::stream_log::{Settings, StreamLog, MAX_ENTRIES};
+use super::stream_log::{Settings, StreamLog, MAX_ENTRIES, MAX_RECORDS};
 use super::syncer::{Flusher, Syncer};
 use crate::broker::store::{
     RecordFormat, StoreError, StreamChunk, StreamSettings, StreamStore, StreamWire, MAX_TRACKED_REFERENCES,
@@ -66,6 +66,20 @@ impl Pending {
 struct Mark {
     format: RecordFormat,
     writer: Option<(u32, u64)>,
+    /// A compressed sub-entry batch of this many messages (written as it is), or 0 for one
+    /// message.
+    batch: u16,
+}
+
+impl Mark {
+    /// The bytes an entry of `len` takes in a chunk's data.
+    fn entry_len(&self, len: usize) -> usize {
+        if self.batch > 0 {
+            len
+        } else {
+            4 + len
+        }
+    }
 }
 
 /// The log and the last chunk read (readers at the head of a stream read the same chunk).
@@ -201,22 +215,16 @@ impl StreamStore for DiskStream {
         let offset = p.next_offset;
         let mut buf = BytesMut::new();
         record(offset, &mut buf);
-        Self::push(&mut p, buf.freeze(), Mark { format: RecordFormat::Hare, writer: None });
+        Self::push(&mut p, buf.freeze(), Mark { format: RecordFormat::Hare, writer: None, batch: 0 });
         (offset, self.list(&mut p))
     }
 
     fn append_amqp10(&self, writer: Option<(&str, u64)>, message: Bytes) -> (u64, u64) {
-        let mut p = self.pending.lock();
-        let offset = p.next_offset;
-        let mut mark = Mark { format: RecordFormat::Amqp10, writer: None };
-        if let Some((reference, id)) = writer {
-            if Self::track(&mut p.writers, reference, id, &self.label) {
-                Self::track(&mut p.round_writers, reference, id, &self.label);
-                mark.writer = Some((p.intern(reference), id));
-            }
-        }
-        Self::push(&mut p, message, mark);
-        (offset, self.list(&mut p))
+        self.append_entry(writer, message, 0)
+    }
+
+    fn append_batch(&self, writer: Option<(&str, u64)>, entry: Bytes, records: u16) -> (u64, u64) {
+        self.append_entry(writer, entry, records.max(1))
     }
 
     fn bounds(&self) -> (u64, u64) {
@@ -252,6 +260,7 @@ impl StreamStore for DiskStream {
             format: chunk.format,
             records: chunk.messages.into(),
             writers: chunk.writers.into(),
+            batches: chunk.batches.into(),
         };
         log.cache = Some(chunk.clone());
         Ok(Some(chunk))
@@ -341,11 +350,26 @@ impl DiskStream {
         true
     }
 
+    /// Appends the stream protocol's message, or compressed batch of `batch` messages.
+    fn append_entry(&self, writer: Option<(&str, u64)>, entry: Bytes, batch: u16) -> (u64, u64) {
+        let mut p = self.pending.lock();
+        let offset = p.next_offset;
+        let mut mark = Mark { format: RecordFormat::Amqp10, writer: None, batch };
+        if let Some((reference, id)) = writer {
+            if Self::track(&mut p.writers, reference, id, &self.label) {
+                Self::track(&mut p.round_writers, reference, id, &self.label);
+                mark.writer = Some((p.intern(reference), id));
+            }
+        }
+        Self::push(&mut p, entry, mark);
+        (offset, self.list(&mut p))
+    }
+
     /// Adds a message to the next round.
     fn push(p: &mut Pending, message: Bytes, mark: Mark) {
         p.messages.push(message);
+        p.next_offset += mark.batch.max(1) as u64;
         p.marks.push(mark);
-        p.next_offset += 1;
     }
 
     /// Puts the stream on the syncer's list for the next round (once) and returns the ticket
@@ -396,8 +420,8 @@ impl Flusher for DiskStream {
         }
         let bytes: usize = messages.iter().map(Bytes::len).sum();
         // The round's messages as chunks of one format each, of at most CHUNK_DATA bytes
-        // (one message at least) and MAX_ENTRIES messages; each chunk's trailer holds the
-        // newest id of each publisher in it.
+        // (one message at least), MAX_ENTRIES entries and MAX_RECORDS messages; each chunk's
+        // trailer holds the newest id of each publisher in it.
         let now = now_ms();
         let mut start = 0;
         let mut first = log.written.1;
@@ -406,15 +430,23 @@ impl Flusher for DiskStream {
         while start < messages.len() {
             let format = marks[start].format;
             let mut end = start + 1;
-            let mut size = 4 + messages[start].len();
+            let mut size = marks[start].entry_len(messages[start].len());
+            let mut records = marks[start].batch.max(1) as usize;
             while end < messages.len()
                 && marks[end].format == format
                 && end - start < MAX_ENTRIES
-                && size + 4 + messages[end].len() <= CHUNK_DATA
+                && records + marks[end].batch.max(1) as usize <= MAX_RECORDS
+                && size + marks[end].entry_len(messages[end].len()) <= CHUNK_DATA
             {
-                size += 4 + messages[end].len();
+                size += marks[end].entry_len(messages[end].len());
+                records += marks[end].batch.max(1) as usize;
                 end += 1;
             }
+            // Which entries are compressed batches (none, mostly: no list then).
+            let batches: Vec<u16> = match marks[start..end].iter().any(|m| m.batch > 0) {
+                true => marks[start..end].iter().map(|m| m.batch).collect(),
+                false => Vec::new(),
+            };
             for m in &marks[start..end] {
                 if let Some((at, id)) = m.writer {
                     newest[at as usize] = Some(id);
@@ -426,7 +458,7 @@ impl Flusher for DiskStream {
                     writers.push((refs[at].as_str(), id));
                 }
             }
-            match log.log.append(format, &messages[start..end], &writers, now) {
+            match log.log.append_entries(format, &messages[start..end], &batches, &writers, now) {
                 Ok(f) => first = f,
                 Err(e) => {
                     log.written = (log.log.next_offset(), first);
@@ -442,7 +474,7 @@ impl Flusher for DiskStream {
                     for (set, list) in [(&marks[start..], &refs), (&later_marks[..], &later_refs)] {
                         for m in set {
                             let writer = m.writer.map(|(at, id)| (p.intern(&list[at as usize]), id));
-                            p.marks.push(Mark { format: m.format, writer });
+                            p.marks.push(Mark { format: m.format, writer, batch: m.batch });
                         }
                     }
                     p.listed = true;
@@ -643,6 +675,47 @@ mod tests {
             offset += c.records.len() as u64;
         }
         assert_eq!(offset, 70_000);
+        syncer.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A compressed batch is one entry that takes an offset for each of its messages; a
+    /// chunk holds at most MAX_RECORDS offsets however small its batches.
+    #[test]
+    fn compressed_batches_take_an_offset_per_message() {
+        let dir = std::env::temp_dir().join(format!("hare-stream-batches-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let syncer = Syncer::start();
+        let s = DiskStream::open(&dir, "test".into(), settings(), syncer.clone(), None).expect("opens");
+        // gzip (1), 65,535 messages, sizes, an opaque body.
+        let entry = Bytes::from_static(b"\x90\xff\xff\x00\x00\x00\x10\x00\x00\x00\x04body");
+        s.append_amqp10(None, Bytes::from_static(b"first"));
+        for _ in 0..10 {
+            s.append_batch(Some(("zipper", 1)), entry.clone(), u16::MAX);
+        }
+        let (last, _) = s.append_amqp10(None, Bytes::from_static(b"last"));
+        syncer.flush_now();
+        assert_eq!(last, 1 + 10 * u16::MAX as u64);
+        assert_eq!(s.bounds(), (0, last + 1));
+        let (mut offset, mut batches) = (0, Vec::new());
+        while let Some(c) = s.read(offset).expect("reads") {
+            assert!(c.records.len() <= MAX_RECORDS, "{} records", c.records.len());
+            assert_eq!(c.first, offset);
+            batches.extend(c.batches.iter().map(|b| (b.first, b.records, b.entry.clone())));
+            // Sent as stored, whole.
+            let (first, count, _) = s.read_wire(offset).expect("reads").expect("AMQP 1.0 messages");
+            assert_eq!((first, count as usize), (offset, c.records.len()));
+            offset += c.records.len() as u64;
+        }
+        assert_eq!(offset, last + 1);
+        let want: Vec<_> = (0..10).map(|i| (1 + i * u16::MAX as u64, u16::MAX, entry.clone())).collect();
+        assert_eq!(batches, want);
+        let head = s.read(0).expect("reads").expect("a chunk");
+        assert_eq!((head.records[0].clone(), head.batch_at(0).is_none()), (Bytes::from_static(b"first"), true));
+        assert_eq!(head.batch_at(1).map(|b| b.first), Some(1));
+        let tail = s.read(last).expect("reads").expect("a chunk");
+        assert_eq!(tail.records[(last - tail.first) as usize], Bytes::from_static(b"last"));
+        assert_eq!(s.writer_sequence("zipper"), Some(1));
         syncer.shutdown();
         let _ = std::fs::remove_dir_all(&dir);
     }

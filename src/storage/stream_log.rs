@@ -37,8 +37,8 @@
 //! never confirmed) cut off.
 
 use super::cipher::{is_sealed_blob, KeyRing, Nonces};
-use crate::broker::store::{RecordFormat, StreamWire};
-use bytes::{BufMut, Bytes, BytesMut};
+use crate::broker::store::{CompressedBatch, RecordFormat, StreamWire};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -60,6 +60,9 @@ const SEALED_AT: usize = 45;
 const EPOCH: u64 = 1;
 /// A chunk holds at most this many entries (the header counts them in 16 bits).
 pub const MAX_ENTRIES: usize = u16::MAX as usize;
+/// And at most this many records: a compressed batch of a few bytes may stand for 65,535
+/// messages, and a chunk read back keeps a place for each (8 MiB at most).
+pub const MAX_RECORDS: usize = 1 << 18;
 /// A trailer entry's type for a publisher's newest publishing id (osiris's "sequence").
 const TRACK_SEQUENCE: u8 = 0;
 /// "HSC1": the layout before osiris's, read still: magic u32, count u32, first offset u64,
@@ -97,8 +100,10 @@ pub struct Chunk {
     pub first_offset: u64,
     pub timestamp: i64,
     pub format: RecordFormat,
+    /// One per offset; the messages of a compressed batch are empty places.
     pub messages: Vec<Bytes>,
     pub writers: Vec<(String, u64)>,
+    pub batches: Vec<CompressedBatch>,
 }
 
 struct Segment {
@@ -218,26 +223,46 @@ impl StreamLog {
         writers: &[(&str, u64)],
         timestamp: i64,
     ) -> std::io::Result<u64> {
+        self.append_entries(format, messages, &[], writers, timestamp)
+    }
+
+    /// As [`StreamLog::append`], where `batches` (empty: none) says which entries are
+    /// compressed sub-entry batches, and of how many messages: those are written as they
+    /// are (their own header and body) and take that many offsets.
+    pub fn append_entries(
+        &mut self,
+        format: RecordFormat,
+        messages: &[Bytes],
+        batches: &[u16],
+        writers: &[(&str, u64)],
+        timestamp: i64,
+    ) -> std::io::Result<u64> {
         let first_offset = self.next_offset();
         if messages.is_empty() {
             return Ok(first_offset);
         }
-        if messages.len() > MAX_ENTRIES {
+        let batch = |i: usize| batches.get(i).copied().unwrap_or(0);
+        let records: u64 = (0..messages.len()).map(|i| batch(i).max(1) as u64).sum();
+        if messages.len() > MAX_ENTRIES || records > MAX_RECORDS as u64 {
             return Err(std::io::Error::other("more messages than a chunk holds"));
         }
         // Timestamps never go back along the log (a clock stepped back stamps as the last
         // chunk), so a search by time is a binary search.
         let last = self.segments.iter().rev().find_map(|s| s.chunks.last()).map(|c| c.timestamp);
         let timestamp = last.map_or(timestamp, |t| timestamp.max(t));
-        let data_len: usize = messages.iter().map(|m| 4 + m.len()).sum();
+        let data_len: usize =
+            messages.iter().enumerate().map(|(i, m)| if batch(i) > 0 { m.len() } else { 4 + m.len() }).sum();
         if data_len as u64 > MAX_CHUNK_DATA {
             return Err(std::io::Error::other("a chunk's messages exceed 1 GiB"));
         }
         let mut buf = BytesMut::with_capacity(CHUNK_HEADER + data_len + writers.len() * 32);
         buf.put_bytes(0, CHUNK_HEADER);
-        for m in messages {
-            // A simple entry: its top bit clear, then 31 bits of size.
-            buf.put_u32(m.len() as u32);
+        for (i, m) in messages.iter().enumerate() {
+            // A simple entry: its top bit clear, then 31 bits of size; a sub-entry batch
+            // begins with its own header, top bit set.
+            if batch(i) == 0 {
+                buf.put_u32(m.len() as u32);
+            }
             buf.put_slice(m);
         }
         for (reference, id) in writers {
@@ -269,7 +294,7 @@ impl StreamLog {
             RecordFormat::Hare => TYPE_RECORDS,
         });
         h.put_u16(messages.len() as u16);
-        h.put_u32(messages.len() as u32);
+        h.put_u32(records as u32);
         h.put_i64(timestamp);
         h.put_u64(EPOCH);
         h.put_u64(first_offset);
@@ -292,7 +317,7 @@ impl StreamLog {
         let Some(segment) = self.segments.last_mut() else { return Err(std::io::Error::other("no segment")) };
         let info = ChunkInfo {
             first_offset,
-            count: messages.len() as u32,
+            count: records as u32,
             timestamp,
             position: segment.size,
             len: buf.len() as u64,
@@ -380,7 +405,10 @@ impl StreamLog {
     /// Reads a chunk back and verifies it.
     pub fn read(&self, chunk: &ChunkInfo) -> std::io::Result<Chunk> {
         let (header, data, trailer) = self.read_verified(chunk)?;
-        let messages = split_messages(data, header.count).ok_or_else(|| corrupt(chunk.first_offset))?;
+        let (messages, batches) = match header.legacy {
+            true => (split_messages(data, header.count).ok_or_else(|| corrupt(chunk.first_offset))?, Vec::new()),
+            false => split_entries(data, &header).ok_or_else(|| corrupt(chunk.first_offset))?,
+        };
         let writers = parse_trailer(&trailer).ok_or_else(|| corrupt(chunk.first_offset))?;
         Ok(Chunk {
             first_offset: header.first_offset,
@@ -388,6 +416,7 @@ impl StreamLog {
             format: header.format,
             messages,
             writers,
+            batches,
         })
     }
 
@@ -472,7 +501,9 @@ fn index_entry(c: &ChunkInfo) -> [u8; INDEX_ENTRY] {
 /// A chunk's header, as written (in either layout).
 struct Header {
     format: RecordFormat,
+    /// Records (offsets), and entries (a compressed batch is one entry of several records).
     count: u32,
+    entries: u32,
     first_offset: u64,
     timestamp: i64,
     data_len: u64,
@@ -519,6 +550,7 @@ fn header(b: &[u8]) -> Option<Header> {
         Header {
             format: RecordFormat::Hare,
             count: u32_at(4)?,
+            entries: u32_at(4)?,
             first_offset: u64_at(8)?,
             timestamp: u64_at(16)? as i64,
             data_len: u32_at(24)? as u64,
@@ -536,10 +568,10 @@ fn header(b: &[u8]) -> Option<Header> {
             TYPE_RECORDS => RecordFormat::Hare,
             _ => return None,
         };
-        let entries = u16::from_be_bytes([b[2], b[3]]) as u32;
         let h = Header {
             format,
             count: u32_at(4)?,
+            entries: u16::from_be_bytes([b[2], b[3]]) as u32,
             timestamp: u64_at(8)? as i64,
             first_offset: u64_at(24)?,
             crc: u32_at(32)?,
@@ -548,8 +580,8 @@ fn header(b: &[u8]) -> Option<Header> {
             sealed: b[SEALED_AT] == 1,
             legacy: false,
         };
-        // Hare writes simple entries only: one per record.
-        if entries != h.count || b[44] != 0 {
+        // Each entry holds one record at least; no filter (Hare writes none).
+        if h.entries == 0 || h.entries > h.count || h.count as usize > MAX_RECORDS || b[44] != 0 {
             return None;
         }
         h
@@ -577,9 +609,8 @@ fn parse_chunk(b: Bytes) -> Option<(Header, Bytes, Bytes)> {
     (crc == h.crc && b.len() >= trailer_end).then(|| (h, b.slice(start..end), b.slice(end..trailer_end)))
 }
 
-/// The length-prefixed messages of a chunk's data, exactly `count` of them. In osiris's
-/// layout these are its simple entries; a sub-batch entry (which Hare does not write) has
-/// its size's top bit set, a size past any chunk's data, so it does not verify.
+/// The length-prefixed messages of a legacy chunk's data or of an uncompressed sub-entry
+/// batch, exactly `count` of them.
 fn split_messages(mut data: Bytes, count: u32) -> Option<Vec<Bytes>> {
     let mut out = Vec::with_capacity(count as usize);
     for _ in 0..count {
@@ -591,6 +622,43 @@ fn split_messages(mut data: Bytes, count: u32) -> Option<Vec<Bytes>> {
         data = data.slice(4 + len..);
     }
     data.is_empty().then_some(out)
+}
+
+/// The entries of a chunk's data in osiris's layout, as one record per offset: a simple
+/// entry (`size u32`, its top bit clear, then the message) is one; an uncompressed sub-entry
+/// batch is split into its messages; a compressed one is kept whole among the batches, its
+/// messages empty places (the broker does not decompress). Exactly `h.entries` entries
+/// making `h.count` records, or None.
+fn split_entries(mut data: Bytes, h: &Header) -> Option<(Vec<Bytes>, Vec<CompressedBatch>)> {
+    let mut records = Vec::with_capacity(h.count as usize);
+    let mut batches = Vec::new();
+    for _ in 0..h.entries {
+        let head = u32::from_be_bytes(data.get(..4)?.try_into().ok()?);
+        if head & 0x8000_0000 == 0 {
+            let len = head as usize;
+            data.get(4..4 + len)?;
+            records.push(data.slice(4..4 + len));
+            data.advance(4 + len);
+            continue;
+        }
+        // 1 | compression (3 bits) | reserved (4) | messages u16 | uncompressed size u32 |
+        // size u32 | body
+        let compression = (data[0] >> 4) & 0x07;
+        let n = u16::from_be_bytes([*data.get(1)?, *data.get(2)?]);
+        let len = u32::from_be_bytes(data.get(7..11)?.try_into().ok()?) as usize;
+        data.get(..11 + len)?;
+        let entry = data.split_to(11 + len);
+        if n == 0 || records.len() + n as usize > h.count as usize {
+            return None;
+        }
+        if compression == 0 {
+            records.extend(split_messages(entry.slice(11..), n as u32)?);
+        } else {
+            batches.push(CompressedBatch { first: h.first_offset + records.len() as u64, records: n, entry });
+            records.extend(std::iter::repeat_n(Bytes::new(), n as usize));
+        }
+    }
+    (data.is_empty() && records.len() == h.count as usize).then_some((records, batches))
 }
 
 /// The publishers' newest ids in a chunk's trailer (osiris's tracking entries; offsets

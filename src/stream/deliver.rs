@@ -241,15 +241,31 @@ async fn wait_for_writer(writer: &WriterHandle) {
 /// credit taken already, each further one by one more, while there is any); returns the
 /// offset after what was sent.
 fn send_chunk(s: &Start, chunk: &StreamChunk, from: u64, credit: &Semaphore) -> u64 {
-    let Some(records) = chunk.records.get((from - chunk.first) as usize..) else {
+    // A compressed batch goes whole: a start inside one starts at its first message, and
+    // the client passes over those before its offset, as with RabbitMQ's whole chunks.
+    let from = chunk.batch_at(from).map_or(from, |b| b.first);
+    let end = chunk.first + chunk.records.len() as u64;
+    if from < chunk.first || from >= end {
         // The store returns the chunk holding `from` or one after it; anything else is skipped.
-        return from.max(chunk.first + chunk.records.len() as u64);
-    };
-    let messages: Vec<Bytes> = records.iter().map(|r| record_as_amqp10(chunk.format, r).unwrap_or_default()).collect();
+        return from.max(end);
+    }
+    let mut entries: Vec<Out> = Vec::with_capacity((end - from) as usize);
+    let mut offset = from;
+    while offset < end {
+        let out = match chunk.batch_at(offset) {
+            Some(b) => Out { bytes: b.entry.clone(), batch: b.records },
+            None => {
+                let record = &chunk.records[(offset - chunk.first) as usize];
+                Out { bytes: record_as_amqp10(chunk.format, record).unwrap_or_default(), batch: 0 }
+            }
+        };
+        offset += out.records();
+        entries.push(out);
+    }
     let budget = s.frame_max.saturating_sub(FRAME_HEADER + CHUNK_HEADER).max(1);
-    let mut at = 0;
+    let (mut at, mut sent) = (0, from);
     let mut paid = true;
-    while at < messages.len() {
+    while at < entries.len() {
         if !paid {
             match credit.try_acquire() {
                 Ok(p) => p.forget(),
@@ -257,41 +273,68 @@ fn send_chunk(s: &Start, chunk: &StreamChunk, from: u64, credit: &Semaphore) -> 
             }
         }
         paid = false;
-        // As many messages as fit the frame (one at least, however large).
+        // As many entries as fit the frame (one at least, however large).
         let mut end = at;
         let mut size = 0;
-        while end < messages.len() && end - at < u16::MAX as usize {
-            let len = 4 + messages[end].len();
+        while end < entries.len() && end - at < u16::MAX as usize {
+            let len = entries[end].len();
             if end > at && size + len > budget {
                 break;
             }
             size += len;
             end += 1;
         }
-        let frame = encode(s.id, chunk.timestamp, from + at as u64, &messages[at..end], size);
+        let frame = encode(s.id, chunk.timestamp, sent, &entries[at..end], size);
         if let Some(e) = &s.entry {
             bump(&e.send_oct, frame.len() as u64);
             bump(&e.send_cnt, 1);
         }
         s.writer.send(frame, 0);
+        sent += entries[at..end].iter().map(Out::records).sum::<u64>();
         at = end;
     }
-    from + at as u64
+    sent
 }
 
-/// One deliver frame: the header, then each message as `size (u32) | bytes`; large
-/// messages as their own slices, written without a copy. The CRC (zlib's CRC-32 of the
-/// data, which clients check) goes in the header: computed over the buffer once it is
-/// written when the data is all in it, else message by message first.
-fn encode(id: u8, timestamp: i64, first: u64, messages: &[Bytes], data_len: usize) -> Encoded {
-    let large = messages.iter().any(|m| m.len() >= ZERO_COPY_MIN);
+/// An entry of a deliver frame: a message (written `size (u32) | bytes`), or a compressed
+/// sub-entry batch of `batch` messages (written as stored: its header and body).
+struct Out {
+    bytes: Bytes,
+    batch: u16,
+}
+
+impl Out {
+    fn records(&self) -> u64 {
+        self.batch.max(1) as u64
+    }
+
+    /// The size prefix a message is written with; none for a batch.
+    fn prefix(&self) -> Option<[u8; 4]> {
+        (self.batch == 0).then(|| (self.bytes.len() as u32).to_be_bytes())
+    }
+
+    /// Its bytes in the frame's data.
+    fn len(&self) -> usize {
+        self.prefix().map_or(0, |p| p.len()) + self.bytes.len()
+    }
+}
+
+/// One deliver frame: the header, then each entry; large ones as their own slices, written
+/// without a copy. The CRC (zlib's CRC-32 of the data, which clients check) goes in the
+/// header: computed over the buffer once it is written when the data is all in it, else
+/// entry by entry first.
+fn encode(id: u8, timestamp: i64, first: u64, entries: &[Out], data_len: usize) -> Encoded {
+    let large = entries.iter().any(|m| m.bytes.len() >= ZERO_COPY_MIN);
     let mut crc = crc32fast::Hasher::new();
     if large {
-        for m in messages {
-            crc.update(&(m.len() as u32).to_be_bytes());
-            crc.update(m);
+        for m in entries {
+            if let Some(p) = m.prefix() {
+                crc.update(&p);
+            }
+            crc.update(&m.bytes);
         }
     }
+    let records: u64 = entries.iter().map(Out::records).sum();
     let header = FRAME_HEADER + CHUNK_HEADER;
     let mut out = BytesMut::with_capacity(header + if large { 64 * 1024 } else { data_len });
     out.put_u32((FRAME_HEADER - 4 + CHUNK_HEADER + data_len) as u32);
@@ -300,8 +343,8 @@ fn encode(id: u8, timestamp: i64, first: u64, messages: &[Bytes], data_len: usiz
     out.put_u8(id);
     out.put_u8(MAGIC_VERSION);
     out.put_u8(0); // a user chunk
-    out.put_u16(messages.len() as u16);
-    out.put_u32(messages.len() as u32);
+    out.put_u16(entries.len() as u16);
+    out.put_u32(records as u32);
     out.put_i64(timestamp);
     out.put_u64(EPOCH);
     out.put_u64(first);
@@ -311,9 +354,11 @@ fn encode(id: u8, timestamp: i64, first: u64, messages: &[Bytes], data_len: usiz
     out.put_u32(0); // trailer
     out.put_u32(0); // reserved
     if !large {
-        for m in messages {
-            out.put_u32(m.len() as u32);
-            out.put_slice(m);
+        for m in entries {
+            if let Some(p) = m.prefix() {
+                out.put_slice(&p);
+            }
+            out.put_slice(&m.bytes);
         }
         let crc = crc32fast::hash(&out[header..]);
         out[crc_at..crc_at + 4].copy_from_slice(&crc.to_be_bytes());
@@ -321,12 +366,14 @@ fn encode(id: u8, timestamp: i64, first: u64, messages: &[Bytes], data_len: usiz
     }
     out[crc_at..crc_at + 4].copy_from_slice(&crc.finalize().to_be_bytes());
     let mut parts: Vec<Bytes> = Vec::new();
-    for m in messages {
-        out.put_u32(m.len() as u32);
-        if m.len() >= ZERO_COPY_MIN {
-            crate::net::writer::push_slice(&mut out, &mut parts, m.clone());
+    for m in entries {
+        if let Some(p) = m.prefix() {
+            out.put_slice(&p);
+        }
+        if m.bytes.len() >= ZERO_COPY_MIN {
+            crate::net::writer::push_slice(&mut out, &mut parts, m.bytes.clone());
         } else {
-            out.put_slice(m);
+            out.put_slice(&m.bytes);
         }
     }
     if !out.is_empty() {

@@ -57,11 +57,36 @@ fn delivered(wire: StreamWire) -> Vec<Bytes> {
     assert_eq!(bytes[0], MAGIC_VERSION);
     assert_eq!(bytes[1], 0, "a user chunk");
     let entries = u16::from_be_bytes([bytes[2], bytes[3]]) as u32;
+    let records = u32::from_be_bytes(bytes[4..8].try_into().expect("4 bytes"));
     let data_len = u32::from_be_bytes(bytes[36..40].try_into().expect("4 bytes")) as usize;
     assert_eq!(bytes.len(), CHUNK_HEADER + data_len, "header and data, no trailer");
     let crc = u32::from_be_bytes(bytes[32..36].try_into().expect("4 bytes"));
     assert_eq!(crc, crc32fast::hash(&bytes[CHUNK_HEADER..]), "the CRC clients check");
-    split_messages(bytes.slice(CHUNK_HEADER..), entries).expect("entries")
+    let h = Header {
+        format: RecordFormat::Amqp10,
+        count: records,
+        entries,
+        first_offset: u64::from_be_bytes(bytes[24..32].try_into().expect("8 bytes")),
+        timestamp: 0,
+        data_len: data_len as u64,
+        trailer_len: 0,
+        crc,
+        sealed: false,
+        legacy: false,
+    };
+    split_entries(bytes.slice(CHUNK_HEADER..), &h).expect("entries").0
+}
+
+/// A compressed sub-entry batch of `n` messages (gzip, as a client writes one; its body is
+/// opaque to the broker).
+fn compressed_batch(n: u16, body: &[u8]) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_u8(0x80 | (1 << 4));
+    b.put_u16(n);
+    b.put_u32(body.len() as u32 * 2);
+    b.put_u32(body.len() as u32);
+    b.put_slice(body);
+    b.freeze()
 }
 
 #[test]
@@ -84,11 +109,45 @@ fn the_log_agrees_with_a_model_under_random_operations() {
                     let format = if rng.gen_bool(0.5) { RecordFormat::Amqp10 } else { RecordFormat::Hare };
                     let names: Vec<String> = (0..rng.gen_range(0..3)).map(|w| format!("writer-{w}-{step}")).collect();
                     let writers: Vec<(&str, u64)> = names.iter().map(|n| (n.as_str(), rng.gen())).collect();
-                    let first = log.append(format, &m, &writers, now).expect("append");
+                    // Among the stream protocol's messages, now and then a compressed batch.
+                    let batches: Vec<u16> = match format {
+                        RecordFormat::Amqp10 if rng.gen_bool(0.3) => {
+                            m.iter().map(|_| if rng.gen_bool(0.3) { rng.gen_range(1..4) } else { 0 }).collect()
+                        }
+                        _ => Vec::new(),
+                    };
+                    let entries: Vec<Bytes> = m
+                        .iter()
+                        .enumerate()
+                        .map(|(i, m)| match batches.get(i) {
+                            Some(&n) if n > 0 => compressed_batch(n, m),
+                            _ => m.clone(),
+                        })
+                        .collect();
+                    let first = log.append_entries(format, &entries, &batches, &writers, now).expect("append");
                     assert_eq!(first, model.next, "{ctx}");
-                    model.next += m.len() as u64;
+                    let (mut messages, mut compressed) = (Vec::new(), Vec::new());
+                    for (i, e) in entries.iter().enumerate() {
+                        match batches.get(i) {
+                            Some(&n) if n > 0 => {
+                                let at = first + messages.len() as u64;
+                                compressed.push(CompressedBatch { first: at, records: n, entry: e.clone() });
+                                messages.extend(std::iter::repeat_n(Bytes::new(), n as usize));
+                            }
+                            _ => messages.push(e.clone()),
+                        }
+                    }
+                    model.next += messages.len() as u64;
                     let writers = writers.iter().map(|(n, id)| (n.to_string(), *id)).collect();
-                    model.chunks.push(Chunk { first_offset: first, timestamp: now, format, messages: m, writers });
+                    let batches = compressed;
+                    model.chunks.push(Chunk {
+                        first_offset: first,
+                        timestamp: now,
+                        format,
+                        messages,
+                        writers,
+                        batches,
+                    });
                 }
                 50..=69 => {
                     let offset = rng.gen_range(0..model.next + 3);
@@ -100,6 +159,7 @@ fn the_log_agrees_with_a_model_under_random_operations() {
                         let wire = log.wire(&info).expect("wire");
                         assert_eq!(wire.is_some(), want.format == RecordFormat::Amqp10, "{ctx}");
                         if let Some(wire) = wire {
+                            // The messages, a compressed batch's as empty places.
                             assert_eq!(delivered(wire), want.messages, "{ctx}: sent as stored");
                         }
                     }

@@ -80,9 +80,14 @@ impl Conn {
                     appended += n as u64;
                     ticket
                 }
-                Entry::Compressed => {
+                Entry::Compressed(_, 0) => {
+                    // A batch of no message would take no offset.
                     self.publish_error(id, code::PRECONDITION_FAILED, &[publishing_id]);
                     continue;
+                }
+                Entry::Compressed(entry, n) => {
+                    appended += n as u64;
+                    queue.stream_append_batch(writer, entry, n).map(|(_, t)| t)
                 }
             };
             if reference.is_some() {
@@ -137,8 +142,9 @@ enum Entry {
     One(Bytes),
     /// An uncompressed sub-entry batch: its messages.
     Batch(Vec<Bytes>),
-    /// A compressed sub-entry batch, which this broker does not take.
-    Compressed,
+    /// A compressed sub-entry batch: the entry as it came (its header and compressed
+    /// body), and how many messages it holds. Stored and sent as it is.
+    Compressed(Bytes, u16),
 }
 
 /// Cuts the next `publishing id | [filter value] | entry` out of a publish frame.
@@ -171,6 +177,7 @@ fn next_entry(b: &mut Bytes, version: u16) -> Option<(u64, Entry)> {
     if b.remaining() < 11 {
         return None;
     }
+    let whole = b.clone();
     let compression = (b.get_u8() >> 4) & 0x07;
     let count = b.get_u16() as usize;
     let _uncompressed = b.get_u32();
@@ -180,7 +187,7 @@ fn next_entry(b: &mut Bytes, version: u16) -> Option<(u64, Entry)> {
     }
     let mut batch = b.split_to(size);
     if compression != 0 {
-        return Some((id, Entry::Compressed));
+        return Some((id, Entry::Compressed(whole.slice(..11 + size), count as u16)));
     }
     let mut messages = Vec::with_capacity(count.min(batch.remaining() / 4));
     for _ in 0..count {
