@@ -2,7 +2,7 @@
 //! names them.
 
 use super::NodeInfo;
-use crate::broker::connections::{ChannelCard, ConnectionEntry};
+use crate::broker::connections::{ChannelCard, ConnectionEntry, StreamReaderCard};
 use crate::broker::consumer::Consumer;
 use crate::broker::exchange::Binding;
 use crate::broker::history::{History, Range, Samples};
@@ -294,6 +294,32 @@ pub fn consumer(vhost: &str, q: &Queue, c: &Consumer, conn: Option<&ConnectionEn
         "arguments": table(&c.arguments),
         "active": true,
         "activity_status": "up",
+    })
+}
+
+/// A stream protocol subscription among a queue's consumers, as RabbitMQ's stream plugin
+/// registers it (rabbit_stream_metrics): tagged `stream.subid-N`, no acks and no prefetch
+/// (its credit is in /api/stream/consumers), its subscription properties as arguments, and
+/// a single active consumer's turn as its activity. It has no channel.
+pub fn stream_consumer(vhost: &str, card: &StreamReaderCard) -> Value {
+    let single_active = card.properties.iter().any(|(k, v)| k == "single-active-consumer" && v == "true");
+    let active = card.active.load(Ordering::Relaxed);
+    let status = match (single_active, active) {
+        (false, _) => "up",
+        (true, true) => "single_active",
+        (true, false) => "waiting",
+    };
+    let arguments: Map<String, Value> = card.properties.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    json!({
+        "consumer_tag": format!("stream.subid-{}", card.subscription),
+        "queue": { "name": card.stream, "vhost": vhost },
+        "channel_details": {},
+        "ack_required": false,
+        "prefetch_count": 0,
+        "exclusive": false,
+        "arguments": arguments,
+        "active": active,
+        "activity_status": status,
     })
 }
 

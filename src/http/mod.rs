@@ -676,9 +676,11 @@ async fn channel(State(api): State<Api>, Path(name): Path<String>, r: json::Rang
     }
 }
 
-/// The consumers of every queue in the given vhosts.
+/// The consumers of every queue in the given vhosts: AMQP consumers, then stream protocol
+/// subscriptions (listed by their connections).
 fn consumer_list(api: &Api, vhosts: &[Arc<crate::broker::vhost::VHost>]) -> Vec<Value> {
-    let conns: HashMap<u64, _> = api.broker.connection_list().into_iter().map(|c| (c.id, c)).collect();
+    let list = api.broker.connection_list();
+    let conns: HashMap<u64, _> = list.iter().map(|c| (c.id, c.clone())).collect();
     let mut out = Vec::new();
     for v in vhosts {
         for q in v.queues() {
@@ -686,17 +688,30 @@ fn consumer_list(api: &Api, vhosts: &[Arc<crate::broker::vhost::VHost>]) -> Vec<
                 out.push(json::consumer(&v.name, &q, &c, conns.get(&c.connection_id()).map(|c| &**c), &api.node.node));
             }
         }
+        for c in list.iter().filter(|c| c.vhost == v.name) {
+            out.extend(c.stream_readers().iter().map(|r| json::stream_consumer(&v.name, r)));
+        }
     }
     out
 }
 
-/// One queue's consumers, as its `consumer_details` lists them.
+/// One queue's consumers, as its `consumer_details` lists them (a stream's stream protocol
+/// subscriptions too).
 fn consumers_of(api: &Api, vhost: &str, q: &crate::broker::queue::Queue) -> Vec<Value> {
-    let conns: HashMap<u64, _> = api.broker.connection_list().into_iter().map(|c| (c.id, c)).collect();
-    q.consumers()
+    let list = api.broker.connection_list();
+    let conns: HashMap<u64, _> = list.iter().map(|c| (c.id, c.clone())).collect();
+    let mut out: Vec<Value> = q
+        .consumers()
         .iter()
         .map(|c| json::consumer(vhost, q, c, conns.get(&c.connection_id()).map(|c| &**c), &api.node.node))
-        .collect()
+        .collect();
+    if q.stream.is_some() {
+        for c in list.iter().filter(|c| c.vhost == vhost) {
+            let readers = c.stream_readers();
+            out.extend(readers.iter().filter(|r| r.stream == q.name.as_str()).map(|r| json::stream_consumer(vhost, r)));
+        }
+    }
+    out
 }
 
 async fn consumers(State(api): State<Api>, Query(q): ListQuery) -> Response {

@@ -410,8 +410,16 @@ def test_streams_and_their_subscriptions_in_the_management_api_and_metrics(broke
     assert (c["subscription_id"], c["offset"], c["offset_lag"], c["consumed"], c["credits"]) == (3, 0, 100, 0, 0)
     assert c["properties"] == {"note": "idle"} and c["active"] is True
     assert c["connection_details"]["user"] == "guest"
-    # Counted among the stream's consumers, as RabbitMQ counts every reader.
-    assert api(broker.http_port, "GET", "/api/queues/%2F/sp-api")[1]["consumers"] == 1
+    # Counted among the stream's consumers and listed with them, as RabbitMQ's stream plugin
+    # registers a subscription.
+    q = api(broker.http_port, "GET", "/api/queues/%2F/sp-api")[1]
+    assert q["consumers"] == 1
+    want = {"consumer_tag": "stream.subid-3", "queue": {"name": "sp-api", "vhost": "/"}, "ack_required": False,
+            "prefetch_count": 0, "exclusive": False, "arguments": {"note": "idle"}, "active": True,
+            "activity_status": "up", "channel_details": {}}
+    assert q["consumer_details"] == [want]
+    assert want in api(broker.http_port, "GET", "/api/consumers/%2F")[1]
+    assert want in api(broker.http_port, "GET", "/api/consumers")[1]
     # Credit given: it reads to the end.
     r.send(CREDIT, struct.pack(">BH", 3, 1000))
     wait_for(lambda: (consumer()["offset"], consumer()["offset_lag"], consumer()["consumed"]) == (100, 0, 100),
