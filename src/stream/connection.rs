@@ -366,8 +366,8 @@ impl Conn {
                 let c = if self.publishers.remove(&id).is_some() { code::OK } else { code::PUBLISHER_DOES_NOT_EXIST };
                 self.respond(key::DELETE_PUBLISHER, corr, c);
             }
-            // Of the subscription properties, single active consumer's are used (filters are
-            // not built yet).
+            // Of the subscription properties, single active consumer's are used (`filter.N`
+            // and `match-unfiltered` are the client's own to apply: every chunk is sent).
             Command::Subscribe { corr, id, stream, offset, credit, properties } => {
                 self.subscribe(corr, id, stream, offset, credit, &properties)
             }
@@ -441,7 +441,11 @@ impl Conn {
                 self.respond(key::DELETE_SUPER_STREAM, corr, c);
             }
             Command::ExchangeCommandVersions { corr, .. } => {
-                // RabbitMQ's list, in its order (clients index it by key), without filtering.
+                // RabbitMQ 3.13's list, in its order (clients index it by key). Publish goes to
+                // version 2 (a filter value with each message), which tells clients that
+                // filtering is supported: the broker sends every chunk and a consumer's
+                // filter keeps what it asked for (RabbitMQ may skip chunks first, by a
+                // Bloom filter; clients filter after it all the same).
                 let versions = [
                     key::DECLARE_PUBLISHER,
                     key::PUBLISH,
@@ -468,7 +472,7 @@ impl Conn {
                     for k in versions {
                         o.put_u16(k);
                         o.put_u16(1);
-                        o.put_u16(1);
+                        o.put_u16(if k == key::PUBLISH { 2 } else { 1 });
                     }
                 });
             }

@@ -9,8 +9,8 @@ import time
 
 import pika
 import pytest
-from rstream import (AMQPMessage, CompressionType, Consumer, ConsumerOffsetSpecification, OffsetType, Producer,
-                     amqp_decoder)
+from rstream import (AMQPMessage, CompressionType, Consumer, ConsumerOffsetSpecification, FilterConfiguration,
+                     OffsetType, Producer, amqp_decoder)
 
 from conftest import Hare, wait_for
 from helpers import api, free_ports
@@ -245,6 +245,46 @@ def test_compressed_sub_entry_batches_are_stored_and_sent_as_they_are(broker):
             conn.process_data_events(time_limit=0.1)
         assert received == [(0, b"plain-0"), (6, b"plain-6")]
         conn.close()
+
+
+def test_filtered_publishes_and_subscriptions(broker):
+    """rstream's filtering: a producer with a filter value extractor publishes with version 2
+    of publish (a filter value per message), which the broker says it takes; a consumer
+    subscribed with filter values gets the messages its filter keeps, at their offsets."""
+    create(broker, "sp-filter")
+
+    async def region(m):
+        return m.application_properties["region"]
+
+    async def publish():
+        async with Producer("127.0.0.1", port=broker.stream_port, username="guest", password="guest",
+                            filter_value_extractor=region) as p:
+            for i in range(6):
+                r = ["emea", "apac", "amer"][i % 3]
+                await p.send_wait("sp-filter", AMQPMessage(body=b"%s-%d" % (r.encode(), i),
+                                                           application_properties={"region": r}))
+    run(publish())
+    assert stream_length(broker, "sp-filter") == 6
+
+    def is_emea(m):
+        props = {(k.decode() if isinstance(k, bytes) else k): v for k, v in m.application_properties.items()}
+        return props["region"] in ("emea", b"emea")
+
+    async def go():
+        got, done = [], asyncio.Event()
+
+        async def on(msg, ctx):
+            got.append((ctx.offset, bytes(msg.body) if isinstance(msg.body, (bytes, bytearray)) else b"".join(msg.body)))
+            if len(got) >= 2:
+                done.set()
+        async with Consumer("127.0.0.1", port=broker.stream_port, username="guest", password="guest") as c:
+            await c.start()
+            await c.subscribe("sp-filter", on, decoder=amqp_decoder,
+                              offset_specification=ConsumerOffsetSpecification(OffsetType.FIRST),
+                              filter_input=FilterConfiguration(values_to_filter=["emea"], predicate=is_emea))
+            await asyncio.wait_for(done.wait(), 10)
+        return got
+    assert run(go()) == [(0, b"emea-0"), (3, b"emea-3")]
 
 
 def test_refusals_carry_the_protocols_codes(broker):
