@@ -8,6 +8,7 @@ from rstream import (AMQPMessage, Consumer, OffsetSpecification, OffsetType, Pro
                      SuperStreamConsumer, SuperStreamCreationOption, SuperStreamProducer)
 from rstream.exceptions import OffsetNotFound
 
+from helpers import api
 from stream_client import DELIVER, OK, PRECONDITION_FAILED, Raw
 from test_stream_protocol import broker  # noqa: F401  (a broker with its stream port, for this module)
 
@@ -61,8 +62,12 @@ def test_the_next_member_takes_over_from_the_stored_offset(broker):
                 await ctx.consumer.store_offset(ctx.stream, "app", ctx.offset)
             await c.subscribe("sac-plain", on, properties=SAC, consumer_update_listener=resume_from_stored(tag))
         await until(lambda: len(got["a"]) == 20, "a to read the stream")
-        # Only the first member reads; the second waits its turn.
+        # Only the first member reads; the second waits its turn, as the management API
+        # shows them (RabbitMQ's activity_status of a single active consumer).
         assert got["b"] == [] and turns == [("a", True)]
+        status, listed = api(broker.http_port, "GET", "/api/queues/%2F/sac-plain")
+        assert sorted((c["active"], c["activity_status"]) for c in listed["consumer_details"]) == [
+            (False, "waiting"), (True, "single_active")]
         await consumers["a"].close()
         await until(lambda: turns == [("a", True), ("b", True)], "b's turn")
         async with client(broker, Producer) as p:
