@@ -8,7 +8,7 @@
 //! sync thread's writes, readers' seeks and reads), so a publisher never waits on a disk
 //! write. What readers may read is kept in atomics, read without either lock.
 
-use super::cipher::KeyRing;
+use super::cipher::{is_sealed_blob, KeyRing, Nonces};
 use super::stream_log::{Settings, StreamLog, MAX_ENTRIES, MAX_RECORDS};
 use super::syncer::{Flusher, Syncer};
 use crate::broker::store::{
@@ -123,16 +123,20 @@ const TRACKING_FILE: &str = "tracking.json";
 const CHUNK_DATA: usize = 1024 * 1024 - 64;
 
 impl Tracking {
-    fn load(dir: &Path, label: &str) -> Tracking {
+    /// The saved tracking, opened if it was sealed (encryption at rest).
+    fn load(dir: &Path, label: &str, keys: Option<&KeyRing>) -> Tracking {
         let path = dir.join(TRACKING_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                // Publishers' ids are read again from the whole log; stored offsets are lost.
-                tracing::warn!("{label}: unreadable {}: {e}", path.display());
-                Tracking::default()
-            }),
-            Err(_) => Tracking::default(),
-        }
+        let Ok(bytes) = std::fs::read(&path) else { return Tracking::default() };
+        let opened = match (is_sealed_blob(&bytes), keys) {
+            (false, _) => Ok(bytes),
+            (true, Some(keys)) => keys.open(&bytes).map_err(|e| e.to_string()),
+            (true, None) => Err("sealed, and no encryption key".to_string()),
+        };
+        opened.and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())).unwrap_or_else(|e| {
+            // Publishers' ids are read again from the whole log; stored offsets are lost.
+            tracing::warn!("{label}: unreadable {}: {e}", path.display());
+            Tracking::default()
+        })
     }
 
     /// Written whole to a new file renamed over the old one, so a crash leaves one or the other.
@@ -156,6 +160,10 @@ pub struct DiskStream {
     last_chunk: AtomicU64,
     durable: watch::Sender<u64>,
     destroyed: AtomicBool,
+    /// With encryption at rest: the tracking is sealed too (it names publishers and
+    /// consumers), as the chunks are.
+    keys: Option<Arc<KeyRing>>,
+    nonces: Mutex<Nonces>,
 }
 
 impl std::fmt::Debug for DiskStream {
@@ -181,10 +189,10 @@ impl DiskStream {
         syncer: Arc<Syncer>,
         keys: Option<Arc<KeyRing>>,
     ) -> std::io::Result<Arc<DiskStream>> {
-        let log = StreamLog::open(dir, log_settings(&settings), keys)?;
+        let log = StreamLog::open(dir, log_settings(&settings), keys.clone())?;
         let (first, end) = (log.first_offset(), log.next_offset());
         let last = log.chunk_at(end.saturating_sub(1)).map_or(end, |c| c.first_offset);
-        let mut saved = Tracking::load(dir, &label);
+        let mut saved = Tracking::load(dir, &label, keys.as_deref());
         // A log shorter than the saved tracking (its tail lost): ids past it are not kept.
         saved.end = saved.end.min(end);
         let pending = Pending {
@@ -205,6 +213,8 @@ impl DiskStream {
             last_chunk: AtomicU64::new(last),
             durable: watch::Sender::new(end),
             destroyed: AtomicBool::new(false),
+            keys,
+            nonces: Mutex::new(Nonces::new()),
         }))
     }
 }
@@ -516,7 +526,10 @@ impl Flusher for DiskStream {
                     saved.offsets = o;
                 }
                 saved.end = end;
-                tracking = Some(serde_json::to_vec(saved));
+                tracking = Some(serde_json::to_vec(saved).map(|b| match &self.keys {
+                    Some(keys) => keys.seal(&mut self.nonces.lock(), &b),
+                    None => b,
+                }));
             }
             (end, last, tracking)
         };
@@ -675,6 +688,27 @@ mod tests {
             offset += c.records.len() as u64;
         }
         assert_eq!(offset, 70_000);
+        syncer.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Under encryption at rest the tracking (publishers' and consumers' names) is sealed,
+    /// and read back with the key.
+    #[test]
+    fn sealed_tracking_reads_back_with_the_key() {
+        let dir = std::env::temp_dir().join(format!("hare-stream-sealed-tracking-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let syncer = Syncer::start();
+        let keys = Some(Arc::new(KeyRing::from_key([5; 32])));
+        let s = DiskStream::open(&dir, "test".into(), settings(), syncer.clone(), keys.clone()).expect("opens");
+        publish(&s, "payroll-writer", 3);
+        assert!(s.store_offset("payroll-reader", 2));
+        syncer.flush_now();
+        drop(s);
+        let raw = std::fs::read(dir.join(TRACKING_FILE)).expect("saved");
+        assert!(is_sealed_blob(&raw) && !raw.windows(7).any(|w| w == b"payroll"), "in the clear");
+        let s = DiskStream::open(&dir, "test".into(), settings(), syncer.clone(), keys).expect("reopens");
+        assert_eq!((s.writer_sequence("payroll-writer"), s.stored_offset("payroll-reader")), (Some(3), Some(2)));
         syncer.shutdown();
         let _ = std::fs::remove_dir_all(&dir);
     }

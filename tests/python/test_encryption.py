@@ -118,3 +118,54 @@ def test_key_rotation_reads_old_data_and_writes_with_the_new_key(tmp_path):
         assert drain(h, 100) == [SECRET + f" new {i}".encode() for i in range(10, 50)]
     finally:
         h.stop()
+
+
+def test_a_stream_under_encryption_keeps_no_plaintext_and_is_sent_opened(tmp_path):
+    """A stream's chunks (and its named publisher, in each chunk's trailer) are sealed on disk;
+    a stream protocol consumer gets them opened, with the checksum clients verify, and so
+    does an AMQP 0-9-1 consumer."""
+    import asyncio
+
+    from rstream import AMQPMessage, Consumer, ConsumerOffsetSpecification, OffsetType, Producer, amqp_decoder
+
+    from conftest import wait_for
+    from helpers import free_ports
+    (port,) = free_ports(1)
+    key = key_file(tmp_path, "key", 0x33)
+    h = Hare(extra_args=["--encryption-key-file", key, "--stream-port", str(port)])
+    try:
+        wait_for(lambda: "stream protocol listening" in h.read_log(), what="the stream listener")
+
+        async def go():
+            async with Producer("127.0.0.1", port=port, username="guest", password="guest") as p:
+                await p.create_stream("sealed-stream")
+                for i in range(20):
+                    await p.send_wait("sealed-stream", AMQPMessage(body=SECRET + b" %d" % i),
+                                      publisher_name="payroll-writer-9")
+            got, done = [], asyncio.Event()
+
+            async def on(msg, ctx):
+                got.append((ctx.offset, bytes(msg.body) if isinstance(msg.body, (bytes, bytearray))
+                            else b"".join(msg.body)))
+                if len(got) == 20:
+                    done.set()
+            async with Consumer("127.0.0.1", port=port, username="guest", password="guest") as c:
+                await c.start()
+                await c.subscribe("sealed-stream", on, decoder=amqp_decoder,
+                                  offset_specification=ConsumerOffsetSpecification(OffsetType.FIRST))
+                await asyncio.wait_for(done.wait(), 10)
+            return got
+        assert asyncio.run(asyncio.wait_for(go(), 30)) == [(i, SECRET + b" %d" % i) for i in range(20)]
+        for path, data in files_under(os.path.join(h.data_dir, "streams")):
+            for needle in (SECRET, b"payroll-writer-9"):
+                assert needle not in data, f"{needle!r} in the clear in {path}"
+        c = h.connect()
+        ch = c.channel()
+        ch.basic_qos(prefetch_count=50)
+        received = []
+        ch.basic_consume("sealed-stream", lambda c_, d, p, b: received.append(b), arguments={"x-stream-offset": "first"})
+        wait_for(lambda: c.process_data_events(time_limit=0.05) or len(received) == 20, what="20 AMQP deliveries")
+        assert received == [SECRET + b" %d" % i for i in range(20)]
+        c.close()
+    finally:
+        h.stop()
