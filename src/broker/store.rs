@@ -86,7 +86,8 @@ pub trait StreamStore: Send + Sync + std::fmt::Debug {
     /// slice of the frame it came in). `writer` is a named publisher's reference and the
     /// message's publishing id (deduplication): the newest id of each reference is
     /// remembered, durably with the message. Returns its offset and ticket, as `append`.
-    fn append_amqp10(&self, writer: Option<(&str, u64)>, message: bytes::Bytes) -> (u64, u64);
+    /// `filter` is its filter value (version 2 of publish), if it has one.
+    fn append_amqp10(&self, writer: Option<(&str, u64)>, message: bytes::Bytes, filter: Option<&[u8]>) -> (u64, u64);
     /// Appends a compressed sub-entry batch as the stream protocol published it (its 11-byte
     /// header and compressed body, kept and sent as they are): it takes `records` offsets,
     /// one for each message in it (at least one). Returns its first offset and its ticket.
@@ -104,7 +105,7 @@ pub trait StreamStore: Send + Sync + std::fmt::Debug {
     /// The durable chunk that holds `offset` (or the first after it), as the stream
     /// protocol's `deliver` carries it, if it is a chunk of AMQP 1.0 messages; None at the
     /// end of the durable log or for a chunk of records (read with `read` and converted).
-    fn read_wire(&self, offset: u64) -> Result<Option<(u64, u32, StreamWire)>, StoreError>;
+    fn read_wire(&self, offset: u64) -> Result<Option<WireChunk>, StoreError>;
     /// Bytes on disk, and segments.
     fn size(&self) -> (u64, usize);
     /// The end of the durable log, changed each time more of it becomes durable (and once
@@ -135,6 +136,39 @@ pub trait StreamStore: Send + Sync + std::fmt::Debug {
 /// size of the tracking saved with each group commit that changes it.
 pub const MAX_TRACKED_REFERENCES: usize = 10_000;
 
+/// A chunk as `read_wire` finds it: its first offset, its records, which filter values its
+/// messages carry (see [`filter_bit`]), and its bytes as sent.
+#[derive(Debug, Clone)]
+pub struct WireChunk {
+    pub first: u64,
+    pub count: u32,
+    pub filter: u32,
+    pub wire: StreamWire,
+}
+
+/// A chunk's filter summary (the stream protocol's filtering): which filter values the
+/// messages in it carry, each value hashed to one of 30 bits, and whether some carry none.
+/// A subscription with filter values is not sent a chunk that can hold none of them; a
+/// value may share its bit with others, so clients filter what they get, as they do after
+/// RabbitMQ's Bloom filter. A chunk whose summary was not recorded (written before, or
+/// indexed again after a crash) is sent to every subscription.
+pub const FILTER_RECORDED: u32 = 1 << 31;
+/// Some message in the chunk carries no filter value.
+pub const FILTER_UNFILTERED: u32 = 1;
+
+/// The bit of the filter summary that stands for `value` (FNV-1a, one of bits 1 to 30).
+pub fn filter_bit(value: &[u8]) -> u32 {
+    let hash = value.iter().fold(0x811c_9dc5u32, |h, b| (h ^ *b as u32).wrapping_mul(0x0100_0193));
+    1 << (1 + hash % 30)
+}
+
+/// Whether a subscription that asked for the values whose bits are `wanted` (and, with
+/// `match_unfiltered`, for messages with no value) is to be sent a chunk summarised as
+/// `summary`.
+pub fn filter_matches(summary: u32, wanted: u32, match_unfiltered: bool) -> bool {
+    summary & FILTER_RECORDED == 0 || summary & wanted != 0 || (match_unfiltered && summary & FILTER_UNFILTERED != 0)
+}
+
 /// A durable chunk of a stream, as read: its first offset, when it was appended
 /// (milliseconds since the epoch), its records, each a slice of one buffer, and the
 /// publishers' newest publishing ids it holds.
@@ -148,6 +182,8 @@ pub struct StreamChunk {
     /// Its compressed sub-entry batches, in offset order; the records of each are empty
     /// places in `records` (the broker does not decompress them).
     pub batches: Arc<[CompressedBatch]>,
+    /// Its filter summary (see [`filter_bit`]).
+    pub filter: u32,
 }
 
 impl StreamChunk {
@@ -283,4 +319,29 @@ pub fn table_from_hex(s: &str) -> Result<FieldTable, StoreError> {
     }
     let bytes: Result<Vec<u8>, _> = (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16)).collect();
     Decoder::new(bytes.map_err(|_| bad())?.into()).table().map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_is_wanted_if_it_may_hold_a_value_asked_for() {
+        let (emea, apac) = (filter_bit(b"emea"), filter_bit(b"apac"));
+        for bit in [emea, apac, filter_bit(b""), filter_bit(&[0xff; 300])] {
+            assert_eq!(bit.count_ones(), 1);
+            assert!(bit & (FILTER_RECORDED | FILTER_UNFILTERED) == 0, "bits 1 to 30 only");
+        }
+        assert_eq!(emea, filter_bit(b"emea"), "the same value, the same bit, in every run");
+        let chunk = FILTER_RECORDED | emea;
+        assert!(filter_matches(chunk, emea, false));
+        assert!(filter_matches(chunk, emea | apac, false));
+        if emea != apac {
+            assert!(!filter_matches(chunk, apac, true), "no unfiltered message in it");
+            assert!(!filter_matches(FILTER_RECORDED | FILTER_UNFILTERED, apac, false));
+            assert!(filter_matches(FILTER_RECORDED | FILTER_UNFILTERED, apac, true));
+        }
+        // A chunk whose summary was not recorded goes to every subscription.
+        assert!(filter_matches(0, apac, false));
+    }
 }

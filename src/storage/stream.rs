@@ -12,7 +12,8 @@ use super::cipher::{is_sealed_blob, KeyRing, Nonces};
 use super::stream_log::{Settings, StreamLog, MAX_ENTRIES, MAX_RECORDS};
 use super::syncer::{Flusher, Syncer};
 use crate::broker::store::{
-    RecordFormat, StoreError, StreamChunk, StreamSettings, StreamStore, StreamWire, MAX_TRACKED_REFERENCES,
+    filter_bit, RecordFormat, StoreError, StreamChunk, StreamSettings, StreamStore, WireChunk, FILTER_RECORDED,
+    FILTER_UNFILTERED, MAX_TRACKED_REFERENCES,
 };
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
@@ -69,6 +70,8 @@ struct Mark {
     /// A compressed sub-entry batch of this many messages (written as it is), or 0 for one
     /// message.
     batch: u16,
+    /// Its filter value's bit, or FILTER_UNFILTERED.
+    filter: u32,
 }
 
 impl Mark {
@@ -225,16 +228,17 @@ impl StreamStore for DiskStream {
         let offset = p.next_offset;
         let mut buf = BytesMut::new();
         record(offset, &mut buf);
-        Self::push(&mut p, buf.freeze(), Mark { format: RecordFormat::Hare, writer: None, batch: 0 });
+        let mark = Mark { format: RecordFormat::Hare, writer: None, batch: 0, filter: FILTER_UNFILTERED };
+        Self::push(&mut p, buf.freeze(), mark);
         (offset, self.list(&mut p))
     }
 
-    fn append_amqp10(&self, writer: Option<(&str, u64)>, message: Bytes) -> (u64, u64) {
-        self.append_entry(writer, message, 0)
+    fn append_amqp10(&self, writer: Option<(&str, u64)>, message: Bytes, filter: Option<&[u8]>) -> (u64, u64) {
+        self.append_entry(writer, message, 0, filter.map_or(FILTER_UNFILTERED, filter_bit))
     }
 
     fn append_batch(&self, writer: Option<(&str, u64)>, entry: Bytes, records: u16) -> (u64, u64) {
-        self.append_entry(writer, entry, records.max(1))
+        self.append_entry(writer, entry, records.max(1), FILTER_UNFILTERED)
     }
 
     fn bounds(&self) -> (u64, u64) {
@@ -271,19 +275,21 @@ impl StreamStore for DiskStream {
             records: chunk.messages.into(),
             writers: chunk.writers.into(),
             batches: chunk.batches.into(),
+            filter: info.filter,
         };
         log.cache = Some(chunk.clone());
         Ok(Some(chunk))
     }
 
-    fn read_wire(&self, offset: u64) -> Result<Option<(u64, u32, StreamWire)>, StoreError> {
+    fn read_wire(&self, offset: u64) -> Result<Option<WireChunk>, StoreError> {
         let end = self.durable_end.load(Ordering::Acquire);
         if offset >= end {
             return Ok(None);
         }
         let log = self.log.lock();
         let Some(info) = log.log.chunk_at(offset).filter(|c| c.first_offset < end) else { return Ok(None) };
-        Ok(log.log.wire(&info)?.map(|w| (info.first_offset, info.count, w)))
+        let chunk = |wire| WireChunk { first: info.first_offset, count: info.count, filter: info.filter, wire };
+        Ok(log.log.wire(&info)?.map(chunk))
     }
 
     fn size(&self) -> (u64, usize) {
@@ -361,10 +367,10 @@ impl DiskStream {
     }
 
     /// Appends the stream protocol's message, or compressed batch of `batch` messages.
-    fn append_entry(&self, writer: Option<(&str, u64)>, entry: Bytes, batch: u16) -> (u64, u64) {
+    fn append_entry(&self, writer: Option<(&str, u64)>, entry: Bytes, batch: u16, filter: u32) -> (u64, u64) {
         let mut p = self.pending.lock();
         let offset = p.next_offset;
-        let mut mark = Mark { format: RecordFormat::Amqp10, writer: None, batch };
+        let mut mark = Mark { format: RecordFormat::Amqp10, writer: None, batch, filter };
         if let Some((reference, id)) = writer {
             if Self::track(&mut p.writers, reference, id, &self.label) {
                 Self::track(&mut p.round_writers, reference, id, &self.label);
@@ -468,7 +474,8 @@ impl Flusher for DiskStream {
                     writers.push((refs[at].as_str(), id));
                 }
             }
-            match log.log.append_entries(format, &messages[start..end], &batches, &writers, now) {
+            let filter = marks[start..end].iter().fold(FILTER_RECORDED, |f, m| f | m.filter);
+            match log.log.append_entries(format, &messages[start..end], &batches, &writers, filter, now) {
                 Ok(f) => first = f,
                 Err(e) => {
                     log.written = (log.log.next_offset(), first);
@@ -484,7 +491,7 @@ impl Flusher for DiskStream {
                     for (set, list) in [(&marks[start..], &refs), (&later_marks[..], &later_refs)] {
                         for m in set {
                             let writer = m.writer.map(|(at, id)| (p.intern(&list[at as usize]), id));
-                            p.marks.push(Mark { format: m.format, writer, batch: m.batch });
+                            p.marks.push(Mark { writer, ..*m });
                         }
                     }
                     p.listed = true;
@@ -560,7 +567,7 @@ mod tests {
     }
 
     fn publish(s: &DiskStream, reference: &str, id: u64) {
-        s.append_amqp10(Some((reference, id)), Bytes::from_static(b"m"));
+        s.append_amqp10(Some((reference, id)), Bytes::from_static(b"m"), None);
     }
 
     /// Publishers' ids and stored offsets come back after a reopen, from the saved tracking;
@@ -632,7 +639,7 @@ mod tests {
             if is_record(offset) {
                 s.append(&mut |_, buf| buf.extend_from_slice(&body));
             } else {
-                s.append_amqp10(None, body.clone());
+                s.append_amqp10(None, body.clone(), None);
             }
         }
         syncer.flush_now();
@@ -651,8 +658,8 @@ mod tests {
             let wire = s.read_wire(offset).expect("reads");
             match c.format {
                 RecordFormat::Amqp10 => {
-                    let (first, count, wire) = wire.expect("a chunk of AMQP 1.0 messages");
-                    assert_eq!((first, count as usize, wire.len()), (offset, c.records.len(), 48 + data));
+                    let w = wire.expect("a chunk of AMQP 1.0 messages");
+                    assert_eq!((w.first, w.count as usize, w.wire.len()), (offset, c.records.len(), 48 + data));
                 }
                 RecordFormat::Hare => assert!(wire.is_none()),
             }
@@ -679,7 +686,7 @@ mod tests {
         let syncer = Syncer::start();
         let s = DiskStream::open(&dir, "test".into(), settings(), syncer.clone(), None).expect("opens");
         for _ in 0..70_000 {
-            s.append_amqp10(None, Bytes::from_static(b"m"));
+            s.append_amqp10(None, Bytes::from_static(b"m"), None);
         }
         syncer.flush_now();
         let mut offset = 0;
@@ -723,11 +730,11 @@ mod tests {
         let s = DiskStream::open(&dir, "test".into(), settings(), syncer.clone(), None).expect("opens");
         // gzip (1), 65,535 messages, sizes, an opaque body.
         let entry = Bytes::from_static(b"\x90\xff\xff\x00\x00\x00\x10\x00\x00\x00\x04body");
-        s.append_amqp10(None, Bytes::from_static(b"first"));
+        s.append_amqp10(None, Bytes::from_static(b"first"), None);
         for _ in 0..10 {
             s.append_batch(Some(("zipper", 1)), entry.clone(), u16::MAX);
         }
-        let (last, _) = s.append_amqp10(None, Bytes::from_static(b"last"));
+        let (last, _) = s.append_amqp10(None, Bytes::from_static(b"last"), None);
         syncer.flush_now();
         assert_eq!(last, 1 + 10 * u16::MAX as u64);
         assert_eq!(s.bounds(), (0, last + 1));
@@ -737,8 +744,8 @@ mod tests {
             assert_eq!(c.first, offset);
             batches.extend(c.batches.iter().map(|b| (b.first, b.records, b.entry.clone())));
             // Sent as stored, whole.
-            let (first, count, _) = s.read_wire(offset).expect("reads").expect("AMQP 1.0 messages");
-            assert_eq!((first, count as usize), (offset, c.records.len()));
+            let w = s.read_wire(offset).expect("reads").expect("AMQP 1.0 messages");
+            assert_eq!((w.first, w.count as usize), (offset, c.records.len()));
             offset += c.records.len() as u64;
         }
         assert_eq!(offset, last + 1);
@@ -755,6 +762,6 @@ mod tests {
     }
 
     fn publish_dyn(s: &Arc<dyn StreamStore>, reference: &str, id: u64) {
-        s.append_amqp10(Some((reference, id)), Bytes::from_static(b"m"));
+        s.append_amqp10(Some((reference, id)), Bytes::from_static(b"m"), None);
     }
 }

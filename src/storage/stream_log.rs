@@ -69,7 +69,7 @@ const TRACK_SEQUENCE: u8 = 0;
 /// timestamp i64, data length u32, CRC32C u32; records only.
 const LEGACY_MAGIC: u32 = 0x4853_4331;
 const LEGACY_HEADER: usize = 32;
-/// first offset u64, timestamp i64, position u64, count u32, reserved u32.
+/// first offset u64, timestamp i64, position u64, count u32, filter summary u32.
 const INDEX_ENTRY: usize = 32;
 /// A chunk's data is at most this large (a message is at most 512 MiB).
 const MAX_CHUNK_DATA: u64 = 1 << 30;
@@ -91,6 +91,9 @@ pub struct ChunkInfo {
     pub sealed: bool,
     /// Written in the layout before osiris's.
     pub legacy: bool,
+    /// Its filter summary (`broker::store::filter_bit`), kept in its index entry; 0 when
+    /// not recorded.
+    pub filter: u32,
 }
 
 /// A chunk read back: its messages, each a slice of one buffer, and the publishers' newest
@@ -223,18 +226,20 @@ impl StreamLog {
         writers: &[(&str, u64)],
         timestamp: i64,
     ) -> std::io::Result<u64> {
-        self.append_entries(format, messages, &[], writers, timestamp)
+        self.append_entries(format, messages, &[], writers, 0, timestamp)
     }
 
     /// As [`StreamLog::append`], where `batches` (empty: none) says which entries are
     /// compressed sub-entry batches, and of how many messages: those are written as they
-    /// are (their own header and body) and take that many offsets.
+    /// are (their own header and body) and take that many offsets; and `filter` is the
+    /// chunk's filter summary, kept in its index entry.
     pub fn append_entries(
         &mut self,
         format: RecordFormat,
         messages: &[Bytes],
         batches: &[u16],
         writers: &[(&str, u64)],
+        filter: u32,
         timestamp: i64,
     ) -> std::io::Result<u64> {
         let first_offset = self.next_offset();
@@ -325,6 +330,7 @@ impl StreamLog {
             data_len: data_len as u64,
             sealed: self.keys.is_some(),
             legacy: false,
+            filter,
         };
         segment.file.write_all_at(&buf, segment.size)?;
         segment.index.write_all_at(&index_entry(&info), (segment.chunks.len() * INDEX_ENTRY) as u64)?;
@@ -495,6 +501,7 @@ fn index_entry(c: &ChunkInfo) -> [u8; INDEX_ENTRY] {
     e[8..16].copy_from_slice(&c.timestamp.to_be_bytes());
     e[16..24].copy_from_slice(&c.position.to_be_bytes());
     e[24..28].copy_from_slice(&c.count.to_be_bytes());
+    e[28..32].copy_from_slice(&c.filter.to_be_bytes());
     e
 }
 
@@ -538,6 +545,7 @@ impl Header {
             data_len: self.data_len,
             sealed: self.sealed,
             legacy: self.legacy,
+            filter: 0,
         }
     }
 }
@@ -708,7 +716,8 @@ fn open_segment(dir: &Path, first_offset: u64, tail: bool) -> std::io::Result<Se
         let Some(h) = read_header(&file, at, file_len).filter(|h| h.first_offset == first && h.count == count) else {
             break;
         };
-        chunks.push(h.info(at));
+        let filter = u32::from_be_bytes(e[28..32].try_into().unwrap_or_default());
+        chunks.push(ChunkInfo { filter, ..h.info(at) });
         position = at + h.len();
     }
     // What the index does not cover: read back, verified, indexed.

@@ -366,8 +366,8 @@ impl Conn {
                 let c = if self.publishers.remove(&id).is_some() { code::OK } else { code::PUBLISHER_DOES_NOT_EXIST };
                 self.respond(key::DELETE_PUBLISHER, corr, c);
             }
-            // Of the subscription properties, single active consumer's are used (`filter.N`
-            // and `match-unfiltered` are the client's own to apply: every chunk is sent).
+            // Of the subscription properties, single active consumer's are read here, and
+            // the filter's (`filter.N`, `match-unfiltered`) by the subscription's task.
             Command::Subscribe { corr, id, stream, offset, credit, properties } => {
                 self.subscribe(corr, id, stream, offset, credit, &properties)
             }
@@ -443,9 +443,8 @@ impl Conn {
             Command::ExchangeCommandVersions { corr, .. } => {
                 // RabbitMQ 3.13's list, in its order (clients index it by key). Publish goes to
                 // version 2 (a filter value with each message), which tells clients that
-                // filtering is supported: the broker sends every chunk and a consumer's
-                // filter keeps what it asked for (RabbitMQ may skip chunks first, by a
-                // Bloom filter; clients filter after it all the same).
+                // filtering is supported (see `deliver`: chunks without a subscription's
+                // values are passed over; clients filter what they get all the same).
                 let versions = [
                     key::DECLARE_PUBLISHER,
                     key::PUBLISH,

@@ -14,7 +14,7 @@ use super::codec::{code, key, put_frame, put_string, OffsetSpec};
 use crate::broker::connections::{bump, ConnectionEntry, StreamReaderCard};
 use crate::broker::queue::stream::{record_as_amqp10, StreamReaderGuard};
 use crate::broker::queue::Queue;
-use crate::broker::store::{StreamChunk, StreamStore, StreamWire};
+use crate::broker::store::{filter_bit, filter_matches, StreamChunk, StreamStore, StreamWire};
 use crate::net::writer::{Encoded, WriterHandle, ZERO_COPY_MIN};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -145,8 +145,23 @@ pub fn start(s: Start, properties: Vec<(String, String)>) -> Subscription {
     sub
 }
 
+/// A subscription's filter (RabbitMQ 3.13's `filter.N` properties and `match-unfiltered`):
+/// the bits of the values it asked for and whether it wants messages without a value.
+fn filter_of(properties: &[(String, String)]) -> Option<(u32, bool)> {
+    let wanted = properties
+        .iter()
+        .filter(|(k, _)| k.starts_with("filter."))
+        .fold(0, |bits, (_, v)| bits | filter_bit(v.as_bytes()));
+    let unfiltered = properties.iter().any(|(k, v)| k == "match-unfiltered" && v == "true");
+    (wanted != 0).then_some((wanted, unfiltered))
+}
+
 async fn run(s: Start, store: Arc<dyn StreamStore>, mut next: u64, card: Arc<StreamReaderCard>) {
     let credit = &card.credits;
+    let filter = filter_of(&card.properties);
+    // A chunk none of whose messages can match the subscription's filter is passed over,
+    // its credit kept (as RabbitMQ passes over chunks by their Bloom filter).
+    let wanted = |summary: u32| filter.is_none_or(|(bits, unfiltered)| filter_matches(summary, bits, unfiltered));
     let mut durable = store.durable_watch();
     // Bounded by the connection: the task is aborted when the subscription or the
     // connection ends, and ends by itself when its stream is deleted.
@@ -167,10 +182,16 @@ async fn run(s: Start, store: Arc<dyn StreamStore>, mut next: u64, card: Arc<Str
         permit.forget();
         wait_for_writer(&s.writer).await;
         match store.read_wire(next) {
-            Ok(Some((first, count, wire))) if first >= next && FRAME_HEADER + wire.len() <= s.frame_max => {
-                send_wire(&s, wire);
-                next = first + count as u64;
-                card.consumed.fetch_add(count as u64, Ordering::Relaxed);
+            Ok(Some(w)) if w.first >= next && !wanted(w.filter) => {
+                credit.add_permits(1);
+                next = w.first + w.count as u64;
+                card.offset.store(next, Ordering::Relaxed);
+                continue;
+            }
+            Ok(Some(w)) if w.first >= next && FRAME_HEADER + w.wire.len() <= s.frame_max => {
+                send_wire(&s, w.wire);
+                next = w.first + w.count as u64;
+                card.consumed.fetch_add(w.count as u64, Ordering::Relaxed);
                 card.offset.store(next, Ordering::Relaxed);
                 continue;
             }
@@ -198,6 +219,12 @@ async fn run(s: Start, store: Arc<dyn StreamStore>, mut next: u64, card: Arc<Str
             }
         };
         let from = next.max(chunk.first);
+        if !wanted(chunk.filter) {
+            credit.add_permits(1);
+            next = from.max(chunk.first + chunk.records.len() as u64);
+            card.offset.store(next, Ordering::Relaxed);
+            continue;
+        }
         next = send_chunk(&s, &chunk, from, credit);
         card.consumed.fetch_add(next.saturating_sub(from), Ordering::Relaxed);
         card.offset.store(next, Ordering::Relaxed);

@@ -106,6 +106,14 @@ class Raw:
             body += struct.pack(">QI", pub_id, len(data)) + data
         self.send(PUBLISH, body)
 
+    def publish_v2(self, pid, messages):
+        """Version 2 of publish: (publishing id, filter value or None, data) each."""
+        body = struct.pack(">BI", pid, len(messages))
+        for pub_id, value, data in messages:
+            body += struct.pack(">Q", pub_id) + (s16(value) if value is not None else struct.pack(">h", -1))
+            body += struct.pack(">I", len(data)) + data
+        self.send(PUBLISH, body, version=2)
+
     def confirms(self, n):
         """Publishing ids confirmed until `n` have come; errors as (id, code)."""
         ids, errors = [], []
@@ -150,6 +158,12 @@ class Raw:
             messages.append(data[4:4 + size])
             data = data[4 + size:]
         return first, messages
+
+    def deliver_of(self, timeout=10):
+        """The next chunk's subscription and first offset."""
+        p = self.next_of(DELIVER, timeout)
+        sid, first = p[0], struct.unpack(">Q", p[25:33])[0]
+        return sid, first
 
     def query_seq(self, reference, stream):
         self.request(QUERY_SEQ, s16(reference) + s16(stream))

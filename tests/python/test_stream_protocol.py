@@ -287,6 +287,37 @@ def test_filtered_publishes_and_subscriptions(broker):
     assert run(go()) == [(0, b"emea-0"), (3, b"emea-3")]
 
 
+def test_a_filtered_subscription_is_not_sent_chunks_without_its_values(broker):
+    """Each confirmed publish below is a chunk of its own. A subscription with a filter value
+    is sent only the chunks that hold it (and, with match-unfiltered, those holding messages
+    without a value); one without a filter gets them all."""
+    create(broker, "sp-skip")
+    r = Raw(broker.stream_port)
+    assert r.declare_publisher(0, "", "sp-skip") == OK
+    values = ["emea", "apac", None, "emea", "amer", None]
+    for i, v in enumerate(values):
+        r.publish_v2(0, [(i, v, b"m%d" % i)])
+        assert r.confirms(1) == ([i], [])
+    c = Raw(broker.stream_port)
+    assert c.subscribe(1, "sp-skip", properties={"filter.0": "emea"}) == OK
+    assert c.subscribe(2, "sp-skip", properties={"filter.0": "amer", "match-unfiltered": "true"}) == OK
+    assert c.subscribe(3, "sp-skip") == OK
+    got = {1: [], 2: [], 3: []}
+    while sum(map(len, got.values())) < 2 + 3 + 6:
+        sid, first = c.deliver_of()
+        got[sid].append(first)
+    assert got == {1: [0, 3], 2: [2, 4, 5], 3: [0, 1, 2, 3, 4, 5]}
+    # A later chunk with the value reaches it next: those between were passed over.
+    r.publish_v2(0, [(6, "apac", b"m6"), ])
+    r.confirms(1)
+    r.publish_v2(0, [(7, "emea", b"m7")])
+    r.confirms(1)
+    seen = [c.deliver_of() for _ in range(3)]
+    assert sorted(seen) == [(1, 7), (3, 6), (3, 7)]
+    c.close()
+    r.close()
+
+
 def test_refusals_carry_the_protocols_codes(broker):
     create(broker, "sp-refusals")
     r = Raw(broker.stream_port)

@@ -252,9 +252,14 @@ impl Queue {
     /// (a named publisher's reference and publishing id); returns its offset and the ticket
     /// its confirm waits for. None if the queue is not a stream. The queue's publish count
     /// is kept by `count_stream_publishes`, once per frame.
-    pub fn stream_append(&self, writer: Option<(&str, u64)>, message: bytes::Bytes) -> Option<(u64, u64)> {
+    pub fn stream_append(
+        &self,
+        writer: Option<(&str, u64)>,
+        message: bytes::Bytes,
+        filter: Option<&[u8]>,
+    ) -> Option<(u64, u64)> {
         let store = self.stream.as_ref()?;
-        Some(store.append_amqp10(writer, message))
+        Some(store.append_amqp10(writer, message, filter))
     }
 
     /// Appends a compressed sub-entry batch of `records` messages, as `stream_append` a

@@ -99,6 +99,7 @@ fn the_log_agrees_with_a_model_under_random_operations() {
         let keys = (seed % 2 == 1).then(|| Arc::new(KeyRing::from_key([7; 32])));
         let mut log = StreamLog::open(&dir, settings, keys.clone()).expect("open");
         let mut model = Model::default();
+        let mut filters = std::collections::HashMap::new();
         let mut now = 1_000_000i64;
         for step in 0..300u64 {
             let ctx = format!("seed {seed} step {step}");
@@ -124,7 +125,9 @@ fn the_log_agrees_with_a_model_under_random_operations() {
                             _ => m.clone(),
                         })
                         .collect();
-                    let first = log.append_entries(format, &entries, &batches, &writers, now).expect("append");
+                    let filter = rng.gen::<u32>();
+                    let first = log.append_entries(format, &entries, &batches, &writers, filter, now).expect("append");
+                    filters.insert(first, filter);
                     assert_eq!(first, model.next, "{ctx}");
                     let (mut messages, mut compressed) = (Vec::new(), Vec::new());
                     for (i, e) in entries.iter().enumerate() {
@@ -152,6 +155,10 @@ fn the_log_agrees_with_a_model_under_random_operations() {
                 50..=69 => {
                     let offset = rng.gen_range(0..model.next + 3);
                     let info = log.chunk_at(offset);
+                    // The filter summary kept in the index, across reopenings too.
+                    if let Some(i) = info {
+                        assert_eq!(Some(&i.filter), filters.get(&i.first_offset), "{ctx}: filter summary");
+                    }
                     let got = info.map(|c| log.read(&c).expect("read"));
                     assert_eq!(got.as_ref(), model.at(offset), "{ctx}: chunk at {offset}");
                     // A chunk of AMQP 1.0 messages is also had as the stream protocol sends it.

@@ -57,7 +57,7 @@ impl Conn {
                 malformed = true;
                 break;
             };
-            let (publishing_id, data) = entry;
+            let (publishing_id, filter, data) = entry;
             if last.is_some_and(|l| publishing_id <= l) {
                 // A duplicate: confirmed, not stored.
                 self.unconfirmed.push_back((0, id, publishing_id));
@@ -67,7 +67,7 @@ impl Conn {
             let ticket = match data {
                 Entry::One(message) => {
                     appended += 1;
-                    queue.stream_append(writer, message).map(|(_, t)| t)
+                    queue.stream_append(writer, message, filter.as_deref()).map(|(_, t)| t)
                 }
                 Entry::Batch(batch) => {
                     let mut ticket = None;
@@ -75,7 +75,7 @@ impl Conn {
                     for (i, message) in batch.into_iter().enumerate() {
                         // The batch's publishing id goes with its last message.
                         let w = if i + 1 == n { writer } else { None };
-                        ticket = queue.stream_append(w, message).map(|(_, t)| t);
+                        ticket = queue.stream_append(w, message, None).map(|(_, t)| t);
                     }
                     appended += n as u64;
                     ticket
@@ -148,18 +148,22 @@ enum Entry {
 }
 
 /// Cuts the next `publishing id | [filter value] | entry` out of a publish frame.
-fn next_entry(b: &mut Bytes, version: u16) -> Option<(u64, Entry)> {
+fn next_entry(b: &mut Bytes, version: u16) -> Option<(u64, Option<Bytes>, Entry)> {
     if b.remaining() < 12 {
         return None;
     }
     let id = b.get_u64();
+    let mut filter = None;
     if version >= 2 {
+        if b.remaining() < 2 {
+            return None;
+        }
         let len = b.get_i16();
-        if len > 0 {
+        if len >= 0 {
             if b.remaining() < len as usize {
                 return None;
             }
-            b.advance(len as usize);
+            filter = Some(b.split_to(len as usize));
         }
     }
     if b.remaining() < 4 {
@@ -171,7 +175,7 @@ fn next_entry(b: &mut Bytes, version: u16) -> Option<(u64, Entry)> {
         if b.remaining() < size {
             return None;
         }
-        return Some((id, Entry::One(b.split_to(size))));
+        return Some((id, filter, Entry::One(b.split_to(size))));
     }
     // 1 | compression (3 bits) | unused (4) | count u16 | uncompressed size u32 | size u32 | batch
     if b.remaining() < 11 {
@@ -187,7 +191,7 @@ fn next_entry(b: &mut Bytes, version: u16) -> Option<(u64, Entry)> {
     }
     let mut batch = b.split_to(size);
     if compression != 0 {
-        return Some((id, Entry::Compressed(whole.slice(..11 + size), count as u16)));
+        return Some((id, filter, Entry::Compressed(whole.slice(..11 + size), count as u16)));
     }
     let mut messages = Vec::with_capacity(count.min(batch.remaining() / 4));
     for _ in 0..count {
@@ -200,7 +204,7 @@ fn next_entry(b: &mut Bytes, version: u16) -> Option<(u64, Entry)> {
         }
         messages.push(batch.split_to(n));
     }
-    Some((id, Entry::Batch(messages)))
+    Some((id, filter, Entry::Batch(messages)))
 }
 
 /// The publishing ids of a frame refused whole.
@@ -208,7 +212,7 @@ fn publishing_ids(version: u16, count: u32, mut messages: Bytes) -> Vec<u64> {
     let mut ids = Vec::new();
     for _ in 0..count {
         match next_entry(&mut messages, version) {
-            Some((id, _)) => ids.push(id),
+            Some((id, _, _)) => ids.push(id),
             None => break,
         }
     }

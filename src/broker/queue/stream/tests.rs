@@ -124,7 +124,7 @@ impl StreamStore for MemoryStore {
         st.pending.push(buf.freeze());
         (offset, 0)
     }
-    fn append_amqp10(&self, writer: Option<(&str, u64)>, message: bytes::Bytes) -> (u64, u64) {
+    fn append_amqp10(&self, writer: Option<(&str, u64)>, message: bytes::Bytes, _: Option<&[u8]>) -> (u64, u64) {
         let mut st = self.state.lock();
         let offset = (st.records.len() + st.pending.len()) as u64;
         st.pending.push(legacy_amqp10_record(writer, &message));
@@ -137,7 +137,7 @@ impl StreamStore for MemoryStore {
         st.batches.push(crate::broker::store::CompressedBatch { first, records, entry });
         (first, 0)
     }
-    fn read_wire(&self, _offset: u64) -> Result<Option<(u64, u32, crate::broker::store::StreamWire)>, StoreError> {
+    fn read_wire(&self, _offset: u64) -> Result<Option<crate::broker::store::WireChunk>, StoreError> {
         // Records only: a reader reads them with `read`.
         Ok(None)
     }
@@ -169,6 +169,7 @@ impl StreamStore for MemoryStore {
             records,
             writers: Vec::new().into(),
             batches,
+            filter: 0,
         }))
     }
     fn size(&self) -> (u64, usize) {
