@@ -79,9 +79,10 @@ pub struct StreamSettings {
 /// sync thread.
 pub trait StreamStore: Send + Sync + std::fmt::Debug {
     /// Appends one AMQP 0-9-1 message as a record of Hare's: `record` writes its bytes, given
-    /// the offset it gets. Returns that offset and the group-commit ticket that makes it
+    /// the offset it gets, and returns its filter value's bit (see [`filter_bit`]) or
+    /// [`FILTER_UNFILTERED`]. Returns that offset and the group-commit ticket that makes it
     /// durable. Buffered: no I/O here.
-    fn append(&self, record: &mut dyn FnMut(u64, &mut BytesMut)) -> (u64, u64);
+    fn append(&self, record: &mut dyn FnMut(u64, &mut BytesMut) -> u32) -> (u64, u64);
     /// Appends one AMQP 1.0 message as the stream protocol published it (kept as it is, a
     /// slice of the frame it came in). `writer` is a named publisher's reference and the
     /// message's publishing id (deduplication): the newest id of each reference is

@@ -223,12 +223,12 @@ impl DiskStream {
 }
 
 impl StreamStore for DiskStream {
-    fn append(&self, record: &mut dyn FnMut(u64, &mut BytesMut)) -> (u64, u64) {
+    fn append(&self, record: &mut dyn FnMut(u64, &mut BytesMut) -> u32) -> (u64, u64) {
         let mut p = self.pending.lock();
         let offset = p.next_offset;
         let mut buf = BytesMut::new();
-        record(offset, &mut buf);
-        let mark = Mark { format: RecordFormat::Hare, writer: None, batch: 0, filter: FILTER_UNFILTERED };
+        let filter = record(offset, &mut buf);
+        let mark = Mark { format: RecordFormat::Hare, writer: None, batch: 0, filter };
         Self::push(&mut p, buf.freeze(), mark);
         (offset, self.list(&mut p))
     }
@@ -637,7 +637,10 @@ mod tests {
         let is_record = |offset: u64| offset % 2_000 == 1_999;
         for offset in 0..5_000 {
             if is_record(offset) {
-                s.append(&mut |_, buf| buf.extend_from_slice(&body));
+                s.append(&mut |_, buf| {
+                    buf.extend_from_slice(&body);
+                    FILTER_UNFILTERED
+                });
             } else {
                 s.append_amqp10(None, body.clone(), None);
             }

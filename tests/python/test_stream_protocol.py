@@ -314,6 +314,15 @@ def test_a_filtered_subscription_is_not_sent_chunks_without_its_values(broker):
     r.confirms(1)
     seen = [c.deliver_of() for _ in range(3)]
     assert sorted(seen) == [(1, 7), (3, 6), (3, 7)]
+    # AMQP 0-9-1 publishers give their filter value in the x-stream-filter-value header.
+    conn = broker.connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.basic_publish("", "sp-skip", b"m8", pika.BasicProperties(headers={"x-stream-filter-value": "emea"}))
+    ch.basic_publish("", "sp-skip", b"m9")
+    conn.close()
+    seen = [c.deliver_of() for _ in range(4)]
+    assert sorted(seen) == [(1, 8), (2, 9), (3, 8), (3, 9)]
     c.close()
     r.close()
 

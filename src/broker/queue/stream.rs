@@ -10,7 +10,7 @@
 
 use super::*;
 use crate::broker::arguments::StreamOffset;
-use crate::broker::store::{RecordFormat, StreamStore};
+use crate::broker::store::{filter_bit, RecordFormat, StreamStore, FILTER_UNFILTERED};
 use crate::types::{BasicProperties, FieldValue};
 use bytes::{Buf, BufMut, BytesMut};
 
@@ -44,8 +44,14 @@ pub(super) struct Reader {
 
 /// A message as a stream stores it, with `x-stream-offset: offset` in its headers:
 /// `1 | flags | exchange (u8 length) | routing key (u8 length) | properties (u32 length) | body`.
-pub fn encode_record(message: &Message, offset: u64, buf: &mut BytesMut) {
+/// Returns its filter value's bit: its `x-stream-filter-value` header, as RabbitMQ 3.13 reads
+/// an AMQP 0-9-1 publisher's filter value (see `store::filter_bit`).
+pub fn encode_record(message: &Message, offset: u64, buf: &mut BytesMut) -> u32 {
     let mut props = message.decode_properties();
+    let filter = match props.headers.as_ref().and_then(|h| h.get("x-stream-filter-value")) {
+        Some(FieldValue::LongStr(v)) => filter_bit(v),
+        _ => FILTER_UNFILTERED,
+    };
     props.headers.get_or_insert_with(FieldTable::new).insert("x-stream-offset", FieldValue::I64(offset as i64));
     let props = props.to_bytes();
     buf.reserve(8 + message.exchange.len() + message.routing_key.len() + props.len() + message.body.len());
@@ -60,6 +66,7 @@ pub fn encode_record(message: &Message, offset: u64, buf: &mut BytesMut) {
     for part in message.body.parts() {
         buf.put_slice(part);
     }
+    filter
 }
 
 /// An old-layout stream protocol record (`2 | reference (u8 length) | publishing id (u64,

@@ -116,7 +116,7 @@ impl MemoryStore {
 }
 
 impl StreamStore for MemoryStore {
-    fn append(&self, record: &mut dyn FnMut(u64, &mut BytesMut)) -> (u64, u64) {
+    fn append(&self, record: &mut dyn FnMut(u64, &mut BytesMut) -> u32) -> (u64, u64) {
         let mut st = self.state.lock();
         let offset = (st.records.len() + st.pending.len()) as u64;
         let mut buf = BytesMut::new();
