@@ -562,6 +562,13 @@ mod tests {
     use super::*;
     use crate::broker::queue::stream::recover_writers;
 
+    /// An empty directory for a test's stream, and a sync thread.
+    fn fresh(name: &str) -> (std::path::PathBuf, Arc<Syncer>) {
+        let dir = std::env::temp_dir().join(format!("hare-stream-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        (dir, Syncer::start())
+    }
+
     fn settings() -> StreamSettings {
         StreamSettings { max_bytes: None, max_age_ms: None, max_segment_bytes: 1 << 20 }
     }
@@ -575,9 +582,7 @@ mod tests {
     /// between the chunk's fsync and the save), while stored offsets keep the last save.
     #[test]
     fn tracking_survives_a_reopen_and_a_lost_save() {
-        let dir = std::env::temp_dir().join(format!("hare-stream-tracking-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let syncer = Syncer::start();
+        let (dir, syncer) = fresh("tracking");
         let open = || -> Arc<dyn StreamStore> {
             DiskStream::open(&dir, "test".into(), settings(), syncer.clone(), None).expect("opens")
         };
@@ -626,9 +631,7 @@ mod tests {
     /// boundary too, every message readable at its offset after a reopen.
     #[test]
     fn a_large_round_is_written_as_chunks_of_a_bounded_size() {
-        let dir = std::env::temp_dir().join(format!("hare-stream-chunks-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let syncer = Syncer::start();
+        let (dir, syncer) = fresh("chunks");
         let settings = StreamSettings { max_bytes: None, max_age_ms: None, max_segment_bytes: 3 << 20 };
         let s = DiskStream::open(&dir, "test".into(), settings, syncer.clone(), None).expect("opens");
         // 5,000 messages of 1 KiB, one round: about 5 MiB, over two segments. Every
@@ -684,9 +687,7 @@ mod tests {
     /// A chunk holds at most 65,535 messages (the header counts its entries in 16 bits).
     #[test]
     fn a_round_of_many_small_messages_is_cut_at_the_entries_a_chunk_counts() {
-        let dir = std::env::temp_dir().join(format!("hare-stream-entries-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let syncer = Syncer::start();
+        let (dir, syncer) = fresh("entries");
         let s = DiskStream::open(&dir, "test".into(), settings(), syncer.clone(), None).expect("opens");
         for _ in 0..70_000 {
             s.append_amqp10(None, Bytes::from_static(b"m"), None);
@@ -706,9 +707,7 @@ mod tests {
     /// and read back with the key.
     #[test]
     fn sealed_tracking_reads_back_with_the_key() {
-        let dir = std::env::temp_dir().join(format!("hare-stream-sealed-tracking-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let syncer = Syncer::start();
+        let (dir, syncer) = fresh("sealed-tracking");
         let keys = Some(Arc::new(KeyRing::from_key([5; 32])));
         let s = DiskStream::open(&dir, "test".into(), settings(), syncer.clone(), keys.clone()).expect("opens");
         publish(&s, "payroll-writer", 3);
@@ -727,9 +726,7 @@ mod tests {
     /// chunk holds at most MAX_RECORDS offsets however small its batches.
     #[test]
     fn compressed_batches_take_an_offset_per_message() {
-        let dir = std::env::temp_dir().join(format!("hare-stream-batches-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let syncer = Syncer::start();
+        let (dir, syncer) = fresh("batches");
         let s = DiskStream::open(&dir, "test".into(), settings(), syncer.clone(), None).expect("opens");
         // gzip (1), 65,535 messages, sizes, an opaque body.
         let entry = Bytes::from_static(b"\x90\xff\xff\x00\x00\x00\x10\x00\x00\x00\x04body");

@@ -218,7 +218,8 @@ impl StreamLog {
     /// Appends `messages` (at most [`MAX_ENTRIES`]) as one chunk of `format` stamped
     /// `timestamp` (ms), with `writers` (publishers' references and newest publishing ids)
     /// in its trailer; returns the first one's offset. Written, not synced:
-    /// [`StreamLog::sync`] makes it durable.
+    /// [`StreamLog::sync`] makes it durable. (The broker appends with `append_entries`.)
+    #[cfg(test)]
     pub fn append(
         &mut self,
         format: RecordFormat,
@@ -385,16 +386,19 @@ impl StreamLog {
         s.checked_sub(1).map(|s| &self.segments[s]).ok_or_else(|| gone(chunk.first_offset))
     }
 
-    /// Reads a whole chunk back and verifies it; its data and trailer opened if sealed.
-    fn read_verified(&self, chunk: &ChunkInfo) -> std::io::Result<(Header, Bytes, Bytes)> {
+    /// Reads a whole chunk back and verifies it: its header (parsed, and its bytes as
+    /// stored), its data and its trailer, opened if sealed.
+    fn read_verified(&self, chunk: &ChunkInfo) -> std::io::Result<(Header, Bytes, Bytes, Bytes)> {
         let segment = self.segment_of(chunk)?;
         let mut buf = BytesMut::zeroed(chunk.len as usize);
         segment.file.read_exact_at(&mut buf, chunk.position)?;
-        let (header, data, trailer) = parse_chunk(buf.freeze()).ok_or_else(|| corrupt(chunk.first_offset))?;
+        let whole = buf.freeze();
+        let (header, data, trailer) = parse_chunk(whole.clone()).ok_or_else(|| corrupt(chunk.first_offset))?;
         if header.first_offset != chunk.first_offset {
             return Err(corrupt(chunk.first_offset));
         }
-        Ok((header, self.opened(data)?, self.opened(trailer)?))
+        let head = whole.slice(..header.header_len() as usize);
+        Ok((header, head, self.opened(data)?, self.opened(trailer)?))
     }
 
     /// A sealed blob opened; anything else as it is.
@@ -410,7 +414,7 @@ impl StreamLog {
 
     /// Reads a chunk back and verifies it.
     pub fn read(&self, chunk: &ChunkInfo) -> std::io::Result<Chunk> {
-        let (header, data, trailer) = self.read_verified(chunk)?;
+        let (header, _, data, trailer) = self.read_verified(chunk)?;
         let (messages, batches) = match header.legacy {
             true => (split_messages(data, header.count).ok_or_else(|| corrupt(chunk.first_offset))?, Vec::new()),
             false => split_entries(data, &header).ok_or_else(|| corrupt(chunk.first_offset))?,
@@ -439,10 +443,7 @@ impl StreamLog {
             let len = CHUNK_HEADER + chunk.data_len as usize;
             return Ok(Some(StreamWire::File { file: segment.file.clone(), position: chunk.position, len }));
         }
-        let segment = self.segment_of(chunk)?;
-        let mut head = [0u8; CHUNK_HEADER];
-        segment.file.read_exact_at(&mut head, chunk.position)?;
-        let (_, data, _) = self.read_verified(chunk)?;
+        let (_, head, data, _) = self.read_verified(chunk)?;
         let mut out = BytesMut::with_capacity(CHUNK_HEADER + data.len());
         out.put_slice(&head[..32]);
         out.put_u32(crc32fast::hash(&data));
