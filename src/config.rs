@@ -481,7 +481,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     .find_map(|(suffix, m)| s.strip_suffix(suffix).map(|n| (n, *m)))
     .unwrap_or((s, 1));
     let n: u64 = num.trim().parse().map_err(|_| format!("bad memory size '{s}'"))?;
-    Ok(n * mult)
+    n.checked_mul(mult).ok_or_else(|| format!("memory size '{s}' is too large"))
 }
 
 #[cfg(test)]

@@ -73,8 +73,11 @@ pub struct Broker {
     memory_pressure: Arc<std::sync::atomic::AtomicBool>,
     /// Client connections accepted and not yet ended.
     connections: AtomicU64,
-    /// Why publishers are blocked (a memory or disk alarm), if they are.
+    /// Why publishers are blocked (a memory or disk alarm of this node), if they are.
     alarm: Mutex<Option<String>>,
+    /// Other cluster members' alarms as (node, resource): they block this node's publishers
+    /// too, as RabbitMQ's alarms are cluster-wide.
+    remote_alarms: Mutex<Vec<(String, String)>>,
     /// Open connections' cards, by connection id.
     registry: Mutex<HashMap<u64, Arc<connections::ConnectionEntry>>>,
     /// Message counts of connections closed so far, so totals never go down.
@@ -160,6 +163,16 @@ impl Default for BrokerHistory {
 impl Default for Broker {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The resource an alarm's reason names, as RabbitMQ names it: `memory` or `disk` (a free
+/// space below the limit, or disk writes failing).
+pub fn alarm_resource(reason: &str) -> &'static str {
+    if reason.starts_with("memory") {
+        "memory"
+    } else {
+        "disk"
     }
 }
 
@@ -261,6 +274,7 @@ impl Broker {
             memory_pressure: memory_pressure.clone(),
             connections: AtomicU64::new(0),
             alarm: Mutex::new(None),
+            remote_alarms: Mutex::new(Vec::new()),
             registry: Mutex::new(HashMap::new()),
             closed_counts: Mutex::new(stats::MessageCounts::default()),
             vhost_totals: Mutex::new(HashMap::new()),
@@ -526,9 +540,19 @@ impl Broker {
         *self.alarm.lock() = reason;
     }
 
-    /// The alarm in effect, if any: why publishers are blocked.
+    /// This node's alarm in effect, if any: why publishers are blocked.
     pub fn alarm(&self) -> Option<String> {
         self.alarm.lock().clone()
+    }
+
+    /// Records the alarms other members of the cluster report, as (node, resource).
+    pub fn set_remote_alarms(&self, alarms: Vec<(String, String)>) {
+        *self.remote_alarms.lock() = alarms;
+    }
+
+    /// Other members' alarms in effect, as (node, resource).
+    pub fn remote_alarms(&self) -> Vec<(String, String)> {
+        self.remote_alarms.lock().clone()
     }
 
     pub fn open_connections(&self) -> u64 {

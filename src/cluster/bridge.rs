@@ -218,6 +218,21 @@ impl Effects for Bridge {
         self.broker.install_replicated_definitions(definitions)
     }
 
+    fn alarms(&self) -> Vec<String> {
+        self.broker.alarm().map(|r| vec![crate::broker::alarm_resource(&r).to_string()]).unwrap_or_default()
+    }
+
+    fn remote_alarms(&self, alarms: Vec<(String, String)>) {
+        let before = self.broker.remote_alarms();
+        for (node, resource) in alarms.iter().filter(|a| !before.contains(a)) {
+            tracing::warn!("cluster: {resource} alarm on node {node}: publishers here are blocked too");
+        }
+        for (node, resource) in before.iter().filter(|a| !alarms.contains(a)) {
+            tracing::info!("cluster: {resource} alarm on node {node} cleared (or the node is gone)");
+        }
+        self.broker.set_remote_alarms(alarms);
+    }
+
     fn consumers_lost(&self, queue: &QueueName, consumers: Vec<u64>) {
         let Some(cl) = self.cluster() else { return };
         let again: Vec<(u64, u32, bool)> = {

@@ -43,6 +43,13 @@ pub trait Effects: Send + Sync + 'static {
     fn definitions(&self) -> ReplicatedDefinitions;
     /// Makes the broker's replicated definitions those of a snapshot.
     fn install_definitions(&self, definitions: &ReplicatedDefinitions);
+    /// The resources (`memory`, `disk`) this node is short of, for the other members.
+    fn alarms(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// The other members' alarms as (node, resource) changed: they block this node's
+    /// publishers too.
+    fn remote_alarms(&self, _alarms: Vec<(String, String)>) {}
 }
 
 /// What a snapshot holds: the replicated state and the definitions as of the same entry.

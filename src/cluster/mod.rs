@@ -10,10 +10,12 @@
 //! - [`host`]: what a node needs from its machine (network, clock, disk sync): real or simulated.
 //! - [`transport`]: node-to-node TCP with a shared-secret handshake ([`secret`]).
 //! - [`node`]: a running node: Raft, the listener, bootstrap from the seeds, the proposer.
+//! - [`alarms`]: the other members' resource alarms, which block this node's publishers too.
 //! - `sim` (tests only): the deterministic simulation of a cluster under faults (turmoil).
 //! - [`bridge`]: the broker's side: a quorum queue's local face (routing, consumers,
 //!   confirms) over the replicated state.
 
+pub mod alarms;
 pub mod bridge;
 pub mod host;
 pub mod log_store;

@@ -92,6 +92,10 @@ pub struct Cluster {
     got: Mutex<std::collections::HashMap<u64, Outcome>>,
     /// Definition changes refused when applied, by ticket, until their proposers ask.
     refused: Mutex<std::collections::HashMap<u64, crate::broker::replicated::Refusal>>,
+    /// The broker this node serves (its alarms; the machine holds it for applying entries).
+    pub(super) effects: Arc<dyn Effects>,
+    /// The other members' resource alarms, as they last answered.
+    pub(super) alarms: super::alarms::PeerAlarms,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -127,7 +131,7 @@ impl Cluster {
         let seal = super::log_store::Seal::new(s.keys.clone());
         let log = LogStore::open(&s.dir, host.synced_log(), seal.clone())
             .map_err(|e| format!("raft log in {}: {e}", s.dir.display()))?;
-        let machine = Machine::open(s.dir.clone(), process, effects, host.synced_log(), seal)
+        let machine = Machine::open(s.dir.clone(), process, effects.clone(), host.synced_log(), seal)
             .map_err(|e| format!("raft state in {}: {e}", s.dir.display()))?;
         let state = machine.state.clone();
         let leading = machine.leading.clone();
@@ -153,6 +157,8 @@ impl Cluster {
             backlog_waiters: Mutex::new(Vec::new()),
             got: Mutex::new(std::collections::HashMap::new()),
             refused: Mutex::new(std::collections::HashMap::new()),
+            effects,
+            alarms: Default::default(),
         });
         tokio::spawn(serve(listener, cluster.clone()));
         tokio::spawn(bootstrap(cluster.clone(), s.clone()));
@@ -300,15 +306,21 @@ impl Cluster {
         self.change_members(None, Some(id)).await
     }
 
+    /// Starts asking the other members for their resource alarms (see [`super::alarms`]).
+    pub fn watch_alarms(self: &Arc<Self>) {
+        tokio::spawn(super::alarms::watch(self.clone()));
+    }
+
+    /// A member's name: from its `Hello` in the log, else from its handshake, else its id.
+    pub fn name_of(&self, id: NodeId) -> String {
+        let known = if id == self.id { Some(self.name.clone()) } else { self.net.name_of(id) };
+        self.state.read().names.get(&id).cloned().or(known).unwrap_or_else(|| format!("{id:016x}"))
+    }
+
     /// The cluster as this node sees it.
     pub fn status(&self) -> crate::broker::queue::replica::ClusterStatus {
         use crate::broker::queue::replica::{ClusterStatus, MemberStatus};
         let m = self.raft.metrics().borrow().clone();
-        let st = self.state.read();
-        let name_of = |id: NodeId| {
-            let known = if id == self.id { Some(self.name.clone()) } else { self.net.name_of(id) };
-            st.names.get(&id).cloned().or(known).unwrap_or_else(|| format!("{id:016x}"))
-        };
         let last = m.last_log_index.unwrap_or(0);
         let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
         let members = m
@@ -317,19 +329,24 @@ impl Cluster {
             .map(|(id, n)| {
                 let matched = m.replication.as_ref().and_then(|r| r.get(id)).map(|l| l.map_or(0, |l| l.index));
                 MemberStatus {
-                    name: name_of(*id),
+                    name: self.name_of(*id),
                     id: format!("{id:016x}"),
                     address: n.addr.clone(),
                     voter: voters.contains(id),
                     reachable: *id == self.id || self.net.silent_for(*id).is_some_and(|d| d < NODE_DOWN_AFTER),
                     matched_index: if *id == self.id { Some(last) } else { matched },
                     lag: if *id == self.id { Some(0) } else { matched.map(|x| last.saturating_sub(x)) },
+                    alarms: if *id == self.id { self.effects.alarms() } else { self.alarms.of(*id) },
                 }
             })
             .collect();
+        // Not under the state's lock: `name_of` takes it (a second read lock could wait on a
+        // writer waiting on the first).
+        let leader = m.current_leader.map(|id| self.name_of(id));
+        let st = self.state.read();
         ClusterStatus {
             node: self.name.clone(),
-            leader: m.current_leader.map(name_of),
+            leader,
             term: m.current_term,
             last_log_index: last,
             applied_index: m.last_applied.map_or(0, |l| l.index),
@@ -389,6 +406,7 @@ async fn serve(mut listener: Box<dyn Listener>, cluster: Arc<Cluster>) {
                     Request::Info => Response::Info { name: c.name.clone(), formed: c.formed() },
                     Request::Join { id, addr } => Response::Membership(c.change_members(Some((id, addr)), None).await),
                     Request::Forget { id } => Response::Membership(c.change_members(None, Some(id)).await),
+                    Request::Alarms => Response::Alarms(c.effects.alarms()),
                 };
                 if transport::write_frame(&mut sock, &resp).await.is_err() {
                     return;

@@ -54,6 +54,8 @@ pub enum Request {
     Forget {
         id: NodeId,
     },
+    /// The node's resource alarms in effect (RabbitMQ's alarms are cluster-wide).
+    Alarms,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -68,6 +70,8 @@ pub enum Response {
         formed: bool,
     },
     Membership(Result<(), String>),
+    /// The resources (`memory`, `disk`) the node is short of.
+    Alarms(Vec<String>),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

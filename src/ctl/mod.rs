@@ -429,6 +429,25 @@ fn execute(api: &Api, args: &CtlArgs) -> Result<(), CtlError> {
                         "{}",
                         table::render(&members, &["name", "address", "voter", "reachable", "matched_index", "lag"])
                     );
+                    // As rabbitmqctl cluster_status lists them: each resource alarm and its node.
+                    let alarms: Vec<String> = members
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|m| {
+                            let node = m.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+                            let resources = m.get("alarms").and_then(Value::as_array).cloned().unwrap_or_default();
+                            resources
+                                .into_iter()
+                                .map(move |r| format!("{} alarm on node {node}", r.as_str().unwrap_or("")))
+                        })
+                        .collect();
+                    if alarms.is_empty() {
+                        println!("alarms: none");
+                    }
+                    for a in alarms {
+                        println!("alarm: {a}");
+                    }
                     let queues = s.get("quorum_queues").and_then(Value::as_array).cloned().unwrap_or_default();
                     println!("quorum queues: {}", queues.len());
                 }

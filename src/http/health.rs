@@ -15,29 +15,33 @@ use bytes::Bytes;
 use serde_json::json;
 use std::sync::Arc;
 
-/// The alarms in effect as RabbitMQ lists them: the resource (`memory` or `disk`) and node.
-fn alarms(api: &Api) -> Vec<serde_json::Value> {
+/// This node's alarm as RabbitMQ lists one: the resource (`memory` or `disk`) and node.
+fn local(api: &Api) -> Vec<serde_json::Value> {
     api.broker
         .alarm()
         .map(|reason| {
-            let resource = if reason.starts_with("memory") { "memory" } else { "disk" };
+            let resource = crate::broker::alarm_resource(&reason);
             vec![json!({ "node": api.node.node, "resource": resource, "reason": reason })]
         })
         .unwrap_or_default()
 }
 
-/// GET /api/health/checks/alarms (one node: the same as local-alarms but for the text).
+/// GET /api/health/checks/alarms: this node's alarm and every other member's (a cluster's
+/// alarms block every node's publishers).
 pub async fn cluster_alarms(State(api): State<Api>) -> Response {
-    check(&api, "There are alarms in effect in the cluster")
+    let mut alarms = local(&api);
+    for (node, resource) in api.broker.remote_alarms() {
+        alarms.push(json!({ "node": node, "resource": resource }));
+    }
+    check(alarms, "There are alarms in effect in the cluster")
 }
 
 /// GET /api/health/checks/local-alarms.
 pub async fn local_alarms(State(api): State<Api>) -> Response {
-    check(&api, "There are alarms in effect on the node")
+    check(local(&api), "There are alarms in effect on the node")
 }
 
-fn check(api: &Api, text: &str) -> Response {
-    let alarms = alarms(api);
+fn check(alarms: Vec<serde_json::Value>, text: &str) -> Response {
     if alarms.is_empty() {
         Json(json!({ "status": "ok" })).into_response()
     } else {

@@ -728,7 +728,15 @@ async fn nodes(State(api): State<Api>) -> Json<Value> {
     if let Some(h) = api.broker.quorum_host() {
         // The cluster's other members, as this node sees them.
         for m in h.status().members.into_iter().filter(|m| m.name != api.node.node) {
-            out.push(json!({ "name": m.name, "running": m.reachable, "type": "disc", "being_drained": false }));
+            let short = |resource: &str| m.alarms.iter().any(|a| a == resource);
+            out.push(json!({
+                "name": m.name,
+                "running": m.reachable,
+                "type": "disc",
+                "being_drained": false,
+                "mem_alarm": short("memory"),
+                "disk_free_alarm": short("disk"),
+            }));
         }
     }
     Json(Value::Array(out))

@@ -7,8 +7,11 @@
 //! own moves its messages past the in-memory window to disk (in order), so memory is given
 //! back and publishing goes on at the speed of the disk. The memory alarm is the safety net
 //! behind that; the disk alarm is what finally blocks a flood nobody consumes.
+//!
+//! In a cluster, alarms are cluster-wide, as RabbitMQ's: a member short of memory or disk
+//! blocks the publishers of every node (the cluster layer reports the other members' alarms).
 
-use crate::broker::Broker;
+use crate::broker::{alarm_resource, Broker};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,6 +135,7 @@ pub fn spawn_monitor(
     // A page-out under way: the next starts once it is done, and the checks go on meanwhile.
     let paging = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::spawn(async move {
+        let mut local: Option<String> = None;
         let mut tick = tokio::time::interval(CHECK_EVERY);
         loop {
             tick.tick().await;
@@ -147,22 +151,26 @@ pub fn spawn_monitor(
                 }
                 _ => None,
             };
-            // Clients are told when the kind of alarm changes, not each time the numbers do.
-            let kind = |r: &Option<String>| r.as_deref().and_then(|s| s.split_whitespace().next()).map(str::to_owned);
-            let changed = tx.send_if_modified(|cur| {
-                if kind(cur) == kind(&reason) {
-                    return false;
-                }
-                *cur = reason.clone();
-                true
-            });
-            if changed {
-                broker.set_alarm(reason.clone());
+            // This node's alarm is logged and shown when its kind changes, not each time the
+            // numbers do.
+            if reason.as_deref().map(alarm_resource) != local.as_deref().map(alarm_resource) {
                 match &reason {
                     Some(r) => tracing::warn!("blocking publishers: {r}"),
                     None => tracing::info!("resource alarm cleared: publishers unblocked"),
                 }
+                broker.set_alarm(reason.clone());
             }
+            local = reason;
+            // Clients hear RabbitMQ's words for every alarm in the cluster, this node's and
+            // other members' alike: "low on memory", "low on disk", "low on memory & disk".
+            let blocked = blocked_by(local.as_deref(), &broker.remote_alarms());
+            tx.send_if_modified(|cur| {
+                let changed = *cur != blocked;
+                if changed {
+                    cur.clone_from(&blocked);
+                }
+                changed
+            });
             // Past half the limit, queues page to disk so the limit is not reached. Paging
             // waits on the disk, so it runs beside these checks, not in their way: a flood
             // that passes the limit while a page-out is under way blocks its publishers at
@@ -188,9 +196,32 @@ pub fn spawn_monitor(
     rx
 }
 
+/// What `connection.blocked` says, as RabbitMQ words it: "low on " and the resources short
+/// on any node, memory before disk, joined by " & "; `None` when no node is short.
+fn blocked_by(local: Option<&str>, remote: &[(String, String)]) -> Option<String> {
+    let short = |resource: &str| {
+        local.is_some_and(|r| alarm_resource(r) == resource) || remote.iter().any(|(_, r)| r == resource)
+    };
+    let resources: Vec<&str> = ["memory", "disk"].into_iter().filter(|r| short(r)).collect();
+    (!resources.is_empty()).then(|| format!("low on {}", resources.join(" & ")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocked_connections_are_told_rabbitmqs_words_for_every_alarm_in_the_cluster() {
+        assert_eq!(blocked_by(None, &[]), None);
+        assert_eq!(
+            blocked_by(Some("memory use 9 MiB is above the limit of 8 MiB"), &[]).as_deref(),
+            Some("low on memory")
+        );
+        assert_eq!(blocked_by(Some("disk writes are failing: EIO"), &[]).as_deref(), Some("low on disk"));
+        let remote = [("n2".to_string(), "disk".to_string()), ("n3".to_string(), "disk".to_string())];
+        assert_eq!(blocked_by(None, &remote).as_deref(), Some("low on disk"));
+        assert_eq!(blocked_by(Some("memory use"), &remote).as_deref(), Some("low on memory & disk"));
+    }
 
     #[test]
     fn file_descriptors_are_shared_between_files_and_connections() {

@@ -701,3 +701,42 @@ def test_a_policy_applies_to_a_quorum_queue_on_every_node(cluster):
     wait_for(lambda: json_get(n2, "/api/queues/%2F/qpol")["policy"] is None, timeout=30, what="the policy cleared")
     assert len(publish_confirmed(n2, "qpol", [b"a", b"b"])) == 2
     wait_for(lambda: count_on(n1, "qpol") == 4, timeout=30, what="four messages")
+
+
+def test_an_alarm_on_one_member_blocks_publishers_on_every_node(cluster):
+    """RabbitMQ's alarms are cluster-wide: a member short of memory blocks every node's
+    publishers, and the cluster's status, /api/nodes and the health check show whose it is."""
+    n1, n2, n3 = cluster.nodes
+    declare(n1, "qa")
+    assert http(n1, "GET", "/api/health/checks/alarms") == 200
+    # n2 starts again with a memory limit no process meets: an alarm on n2 alone.
+    n2.extra_args += ["--memory-limit", "1"]
+    n2.restart()
+    wait_for(lambda: any(m["name"] == "n2" and m["alarms"] == ["memory"] for m in status(n1)["members"]),
+             timeout=30, what="n1 to hear of n2's memory alarm")
+    wait_for(lambda: "alarm: memory alarm on node n2" in ctl(n3, "cluster", "status"), timeout=30,
+             what="n3 to hear of it too")
+    nodes = {n["name"]: n for n in json_get(n1, "/api/nodes")}
+    assert nodes["n2"]["mem_alarm"] and not nodes["n2"]["disk_free_alarm"]
+    assert not nodes["n1"]["mem_alarm"]
+    assert http(n1, "GET", "/api/health/checks/alarms") == 503
+    assert http(n1, "GET", "/api/health/checks/local-alarms") == 200
+    # A publisher on n1 is blocked, in RabbitMQ's words.
+    c = connect(n1)
+    events = []
+    c.add_on_connection_blocked_callback(lambda conn, frame: events.append(frame.method.reason))
+    c.add_on_connection_unblocked_callback(lambda conn, frame: events.append("unblocked"))
+    ch = c.channel()
+    ch.basic_publish("", "qa", b"while-blocked", pika.BasicProperties(delivery_mode=2))
+    wait_for(lambda: c.process_data_events(time_limit=0.02) or events, timeout=30, what="connection.blocked on n1")
+    assert events == ["low on memory"]
+    # n2 without the limit: the alarm clears on every node and the publisher goes on.
+    n2.extra_args = n2.extra_args[:-2]
+    n2.restart()
+    wait_for(lambda: c.process_data_events(time_limit=0.02) or "unblocked" in events, timeout=30,
+             what="connection.unblocked on n1")
+    ch.confirm_delivery()
+    ch.basic_publish("", "qa", b"after", pika.BasicProperties(delivery_mode=2))
+    c.close()
+    assert sorted(drain(n3, "qa", 2)) == [b"after", b"while-blocked"]
+    assert "memory alarm on node n2: publishers here are blocked too" in n1.read_log()

@@ -59,6 +59,8 @@ pub struct MemberStatus {
     /// As the leader knows it: the last index it holds, and how far behind the leader's log.
     pub matched_index: Option<u64>,
     pub lag: Option<u64>,
+    /// The resources (`memory`, `disk`) it is short of, as it last answered this node.
+    pub alarms: Vec<String>,
 }
 
 /// A change of a cluster's membership, asked of one of its nodes.
