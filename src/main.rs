@@ -406,7 +406,7 @@ async fn start_cluster(
     };
     let host = Arc::new(hare::cluster::host::TcpHost::new(source, tls));
     let cluster = hare::cluster::node::Cluster::start(settings, bridge.clone(), host).await?;
-    cluster.watch_alarms();
+    cluster.watch_reports();
     bridge.attach(cluster);
     Ok(())
 }

@@ -78,6 +78,8 @@ pub struct Broker {
     /// Other cluster members' alarms as (node, resource): they block this node's publishers
     /// too, as RabbitMQ's alarms are cluster-wide.
     remote_alarms: Mutex<Vec<(String, String)>>,
+    /// The shovels other cluster members run, as they report them (JSON, as the API shows).
+    remote_run_states: Mutex<Vec<serde_json::Value>>,
     /// Open connections' cards, by connection id.
     registry: Mutex<HashMap<u64, Arc<connections::ConnectionEntry>>>,
     /// Message counts of connections closed so far, so totals never go down.
@@ -275,6 +277,7 @@ impl Broker {
             connections: AtomicU64::new(0),
             alarm: Mutex::new(None),
             remote_alarms: Mutex::new(Vec::new()),
+            remote_run_states: Mutex::new(Vec::new()),
             registry: Mutex::new(HashMap::new()),
             closed_counts: Mutex::new(stats::MessageCounts::default()),
             vhost_totals: Mutex::new(HashMap::new()),

@@ -118,7 +118,44 @@ pub struct RunState {
     pub info: Vec<(&'static str, Value)>,
 }
 
+impl RunState {
+    /// The state as RabbitMQ's shovel management plugin shows a running shovel's.
+    pub fn to_json(&self, node: &str, vhost: &str, name: &str) -> Value {
+        let mut v = serde_json::json!({
+            "node": node,
+            "timestamp": timestamp(self.since_ms),
+            "name": name,
+            "vhost": vhost,
+            "type": "dynamic",
+            "state": self.state,
+        });
+        for (k, val) in &self.info {
+            v[*k] = val.clone();
+        }
+        if let Some(r) = &self.reason {
+            v["reason"] = serde_json::json!(r);
+        }
+        v
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC), as RabbitMQ's shovel status prints its timestamps.
+fn timestamp(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    t.format(&f).unwrap_or_default()
+}
+
 impl Broker {
+    /// The runners' states other members of the cluster report (as [`RunState::to_json`]).
+    pub fn remote_run_states(&self) -> Vec<Value> {
+        self.remote_run_states.lock().clone()
+    }
+
+    pub fn set_remote_run_states(&self, states: Vec<Value>) {
+        *self.remote_run_states.lock() = states;
+    }
+
     /// The parameters of a component (or all) in a vhost (or all).
     pub fn parameters(&self, component: Option<&str>, vhost: Option<&str>) -> Vec<Parameter> {
         self.parameters.read().list(component, vhost).cloned().collect()
@@ -158,6 +195,21 @@ impl Broker {
 
     /// A receiver that sees a new number after every parameter change (a runner reconciles
     /// what it runs with [`Broker::parameters`] then).
+    /// Clears a parameter whose work is done (a shovel's `src-delete-after`), as the broker
+    /// itself: on a cluster node through the cluster, so that every node forgets it.
+    pub fn clear_finished_parameter(&self, component: &str, vhost: &str, name: &str) {
+        let clear = ParameterChange::Clear { component: component.into(), vhost: vhost.into(), name: name.into() };
+        let by = Actor::broker();
+        match self.quorum_host() {
+            Some(host) => {
+                host.propose_definition(super::replicated::DefinitionChange::parameter(&clear, &by.user));
+            }
+            None => {
+                let _ = self.change_parameter(clear, &by);
+            }
+        }
+    }
+
     pub fn parameter_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.parameter_generation.subscribe()
     }

@@ -1,5 +1,5 @@
-//! Definition changes of a cluster: exchanges, bindings, users, vhosts and permissions are one
-//! replicated state. A node that is asked for such a change over AMQP or HTTP proposes it to
+//! Definition changes of a cluster: exchanges, bindings, users, vhosts, permissions, policies
+//! and runtime parameters (shovels) are one replicated state. A node that is asked for such a change over AMQP or HTTP proposes it to
 //! the cluster (through [`crate::broker::queue::replica::QuorumHost`]) and answers once it is
 //! committed; every node applies it here, in the log's order, so every node ends with the same
 //! definitions whatever the order requests arrived in. The answer is the apply's: a declare
@@ -8,6 +8,7 @@
 use super::audit::Actor;
 use super::error::{AmqpError, Scope};
 use super::exchange::{Binding, Destination};
+use super::parameters::{Parameter, ParameterChange, ParameterState};
 use super::policy::{PolicyChange, PolicyKind, PolicyState, StoredPolicy};
 use super::store::{table_from_hex, table_to_hex};
 use super::Broker;
@@ -58,6 +59,11 @@ pub enum DefinitionChange {
         change: String,
         user: String,
     },
+    /// A runtime parameter (a shovel) set or cleared (JSON, as `Access`: its value is JSON).
+    Parameter {
+        change: String,
+        user: String,
+    },
 }
 
 impl DefinitionChange {
@@ -72,6 +78,10 @@ impl DefinitionChange {
 
     pub fn policy(change: &PolicyChange, user: &str) -> Self {
         DefinitionChange::Policy { change: serde_json::to_string(change).unwrap_or_default(), user: user.into() }
+    }
+
+    pub fn parameter(change: &ParameterChange, user: &str) -> Self {
+        DefinitionChange::Parameter { change: serde_json::to_string(change).unwrap_or_default(), user: user.into() }
     }
 
     pub fn access(change: &AccessChange, user: &str) -> Self {
@@ -230,6 +240,18 @@ impl Broker {
                     connection: false,
                 })?;
             }
+            DefinitionChange::Parameter { change, user } => {
+                let change: ParameterChange = serde_json::from_str(change).map_err(|e| Refusal {
+                    code: crate::types::constants::INTERNAL_ERROR,
+                    text: format!("malformed parameter change: {e}"),
+                    connection: false,
+                })?;
+                self.change_parameter(change, &actor(user)).map_err(|e| Refusal {
+                    code: crate::types::constants::PRECONDITION_FAILED,
+                    text: e.to_string(),
+                    connection: false,
+                })?;
+            }
         }
         Ok(())
     }
@@ -251,6 +273,8 @@ pub struct ReplicatedDefinitions {
     pub bindings: Vec<DefinitionChange>,
     /// Every policy and operator policy, as JSON ([`StoredPolicy`] list).
     pub policies: String,
+    /// Every runtime parameter (shovels), as JSON ([`Parameter`] list).
+    pub parameters: String,
 }
 
 /// The user a change made by a snapshot's installation is recorded as.
@@ -299,6 +323,7 @@ impl Broker {
             exchanges,
             bindings,
             policies: serde_json::to_string(&policies).unwrap_or_default(),
+            parameters: serde_json::to_string(&self.parameters(None, None)).unwrap_or_default(),
         }
     }
 
@@ -397,6 +422,20 @@ impl Broker {
         }
         for p in want.to_list() {
             if let Err(e) = self.change_policy(PolicyChange::Set { kind: p.kind, policy: p.policy }, &by) {
+                tracing::warn!("cluster snapshot: {e}");
+            }
+        }
+        // Parameters: the same (a parameter set as it was is no change, and its shovel runs on).
+        let want: Vec<Parameter> = serde_json::from_str(&target.parameters).unwrap_or_default();
+        let want = ParameterState::from_list(&want);
+        for p in self.parameters(None, None) {
+            if want.get(&p.component, &p.vhost, &p.name).is_none() {
+                let (component, vhost, name) = (p.component, p.vhost, p.name);
+                let _ = self.change_parameter(ParameterChange::Clear { component, vhost, name }, &by);
+            }
+        }
+        for parameter in want.to_list() {
+            if let Err(e) = self.change_parameter(ParameterChange::Set { parameter }, &by) {
                 tracing::warn!("cluster snapshot: {e}");
             }
         }

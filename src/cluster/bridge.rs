@@ -14,6 +14,7 @@
 use super::machine::Effects;
 use super::node::Cluster;
 use super::quorum::{ConsumerKey, Msg, Reason, Settings};
+use super::reports::NodeReport;
 use super::types::{Command, QueueName};
 use crate::broker::arguments::QueueArguments;
 use crate::broker::consumer::{ConnEvent, Consumer, Delivery, Origin};
@@ -124,6 +125,9 @@ impl QuorumHost for Bridge {
     fn status(&self) -> ClusterStatus {
         self.cluster().map(|c| c.status()).unwrap_or_default()
     }
+    fn leads(&self) -> bool {
+        self.cluster().is_some_and(|c| c.leads())
+    }
     fn membership(&self, change: Membership) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
         let c = self.cluster().cloned();
         Box::pin(async move {
@@ -218,11 +222,23 @@ impl Effects for Bridge {
         self.broker.install_replicated_definitions(definitions)
     }
 
-    fn alarms(&self) -> Vec<String> {
-        self.broker.alarm().map(|r| vec![crate::broker::alarm_resource(&r).to_string()]).unwrap_or_default()
+    fn report(&self) -> NodeReport {
+        let node = self.cluster().map(|c| c.name.clone()).unwrap_or_default();
+        NodeReport {
+            alarms: self
+                .broker
+                .alarm()
+                .map(|r| vec![crate::broker::alarm_resource(&r).to_string()])
+                .unwrap_or_default(),
+            shovels: (self.broker.run_states(crate::shovel::COMPONENT).iter())
+                .map(|(vhost, name, state)| state.to_json(&node, vhost, name).to_string())
+                .collect(),
+        }
     }
 
-    fn remote_alarms(&self, alarms: Vec<(String, String)>) {
+    fn remote_reports(&self, reports: Vec<(String, NodeReport)>) {
+        let alarms: Vec<(String, String)> =
+            reports.iter().flat_map(|(node, r)| r.alarms.iter().map(move |a| (node.clone(), a.clone()))).collect();
         let before = self.broker.remote_alarms();
         for (node, resource) in alarms.iter().filter(|a| !before.contains(a)) {
             tracing::warn!("cluster: {resource} alarm on node {node}: publishers here are blocked too");
@@ -231,6 +247,8 @@ impl Effects for Bridge {
             tracing::info!("cluster: {resource} alarm on node {node} cleared (or the node is gone)");
         }
         self.broker.set_remote_alarms(alarms);
+        let shovels = reports.iter().flat_map(|(_, r)| &r.shovels).filter_map(|s| serde_json::from_str(s).ok());
+        self.broker.set_remote_run_states(shovels.collect());
     }
 
     fn consumers_lost(&self, queue: &QueueName, consumers: Vec<u64>) {

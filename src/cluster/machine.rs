@@ -43,13 +43,13 @@ pub trait Effects: Send + Sync + 'static {
     fn definitions(&self) -> ReplicatedDefinitions;
     /// Makes the broker's replicated definitions those of a snapshot.
     fn install_definitions(&self, definitions: &ReplicatedDefinitions);
-    /// The resources (`memory`, `disk`) this node is short of, for the other members.
-    fn alarms(&self) -> Vec<String> {
-        Vec::new()
+    /// What this node tells the other members of itself: its alarms and shovels.
+    fn report(&self) -> super::reports::NodeReport {
+        Default::default()
     }
-    /// The other members' alarms as (node, resource) changed: they block this node's
-    /// publishers too.
-    fn remote_alarms(&self, _alarms: Vec<(String, String)>) {}
+    /// The other members' reports changed, as (node name, report): their alarms block this
+    /// node's publishers too; their shovels are listed here.
+    fn remote_reports(&self, _reports: Vec<(String, super::reports::NodeReport)>) {}
 }
 
 /// What a snapshot holds: the replicated state and the definitions as of the same entry.

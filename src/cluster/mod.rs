@@ -10,18 +10,19 @@
 //! - [`host`]: what a node needs from its machine (network, clock, disk sync): real or simulated.
 //! - [`transport`]: node-to-node TCP with a shared-secret handshake ([`secret`]).
 //! - [`node`]: a running node: Raft, the listener, bootstrap from the seeds, the proposer.
-//! - [`alarms`]: the other members' resource alarms, which block this node's publishers too.
+//! - [`reports`]: what members tell each other twice a second: resource alarms (which block
+//!   every node's publishers) and the states of the shovels they run.
 //! - `sim` (tests only): the deterministic simulation of a cluster under faults (turmoil).
 //! - [`bridge`]: the broker's side: a quorum queue's local face (routing, consumers,
 //!   confirms) over the replicated state.
 
-pub mod alarms;
 pub mod bridge;
 pub mod host;
 pub mod log_store;
 pub mod machine;
 pub mod node;
 pub mod quorum;
+pub mod reports;
 pub mod runtime;
 pub mod secret;
 #[cfg(test)]

@@ -94,8 +94,8 @@ pub struct Cluster {
     refused: Mutex<std::collections::HashMap<u64, crate::broker::replicated::Refusal>>,
     /// The broker this node serves (its alarms; the machine holds it for applying entries).
     pub(super) effects: Arc<dyn Effects>,
-    /// The other members' resource alarms, as they last answered.
-    pub(super) alarms: super::alarms::PeerAlarms,
+    /// The other members' alarms and shovels, as they last answered.
+    pub(super) reports: super::reports::PeerReports,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -158,7 +158,7 @@ impl Cluster {
             got: Mutex::new(std::collections::HashMap::new()),
             refused: Mutex::new(std::collections::HashMap::new()),
             effects,
-            alarms: Default::default(),
+            reports: Default::default(),
         });
         tokio::spawn(serve(listener, cluster.clone()));
         tokio::spawn(bootstrap(cluster.clone(), s.clone()));
@@ -306,9 +306,14 @@ impl Cluster {
         self.change_members(None, Some(id)).await
     }
 
-    /// Starts asking the other members for their resource alarms (see [`super::alarms`]).
-    pub fn watch_alarms(self: &Arc<Self>) {
-        tokio::spawn(super::alarms::watch(self.clone()));
+    /// Whether this node leads (as its leader duties last saw it, every 250 ms).
+    pub fn leads(&self) -> bool {
+        self.leading.load(Ordering::Acquire)
+    }
+
+    /// Starts asking the other members for their alarms and shovels (see [`super::reports`]).
+    pub fn watch_reports(self: &Arc<Self>) {
+        tokio::spawn(super::reports::watch(self.clone()));
     }
 
     /// A member's name: from its `Hello` in the log, else from its handshake, else its id.
@@ -336,7 +341,7 @@ impl Cluster {
                     reachable: *id == self.id || self.net.silent_for(*id).is_some_and(|d| d < NODE_DOWN_AFTER),
                     matched_index: if *id == self.id { Some(last) } else { matched },
                     lag: if *id == self.id { Some(0) } else { matched.map(|x| last.saturating_sub(x)) },
-                    alarms: if *id == self.id { self.effects.alarms() } else { self.alarms.of(*id) },
+                    alarms: if *id == self.id { self.effects.report().alarms } else { self.reports.alarms_of(*id) },
                 }
             })
             .collect();
@@ -406,7 +411,7 @@ async fn serve(mut listener: Box<dyn Listener>, cluster: Arc<Cluster>) {
                     Request::Info => Response::Info { name: c.name.clone(), formed: c.formed() },
                     Request::Join { id, addr } => Response::Membership(c.change_members(Some((id, addr)), None).await),
                     Request::Forget { id } => Response::Membership(c.change_members(None, Some(id)).await),
-                    Request::Alarms => Response::Alarms(c.effects.alarms()),
+                    Request::Report => Response::Report(c.effects.report()),
                 };
                 if transport::write_frame(&mut sock, &resp).await.is_err() {
                     return;

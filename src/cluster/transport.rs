@@ -54,8 +54,8 @@ pub enum Request {
     Forget {
         id: NodeId,
     },
-    /// The node's resource alarms in effect (RabbitMQ's alarms are cluster-wide).
-    Alarms,
+    /// The node's alarms and shovels (see [`super::reports`]).
+    Report,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -70,8 +70,7 @@ pub enum Response {
         formed: bool,
     },
     Membership(Result<(), String>),
-    /// The resources (`memory`, `disk`) the node is short of.
-    Alarms(Vec<String>),
+    Report(super::reports::NodeReport),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

@@ -185,6 +185,18 @@ mod tests {
             Command::Tick,
             Command::Definition(DefinitionChange::access(&AccessChange::PutUser { user }, "guest")),
             Command::Definition(DefinitionChange::access(&AccessChange::SetPermissions { permission }, "guest")),
+            Command::Definition(DefinitionChange::parameter(
+                &crate::broker::parameters::ParameterChange::Set {
+                    parameter: crate::broker::parameters::Parameter {
+                        component: "shovel".into(),
+                        vhost: "/".into(),
+                        name: "s".into(),
+                        value: serde_json::json!({ "src-queue": "a", "prefetch": 10 }),
+                        user: "guest".into(),
+                    },
+                },
+                "guest",
+            )),
             Command::Definition(DefinitionChange::DeleteExchange {
                 vhost: "/".into(),
                 name: "x".into(),

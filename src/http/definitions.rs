@@ -8,12 +8,14 @@
 
 use super::json::{table, API_VERSION};
 use super::principal::actor;
-use super::write::{arguments_of, flag};
+use super::write::{arguments_of, flag, replicated};
 use super::{error, Api};
 use crate::auth::{AccessChange, PermissionDef, TopicPermissionDef, VhostDef};
 use crate::broker::exchange::{Binding, Destination};
 use crate::broker::policy::{PolicyChange, PolicyKind, PolicyRequest};
+use crate::broker::replicated::DefinitionChange;
 use crate::broker::vhost::QueueDeclaration;
+use crate::broker::AmqpError;
 use crate::types::ShortStr;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -177,6 +179,10 @@ pub async fn import_vhost(State(api): State<Api>, Path(vhost): Path<String>, bod
 
 async fn import_into(api: &Api, body: Value) -> Response {
     let bad = |what: String| error(StatusCode::BAD_REQUEST, "bad_request", &what);
+    // On a cluster node, every definition but a classic queue (and its bindings) is the
+    // cluster's: each change is proposed and applied on every node, in the file's order.
+    let cluster = api.broker.quorum_host().is_some();
+    let user = actor().user.to_string();
     let mut ticket = 0;
     let mut changes = Vec::new();
     for u in items(&body, "users") {
@@ -243,6 +249,17 @@ async fn import_into(api: &Api, body: Value) -> Response {
         });
     }
     for change in changes {
+        if cluster {
+            // Checked here, applied on every node in the cluster's order (as a PUT of one).
+            if let Err(e) = api.broker.check_access_change(&change) {
+                return bad(e.to_string());
+            }
+            match replicated(api, || DefinitionChange::access(&change, &user)).await {
+                Some(Ok(())) => continue,
+                Some(Err(e)) => return bad(e.text),
+                None => {}
+            }
+        }
         match api.broker.change_access(change, &actor()) {
             Ok(t) => ticket = ticket.max(t),
             Err(e) => return bad(e.to_string()),
@@ -266,7 +283,13 @@ async fn import_into(api: &Api, body: Value) -> Response {
             Ok(policy) => policy,
             Err(e) => return bad(format!("{e} ({vhost}/{name})").replace('<', "&lt;").replace('>', "&gt;")),
         };
-        match api.broker.change_policy(PolicyChange::Set { kind: PolicyKind::Policy, policy }, &actor()) {
+        let change = PolicyChange::Set { kind: PolicyKind::Policy, policy };
+        match replicated(api, || DefinitionChange::policy(&change, &user)).await {
+            Some(Ok(())) => continue,
+            Some(Err(e)) => return bad(e.text),
+            None => {}
+        }
+        match api.broker.change_policy(change, &actor()) {
             Ok(t) => ticket = ticket.max(t),
             Err(e) => return bad(e.to_string()),
         }
@@ -275,13 +298,22 @@ async fn import_into(api: &Api, body: Value) -> Response {
         let Some(v) = api.broker.vhost(text(e, "vhost")) else {
             return bad(format!("no vhost '{}'", text(e, "vhost")));
         };
+        let flags = (flag(e, "durable", true), flag(e, "auto_delete", false), flag(e, "internal", false));
+        let (name, kind) = (text(e, "name"), text(e, "type"));
+        let make = || DefinitionChange::declare_exchange(&v.name, name, kind, flags, &arguments_of(e), &user);
+        match replicated(api, make).await {
+            Some(Ok(())) => continue,
+            Some(Err(err)) => return bad(AmqpError::from(err).reply_text()),
+            None => {}
+        }
+        let (durable, auto_delete, internal) = flags;
         let result = v.declare_exchange(
-            &ShortStr::from(text(e, "name")),
-            text(e, "type"),
+            &ShortStr::from(name),
+            kind,
             false,
-            flag(e, "durable", true),
-            flag(e, "auto_delete", false),
-            flag(e, "internal", false),
+            durable,
+            auto_delete,
+            internal,
             &arguments_of(e),
             &actor(),
         );
@@ -302,8 +334,8 @@ async fn import_into(api: &Api, body: Value) -> Response {
             auto_delete: flag(q, "auto_delete", false),
             arguments: arguments_of(q),
         };
-        match v.declare_queue(&decl, &actor()) {
-            Ok((_, _, _, t)) => ticket = ticket.max(t),
+        match super::write::declare_queue(api, &v, &decl).await {
+            Ok(t) => ticket = ticket.max(t),
             Err(err) => return bad(err.reply_text()),
         }
     }
@@ -317,6 +349,12 @@ async fn import_into(api: &Api, body: Value) -> Response {
             _ => Destination::Queue(name),
         };
         let binding = Binding { destination, routing_key: text(b, "routing_key").into(), arguments: arguments_of(b) };
+        // To an exchange or a quorum queue, the cluster's; to a classic queue, this node's.
+        match super::write::replicated_binding(api, &v, true, text(b, "source"), &binding).await {
+            Some(Ok(())) => continue,
+            Some(Err(err)) => return bad(AmqpError::from(err).reply_text()),
+            None => {}
+        }
         match v.bind(&ShortStr::from(text(b, "source")), binding, &actor()) {
             Ok(t) => ticket = ticket.max(t),
             Err(err) => return bad(err.reply_text()),
@@ -337,7 +375,13 @@ async fn import_into(api: &Api, body: Value) -> Response {
             value,
             user: actor().user.to_string(),
         };
-        match api.broker.change_parameter(crate::broker::parameters::ParameterChange::Set { parameter }, &actor()) {
+        let change = crate::broker::parameters::ParameterChange::Set { parameter };
+        match replicated(api, || DefinitionChange::parameter(&change, &user)).await {
+            Some(Ok(())) => continue,
+            Some(Err(e)) => return bad(e.text),
+            None => {}
+        }
+        match api.broker.change_parameter(change, &actor()) {
             Ok(t) => ticket = ticket.max(t),
             Err(e) => return bad(e.to_string()),
         }

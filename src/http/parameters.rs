@@ -8,6 +8,7 @@ use super::principal::{actor, current_may_see};
 use super::write::{durable, parse};
 use super::{error, list, not_found, Api, ListQuery};
 use crate::broker::parameters::{validation_failed, Parameter, ParameterChange};
+use crate::broker::replicated::DefinitionChange;
 use crate::shovel;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -101,10 +102,25 @@ pub async fn put_parameter(
     let user = actor().user.to_string();
     let created = api.broker.parameter(&component, &vhost, &name).is_none();
     let parameter = Parameter { component, vhost, name, value, user };
-    match api.broker.change_parameter(ParameterChange::Set { parameter }, &actor()) {
+    let done = if created { StatusCode::CREATED } else { StatusCode::NO_CONTENT };
+    apply(&api, ParameterChange::Set { parameter }, done).await
+}
+
+/// Makes a change, answered with `done` once it is durable; on a cluster node, once the
+/// cluster has committed it and applied it here (every node applies it: parameters are the
+/// cluster's, and each shovel runs on one node, see [`crate::shovel`]).
+async fn apply(api: &Api, change: ParameterChange, done: StatusCode) -> Response {
+    let user = actor().user.to_string();
+    if let Some(r) = super::write::replicated(api, || DefinitionChange::parameter(&change, &user)).await {
+        return match r {
+            Ok(()) => done.into_response(),
+            Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", &e.text),
+        };
+    }
+    match api.broker.change_parameter(change, &actor()) {
         Ok(ticket) => {
-            durable(&api, ticket).await;
-            if created { StatusCode::CREATED } else { StatusCode::NO_CONTENT }.into_response()
+            durable(api, ticket).await;
+            done.into_response()
         }
         Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
     }
@@ -137,48 +153,24 @@ pub async fn delete_parameter(
     if api.broker.parameter(&component, &vhost, &name).is_none() {
         return not_found();
     }
-    match api.broker.change_parameter(ParameterChange::Clear { component, vhost, name }, &actor()) {
-        Ok(ticket) => {
-            durable(&api, ticket).await;
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
-    }
+    apply(&api, ParameterChange::Clear { component, vhost, name }, StatusCode::NO_CONTENT).await
 }
 
-/// A running shovel's state, as RabbitMQ's shovel management plugin shows it.
-fn status_json(node: &str, vhost: &str, name: &str, s: &crate::broker::parameters::RunState) -> Value {
-    let mut v = json!({
-        "node": node,
-        "timestamp": timestamp(s.since_ms),
-        "name": name,
-        "vhost": vhost,
-        "type": "dynamic",
-        "state": s.state,
-    });
-    for (k, val) in &s.info {
-        v[*k] = val.clone();
-    }
-    if let Some(r) = &s.reason {
-        v["reason"] = json!(r);
-    }
-    v
-}
-
-/// `YYYY-MM-DD HH:MM:SS` (UTC), as RabbitMQ's shovel status prints its timestamps.
-fn timestamp(ms: u64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp((ms / 1000) as i64).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
-    t.format(&f).unwrap_or_default()
-}
-
+/// The shovels this node runs, and on a cluster node those the other members report (each
+/// runs on one node: the leader).
 fn shovel_list(api: &Api, vhost: Option<&str>) -> Vec<Value> {
-    api.broker
-        .run_states(shovel::COMPONENT)
-        .iter()
-        .filter(|(v, _, _)| vhost.is_none_or(|x| x == v) && current_may_see(v))
-        .map(|(v, n, s)| status_json(&api.node.node, v, n, s))
-        .collect()
+    let wanted = |v: &str| vhost.is_none_or(|x| x == v) && current_may_see(v);
+    let local = api.broker.run_states(shovel::COMPONENT);
+    let mut list: Vec<Value> =
+        local.iter().filter(|(v, _, _)| wanted(v)).map(|(v, n, s)| s.to_json(&api.node.node, v, n)).collect();
+    for remote in api.broker.remote_run_states() {
+        let (v, n) = (remote["vhost"].as_str().unwrap_or(""), remote["name"].as_str().unwrap_or(""));
+        // A shovel both report (the leadership just moved): this node's report is the fresher.
+        if wanted(v) && !local.iter().any(|(lv, ln, _)| lv == v && ln == n) {
+            list.push(remote);
+        }
+    }
+    list
 }
 
 pub async fn shovels(State(api): State<Api>, Query(q): ListQuery) -> Response {
@@ -209,6 +201,17 @@ pub async fn delete_shovel(State(api): State<Api>, Path((vhost, name)): Path<(St
 pub async fn restart_shovel(State(api): State<Api>, Path((vhost, name)): Path<(String, String)>) -> Response {
     if api.broker.parameter(shovel::COMPONENT, &vhost, &name).is_none() {
         return not_found();
+    }
+    if api.broker.quorum_host().is_some_and(|h| !h.leads()) {
+        // A cluster runs each shovel on its leader; a restart is asked of that node.
+        let runner = api
+            .broker
+            .remote_run_states()
+            .into_iter()
+            .find(|s| s["vhost"] == vhost.as_str() && s["name"] == name.as_str());
+        let node = runner.as_ref().and_then(|s| s["node"].as_str()).unwrap_or("the cluster's leader");
+        let text = format!("shovel '{name}' in vhost '{vhost}' runs on node {node}: ask that node to restart it");
+        return error(StatusCode::BAD_REQUEST, "bad_request", &text);
     }
     api.broker.restart_parameter(shovel::COMPONENT, &vhost, &name);
     StatusCode::NO_CONTENT.into_response()

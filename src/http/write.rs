@@ -220,13 +220,49 @@ pub async fn put_queue(State(api): State<Api>, Path((vhost, name)): Path<(String
         auto_delete: flag(&body, "auto_delete", false),
         arguments: arguments_of(&body),
     };
-    match v.declare_queue(&decl, &actor()) {
-        Ok((_, _, _, ticket)) => {
+    match declare_queue(&api, &v, &decl).await {
+        Ok(ticket) => {
             durable(&api, ticket).await;
             if existed { StatusCode::NO_CONTENT } else { StatusCode::CREATED }.into_response()
         }
         Err(e) => refused(e),
     }
+}
+
+/// Declares a queue for the API: on a cluster node a new quorum queue is the cluster's
+/// (proposed, and answered once applied here, as over AMQP); any other queue is this node's.
+/// Returns the journal ticket to wait for.
+pub(super) async fn declare_queue(api: &Api, v: &VHost, decl: &QueueDeclaration) -> Result<u64, AmqpError> {
+    let quorum = matches!(decl.arguments.get("x-queue-type"), Some(t) if t.as_str() == Some("quorum"));
+    match api.broker.quorum_host().cloned() {
+        Some(host) if quorum && !v.has_queue(&decl.name) => {
+            let args = crate::broker::arguments::QueueArguments::parse(&decl.arguments, &decl.name, &v.name)?;
+            crate::broker::arguments::check_type_properties(
+                decl.auto_delete,
+                decl.exclusive,
+                decl.durable,
+                &decl.name,
+                &v.name,
+            )?;
+            let ticket = host.declare(&v.name, &decl.name, &decl.arguments, &args);
+            committed(&host, ticket).await?;
+            Ok(0)
+        }
+        _ => v.declare_queue(decl, &actor()).map(|(_, _, _, ticket)| ticket),
+    }
+}
+
+/// Waits until the cluster has resolved `ticket` (committed and applied here, or failed).
+async fn committed(host: &Arc<dyn crate::broker::queue::replica::QuorumHost>, ticket: u64) -> Result<(), AmqpError> {
+    let mut resolved = host.resolved();
+    let answered = tokio::time::timeout(CLUSTER_WAIT, resolved.wait_for(|r| *r >= ticket)).await.is_ok();
+    if answered {
+        return Ok(());
+    }
+    Err(AmqpError::new(
+        crate::types::constants::INTERNAL_ERROR,
+        format!("no quorum of the cluster answered within {} s", CLUSTER_WAIT.as_secs()),
+    ))
 }
 
 #[derive(Deserialize, Default)]
@@ -257,14 +293,10 @@ pub async fn delete_queue(
             return refused(e);
         }
         let ticket = host.delete(&vhost, &name);
-        let mut resolved = host.resolved();
-        if tokio::time::timeout(CLUSTER_WAIT, resolved.wait_for(|r| *r >= ticket)).await.is_err() {
-            return refused(AmqpError::new(
-                crate::types::constants::INTERNAL_ERROR,
-                format!("no quorum of the cluster answered within {} s", CLUSTER_WAIT.as_secs()),
-            ));
-        }
-        return StatusCode::NO_CONTENT.into_response();
+        return match committed(&host, ticket).await {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => refused(e),
+        };
     }
     match v.delete_queue(
         &ShortStr::from(name.as_str()),
@@ -463,7 +495,7 @@ pub async fn delete_binding(
 
 /// A binding's change through the cluster, when it is the cluster's: to an exchange or to a
 /// quorum queue (a classic queue's bindings are its node's).
-async fn replicated_binding(
+pub(super) async fn replicated_binding(
     api: &Api,
     v: &VHost,
     bind: bool,

@@ -10,6 +10,13 @@
 //! - the supervisor here: starts a worker for each shovel parameter, stops it when the
 //!   parameter goes or changes, and leaves the state reports to the workers.
 //!
+//! In a cluster, shovel parameters are the cluster's (set through any node, kept by every
+//! node) and each shovel runs on one node, as RabbitMQ runs a dynamic shovel once in its
+//! cluster: the Raft leader's. When another node comes to lead, its supervisor starts the
+//! workers and the old leader's stop (an on-confirm shovel then resends what was in flight:
+//! at least once, as after any reconnect). The other nodes show the runner's states through
+//! the members' reports (see `cluster::alarms`).
+//!
 //! A local end logs in to this broker's own AMQP listener from loopback as the user who set
 //! the shovel up, with the process's internal secret (see `Broker::internal_secret`): it has
 //! that user's permissions.
@@ -24,6 +31,7 @@ use crate::broker::Broker;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// The component name of shovels among runtime parameters.
@@ -38,21 +46,47 @@ pub fn spawn(broker: Arc<Broker>, local: SocketAddr) -> tokio::task::JoinHandle<
 struct Running {
     parameter: Parameter,
     stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// How often a cluster node looks whether it should run the shovels (whether it leads).
+const LEADERSHIP_CHECK: Duration = Duration::from_secs(1);
+/// How long a worker told to stop because its node no longer leads has to end.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether this node runs the shovels: a single node does; in a cluster, the leader.
+fn runs_here(broker: &Broker) -> bool {
+    broker.quorum_host().is_none_or(|h| h.leads())
 }
 
 async fn supervise(broker: Arc<Broker>, local: SocketAddr) {
     let mut changes = broker.parameter_changes();
     let mut running: HashMap<(String, String), Running> = HashMap::new();
     loop {
+        let here = runs_here(&broker);
         let wanted: HashMap<(String, String), Parameter> = broker
             .parameters(Some(COMPONENT), None)
             .into_iter()
+            .filter(|_| here)
             .map(|p| ((p.vhost.clone(), p.name.clone()), p))
             .collect();
         // Gone, changed or asked to restart: stopped (started again below if still wanted).
         for key in broker.take_restarts(COMPONENT) {
             if let Some(r) = running.remove(&key) {
                 let _ = r.stop.send(true);
+            }
+        }
+        if !here && !running.is_empty() {
+            // No longer the leader: the new one runs them. Each worker ends, then its report
+            // goes (it keeps it itself while its parameter is unchanged).
+            tracing::info!("shovels: this node no longer leads the cluster; its {} shovels stop here", running.len());
+            for (key, r) in running.drain() {
+                let _ = r.stop.send(true);
+                let mut task = r.task;
+                if tokio::time::timeout(STOP_WAIT, &mut task).await.is_err() {
+                    task.abort();
+                }
+                broker.set_run_state(COMPONENT, &key.0, &key.1, None);
             }
         }
         running.retain(|key, r| {
@@ -85,10 +119,15 @@ async fn supervise(broker: Arc<Broker>, local: SocketAddr) {
                 broker: broker.clone(),
             };
             tracing::info!("shovel '{}' in vhost '{}': starting", p.name, p.vhost);
-            tokio::spawn(w.run(stopped));
-            running.insert(key, Running { parameter: p, stop });
+            let task = tokio::spawn(w.run(stopped));
+            running.insert(key, Running { parameter: p, stop, task });
         }
-        if changes.changed().await.is_err() {
+        if broker.quorum_host().is_some() {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep(LEADERSHIP_CHECK) => {}
+            }
+        } else if changes.changed().await.is_err() {
             break;
         }
     }

@@ -98,12 +98,7 @@ impl Worker {
                 Ok(Ended::Stopped) => break,
                 Ok(Ended::Finished) => {
                     tracing::info!("shovel '{}' in vhost '{}': done, deleting it", self.name, self.vhost);
-                    let clear = crate::broker::parameters::ParameterChange::Clear {
-                        component: "shovel".into(),
-                        vhost: self.vhost.clone(),
-                        name: self.name.clone(),
-                    };
-                    let _ = self.broker.change_parameter(clear, &crate::broker::audit::Actor::broker());
+                    self.broker.clear_finished_parameter("shovel", &self.vhost, &self.name);
                     break;
                 }
                 Err(reason) => {

@@ -740,3 +740,82 @@ def test_an_alarm_on_one_member_blocks_publishers_on_every_node(cluster):
     c.close()
     assert sorted(drain(n3, "qa", 2)) == [b"after", b"while-blocked"]
     assert "memory alarm on node n2: publishers here are blocked too" in n1.read_log()
+
+
+def test_an_imported_file_and_its_shovel_are_the_clusters(cluster):
+    """POST /api/definitions on one node: users, vhosts, permissions, policies, exchanges,
+    quorum queues, their bindings and shovels are the cluster's; a classic queue stays the
+    node's. The shovel runs once, on the leader, is listed by every node, and moves to the
+    next leader when its node is killed."""
+    n1, n2, n3 = cluster.nodes
+    defs = {
+        "users": [{"name": "imp", "password_hash": "", "tags": "administrator"}],
+        "vhosts": [{"name": "iv"}],
+        "permissions": [{"user": "guest", "vhost": "iv", "configure": ".*", "write": ".*", "read": ".*"},
+                        {"user": "imp", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}],
+        "policies": [{"vhost": "/", "name": "cap", "pattern": "^capped$", "apply-to": "queues",
+                      "definition": {"max-length": 5}, "priority": 0}],
+        "exchanges": [{"name": "ix", "vhost": "/", "type": "direct", "durable": True, "auto_delete": False,
+                       "internal": False, "arguments": {}}],
+        "queues": [{"name": name, "vhost": "/", "durable": True, "auto_delete": False,
+                    "arguments": {"x-queue-type": "quorum"}} for name in ("src", "dst", "capped")]
+                  + [{"name": "classic-here", "vhost": "/", "durable": True, "auto_delete": False, "arguments": {}}],
+        "bindings": [{"source": "ix", "vhost": "/", "destination": "src", "destination_type": "queue",
+                      "routing_key": "k", "arguments": {}},
+                     {"source": "ix", "vhost": "/", "destination": "classic-here", "destination_type": "queue",
+                      "routing_key": "k", "arguments": {}}],
+        "parameters": [{"component": "shovel", "vhost": "/", "name": "mover",
+                        "value": {"src-uri": "amqp://", "src-queue": "src", "dest-uri": "amqp://",
+                                  "dest-queue": "dst"}}],
+    }
+    assert http(n1, "POST", "/api/definitions", defs) == 204
+    # Every replicated definition on the other nodes.
+    for n in (n2, n3):
+        assert http(n, "GET", "/api/users/imp") == 200
+        assert http(n, "GET", "/api/exchanges/iv/amq.direct") == 200
+        assert http(n, "GET", "/api/policies/%2F/cap") == 200
+        assert http(n, "GET", "/api/parameters/shovel/%2F/mover") == 200
+        for q in ("src", "dst", "capped"):
+            assert http(n, "GET", f"/api/queues/%2F/{q}") == 200
+        assert http(n, "GET", "/api/queues/%2F/classic-here") == 404
+    assert http(n1, "GET", "/api/queues/%2F/classic-here") == 200
+    # The policy applies to the quorum queue on every node.
+    assert publish_confirmed(n3, "capped", [str(i).encode() for i in range(8)])
+    wait_for(lambda: count_on(n2, "capped") == 5, timeout=30, what="the imported max-length on n2")
+
+    def listed(node):
+        return [s for s in json_get(node, "/api/shovels") if s["name"] == "mover"]
+
+    leader = wait_for(lambda: leader_of(cluster), what="a leader")
+    leader_name = f"n{cluster.nodes.index(leader) + 1}"
+    # Listed once by every node, as running on the leader.
+    for n in cluster.nodes:
+        wait_for(lambda: [(s["node"], s["state"]) for s in listed(n)] == [(leader_name, "running")], timeout=30,
+                 what=f"the shovel running on {leader_name}, as {n.data_dir} lists it")
+    # Published through the replicated binding on another node: moved once, not once per node.
+    c = connect(n3)
+    ch = c.channel()
+    ch.confirm_delivery()
+    for i in range(100):
+        ch.basic_publish("ix", "k", f"m{i}".encode(), pika.BasicProperties(delivery_mode=2))
+    c.close()
+    wait_for(lambda: count_on(n2, "dst") == 100, timeout=30, what="the hundred moved")
+    assert count_on(n1, "classic-here") == 0  # routed on n3: the classic queue is n1's own
+    # The leader dies: the next one runs the shovel, and what is published meanwhile moves.
+    leader.kill()
+    survivors = [n for n in cluster.nodes if n is not leader]
+    assert publish_confirmed(survivors[0], "src", [f"late{i}".encode() for i in range(50)])
+    got = drain(survivors[1], "dst", 150, timeout=60)
+    assert set(got) == {f"m{i}".encode() for i in range(100)} | {f"late{i}".encode() for i in range(50)}
+    new_leader = wait_for(lambda: leader_of(cluster), what="a new leader")
+    new_name = f"n{cluster.nodes.index(new_leader) + 1}"
+    wait_for(lambda: [(s["node"], s["state"]) for s in listed(survivors[0])] == [(new_name, "running")], timeout=30,
+             what="the shovel listed as running on the new leader")
+    # A restart is asked of the node that runs it; another names that node.
+    follower = next(n for n in survivors if n is not new_leader)
+    assert http(follower, "DELETE", "/api/shovels/vhost/%2F/mover/restart") == 400
+    assert http(new_leader, "DELETE", "/api/shovels/vhost/%2F/mover/restart") == 204
+    # Deleted through a follower: it stops on the leader, and no node lists it.
+    assert http(follower, "DELETE", "/api/shovels/vhost/%2F/mover") == 204
+    for n in survivors:
+        wait_for(lambda: listed(n) == [], timeout=30, what="the shovel gone from every list")

@@ -93,6 +93,8 @@ pub trait QuorumHost: Send + Sync + std::fmt::Debug {
     fn take_refusal(&self, ticket: u64) -> Option<crate::broker::replicated::Refusal>;
     /// The cluster as this node sees it.
     fn status(&self) -> ClusterStatus;
+    /// Whether this node leads the cluster now (it runs the cluster's shovels).
+    fn leads(&self) -> bool;
     /// Changes the cluster's membership; resolves once the change is committed.
     fn membership(
         &self,
