@@ -89,6 +89,9 @@ struct Conn {
     /// The largest frame either side sends (0 in a tune: no limit but the broker's own).
     frame_max: usize,
     heartbeat: u32,
+    /// Deliver frames carry the committed chunk id (version 2) once the client said, in its
+    /// exchange of command versions, that it reads them (as RabbitMQ decides it).
+    deliver_v2: bool,
     publishers: HashMap<u8, Publisher>,
     subscriptions: HashMap<u8, Subscription>,
     /// Publishes appended and not yet confirmed, in order: (ticket, publisher, publishing id).
@@ -139,6 +142,7 @@ pub async fn serve<R, W>(
         writer: writer.clone(),
         frame_max: max_frame,
         heartbeat: 0,
+        deliver_v2: false,
         publishers: HashMap::new(),
         subscriptions: HashMap::new(),
         unconfirmed: VecDeque::new(),
@@ -440,7 +444,12 @@ impl Conn {
                 let c = self.delete_super_stream(&name);
                 self.respond(key::DELETE_SUPER_STREAM, corr, c);
             }
-            Command::ExchangeCommandVersions { corr, .. } => {
+            Command::ExchangeCommandVersions { corr, versions } => {
+                // The client reads deliver version 2 if it says so (RabbitMQ does not list
+                // deliver among its own versions, and decides on the client's word alone).
+                if versions.iter().any(|&(k, _, max)| k == key::DELIVER && max >= 2) {
+                    self.deliver_v2 = true;
+                }
                 // RabbitMQ 3.13's list, in its order (clients index it by key). Publish goes to
                 // version 2 (a filter value with each message), which tells clients that
                 // filtering is supported (see `deliver`: chunks without a subscription's

@@ -26,8 +26,11 @@ use tokio::task::JoinHandle;
 /// chunk type, entries, records, timestamp, epoch, first offset, CRC, data length, trailer
 /// length, reserved.
 const CHUNK_HEADER: usize = 1 + 1 + 2 + 4 + 8 + 8 + 8 + 4 + 4 + 4 + 4;
-/// The frame around a chunk: size, key, version, subscription id.
+/// The frame around a chunk: size, key, version, subscription id (version 2 adds the
+/// committed chunk id: see [`Start::frame_header`]).
 const FRAME_HEADER: usize = 4 + 2 + 2 + 1;
+/// What version 2 of deliver adds to its header: the stream's committed chunk id.
+const COMMITTED_ID: usize = 8;
 /// Osiris's magic (5) and chunk format version (0).
 const MAGIC_VERSION: u8 = 0x50;
 /// The epoch of every chunk: one node, one leader, never re-elected.
@@ -42,9 +45,31 @@ pub struct Start {
     pub credit: u16,
     pub writer: WriterHandle,
     pub frame_max: usize,
+    /// Deliver frames of version 2, with the committed chunk id.
+    pub deliver_v2: bool,
     pub entry: Option<Arc<ConnectionEntry>>,
     /// Told when the stream is deleted under the subscription.
     pub gone: mpsc::UnboundedSender<String>,
+}
+
+impl Start {
+    /// The length of a deliver frame's header before the chunk.
+    fn frame_header(&self) -> usize {
+        FRAME_HEADER + if self.deliver_v2 { COMMITTED_ID } else { 0 }
+    }
+
+    /// Writes a deliver frame's header for a chunk of `chunk_len` bytes: size, key, version,
+    /// subscription id, and with version 2 the id of the stream's last committed chunk (its
+    /// last durable one here: only durable chunks are read), as RabbitMQ writes them.
+    fn put_frame_header(&self, out: &mut BytesMut, chunk_len: usize) {
+        out.put_u32((self.frame_header() - 4 + chunk_len) as u32);
+        out.put_u16(key::DELIVER);
+        out.put_u16(if self.deliver_v2 { 2 } else { 1 });
+        out.put_u8(self.id);
+        if self.deliver_v2 {
+            out.put_u64(self.queue.stream.as_ref().map_or(0, |st| st.last_chunk()));
+        }
+    }
 }
 
 /// A subscription, as its connection holds it: sending, or waiting for its turn (a single
@@ -188,7 +213,7 @@ async fn run(s: Start, store: Arc<dyn StreamStore>, mut next: u64, card: Arc<Str
                 card.offset.store(next, Ordering::Relaxed);
                 continue;
             }
-            Ok(Some(w)) if w.first >= next && FRAME_HEADER + w.wire.len() <= s.frame_max => {
+            Ok(Some(w)) if w.first >= next && s.frame_header() + w.wire.len() <= s.frame_max => {
                 send_wire(&s, w.wire);
                 next = w.first + w.count as u64;
                 card.consumed.fetch_add(w.count as u64, Ordering::Relaxed);
@@ -234,11 +259,8 @@ async fn run(s: Start, store: Arc<dyn StreamStore>, mut next: u64, card: Arc<Str
 /// Sends a whole stored chunk as one deliver frame: the frame's header, then the chunk's
 /// header and entries as they are stored.
 fn send_wire(s: &Start, wire: StreamWire) {
-    let mut head = BytesMut::with_capacity(FRAME_HEADER);
-    head.put_u32((FRAME_HEADER - 4 + wire.len()) as u32);
-    head.put_u16(key::DELIVER);
-    head.put_u16(1);
-    head.put_u8(s.id);
+    let mut head = BytesMut::with_capacity(s.frame_header());
+    s.put_frame_header(&mut head, wire.len());
     let head = head.freeze();
     let frame = match wire {
         StreamWire::File { file, position, len } => Encoded::File { head, file, position, len },
@@ -289,7 +311,7 @@ fn send_chunk(s: &Start, chunk: &StreamChunk, from: u64, credit: &Semaphore) -> 
         offset += out.records();
         entries.push(out);
     }
-    let budget = s.frame_max.saturating_sub(FRAME_HEADER + CHUNK_HEADER).max(1);
+    let budget = s.frame_max.saturating_sub(s.frame_header() + CHUNK_HEADER).max(1);
     let (mut at, mut sent) = (0, from);
     let mut paid = true;
     while at < entries.len() {
@@ -311,7 +333,7 @@ fn send_chunk(s: &Start, chunk: &StreamChunk, from: u64, credit: &Semaphore) -> 
             size += len;
             end += 1;
         }
-        let frame = encode(s.id, chunk.timestamp, sent, &entries[at..end], size);
+        let frame = encode(s, chunk.timestamp, sent, &entries[at..end], size);
         if let Some(e) = &s.entry {
             bump(&e.send_oct, frame.len() as u64);
             bump(&e.send_cnt, 1);
@@ -350,7 +372,7 @@ impl Out {
 /// without a copy. The CRC (zlib's CRC-32 of the data, which clients check) goes in the
 /// header: computed over the buffer once it is written when the data is all in it, else
 /// entry by entry first.
-fn encode(id: u8, timestamp: i64, first: u64, entries: &[Out], data_len: usize) -> Encoded {
+fn encode(s: &Start, timestamp: i64, first: u64, entries: &[Out], data_len: usize) -> Encoded {
     let large = entries.iter().any(|m| m.bytes.len() >= ZERO_COPY_MIN);
     let mut crc = crc32fast::Hasher::new();
     if large {
@@ -362,12 +384,9 @@ fn encode(id: u8, timestamp: i64, first: u64, entries: &[Out], data_len: usize) 
         }
     }
     let records: u64 = entries.iter().map(Out::records).sum();
-    let header = FRAME_HEADER + CHUNK_HEADER;
+    let header = s.frame_header() + CHUNK_HEADER;
     let mut out = BytesMut::with_capacity(header + if large { 64 * 1024 } else { data_len });
-    out.put_u32((FRAME_HEADER - 4 + CHUNK_HEADER + data_len) as u32);
-    out.put_u16(key::DELIVER);
-    out.put_u16(1);
-    out.put_u8(id);
+    s.put_frame_header(&mut out, CHUNK_HEADER + data_len);
     out.put_u8(MAGIC_VERSION);
     out.put_u8(0); // a user chunk
     out.put_u16(entries.len() as u16);

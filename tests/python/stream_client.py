@@ -27,6 +27,8 @@ class Raw:
         self.buf = b""
         self.corr = 0
         self.pending = []
+        # The version of the last frame read of each key.
+        self.versions = {}
         if login:
             assert self.login(user, password, vhost) == OK
 
@@ -41,7 +43,8 @@ class Raw:
                 (size,) = struct.unpack(">I", self.buf[:4])
                 if len(self.buf) >= 4 + size:
                     frame, self.buf = self.buf[4:4 + size], self.buf[4 + size:]
-                    (key,) = struct.unpack(">H", frame[:2])
+                    (key, version) = struct.unpack(">HH", frame[:4])
+                    self.versions[key] = version
                     return key, frame[4:]
             try:
                 data = self.s.recv(65536)
@@ -96,6 +99,24 @@ class Raw:
         self.next_of(20)  # the broker's tune
         self.send(20, struct.pack(">II", 1048576, 0))
         return self.code(21, s16(vhost))
+
+    def exchange_versions(self, versions):
+        """Exchanges command versions, each (key, min, max); returns the broker's list."""
+        self.request(27, struct.pack(">I", len(versions)) + b"".join(struct.pack(">HHH", *v) for v in versions))
+        p = self.response(27)
+        (code, n) = struct.unpack(">HI", p[:6])
+        assert code == OK
+        return [struct.unpack(">HHH", p[6 + 6 * i:12 + 6 * i]) for i in range(n)]
+
+    def stream_stats(self, stream):
+        self.request(28, s16(stream))
+        p = self.response(28)
+        (code, n), p, stats = struct.unpack(">HI", p[:6]), p[6:], {}
+        for _ in range(n):
+            (size,) = struct.unpack(">H", p[:2])
+            name, p = p[2:2 + size].decode(), p[2 + size:]
+            stats[name], p = struct.unpack(">q", p[:8])[0], p[8:]
+        return stats
 
     def declare_publisher(self, pid, reference, stream):
         return self.code(DECLARE_PUBLISHER, struct.pack(">B", pid) + s16(reference) + s16(stream))

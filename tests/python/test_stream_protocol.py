@@ -327,6 +327,36 @@ def test_a_filtered_subscription_is_not_sent_chunks_without_its_values(broker):
     r.close()
 
 
+def test_deliver_version_2_carries_the_committed_chunk_id_to_clients_that_read_it(broker):
+    """As RabbitMQ 3.13: deliver is not among the broker's own versions, but a client that
+    lists deliver up to version 2 gets version 2 frames, with the committed chunk id after the
+    subscription id; the others get version 1."""
+    create(broker, "sp-v2")
+    r = Raw(broker.stream_port)
+    assert r.declare_publisher(0, "", "sp-v2") == OK
+    for i in range(3):
+        r.publish(0, [(i, b"c%d" % i)])
+        assert r.confirms(1) == ([i], [])
+    old, new = Raw(broker.stream_port), Raw(broker.stream_port)
+    listed = new.exchange_versions([(DELIVER, 1, 2)])
+    assert DELIVER not in [k for k, _, _ in listed]
+    committed = new.stream_stats("sp-v2")["committed_chunk_id"]
+    assert committed == 2  # each confirmed publish is a chunk of its own
+    assert old.subscribe(1, "sp-v2") == OK and new.subscribe(1, "sp-v2") == OK
+    p = old.next_of(DELIVER)
+    assert old.versions[DELIVER] == 1 and p[1] == 0x50 and struct.unpack(">Q", p[25:33])[0] == 0
+    firsts = []
+    for _ in range(3):
+        p = new.next_of(DELIVER)
+        assert new.versions[DELIVER] == 2
+        (sid, committed_id), chunk = struct.unpack(">BQ", p[:9]), p[9:]
+        assert sid == 1 and committed_id == committed and chunk[0] == 0x50
+        firsts.append(struct.unpack(">Q", chunk[24:32])[0])
+    assert firsts == [0, 1, 2]
+    for c in (r, old, new):
+        c.close()
+
+
 def test_refusals_carry_the_protocols_codes(broker):
     create(broker, "sp-refusals")
     r = Raw(broker.stream_port)

@@ -194,6 +194,7 @@ impl Conn {
             credit,
             writer: self.writer.clone(),
             frame_max: self.frame_max,
+            deliver_v2: self.deliver_v2,
             entry: self.entry.clone(),
             gone: self.gone_tx.clone(),
         }
