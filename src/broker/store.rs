@@ -107,6 +107,12 @@ pub trait StreamStore: Send + Sync + std::fmt::Debug {
     /// protocol's `deliver` carries it, if it is a chunk of AMQP 1.0 messages; None at the
     /// end of the durable log or for a chunk of records (read with `read` and converted).
     fn read_wire(&self, offset: u64) -> Result<Option<WireChunk>, StoreError>;
+    /// The durable chunk that holds `offset` (or the first after it) as (first offset, end
+    /// offset, filter summary), from the index where there is one: a consumer's filter
+    /// passes over a chunk without reading it.
+    fn chunk_span(&self, offset: u64) -> Result<Option<(u64, u64, u32)>, StoreError> {
+        Ok(self.read(offset)?.map(|c| (c.first, c.first + c.records.len() as u64, c.filter)))
+    }
     /// Bytes on disk, and segments.
     fn size(&self) -> (u64, usize);
     /// The end of the durable log, changed each time more of it becomes durable (and once

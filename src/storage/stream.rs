@@ -292,6 +292,16 @@ impl StreamStore for DiskStream {
         Ok(log.log.wire(&info)?.map(chunk))
     }
 
+    fn chunk_span(&self, offset: u64) -> Result<Option<(u64, u64, u32)>, StoreError> {
+        let end = self.durable_end.load(Ordering::Acquire);
+        if offset >= end {
+            return Ok(None);
+        }
+        let log = self.log.lock();
+        let info = log.log.chunk_at(offset).filter(|c| c.first_offset < end);
+        Ok(info.map(|c| (c.first_offset, c.first_offset + c.count as u64, c.filter)))
+    }
+
     fn size(&self) -> (u64, usize) {
         let log = self.log.lock();
         (log.log.size(), log.log.segment_count())

@@ -24,12 +24,12 @@ def publish_confirmed(ch, queue, bodies):
         ch.basic_publish("", queue, b, properties=pika.BasicProperties(delivery_mode=2))
 
 
-def consume(conn, queue, count, offset=None, prefetch=50, timeout=10):
+def consume(conn, queue, count, offset=None, prefetch=50, timeout=10, args=None):
     """Takes `count` deliveries from `queue` starting at `offset`; returns (offset, body) pairs."""
     ch = conn.channel()
     ch.basic_qos(prefetch_count=prefetch)
     got = []
-    args = {} if offset is None else {"x-stream-offset": offset}
+    args = {**(args or {}), **({} if offset is None else {"x-stream-offset": offset})}
 
     def on_message(c, method, props, body):
         got.append((props.headers["x-stream-offset"], body))
@@ -82,6 +82,31 @@ def test_last_starts_at_the_newest_chunk(hare):
         ch.basic_publish("", "s-last", f"m{i}".encode())
     got = consume(conn, "s-last", 1, "last")
     assert got == [(4, b"m4")]
+    conn.close()
+
+
+def test_a_consumers_filter_passes_over_chunks_without_its_values(hare):
+    """As RabbitMQ 3.13: `x-stream-filter` (a string, or an array of them) and
+    `x-stream-match-unfiltered` make the broker pass over whole chunks none of whose messages
+    has a wanted value (publishers set theirs in `x-stream-filter-value`)."""
+    conn = hare.connect()
+    ch = conn.channel()
+    declare(ch, "s-filter")
+    ch.confirm_delivery()
+    # Confirmed one at a time: each publish is a chunk of its own.
+    for i, value in enumerate(["emea", "apac", None, "emea", "amer", None, "emea", "amer"]):
+        headers = {"x-stream-filter-value": value} if value else {}
+        ch.basic_publish("", "s-filter", f"m{i}".encode(), pika.BasicProperties(headers=headers))
+
+    def offsets(count, args):
+        return [o for o, _ in consume(conn, "s-filter", count, "first", args=args, timeout=5)]
+
+    # The last chunk each consumer is due is published last: nothing else came before it.
+    assert offsets(3, {"x-stream-filter": "emea"}) == [0, 3, 6]
+    unfiltered = {"x-stream-filter": ["amer", 7], "x-stream-match-unfiltered": True}
+    assert offsets(4, unfiltered) == [2, 4, 5, 7]
+    assert offsets(3, {"x-stream-filter": ["apac", "amer"]}) == [1, 4, 7]
+    assert offsets(8, {}) == list(range(8))
     conn.close()
 
 

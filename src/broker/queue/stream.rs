@@ -10,8 +10,8 @@
 
 use super::*;
 use crate::broker::arguments::StreamOffset;
-use crate::broker::store::{filter_bit, RecordFormat, StreamStore, FILTER_UNFILTERED};
-use crate::types::{BasicProperties, FieldValue};
+use crate::broker::store::{filter_bit, filter_matches, RecordFormat, StreamStore, FILTER_UNFILTERED};
+use crate::types::{BasicProperties, FieldTable, FieldValue};
 use bytes::{Buf, BufMut, BytesMut};
 
 /// The first byte of one of Hare's records (chunks of `RecordFormat::Hare`): an AMQP 0-9-1
@@ -40,6 +40,31 @@ pub(super) struct Reader {
     pub(super) consumer: Arc<Consumer>,
     /// The offset of the next message to hand it.
     pub(super) next: u64,
+    /// Its `x-stream-filter` values (their bits) and `x-stream-match-unfiltered`: chunks
+    /// holding none of them are passed over (see [`consumer_filter`]).
+    pub(super) filter: Option<(u32, bool)>,
+}
+
+/// An AMQP 0-9-1 consumer's filter, as RabbitMQ 3.13 reads it (`rabbit_stream_queue:
+/// filter_spec`): `x-stream-filter`, one string or an array (its strings; other values are
+/// left out), and `x-stream-match-unfiltered` (a bool; false otherwise), which counts only
+/// with a filter. As with RabbitMQ, the broker passes over whole chunks none of whose
+/// messages may match; the consumer filters the messages it gets.
+pub fn consumer_filter(arguments: &FieldTable) -> Option<(u32, bool)> {
+    let values: Vec<&[u8]> = match arguments.get("x-stream-filter")? {
+        FieldValue::LongStr(v) => vec![v],
+        FieldValue::Array(items) => items
+            .iter()
+            .filter_map(|i| match i {
+                FieldValue::LongStr(v) => Some(&v[..]),
+                _ => None,
+            })
+            .collect(),
+        _ => return None,
+    };
+    let wanted = values.iter().fold(0, |bits, v| bits | filter_bit(v));
+    let match_unfiltered = arguments.get("x-stream-match-unfiltered").and_then(FieldValue::as_bool).unwrap_or(false);
+    Some((wanted, match_unfiltered))
 }
 
 /// A message as a stream stores it, with `x-stream-offset: offset` in its headers:
@@ -302,7 +327,8 @@ impl Queue {
         let mut st = self.state.lock();
         self.watch_stream(&mut st, store);
         st.consumers.push(consumer.clone());
-        st.readers.push(Reader { consumer, next });
+        let filter = consumer_filter(&consumer.arguments);
+        st.readers.push(Reader { consumer, next, filter });
         st.had_consumer = true;
         st.last_used = now_ms();
         self.dispatch_stream(&mut st, store);
@@ -322,6 +348,16 @@ impl Queue {
                 };
                 if next >= end || !self.may_deliver(&consumer) {
                     break;
+                }
+                if let Some((wanted, unfiltered)) = st.readers[i].filter {
+                    // A chunk none of whose messages has a value the consumer asked for is
+                    // passed over, by its index entry alone.
+                    if let Ok(Some((_, chunk_end, summary))) = store.chunk_span(next) {
+                        if !filter_matches(summary, wanted, unfiltered) && chunk_end > next {
+                            st.readers[i].next = chunk_end.min(end);
+                            continue;
+                        }
+                    }
                 }
                 let chunk = match store.read(next) {
                     Ok(Some(chunk)) => chunk,
