@@ -167,22 +167,45 @@ pub struct Link {
     pub web: bool,
 }
 
-/// Serves one MQTT connection to its end.
+/// Serves one MQTT connection to its end: its opening (the CONNECT and the login), then its
+/// life. Each is a future of its own on the heap, and the opening's is freed once it is done:
+/// a task is as large as its largest state, and an idle client should not carry the login's
+/// for as long as it stays connected.
 pub async fn serve<R, W>(
+    rd: R,
+    wr: W,
+    link: Link,
+    pending: PendingGuard,
+    shutdown: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+) where
+    R: AsyncRead + Unpin,
+    W: crate::net::writer::Socket,
+{
+    let opened = Box::pin(open(rd, wr, link, pending, shutdown, shared)).await;
+    if let Some((conn, io, shared, id)) = opened {
+        Box::pin(run(conn, io, shared, id)).await
+    }
+}
+
+/// Reads the CONNECT and logs the client in (answering CONNACK either way); what the
+/// connection's life needs, if it goes on.
+async fn open<R, W>(
     mut rd: R,
     wr: W,
     link: Link,
     pending: PendingGuard,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     shared: Arc<Shared>,
-) where
+) -> Option<(Box<Conn>, Io<R>, Arc<Shared>, u64)>
+where
     R: AsyncRead + Unpin,
     W: crate::net::writer::Socket,
 {
     let peer = link.peer;
     // Small to start (idle clients are the common case), grown while a client sends a lot.
     let mut rbuf = BytesMut::with_capacity(READ_MIN);
-    let mut read_size = ReadSize::default();
+    let read_size = ReadSize::default();
     let connect =
         match tokio::time::timeout(CONNECT_TIMEOUT, read_packet(&mut rd, &mut rbuf, MAX_UNAUTHENTICATED, 0)).await {
             Ok(Some(Ok(Packet::Connect(c)))) => c,
@@ -201,24 +224,24 @@ pub async fn serve<R, W>(
                 let mut wr = wr;
                 let _ = tokio::io::AsyncWriteExt::write_all(&mut wr, &out).await;
                 tracing::info!(%peer, "MQTT connection refused: {e}");
-                return;
+                return None;
             }
             Ok(Some(Ok(p))) => {
                 tracing::info!(%peer, "MQTT connection closed: {} before CONNECT", p.name());
-                return;
+                return None;
             }
             Ok(Some(Err(e))) => {
                 tracing::info!(%peer, "MQTT connection closed: malformed CONNECT: {e}");
-                return;
+                return None;
             }
-            _ => return,
+            _ => return None,
         };
     let id = shared.broker.next_id();
     let sink = ConnectionSink::new(id);
     let (writer, writer_task) = WriterHandle::spawn(wr, sink.clone());
     let level = connect.level;
     // Boxed: the login's state is needed once, and would otherwise make every connection's task larger.
-    let mut conn = match Box::pin(Conn::login(&shared, *connect, id, link, sink.clone(), &writer)).await {
+    let conn = match Box::pin(Conn::login(&shared, *connect, id, link, sink.clone(), &writer)).await {
         Ok(c) => c,
         Err((code, why)) => {
             tracing::warn!(%peer, "MQTT login refused: {why}");
@@ -238,10 +261,27 @@ pub async fn serve<R, W>(
             writer.send(Encoded::One(out.freeze()), 0);
             writer.close();
             let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
-            return;
+            return None;
         }
     };
     drop(pending);
+    Some((conn, Io { rd, rbuf, read_size, writer, writer_task, sink, shutdown }, shared, id))
+}
+
+/// What a logged-in connection reads from and writes to.
+struct Io<R> {
+    rd: R,
+    rbuf: BytesMut,
+    read_size: ReadSize,
+    writer: WriterHandle,
+    writer_task: tokio::task::JoinHandle<()>,
+    sink: Arc<ConnectionSink>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Serves a logged-in connection to its end.
+async fn run<R: AsyncRead + Unpin>(mut conn: Box<Conn>, io: Io<R>, shared: Arc<Shared>, id: u64) {
+    let Io { mut rd, mut rbuf, mut read_size, writer, writer_task, sink, mut shutdown } = io;
     let ended = shared.clients.take_over(&conn.vhost.name, &conn.client_id, id, conn.entry.clone()).await;
     conn.resume_session();
 
@@ -381,7 +421,7 @@ impl Conn {
         link: Link,
         sink: Arc<ConnectionSink>,
         writer: &WriterHandle,
-    ) -> Result<Conn, (u8, String)> {
+    ) -> Result<Box<Conn>, (u8, String)> {
         let broker = &shared.broker;
         let Link { peer, local, tls, web } = link;
         let v5 = c.level == V5;
@@ -485,7 +525,7 @@ impl Conn {
         } else {
             u32::MAX
         };
-        let mut conn = Conn {
+        let mut conn = Box::new(Conn {
             shared: shared.clone(),
             id,
             peer,
@@ -516,7 +556,7 @@ impl Conn {
             published: false,
             graceful: false,
             closing: None,
-        };
+        });
         let session_present = conn.open_session(c.clean_start);
         let mut properties = Properties::default();
         if v5 {
