@@ -240,13 +240,18 @@ async fn write_parts<W: AsyncWrite + Unpin>(socket: &mut W, parts: &[Bytes]) -> 
     // How much of parts[first] is already written.
     let mut skip = 0;
     while first < parts.len() {
-        let mut slices = [std::io::IoSlice::new(&[]); MAX_SLICES];
-        let mut n = 0;
-        for (i, p) in parts[first..].iter().take(MAX_SLICES).enumerate() {
-            slices[i] = std::io::IoSlice::new(if i == 0 { &p[skip..] } else { p });
-            n += 1;
-        }
-        let mut written = socket.write_vectored(&slices[..n]).await?;
+        // The slices are made in each poll, on its stack: held across the await, their
+        // array would make every connection's writer task 1 KiB larger while it idles.
+        let mut written = std::future::poll_fn(|cx| {
+            let mut slices = [std::io::IoSlice::new(&[]); MAX_SLICES];
+            let mut n = 0;
+            for (i, p) in parts[first..].iter().take(MAX_SLICES).enumerate() {
+                slices[i] = std::io::IoSlice::new(if i == 0 { &p[skip..] } else { p });
+                n += 1;
+            }
+            std::pin::Pin::new(&mut *socket).poll_write_vectored(cx, &slices[..n])
+        })
+        .await?;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
