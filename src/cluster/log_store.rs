@@ -245,22 +245,55 @@ fn writer(mut file: File, len: u64, path: PathBuf, rx: mpsc::Receiver<Job>) {
     }
 }
 
-/// Writes the jobs' records in one write (synced if `sync`), then answers them.
+/// Writes every part, in order, with as few vectored writes as the kernel takes.
+fn write_parts(file: &mut File, parts: &[Bytes]) -> std::io::Result<()> {
+    /// Slices per write: well under the kernel's IOV_MAX (1024).
+    const MAX_SLICES: usize = 64;
+    let (mut first, mut skip) = (0, 0);
+    while first < parts.len() {
+        let slices: Vec<std::io::IoSlice> = parts[first..]
+            .iter()
+            .take(MAX_SLICES)
+            .enumerate()
+            .map(|(i, p)| std::io::IoSlice::new(if i == 0 { &p[skip..] } else { p }))
+            .collect();
+        let mut written = file.write_vectored(&slices)?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 && first < parts.len() {
+            let left = parts[first].len() - skip;
+            if written >= left {
+                written -= left;
+                first += 1;
+                skip = 0;
+            } else {
+                skip += written;
+                written = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the jobs' records with vectored writes of their buffers as they are (synced once
+/// if `sync`), then answers them.
 fn run_jobs(file: &mut File, path: &Path, jobs: Vec<Job>, sync: bool) {
-    let flush =
-        |file: &mut File, buf: &[u8]| file.write_all(buf).and_then(|_| if sync { file.sync_data() } else { Ok(()) });
-    let mut buf = Vec::new();
+    let flush = |file: &mut File, buf: &[Bytes]| {
+        write_parts(file, buf).and_then(|_| if sync { file.sync_data() } else { Ok(()) })
+    };
+    let mut buf: Vec<Bytes> = Vec::new();
     let mut callbacks = Vec::new();
     let mut answers = Vec::new();
     let mut result: std::io::Result<()> = Ok(());
     for j in jobs {
         match j {
             Job::Append(b, cb) => {
-                buf.extend_from_slice(&b);
+                buf.push(b);
                 callbacks.push(cb);
             }
             Job::Write(b, tx) => {
-                buf.extend_from_slice(&b);
+                buf.push(b);
                 answers.push(tx);
             }
             Job::Rewrite(live) => {

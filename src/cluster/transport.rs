@@ -149,10 +149,12 @@ pub enum WireError {
 }
 
 pub async fn write_frame<S: AsyncWrite + Unpin, T: Serialize>(s: &mut S, v: &T) -> Result<(), WireError> {
-    let bytes = bincode::serialize(v)?;
-    let mut buf = Vec::with_capacity(4 + bytes.len());
-    buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    buf.extend_from_slice(&bytes);
+    // Encoded once, after room for its length: one buffer, no second copy of a large frame.
+    let mut buf = Vec::with_capacity(4 + bincode::serialized_size(v)? as usize);
+    buf.extend_from_slice(&[0; 4]);
+    bincode::serialize_into(&mut buf, v)?;
+    let len = (buf.len() - 4) as u32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
     s.write_all(&buf).await?;
     Ok(())
 }
