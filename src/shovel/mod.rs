@@ -15,7 +15,7 @@
 //! cluster: the Raft leader's. When another node comes to lead, its supervisor starts the
 //! workers and the old leader's stop (an on-confirm shovel then resends what was in flight:
 //! at least once, as after any reconnect). The other nodes show the runner's states through
-//! the members' reports (see `cluster::alarms`).
+//! the members' reports (see `cluster::reports`).
 //!
 //! A local end logs in to this broker's own AMQP listener from loopback as the user who set
 //! the shovel up, with the process's internal secret (see `Broker::internal_secret`): it has
