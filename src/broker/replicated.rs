@@ -154,6 +154,20 @@ fn actor(user: &str) -> Actor {
     Actor { user: Arc::from(user), source: None, via: "cluster", connection: Actor::NO_CONNECTION }
 }
 
+/// A change carried as JSON (`Access`, `Policy`, `Parameter`), read back.
+fn parsed<T: serde::de::DeserializeOwned>(json: &str, what: &str) -> Result<T, Refusal> {
+    serde_json::from_str(json).map_err(|e| Refusal {
+        code: crate::types::constants::INTERNAL_ERROR,
+        text: format!("malformed {what} change: {e}"),
+        connection: false,
+    })
+}
+
+/// A refusal of a change by the broker, with its text.
+fn refusal(code: u16, e: impl std::fmt::Display) -> Refusal {
+    Refusal { code, text: e.to_string(), connection: false }
+}
+
 fn table(hex: &str) -> FieldTable {
     table_from_hex(hex).unwrap_or_default()
 }
@@ -217,40 +231,19 @@ impl Broker {
                 }
             }
             DefinitionChange::Access { change, user } => {
-                let change: AccessChange = serde_json::from_str(change).map_err(|e| Refusal {
-                    code: crate::types::constants::INTERNAL_ERROR,
-                    text: format!("malformed access change: {e}"),
-                    connection: false,
-                })?;
-                self.change_access(change, &actor(user)).map_err(|e| Refusal {
-                    code: crate::types::constants::PRECONDITION_FAILED,
-                    text: e.to_string(),
-                    connection: false,
-                })?;
+                let change: AccessChange = parsed(change, "access")?;
+                let done = self.change_access(change, &actor(user));
+                done.map_err(|e| refusal(crate::types::constants::PRECONDITION_FAILED, e))?;
             }
             DefinitionChange::Policy { change, user } => {
-                let change: PolicyChange = serde_json::from_str(change).map_err(|e| Refusal {
-                    code: crate::types::constants::INTERNAL_ERROR,
-                    text: format!("malformed policy change: {e}"),
-                    connection: false,
-                })?;
-                self.change_policy(change, &actor(user)).map_err(|e| Refusal {
-                    code: crate::types::constants::NOT_FOUND,
-                    text: e.to_string(),
-                    connection: false,
-                })?;
+                let change: PolicyChange = parsed(change, "policy")?;
+                let done = self.change_policy(change, &actor(user));
+                done.map_err(|e| refusal(crate::types::constants::NOT_FOUND, e))?;
             }
             DefinitionChange::Parameter { change, user } => {
-                let change: ParameterChange = serde_json::from_str(change).map_err(|e| Refusal {
-                    code: crate::types::constants::INTERNAL_ERROR,
-                    text: format!("malformed parameter change: {e}"),
-                    connection: false,
-                })?;
-                self.change_parameter(change, &actor(user)).map_err(|e| Refusal {
-                    code: crate::types::constants::PRECONDITION_FAILED,
-                    text: e.to_string(),
-                    connection: false,
-                })?;
+                let change: ParameterChange = parsed(change, "parameter")?;
+                let done = self.change_parameter(change, &actor(user));
+                done.map_err(|e| refusal(crate::types::constants::PRECONDITION_FAILED, e))?;
             }
         }
         Ok(())

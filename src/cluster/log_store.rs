@@ -13,6 +13,7 @@
 use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::storage::cipher::{open_maybe, CipherError, KeyRing, Nonces};
 use crate::storage::record::{put_record, scan, Scanned};
+use crate::types::parts::{Parts, MAX_SLICES};
 use bytes::{Bytes, BytesMut};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, Vote};
@@ -247,31 +248,15 @@ fn writer(mut file: File, len: u64, path: PathBuf, rx: mpsc::Receiver<Job>) {
 
 /// Writes every part, in order, with as few vectored writes as the kernel takes.
 fn write_parts(file: &mut File, parts: &[Bytes]) -> std::io::Result<()> {
-    /// Slices per write: well under the kernel's IOV_MAX (1024).
-    const MAX_SLICES: usize = 64;
-    let (mut first, mut skip) = (0, 0);
-    while first < parts.len() {
-        let slices: Vec<std::io::IoSlice> = parts[first..]
-            .iter()
-            .take(MAX_SLICES)
-            .enumerate()
-            .map(|(i, p)| std::io::IoSlice::new(if i == 0 { &p[skip..] } else { p }))
-            .collect();
-        let mut written = file.write_vectored(&slices)?;
+    let mut left = Parts::new(parts);
+    let mut slices = [std::io::IoSlice::new(&[]); MAX_SLICES];
+    while !left.is_done() {
+        let n = left.slices(&mut slices);
+        let written = file.write_vectored(&slices[..n])?;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        while written > 0 && first < parts.len() {
-            let left = parts[first].len() - skip;
-            if written >= left {
-                written -= left;
-                first += 1;
-                skip = 0;
-            } else {
-                skip += written;
-                written = 0;
-            }
-        }
+        left.advance(written);
     }
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! and written a piece at a time.
 
 use crate::broker::consumer::ConnectionSink;
+use crate::types::parts::{Parts, MAX_SLICES};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -234,38 +235,20 @@ async fn write_file<W: Socket>(socket: &mut W, file: &File, mut position: u64, m
 
 /// Writes parts in order with vectored writes (as many as the kernel takes at once).
 async fn write_parts<W: AsyncWrite + Unpin>(socket: &mut W, parts: &[Bytes]) -> std::io::Result<()> {
-    /// Slices per write: well under the kernel's IOV_MAX (1024).
-    const MAX_SLICES: usize = 64;
-    let mut first = 0;
-    // How much of parts[first] is already written.
-    let mut skip = 0;
-    while first < parts.len() {
+    let mut left = Parts::new(parts);
+    while !left.is_done() {
         // The slices are made in each poll, on its stack: held across the await, their
         // array would make every connection's writer task 1 KiB larger while it idles.
-        let mut written = std::future::poll_fn(|cx| {
+        let written = std::future::poll_fn(|cx| {
             let mut slices = [std::io::IoSlice::new(&[]); MAX_SLICES];
-            let mut n = 0;
-            for (i, p) in parts[first..].iter().take(MAX_SLICES).enumerate() {
-                slices[i] = std::io::IoSlice::new(if i == 0 { &p[skip..] } else { p });
-                n += 1;
-            }
+            let n = left.slices(&mut slices);
             std::pin::Pin::new(&mut *socket).poll_write_vectored(cx, &slices[..n])
         })
         .await?;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        while written > 0 && first < parts.len() {
-            let left = parts[first].len() - skip;
-            if written >= left {
-                written -= left;
-                first += 1;
-                skip = 0;
-            } else {
-                skip += written;
-                written = 0;
-            }
-        }
+        left.advance(written);
     }
     Ok(())
 }

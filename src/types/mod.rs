@@ -10,6 +10,7 @@
 pub mod amqp10;
 pub mod codec;
 pub mod constants;
+pub mod parts;
 pub mod properties;
 
 pub use codec::{CodecError, FieldTable, FieldValue, LongStr, ShortStr};
