@@ -338,7 +338,9 @@ impl Cluster {
                     id: format!("{id:016x}"),
                     address: n.addr.clone(),
                     voter: voters.contains(id),
-                    reachable: *id == self.id || self.net.silent_for(*id).is_some_and(|d| d < NODE_DOWN_AFTER),
+                    reachable: *id == self.id
+                        || self.net.silent_for(*id).is_some_and(|d| d < NODE_DOWN_AFTER)
+                        || self.reports.answers(*id),
                     matched_index: if *id == self.id { Some(last) } else { matched },
                     lag: if *id == self.id { Some(0) } else { matched.map(|x| last.saturating_sub(x)) },
                     alarms: if *id == self.id { self.effects.report().alarms } else { self.reports.alarms_of(*id) },

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// How often the members are asked: a remote alarm blocks this node's publishers within
 /// about this long (plus the broker's own 100 ms check).
@@ -37,13 +38,20 @@ pub struct NodeReport {
     pub shovels: Vec<String>,
 }
 
-/// The other members' reports, as they last answered.
+/// The other members' reports, as they last answered, and when each last answered.
 #[derive(Default)]
 pub struct PeerReports {
     heard: Mutex<BTreeMap<NodeId, NodeReport>>,
+    answered: Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl PeerReports {
+    /// Whether `node` answered this node's last asking (within two rounds): a follower knows
+    /// which members it reaches, which Raft tells only the leader.
+    pub fn answers(&self, node: NodeId) -> bool {
+        self.answered.lock().get(&node).is_some_and(|t| t.elapsed() < 2 * (POLL + TTL))
+    }
+
     /// The resources `node` said it is short of (none if it did not answer).
     pub fn alarms_of(&self, node: NodeId) -> Vec<String> {
         self.heard.lock().get(&node).map(|r| r.alarms.clone()).unwrap_or_default()
@@ -83,6 +91,7 @@ pub async fn watch(c: Arc<Cluster>) {
             let Ok((id, peer, answer)) = call.await else { continue };
             peers.insert(id, peer);
             if let Ok(Response::Report(report)) = answer {
+                c.reports.answered.lock().insert(id, Instant::now());
                 if report != NodeReport::default() {
                     heard.insert(id, report);
                 }

@@ -716,6 +716,10 @@ def test_an_alarm_on_one_member_blocks_publishers_on_every_node(cluster):
              timeout=30, what="n1 to hear of n2's memory alarm")
     wait_for(lambda: "alarm: memory alarm on node n2" in ctl(n3, "cluster", "status"), timeout=30,
              what="n3 to hear of it too")
+    # Every node, leader or not, sees which members answer it.
+    for n in cluster.nodes:
+        wait_for(lambda: all(m["reachable"] for m in status(n)["members"]), timeout=30,
+                 what=f"{n.data_dir} to reach every member")
     nodes = {n["name"]: n for n in json_get(n1, "/api/nodes")}
     assert nodes["n2"]["mem_alarm"] and not nodes["n2"]["disk_free_alarm"]
     assert not nodes["n1"]["mem_alarm"]

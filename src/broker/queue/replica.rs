@@ -54,7 +54,8 @@ pub struct MemberStatus {
     pub address: String,
     /// A voter (false: a learner catching up before it votes).
     pub voter: bool,
-    /// Whether it answered this node lately (itself: always).
+    /// Whether it answered this node lately (Raft's calls, or the members' reports; itself:
+    /// always).
     pub reachable: bool,
     /// As the leader knows it: the last index it holds, and how far behind the leader's log.
     pub matched_index: Option<u64>,
