@@ -5,7 +5,7 @@
 
 use super::access::missing;
 use super::principal::{actor, current_may_see};
-use super::write::{durable, parse};
+use super::write::parse;
 use super::{error, list, not_found, Api, ListQuery};
 use crate::broker::parameters::{validation_failed, Parameter, ParameterChange};
 use crate::broker::replicated::DefinitionChange;
@@ -111,19 +111,9 @@ pub async fn put_parameter(
 /// cluster's, and each shovel runs on one node, see [`crate::shovel`]).
 async fn apply(api: &Api, change: ParameterChange, done: StatusCode) -> Response {
     let user = actor().user.to_string();
-    if let Some(r) = super::write::replicated(api, || DefinitionChange::parameter(&change, &user)).await {
-        return match r {
-            Ok(()) => done.into_response(),
-            Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", &e.text),
-        };
-    }
-    match api.broker.change_parameter(change, &actor()) {
-        Ok(ticket) => {
-            durable(api, ticket).await;
-            done.into_response()
-        }
-        Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
-    }
+    let replicate = || DefinitionChange::parameter(&change, &user);
+    super::write::change_definition(api, replicate, || api.broker.change_parameter(change.clone(), &actor()), done)
+        .await
 }
 
 /// RabbitMQ's check of a local (`amqp://` without a host) end: the user setting the shovel

@@ -6,7 +6,7 @@
 
 use super::access::missing;
 use super::principal::{actor, current_may_see};
-use super::write::{durable, parse};
+use super::write::parse;
 use super::{error, list, not_found, Api, ListQuery};
 use crate::broker::policy::{self, PolicyChange, PolicyKind, PolicyRequest};
 use crate::broker::replicated::DefinitionChange;
@@ -99,22 +99,9 @@ async fn apply(api: &Api, change: PolicyChange, created: bool) -> Response {
     if let Err(e) = api.broker.check_policy_change(&change) {
         return error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string());
     }
-    if api.broker.quorum_host().is_some() {
-        let user = actor().user.to_string();
-        if let Some(r) = super::write::replicated(api, || DefinitionChange::policy(&change, &user)).await {
-            return match r {
-                Ok(()) => done.into_response(),
-                Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", &e.text),
-            };
-        }
-    }
-    match api.broker.change_policy(change, &actor()) {
-        Ok(ticket) => {
-            durable(api, ticket).await;
-            done.into_response()
-        }
-        Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
-    }
+    let user = actor().user.to_string();
+    let replicate = || DefinitionChange::policy(&change, &user);
+    super::write::change_definition(api, replicate, || api.broker.change_policy(change.clone(), &actor()), done).await
 }
 
 async fn put(api: Api, kind: PolicyKind, vhost: String, name: String, body: Bytes) -> Response {

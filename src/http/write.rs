@@ -131,6 +131,31 @@ pub(super) async fn replicated(
     })
 }
 
+/// A definition change asked through the API (a policy, a parameter), answered `done` once
+/// it is durable; on a cluster node, proposed and answered once the cluster has applied it
+/// here (`replicate` makes the cluster's form of it). A refusal is 400 with its text.
+pub(super) async fn change_definition<E: std::fmt::Display>(
+    api: &Api,
+    replicate: impl FnOnce() -> DefinitionChange,
+    local: impl FnOnce() -> Result<u64, E>,
+    done: StatusCode,
+) -> Response {
+    let result = match replicated(api, replicate).await {
+        Some(r) => r.map_err(|e| e.text),
+        None => match local() {
+            Ok(ticket) => {
+                durable(api, ticket).await;
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    match result {
+        Ok(()) => done.into_response(),
+        Err(text) => error(StatusCode::BAD_REQUEST, "bad_request", &text),
+    }
+}
+
 /// How long an API request waits for the cluster to commit its change.
 const CLUSTER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
