@@ -114,7 +114,7 @@ fn main() -> ExitCode {
     let settle = broker.clone();
     let code = runtime.block_on(async move {
         if let Some(c) = &config.cluster {
-            if let Err(e) = start_cluster(c, &config, &broker, keys.clone()).await {
+            if let Err(e) = start_cluster(c, &config, &broker, keys.clone(), syncer.subscribe()).await {
                 tracing::error!("cannot start the cluster node: {e}");
                 return ExitCode::FAILURE;
             }
@@ -378,9 +378,10 @@ async fn start_cluster(
     config: &Config,
     broker: &Arc<Broker>,
     keys: Option<Arc<hare::storage::cipher::KeyRing>>,
+    durable: tokio::sync::watch::Receiver<u64>,
 ) -> Result<(), String> {
     let secret = hare::cluster::secret::load_or_create(&c.secret_file)?;
-    let bridge = hare::cluster::bridge::Bridge::new(broker.clone());
+    let bridge = hare::cluster::bridge::Bridge::new(broker.clone(), Some(durable));
     let settings = hare::cluster::node::ClusterSettings {
         node_name: c.node_name.clone(),
         listen: format!("{}:{}", c.bind.as_deref().unwrap_or(&config.bind), c.port),

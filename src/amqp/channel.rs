@@ -267,10 +267,35 @@ impl Channel {
                 if let (Some(q), Some(host)) =
                     (ctx.vhost()?.replicated_queue(&queue), ctx.broker.quorum_host().cloned())
                 {
-                    // A quorum queue of a cluster goes on every node once its deletion is applied.
-                    let ready = ctx.vhost()?.check_delete(&q, m.if_unused, m.if_empty)?;
-                    let ticket = host.delete(&ctx.vhost()?.name, &queue);
-                    self.hold_for_cluster(ticket, m.nowait, (50, 40), QueueDeleteOk { message_count: ready });
+                    if let (Some(r), Some(_)) = (&q.replica, q.home()) {
+                        // A classic queue another node holds: its home deletes it (with its
+                        // checks) and answers.
+                        let ticket = r.delete(m.if_unused, m.if_empty, &ctx.actor.user);
+                        let reply = QueueDeleteOk { message_count: q.message_count() };
+                        self.hold_for_cluster(ticket, m.nowait, (50, 40), reply);
+                        return Ok(());
+                    }
+                    if q.replica.is_some() {
+                        // A quorum queue goes on every node once its deletion is applied.
+                        let ready = ctx.vhost()?.check_delete(&q, m.if_unused, m.if_empty)?;
+                        let ticket = host.delete(&ctx.vhost()?.name, &queue);
+                        self.hold_for_cluster(ticket, m.nowait, (50, 40), QueueDeleteOk { message_count: ready });
+                        return Ok(());
+                    }
+                    // A classic queue held here: deleted here, then its faces on the other
+                    // nodes go once its end is applied.
+                    let vhost = ctx.vhost()?.clone();
+                    let (message_count, ticket) = vhost.delete_queue(&queue, m.if_unused, m.if_empty, &ctx.actor)?;
+                    let end = DefinitionChange::UnplaceQueue {
+                        vhost: vhost.name.clone(),
+                        name: queue.to_string(),
+                        id: q.placement(),
+                    };
+                    let cluster = host.propose_definition(end);
+                    if !m.nowait {
+                        self.held = Some((ticket, cluster, QueueDeleteOk { message_count }.into()));
+                        self.held_request = (50, 40);
+                    }
                     return Ok(());
                 }
                 let (message_count, ticket) = ctx.vhost()?.delete_queue(&queue, m.if_unused, m.if_empty, &ctx.actor)?;
@@ -503,6 +528,30 @@ impl Channel {
                 let reply = QueueDeclareOk { queue: name, message_count: 0, consumer_count: 0 };
                 self.hold_for_cluster(ticket, m.nowait, (50, 10), reply);
                 return Ok(());
+            }
+            if !quorum && !m.passive && !m.exclusive && !vhost.has_queue(&name) {
+                // A classic queue on a cluster node: placed through the replicated log, so
+                // that its name is one queue on every node. This node holds it (made as
+                // the placement is applied here); the others make its face. The arguments
+                // are checked here first, with RabbitMQ's texts.
+                let args = crate::broker::arguments::QueueArguments::parse(&decl.arguments, &name, &vhost.name)?;
+                if !args.stream {
+                    let place = DefinitionChange::PlaceQueue {
+                        vhost: vhost.name.clone(),
+                        name: name.to_string(),
+                        home: host.node_name(),
+                        id: host.placement_id(),
+                        durable: m.durable,
+                        auto_delete: m.auto_delete,
+                        arguments: crate::broker::store::table_to_hex(&decl.arguments),
+                        user: ctx.actor.user.to_string(),
+                    };
+                    let ticket = host.propose_definition(place);
+                    self.last_queue = Some(name.clone());
+                    let reply = QueueDeclareOk { queue: name, message_count: 0, consumer_count: 0 };
+                    self.hold_for_cluster(ticket, m.nowait, (50, 10), reply);
+                    return Ok(());
+                }
             }
         }
         let (queue, message_count, consumer_count, ticket) = ctx.vhost()?.declare_queue(&decl, &ctx.actor)?;

@@ -141,8 +141,12 @@ pub struct Queue {
     /// The queue has timers to run: a queue TTL, x-expires, or messages with an expiration.
     timed: AtomicBool,
     /// A quorum queue on a cluster node: its state is replicated, and this object forwards
-    /// to it (see [`replica`]).
+    /// to it (see [`replica`]); or the face of a classic queue another node of the cluster
+    /// holds, forwarding to that node.
     pub replica: Option<Arc<dyn replica::Replica>>,
+    /// On a cluster node: the id of the placement that makes this queue the cluster's (a
+    /// classic queue held here, or a face of one held elsewhere); 0 for none.
+    placement: std::sync::atomic::AtomicU64,
     /// A stream queue: its log (see [`stream`]).
     pub stream: Option<Arc<dyn super::store::StreamStore>>,
     /// A delayed exchange's holding queue: its held messages (see [`delayed`]).
@@ -241,6 +245,7 @@ impl Queue {
             owner,
             options,
             replica: None,
+            placement: Default::default(),
             stream: None,
             delayed: None,
         })
@@ -284,6 +289,7 @@ impl Queue {
             owner,
             options,
             replica: None,
+            placement: Default::default(),
             stream: None,
             delayed: None,
         }
@@ -330,6 +336,7 @@ impl Queue {
             owner,
             timed,
             replica: None,
+            placement: Default::default(),
             stream: None,
             delayed: None,
         })
@@ -337,6 +344,18 @@ impl Queue {
 
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::Acquire)
+    }
+
+    /// The id of the cluster placement of this queue (0: none; see [`Queue::placement`]).
+    pub fn placement(&self) -> u64 {
+        self.placement.load(Ordering::Acquire)
+    }
+    pub fn set_placement(&self, id: u64) {
+        self.placement.store(id, Ordering::Release);
+    }
+    /// The node a cluster's classic queue lives on, if this is its face on another node.
+    pub fn home(&self) -> Option<&str> {
+        self.replica.as_ref().and_then(|r| r.home())
     }
 
     /// 405 for any connection but the owner of an exclusive queue.

@@ -64,6 +64,25 @@ pub enum DefinitionChange {
         change: String,
         user: String,
     },
+    /// A classic queue of the cluster: it lives on node `home`, which makes it (the others
+    /// make its face), under placement `id` (which its end names). A declare of a name the
+    /// cluster has already is a declare again, checked as one.
+    PlaceQueue {
+        vhost: String,
+        name: String,
+        home: String,
+        id: u64,
+        durable: bool,
+        auto_delete: bool,
+        arguments: String,
+        user: String,
+    },
+    /// Placement `id` of queue `name` ended: its home deleted it, and its faces go.
+    UnplaceQueue {
+        vhost: String,
+        name: String,
+        id: u64,
+    },
 }
 
 impl DefinitionChange {
@@ -245,6 +264,25 @@ impl Broker {
                 let done = self.change_parameter(change, &actor(user));
                 done.map_err(|e| refusal(crate::types::constants::PRECONDITION_FAILED, e))?;
             }
+            DefinitionChange::PlaceQueue { vhost: v, name, home, id, durable, auto_delete, arguments, user } => {
+                let Some(host) = self.quorum_host().cloned() else { return Ok(()) };
+                let d = super::vhost::QueueDeclaration {
+                    name: ShortStr::from(name.as_str()),
+                    passive: false,
+                    durable: *durable,
+                    exclusive: false,
+                    auto_delete: *auto_delete,
+                    arguments: table(arguments),
+                };
+                let me = host.node_name();
+                let face = || host.face(v, name, home, *id);
+                vhost(v)?.place(&d, home, *id, &me, face, &actor(user))?;
+            }
+            DefinitionChange::UnplaceQueue { vhost: v, name, id } => {
+                if let Some(v) = self.vhost(v) {
+                    v.unplace(name, *id, &actor(INSTALLER));
+                }
+            }
         }
         Ok(())
     }
@@ -268,6 +306,8 @@ pub struct ReplicatedDefinitions {
     pub policies: String,
     /// Every runtime parameter (shovels), as JSON ([`Parameter`] list).
     pub parameters: String,
+    /// `PlaceQueue` changes: the cluster's classic queues and their homes.
+    pub placements: Vec<DefinitionChange>,
 }
 
 /// The user a change made by a snapshot's installation is recorded as.
@@ -282,8 +322,10 @@ impl Broker {
     /// The replicated definitions as they are now (see [`ReplicatedDefinitions`]).
     pub fn replicated_definitions(&self) -> ReplicatedDefinitions {
         let access = crate::auth::AccessLists::from(self.access());
+        let me = self.quorum_host().map(|h| h.node_name()).unwrap_or_default();
         let mut exchanges = Vec::new();
         let mut bindings = Vec::new();
+        let mut placements = Vec::new();
         let mut vhosts: Vec<_> = self.vhosts.read().values().cloned().collect();
         vhosts.sort_by(|a, b| a.name.cmp(&b.name));
         for v in vhosts {
@@ -296,6 +338,18 @@ impl Broker {
                     &e.arguments,
                     INSTALLER,
                 ));
+            }
+            for q in v.placed_queues() {
+                placements.push(DefinitionChange::PlaceQueue {
+                    vhost: v.name.clone(),
+                    name: q.name.to_string(),
+                    home: q.home().unwrap_or(&me).to_string(),
+                    id: q.placement(),
+                    durable: q.options.durable,
+                    auto_delete: q.options.auto_delete,
+                    arguments: table_to_hex(&q.options.arguments),
+                    user: INSTALLER.into(),
+                });
             }
             for (source, b) in v.bindings() {
                 let replicated = match &b.destination {
@@ -317,6 +371,7 @@ impl Broker {
             bindings,
             policies: serde_json::to_string(&policies).unwrap_or_default(),
             parameters: serde_json::to_string(&self.parameters(None, None)).unwrap_or_default(),
+            placements,
         }
     }
 
@@ -376,6 +431,19 @@ impl Broker {
             if let Err(e) = self.change_access(c, &by) {
                 tracing::warn!("cluster snapshot: {e}");
             }
+        }
+        // Classic queues' placements that ended, then those that are new (before bindings:
+        // a face that goes takes its bindings, and a new one is bound below).
+        let now = self.replicated_definitions();
+        for p in now.placements.iter().filter(|p| !target.placements.contains(p)) {
+            if let DefinitionChange::PlaceQueue { vhost, name, id, .. } = p {
+                if let Some(v) = self.vhost(vhost) {
+                    v.unplace(name, *id, &by);
+                }
+            }
+        }
+        for p in target.placements.iter().filter(|p| !now.placements.contains(p)) {
+            self.apply_quietly(p);
         }
         // Bindings that go, exchanges that go or change, exchanges that come, bindings that
         // come (each step looks again: a vhost or exchange that went took its bindings).

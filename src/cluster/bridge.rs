@@ -48,6 +48,10 @@ struct Local {
 pub struct Bridge {
     broker: Arc<Broker>,
     cluster: OnceLock<Arc<Cluster>>,
+    /// This node as the home of classic queues, and its links to the others' (see `classic`).
+    home: Arc<super::classic::home::Home>,
+    faces: OnceLock<Arc<super::classic::face::Faces>>,
+    homed: Arc<super::classic::placement::Homed>,
     me: Weak<Bridge>,
     consumers: Mutex<HashMap<u64, Local>>,
     next_consumer: AtomicU64,
@@ -60,10 +64,15 @@ impl std::fmt::Debug for Bridge {
 }
 
 impl Bridge {
-    pub fn new(broker: Arc<Broker>) -> Arc<Bridge> {
+    /// `durable`: the broker's group-commit watermark (a forwarded publish is answered once
+    /// on disk here).
+    pub fn new(broker: Arc<Broker>, durable: Option<tokio::sync::watch::Receiver<u64>>) -> Arc<Bridge> {
         Arc::new_cyclic(|me| Bridge {
+            home: super::classic::home::Home::new(broker.clone(), durable),
             broker,
             cluster: OnceLock::new(),
+            faces: OnceLock::new(),
+            homed: Default::default(),
             me: me.clone(),
             consumers: Mutex::new(HashMap::new()),
             next_consumer: AtomicU64::new(1),
@@ -72,8 +81,18 @@ impl Bridge {
 
     /// Connects the bridge to its started node and the broker to the bridge.
     pub fn attach(self: &Arc<Self>, cluster: Arc<Cluster>) {
-        let _ = self.cluster.set(cluster);
+        let _ = self.faces.set(super::classic::face::Faces::new(cluster.clone()));
+        let _ = self.cluster.set(cluster.clone());
         self.broker.set_quorum_host(self.clone());
+        tokio::spawn(super::classic::placement::reconcile(self.broker.clone(), cluster, self.homed.clone()));
+        let home = Arc::downgrade(&self.home);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let Some(home) = home.upgrade() else { return };
+                home.sweep().await;
+            }
+        });
     }
 
     fn cluster(&self) -> Option<&Arc<Cluster>> {
@@ -127,6 +146,18 @@ impl QuorumHost for Bridge {
     }
     fn leads(&self) -> bool {
         self.cluster().is_some_and(|c| c.leads())
+    }
+    fn node_name(&self) -> String {
+        self.cluster().map(|c| c.name.clone()).unwrap_or_default()
+    }
+    fn face(&self, vhost: &str, name: &str, home: &str, _id: u64) -> Arc<dyn Replica> {
+        match self.faces.get() {
+            Some(f) => f.face(vhost, name, home),
+            None => Arc::new(QueueReplica {
+                name: QueueName { vhost: vhost.into(), name: name.into() },
+                bridge: Weak::new(),
+            }),
+        }
     }
     fn membership(&self, change: Membership) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
         let c = self.cluster().cloned();
@@ -211,7 +242,9 @@ impl Effects for Bridge {
     }
 
     fn definition(&self, change: &DefinitionChange) -> Result<(), Refusal> {
-        self.broker.apply_definition(change)
+        self.broker.apply_definition(change)?;
+        self.homed.applied(change, &self.node_name());
+        Ok(())
     }
 
     fn definitions(&self) -> ReplicatedDefinitions {
@@ -219,7 +252,17 @@ impl Effects for Bridge {
     }
 
     fn install_definitions(&self, definitions: &ReplicatedDefinitions) {
-        self.broker.install_replicated_definitions(definitions)
+        self.broker.install_replicated_definitions(definitions);
+        self.homed.installed(&definitions.placements, &self.node_name());
+    }
+
+    fn classic(
+        &self,
+        from: &str,
+        op: super::classic::Op,
+    ) -> Pin<Box<dyn Future<Output = super::classic::Reply> + Send + '_>> {
+        let from = from.to_string();
+        Box::pin(async move { self.home.serve(&from, op).await })
     }
 
     fn report(&self) -> NodeReport {

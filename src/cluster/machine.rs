@@ -50,6 +50,14 @@ pub trait Effects: Send + Sync + 'static {
     /// The other members' reports changed, as (node name, report): their alarms block this
     /// node's publishers too; their shovels are listed here.
     fn remote_reports(&self, _reports: Vec<(String, super::reports::NodeReport)>) {}
+    /// Serves another node's request to this node as the home of classic queues.
+    fn classic(
+        &self,
+        _from: &str,
+        _op: super::classic::Op,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = super::classic::Reply> + Send + '_>> {
+        Box::pin(async { super::classic::Reply::Done(Err(super::classic::unserved())) })
+    }
 }
 
 /// What a snapshot holds: the replicated state and the definitions as of the same entry.

@@ -12,11 +12,14 @@
 //! - [`node`]: a running node: Raft, the listener, bootstrap from the seeds, the proposer.
 //! - [`reports`]: what members tell each other twice a second: resource alarms (which block
 //!   every node's publishers) and the states of the shovels they run.
+//! - [`classic`]: classic queues of a cluster: each on its home node, reachable from every
+//!   node through its faces (placements replicated; publishes, consumers and acks forwarded).
 //! - `sim` (tests only): the deterministic simulation of a cluster under faults (turmoil).
 //! - [`bridge`]: the broker's side: a quorum queue's local face (routing, consumers,
 //!   confirms) over the replicated state.
 
 pub mod bridge;
+pub mod classic;
 pub mod host;
 pub mod log_store;
 pub mod machine;

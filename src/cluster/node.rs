@@ -6,7 +6,10 @@
 //! and sends it as one batch: to openraft when this node leads, else to the leader over the
 //! transport. Batches of one process are applied in order and each once (the state machine
 //! skips a retried batch it has), so a proposal's ticket is resolved once every earlier one is:
-//! channels wait for a watermark, as they wait for the disk's.
+//! channels wait for a watermark, as they wait for the disk's. Requests to another node that
+//! are not proposals (a publish to a classic queue that lives there, see `classic`) take
+//! tickets from the same sequence and resolve out of order: the watermark moves past a ticket
+//! once it and every earlier one are resolved ([`Window`]).
 
 use super::host::{Host, Listener};
 use super::log_store::LogStore;
@@ -62,6 +65,37 @@ pub struct ClusterSettings {
     pub keys: Option<Arc<crate::storage::cipher::KeyRing>>,
 }
 
+/// The tickets past the resolved watermark, in order: whether each is still unresolved.
+/// Tickets are taken in order and pushed here as they are; resolving one marks it, and the
+/// watermark moves past the resolved run at the front.
+#[derive(Debug, Default)]
+pub(super) struct Window {
+    /// Every ticket at or below this is resolved.
+    base: u64,
+    unresolved: VecDeque<bool>,
+}
+
+impl Window {
+    /// Takes the next ticket, unresolved.
+    fn push(&mut self) -> u64 {
+        self.unresolved.push_back(true);
+        self.base + self.unresolved.len() as u64
+    }
+    /// Marks `ticket` resolved; returns the watermark after it.
+    fn resolve(&mut self, ticket: u64) -> u64 {
+        if ticket > self.base {
+            if let Some(u) = self.unresolved.get_mut((ticket - self.base - 1) as usize) {
+                *u = false;
+            }
+        }
+        while self.unresolved.front() == Some(&false) {
+            self.unresolved.pop_front();
+            self.base += 1;
+        }
+        self.base
+    }
+}
+
 struct Pending {
     ticket: u64,
     command: Command,
@@ -81,6 +115,8 @@ pub struct Cluster {
     pub net: Arc<NetCtx>,
     pending: Mutex<(u64, VecDeque<Pending>, usize)>,
     wake: Notify,
+    /// Which tickets past the watermark are resolved (taken after `pending`'s lock).
+    window: Mutex<Window>,
     /// Every ticket at or below this is resolved (committed and applied, or failed).
     resolved: watch::Sender<u64>,
     /// Tickets of enqueues a full queue refused (reject-publish): nacked, not acked.
@@ -151,6 +187,7 @@ impl Cluster {
             net,
             pending: Mutex::new((0, VecDeque::new(), 0)),
             wake: Notify::new(),
+            window: Mutex::new(Window::default()),
             resolved,
             rejected: Mutex::new(BTreeSet::new()),
             leading,
@@ -177,12 +214,34 @@ impl Cluster {
             let mut p = self.pending.lock();
             p.0 += 1;
             let ticket = p.0;
+            self.window.lock().push();
             p.1.push_back(Pending { ticket, command, reply });
             p.2 += size;
             ticket
         };
         self.wake.notify_one();
         ticket
+    }
+
+    /// A ticket for a request that is not a proposal (it is resolved by [`Cluster::settle_ticket`]).
+    pub fn take_ticket(&self) -> u64 {
+        let mut p = self.pending.lock();
+        p.0 += 1;
+        self.window.lock().push();
+        p.0
+    }
+
+    /// Resolves a ticket of [`Cluster::take_ticket`]: refused by a full queue (`rejected`), or
+    /// with a refusal for its waiter to take.
+    pub fn settle_ticket(&self, ticket: u64, rejected: bool, refusal: Option<crate::broker::replicated::Refusal>) {
+        if rejected {
+            self.rejected.lock().insert(ticket);
+        }
+        if let Some(r) = refusal {
+            self.refused.lock().insert(ticket, r);
+        }
+        let mark = self.window.lock().resolve(ticket);
+        self.resolved.send_if_modified(|r| std::mem::replace(r, mark) != mark);
     }
 
     /// Tickets resolved so far, as a watch channel.
@@ -414,6 +473,7 @@ async fn serve(mut listener: Box<dyn Listener>, cluster: Arc<Cluster>) {
                     Request::Join { id, addr } => Response::Membership(c.change_members(Some((id, addr)), None).await),
                     Request::Forget { id } => Response::Membership(c.change_members(None, Some(id)).await),
                     Request::Report => Response::Report(c.effects.report()),
+                    Request::Classic(op) => Response::Classic(c.effects.classic(&peer, op).await),
                 };
                 if transport::write_frame(&mut sock, &resp).await.is_err() {
                     return;
@@ -660,7 +720,7 @@ async fn send_until_applied(c: &Cluster, batch: &Batch, peer: &mut Option<(NodeI
 
 /// Hands a batch's outcomes to its proposals and moves the resolved watermark past them.
 fn resolve(c: &Cluster, taken: Vec<Pending>, outcomes: Vec<Outcome>) {
-    let last = taken.last().map_or(0, |p| p.ticket);
+    let mut mark = None;
     {
         let mut rejected = c.rejected.lock();
         let mut got = c.got.lock();
@@ -677,10 +737,11 @@ fn resolve(c: &Cluster, taken: Vec<Pending>, outcomes: Vec<Outcome>) {
             if let Some(tx) = p.reply {
                 let _ = tx.send(o);
             }
+            mark = Some(c.window.lock().resolve(p.ticket));
         }
     }
-    if last != 0 {
-        c.resolved.send_replace(last);
+    if let Some(mark) = mark {
+        c.resolved.send_if_modified(|r| std::mem::replace(r, mark) != mark);
     }
     if c.backlog_bytes() < BACKLOG_HIGH / 2 {
         let waiters = std::mem::take(&mut *c.backlog_waiters.lock());
@@ -733,6 +794,38 @@ async fn leader_duties(c: Arc<Cluster>) {
                 down.insert(id);
             } else if !silent {
                 down.remove(&id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Window;
+
+    /// Tickets resolved out of order move the watermark only past a run with no gap,
+    /// checked against a model (the smallest unresolved ticket, minus one) over random orders.
+    #[test]
+    fn the_watermark_passes_only_tickets_resolved_with_every_earlier_one() {
+        use rand::{seq::SliceRandom, Rng, SeedableRng};
+        for seed in 0..200u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut w = Window::default();
+            let mut open: Vec<u64> = Vec::new();
+            let mut resolved = std::collections::BTreeSet::new();
+            let mut last = 0;
+            for _ in 0..200 {
+                if open.is_empty() || rng.gen_bool(0.5) {
+                    last = w.push();
+                    open.push(last);
+                } else {
+                    open.shuffle(&mut rng);
+                    let t = open.pop().expect("not empty");
+                    resolved.insert(t);
+                    let mark = w.resolve(t);
+                    let model = (1..=last).find(|t| !resolved.contains(t)).map_or(last, |t| t - 1);
+                    assert_eq!(mark, model, "seed {seed}");
+                }
             }
         }
     }

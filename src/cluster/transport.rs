@@ -56,6 +56,8 @@ pub enum Request {
     },
     /// The node's alarms and shovels (see [`super::reports`]).
     Report,
+    /// A request to the home of classic queues (see [`super::classic`]).
+    Classic(super::classic::Op),
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -71,6 +73,7 @@ pub enum Response {
     },
     Membership(Result<(), String>),
     Report(super::reports::NodeReport),
+    Classic(super::classic::Reply),
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

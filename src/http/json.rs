@@ -224,6 +224,19 @@ pub fn queue(vhost: &str, q: &Queue, node: &str, ranges: &Ranges) -> Value {
     if let (Value::Object(v), Value::Object(more)) = (&mut v, more) {
         v.extend(more);
     }
+    if q.replica.is_some() {
+        // A cluster's queue held elsewhere (a classic queue's home) or in the replicated
+        // state (a quorum queue): its counts as they are known there.
+        let (ready, consumers) = q.counts();
+        let unacked = q.unacked_count();
+        v["messages"] = json!(ready as usize + unacked);
+        v["messages_ready"] = json!(ready);
+        v["messages_unacknowledged"] = json!(unacked);
+        v["consumers"] = json!(consumers);
+    }
+    if let Some(home) = q.home() {
+        v["node"] = json!(home);
+    }
     super::stream::queue_fields(&mut v, q, node);
     let stats = stats_of(QUEUE_GROUPS, &st.counts, st.rates.rates(), msg.as_deref());
     if stats.as_object().is_some_and(|m| !m.is_empty()) {

@@ -312,25 +312,44 @@ pub async fn delete_queue(
     if let Err(r) = permitted(&api, &vhost, &[(Kind::Queue, &name, Perm::Configure)]) {
         return r;
     }
+    let (if_unused, if_empty) = (q.if_unused.unwrap_or(false), q.if_empty.unwrap_or(false));
+    let mut end = None;
     if let (Some(queue), Some(host)) = (v.replicated_queue(&name), api.broker.quorum_host().cloned()) {
-        // A quorum queue of a cluster goes on every node once its deletion is applied.
-        if let Err(e) = v.check_delete(&queue, q.if_unused.unwrap_or(false), q.if_empty.unwrap_or(false)) {
-            return refused(e);
-        }
-        let ticket = host.delete(&vhost, &name);
-        return match committed(&host, ticket).await {
-            Ok(()) => StatusCode::NO_CONTENT.into_response(),
-            Err(e) => refused(e),
+        let ticket = match (&queue.replica, queue.home()) {
+            // A classic queue another node holds: its home deletes it, with its checks.
+            (Some(r), Some(_)) => Some(r.delete(if_unused, if_empty, &actor().user)),
+            // A quorum queue of a cluster goes on every node once its deletion is applied.
+            (Some(_), None) => {
+                if let Err(e) = v.check_delete(&queue, if_unused, if_empty) {
+                    return refused(e);
+                }
+                Some(host.delete(&vhost, &name))
+            }
+            // A classic queue held here: deleted here, then its faces elsewhere.
+            (None, _) => {
+                end = Some((host.clone(), queue.placement()));
+                None
+            }
         };
+        if let Some(ticket) = ticket {
+            return match committed(&host, ticket).await {
+                Ok(()) => match host.take_refusal(ticket) {
+                    Some(r) => refused(r.into()),
+                    None => StatusCode::NO_CONTENT.into_response(),
+                },
+                Err(e) => refused(e),
+            };
+        }
     }
-    match v.delete_queue(
-        &ShortStr::from(name.as_str()),
-        q.if_unused.unwrap_or(false),
-        q.if_empty.unwrap_or(false),
-        &actor(),
-    ) {
+    match v.delete_queue(&ShortStr::from(name.as_str()), if_unused, if_empty, &actor()) {
         Ok((_, ticket)) => {
             durable(&api, ticket).await;
+            if let Some((host, id)) = end {
+                let change = DefinitionChange::UnplaceQueue { vhost: vhost.clone(), name: name.clone(), id };
+                if let Err(e) = committed(&host, host.propose_definition(change)).await {
+                    return refused(e);
+                }
+            }
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => refused(e),
@@ -518,8 +537,8 @@ pub async fn delete_binding(
     }
 }
 
-/// A binding's change through the cluster, when it is the cluster's: to an exchange or to a
-/// quorum queue (a classic queue's bindings are its node's).
+/// A binding's change through the cluster, when it is the cluster's: to an exchange, a quorum
+/// queue or a classic queue the cluster knows (an exclusive queue's bindings are its node's).
 pub(super) async fn replicated_binding(
     api: &Api,
     v: &VHost,

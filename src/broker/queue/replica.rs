@@ -1,6 +1,7 @@
-//! A queue whose state lives in a cluster's replicated log (a quorum queue on a cluster node):
-//! the node's [`Queue`] object is its local face, for routing, consumers and statistics, and
-//! forwards what would change the state to its [`Replica`], which the cluster layer provides.
+//! A queue whose state lives in a cluster's replicated log (a quorum queue on a cluster node),
+//! or on another node of the cluster (a classic queue declared there): the node's [`Queue`]
+//! object is its local face, for routing, consumers and statistics, and forwards what would
+//! change the state to its [`Replica`], which the cluster layer provides.
 //! The core declares these traits and the cluster implements them, so the core does not
 //! depend on the cluster.
 
@@ -30,6 +31,16 @@ pub trait Replica: Send + Sync + std::fmt::Debug {
     /// The answer to the get of `ticket`, once resolved: the message and the ready count
     /// after it, or None for an empty queue.
     fn take_got(&self, ticket: u64) -> Option<(QueuedMessage, u32)>;
+    /// The node that holds the queue, for the face of a classic queue held elsewhere (None
+    /// for a quorum queue, which every node holds).
+    fn home(&self) -> Option<&str> {
+        None
+    }
+    /// queue.delete of a classic queue held elsewhere, asked of its home; returns the ticket
+    /// its answer resolves (a refusal is taken with [`QuorumHost::take_refusal`]).
+    fn delete(&self, _if_unused: bool, _if_empty: bool, _user: &str) -> u64 {
+        0
+    }
 }
 
 /// A cluster as one of its nodes sees it (for `/api/nodes`, `hare ctl cluster status`).
@@ -104,4 +115,12 @@ pub trait QuorumHost: Send + Sync + std::fmt::Debug {
     /// Whether proposals wait faster than the cluster commits them (no quorum, say): a
     /// publisher that proposed then waits for `waiter`, notified once they no longer do.
     fn backlogged(&self, waiter: &Arc<tokio::sync::Notify>) -> bool;
+    /// This node's name in the cluster.
+    fn node_name(&self) -> String;
+    /// The face of the classic queue `name`, held by node `home` under placement `id`.
+    fn face(&self, vhost: &str, name: &str, home: &str, id: u64) -> Arc<dyn Replica>;
+    /// A fresh placement id (never 0).
+    fn placement_id(&self) -> u64 {
+        rand::random::<u64>().max(1)
+    }
 }
