@@ -133,7 +133,7 @@ impl QuorumHost for Bridge {
         self.cluster().is_some_and(|c| c.take_rejected(ticket))
     }
     fn backlogged(&self, waiter: &Arc<tokio::sync::Notify>) -> bool {
-        self.cluster().is_some_and(|c| c.backlogged(waiter))
+        self.cluster().is_some_and(|c| c.backlogged(waiter)) || self.faces.get().is_some_and(|f| f.backlogged(waiter))
     }
     fn propose_definition(&self, change: DefinitionChange) -> u64 {
         self.propose(Command::Definition(change))

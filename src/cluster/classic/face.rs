@@ -4,12 +4,12 @@
 //!   batch at a time (all that came while the previous batch was out) and resolves their
 //!   tickets with the home's answers, out of order with the node's Raft proposals (see
 //!   `node::Window`): a publisher's confirm waits for its ticket as for a quorum queue's.
-//! - Consumers of a face are registered at the home; while a link has consumers (or
-//!   settlements to tell), one task polls the home for their deliveries, carrying the acks,
-//!   rejects and requeues of the previous ones, and hands each delivery to its consumer's
-//!   connection as a local queue would.
-//! - Other requests (consume, cancel, get, purge, delete, counts) go one at a time over a
-//!   small pool of connections to the home.
+//! - Consumers of a face are registered at the home; while a link has consumers, one task
+//!   polls the home for their deliveries and hands each to its consumer's connection as a
+//!   local queue would (not while those connections have as much waiting as they may).
+//! - Acks, rejects and requeues, consumers' registrations and cancels, gets, purges and
+//!   deletes go through one task in the order they were asked (settlements gathered into one
+//!   request); counts go on their own. All use a small pool of connections to the home.
 
 use super::{Enqueued, Op, Reply, Settle, Wire, HOME_SILENCE, POLL_WAIT_MS};
 use crate::broker::consumer::{ConnEvent, Consumer, Delivery, Origin};
@@ -40,6 +40,13 @@ const POOL: usize = 4;
 const COUNTS_AGE: Duration = Duration::from_secs(1);
 /// After a failed poll or publish, the next try waits this long.
 const RETRY: Duration = Duration::from_millis(100);
+/// A publish request carries at most this many messages, or about this many bytes.
+const BATCH_MESSAGES: usize = 4096;
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Publishes waiting for a home past this many bytes (all homes together) pause their
+/// publishers until half of it is sent: a slow or unreachable home does not make this node
+/// buffer without bound.
+const OUTBOX_HIGH: usize = 64 * 1024 * 1024;
 
 /// One of this node's consumers of a queue another node holds.
 struct Remote {
@@ -54,11 +61,33 @@ pub struct Faces {
     cluster: Arc<Cluster>,
     links: Mutex<HashMap<String, Arc<Link>>>,
     me: Weak<Faces>,
+    /// Bytes of publishes waiting in every link's outbox, and the publishers paused by them.
+    outbox_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    waiters: Arc<Mutex<Vec<Arc<Notify>>>>,
 }
 
 impl Faces {
     pub fn new(cluster: Arc<Cluster>) -> Arc<Faces> {
-        Arc::new_cyclic(|me| Faces { cluster, links: Mutex::new(HashMap::new()), me: me.clone() })
+        Arc::new_cyclic(|me| Faces {
+            cluster,
+            links: Mutex::new(HashMap::new()),
+            me: me.clone(),
+            outbox_bytes: Default::default(),
+            waiters: Default::default(),
+        })
+    }
+
+    /// Whether publishes wait past [`OUTBOX_HIGH`]; if so, `waiter` is notified once they are
+    /// below half of it.
+    pub fn backlogged(&self, waiter: &Arc<Notify>) -> bool {
+        if self.outbox_bytes.load(Ordering::Acquire) < OUTBOX_HIGH {
+            return false;
+        }
+        let mut w = self.waiters.lock();
+        if !w.iter().any(|x| Arc::ptr_eq(x, waiter)) {
+            w.push(waiter.clone());
+        }
+        true
     }
 
     /// The link to node `home` (made on first use).
@@ -80,6 +109,9 @@ impl Faces {
                     next_key: AtomicU64::new(1),
                     pool: Mutex::new(Vec::new()),
                     control,
+                    flush_asked: AtomicBool::new(false),
+                    outbox_bytes: self.outbox_bytes.clone(),
+                    waiters: self.waiters.clone(),
                 });
                 tokio::spawn(publish_loop(link.clone()));
                 tokio::spawn(control_loop(Arc::downgrade(&link), requests));
@@ -118,11 +150,22 @@ pub struct Link {
     pool: Mutex<Vec<Peer>>,
     /// Consumers' registrations and cancels, sent in order by one task (a cancel never
     /// overtakes its consume).
-    control: tokio::sync::mpsc::UnboundedSender<(Op, Then)>,
+    control: tokio::sync::mpsc::UnboundedSender<Control>,
+    /// A `Control::Settle` is queued and not yet taken (so one is queued at a time).
+    flush_asked: AtomicBool,
+    /// The node's outbox bytes and paused publishers (shared with [`Faces`]).
+    outbox_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    waiters: Arc<Mutex<Vec<Arc<Notify>>>>,
 }
 
 /// What to do with a request's answer.
 type Then = Box<dyn FnOnce(Result<Reply, String>) + Send>;
+
+/// What the ordered control task is asked: a request, or to send the settlements.
+enum Control {
+    Request(Op, Then),
+    Settle,
+}
 
 impl Link {
     /// One request to the home, over a pooled connection.
@@ -170,12 +213,14 @@ impl Link {
 
     /// Queues a consumer's registration or cancel behind the earlier ones.
     fn control(&self, op: Op, then: impl FnOnce(Result<Reply, String>) + Send + 'static) {
-        let _ = self.control.send((op, Box::new(then)));
+        let _ = self.control.send(Control::Request(op, Box::new(then)));
     }
 
     fn settle(&self, messages: impl IntoIterator<Item = u64>, how: Settle) {
         self.settles.lock().extend(messages.into_iter().map(|id| (id, how)));
-        self.start_polling();
+        if !self.flush_asked.swap(true, Ordering::AcqRel) {
+            let _ = self.control.send(Control::Settle);
+        }
     }
 
     /// Starts the poll task if it is not running.
@@ -191,7 +236,7 @@ impl Link {
     fn deliver(self: &Arc<Self>, d: super::RemoteDelivery) {
         let consumer = self.consumers.lock().get(&d.key).map(|r| r.consumer.clone());
         let Some(c) = consumer else {
-            self.settles.lock().push((d.id, Settle::Undelivered));
+            self.settle([d.id], Settle::Undelivered);
             return;
         };
         let item = QueuedMessage {
@@ -225,24 +270,60 @@ impl Link {
     }
 }
 
-/// Sends consumers' registrations and cancels in order.
-async fn control_loop(link: Weak<Link>, mut requests: tokio::sync::mpsc::UnboundedReceiver<(Op, Then)>) {
-    while let Some((op, then)) = requests.recv().await {
+/// Sends settlements, consumers' registrations and cancels, and gets, in the order they
+/// were asked: before each request, every settlement asked earlier (a requeued message is back
+/// for the get that follows it).
+async fn control_loop(link: Weak<Link>, mut requests: tokio::sync::mpsc::UnboundedReceiver<Control>) {
+    let mut failing_since: Option<Instant> = None;
+    while let Some(request) = requests.recv().await {
         let Some(l) = link.upgrade() else { return };
-        let reply = l.call(op, CALL_TIMEOUT).await;
-        drop(l);
-        then(reply);
+        loop {
+            l.flush_asked.store(false, Ordering::Release);
+            let settles = std::mem::take(&mut *l.settles.lock());
+            if settles.is_empty() {
+                break;
+            }
+            match l.call(Op::Settle { settles: settles.clone() }, CALL_TIMEOUT).await {
+                Ok(_) => failing_since = None,
+                Err(e) => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > HOME_SILENCE {
+                        // The home is gone: what its deliveries became no longer matters
+                        // (it requeues what a node that stopped polling held).
+                        tracing::debug!("cluster: settlements for node {} dropped: {e}", l.home);
+                        break;
+                    }
+                    l.settles.lock().splice(0..0, settles);
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+        if let Control::Request(op, then) = request {
+            let reply = l.call(op, CALL_TIMEOUT).await;
+            drop(l);
+            then(reply);
+        }
     }
 }
 
 /// Sends the outbox to the home a batch at a time and resolves the publishers' tickets.
 async fn publish_loop(link: Arc<Link>) {
     loop {
-        let batch = std::mem::take(&mut *link.outbox.lock());
+        let batch: Vec<(u64, QueueName, Wire)> = {
+            let mut outbox = link.outbox.lock();
+            // At most a bounded batch per request; the rest goes with the next.
+            let (mut n, mut bytes) = (0, 0);
+            while n < outbox.len() && n < BATCH_MESSAGES && bytes < BATCH_BYTES {
+                bytes += weight(&outbox[n].2);
+                n += 1;
+            }
+            outbox.drain(..n).collect()
+        };
         if batch.is_empty() {
             link.publish_wake.notified().await;
             continue;
         }
+        let bytes: usize = batch.iter().map(|(_, _, m)| weight(m)).sum();
         let (tickets, messages): (Vec<u64>, Vec<(QueueName, Wire)>) =
             batch.into_iter().map(|(t, q, m)| (t, (q, m))).unzip();
         let outcomes = match link.call(Op::Publish { messages }, CALL_TIMEOUT).await {
@@ -258,7 +339,17 @@ async fn publish_loop(link: Arc<Link>) {
         for (t, o) in tickets.into_iter().zip(outcomes) {
             link.cluster.settle_ticket(t, o != Enqueued::Ok, None);
         }
+        let before = link.outbox_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        if before.saturating_sub(bytes) < OUTBOX_HIGH / 2 {
+            let waiters = std::mem::take(&mut *link.waiters.lock());
+            waiters.iter().for_each(|w| w.notify_one());
+        }
     }
+}
+
+/// What a publish weighs in an outbox.
+fn weight(m: &Wire) -> usize {
+    m.body.len() + m.properties.len() + m.exchange.len() + m.routing_key.len() + 64
 }
 
 /// Polls the home for this node's consumers' deliveries while there are consumers or
@@ -266,39 +357,42 @@ async fn publish_loop(link: Arc<Link>) {
 async fn poll_loop(link: Arc<Link>) {
     let mut failing_since: Option<Instant> = None;
     loop {
-        let settles = std::mem::take(&mut *link.settles.lock());
-        let (keys, any): (Vec<u64>, bool) = {
+        let (keys, any, room): (Vec<u64>, bool, bool) = {
             let consumers = link.consumers.lock();
-            (consumers.iter().filter(|(_, r)| r.registered).map(|(k, _)| *k).collect(), !consumers.is_empty())
+            (
+                consumers.iter().filter(|(_, r)| r.registered).map(|(k, _)| *k).collect(),
+                !consumers.is_empty(),
+                consumers.values().all(|r| r.consumer.sink.has_capacity()),
+            )
         };
-        if settles.is_empty() && !any {
+        if !any {
             link.polling.store(false, Ordering::Release);
-            // Something may have come between the look and the flag.
-            let more = !link.settles.lock().is_empty() || !link.consumers.lock().is_empty();
-            if more && !link.polling.swap(true, Ordering::AcqRel) {
+            // A consumer may have come between the look and the flag.
+            if !link.consumers.lock().is_empty() && !link.polling.swap(true, Ordering::AcqRel) {
                 continue;
             }
             return;
         }
-        if settles.is_empty() && keys.is_empty() {
+        if keys.is_empty() {
             // Consumers whose registration is on its way.
             tokio::time::sleep(RETRY).await;
             continue;
         }
-        let wait_ms = if keys.is_empty() { 0 } else { POLL_WAIT_MS };
-        let op = Op::Poll { settles: settles.clone(), keys: keys.clone(), wait_ms };
-        match link.call(op, CALL_TIMEOUT + Duration::from_millis(wait_ms)).await {
+        let op = Op::Poll { keys: keys.clone(), wait_ms: POLL_WAIT_MS, deliveries: room };
+        match link.call(op, CALL_TIMEOUT + Duration::from_millis(POLL_WAIT_MS)).await {
             Ok(Reply::Deliveries { deliveries, cancelled }) => {
                 failing_since = None;
                 for d in deliveries {
                     link.deliver(d);
                 }
                 link.cancel(&cancelled);
+                if !room {
+                    // Client connections with as much waiting as they may: their deliveries
+                    // wait at the home until they drain.
+                    tokio::time::sleep(RETRY).await;
+                }
             }
             other => {
-                // The settlements go again with the next poll (settling twice is harmless:
-                // the home forgets an id once settled).
-                link.settles.lock().splice(0..0, settles);
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > HOME_SILENCE {
                     tracing::warn!(
@@ -306,7 +400,6 @@ async fn poll_loop(link: Arc<Link>) {
                         link.home
                     );
                     link.cancel(&keys);
-                    link.settles.lock().clear();
                 }
                 tokio::time::sleep(RETRY).await;
             }
@@ -348,7 +441,7 @@ impl RemoteQueue {
         let Some(link) = self.link() else { return 0 };
         let cluster = link.cluster.clone();
         let ticket = cluster.take_ticket();
-        link.spawn(op, move |reply| {
+        link.control(op, move |reply| {
             let refusal = match &reply {
                 Ok(r) => {
                     then(ticket, r);
@@ -373,9 +466,11 @@ impl Replica for RemoteQueue {
     fn publish(&self, message: &Arc<crate::broker::message::Message>) -> u64 {
         let Some(link) = self.link() else { return 0 };
         let ticket = link.cluster.take_ticket();
+        let wire = Wire::of(message);
+        link.outbox_bytes.fetch_add(weight(&wire), Ordering::AcqRel);
         let was_empty = {
             let mut outbox = link.outbox.lock();
-            outbox.push((ticket, self.name.clone(), Wire::of(message)));
+            outbox.push((ticket, self.name.clone(), wire));
             outbox.len() == 1
         };
         if was_empty {
@@ -471,7 +566,7 @@ impl Replica for RemoteQueue {
     fn purge(&self) -> u32 {
         let ready = self.counts().0;
         if let Some(link) = self.link() {
-            link.spawn(Op::Purge { queue: self.name.clone() }, |_| {});
+            link.control(Op::Purge { queue: self.name.clone() }, |_| {});
         }
         ready
     }
@@ -481,8 +576,7 @@ impl Replica for RemoteQueue {
             return (0, Arc::new(Unreachable));
         };
         let got = self.got.clone();
-        let settles = std::mem::take(&mut *link.settles.lock());
-        let ticket = self.request(Op::Get { queue: self.name.clone(), no_ack, settles }, move |ticket, reply| {
+        let ticket = self.request(Op::Get { queue: self.name.clone(), no_ack }, move |ticket, reply| {
             if let Reply::Got(Ok(answer)) = reply {
                 let answer = answer.as_ref().map(|g| {
                     let item = QueuedMessage {
@@ -512,7 +606,8 @@ impl Replica for RemoteQueue {
     }
 }
 
-/// Where a channel settles deliveries of a face's queue: the home, with the next poll.
+/// Where a channel settles deliveries of a face's queue: the home, through the link's ordered
+/// requests.
 #[derive(Debug)]
 struct RemoteOrigin {
     link: Arc<Link>,

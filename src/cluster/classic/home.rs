@@ -140,17 +140,21 @@ impl Home {
                 }
                 Reply::Done(Ok(()))
             }
-            Op::Poll { settles, keys, wait_ms } => {
+            Op::Settle { settles } => {
+                let proxy = self.proxy(from);
+                self.settle(&proxy, settles);
+                Reply::Done(Ok(()))
+            }
+            Op::Poll { keys, wait_ms, deliveries } => {
                 let proxy = self.proxy(from);
                 *proxy.last_poll.lock() = Instant::now();
-                self.settle(&proxy, settles);
-                let (deliveries, cancelled) = self.poll(&proxy, keys, wait_ms).await;
+                let wait_ms = if deliveries { wait_ms } else { 0 };
+                let (deliveries, cancelled) = self.poll(&proxy, keys, wait_ms, deliveries).await;
                 *proxy.last_poll.lock() = Instant::now();
                 Reply::Deliveries { deliveries, cancelled }
             }
-            Op::Get { queue, no_ack, settles } => {
+            Op::Get { queue, no_ack } => {
                 let proxy = self.proxy(from);
-                self.settle(&proxy, settles);
                 let got = self.held(&queue).map(|q| {
                     let (item, remaining) = q.get(no_ack)?;
                     let message = Wire::of(&item.message);
@@ -240,7 +244,11 @@ impl Home {
 
     /// The deliveries waiting for the node's consumers (waiting up to `wait_ms` for the first),
     /// and which of `keys` this node has no consumer for (any more).
-    async fn poll(&self, proxy: &Proxy, keys: Vec<u64>, wait_ms: u64) -> (Vec<RemoteDelivery>, Vec<u64>) {
+    async fn poll(&self, proxy: &Proxy, keys: Vec<u64>, wait_ms: u64, take: bool) -> (Vec<RemoteDelivery>, Vec<u64>) {
+        if !take {
+            let st = proxy.state.lock();
+            return (Vec::new(), keys.into_iter().filter(|k| !st.consumers.contains_key(k)).collect());
+        }
         let events = {
             let mut events = proxy.sink.take_events();
             if events.is_empty() {

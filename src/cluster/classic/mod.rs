@@ -104,19 +104,22 @@ pub enum Op {
     Cancel {
         key: u64,
     },
-    /// What became of earlier deliveries (by their ids), then the deliveries waiting for the
-    /// asking node's consumers (within `wait_ms` if none wait yet). `keys`: the consumers the
-    /// asking node believes it has here; those the home does not know are answered cancelled.
-    Poll {
+    /// What became of earlier deliveries, by the ids they were sent with.
+    Settle {
         settles: Vec<(u64, Settle)>,
+    },
+    /// The deliveries waiting for the asking node's consumers (within `wait_ms` if none wait
+    /// yet). `keys`: the consumers the asking node believes it has here; those the home does
+    /// not know are answered cancelled. Without `deliveries`, only that (the asking node's
+    /// client connections are behind: the deliveries wait at the home).
+    Poll {
         keys: Vec<u64>,
         wait_ms: u64,
+        deliveries: bool,
     },
-    /// basic.get, after the settlements not yet told (a requeued message is back for it).
     Get {
         queue: QueueName,
         no_ack: bool,
-        settles: Vec<(u64, Settle)>,
     },
     Purge {
         queue: QueueName,
