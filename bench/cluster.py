@@ -9,6 +9,9 @@ this machine, loaded by the same `hare perf` through one node.
   restarted; the time until the leader's log (as of the restart) is all on it.
 - Row 16: memory of idle quorum queues: the three nodes' RSS (settled) before and after 1,000
   quorum queues are declared, per queue.
+- Row 33: a classic durable queue declared through node 1, published to through node 2 and
+  consumed from through node 3 (1 KiB persistent, confirms (window 256), manual ack prefetch
+  100): what crosses the cluster's links for a queue that is not replicated.
 
 RabbitMQ's nodes form a cluster with `rabbitmqctl join_cluster`; its quorum queues have three
 members (`x-quorum-initial-group-size`), each led by the node that declared it (the one the
@@ -320,6 +323,28 @@ def idle_queue_memory(cluster):
     return (after - before) / IDLE_QUEUES
 
 
+def across_nodes(cluster, r):
+    """Row 33: (consumed msg/s, confirm p99 ms) of a classic queue on node 1, loaded by a
+    producer through node 2 and a consumer through node 3 at once."""
+    p = ports(cluster)
+    queue = f"across{r}-0"
+    c = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", p[0]))
+    c.channel().queue_declare(queue, durable=True)
+    c.close()
+    common = ["--duration", DURATION, "--prefix", f"across{r}", "--size", 1024, "--persistent", "--keep"]
+    out = {}
+
+    def load(name, port, *args):
+        out[name] = perf(At(port), *common, *args)
+
+    consumer = threading.Thread(target=load, args=("consumer", p[2], "--producers", 0, "--consumers", 1,
+                                                   "--ack", "manual", "--prefetch", 100))
+    consumer.start()
+    load("producer", p[1], "--producers", 1, "--consumers", 0, "--confirm", 256)
+    consumer.join()
+    return out["consumer"]["consumed_per_sec"], out["producer"]["confirm_latency"]["p99_ms"]
+
+
 def ports(cluster):
     return cluster.ports if isinstance(cluster, HareCluster) else [n.port for n in cluster.nodes]
 
@@ -347,6 +372,25 @@ def run(rows, log):
                 p99[c.name].append(s["confirm_latency"]["p99_ms"])
                 log(f"{title} | {c.name} round {r + 1}: consumed {s['consumed_per_sec']:.0f}/s, "
                     f"confirm p99 {s['confirm_latency']['p99_ms']:.2f} ms")
+        h, q = mean(got["Hare"]), mean(got["RabbitMQ"])
+        rows.append((title, "consumed msg/s", f"{h:,.0f}", f"{q:,.0f}", f"{h / q:.2f}"))
+        h, q = mean(p99["Hare"]), mean(p99["RabbitMQ"])
+        rows.append((title, "confirm p99 ms", f"{h:.2f}", f"{q:.2f}", f"{h / q:.2f}"))
+    if want(33):
+        title = ("33. 3-node cluster, a classic durable queue on node 1, producer through node 2, consumer "
+                 "through node 3, 1 KiB persistent, confirms (window 256), manual ack prefetch 100")
+        got = {c.name: [] for c in clusters}
+        p99 = {c.name: [] for c in clusters}
+        for r in range(ROUNDS):
+            for c in clusters:
+                c.start()
+                try:
+                    consumed, latency = across_nodes(c, r)
+                finally:
+                    c.stop()
+                got[c.name].append(consumed)
+                p99[c.name].append(latency)
+                log(f"{title} | {c.name} round {r + 1}: consumed {consumed:.0f}/s, confirm p99 {latency:.2f} ms")
         h, q = mean(got["Hare"]), mean(got["RabbitMQ"])
         rows.append((title, "consumed msg/s", f"{h:,.0f}", f"{q:,.0f}", f"{h / q:.2f}"))
         h, q = mean(p99["Hare"]), mean(p99["RabbitMQ"])

@@ -465,8 +465,9 @@ def main():
 
         sections.append(mqtt.run(log))
 
-    # 13-17. Three-node clusters: quorum queues, failover, idle memory, catch-up (bench/cluster.py).
-    if any(want(r) for r in (13, 14, 15, 16, 17)):
+    # 13-17, 33. Three-node clusters: quorum queues, failover, idle memory, catch-up, a classic
+    # queue reached through other nodes (bench/cluster.py).
+    if any(want(r) for r in (13, 14, 15, 16, 17, 33)):
         import cluster
 
         cluster.run(rows, log)

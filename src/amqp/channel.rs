@@ -555,6 +555,19 @@ impl Channel {
             }
         }
         let (queue, message_count, consumer_count, ticket) = ctx.vhost()?.declare_queue(&decl, &ctx.actor)?;
+        if let (Some(r), Some(_)) = (&queue.replica, queue.home()) {
+            // A classic queue another node holds: the declare-ok waits for its counts there
+            // (filled in as it is sent, see `release_held`).
+            let ticket = r.refresh();
+            self.last_queue = Some(name.clone());
+            self.hold_for_cluster(
+                ticket,
+                m.nowait,
+                (50, 10),
+                QueueDeclareOk { queue: name, message_count, consumer_count },
+            );
+            return Ok(());
+        }
         if queue.options.exclusive_owner == Some(ctx.id) && !ctx.exclusive_queues.iter().any(|q| Arc::ptr_eq(q, &queue))
         {
             ctx.exclusive_queues.push(queue);

@@ -179,8 +179,8 @@ pub async fn import_vhost(State(api): State<Api>, Path(vhost): Path<String>, bod
 
 async fn import_into(api: &Api, body: Value) -> Response {
     let bad = |what: String| error(StatusCode::BAD_REQUEST, "bad_request", &what);
-    // On a cluster node, every definition but a classic queue (and its bindings) is the
-    // cluster's: each change is proposed and applied on every node, in the file's order.
+    // On a cluster node, every definition is the cluster's: each change is proposed and
+    // applied on every node, in the file's order (a classic queue is placed on this node).
     let cluster = api.broker.quorum_host().is_some();
     let user = actor().user.to_string();
     let mut ticket = 0;
@@ -349,7 +349,8 @@ async fn import_into(api: &Api, body: Value) -> Response {
             _ => Destination::Queue(name),
         };
         let binding = Binding { destination, routing_key: text(b, "routing_key").into(), arguments: arguments_of(b) };
-        // To an exchange or a quorum queue, the cluster's; to a classic queue, this node's.
+        // To an exchange or a queue of the cluster, the cluster's (an exclusive queue's are
+        // this node's, but a file has none).
         match super::write::replicated_binding(api, &v, true, text(b, "source"), &binding).await {
             Some(Ok(())) => continue,
             Some(Err(err)) => return bad(AmqpError::from(err).reply_text()),

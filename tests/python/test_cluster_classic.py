@@ -8,7 +8,7 @@ import pika
 import pytest
 
 from conftest import wait_for
-from test_cluster import bounded_cluster, connect, json_get, publish_confirmed
+from test_cluster import bounded_cluster, connect, http, json_get, publish_confirmed
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +66,11 @@ def test_a_queue_declared_on_one_node_is_published_to_and_consumed_from_the_othe
     c.close()
     bodies = [f"m{i}".encode() for i in range(200)]
     assert publish_confirmed(n2, "work", bodies) == bodies
-    # Every node counts the queue's messages (a face's counts lag by at most a second).
+    # A declare through any node counts what the home holds now (confirmed: enqueued there).
     for n in (n1, n2, n3):
-        wait_for(lambda: count_on(n, "work") == (200, 0), what=f"200 ready seen through {n.port}")
-        # The management API of every node lists it on its home, with its messages.
+        assert count_on(n, "work") == (200, 0)
+        # The management API of every node lists it on its home, with its messages (a face's
+        # counts there are at most a second old).
         q = wait_for(lambda: (lambda q: q if q["messages"] == 200 else None)(json_get(n, "/api/queues/%2F/work")),
                      what=f"200 messages listed by {n.http_port}")
         assert (q["node"], q["type"], q["durable"]) == ("n1", "classic", True)
@@ -83,6 +84,17 @@ def test_a_queue_declared_on_one_node_is_published_to_and_consumed_from_the_othe
     assert e.value.reply_code == 406
     assert "inequivalent arg 'durable' for queue 'work'" in e.value.reply_text
     c.close()
+
+
+def test_a_queue_put_through_the_api_is_the_cluster_s(shared):
+    n1, n2, n3 = shared.nodes
+    assert http(n2, "PUT", "/api/queues/%2F/api-made", {"durable": True}) == 201
+    assert publish_confirmed(n3, "api-made", [b"via n3"]) == [b"via n3"]
+    assert count_on(n1, "api-made") == (1, 0)
+    assert json_get(n1, "/api/queues/%2F/api-made")["node"] == "n2"
+    assert http(n1, "DELETE", "/api/queues/%2F/api-made") == 204
+    for n in (n1, n2, n3):
+        wait_for(lambda: missing_on(n, "api-made"), what=f"the queue gone through {n.port}")
 
 
 def test_declares_of_one_name_through_every_node_at_once_make_one_queue(shared):
@@ -182,7 +194,13 @@ def test_a_dead_home_cancels_its_queue_s_consumers_elsewhere_and_nacks_publishes
         wait_for(lambda: (c1.process_data_events(0.05), len(cancelled) == 1)[1], timeout=30,
                  what="basic.cancel once the home is gone")
         c1.close()
+        # A declare through another node gets RabbitMQ's answer for a queue whose node is down.
         c2 = connect(n2)
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            c2.channel().queue_declare("homed", durable=True)
+        assert e.value.reply_code == 404
+        assert e.value.reply_text == ("NOT_FOUND - home node 'n3' of durable queue 'homed' in vhost '/' "
+                                      "is down or inaccessible")
         ch2 = c2.channel()
         ch2.confirm_delivery()
         with pytest.raises(pika.exceptions.NackError):

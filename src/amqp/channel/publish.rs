@@ -378,6 +378,18 @@ impl Channel {
                 if let Some(r) = refusal {
                     return Err(AmqpError::from(r).with_method(self.held_request));
                 }
+                let reply = match reply {
+                    // A declare of a classic queue another node holds: its counts as the
+                    // home gave them for this declare.
+                    Method::QueueDeclareOk(mut ok) => {
+                        let face = ctx.vhost().ok().and_then(|v| v.replicated_queue(&ok.queue));
+                        if let Some(q) = face.filter(|q| q.home().is_some()) {
+                            (ok.message_count, ok.consumer_count) = q.counts();
+                        }
+                        Method::QueueDeclareOk(ok)
+                    }
+                    other => other,
+                };
                 ctx.out.method(self.id, reply);
                 Ok(true)
             }

@@ -41,6 +41,11 @@ pub trait Replica: Send + Sync + std::fmt::Debug {
     fn delete(&self, _if_unused: bool, _if_empty: bool, _user: &str) -> u64 {
         0
     }
+    /// Asks the home for the queue's counts now; returns the ticket resolved once
+    /// [`Replica::counts`] has them (0: they are always current, as a quorum queue's).
+    fn refresh(&self) -> u64 {
+        0
+    }
 }
 
 /// A cluster as one of its nodes sees it (for `/api/nodes`, `hare ctl cluster status`).

@@ -441,6 +441,7 @@ impl RemoteQueue {
         let Some(link) = self.link() else { return 0 };
         let cluster = link.cluster.clone();
         let ticket = cluster.take_ticket();
+        let (home, name) = (self.home.clone(), self.name.clone());
         link.control(op, move |reply| {
             let refusal = match &reply {
                 Ok(r) => {
@@ -450,11 +451,18 @@ impl RemoteQueue {
                         _ => None,
                     }
                 }
-                Err(e) => Some(Refusal {
-                    code: crate::types::constants::INTERNAL_ERROR,
-                    text: format!("the node holding the queue did not answer: {e}"),
-                    connection: false,
-                }),
+                Err(e) => {
+                    tracing::debug!("cluster: node {} did not answer: {e}", home);
+                    // RabbitMQ's answer for a queue whose node is down.
+                    Some(Refusal {
+                        code: crate::types::constants::NOT_FOUND,
+                        text: format!(
+                            "home node '{home}' of durable queue '{}' in vhost '{}' is down or inaccessible",
+                            name.name, name.vhost
+                        ),
+                        connection: false,
+                    })
+                }
             };
             cluster.settle_ticket(ticket, false, refusal);
         });
@@ -598,6 +606,17 @@ impl Replica for RemoteQueue {
 
     fn home(&self) -> Option<&str> {
         Some(&self.home)
+    }
+
+    fn refresh(&self) -> u64 {
+        let cell = self.counts.clone();
+        self.request(Op::Counts { queues: vec![self.name.clone()] }, move |_, reply| {
+            if let Reply::Counts(c) = reply {
+                if let Some(c) = c.first() {
+                    *cell.lock() = (Some(Instant::now()), *c);
+                }
+            }
+        })
     }
 
     fn delete(&self, if_unused: bool, if_empty: bool, user: &str) -> u64 {
