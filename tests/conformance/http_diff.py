@@ -438,6 +438,14 @@ def cleanup(b):
             b.request("DELETE", f"/api/{kind}/%2F/{q(p['name'])}")
     for p in b.request("GET", "/api/parameters/shovel")[1] or []:
         b.request("DELETE", f"/api/parameters/shovel/{q(p['vhost'])}/{q(p['name'])}")
+    # Every connection of the scenario gone before the next begins: RabbitMQ lists (and counts
+    # against connection limits) a closed connection for a while after it closed.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        listed = b.request("GET", "/api/connections")[1]
+        if isinstance(listed, list) and not listed:
+            break
+        time.sleep(0.05)
 
 
 def ready(b, seconds=120):

@@ -335,38 +335,42 @@ impl Home {
 
     /// Drops the consumers of nodes that stopped polling, and requeues what they held.
     pub async fn sweep(&self) {
-        let silent: Vec<Arc<Proxy>> = {
-            let mut proxies = self.proxies.lock();
-            let gone: Vec<String> = proxies
-                .iter()
-                .filter(|(_, p)| p.last_poll.lock().elapsed() > POLL_SILENCE)
-                .map(|(n, _)| n.clone())
-                .collect();
-            gone.iter().filter_map(|n| proxies.remove(n)).collect()
+        let silent: Vec<String> = self
+            .proxies
+            .lock()
+            .iter()
+            .filter(|(_, p)| p.last_poll.lock().elapsed() > POLL_SILENCE)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for node in silent {
+            self.drop_node(&node).await;
+        }
+    }
+
+    /// Forgets node `node`: its consumers are removed and what they held is requeued.
+    async fn drop_node(&self, node: &str) {
+        let Some(p) = self.proxies.lock().remove(node) else { return };
+        let (consumers, outs) = {
+            let mut st = p.state.lock();
+            (std::mem::take(&mut st.consumers), std::mem::take(&mut st.out))
         };
-        for p in silent {
-            let (consumers, outs) = {
-                let mut st = p.state.lock();
-                (std::mem::take(&mut st.consumers), std::mem::take(&mut st.out))
-            };
-            if !consumers.is_empty() || !outs.is_empty() {
-                tracing::warn!(
-                    "cluster: node {} stopped polling its consumers: {} removed, {} deliveries requeued",
-                    p.node,
-                    consumers.len(),
-                    outs.len()
-                );
-            }
-            for (_, (c, q)) in consumers {
-                self.remove_consumer(&c, &q).await;
-            }
-            for (_, out) in outs {
-                out.origin.requeued(vec![out.item]);
-            }
-            for e in p.sink.take_events() {
-                if let ConnEvent::Deliver(d) = e {
-                    p.sink.return_undelivered(d);
-                }
+        if !consumers.is_empty() || !outs.is_empty() {
+            tracing::warn!(
+                "cluster: node {} stopped polling its consumers: {} removed, {} deliveries requeued",
+                p.node,
+                consumers.len(),
+                outs.len()
+            );
+        }
+        for (_, (c, q)) in consumers {
+            self.remove_consumer(&c, &q).await;
+        }
+        for (_, out) in outs {
+            out.origin.requeued(vec![out.item]);
+        }
+        for e in p.sink.take_events() {
+            if let ConnEvent::Deliver(d) = e {
+                p.sink.return_undelivered(d);
             }
         }
     }
@@ -374,9 +378,181 @@ impl Home {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::broker::vhost::QueueDeclaration;
+    use rand::{Rng, SeedableRng};
+    use std::collections::{BTreeSet, HashMap};
+
     #[test]
     fn a_proxy_consumer_s_tag_gives_its_key_back() {
         assert_eq!(super::key_of("42@n2"), Some(42));
         assert_eq!(super::key_of("x@n2"), None);
+    }
+
+    fn wire(body: &str) -> Wire {
+        Wire {
+            exchange: String::new(),
+            routing_key: "q".into(),
+            properties: bytes::Bytes::from_static(b"\x00\x00"),
+            body: bytes::Bytes::copy_from_slice(body.as_bytes()),
+            persistent: false,
+        }
+    }
+
+    /// What the model holds of one delivery out with a node: its body and consumer.
+    type Held = HashMap<(String, u64), (String, Option<u64>)>;
+
+    /// Random publishes, consumers (prefetch, no-ack), cancels, polls, settlements of every
+    /// kind, gets and nodes going silent, from two nodes, against a model of which messages
+    /// are alive and which are out: nothing is delivered that is not alive or is out already,
+    /// no consumer holds past its prefetch, and at the end what is left is exactly what the
+    /// model says, each once.
+    #[tokio::test]
+    async fn the_home_hands_out_each_message_once_until_it_is_settled() {
+        for seed in 0..40u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let broker = Arc::new(Broker::new());
+            let vhost = broker.vhost("/").expect("the default vhost");
+            let decl = QueueDeclaration {
+                name: ShortStr::from("q"),
+                passive: false,
+                durable: false,
+                exclusive: false,
+                auto_delete: false,
+                arguments: Default::default(),
+            };
+            let (q, ..) = vhost.declare_queue(&decl, &Home::actor("test")).expect("declared");
+            q.set_placement(1);
+            let queue = QueueName { vhost: "/".into(), name: "q".into() };
+            let home = Home::new(broker.clone(), None);
+            let nodes = ["a", "b"];
+            let mut alive: BTreeSet<String> = BTreeSet::new();
+            let mut held: Held = HashMap::new();
+            // Active consumers: (node, key) to (prefetch, no_ack).
+            let mut consumers: HashMap<(String, u64), (u32, bool)> = HashMap::new();
+            // Every consumer there was, and whether it was no-ack.
+            let mut ever: HashMap<(String, u64), bool> = HashMap::new();
+            let mut next = 0u64;
+            for step in 0..300 {
+                let node = nodes[rng.gen_range(0..2)].to_string();
+                let ctx = format!("seed {seed} step {step}");
+                match rng.gen_range(0..9) {
+                    0 | 1 => {
+                        let n = rng.gen_range(1..6);
+                        let messages: Vec<(QueueName, Wire)> = (0..n)
+                            .map(|_| {
+                                next += 1;
+                                alive.insert(format!("m{next}"));
+                                (queue.clone(), wire(&format!("m{next}")))
+                            })
+                            .collect();
+                        let Reply::Published(o) = home.serve(&node, Op::Publish { messages }).await else {
+                            panic!("{ctx}: publish answered otherwise")
+                        };
+                        assert!(o.iter().all(|e| *e == Enqueued::Ok), "{ctx}");
+                    }
+                    2 => {
+                        next += 1;
+                        let (prefetch, no_ack) = (rng.gen_range(0..4), rng.gen_bool(0.2));
+                        let op = Op::Consume {
+                            key: next,
+                            queue: queue.clone(),
+                            prefetch,
+                            no_ack,
+                            exclusive: false,
+                            priority: 0,
+                            arguments: String::new(),
+                        };
+                        let Reply::Done(Ok(())) = home.serve(&node, op).await else { panic!("{ctx}: consume refused") };
+                        consumers.insert((node.clone(), next), (prefetch, no_ack));
+                        ever.insert((node.clone(), next), no_ack);
+                    }
+                    3 => {
+                        let mine: Vec<u64> = consumers.keys().filter(|(n, _)| *n == node).map(|(_, k)| *k).collect();
+                        if let Some(&key) = mine.get(rng.gen_range(0..mine.len().max(1))) {
+                            home.serve(&node, Op::Cancel { key }).await;
+                            consumers.remove(&(node.clone(), key));
+                        }
+                    }
+                    4 | 5 => {
+                        let keys: Vec<u64> = consumers.keys().filter(|(n, _)| *n == node).map(|(_, k)| *k).collect();
+                        let op = Op::Poll { keys, wait_ms: 0, deliveries: true };
+                        let Reply::Deliveries { deliveries, .. } = home.serve(&node, op).await else {
+                            panic!("{ctx}: poll answered otherwise")
+                        };
+                        for d in deliveries {
+                            let body = String::from_utf8_lossy(&d.message.body).into_owned();
+                            assert!(alive.contains(&body), "{ctx}: {body} delivered but not alive");
+                            assert!(!held.values().any(|(b, _)| *b == body), "{ctx}: {body} out twice");
+                            let no_ack =
+                                *ever.get(&(node.clone(), d.key)).expect("a delivery for a consumer there was");
+                            if no_ack {
+                                alive.remove(&body);
+                            } else {
+                                held.insert((node.clone(), d.id), (body, Some(d.key)));
+                            }
+                        }
+                        for ((n, key), (prefetch, no_ack)) in &consumers {
+                            let out = held.iter().filter(|((hn, _), (_, k))| hn == n && *k == Some(*key)).count();
+                            assert!(*no_ack || *prefetch == 0 || out <= *prefetch as usize, "{ctx}: past prefetch");
+                        }
+                    }
+                    6 => {
+                        let mine: Vec<(String, u64)> = held.keys().filter(|(n, _)| *n == node).cloned().collect();
+                        let mut settles: Vec<(u64, Settle)> = Vec::new();
+                        for (_, id) in &mine {
+                            if rng.gen_bool(0.6) {
+                                let kinds = [Settle::Ack, Settle::Reject, Settle::Requeue, Settle::Undelivered];
+                                settles.push((*id, kinds[rng.gen_range(0..4)]));
+                            }
+                        }
+                        for (id, how) in &settles {
+                            let (body, _) = held.remove(&(node.clone(), *id)).expect("held");
+                            if matches!(how, Settle::Ack | Settle::Reject) {
+                                alive.remove(&body);
+                            }
+                        }
+                        home.serve(&node, Op::Settle { settles }).await;
+                    }
+                    7 => {
+                        let no_ack = rng.gen_bool(0.5);
+                        let Reply::Got(Ok(got)) = home.serve(&node, Op::Get { queue: queue.clone(), no_ack }).await
+                        else {
+                            panic!("{ctx}: get refused")
+                        };
+                        if let Some(g) = got {
+                            let body = String::from_utf8_lossy(&g.message.body).into_owned();
+                            assert!(alive.contains(&body), "{ctx}: {body} got but not alive");
+                            assert!(!held.values().any(|(b, _)| *b == body), "{ctx}: {body} out twice");
+                            if no_ack {
+                                alive.remove(&body);
+                            } else {
+                                held.insert((node.clone(), g.id), (body, None));
+                            }
+                        }
+                    }
+                    _ => {
+                        // The node goes silent: its consumers go, what it held comes back.
+                        home.drop_node(&node).await;
+                        held.retain(|(n, _), _| *n != node);
+                        consumers.retain(|(n, _), _| *n != node);
+                    }
+                }
+            }
+            // The end: both nodes gone, then the queue emptied by gets; what comes is exactly
+            // what the model has alive, each once.
+            for node in nodes {
+                home.drop_node(node).await;
+            }
+            let mut left = BTreeSet::new();
+            for _ in 0..=alive.len() {
+                let Reply::Got(Ok(Some(g))) = home.serve("c", Op::Get { queue: queue.clone(), no_ack: true }).await
+                else {
+                    break;
+                };
+                assert!(left.insert(String::from_utf8_lossy(&g.message.body).into_owned()), "seed {seed}: twice");
+            }
+            assert_eq!(left, alive, "seed {seed}");
+        }
     }
 }
