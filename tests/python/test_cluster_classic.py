@@ -176,6 +176,28 @@ def test_an_auto_delete_queue_goes_when_its_last_consumer_elsewhere_cancels(shar
         wait_for(lambda: missing_on(n, "transient"), what=f"the auto-delete queue gone through {n.port}")
 
 
+def test_an_expiring_queue_goes_from_every_node_and_an_exclusive_consumer_elsewhere_is_told(shared):
+    n1, n2, n3 = shared.nodes
+    c = connect(n1)
+    ch = c.channel()
+    ch.queue_declare("expiring", arguments={"x-expires": 500})
+    ch.queue_declare("guarded")
+    ch.basic_consume("guarded", lambda *a: None, exclusive=True)
+    # Unused for its x-expires on its home: gone there, and its faces with it.
+    for n in (n1, n2, n3):
+        wait_for(lambda: missing_on(n, "expiring"), what=f"the expired queue gone through {n.port}")
+    # The home refuses a second consumer of a queue in exclusive use: the consumer through
+    # another node is cancelled (basic.cancel; RabbitMQ closes the channel with 403).
+    c3 = connect(n3)
+    ch3 = c3.channel()
+    cancelled = []
+    ch3.add_on_cancel_callback(lambda frame: cancelled.append(frame.method.consumer_tag))
+    tag = ch3.basic_consume("guarded", lambda *a: None)
+    wait_for(lambda: (c3.process_data_events(0.05), cancelled == [tag])[1], what="the refused consumer cancelled")
+    c3.close()
+    c.close()
+
+
 def test_a_dead_home_cancels_its_queue_s_consumers_elsewhere_and_nacks_publishes():
     for cluster in bounded_cluster():
         n1, n2, n3 = cluster.nodes
