@@ -345,6 +345,27 @@ def across_nodes(cluster, r):
     return out["consumer"]["consumed_per_sec"], out["producer"]["confirm_latency"]["p99_ms"]
 
 
+def rounds(clusters, title, measure, rows, log):
+    """ROUNDS alternating runs of `measure(cluster, round)` -> (consumed msg/s, confirm p99 ms)
+    on fresh clusters; their means as two rows."""
+    got = {c.name: [] for c in clusters}
+    p99 = {c.name: [] for c in clusters}
+    for r in range(ROUNDS):
+        for c in clusters:
+            c.start()
+            try:
+                consumed, latency = measure(c, r)
+            finally:
+                c.stop()
+            got[c.name].append(consumed)
+            p99[c.name].append(latency)
+            log(f"{title} | {c.name} round {r + 1}: consumed {consumed:.0f}/s, confirm p99 {latency:.2f} ms")
+    h, q = mean(got["Hare"]), mean(got["RabbitMQ"])
+    rows.append((title, "consumed msg/s", f"{h:,.0f}", f"{q:,.0f}", f"{h / q:.2f}"))
+    h, q = mean(p99["Hare"]), mean(p99["RabbitMQ"])
+    rows.append((title, "confirm p99 ms", f"{h:.2f}", f"{q:.2f}", f"{h / q:.2f}"))
+
+
 def ports(cluster):
     return cluster.ports if isinstance(cluster, HareCluster) else [n.port for n in cluster.nodes]
 
@@ -357,44 +378,17 @@ def run(rows, log):
     if want(14):
         scenarios.append((14, "14. 3-node cluster, 100 quorum queues, a producer and consumer each, 1 KiB persistent, confirms (window 256), manual ack prefetch 100", 100))
     for _, title, n in scenarios:
-        got = {c.name: [] for c in clusters}
-        p99 = {c.name: [] for c in clusters}
-        for r in range(ROUNDS):
-            for c in clusters:
-                c.start()
-                try:
-                    s = perf(At(c.load_port()), "--duration", DURATION, "--prefix", f"cq{r}", "--size", 1024,
-                             "--persistent", "--quorum", "--confirm", 256, "--ack", "manual", "--prefetch", 100,
-                             "--queues", n, "--producers", n, "--consumers", n)
-                finally:
-                    c.stop()
-                got[c.name].append(s["consumed_per_sec"])
-                p99[c.name].append(s["confirm_latency"]["p99_ms"])
-                log(f"{title} | {c.name} round {r + 1}: consumed {s['consumed_per_sec']:.0f}/s, "
-                    f"confirm p99 {s['confirm_latency']['p99_ms']:.2f} ms")
-        h, q = mean(got["Hare"]), mean(got["RabbitMQ"])
-        rows.append((title, "consumed msg/s", f"{h:,.0f}", f"{q:,.0f}", f"{h / q:.2f}"))
-        h, q = mean(p99["Hare"]), mean(p99["RabbitMQ"])
-        rows.append((title, "confirm p99 ms", f"{h:.2f}", f"{q:.2f}", f"{h / q:.2f}"))
+        def throughput(c, r, n=n):
+            s = perf(At(c.load_port()), "--duration", DURATION, "--prefix", f"cq{r}", "--size", 1024,
+                     "--persistent", "--quorum", "--confirm", 256, "--ack", "manual", "--prefetch", 100,
+                     "--queues", n, "--producers", n, "--consumers", n)
+            return s["consumed_per_sec"], s["confirm_latency"]["p99_ms"]
+
+        rounds(clusters, title, throughput, rows, log)
     if want(33):
         title = ("33. 3-node cluster, a classic durable queue on node 1, producer through node 2, consumer "
                  "through node 3, 1 KiB persistent, confirms (window 256), manual ack prefetch 100")
-        got = {c.name: [] for c in clusters}
-        p99 = {c.name: [] for c in clusters}
-        for r in range(ROUNDS):
-            for c in clusters:
-                c.start()
-                try:
-                    consumed, latency = across_nodes(c, r)
-                finally:
-                    c.stop()
-                got[c.name].append(consumed)
-                p99[c.name].append(latency)
-                log(f"{title} | {c.name} round {r + 1}: consumed {consumed:.0f}/s, confirm p99 {latency:.2f} ms")
-        h, q = mean(got["Hare"]), mean(got["RabbitMQ"])
-        rows.append((title, "consumed msg/s", f"{h:,.0f}", f"{q:,.0f}", f"{h / q:.2f}"))
-        h, q = mean(p99["Hare"]), mean(p99["RabbitMQ"])
-        rows.append((title, "confirm p99 ms", f"{h:.2f}", f"{q:.2f}", f"{h / q:.2f}"))
+        rounds(clusters, title, across_nodes, rows, log)
     # One measurement per broker, each on a fresh cluster: (row, title, metric, measure, digits).
     single = [
         (15, "15. failover: SIGKILL of the queue leader's node to the next confirm on a surviving node",

@@ -210,6 +210,10 @@ impl Consumer {
     pub fn connection_id(&self) -> u64 {
         self.sink.connection_id
     }
+    /// Whether this is the consumer `tag` of channel `channel` of connection `connection_id`.
+    pub fn is(&self, connection_id: u64, channel: u16, tag: &ShortStr) -> bool {
+        self.channel == channel && self.connection_id() == connection_id && &self.tag == tag
+    }
     /// Whether the consumer may take one more message now (sink capacity aside).
     pub fn has_credit(&self) -> bool {
         if self.flow.paused.load(Ordering::Acquire) {

@@ -1065,11 +1065,8 @@ impl Queue {
             return false;
         }
         let mut st = self.state.lock();
-        st.consumers.retain(|c| !(c.channel == channel && c.connection_id() == connection_id && &c.tag == tag));
-        st.readers.retain(|r| {
-            let c = &r.consumer;
-            !(c.channel == channel && c.connection_id() == connection_id && &c.tag == tag)
-        });
+        st.consumers.retain(|c| !c.is(connection_id, channel, tag));
+        st.readers.retain(|r| !r.consumer.is(connection_id, channel, tag));
         if st.next_consumer >= st.consumers.len() {
             st.next_consumer = 0;
         }

@@ -378,12 +378,7 @@ impl Replica for QueueReplica {
             let mut consumers = b.consumers.lock();
             let id = consumers
                 .iter()
-                .find(|(_, l)| {
-                    l.queue == self.name
-                        && l.consumer.channel == channel
-                        && l.consumer.connection_id() == connection_id
-                        && &l.consumer.tag == tag
-                })
+                .find(|(_, l)| l.queue == self.name && l.consumer.is(connection_id, channel, tag))
                 .map(|(id, _)| *id);
             id.and_then(|id| consumers.remove(&id).map(|_| id))
         };

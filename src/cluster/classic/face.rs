@@ -527,12 +527,7 @@ impl Replica for RemoteQueue {
             let mut consumers = link.consumers.lock();
             let key = consumers
                 .iter()
-                .find(|(_, r)| {
-                    r.queue == self.name
-                        && r.consumer.channel == channel
-                        && r.consumer.connection_id() == connection_id
-                        && &r.consumer.tag == tag
-                })
+                .find(|(_, r)| r.queue == self.name && r.consumer.is(connection_id, channel, tag))
                 .map(|(k, _)| *k);
             key.and_then(|k| consumers.remove(&k).map(|_| k))
         };
