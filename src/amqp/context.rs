@@ -52,6 +52,11 @@ impl ConnCtx {
         self.durable
     }
 
+    /// Whether the cluster ticket is resolved (at or below the watermark, or past it alone).
+    pub fn cluster_done(&self, ticket: u64) -> bool {
+        ticket <= self.cluster_resolved || self.broker.quorum_host().is_some_and(|h| h.is_resolved(ticket))
+    }
+
     pub fn vhost(&self) -> Result<&Arc<VHost>, AmqpError> {
         self.vhost.as_ref().ok_or_else(|| AmqpError::command_invalid("connection is not open"))
     }

@@ -132,6 +132,9 @@ impl QuorumHost for Bridge {
     fn take_rejected(&self, ticket: u64) -> bool {
         self.cluster().is_some_and(|c| c.take_rejected(ticket))
     }
+    fn is_resolved(&self, ticket: u64) -> bool {
+        self.cluster().is_none_or(|c| c.is_resolved(ticket))
+    }
     fn backlogged(&self, waiter: &Arc<tokio::sync::Notify>) -> bool {
         self.cluster().is_some_and(|c| c.backlogged(waiter)) || self.faces.get().is_some_and(|f| f.backlogged(waiter))
     }

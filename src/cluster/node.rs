@@ -81,6 +81,10 @@ impl Window {
         self.unresolved.push_back(true);
         self.base + self.unresolved.len() as u64
     }
+    /// Whether `ticket` is resolved (it and every earlier one, or it alone past the mark).
+    fn is_resolved(&self, ticket: u64) -> bool {
+        ticket <= self.base || self.unresolved.get((ticket - self.base - 1) as usize) == Some(&false)
+    }
     /// Marks `ticket` resolved; returns the watermark after it.
     fn resolve(&mut self, ticket: u64) -> u64 {
         if ticket > self.base {
@@ -241,7 +245,14 @@ impl Cluster {
             self.refused.lock().insert(ticket, r);
         }
         let mark = self.window.lock().resolve(ticket);
-        self.resolved.send_if_modified(|r| std::mem::replace(r, mark) != mark);
+        // Waiters wake whether or not the mark moved: theirs may be resolved past it.
+        self.resolved.send_modify(|r| *r = mark);
+    }
+
+    /// Whether `ticket` is resolved, even while an earlier one is not (a request to a node that
+    /// does not answer holds the watermark back, not the proposals and requests after it).
+    pub fn is_resolved(&self, ticket: u64) -> bool {
+        ticket <= *self.resolved.borrow() || self.window.lock().is_resolved(ticket)
     }
 
     /// Tickets resolved so far, as a watch channel.
@@ -741,7 +752,8 @@ fn resolve(c: &Cluster, taken: Vec<Pending>, outcomes: Vec<Outcome>) {
         }
     }
     if let Some(mark) = mark {
-        c.resolved.send_if_modified(|r| std::mem::replace(r, mark) != mark);
+        // Waiters wake whether or not the mark moved (see Cluster::is_resolved).
+        c.resolved.send_modify(|r| *r = mark);
     }
     if c.backlog_bytes() < BACKLOG_HIGH / 2 {
         let waiters = std::mem::take(&mut *c.backlog_waiters.lock());
@@ -825,6 +837,9 @@ mod tests {
                     let mark = w.resolve(t);
                     let model = (1..=last).find(|t| !resolved.contains(t)).map_or(last, |t| t - 1);
                     assert_eq!(mark, model, "seed {seed}");
+                    for t in 1..=last {
+                        assert_eq!(w.is_resolved(t), resolved.contains(&t), "seed {seed} ticket {t}");
+                    }
                 }
             }
         }

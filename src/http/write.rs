@@ -115,7 +115,7 @@ pub(super) async fn replicated(
     let host = api.broker.quorum_host()?.clone();
     let ticket = host.propose_definition(change());
     let mut resolved = host.resolved();
-    let wait = resolved.wait_for(|r| *r >= ticket);
+    let wait = resolved.wait_for(|r| *r >= ticket || host.is_resolved(ticket));
     if tokio::time::timeout(CLUSTER_WAIT, wait).await.is_err() {
         // No quorum within the time (this node is cut off, say): the change may still be
         // applied once it has one.
@@ -303,7 +303,9 @@ pub(super) async fn declare_queue(api: &Api, v: &VHost, decl: &QueueDeclaration)
 /// Waits until the cluster has resolved `ticket` (committed and applied here, or failed).
 async fn committed(host: &Arc<dyn crate::broker::queue::replica::QuorumHost>, ticket: u64) -> Result<(), AmqpError> {
     let mut resolved = host.resolved();
-    let answered = tokio::time::timeout(CLUSTER_WAIT, resolved.wait_for(|r| *r >= ticket)).await.is_ok();
+    let answered = tokio::time::timeout(CLUSTER_WAIT, resolved.wait_for(|r| *r >= ticket || host.is_resolved(ticket)))
+        .await
+        .is_ok();
     if answered {
         return Ok(());
     }

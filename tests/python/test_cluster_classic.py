@@ -2,13 +2,14 @@
 the same queue from every node (publish, consume, get, bind, purge, delete through any of
 them); when its node dies, its consumers elsewhere are cancelled and publishes to it are
 nacked. The cluster is started once for the module, except for the test that kills a node."""
+import signal
 import threading
 
 import pika
 import pytest
 
 from conftest import wait_for
-from test_cluster import bounded_cluster, connect, http, json_get, publish_confirmed
+from test_cluster import QUORUM, bounded_cluster, connect, http, json_get, leader_of, publish_confirmed
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +238,36 @@ def test_a_dead_home_cancels_its_queue_s_consumers_elsewhere_and_nacks_publishes
         # kill (at least once); the nacked publish never arrives.
         got = consume(n2, "homed", 1, until=b"after")
         assert got[-1] == b"after" and set(got) <= {b"before", b"after"}
+
+
+def test_a_stopped_home_holds_back_only_the_confirms_of_its_own_queues(shared):
+    """A publish to a classic queue whose home stopped answering (SIGSTOP: its connections
+    hang) waits for that home; confirms of the same node's other publishes (to a quorum queue
+    here) do not wait behind it."""
+    leader = wait_for(lambda: leader_of(shared), what="a leader")
+    home, via = [n for n in shared.nodes if n is not leader]
+    c = connect(via)
+    c.channel().queue_declare("stalled-home-qq", durable=True, arguments=QUORUM)
+    c.close()
+    c = connect(home)
+    c.channel().queue_declare("on-stalled-home", durable=True)
+    c.close()
+    home.proc.send_signal(signal.SIGSTOP)
+    try:
+        outcome = []
+
+        def to_stopped_home():
+            outcome.append(publish_confirmed(via, "on-stalled-home", [b"waits"]))
+
+        t = threading.Thread(target=to_stopped_home)
+        t.start()
+        # Once that publish is out (its channel waits for the home), the quorum queue's confirms
+        # come while it still waits.
+        wait_for(lambda: json_get(via, "/api/overview")["message_stats"].get("publish", 0) >= 1,
+                 what="the publish to the stopped home sent")
+        assert publish_confirmed(via, "stalled-home-qq", [b"a", b"b"]) == [b"a", b"b"]
+        assert outcome == [], "the publish to the stopped home was answered first"
+        t.join(timeout=60)
+        assert outcome == [[]]  # nacked once the home did not answer in time
+    finally:
+        home.proc.send_signal(signal.SIGCONT)

@@ -51,7 +51,7 @@ impl Channel {
     /// Sends a waiting basic.get's answer once its dequeue is applied; true when it went out.
     pub(super) fn answer_held_get(&mut self, ctx: &mut ConnCtx) -> bool {
         match self.held_get.take() {
-            Some(g) if g.ticket <= ctx.cluster_resolved => {
+            Some(g) if ctx.cluster_done(g.ticket) => {
                 let got = g.queue.replica.as_ref().and_then(|r| r.take_got(g.ticket));
                 self.answer_get(ctx, Some(g.origin), got, g.no_ack);
                 true

@@ -333,15 +333,15 @@ impl Channel {
     /// full quorum queue that refused it (reject-publish) makes it a nack.
     pub fn flush_confirms(&mut self, ctx: &mut ConnCtx, fail_pending: bool) {
         let durable = ctx.durable_upto();
-        let resolved = ctx.cluster_resolved;
         let mut run: Option<(u64, u64)> = None;
         while let Some(&(seq, ticket, cluster, mut ok)) = self.confirms.front() {
-            if cluster != 0 && cluster <= resolved {
+            let resolved = ctx.cluster_done(cluster);
+            if cluster != 0 && resolved {
                 if let Some(host) = ctx.broker.quorum_host() {
                     ok &= !host.take_rejected(cluster);
                 }
             }
-            let ack = ok && ticket <= durable && cluster <= resolved;
+            let ack = ok && ticket <= durable && resolved;
             if !ack && ok && !fail_pending {
                 break;
             }
@@ -369,7 +369,7 @@ impl Channel {
             return Ok(self.answer_held_get(ctx));
         }
         match self.held.take() {
-            Some((ticket, cluster, reply)) if ticket <= ctx.durable_upto() && cluster <= ctx.cluster_resolved => {
+            Some((ticket, cluster, reply)) if ticket <= ctx.durable_upto() && ctx.cluster_done(cluster) => {
                 let refusal = if self.held_request == super::NO_REFUSAL {
                     None
                 } else {

@@ -95,8 +95,11 @@ pub trait QuorumHost: Send + Sync + std::fmt::Debug {
     fn declare(&self, vhost: &str, name: &str, arguments: &FieldTable, args: &QueueArguments) -> u64;
     /// Proposes a quorum queue's deletion; returns its ticket.
     fn delete(&self, vhost: &str, name: &str) -> u64;
-    /// Tickets resolved so far.
+    /// Tickets resolved so far: every ticket at or below the watermark is (the channel also
+    /// changes when a ticket past it is resolved out of order).
     fn resolved(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// Whether `ticket` is resolved, whatever the watermark.
+    fn is_resolved(&self, ticket: u64) -> bool;
     /// The ticket of the latest proposal of this node (every earlier one is resolved when it
     /// is).
     fn last_ticket(&self) -> u64;

@@ -316,7 +316,7 @@ impl Home {
         let ticket =
             host.propose_definition(DefinitionChange::UnplaceQueue { vhost: vhost.into(), name: name.into(), id });
         let mut resolved = host.resolved();
-        let _ = resolved.wait_for(|r| *r >= ticket).await;
+        let _ = resolved.wait_for(|r| *r >= ticket || host.is_resolved(ticket)).await;
         host.take_refusal(ticket)
     }
 
