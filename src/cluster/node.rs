@@ -244,7 +244,23 @@ impl Cluster {
         if let Some(r) = refusal {
             self.refused.lock().insert(ticket, r);
         }
-        let mark = self.window.lock().resolve(ticket);
+        self.settle_tickets([(ticket, false)]);
+    }
+
+    /// Resolves many tickets of [`Cluster::take_ticket`] at once, each refused by a full
+    /// queue or not (`rejected`); their waiters are woken once.
+    pub fn settle_tickets(&self, tickets: impl IntoIterator<Item = (u64, bool)>) {
+        let tickets: Vec<(u64, bool)> = tickets.into_iter().collect();
+        // The refusals first, under their own lock (`resolve` takes the window's inside it).
+        self.rejected.lock().extend(tickets.iter().filter(|(_, rejected)| *rejected).map(|(t, _)| *t));
+        let mark = {
+            let mut window = self.window.lock();
+            let mut mark = window.base;
+            for (ticket, _) in tickets {
+                mark = window.resolve(ticket);
+            }
+            mark
+        };
         // Waiters wake whether or not the mark moved: theirs may be resolved past it.
         self.resolved.send_modify(|r| *r = mark);
     }

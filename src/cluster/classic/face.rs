@@ -336,9 +336,7 @@ async fn publish_loop(link: Arc<Link>) {
                 vec![Enqueued::Failed; tickets.len()]
             }
         };
-        for (t, o) in tickets.into_iter().zip(outcomes) {
-            link.cluster.settle_ticket(t, o != Enqueued::Ok, None);
-        }
+        link.cluster.settle_tickets(tickets.into_iter().zip(outcomes).map(|(t, o)| (t, o != Enqueued::Ok)));
         let before = link.outbox_bytes.fetch_sub(bytes, Ordering::AcqRel);
         if before.saturating_sub(bytes) < OUTBOX_HIGH / 2 {
             let waiters = std::mem::take(&mut *link.waiters.lock());
