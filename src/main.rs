@@ -381,7 +381,7 @@ async fn start_cluster(
     durable: tokio::sync::watch::Receiver<u64>,
 ) -> Result<(), String> {
     let secret = hare::cluster::secret::load_or_create(&c.secret_file)?;
-    let bridge = hare::cluster::bridge::Bridge::new(broker.clone(), Some(durable));
+    let bridge = hare::cluster::bridge::Bridge::new(broker.clone(), Some(durable), c.node_name.clone());
     let settings = hare::cluster::node::ClusterSettings {
         node_name: c.node_name.clone(),
         listen: format!("{}:{}", c.bind.as_deref().unwrap_or(&config.bind), c.port),

@@ -50,7 +50,9 @@ pub struct Bridge {
     cluster: OnceLock<Arc<Cluster>>,
     /// This node as the home of classic queues, and its links to the others' (see `classic`).
     home: Arc<super::classic::home::Home>,
-    faces: OnceLock<Arc<super::classic::face::Faces>>,
+    faces: Arc<super::classic::face::Faces>,
+    /// This node's name (known before its Raft starts, which applies its log again).
+    name: String,
     homed: Arc<super::classic::placement::Homed>,
     me: Weak<Bridge>,
     consumers: Mutex<HashMap<u64, Local>>,
@@ -64,26 +66,30 @@ impl std::fmt::Debug for Bridge {
 }
 
 impl Bridge {
-    /// `durable`: the broker's group-commit watermark (a forwarded publish is answered once
-    /// on disk here).
-    pub fn new(broker: Arc<Broker>, durable: Option<tokio::sync::watch::Receiver<u64>>) -> Arc<Bridge> {
-        Arc::new_cyclic(|me| Bridge {
+    /// The bridge of node `name`, made the broker's quorum host at once: entries applied as
+    /// the node starts (its log applied again) find it. `durable`: the broker's group-commit
+    /// watermark (a forwarded publish is answered once on disk here).
+    pub fn new(broker: Arc<Broker>, durable: Option<tokio::sync::watch::Receiver<u64>>, name: String) -> Arc<Bridge> {
+        let bridge = Arc::new_cyclic(|me| Bridge {
             home: super::classic::home::Home::new(broker.clone(), durable),
-            broker,
+            broker: broker.clone(),
             cluster: OnceLock::new(),
-            faces: OnceLock::new(),
+            faces: super::classic::face::Faces::new(),
+            name,
             homed: Default::default(),
             me: me.clone(),
             consumers: Mutex::new(HashMap::new()),
             next_consumer: AtomicU64::new(1),
-        })
+        });
+        broker.set_quorum_host(bridge.clone());
+        bridge
     }
 
-    /// Connects the bridge to its started node and the broker to the bridge.
+    /// Connects the bridge (and the faces) to its started node; starts the placements'
+    /// reconciler and the home's sweep of silent nodes.
     pub fn attach(self: &Arc<Self>, cluster: Arc<Cluster>) {
-        let _ = self.faces.set(super::classic::face::Faces::new(cluster.clone()));
+        self.faces.attach(cluster.clone());
         let _ = self.cluster.set(cluster.clone());
-        self.broker.set_quorum_host(self.clone());
         tokio::spawn(super::classic::placement::reconcile(self.broker.clone(), cluster, self.homed.clone()));
         let home = Arc::downgrade(&self.home);
         tokio::spawn(async move {
@@ -136,7 +142,7 @@ impl QuorumHost for Bridge {
         self.cluster().is_none_or(|c| c.is_resolved(ticket))
     }
     fn backlogged(&self, waiter: &Arc<tokio::sync::Notify>) -> bool {
-        self.cluster().is_some_and(|c| c.backlogged(waiter)) || self.faces.get().is_some_and(|f| f.backlogged(waiter))
+        self.cluster().is_some_and(|c| c.backlogged(waiter)) || self.faces.backlogged(waiter)
     }
     fn propose_definition(&self, change: DefinitionChange) -> u64 {
         self.propose(Command::Definition(change))
@@ -151,16 +157,10 @@ impl QuorumHost for Bridge {
         self.cluster().is_some_and(|c| c.leads())
     }
     fn node_name(&self) -> String {
-        self.cluster().map(|c| c.name.clone()).unwrap_or_default()
+        self.name.clone()
     }
     fn face(&self, vhost: &str, name: &str, home: &str, _id: u64) -> Arc<dyn Replica> {
-        match self.faces.get() {
-            Some(f) => f.face(vhost, name, home),
-            None => Arc::new(QueueReplica {
-                name: QueueName { vhost: vhost.into(), name: name.into() },
-                bridge: Weak::new(),
-            }),
-        }
+        self.faces.face(vhost, name, home)
     }
     fn membership(&self, change: Membership) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
         let c = self.cluster().cloned();

@@ -268,7 +268,8 @@ impl Cluster {
     /// Whether `ticket` is resolved, even while an earlier one is not (a request to a node that
     /// does not answer holds the watermark back, not the proposals and requests after it).
     pub fn is_resolved(&self, ticket: u64) -> bool {
-        ticket <= *self.resolved.borrow() || self.window.lock().is_resolved(ticket)
+        let mark = *self.resolved.borrow();
+        ticket <= mark || self.window.lock().is_resolved(ticket)
     }
 
     /// Tickets resolved so far, as a watch channel.

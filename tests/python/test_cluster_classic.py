@@ -238,6 +238,15 @@ def test_a_dead_home_cancels_its_queue_s_consumers_elsewhere_and_nacks_publishes
         # kill (at least once); the nacked publish never arrives.
         got = consume(n2, "homed", 1, until=b"after")
         assert got[-1] == b"after" and set(got) <= {b"before", b"after"}
+        # A node applies its log again as it restarts: it has its faces again, under the
+        # placements the others have, so a delete through another node leaves none anywhere.
+        n1.restart()
+        assert count_on(n1, "homed") == (0, 0)
+        c2 = connect(n2)
+        c2.channel().queue_delete("homed")
+        c2.close()
+        for n in (n1, n2, n3):
+            wait_for(lambda: missing_on(n, "homed"), what=f"the queue gone through {n.port}")
 
 
 def test_a_stopped_home_holds_back_only_the_confirms_of_its_own_queues(shared):

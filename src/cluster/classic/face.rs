@@ -38,7 +38,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const POOL: usize = 4;
 /// A face's counts are asked of the home again once they are older than this.
 const COUNTS_AGE: Duration = Duration::from_secs(1);
-/// After a failed poll or publish, the next try waits this long.
+/// After a failed poll, publish or settlement, the next try waits this long.
 const RETRY: Duration = Duration::from_millis(100);
 /// A publish request carries at most this many messages, or about this many bytes.
 const BATCH_MESSAGES: usize = 4096;
@@ -58,7 +58,9 @@ struct Remote {
 
 /// This node's links to the homes of the classic queues it has faces of.
 pub struct Faces {
-    cluster: Arc<Cluster>,
+    /// The node, once started (faces are made earlier, as its log is applied again at start;
+    /// they reach their homes once it runs).
+    cluster: std::sync::OnceLock<Arc<Cluster>>,
     links: Mutex<HashMap<String, Arc<Link>>>,
     me: Weak<Faces>,
     /// Bytes of publishes waiting in every link's outbox, and the publishers paused by them.
@@ -67,9 +69,9 @@ pub struct Faces {
 }
 
 impl Faces {
-    pub fn new(cluster: Arc<Cluster>) -> Arc<Faces> {
+    pub fn new() -> Arc<Faces> {
         Arc::new_cyclic(|me| Faces {
-            cluster,
+            cluster: std::sync::OnceLock::new(),
             links: Mutex::new(HashMap::new()),
             me: me.clone(),
             outbox_bytes: Default::default(),
@@ -90,16 +92,22 @@ impl Faces {
         true
     }
 
-    /// The link to node `home` (made on first use).
-    pub fn link(&self, home: &str) -> Arc<Link> {
+    /// Connects the faces to their started node.
+    pub fn attach(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The link to node `home` (made on first use; none before the node started).
+    pub fn link(&self, home: &str) -> Option<Arc<Link>> {
+        let cluster = self.cluster.get()?.clone();
         let mut links = self.links.lock();
-        links
+        let link = links
             .entry(home.to_string())
             .or_insert_with(|| {
                 let (control, requests) = tokio::sync::mpsc::unbounded_channel();
                 let link = Arc::new_cyclic(|me| Link {
                     home: home.to_string(),
-                    cluster: self.cluster.clone(),
+                    cluster: cluster.clone(),
                     me: me.clone(),
                     outbox: Mutex::new(Vec::new()),
                     publish_wake: Notify::new(),
@@ -117,7 +125,8 @@ impl Faces {
                 tokio::spawn(control_loop(Arc::downgrade(&link), requests));
                 link
             })
-            .clone()
+            .clone();
+        Some(link)
     }
 
     /// The replica of a face of `name`, held by `home`.
@@ -142,14 +151,14 @@ pub struct Link {
     outbox: Mutex<Vec<(u64, QueueName, Wire)>>,
     publish_wake: Notify,
     consumers: Mutex<HashMap<u64, Remote>>,
-    /// What became of deliveries, for the next poll.
+    /// What became of deliveries, for the control task to tell before its next request.
     settles: Mutex<Vec<(u64, Settle)>>,
     /// A poll task runs.
     polling: AtomicBool,
     next_key: AtomicU64,
     pool: Mutex<Vec<Peer>>,
-    /// Consumers' registrations and cancels, sent in order by one task (a cancel never
-    /// overtakes its consume).
+    /// Requests sent in order by one task, settlements first (a cancel never overtakes its
+    /// consume; a get comes after the requeues asked before it).
     control: tokio::sync::mpsc::UnboundedSender<Control>,
     /// A `Control::Settle` is queued and not yet taken (so one is queued at a time).
     flush_asked: AtomicBool,
@@ -211,7 +220,7 @@ impl Link {
         tokio::spawn(async move { then(link.call(op, CALL_TIMEOUT).await) });
     }
 
-    /// Queues a consumer's registration or cancel behind the earlier ones.
+    /// Queues a request behind the earlier ones (and the settlements asked before it).
     fn control(&self, op: Op, then: impl FnOnce(Result<Reply, String>) + Send + 'static) {
         let _ = self.control.send(Control::Request(op, Box::new(then)));
     }
@@ -350,8 +359,8 @@ fn weight(m: &Wire) -> usize {
     m.body.len() + m.properties.len() + m.exchange.len() + m.routing_key.len() + 64
 }
 
-/// Polls the home for this node's consumers' deliveries while there are consumers or
-/// settlements; cancels the consumers once the home has not answered for [`HOME_SILENCE`].
+/// Polls the home for this node's consumers' deliveries while there are consumers; cancels
+/// them once the home has not answered for [`HOME_SILENCE`].
 async fn poll_loop(link: Arc<Link>) {
     let mut failing_since: Option<Instant> = None;
     loop {
@@ -431,7 +440,7 @@ impl std::fmt::Debug for Faces {
 
 impl RemoteQueue {
     fn link(&self) -> Option<Arc<Link>> {
-        Some(self.faces.upgrade()?.link(&self.home))
+        self.faces.upgrade()?.link(&self.home)
     }
 
     /// A ticket resolved by a request's answer: with the refusal it carried, if any.
