@@ -3,9 +3,9 @@
 //! A declare over AMQP places its queue through the log before it makes it, and a delete
 //! ends the placement as it deletes; the reconciler covers every other way a queue comes or
 //! goes. Once a second it places this node's classic queues that are not the cluster's yet
-//! (declared through the HTTP API, brought back by a restart before their placement was
-//! applied again, MQTT sessions) and ends the placements of queues this node no longer has
-//! (auto-delete, `x-expires`, an exclusive owner's end does not apply: those are never placed).
+//! (MQTT sessions' queues, a queue whose placement was refused) and ends the placements of
+//! queues this node no longer has (auto-delete, `x-expires`; exclusive queues are never
+//! placed).
 
 use crate::broker::replicated::DefinitionChange;
 use crate::broker::store::table_to_hex;
