@@ -530,23 +530,9 @@ impl Channel {
                 return Ok(());
             }
             if !quorum && !m.passive && !m.exclusive && !vhost.has_queue(&name) {
-                // A classic queue on a cluster node: placed through the replicated log, so
-                // that its name is one queue on every node. This node holds it (made as
-                // the placement is applied here); the others make its face. The arguments
-                // are checked here first, with RabbitMQ's texts.
-                let args = crate::broker::arguments::QueueArguments::parse(&decl.arguments, &name, &vhost.name)?;
-                if !args.stream {
-                    let place = DefinitionChange::PlaceQueue {
-                        vhost: vhost.name.clone(),
-                        name: name.to_string(),
-                        home: host.node_name(),
-                        id: host.placement_id(),
-                        durable: m.durable,
-                        auto_delete: m.auto_delete,
-                        arguments: crate::broker::store::table_to_hex(&decl.arguments),
-                        user: ctx.actor.user.to_string(),
-                    };
-                    let ticket = host.propose_definition(place);
+                // A classic queue on a cluster node: placed through the replicated log; the
+                // declare-ok waits until the placement is applied here.
+                if let Some(ticket) = ctx.broker.place_new_queue(&vhost.name, &decl, &ctx.actor.user)? {
                     self.last_queue = Some(name.clone());
                     let reply = QueueDeclareOk { queue: name, message_count: 0, consumer_count: 0 };
                     self.hold_for_cluster(ticket, m.nowait, (50, 10), reply);

@@ -38,6 +38,20 @@ pub trait Origin: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// The origin of a delivery with nothing to settle (a replicated queue's get that could not be
+/// asked, its node shutting down).
+#[derive(Debug)]
+pub struct NoOrigin;
+
+impl Origin for NoOrigin {
+    fn acked(self: Arc<Self>, _: &[QueuedMessage]) {}
+    fn rejected(self: Arc<Self>, _: Vec<QueuedMessage>) {}
+    fn requeued(self: Arc<Self>, _: Vec<QueuedMessage>) {}
+    fn undelivered(self: Arc<Self>, _: QueuedMessage, _: bool) {}
+    fn sent_no_ack(&self, _: &QueuedMessage) {}
+    fn redispatch(self: Arc<Self>) {}
+}
+
 /// What a queue (or the broker) tells a connection.
 #[derive(Debug)]
 pub enum ConnEvent {

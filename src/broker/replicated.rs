@@ -128,6 +128,30 @@ impl DefinitionChange {
         }
     }
 
+    /// The placement `id` of classic queue `name` on node `home`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn place_queue(
+        vhost: &str,
+        name: &str,
+        home: &str,
+        id: u64,
+        durable: bool,
+        auto_delete: bool,
+        arguments: &FieldTable,
+        user: &str,
+    ) -> Self {
+        DefinitionChange::PlaceQueue {
+            vhost: vhost.into(),
+            name: name.into(),
+            home: home.into(),
+            id,
+            durable,
+            auto_delete,
+            arguments: table_to_hex(arguments),
+            user: user.into(),
+        }
+    }
+
     /// queue.bind / exchange.bind (`bind`) or their unbinds.
     pub fn binding(bind: bool, vhost: &str, source: &str, binding: &Binding, user: &str) -> Self {
         let (destination, to_exchange) = match &binding.destination {
@@ -191,7 +215,42 @@ fn table(hex: &str) -> FieldTable {
     table_from_hex(hex).unwrap_or_default()
 }
 
+/// A fresh placement id (never 0).
+pub fn placement_id() -> u64 {
+    rand::random::<u64>().max(1)
+}
+
 impl Broker {
+    /// On a cluster node, proposes the placement of classic queue `d.name`, new in `vhost`, on
+    /// this node, so that the name is one queue in the cluster (this node makes it as the
+    /// placement is applied here; the others make its face). Its arguments are checked first,
+    /// with RabbitMQ's texts. Returns the proposal's ticket, or None where the queue is not
+    /// placed: on a single node, and for a stream (a node's own).
+    pub fn place_new_queue(
+        &self,
+        vhost: &str,
+        d: &super::vhost::QueueDeclaration,
+        user: &str,
+    ) -> Result<Option<u64>, AmqpError> {
+        let Some(host) = self.quorum_host() else { return Ok(None) };
+        let args = super::arguments::QueueArguments::parse(&d.arguments, &d.name, vhost)?;
+        if args.stream {
+            return Ok(None);
+        }
+        let (durable, auto_delete) = (d.durable, d.auto_delete);
+        let place = DefinitionChange::place_queue(
+            vhost,
+            &d.name,
+            &host.node_name(),
+            placement_id(),
+            durable,
+            auto_delete,
+            &d.arguments,
+            user,
+        );
+        Ok(Some(host.propose_definition(place)))
+    }
+
     /// Applies a committed definition change on this node (every node does, in log order).
     pub fn apply_definition(&self, change: &DefinitionChange) -> Result<(), Refusal> {
         let vhost = |name: &str| {
@@ -275,7 +334,7 @@ impl Broker {
                     arguments: table(arguments),
                 };
                 let me = host.node_name();
-                let face = || host.face(v, name, home, *id);
+                let face = || host.face(v, name, home);
                 vhost(v)?.place(&d, home, *id, &me, face, &actor(user))?;
             }
             DefinitionChange::UnplaceQueue { vhost: v, name, id } => {
@@ -340,16 +399,20 @@ impl Broker {
                 ));
             }
             for q in v.placed_queues() {
-                placements.push(DefinitionChange::PlaceQueue {
-                    vhost: v.name.clone(),
-                    name: q.name.to_string(),
-                    home: q.home().unwrap_or(&me).to_string(),
-                    id: q.placement(),
-                    durable: q.options.durable,
-                    auto_delete: q.options.auto_delete,
-                    arguments: table_to_hex(&q.options.arguments),
-                    user: INSTALLER.into(),
-                });
+                let home = q.home().unwrap_or(&me);
+                let o = &q.options;
+                let (durable, auto_delete) = (o.durable, o.auto_delete);
+                let place = DefinitionChange::place_queue;
+                placements.push(place(
+                    &v.name,
+                    &q.name,
+                    home,
+                    q.placement(),
+                    durable,
+                    auto_delete,
+                    &o.arguments,
+                    INSTALLER,
+                ));
             }
             for (source, b) in v.bindings() {
                 let replicated = match &b.destination {

@@ -17,7 +17,7 @@ use super::quorum::{ConsumerKey, Msg, Reason, Settings};
 use super::reports::NodeReport;
 use super::types::{Command, QueueName};
 use crate::broker::arguments::QueueArguments;
-use crate::broker::consumer::{ConnEvent, Consumer, Delivery, Origin};
+use crate::broker::consumer::{ConnEvent, Consumer, Delivery, NoOrigin, Origin};
 use crate::broker::dead_letter;
 use crate::broker::message::{Message, QueuedMessage};
 use crate::broker::queue::replica::{ClusterStatus, Membership, QuorumHost, Replica};
@@ -159,7 +159,7 @@ impl QuorumHost for Bridge {
     fn node_name(&self) -> String {
         self.name.clone()
     }
-    fn face(&self, vhost: &str, name: &str, home: &str, _id: u64) -> Arc<dyn Replica> {
+    fn face(&self, vhost: &str, name: &str, home: &str) -> Arc<dyn Replica> {
         self.faces.face(vhost, name, home)
     }
     fn membership(&self, change: Membership) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
@@ -435,19 +435,6 @@ impl Replica for QueueReplica {
             _ => None,
         }
     }
-}
-
-/// The origin of a get that could not be proposed (the node is shutting down).
-#[derive(Debug)]
-struct NoOrigin;
-
-impl Origin for NoOrigin {
-    fn acked(self: Arc<Self>, _: &[QueuedMessage]) {}
-    fn rejected(self: Arc<Self>, _: Vec<QueuedMessage>) {}
-    fn requeued(self: Arc<Self>, _: Vec<QueuedMessage>) {}
-    fn undelivered(self: Arc<Self>, _: QueuedMessage, _: bool) {}
-    fn sent_no_ack(&self, _: &QueuedMessage) {}
-    fn redispatch(self: Arc<Self>) {}
 }
 
 /// What a channel tells about the deliveries of one consumer of a quorum queue.

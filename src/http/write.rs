@@ -276,20 +276,9 @@ pub(super) async fn declare_queue(api: &Api, v: &VHost, decl: &QueueDeclaration)
         // A classic queue of a cluster node: placed through the log, as a declare over AMQP
         // places it (this node holds it; the others make its face).
         Some(host) if !decl.exclusive && !v.has_queue(&decl.name) => {
-            let args = crate::broker::arguments::QueueArguments::parse(&decl.arguments, &decl.name, &v.name)?;
-            if args.stream {
+            let Some(ticket) = api.broker.place_new_queue(&v.name, decl, &actor().user)? else {
                 return v.declare_queue(decl, &actor()).map(|(_, _, _, ticket)| ticket);
-            }
-            let ticket = host.propose_definition(DefinitionChange::PlaceQueue {
-                vhost: v.name.clone(),
-                name: decl.name.to_string(),
-                home: host.node_name(),
-                id: host.placement_id(),
-                durable: decl.durable,
-                auto_delete: decl.auto_delete,
-                arguments: crate::broker::store::table_to_hex(&decl.arguments),
-                user: actor().user.to_string(),
-            });
+            };
             committed(&host, ticket).await?;
             match host.take_refusal(ticket) {
                 Some(r) => Err(r.into()),

@@ -125,10 +125,6 @@ pub trait QuorumHost: Send + Sync + std::fmt::Debug {
     fn backlogged(&self, waiter: &Arc<tokio::sync::Notify>) -> bool;
     /// This node's name in the cluster.
     fn node_name(&self) -> String;
-    /// The face of the classic queue `name`, held by node `home` under placement `id`.
-    fn face(&self, vhost: &str, name: &str, home: &str, id: u64) -> Arc<dyn Replica>;
-    /// A fresh placement id (never 0).
-    fn placement_id(&self) -> u64 {
-        rand::random::<u64>().max(1)
-    }
+    /// The face of the classic queue `name`, held by node `home`.
+    fn face(&self, vhost: &str, name: &str, home: &str) -> Arc<dyn Replica>;
 }

@@ -12,7 +12,7 @@
 //!   request); counts go on their own. All use a small pool of connections to the home.
 
 use super::{Enqueued, Op, Reply, Settle, Wire, HOME_SILENCE, POLL_WAIT_MS};
-use crate::broker::consumer::{ConnEvent, Consumer, Delivery, Origin};
+use crate::broker::consumer::{ConnEvent, Consumer, Delivery, NoOrigin, Origin};
 use crate::broker::error::AmqpResult;
 use crate::broker::message::QueuedMessage;
 use crate::broker::queue::replica::Replica;
@@ -419,6 +419,15 @@ type Counted = (Option<Instant>, (u32, u32, u32));
 /// A basic.get's message and the ready count after it.
 type Got = (QueuedMessage, u32);
 
+/// Keeps the counts a `Counts` answer for one queue gives.
+fn counted(cell: &Mutex<Counted>, reply: &Reply) {
+    if let Reply::Counts(c) = reply {
+        if let Some(c) = c.first() {
+            *cell.lock() = (Some(Instant::now()), *c);
+        }
+    }
+}
+
 /// A face's replica: what it is asked goes to the home.
 #[derive(Debug)]
 struct RemoteQueue {
@@ -559,10 +568,8 @@ impl Replica for RemoteQueue {
                     // Answered from the last counts now; the home's come for the next ask.
                     let cell = self.counts.clone();
                     link.spawn(Op::Counts { queues: vec![self.name.clone()] }, move |reply| {
-                        if let Ok(Reply::Counts(c)) = reply {
-                            if let Some(c) = c.first() {
-                                *cell.lock() = (Some(Instant::now()), *c);
-                            }
+                        if let Ok(reply) = reply {
+                            counted(&cell, &reply);
                         }
                         refreshing.store(false, Ordering::Release);
                     });
@@ -583,7 +590,7 @@ impl Replica for RemoteQueue {
 
     fn get(&self, no_ack: bool) -> (u64, Arc<dyn Origin>) {
         let Some(link) = self.link() else {
-            return (0, Arc::new(Unreachable));
+            return (0, Arc::new(NoOrigin));
         };
         let got = self.got.clone();
         let ticket = self.request(Op::Get { queue: self.name.clone(), no_ack }, move |ticket, reply| {
@@ -612,13 +619,7 @@ impl Replica for RemoteQueue {
 
     fn refresh(&self) -> u64 {
         let cell = self.counts.clone();
-        self.request(Op::Counts { queues: vec![self.name.clone()] }, move |_, reply| {
-            if let Reply::Counts(c) = reply {
-                if let Some(c) = c.first() {
-                    *cell.lock() = (Some(Instant::now()), *c);
-                }
-            }
-        })
+        self.request(Op::Counts { queues: vec![self.name.clone()] }, move |_, reply| counted(&cell, reply))
     }
 
     fn delete(&self, if_unused: bool, if_empty: bool, user: &str) -> u64 {
@@ -655,18 +656,5 @@ impl Origin for RemoteOrigin {
     }
     /// The home settled it when it sent it (a no-ack consumer's).
     fn sent_no_ack(&self, _message: &QueuedMessage) {}
-    fn redispatch(self: Arc<Self>) {}
-}
-
-/// The origin of a get that could not be asked (the node is shutting down).
-#[derive(Debug)]
-struct Unreachable;
-
-impl Origin for Unreachable {
-    fn acked(self: Arc<Self>, _: &[QueuedMessage]) {}
-    fn rejected(self: Arc<Self>, _: Vec<QueuedMessage>) {}
-    fn requeued(self: Arc<Self>, _: Vec<QueuedMessage>) {}
-    fn undelivered(self: Arc<Self>, _: QueuedMessage, _: bool) {}
-    fn sent_no_ack(&self, _: &QueuedMessage) {}
     fn redispatch(self: Arc<Self>) {}
 }

@@ -8,7 +8,6 @@
 //! placed).
 
 use crate::broker::replicated::DefinitionChange;
-use crate::broker::store::table_to_hex;
 use crate::broker::Broker;
 use crate::cluster::node::Cluster;
 use parking_lot::Mutex;
@@ -91,16 +90,18 @@ pub async fn reconcile(broker: Arc<Broker>, cluster: Arc<Cluster>, homed: Arc<Ho
             for q in v.unplaced_queues() {
                 let key = (v.name.clone(), q.name.to_string());
                 if !asked.contains(&key) {
-                    let place = DefinitionChange::PlaceQueue {
-                        vhost: v.name.clone(),
-                        name: q.name.to_string(),
-                        home: cluster.name.clone(),
-                        id: rand::random::<u64>().max(1),
-                        durable: q.options.durable,
-                        auto_delete: q.options.auto_delete,
-                        arguments: table_to_hex(&q.options.arguments),
-                        user: "cluster".into(),
-                    };
+                    let o = &q.options;
+                    let id = crate::broker::replicated::placement_id();
+                    let place = DefinitionChange::place_queue(
+                        &v.name,
+                        &q.name,
+                        &cluster.name,
+                        id,
+                        o.durable,
+                        o.auto_delete,
+                        &o.arguments,
+                        "cluster",
+                    );
                     cluster.propose(crate::cluster::types::Command::Definition(place), None);
                 }
                 still.insert(key);
