@@ -12,9 +12,9 @@
 
 use super::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::storage::cipher::{open_maybe, CipherError, KeyRing, Nonces};
-use crate::storage::record::{put_record, scan, Scanned};
+use crate::storage::record::{put_record, scan, Scanned, HEADER_LEN};
 use crate::types::parts::{Parts, MAX_SLICES};
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, Vote};
 use parking_lot::Mutex;
@@ -30,6 +30,19 @@ use std::sync::Arc;
 
 /// Rewrite the log file once this many purged entries are still in it.
 const REWRITE_AFTER_PURGED: u64 = 20_000;
+/// One AppendEntries carries entries of about this many bytes at most (always at least one
+/// entry; a batch is at most 4 MiB). openraft gives the RPC its heartbeat interval (100 ms)
+/// to reach a follower, be written and synced there and be answered; a follower behind by
+/// hundreds of entries would otherwise be sent them all at once, time out, and never catch up.
+const APPEND_BYTES: usize = 4 * 1024 * 1024;
+
+/// About how many bytes an entry is on the wire.
+fn entry_weight(e: &Entry) -> usize {
+    match &e.payload {
+        openraft::EntryPayload::Normal(b) => b.weight(),
+        _ => 64,
+    }
+}
 
 #[derive(Serialize, Deserialize)]
 enum Record {
@@ -87,8 +100,21 @@ fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::fmt::Disp
 }
 
 fn encode(seal: &Seal, record: &Record, buf: &mut BytesMut) -> Result<(), bincode::Error> {
-    let bytes = seal.seal(bincode::serialize(record)?);
-    put_record(buf, |b| b.extend_from_slice(&bytes));
+    if seal.keys.is_some() {
+        let bytes = seal.seal(bincode::serialize(record)?);
+        put_record(buf, |b| b.extend_from_slice(&bytes));
+        return Ok(());
+    }
+    // Plain: encoded in place, into room made for it at once (a batch is megabytes: no
+    // intermediate copy, no buffer grown by doubling).
+    let start = buf.len();
+    buf.reserve(HEADER_LEN + bincode::serialized_size(record)? as usize);
+    let mut failed = None;
+    put_record(buf, |b| failed = bincode::serialize_into(b.writer(), record).err());
+    if let Some(e) = failed {
+        buf.truncate(start);
+        return Err(e);
+    }
     Ok(())
 }
 
@@ -332,6 +358,22 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         Ok(self.inner.lock().entries.range(range).map(|(_, e)| e.clone()).collect())
+    }
+
+    /// What replication sends: the entries from `start`, up to [`APPEND_BYTES`].
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        let inner = self.inner.lock();
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (_, e) in inner.entries.range(start..end) {
+            let w = entry_weight(e);
+            if !out.is_empty() && bytes + w > APPEND_BYTES {
+                break;
+            }
+            bytes += w;
+            out.push(e.clone());
+        }
+        Ok(out)
     }
 }
 

@@ -213,7 +213,7 @@ impl Cluster {
 
     /// Queues a command for the next batch; returns its ticket (see [`Cluster::resolved`]).
     pub fn propose(&self, command: Command, reply: Option<oneshot::Sender<Outcome>>) -> u64 {
-        let size = weight(&command);
+        let size = command.weight();
         let ticket = {
             let mut p = self.pending.lock();
             p.0 += 1;
@@ -483,8 +483,9 @@ async fn serve(mut listener: Box<dyn Listener>, cluster: Arc<Cluster>) {
                     return;
                 }
             };
+            let mut buf = Vec::new();
             loop {
-                let req: Request = match transport::read_frame(&mut sock).await {
+                let req: Request = match transport::read_frame(&mut sock, &mut buf).await {
                     Ok(r) => r,
                     Err(transport::WireError::Io(_)) => return,
                     Err(e) => {
@@ -503,7 +504,7 @@ async fn serve(mut listener: Box<dyn Listener>, cluster: Arc<Cluster>) {
                     Request::Report => Response::Report(c.effects.report()),
                     Request::Classic(op) => Response::Classic(c.effects.classic(&peer, op).await),
                 };
-                if transport::write_frame(&mut sock, &resp).await.is_err() {
+                if transport::write_frame(&mut sock, &mut buf, &resp).await.is_err() {
                     return;
                 }
             }
@@ -574,22 +575,13 @@ async fn bootstrap(c: Arc<Cluster>, s: ClusterSettings) {
     }
 }
 
-/// What a command counts for in a batch and in the backlog: its message's bytes, and 64 for
-/// the rest of it.
-fn weight(command: &Command) -> usize {
-    match command {
-        Command::Enqueue { msg, .. } => msg.body.len() + msg.properties.len() + 64,
-        _ => 64,
-    }
-}
-
 /// Takes the next batch's worth of waiting proposals.
 fn take_batch(c: &Cluster) -> Vec<Pending> {
     let mut p = c.pending.lock();
     let mut bytes = 0;
     let mut n = 0;
     while n < p.1.len() && n < BATCH_COMMANDS && bytes < BATCH_BYTES {
-        bytes += weight(&p.1[n].command);
+        bytes += p.1[n].command.weight();
         n += 1;
     }
     p.2 = p.2.saturating_sub(bytes);

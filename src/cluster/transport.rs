@@ -151,25 +151,49 @@ pub enum WireError {
     Timeout,
 }
 
-pub async fn write_frame<S: AsyncWrite + Unpin, T: Serialize>(s: &mut S, v: &T) -> Result<(), WireError> {
-    // Encoded once, after room for its length: one buffer, no second copy of a large frame.
-    let mut buf = Vec::with_capacity(4 + bincode::serialized_size(v)? as usize);
+/// A frame buffer larger than this is not kept for the next frame (a snapshot's, say).
+const KEEP_BUFFER: usize = 8 * 1024 * 1024;
+
+/// Writes `v` as one frame, encoded into `buf` (a connection's, kept between frames: a large
+/// frame costs no fresh pages each time).
+pub async fn write_frame<S: AsyncWrite + Unpin, T: Serialize>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    v: &T,
+) -> Result<(), WireError> {
+    buf.clear();
+    buf.reserve(4 + bincode::serialized_size(v)? as usize);
     buf.extend_from_slice(&[0; 4]);
-    bincode::serialize_into(&mut buf, v)?;
+    bincode::serialize_into(&mut *buf, v)?;
     let len = (buf.len() - 4) as u32;
     buf[..4].copy_from_slice(&len.to_be_bytes());
-    s.write_all(&buf).await?;
-    Ok(())
+    let r = s.write_all(buf).await;
+    keep(buf);
+    Ok(r?)
 }
 
-pub async fn read_frame<S: AsyncRead + Unpin, T: DeserializeOwned>(s: &mut S) -> Result<T, WireError> {
+/// Reads one frame into `buf` (kept between frames, as [`write_frame`]'s) and decodes it.
+pub async fn read_frame<S: AsyncRead + Unpin, T: DeserializeOwned>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<T, WireError> {
     let len = s.read_u32().await? as usize;
     if len > MAX_FRAME {
         return Err(WireError::TooLarge(len));
     }
-    let mut buf = vec![0; len];
-    s.read_exact(&mut buf).await?;
-    Ok(bincode::deserialize(&buf)?)
+    buf.clear();
+    buf.resize(len, 0);
+    let r = s.read_exact(buf).await;
+    let v = r.map_err(WireError::from).and_then(|_| Ok(bincode::deserialize(buf)?));
+    keep(buf);
+    v
+}
+
+/// Drops a buffer grown past [`KEEP_BUFFER`].
+fn keep(buf: &mut Vec<u8>) {
+    if buf.capacity() > KEEP_BUFFER {
+        *buf = Vec::new();
+    }
 }
 
 async fn write_hello<S: AsyncWrite + Unpin>(s: &mut S, name: &str, nonce: &[u8; 32]) -> Result<(), WireError> {
@@ -232,11 +256,16 @@ pub struct Peer {
     pub addr: String,
     ctx: Arc<NetCtx>,
     conn: Option<BoxConn>,
+    /// The frames' buffer, kept between calls.
+    buf: Vec<u8>,
+    /// Whether the last call had a connection (open, or opened and past the handshake):
+    /// a failure after that is the request's, not the peer's being unreachable.
+    connected: bool,
 }
 
 impl Peer {
     pub fn new(addr: String, ctx: Arc<NetCtx>) -> Peer {
-        Peer { addr, ctx, conn: None }
+        Peer { addr, ctx, conn: None, connected: false, buf: Vec::new() }
     }
 
     async fn connect(&mut self) -> Result<&mut BoxConn, WireError> {
@@ -252,10 +281,13 @@ impl Peer {
 
     /// One request and its response, within `ttl`; the connection is dropped on any failure.
     pub async fn call(&mut self, req: &Request, ttl: Duration) -> Result<Response, WireError> {
+        self.connected = false;
         let r = tokio::time::timeout(ttl, async {
-            let s = self.connect().await?;
-            write_frame(s, req).await?;
-            read_frame::<_, Response>(s).await
+            self.connect().await?;
+            self.connected = true;
+            let s = self.conn.as_mut().expect("connected");
+            write_frame(s, &mut self.buf, req).await?;
+            read_frame::<_, Response>(s, &mut self.buf).await
         })
         .await
         .map_err(|_| WireError::Timeout)
@@ -297,7 +329,10 @@ impl Network {
                 self.peer.ctx.answered(self.target);
                 Ok(r)
             }
-            Err(e @ (WireError::Io(_) | WireError::Timeout)) if !self.connected_once || self.peer.conn.is_none() => {
+            // Unreachable makes openraft back off (500 ms) before it tries again: for a peer
+            // that cannot be connected to. A request that failed on a connection (a large
+            // AppendEntries past its timeout, say) is tried again at once, on a new one.
+            Err(e @ (WireError::Io(_) | WireError::Timeout)) if !self.connected_once || !self.peer.connected => {
                 Err(RPCError::Unreachable(Unreachable::new(&e)))
             }
             Err(e) => Err(RPCError::Network(NetworkError::new(&e))),

@@ -5,6 +5,7 @@ use super::quorum::{ConsumerKey, Msg, Outcome, Settings};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
+use std::sync::Arc;
 
 /// A node's id in Raft: derived from its node name (see [`node_id`]).
 pub type NodeId = u64;
@@ -36,7 +37,15 @@ pub struct Batch {
     pub seq: u64,
     /// The proposer's clock (ms since the epoch): the time every replica uses for TTLs.
     pub now: u64,
-    pub commands: Vec<Command>,
+    /// Shared: openraft clones entries to keep, replicate and apply them.
+    pub commands: Arc<[Command]>,
+}
+
+impl Batch {
+    /// About how many bytes the batch is on the wire and in the log.
+    pub fn weight(&self) -> usize {
+        self.commands.iter().map(Command::weight).sum()
+    }
 }
 
 impl std::fmt::Display for Batch {
@@ -125,6 +134,17 @@ pub enum Command {
     Definition(crate::broker::replicated::DefinitionChange),
 }
 
+impl Command {
+    /// What the command counts for in a batch, in the backlog and in an AppendEntries: its
+    /// message's bytes, and 64 for the rest of it.
+    pub fn weight(&self) -> usize {
+        match self {
+            Command::Enqueue { msg, .. } => msg.body.len() + msg.properties.len() + 64,
+            _ => 64,
+        }
+    }
+}
+
 /// A node's Raft id from its name: the first 8 bytes of the name's SHA-256, so that every
 /// node computes every other node's id from its name alone.
 pub fn node_id(name: &str) -> NodeId {
@@ -204,7 +224,7 @@ mod tests {
                 user: "guest".into(),
             }),
         ];
-        let batch = Batch { from: 1, seq: 2, now: 3, commands };
+        let batch = Batch { from: 1, seq: 2, now: 3, commands: commands.into() };
         let bytes = bincode::serialize(&batch).expect("encodes");
         let back: Batch = bincode::deserialize(&bytes).expect("decodes");
         assert_eq!(back, batch);
