@@ -36,12 +36,82 @@ use std::sync::{Arc, OnceLock, Weak};
 
 /// Bytes a delivery is charged to its connection's sink beyond the message.
 const DELIVERY_OVERHEAD: usize = 64;
+/// A consumer with at least this prefetch (and acks) has a lookahead: the queue's state
+/// machine may hand its node twice its prefetch, and the node sends the client at most its
+/// prefetch, the rest as the client acks. A message's credit comes back only when its
+/// settle is committed (a round trip through the log, a few ms), so a consumer held to its
+/// prefetch alone idles for that round trip every `prefetch` messages; with the lookahead its
+/// next messages are already on its node. Below this prefetch (1 for fair dispatch of long
+/// tasks, say) a consumer is held to its prefetch exactly, as in RabbitMQ.
+const LOOKAHEAD_MIN_PREFETCH: u32 = 10;
+/// A lookahead message unsent for this long (its client acks nothing) goes back to the
+/// queue, for other consumers, and the consumer has no lookahead from then on.
+const LOOKAHEAD_STALE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One of this node's consumers of a quorum queue.
 struct Local {
     queue: QueueName,
     consumer: Arc<Consumer>,
     origin: Arc<ConsumerOrigin>,
+    /// The client's prefetch while the consumer has a lookahead, else 0.
+    lookahead: u32,
+    /// Deliveries sent to the client and not yet acked, rejected or requeued by it.
+    out: u32,
+    /// Deliveries held for the client until it has room, oldest first.
+    waiting: std::collections::VecDeque<Waiting>,
+}
+
+/// A delivery held on the consumer's node (see [`LOOKAHEAD_MIN_PREFETCH`]).
+struct Waiting {
+    id: u64,
+    msg: Arc<Msg>,
+    redelivered: bool,
+    delivery_count: u32,
+    since: std::time::Instant,
+}
+
+/// What the state machine holds a consumer to, and its node's lookahead (0: none).
+fn credit_of(consumer: &Consumer) -> (u32, u32) {
+    let p = consumer.prefetch;
+    if consumer.no_ack || p < LOOKAHEAD_MIN_PREFETCH {
+        (p, 0)
+    } else {
+        (p.saturating_mul(2), p)
+    }
+}
+
+impl Local {
+    /// Sends a delivery to the client.
+    fn send(&mut self, id: u64, msg: &Msg, redelivered: bool, delivery_count: u32) {
+        let c = &self.consumer;
+        let item = queued(id, msg, redelivered, delivery_count);
+        let size = item.message.size();
+        if !c.no_ack {
+            c.charge_unacked(size);
+            self.out += 1;
+        }
+        c.sink.send(ConnEvent::Deliver(Delivery {
+            channel: c.channel,
+            consumer_tag: c.tag.clone(),
+            queue: Some(self.origin.clone() as Arc<dyn Origin>),
+            item,
+            no_ack: c.no_ack,
+            charge: size + DELIVERY_OVERHEAD,
+        }));
+    }
+
+    /// Sends what waits while the client has room.
+    fn drain(&mut self) {
+        while self.out < self.lookahead {
+            let Some(w) = self.waiting.pop_front() else { return };
+            self.send(w.id, &w.msg, w.redelivered, w.delivery_count);
+        }
+    }
+
+    /// The ids of what waits, taken.
+    fn take_waiting(&mut self) -> Vec<u64> {
+        self.waiting.drain(..).map(|w| w.id).collect()
+    }
 }
 
 /// The bridge between this node's broker and the cluster.
@@ -91,6 +161,14 @@ impl Bridge {
         self.faces.attach(cluster.clone());
         let _ = self.cluster.set(cluster.clone());
         tokio::spawn(super::classic::placement::reconcile(self.broker.clone(), cluster, self.homed.clone()));
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LOOKAHEAD_STALE / 4).await;
+                let Some(b) = me.upgrade() else { return };
+                b.release_stale();
+            }
+        });
         let home = Arc::downgrade(&self.home);
         tokio::spawn(async move {
             loop {
@@ -103,6 +181,25 @@ impl Bridge {
 
     fn cluster(&self) -> Option<&Arc<Cluster>> {
         self.cluster.get()
+    }
+
+    /// Consumers whose lookahead waited past [`LOOKAHEAD_STALE`] (their clients stopped
+    /// acking): held to their prefetch from now on, and what waited goes back to the queue.
+    fn release_stale(&self) {
+        let Some(cl) = self.cluster() else { return };
+        let mut consumers = self.consumers.lock();
+        for (id, l) in consumers.iter_mut() {
+            if l.waiting.front().is_none_or(|w| w.since.elapsed() < LOOKAHEAD_STALE) {
+                continue;
+            }
+            let consumer = (cl.process, *id);
+            let (queue, prefetch, no_ack) = (l.queue.clone(), l.lookahead, l.consumer.no_ack);
+            l.lookahead = 0;
+            let ids = l.take_waiting();
+            // The smaller prefetch first, so that what is released goes to others.
+            cl.propose(Command::Checkout { queue: queue.clone(), consumer, prefetch, no_ack }, None);
+            cl.propose(Command::Release { queue, consumer, ids }, None);
+        }
     }
 
     fn propose(&self, c: Command) -> u64 {
@@ -208,28 +305,22 @@ impl Effects for Bridge {
         redelivered: bool,
         delivery_count: u32,
     ) {
-        let found = self.consumers.lock().get(&consumer).map(|l| (l.consumer.clone(), l.origin.clone()));
-        let Some((c, origin)) = found else {
-            // The consumer went meanwhile: the message goes back for another.
+        let mut consumers = self.consumers.lock();
+        let Some(local) = consumers.get_mut(&consumer) else {
+            drop(consumers);
+            // The consumer went meanwhile: the message goes back for another, as it was.
             if let Some(cl) = self.cluster() {
                 let key = (cl.process, consumer);
-                cl.propose(Command::Return { queue: queue.clone(), consumer: key, ids: vec![id] }, None);
+                cl.propose(Command::Release { queue: queue.clone(), consumer: key, ids: vec![id] }, None);
             }
             return;
         };
-        let item = queued(id, &msg, redelivered, delivery_count);
-        let size = item.message.size();
-        if !c.no_ack {
-            c.charge_unacked(size);
+        if local.lookahead == 0 || (local.out < local.lookahead && local.waiting.is_empty()) {
+            local.send(id, &msg, redelivered, delivery_count);
+        } else {
+            let since = std::time::Instant::now();
+            local.waiting.push_back(Waiting { id, msg, redelivered, delivery_count, since });
         }
-        c.sink.send(ConnEvent::Deliver(Delivery {
-            channel: c.channel,
-            consumer_tag: c.tag.clone(),
-            queue: Some(origin as Arc<dyn Origin>),
-            item,
-            no_ack: c.no_ack,
-            charge: size + DELIVERY_OVERHEAD,
-        }));
     }
 
     fn dead_letter(&self, queue: &QueueName, msg: Arc<Msg>, reason: Reason, _delivery_count: u32) {
@@ -300,10 +391,16 @@ impl Effects for Bridge {
     fn consumers_lost(&self, queue: &QueueName, consumers: Vec<u64>) {
         let Some(cl) = self.cluster() else { return };
         let again: Vec<(u64, u32, bool)> = {
-            let locals = self.consumers.lock();
+            let mut locals = self.consumers.lock();
             consumers
                 .iter()
-                .filter_map(|id| locals.get(id).map(|l| (*id, l.consumer.prefetch, l.consumer.no_ack)))
+                .filter_map(|id| {
+                    let l = locals.get_mut(id)?;
+                    // What waited went back with the rest of what the consumer held.
+                    l.waiting.clear();
+                    let prefetch = if l.lookahead == 0 { l.consumer.prefetch } else { credit_of(&l.consumer).0 };
+                    Some((*id, prefetch, l.consumer.no_ack))
+                })
                 .collect()
         };
         for (id, prefetch, no_ack) in again {
@@ -367,9 +464,16 @@ impl Replica for QueueReplica {
         let Some(cl) = b.cluster().cloned() else { return Ok(()) };
         let id = b.next_consumer.fetch_add(1, Ordering::Relaxed);
         let key: ConsumerKey = (cl.process, id);
-        let origin = Arc::new(ConsumerOrigin { queue: self.name.clone(), key, cluster: cl.clone() });
-        let (prefetch, no_ack) = (consumer.prefetch, consumer.no_ack);
-        b.consumers.lock().insert(id, Local { queue: self.name.clone(), consumer, origin });
+        let origin = Arc::new(ConsumerOrigin {
+            queue: self.name.clone(),
+            key,
+            cluster: cl.clone(),
+            local: Some((self.bridge.clone(), id)),
+        });
+        let ((prefetch, lookahead), no_ack) = (credit_of(&consumer), consumer.no_ack);
+        let local =
+            Local { queue: self.name.clone(), consumer, origin, lookahead, out: 0, waiting: Default::default() };
+        b.consumers.lock().insert(id, local);
         cl.propose(Command::Checkout { queue: self.name.clone(), consumer: key, prefetch, no_ack }, None);
         Ok(())
     }
@@ -383,10 +487,15 @@ impl Replica for QueueReplica {
                 .iter()
                 .find(|(_, l)| l.queue == self.name && l.consumer.is(connection_id, channel, tag))
                 .map(|(id, _)| *id);
-            id.and_then(|id| consumers.remove(&id).map(|_| id))
+            id.and_then(|id| consumers.remove(&id).map(|mut l| (id, l.take_waiting())))
         };
-        if let Some(id) = found {
-            cl.propose(Command::Cancel { queue: self.name.clone(), consumer: (cl.process, id) }, None);
+        if let Some((id, waiting)) = found {
+            let consumer = (cl.process, id);
+            cl.propose(Command::Cancel { queue: self.name.clone(), consumer }, None);
+            // After the cancel, so that they go to others.
+            if !waiting.is_empty() {
+                cl.propose(Command::Release { queue: self.name.clone(), consumer, ids: waiting }, None);
+            }
         }
     }
 
@@ -423,7 +532,7 @@ impl Replica for QueueReplica {
         // The get's holder is a consumer key of its own, settled through this origin.
         let key = (cl.process, id);
         let ticket = cl.propose(Command::Dequeue { queue: self.name.clone(), consumer: key, no_ack }, None);
-        (ticket, Arc::new(ConsumerOrigin { queue: self.name.clone(), key, cluster: cl }))
+        (ticket, Arc::new(ConsumerOrigin { queue: self.name.clone(), key, cluster: cl, local: None }))
     }
 
     fn take_got(&self, ticket: u64) -> Option<(QueuedMessage, u32)> {
@@ -443,11 +552,24 @@ pub struct ConsumerOrigin {
     queue: QueueName,
     key: ConsumerKey,
     cluster: Arc<Cluster>,
+    /// The bridge and the consumer's id there (none for a basic.get's holder).
+    local: Option<(Weak<Bridge>, u64)>,
 }
 
 impl ConsumerOrigin {
     fn ids(messages: &[QueuedMessage]) -> Vec<u64> {
         messages.iter().map(|m| m.seq).collect()
+    }
+
+    /// The client is done with `n` of its deliveries: what waits may go out.
+    fn done(&self, n: usize) {
+        let Some((bridge, id)) = &self.local else { return };
+        let Some(b) = bridge.upgrade() else { return };
+        let mut consumers = b.consumers.lock();
+        if let Some(l) = consumers.get_mut(id) {
+            l.out = l.out.saturating_sub(n as u32);
+            l.drain();
+        }
     }
 }
 
@@ -455,18 +577,22 @@ impl Origin for ConsumerOrigin {
     fn acked(self: Arc<Self>, messages: &[QueuedMessage]) {
         let ids = Self::ids(messages);
         self.cluster.propose(Command::Settle { queue: self.queue.clone(), consumer: self.key, ids }, None);
+        self.done(messages.len());
     }
     fn rejected(self: Arc<Self>, messages: Vec<QueuedMessage>) {
         let ids = Self::ids(&messages);
         self.cluster.propose(Command::Discard { queue: self.queue.clone(), consumer: self.key, ids }, None);
+        self.done(messages.len());
     }
     fn requeued(self: Arc<Self>, messages: Vec<QueuedMessage>) {
         let ids = Self::ids(&messages);
         self.cluster.propose(Command::Return { queue: self.queue.clone(), consumer: self.key, ids }, None);
+        self.done(messages.len());
     }
     fn undelivered(self: Arc<Self>, message: QueuedMessage, _counted_unacked: bool) {
         let ids = vec![message.seq];
         self.cluster.propose(Command::Return { queue: self.queue.clone(), consumer: self.key, ids }, None);
+        self.done(1);
     }
     fn sent_no_ack(&self, message: &QueuedMessage) {
         // Written to the client: settled, which makes room for the next (see

@@ -270,6 +270,10 @@ impl Replicated {
                             q.discard(*consumer, ids, now, &mut local);
                             Outcome::Ok
                         }
+                        Command::Release { consumer, ids, .. } => {
+                            q.release(*consumer, ids, now, &mut local);
+                            Outcome::Ok
+                        }
                         Command::Down { consumer, .. } => {
                             q.down(consumer.0, Some(consumer.1), now, &mut local);
                             Outcome::Ok
@@ -306,6 +310,7 @@ fn queue_of(c: &Command) -> Option<&QueueName> {
         | Command::Cancel { queue, .. }
         | Command::Settle { queue, .. }
         | Command::Return { queue, .. }
+        | Command::Release { queue, .. }
         | Command::Discard { queue, .. }
         | Command::Down { queue, .. }
         | Command::Dequeue { queue, .. }

@@ -397,6 +397,22 @@ impl QuorumQueue {
         }
     }
 
+    /// Messages the consumer's node took beyond the client's prefetch and never sent (see
+    /// `bridge`'s lookahead): back to the very front, in their order, as if never handed
+    /// out (the delivery count stays; `redelivered` only if an earlier delivery went out,
+    /// which every return counts).
+    pub fn release(&mut self, consumer: ConsumerKey, ids: &[u64], now: u64, fx: &mut Vec<Effect>) {
+        let taken = self.take_held(consumer, ids);
+        for id in taken.into_iter().rev() {
+            let Some(s) = self.messages.get_mut(&id) else { continue };
+            s.delivered = s.delivery_count > 0;
+            self.ready_bytes += s.msg.size();
+            self.returns.push_front(id);
+        }
+        self.forget_if_done(consumer);
+        self.dispatch(now, fx);
+    }
+
     /// Reject without requeue: dead-lettered (or dropped without a dead-letter exchange).
     pub fn discard(&mut self, consumer: ConsumerKey, ids: &[u64], now: u64, fx: &mut Vec<Effect>) {
         for id in self.take_held(consumer, ids) {

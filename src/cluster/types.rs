@@ -132,6 +132,14 @@ pub enum Command {
     /// An exchange, a binding, or a change to users, vhosts and permissions, applied to
     /// every node's broker in log order.
     Definition(crate::broker::replicated::DefinitionChange),
+    /// Messages a consumer's node held beyond its client's prefetch and never sent: back
+    /// to the front, not counted as a delivery (see `quorum::QuorumQueue::release`). Last,
+    /// so that the log's encoding of the others stays.
+    Release {
+        queue: QueueName,
+        consumer: ConsumerKey,
+        ids: Vec<u64>,
+    },
 }
 
 impl Command {
@@ -198,6 +206,7 @@ mod tests {
             Command::Cancel { queue: queue.clone(), consumer: (1, 2) },
             Command::Settle { queue: queue.clone(), consumer: (1, 2), ids: vec![1, 2] },
             Command::Return { queue: queue.clone(), consumer: (1, 2), ids: vec![3] },
+            Command::Release { queue: queue.clone(), consumer: (1, 2), ids: vec![4, 5] },
             Command::Discard { queue: queue.clone(), consumer: (1, 2), ids: vec![4] },
             Command::Dequeue { queue: queue.clone(), consumer: (1, 3), no_ack: true },
             Command::Down { queue: queue.clone(), consumer: (1, 2) },

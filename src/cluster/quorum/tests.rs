@@ -39,6 +39,8 @@ struct Model {
     last_new: Option<u64>,
     /// id (the queue's) -> body number.
     ids: HashMap<u64, u64>,
+    /// Released by a consumer's node, never sent: out again ahead of newer ones.
+    released: BTreeSet<u64>,
 }
 
 impl Model {
@@ -51,7 +53,7 @@ impl Model {
                     assert!(self.active.contains(&consumer), "delivery to a consumer that is not consuming");
                     assert_eq!(redelivered, self.delivered.contains(&n), "redelivered flag of {n}");
                     assert_eq!(delivery_count, self.returns.get(&n).copied().unwrap_or(0), "delivery count of {n}");
-                    if delivery_count == 0 && !redelivered {
+                    if delivery_count == 0 && !redelivered && !self.released.remove(&n) {
                         assert!(self.last_new.is_none_or(|l| l < n), "new message {n} out of enqueue order");
                         self.last_new = Some(n);
                     }
@@ -136,7 +138,7 @@ fn run(seed: u64, steps: usize) {
                 for n in &pick {
                     m.held.get_mut(&c).unwrap().remove(n);
                 }
-                match rng.gen_range(0..3) {
+                match rng.gen_range(0..4) {
                     0 => {
                         m.settled.extend(&pick);
                         q.settle(c, &ids, 0, &mut fx);
@@ -149,6 +151,17 @@ fn run(seed: u64, steps: usize) {
                             }
                         }
                         q.return_(c, &ids, 0, &mut fx);
+                    }
+                    2 => {
+                        // Never sent to the client: back as they were.
+                        for n in &pick {
+                            if m.returns.get(n).copied().unwrap_or(0) == 0 {
+                                m.delivered.remove(n);
+                            }
+                            m.released.insert(*n);
+                            m.ready.insert(*n);
+                        }
+                        q.release(c, &ids, 0, &mut fx);
                     }
                     _ => {
                         q.discard(c, &ids, 0, &mut fx);
@@ -301,4 +314,36 @@ fn new_settings_from_a_policy_drop_from_the_head_and_apply_to_later_enqueues() {
     q.enqueue(msg(10), 100, &mut fx);
     q.expire(111, &mut fx);
     assert_eq!(q.ready_count(), 3, "the older messages do not expire; the new one waits behind them");
+}
+
+#[test]
+fn released_messages_go_out_first_as_if_never_delivered() {
+    let mut q = QuorumQueue::new(Settings { delivery_limit: Some(0), ..Default::default() });
+    let mut fx = Vec::new();
+    for n in 0..4 {
+        q.enqueue(msg(n), 0, &mut fx);
+    }
+    let a = (1, 1);
+    q.checkout(a, 2, false, 0, &mut fx);
+    let ids: Vec<u64> = fx
+        .drain(..)
+        .map(|e| match e {
+            Effect::Deliver { id, .. } => id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(ids.len(), 2);
+    // Released, not returned: a delivery limit of 0 does not dead-letter them.
+    q.cancel(a, 0, &mut fx);
+    q.release(a, &ids, 0, &mut fx);
+    assert_eq!(q.ready_count(), 4);
+    q.checkout((2, 1), 3, false, 0, &mut fx);
+    let got: Vec<(u64, bool, u32)> = fx
+        .drain(..)
+        .map(|e| match e {
+            Effect::Deliver { msg, redelivered, delivery_count, .. } => (body_of(&msg), redelivered, delivery_count),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(got, vec![(0, false, 0), (1, false, 0), (2, false, 0)]);
 }
