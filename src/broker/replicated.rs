@@ -248,7 +248,30 @@ impl Broker {
             &d.arguments,
             user,
         );
-        Ok(Some(host.propose_definition(place)))
+        Ok(Some(host.place_here(place)))
+    }
+
+    /// On a cluster node: places `q`, this node's queue made without a placement (an MQTT
+    /// session's), now rather than at the reconciler's next look, so that what is proposed
+    /// after it (its bindings) finds it on every node. None on a single node, or for a queue
+    /// placed already or never placed (exclusive, a stream, another node's).
+    pub fn place_local_queue(&self, vhost: &str, q: &super::queue::Queue, user: &str) -> Option<u64> {
+        let host = self.quorum_host()?;
+        if q.placement() != 0 || q.replica.is_some() || q.stream.is_some() || q.options.exclusive_owner.is_some() {
+            return None;
+        }
+        let o = &q.options;
+        let place = DefinitionChange::place_queue(
+            vhost,
+            &q.name,
+            &host.node_name(),
+            placement_id(),
+            o.durable,
+            o.auto_delete,
+            &o.arguments,
+            user,
+        );
+        Some(host.place_here(place))
     }
 
     /// Applies a committed definition change on this node (every node does, in log order).

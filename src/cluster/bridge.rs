@@ -259,6 +259,15 @@ impl QuorumHost for Bridge {
     fn face(&self, vhost: &str, name: &str, home: &str) -> Arc<dyn Replica> {
         self.faces.face(vhost, name, home)
     }
+    fn place_here(&self, place: DefinitionChange) -> u64 {
+        if let DefinitionChange::PlaceQueue { vhost, name, .. } = &place {
+            if let Some(id) = self.homed.id_of(vhost, name) {
+                let (vhost, name) = (vhost.clone(), name.clone());
+                self.propose(Command::Definition(DefinitionChange::UnplaceQueue { vhost, name, id }));
+            }
+        }
+        self.propose(Command::Definition(place))
+    }
     fn membership(&self, change: Membership) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
         let c = self.cluster().cloned();
         Box::pin(async move {
@@ -315,6 +324,10 @@ impl Effects for Bridge {
             }
             return;
         };
+        if redelivered && local.waiting.iter().any(|w| w.id == id) {
+            // Held here already: delivered again after a snapshot was installed.
+            return;
+        }
         if local.lookahead == 0 || (local.out < local.lookahead && local.waiting.is_empty()) {
             local.send(id, &msg, redelivered, delivery_count);
         } else {

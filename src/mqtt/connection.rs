@@ -60,6 +60,8 @@ pub(super) struct InFlight {
 pub(super) struct SubQueue {
     queue: Arc<Queue>,
     consumer: Arc<Consumer>,
+    /// On a cluster node: its placement was proposed (see `subscribe::bind`).
+    placed: bool,
 }
 
 pub(super) struct Conn {
@@ -85,6 +87,9 @@ pub(super) struct Conn {
     queues: [Option<SubQueue>; 2],
     /// Topic filters and the QoS granted to each.
     subscriptions: HashMap<String, u8>,
+    /// On a cluster node: the last proposal of the SUBSCRIBE or UNSUBSCRIBE being handled,
+    /// which its answer waits for.
+    cluster_ticket: u64,
     /// The session ends with the connection (clean session, or MQTT 5 expiry 0).
     ends_with_connection: bool,
     session_expiry: u32,
@@ -544,6 +549,7 @@ impl Conn {
             charge: 0,
             queues: [None, None],
             subscriptions: HashMap::new(),
+            cluster_ticket: 0,
             ends_with_connection: session_expiry == 0,
             session_expiry,
             will: c.will,

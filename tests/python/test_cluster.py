@@ -102,8 +102,10 @@ class Cluster:
     # of some connection) before its node binds it.
     START_TRIES = 3
 
-    def __init__(self, size=3, proxied=False, extra=()):
+    def __init__(self, size=3, proxied=False, extra=(), per_node=None):
         self.extra = list(extra)
+        # Arguments of node i alone (its own ports for another listener, say).
+        self.per_node = per_node or (lambda i: [])
         self.dir = tempfile.mkdtemp(prefix="hare-cluster-")
         self.secret = os.path.join(self.dir, "secret")
         with open(os.open(self.secret, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
@@ -139,7 +141,7 @@ class Cluster:
         for i, p in enumerate(ports):
             self.nodes.append(
                 Hare(extra_args=["--node-name", f"n{i + 1}", "--cluster-port", str(p), "--cluster-seeds", seeds,
-                                 "--cluster-secret-file", self.secret, *binds[i], *self.extra])
+                                 "--cluster-secret-file", self.secret, *binds[i], *self.extra, *self.per_node(i)])
             )
 
     def isolate(self, node):

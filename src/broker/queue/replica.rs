@@ -127,4 +127,11 @@ pub trait QuorumHost: Send + Sync + std::fmt::Debug {
     fn node_name(&self) -> String;
     /// The face of the classic queue `name`, held by node `home`.
     fn face(&self, vhost: &str, name: &str, home: &str) -> Arc<dyn Replica>;
+    /// Proposes `place` (a placement of a queue this node makes, or made without one), after
+    /// ending a placement this node still has of a namesake that is gone (a queue that
+    /// auto-deleted, expired or was deleted by a clean MQTT start, made again before the
+    /// reconciler looked): the other nodes drop the old face before they make the new one,
+    /// and the reconciler's record of this node's placements stays true. Returns the
+    /// placement's ticket.
+    fn place_here(&self, place: crate::broker::replicated::DefinitionChange) -> u64;
 }

@@ -55,6 +55,11 @@ impl Homed {
         }
     }
 
+    /// The id of the placement here of `name`, if it has one.
+    pub fn id_of(&self, vhost: &str, name: &str) -> Option<u64> {
+        self.placements.lock().get(&(vhost.to_string(), name.to_string())).copied()
+    }
+
     fn snapshot(&self) -> Vec<((String, String), u64)> {
         self.placements.lock().iter().map(|(k, v)| (k.clone(), *v)).collect()
     }

@@ -10,6 +10,7 @@ use super::{Conn, InFlight, SubQueue, EXCHANGE, TAGS};
 use crate::auth::grant::{Kind, Perm};
 use crate::broker::consumer::Consumer;
 use crate::broker::exchange::{Binding, Destination};
+use crate::broker::replicated::DefinitionChange;
 use crate::broker::vhost::QueueDeclaration;
 use crate::types::{FieldTable, FieldValue, ShortStr};
 use bytes::{Bytes, BytesMut};
@@ -94,12 +95,17 @@ impl Conn {
             sink: self.sink.clone(),
         });
         queue.add_consumer(consumer.clone()).map_err(|e| e.text.to_string())?;
-        self.queues[qos] = Some(SubQueue { queue, consumer });
+        self.queues[qos] = Some(SubQueue { queue, consumer, placed: false });
         self.card.consumers.store(self.queues.iter().flatten().count() as u32, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
     /// Binds one topic filter at `qos` (0 or 1); Err is why not.
+    ///
+    /// On a cluster node the binding is the cluster's, as queue.bind's to a classic queue of
+    /// a cluster is: proposed through the log after the queue's placement (proposed here the
+    /// first time), so that publishers on every node reach the subscription; the SUBACK waits
+    /// until it is applied here (`self.cluster_ticket`).
     fn bind(&mut self, filter: &str, qos: usize) -> Result<(), String> {
         let key = topic::to_amqp(filter);
         let name = self.queue_name(qos);
@@ -116,6 +122,18 @@ impl Conn {
             routing_key: ShortStr::from(key),
             arguments: FieldTable::new(),
         };
+        if let Some(host) = self.shared.broker.quorum_host().cloned() {
+            if let Some(sub) = self.queues[qos].as_mut().filter(|s| !s.placed) {
+                sub.placed = true;
+                let broker = &self.shared.broker;
+                if let Some(t) = broker.place_local_queue(&self.vhost.name, &sub.queue, &self.actor.user) {
+                    self.cluster_ticket = self.cluster_ticket.max(t);
+                }
+            }
+            let change = DefinitionChange::binding(true, &self.vhost.name, EXCHANGE, &binding, &self.actor.user);
+            self.cluster_ticket = self.cluster_ticket.max(host.propose_definition(change));
+            return Ok(());
+        }
         self.vhost.bind(&ShortStr::from(EXCHANGE), binding, &self.actor).map_err(|e| e.text.to_string())?;
         Ok(())
     }
@@ -126,6 +144,11 @@ impl Conn {
             routing_key: ShortStr::from(topic::to_amqp(filter)),
             arguments: FieldTable::new(),
         };
+        if let Some(host) = self.shared.broker.quorum_host().cloned() {
+            let change = DefinitionChange::binding(false, &self.vhost.name, EXCHANGE, &binding, &self.actor.user);
+            self.cluster_ticket = self.cluster_ticket.max(host.propose_definition(change));
+            return;
+        }
         let _ = self.vhost.unbind(&ShortStr::from(EXCHANGE), &binding, &self.actor);
     }
 
@@ -205,9 +228,11 @@ impl Conn {
             }
             codec::encode(&mut reply, &Packet::Publish(p), self.level);
         }
-        // The queues and bindings are on disk before the SUBACK says they exist.
+        // The queues and bindings are on disk (and, in a cluster, applied) before the SUBACK
+        // says they exist.
         let ticket = self.shared.broker.storage_last_ticket();
-        self.session.push_ack(PendingAck { ticket, cluster: 0, reply: reply.freeze() });
+        let cluster = std::mem::take(&mut self.cluster_ticket);
+        self.session.push_ack(PendingAck { ticket, cluster, reply: reply.freeze() });
     }
 
     pub(super) fn unsubscribe(&mut self, u: Unsubscribe) {
@@ -229,6 +254,7 @@ impl Conn {
             self.level,
         );
         let ticket = self.shared.broker.storage_last_ticket();
-        self.session.push_ack(PendingAck { ticket, cluster: 0, reply: Bytes::from(reply) });
+        let cluster = std::mem::take(&mut self.cluster_ticket);
+        self.session.push_ack(PendingAck { ticket, cluster, reply: Bytes::from(reply) });
     }
 }
