@@ -29,6 +29,9 @@ const WINDOW: usize = 16;
 const PER_PUBLISHER: u64 = 1500;
 /// How many of every hundred deliveries the consumer requeues rather than acks.
 const REQUEUE_PERCENT: u32 = 10;
+/// And how many it releases (as a node does with what it held for a client beyond its
+/// prefetch and never sent): back to the front, not counted as a delivery.
+const RELEASE_PERCENT: u32 = 5;
 
 pub fn queue() -> QueueName {
     QueueName { vhost: "/".into(), name: "q".into() }
@@ -197,8 +200,8 @@ async fn publish(shared: Arc<Shared>, c: Arc<Cluster>, publisher: String, mut rn
     }
 }
 
-/// Consumes with a prefetch, acking most deliveries and requeueing some; registers again
-/// when the cluster says it dropped the consumer.
+/// Consumes with a prefetch, acking most deliveries, requeueing and releasing some;
+/// registers again when the cluster says it dropped the consumer.
 async fn consume(
     shared: Arc<Shared>,
     c: Arc<Cluster>,
@@ -220,8 +223,11 @@ async fn consume(
                 shared.model.lock().delivered(&c.name, body, d.id, d.redelivered, now);
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(0..15))).await;
                 let ids = vec![d.id];
-                if rng.gen_range(0..100) < REQUEUE_PERCENT {
+                let roll = rng.gen_range(0..100);
+                if roll < REQUEUE_PERCENT {
                     c.propose(Command::Return { queue: queue(), consumer: me, ids }, None);
+                } else if roll < REQUEUE_PERCENT + RELEASE_PERCENT {
+                    c.propose(Command::Release { queue: queue(), consumer: me, ids }, None);
                 } else {
                     c.propose(Command::Settle { queue: queue(), consumer: me, ids }, None);
                 }
