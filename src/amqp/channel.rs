@@ -83,6 +83,11 @@ pub struct Channel {
     /// the change is refused when applied.
     held_request: (u16, u16),
     pub stash: VecDeque<crate::amqp::Frame>,
+    /// Deliveries to a consumer whose basic.consume-ok is held (its queue's home node has
+    /// not answered yet): written after the consume-ok.
+    deferred: VecDeque<Delivery>,
+    /// That consumer was cancelled by its queue meanwhile: basic.cancel after the consume-ok.
+    cancelled_while_held: Option<ShortStr>,
     last_queue: Option<ShortStr>,
     reply_key: Option<String>,
     route_buf: Vec<Arc<Queue>>,
@@ -116,6 +121,8 @@ impl Channel {
             held_get: None,
             held_request: (0, 0),
             stash: VecDeque::new(),
+            deferred: VecDeque::new(),
+            cancelled_while_held: None,
             last_queue: None,
             reply_key: None,
             route_buf: Vec::new(),
@@ -612,6 +619,7 @@ impl Channel {
         let queue_name = self.queue_name(m.queue)?;
         permissions::queue_read(ctx, &queue_name)?;
         let queue = ctx.vhost()?.queue(&queue_name, ctx.id)?;
+        let mut ticket = 0;
         if queue.stream.is_some() {
             let start = self.stream_consume_checks(&queue, &consumer)?;
             queue.add_stream_consumer(consumer.clone(), start)?;
@@ -620,11 +628,19 @@ impl Channel {
                 let kind = if queue.options.args.quorum { "rabbit_quorum_queue" } else { "rabbit_classic_queue" };
                 return Err(invalid_consumer_arg("x-stream-offset", &queue, kind));
             }
-            queue.add_consumer(consumer.clone())?;
+            ticket = queue.add_consumer(consumer.clone())?;
         }
         // Deliveries reach this connection through its event queue, after this consume-ok.
         if !m.nowait {
-            ctx.out.method(self.id, BasicConsumeOk { consumer_tag: tag.clone() });
+            let reply = BasicConsumeOk { consumer_tag: tag.clone() };
+            if ticket != 0 {
+                // A classic queue another node holds: the consume-ok waits for the home's
+                // answer, and its refusal (exclusive use, the home down) closes the channel
+                // instead; deliveries meanwhile wait in `deferred`.
+                self.hold_for_cluster(ticket, false, (60, 20), reply);
+            } else {
+                ctx.out.method(self.id, reply);
+            }
         }
         self.consumers.insert(tag, ConsumerEntry { consumer, queue: Some(queue) });
         self.card.consumers.store(self.consumers.len() as u32, Ordering::Relaxed);
@@ -680,13 +696,38 @@ impl Channel {
 
     /// The queue was deleted under the consumer: tell the client if it asked to be told.
     pub fn consumer_cancelled(&mut self, ctx: &mut ConnCtx, tag: ShortStr) {
+        if self.consume_held(&tag) {
+            // Told after its consume-ok (or the refusal that closes the channel).
+            self.cancelled_while_held = Some(tag);
+            return;
+        }
         if self.consumers.remove(tag.as_str()).is_some() && ctx.cancel_notify && !self.closing {
             ctx.out.method(self.id, BasicCancel { consumer_tag: tag, nowait: true });
         }
     }
 
+    /// Whether the basic.consume-ok of consumer `tag` is held.
+    fn consume_held(&self, tag: &ShortStr) -> bool {
+        matches!(&self.held, Some((_, _, Method::BasicConsumeOk(ok))) if ok.consumer_tag == *tag)
+    }
+
+    /// After a held basic.consume-ok is sent: the deliveries that waited for it, and the
+    /// queue's cancel if one came meanwhile.
+    pub(super) fn consume_released(&mut self, ctx: &mut ConnCtx) {
+        for d in std::mem::take(&mut self.deferred) {
+            self.deliver(ctx, d);
+        }
+        if let Some(tag) = self.cancelled_while_held.take() {
+            self.consumer_cancelled(ctx, tag);
+        }
+    }
+
     /// Writes a delivery a queue dispatched to one of this channel's consumers.
     pub fn deliver(&mut self, ctx: &mut ConnCtx, d: Delivery) {
+        if self.consume_held(&d.consumer_tag) {
+            self.deferred.push_back(d);
+            return;
+        }
         let Some(entry) = self.consumers.get(d.consumer_tag.as_str()) else {
             // Cancelled meanwhile: the channel's credit for it comes back with it.
             if !d.no_ack {
@@ -853,6 +894,11 @@ impl Channel {
         let tags: Vec<ShortStr> = self.consumers.keys().cloned().collect();
         for tag in tags {
             self.cancel(ctx, &tag);
+        }
+        // Deliveries that waited for a consume-ok: back to their queue (no consumer now).
+        self.cancelled_while_held = None;
+        for d in std::mem::take(&mut self.deferred) {
+            self.deliver(ctx, d);
         }
         // Undo credit first so requeued messages can go to other consumers at once.
         self.flow.paused.store(true, Ordering::Release);

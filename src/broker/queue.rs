@@ -1031,12 +1031,14 @@ impl Queue {
     }
 
     /// Adds a consumer, enforcing exclusive consumers as RabbitMQ does (403).
-    pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> AmqpResult<()> {
+    /// Adds a consumer; returns a cluster ticket its consume-ok waits for (0: none; see
+    /// [`Replica::add_consumer`]).
+    pub fn add_consumer(self: &Arc<Self>, consumer: Arc<Consumer>) -> AmqpResult<u64> {
         if let Some(r) = &self.replica {
             return r.add_consumer(self, consumer);
         }
         if self.stream.is_some() {
-            return self.add_stream_consumer(consumer, super::arguments::StreamOffset::Next);
+            return self.add_stream_consumer(consumer, super::arguments::StreamOffset::Next).map(|_| 0);
         }
         let mut st = self.state.lock();
         // A single-active-consumer queue takes no exclusive consumer at all (RabbitMQ's
@@ -1054,7 +1056,7 @@ impl Queue {
         st.last_used = now_ms();
         self.dispatch_at(&mut st, Clock::Lazy);
         self.unlock_and_dead_letter(st);
-        Ok(())
+        Ok(0)
     }
 
     /// Removes a consumer; returns true when it was the last and the queue is auto-delete.

@@ -472,9 +472,9 @@ impl Replica for QueueReplica {
         b.propose(Command::Enqueue { queue: self.name.clone(), msg })
     }
 
-    fn add_consumer(&self, _queue: &Arc<Queue>, consumer: Arc<Consumer>) -> AmqpResult<()> {
-        let Some(b) = self.bridge.upgrade() else { return Ok(()) };
-        let Some(cl) = b.cluster().cloned() else { return Ok(()) };
+    fn add_consumer(&self, _queue: &Arc<Queue>, consumer: Arc<Consumer>) -> AmqpResult<u64> {
+        let Some(b) = self.bridge.upgrade() else { return Ok(0) };
+        let Some(cl) = b.cluster().cloned() else { return Ok(0) };
         let id = b.next_consumer.fetch_add(1, Ordering::Relaxed);
         let key: ConsumerKey = (cl.process, id);
         let origin = Arc::new(ConsumerOrigin {
@@ -488,7 +488,7 @@ impl Replica for QueueReplica {
             Local { queue: self.name.clone(), consumer, origin, lookahead, out: 0, waiting: Default::default() };
         b.consumers.lock().insert(id, local);
         cl.propose(Command::Checkout { queue: self.name.clone(), consumer: key, prefetch, no_ack }, None);
-        Ok(())
+        Ok(0)
     }
 
     fn remove_consumer(&self, connection_id: u64, channel: u16, tag: &ShortStr) {

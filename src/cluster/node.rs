@@ -41,6 +41,10 @@ const BACKLOG_HIGH: usize = 64 * 1024 * 1024;
 const PIPELINE: usize = 16;
 /// A proposal that found no leader is sent again after at least this long.
 const RETRY_PAUSE: Duration = Duration::from_millis(10);
+/// Answers kept for their waiters (refusals, enqueues a full queue rejected) past this many,
+/// the oldest go: a waiter takes its answer as soon as its ticket resolves, and one that
+/// never will (its channel closed meanwhile, a consume with nowait) must not keep it for ever.
+const ANSWERS_KEPT: usize = 65_536;
 /// How often the leader looks for expired messages and silent nodes.
 const LEADER_TICK: Duration = Duration::from_millis(250);
 
@@ -131,7 +135,7 @@ pub struct Cluster {
     /// The answers of basic.get proposals, by ticket, until their channels take them.
     got: Mutex<std::collections::HashMap<u64, Outcome>>,
     /// Definition changes refused when applied, by ticket, until their proposers ask.
-    refused: Mutex<std::collections::HashMap<u64, crate::broker::replicated::Refusal>>,
+    refused: Mutex<BTreeMap<u64, crate::broker::replicated::Refusal>>,
     /// The broker this node serves (its alarms; the machine holds it for applying entries).
     pub(super) effects: Arc<dyn Effects>,
     /// The other members' alarms and shovels, as they last answered.
@@ -197,7 +201,7 @@ impl Cluster {
             leading,
             backlog_waiters: Mutex::new(Vec::new()),
             got: Mutex::new(std::collections::HashMap::new()),
-            refused: Mutex::new(std::collections::HashMap::new()),
+            refused: Mutex::new(BTreeMap::new()),
             effects,
             reports: Default::default(),
         });
@@ -238,13 +242,12 @@ impl Cluster {
     /// Resolves a ticket of [`Cluster::take_ticket`]: refused by a full queue (`rejected`), or
     /// with a refusal for its waiter to take.
     pub fn settle_ticket(&self, ticket: u64, rejected: bool, refusal: Option<crate::broker::replicated::Refusal>) {
-        if rejected {
-            self.rejected.lock().insert(ticket);
-        }
         if let Some(r) = refusal {
-            self.refused.lock().insert(ticket, r);
+            let mut refused = self.refused.lock();
+            refused.insert(ticket, r);
+            trim_map(&mut refused);
         }
-        self.settle_tickets([(ticket, false)]);
+        self.settle_tickets([(ticket, rejected)]);
     }
 
     /// Resolves many tickets of [`Cluster::take_ticket`] at once, each refused by a full
@@ -252,7 +255,11 @@ impl Cluster {
     pub fn settle_tickets(&self, tickets: impl IntoIterator<Item = (u64, bool)>) {
         let tickets: Vec<(u64, bool)> = tickets.into_iter().collect();
         // The refusals first, under their own lock (`resolve` takes the window's inside it).
-        self.rejected.lock().extend(tickets.iter().filter(|(_, rejected)| *rejected).map(|(t, _)| *t));
+        {
+            let mut rejected = self.rejected.lock();
+            rejected.extend(tickets.iter().filter(|(_, rejected)| *rejected).map(|(t, _)| *t));
+            trim_set(&mut rejected);
+        }
         let mark = {
             let mut window = self.window.lock();
             let mut mark = window.base;
@@ -738,6 +745,19 @@ async fn send_until_applied(c: &Cluster, batch: &Batch, peer: &mut Option<(NodeI
     }
 }
 
+/// Drops the oldest answers past [`ANSWERS_KEPT`].
+fn trim_set(set: &mut BTreeSet<u64>) {
+    while set.len() > ANSWERS_KEPT {
+        set.pop_first();
+    }
+}
+
+fn trim_map<T>(map: &mut BTreeMap<u64, T>) {
+    while map.len() > ANSWERS_KEPT {
+        map.pop_first();
+    }
+}
+
 /// Hands a batch's outcomes to its proposals and moves the resolved watermark past them.
 fn resolve(c: &Cluster, taken: Vec<Pending>, outcomes: Vec<Outcome>) {
     let mut mark = None;
@@ -752,13 +772,16 @@ fn resolve(c: &Cluster, taken: Vec<Pending>, outcomes: Vec<Outcome>) {
                 got.insert(p.ticket, o.clone());
             }
             if let Outcome::Refused(r) = &o {
-                c.refused.lock().insert(p.ticket, r.clone());
+                let mut refused = c.refused.lock();
+                refused.insert(p.ticket, r.clone());
+                trim_map(&mut refused);
             }
             if let Some(tx) = p.reply {
                 let _ = tx.send(o);
             }
             mark = Some(c.window.lock().resolve(p.ticket));
         }
+        trim_set(&mut rejected);
     }
     if let Some(mark) = mark {
         // Waiters wake whether or not the mark moved (see Cluster::is_resolved).

@@ -177,7 +177,7 @@ def test_an_auto_delete_queue_goes_when_its_last_consumer_elsewhere_cancels(shar
         wait_for(lambda: missing_on(n, "transient"), what=f"the auto-delete queue gone through {n.port}")
 
 
-def test_an_expiring_queue_goes_from_every_node_and_an_exclusive_consumer_elsewhere_is_told(shared):
+def test_an_expiring_queue_goes_from_every_node_and_an_exclusive_consumer_elsewhere_is_refused(shared):
     n1, n2, n3 = shared.nodes
     c = connect(n1)
     ch = c.channel()
@@ -187,16 +187,24 @@ def test_an_expiring_queue_goes_from_every_node_and_an_exclusive_consumer_elsewh
     # Unused for its x-expires on its home: gone there, and its faces with it.
     for n in (n1, n2, n3):
         wait_for(lambda: missing_on(n, "expiring"), what=f"the expired queue gone through {n.port}")
-    # The home refuses a second consumer of a queue in exclusive use: the consumer through
-    # another node is cancelled (basic.cancel; RabbitMQ closes the channel with 403).
+    # The home refuses a second consumer of a queue in exclusive use: through another node
+    # too, the channel is closed with RabbitMQ's 403, and the connection goes on.
     c3 = connect(n3)
-    ch3 = c3.channel()
-    cancelled = []
-    ch3.add_on_cancel_callback(lambda frame: cancelled.append(frame.method.consumer_tag))
-    tag = ch3.basic_consume("guarded", lambda *a: None)
-    wait_for(lambda: (c3.process_data_events(0.05), cancelled == [tag])[1], what="the refused consumer cancelled")
-    c3.close()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        c3.channel().basic_consume("guarded", lambda *a: None)
+    assert e.value.reply_code == 403
+    assert e.value.reply_text == "ACCESS_REFUSED - queue 'guarded' in vhost '/' in exclusive use"
+    # An exclusive consumer through another node, once the first is gone, is the only one.
     c.close()
+    wait_for(lambda: missing_on(n3, "guarded") or count_on(n3, "guarded")[1] == 0, what="the first consumer gone")
+    ch3 = c3.channel()
+    ch3.basic_consume("guarded", lambda *a: None, exclusive=True)
+    c1 = connect(n1)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+        c1.channel().basic_consume("guarded", lambda *a: None)
+    assert e.value.reply_code == 403
+    c1.close()
+    c3.close()
 
 
 def test_a_dead_home_cancels_its_queue_s_consumers_elsewhere_and_nacks_publishes():
@@ -216,6 +224,11 @@ def test_a_dead_home_cancels_its_queue_s_consumers_elsewhere_and_nacks_publishes
         n3.kill()
         wait_for(lambda: (c1.process_data_events(0.05), len(cancelled) == 1)[1], timeout=30,
                  what="basic.cancel once the home is gone")
+        # A consume through another node gets RabbitMQ's answer for a queue whose node is down.
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            c1.channel().basic_consume("homed", lambda *a: None)
+        assert e.value.reply_code == 404
+        assert "home node 'n3' of durable queue 'homed' in vhost '/' is down or inaccessible" in e.value.reply_text
         c1.close()
         # A declare through another node gets RabbitMQ's answer for a queue whose node is down.
         c2 = connect(n2)

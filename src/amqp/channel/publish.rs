@@ -390,7 +390,11 @@ impl Channel {
                     }
                     other => other,
                 };
+                let consume_ok = matches!(reply, Method::BasicConsumeOk(_));
                 ctx.out.method(self.id, reply);
+                if consume_ok {
+                    self.consume_released(ctx);
+                }
                 Ok(true)
             }
             held => {

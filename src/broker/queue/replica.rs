@@ -18,7 +18,9 @@ use std::sync::Arc;
 pub trait Replica: Send + Sync + std::fmt::Debug {
     /// Proposes the message's enqueue; returns its ticket.
     fn publish(&self, message: &Arc<Message>) -> u64;
-    fn add_consumer(&self, queue: &Arc<Queue>, consumer: Arc<Consumer>) -> AmqpResult<()>;
+    /// Adds a consumer; returns a ticket its basic.consume-ok waits for (0: none), whose
+    /// refusal, if the queue's holder refuses the consumer, closes the channel instead.
+    fn add_consumer(&self, queue: &Arc<Queue>, consumer: Arc<Consumer>) -> AmqpResult<u64>;
     fn remove_consumer(&self, connection_id: u64, channel: u16, tag: &ShortStr);
     /// This node's consumers of the queue.
     fn consumers(&self) -> Vec<Arc<Consumer>>;

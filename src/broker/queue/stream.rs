@@ -315,7 +315,7 @@ impl Queue {
 
     /// Adds a consumer that reads from `start` on.
     pub fn add_stream_consumer(self: &Arc<Self>, consumer: Arc<Consumer>, start: StreamOffset) -> AmqpResult<()> {
-        let Some(store) = &self.stream else { return self.add_consumer(consumer) };
+        let Some(store) = &self.stream else { return self.add_consumer(consumer).map(|_| ()) };
         let (first, end) = store.bounds();
         let next = match start {
             StreamOffset::First => first,

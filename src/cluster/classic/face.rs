@@ -452,8 +452,9 @@ impl RemoteQueue {
         self.faces.upgrade()?.link(&self.home)
     }
 
-    /// A ticket resolved by a request's answer: with the refusal it carried, if any.
-    fn request(&self, op: Op, then: impl FnOnce(u64, &Reply) + Send + 'static) -> u64 {
+    /// A ticket resolved by a request's answer: with the refusal it carried, if any. `then`
+    /// sees the answer first (None: the home did not answer).
+    fn request(&self, op: Op, then: impl FnOnce(u64, Option<&Reply>) + Send + 'static) -> u64 {
         let Some(link) = self.link() else { return 0 };
         let cluster = link.cluster.clone();
         let ticket = cluster.take_ticket();
@@ -461,13 +462,14 @@ impl RemoteQueue {
         link.control(op, move |reply| {
             let refusal = match &reply {
                 Ok(r) => {
-                    then(ticket, r);
+                    then(ticket, Some(r));
                     match r {
                         Reply::Done(Err(e)) | Reply::Got(Err(e)) | Reply::Count(Err(e)) => Some(e.clone()),
                         _ => None,
                     }
                 }
                 Err(e) => {
+                    then(ticket, None);
                     tracing::debug!("cluster: node {} did not answer: {e}", home);
                     // RabbitMQ's answer for a queue whose node is down.
                     Some(Refusal {
@@ -503,8 +505,8 @@ impl Replica for RemoteQueue {
         ticket
     }
 
-    fn add_consumer(&self, _queue: &Arc<Queue>, consumer: Arc<Consumer>) -> AmqpResult<()> {
-        let Some(link) = self.link() else { return Ok(()) };
+    fn add_consumer(&self, _queue: &Arc<Queue>, consumer: Arc<Consumer>) -> AmqpResult<u64> {
+        let Some(link) = self.link() else { return Ok(0) };
         let key = link.next_key.fetch_add(1, Ordering::Relaxed);
         let op = Op::Consume {
             key,
@@ -517,24 +519,26 @@ impl Replica for RemoteQueue {
         };
         link.consumers.lock().insert(key, Remote { queue: self.name.clone(), consumer, registered: false });
         let weak = link.me.clone();
-        link.control(op, move |reply| {
+        // The consume-ok waits for the home's answer; a refusal (exclusive use, say, or no
+        // answer: the home is down) closes the channel with it, as RabbitMQ's home node's
+        // answer does. The consumer is also cancelled here (basic.cancel), which the channel
+        // sends only for a consume with nowait (no consume-ok to hold).
+        let ticket = self.request(op, move |_, reply| {
             let Some(link) = weak.upgrade() else { return };
             match reply {
-                Ok(Reply::Done(Ok(()))) => {
+                Some(Reply::Done(Ok(()))) => {
                     if let Some(r) = link.consumers.lock().get_mut(&key) {
                         r.registered = true;
                     }
                     link.start_polling();
                 }
-                // Refused at the home (exclusive use, say), or no answer: the consumer is
-                // cancelled here (basic.cancel), as when its queue goes.
                 other => {
                     tracing::info!("cluster: a consumer of node {}'s queue was refused: {other:?}", link.home);
                     link.cancel(&[key]);
                 }
             }
         });
-        Ok(())
+        Ok(ticket)
     }
 
     fn remove_consumer(&self, connection_id: u64, channel: u16, tag: &ShortStr) {
@@ -594,7 +598,7 @@ impl Replica for RemoteQueue {
         };
         let got = self.got.clone();
         let ticket = self.request(Op::Get { queue: self.name.clone(), no_ack }, move |ticket, reply| {
-            if let Reply::Got(Ok(answer)) = reply {
+            if let Some(Reply::Got(Ok(answer))) = reply {
                 let answer = answer.as_ref().map(|g| {
                     let item = QueuedMessage {
                         seq: g.id,
@@ -619,7 +623,11 @@ impl Replica for RemoteQueue {
 
     fn refresh(&self) -> u64 {
         let cell = self.counts.clone();
-        self.request(Op::Counts { queues: vec![self.name.clone()] }, move |_, reply| counted(&cell, reply))
+        self.request(Op::Counts { queues: vec![self.name.clone()] }, move |_, reply| {
+            if let Some(reply) = reply {
+                counted(&cell, reply);
+            }
+        })
     }
 
     fn delete(&self, if_unused: bool, if_empty: bool, user: &str) -> u64 {

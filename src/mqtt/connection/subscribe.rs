@@ -94,6 +94,7 @@ impl Conn {
             flow: self.flow.clone(),
             sink: self.sink.clone(),
         });
+        // The session's queue is this node's own: nothing to wait for.
         queue.add_consumer(consumer.clone()).map_err(|e| e.text.to_string())?;
         self.queues[qos] = Some(SubQueue { queue, consumer, placed: false });
         self.card.consumers.store(self.queues.iter().flatten().count() as u32, std::sync::atomic::Ordering::Relaxed);
