@@ -4,12 +4,11 @@ A consumer with a prefetch of 10 or more has a lookahead: the queue hands its no
 prefetch, and the node sends the client its prefetch, the rest as the client acks. These tests
 show what a client sees of it: never more unacked messages than its prefetch, messages it was
 never sent go to other consumers as new ones (not redelivered) when it cancels or stops
-acking, and every message arrives once, in order. The cluster is started once for the module."""
-import pika
+acking, and every message arrives once. The cluster is started once for the module."""
 import pytest
 
 from conftest import wait_for
-from test_cluster import QUORUM, bounded_cluster, connect, publish_confirmed
+from test_cluster import bounded_cluster, connect, count_on, declare, publish_confirmed
 
 
 @pytest.fixture(scope="module")
@@ -17,19 +16,9 @@ def shared():
     yield from bounded_cluster()
 
 
-def ready_on(node, queue):
-    c = connect(node)
-    try:
-        return c.channel().queue_declare(queue, passive=True).method.message_count
-    finally:
-        c.close()
-
-
 def setup(cluster, queue, n):
     a = cluster.nodes[0]
-    c = connect(a)
-    c.channel().queue_declare(queue, durable=True, arguments=QUORUM)
-    c.close()
+    declare(a, queue)
     bodies = [str(i).encode() for i in range(n)]
     assert publish_confirmed(a, queue, bodies) == bodies
 
@@ -65,7 +54,7 @@ def test_a_stalled_consumer_holds_its_prefetch_and_what_waited_goes_to_others_as
     try:
         a.pump(lambda: len(a.got) >= 20, "the first consumer's prefetch")
         # Its node held 20 more for it; unsent for a second, they go back to the queue.
-        wait_for(lambda: (a.conn.process_data_events(0.05), ready_on(shared.nodes[0], q) == 80)[1], timeout=30,
+        wait_for(lambda: (a.conn.process_data_events(0.05), count_on(shared.nodes[0], q) == 80)[1], timeout=30,
                  what="the stalled consumer's lookahead back in the queue")
         a.conn.process_data_events(0.2)
         assert a.bodies() == list(range(20)), "the client got more than its prefetch"
@@ -92,7 +81,7 @@ def test_a_cancelled_consumer_s_lookahead_goes_first_to_the_next_consumer(shared
         a.pump(lambda: len(a.got) >= 10, "the first consumer's prefetch")
         a.ch.basic_cancel(a.tag)
         # The 10 it holds stay unacked; the 10 its node held come back, at the front.
-        wait_for(lambda: ready_on(shared.nodes[0], q) == 40, timeout=30, what="the cancelled lookahead back")
+        wait_for(lambda: count_on(shared.nodes[0], q) == 40, timeout=30, what="the cancelled lookahead back")
         b = Consumer(shared.nodes[1], q, 10)
         try:
             b.pump(lambda: len(b.got) >= 10, "the next consumer's prefetch")
@@ -104,7 +93,7 @@ def test_a_cancelled_consumer_s_lookahead_goes_first_to_the_next_consumer(shared
         a.close()
 
 
-def test_busy_consumers_on_every_node_get_each_message_once_in_order(shared):
+def test_busy_consumers_on_every_node_get_each_message_once(shared):
     q = "lookahead-busy"
     n = 3000
     setup(shared, q, n)
@@ -121,9 +110,10 @@ def test_busy_consumers_on_every_node_get_each_message_once_in_order(shared):
         wait_for(step, timeout=60, what=f"{n} messages across three consumers")
         every = sorted(b for c in consumers for b in c.bodies())
         assert every == list(range(n)), "a message was lost or came twice"
+        # (Not each consumer's order: a consumer whose client stalls a second has what its
+        # node held for it released to the front, for another consumer.)
         for c in consumers:
-            assert c.bodies() == sorted(c.bodies()), "a consumer's messages came out of order"
-            assert not any(r for _, _, r, _ in c.got)
+            assert not any(r for _, _, r, _ in c.got), "a message was redelivered"
     finally:
         for c in consumers:
             c.close()
