@@ -106,6 +106,10 @@ pub struct Args {
     /// random content by the first node that starts).
     #[arg(long, env = "HARE_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// Log entries between a node's snapshots of the replicated state (20000): the log is
+    /// purged behind a snapshot, and a node behind that far catches up from it.
+    #[arg(long, env = "HARE_CLUSTER_SNAPSHOT_EVERY")]
+    pub cluster_snapshot_every: Option<u64>,
     /// TOML file with any of: bind, port, management_port, data_dir, log, heartbeat, memory_limit,
     /// disk_free_limit, stats_interval, frame_max, channel_max, max_message_size,
     /// consumer_max_per_channel, max_unacked_per_channel (65536), max_unacked_bytes_per_channel
@@ -116,7 +120,8 @@ pub struct Args {
     /// mqtt_ws_port, mqtt_wss_port, stream_port, stream_tls_port,
     /// encryption_key_file, encryption_previous_key_files (old keys, read only: key rotation),
     /// audit_log, audit_log_max_bytes (rotation size; "10MB"), audit_log_files (rotated files kept; 5),
-    /// node_name, cluster_port, cluster_bind, cluster_seeds (a list), cluster_secret_file.
+    /// node_name, cluster_port, cluster_bind, cluster_seeds (a list), cluster_secret_file,
+    /// cluster_snapshot_every.
     #[arg(long, short, env = "HARE_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -166,6 +171,7 @@ struct FileConfig {
     cluster_bind: Option<String>,
     cluster_seeds: Option<Vec<String>>,
     cluster_secret_file: Option<PathBuf>,
+    cluster_snapshot_every: Option<u64>,
 }
 
 /// A cluster node's settings (see `cluster::node`).
@@ -177,6 +183,8 @@ pub struct ClusterConfig {
     pub bind: Option<String>,
     pub seeds: Vec<String>,
     pub secret_file: PathBuf,
+    /// Log entries between snapshots.
+    pub snapshot_every: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -290,6 +298,13 @@ const DEFAULT_AUDIT_LOG_BYTES: u64 = 10_000_000;
 /// ...and this many rotated files are kept: at most ~60 MB of audit log by default.
 const DEFAULT_AUDIT_LOG_FILES: u32 = 5;
 
+/// Log entries between a cluster node's snapshots, unless set: a snapshot holds every quorum
+/// queue's messages, so taking one costs what they weigh, and the log behind it is kept
+/// until then.
+const DEFAULT_SNAPSHOT_EVERY: u64 = 20_000;
+/// Fewer would snapshot nearly every batch.
+const MIN_SNAPSHOT_EVERY: u64 = 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -312,6 +327,8 @@ pub enum ConfigError {
     TcpSndbuf(String),
     #[error("encryption_previous_key_files needs encryption_key_file: old keys only read, the current key writes")]
     PreviousKeysAlone,
+    #[error("cluster_snapshot_every must be at least 20, got {0}")]
+    SnapshotEvery(u64),
 }
 
 impl Config {
@@ -388,6 +405,11 @@ impl Config {
         };
         let cert = args.tls_cert.clone().or(file.tls_cert);
         let key = args.tls_key.clone().or(file.tls_key);
+        let snapshot_every = match args.cluster_snapshot_every.or(file.cluster_snapshot_every) {
+            None => DEFAULT_SNAPSHOT_EVERY,
+            Some(n) if n >= MIN_SNAPSHOT_EVERY => n,
+            Some(n) => return Err(ConfigError::SnapshotEvery(n)),
+        };
         let c = Config {
             tls: match (cert, key) {
                 (Some(cert), Some(key)) => Some(crate::tls::TlsSettings {
@@ -431,6 +453,7 @@ impl Config {
                     .clone()
                     .or(file.cluster_secret_file)
                     .unwrap_or_else(crate::cluster::secret::default_path),
+                snapshot_every,
             }),
             ..c
         };
@@ -496,5 +519,21 @@ mod tests {
         assert!(parse_memory_limit("40%").unwrap() > 0);
         assert!(parse_memory_limit("abc").is_err());
         assert!(parse_memory_limit("140%").is_err());
+    }
+
+    fn cluster_args(extra: &[&str]) -> Args {
+        use clap::Parser;
+        let argv = ["hare", "--cluster-port", "25672"].iter().chain(extra);
+        crate::cli::Cli::parse_from(argv).server
+    }
+
+    #[test]
+    fn a_cluster_snapshots_every_20000_entries_unless_told_and_not_below_20() {
+        let snapshot_every =
+            |extra: &[&str]| Config::load(&cluster_args(extra)).map(|c| c.cluster.unwrap().snapshot_every);
+        assert_eq!(snapshot_every(&[]).unwrap(), 20_000);
+        assert_eq!(snapshot_every(&["--cluster-snapshot-every", "20"]).unwrap(), 20);
+        let e = snapshot_every(&["--cluster-snapshot-every", "5"]).unwrap_err();
+        assert_eq!(e.to_string(), "cluster_snapshot_every must be at least 20, got 5");
     }
 }

@@ -392,7 +392,7 @@ async fn start_cluster(
         heartbeat_ms: 100,
         election_min_ms: 500,
         election_max_ms: 1000,
-        snapshot_every: 20_000,
+        snapshot_every: c.snapshot_every,
         keys,
     };
     let source = settings.listen.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());

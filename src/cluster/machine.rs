@@ -576,6 +576,8 @@ impl RaftStateMachine<TypeConfig> for Machine {
         let data = snapshot.into_inner();
         let s: SnapshotData = bincode::deserialize(&data).map_err(|e| sm_err(ErrorVerb::Read, e))?;
         save(&self.dir, meta, &data, self.synced, &self.seal).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let upto = meta.last_log_id.map_or(0, |l| l.index);
+        tracing::info!("cluster: installed a snapshot up to log index {upto} ({} bytes)", data.len());
         self.install(s.state, &s.definitions);
         Ok(())
     }

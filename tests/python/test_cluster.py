@@ -356,6 +356,27 @@ def test_a_partitioned_minority_stops_confirming_and_catches_up_on_heal(proxied_
     assert set(got) == set(minority) | set(majority)
 
 
+def test_a_node_that_missed_the_purged_log_catches_up_from_a_snapshot():
+    """With a snapshot every 20 entries, the log a killed follower missed is purged on the
+    others by the time it comes back: it is sent a snapshot (queues and definitions), and
+    then consumes through itself what was confirmed while it was away."""
+    for cluster in bounded_cluster(extra=["--cluster-snapshot-every", "20"]):
+        leader = wait_for(lambda: leader_of(cluster), what="a leader")
+        follower = next(n for n in cluster.nodes if n is not leader)
+        declare(leader, "snapped")
+        before = [f"before {i}".encode() for i in range(10)]
+        assert publish_confirmed(leader, "snapped", before) == before
+        follower.kill()
+        # One confirm at a time: each publish is a batch of its own, so 200 log entries.
+        during = [f"during {i}".encode() for i in range(200)]
+        assert publish_confirmed(leader, "snapped", during) == during
+        follower.restart()
+        wait_for(lambda: "installed a snapshot" in follower.read_log(), timeout=60,
+                 what="the follower installing a snapshot")
+        got = drain(follower, "snapped", len(before) + len(during), timeout=60)
+        assert set(got) == set(before + during)
+
+
 def test_a_stopped_leader_is_replaced_and_catches_up(cluster):
     declare(cluster.nodes[0], "qs")
     leader = wait_for(lambda: leader_of(cluster), what="a leader")
