@@ -45,6 +45,13 @@ const RETRY_PAUSE: Duration = Duration::from_millis(10);
 /// the oldest go: a waiter takes its answer as soon as its ticket resolves, and one that
 /// never will (its channel closed meanwhile, a consume with nowait) must not keep it for ever.
 const ANSWERS_KEPT: usize = 65_536;
+/// A follower that has not heard from its leader for this long (three heartbeats) looks
+/// whether the leader's port still takes connections (see [`watch_leader`]).
+const PROBE_AFTER: Duration = Duration::from_millis(300);
+/// How long that look may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+/// How often a follower checks when it last heard from its leader.
+const WATCH_EVERY: Duration = Duration::from_millis(50);
 /// How often the leader looks for expired messages and silent nodes.
 const LEADER_TICK: Duration = Duration::from_millis(250);
 
@@ -138,6 +145,8 @@ pub struct Cluster {
     refused: Mutex<BTreeMap<u64, crate::broker::replicated::Refusal>>,
     /// The broker this node serves (its alarms; the machine holds it for applying entries).
     pub(super) effects: Arc<dyn Effects>,
+    /// When this node last had an AppendEntries (a heartbeat at least) from a leader.
+    heard: Mutex<Option<tokio::time::Instant>>,
     /// The other members' alarms and shovels, as they last answered.
     pub(super) reports: super::reports::PeerReports,
 }
@@ -204,11 +213,13 @@ impl Cluster {
             refused: Mutex::new(BTreeMap::new()),
             effects,
             reports: Default::default(),
+            heard: Mutex::new(None),
         });
         tokio::spawn(serve(listener, cluster.clone()));
         tokio::spawn(bootstrap(cluster.clone(), s.clone()));
         tokio::spawn(propose_loop(cluster.clone()));
         tokio::spawn(leader_duties(cluster.clone()));
+        tokio::spawn(watch_leader(cluster.clone(), Duration::from_millis(s.election_max_ms)));
         // This process says hello first: consumers of the node's earlier process are gone.
         cluster.propose(Command::Hello { node: id, name: s.node_name.clone() }, None);
         tracing::info!("cluster node {} (id {id:016x}) listening on {}", s.node_name, s.listen);
@@ -501,7 +512,10 @@ async fn serve(mut listener: Box<dyn Listener>, cluster: Arc<Cluster>) {
                     }
                 };
                 let resp = match req {
-                    Request::Append(r) => Response::Append(c.raft.append_entries(r).await),
+                    Request::Append(r) => {
+                        *c.heard.lock() = Some(tokio::time::Instant::now());
+                        Response::Append(c.raft.append_entries(r).await)
+                    }
                     Request::Vote(r) => Response::Vote(c.raft.vote(r).await),
                     Request::Snapshot(r) => Response::Snapshot(c.raft.install_snapshot(r).await),
                     Request::Propose(b) => Response::Proposed(write_local(&c, b).await),
@@ -790,6 +804,51 @@ fn resolve(c: &Cluster, taken: Vec<Pending>, outcomes: Vec<Outcome>) {
     if c.backlog_bytes() < BACKLOG_HIGH / 2 {
         let waiters = std::mem::take(&mut *c.backlog_waiters.lock());
         waiters.iter().for_each(|w| w.notify_one());
+    }
+}
+
+/// Makes a follower whose leader's process died stand for election as soon as it may.
+///
+/// openraft's voters refuse to vote for as long as the election timeout's maximum (its
+/// leader lease) after they last heard from the leader, and a follower that knew a leader
+/// stands for election only after that lease plus its own election timeout: 1.5 to 2 s with
+/// the default timeouts. A leader whose port refuses connections (its host is up, its
+/// process is not) is gone for certain: the surviving voter with the lowest id then asks for
+/// an election just after the lease ends, and the others, who heard the leader last at about
+/// the same time, vote for it. A leader unreachable another way (a partition, a host down) is left to
+/// the timers, as is everything when this node is not the lowest id.
+async fn watch_leader(c: Arc<Cluster>, lease: Duration) {
+    // The term of the last election this asked for: once per leader's term.
+    let mut asked_in: Option<u64> = None;
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        let m = c.raft.metrics().borrow().clone();
+        let Some(leader) = m.current_leader.filter(|l| *l != c.id) else { continue };
+        let Some(heard) = *c.heard.lock() else { continue };
+        if heard.elapsed() < PROBE_AFTER || asked_in == Some(m.current_term) {
+            continue;
+        }
+        let lowest = m.membership_config.membership().voter_ids().filter(|v| *v != leader).min();
+        if lowest != Some(c.id) {
+            continue;
+        }
+        let Some(addr) = c.address_of(leader) else { continue };
+        match tokio::time::timeout(PROBE_TIMEOUT, c.net.host.dial(addr)).await {
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            _ => continue,
+        }
+        tokio::time::sleep_until(heard + lease + WATCH_EVERY).await;
+        // Heard from a leader meanwhile (this one back, or another elected): nothing to do.
+        if *c.heard.lock() != Some(heard) {
+            continue;
+        }
+        asked_in = Some(m.current_term);
+        tracing::info!(
+            "cluster: leader {} refuses connections: node {} stands for election",
+            c.name_of(leader),
+            c.name
+        );
+        let _ = c.raft.trigger().elect().await;
     }
 }
 
