@@ -820,12 +820,18 @@ fn resolve(c: &Cluster, taken: Vec<Pending>, outcomes: Vec<Outcome>) {
 async fn watch_leader(c: Arc<Cluster>, lease: Duration) {
     // The term of the last election this asked for: once per leader's term.
     let mut asked_in: Option<u64> = None;
+    // The last look: a leader that is up but slow, or cut off, is looked at no more often
+    // than this (a look it answers costs it a connection dropped before its handshake).
+    let mut probed: Option<tokio::time::Instant> = None;
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
         let m = c.raft.metrics().borrow().clone();
         let Some(leader) = m.current_leader.filter(|l| *l != c.id) else { continue };
         let Some(heard) = *c.heard.lock() else { continue };
-        if heard.elapsed() < PROBE_AFTER || asked_in == Some(m.current_term) {
+        if heard.elapsed() < PROBE_AFTER
+            || asked_in == Some(m.current_term)
+            || probed.is_some_and(|p| p.elapsed() < PROBE_AFTER)
+        {
             continue;
         }
         let lowest = m.membership_config.membership().voter_ids().filter(|v| *v != leader).min();
@@ -833,6 +839,7 @@ async fn watch_leader(c: Arc<Cluster>, lease: Duration) {
             continue;
         }
         let Some(addr) = c.address_of(leader) else { continue };
+        probed = Some(tokio::time::Instant::now());
         match tokio::time::timeout(PROBE_TIMEOUT, c.net.host.dial(addr)).await {
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
             _ => continue,
