@@ -53,7 +53,8 @@ struct Local {
     queue: QueueName,
     consumer: Arc<Consumer>,
     origin: Arc<ConsumerOrigin>,
-    /// The client's prefetch while the consumer has a lookahead, else 0.
+    /// The client's prefetch while the consumer has a lookahead, else 0 (see
+    /// [`Local::held_limit`]).
     lookahead: u32,
     /// Deliveries sent to the client and not yet acked, rejected or requeued by it.
     out: u32,
@@ -81,6 +82,11 @@ fn credit_of(consumer: &Consumer) -> (u32, u32) {
 }
 
 impl Local {
+    /// What the state machine holds the consumer to: its prefetch and its lookahead.
+    fn held_limit(&self) -> u32 {
+        self.consumer.prefetch.saturating_add(self.lookahead)
+    }
+
     /// Sends a delivery to the client.
     fn send(&mut self, id: u64, msg: &Msg, redelivered: bool, delivery_count: u32) {
         let c = &self.consumer;
@@ -193,8 +199,8 @@ impl Bridge {
                 continue;
             }
             let consumer = (cl.process, *id);
-            let (queue, prefetch, no_ack) = (l.queue.clone(), l.lookahead, l.consumer.no_ack);
             l.lookahead = 0;
+            let (queue, prefetch, no_ack) = (l.queue.clone(), l.held_limit(), l.consumer.no_ack);
             let ids = l.take_waiting();
             // The smaller prefetch first, so that what is released goes to others.
             cl.propose(Command::Checkout { queue: queue.clone(), consumer, prefetch, no_ack }, None);
@@ -411,8 +417,7 @@ impl Effects for Bridge {
                     let l = locals.get_mut(id)?;
                     // What waited went back with the rest of what the consumer held.
                     l.waiting.clear();
-                    let prefetch = if l.lookahead == 0 { l.consumer.prefetch } else { credit_of(&l.consumer).0 };
-                    Some((*id, prefetch, l.consumer.no_ack))
+                    Some((*id, l.held_limit(), l.consumer.no_ack))
                 })
                 .collect()
         };

@@ -47,6 +47,17 @@ class Consumer:
             self.conn.close()
 
 
+def next_consumer_gets(node, queue, prefetch, expect):
+    """A new consumer through `node` gets the bodies `expect` first, none as redelivered."""
+    b = Consumer(node, queue, prefetch)
+    try:
+        b.pump(lambda: len(b.got) >= len(expect), "the next consumer's prefetch")
+        assert b.bodies() == expect
+        assert all(not r and n == 0 for _, _, r, n in b.got), "a message never sent went out as redelivered"
+    finally:
+        b.close()
+
+
 def test_a_stalled_consumer_holds_its_prefetch_and_what_waited_goes_to_others_as_new(shared):
     q = "lookahead-stall"
     setup(shared, q, 100)
@@ -58,13 +69,7 @@ def test_a_stalled_consumer_holds_its_prefetch_and_what_waited_goes_to_others_as
                  what="the stalled consumer's lookahead back in the queue")
         a.conn.process_data_events(0.2)
         assert a.bodies() == list(range(20)), "the client got more than its prefetch"
-        b = Consumer(shared.nodes[2], q, 10)
-        try:
-            b.pump(lambda: len(b.got) >= 10, "the second consumer's prefetch")
-            assert b.bodies() == list(range(20, 30))
-            assert all(not r and n == 0 for _, _, r, n in b.got), "a message never sent went out as redelivered"
-        finally:
-            b.close()
+        next_consumer_gets(shared.nodes[2], q, 10, list(range(20, 30)))
         # The first one, held to its prefetch now, goes on after its acks.
         a.ch.basic_ack(a.got[-1][1], multiple=True)
         a.pump(lambda: len(a.got) >= 40, "the first consumer's next prefetch after its acks")
@@ -82,13 +87,7 @@ def test_a_cancelled_consumer_s_lookahead_goes_first_to_the_next_consumer(shared
         a.ch.basic_cancel(a.tag)
         # The 10 it holds stay unacked; the 10 its node held come back, at the front.
         wait_for(lambda: count_on(shared.nodes[0], q) == 40, timeout=30, what="the cancelled lookahead back")
-        b = Consumer(shared.nodes[1], q, 10)
-        try:
-            b.pump(lambda: len(b.got) >= 10, "the next consumer's prefetch")
-            assert b.bodies() == list(range(10, 20))
-            assert all(not r and n == 0 for _, _, r, n in b.got)
-        finally:
-            b.close()
+        next_consumer_gets(shared.nodes[1], q, 10, list(range(10, 20)))
     finally:
         a.close()
 
