@@ -132,6 +132,16 @@ fn the_stream_protocol_fills_a_stream_that_both_protocols_replay() {
         .concat(),
     ));
     assert_eq!(replay["consumed"].as_u64(), Some(6000));
+    // Skimming consumers (chunk headers read, the rest dropped unread) count the same.
+    let skim = json(&perf(
+        &[
+            &["--uri", &uri][..],
+            &common,
+            &["--producers", "0", "--consumers", "2", "--count", "6000", "--offset", "first", "--skim"],
+        ]
+        .concat(),
+    ));
+    assert_eq!(skim["consumed"].as_u64(), Some(6000));
     // And an AMQP 0-9-1 stream consumer reads the same messages.
     let amqp = format!("amqp://127.0.0.1:{}", server.port);
     let args = ["--producers", "0", "--consumers", "1", "--count", "3000", "--offset", "first", "--stream"];

@@ -75,6 +75,12 @@ pub struct PerfArgs {
     /// Where stream consumers start (`x-stream-offset`): first, last, next or an offset.
     #[arg(long, default_value = "next")]
     pub offset: String,
+    /// Stream protocol consumers only: read each chunk's header and its first message's send
+    /// time, and let the kernel drop the rest of the chunk unread (`MSG_TRUNC`), so that the
+    /// generator costs next to nothing per byte where reading every message would make it
+    /// the bottleneck. Messages are counted from the chunks' headers.
+    #[arg(long)]
+    pub skim: bool,
     /// Use publisher confirms with this many unconfirmed messages at most; 0 for none.
     #[arg(long, default_value_t = 0)]
     pub confirm: usize,
@@ -128,6 +134,9 @@ impl PerfArgs {
         }
         if self.stream && self.consumers > 0 && (self.ack != AckMode::Manual || self.prefetch == 0) {
             return Err("stream consumers need --ack manual and a --prefetch".into());
+        }
+        if self.skim && !self.uri.starts_with("rabbitmq-stream://") {
+            return Err("--skim is for stream protocol consumers (a rabbitmq-stream:// URI)".into());
         }
         if self.queues == 0 {
             return Err("--queues must be at least 1".into());

@@ -19,7 +19,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -307,6 +307,9 @@ async fn consume(args: PerfArgs, stream: String, mut conn: Conn, stats: Arc<Stat
     if c != code::OK {
         return Err(format!("subscribing to '{stream}': code {c}"));
     }
+    if args.skim {
+        return skim(conn, stats).await;
+    }
     let mut local = new_histogram();
     let mut last_merge = Instant::now();
     let mut credit = BytesMut::new();
@@ -357,4 +360,119 @@ async fn consume(args: PerfArgs, stream: String, mut conn: Conn, stats: Arc<Stat
     }
     Stats::record(&stats.e2e, &mut local);
     Ok(())
+}
+
+/// A deliver frame's bytes before its chunk's entries: size, key and version (8), then the
+/// subscription id and the chunk header (49).
+const DELIVER_HEAD: usize = 8 + 49;
+/// What `--skim` reads of a chunk: its header, the first entry's size and that message's
+/// send time; and at most this much of the socket at once.
+const SKIM_HEAD: usize = DELIVER_HEAD + 4 + 8;
+const SKIM_READ: usize = 4096;
+
+/// The consumer of `--skim`: reads each deliver frame's head (the chunk's message count and
+/// its first message's send time) and has the kernel drop the rest of the frame unread.
+async fn skim(mut conn: Conn, stats: Arc<Stats>) -> Result<(), String> {
+    let mut local = new_histogram();
+    let mut last_merge = Instant::now();
+    let mut credit = BytesMut::new();
+    // What is left of the current deliver frame in the socket, to drop.
+    let mut skip = 0usize;
+    while !stats.stopping() {
+        let step = async {
+            if skip > 0 {
+                drop_received(&conn.incoming.rd, &mut skip).await
+            } else {
+                let i = &mut conn.incoming;
+                match i.rd.read_buf(&mut (&mut i.buf).limit(SKIM_READ)).await {
+                    Ok(0) => Err("connection closed by the broker".to_string()),
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(format!("read: {e}")),
+                }
+            }
+        };
+        if let Ok(r) = tokio::time::timeout(STOP_CHECK, step).await {
+            r?;
+        }
+        if skip > 0 {
+            continue;
+        }
+        let now = clock();
+        let mut chunks = 0u16;
+        loop {
+            let buf = &mut conn.incoming.buf;
+            let Some(size) = buf.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize) else {
+                break;
+            };
+            let Some(k) = buf.get(4..6).map(|b| u16::from_be_bytes([b[0], b[1]])) else { break };
+            if k != key::DELIVER || size + 4 < SKIM_HEAD {
+                // Anything else is small and read whole (credit errors, heartbeats).
+                if conn.incoming.decoded().is_none() {
+                    break;
+                }
+                continue;
+            }
+            if buf.len() < SKIM_HEAD {
+                break;
+            }
+            chunks += 1;
+            // subscription id (8), magic (9), type (10), entries (11..13)
+            let entries = u16::from_be_bytes([buf[11], buf[12]]);
+            let sent = u64::from_be_bytes(buf[DELIVER_HEAD + 4..SKIM_HEAD].try_into().unwrap_or([0; 8]));
+            let _ = local.record(now.saturating_sub(sent).max(1_000));
+            stats.count_consumed(entries as u64);
+            let have = buf.len().min(size + 4);
+            buf.advance(have);
+            skip = size + 4 - have;
+            if skip > 0 {
+                break;
+            }
+        }
+        if chunks > 0 {
+            put_frame(&mut credit, key::CREDIT, |o| {
+                o.put_u8(0);
+                o.put_u16(chunks);
+            });
+            conn.wr.write_all(&credit).await.map_err(|e| format!("write: {e}"))?;
+            credit.clear();
+        }
+        if last_merge.elapsed() > Duration::from_millis(50) {
+            Stats::record(&stats.e2e, &mut local);
+            last_merge = Instant::now();
+        }
+    }
+    Stats::record(&stats.e2e, &mut local);
+    Ok(())
+}
+
+/// Drops up to `left` bytes the socket has received, without copying them: `recv` with
+/// `MSG_TRUNC` on a TCP socket discards the data. Waits until some are there.
+async fn drop_received(rd: &OwnedReadHalf, left: &mut usize) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let socket: &TcpStream = rd.as_ref();
+    loop {
+        socket.readable().await.map_err(|e| format!("read: {e}"))?;
+        let dropped = socket.try_io(tokio::io::Interest::READABLE, || {
+            // SAFETY: with MSG_TRUNC, TCP's recv writes nothing to the buffer (it discards
+            // the bytes); a null pointer makes any kernel that would write fail with EFAULT
+            // rather than write anywhere.
+            let n = unsafe {
+                libc::recv(socket.as_raw_fd(), std::ptr::null_mut(), *left, libc::MSG_TRUNC | libc::MSG_DONTWAIT)
+            };
+            if n < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match dropped {
+            Ok(0) => return Err("connection closed by the broker".into()),
+            Ok(n) => {
+                *left -= n.min(*left);
+                return Ok(());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
 }
