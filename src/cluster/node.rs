@@ -1,6 +1,10 @@
 //! A cluster node: the Raft instance with its log store and state machine, the listener on
-//! the cluster port, the first start's bootstrap from the seeds, and the proposer through which
-//! this node's commands reach the leader.
+//! the cluster port, and what the broker side asks of the cluster (proposals and their
+//! tickets, membership, status). Its parts:
+//!
+//! - [`proposer`]: batches of proposals sent until applied, and the tickets they resolve;
+//! - [`membership`]: the first start's bootstrap from the seeds, nodes joining and leaving;
+//! - [`duties`]: the leader's periodic work, and a follower's watch on a silent leader.
 //!
 //! The proposer gathers what the node's channels propose while the previous batch is in flight
 //! and sends it as one batch: to openraft when this node leads, else to the leader over the
@@ -9,16 +13,21 @@
 //! channels wait for a watermark, as they wait for the disk's. Requests to another node that
 //! are not proposals (a publish to a classic queue that lives there, see `classic`) take
 //! tickets from the same sequence and resolve out of order: the watermark moves past a ticket
-//! once it and every earlier one are resolved ([`Window`]).
+//! once it and every earlier one are resolved ([`proposer::Window`]).
 
+mod duties;
+mod membership;
+mod proposer;
+
+use self::duties::{leader_duties, watch_leader};
+use self::membership::bootstrap;
+use self::proposer::{propose_loop, trim_map, trim_set, write_local, Pending, Window};
 use super::host::{Host, Listener};
 use super::log_store::LogStore;
 use super::machine::{Effects, Machine, Replicated};
 use super::quorum::Outcome;
-use super::transport::{self, Factory, NetCtx, Peer, ProposeError, Request, Response};
-use super::types::{node_id, Batch, Command, NodeId, Raft};
-use openraft::error::{ClientWriteError, RaftError};
-use openraft::BasicNode;
+use super::transport::{self, Factory, NetCtx, Request, Response};
+use super::types::{node_id, Command, NodeId, Raft};
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
@@ -27,9 +36,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch, Notify};
 
-/// A batch carries at most this many commands, or about this many bytes of messages.
-const BATCH_COMMANDS: usize = 4096;
-const BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// A node that answered none of the leader's RPCs for this long is down: its consumers are
 /// dropped and what they held goes to others (it registers them again if it comes back).
 const NODE_DOWN_AFTER: Duration = Duration::from_secs(5);
@@ -37,23 +43,6 @@ const NODE_DOWN_AFTER: Duration = Duration::from_secs(5);
 /// the backlog is below half of it: a node that cannot reach a quorum does not buffer
 /// publishes without bound.
 const BACKLOG_HIGH: usize = 64 * 1024 * 1024;
-/// Batches in Raft at once from a leading node: while one commits, the next are appended.
-const PIPELINE: usize = 16;
-/// A proposal that found no leader is sent again after at least this long.
-const RETRY_PAUSE: Duration = Duration::from_millis(10);
-/// Answers kept for their waiters (refusals, enqueues a full queue rejected) past this many,
-/// the oldest go: a waiter takes its answer as soon as its ticket resolves, and one that
-/// never will (its channel closed meanwhile, a consume with nowait) must not keep it for ever.
-const ANSWERS_KEPT: usize = 65_536;
-/// A follower that has not heard from its leader for this long (three heartbeats) looks
-/// whether the leader's port still takes connections (see [`watch_leader`]).
-const PROBE_AFTER: Duration = Duration::from_millis(300);
-/// How long that look may take.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
-/// How often a follower checks when it last heard from its leader.
-const WATCH_EVERY: Duration = Duration::from_millis(50);
-/// How often the leader looks for expired messages and silent nodes.
-const LEADER_TICK: Duration = Duration::from_millis(250);
 
 /// How a node joins: its name, where it listens, whom it asks, and the shared secret.
 #[derive(Debug, Clone)]
@@ -74,47 +63,6 @@ pub struct ClusterSettings {
     pub snapshot_every: u64,
     /// The broker's encryption keys: the Raft log, snapshots and genesis are sealed with them.
     pub keys: Option<Arc<crate::storage::cipher::KeyRing>>,
-}
-
-/// The tickets past the resolved watermark, in order: whether each is still unresolved.
-/// Tickets are taken in order and pushed here as they are; resolving one marks it, and the
-/// watermark moves past the resolved run at the front.
-#[derive(Debug, Default)]
-pub(super) struct Window {
-    /// Every ticket at or below this is resolved.
-    base: u64,
-    unresolved: VecDeque<bool>,
-}
-
-impl Window {
-    /// Takes the next ticket, unresolved.
-    fn push(&mut self) -> u64 {
-        self.unresolved.push_back(true);
-        self.base + self.unresolved.len() as u64
-    }
-    /// Whether `ticket` is resolved (it and every earlier one, or it alone past the mark).
-    fn is_resolved(&self, ticket: u64) -> bool {
-        ticket <= self.base || self.unresolved.get((ticket - self.base - 1) as usize) == Some(&false)
-    }
-    /// Marks `ticket` resolved; returns the watermark after it.
-    fn resolve(&mut self, ticket: u64) -> u64 {
-        if ticket > self.base {
-            if let Some(u) = self.unresolved.get_mut((ticket - self.base - 1) as usize) {
-                *u = false;
-            }
-        }
-        while self.unresolved.front() == Some(&false) {
-            self.unresolved.pop_front();
-            self.base += 1;
-        }
-        self.base
-    }
-}
-
-struct Pending {
-    ticket: u64,
-    command: Command,
-    reply: Option<oneshot::Sender<Outcome>>,
 }
 
 /// A running node, shared by the broker side.
@@ -345,70 +293,10 @@ impl Cluster {
         self.raft.metrics().borrow().membership_config.nodes().next().is_some()
     }
 
-    /// Adds a node (as a learner that catches up, then a voter) or removes one; on a node that
-    /// does not lead, the request goes to the leader.
-    pub async fn change_members(&self, add: Option<(NodeId, String)>, remove: Option<NodeId>) -> Result<(), String> {
-        let leader = self.raft.metrics().borrow().current_leader;
-        match leader {
-            Some(l) if l == self.id => {}
-            Some(l) => {
-                let addr = self.address_of(l).ok_or("the leader's address is unknown")?;
-                let req = match (add, remove) {
-                    (Some((id, addr)), _) => Request::Join { id, addr },
-                    (None, Some(id)) => Request::Forget { id },
-                    (None, None) => return Ok(()),
-                };
-                let mut p = Peer::new(addr, self.net.clone());
-                return match p.call(&req, Duration::from_secs(60)).await {
-                    Ok(Response::Membership(r)) => r,
-                    Ok(_) => Err("unexpected response".into()),
-                    Err(e) => Err(format!("the leader did not answer: {e}")),
-                };
-            }
-            None => return Err("the cluster has no leader now".into()),
-        }
-        if let Some((id, addr)) = add {
-            // A learner first: it receives the log (or a snapshot) without voting, then votes.
-            self.raft.add_learner(id, BasicNode { addr }, true).await.map_err(|e| e.to_string())?;
-            let voters: BTreeSet<NodeId> = [id].into();
-            self.raft
-                .change_membership(openraft::ChangeMembers::AddVoterIds(voters), false)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        if let Some(id) = remove {
-            let voters: BTreeSet<NodeId> = [id].into();
-            self.raft
-                .change_membership(openraft::ChangeMembers::RemoveVoters(voters), false)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    }
-
     pub fn address_of(&self, id: NodeId) -> Option<String> {
         let m = self.raft.metrics().borrow().clone();
         let addr = m.membership_config.nodes().find(|(n, _)| **n == id).map(|(_, n)| n.addr.clone());
         addr
-    }
-
-    /// Asks the cluster `seed` belongs to to take this node in.
-    pub async fn join(&self, seed: &str) -> Result<(), String> {
-        let mut p = Peer::new(seed.to_string(), self.net.clone());
-        match p.call(&Request::Join { id: self.id, addr: self.advertise.clone() }, Duration::from_secs(60)).await {
-            Ok(Response::Membership(r)) => r,
-            Ok(_) => Err("unexpected response".into()),
-            Err(e) => Err(format!("{seed}: {e}")),
-        }
-    }
-
-    /// Takes the node named `name` out of the cluster.
-    pub async fn forget(&self, name: &str) -> Result<(), String> {
-        let id = node_id(name);
-        if self.address_of(id).is_none() {
-            return Err(format!("node '{name}' is not a member"));
-        }
-        self.change_members(None, Some(id)).await
     }
 
     /// Whether this node leads (as its leader duties last saw it, every 250 ms).
@@ -530,416 +418,5 @@ async fn serve(mut listener: Box<dyn Listener>, cluster: Arc<Cluster>) {
                 }
             }
         });
-    }
-}
-
-/// Proposes a batch to this node's Raft (which must lead).
-/// Answers the entry's index and the outcomes (applied here when it answers).
-async fn write_local(c: &Cluster, batch: Batch) -> Result<(u64, Vec<Outcome>), ProposeError> {
-    match c.raft.client_write(batch).await {
-        Ok(r) => Ok((r.log_id.index, r.data)),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader(f.leader_id)),
-        Err(e) => Err(ProposeError::Failed(e.to_string())),
-    }
-}
-
-/// The first start of a cluster: once every seed answers, the node with the lowest id among
-/// them makes the membership of all of them. A node that has a membership already (it was
-/// formed before, or another node added it) does nothing here.
-async fn bootstrap(c: Arc<Cluster>, s: ClusterSettings) {
-    let formed = |c: &Cluster| c.raft.metrics().borrow().membership_config.nodes().next().is_some();
-    if s.seeds.is_empty() {
-        // A cluster of one.
-        if !formed(&c) {
-            let mut m = BTreeMap::new();
-            m.insert(c.id, BasicNode { addr: s.advertise.clone() });
-            let _ = c.raft.initialize(m).await;
-        }
-        return;
-    }
-    for attempt in 0u64.. {
-        if formed(&c) {
-            return;
-        }
-        let mut found = BTreeMap::new();
-        let mut member = None;
-        for addr in &s.seeds {
-            let mut p = Peer::new(addr.clone(), c.net.clone());
-            match p.call(&Request::Info, Duration::from_secs(5)).await {
-                Ok(Response::Info { name, formed }) => {
-                    found.insert(node_id(&name), BasicNode { addr: addr.clone() });
-                    if formed && name != c.name {
-                        member = Some(addr.clone());
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    if attempt % 20 == 0 {
-                        tracing::info!("cluster: seed {addr} not reachable yet: {e}");
-                    }
-                }
-            }
-        }
-        if let Some(seed) = member {
-            // A cluster exists already: this node asks to be taken in rather than forming one.
-            match c.join(&seed).await {
-                Ok(()) => tracing::info!("cluster: joined through {seed}"),
-                Err(e) => tracing::info!("cluster: joining through {seed}: {e}"),
-            }
-        } else if found.len() == s.seeds.len() && found.keys().next() == Some(&c.id) {
-            match c.raft.initialize(found.clone()).await {
-                Ok(()) => tracing::info!("cluster: formed with {} nodes", found.len()),
-                Err(e) => tracing::info!("cluster: not formed by this node: {e}"),
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// Takes the next batch's worth of waiting proposals.
-fn take_batch(c: &Cluster) -> Vec<Pending> {
-    let mut p = c.pending.lock();
-    let mut bytes = 0;
-    let mut n = 0;
-    while n < p.1.len() && n < BATCH_COMMANDS && bytes < BATCH_BYTES {
-        bytes += p.1[n].command.weight();
-        n += 1;
-    }
-    p.2 = p.2.saturating_sub(bytes);
-    p.1.drain(..n).collect()
-}
-
-/// A batch sent to this node's Raft as its leader, its answer to come.
-type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Outcome>, ProposeError>> + Send>>;
-
-/// Sends what was proposed until each batch is applied, and resolves its tickets in order.
-///
-/// While this node leads, up to [`PIPELINE`] batches are in Raft at once (openraft appends
-/// them in the order given, so they commit in that order); a batch's answer that is an error
-/// (leadership lost) sends it and every later one again, one at a time, to whoever leads
-/// then: the state machine applies a batch of a process once, so a batch that did commit
-/// is not applied twice. On a follower, one batch at a time goes to the leader.
-async fn propose_loop(c: Arc<Cluster>) {
-    let mut seq = 0u64;
-    let mut peer: Option<(NodeId, Peer)> = None;
-    let mut inflight: VecDeque<(Vec<Pending>, Batch, Answer)> = VecDeque::new();
-    loop {
-        let leads = c.raft.metrics().borrow().current_leader == Some(c.id);
-        if leads && inflight.len() < PIPELINE {
-            let taken = take_batch(&c);
-            if !taken.is_empty() {
-                seq += 1;
-                let batch = batch_of(&c, seq, &taken);
-                let answer: Answer = match c.raft.client_write_ff(batch.clone()).await {
-                    Ok(rx) => Box::pin(async move {
-                        match rx.await {
-                            Ok(Ok(r)) => Ok(r.data),
-                            Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader(f.leader_id)),
-                            Ok(Err(e)) => Err(ProposeError::Failed(e.to_string())),
-                            Err(e) => Err(ProposeError::Failed(e.to_string())),
-                        }
-                    }),
-                    Err(e) => {
-                        let e = e.to_string();
-                        Box::pin(async move { Err(ProposeError::Failed(e)) })
-                    }
-                };
-                inflight.push_back((taken, batch, answer));
-                continue;
-            }
-        }
-        let room = inflight.len() < PIPELINE;
-        if let Some((_, _, answer)) = inflight.front_mut() {
-            // The oldest answer, or more to send while there is room in the pipeline.
-            let outcome = tokio::select! {
-                biased;
-                o = answer => Some(o),
-                // openraft may keep a deposed leader's uncommitted entries waiting (a new
-                // leader may commit them or not): send again, and let the state machine drop
-                // a batch it has already.
-                _ = leadership_lost(&c) => Some(Err(ProposeError::NotLeader(None))),
-                _ = c.wake.notified(), if room => None,
-            };
-            let Some(outcome) = outcome else { continue };
-            let (taken, batch, _) = inflight.pop_front().expect("front exists");
-            match outcome {
-                Ok(outcomes) => resolve(&c, taken, outcomes),
-                Err(e) => {
-                    tracing::debug!("cluster: batch {} answered {e:?}: sent again", batch.seq);
-                    let outcomes = send_until_applied(&c, &batch, &mut peer).await;
-                    resolve(&c, taken, outcomes);
-                    // Later batches went to the same leader: again, in order.
-                    while let Some((taken, batch, _)) = inflight.pop_front() {
-                        let outcomes = send_until_applied(&c, &batch, &mut peer).await;
-                        resolve(&c, taken, outcomes);
-                    }
-                }
-            }
-            continue;
-        }
-        // Nothing in flight: a follower sends one batch to the leader.
-        let taken = take_batch(&c);
-        if taken.is_empty() {
-            c.wake.notified().await;
-            continue;
-        }
-        seq += 1;
-        let batch = batch_of(&c, seq, &taken);
-        let outcomes = send_until_applied(&c, &batch, &mut peer).await;
-        resolve(&c, taken, outcomes);
-    }
-}
-
-/// Returns once this node no longer leads.
-async fn leadership_lost(c: &Cluster) {
-    let mut m = c.raft.metrics();
-    loop {
-        if m.borrow_and_update().current_leader != Some(c.id) {
-            return;
-        }
-        if m.changed().await.is_err() {
-            return std::future::pending().await;
-        }
-    }
-}
-
-fn batch_of(c: &Cluster, seq: u64, taken: &[Pending]) -> Batch {
-    Batch {
-        from: c.process,
-        seq,
-        now: c.net.host.now_ms(),
-        commands: taken.iter().map(|p| p.command.clone()).collect(),
-    }
-}
-
-/// Sends one batch to whoever leads (this node, or the leader over the transport) until it is
-/// applied, on the leader and on this node (so that what its proposer answers, this node's
-/// state shows: a queue declared through a follower is there for the next publish); returns
-/// its outcomes.
-async fn send_until_applied(c: &Cluster, batch: &Batch, peer: &mut Option<(NodeId, Peer)>) -> Vec<Outcome> {
-    loop {
-        let leader = c.raft.metrics().borrow().current_leader;
-        let result = match leader {
-            Some(l) if l == c.id => write_local(c, batch.clone()).await,
-            Some(l) => match c.address_of(l) {
-                Some(addr) => {
-                    if peer.as_ref().is_none_or(|(id, p)| *id != l || p.addr != addr) {
-                        *peer = Some((l, Peer::new(addr, c.net.clone())));
-                    }
-                    let (_, p) = peer.as_mut().expect("set above");
-                    match p.call(&Request::Propose(batch.clone()), Duration::from_secs(10)).await {
-                        Ok(Response::Proposed(r)) => r,
-                        Ok(_) => Err(ProposeError::Failed("unexpected response".into())),
-                        Err(e) => Err(ProposeError::Failed(e.to_string())),
-                    }
-                }
-                None => Err(ProposeError::NotLeader(None)),
-            },
-            None => Err(ProposeError::NotLeader(None)),
-        };
-        match result {
-            Ok((index, o)) => {
-                let mut m = c.raft.metrics();
-                let _ = m.wait_for(|m| m.last_applied.is_some_and(|l| l.index >= index)).await;
-                return o;
-            }
-            Err(e) => {
-                tracing::debug!("cluster: batch {} waits: {e:?}", batch.seq);
-                // No leader yet, or it moved: wait for a change (or a short while) and retry.
-                // At least RETRY_PAUSE: Raft's metrics change at each of its steps, and a
-                // node that still believes itself leader answers at once that it is not.
-                let mut m = c.raft.metrics();
-                tokio::time::sleep(RETRY_PAUSE).await;
-                if tokio::time::timeout(Duration::from_millis(100), m.changed()).await.is_ok_and(|r| r.is_err()) {
-                    // Raft has stopped (the node is shutting down).
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-}
-
-/// Drops the oldest answers past [`ANSWERS_KEPT`].
-fn trim_set(set: &mut BTreeSet<u64>) {
-    while set.len() > ANSWERS_KEPT {
-        set.pop_first();
-    }
-}
-
-fn trim_map<T>(map: &mut BTreeMap<u64, T>) {
-    while map.len() > ANSWERS_KEPT {
-        map.pop_first();
-    }
-}
-
-/// Hands a batch's outcomes to its proposals and moves the resolved watermark past them.
-fn resolve(c: &Cluster, taken: Vec<Pending>, outcomes: Vec<Outcome>) {
-    let mut mark = None;
-    {
-        let mut rejected = c.rejected.lock();
-        let mut got = c.got.lock();
-        for (p, o) in taken.into_iter().zip(outcomes.into_iter().chain(std::iter::repeat(Outcome::Ok))) {
-            if o == Outcome::Rejected {
-                rejected.insert(p.ticket);
-            }
-            if matches!(p.command, Command::Dequeue { .. }) {
-                got.insert(p.ticket, o.clone());
-            }
-            if let Outcome::Refused(r) = &o {
-                let mut refused = c.refused.lock();
-                refused.insert(p.ticket, r.clone());
-                trim_map(&mut refused);
-            }
-            if let Some(tx) = p.reply {
-                let _ = tx.send(o);
-            }
-            mark = Some(c.window.lock().resolve(p.ticket));
-        }
-        trim_set(&mut rejected);
-    }
-    if let Some(mark) = mark {
-        // Waiters wake whether or not the mark moved (see Cluster::is_resolved).
-        c.resolved.send_modify(|r| *r = mark);
-    }
-    if c.backlog_bytes() < BACKLOG_HIGH / 2 {
-        let waiters = std::mem::take(&mut *c.backlog_waiters.lock());
-        waiters.iter().for_each(|w| w.notify_one());
-    }
-}
-
-/// Makes a follower whose leader's process died stand for election as soon as it may.
-///
-/// openraft's voters refuse to vote for as long as the election timeout's maximum (its
-/// leader lease) after they last heard from the leader, and a follower that knew a leader
-/// stands for election only after that lease plus its own election timeout: 1.5 to 2 s with
-/// the default timeouts. A leader whose port refuses connections (its host is up, its
-/// process is not) is gone for certain: the surviving voter with the lowest id then asks for
-/// an election just after the lease ends, and the others, who heard the leader last at about
-/// the same time, vote for it. A leader unreachable another way (a partition, a host down) is left to
-/// the timers, as is everything when this node is not the lowest id.
-async fn watch_leader(c: Arc<Cluster>, lease: Duration) {
-    // The term of the last election this asked for: once per leader's term.
-    let mut asked_in: Option<u64> = None;
-    // The last look: a leader that is up but slow, or cut off, is looked at no more often
-    // than this (a look it answers costs it a connection dropped before its handshake).
-    let mut probed: Option<tokio::time::Instant> = None;
-    loop {
-        tokio::time::sleep(WATCH_EVERY).await;
-        let m = c.raft.metrics().borrow().clone();
-        let Some(leader) = m.current_leader.filter(|l| *l != c.id) else { continue };
-        let Some(heard) = *c.heard.lock() else { continue };
-        if heard.elapsed() < PROBE_AFTER
-            || asked_in == Some(m.current_term)
-            || probed.is_some_and(|p| p.elapsed() < PROBE_AFTER)
-        {
-            continue;
-        }
-        let lowest = m.membership_config.membership().voter_ids().filter(|v| *v != leader).min();
-        if lowest != Some(c.id) {
-            continue;
-        }
-        let Some(addr) = c.address_of(leader) else { continue };
-        probed = Some(tokio::time::Instant::now());
-        match tokio::time::timeout(PROBE_TIMEOUT, c.net.host.dial(addr)).await {
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
-            _ => continue,
-        }
-        tokio::time::sleep_until(heard + lease + WATCH_EVERY).await;
-        // Heard from a leader meanwhile (this one back, or another elected): nothing to do.
-        if *c.heard.lock() != Some(heard) {
-            continue;
-        }
-        asked_in = Some(m.current_term);
-        tracing::info!(
-            "cluster: leader {} refuses connections: node {} stands for election",
-            c.name_of(leader),
-            c.name
-        );
-        let _ = c.raft.trigger().elect().await;
-    }
-}
-
-/// While this node leads: keeps the state machine's `leading` flag, expires messages (a Tick
-/// when a queue's head is due), and declares silent nodes down.
-async fn leader_duties(c: Arc<Cluster>) {
-    let mut down: BTreeSet<NodeId> = BTreeSet::new();
-    let mut since: Option<tokio::time::Instant> = None;
-    loop {
-        tokio::time::sleep(LEADER_TICK).await;
-        let leads = c.raft.metrics().borrow().current_leader == Some(c.id);
-        if c.leading.swap(leads, Ordering::AcqRel) != leads {
-            if leads {
-                tracing::info!("cluster: node {} leads now", c.name);
-            } else {
-                tracing::info!("cluster: node {} no longer leads", c.name);
-            }
-        }
-        if !leads {
-            down.clear();
-            since = None;
-            continue;
-        }
-        // A new leader gives every peer the same time to answer it first.
-        let since = *since.get_or_insert_with(tokio::time::Instant::now);
-        let now = c.net.host.now_ms();
-        let due = c.state.read().queues.values().any(|e| e.queue.next_expiry().is_some_and(|t| t <= now));
-        if due {
-            c.propose(Command::Tick, None);
-        }
-        let (members, _) = c.members();
-        for (id, _) in members {
-            if id == c.id {
-                continue;
-            }
-            let silent = since.elapsed() > NODE_DOWN_AFTER && c.net.silent_for(id).is_none_or(|d| d > NODE_DOWN_AFTER);
-            if silent && !down.contains(&id) {
-                let has_process = c.state.read().processes.values().any(|(n, _)| *n == id);
-                if has_process {
-                    tracing::warn!(
-                        "cluster: node {id:016x} silent for {} s: its consumers are dropped",
-                        NODE_DOWN_AFTER.as_secs()
-                    );
-                    c.propose(Command::NodeDown { node: id }, None);
-                }
-                down.insert(id);
-            } else if !silent {
-                down.remove(&id);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Window;
-
-    /// Tickets resolved out of order move the watermark only past a run with no gap,
-    /// checked against a model (the smallest unresolved ticket, minus one) over random orders.
-    #[test]
-    fn the_watermark_passes_only_tickets_resolved_with_every_earlier_one() {
-        use rand::{seq::SliceRandom, Rng, SeedableRng};
-        for seed in 0..200u64 {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            let mut w = Window::default();
-            let mut open: Vec<u64> = Vec::new();
-            let mut resolved = std::collections::BTreeSet::new();
-            let mut last = 0;
-            for _ in 0..200 {
-                if open.is_empty() || rng.gen_bool(0.5) {
-                    last = w.push();
-                    open.push(last);
-                } else {
-                    open.shuffle(&mut rng);
-                    let t = open.pop().expect("not empty");
-                    resolved.insert(t);
-                    let mark = w.resolve(t);
-                    let model = (1..=last).find(|t| !resolved.contains(t)).map_or(last, |t| t - 1);
-                    assert_eq!(mark, model, "seed {seed}");
-                    for t in 1..=last {
-                        assert_eq!(w.is_resolved(t), resolved.contains(&t), "seed {seed} ticket {t}");
-                    }
-                }
-            }
-        }
     }
 }

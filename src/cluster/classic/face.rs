@@ -3,7 +3,7 @@
 //! - Publishes routed to a face wait in the link's outbox; one task sends them to the home a
 //!   batch at a time (all that came while the previous batch was out) and resolves their
 //!   tickets with the home's answers, out of order with the node's Raft proposals (see
-//!   `node::Window`): a publisher's confirm waits for its ticket as for a quorum queue's.
+//!   the node's ticket window): a publisher's confirm waits for its ticket as for a quorum queue's.
 //! - Consumers of a face are registered at the home; while a link has consumers, one task
 //!   polls the home for their deliveries and hands each to its consumer's connection as a
 //!   local queue would (not while those connections have as much waiting as they may).
