@@ -1,4 +1,5 @@
 use super::*;
+use bytes::BytesMut;
 use rand::{Rng, SeedableRng};
 
 fn round_trip(p: &Packet, level: u8) -> Result<Packet> {
