@@ -56,8 +56,9 @@ pub const STREAM_ARGS: &[&str] = &[
     "x-queue-leader-locator",
 ];
 
-/// Every queue argument some queue type of RabbitMQ 3.10 takes: one a stream does not take
-/// is refused on a stream (others are kept and ignored, as on any queue).
+/// The arguments of every queue type (RabbitMQ 3.10's `rabbit_queue_type:arguments/1`): one
+/// of these that the declared type does not take is refused, naming the type; any other `x-`
+/// argument is kept and ignored.
 const KNOWN_ARGS: &[&str] = &[
     "x-expires",
     "x-message-ttl",
@@ -77,6 +78,68 @@ const KNOWN_ARGS: &[&str] = &[
     "x-quorum-initial-group-size",
     "x-delivery-limit",
     "x-queue-master-locator",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
+    "x-queue-leader-locator",
+];
+
+/// The arguments classic queues take (`rabbit_classic_queue:capabilities/0`).
+pub const CLASSIC_ARGS: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-single-active-consumer",
+    "x-queue-type",
+    "x-queue-master-locator",
+];
+
+/// The arguments quorum queues take (`rabbit_quorum_queue:capabilities/0`).
+pub const QUORUM_ARGS: &[&str] = &[
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-dead-letter-strategy",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
+    "x-overflow",
+    "x-single-active-consumer",
+    "x-queue-type",
+    "x-quorum-initial-group-size",
+    "x-delivery-limit",
+    "x-message-ttl",
+    "x-queue-leader-locator",
+];
+
+/// The order RabbitMQ validates the arguments' values in (`rabbit_amqqueue:declare_args/0`),
+/// whatever their order in the table. `x-delivery-limit` and `x-queue-master-locator` have
+/// no validator there: any value is accepted.
+const VALIDATION_ORDER: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-dead-letter-strategy",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-single-active-consumer",
+    "x-queue-type",
+    "x-quorum-initial-group-size",
     "x-max-age",
     "x-stream-max-segment-size-bytes",
     "x-initial-cluster-size",
@@ -167,101 +230,171 @@ pub fn stream_offset(args: &FieldTable, queue: &str, vhost: &str, now_ms: u64) -
 }
 
 impl QueueArguments {
-    /// Checks every known argument and parses the settings; `queue` and `vhost` name the
-    /// queue in the error text.
+    /// The arguments this queue's type takes, in RabbitMQ's order: also those a declaration
+    /// of an existing queue must repeat unchanged (`rabbit_misc:assert_args_equivalence`).
+    pub fn type_arguments(&self) -> &'static [&'static str] {
+        if self.stream {
+            STREAM_ARGS
+        } else if self.quorum {
+            QUORUM_ARGS
+        } else {
+            CLASSIC_ARGS
+        }
+    }
+
+    /// Checks the arguments as RabbitMQ 3.10's `check_declare_arguments` does and parses the
+    /// settings; `queue` and `vhost` name the queue in the error text. First `x-queue-type`;
+    /// then the values of the arguments the type takes, in RabbitMQ's order
+    /// ([`VALIDATION_ORDER`]); then, in the table's order, any argument of another queue type
+    /// (406 naming the type). Other `x-` arguments are kept and ignored.
     pub fn parse(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<QueueArguments> {
+        let invalid = |key: &str, why: String| {
+            AmqpError::precondition_failed(format!("invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': {why}"))
+        };
         let mut out = QueueArguments::default();
-        let stream = matches!(args.get("x-queue-type"), Some(FieldValue::LongStr(t)) if &t[..] == b"stream");
-        // A stream checks the values of the arguments it takes, then refuses those it does
-        // not (RabbitMQ's check_declare_arguments: values first, then keys).
-        let mut refused = None;
-        for (key, value) in args.iter() {
-            let invalid = |why: String| {
-                AmqpError::precondition_failed(format!(
-                    "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': {why}"
-                ))
-            };
-            if stream && !STREAM_ARGS.contains(&key.as_str()) {
-                if refused.is_none() && KNOWN_ARGS.contains(&key.as_str()) {
-                    refused = Some(key.to_string());
+        let (taken, module) = match args.get("x-queue-type") {
+            None => (CLASSIC_ARGS, "rabbit_classic_queue"),
+            Some(value) => match string(value).map_err(|why| invalid("x-queue-type", why))?.as_str() {
+                "classic" => (CLASSIC_ARGS, "rabbit_classic_queue"),
+                "quorum" => {
+                    out.quorum = true;
+                    (QUORUM_ARGS, "rabbit_quorum_queue")
                 }
-                continue;
-            }
-            match key.as_str() {
-                "x-max-age" => {
-                    out.max_age = Some(match value {
-                        FieldValue::LongStr(b) => std::str::from_utf8(b)
-                            .ok()
-                            .and_then(parse_max_age)
-                            .ok_or_else(|| invalid("invalid_max_age".into()))?,
-                        other => return Err(invalid(unacceptable(other))),
-                    })
+                "stream" => {
+                    out.stream = true;
+                    (STREAM_ARGS, "rabbit_stream_queue")
                 }
-                "x-stream-max-segment-size-bytes" => {
-                    out.max_segment_bytes = Some(non_negative(value).map_err(invalid)?)
-                }
-                "x-initial-cluster-size" => {
-                    if non_negative(value).map_err(invalid)? == 0 {
-                        return Err(invalid("{value_zero,0}".into()));
-                    }
-                }
-                "x-queue-leader-locator" => {
-                    let locator = string(value).map_err(invalid)?;
-                    if !matches!(locator.as_str(), "client-local" | "balanced" | "random" | "least-leaders") {
-                        return Err(invalid("invalid_queue_locator_arg".into()));
-                    }
-                }
-                "x-message-ttl" => out.message_ttl = Some(expiry(value, false).map_err(invalid)?),
-                "x-expires" => out.expires = Some(expiry(value, true).map_err(invalid)?),
-                "x-dead-letter-exchange" => out.dead_letter_exchange = Some(string(value).map_err(invalid)?),
-                "x-dead-letter-routing-key" => {
-                    let rk = string(value).map_err(invalid)?;
-                    if args.get("x-dead-letter-exchange").is_none() {
-                        return Err(invalid("routing_key_but_no_dlx_defined".into()));
-                    }
-                    out.dead_letter_routing_key = Some(rk);
-                }
-                "x-max-length" => out.max_length = Some(non_negative(value).map_err(invalid)?),
-                "x-max-length-bytes" => out.max_length_bytes = Some(non_negative(value).map_err(invalid)?),
-                "x-delivery-limit" => out.delivery_limit = Some(non_negative(value).map_err(invalid)?),
-                "x-max-priority" => {
-                    let p = non_negative(value).map_err(invalid)?;
-                    if p as i64 > MAX_PRIORITY {
-                        return Err(invalid(format!("{{max_value_exceeded,{p}}}")));
-                    }
-                    out.max_priority = Some(p as u8);
-                }
-                "x-overflow" => {
-                    out.overflow = match string(value).map_err(invalid)?.as_str() {
-                        "drop-head" => Overflow::DropHead,
-                        "reject-publish" => Overflow::RejectPublish,
-                        "reject-publish-dlx" => Overflow::RejectPublishDlx,
-                        _ => return Err(invalid("invalid_overflow".into())),
-                    }
-                }
-                "x-single-active-consumer" => out.single_active_consumer = boolean(value).map_err(invalid)?,
-                "x-queue-mode" => {
-                    if !matches!(string(value).map_err(invalid)?.as_str(), "default" | "lazy") {
-                        return Err(invalid("invalid_queue_mode".into()));
-                    }
-                }
-                "x-queue-type" => match string(value).map_err(invalid)?.as_str() {
-                    "classic" => {}
-                    // Accepted so that clients asking for them work; they run as classic
-                    // queues on one node (see the README).
-                    "quorum" => out.quorum = true,
-                    "stream" => out.stream = true,
-                    _ => return Err(invalid("invalid_queue_type".into())),
-                },
-                _ => {}
+                other => return Err(invalid("x-queue-type", format!("\"unsupported queue type '{other}'\""))),
+            },
+        };
+        for &key in VALIDATION_ORDER.iter().filter(|k| taken.contains(k)) {
+            if let Some(value) = args.get(key) {
+                out.check(key, value, args).map_err(|why| invalid(key, why))?;
             }
         }
-        if let Some(key) = refused {
+        if let Some((key, _)) =
+            args.iter().find(|(k, _)| KNOWN_ARGS.contains(&k.as_str()) && !taken.contains(&k.as_str()))
+        {
             return Err(AmqpError::precondition_failed(format!(
-                "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}' of queue type rabbit_stream_queue"
+                "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}' of queue type {module}"
             )));
         }
+        out.read_delivery_limit(args);
         Ok(out)
+    }
+
+    /// The settings of arguments stored earlier (a journal, a snapshot, the cluster's log):
+    /// they were checked when declared, perhaps by a version of Hare that checked less, so
+    /// nothing here refuses. A value that does not pass its check now is skipped (and
+    /// logged); arguments the queue's type does not take are ignored.
+    pub fn stored(args: &FieldTable, queue: &str, vhost: &str) -> QueueArguments {
+        let mut out = QueueArguments::default();
+        let taken = match args.get("x-queue-type").and_then(FieldValue::as_str) {
+            Some("quorum") => {
+                out.quorum = true;
+                QUORUM_ARGS
+            }
+            Some("stream") => {
+                out.stream = true;
+                STREAM_ARGS
+            }
+            _ => CLASSIC_ARGS,
+        };
+        for &key in VALIDATION_ORDER.iter().filter(|k| taken.contains(k)) {
+            if let Some(value) = args.get(key) {
+                if let Err(why) = out.check(key, value, args) {
+                    tracing::warn!("queue '{queue}' in vhost '{vhost}': argument '{key}' ignored: {why}");
+                }
+            }
+        }
+        out.read_delivery_limit(args);
+        out
+    }
+
+    /// A quorum queue's `x-delivery-limit`, which RabbitMQ does not validate: an integer is
+    /// the limit (a negative one acts as 0: every return dead-letters), anything else none.
+    fn read_delivery_limit(&mut self, args: &FieldTable) {
+        if self.quorum {
+            self.delivery_limit = args.get("x-delivery-limit").and_then(|v| integer(v).ok()).map(|n| n.max(0) as u64);
+        }
+    }
+
+    /// Checks one argument's value (RabbitMQ's validator for `key`) and keeps what it sets;
+    /// the error is RabbitMQ's reason, after "invalid arg '...' for queue '...':".
+    fn check(&mut self, key: &str, value: &FieldValue, args: &FieldTable) -> Result<(), String> {
+        match key {
+            "x-expires" => self.expires = Some(expiry(value, true)?),
+            "x-message-ttl" => self.message_ttl = Some(expiry(value, false)?),
+            "x-dead-letter-exchange" => self.dead_letter_exchange = Some(string(value)?),
+            "x-dead-letter-routing-key" => {
+                let rk = string(value)?;
+                if args.get("x-dead-letter-exchange").is_none() {
+                    return Err("routing_key_but_no_dlx_defined".into());
+                }
+                self.dead_letter_routing_key = Some(rk);
+            }
+            "x-dead-letter-strategy" => {
+                if !matches!(string(value)?.as_str(), "at-most-once" | "at-least-once") {
+                    return Err("invalid_dlx_strategy".into());
+                }
+            }
+            "x-max-length" => self.max_length = Some(non_negative(value)?),
+            "x-max-length-bytes" => self.max_length_bytes = Some(non_negative(value)?),
+            "x-max-in-memory-length" | "x-max-in-memory-bytes" => {
+                non_negative(value)?;
+            }
+            "x-max-priority" => {
+                let p = non_negative(value)?;
+                if p as i64 > MAX_PRIORITY {
+                    return Err(format!("{{max_value_exceeded,{p}}}"));
+                }
+                self.max_priority = Some(p as u8);
+            }
+            "x-overflow" => {
+                self.overflow = match string(value)?.as_str() {
+                    "drop-head" => Overflow::DropHead,
+                    "reject-publish" => Overflow::RejectPublish,
+                    "reject-publish-dlx" => Overflow::RejectPublishDlx,
+                    _ => return Err("invalid_overflow".into()),
+                }
+            }
+            "x-queue-mode" => {
+                let mode = string(value)?;
+                if !matches!(mode.as_str(), "default" | "lazy") {
+                    return Err(format!("\"unsupported queue mode '{mode}'\""));
+                }
+            }
+            "x-queue-version" => {
+                let v = non_negative(value)?;
+                if !matches!(v, 1 | 2) {
+                    return Err(format!("\"unsupported queue version '{v}'\""));
+                }
+            }
+            "x-single-active-consumer" => self.single_active_consumer = boolean(value)?,
+            "x-quorum-initial-group-size" | "x-initial-cluster-size" => {
+                if non_negative(value)? == 0 {
+                    return Err("{value_zero,0}".into());
+                }
+            }
+            "x-max-age" => {
+                self.max_age = Some(match value {
+                    FieldValue::LongStr(b) => {
+                        std::str::from_utf8(b).ok().and_then(parse_max_age).ok_or("invalid_max_age")?
+                    }
+                    other => return Err(unacceptable(other)),
+                })
+            }
+            "x-stream-max-segment-size-bytes" => self.max_segment_bytes = Some(non_negative(value)?),
+            "x-queue-leader-locator" => {
+                let locator = string(value)?;
+                if !matches!(locator.as_str(), "client-local" | "balanced" | "random" | "least-leaders") {
+                    return Err("invalid_queue_locator_arg".into());
+                }
+            }
+            // x-queue-type was checked first.
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -379,7 +512,6 @@ mod tests {
                 ("x-overflow", FieldValue::string("reject-publish-dlx")),
                 ("x-max-priority", FieldValue::I16(255)),
                 ("x-single-active-consumer", FieldValue::Bool(true)),
-                ("x-delivery-limit", FieldValue::I32(1)),
                 ("x-unknown", FieldValue::string("kept")),
             ]),
             "q",
@@ -393,7 +525,48 @@ mod tests {
         assert_eq!(a.overflow, Overflow::RejectPublishDlx);
         assert_eq!(a.max_priority, Some(255));
         assert!(a.single_active_consumer);
-        assert_eq!(a.delivery_limit, Some(1));
+        assert_eq!(a.delivery_limit, None);
+    }
+
+    /// RabbitMQ 3.10's `check_declare_arguments`: the values of the arguments the queue's type
+    /// takes, in its validators' order; then any argument of another type, naming the type.
+    #[test]
+    fn arguments_are_checked_in_rabbitmq_order_and_by_queue_type() {
+        // x-message-ttl's validator runs before x-max-priority's, whatever the table's order.
+        let e = err(&[("x-max-priority", FieldValue::I32(300)), ("x-message-ttl", FieldValue::I32(-1))]);
+        assert!(e.starts_with("invalid arg 'x-message-ttl' "), "{e}");
+        // Another type's argument, valid or not, is refused with the type's module.
+        assert_eq!(
+            err(&[("x-quorum-initial-group-size", FieldValue::I32(0))]),
+            "invalid arg 'x-quorum-initial-group-size' for queue 'q' in vhost '/' of queue type rabbit_classic_queue"
+        );
+        let quorum = |pairs: &[(&str, FieldValue)]| {
+            let mut all = vec![("x-queue-type", FieldValue::string("quorum"))];
+            all.extend(pairs.iter().cloned());
+            QueueArguments::parse(&args(&all), "q", "/")
+        };
+        // Values first: the bad group size is named, not the priority it does not take.
+        let e = quorum(&[("x-max-priority", FieldValue::I32(5)), ("x-quorum-initial-group-size", FieldValue::I32(0))])
+            .unwrap_err();
+        assert!(
+            e.text.ends_with("'x-quorum-initial-group-size' for queue 'q' in vhost '/': {value_zero,0}"),
+            "{}",
+            e.text
+        );
+        let e = quorum(&[("x-queue-mode", FieldValue::string("lazy")), ("x-max-priority", FieldValue::I32(5))])
+            .unwrap_err();
+        assert!(e.text.ends_with("'x-queue-mode' for queue 'q' in vhost '/' of queue type rabbit_quorum_queue"));
+        // x-delivery-limit has no validator: an integer is the limit (a negative one acts as
+        // 0), anything else none.
+        let limit = |v| quorum(&[("x-delivery-limit", v)]).map(|a| a.delivery_limit).ok();
+        assert_eq!(limit(FieldValue::I32(3)), Some(Some(3)));
+        assert_eq!(limit(FieldValue::I32(-1)), Some(Some(0)));
+        assert_eq!(limit(FieldValue::string("five")), Some(None));
+        let e = quorum(&[("x-dead-letter-strategy", FieldValue::string("sometimes"))]).unwrap_err();
+        assert!(e.text.ends_with("invalid_dlx_strategy"));
+        assert!(quorum(&[("x-quorum-initial-group-size", FieldValue::I32(5))]).is_ok());
+        assert!(err(&[("x-queue-version", FieldValue::I32(3))]).ends_with("\"unsupported queue version '3'\""));
+        assert!(err(&[("x-queue-mode", FieldValue::string("slow"))]).ends_with("\"unsupported queue mode 'slow'\""));
     }
 
     #[test]
@@ -415,7 +588,7 @@ mod tests {
         assert!(err(&[("x-single-active-consumer", FieldValue::I32(1))]).ends_with("{unacceptable_type,signedint}"));
         assert!(err(&[("x-max-length", FieldValue::I64(-5))]).starts_with("invalid arg 'x-max-length' "));
         assert!(err(&[("x-message-ttl", FieldValue::I64(1 << 33))]).contains("value_too_large"));
-        assert!(err(&[("x-queue-type", FieldValue::string("fancy"))]).ends_with("invalid_queue_type"));
+        assert!(err(&[("x-queue-type", FieldValue::string("fancy"))]).ends_with("\"unsupported queue type 'fancy'\""));
     }
 
     #[test]

@@ -23,24 +23,6 @@ mod replicated;
 mod route;
 mod stream;
 
-/// Queue arguments RabbitMQ compares when a queue is declared again; others are ignored.
-const EQUIVALENCE_ARGS: &[&str] = &[
-    "x-expires",
-    "x-message-ttl",
-    "x-dead-letter-exchange",
-    "x-dead-letter-routing-key",
-    "x-max-length",
-    "x-max-length-bytes",
-    "x-max-in-memory-length",
-    "x-max-in-memory-bytes",
-    "x-max-priority",
-    "x-overflow",
-    "x-queue-mode",
-    "x-single-active-consumer",
-    "x-queue-type",
-    "x-delivery-limit",
-];
-
 /// The exchange audit events are published to (RabbitMQ's event exchange plugin's): a
 /// topic exchange, internal, in vhost "/" when the audit log is on. Made at each start like
 /// the default exchanges, so bindings to it are restored.
@@ -408,7 +390,7 @@ impl VHost {
                         return Err(self.inequivalent("queue", arg, &d.name, format!("'{got}'"), format!("'{cur}'")));
                     }
                 }
-                let compared = if o.args.stream { super::arguments::STREAM_ARGS } else { EQUIVALENCE_ARGS };
+                let compared = o.args.type_arguments();
                 for arg in compared {
                     let (got, cur) = (d.arguments.get(arg), o.arguments.get(arg));
                     // A queue declared without a type equals one declared classic (and only

@@ -128,7 +128,7 @@ impl Replicated {
         for (name, e) in self.queues.iter_mut().filter(|(n, _)| n.vhost == vhost && only.is_none_or(|o| o == *n)) {
             let hex = String::from_utf8_lossy(&e.arguments).into_owned();
             let Ok(table) = table_from_hex(&hex) else { continue };
-            let Ok(declared) = QueueArguments::parse(&table, &name.name, &name.vhost) else { continue };
+            let declared = QueueArguments::stored(&table, &name.name, &name.vhost);
             let resolved = compiled.matching(&name.name, Target::QuorumQueue).resolve_queue(&declared, &table);
             let settings = Settings::from_arguments(&resolved);
             if settings != e.queue.settings {

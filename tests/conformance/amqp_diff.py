@@ -65,6 +65,12 @@ QUEUE_ARGS = [
     {"x-single-active-consumer": True},
     {"x-single-active-consumer": "yes"},
     {"x-custom": "kept"},
+    # Checked in RabbitMQ's order (the TTL's validator before the priority's), arguments of
+    # another queue type refused naming the type, and the validators' own texts.
+    {"x-max-priority": 300, "x-message-ttl": -1},
+    {"x-delivery-limit": 5},
+    {"x-queue-version": 3},
+    {"x-queue-mode": "bogus"},
 ]
 EXCHANGE_ARGS = [{}, {}, {"alternate-exchange": "e2"}, {"alternate-exchange": "e3"}, {"x-custom": 1}]
 HEADER_ARGS = [{}, {"x-match": "all", "a": 1}, {"x-match": "any", "a": 1, "b": "x"}, {"x-match": "some"}]

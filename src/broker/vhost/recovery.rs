@@ -37,10 +37,7 @@ impl VHost {
             let name = ShortStr::from(q.name.as_str());
             let label = format!("queue '{}' in vhost '{}'", q.name, self.name);
             let arguments = table_from_hex(&q.arguments)?;
-            let args = QueueArguments::parse(&arguments, &q.name, &self.name).unwrap_or_else(|e| {
-                tracing::error!("{label}: {}; its arguments are ignored", e.text);
-                QueueArguments::default()
-            });
+            let args = QueueArguments::stored(&arguments, &q.name, &self.name);
             let queue = if args.stream {
                 let store = storage.open_stream(&q.log, super::stream::stream_settings(&args))?;
                 crate::broker::queue::stream::recover_writers(&store, &label);

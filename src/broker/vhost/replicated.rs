@@ -20,13 +20,7 @@ impl VHost {
         if topo.queues.contains_key(name) {
             return;
         }
-        let args = match QueueArguments::parse(&arguments, name, &self.name) {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::error!("replicated queue '{name}' in vhost '{}': {}", self.name, e.text);
-                return;
-            }
-        };
+        let args = QueueArguments::stored(&arguments, name, &self.name);
         let options = QueueOptions { durable: true, exclusive_owner: None, auto_delete: false, arguments, args };
         let owner: std::sync::Weak<dyn QueueOwner> = self.me.clone();
         let q = Queue::replicated(ShortStr::from(name), &self.name, options, replica, owner);
@@ -104,7 +98,7 @@ impl VHost {
                 Ok(id)
             }
             None => {
-                let args = QueueArguments::parse(&d.arguments, &d.name, &self.name)?;
+                let args = QueueArguments::stored(&d.arguments, &d.name, &self.name);
                 let options = QueueOptions {
                     durable: d.durable,
                     exclusive_owner: None,
