@@ -84,7 +84,9 @@ const KNOWN_ARGS: &[&str] = &[
     "x-queue-leader-locator",
 ];
 
-/// The arguments classic queues take (`rabbit_classic_queue:capabilities/0`).
+/// The arguments classic queues take (`rabbit_classic_queue:capabilities/0`), and
+/// `x-delivery-limit`: Hare's classic queues take it too (a deliberate extension, see
+/// docs/compatibility.md), where RabbitMQ refuses it.
 pub const CLASSIC_ARGS: &[&str] = &[
     "x-expires",
     "x-message-ttl",
@@ -99,6 +101,7 @@ pub const CLASSIC_ARGS: &[&str] = &[
     "x-single-active-consumer",
     "x-queue-type",
     "x-queue-master-locator",
+    "x-delivery-limit",
 ];
 
 /// The arguments quorum queues take (`rabbit_quorum_queue:capabilities/0`).
@@ -311,10 +314,11 @@ impl QueueArguments {
         out
     }
 
-    /// A quorum queue's `x-delivery-limit`, which RabbitMQ does not validate: an integer is
-    /// the limit (a negative one acts as 0: every return dead-letters), anything else none.
+    /// `x-delivery-limit` (a quorum or classic queue's), which RabbitMQ does not validate: an
+    /// integer is the limit (a negative one acts as 0: every return dead-letters), anything
+    /// else none.
     fn read_delivery_limit(&mut self, args: &FieldTable) {
-        if self.quorum {
+        if !self.stream {
             self.delivery_limit = args.get("x-delivery-limit").and_then(|v| integer(v).ok()).map(|n| n.max(0) as u64);
         }
     }
@@ -526,6 +530,9 @@ mod tests {
         assert_eq!(a.max_priority, Some(255));
         assert!(a.single_active_consumer);
         assert_eq!(a.delivery_limit, None);
+        // Hare's classic queues take a delivery limit too.
+        let a = QueueArguments::parse(&args(&[("x-delivery-limit", FieldValue::I32(2))]), "q", "/").unwrap();
+        assert_eq!(a.delivery_limit, Some(2));
     }
 
     /// RabbitMQ 3.10's `check_declare_arguments`: the values of the arguments the queue's type

@@ -68,7 +68,7 @@ QUEUE_ARGS = [
     # Checked in RabbitMQ's order (the TTL's validator before the priority's), arguments of
     # another queue type refused naming the type, and the validators' own texts.
     {"x-max-priority": 300, "x-message-ttl": -1},
-    {"x-delivery-limit": 5},
+    {"x-quorum-initial-group-size": 3},
     {"x-queue-version": 3},
     {"x-queue-mode": "bogus"},
 ]
