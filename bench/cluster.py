@@ -16,6 +16,7 @@ this machine, loaded by the same `hare perf` through one node.
 RabbitMQ's nodes form a cluster with `rabbitmqctl join_cluster`; its quorum queues have three
 members (`x-quorum-initial-group-size`), each led by the node that declared it (the one the
 load generator uses). Hare's load goes to its Raft leader, which leads every quorum queue."""
+import atexit
 import json
 import os
 import shutil
@@ -44,6 +45,8 @@ class HareCluster:
 
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="hare-bench-cluster-")
+        # A run's data (gigabytes of Raft log) goes with the run, as compare.Hare's does.
+        atexit.register(shutil.rmtree, self.dir, True)
         self.procs = []
 
     def start(self):
