@@ -56,33 +56,12 @@ pub const STREAM_ARGS: &[&str] = &[
     "x-queue-leader-locator",
 ];
 
-/// The arguments of every queue type (RabbitMQ 3.10's `rabbit_queue_type:arguments/1`): one
-/// of these that the declared type does not take is refused, naming the type; any other `x-`
-/// argument is kept and ignored.
-const KNOWN_ARGS: &[&str] = &[
-    "x-expires",
-    "x-message-ttl",
-    "x-dead-letter-exchange",
-    "x-dead-letter-routing-key",
-    "x-dead-letter-strategy",
-    "x-max-length",
-    "x-max-length-bytes",
-    "x-max-in-memory-length",
-    "x-max-in-memory-bytes",
-    "x-max-priority",
-    "x-overflow",
-    "x-queue-mode",
-    "x-queue-version",
-    "x-single-active-consumer",
-    "x-queue-type",
-    "x-quorum-initial-group-size",
-    "x-delivery-limit",
-    "x-queue-master-locator",
-    "x-max-age",
-    "x-stream-max-segment-size-bytes",
-    "x-initial-cluster-size",
-    "x-queue-leader-locator",
-];
+/// Whether some queue type takes `key` (RabbitMQ 3.10's `rabbit_queue_type:arguments/1`, the
+/// union of the types' lists): one the declared type does not take is refused, naming the
+/// type; any other `x-` argument is kept and ignored.
+fn of_some_queue_type(key: &str) -> bool {
+    CLASSIC_ARGS.contains(&key) || QUORUM_ARGS.contains(&key) || STREAM_ARGS.contains(&key)
+}
 
 /// The arguments classic queues take (`rabbit_classic_queue:capabilities/0`), and
 /// `x-delivery-limit`: Hare's classic queues take it too (a deliberate extension, see
@@ -276,7 +255,7 @@ impl QueueArguments {
             }
         }
         if let Some((key, _)) =
-            args.iter().find(|(k, _)| KNOWN_ARGS.contains(&k.as_str()) && !taken.contains(&k.as_str()))
+            args.iter().find(|(k, _)| of_some_queue_type(k.as_str()) && !taken.contains(&k.as_str()))
         {
             return Err(AmqpError::precondition_failed(format!(
                 "invalid arg '{key}' for queue '{queue}' in vhost '{vhost}' of queue type {module}"

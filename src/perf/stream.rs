@@ -285,6 +285,38 @@ async fn count_confirms(
     }
 }
 
+/// What a consumer keeps while it reads: its latencies (merged into the run's every 50 ms)
+/// and the frame it gives credit back with.
+struct Reading {
+    local: hdrhistogram::Histogram<u64>,
+    last_merge: Instant,
+    credit: BytesMut,
+}
+
+impl Reading {
+    fn new() -> Reading {
+        Reading { local: new_histogram(), last_merge: Instant::now(), credit: BytesMut::new() }
+    }
+
+    /// Gives back a credit for each of the `chunks` just read, and merges the latencies
+    /// when it is time.
+    async fn chunks_done(&mut self, conn: &mut Conn, stats: &Stats, chunks: u16) -> Result<(), String> {
+        if chunks > 0 {
+            put_frame(&mut self.credit, key::CREDIT, |o| {
+                o.put_u8(0);
+                o.put_u16(chunks);
+            });
+            conn.wr.write_all(&self.credit).await.map_err(|e| format!("write: {e}"))?;
+            self.credit.clear();
+        }
+        if self.last_merge.elapsed() > Duration::from_millis(50) {
+            Stats::record(&stats.e2e, &mut self.local);
+            self.last_merge = Instant::now();
+        }
+        Ok(())
+    }
+}
+
 async fn consume(args: PerfArgs, stream: String, mut conn: Conn, stats: Arc<Stats>) -> Result<(), String> {
     let (offset_type, offset) = match args.offset.as_str() {
         "first" => (1u16, None),
@@ -310,9 +342,7 @@ async fn consume(args: PerfArgs, stream: String, mut conn: Conn, stats: Arc<Stat
     if args.skim {
         return skim(conn, stats).await;
     }
-    let mut local = new_histogram();
-    let mut last_merge = Instant::now();
-    let mut credit = BytesMut::new();
+    let mut reading = Reading::new();
     while !stats.stopping() {
         if let Ok(r) = tokio::time::timeout(STOP_CHECK, conn.incoming.read()).await {
             r?;
@@ -338,27 +368,16 @@ async fn consume(args: PerfArgs, stream: String, mut conn: Conn, stats: Arc<Stat
                 // generator more than reading them (at tens of millions a second).
                 if i == 0 {
                     if let Some(sent) = body.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) {
-                        let _ = local.record(now.saturating_sub(sent).max(1_000));
+                        let _ = reading.local.record(now.saturating_sub(sent).max(1_000));
                     }
                 }
                 body.advance(size.min(body.remaining()));
             }
             stats.count_consumed(entries as u64);
         }
-        if chunks > 0 {
-            put_frame(&mut credit, key::CREDIT, |o| {
-                o.put_u8(0);
-                o.put_u16(chunks);
-            });
-            conn.wr.write_all(&credit).await.map_err(|e| format!("write: {e}"))?;
-            credit.clear();
-        }
-        if last_merge.elapsed() > Duration::from_millis(50) {
-            Stats::record(&stats.e2e, &mut local);
-            last_merge = Instant::now();
-        }
+        reading.chunks_done(&mut conn, &stats, chunks).await?;
     }
-    Stats::record(&stats.e2e, &mut local);
+    Stats::record(&stats.e2e, &mut reading.local);
     Ok(())
 }
 
@@ -373,9 +392,7 @@ const SKIM_READ: usize = 4096;
 /// The consumer of `--skim`: reads each deliver frame's head (the chunk's message count and
 /// its first message's send time) and has the kernel drop the rest of the frame unread.
 async fn skim(mut conn: Conn, stats: Arc<Stats>) -> Result<(), String> {
-    let mut local = new_histogram();
-    let mut last_merge = Instant::now();
-    let mut credit = BytesMut::new();
+    let mut reading = Reading::new();
     // What is left of the current deliver frame in the socket, to drop.
     let mut skip = 0usize;
     while !stats.stopping() {
@@ -419,7 +436,7 @@ async fn skim(mut conn: Conn, stats: Arc<Stats>) -> Result<(), String> {
             // subscription id (8), magic (9), type (10), entries (11..13)
             let entries = u16::from_be_bytes([buf[11], buf[12]]);
             let sent = u64::from_be_bytes(buf[DELIVER_HEAD + 4..SKIM_HEAD].try_into().unwrap_or([0; 8]));
-            let _ = local.record(now.saturating_sub(sent).max(1_000));
+            let _ = reading.local.record(now.saturating_sub(sent).max(1_000));
             stats.count_consumed(entries as u64);
             let have = buf.len().min(size + 4);
             buf.advance(have);
@@ -428,20 +445,9 @@ async fn skim(mut conn: Conn, stats: Arc<Stats>) -> Result<(), String> {
                 break;
             }
         }
-        if chunks > 0 {
-            put_frame(&mut credit, key::CREDIT, |o| {
-                o.put_u8(0);
-                o.put_u16(chunks);
-            });
-            conn.wr.write_all(&credit).await.map_err(|e| format!("write: {e}"))?;
-            credit.clear();
-        }
-        if last_merge.elapsed() > Duration::from_millis(50) {
-            Stats::record(&stats.e2e, &mut local);
-            last_merge = Instant::now();
-        }
+        reading.chunks_done(&mut conn, &stats, chunks).await?;
     }
-    Stats::record(&stats.e2e, &mut local);
+    Stats::record(&stats.e2e, &mut reading.local);
     Ok(())
 }
 
