@@ -212,6 +212,25 @@ pub fn stream_offset(args: &FieldTable, queue: &str, vhost: &str, now_ms: u64) -
 }
 
 impl QueueArguments {
+    /// A queue of the type named `name` (`x-queue-type`), with no arguments yet, and
+    /// RabbitMQ's module for the type (its error texts name it); None for an unknown type.
+    fn of_type(name: &str) -> Option<(QueueArguments, &'static str)> {
+        let mut out = QueueArguments::default();
+        let module = match name {
+            "classic" => "rabbit_classic_queue",
+            "quorum" => {
+                out.quorum = true;
+                "rabbit_quorum_queue"
+            }
+            "stream" => {
+                out.stream = true;
+                "rabbit_stream_queue"
+            }
+            _ => return None,
+        };
+        Some((out, module))
+    }
+
     /// The arguments this queue's type takes, in RabbitMQ's order: also those a declaration
     /// of an existing queue must repeat unchanged (`rabbit_misc:assert_args_equivalence`).
     pub fn type_arguments(&self) -> &'static [&'static str] {
@@ -233,22 +252,14 @@ impl QueueArguments {
         let invalid = |key: &str, why: String| {
             AmqpError::precondition_failed(format!("invalid arg '{key}' for queue '{queue}' in vhost '{vhost}': {why}"))
         };
-        let mut out = QueueArguments::default();
-        let (taken, module) = match args.get("x-queue-type") {
-            None => (CLASSIC_ARGS, "rabbit_classic_queue"),
-            Some(value) => match string(value).map_err(|why| invalid("x-queue-type", why))?.as_str() {
-                "classic" => (CLASSIC_ARGS, "rabbit_classic_queue"),
-                "quorum" => {
-                    out.quorum = true;
-                    (QUORUM_ARGS, "rabbit_quorum_queue")
-                }
-                "stream" => {
-                    out.stream = true;
-                    (STREAM_ARGS, "rabbit_stream_queue")
-                }
-                other => return Err(invalid("x-queue-type", format!("\"unsupported queue type '{other}'\""))),
-            },
+        let type_name = match args.get("x-queue-type") {
+            None => ShortStr::from("classic"),
+            Some(value) => string(value).map_err(|why| invalid("x-queue-type", why))?,
         };
+        let Some((mut out, module)) = QueueArguments::of_type(&type_name) else {
+            return Err(invalid("x-queue-type", format!("\"unsupported queue type '{type_name}'\"")));
+        };
+        let taken = out.type_arguments();
         for &key in VALIDATION_ORDER.iter().filter(|k| taken.contains(k)) {
             if let Some(value) = args.get(key) {
                 out.check(key, value, args).map_err(|why| invalid(key, why))?;
@@ -270,18 +281,9 @@ impl QueueArguments {
     /// nothing here refuses. A value that does not pass its check now is skipped (and
     /// logged); arguments the queue's type does not take are ignored.
     pub fn stored(args: &FieldTable, queue: &str, vhost: &str) -> QueueArguments {
-        let mut out = QueueArguments::default();
-        let taken = match args.get("x-queue-type").and_then(FieldValue::as_str) {
-            Some("quorum") => {
-                out.quorum = true;
-                QUORUM_ARGS
-            }
-            Some("stream") => {
-                out.stream = true;
-                STREAM_ARGS
-            }
-            _ => CLASSIC_ARGS,
-        };
+        let type_name = args.get("x-queue-type").and_then(FieldValue::as_str);
+        let (mut out, _) = type_name.and_then(QueueArguments::of_type).unwrap_or_default();
+        let taken = out.type_arguments();
         for &key in VALIDATION_ORDER.iter().filter(|k| taken.contains(k)) {
             if let Some(value) = args.get(key) {
                 if let Err(why) = out.check(key, value, args) {
